@@ -1,0 +1,29 @@
+// ParallelContext: the process groups one rank belongs to, passed explicitly to the engine (no
+// module globals). make_solo_context() gives the single-rank context; the MPI version is built
+// by make_mpi_context() in mpi/mpi_context.h after MPI_Init.
+#pragma once
+
+#include <memory>
+
+#include "mpi/parallel_layout.h"
+#include "mpi/process_group.h"
+
+namespace alem {
+
+struct ParallelContext {
+  ParallelLayout layout;
+  int world_rank = 0;
+  ParallelCoords coords;
+  std::unique_ptr<ProcessGroup> world;
+  std::unique_ptr<ProcessGroup> tp;
+  std::unique_ptr<ProcessGroup> pp;
+  std::unique_ptr<ProcessGroup> dp;
+
+  bool is_first_stage() const { return coords.pp == 0; }
+  bool is_last_stage() const { return coords.pp == layout.pp_size() - 1; }
+  bool is_replica_leader() const { return coords.pp == 0 && coords.tp == 0; }
+};
+
+ParallelContext make_solo_context();
+
+}  // namespace alem

@@ -1,0 +1,60 @@
+// ParallelLayout: pure arithmetic mapping a world rank to its (dp, pp, tp) coordinates, with no
+// MPI inside, so it is unit-tested directly. Ranks are ordered tp fastest, then pp, then dp:
+//   world_rank = (dp_rank * pp_size + pp_rank) * tp_size + tp_rank
+// so the ranks of one TP group are consecutive and land on one node when the launcher places
+// consecutive ranks together (mpirun --map-by core, srun block distribution).
+//
+// Worked example: world 12 = dp 2 x pp 2 x tp 3
+//   world rank :  0 1 2 | 3 4 5 | 6 7 8 | 9 10 11
+//   dp rank    :  0 0 0   0 0 0   1 1 1   1  1  1
+//   pp rank    :  0 0 0   1 1 1   0 0 0   1  1  1
+//   tp rank    :  0 1 2   0 1 2   0 1 2   0  1  2
+//   rank 7 is replica 1, stage 0, tp rank 1; its TP group is {6,7,8}, its PP group is {7,10},
+//   its DP group is {1,7}. The replica leader (scheduler) of replica d is world rank d*pp*tp.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace alem {
+
+struct ParallelCoords {
+  int dp = 0;
+  int pp = 0;
+  int tp = 0;
+};
+
+class ParallelLayout {
+ public:
+  ParallelLayout() = default;
+  // Throws alem::Error if any size < 1.
+  ParallelLayout(int tp_size, int pp_size, int dp_size);
+
+  int tp_size() const { return tp_; }
+  int pp_size() const { return pp_; }
+  int dp_size() const { return dp_; }
+  int world_size() const { return tp_ * pp_ * dp_; }
+
+  ParallelCoords coords(int world_rank) const;
+  int world_rank(const ParallelCoords& c) const;
+  // World ranks of the groups that contain world_rank, in group-rank order.
+  std::vector<int> tp_group(int world_rank) const;
+  std::vector<int> pp_group(int world_rank) const;
+  std::vector<int> dp_group(int world_rank) const;
+  int replica_leader(int dp_rank) const { return dp_rank * pp_ * tp_; }
+  std::string describe() const;  // "tp=3 pp=2 dp=1 (6 ranks)"
+
+ private:
+  int tp_ = 1, pp_ = 1, dp_ = 1;
+};
+
+// Contiguous layer ranges per pipeline stage. Balanced: the first (num_layers % pp) stages get
+// one extra layer. A given split (sizes summing to num_layers) is checked and used as is.
+struct StageRange {
+  int first_layer = 0;
+  int num_layers = 0;
+};
+std::vector<StageRange> split_layers(int num_layers, int pp_size,
+                                     const std::vector<int>& given = {});
+
+}  // namespace alem

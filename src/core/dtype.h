@@ -1,0 +1,41 @@
+// Element types of stored and in-memory weights, and exact conversions between them.
+// bf16 and f16 are kept as raw uint16_t bit patterns; conversion to f32 is exact, conversion
+// from f32 rounds to nearest even (the same rounding PyTorch and llama.cpp use).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+namespace alem {
+
+enum class DType : uint8_t { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };
+
+// Bytes per element (for I8 the scales are stored separately).
+size_t dtype_size(DType t);
+std::string dtype_name(DType t);
+// Parses "f32", "bf16", "f16", "int8"/"i8"; throws alem::Error on anything else.
+DType parse_dtype(const std::string& name);
+
+inline float bf16_to_f32(uint16_t h) {
+  uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);  // NaN
+  uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>((bits + rounding) >> 16);
+}
+
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+
+// Group size of int8 weights: one f32 scale per this many consecutive elements of a row.
+constexpr int kInt8GroupSize = 32;
+
+}  // namespace alem

@@ -1,0 +1,37 @@
+// Errors that say where they happened. Every failure in alem surfaces as an alem::Error carrying
+// the host, MPI rank (when known), source file and line, so a message from a 64-node job names
+// the node and rank that failed. Library code throws; only the command-line front end exits.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace alem {
+
+// Process-wide identity used to stamp errors and logs. Set once at start-up (after MPI init).
+struct ProcessIdentity {
+  std::string host;
+  int world_rank = -1;  // -1 until a parallel context is created
+};
+ProcessIdentity& process_identity();
+
+class Error : public std::runtime_error {
+ public:
+  Error(const std::string& message, const char* file, int line);
+  // The bare message, without the location prefix.
+  const std::string& message() const { return message_; }
+
+ private:
+  std::string message_;
+};
+
+[[noreturn]] void throw_error(const std::string& message, const char* file, int line);
+
+}  // namespace alem
+
+// ALEM_CHECK(cond, message-expression): throws alem::Error when cond is false.
+#define ALEM_CHECK(cond, msg)                                        \
+  do {                                                               \
+    if (!(cond)) ::alem::throw_error(std::string(msg), __FILE__, __LINE__); \
+  } while (0)
+#define ALEM_FAIL(msg) ::alem::throw_error(std::string(msg), __FILE__, __LINE__)

@@ -1,0 +1,90 @@
+// The kernel interface every compute backend implements (plain reference, optimised CPU, CUDA).
+// Model code calls only these operations, so a backend can be swapped without touching it.
+// All pointers are in the backend's own memory space (host memory for the CPU backends).
+// Shapes are row-major; "T" is the number of tokens in the step (all sequences together).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/weights.h"
+
+namespace alem {
+
+// Cos/sin tables for rotary embeddings, HF "rotate_half" convention: for i < head_dim/2,
+//   y[i]              = x[i] * cos[p][i] - x[i + half] * sin[p][i]
+//   y[i + half]       = x[i + half] * cos[p][i] + x[i] * sin[p][i]
+// Built once per model by make_rope_table (engine/rope_table.h), including Llama-3 scaling.
+struct RopeTable {
+  int max_positions = 0;
+  int half_dim = 0;
+  std::vector<float> cos;  // [max_positions][half_dim]
+  std::vector<float> sin;
+};
+
+// One sequence's slice of an attention step: its query rows are q[q_begin .. q_begin+q_count),
+// at positions start_pos .. start_pos+q_count-1; it attends causally over cache positions
+// [0, start_pos + q_count). block_table maps position/block_size to a physical cache block.
+struct AttentionSequence {
+  int32_t q_begin = 0;
+  int32_t q_count = 0;
+  int32_t start_pos = 0;
+  const int32_t* block_table = nullptr;
+};
+
+struct AttentionShape {
+  int num_heads = 0;     // query heads held by this rank
+  int num_kv_heads = 0;  // kv heads held by this rank; num_heads % num_kv_heads == 0
+  int head_dim = 0;
+  int block_size = 0;    // tokens per KV cache block
+  float scale = 0.f;     // usually 1/sqrt(head_dim)
+};
+
+// Paged KV cache of one layer: k and v are [num_blocks][block_size][num_kv_heads][head_dim] f32.
+struct KVCacheLayerView {
+  float* k = nullptr;
+  float* v = nullptr;
+};
+
+class KernelBackend {
+ public:
+  virtual ~KernelBackend() = default;
+  virtual std::string name() const = 0;
+
+  // y[M][N] = x[M][K] * W^T (+ bias[N] when bias != nullptr), W is [N][K] of any weight dtype.
+  virtual void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                      float* y) const = 0;
+  // y[M][D] = x / rms(x) * gamma, row-wise. y may alias x.
+  virtual void rmsnorm(const float* x, const float* gamma, int64_t M, int64_t D, float eps,
+                       float* y) const = 0;
+  // In place on x[T][num_heads * head_dim], rotating every head of row t by positions[t].
+  virtual void rope(float* x, int64_t T, int num_heads, int head_dim, const int32_t* positions,
+                    const RopeTable& table) const = 0;
+  // out[M][I] = silu(gate_up[M][0:I]) * gate_up[M][I:2I].
+  virtual void silu_mul(const float* gate_up, int64_t M, int64_t I, float* out) const = 0;
+  // y[i] += x[i] for n elements.
+  virtual void add_inplace(float* y, const float* x, int64_t n) const = 0;
+  // Writes k[T][kv_heads*head_dim], v[...] into the cache at each sequence's positions.
+  virtual void kv_cache_write(const AttentionShape& shape, const AttentionSequence* seqs,
+                              int num_seqs, const float* k, const float* v,
+                              KVCacheLayerView cache) const = 0;
+  // out[T][num_heads*head_dim] = causal softmax(q k^T * scale) v over the cache (which already
+  // holds this step's keys and values). Grouped-query: head h reads kv head h / (heads/kv_heads).
+  virtual void paged_attention(const AttentionShape& shape, const AttentionSequence* seqs,
+                               int num_seqs, const float* q, KVCacheLayerView cache,
+                               float* out) const = 0;
+  // out[T][D] = rows of an embedding table for tokens in [row_begin, row_begin + table.rows);
+  // tokens outside that range give zero rows (vocab-parallel embedding, summed across ranks).
+  virtual void embedding(const WeightMatrix& table, int64_t row_begin, const int32_t* tokens,
+                         int64_t T, float* out) const = 0;
+};
+
+// "reference": plain scalar loops, the ground truth for kernel tests.
+// "cpu": vectorised (AVX2/FMA, AVX-512 when the CPU has it) and threaded with OpenMP.
+// "cuda": only when built with CUDA and a GPU is present.
+std::unique_ptr<KernelBackend> make_backend(const std::string& name);
+std::vector<std::string> available_backends();
+
+}  // namespace alem

@@ -1,0 +1,54 @@
+// The architecture hyper-parameters of a Llama-family model, as read from GGUF metadata,
+// a Hugging Face config.json, or the HDF5 model store. One struct for Llama, Qwen2 (QKV bias)
+// and Qwen3 (QK-norm); validate() rejects shapes the engine cannot run.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace alem {
+
+struct RopeScaling {
+  std::string type = "none";  // "none" or "llama3"
+  float factor = 1.f;
+  float low_freq_factor = 1.f;
+  float high_freq_factor = 4.f;
+  int original_max_position = 8192;
+};
+
+struct ModelConfig {
+  std::string architecture = "llama";  // "llama", "qwen2", "qwen3"
+  std::string name;                    // human-readable, e.g. "SmolLM2-135M-Instruct"
+  int vocab_size = 0;
+  int hidden_size = 0;
+  int num_layers = 0;
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int intermediate_size = 0;
+  int max_position_embeddings = 0;
+  float rms_norm_eps = 1e-5f;
+  float rope_theta = 10000.f;
+  RopeScaling rope_scaling;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;  // q/k/v projections carry a bias (Qwen2)
+  bool qk_norm = false;         // per-head RMSNorm on q and k before RoPE (Qwen3)
+  int bos_token_id = -1;
+  std::vector<int> eos_token_ids;
+
+  // Throws alem::Error naming the first inconsistent field.
+  void validate() const;
+  // JSON text with every field (stored inside the HDF5 file as an attribute).
+  std::string to_json() const;
+  static ModelConfig from_json(const std::string& json_text);
+  // Reads a Hugging Face config.json (the subset of keys above; unknown architectures rejected).
+  static ModelConfig from_hf_config_json(const std::string& json_text);
+  // Total parameter count implied by the shapes.
+  int64_t parameter_count() const;
+};
+
+// Canonical tensor names in the model store (Hugging Face naming).
+std::string layer_tensor_name(int layer, const std::string& suffix);  // "model.layers.{i}.{suffix}"
+
+}  // namespace alem

@@ -1,0 +1,70 @@
+// The HDF5 model store: one file holding a model's config, tokenizer and every weight tensor,
+// written by `alem convert` and read by every rank. Layout (see docs/model-store.md):
+//   /                       attributes: format="alem-model", format_version=1,
+//                           config_json (ModelConfig::to_json), model_digest (hex SHA-256),
+//                           source (e.g. "gguf:<file name>")
+//   /tokenizer/             datasets tokens (vlen utf-8 strings), token_kinds (int32),
+//                           merges (vlen strings); attributes model, pre_tokenizer, bos/eos/
+//                           unknown/padding ids, add_bos_token, chat_template
+//   /tensors/<name>         one dataset per tensor, HF names ("model.layers.0.self_attn.q_proj.weight"),
+//                           2-D [rows, cols] (1-D for norms and biases); dtype f32 / bf16 (stored
+//                           as uint16 with attribute dtype="bf16") / int8; chunked in 64x64 tiles
+//                           so a tensor-parallel shard (a row or column range) is a cheap hyperslab
+//   /tensors/<name>.scales  int8 only: f32 [rows, cols/32] group scales
+// Every rank opens the file read-only and reads only the slices it owns.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/model_config.h"
+#include "model/tokenizer_data.h"
+#include "model/weights.h"
+
+namespace alem {
+
+struct TensorInfo {
+  std::string name;
+  std::vector<int64_t> shape;  // 1-D or 2-D
+  DType dtype = DType::F32;
+};
+
+// Reads a model store. Construction opens the file and checks format and version; corrupt,
+// truncated or foreign files throw alem::Error naming the problem.
+class ModelStoreReader {
+ public:
+  explicit ModelStoreReader(const std::string& path);
+  ~ModelStoreReader();
+  ModelStoreReader(const ModelStoreReader&) = delete;
+  ModelStoreReader& operator=(const ModelStoreReader&) = delete;
+
+  const ModelConfig& config() const;
+  const TokenizerData& tokenizer() const;
+  const std::string& model_digest() const;  // hex SHA-256 recorded at conversion
+  std::vector<TensorInfo> list_tensors() const;
+  bool has_tensor(const std::string& name) const;
+  TensorInfo tensor_info(const std::string& name) const;
+
+  // Reads rows [row_begin, row_begin+row_count) and columns [col_begin, col_begin+col_count) of
+  // a 2-D tensor into a WeightMatrix of the stored dtype (no conversion). For int8 the column
+  // range must be group-aligned. col_count = -1 means "to the end".
+  WeightMatrix read_matrix(const std::string& name, int64_t row_begin, int64_t row_count,
+                           int64_t col_begin = 0, int64_t col_count = -1) const;
+  // Reads a slice of a 1-D tensor (norm weights, biases) as f32.
+  std::vector<float> read_vector(const std::string& name, int64_t begin = 0,
+                                 int64_t count = -1) const;
+  // Bytes of tensor data read through this reader so far (payload only, for the shard test).
+  uint64_t bytes_read() const;
+
+  // Recomputes the digest from the file's content and compares it with the recorded one.
+  // Returns an empty string when they match, otherwise a description of the mismatch.
+  std::string verify() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace alem

@@ -1,0 +1,68 @@
+// Builds and reads WeightMatrix values (quantisation for int8, rounding for bf16/f16).
+#include "model/weights.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace alem {
+
+float WeightMatrix::at(int64_t r, int64_t c) const {
+  const int64_t i = r * cols + c;
+  switch (dtype) {
+    case DType::F32: return data.as<float>()[i];
+    case DType::BF16: return bf16_to_f32(data.as<uint16_t>()[i]);
+    case DType::F16: return f16_to_f32(data.as<uint16_t>()[i]);
+    case DType::I8:
+      return static_cast<float>(data.as<int8_t>()[i]) *
+             scales[r * groups_per_row() + c / kInt8GroupSize];
+  }
+  return 0.f;
+}
+
+WeightMatrix make_weight_matrix(const float* values, int64_t rows, int64_t cols, DType dtype) {
+  WeightMatrix w;
+  w.dtype = dtype;
+  w.rows = rows;
+  w.cols = cols;
+  const int64_t n = rows * cols;
+  w.data.resize(static_cast<size_t>(n) * dtype_size(dtype));
+  switch (dtype) {
+    case DType::F32:
+      std::copy(values, values + n, w.data.as<float>());
+      break;
+    case DType::BF16:
+      for (int64_t i = 0; i < n; ++i) w.data.as<uint16_t>()[i] = f32_to_bf16(values[i]);
+      break;
+    case DType::F16:
+      for (int64_t i = 0; i < n; ++i) w.data.as<uint16_t>()[i] = f32_to_f16(values[i]);
+      break;
+    case DType::I8: {
+      ALEM_CHECK(cols % kInt8GroupSize == 0,
+                 "int8 weights need a column count divisible by " + std::to_string(kInt8GroupSize) +
+                     ", got " + std::to_string(cols));
+      const int64_t groups = cols / kInt8GroupSize;
+      w.scales.resize(static_cast<size_t>(rows * groups));
+      int8_t* q = w.data.as<int8_t>();
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t g = 0; g < groups; ++g) {
+          const float* src = values + r * cols + g * kInt8GroupSize;
+          float amax = 0.f;
+          for (int k = 0; k < kInt8GroupSize; ++k) amax = std::max(amax, std::fabs(src[k]));
+          const float scale = amax / 127.f;
+          const float inv = scale > 0.f ? 1.f / scale : 0.f;
+          w.scales[r * groups + g] = scale;
+          for (int k = 0; k < kInt8GroupSize; ++k) {
+            q[r * cols + g * kInt8GroupSize + k] =
+                static_cast<int8_t>(std::lrintf(std::clamp(src[k] * inv, -127.f, 127.f)));
+          }
+        }
+      }
+      break;
+    }
+  }
+  return w;
+}
+
+}  // namespace alem

@@ -1,0 +1,17 @@
+// Where tests find the real model and test data (set by ctest; see tests/CMakeLists.txt).
+#pragma once
+
+#include <cstdlib>
+#include <string>
+
+namespace alem::test {
+
+inline std::string env_or(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::string(v) : fallback;
+}
+inline std::string model_path() { return env_or("ALEM_TEST_MODEL", "models/smollm2-135m-instruct.h5"); }
+inline std::string gguf_path() { return env_or("ALEM_TEST_GGUF", "models/SmolLM2-135M-Instruct.Q4_1.gguf"); }
+inline std::string data_dir() { return env_or("ALEM_TEST_DATA", "tests/data"); }
+
+}  // namespace alem::test
