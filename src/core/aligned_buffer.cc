@@ -8,9 +8,13 @@
 
 namespace alem {
 
-AlignedBuffer::AlignedBuffer(size_t bytes) { resize(bytes); }
+AlignedBuffer::AlignedBuffer(size_t bytes) {
+  resize(bytes);
+}
 
-AlignedBuffer::~AlignedBuffer() { std::free(data_); }
+AlignedBuffer::~AlignedBuffer() {
+  std::free(data_);
+}
 
 AlignedBuffer::AlignedBuffer(AlignedBuffer&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
@@ -36,7 +40,9 @@ void AlignedBuffer::resize(size_t bytes) {
   size_ = bytes;
 }
 
-void AlignedBuffer::wipe() { secure_wipe(data_, size_); }
+void AlignedBuffer::wipe() {
+  secure_wipe(data_, size_);
+}
 
 void secure_wipe(void* data, size_t bytes) {
   if (!data || bytes == 0) return;

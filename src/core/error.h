@@ -30,8 +30,8 @@ class Error : public std::runtime_error {
 }  // namespace alem
 
 // ALEM_CHECK(cond, message-expression): throws alem::Error when cond is false.
-#define ALEM_CHECK(cond, msg)                                        \
-  do {                                                               \
+#define ALEM_CHECK(cond, msg)                                               \
+  do {                                                                      \
     if (!(cond)) ::alem::throw_error(std::string(msg), __FILE__, __LINE__); \
   } while (0)
 #define ALEM_FAIL(msg) ::alem::throw_error(std::string(msg), __FILE__, __LINE__)

@@ -6,23 +6,24 @@
 // single decode tokens of running ones, all mixed (token-budget scheduling, vLLM v1 style).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
 namespace alem {
 
 struct StepSequence {
-  int64_t request_id = 0;       // scheduler's id, echoed back with the sampled token
-  int32_t num_tokens = 0;       // tokens of this sequence in the step (prefill chunk or 1)
-  int32_t start_pos = 0;        // position of the first of them (= tokens already in the cache)
-  bool sample = false;          // true when the step reaches the end of the known tokens:
-                                //   the last row's logits are sampled to make a new token
+  int64_t request_id = 0;  // scheduler's id, echoed back with the sampled token
+  int32_t num_tokens = 0;  // tokens of this sequence in the step (prefill chunk or 1)
+  int32_t start_pos = 0;   // position of the first of them (= tokens already in the cache)
+  bool sample = false;     // true when the step reaches the end of the known tokens:
+                           //   the last row's logits are sampled to make a new token
   std::vector<int32_t> block_table;  // physical KV blocks covering [0, start_pos + num_tokens)
 };
 
 struct StepPlan {
   int64_t step_id = 0;
-  std::vector<int32_t> tokens;     // all tokens, sequences back to back
+  std::vector<int32_t> tokens;  // all tokens, sequences back to back
   std::vector<StepSequence> sequences;
 
   int32_t total_tokens() const { return static_cast<int32_t>(tokens.size()); }

@@ -11,9 +11,12 @@ namespace alem {
 float WeightMatrix::at(int64_t r, int64_t c) const {
   const int64_t i = r * cols + c;
   switch (dtype) {
-    case DType::F32: return data.as<float>()[i];
-    case DType::BF16: return bf16_to_f32(data.as<uint16_t>()[i]);
-    case DType::F16: return f16_to_f32(data.as<uint16_t>()[i]);
+    case DType::F32:
+      return data.as<float>()[i];
+    case DType::BF16:
+      return bf16_to_f32(data.as<uint16_t>()[i]);
+    case DType::F16:
+      return f16_to_f32(data.as<uint16_t>()[i]);
     case DType::I8:
       return static_cast<float>(data.as<int8_t>()[i]) *
              scales[r * groups_per_row() + c / kInt8GroupSize];
@@ -39,9 +42,9 @@ WeightMatrix make_weight_matrix(const float* values, int64_t rows, int64_t cols,
       for (int64_t i = 0; i < n; ++i) w.data.as<uint16_t>()[i] = f32_to_f16(values[i]);
       break;
     case DType::I8: {
-      ALEM_CHECK(cols % kInt8GroupSize == 0,
-                 "int8 weights need a column count divisible by " + std::to_string(kInt8GroupSize) +
-                     ", got " + std::to_string(cols));
+      ALEM_CHECK(cols % kInt8GroupSize == 0, "int8 weights need a column count divisible by " +
+                                                 std::to_string(kInt8GroupSize) + ", got " +
+                                                 std::to_string(cols));
       const int64_t groups = cols / kInt8GroupSize;
       w.scales.resize(static_cast<size_t>(rows * groups));
       int8_t* q = w.data.as<int8_t>();
@@ -63,6 +66,30 @@ WeightMatrix make_weight_matrix(const float* values, int64_t rows, int64_t cols,
     }
   }
   return w;
+}
+
+}  // namespace alem
+
+namespace alem {
+
+WeightMatrix concat_rows(const std::vector<WeightMatrix>& parts) {
+  ALEM_CHECK(!parts.empty(), "concat_rows of nothing");
+  WeightMatrix out;
+  out.dtype = parts[0].dtype;
+  out.cols = parts[0].cols;
+  for (const WeightMatrix& p : parts) {
+    ALEM_CHECK(p.dtype == out.dtype && p.cols == out.cols,
+               "concat_rows needs matching dtypes and column counts");
+    out.rows += p.rows;
+  }
+  out.data.resize(static_cast<size_t>(out.rows * out.cols) * dtype_size(out.dtype));
+  size_t offset = 0;
+  for (const WeightMatrix& p : parts) {
+    std::copy(p.data.data(), p.data.data() + p.data.size(), out.data.data() + offset);
+    offset += p.data.size();
+    out.scales.insert(out.scales.end(), p.scales.begin(), p.scales.end());
+  }
+  return out;
 }
 
 }  // namespace alem

@@ -18,7 +18,7 @@ struct WeightMatrix {
   DType dtype = DType::F32;
   int64_t rows = 0;
   int64_t cols = 0;
-  AlignedBuffer data;  // rows*cols elements of dtype
+  AlignedBuffer data;         // rows*cols elements of dtype
   std::vector<float> scales;  // I8 only: rows * (cols / kInt8GroupSize)
 
   int64_t groups_per_row() const { return cols / kInt8GroupSize; }
@@ -31,4 +31,9 @@ struct WeightMatrix {
 // quantising to int8 with one absmax scale per group). cols must divide by kInt8GroupSize for I8.
 WeightMatrix make_weight_matrix(const float* values, int64_t rows, int64_t cols, DType dtype);
 
+}  // namespace alem
+
+namespace alem {
+// Stacks matrices of one dtype and column count on top of each other (fused QKV, gate+up).
+WeightMatrix concat_rows(const std::vector<WeightMatrix>& parts);
 }  // namespace alem

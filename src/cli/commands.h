@@ -1,0 +1,16 @@
+// The `alem` subcommands. Each lives in its own cmd_*.cc file and registers itself on the
+// CLI11 app; main.cc only parses, dispatches, and turns errors into exit codes.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace alem::cli {
+
+// Each adds one subcommand whose callback does the work and throws alem::Error on failure.
+void add_generate_command(CLI::App& app);
+void add_convert_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
+void add_info_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
+
+}  // namespace alem::cli

@@ -1,0 +1,37 @@
+// Chooses between the one-rank context and the MPI context, and makes a failure on any rank end
+// the whole job (see mpi/failure_watchdog.h).
+#include "cli/runtime.h"
+
+#include <cstdlib>
+
+#include "core/error.h"
+#include "mpi/failure_watchdog.h"
+#include "mpi/mpi_context.h"
+
+namespace alem::cli {
+
+bool launched_by_mpi() {
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"}) {
+    if (std::getenv(var)) return true;
+  }
+  return false;
+}
+
+ParallelContext make_context(const ParallelOptions& o) {
+  const ParallelLayout layout(o.tp, o.pp, o.dp);
+  if (layout.world_size() == 1 && !launched_by_mpi()) return make_solo_context();
+  return make_mpi_context(layout);
+}
+
+void fail_job(ParallelContext* ctx, const std::string& why) {
+  if (ctx && ctx->world && ctx->world->size() > 1) abort_job(why);
+}
+
+void add_parallel_flags(CLI::App& cmd, ParallelOptions& o) {
+  cmd.add_option("--tp", o.tp, "Tensor-parallel size (ranks per replica stage)")
+      ->capture_default_str();
+  cmd.add_option("--pp", o.pp, "Pipeline-parallel size (stages)")->capture_default_str();
+  cmd.add_option("--dp", o.dp, "Data-parallel size (replicas)")->capture_default_str();
+}
+
+}  // namespace alem::cli

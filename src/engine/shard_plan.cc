@@ -1,0 +1,75 @@
+// Computes and validates a rank's weight slices (see shard_plan.h).
+#include "engine/shard_plan.h"
+
+#include "core/dtype.h"
+#include "core/error.h"
+
+namespace alem {
+
+std::string ShardPlan::describe() const {
+  return "tp " + std::to_string(tp_rank) + "/" + std::to_string(tp_size) + " pp " +
+         std::to_string(pp_rank) + "/" + std::to_string(pp_size) + ": heads [" +
+         std::to_string(head_begin) + "," + std::to_string(head_begin + num_heads) +
+         ") kv heads [" + std::to_string(kv_head_begin) + "," +
+         std::to_string(kv_head_begin + num_kv_heads) + ") ffn [" + std::to_string(ffn_begin) +
+         "," + std::to_string(ffn_begin + ffn_size) + ") vocab [" + std::to_string(vocab_begin) +
+         "," + std::to_string(vocab_begin + vocab_size) + ") layers [" +
+         std::to_string(first_layer) + "," + std::to_string(first_layer + num_layers) + ")";
+}
+
+ShardPlan make_shard_plan(const ModelConfig& c, int tp_size, int tp_rank, int pp_size, int pp_rank,
+                          bool int8_weights, const std::vector<int>& layers_per_stage) {
+  ALEM_CHECK(tp_size >= 1 && tp_rank >= 0 && tp_rank < tp_size, "bad tensor-parallel rank");
+  ALEM_CHECK(pp_size >= 1 && pp_rank >= 0 && pp_rank < pp_size, "bad pipeline-parallel rank");
+  const std::string shape = " (model has " + std::to_string(c.num_heads) + " heads, " +
+                            std::to_string(c.num_kv_heads) + " kv heads, intermediate " +
+                            std::to_string(c.intermediate_size) + ", vocab " +
+                            std::to_string(c.vocab_size) + ")";
+  ShardPlan p;
+  p.tp_size = tp_size;
+  p.tp_rank = tp_rank;
+  p.pp_size = pp_size;
+  p.pp_rank = pp_rank;
+
+  ALEM_CHECK(c.num_heads % tp_size == 0, "tensor parallel size " + std::to_string(tp_size) +
+                                             " does not divide the attention heads" + shape +
+                                             "; supported tp sizes divide the head count");
+  p.num_heads = c.num_heads / tp_size;
+  p.head_begin = tp_rank * p.num_heads;
+  if (tp_size <= c.num_kv_heads) {
+    ALEM_CHECK(c.num_kv_heads % tp_size == 0, "tensor parallel size " + std::to_string(tp_size) +
+                                                  " does not divide the kv heads" + shape);
+    p.num_kv_heads = c.num_kv_heads / tp_size;
+    p.kv_head_begin = tp_rank * p.num_kv_heads;
+  } else {
+    ALEM_CHECK(tp_size % c.num_kv_heads == 0,
+               "tensor parallel size " + std::to_string(tp_size) +
+                   " exceeds the kv heads and is not a multiple of them" + shape);
+    p.num_kv_heads = 1;  // replicated: tp/kv ranks share each kv head
+    p.kv_head_begin = tp_rank / (tp_size / c.num_kv_heads);
+  }
+  ALEM_CHECK(p.num_heads % p.num_kv_heads == 0,
+             "local query heads must be a multiple of local kv heads");
+
+  ALEM_CHECK(c.intermediate_size % tp_size == 0, "tensor parallel size " + std::to_string(tp_size) +
+                                                     " does not divide the FFN intermediate size" +
+                                                     shape);
+  p.ffn_size = c.intermediate_size / tp_size;
+  p.ffn_begin = tp_rank * p.ffn_size;
+  ALEM_CHECK(c.vocab_size % tp_size == 0, "tensor parallel size " + std::to_string(tp_size) +
+                                              " does not divide the vocabulary" + shape);
+  p.vocab_size = c.vocab_size / tp_size;
+  p.vocab_begin = tp_rank * p.vocab_size;
+  if (int8_weights && tp_size > 1) {
+    ALEM_CHECK((p.num_heads * c.head_dim) % kInt8GroupSize == 0 && p.ffn_size % kInt8GroupSize == 0,
+               "int8 weights need row-parallel slices of whole 32-column groups at tp " +
+                   std::to_string(tp_size) + shape);
+  }
+
+  const std::vector<StageRange> stages = split_layers(c.num_layers, pp_size, layers_per_stage);
+  p.first_layer = stages[pp_rank].first_layer;
+  p.num_layers = stages[pp_rank].num_layers;
+  return p;
+}
+
+}  // namespace alem

@@ -1,0 +1,43 @@
+// ShardPlan: which slice of every weight one rank owns, from the model shape and the rank's
+// (tp, pp) coordinates. Pure arithmetic, checked at start-up, so an impossible layout fails
+// before any weight is read with a message saying what would have to divide what.
+//
+// Tensor parallel (Megatron): query heads split evenly; KV heads split evenly when tp divides
+// them, replicated when tp is a multiple of them (rank r then uses kv head r / (tp / kv_heads));
+// the FFN intermediate dimension and the vocabulary split evenly.
+// Pipeline parallel: contiguous layer ranges (balanced, or given).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "model/model_config.h"
+#include "mpi/parallel_layout.h"
+
+namespace alem {
+
+struct ShardPlan {
+  int tp_size = 1, tp_rank = 0, pp_size = 1, pp_rank = 0;
+  // Attention heads held locally: query heads [head_begin, head_begin + num_heads) and kv heads
+  // [kv_head_begin, kv_head_begin + num_kv_heads).
+  int head_begin = 0, num_heads = 0;
+  int kv_head_begin = 0, num_kv_heads = 0;
+  // FFN intermediate columns [ffn_begin, ffn_begin + ffn_size).
+  int ffn_begin = 0, ffn_size = 0;
+  // Vocabulary rows [vocab_begin, vocab_begin + vocab_size) of the embedding and LM head.
+  int vocab_begin = 0, vocab_size = 0;
+  // Layers [first_layer, first_layer + num_layers) of this pipeline stage.
+  int first_layer = 0, num_layers = 0;
+
+  bool has_embedding() const { return pp_rank == 0; }
+  bool has_lm_head() const { return pp_rank == pp_size - 1; }
+  std::string describe() const;
+};
+
+// Throws alem::Error naming the constraint when the layout cannot shard the model.
+// `int8_weights`: row-parallel splits must then also fall on 32-column group boundaries.
+ShardPlan make_shard_plan(const ModelConfig& config, int tp_size, int tp_rank, int pp_size,
+                          int pp_rank, bool int8_weights,
+                          const std::vector<int>& layers_per_stage = {});
+
+}  // namespace alem

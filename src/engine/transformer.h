@@ -1,0 +1,101 @@
+// ShardedTransformer: one rank's part of a Llama-family model (its tensor-parallel heads, FFN
+// columns and vocabulary slice, for its pipeline stage's layers) plus that part's paged KV
+// cache. Every rank of a replica calls forward() with the same StepPlan; the first stage embeds
+// the tokens, later stages receive hidden states from the stage before, and the last stage
+// returns logits for the rows the plan samples. All communication goes through the
+// ParallelContext's process groups; with one rank they are no-ops.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/shard_plan.h"
+#include "engine/step_plan.h"
+#include "kernels/backend.h"
+#include "model/model_store.h"
+#include "mpi/parallel_context.h"
+
+namespace alem {
+
+struct EngineOptions {
+  int block_size = 16;                // tokens per KV cache block
+  int num_kv_blocks = 0;              // 0: enough for one max_model_len sequence
+  int max_model_len = 0;              // 0: the model's max_position_embeddings
+  int micro_batches = 0;              // pipeline micro-batches per step; 0: pp size (when pp > 1)
+  std::vector<int> layers_per_stage;  // empty: balanced pipeline stages
+};
+
+// Logits of the sampled rows, for this rank's vocabulary slice (tensor-parallel ranks hold
+// different slices; the sampler merges candidates instead of gathering whole rows).
+struct StepLogits {
+  std::vector<int64_t> request_ids;  // one per row, in plan order of sampled sequences
+  int64_t vocab_begin = 0;
+  int64_t vocab_size = 0;
+  std::vector<float> values;  // [rows][vocab_size]
+  int64_t rows() const { return static_cast<int64_t>(request_ids.size()); }
+  const float* row(int64_t i) const { return values.data() + i * vocab_size; }
+};
+
+// Time spent in each part of forward(), accumulated; for benchmarks.
+struct ForwardTimings {
+  double compute_seconds = 0;
+  double communication_seconds = 0;
+  int64_t steps = 0;
+};
+
+class ShardedTransformer {
+ public:
+  // Reads this rank's shard from the store. Throws alem::Error if the layout cannot shard the
+  // model (see make_shard_plan) or the store lacks a tensor.
+  ShardedTransformer(const ModelStoreReader& store, ParallelContext& ctx,
+                     const KernelBackend& backend, const EngineOptions& options);
+  ~ShardedTransformer();
+  ShardedTransformer(const ShardedTransformer&) = delete;
+  ShardedTransformer& operator=(const ShardedTransformer&) = delete;
+
+  // Runs one step. Returns logits on the last pipeline stage (empty elsewhere).
+  StepLogits forward(const StepPlan& plan);
+
+  const ModelConfig& config() const { return config_; }
+  const ShardPlan& shard() const { return shard_; }
+  int block_size() const { return options_.block_size; }
+  int num_kv_blocks() const { return num_kv_blocks_; }
+  int max_model_len() const { return options_.max_model_len; }
+  double load_seconds() const { return load_seconds_; }
+  uint64_t bytes_loaded() const { return bytes_loaded_; }
+  uint64_t weight_bytes() const;
+  uint64_t kv_cache_bytes() const;
+  const ForwardTimings& timings() const { return timings_; }
+  void reset_timings() { timings_ = {}; }
+  // Zeroes the given KV cache blocks (called when a request's blocks are released).
+  void wipe_kv_blocks(const std::vector<int32_t>& blocks);
+
+ private:
+  struct Layer;
+  void run_micro_batch(const StepPlan& plan, size_t seq_begin, size_t seq_end, StepLogits& out);
+  void run_layer(Layer& layer, int layer_index, int64_t T);
+
+  ModelConfig config_;
+  ShardPlan shard_;
+  EngineOptions options_;
+  ParallelContext& ctx_;
+  const KernelBackend& backend_;
+  RopeTable rope_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  WeightMatrix embedding_;  // vocab slice, first stage (and last stage when tied)
+  WeightMatrix lm_head_;    // vocab slice, last stage, when untied
+  std::vector<float> final_norm_;
+  int num_kv_blocks_ = 0;
+  double load_seconds_ = 0;
+  uint64_t bytes_loaded_ = 0;
+  ForwardTimings timings_;
+
+  // Per-step scratch, sized for the largest step seen.
+  std::vector<float> x_, h_, qkv_, q_, k_, v_, attn_, proj_, gate_up_, act_;
+  std::vector<int32_t> positions_;
+  std::vector<AttentionSequence> attention_seqs_;
+};
+
+}  // namespace alem
