@@ -29,20 +29,27 @@ class ParallelLayout {
   ParallelLayout() = default;
   // Throws alem::Error if any size < 1.
   ParallelLayout(int tp_size, int pp_size, int dp_size);
+  // The layout with the given tp and pp that fills world_size ranks (dp = world / (tp * pp)).
+  // Throws alem::Error when world_size is not a multiple of tp * pp.
+  static ParallelLayout for_world(int world_size, int tp_size, int pp_size);
 
   int tp_size() const { return tp_; }
   int pp_size() const { return pp_; }
   int dp_size() const { return dp_; }
   int world_size() const { return tp_ * pp_ * dp_; }
 
+  // Both throw alem::Error for a rank or coordinate outside the layout.
   ParallelCoords coords(int world_rank) const;
   int world_rank(const ParallelCoords& c) const;
-  // World ranks of the groups that contain world_rank, in group-rank order.
+  // World ranks of the groups that contain world_rank, in group-rank order (element i is the
+  // member whose rank in that group is i). Throw alem::Error for a rank outside the layout.
   std::vector<int> tp_group(int world_rank) const;
   std::vector<int> pp_group(int world_rank) const;
   std::vector<int> dp_group(int world_rank) const;
   int replica_leader(int dp_rank) const { return dp_rank * pp_ * tp_; }
   std::string describe() const;  // "tp=3 pp=2 dp=1 (6 ranks)"
+
+  bool operator==(const ParallelLayout&) const = default;
 
  private:
   int tp_ = 1, pp_ = 1, dp_ = 1;
@@ -50,11 +57,18 @@ class ParallelLayout {
 
 // Contiguous layer ranges per pipeline stage. Balanced: the first (num_layers % pp) stages get
 // one extra layer. A given split (sizes summing to num_layers) is checked and used as is.
+// Every stage gets at least one layer. Throws alem::Error when num_layers < pp_size, or when a
+// given split has the wrong length, a stage with fewer than one layer, or the wrong total.
+//   split_layers(30, 4) -> {0,8} {8,8} {16,7} {23,7}
 struct StageRange {
   int first_layer = 0;
   int num_layers = 0;
+  int end_layer() const { return first_layer + num_layers; }  // one past the last layer
+  bool operator==(const StageRange&) const = default;
 };
 std::vector<StageRange> split_layers(int num_layers, int pp_size,
                                      const std::vector<int>& given = {});
+// The pipeline stage that holds `layer` in a split from split_layers (throws if none does).
+int stage_of_layer(const std::vector<StageRange>& stages, int layer);
 
 }  // namespace alem

@@ -36,17 +36,18 @@ void run_generate(GenerateOptions& o) {
     o.sampling.validate();
     ModelStoreReader store(o.model);
     Tokenizer tokenizer(store.tokenizer());
-    std::string text = o.prompt;
+    std::vector<int32_t> prompt;
     if (o.chat) {
       std::vector<ChatMessage> messages;
       if (!o.system.empty()) messages.push_back({"system", o.system});
       messages.push_back({"user", o.prompt});
-      text = apply_chat_template(messages, /*add_generation_prompt=*/true, store.tokenizer());
-    }
-    // Chat templates contain special tokens; raw prompts are plain text.
-    std::vector<int32_t> prompt = tokenizer.encode(text, /*parse_special=*/o.chat);
-    if (!o.chat && store.tokenizer().add_bos_token && tokenizer.bos_id() >= 0) {
-      prompt.insert(prompt.begin(), tokenizer.bos_id());
+      // Message text is encoded without special-token parsing: a user cannot close the turn.
+      prompt = encode_chat(messages, /*add_generation_prompt=*/true, store.tokenizer(), tokenizer);
+    } else {
+      prompt = tokenizer.encode(o.prompt, /*parse_special=*/false);
+      if (store.tokenizer().add_bos_token && tokenizer.bos_id() >= 0) {
+        prompt.insert(prompt.begin(), tokenizer.bos_id());
+      }
     }
 
     auto backend = make_backend(o.backend);

@@ -5,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "mpi/mpi_context.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"alem: sharded, confidential LLM inference on Slurm clusters"};
@@ -15,16 +16,16 @@ int main(int argc, char** argv) {
   alem::cli::add_bench_command(app);
   alem::cli::add_info_command(app);
   alem::cli::add_serve_command(app);
+  int status = 0;
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  } catch (const alem::Error& e) {
-    std::fprintf(stderr, "alem: error: %s\n", e.what());
-    return 1;
+    status = app.exit(e);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "alem: error: %s\n", e.what());
-    return 1;
+    status = 1;
   }
-  return 0;
+  // Multi-rank commands have destroyed their contexts by now; a no-op when MPI never started.
+  alem::finalize_mpi();
+  return status;
 }

@@ -20,7 +20,10 @@ bool launched_by_mpi() {
 ParallelContext make_context(const ParallelOptions& o) {
   const ParallelLayout layout(o.tp, o.pp, o.dp);
   if (layout.world_size() == 1 && !launched_by_mpi()) return make_solo_context();
-  return make_mpi_context(layout);
+  ParallelContext ctx = make_mpi_context(layout);
+  // An exception escaping any thread, or (when configured) a stuck collective, ends the job.
+  install_failure_handling(ctx);
+  return ctx;
 }
 
 void fail_job(ParallelContext* ctx, const std::string& why) {

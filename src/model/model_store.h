@@ -6,12 +6,16 @@
 //   /tokenizer/             datasets tokens (vlen utf-8 strings), token_kinds (int32),
 //                           merges (vlen strings); attributes model, pre_tokenizer, bos/eos/
 //                           unknown/padding ids, add_bos_token, chat_template
-//   /tensors/<name>         one dataset per tensor, HF names ("model.layers.0.self_attn.q_proj.weight"),
-//                           2-D [rows, cols] (1-D for norms and biases); dtype f32 / bf16 (stored
-//                           as uint16 with attribute dtype="bf16") / int8; chunked in 64x64 tiles
-//                           so a tensor-parallel shard (a row or column range) is a cheap hyperslab
-//   /tensors/<name>.scales  int8 only: f32 [rows, cols/32] group scales
-// Every rank opens the file read-only and reads only the slices it owns.
+//   /tensors/<name>         one dataset per tensor, HF names
+//                           ("model.layers.0.self_attn.q_proj.weight"), 2-D [rows, cols] or
+//                           1-D (norms, biases); every dataset has a string attribute dtype:
+//                           "f32" (IEEE f32), "bf16"/"f16" (stored as uint16 bit patterns) or
+//                           "int8". 2-D tensors are chunked in 64x64 tiles (clipped at the
+//                           edges), uncompressed, so a tensor-parallel shard (a row or column
+//                           range) is a cheap hyperslab; 1-D tensors are contiguous f32.
+//   /tensors/<name>.scales  int8 only: f32 [rows, cols/32] group scales, chunked 64x64
+// Every rank opens the file read-only and reads only the slices it owns. Readers may be used
+// from several threads: calls into HDF5 (which is not thread-safe) are serialised internally.
 #pragma once
 
 #include <cstdint>
@@ -63,6 +67,7 @@ class ModelStoreReader {
   std::string verify() const;
 
  private:
+  friend std::string compute_model_store_digest(const std::string& path);  // model_store_writer.h
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -1,0 +1,317 @@
+// `alem serve`: the long-lived server of a Slurm job. Every rank loads its shard; world rank 0
+// is the gateway (the OpenAI-compatible HTTP API of src/serve) and the leader of replica 0, whose
+// engine loop (engine/serving_engine.h) schedules and broadcasts every step; the other ranks of
+// the replica follow the leader's steps.
+//
+// Threads on the gateway: the main thread runs the engine loop (so MPI is only ever called from
+// the thread that started it), httplib's pool answers HTTP, and a control thread turns signals
+// into a drain or a stop:
+//   SIGUSR1, SIGTERM  drain: new requests get 503, /health 503, requests in flight finish (or are
+//                     aborted after drain_seconds), then every rank exits with code 75, which
+//                     the Slurm script takes as "requeue me".
+//   SIGINT            stop: abort what is in flight, exit 0.
+// Followers note signals but act only on the leader's stop message, so the replica stays in step.
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <ctime>
+#include <thread>
+
+#include "cli/commands.h"
+#include "cli/runtime.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "engine/serving_engine.h"
+#include "model/model_store.h"
+#include "model/tokenizer.h"
+#include "mpi/mpi_context.h"
+#include "serve/http_server.h"
+#include "serve/serve_config.h"
+
+namespace alem::cli {
+namespace {
+
+constexpr int kExitDrained = 75;  // "drained on request, requeue me" (slurm/alem-serve.sbatch)
+
+std::atomic<int> g_last_signal{0};
+
+extern "C" void remember_signal(int signal_number) { g_last_signal.store(signal_number); }
+
+void install_signal_handlers() {
+  struct sigaction action {};
+  action.sa_handler = remember_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  for (int s : {SIGUSR1, SIGTERM, SIGINT}) sigaction(s, &action, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);  // a client that hung up must not end the server
+}
+
+struct ServeOptions {
+  std::string model;
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  int metrics_port = 0;
+  std::string served_model_name;
+  ParallelOptions parallel;
+  int max_num_seqs = 64;
+  int max_batch_tokens = 2048;
+  int max_waiting = 256;
+  int block_size = 16;
+  int num_kv_blocks = 0;
+  int kv_cache_mb = 1024;
+  int max_model_len = 0;
+  std::string backend = "cpu";
+  std::string config_file;
+  int drain_seconds = 30;
+  int http_threads = 256;
+  size_t max_body_bytes = size_t{1} << 20;
+};
+
+// Flags given on the command line win over the config file.
+void apply_config_file(ServeOptions& o, const CLI::App& cmd) {
+  if (o.config_file.empty()) return;
+  const serve::ServeConfigFile c = serve::load_serve_config(o.config_file);
+  auto given = [&](const char* flag) { return cmd.count(flag) > 0; };
+  if (c.host && !given("--host")) o.host = *c.host;
+  if (c.port && !given("--port")) o.port = *c.port;
+  if (c.metrics_port && !given("--metrics-port")) o.metrics_port = *c.metrics_port;
+  if (c.max_batch_tokens && !given("--max-batch-tokens")) o.max_batch_tokens = *c.max_batch_tokens;
+  if (c.max_concurrent_requests && !given("--max-num-seqs")) {
+    o.max_num_seqs = *c.max_concurrent_requests;
+  }
+  if (c.max_context_tokens && !given("--max-model-len")) o.max_model_len = *c.max_context_tokens;
+  if (c.drain_seconds && !given("--drain-seconds")) o.drain_seconds = *c.drain_seconds;
+  if (c.queue && !c.queue->empty()) {
+    log_warn("the config names a network pull queue; alem serve answers HTTP only",
+             {{"config", o.config_file}});
+  }
+}
+
+LogFields job_fields() {
+  LogFields fields;
+  for (const char* var : {"SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_NODELIST",
+                          "SLURM_PROCID"}) {
+    if (const char* v = std::getenv(var)) fields.emplace_back(var, v);
+  }
+  return fields;
+}
+
+// KV blocks that fit in `budget_mb` on this rank: K and V in f32 for this rank's layers and KV
+// heads.
+int kv_blocks_for_budget(const ModelConfig& config, const ParallelContext& ctx, int block_size,
+                         int budget_mb) {
+  const int tp = ctx.layout.tp_size(), pp = ctx.layout.pp_size();
+  const int64_t kv_heads = (config.num_kv_heads + tp - 1) / tp;
+  const int64_t layers = (config.num_layers + pp - 1) / pp;
+  const int64_t block_bytes =
+      2 * layers * kv_heads * config.head_dim * static_cast<int64_t>(block_size) * 4;
+  return static_cast<int>(static_cast<int64_t>(budget_mb) * 1024 * 1024 / block_bytes);
+}
+
+// The gateway's control thread: signals -> drain or stop. Returns when the engine loop is told
+// to stop; `drained` says whether the job should be requeued.
+void control_loop(ServingEngine& engine, serve::HttpServer& server, int drain_seconds,
+                  const std::atomic<bool>& engine_done, std::atomic<bool>& drained) {
+  using Clock = std::chrono::steady_clock;
+  bool draining = false;
+  Clock::time_point deadline{};
+  bool aborted = false;
+  Clock::time_point abort_deadline{};
+  while (!engine_done.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const int sig = g_last_signal.exchange(0);
+    if (sig == SIGINT) {
+      log_info("SIGINT: stopping", {{"in_flight", std::to_string(engine.in_flight())}});
+      server.set_draining(true);
+      engine.stop();
+      return;
+    }
+    if ((sig == SIGUSR1 || sig == SIGTERM) && !draining) {
+      draining = true;
+      deadline = Clock::now() + std::chrono::seconds(drain_seconds);
+      server.set_draining(true);
+      engine.stop_accepting();
+      log_info(sig == SIGUSR1 ? "SIGUSR1: draining" : "SIGTERM: draining",
+               {{"in_flight", std::to_string(engine.in_flight())},
+                {"drain_seconds", std::to_string(drain_seconds)}});
+    }
+    if (!draining) continue;
+    if (engine.in_flight() == 0 && server.active_requests() == 0) {
+      log_info("drained: every request finished");
+      drained = true;
+      engine.stop(kExitDrained);
+      return;
+    }
+    if (!aborted && Clock::now() >= deadline) {
+      log_warn("drain time is up: aborting what is left",
+               {{"in_flight", std::to_string(engine.in_flight())}});
+      engine.abort_all();
+      aborted = true;
+      abort_deadline = Clock::now() + std::chrono::seconds(5);
+    }
+    if (aborted && Clock::now() >= abort_deadline) {  // streams that never read their end
+      drained = true;
+      engine.stop(kExitDrained);
+      return;
+    }
+  }
+}
+
+int serve(ServeOptions& o, const CLI::App& cmd) {
+  apply_config_file(o, cmd);
+  ParallelContext ctx = make_context(o.parallel);
+  try {
+    install_signal_handlers();
+    ALEM_CHECK(ctx.layout.dp_size() == 1,
+               "alem serve runs one replica per job for now (--dp 1); start one job per replica "
+               "behind a load balancer");
+    const bool gateway = ctx.world_rank == 0;
+    ModelStoreReader store(o.model);
+    const ModelConfig& config = store.config();
+    const std::string served_name =
+        o.served_model_name.empty() ? config.name : o.served_model_name;
+    ALEM_CHECK(!served_name.empty(), "the model has no name; pass --served-model-name");
+    if (gateway) {
+      LogFields fields = job_fields();
+      fields.insert(fields.begin(), {{"model", served_name},
+                                     {"layout", ctx.layout.describe()},
+                                     {"host", o.host},
+                                     {"port", std::to_string(o.port)}});
+      log_info("serve starting", fields);
+    }
+
+    // The gateway answers 503 while the ranks load their shards.
+    std::unique_ptr<Tokenizer> tokenizer;
+    serve::ServedModel served;
+    std::unique_ptr<serve::ServingMetrics> metrics;
+    std::unique_ptr<serve::HttpServer> server;
+    if (gateway) {
+      tokenizer = std::make_unique<Tokenizer>(store.tokenizer());
+      served.name = served_name;
+      served.tokenizer = tokenizer.get();
+      served.tokenizer_data = &store.tokenizer();
+      served.created = static_cast<int64_t>(std::time(nullptr));
+      served.im_end_id = tokenizer->token_id("<|im_end|>");
+      metrics = std::make_unique<serve::ServingMetrics>(1);
+      serve::HttpServerOptions http;
+      http.host = o.host;
+      http.port = o.port;
+      http.metrics_port = o.metrics_port;
+      http.threads = o.http_threads;
+      http.max_body_bytes = o.max_body_bytes;
+      server = std::make_unique<serve::HttpServer>(served, *metrics, http);
+      server->bind();
+      server->start();
+      log_info("listening", {{"host", o.host},
+                             {"port", std::to_string(server->port())},
+                             {"metrics_port", std::to_string(server->metrics_port())}});
+    }
+
+    auto backend = make_backend(o.backend);
+    EngineOptions engine_options;
+    engine_options.block_size = o.block_size;
+    engine_options.max_model_len = o.max_model_len > 0
+                                       ? std::min(o.max_model_len, config.max_position_embeddings)
+                                       : config.max_position_embeddings;
+    engine_options.num_kv_blocks =
+        o.num_kv_blocks > 0 ? o.num_kv_blocks
+                            : kv_blocks_for_budget(config, ctx, o.block_size, o.kv_cache_mb);
+    const int blocks_for_one = (engine_options.max_model_len + o.block_size - 1) / o.block_size;
+    ALEM_CHECK(engine_options.num_kv_blocks >= blocks_for_one,
+               "the KV cache of " + std::to_string(engine_options.num_kv_blocks) +
+                   " blocks cannot hold one sequence of max_model_len " +
+                   std::to_string(engine_options.max_model_len) + " (" +
+                   std::to_string(blocks_for_one) +
+                   " blocks); raise --kv-cache-mb or --num-kv-blocks, or lower --max-model-len");
+    ShardedTransformer model(store, ctx, *backend, engine_options);
+
+    ServingOptions serving;
+    serving.max_num_seqs = o.max_num_seqs;
+    serving.max_batch_tokens = std::max(o.max_batch_tokens, o.max_num_seqs);
+    serving.max_waiting = o.max_waiting;
+    serving.eos_token_ids = config.eos_token_ids;  // as `alem generate` stops
+    if (store.tokenizer().eos_token_id >= 0) {
+      serving.eos_token_ids.push_back(store.tokenizer().eos_token_id);
+    }
+    ServingEngine engine(model, ctx, serving);
+    ctx.world->barrier();  // every rank has loaded its shard
+
+    if (!engine.is_leader()) return engine.run_follower_loop();
+
+    log_info("ready", {{"load_s", log_number(model.load_seconds())},
+                       {"kv_blocks", std::to_string(model.num_kv_blocks())},
+                       {"block_size", std::to_string(model.block_size())},
+                       {"max_model_len", std::to_string(model.max_model_len())},
+                       {"max_num_seqs", std::to_string(serving.max_num_seqs)},
+                       {"max_batch_tokens", std::to_string(serving.max_batch_tokens)}});
+    server->attach_engine(&engine);
+    std::atomic<bool> engine_done{false}, drained{false};
+    std::thread control([&] { control_loop(engine, *server, o.drain_seconds, engine_done, drained); });
+    try {
+      engine.run_leader_loop();
+    } catch (...) {
+      engine_done = true;
+      control.join();
+      server->stop();
+      throw;
+    }
+    engine_done = true;
+    control.join();
+    server->stop();
+    log_info(drained ? "drained; exiting for requeue" : "stopped",
+             {{"exit_code", std::to_string(drained ? kExitDrained : 0)}});
+    return drained ? kExitDrained : 0;
+  } catch (const std::exception& e) {
+    fail_job(&ctx, e.what());
+    throw;
+  }
+}
+
+}  // namespace
+
+void add_serve_command(CLI::App& app) {
+  auto o = std::make_shared<ServeOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "serve", "Serve a model over an OpenAI-compatible HTTP API (vLLM-shaped)");
+  cmd->add_option("--model,-m", o->model, "HDF5 model store (from `alem convert`)")->required();
+  cmd->add_option("--host", o->host, "HTTP bind address")->capture_default_str();
+  cmd->add_option("--port", o->port, "HTTP port (0: any free port)")->capture_default_str();
+  cmd->add_option("--metrics-port", o->metrics_port, "Also serve /metrics on this port (0: off)");
+  cmd->add_option("--served-model-name", o->served_model_name,
+                  "Model name clients must send (default: the model's own name)");
+  add_parallel_flags(*cmd, o->parallel);
+  cmd->add_option("--max-num-seqs", o->max_num_seqs, "Sequences running at once")
+      ->capture_default_str();
+  cmd->add_option("--max-batch-tokens", o->max_batch_tokens, "Token budget of one engine step")
+      ->capture_default_str();
+  cmd->add_option("--max-waiting", o->max_waiting,
+                  "Sequences queued beyond the running ones; more get 429")
+      ->capture_default_str();
+  cmd->add_option("--block-size", o->block_size, "Tokens per KV cache block")->capture_default_str();
+  cmd->add_option("--num-kv-blocks", o->num_kv_blocks, "KV cache blocks (0: from --kv-cache-mb)");
+  cmd->add_option("--kv-cache-mb", o->kv_cache_mb, "KV cache memory per rank, MiB")
+      ->capture_default_str();
+  cmd->add_option("--max-model-len", o->max_model_len,
+                  "Context limit, prompt + completion (0: the model's)");
+  cmd->add_option("--backend", o->backend, "Kernel backend: cpu, reference, cuda")
+      ->capture_default_str();
+  cmd->add_option("--config", o->config_file, "Server settings TOML ([network], [limits])");
+  cmd->add_option("--drain-seconds", o->drain_seconds,
+                  "On SIGUSR1/SIGTERM, how long requests in flight may still run")
+      ->capture_default_str();
+  cmd->add_option("--http-threads", o->http_threads, "HTTP connection threads")
+      ->capture_default_str();
+  cmd->add_option("--max-body-bytes", o->max_body_bytes, "Largest request body (413 above)")
+      ->capture_default_str();
+  cmd->callback([o, cmd] {
+    // A server's log goes to collectors: JSON lines unless the operator chose otherwise.
+    setenv("ALEM_LOG_FORMAT", "json", /*overwrite=*/0);
+    const int code = serve(*o, *cmd);
+    if (launched_by_mpi()) finalize_mpi();
+    // The exit status carries the drain outcome to the Slurm script; main() only knows 0 and 1.
+    if (code != 0) std::exit(code);
+  });
+}
+
+}  // namespace alem::cli

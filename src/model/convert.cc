@@ -1,0 +1,222 @@
+// GGUF / safetensors -> HDF5 model store. Both importers first check that the source holds
+// exactly the tensors the config implies (HF names, shapes), so a store that converts is one
+// the engine can load; then they stream tensor by tensor into a ModelStoreWriter writing
+// "<out>.part", and rename it into place after the digest is recorded.
+#include "model/convert.h"
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "core/error.h"
+#include "model/gguf_quant.h"
+#include "model/gguf_reader.h"
+#include "model/hf_tokenizer_json.h"
+#include "model/model_config.h"
+#include "model/model_store.h"
+#include "model/model_store_writer.h"
+#include "model/safetensors_reader.h"
+
+namespace alem {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+std::map<std::string, std::vector<int64_t>> expected_shape_map(const ModelConfig& config) {
+  std::map<std::string, std::vector<int64_t>> m;
+  for (const ExpectedTensor& t : expected_tensors(config)) m[t.name] = t.shape;
+  return m;
+}
+
+// Checks that `present` (name -> shape) is exactly the expected tensor set; throws otherwise.
+void check_tensor_set(const ModelConfig& config,
+                      const std::map<std::string, std::vector<int64_t>>& present,
+                      const std::string& source) {
+  const auto expected = expected_shape_map(config);
+  for (const auto& [name, shape] : expected) {
+    auto it = present.find(name);
+    ALEM_CHECK(it != present.end(), source + " lacks tensor " + name + " " + shape_text(shape) +
+                                        " required by its config");
+    ALEM_CHECK(it->second == shape, source + ": tensor " + name + " has shape " +
+                                        shape_text(it->second) + ", expected " + shape_text(shape));
+  }
+  for (const auto& [name, shape] : present) {
+    ALEM_CHECK(expected.count(name), source + " has tensor " + name + " " + shape_text(shape) +
+                                         " that a " + config.architecture +
+                                         " model of this config does not use");
+  }
+}
+
+// Runs `write` against a writer on "<out>.part", then renames; removes the part file on failure.
+template <typename WriteTensors>
+ConvertReport write_store(const std::string& out_h5, const ModelConfig& config,
+                          const TokenizerData& tokenizer, const std::string& source,
+                          WriteTensors write) {
+  const auto start = std::chrono::steady_clock::now();
+  const std::string part = out_h5 + ".part";
+  std::error_code ec;
+  fs::remove(part, ec);
+  ConvertReport report;
+  try {
+    ModelStoreWriter writer(part, config, tokenizer, source);
+    write(writer);
+    report.tensor_count = writer.tensor_count();
+    report.parameter_count = writer.element_count();
+    report.digest = writer.finish();
+  } catch (...) {
+    fs::remove(part, ec);
+    throw;
+  }
+  fs::rename(part, out_h5, ec);
+  if (ec) {
+    fs::remove(part, ec);
+    ALEM_FAIL("cannot move " + part + " to " + out_h5 + ": " + ec.message());
+  }
+  report.output_path = out_h5;
+  report.source = source;
+  report.bytes_written = fs::file_size(out_h5);
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return report;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  ALEM_CHECK(in.good(), "cannot open " + path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+bool is_ignorable_hf_tensor(const std::string& name) {
+  // Non-persistent buffers some older checkpoints carry; recomputed by the engine.
+  return name.size() > 20 && name.compare(name.size() - 20, 20, "rotary_emb.inv_freq") == 0;
+}
+
+}  // namespace
+
+std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
+  const int64_t h = c.hidden_size;
+  const int64_t q_out = static_cast<int64_t>(c.num_heads) * c.head_dim;
+  const int64_t kv_out = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+  std::vector<ExpectedTensor> t;
+  t.push_back({"model.embed_tokens.weight", {c.vocab_size, h}});
+  for (int i = 0; i < c.num_layers; ++i) {
+    auto name = [i](const char* suffix) { return layer_tensor_name(i, suffix); };
+    t.push_back({name("input_layernorm.weight"), {h}});
+    t.push_back({name("self_attn.q_proj.weight"), {q_out, h}});
+    t.push_back({name("self_attn.k_proj.weight"), {kv_out, h}});
+    t.push_back({name("self_attn.v_proj.weight"), {kv_out, h}});
+    t.push_back({name("self_attn.o_proj.weight"), {h, q_out}});
+    if (c.attention_bias) {
+      t.push_back({name("self_attn.q_proj.bias"), {q_out}});
+      t.push_back({name("self_attn.k_proj.bias"), {kv_out}});
+      t.push_back({name("self_attn.v_proj.bias"), {kv_out}});
+    }
+    if (c.qk_norm) {
+      t.push_back({name("self_attn.q_norm.weight"), {c.head_dim}});
+      t.push_back({name("self_attn.k_norm.weight"), {c.head_dim}});
+    }
+    t.push_back({name("post_attention_layernorm.weight"), {h}});
+    t.push_back({name("mlp.gate_proj.weight"), {c.intermediate_size, h}});
+    t.push_back({name("mlp.up_proj.weight"), {c.intermediate_size, h}});
+    t.push_back({name("mlp.down_proj.weight"), {h, c.intermediate_size}});
+  }
+  t.push_back({"model.norm.weight", {h}});
+  if (!c.tie_word_embeddings) t.push_back({"lm_head.weight", {c.vocab_size, h}});
+  return t;
+}
+
+ConvertReport convert_gguf(const std::string& gguf_path, const std::string& out_h5,
+                           const ConvertOptions& options) {
+  GgufFile gguf(gguf_path);
+  ModelConfig config = gguf.model_config();
+  if (!options.model_name.empty()) config.name = options.model_name;
+  const TokenizerData tokenizer = gguf.tokenizer_data();
+  std::map<std::string, std::vector<int64_t>> present;
+  for (const GgufTensorInfo& t : gguf.tensors()) {
+    ALEM_CHECK(!t.hf_name.empty(), "GGUF file " + gguf_path + " has tensor '" + t.name +
+                                       "' with no Hugging Face counterpart; refusing to drop it");
+    ALEM_CHECK(t.dims.size() <= 2,
+               "GGUF tensor '" + t.name + "' has " + std::to_string(t.dims.size()) + " dimensions");
+    ALEM_CHECK(ggml_dequantize_supported(t.type),
+               "GGUF tensor '" + t.name + "' has type " + ggml_type_name(t.type) +
+                   ", which alem cannot dequantize (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, "
+                   "Q5_1, Q8_0, Q4_K, Q6_K)");
+    present[t.hf_name] = t.hf_shape();
+  }
+  check_tensor_set(config, present, "GGUF file " + gguf_path);
+  const std::string source = "gguf:" + fs::path(gguf_path).filename().string();
+  return write_store(out_h5, config, tokenizer, source, [&](ModelStoreWriter& writer) {
+    for (const GgufTensorInfo& t : gguf.tensors()) {
+      const std::vector<float> values = gguf.dequantize(t.name);
+      if (t.dims.size() == 2) {
+        writer.add_matrix(t.hf_name, values.data(), t.rows(), t.cols(), options.dtype);
+      } else {
+        writer.add_vector(t.hf_name, values.data(), t.cols());
+      }
+    }
+  });
+}
+
+ConvertReport convert_safetensors(const std::string& hf_dir, const std::string& out_h5,
+                                  const ConvertOptions& options) {
+  const std::string config_path = (fs::path(hf_dir) / "config.json").string();
+  ALEM_CHECK(fs::exists(config_path),
+             "Hugging Face model folder " + hf_dir + " has no config.json");
+  ModelConfig config = ModelConfig::from_hf_config_json(read_text(config_path));
+  if (!options.model_name.empty()) {
+    config.name = options.model_name;
+  } else if (config.name.empty()) {
+    config.name = fs::path(hf_dir).filename().string();
+  }
+  TokenizerData tokenizer = load_hf_tokenizer(hf_dir);
+  if (tokenizer.bos_token_id < 0) tokenizer.bos_token_id = config.bos_token_id;
+  if (tokenizer.eos_token_id < 0 && !config.eos_token_ids.empty()) {
+    tokenizer.eos_token_id = config.eos_token_ids[0];
+  }
+  ALEM_CHECK(static_cast<int64_t>(tokenizer.tokens.size()) <= config.vocab_size,
+             hf_dir + ": tokenizer has " + std::to_string(tokenizer.tokens.size()) +
+                 " tokens, more than the model's vocab_size " + std::to_string(config.vocab_size));
+  SafetensorsCheckpoint checkpoint(hf_dir);
+  std::map<std::string, std::vector<int64_t>> present;
+  for (const std::string& name : checkpoint.tensor_names()) {
+    if (is_ignorable_hf_tensor(name)) continue;
+    // A tied checkpoint may still carry lm_head.weight (a copy of the embedding): skip it.
+    if (config.tie_word_embeddings && name == "lm_head.weight") continue;
+    present[name] = checkpoint.find(name)->shape;
+  }
+  check_tensor_set(config, present, "Hugging Face checkpoint " + hf_dir);
+  const std::string source = "safetensors:" + fs::path(hf_dir).filename().string();
+  return write_store(out_h5, config, tokenizer, source, [&](ModelStoreWriter& writer) {
+    for (const auto& [name, shape] : present) {
+      const std::vector<float> values = checkpoint.read_f32(name);
+      if (shape.size() == 2) {
+        writer.add_matrix(name, values.data(), shape[0], shape[1], options.dtype);
+      } else {
+        writer.add_vector(name, values.data(), shape[0]);
+      }
+    }
+  });
+}
+
+std::string verify_store(const std::string& path) {
+  ModelStoreReader store(path);
+  std::string problems;
+  const std::string digest_problem = store.verify();
+  if (!digest_problem.empty()) problems = digest_problem;
+  std::map<std::string, std::vector<int64_t>> present;
+  for (const TensorInfo& t : store.list_tensors()) present[t.name] = t.shape;
+  try {
+    check_tensor_set(store.config(), present, "model store " + path);
+  } catch (const Error& e) {
+    problems += (problems.empty() ? "" : "; ") + e.message();
+  }
+  return problems;
+}
+
+}  // namespace alem

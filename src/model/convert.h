@@ -1,0 +1,56 @@
+// Model import: turns a GGUF file or a Hugging Face folder (config.json, *.safetensors,
+// tokenizer.json) into alem's HDF5 model store, and re-checks a store's digest. These functions
+// are what `alem convert` calls; they print nothing and never exit. The output is written to
+// "<out>.part" and renamed into place only after it is complete and its digest recorded, so a
+// crash never leaves a half-written store under the final name.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+
+namespace alem {
+
+struct ModelConfig;
+
+struct ConvertOptions {
+  // Stored type of 2-D weight matrices (f32, bf16, f16 or int8). 1-D tensors (norms, biases)
+  // are always stored as f32.
+  DType dtype = DType::BF16;
+  // Overrides the model name recorded in the config (empty: keep the source's name).
+  std::string model_name;
+};
+
+struct ConvertReport {
+  std::string output_path;
+  std::string source;  // "gguf:<file name>" or "safetensors:<folder name>"
+  int64_t tensor_count = 0;
+  int64_t parameter_count = 0;  // elements over all stored tensors
+  uint64_t bytes_written = 0;   // size of the finished .h5 file
+  std::string digest;           // hex SHA-256 recorded in the store
+  double seconds = 0.0;
+};
+
+// Imports a GGUF file (llama, qwen2, qwen3; see docs/model-store.md for the tensor types).
+ConvertReport convert_gguf(const std::string& gguf_path, const std::string& out_h5,
+                           const ConvertOptions& options);
+// Imports a Hugging Face model folder: config.json, model.safetensors or sharded
+// model-*.safetensors with model.safetensors.index.json, and tokenizer.json.
+ConvertReport convert_safetensors(const std::string& hf_dir, const std::string& out_h5,
+                                  const ConvertOptions& options);
+
+// Opens a store, recomputes its digest and checks every tensor the config implies is present
+// with the right shape. Returns "" when the store is intact, otherwise what is wrong. Throws
+// alem::Error only when the file cannot be opened as a model store at all.
+std::string verify_store(const std::string& path);
+
+// The tensors (HF names and shapes) a model of this config must have in the store.
+struct ExpectedTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+std::vector<ExpectedTensor> expected_tensors(const ModelConfig& config);
+
+}  // namespace alem

@@ -1,0 +1,70 @@
+// ggml tensor types as they appear in GGUF files, their block geometry, and exact dequantisation
+// to f32 for the types alem imports. The bit layouts follow ggml-quants.c (llama.cpp); results
+// match ggml's reference dequantisation bit for bit (checked against the `gguf` Python package).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace alem {
+
+// Numeric ids are the on-disk values of `ggml_type`.
+enum class GgmlType : uint32_t {
+  F32 = 0,
+  F16 = 1,
+  Q4_0 = 2,
+  Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
+  Q8_0 = 8,
+  Q8_1 = 9,
+  Q2_K = 10,
+  Q3_K = 11,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
+  Q8_K = 15,
+  IQ2_XXS = 16,
+  IQ2_XS = 17,
+  IQ3_XXS = 18,
+  IQ1_S = 19,
+  IQ4_NL = 20,
+  IQ3_S = 21,
+  IQ2_S = 22,
+  IQ4_XS = 23,
+  I8 = 24,
+  I16 = 25,
+  I32 = 26,
+  I64 = 27,
+  F64 = 28,
+  IQ1_M = 29,
+  BF16 = 30,
+  TQ1_0 = 34,
+  TQ2_0 = 35,
+  MXFP4 = 39,
+};
+
+struct GgmlBlockGeometry {
+  int64_t elements_per_block = 0;  // 0 for an unknown type id
+  int64_t bytes_per_block = 0;
+};
+
+// Geometry of a type id read from a file; elements_per_block == 0 when the id is unknown.
+GgmlBlockGeometry ggml_block_geometry(uint32_t type_id);
+// "Q4_1", "F32", ... or "type#<id>" for unknown ids.
+std::string ggml_type_name(uint32_t type_id);
+// True for the types dequantize_ggml() can expand: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+// Q4_K, Q6_K.
+bool ggml_dequantize_supported(uint32_t type_id);
+// Bytes taken by `elements` consecutive elements of the type. Throws alem::Error if the type is
+// unknown or `elements` is not a whole number of blocks.
+uint64_t ggml_bytes_for(uint32_t type_id, int64_t elements);
+
+// Expands `elements` values of type `type_id` from `src` (exactly ggml_bytes_for(type, elements)
+// bytes are read; `src_bytes` is checked against that) into `dst`. Throws alem::Error for
+// unsupported types or a size mismatch.
+void dequantize_ggml(uint32_t type_id, const uint8_t* src, size_t src_bytes, float* dst,
+                     int64_t elements);
+
+}  // namespace alem

@@ -1,0 +1,245 @@
+// ModelConfig: validation, the JSON form stored in the model store, and the mapping from a
+// Hugging Face config.json (Llama, Qwen2, Qwen3; transformers 4.x "rope_theta"/"rope_scaling"
+// keys and 5.x "rope_parameters" both accepted).
+#include "model/model_config.h"
+
+#include <charconv>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace alem {
+namespace {
+
+using nlohmann::json;
+
+void check_positive(int value, const char* field) {
+  ALEM_CHECK(value > 0, std::string("model config: ") + field + " must be positive, got " +
+                            std::to_string(value));
+}
+
+json parse_json(const std::string& text, const std::string& what) {
+  try {
+    return json::parse(text);
+  } catch (const json::exception& e) {
+    ALEM_FAIL(what + " is not valid JSON: " + e.what());
+  }
+}
+
+template <typename T>
+T required(const json& j, const char* key, const std::string& what) {
+  auto it = j.find(key);
+  ALEM_CHECK(it != j.end() && !it->is_null(), what + " has no '" + key + "'");
+  try {
+    return it->get<T>();
+  } catch (const json::exception& e) {
+    ALEM_FAIL(what + ": '" + key + "' has the wrong type: " + e.what());
+  }
+}
+
+template <typename T>
+T optional(const json& j, const char* key, T fallback, const std::string& what) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return fallback;
+  try {
+    return it->get<T>();
+  } catch (const json::exception& e) {
+    ALEM_FAIL(what + ": '" + key + "' has the wrong type: " + e.what());
+  }
+}
+
+// A float as the double with the same shortest decimal form (1e-5f -> 1e-05, not
+// 9.999999747378752e-06), so the stored JSON reads as written in config.json.
+double shortest_double(float value) {
+  char buf[32];
+  const auto result = std::to_chars(buf, buf + sizeof(buf), value);
+  return std::stod(std::string(buf, result.ptr));
+}
+
+}  // namespace
+
+void ModelConfig::validate() const {
+  ALEM_CHECK(architecture == "llama" || architecture == "qwen2" || architecture == "qwen3",
+             "model config: architecture '" + architecture + "' is not llama, qwen2 or qwen3");
+  check_positive(vocab_size, "vocab_size");
+  check_positive(hidden_size, "hidden_size");
+  check_positive(num_layers, "num_layers");
+  check_positive(num_heads, "num_heads");
+  check_positive(num_kv_heads, "num_kv_heads");
+  check_positive(head_dim, "head_dim");
+  check_positive(intermediate_size, "intermediate_size");
+  check_positive(max_position_embeddings, "max_position_embeddings");
+  ALEM_CHECK(num_heads % num_kv_heads == 0, "model config: num_heads " + std::to_string(num_heads) +
+                                                " is not a multiple of num_kv_heads " +
+                                                std::to_string(num_kv_heads));
+  ALEM_CHECK(head_dim % 2 == 0,
+             "model config: head_dim must be even for RoPE, got " + std::to_string(head_dim));
+  ALEM_CHECK(rms_norm_eps > 0.f, "model config: rms_norm_eps must be positive");
+  ALEM_CHECK(rope_theta > 0.f, "model config: rope_theta must be positive");
+  ALEM_CHECK(rope_scaling.type == "none" || rope_scaling.type == "llama3",
+             "model config: rope scaling type '" + rope_scaling.type +
+                 "' is not supported (none or llama3)");
+  if (rope_scaling.type == "llama3") {
+    ALEM_CHECK(rope_scaling.factor > 0.f && rope_scaling.low_freq_factor > 0.f &&
+                   rope_scaling.high_freq_factor > rope_scaling.low_freq_factor &&
+                   rope_scaling.original_max_position > 0,
+               "model config: llama3 rope scaling needs factor > 0, high_freq_factor > "
+               "low_freq_factor > 0 and original_max_position > 0");
+  }
+  ALEM_CHECK(bos_token_id >= -1 && bos_token_id < vocab_size,
+             "model config: bos_token_id " + std::to_string(bos_token_id) +
+                 " is outside the vocabulary of " + std::to_string(vocab_size));
+  for (int id : eos_token_ids) {
+    ALEM_CHECK(id >= 0 && id < vocab_size, "model config: eos token id " + std::to_string(id) +
+                                               " is outside the vocabulary of " +
+                                               std::to_string(vocab_size));
+  }
+}
+
+std::string ModelConfig::to_json() const {
+  json j;
+  j["architecture"] = architecture;
+  j["name"] = name;
+  j["vocab_size"] = vocab_size;
+  j["hidden_size"] = hidden_size;
+  j["num_layers"] = num_layers;
+  j["num_heads"] = num_heads;
+  j["num_kv_heads"] = num_kv_heads;
+  j["head_dim"] = head_dim;
+  j["intermediate_size"] = intermediate_size;
+  j["max_position_embeddings"] = max_position_embeddings;
+  j["rms_norm_eps"] = shortest_double(rms_norm_eps);
+  j["rope_theta"] = shortest_double(rope_theta);
+  j["rope_scaling"] = {{"type", rope_scaling.type},
+                       {"factor", shortest_double(rope_scaling.factor)},
+                       {"low_freq_factor", shortest_double(rope_scaling.low_freq_factor)},
+                       {"high_freq_factor", shortest_double(rope_scaling.high_freq_factor)},
+                       {"original_max_position", rope_scaling.original_max_position}};
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  j["attention_bias"] = attention_bias;
+  j["qk_norm"] = qk_norm;
+  j["bos_token_id"] = bos_token_id;
+  j["eos_token_ids"] = eos_token_ids;
+  return j.dump();
+}
+
+ModelConfig ModelConfig::from_json(const std::string& json_text) {
+  const std::string what = "model config JSON";
+  const json j = parse_json(json_text, what);
+  ALEM_CHECK(j.is_object(), what + " is not an object");
+  ModelConfig c;
+  c.architecture = required<std::string>(j, "architecture", what);
+  c.name = optional<std::string>(j, "name", "", what);
+  c.vocab_size = required<int>(j, "vocab_size", what);
+  c.hidden_size = required<int>(j, "hidden_size", what);
+  c.num_layers = required<int>(j, "num_layers", what);
+  c.num_heads = required<int>(j, "num_heads", what);
+  c.num_kv_heads = required<int>(j, "num_kv_heads", what);
+  c.head_dim = required<int>(j, "head_dim", what);
+  c.intermediate_size = required<int>(j, "intermediate_size", what);
+  c.max_position_embeddings = required<int>(j, "max_position_embeddings", what);
+  c.rms_norm_eps = required<float>(j, "rms_norm_eps", what);
+  c.rope_theta = required<float>(j, "rope_theta", what);
+  if (auto it = j.find("rope_scaling"); it != j.end() && it->is_object()) {
+    const json& r = *it;
+    c.rope_scaling.type = optional<std::string>(r, "type", "none", what);
+    c.rope_scaling.factor = optional<float>(r, "factor", 1.f, what);
+    c.rope_scaling.low_freq_factor = optional<float>(r, "low_freq_factor", 1.f, what);
+    c.rope_scaling.high_freq_factor = optional<float>(r, "high_freq_factor", 4.f, what);
+    c.rope_scaling.original_max_position = optional<int>(r, "original_max_position", 8192, what);
+  }
+  c.tie_word_embeddings = optional<bool>(j, "tie_word_embeddings", false, what);
+  c.attention_bias = optional<bool>(j, "attention_bias", false, what);
+  c.qk_norm = optional<bool>(j, "qk_norm", false, what);
+  c.bos_token_id = optional<int>(j, "bos_token_id", -1, what);
+  c.eos_token_ids = optional<std::vector<int>>(j, "eos_token_ids", {}, what);
+  c.validate();
+  return c;
+}
+
+ModelConfig ModelConfig::from_hf_config_json(const std::string& json_text) {
+  const std::string what = "Hugging Face config.json";
+  const json j = parse_json(json_text, what);
+  ALEM_CHECK(j.is_object(), what + " is not an object");
+  std::string hf_arch;
+  if (auto it = j.find("architectures");
+      it != j.end() && it->is_array() && !it->empty() && (*it)[0].is_string()) {
+    hf_arch = (*it)[0].get<std::string>();
+  }
+  const std::string model_type = optional<std::string>(j, "model_type", "", what);
+  ModelConfig c;
+  if (hf_arch == "LlamaForCausalLM" || (hf_arch.empty() && model_type == "llama")) {
+    c.architecture = "llama";
+  } else if (hf_arch == "Qwen2ForCausalLM" || (hf_arch.empty() && model_type == "qwen2")) {
+    c.architecture = "qwen2";
+  } else if (hf_arch == "Qwen3ForCausalLM" || (hf_arch.empty() && model_type == "qwen3")) {
+    c.architecture = "qwen3";
+  } else {
+    ALEM_FAIL(what + ": architecture '" + (hf_arch.empty() ? model_type : hf_arch) +
+              "' is not supported (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)");
+  }
+  c.name = optional<std::string>(j, "_name_or_path", "", what);
+  c.vocab_size = required<int>(j, "vocab_size", what);
+  c.hidden_size = required<int>(j, "hidden_size", what);
+  c.num_layers = required<int>(j, "num_hidden_layers", what);
+  c.num_heads = required<int>(j, "num_attention_heads", what);
+  c.num_kv_heads = optional<int>(j, "num_key_value_heads", c.num_heads, what);
+  c.head_dim =
+      optional<int>(j, "head_dim", c.num_heads > 0 ? c.hidden_size / c.num_heads : 0, what);
+  c.intermediate_size = required<int>(j, "intermediate_size", what);
+  c.max_position_embeddings = required<int>(j, "max_position_embeddings", what);
+  c.rms_norm_eps = optional<float>(j, "rms_norm_eps", 1e-6f, what);
+  // transformers 5 folds rope_theta and rope_scaling into "rope_parameters".
+  json rope = json::object();
+  if (auto it = j.find("rope_scaling"); it != j.end() && it->is_object()) rope = *it;
+  if (auto it = j.find("rope_parameters"); it != j.end() && it->is_object()) rope = *it;
+  c.rope_theta =
+      optional<float>(j, "rope_theta", optional<float>(rope, "rope_theta", 10000.f, what), what);
+  std::string rope_type = optional<std::string>(rope, "rope_type", "", what);
+  if (rope_type.empty()) rope_type = optional<std::string>(rope, "type", "default", what);
+  if (rope_type == "llama3") {
+    c.rope_scaling.type = "llama3";
+    c.rope_scaling.factor = required<float>(rope, "factor", what + " rope_scaling");
+    c.rope_scaling.low_freq_factor = optional<float>(rope, "low_freq_factor", 1.f, what);
+    c.rope_scaling.high_freq_factor = optional<float>(rope, "high_freq_factor", 4.f, what);
+    c.rope_scaling.original_max_position =
+        optional<int>(rope, "original_max_position_embeddings", 8192, what);
+  } else {
+    ALEM_CHECK(rope_type == "default" || rope_type == "none",
+               what + ": rope scaling type '" + rope_type + "' is not supported (llama3 only)");
+  }
+  c.tie_word_embeddings = optional<bool>(j, "tie_word_embeddings", false, what);
+  c.attention_bias =
+      c.architecture == "qwen2" ? true : optional<bool>(j, "attention_bias", false, what);
+  c.qk_norm = c.architecture == "qwen3";
+  c.bos_token_id = optional<int>(j, "bos_token_id", -1, what);
+  if (auto it = j.find("eos_token_id"); it != j.end() && !it->is_null()) {
+    if (it->is_array()) {
+      for (const json& e : *it) c.eos_token_ids.push_back(e.get<int>());
+    } else {
+      c.eos_token_ids.push_back(it->get<int>());
+    }
+  }
+  c.validate();
+  return c;
+}
+
+int64_t ModelConfig::parameter_count() const {
+  const int64_t h = hidden_size;
+  const int64_t q_out = static_cast<int64_t>(num_heads) * head_dim;
+  const int64_t kv_out = static_cast<int64_t>(num_kv_heads) * head_dim;
+  int64_t per_layer = h * q_out + 2 * h * kv_out + q_out * h  // q, k, v, o
+                      + 3 * h * intermediate_size             // gate, up, down
+                      + 2 * h;                                // two RMSNorm weights
+  if (attention_bias) per_layer += q_out + 2 * kv_out;
+  if (qk_norm) per_layer += 2 * static_cast<int64_t>(head_dim);
+  int64_t total = static_cast<int64_t>(vocab_size) * h + num_layers * per_layer + h;
+  if (!tie_word_embeddings) total += static_cast<int64_t>(vocab_size) * h;
+  return total;
+}
+
+std::string layer_tensor_name(int layer, const std::string& suffix) {
+  return "model.layers." + std::to_string(layer) + "." + suffix;
+}
+
+}  // namespace alem

@@ -1,0 +1,246 @@
+// ModelStoreWriter: creates the HDF5 layout documented in model_store.h. Matrices are chunked
+// in 64x64 tiles so that a tensor-parallel rank's row or column range maps onto whole chunks;
+// nothing is compressed, so a hyperslab read is a plain pread of the chunks it touches.
+#include "model/model_store_writer.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "model/h5_util.h"
+
+namespace alem {
+namespace {
+
+constexpr hsize_t kTileEdge = 64;
+
+hid_t file_type_for(DType dtype) {
+  switch (dtype) {
+    case DType::F32:
+      return H5T_IEEE_F32LE;
+    case DType::BF16:
+    case DType::F16:
+      return H5T_STD_U16LE;
+    case DType::I8:
+      return H5T_STD_I8LE;
+  }
+  return H5T_IEEE_F32LE;
+}
+
+hid_t memory_type_for(DType dtype) {
+  switch (dtype) {
+    case DType::F32:
+      return H5T_NATIVE_FLOAT;
+    case DType::BF16:
+    case DType::F16:
+      return H5T_NATIVE_UINT16;
+    case DType::I8:
+      return H5T_NATIVE_INT8;
+  }
+  return H5T_NATIVE_FLOAT;
+}
+
+// Writes a dataset of vlen strings (tokens, merges).
+void write_string_dataset(hid_t group, const std::string& name,
+                          const std::vector<std::string>& values, const std::string& where) {
+  const std::string what = "write " + where + "/" + name;
+  std::vector<const char*> pointers;
+  pointers.reserve(values.size());
+  for (size_t i = 0; i < values.size(); ++i) {
+    ALEM_CHECK(values[i].find('\0') == std::string::npos,
+               what + ": entry " + std::to_string(i) + " contains a NUL byte");
+    pointers.push_back(values[i].c_str());
+  }
+  h5::Handle type = h5::vlen_string_type();
+  const hsize_t dims[1] = {values.size()};
+  h5::Handle space = h5::own_space(H5Screate_simple(1, dims, nullptr), what);
+  h5::Handle ds = h5::own_dataset(H5Dcreate2(group, name.c_str(), type.get(), space.get(),
+                                             H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                                  what);
+  if (!values.empty()) {
+    h5::check_status(H5Dwrite(ds.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, pointers.data()),
+                     what);
+  }
+}
+
+}  // namespace
+
+struct ModelStoreWriter::Impl {
+  std::string path;
+  h5::Handle file;
+  h5::Handle tensors;
+  int64_t tensor_count = 0;
+  int64_t element_count = 0;
+  bool finished = false;
+
+  void check_open(const std::string& name) const {
+    ALEM_CHECK(!finished, "model store " + path + ": cannot add '" + name + "' after finish()");
+    ALEM_CHECK(!name.empty() && name.find('/') == std::string::npos &&
+                   name.find('\0') == std::string::npos,
+               "model store " + path + ": invalid tensor name '" + name + "'");
+    ALEM_CHECK(name.size() < 7 || name.compare(name.size() - 7, 7, ".scales") != 0,
+               "model store " + path + ": tensor name '" + name +
+                   "' ends in .scales, which is reserved for int8 scales");
+    const htri_t exists = H5Lexists(tensors.get(), name.c_str(), H5P_DEFAULT);
+    ALEM_CHECK(exists == 0, "model store " + path + ": tensor '" + name + "' added twice");
+  }
+
+  // Creates a chunked 2-D dataset and writes `data` (row-major, memory type of `dtype`).
+  void write_2d(const std::string& name, DType dtype, int64_t rows, int64_t cols, const void* data,
+                const std::string& dtype_attribute) {
+    const std::string what = "write tensor " + name + " to " + path;
+    const hsize_t dims[2] = {static_cast<hsize_t>(rows), static_cast<hsize_t>(cols)};
+    h5::Handle space = h5::own_space(H5Screate_simple(2, dims, nullptr), what);
+    h5::Handle dcpl = h5::own_plist(H5Pcreate(H5P_DATASET_CREATE), what);
+    const hsize_t chunk[2] = {std::min(kTileEdge, dims[0]), std::min(kTileEdge, dims[1])};
+    h5::check_status(H5Pset_chunk(dcpl.get(), 2, chunk), what + " (chunking)");
+    h5::check_status(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), what);
+    h5::Handle ds = h5::own_dataset(H5Dcreate2(tensors.get(), name.c_str(), file_type_for(dtype),
+                                               space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+                                    what);
+    h5::check_status(
+        H5Dwrite(ds.get(), memory_type_for(dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, data), what);
+    h5::write_string_attribute(ds.get(), "dtype", dtype_attribute, "tensor " + name);
+  }
+};
+
+ModelStoreWriter::ModelStoreWriter(const std::string& path, const ModelConfig& config,
+                                   const TokenizerData& tokenizer, const std::string& source)
+    : impl_(std::make_unique<Impl>()) {
+  h5::LibraryLock lock(h5::library_mutex());
+  h5::silence_errors();
+  config.validate();
+  ALEM_CHECK(tokenizer.token_kinds.size() == tokenizer.tokens.size(),
+             "model store " + path + ": tokenizer has " + std::to_string(tokenizer.tokens.size()) +
+                 " tokens but " + std::to_string(tokenizer.token_kinds.size()) + " token kinds");
+  impl_->path = path;
+  impl_->file = h5::own_file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT),
+                             "create model store " + path);
+  const hid_t root = impl_->file.get();
+  const std::string where = "model store " + path;
+  h5::write_string_attribute(root, "format", "alem-model", where);
+  h5::write_int_attribute(root, "format_version", 1, where);
+  h5::write_string_attribute(root, "config_json", config.to_json(), where);
+  h5::write_string_attribute(root, "source", source, where);
+
+  h5::Handle tok =
+      h5::own_group(H5Gcreate2(root, "tokenizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                    "create /tokenizer in " + path);
+  const std::string tok_where = path + ":/tokenizer";
+  write_string_dataset(tok.get(), "tokens", tokenizer.tokens, tok_where);
+  {
+    const std::string what = "write " + tok_where + "/token_kinds";
+    const hsize_t dims[1] = {tokenizer.token_kinds.size()};
+    h5::Handle space = h5::own_space(H5Screate_simple(1, dims, nullptr), what);
+    h5::Handle ds = h5::own_dataset(H5Dcreate2(tok.get(), "token_kinds", H5T_STD_I32LE, space.get(),
+                                               H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                                    what);
+    if (!tokenizer.token_kinds.empty()) {
+      h5::check_status(H5Dwrite(ds.get(), H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                                tokenizer.token_kinds.data()),
+                       what);
+    }
+  }
+  write_string_dataset(tok.get(), "merges", tokenizer.merges, tok_where);
+  h5::write_string_attribute(tok.get(), "model", tokenizer.model, tok_where);
+  h5::write_string_attribute(tok.get(), "pre_tokenizer", tokenizer.pre_tokenizer, tok_where);
+  h5::write_int_attribute(tok.get(), "bos_token_id", tokenizer.bos_token_id, tok_where);
+  h5::write_int_attribute(tok.get(), "eos_token_id", tokenizer.eos_token_id, tok_where);
+  h5::write_int_attribute(tok.get(), "unknown_token_id", tokenizer.unknown_token_id, tok_where);
+  h5::write_int_attribute(tok.get(), "padding_token_id", tokenizer.padding_token_id, tok_where);
+  h5::write_int_attribute(tok.get(), "add_bos_token", tokenizer.add_bos_token ? 1 : 0, tok_where);
+  h5::write_string_attribute(tok.get(), "chat_template", tokenizer.chat_template, tok_where);
+
+  impl_->tensors = h5::own_group(H5Gcreate2(root, "tensors", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                                 "create /tensors in " + path);
+}
+
+ModelStoreWriter::~ModelStoreWriter() {
+  h5::LibraryLock lock(h5::library_mutex());
+  impl_.reset();
+}
+
+void ModelStoreWriter::add_matrix(const std::string& name, const float* values, int64_t rows,
+                                  int64_t cols, DType dtype) {
+  ALEM_CHECK(rows > 0 && cols > 0, "model store " + impl_->path + ": tensor '" + name +
+                                       "' has an empty shape [" + std::to_string(rows) + ", " +
+                                       std::to_string(cols) + "]");
+  if (dtype == DType::F32) {  // no copy needed
+    h5::LibraryLock lock(h5::library_mutex());
+    impl_->check_open(name);
+    impl_->write_2d(name, DType::F32, rows, cols, values, dtype_name(DType::F32));
+    ++impl_->tensor_count;
+    impl_->element_count += rows * cols;
+    return;
+  }
+  ALEM_CHECK(dtype != DType::I8 || cols % kInt8GroupSize == 0,
+             "model store " + impl_->path + ": tensor '" + name + "' has " + std::to_string(cols) +
+                 " columns, not a multiple of the int8 group size " +
+                 std::to_string(kInt8GroupSize));
+  add_matrix(name, make_weight_matrix(values, rows, cols, dtype));
+}
+
+void ModelStoreWriter::add_matrix(const std::string& name, const WeightMatrix& m) {
+  h5::LibraryLock lock(h5::library_mutex());
+  impl_->check_open(name);
+  ALEM_CHECK(m.rows > 0 && m.cols > 0 &&
+                 m.data.size() == static_cast<size_t>(m.rows * m.cols) * dtype_size(m.dtype),
+             "model store " + impl_->path + ": matrix '" + name + "' has " +
+                 std::to_string(m.data.size()) + " data bytes for shape [" +
+                 std::to_string(m.rows) + ", " + std::to_string(m.cols) + "] of " +
+                 dtype_name(m.dtype));
+  if (m.dtype == DType::I8) {
+    ALEM_CHECK(m.cols % kInt8GroupSize == 0 &&
+                   m.scales.size() == static_cast<size_t>(m.rows * m.groups_per_row()),
+               "model store " + impl_->path + ": int8 matrix '" + name +
+                   "' needs cols % 32 == 0 and rows*cols/32 scales, got " +
+                   std::to_string(m.scales.size()) + " scales");
+  }
+  impl_->write_2d(name, m.dtype, m.rows, m.cols, m.data.data(), dtype_name(m.dtype));
+  if (m.dtype == DType::I8) {
+    impl_->write_2d(name + ".scales", DType::F32, m.rows, m.groups_per_row(), m.scales.data(),
+                    dtype_name(DType::F32));
+  }
+  ++impl_->tensor_count;
+  impl_->element_count += m.rows * m.cols;
+}
+
+void ModelStoreWriter::add_vector(const std::string& name, const float* values, int64_t count) {
+  h5::LibraryLock lock(h5::library_mutex());
+  impl_->check_open(name);
+  ALEM_CHECK(count > 0, "model store " + impl_->path + ": vector '" + name + "' is empty");
+  const std::string what = "write tensor " + name + " to " + impl_->path;
+  const hsize_t dims[1] = {static_cast<hsize_t>(count)};
+  h5::Handle space = h5::own_space(H5Screate_simple(1, dims, nullptr), what);
+  h5::Handle ds = h5::own_dataset(H5Dcreate2(impl_->tensors.get(), name.c_str(), H5T_IEEE_F32LE,
+                                             space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                                  what);
+  h5::check_status(H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values),
+                   what);
+  h5::write_string_attribute(ds.get(), "dtype", dtype_name(DType::F32), "tensor " + name);
+  ++impl_->tensor_count;
+  impl_->element_count += count;
+}
+
+int64_t ModelStoreWriter::tensor_count() const {
+  return impl_->tensor_count;
+}
+int64_t ModelStoreWriter::element_count() const {
+  return impl_->element_count;
+}
+
+std::string ModelStoreWriter::finish() {
+  h5::LibraryLock lock(h5::library_mutex());
+  ALEM_CHECK(!impl_->finished, "model store " + impl_->path + ": finish() called twice");
+  impl_->finished = true;
+  impl_->tensors.reset();
+  h5::check_status(H5Fflush(impl_->file.get(), H5F_SCOPE_GLOBAL), "flush " + impl_->path);
+  impl_->file.reset();
+  const std::string digest = compute_model_store_digest(impl_->path);
+  h5::Handle file = h5::own_file(H5Fopen(impl_->path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT),
+                                 "reopen " + impl_->path + " to record its digest");
+  h5::write_string_attribute(file.get(), "model_digest", digest, "model store " + impl_->path);
+  h5::check_status(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), "flush " + impl_->path);
+  return digest;
+}
+
+}  // namespace alem

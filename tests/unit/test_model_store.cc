@@ -1,0 +1,451 @@
+// The HDF5 model store: write/read round trips for f32, bf16 and int8 including row and column
+// hyperslabs, the documented chunk layout, bytes_read accounting, the config/tokenizer groups,
+// the digest (recomputed here from its documented definition with OpenSSL, and shown to catch a
+// single flipped payload byte), and clear errors for missing, foreign, truncated files.
+#include <gtest/gtest.h>
+#include <hdf5.h>
+#include <openssl/evp.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+
+#include "core/error.h"
+#include "model/model_store.h"
+#include "model/model_store_writer.h"
+#include "tests/test_env.h"
+
+namespace alem {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string temp_path(const std::string& name) {
+  return (fs::temp_directory_path() /
+          ("alem_test_store_" + std::to_string(::getpid()) + "_" + name))
+      .string();
+}
+
+ModelConfig small_config() {
+  ModelConfig c;
+  c.name = "store-test";
+  c.vocab_size = 200;
+  c.hidden_size = 160;
+  c.num_layers = 1;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 40;
+  c.intermediate_size = 96;
+  c.max_position_embeddings = 128;
+  c.bos_token_id = 1;
+  c.eos_token_ids = {2, 3};
+  return c;
+}
+
+TokenizerData small_tokenizer() {
+  TokenizerData t;
+  t.pre_tokenizer = "llama3";
+  t.tokens = {"<s>", "</s>", "<|im_end|>", "\xc4\xa0the", "h\xc3\xa9", "a", "b", "ab"};
+  t.token_kinds = {3, 3, 3, 1, 1, 1, 1, 4};
+  t.merges = {"a b", "\xc4\xa0 t"};
+  t.bos_token_id = 0;
+  t.eos_token_id = 2;
+  t.unknown_token_id = -1;
+  t.padding_token_id = 1;
+  t.add_bos_token = true;
+  t.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}";
+  return t;
+}
+
+std::vector<float> random_values(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.f, 0.5f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// bf16 rounding written independently of core/dtype.h: round-to-nearest-even on the top 16 bits.
+uint16_t reference_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  const uint32_t lower = bits & 0xffffu;
+  uint32_t upper = bits >> 16;
+  if (lower > 0x8000u || (lower == 0x8000u && (upper & 1u))) ++upper;
+  return static_cast<uint16_t>(upper);
+}
+float from_bf16(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+struct Fixture {
+  static constexpr int64_t kRows = 200, kCols = 160;  // not multiples of 64: clipped edge tiles
+  std::string path;
+  std::vector<float> f32 = random_values(kRows * kCols, 1);
+  std::vector<float> bf16 = random_values(kRows * kCols, 2);
+  std::vector<float> int8 = random_values(kRows * kCols, 3);
+  std::vector<float> norm = random_values(kCols, 4);
+  std::string digest;
+
+  explicit Fixture(const std::string& name) : path(temp_path(name)) {
+    ModelStoreWriter w(path, small_config(), small_tokenizer(), "test:fixture");
+    w.add_matrix("m.f32", f32.data(), kRows, kCols, DType::F32);
+    w.add_matrix("m.bf16", bf16.data(), kRows, kCols, DType::BF16);
+    w.add_matrix("m.int8", int8.data(), kRows, kCols, DType::I8);
+    w.add_vector("norm", norm.data(), kCols);
+    EXPECT_EQ(w.tensor_count(), 4);
+    digest = w.finish();
+  }
+  ~Fixture() { fs::remove(path); }
+};
+
+TEST(ModelStore, RoundTripWholeTensors) {
+  Fixture fx("roundtrip.h5");
+  ModelStoreReader r(fx.path);
+  EXPECT_EQ(r.model_digest(), fx.digest);
+  const auto tensors = r.list_tensors();
+  ASSERT_EQ(tensors.size(), 4u);  // the .scales dataset is not listed as a tensor
+  EXPECT_EQ(tensors[0].name, "m.bf16");
+  EXPECT_EQ(tensors[1].name, "m.f32");
+  EXPECT_EQ(tensors[2].name, "m.int8");
+  EXPECT_EQ(tensors[3].name, "norm");
+  EXPECT_EQ(r.tensor_info("m.int8").dtype, DType::I8);
+  EXPECT_EQ(r.tensor_info("m.bf16").dtype, DType::BF16);
+  EXPECT_EQ(r.tensor_info("m.f32").shape, (std::vector<int64_t>{200, 160}));
+  EXPECT_EQ(r.tensor_info("norm").shape, (std::vector<int64_t>{160}));
+  EXPECT_FALSE(r.has_tensor("m.int8.scales"));
+
+  const WeightMatrix a = r.read_matrix("m.f32", 0, Fixture::kRows);
+  ASSERT_EQ(a.dtype, DType::F32);
+  for (int64_t i = 0; i < Fixture::kRows * Fixture::kCols; ++i)
+    ASSERT_EQ(a.data.as<float>()[i], fx.f32[i]);
+
+  const WeightMatrix b = r.read_matrix("m.bf16", 0, Fixture::kRows);
+  ASSERT_EQ(b.dtype, DType::BF16);
+  for (int64_t i = 0; i < Fixture::kRows * Fixture::kCols; ++i) {
+    ASSERT_EQ(b.data.as<uint16_t>()[i], reference_bf16(fx.bf16[i])) << i;
+  }
+
+  const WeightMatrix q = r.read_matrix("m.int8", 0, Fixture::kRows);
+  ASSERT_EQ(q.dtype, DType::I8);
+  ASSERT_EQ(q.scales.size(), static_cast<size_t>(Fixture::kRows * Fixture::kCols / 32));
+  for (int64_t row = 0; row < Fixture::kRows; ++row) {
+    for (int64_t g = 0; g < Fixture::kCols / 32; ++g) {
+      float amax = 0;
+      for (int k = 0; k < 32; ++k)
+        amax = std::max(amax, std::fabs(fx.int8[row * Fixture::kCols + g * 32 + k]));
+      const float scale = q.scales[row * (Fixture::kCols / 32) + g];
+      ASSERT_NEAR(scale, amax / 127.f, 1e-7f);
+      for (int k = 0; k < 32; ++k) {
+        const int64_t c = g * 32 + k;
+        ASSERT_NEAR(q.at(row, c), fx.int8[row * Fixture::kCols + c], scale * 0.5f + 1e-7f);
+      }
+    }
+  }
+  EXPECT_EQ(r.read_vector("norm"), fx.norm);
+}
+
+TEST(ModelStore, RowAndColumnHyperslabs) {
+  Fixture fx("slabs.h5");
+  ModelStoreReader r(fx.path);
+  const int64_t C = Fixture::kCols;
+  struct Slab {
+    int64_t r0, nr, c0, nc;
+  };
+  for (const Slab s : {Slab{37, 70, 64, 96}, Slab{0, 1, 0, C}, Slab{199, 1, 32, 32},
+                       Slab{64, 64, 128, 32}, Slab{5, 190, 0, 64}}) {
+    SCOPED_TRACE(std::to_string(s.r0) + "+" + std::to_string(s.nr) + " x " + std::to_string(s.c0) +
+                 "+" + std::to_string(s.nc));
+    const WeightMatrix a = r.read_matrix("m.f32", s.r0, s.nr, s.c0, s.nc);
+    const WeightMatrix b = r.read_matrix("m.bf16", s.r0, s.nr, s.c0, s.nc);
+    const WeightMatrix q = r.read_matrix("m.int8", s.r0, s.nr, s.c0, s.nc);
+    const WeightMatrix q_full = r.read_matrix("m.int8", 0, Fixture::kRows);
+    ASSERT_EQ(a.rows, s.nr);
+    ASSERT_EQ(a.cols, s.nc);
+    ASSERT_EQ(q.scales.size(), static_cast<size_t>(s.nr * s.nc / 32));
+    for (int64_t i = 0; i < s.nr; ++i) {
+      for (int64_t j = 0; j < s.nc; ++j) {
+        const int64_t src = (s.r0 + i) * C + s.c0 + j;
+        ASSERT_EQ(a.at(i, j), fx.f32[src]);
+        ASSERT_EQ(b.at(i, j), from_bf16(reference_bf16(fx.bf16[src])));
+        ASSERT_EQ(q.at(i, j), q_full.at(s.r0 + i, s.c0 + j));
+      }
+    }
+  }
+  const std::vector<float> part = r.read_vector("norm", 10, 20);
+  EXPECT_EQ(part, std::vector<float>(fx.norm.begin() + 10, fx.norm.begin() + 30));
+  // col_count = -1 reads to the end.
+  EXPECT_EQ(r.read_matrix("m.f32", 3, 2, 96).cols, C - 96);
+}
+
+TEST(ModelStore, BytesReadCountsOnlyTheShard) {
+  Fixture fx("bytes.h5");
+  ModelStoreReader r(fx.path);
+  EXPECT_EQ(r.bytes_read(), 0u);
+  r.read_matrix("m.bf16", 100, 50);  // half of a tensor-parallel split of rows
+  EXPECT_EQ(r.bytes_read(), 50u * 160u * 2u);
+  r.read_matrix("m.int8", 0, 200, 64, 64);  // a column shard: int8 payload plus its scales
+  EXPECT_EQ(r.bytes_read(), 50u * 160u * 2u + 200u * 64u + 200u * 2u * 4u);
+  r.read_vector("norm", 0, 80);
+  EXPECT_EQ(r.bytes_read(), 50u * 160u * 2u + 200u * 64u + 200u * 2u * 4u + 80u * 4u);
+}
+
+TEST(ModelStore, ChunkLayoutIsTiles) {
+  Fixture fx("chunks.h5");
+  hid_t file = H5Fopen(fx.path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  ASSERT_GE(file, 0);
+  for (const char* name : {"tensors/m.f32", "tensors/m.bf16", "tensors/m.int8"}) {
+    hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
+    hid_t dcpl = H5Dget_create_plist(ds);
+    EXPECT_EQ(H5Pget_layout(dcpl), H5D_CHUNKED) << name;
+    hsize_t chunk[2] = {0, 0};
+    EXPECT_EQ(H5Pget_chunk(dcpl, 2, chunk), 2);
+    EXPECT_EQ(chunk[0], 64u);
+    EXPECT_EQ(chunk[1], 64u);
+    EXPECT_EQ(H5Pget_nfilters(dcpl), 0) << "no compression";
+    H5Pclose(dcpl);
+    H5Dclose(ds);
+  }
+  hid_t ds = H5Dopen2(file, "tensors/m.int8.scales", H5P_DEFAULT);
+  hid_t dcpl = H5Dget_create_plist(ds);
+  hsize_t chunk[2] = {0, 0};
+  H5Pget_chunk(dcpl, 2, chunk);
+  EXPECT_EQ(chunk[0], 64u);
+  EXPECT_EQ(chunk[1], 5u);  // 160/32 groups: clipped
+  H5Pclose(dcpl);
+  H5Dclose(ds);
+  H5Fclose(file);
+}
+
+TEST(ModelStore, ConfigAndTokenizerRoundTrip) {
+  Fixture fx("meta.h5");
+  ModelStoreReader r(fx.path);
+  EXPECT_EQ(r.config().to_json(), small_config().to_json());
+  EXPECT_EQ(r.config().eos_token_ids, (std::vector<int>{2, 3}));
+  const TokenizerData want = small_tokenizer();
+  const TokenizerData& got = r.tokenizer();
+  EXPECT_EQ(got.model, want.model);
+  EXPECT_EQ(got.pre_tokenizer, want.pre_tokenizer);
+  EXPECT_EQ(got.tokens, want.tokens);
+  EXPECT_EQ(got.token_kinds, want.token_kinds);
+  EXPECT_EQ(got.merges, want.merges);
+  EXPECT_EQ(got.bos_token_id, want.bos_token_id);
+  EXPECT_EQ(got.eos_token_id, want.eos_token_id);
+  EXPECT_EQ(got.unknown_token_id, want.unknown_token_id);
+  EXPECT_EQ(got.padding_token_id, want.padding_token_id);
+  EXPECT_EQ(got.add_bos_token, want.add_bos_token);
+  EXPECT_EQ(got.chat_template, want.chat_template);
+}
+
+// The digest, rebuilt here from the definition in docs/model-store.md.
+class Sha256 {
+ public:
+  Sha256() { EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr); }
+  ~Sha256() { EVP_MD_CTX_free(ctx_); }
+  void raw(const void* p, size_t n) { EVP_DigestUpdate(ctx_, p, n); }
+  void u64(uint64_t v) { raw(&v, 8); }
+  void text(const std::string& s) {
+    u64(s.size());
+    raw(s.data(), s.size());
+  }
+  std::string hex() {
+    unsigned char out[32];
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(ctx_, out, &len);
+    char buf[65];
+    for (int i = 0; i < 32; ++i) std::snprintf(buf + 2 * i, 3, "%02x", out[i]);
+    return std::string(buf, 64);
+  }
+
+ private:
+  EVP_MD_CTX* ctx_ = EVP_MD_CTX_new();
+};
+
+TEST(ModelStore, DigestFollowsDocumentedDefinition) {
+  Fixture fx("digest_def.h5");
+  const TokenizerData t = small_tokenizer();
+  Sha256 h;
+  h.text("alem-model-digest-v1");
+  h.text(small_config().to_json());
+  h.text(t.model);
+  h.text(t.pre_tokenizer);
+  h.u64(t.tokens.size());
+  for (const auto& s : t.tokens) h.text(s);
+  h.u64(t.token_kinds.size());
+  h.raw(t.token_kinds.data(), 4 * t.token_kinds.size());
+  h.u64(t.merges.size());
+  for (const auto& s : t.merges) h.text(s);
+  for (int64_t v : {int64_t{t.bos_token_id}, int64_t{t.eos_token_id}, int64_t{t.unknown_token_id},
+                    int64_t{t.padding_token_id}, int64_t{t.add_bos_token}}) {
+    h.u64(static_cast<uint64_t>(v));
+  }
+  h.text(t.chat_template);
+  h.u64(4);  // tensors, sorted by name: m.bf16, m.f32, m.int8, norm
+  const int64_t R = Fixture::kRows, C = Fixture::kCols;
+  auto matrix_header = [&](const std::string& name, const std::string& dtype, uint64_t bytes) {
+    h.text(name);
+    h.text(dtype);
+    h.u64(2);
+    h.u64(R);
+    h.u64(C);
+    h.u64(bytes);
+  };
+  std::vector<uint16_t> bits(R * C);
+  for (int64_t i = 0; i < R * C; ++i) bits[i] = reference_bf16(fx.bf16[i]);
+  matrix_header("m.bf16", "bf16", R * C * 2);
+  h.raw(bits.data(), bits.size() * 2);
+  matrix_header("m.f32", "f32", R * C * 4);
+  h.raw(fx.f32.data(), fx.f32.size() * 4);
+  // int8: quantise independently (absmax / 127 per group of 32, round to nearest).
+  std::vector<int8_t> q(R * C);
+  std::vector<float> scales(R * C / 32);
+  for (int64_t g = 0; g < R * C / 32; ++g) {
+    float amax = 0;
+    for (int k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(fx.int8[g * 32 + k]));
+    scales[g] = amax / 127.f;
+    for (int k = 0; k < 32; ++k) {
+      q[g * 32 + k] = static_cast<int8_t>(std::lrintf(fx.int8[g * 32 + k] * (1.f / scales[g])));
+    }
+  }
+  matrix_header("m.int8", "int8", R * C);
+  h.raw(q.data(), q.size());
+  h.u64(scales.size() * 4);
+  h.raw(scales.data(), scales.size() * 4);
+  h.text("norm");
+  h.text("f32");
+  h.u64(1);
+  h.u64(C);
+  h.u64(C * 4);
+  h.raw(fx.norm.data(), fx.norm.size() * 4);
+  EXPECT_EQ(fx.digest, h.hex());
+  EXPECT_EQ(compute_model_store_digest(fx.path), fx.digest);
+}
+
+// File offset of a dataset's first chunk (or contiguous storage), to corrupt payload bytes.
+haddr_t payload_address(const std::string& path, const std::string& dataset) {
+  hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  hid_t ds = H5Dopen2(file, dataset.c_str(), H5P_DEFAULT);
+  haddr_t addr = H5Dget_offset(ds);  // contiguous datasets
+  if (addr == HADDR_UNDEF) {
+    hid_t space = H5Dget_space(ds);
+    hsize_t offset[2];
+    unsigned mask = 0;
+    hsize_t size = 0;
+    H5Dget_chunk_info(ds, space, 0, offset, &mask, &addr, &size);
+    H5Sclose(space);
+  }
+  H5Dclose(ds);
+  H5Fclose(file);
+  return addr;
+}
+
+void flip_byte(const std::string& path, uint64_t offset) {
+  std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
+  f.seekg(static_cast<std::streamoff>(offset));
+  char c = 0;
+  f.get(c);
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.put(static_cast<char>(c ^ 0x10));
+}
+
+TEST(ModelStore, VerifyDetectsAFlippedPayloadByte) {
+  for (const char* dataset : {"tensors/norm", "tensors/m.bf16", "tensors/m.int8.scales"}) {
+    SCOPED_TRACE(dataset);
+    Fixture fx("flip.h5");
+    {
+      ModelStoreReader r(fx.path);
+      EXPECT_EQ(r.verify(), "");
+    }
+    const haddr_t addr = payload_address(fx.path, dataset);
+    ASSERT_NE(addr, HADDR_UNDEF);
+    flip_byte(fx.path, addr + 5);
+    ModelStoreReader r(fx.path);  // metadata intact: opens fine
+    const std::string problem = r.verify();
+    EXPECT_NE(problem.find("digest mismatch"), std::string::npos) << problem;
+  }
+}
+
+std::string open_error(const std::string& path) {
+  try {
+    ModelStoreReader r(path);
+  } catch (const Error& e) {
+    return e.message();
+  }
+  return "";
+}
+
+TEST(ModelStore, BadFilesGiveClearErrors) {
+  EXPECT_NE(open_error("/nonexistent/model.h5").find("does not exist"), std::string::npos);
+
+  const std::string text = temp_path("text.h5");
+  std::ofstream(text) << "this is not an HDF5 file\n";
+  EXPECT_NE(open_error(text).find("not an HDF5 file"), std::string::npos) << open_error(text);
+  fs::remove(text);
+
+  const std::string foreign = temp_path("foreign.h5");
+  {
+    hid_t f = H5Fcreate(foreign.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hsize_t dims[1] = {4};
+    hid_t s = H5Screate_simple(1, dims, nullptr);
+    hid_t d = H5Dcreate2(f, "data", H5T_IEEE_F32LE, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Dclose(d);
+    H5Sclose(s);
+    H5Fclose(f);
+  }
+  EXPECT_NE(open_error(foreign).find("not an alem model store"), std::string::npos)
+      << open_error(foreign);
+  fs::remove(foreign);
+
+  Fixture fx("truncate.h5");
+  const std::string cut = temp_path("cut.h5");
+  for (double fraction : {0.1, 0.5, 0.9, 0.999}) {
+    fs::copy_file(fx.path, cut, fs::copy_options::overwrite_existing);
+    fs::resize_file(cut, static_cast<uintmax_t>(fs::file_size(fx.path) * fraction));
+    const std::string msg = open_error(cut);
+    EXPECT_NE(msg.find(cut), std::string::npos) << fraction << ": '" << msg << "'";
+  }
+  fs::remove(cut);
+}
+
+TEST(ModelStore, BadReadsGiveClearErrors) {
+  Fixture fx("badreads.h5");
+  ModelStoreReader r(fx.path);
+  EXPECT_THROW(r.read_matrix("nope", 0, 1), Error);
+  EXPECT_THROW(r.read_matrix("m.f32", 190, 20), Error);
+  EXPECT_THROW(r.read_matrix("m.f32", 0, 1, 100, 100), Error);
+  EXPECT_THROW(r.read_matrix("m.int8", 0, 1, 16, 32), Error);  // not group-aligned
+  EXPECT_THROW(r.read_matrix("norm", 0, 1), Error);
+  EXPECT_THROW(r.read_vector("m.f32"), Error);
+  EXPECT_THROW(r.read_vector("norm", 150, 20), Error);
+  try {
+    r.read_matrix("m.f32", 190, 20);
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("m.f32"), std::string::npos);
+    EXPECT_NE(e.message().find("[190, 210)"), std::string::npos) << e.message();
+  }
+}
+
+TEST(ModelStore, WriterRejectsBadInput) {
+  const std::string p = temp_path("writer.h5");
+  ModelStoreWriter w(p, small_config(), small_tokenizer(), "test");
+  std::vector<float> v(40 * 40, 1.f);
+  EXPECT_THROW(w.add_matrix("odd.int8", v.data(), 40, 40, DType::I8), Error);  // 40 % 32 != 0
+  w.add_matrix("x", v.data(), 40, 40, DType::F32);
+  EXPECT_THROW(w.add_matrix("x", v.data(), 40, 40, DType::F32), Error);  // duplicate
+  EXPECT_THROW(w.add_vector("a/b", v.data(), 4), Error);
+  EXPECT_THROW(w.add_vector("y.scales", v.data(), 4), Error);
+  w.finish();
+  EXPECT_THROW(w.add_vector("late", v.data(), 4), Error);
+  ModelConfig bad = small_config();
+  bad.num_kv_heads = 3;
+  EXPECT_THROW(ModelStoreWriter(temp_path("bad.h5"), bad, small_tokenizer(), "test"), Error);
+  fs::remove(p);
+}
+
+}  // namespace
+}  // namespace alem
