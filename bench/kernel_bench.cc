@@ -1,0 +1,296 @@
+// The kernel test's performance mode: times the "cpu" backend's matmul on SmolLM2-135M's real
+// shapes for every weight dtype, at decode (M=1) and prefill (M=128, 256) sizes, on 1 and 2
+// threads, and paged attention at several context lengths. Every figure is printed beside the
+// machine's measured limits (DRAM/L3 read bandwidth, peak FMA GFLOP/s) so it reads as a
+// fraction of what the hardware can do. Decode matmuls cycle through enough copies of each
+// matrix to exceed the L3, as a real decode step (30 layers, 270 MB of bf16) does.
+//
+//   alem_kernel_bench [--quick] [--threads 1,2] [--dtypes f32,bf16,f16,int8] [--rows 1,128]
+//                     [--only SHAPE-SUBSTRING] [--no-attention] [--no-limits]
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/machine_limits.h"
+
+namespace alem {
+namespace {
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+struct MatmulShape {
+  const char* name;
+  int64_t N, K;
+  int per_layer;  // how many such matmuls one transformer layer runs (0: once per token)
+};
+
+// SmolLM2-135M: hidden 576, 9 heads x 64, 3 kv heads, intermediate 1536, vocab 49152.
+const MatmulShape kShapes[] = {
+    {"q/o 576->576", 576, 576, 2},         {"k/v 576->192", 192, 576, 2},
+    {"gate+up 576->3072", 3072, 576, 1},   {"down 1536->576", 576, 1536, 1},
+    {"lm_head 576->49152", 49152, 576, 0},
+};
+constexpr int kLayers = 30;
+
+struct Options {
+  bool quick = false;
+  bool attention = true;
+  bool limits = true;         // measure bandwidth and peak FLOP/s first
+  std::string only;           // run only shapes whose name contains this
+  std::vector<int64_t> rows;  // M values (default: 1, 4, 128, 256; --quick: 1, 128)
+  std::vector<int> threads = {1, 2};
+  std::vector<DType> dtypes = {DType::F32, DType::BF16, DType::F16, DType::I8};
+};
+
+struct Limits {
+  std::map<int, double> dram_gbs, l3_gbs, peak_gflops;
+};
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> parts;
+  std::stringstream in(s);
+  for (std::string part; std::getline(in, part, ',');) parts.push_back(part);
+  return parts;
+}
+
+Options parse_options(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--quick") {
+      o.quick = true;
+    } else if (arg == "--no-limits") {
+      o.limits = false;
+    } else if (arg == "--no-attention") {
+      o.attention = false;
+    } else if (arg == "--threads" && i + 1 < argc) {
+      o.threads.clear();
+      for (const auto& t : split_commas(argv[++i])) o.threads.push_back(std::stoi(t));
+    } else if (arg == "--only" && i + 1 < argc) {
+      o.only = argv[++i];
+    } else if (arg == "--rows" && i + 1 < argc) {
+      for (const auto& m : split_commas(argv[++i])) o.rows.push_back(std::stoll(m));
+    } else if (arg == "--dtypes" && i + 1 < argc) {
+      o.dtypes.clear();
+      for (const auto& d : split_commas(argv[++i])) o.dtypes.push_back(parse_dtype(d));
+    } else {
+      ALEM_FAIL(
+          "usage: alem_kernel_bench [--quick] [--threads 1,2] [--dtypes f32,bf16,f16,int8]"
+          " [--rows 1,128] [--only SHAPE-SUBSTRING] [--no-attention]");
+    }
+  }
+  return o;
+}
+
+// Copies of one weight matrix, enough to exceed `footprint` bytes, so cycling through them
+// reads from DRAM (or, with footprint 0, one copy that stays cache-resident).
+std::vector<WeightMatrix> weight_copies(const MatmulShape& shape, DType dtype, size_t footprint) {
+  std::vector<float> values(static_cast<size_t>(shape.N * shape.K));
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> dist(-0.05f, 0.05f);
+  for (float& v : values) v = dist(rng);
+  std::vector<WeightMatrix> copies;
+  copies.push_back(make_weight_matrix(values.data(), shape.N, shape.K, dtype));
+  const size_t each = copies[0].bytes();
+  const size_t count =
+      footprint == 0 ? 1 : std::clamp<size_t>((footprint + each - 1) / each, 2, 5000);
+  while (copies.size() < count) {
+    WeightMatrix w;
+    w.dtype = dtype;
+    w.rows = shape.N;
+    w.cols = shape.K;
+    w.data.resize(copies[0].data.size());
+    std::memcpy(w.data.data(), copies[0].data.data(), copies[0].data.size());
+    w.scales = copies[0].scales;
+    copies.push_back(std::move(w));
+  }
+  return copies;
+}
+
+// Seconds per matmul call, cycling through the copies (with copies larger than the L3 every
+// call reads its weights from DRAM). The machine may be shared, so calls are timed one by one
+// and the best is kept; one-thread calls use the thread's CPU clock, which does not run while
+// the thread is descheduled, and multi-thread calls the wall clock.
+double time_matmul(const CpuBackend& cpu, const std::vector<WeightMatrix>& copies, int64_t M,
+                   const std::vector<float>& x, std::vector<float>& y, double min_seconds) {
+  cpu.matmul(x.data(), M, copies[0], nullptr, y.data());  // warm-up (and thread pool start)
+  const bool cpu_clock = cpu.max_threads() == 1;
+  double best = 1e30, spent = 0;
+  int64_t calls = 0;
+  while (calls < 20 || (spent < min_seconds && calls < 20000)) {
+    for (const WeightMatrix& w : copies) {
+      const double wall_start = now_seconds(), cpu_start = thread_cpu_seconds();
+      cpu.matmul(x.data(), M, w, nullptr, y.data());
+      const double elapsed =
+          cpu_clock ? thread_cpu_seconds() - cpu_start : now_seconds() - wall_start;
+      best = std::min(best, elapsed);
+      spent += now_seconds() - wall_start;
+      ++calls;
+    }
+  }
+  return best;
+}
+
+// Seconds per call for every (shape, dtype, M, threads); prints one table row each.
+std::map<std::string, double> bench_matmul(const Options& o, const Limits& limits) {
+  std::map<std::string, double> results;
+  const std::vector<int64_t> rows = !o.rows.empty() ? o.rows
+                                    : o.quick       ? std::vector<int64_t>{1, 128}
+                                                    : std::vector<int64_t>{1, 4, 128, 256};
+  const double min_seconds = o.quick ? 0.05 : 0.25;
+  std::printf("\n## matmul y[M][N] = x[M][K] W[N][K]^T\n");
+  std::printf(
+      "decode rows (M<16) cycle through copies of W larger than the L3 (DRAM-bound, as in a\n"
+      "real decode step); prefill rows reuse one W (compute-bound). Best of many calls;\n"
+      "1 thread on the thread's CPU clock, 2 threads on the wall clock.\n\n");
+  std::printf(
+      "| shape | dtype | M | thr | us/call | GB/s (W) | %% of DRAM BW | GFLOP/s | %% of peak |\n");
+  std::printf("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (const MatmulShape& shape : kShapes) {
+    if (std::string(shape.name).find(o.only) == std::string::npos) continue;
+    for (DType dtype : o.dtypes) {
+      const auto cold = weight_copies(shape, dtype, size_t(768) << 20);
+      const std::vector<WeightMatrix> hot = weight_copies(shape, dtype, 0);
+      for (int64_t M : rows) {
+        const bool decode = M < CpuBackend::kPackedMinRows;
+        std::vector<float> x(static_cast<size_t>(M * shape.K), 0.01f), y(M * shape.N);
+        for (int threads : o.threads) {
+          CpuBackend cpu(cpu::best_supported_isa(), threads);
+          const double seconds = time_matmul(cpu, decode ? cold : hot, M, x, y, min_seconds);
+          const double gbs = cold[0].bytes() / seconds / 1e9;
+          const double gflops = 2.0 * M * shape.N * shape.K / seconds / 1e9;
+          std::printf("| %s | %s | %lld | %d | %.1f | %.1f | %.0f%% | %.1f | %.0f%% |\n",
+                      shape.name, dtype_name(dtype).c_str(), static_cast<long long>(M), threads,
+                      seconds * 1e6, gbs, 100 * gbs / limits.dram_gbs.at(threads), gflops,
+                      100 * gflops / limits.peak_gflops.at(threads));
+          std::fflush(stdout);
+          results[std::string(shape.name) + "|" + dtype_name(dtype) + "|" + std::to_string(M) +
+                  "|" + std::to_string(threads)] = seconds;
+        }
+      }
+    }
+  }
+  return results;
+}
+
+// Tokens/s of a whole model's matmuls (30 layers + LM head) from the per-shape timings.
+void print_model_projection(const Options& o, const std::map<std::string, double>& results) {
+  std::printf("\n## SmolLM2-135M, all matmuls of one step (30 layers + LM head), projected\n\n");
+  std::printf(
+      "| dtype | thr | decode tok/s (M=1) | prefill tok/s (M=128) | prefill tok/s (M=256) |\n");
+  std::printf("|---|---:|---:|---:|---:|\n");
+  for (DType dtype : o.dtypes) {
+    for (int threads : o.threads) {
+      std::printf("| %s | %d |", dtype_name(dtype).c_str(), threads);
+      for (int64_t M : {1, 128, 256}) {
+        double seconds = 0;
+        bool complete = true;
+        for (const MatmulShape& shape : kShapes) {
+          const auto it = results.find(std::string(shape.name) + "|" + dtype_name(dtype) + "|" +
+                                       std::to_string(M) + "|" + std::to_string(threads));
+          if (it == results.end()) {
+            complete = false;
+            break;
+          }
+          seconds += it->second * (shape.per_layer ? shape.per_layer * kLayers : 1);
+        }
+        if (complete) {
+          std::printf(" %.0f |", M / seconds);
+        } else {
+          std::printf(" - |");
+        }
+      }
+      std::printf("\n");
+    }
+  }
+}
+
+void bench_attention(const Options& o) {
+  std::printf("\n## paged attention, 9 heads / 3 kv heads x 64, block 16, one layer\n\n");
+  std::printf("| case | context | thr | us/call | KV GB/s |\n|---|---:|---:|---:|---:|\n");
+  const AttentionShape shape{9, 3, 64, 16, 0.125f};
+  const int max_context = 8192;
+  const int blocks = max_context / shape.block_size + 1;
+  const size_t block_floats = size_t(shape.block_size) * shape.num_kv_heads * shape.head_dim;
+  std::vector<float> k(blocks * block_floats, 0.01f), v(blocks * block_floats, 0.02f);
+  std::vector<int32_t> table(blocks);
+  for (int i = 0; i < blocks; ++i) table[i] = (i * 37) % blocks;  // scattered blocks
+  std::vector<float> q(256 * shape.num_heads * shape.head_dim, 0.1f), out(q.size());
+  struct Case {
+    const char* name;
+    int q_count, start_pos;
+  };
+  const Case cases[] = {{"decode", 1, 511},
+                        {"decode", 1, 2047},
+                        {"decode", 1, 8191},
+                        {"prefill 256", 256, 0},
+                        {"prefill 256", 256, 1792}};
+  for (const Case& c : cases) {
+    for (int threads : o.threads) {
+      CpuBackend cpu(cpu::best_supported_isa(), threads);
+      AttentionSequence seq{0, c.q_count, c.start_pos, table.data()};
+      double best = 1e30;
+      for (int rep = 0; rep < (o.quick ? 5 : 20); ++rep) {
+        const double start = threads == 1 ? thread_cpu_seconds() : now_seconds();
+        cpu.paged_attention(shape, &seq, 1, q.data(), {k.data(), v.data()}, out.data());
+        best = std::min(best, (threads == 1 ? thread_cpu_seconds() : now_seconds()) - start);
+      }
+      const int context = c.start_pos + c.q_count;
+      const double kv_bytes = 2.0 * context * shape.num_kv_heads * shape.head_dim * 4;
+      std::printf("| %s | %d | %d | %.1f | %.1f |\n", c.name, context, threads, best * 1e6,
+                  kv_bytes / best / 1e9);
+      std::fflush(stdout);
+    }
+  }
+}
+
+int run(int argc, char** argv) {
+  const Options o = parse_options(argc, argv);
+  double load[3] = {0, 0, 0};
+  getloadavg(load, 3);
+  std::printf("# alem kernel benchmark\n\n%s\nload average at start: %.1f\n\n",
+              cpu_description().c_str(), load[0]);
+  Limits limits;
+  std::printf("| threads | DRAM read GB/s (1 GiB) | L3 read GB/s (64 MiB) | peak f32 GFLOP/s |\n");
+  std::printf("|---:|---:|---:|---:|\n");
+  for (int threads : o.threads) {
+    limits.dram_gbs[threads] =
+        o.limits ? measure_memory_bandwidth_gbs(size_t(1) << 30, threads) : 1e-9;
+    limits.l3_gbs[threads] =
+        o.limits ? measure_memory_bandwidth_gbs(size_t(64) << 20, threads) : 1e-9;
+    limits.peak_gflops[threads] = o.limits ? measure_peak_gflops(threads) : 1e-9;
+    std::printf("| %d | %.1f | %.1f | %.1f |\n", threads, limits.dram_gbs[threads],
+                limits.l3_gbs[threads], limits.peak_gflops[threads]);
+    std::fflush(stdout);
+  }
+  const auto results = bench_matmul(o, limits);
+  print_model_projection(o, results);
+  if (o.attention) bench_attention(o);
+  return 0;
+}
+
+}  // namespace
+}  // namespace alem
+
+int main(int argc, char** argv) {
+  try {
+    return alem::run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "alem_kernel_bench: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,448 @@
+// The CPU backend's driver: picks the instruction-set kernels once, splits every op across
+// OpenMP threads, and implements the light element-wise ops directly (they are memory-bound
+// and tiny next to matmul and attention). The heavy inner loops live in the per-ISA files.
+#include "kernels/cpu/cpu_backend.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+
+namespace alem {
+namespace cpu {
+
+bool isa_supported(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar:
+      return true;
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+    case Isa::kAvx512:
+      return isa_supported(Isa::kAvx2) && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("avx512dq");
+  }
+  return false;
+}
+
+Isa best_supported_isa() {
+  if (isa_supported(Isa::kAvx512)) return Isa::kAvx512;
+  if (isa_supported(Isa::kAvx2)) return Isa::kAvx2;
+  return Isa::kScalar;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar:
+      return "scalar";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kAvx512:
+      return "avx512";
+  }
+  return "?";
+}
+
+WeightView view_of(const WeightMatrix& w) {
+  WeightView v;
+  v.dtype = w.dtype;
+  v.rows = w.rows;
+  v.cols = w.cols;
+  v.data = w.data.data();
+  v.scales = w.scales.empty() ? nullptr : w.scales.data();
+  return v;
+}
+
+KernelTable kernel_table(Isa isa) {
+  KernelTable t;
+  t.isa = isa;
+  switch (isa) {
+    case Isa::kAvx512:
+      t.matmul_stream = avx512::matmul_stream;
+      t.matmul_packed = avx512::matmul_packed;
+      t.packed_panel_cols = avx512::kPanelCols;
+      t.attention = avx512::attention;
+      break;
+    case Isa::kAvx2:
+      t.matmul_stream = avx2::matmul_stream;
+      t.matmul_packed = avx2::matmul_packed;
+      t.packed_panel_cols = avx2::kPanelCols;
+      t.attention = avx2::attention;
+      break;
+    case Isa::kScalar:
+      t.matmul_stream = scalar::matmul_stream;
+      t.matmul_packed = scalar::matmul_packed;
+      t.packed_panel_cols = 16;
+      t.attention = scalar::attention;
+      break;
+  }
+  return t;
+}
+
+}  // namespace cpu
+
+namespace {
+
+// Runs body(thread_index, thread_count) on up to `threads` OpenMP threads (inline when 1).
+template <typename Body>
+void run_on_threads(int threads, const Body& body) {
+  if (threads <= 1) {
+    body(0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  body(omp_get_thread_num(), omp_get_num_threads());
+}
+
+// The part [begin, end) of `total` items that `index` of `count` workers takes, in whole units
+// of `align` items (the last part takes the remainder).
+std::pair<int64_t, int64_t> split_range(int64_t total, int count, int index, int64_t align) {
+  const int64_t units = (total + align - 1) / align;
+  const int64_t begin = units * index / count * align;
+  const int64_t end = units * (index + 1) / count * align;
+  return {std::min(begin, total), std::min(end, total)};
+}
+
+// Work smaller than this (in multiply-adds or weight bytes) runs on one thread: waking the pool
+// costs a few microseconds.
+constexpr double kMinParallelMacs = 1 << 18;
+
+// e^x, vectorisable (Cephes expf polynomial, about 1 ulp); saturates outside [-87, 88].
+inline float exp_approx(float x) {
+  x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
+  const float rounder = 12582912.f;
+  const float n = (x * 1.44269504088896341f + rounder) - rounder;
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * r * r + r + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  return e * __builtin_bit_cast(float, bits);
+}
+
+int threads_for(double work, int max_threads) {
+  return work < kMinParallelMacs ? 1 : max_threads;
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(cpu::Isa isa, int max_threads)
+    : kernels_(cpu::kernel_table(isa)),
+      max_threads_(max_threads > 0 ? max_threads : omp_get_max_threads()) {
+  ALEM_CHECK(cpu::isa_supported(isa),
+             std::string("this CPU cannot run the ") + cpu::isa_name(isa) + " kernels");
+}
+
+std::unique_ptr<KernelBackend> make_cpu_backend() {
+  cpu::Isa isa = cpu::best_supported_isa();
+  // ALEM_CPU_ISA=avx2|scalar lowers the instruction set (benchmarks, debugging); never raises.
+  if (const char* forced = std::getenv("ALEM_CPU_ISA"); forced && *forced) {
+    const std::string name = forced;
+    cpu::Isa wanted = isa;
+    if (name == "scalar")
+      wanted = cpu::Isa::kScalar;
+    else if (name == "avx2")
+      wanted = cpu::Isa::kAvx2;
+    else if (name == "avx512")
+      wanted = cpu::Isa::kAvx512;
+    else
+      ALEM_FAIL("ALEM_CPU_ISA must be scalar, avx2 or avx512, got '" + name + "'");
+    ALEM_CHECK(cpu::isa_supported(wanted), "ALEM_CPU_ISA=" + name + " is not supported here");
+    isa = wanted;
+  }
+  return std::make_unique<CpuBackend>(isa);
+}
+
+void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                        float* y) const {
+  matmul_with_path(x, M, w, bias, y, M >= kPackedMinRows);
+}
+
+void CpuBackend::matmul_with_path(const float* x, int64_t M, const WeightMatrix& w,
+                                  const float* bias, float* y, bool packed) const {
+  const int64_t N = w.rows, K = w.cols;
+  ALEM_CHECK(M >= 0 && N >= 0 && K > 0, "matmul: bad shape");
+  ALEM_CHECK(w.data.size() >= static_cast<size_t>(N * K) * dtype_size(w.dtype),
+             "matmul: weight buffer smaller than its shape");
+  if (w.dtype == DType::I8) {
+    ALEM_CHECK(K % kInt8GroupSize == 0, "matmul: int8 weights need cols % 32 == 0");
+    ALEM_CHECK(static_cast<int64_t>(w.scales.size()) == N * (K / kInt8GroupSize),
+               "matmul: int8 weights have the wrong number of scales");
+  }
+  if (M == 0 || N == 0) return;
+  const cpu::WeightView view = cpu::view_of(w);
+  const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
+
+  if (!packed) {
+    run_on_threads(threads, [&](int index, int count) {
+      const auto [n0, n1] = split_range(N, count, index, 16);
+      if (n0 < n1) kernels_.matmul_stream(x, M, view, bias, y, n0, n1);
+    });
+    return;
+  }
+  // Threads split N in whole panels; when there are fewer panels than threads they split M too.
+  const int64_t panel = kernels_.packed_panel_cols;
+  const int64_t panels = (N + panel - 1) / panel;
+  run_on_threads(threads, [&](int index, int count) {
+    const int n_parts = static_cast<int>(std::min<int64_t>(count, panels));
+    const int m_parts = count / n_parts;
+    if (index >= n_parts * m_parts) return;
+    const auto [n0, n1] = split_range(N, n_parts, index % n_parts, panel);
+    const auto [m0, m1] = split_range(M, m_parts, index / n_parts, 8);
+    if (n0 < n1 && m0 < m1) kernels_.matmul_packed(x, m0, m1, view, bias, y, n0, n1);
+  });
+}
+
+void CpuBackend::rmsnorm(const float* x, const float* gamma, int64_t M, int64_t D, float eps,
+                         float* y) const {
+  const int threads = threads_for(static_cast<double>(M) * D * 8, max_threads_);
+  run_on_threads(threads, [&](int index, int count) {
+    const auto [m0, m1] = split_range(M, count, index, 1);
+    for (int64_t m = m0; m < m1; ++m) {
+      const float* x_row = x + m * D;
+      float* y_row = y + m * D;
+      double sum_squares = 0.0;
+#pragma omp simd reduction(+ : sum_squares)
+      for (int64_t d = 0; d < D; ++d) sum_squares += static_cast<double>(x_row[d]) * x_row[d];
+      const float inv_rms = static_cast<float>(1.0 / std::sqrt(sum_squares / D + eps));
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) y_row[d] = x_row[d] * inv_rms * gamma[d];
+    }
+  });
+}
+
+void CpuBackend::rope(float* x, int64_t T, int num_heads, int head_dim, const int32_t* positions,
+                      const RopeTable& table) const {
+  const int half = head_dim / 2;
+  ALEM_CHECK(table.half_dim == half, "rope table half_dim does not match head_dim");
+  for (int64_t t = 0; t < T; ++t) {
+    ALEM_CHECK(positions[t] >= 0 && positions[t] < table.max_positions,
+               "rope position " + std::to_string(positions[t]) + " outside the table");
+  }
+  const int threads = threads_for(static_cast<double>(T) * num_heads * head_dim * 4, max_threads_);
+  run_on_threads(threads, [&](int index, int count) {
+    const auto [t0, t1] = split_range(T, count, index, 1);
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* cos_row = table.cos.data() + static_cast<size_t>(positions[t]) * half;
+      const float* sin_row = table.sin.data() + static_cast<size_t>(positions[t]) * half;
+      for (int h = 0; h < num_heads; ++h) {
+        float* first = x + (t * num_heads + h) * head_dim;
+        float* second = first + half;
+#pragma omp simd
+        for (int i = 0; i < half; ++i) {
+          const float a = first[i], b = second[i];
+          first[i] = a * cos_row[i] - b * sin_row[i];
+          second[i] = b * cos_row[i] + a * sin_row[i];
+        }
+      }
+    }
+  });
+}
+
+void CpuBackend::silu_mul(const float* gate_up, int64_t M, int64_t I, float* out) const {
+  const int threads = threads_for(static_cast<double>(M) * I * 16, max_threads_);
+  run_on_threads(threads, [&](int index, int count) {
+    const auto [m0, m1] = split_range(M, count, index, 1);
+    for (int64_t m = m0; m < m1; ++m) {
+      const float* gate = gate_up + m * 2 * I;
+      const float* up = gate + I;
+      float* o = out + m * I;
+#pragma omp simd
+      for (int64_t i = 0; i < I; ++i) o[i] = gate[i] / (1.f + exp_approx(-gate[i])) * up[i];
+    }
+  });
+}
+
+void CpuBackend::add_inplace(float* y, const float* x, int64_t n) const {
+  const int threads = threads_for(static_cast<double>(n), max_threads_);
+  run_on_threads(threads, [&](int index, int count) {
+    const auto [i0, i1] = split_range(n, count, index, 16);
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) y[i] += x[i];
+  });
+}
+
+void CpuBackend::kv_cache_write(const AttentionShape& shape, const AttentionSequence* seqs,
+                                int num_seqs, const float* k, const float* v,
+                                KVCacheLayerView cache) const {
+  ALEM_CHECK(shape.block_size > 0 && shape.num_kv_heads > 0 && shape.head_dim > 0,
+             "kv_cache_write: bad attention shape");
+  const int64_t row_width = static_cast<int64_t>(shape.num_kv_heads) * shape.head_dim;
+  for (int s = 0; s < num_seqs; ++s) {
+    const AttentionSequence& seq = seqs[s];
+    for (int i = 0; i < seq.q_count; ++i) {
+      const int64_t pos = static_cast<int64_t>(seq.start_pos) + i;
+      const int64_t slot =
+          static_cast<int64_t>(seq.block_table[pos / shape.block_size]) * shape.block_size +
+          pos % shape.block_size;
+      const int64_t row = seq.q_begin + i;
+      std::memcpy(cache.k + slot * row_width, k + row * row_width, row_width * sizeof(float));
+      std::memcpy(cache.v + slot * row_width, v + row * row_width, row_width * sizeof(float));
+    }
+  }
+}
+
+void CpuBackend::paged_attention(const AttentionShape& shape, const AttentionSequence* seqs,
+                                 int num_seqs, const float* q, KVCacheLayerView cache,
+                                 float* out) const {
+  ALEM_CHECK(shape.num_kv_heads > 0 && shape.num_heads % shape.num_kv_heads == 0,
+             "paged_attention: num_heads must be a multiple of num_kv_heads");
+  ALEM_CHECK(shape.head_dim > 0 && shape.head_dim <= cpu::kMaxHeadDim,
+             "paged_attention: head_dim must be in 1.." + std::to_string(cpu::kMaxHeadDim));
+  ALEM_CHECK(shape.block_size > 0, "paged_attention: block_size must be positive");
+  // One task per (sequence, kv head, run of query rows); the GQA heads of a kv head share a task
+  // so each cache chunk is read once for all of them.
+  const int group = shape.num_heads / shape.num_kv_heads;
+  const int rows_per_task = std::max(1, 32 / group);
+  struct Task {
+    int seq;
+    cpu::AttentionWork work;
+    double cost;
+  };
+  std::vector<Task> tasks;
+  for (int s = 0; s < num_seqs; ++s) {
+    for (int r0 = 0; r0 < seqs[s].q_count; r0 += rows_per_task) {
+      const int r1 = std::min(seqs[s].q_count, r0 + rows_per_task);
+      const int64_t context = static_cast<int64_t>(seqs[s].start_pos) + r1;
+      for (int h = 0; h < shape.num_kv_heads; ++h) {
+        tasks.push_back({s, {h, r0, r1, 0, context, nullptr}, double(r1 - r0) * context * group});
+      }
+    }
+  }
+  // Too few tasks for the threads (decode of a few sequences): split long key ranges
+  // (flash-decoding); each piece writes partial softmax state that is merged afterwards.
+  struct Split {
+    int seq;
+    cpu::AttentionWork whole;
+    size_t first_piece, pieces;
+  };
+  std::vector<Split> splits;
+  std::vector<float> partials;
+  const size_t record = cpu::kPartialExtra + shape.head_dim;
+  constexpr int64_t kMinKeysPerPiece = 256;
+  if (max_threads_ > 1 && !tasks.empty() && tasks.size() < 4 * static_cast<size_t>(max_threads_)) {
+    const size_t wanted = 4 * max_threads_ / tasks.size() + 1;
+    std::vector<Task> split_tasks;
+    std::vector<size_t> partial_offsets;  // per split task, into `partials`
+    size_t partial_floats = 0;
+    for (const Task& t : tasks) {
+      const int64_t keys = t.work.key_end;
+      const size_t pieces = std::min<size_t>(wanted, keys / kMinKeysPerPiece);
+      if (pieces < 2) {
+        split_tasks.push_back(t);
+        partial_offsets.push_back(SIZE_MAX);
+        continue;
+      }
+      splits.push_back({t.seq, t.work, split_tasks.size(), pieces});
+      const size_t queries = static_cast<size_t>(t.work.row_end - t.work.row_begin) * group;
+      for (size_t p = 0; p < pieces; ++p) {
+        Task piece = t;
+        piece.work.key_begin = static_cast<int64_t>(keys * p / pieces) / 16 * 16;
+        piece.work.key_end =
+            p + 1 == pieces ? keys : static_cast<int64_t>(keys * (p + 1) / pieces) / 16 * 16;
+        piece.cost = t.cost / pieces;
+        split_tasks.push_back(piece);
+        partial_offsets.push_back(partial_floats);
+        partial_floats += queries * record;
+      }
+    }
+    partials.resize(partial_floats);
+    for (size_t i = 0; i < split_tasks.size(); ++i) {
+      if (partial_offsets[i] != SIZE_MAX)
+        split_tasks[i].work.partial = partials.data() + partial_offsets[i];
+    }
+    tasks.swap(split_tasks);
+  }
+  std::vector<size_t> order(tasks.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return tasks[a].cost > tasks[b].cost; });
+  double total_cost = 0;
+  for (const Task& t : tasks) total_cost += t.cost;
+  const int threads = threads_for(total_cost * shape.head_dim * 2, max_threads_);
+  const int64_t task_count = static_cast<int64_t>(tasks.size());
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+  for (int64_t i = 0; i < task_count; ++i) {
+    const Task& t = tasks[order[i]];
+    kernels_.attention(shape, seqs[t.seq], t.work, q, cache, out);
+  }
+  // Merge split pieces: out = sum_p acc_p e^(m_p - M) / sum_p l_p e^(m_p - M), M = max_p m_p.
+  const int64_t row_stride = static_cast<int64_t>(shape.num_heads) * shape.head_dim;
+  for (const Split& sp : splits) {
+    const int queries = (sp.whole.row_end - sp.whole.row_begin) * group;
+    for (int qi = 0; qi < queries; ++qi) {
+      float global_max = -INFINITY;
+      for (size_t p = 0; p < sp.pieces; ++p) {
+        global_max = std::max(global_max, tasks[sp.first_piece + p].work.partial[qi * record]);
+      }
+      const int row = sp.whole.row_begin + qi / group;
+      const int head = sp.whole.kv_head * group + qi % group;
+      float* o = out + (seqs[sp.seq].q_begin + row) * row_stride +
+                 static_cast<int64_t>(head) * shape.head_dim;
+      std::fill(o, o + shape.head_dim, 0.f);
+      double denominator = 0;
+      for (size_t p = 0; p < sp.pieces; ++p) {
+        const float* rec = tasks[sp.first_piece + p].work.partial + qi * record;
+        if (rec[0] == -INFINITY) continue;  // no visible keys in this piece
+        const float weight = std::exp(rec[0] - global_max);
+        denominator += static_cast<double>(rec[1]) * weight;
+#pragma omp simd
+        for (int d = 0; d < shape.head_dim; ++d) o[d] += rec[cpu::kPartialExtra + d] * weight;
+      }
+      const float inv = static_cast<float>(1.0 / denominator);
+#pragma omp simd
+      for (int d = 0; d < shape.head_dim; ++d) o[d] *= inv;
+    }
+  }
+}
+
+void CpuBackend::embedding(const WeightMatrix& table, int64_t row_begin, const int32_t* tokens,
+                           int64_t T, float* out) const {
+  const int64_t D = table.cols;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t local = static_cast<int64_t>(tokens[t]) - row_begin;
+    float* o = out + t * D;
+    if (local < 0 || local >= table.rows) {
+      std::memset(o, 0, static_cast<size_t>(D) * sizeof(float));
+      continue;
+    }
+    const int64_t base = local * D;
+    switch (table.dtype) {
+      case DType::F32:
+        std::memcpy(o, table.data.as<float>() + base, static_cast<size_t>(D) * sizeof(float));
+        break;
+      case DType::BF16: {
+        const uint16_t* src = table.data.as<uint16_t>() + base;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) o[d] = bf16_to_f32(src[d]);
+        break;
+      }
+      case DType::F16: {
+        const uint16_t* src = table.data.as<uint16_t>() + base;
+        for (int64_t d = 0; d < D; ++d) o[d] = f16_to_f32(src[d]);
+        break;
+      }
+      case DType::I8: {
+        const int8_t* src = table.data.as<int8_t>() + base;
+        const float* scales = table.scales.data() + local * table.groups_per_row();
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) o[d] = src[d] * scales[d / kInt8GroupSize];
+        break;
+      }
+    }
+  }
+}
+
+}  // namespace alem

@@ -1,0 +1,55 @@
+// The "cpu" kernel backend: OpenMP threads (OMP_NUM_THREADS is respected) and the widest SIMD
+// instruction set the CPU has (AVX-512, else AVX2/FMA, else portable scalar code), chosen once
+// at construction. Matmul, the op that dominates inference, streams bf16/f16/int8 weights in
+// their stored form (decode) or packs small f32 tiles of them for a register-blocked GEMM
+// micro-kernel (prefill). See docs/kernels.md for the design and measured speeds.
+#pragma once
+
+#include <memory>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace alem {
+
+class CpuBackend final : public KernelBackend {
+ public:
+  // Uses `isa` (which must be supported by this CPU, see cpu::isa_supported) and at most
+  // `max_threads` OpenMP threads (0: omp_get_max_threads(), i.e. OMP_NUM_THREADS).
+  explicit CpuBackend(cpu::Isa isa, int max_threads = 0);
+
+  std::string name() const override { return "cpu"; }
+  cpu::Isa isa() const { return kernels_.isa; }
+  int max_threads() const { return max_threads_; }
+
+  void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+              float* y) const override;
+  void rmsnorm(const float* x, const float* gamma, int64_t M, int64_t D, float eps,
+               float* y) const override;
+  void rope(float* x, int64_t T, int num_heads, int head_dim, const int32_t* positions,
+            const RopeTable& table) const override;
+  void silu_mul(const float* gate_up, int64_t M, int64_t I, float* out) const override;
+  void add_inplace(float* y, const float* x, int64_t n) const override;
+  void kv_cache_write(const AttentionShape& shape, const AttentionSequence* seqs, int num_seqs,
+                      const float* k, const float* v, KVCacheLayerView cache) const override;
+  void paged_attention(const AttentionShape& shape, const AttentionSequence* seqs, int num_seqs,
+                       const float* q, KVCacheLayerView cache, float* out) const override;
+  void embedding(const WeightMatrix& table, int64_t row_begin, const int32_t* tokens, int64_t T,
+                 float* out) const override;
+
+  // Matmul with the path forced (for tests and benchmarks): packed GEMM or streaming.
+  void matmul_with_path(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                        float* y, bool packed) const;
+
+  // Rows of x from which matmul switches from streaming to the packed GEMM.
+  static constexpr int64_t kPackedMinRows = 16;
+
+ private:
+  cpu::KernelTable kernels_;
+  int max_threads_ = 1;
+};
+
+// The backend registry's "cpu" entry: the best ISA of this machine, OMP_NUM_THREADS threads.
+std::unique_ptr<KernelBackend> make_cpu_backend();
+
+}  // namespace alem

@@ -1,0 +1,100 @@
+// Internal contract between the CPU backend's driver (cpu_backend.cc: threading, work split,
+// dispatch) and its instruction-set-specific kernels (*_avx512.cc, *_avx2.cc, *_scalar.cc).
+// Each ISA provides the same functions in its own namespace; the driver picks one table at run
+// time. Kernel files use raw pointers only (no std containers or other shared inline code), so
+// code compiled with AVX-512 flags can never be linked into a path that runs on a lesser CPU.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/backend.h"
+
+namespace alem::cpu {
+
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// The widest instruction set this CPU and this build can run (AVX-512 needs F, BW, VL, DQ).
+Isa best_supported_isa();
+bool isa_supported(Isa isa);
+const char* isa_name(Isa isa);
+
+// A weight matrix as raw pointers: [rows][cols] of dtype; I8 adds scales[rows][cols / 32].
+struct WeightView {
+  DType dtype = DType::F32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  const void* data = nullptr;
+  const float* scales = nullptr;
+};
+WeightView view_of(const WeightMatrix& w);
+
+// y[m][n] (row stride w.rows) for m < M, n in [n_begin, n_end), streaming each weight row once
+// and applying it to all M rows of x. Best for small M (decode), where W traffic dominates.
+using MatmulStreamFn = void (*)(const float* x, int64_t M, const WeightView& w, const float* bias,
+                                float* y, int64_t n_begin, int64_t n_end);
+// The same result by packing tiles of W into f32 panels and running a register-blocked
+// micro-kernel over rows [m_begin, m_end). Best for prefill (compute-bound).
+using MatmulPackedFn = void (*)(const float* x, int64_t m_begin, int64_t m_end, const WeightView& w,
+                                const float* bias, float* y, int64_t n_begin, int64_t n_end);
+// One unit of attention work: query rows [row_begin, row_end) of a sequence (relative to its
+// q_begin), every query head that reads kv head `kv_head`, against cache positions
+// [key_begin, key_end) intersected with each row's causal range [0, start_pos + row].
+// With partial == nullptr the kernel writes normalised rows to `out`. Otherwise (the key range
+// of a long context split across threads) it writes one record per query vector, ordered by
+// row then GQA head, of kPartialExtra + head_dim floats: running max, running sum, then the
+// unnormalised accumulator; merge_attention_partials combines them.
+struct AttentionWork {
+  int kv_head = 0;
+  int row_begin = 0, row_end = 0;
+  int64_t key_begin = 0, key_end = 0;
+  float* partial = nullptr;
+};
+constexpr int kPartialExtra = 2;
+
+using AttentionFn = void (*)(const AttentionShape& shape, const AttentionSequence& seq,
+                             const AttentionWork& work, const float* q, KVCacheLayerView cache,
+                             float* out);
+
+struct KernelTable {
+  Isa isa = Isa::kScalar;
+  MatmulStreamFn matmul_stream = nullptr;
+  MatmulPackedFn matmul_packed = nullptr;
+  int packed_panel_cols = 1;  // W rows per packed panel; thread splits align to it
+  AttentionFn attention = nullptr;
+};
+
+// Largest head_dim the attention kernels accept (they keep per-query accumulators on the stack).
+constexpr int kMaxHeadDim = 256;
+
+namespace scalar {
+void matmul_stream(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
+                   int64_t n_begin, int64_t n_end);
+void matmul_packed(const float* x, int64_t m_begin, int64_t m_end, const WeightView& w,
+                   const float* bias, float* y, int64_t n_begin, int64_t n_end);
+void attention(const AttentionShape& shape, const AttentionSequence& seq, const AttentionWork& work,
+               const float* q, KVCacheLayerView cache, float* out);
+}  // namespace scalar
+
+namespace avx2 {
+constexpr int kPanelCols = 16;
+void matmul_stream(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
+                   int64_t n_begin, int64_t n_end);
+void matmul_packed(const float* x, int64_t m_begin, int64_t m_end, const WeightView& w,
+                   const float* bias, float* y, int64_t n_begin, int64_t n_end);
+void attention(const AttentionShape& shape, const AttentionSequence& seq, const AttentionWork& work,
+               const float* q, KVCacheLayerView cache, float* out);
+}  // namespace avx2
+
+namespace avx512 {
+constexpr int kPanelCols = 48;
+void matmul_stream(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
+                   int64_t n_begin, int64_t n_end);
+void matmul_packed(const float* x, int64_t m_begin, int64_t m_end, const WeightView& w,
+                   const float* bias, float* y, int64_t n_begin, int64_t n_end);
+void attention(const AttentionShape& shape, const AttentionSequence& seq, const AttentionWork& work,
+               const float* q, KVCacheLayerView cache, float* out);
+}  // namespace avx512
+
+KernelTable kernel_table(Isa isa);
+
+}  // namespace alem::cpu

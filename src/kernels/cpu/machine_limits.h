@@ -1,0 +1,30 @@
+// Physical limits of the machine a benchmark runs on: streaming read bandwidth and peak FMA
+// throughput, measured rather than taken from a data sheet (a VM's share of a socket is rarely
+// what the data sheet says). Every kernel benchmark figure is printed beside these, so a reader
+// can see how close to the hardware a kernel is.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace alem {
+
+// Best-of-many-slices read bandwidth in GB/s (1e9 bytes/s) with `threads` threads, each summing
+// its share of a `bytes`-sized buffer with the widest vector loads available, timed on the
+// threads' own CPU clocks (so time spent descheduled on a shared machine does not count). Use a
+// size well above the L3 (e.g. 1 GiB) for DRAM bandwidth, or one that fits the L3 for it.
+double measure_memory_bandwidth_gbs(size_t bytes, int threads);
+
+// Peak f32 GFLOP/s (an FMA counts two) with `threads` threads, from a loop of independent
+// fused multiply-adds at the widest vector width available (AVX-512, AVX2, else scalar), timed
+// like the bandwidth on the threads' CPU clocks.
+double measure_peak_gflops(int threads);
+
+// One line: CPU model, cores, cache sizes, the ISA flags that matter here and the instruction
+// set the "cpu" backend uses.
+std::string cpu_description();
+
+// Seconds of CPU time the calling thread has used (CLOCK_THREAD_CPUTIME_ID).
+double thread_cpu_seconds();
+
+}  // namespace alem

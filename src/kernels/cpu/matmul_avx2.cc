@@ -1,0 +1,291 @@
+// Matmul kernels for AVX2/FMA CPUs (8 floats per vector), the same two forms as
+// matmul_avx512.cc: a streaming dot-product kernel for decode, and a packed GEMM for prefill
+// (W tiles converted and transposed into a 16-column f32 panel, 6x16 micro-kernel with 12
+// accumulators, which fits AVX2's 16 registers). AVX2 has no masked 16-bit loads, so ragged
+// edges go through a small zero-padded copy instead.
+#include <immintrin.h>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace alem::cpu::avx2 {
+namespace {
+
+constexpr int kMicroRows = 6;
+constexpr int kDepth = 256;  // 16 x 256 f32 = 16 KiB panel
+constexpr int kVectors = kPanelCols / 8;
+
+template <DType D>
+constexpr int64_t element_bytes() {
+  return D == DType::F32 ? 4 : (D == DType::I8 ? 1 : 2);
+}
+
+struct WeightRow {
+  const uint8_t* data;
+  const float* scales;
+};
+
+template <DType D>
+inline WeightRow weight_row(const WeightView& w, int64_t n) {
+  WeightRow row;
+  row.data = static_cast<const uint8_t*>(w.data) + n * w.cols * element_bytes<D>();
+  row.scales = D == DType::I8 ? w.scales + n * (w.cols / kInt8GroupSize) : nullptr;
+  return row;
+}
+
+// 8 weights of `row` from column k as f32.
+template <DType D>
+inline __m256 load_weights(const WeightRow& row, int64_t k) {
+  if constexpr (D == DType::F32) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(row.data) + k);
+  } else if constexpr (D == DType::BF16) {
+    const __m128i h = _mm_loadu_si128(
+        reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(row.data) + k));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else if constexpr (D == DType::F16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(
+        reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(row.data) + k)));
+  } else {
+    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row.data + k));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)),
+                         _mm256_set1_ps(row.scales[k / kInt8GroupSize]));
+  }
+}
+
+// The first `count` (< 8) weights from column k, the other lanes zero.
+template <DType D>
+inline __m256 load_weights_partial(const WeightRow& row, int64_t k, int count) {
+  alignas(32) uint8_t padded[8 * element_bytes<D>()] = {};
+  const uint8_t* src = row.data + k * element_bytes<D>();
+  for (int i = 0; i < count * element_bytes<D>(); ++i) padded[i] = src[i];
+  WeightRow copy{padded, row.scales ? row.scales + k / kInt8GroupSize : nullptr};
+  return load_weights<D>(copy, 0);
+}
+
+inline __m256 load_floats_partial(const float* src, int count) {
+  alignas(32) float padded[8] = {};
+  for (int i = 0; i < count; ++i) padded[i] = src[i];
+  return _mm256_load_ps(padded);
+}
+
+inline float horizontal_sum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// ----------------------------------------------------------------------------------------------
+// Streaming (decode) kernel.
+
+template <DType D, int MB, int Rows>
+void stream_block(const float* x, int64_t K, const WeightView& w, int64_t n, const float* bias,
+                  float* y, int64_t N) {
+  WeightRow rows[Rows];
+  for (int r = 0; r < Rows; ++r) rows[r] = weight_row<D>(w, n + r);
+  __m256 acc[MB][Rows];
+  for (int m = 0; m < MB; ++m) {
+    for (int r = 0; r < Rows; ++r) acc[m][r] = _mm256_setzero_ps();
+  }
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    __m256 wv[Rows];
+    for (int r = 0; r < Rows; ++r) wv[r] = load_weights<D>(rows[r], k);
+    for (int m = 0; m < MB; ++m) {
+      const __m256 xv = _mm256_loadu_ps(x + m * K + k);
+      for (int r = 0; r < Rows; ++r) acc[m][r] = _mm256_fmadd_ps(xv, wv[r], acc[m][r]);
+    }
+  }
+  if (k < K) {
+    const int count = static_cast<int>(K - k);
+    __m256 wv[Rows];
+    for (int r = 0; r < Rows; ++r) wv[r] = load_weights_partial<D>(rows[r], k, count);
+    for (int m = 0; m < MB; ++m) {
+      const __m256 xv = load_floats_partial(x + m * K + k, count);
+      for (int r = 0; r < Rows; ++r) acc[m][r] = _mm256_fmadd_ps(xv, wv[r], acc[m][r]);
+    }
+  }
+  for (int m = 0; m < MB; ++m) {
+    for (int r = 0; r < Rows; ++r) {
+      y[m * N + n + r] = horizontal_sum(acc[m][r]) + (bias ? bias[n + r] : 0.f);
+    }
+  }
+}
+
+template <DType D, int Rows>
+void stream_block_rows(const float* x, int64_t M, int64_t K, const WeightView& w, int64_t n,
+                       const float* bias, float* y, int64_t N) {
+  for (int64_t m0 = 0; m0 < M; m0 += 2) {
+    if (M - m0 >= 2) {
+      stream_block<D, 2, Rows>(x + m0 * K, K, w, n, bias, y + m0 * N, N);
+    } else {
+      stream_block<D, 1, Rows>(x + m0 * K, K, w, n, bias, y + m0 * N, N);
+    }
+  }
+}
+
+template <DType D>
+void stream_impl(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
+                 int64_t n_begin, int64_t n_end) {
+  const int64_t K = w.cols, N = w.rows;
+  int64_t n = n_begin;
+  for (; n + 4 <= n_end; n += 4) stream_block_rows<D, 4>(x, M, K, w, n, bias, y, N);
+  for (; n < n_end; ++n) stream_block_rows<D, 1>(x, M, K, w, n, bias, y, N);
+}
+
+// ----------------------------------------------------------------------------------------------
+// Packed (prefill) GEMM.
+
+inline void transpose8x8(__m256 r[8]) {
+  __m256 t[8], s[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    s[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x20);
+    r[4 + j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x31);
+  }
+}
+
+// panel[k][c] = W[n0 + c][k0 + k] as f32; columns at or past `cols` are zero.
+template <DType D>
+void pack_panel(const WeightView& w, int64_t n0, int cols, int64_t k0, int depth, float* panel) {
+  for (int group = 0; group < kVectors; ++group) {
+    WeightRow rows[8];
+    for (int j = 0; j < 8; ++j) {
+      const int c = group * 8 + j;
+      rows[j] = weight_row<D>(w, n0 + (c < cols ? c : 0));
+    }
+    for (int kk = 0; kk < depth; kk += 8) {
+      const int count = depth - kk < 8 ? depth - kk : 8;
+      __m256 r[8];
+      for (int j = 0; j < 8; ++j) {
+        if (group * 8 + j >= cols) {
+          r[j] = _mm256_setzero_ps();
+        } else if (count == 8) {
+          r[j] = load_weights<D>(rows[j], k0 + kk);
+        } else {
+          r[j] = load_weights_partial<D>(rows[j], k0 + kk, count);
+        }
+      }
+      transpose8x8(r);
+      for (int i = 0; i < count; ++i) {
+        _mm256_store_ps(panel + (kk + i) * kPanelCols + group * 8, r[i]);
+      }
+    }
+  }
+}
+
+template <int MR>
+void micro_kernel(const float* x, int64_t ldx, const float* panel, int depth, float* y, int64_t ldy,
+                  int cols, bool first, const float* bias) {
+  __m256 acc[MR][kVectors];
+  for (int m = 0; m < MR; ++m) {
+    for (int v = 0; v < kVectors; ++v) acc[m][v] = _mm256_setzero_ps();
+  }
+  for (int k = 0; k < depth; ++k) {
+    __m256 b[kVectors];
+    for (int v = 0; v < kVectors; ++v) b[v] = _mm256_load_ps(panel + k * kPanelCols + v * 8);
+    for (int m = 0; m < MR; ++m) {
+      const __m256 a = _mm256_broadcast_ss(x + m * ldx + k);
+      for (int v = 0; v < kVectors; ++v) acc[m][v] = _mm256_fmadd_ps(a, b[v], acc[m][v]);
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    alignas(32) float row[kPanelCols];
+    for (int v = 0; v < kVectors; ++v) _mm256_store_ps(row + v * 8, acc[m][v]);
+    float* out = y + m * ldy;
+    if (cols == kPanelCols) {
+      for (int v = 0; v < kVectors; ++v) {
+        const __m256 prior = first ? (bias ? _mm256_loadu_ps(bias + v * 8) : _mm256_setzero_ps())
+                                   : _mm256_loadu_ps(out + v * 8);
+        _mm256_storeu_ps(out + v * 8, _mm256_add_ps(_mm256_load_ps(row + v * 8), prior));
+      }
+    } else {
+      for (int c = 0; c < cols; ++c) {
+        out[c] = row[c] + (first ? (bias ? bias[c] : 0.f) : out[c]);
+      }
+    }
+  }
+}
+
+void micro_kernel_rows(int rows, const float* x, int64_t ldx, const float* panel, int depth,
+                       float* y, int64_t ldy, int cols, bool first, const float* bias) {
+  switch (rows) {
+    case 1:
+      micro_kernel<1>(x, ldx, panel, depth, y, ldy, cols, first, bias);
+      break;
+    case 2:
+      micro_kernel<2>(x, ldx, panel, depth, y, ldy, cols, first, bias);
+      break;
+    case 3:
+      micro_kernel<3>(x, ldx, panel, depth, y, ldy, cols, first, bias);
+      break;
+    case 4:
+      micro_kernel<4>(x, ldx, panel, depth, y, ldy, cols, first, bias);
+      break;
+    case 5:
+      micro_kernel<5>(x, ldx, panel, depth, y, ldy, cols, first, bias);
+      break;
+    default:
+      micro_kernel<6>(x, ldx, panel, depth, y, ldy, cols, first, bias);
+      break;
+  }
+}
+
+template <DType D>
+void packed_impl(const float* x, int64_t m_begin, int64_t m_end, const WeightView& w,
+                 const float* bias, float* y, int64_t n_begin, int64_t n_end) {
+  const int64_t K = w.cols, N = w.rows;
+  alignas(32) float panel[kDepth * kPanelCols];
+  for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
+    const int depth = static_cast<int>(K - k0 < kDepth ? K - k0 : kDepth);
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += kPanelCols) {
+      const int cols = static_cast<int>(n_end - n0 < kPanelCols ? n_end - n0 : kPanelCols);
+      pack_panel<D>(w, n0, cols, k0, depth, panel);
+      for (int64_t m0 = m_begin; m0 < m_end; m0 += kMicroRows) {
+        const int rows = static_cast<int>(m_end - m0 < kMicroRows ? m_end - m0 : kMicroRows);
+        micro_kernel_rows(rows, x + m0 * K + k0, K, panel, depth, y + m0 * N + n0, N, cols, k0 == 0,
+                          bias ? bias + n0 : nullptr);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void matmul_stream(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
+                   int64_t n_begin, int64_t n_end) {
+  switch (w.dtype) {
+    case DType::F32:
+      return stream_impl<DType::F32>(x, M, w, bias, y, n_begin, n_end);
+    case DType::BF16:
+      return stream_impl<DType::BF16>(x, M, w, bias, y, n_begin, n_end);
+    case DType::F16:
+      return stream_impl<DType::F16>(x, M, w, bias, y, n_begin, n_end);
+    case DType::I8:
+      return stream_impl<DType::I8>(x, M, w, bias, y, n_begin, n_end);
+  }
+}
+
+void matmul_packed(const float* x, int64_t m_begin, int64_t m_end, const WeightView& w,
+                   const float* bias, float* y, int64_t n_begin, int64_t n_end) {
+  switch (w.dtype) {
+    case DType::F32:
+      return packed_impl<DType::F32>(x, m_begin, m_end, w, bias, y, n_begin, n_end);
+    case DType::BF16:
+      return packed_impl<DType::BF16>(x, m_begin, m_end, w, bias, y, n_begin, n_end);
+    case DType::F16:
+      return packed_impl<DType::F16>(x, m_begin, m_end, w, bias, y, n_begin, n_end);
+    case DType::I8:
+      return packed_impl<DType::I8>(x, m_begin, m_end, w, bias, y, n_begin, n_end);
+  }
+}
+
+}  // namespace alem::cpu::avx2

@@ -1,0 +1,362 @@
+// Matmul kernels for AVX-512 CPUs (16 floats per vector): y[M][N] = x[M][K] * W[N][K]^T.
+//  * matmul_stream (decode, small M): each thread streams its rows of W exactly once, in their
+//    stored dtype, converting 16 weights at a time in registers and applying them to every row
+//    of x (dot-product form, horizontal sums at the end of each row). Memory-bound by design.
+//  * matmul_packed (prefill): W is converted and transposed, one 48-column x kDepth tile at a
+//    time, into an f32 panel on the stack that stays in L1 while an 8x48 register-blocked
+//    micro-kernel (24 accumulators, x values broadcast) sweeps every row of x over it.
+// bf16 -> f32 is a 16-bit shift and int8 is q * scale in f32, exactly what the reference does,
+// so results differ from it only by summation order. x is never rounded to bf16.
+#include <immintrin.h>
+
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/transpose_avx512.h"
+
+namespace alem::cpu::avx512 {
+namespace {
+
+constexpr int kMicroRows = 8;  // rows of x per micro-kernel call
+constexpr int kDepth = 256;    // k extent of one packed panel (48 x 256 f32 = 48 KiB)
+constexpr int kVectors = kPanelCols / 16;
+
+template <DType D>
+constexpr int64_t element_bytes() {
+  return D == DType::F32 ? 4 : (D == DType::I8 ? 1 : 2);
+}
+
+// One weight row as the kernels read it: its first byte and (int8 only) its group scales.
+struct WeightRow {
+  const uint8_t* data;
+  const float* scales;
+};
+
+template <DType D>
+inline WeightRow weight_row(const WeightView& w, int64_t n) {
+  WeightRow row;
+  row.data = static_cast<const uint8_t*>(w.data) + n * w.cols * element_bytes<D>();
+  row.scales = D == DType::I8 ? w.scales + n * (w.cols / kInt8GroupSize) : nullptr;
+  return row;
+}
+
+inline __m512 bf16x16_to_f32(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// 16 weights of `row` from column k as f32.
+template <DType D>
+inline __m512 load_weights(const WeightRow& row, int64_t k) {
+  if constexpr (D == DType::F32) {
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(row.data) + k);
+  } else if constexpr (D == DType::BF16) {
+    return bf16x16_to_f32(_mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(reinterpret_cast<const uint16_t*>(row.data) + k)));
+  } else if constexpr (D == DType::F16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(reinterpret_cast<const uint16_t*>(row.data) + k)));
+  } else {
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row.data + k));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)),
+                         _mm512_set1_ps(row.scales[k / kInt8GroupSize]));
+  }
+}
+
+// The first popcount(mask) weights from column k; lanes outside the mask are zero.
+template <DType D>
+inline __m512 load_weights_masked(const WeightRow& row, int64_t k, __mmask16 mask) {
+  if constexpr (D == DType::F32) {
+    return _mm512_maskz_loadu_ps(mask, reinterpret_cast<const float*>(row.data) + k);
+  } else if constexpr (D == DType::BF16) {
+    return bf16x16_to_f32(
+        _mm256_maskz_loadu_epi16(mask, reinterpret_cast<const uint16_t*>(row.data) + k));
+  } else if constexpr (D == DType::F16) {
+    return _mm512_cvtph_ps(
+        _mm256_maskz_loadu_epi16(mask, reinterpret_cast<const uint16_t*>(row.data) + k));
+  } else {
+    const __m128i q = _mm_maskz_loadu_epi8(mask, row.data + k);
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)),
+                         _mm512_set1_ps(row.scales[k / kInt8GroupSize]));
+  }
+}
+
+inline __mmask16 first_lanes(int64_t count) {
+  return count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
+}
+
+// ----------------------------------------------------------------------------------------------
+// Streaming (decode) kernel: Rows weight rows x MB rows of x, dot-product form.
+
+template <DType D, int MB, int Rows>
+void stream_block(const float* x, int64_t K, const WeightView& w, int64_t n, const float* bias,
+                  float* y, int64_t N) {
+  WeightRow rows[Rows];
+  for (int r = 0; r < Rows; ++r) rows[r] = weight_row<D>(w, n + r);
+  __m512 acc[MB][Rows];
+  for (int m = 0; m < MB; ++m) {
+    for (int r = 0; r < Rows; ++r) acc[m][r] = _mm512_setzero_ps();
+  }
+  // The next group of rows follows this one in memory; fetch it while this one is computed.
+  const int64_t group_bytes = Rows * K * element_bytes<D>();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 wv[Rows];
+    for (int r = 0; r < Rows; ++r) {
+      _mm_prefetch(
+          reinterpret_cast<const char*>(rows[r].data + group_bytes + k * element_bytes<D>()),
+          _MM_HINT_T0);
+      wv[r] = load_weights<D>(rows[r], k);
+    }
+    for (int m = 0; m < MB; ++m) {
+      const __m512 xv = _mm512_loadu_ps(x + m * K + k);
+      for (int r = 0; r < Rows; ++r) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
+    }
+  }
+  if (k < K) {
+    const __mmask16 mask = first_lanes(K - k);
+    __m512 wv[Rows];
+    for (int r = 0; r < Rows; ++r) wv[r] = load_weights_masked<D>(rows[r], k, mask);
+    for (int m = 0; m < MB; ++m) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + m * K + k);
+      for (int r = 0; r < Rows; ++r) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
+    }
+  }
+  for (int m = 0; m < MB; ++m) {
+    for (int r = 0; r < Rows; ++r) {
+      y[m * N + n + r] = _mm512_reduce_add_ps(acc[m][r]) + (bias ? bias[n + r] : 0.f);
+    }
+  }
+}
+
+// int8 variant of stream_block for one row of x: per 32-weight group, sum q*x over the group in
+// f32, then scale the partial sum once (w = q * scale, so this is the same sum regrouped; it saves
+// a multiply per vector, which matters because int8 decode is bound by conversion work, not
+// memory).
+template <int MB, int Rows>
+void stream_block_int8(const float* x, int64_t K, const WeightView& w, int64_t n, const float* bias,
+                       float* y, int64_t N) {
+  const int8_t* rows[Rows];
+  const float* scales[Rows];
+  for (int r = 0; r < Rows; ++r) {
+    rows[r] = static_cast<const int8_t*>(w.data) + (n + r) * K;
+    scales[r] = w.scales + (n + r) * (K / kInt8GroupSize);
+  }
+  __m512 acc[MB][Rows];
+  for (int m = 0; m < MB; ++m) {
+    for (int r = 0; r < Rows; ++r) acc[m][r] = _mm512_setzero_ps();
+  }
+  const int64_t group_bytes = Rows * K;
+  for (int64_t k = 0; k < K; k += kInt8GroupSize) {
+    __m512 low[Rows], high[Rows];
+    for (int r = 0; r < Rows; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(rows[r] + group_bytes + k), _MM_HINT_T0);
+      const __m128i* q = reinterpret_cast<const __m128i*>(rows[r] + k);
+      low[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q)));
+      high[r] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q + 1)));
+    }
+    for (int m = 0; m < MB; ++m) {
+      const __m512 x_low = _mm512_loadu_ps(x + m * K + k);
+      const __m512 x_high = _mm512_loadu_ps(x + m * K + k + 16);
+      for (int r = 0; r < Rows; ++r) {
+        const __m512 group_sum = _mm512_fmadd_ps(high[r], x_high, _mm512_mul_ps(low[r], x_low));
+        acc[m][r] =
+            _mm512_fmadd_ps(group_sum, _mm512_set1_ps(scales[r][k / kInt8GroupSize]), acc[m][r]);
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m) {
+    for (int r = 0; r < Rows; ++r) {
+      y[m * N + n + r] = _mm512_reduce_add_ps(acc[m][r]) + (bias ? bias[n + r] : 0.f);
+    }
+  }
+}
+
+template <DType D, int MB, int Rows>
+void stream_block_any(const float* x, int64_t K, const WeightView& w, int64_t n, const float* bias,
+                      float* y, int64_t N) {
+  if constexpr (D == DType::I8 && MB == 1) {
+    stream_block_int8<MB, Rows>(x, K, w, n, bias, y, N);
+  } else {
+    stream_block<D, MB, Rows>(x, K, w, n, bias, y, N);
+  }
+}
+
+// Up to 4 rows of x at once (the weight rows stay in L1 between passes over groups of 4).
+template <DType D, int Rows>
+void stream_block_rows(const float* x, int64_t M, int64_t K, const WeightView& w, int64_t n,
+                       const float* bias, float* y, int64_t N) {
+  for (int64_t m0 = 0; m0 < M; m0 += 4) {
+    const float* xm = x + m0 * K;
+    float* ym = y + m0 * N;
+    switch (M - m0 >= 4 ? 4 : M - m0) {
+      case 1:
+        stream_block_any<D, 1, Rows>(xm, K, w, n, bias, ym, N);
+        break;
+      case 2:
+        stream_block_any<D, 2, Rows>(xm, K, w, n, bias, ym, N);
+        break;
+      case 3:
+        stream_block_any<D, 3, Rows>(xm, K, w, n, bias, ym, N);
+        break;
+      default:
+        stream_block_any<D, 4, Rows>(xm, K, w, n, bias, ym, N);
+        break;
+    }
+  }
+}
+
+template <DType D>
+void stream_impl(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
+                 int64_t n_begin, int64_t n_end) {
+  const int64_t K = w.cols, N = w.rows;
+  int64_t n = n_begin;
+  if (M <= 2) {
+    for (; n + 8 <= n_end; n += 8) stream_block_rows<D, 8>(x, M, K, w, n, bias, y, N);
+  }
+  for (; n + 4 <= n_end; n += 4) stream_block_rows<D, 4>(x, M, K, w, n, bias, y, N);
+  for (; n < n_end; ++n) stream_block_rows<D, 1>(x, M, K, w, n, bias, y, N);
+}
+
+// ----------------------------------------------------------------------------------------------
+// Packed (prefill) GEMM.
+
+// panel[k][c] = W[n0 + c][k0 + k] as f32 for c < kPanelCols, k < depth; columns at or past
+// `cols` are zero.
+template <DType D>
+void pack_panel(const WeightView& w, int64_t n0, int cols, int64_t k0, int depth, float* panel) {
+  for (int group = 0; group < kVectors; ++group) {
+    WeightRow rows[16];
+    for (int j = 0; j < 16; ++j) {
+      const int c = group * 16 + j;
+      rows[j] = weight_row<D>(w, n0 + (c < cols ? c : 0));
+    }
+    for (int kk = 0; kk < depth; kk += 16) {
+      const int count = depth - kk < 16 ? depth - kk : 16;
+      const __mmask16 mask = first_lanes(count);
+      __m512 r[16];
+      for (int j = 0; j < 16; ++j) {
+        if (group * 16 + j >= cols) {
+          r[j] = _mm512_setzero_ps();
+        } else if (count == 16) {
+          r[j] = load_weights<D>(rows[j], k0 + kk);
+        } else {
+          r[j] = load_weights_masked<D>(rows[j], k0 + kk, mask);
+        }
+      }
+      transpose16x16(r);
+      for (int i = 0; i < count; ++i) {
+        _mm512_store_ps(panel + (kk + i) * kPanelCols + group * 16, r[i]);
+      }
+    }
+  }
+}
+
+// y[m][0..cols) (+)= sum_k x[m][k] * panel[k][..] for MR rows; `first` writes (adding bias),
+// otherwise accumulates into y.
+template <int MR>
+void micro_kernel(const float* x, int64_t ldx, const float* panel, int depth, float* y, int64_t ldy,
+                  int cols, bool first, const float* bias) {
+  __m512 acc[MR][kVectors];
+  for (int m = 0; m < MR; ++m) {
+    for (int v = 0; v < kVectors; ++v) acc[m][v] = _mm512_setzero_ps();
+  }
+  for (int k = 0; k < depth; ++k) {
+    __m512 b[kVectors];
+    for (int v = 0; v < kVectors; ++v) b[v] = _mm512_load_ps(panel + k * kPanelCols + v * 16);
+    for (int m = 0; m < MR; ++m) {
+      const __m512 a = _mm512_set1_ps(x[m * ldx + k]);
+      for (int v = 0; v < kVectors; ++v) acc[m][v] = _mm512_fmadd_ps(a, b[v], acc[m][v]);
+    }
+  }
+  for (int v = 0; v < kVectors; ++v) {
+    const int remaining = cols - v * 16;
+    if (remaining <= 0) break;
+    const __mmask16 mask = first_lanes(remaining);
+    const __m512 base =
+        bias && first ? _mm512_maskz_loadu_ps(mask, bias + v * 16) : _mm512_setzero_ps();
+    for (int m = 0; m < MR; ++m) {
+      float* out = y + m * ldy + v * 16;
+      const __m512 prior = first ? base : _mm512_maskz_loadu_ps(mask, out);
+      _mm512_mask_storeu_ps(out, mask, _mm512_add_ps(acc[m][v], prior));
+    }
+  }
+}
+
+void micro_kernel_rows(int rows, const float* x, int64_t ldx, const float* panel, int depth,
+                       float* y, int64_t ldy, int cols, bool first, const float* bias) {
+  switch (rows) {
+    case 1:
+      micro_kernel<1>(x, ldx, panel, depth, y, ldy, cols, first, bias);
+      break;
+    case 2:
+      micro_kernel<2>(x, ldx, panel, depth, y, ldy, cols, first, bias);
+      break;
+    case 3:
+      micro_kernel<3>(x, ldx, panel, depth, y, ldy, cols, first, bias);
+      break;
+    case 4:
+      micro_kernel<4>(x, ldx, panel, depth, y, ldy, cols, first, bias);
+      break;
+    case 5:
+      micro_kernel<5>(x, ldx, panel, depth, y, ldy, cols, first, bias);
+      break;
+    case 6:
+      micro_kernel<6>(x, ldx, panel, depth, y, ldy, cols, first, bias);
+      break;
+    case 7:
+      micro_kernel<7>(x, ldx, panel, depth, y, ldy, cols, first, bias);
+      break;
+    default:
+      micro_kernel<8>(x, ldx, panel, depth, y, ldy, cols, first, bias);
+      break;
+  }
+}
+
+template <DType D>
+void packed_impl(const float* x, int64_t m_begin, int64_t m_end, const WeightView& w,
+                 const float* bias, float* y, int64_t n_begin, int64_t n_end) {
+  const int64_t K = w.cols, N = w.rows;
+  alignas(64) float panel[kDepth * kPanelCols];
+  for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
+    const int depth = static_cast<int>(K - k0 < kDepth ? K - k0 : kDepth);
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += kPanelCols) {
+      const int cols = static_cast<int>(n_end - n0 < kPanelCols ? n_end - n0 : kPanelCols);
+      pack_panel<D>(w, n0, cols, k0, depth, panel);
+      for (int64_t m0 = m_begin; m0 < m_end; m0 += kMicroRows) {
+        const int rows = static_cast<int>(m_end - m0 < kMicroRows ? m_end - m0 : kMicroRows);
+        micro_kernel_rows(rows, x + m0 * K + k0, K, panel, depth, y + m0 * N + n0, N, cols, k0 == 0,
+                          bias ? bias + n0 : nullptr);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void matmul_stream(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
+                   int64_t n_begin, int64_t n_end) {
+  switch (w.dtype) {
+    case DType::F32:
+      return stream_impl<DType::F32>(x, M, w, bias, y, n_begin, n_end);
+    case DType::BF16:
+      return stream_impl<DType::BF16>(x, M, w, bias, y, n_begin, n_end);
+    case DType::F16:
+      return stream_impl<DType::F16>(x, M, w, bias, y, n_begin, n_end);
+    case DType::I8:
+      return stream_impl<DType::I8>(x, M, w, bias, y, n_begin, n_end);
+  }
+}
+
+void matmul_packed(const float* x, int64_t m_begin, int64_t m_end, const WeightView& w,
+                   const float* bias, float* y, int64_t n_begin, int64_t n_end) {
+  switch (w.dtype) {
+    case DType::F32:
+      return packed_impl<DType::F32>(x, m_begin, m_end, w, bias, y, n_begin, n_end);
+    case DType::BF16:
+      return packed_impl<DType::BF16>(x, m_begin, m_end, w, bias, y, n_begin, n_end);
+    case DType::F16:
+      return packed_impl<DType::F16>(x, m_begin, m_end, w, bias, y, n_begin, n_end);
+    case DType::I8:
+      return packed_impl<DType::I8>(x, m_begin, m_end, w, bias, y, n_begin, n_end);
+  }
+}
+
+}  // namespace alem::cpu::avx512

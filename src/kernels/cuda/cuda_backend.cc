@@ -1,0 +1,551 @@
+// The CUDA backend's host side: owns the device, stream, cuBLAS handle, scratch and the device
+// copies of host-held weights and rope tables, validates arguments like the reference backend
+// does, turns host metadata (attention sequences, block tables, positions, tokens) into device
+// arrays, and dispatches to the kernels in this directory (or cuBLAS for f32/bf16/f16 GEMMs).
+// Every op synchronises its stream before returning, so errors surface at the op that caused
+// them and callers may reuse host buffers immediately.
+#include "kernels/cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <climits>
+#include <functional>
+#include <vector>
+
+#include "kernels/cuda/cuda_common.h"
+
+#define ALEM_CUBLAS_CHECK(expr)                                  \
+  do {                                                           \
+    const cublasStatus_t alem_cublas_status = (expr);            \
+    if (alem_cublas_status != CUBLAS_STATUS_SUCCESS) {           \
+      ALEM_FAIL(std::string("cuBLAS error in ") + #expr + ": " + \
+                cublasGetStatusName(alem_cublas_status) + ": " + \
+                cublasGetStatusString(alem_cublas_status));      \
+    }                                                            \
+  } while (0)
+
+namespace alem {
+namespace {
+
+// bf16/f16 matmuls with at most this many rows use the dequantising kernel (f32 activations,
+// bandwidth-bound anyway); larger ones convert the activations and go to cuBLAS tensor cores.
+constexpr int64_t kGemvMaxRows = 8;
+constexpr size_t kScratchAlign = 256;
+
+size_t align_up(size_t n) {
+  return (n + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
+}
+
+// Device (or managed) memory, as opposed to ordinary host memory.
+bool is_device_pointer(const void* p) {
+  cudaPointerAttributes attributes{};
+  if (cudaPointerGetAttributes(&attributes, p) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged;
+}
+
+cudaStream_t as_stream(CUstream_st* s) {
+  return s;
+}
+
+void check_int_range(int64_t v, const char* what) {
+  ALEM_CHECK(v >= 0 && v <= INT_MAX,
+             std::string("cuda matmul: ") + what + " = " + std::to_string(v) + " exceeds int");
+}
+
+}  // namespace
+
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+CudaBackend::CudaBackend(int device) : device_(device) {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess) {
+    (void)cudaGetLastError();
+    ALEM_FAIL(std::string("cuda backend: no usable GPU: ") + cudaGetErrorString(status));
+  }
+  ALEM_CHECK(device >= 0 && device < count, "cuda backend: device " + std::to_string(device) +
+                                                " does not exist (" + std::to_string(count) +
+                                                " visible)");
+  ALEM_CUDA_CHECK(cudaSetDevice(device_));
+  cudaStream_t stream = nullptr;
+  ALEM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  stream_ = stream;
+  cublasHandle_t handle = nullptr;
+  const cublasStatus_t cublas_status = cublasCreate(&handle);
+  if (cublas_status != CUBLAS_STATUS_SUCCESS) {
+    cudaStreamDestroy(stream);
+    ALEM_FAIL(std::string("cuda backend: cublasCreate failed: ") +
+              cublasGetStatusString(cublas_status));
+  }
+  cublas_ = handle;
+  ALEM_CUBLAS_CHECK(cublasSetStream(cublas_, stream));
+  ALEM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&error_flag_), sizeof(int)));
+  ALEM_CUDA_CHECK(cudaMemset(error_flag_, 0, sizeof(int)));
+}
+
+CudaBackend::~CudaBackend() {
+  // No throwing here: report nothing, release everything we can.
+  cudaSetDevice(device_);
+  cudaStreamSynchronize(stream_);
+  for (auto& [key, w] : weights_) {
+    cudaFree(w.data);
+    cudaFree(w.scales);
+  }
+  for (auto& [key, r] : ropes_) {
+    cudaFree(r.cos);
+    cudaFree(r.sin);
+  }
+  cudaFree(scratch_);
+  cudaFree(error_flag_);
+  if (cublas_) cublasDestroy(cublas_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void CudaBackend::activate() const {
+  ALEM_CUDA_CHECK(cudaSetDevice(device_));
+}
+
+void CudaBackend::sync() const {
+  ALEM_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_)));
+}
+
+void* CudaBackend::scratch_locked(size_t bytes) const {
+  if (bytes > scratch_bytes_) {
+    const size_t grown = align_up(std::max(bytes, scratch_bytes_ * 2));
+    ALEM_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_)));
+    ALEM_CUDA_CHECK(cudaFree(scratch_));
+    scratch_ = nullptr;
+    scratch_bytes_ = 0;
+    ALEM_CUDA_CHECK(cudaMalloc(&scratch_, grown));
+    scratch_bytes_ = grown;
+  }
+  return scratch_;
+}
+
+void CudaBackend::check_error_flag_locked(const char* what) const {
+  int flag = 0;
+  ALEM_CUDA_CHECK(
+      cudaMemcpyAsync(&flag, error_flag_, sizeof(int), cudaMemcpyDeviceToHost, as_stream(stream_)));
+  sync();
+  if (flag == cuda::kErrNone) return;
+  ALEM_CUDA_CHECK(cudaMemsetAsync(error_flag_, 0, sizeof(int), as_stream(stream_)));
+  sync();
+  if (flag == cuda::kErrRopePosition) ALEM_FAIL(std::string(what) + ": position outside the table");
+  ALEM_FAIL(std::string(what) + ": kernel reported error code " + std::to_string(flag));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory.
+
+void* CudaBackend::allocate(size_t bytes) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  void* p = nullptr;
+  if (bytes == 0) return nullptr;
+  ALEM_CUDA_CHECK(cudaMalloc(&p, bytes));
+  ALEM_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, as_stream(stream_)));
+  sync();
+  return p;
+}
+
+void CudaBackend::free(void* device_ptr) const {
+  if (!device_ptr) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  sync();
+  ALEM_CUDA_CHECK(cudaFree(device_ptr));
+}
+
+void CudaBackend::upload(void* dst_device, const void* src_host, size_t bytes) const {
+  if (bytes == 0) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  ALEM_CUDA_CHECK(
+      cudaMemcpyAsync(dst_device, src_host, bytes, cudaMemcpyHostToDevice, as_stream(stream_)));
+  sync();
+}
+
+void CudaBackend::download(void* dst_host, const void* src_device, size_t bytes) const {
+  if (bytes == 0) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  ALEM_CUDA_CHECK(
+      cudaMemcpyAsync(dst_host, src_device, bytes, cudaMemcpyDeviceToHost, as_stream(stream_)));
+  sync();
+}
+
+const CudaBackend::DeviceWeight& CudaBackend::weight_locked(const WeightMatrix& w) const {
+  ALEM_CHECK(w.rows > 0 && w.cols > 0 && !w.data.empty(), "cuda: empty weight matrix");
+  const size_t bytes = static_cast<size_t>(w.rows * w.cols) * dtype_size(w.dtype);
+  ALEM_CHECK(w.data.size() >= bytes, "cuda: weight matrix data smaller than its shape");
+  const void* key = w.data.data();
+  auto it = weights_.find(key);
+  if (it != weights_.end()) {
+    const DeviceWeight& d = it->second;
+    if (d.rows == w.rows && d.cols == w.cols && d.dtype == w.dtype && d.bytes == bytes) return d;
+    // The host buffer was reused for another matrix: drop the stale copy.
+    sync();
+    cudaFree(d.data);
+    cudaFree(d.scales);
+    weights_.erase(it);
+  }
+  DeviceWeight d;
+  d.rows = w.rows;
+  d.cols = w.cols;
+  d.dtype = w.dtype;
+  d.bytes = bytes;
+  if (w.dtype == DType::I8) {
+    ALEM_CHECK(w.cols % kInt8GroupSize == 0 &&
+                   w.scales.size() == static_cast<size_t>(w.rows * w.groups_per_row()),
+               "cuda: int8 weight matrix without one scale per group");
+  }
+  ALEM_CUDA_CHECK(cudaMalloc(&d.data, bytes));
+  try {
+    ALEM_CUDA_CHECK(
+        cudaMemcpyAsync(d.data, key, bytes, cudaMemcpyHostToDevice, as_stream(stream_)));
+    if (w.dtype == DType::I8) {
+      const size_t scale_bytes = w.scales.size() * sizeof(float);
+      ALEM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&d.scales), scale_bytes));
+      ALEM_CUDA_CHECK(cudaMemcpyAsync(d.scales, w.scales.data(), scale_bytes,
+                                      cudaMemcpyHostToDevice, as_stream(stream_)));
+    }
+    sync();
+  } catch (...) {
+    cudaFree(d.data);
+    cudaFree(d.scales);
+    throw;
+  }
+  return weights_.emplace(key, d).first->second;
+}
+
+const CudaBackend::DeviceRope& CudaBackend::rope_locked(const RopeTable& table) const {
+  const size_t n = static_cast<size_t>(table.max_positions) * table.half_dim;
+  ALEM_CHECK(table.cos.size() == n && table.sin.size() == n,
+             "cuda rope: table sizes do not match max_positions * half_dim");
+  const void* key = table.cos.data();
+  auto it = ropes_.find(key);
+  if (it != ropes_.end()) {
+    if (it->second.max_positions == table.max_positions && it->second.half_dim == table.half_dim) {
+      return it->second;
+    }
+    sync();
+    cudaFree(it->second.cos);
+    cudaFree(it->second.sin);
+    ropes_.erase(it);
+  }
+  DeviceRope r;
+  r.max_positions = table.max_positions;
+  r.half_dim = table.half_dim;
+  ALEM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&r.cos), n * sizeof(float)));
+  try {
+    ALEM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&r.sin), n * sizeof(float)));
+    ALEM_CUDA_CHECK(cudaMemcpyAsync(r.cos, table.cos.data(), n * sizeof(float),
+                                    cudaMemcpyHostToDevice, as_stream(stream_)));
+    ALEM_CUDA_CHECK(cudaMemcpyAsync(r.sin, table.sin.data(), n * sizeof(float),
+                                    cudaMemcpyHostToDevice, as_stream(stream_)));
+    sync();
+  } catch (...) {
+    cudaFree(r.cos);
+    cudaFree(r.sin);
+    throw;
+  }
+  return ropes_.emplace(key, r).first->second;
+}
+
+void CudaBackend::prepare(const WeightMatrix& w) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  weight_locked(w);
+}
+
+void CudaBackend::evict(const WeightMatrix& w) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  auto it = weights_.find(w.data.data());
+  if (it == weights_.end()) return;
+  sync();
+  ALEM_CUDA_CHECK(cudaFree(it->second.data));
+  ALEM_CUDA_CHECK(cudaFree(it->second.scales));
+  weights_.erase(it);
+}
+
+size_t CudaBackend::prepared_bytes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  size_t total = 0;
+  for (const auto& [key, w] : weights_) {
+    total +=
+        w.bytes + (w.dtype == DType::I8
+                       ? static_cast<size_t>(w.rows * (w.cols / kInt8GroupSize)) * sizeof(float)
+                       : 0);
+  }
+  for (const auto& [key, r] : ropes_) total += 2 * sizeof(float) * r.max_positions * r.half_dim;
+  return total;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ops.
+
+void CudaBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                         float* y) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  ALEM_CHECK(M >= 0, "cuda matmul: negative M");
+  if (M == 0) return;
+  const DeviceWeight& d = weight_locked(w);
+  const int64_t N = w.rows, K = w.cols;
+  const cudaStream_t stream = as_stream(stream_);
+  const bool use_kernel = w.dtype == DType::I8 ||
+                          ((w.dtype == DType::BF16 || w.dtype == DType::F16) && M <= kGemvMaxRows);
+  if (use_kernel) {
+    cuda::launch_dequant_gemm(x, M, d.data, d.scales, static_cast<int>(w.dtype), N, K,
+                              kInt8GroupSize, bias, y, stream);
+    sync();
+    return;
+  }
+  check_int_range(M, "M");
+  check_int_range(N, "N");
+  check_int_range(K, "K");
+  const float alpha = 1.f, beta = 0.f;
+  // Row-major y[M][N] = x[M][K] W^T is column-major y^T[N][M] = W^T(op T of W as KxN) * x^T.
+  if (w.dtype == DType::F32) {
+    ALEM_CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N),
+                                  static_cast<int>(M), static_cast<int>(K), &alpha,
+                                  static_cast<const float*>(d.data), static_cast<int>(K), x,
+                                  static_cast<int>(K), &beta, y, static_cast<int>(N)));
+  } else if (w.dtype == DType::BF16 || w.dtype == DType::F16) {
+    const cudaDataType_t type = w.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    auto* x_half = static_cast<uint16_t*>(scratch_locked(static_cast<size_t>(M * K) * 2));
+    cuda::launch_convert_f32(x, M * K, static_cast<int>(w.dtype), x_half, stream);
+    ALEM_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N),
+                                   static_cast<int>(M), static_cast<int>(K), &alpha, d.data, type,
+                                   static_cast<int>(K), x_half, type, static_cast<int>(K), &beta, y,
+                                   CUDA_R_32F, static_cast<int>(N), CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+  } else {
+    ALEM_FAIL("cuda matmul: weight dtype " + dtype_name(w.dtype) + " not implemented on cuda");
+  }
+  if (bias) cuda::launch_add_bias(y, bias, M, N, stream);
+  sync();
+}
+
+void CudaBackend::rmsnorm(const float* x, const float* gamma, int64_t M, int64_t D, float eps,
+                          float* y) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  ALEM_CHECK(M >= 0 && D >= 0, "cuda rmsnorm: negative shape");
+  cuda::launch_rmsnorm(x, gamma, M, D, eps, y, as_stream(stream_));
+  sync();
+}
+
+void CudaBackend::rope(float* x, int64_t T, int num_heads, int head_dim, const int32_t* positions,
+                       const RopeTable& table) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  const int half = head_dim / 2;
+  ALEM_CHECK(table.half_dim == half, "rope table half_dim " + std::to_string(table.half_dim) +
+                                         " does not match head_dim " + std::to_string(head_dim));
+  if (T <= 0) return;
+  const DeviceRope& r = rope_locked(table);
+  const int32_t* device_positions = positions;
+  if (!is_device_pointer(positions)) {
+    for (int64_t t = 0; t < T; ++t) {
+      ALEM_CHECK(positions[t] >= 0 && positions[t] < table.max_positions,
+                 "rope position " + std::to_string(positions[t]) + " outside the table");
+    }
+    void* s = scratch_locked(static_cast<size_t>(T) * sizeof(int32_t));
+    ALEM_CUDA_CHECK(cudaMemcpyAsync(s, positions, static_cast<size_t>(T) * sizeof(int32_t),
+                                    cudaMemcpyHostToDevice, as_stream(stream_)));
+    device_positions = static_cast<const int32_t*>(s);
+  }
+  cuda::launch_rope(x, T, num_heads, head_dim, device_positions, r.cos, r.sin, r.max_positions,
+                    error_flag_, as_stream(stream_));
+  check_error_flag_locked("cuda rope");
+}
+
+void CudaBackend::silu_mul(const float* gate_up, int64_t M, int64_t I, float* out) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  cuda::launch_silu_mul(gate_up, M, I, out, as_stream(stream_));
+  sync();
+}
+
+void CudaBackend::add_inplace(float* y, const float* x, int64_t n) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  cuda::launch_add_inplace(y, x, n, as_stream(stream_));
+  sync();
+}
+
+void CudaBackend::embedding(const WeightMatrix& table, int64_t row_begin, const int32_t* tokens,
+                            int64_t T, float* out) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  if (T <= 0) return;
+  const DeviceWeight& d = weight_locked(table);
+  const int32_t* device_tokens = tokens;
+  if (!is_device_pointer(tokens)) {
+    void* s = scratch_locked(static_cast<size_t>(T) * sizeof(int32_t));
+    ALEM_CUDA_CHECK(cudaMemcpyAsync(s, tokens, static_cast<size_t>(T) * sizeof(int32_t),
+                                    cudaMemcpyHostToDevice, as_stream(stream_)));
+    device_tokens = static_cast<const int32_t*>(s);
+  }
+  cuda::launch_embedding(d.data, d.scales, static_cast<int>(table.dtype), table.rows, table.cols,
+                         kInt8GroupSize, row_begin, device_tokens, T, out, as_stream(stream_));
+  sync();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention: one RowInfo per query row, block tables copied to the device when they are host
+// memory, all in one scratch upload.
+
+namespace {
+
+void check_attention_shape(const AttentionShape& s) {
+  ALEM_CHECK(s.num_kv_heads > 0 && s.num_heads > 0 && s.num_heads % s.num_kv_heads == 0,
+             "num_heads must be a multiple of num_kv_heads");
+  ALEM_CHECK(s.head_dim > 0 && s.head_dim <= cuda::kMaxHeadDim,
+             "cuda attention: head_dim " + std::to_string(s.head_dim) + " not in 1.." +
+                 std::to_string(cuda::kMaxHeadDim));
+  ALEM_CHECK(s.block_size > 0, "cuda attention: block_size must be positive");
+}
+
+// Returns the device RowInfo array (in scratch) and sets num_rows.
+const cuda::RowInfo* upload_rows(const AttentionShape& shape, const AttentionSequence* seqs,
+                                 int num_seqs, cudaStream_t stream,
+                                 const std::function<void*(size_t)>& scratch, int64_t& num_rows) {
+  num_rows = 0;
+  int64_t host_table_ints = 0;
+  std::vector<char> table_on_device(static_cast<size_t>(num_seqs));
+  for (int s = 0; s < num_seqs; ++s) {
+    const AttentionSequence& seq = seqs[s];
+    ALEM_CHECK(seq.q_count >= 0 && seq.start_pos >= 0 && seq.q_begin >= 0,
+               "cuda attention: sequence " + std::to_string(s) + " has a negative field");
+    if (seq.q_count == 0) continue;
+    ALEM_CHECK(seq.block_table != nullptr,
+               "cuda attention: sequence " + std::to_string(s) + " has no block table");
+    num_rows += seq.q_count;
+    table_on_device[s] = is_device_pointer(seq.block_table) ? 1 : 0;
+    if (!table_on_device[s]) {
+      const int64_t end = static_cast<int64_t>(seq.start_pos) + seq.q_count;
+      host_table_ints += (end + shape.block_size - 1) / shape.block_size;
+    }
+  }
+  if (num_rows == 0) return nullptr;
+  const size_t rows_bytes = align_up(static_cast<size_t>(num_rows) * sizeof(cuda::RowInfo));
+  auto* base = static_cast<char*>(
+      scratch(rows_bytes + static_cast<size_t>(host_table_ints) * sizeof(int32_t)));
+  auto* device_tables = reinterpret_cast<int32_t*>(base + rows_bytes);
+  std::vector<cuda::RowInfo> rows;
+  rows.reserve(static_cast<size_t>(num_rows));
+  std::vector<int32_t> tables;
+  tables.reserve(static_cast<size_t>(host_table_ints));
+  for (int s = 0; s < num_seqs; ++s) {
+    const AttentionSequence& seq = seqs[s];
+    if (seq.q_count == 0) continue;
+    const int32_t* table = seq.block_table;
+    if (!table_on_device[s]) {
+      const int64_t end = static_cast<int64_t>(seq.start_pos) + seq.q_count;
+      const int64_t blocks = (end + shape.block_size - 1) / shape.block_size;
+      table = device_tables + tables.size();
+      tables.insert(tables.end(), seq.block_table, seq.block_table + blocks);
+    }
+    for (int i = 0; i < seq.q_count; ++i)
+      rows.push_back({table, seq.q_begin + i, seq.start_pos + i});
+  }
+  ALEM_CUDA_CHECK(cudaMemcpyAsync(base, rows.data(), rows.size() * sizeof(cuda::RowInfo),
+                                  cudaMemcpyHostToDevice, stream));
+  if (!tables.empty()) {
+    ALEM_CUDA_CHECK(cudaMemcpyAsync(device_tables, tables.data(), tables.size() * sizeof(int32_t),
+                                    cudaMemcpyHostToDevice, stream));
+  }
+  // The staging vectors die at return: wait for the copies (pageable copies are staged anyway).
+  ALEM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return reinterpret_cast<const cuda::RowInfo*>(base);
+}
+
+}  // namespace
+
+void CudaBackend::kv_cache_write(const AttentionShape& shape, const AttentionSequence* seqs,
+                                 int num_seqs, const float* k, const float* v,
+                                 KVCacheLayerView cache) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  check_attention_shape(shape);
+  int64_t num_rows = 0;
+  const cuda::RowInfo* rows = upload_rows(
+      shape, seqs, num_seqs, as_stream(stream_), [this](size_t b) { return scratch_locked(b); },
+      num_rows);
+  if (num_rows == 0) return;
+  cuda::launch_kv_cache_write(rows, num_rows, shape.num_kv_heads, shape.head_dim, shape.block_size,
+                              k, v, cache.k, cache.v, as_stream(stream_));
+  sync();
+}
+
+void CudaBackend::paged_attention(const AttentionShape& shape, const AttentionSequence* seqs,
+                                  int num_seqs, const float* q, KVCacheLayerView cache,
+                                  float* out) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  check_attention_shape(shape);
+  int64_t num_rows = 0;
+  const cuda::RowInfo* rows = upload_rows(
+      shape, seqs, num_seqs, as_stream(stream_), [this](size_t b) { return scratch_locked(b); },
+      num_rows);
+  if (num_rows == 0) return;
+  cuda::launch_paged_attention(rows, num_rows, shape.num_heads, shape.num_kv_heads, shape.head_dim,
+                               shape.block_size, shape.scale, q, cache.k, cache.v, out,
+                               as_stream(stream_));
+  sync();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sampling.
+
+void CudaBackend::top_k(const float* logits, int64_t rows, int64_t vocab, int k, float* values,
+                        int32_t* indices) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  ALEM_CHECK(k >= 1 && k <= 1024 && k <= vocab,
+             "cuda top_k: k = " + std::to_string(k) + " must be in 1..min(1024, vocab)");
+  if (rows <= 0) return;
+  const size_t n = static_cast<size_t>(rows) * k;
+  auto* base =
+      static_cast<char*>(scratch_locked(align_up(n * sizeof(float)) + n * sizeof(int32_t)));
+  auto* device_values = reinterpret_cast<float*>(base);
+  auto* device_indices = reinterpret_cast<int32_t*>(base + align_up(n * sizeof(float)));
+  cuda::launch_top_k(logits, rows, vocab, k, device_values, device_indices, as_stream(stream_));
+  if (values) {
+    ALEM_CUDA_CHECK(cudaMemcpyAsync(values, device_values, n * sizeof(float),
+                                    cudaMemcpyDeviceToHost, as_stream(stream_)));
+  }
+  ALEM_CUDA_CHECK(cudaMemcpyAsync(indices, device_indices, n * sizeof(int32_t),
+                                  cudaMemcpyDeviceToHost, as_stream(stream_)));
+  sync();
+}
+
+void CudaBackend::argmax(const float* logits, int64_t rows, int64_t vocab, int32_t* tokens) const {
+  top_k(logits, rows, vocab, 1, nullptr, tokens);
+}
+
+std::unique_ptr<KernelBackend> make_cuda_backend() {
+  int device = 0;
+  const cudaError_t status = cudaGetDevice(&device);
+  if (status != cudaSuccess) {
+    (void)cudaGetLastError();
+    ALEM_FAIL(std::string("cuda backend: no usable GPU: ") + cudaGetErrorString(status));
+  }
+  return std::make_unique<CudaBackend>(device);
+}
+
+}  // namespace alem

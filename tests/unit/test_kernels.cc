@@ -1,0 +1,508 @@
+// Kernel correctness: the "reference" backend against independent math (a double-precision
+// triple loop, a hand-computed attention, a naive contiguous attention), then every op of the
+// "cpu" backend, at every instruction set this machine runs, against "reference" for every
+// weight dtype and awkward shapes. The timing side of the same ops is bench/kernel_bench.cc.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/reference_backend.h"
+
+namespace alem {
+namespace {
+
+std::vector<float> random_values(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+const DType kAllDtypes[] = {DType::F32, DType::BF16, DType::F16, DType::I8};
+
+// Every ISA this CPU can run, so AVX2 and scalar kernels are tested on an AVX-512 machine too.
+std::vector<cpu::Isa> runnable_isas() {
+  std::vector<cpu::Isa> isas;
+  for (cpu::Isa isa : {cpu::Isa::kScalar, cpu::Isa::kAvx2, cpu::Isa::kAvx512}) {
+    if (cpu::isa_supported(isa)) isas.push_back(isa);
+  }
+  return isas;
+}
+
+// |got - want| <= tol * scale elementwise, reporting the first failure with its index.
+void expect_close(const std::vector<float>& got, const std::vector<float>& want,
+                  const std::vector<float>& scale, double tol, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double bound = tol * std::max<double>(scale[i], 1e-30);
+    ASSERT_LE(std::fabs(double(got[i]) - want[i]), bound)
+        << what << " at " << i << ": got " << got[i] << " want " << want[i];
+  }
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol,
+                  const std::string& what) {
+  std::vector<float> scale(want.size());
+  for (size_t i = 0; i < want.size(); ++i) scale[i] = std::max(1.f, std::fabs(want[i]));
+  expect_close(got, want, scale, tol, what);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference backend against independent math.
+
+TEST(ReferenceKernels, MatmulMatchesDoubleTripleLoop) {
+  ReferenceBackend ref;
+  const int64_t M = 5, N = 7, K = 64;
+  const auto x = random_values(M * K, 1);
+  const auto values = random_values(N * K, 2);
+  const auto bias = random_values(N, 3);
+  for (DType dtype : kAllDtypes) {
+    const WeightMatrix w = make_weight_matrix(values.data(), N, K, dtype);
+    std::vector<float> y(M * N), want(M * N), scale(M * N);
+    ref.matmul(x.data(), M, w, bias.data(), y.data());
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t n = 0; n < N; ++n) {
+        long double acc = bias[n], magnitude = std::fabs(bias[n]);
+        for (int64_t k = 0; k < K; ++k) {
+          acc += static_cast<long double>(x[m * K + k]) * w.at(n, k);
+          magnitude += std::fabs(static_cast<long double>(x[m * K + k]) * w.at(n, k));
+        }
+        want[m * N + n] = static_cast<float>(acc);
+        scale[m * N + n] = static_cast<float>(magnitude);
+      }
+    }
+    expect_close(y, want, scale, 1e-7, "reference matmul " + dtype_name(dtype));
+  }
+}
+
+TEST(ReferenceKernels, Int8QuantisationIsWithinHalfAQuantum) {
+  const int64_t rows = 9, cols = 96;
+  auto values = random_values(rows * cols, 4, -3.f, 3.f);
+  values[5] = 0.f;
+  for (int k = 0; k < kInt8GroupSize; ++k) values[cols + k] = 0.f;  // an all-zero group
+  const WeightMatrix w = make_weight_matrix(values.data(), rows, cols, DType::I8);
+  ASSERT_EQ(w.scales.size(), static_cast<size_t>(rows * cols / kInt8GroupSize));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const float scale = w.scales[r * w.groups_per_row() + c / kInt8GroupSize];
+      const float v = values[r * cols + c];
+      EXPECT_LE(std::fabs(w.at(r, c) - v), 0.5f * scale * (1.f + 1e-5f) + 1e-30f)
+          << "row " << r << " col " << c;
+    }
+  }
+  EXPECT_EQ(w.scales[1 * w.groups_per_row()], 0.f);
+  EXPECT_EQ(w.at(1, 3), 0.f);
+  EXPECT_THROW(make_weight_matrix(values.data(), 1, 33, DType::I8), Error);
+}
+
+TEST(ReferenceKernels, AttentionMatchesHandComputedExample) {
+  // One head, head_dim 2, three cached keys; the query at position 1 sees keys 0 and 1 only.
+  ReferenceBackend ref;
+  AttentionShape shape{1, 1, 2, 4, 1.f};
+  std::vector<float> k_cache = {1, 0, 0, 1, 5, 5, 0, 0};  // block 0: positions 0..3
+  std::vector<float> v_cache = {1, 2, 3, 4, 100, 100, 0, 0};
+  const int32_t table[] = {0};
+  AttentionSequence seq{0, 1, 1, table};
+  const float q[] = {std::log(3.f), 0.f};  // scores: log 3 (key 0), 0 (key 1) -> weights 3/4, 1/4
+  float out[2];
+  ref.paged_attention(shape, &seq, 1, q, {k_cache.data(), v_cache.data()}, out);
+  EXPECT_NEAR(out[0], 0.75 * 1 + 0.25 * 3, 1e-6);
+  EXPECT_NEAR(out[1], 0.75 * 2 + 0.25 * 4, 1e-6);
+}
+
+// Attention written differently from the reference: contiguous per-sequence K/V, one softmax
+// over a full score row, float arithmetic.
+std::vector<float> naive_attention(const AttentionShape& s, int q_count, int start_pos,
+                                   const std::vector<float>& q, const std::vector<float>& keys,
+                                   const std::vector<float>& values) {
+  const int group = s.num_heads / s.num_kv_heads;
+  std::vector<float> out(static_cast<size_t>(q_count) * s.num_heads * s.head_dim);
+  for (int i = 0; i < q_count; ++i) {
+    for (int h = 0; h < s.num_heads; ++h) {
+      const int n = start_pos + i + 1;
+      std::vector<float> p(n);
+      for (int t = 0; t < n; ++t) {
+        float dot = 0;
+        for (int d = 0; d < s.head_dim; ++d) {
+          dot += q[(i * s.num_heads + h) * s.head_dim + d] *
+                 keys[(t * s.num_kv_heads + h / group) * s.head_dim + d];
+        }
+        p[t] = dot * s.scale;
+      }
+      const float mx = *std::max_element(p.begin(), p.end());
+      float sum = 0;
+      for (float& e : p) sum += (e = std::exp(e - mx));
+      for (int d = 0; d < s.head_dim; ++d) {
+        float acc = 0;
+        for (int t = 0; t < n; ++t) {
+          acc += p[t] * values[(t * s.num_kv_heads + h / group) * s.head_dim + d];
+        }
+        out[(i * s.num_heads + h) * s.head_dim + d] = acc / sum;
+      }
+    }
+  }
+  return out;
+}
+
+// A paged cache holding given sequences' keys and values in shuffled physical blocks.
+struct PagedCache {
+  AttentionShape shape;
+  std::vector<float> k, v;
+  std::vector<std::vector<int32_t>> tables;
+  KVCacheLayerView view() { return {k.data(), v.data()}; }
+};
+
+PagedCache make_paged_cache(const AttentionShape& shape, const std::vector<int>& lengths,
+                            uint32_t seed) {
+  PagedCache c;
+  c.shape = shape;
+  int total_blocks = 0;
+  for (int len : lengths) total_blocks += (len + shape.block_size - 1) / shape.block_size;
+  total_blocks += 3;  // unused blocks in between
+  std::vector<int32_t> physical(total_blocks);
+  std::iota(physical.begin(), physical.end(), 0);
+  std::shuffle(physical.begin(), physical.end(), std::mt19937(seed));
+  const size_t block_floats =
+      static_cast<size_t>(shape.block_size) * shape.num_kv_heads * shape.head_dim;
+  c.k = random_values(total_blocks * block_floats, seed + 1);
+  c.v = random_values(total_blocks * block_floats, seed + 2);
+  size_t next = 0;
+  for (int len : lengths) {
+    std::vector<int32_t> table;
+    for (int b = 0; b < (len + shape.block_size - 1) / shape.block_size; ++b) {
+      table.push_back(physical[next++]);
+    }
+    c.tables.push_back(table);
+  }
+  return c;
+}
+
+// Keys (or values) of positions [0, len) of one sequence, gathered contiguously.
+std::vector<float> gather(const PagedCache& c, const std::vector<float>& cache, int seq, int len) {
+  const int64_t width = static_cast<int64_t>(c.shape.num_kv_heads) * c.shape.head_dim;
+  std::vector<float> out(static_cast<size_t>(len) * width);
+  for (int t = 0; t < len; ++t) {
+    const int64_t slot =
+        static_cast<int64_t>(c.tables[seq][t / c.shape.block_size]) * c.shape.block_size +
+        t % c.shape.block_size;
+    std::copy_n(cache.begin() + slot * width, width, out.begin() + t * width);
+  }
+  return out;
+}
+
+TEST(ReferenceKernels, PagedAttentionMatchesNaiveContiguousAttention) {
+  ReferenceBackend ref;
+  for (int block_size : {4, 16}) {
+    AttentionShape shape{6, 2, 8, block_size, 0.35f};
+    const int q_count = 5, start_pos = 9, len = start_pos + q_count;
+    PagedCache c = make_paged_cache(shape, {len}, 11);
+    const auto q = random_values(q_count * shape.num_heads * shape.head_dim, 12, -2.f, 2.f);
+    AttentionSequence seq{0, q_count, start_pos, c.tables[0].data()};
+    std::vector<float> out(q.size());
+    ref.paged_attention(shape, &seq, 1, q.data(), c.view(), out.data());
+    const auto want = naive_attention(shape, q_count, start_pos, q, gather(c, c.k, 0, len),
+                                      gather(c, c.v, 0, len));
+    expect_close(out, want, 1e-5, "block size " + std::to_string(block_size));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cpu backend, at every runnable ISA, against the reference.
+
+class CpuVsReference : public ::testing::TestWithParam<cpu::Isa> {
+ protected:
+  CpuBackend cpu_{GetParam()};
+  ReferenceBackend ref_;
+};
+
+std::string isa_test_name(const ::testing::TestParamInfo<cpu::Isa>& info) {
+  return cpu::isa_name(info.param);
+}
+
+INSTANTIATE_TEST_SUITE_P(Isa, CpuVsReference, ::testing::ValuesIn(runnable_isas()), isa_test_name);
+
+// One cpu backend per runnable ISA (matmul tests share one reference result between them).
+std::vector<std::unique_ptr<CpuBackend>> cpu_backends() {
+  std::vector<std::unique_ptr<CpuBackend>> backends;
+  for (cpu::Isa isa : runnable_isas()) backends.push_back(std::make_unique<CpuBackend>(isa));
+  return backends;
+}
+
+// Checks the streaming and the packed matmul paths of every ISA for one shape and dtype.
+void check_matmul(int64_t M, int64_t N, int64_t K, DType dtype, bool with_bias, uint32_t seed) {
+  static const ReferenceBackend ref;
+  static const auto backends = cpu_backends();
+  const auto x = random_values(M * K, seed, -2.f, 2.f);
+  const auto values = random_values(N * K, seed + 1);
+  const auto bias = random_values(N, seed + 2);
+  const WeightMatrix w = make_weight_matrix(values.data(), N, K, dtype);
+  const float* b = with_bias ? bias.data() : nullptr;
+  std::vector<float> want(M * N), scale(M * N), dequantised(N * K);
+  ref.matmul(x.data(), M, w, b, want.data());
+  for (int64_t i = 0; i < N * K; ++i) dequantised[i] = w.at(i / K, i % K);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) {
+      float magnitude = b ? std::fabs(b[n]) : 0.f;
+      const float* x_row = x.data() + m * K;
+      const float* w_row = dequantised.data() + n * K;
+#pragma omp simd reduction(+ : magnitude)
+      for (int64_t k = 0; k < K; ++k) magnitude += std::fabs(x_row[k] * w_row[k]);
+      scale[m * N + n] = magnitude;
+    }
+  }
+  const std::string shape = dtype_name(dtype) + " M=" + std::to_string(M) +
+                            " N=" + std::to_string(N) + " K=" + std::to_string(K);
+  for (const auto& cpu : backends) {
+    const std::string isa = cpu::isa_name(cpu->isa());
+    for (bool packed : {false, true}) {
+      std::vector<float> y(M * N, NAN);
+      cpu->matmul_with_path(x.data(), M, w, b, y.data(), packed);
+      expect_close(y, want, scale, 1e-5, isa + (packed ? " packed " : " stream ") + shape);
+    }
+    std::vector<float> y(M * N, NAN);
+    cpu->matmul(x.data(), M, w, b, y.data());
+    expect_close(y, want, scale, 1e-5, isa + " default path " + shape);
+  }
+}
+
+TEST(CpuMatmul, EveryDtypeAndOddShapes) {
+  uint32_t seed = 100;
+  for (DType dtype : kAllDtypes) {
+    for (int64_t M : {1, 2, 3, 5, 8, 9, 17, 64}) {
+      for (int64_t N : {1, 7, 47, 64, 200}) {
+        for (int64_t K : {32, 96, 608}) {
+          check_matmul(M, N, K, dtype, (M + N) % 2 == 0, seed++);
+          if (HasFatalFailure()) return;
+        }
+      }
+    }
+  }
+}
+
+TEST(CpuMatmul, KNotAMultipleOfTheVectorWidth) {
+  uint32_t seed = 900;
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
+    for (int64_t K : {1, 7, 15, 17, 33, 300}) {
+      for (int64_t M : {1, 4, 20}) {
+        check_matmul(M, 53, K, dtype, true, seed++);
+        if (HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
+TEST(CpuMatmul, ModelShapes) {
+  // SmolLM2-135M: k/v 576->192, down 1536->576, gate+up 576->3072.
+  uint32_t seed = 2000;
+  for (DType dtype : kAllDtypes) {
+    check_matmul(3, 192, 576, dtype, false, seed++);
+    check_matmul(37, 576, 1536, dtype, false, seed++);
+    check_matmul(130, 3072, 576, dtype, false, seed++);
+    if (HasFatalFailure()) return;
+  }
+}
+
+TEST_P(CpuVsReference, RmsnormRopeSiluAdd) {
+  const int64_t M = 7, D = 576;
+  const auto x = random_values(M * D, 30, -3.f, 3.f);
+  const auto gamma = random_values(D, 31);
+  std::vector<float> want(M * D), got(M * D);
+  ref_.rmsnorm(x.data(), gamma.data(), M, D, 1e-5f, want.data());
+  cpu_.rmsnorm(x.data(), gamma.data(), M, D, 1e-5f, got.data());
+  expect_close(got, want, 1e-5, "rmsnorm");
+  got = x;  // in place
+  cpu_.rmsnorm(got.data(), gamma.data(), M, D, 1e-5f, got.data());
+  expect_close(got, want, 1e-5, "rmsnorm in place");
+
+  RopeTable table;
+  table.max_positions = 64;
+  table.half_dim = 32;
+  for (int p = 0; p < table.max_positions; ++p) {
+    for (int i = 0; i < table.half_dim; ++i) {
+      const double angle = p * std::pow(10000.0, -2.0 * i / 64);
+      table.cos.push_back(static_cast<float>(std::cos(angle)));
+      table.sin.push_back(static_cast<float>(std::sin(angle)));
+    }
+  }
+  const int heads = 9;
+  const int32_t positions[] = {0, 1, 5, 63, 2};
+  auto rope_ref = random_values(5 * heads * 64, 32);
+  auto rope_cpu = rope_ref;
+  const float first = rope_ref[0], partner = rope_ref[32];
+  ref_.rope(rope_ref.data(), 5, heads, 64, positions, table);
+  cpu_.rope(rope_cpu.data(), 5, heads, 64, positions, table);
+  expect_close(rope_cpu, rope_ref, 1e-6, "rope");
+  EXPECT_FLOAT_EQ(rope_ref[0], first);  // position 0 is the identity
+  EXPECT_FLOAT_EQ(rope_ref[32], partner);
+  const int32_t bad_position[] = {64};
+  EXPECT_THROW(cpu_.rope(rope_cpu.data(), 1, heads, 64, bad_position, table), Error);
+
+  const int64_t I = 1536;
+  const auto gate_up = random_values(3 * 2 * I, 33, -20.f, 20.f);
+  std::vector<float> silu_want(3 * I), silu_got(3 * I);
+  ref_.silu_mul(gate_up.data(), 3, I, silu_want.data());
+  cpu_.silu_mul(gate_up.data(), 3, I, silu_got.data());
+  expect_close(silu_got, silu_want, 1e-5, "silu_mul");
+
+  auto sum_ref = random_values(1000, 34);
+  auto sum_cpu = sum_ref;
+  const auto addend = random_values(1000, 35);
+  ref_.add_inplace(sum_ref.data(), addend.data(), 1000);
+  cpu_.add_inplace(sum_cpu.data(), addend.data(), 1000);
+  expect_close(sum_cpu, sum_ref, 0, "add_inplace");
+}
+
+TEST_P(CpuVsReference, EmbeddingEveryDtypeWithOutOfRangeTokens) {
+  const int64_t rows = 50, D = 96, row_begin = 100;
+  const auto values = random_values(rows * D, 40);
+  const int32_t tokens[] = {100, 149, 99, 150, 120, -1, 0};
+  for (DType dtype : kAllDtypes) {
+    const WeightMatrix table = make_weight_matrix(values.data(), rows, D, dtype);
+    std::vector<float> want(7 * D, NAN), got(7 * D, NAN);
+    ref_.embedding(table, row_begin, tokens, 7, want.data());
+    cpu_.embedding(table, row_begin, tokens, 7, got.data());
+    expect_close(got, want, 0, "embedding " + dtype_name(dtype));
+    for (int t : {2, 3, 5, 6}) {
+      for (int64_t d = 0; d < D; ++d) ASSERT_EQ(got[t * D + d], 0.f);
+    }
+  }
+}
+
+// A step mixing sequences: a prefill chunk from position 0, a prefill chunk continuing at
+// start_pos > 0, and decode rows, over a shuffled paged cache.
+struct MixedStep {
+  std::vector<AttentionSequence> seqs;
+  std::vector<float> q, k_new, v_new;
+  int rows = 0;
+};
+
+MixedStep make_mixed_step(PagedCache& c, const std::vector<std::pair<int, int>>& starts_counts,
+                          uint32_t seed) {
+  MixedStep step;
+  for (size_t s = 0; s < starts_counts.size(); ++s) {
+    const auto [start, count] = starts_counts[s];
+    step.seqs.push_back({step.rows, count, start, c.tables[s].data()});
+    step.rows += count;
+  }
+  const AttentionShape& sh = c.shape;
+  step.q = random_values(step.rows * sh.num_heads * sh.head_dim, seed, -2.f, 2.f);
+  step.k_new = random_values(step.rows * sh.num_kv_heads * sh.head_dim, seed + 1);
+  step.v_new = random_values(step.rows * sh.num_kv_heads * sh.head_dim, seed + 2);
+  return step;
+}
+
+TEST_P(CpuVsReference, PagedAttentionMixedBatchGqaAndBlockSizes) {
+  for (int block_size : {16, 32}) {
+    for (int group : {1, 2, 3}) {
+      AttentionShape shape{3 * group, 3, 64, block_size, 0.125f};
+      // (start_pos, q_count): prefill from 0, a continued chunk, two decode rows.
+      const std::vector<std::pair<int, int>> layout = {{0, 37}, {45, 20}, {70, 1}, {5, 1}};
+      std::vector<int> lengths;
+      for (auto [start, count] : layout) lengths.push_back(start + count);
+      PagedCache ref_cache = make_paged_cache(shape, lengths, 50 + group);
+      PagedCache cpu_cache = ref_cache;
+      for (size_t s = 0; s < layout.size(); ++s) cpu_cache.tables[s] = ref_cache.tables[s];
+      MixedStep step = make_mixed_step(ref_cache, layout, 60 + group);
+      std::vector<AttentionSequence> cpu_seqs = step.seqs;
+      for (size_t s = 0; s < layout.size(); ++s)
+        cpu_seqs[s].block_table = cpu_cache.tables[s].data();
+
+      ref_.kv_cache_write(shape, step.seqs.data(), 4, step.k_new.data(), step.v_new.data(),
+                          ref_cache.view());
+      cpu_.kv_cache_write(shape, cpu_seqs.data(), 4, step.k_new.data(), step.v_new.data(),
+                          cpu_cache.view());
+      ASSERT_EQ(cpu_cache.k, ref_cache.k);
+      ASSERT_EQ(cpu_cache.v, ref_cache.v);
+
+      std::vector<float> want(step.q.size()), got(step.q.size(), NAN);
+      ref_.paged_attention(shape, step.seqs.data(), 4, step.q.data(), ref_cache.view(),
+                           want.data());
+      cpu_.paged_attention(shape, cpu_seqs.data(), 4, step.q.data(), cpu_cache.view(), got.data());
+      expect_close(
+          got, want, 2e-5,
+          "attention bs=" + std::to_string(block_size) + " group=" + std::to_string(group));
+    }
+  }
+}
+
+TEST_P(CpuVsReference, PagedAttentionLongContext) {
+  // Decode rows at the end of an 8192-token context and a prefill chunk late in one, with sharp
+  // scores so the online softmax must rescale often.
+  AttentionShape shape{9, 3, 64, 16, 0.125f};
+  const std::vector<std::pair<int, int>> layout = {{8191, 1}, {6000, 9}, {2500, 1}};
+  std::vector<int> lengths;
+  for (auto [start, count] : layout) lengths.push_back(start + count);
+  PagedCache cache = make_paged_cache(shape, lengths, 70);
+  for (float& k : cache.k) k *= 4.f;
+  MixedStep step = make_mixed_step(cache, layout, 80);
+  std::vector<float> want(step.q.size()), got(step.q.size(), NAN);
+  ref_.paged_attention(shape, step.seqs.data(), 3, step.q.data(), cache.view(), want.data());
+  cpu_.paged_attention(shape, step.seqs.data(), 3, step.q.data(), cache.view(), got.data());
+  expect_close(got, want, 2e-5, "long context attention");
+}
+
+TEST_P(CpuVsReference, PagedAttentionSplitsLongDecodeAcrossThreads) {
+  // A lone long decode row is split over its key range (flash-decoding) and merged; a short
+  // sequence beside it is not. Four threads so the split happens on any machine.
+  const CpuBackend four_threads(GetParam(), 4);
+  for (int head_dim : {64, 128, 80}) {  // 80: the portable kernel inside every ISA
+    AttentionShape shape{6, 2, head_dim, 16, 1.f / std::sqrt(float(head_dim))};
+    for (const auto& layout : std::vector<std::vector<std::pair<int, int>>>{
+             {{5000, 1}}, {{3000, 1}, {100, 1}}, {{1500, 3}}}) {
+      std::vector<int> lengths;
+      for (auto [start, count] : layout) lengths.push_back(start + count);
+      PagedCache cache = make_paged_cache(shape, lengths, 95);
+      MixedStep step = make_mixed_step(cache, layout, 96);
+      const int n = static_cast<int>(layout.size());
+      std::vector<float> want(step.q.size()), got(step.q.size(), NAN);
+      ref_.paged_attention(shape, step.seqs.data(), n, step.q.data(), cache.view(), want.data());
+      four_threads.paged_attention(shape, step.seqs.data(), n, step.q.data(), cache.view(),
+                                   got.data());
+      expect_close(got, want, 2e-5, "split attention head_dim " + std::to_string(head_dim));
+    }
+  }
+}
+
+TEST_P(CpuVsReference, PagedAttentionOddBlockSize) {
+  AttentionShape shape{4, 4, 64, 5, 0.125f};  // blocks of 5: chunks straddle blocks
+  const std::vector<std::pair<int, int>> layout = {{0, 23}, {31, 2}};
+  PagedCache cache = make_paged_cache(shape, {23, 33}, 97);
+  MixedStep step = make_mixed_step(cache, layout, 98);
+  std::vector<float> want(step.q.size()), got(step.q.size(), NAN);
+  ref_.paged_attention(shape, step.seqs.data(), 2, step.q.data(), cache.view(), want.data());
+  cpu_.paged_attention(shape, step.seqs.data(), 2, step.q.data(), cache.view(), got.data());
+  expect_close(got, want, 2e-5, "block size 5");
+}
+
+TEST_P(CpuVsReference, RejectsBadShapes) {
+  const auto values = random_values(64, 90);
+  WeightMatrix w = make_weight_matrix(values.data(), 2, 32, DType::I8);
+  w.scales.pop_back();
+  std::vector<float> x(32), y(2);
+  EXPECT_THROW(cpu_.matmul(x.data(), 1, w, nullptr, y.data()), Error);
+  AttentionShape shape{4, 3, 64, 16, 0.125f};
+  EXPECT_THROW(cpu_.paged_attention(shape, nullptr, 0, nullptr, {}, nullptr), Error);
+  const CpuBackend four_threads(GetParam(), 4);  // an empty step is fine, on any thread count
+  AttentionShape valid{6, 3, 64, 16, 0.125f};
+  EXPECT_NO_THROW(four_threads.paged_attention(valid, nullptr, 0, nullptr, {}, nullptr));
+}
+
+TEST(KernelRegistry, NamesBackends) {
+  const auto names = available_backends();
+  EXPECT_NE(std::find(names.begin(), names.end(), "reference"), names.end());
+  EXPECT_NE(std::find(names.begin(), names.end(), "cpu"), names.end());
+  EXPECT_EQ(make_backend("reference")->name(), "reference");
+  EXPECT_EQ(make_backend("cpu")->name(), "cpu");
+  EXPECT_THROW(make_backend("tpu"), Error);
+}
+
+}  // namespace
+}  // namespace alem
