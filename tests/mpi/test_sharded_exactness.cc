@@ -103,10 +103,10 @@ bool check_layout(const std::string& store_path, const Layout& l,
   EXPECT_LT(share, 1.5 / (l.tp * l.pp) + 0.1) << "rank read " << share << " of the model";
   ok = ok && share < 1.5 / (l.tp * l.pp) + 0.1;
   if (ctx.world_rank == 0) {
-    std::printf("tp=%d pp=%d dp=%d: %zu tokens identical=%d, worst logit diff %.2e, rank 0 read "
-                "%.2f of the single-rank bytes\n",
-                l.tp, l.pp, l.dp, got.tokens.size(), got.tokens == expected.tokens ? 1 : 0, worst,
-                share);
+    std::printf(
+        "tp=%d pp=%d dp=%d: %zu tokens identical=%d, worst logit diff %.2e, rank 0 read "
+        "%.2f of the single-rank bytes\n",
+        l.tp, l.pp, l.dp, got.tokens.size(), got.tokens == expected.tokens ? 1 : 0, worst, share);
   }
   return ok;
 }
@@ -120,8 +120,10 @@ std::vector<Layout> layouts_for(const std::vector<Layout>& all, int world) {
 }
 
 TEST(ShardedExactness, RealModel) {
-  const auto layouts = layouts_for({{1, 2, 1}, {3, 1, 1}, {1, 3, 1}, {3, 2, 1}}, test::world_size());
-  if (layouts.empty()) GTEST_SKIP() << "no real-model layout for " << test::world_size() << " ranks";
+  const auto layouts =
+      layouts_for({{1, 2, 1}, {3, 1, 1}, {1, 3, 1}, {3, 2, 1}}, test::world_size());
+  if (layouts.empty())
+    GTEST_SKIP() << "no real-model layout for " << test::world_size() << " ranks";
   // Fixed, arbitrary token ids: the reference is the same engine on one rank, not a text.
   const std::vector<int32_t> prompt = {504, 3575, 282, 4649, 314, 9493, 30, 378, 1675, 2593};
   for (const Layout& l : layouts) {
@@ -130,13 +132,14 @@ TEST(ShardedExactness, RealModel) {
 }
 
 TEST(ShardedExactness, TinySyntheticModel) {
-  const auto layouts = layouts_for({{2, 1, 1}, {4, 1, 1}, {2, 2, 1}, {1, 4, 1}, {2, 2, 2}},
-                                   test::world_size());
-  if (layouts.empty()) GTEST_SKIP() << "no tiny-model layout for " << test::world_size() << " ranks";
+  const auto layouts =
+      layouts_for({{2, 1, 1}, {4, 1, 1}, {2, 2, 1}, {1, 4, 1}, {2, 2, 2}}, test::world_size());
+  if (layouts.empty())
+    GTEST_SKIP() << "no tiny-model layout for " << test::world_size() << " ranks";
   // Every rank converts its own copy (no shared temporary file between ranks).
-  const std::string path = (std::filesystem::temp_directory_path() /
-                            ("alem-tiny-" + std::to_string(::getpid()) + ".h5"))
-                               .string();
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("alem-tiny-" + std::to_string(::getpid()) + ".h5"))
+          .string();
   ConvertOptions convert_options;
   convert_options.dtype = DType::F32;
   convert_safetensors(test::data_dir() + "/tiny-llama", path, convert_options);
