@@ -1,0 +1,469 @@
+// CUDA kernel correctness: every op of the "cuda" backend against the "reference" backend, with
+// random inputs copied to the device, run there, copied back and compared within tolerances
+// (f32 paths ~1e-5, bf16/f16 through cuBLAS with f32 accumulation a few 1e-3 of sum |x*w|).
+// Also the weight cache (prepare/evict), host vs device metadata pointers, and the greedy/top-k
+// sampling kernel. Every test skips when the build has no CUDA or the machine has no usable GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <type_traits>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/reference_backend.h"
+#ifdef ALEM_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
+
+namespace alem {
+namespace {
+
+#ifndef ALEM_HAVE_CUDA
+
+TEST(CudaKernels, SkippedWithoutCuda) {
+  GTEST_SKIP() << "built without CUDA";
+}
+
+#else
+
+std::vector<float> random_values(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+const DType kAllDtypes[] = {DType::F32, DType::BF16, DType::F16, DType::I8};
+
+// |got - want| <= tol * max(scale, 1e-30) elementwise, reporting the first failure.
+void expect_close(const std::vector<float>& got, const std::vector<float>& want,
+                  const std::vector<float>& scale, double tol, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double bound = tol * std::max<double>(scale[i], 1e-30);
+    ASSERT_LE(std::fabs(double(got[i]) - want[i]), bound)
+        << what << " at " << i << ": got " << got[i] << " want " << want[i];
+  }
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol,
+                  const std::string& what) {
+  std::vector<float> scale(want.size());
+  for (size_t i = 0; i < want.size(); ++i) scale[i] = std::max(1.f, std::fabs(want[i]));
+  expect_close(got, want, scale, tol, what);
+}
+
+// Device memory owned by a test, freed through the backend.
+class DeviceBuffer {
+ public:
+  DeviceBuffer(const CudaBackend& b, size_t bytes) : b_(&b), p_(b.allocate(bytes)) {}
+  ~DeviceBuffer() { b_->free(p_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p_);
+  }
+
+ private:
+  const CudaBackend* b_;
+  void* p_;
+};
+
+class CudaVsReference : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU on this machine";
+    cuda_ = std::make_unique<CudaBackend>(0);
+  }
+
+  template <typename T>
+  std::unique_ptr<DeviceBuffer> to_device(const std::vector<T>& host) {
+    std::unique_ptr<DeviceBuffer> buf =
+        std::make_unique<DeviceBuffer>(*cuda_, std::max<size_t>(1, host.size()) * sizeof(T));
+    cuda_->upload(buf->as<void>(), host.data(), host.size() * sizeof(T));
+    return buf;
+  }
+  std::unique_ptr<DeviceBuffer> zeros(size_t n) {
+    return std::make_unique<DeviceBuffer>(*cuda_, std::max<size_t>(1, n) * sizeof(float));
+  }
+  std::vector<float> to_host(const DeviceBuffer& buf, size_t n) {
+    std::vector<float> out(n);
+    cuda_->download(out.data(), buf.as<void>(), n * sizeof(float));
+    return out;
+  }
+
+  std::unique_ptr<CudaBackend> cuda_;
+  ReferenceBackend ref_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// matmul
+
+// Runs one matmul on both backends; the bound is tol * sum |x*w| (+ |bias|) per output.
+void check_matmul(CudaBackend& cuda, const ReferenceBackend& ref, int64_t M, int64_t N, int64_t K,
+                  DType dtype, bool with_bias, uint32_t seed) {
+  const auto x = random_values(M * K, seed, -2.f, 2.f);
+  const auto values = random_values(N * K, seed + 1);
+  const auto bias = random_values(N, seed + 2);
+  const WeightMatrix w = make_weight_matrix(values.data(), N, K, dtype);
+  std::vector<float> want(M * N), scale(M * N);
+  ref.matmul(x.data(), M, w, with_bias ? bias.data() : nullptr, want.data());
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) {
+      double magnitude = with_bias ? std::fabs(bias[n]) : 0.0;
+      for (int64_t k = 0; k < K; ++k) magnitude += std::fabs(x[m * K + k] * w.at(n, k));
+      scale[m * N + n] = static_cast<float>(magnitude);
+    }
+  }
+  DeviceBuffer dx(cuda, x.size() * sizeof(float)), db(cuda, bias.size() * sizeof(float)),
+      dy(cuda, want.size() * sizeof(float));
+  cuda.upload(dx.as<void>(), x.data(), x.size() * sizeof(float));
+  cuda.upload(db.as<void>(), bias.data(), bias.size() * sizeof(float));
+  cuda.matmul(dx.as<float>(), M, w, with_bias ? db.as<float>() : nullptr, dy.as<float>());
+  std::vector<float> got(want.size());
+  cuda.download(got.data(), dy.as<void>(), got.size() * sizeof(float));
+  // Large-M bf16/f16 round the activations to 16 bits for cuBLAS; everything else is f32 math.
+  double tol = 1e-5;
+  if (M > 8 && dtype == DType::BF16) tol = 8e-3;
+  if (M > 8 && dtype == DType::F16) tol = 2e-3;
+  expect_close(got, want, scale, tol,
+               "matmul " + dtype_name(dtype) + " M=" + std::to_string(M) + " N=" +
+                   std::to_string(N) + " K=" + std::to_string(K) + (with_bias ? " bias" : ""));
+  cuda.evict(w);  // w dies here; its host address may be reused by the next matrix
+}
+
+TEST_F(CudaVsReference, MatmulEveryDtypeAndOddShapes) {
+  uint32_t seed = 100;
+  for (DType dtype : kAllDtypes) {
+    for (int64_t M : {1, 3, 8, 9, 33}) {
+      for (int64_t N : {1, 7, 200}) {
+        for (int64_t K : {32, 96, 608}) {
+          check_matmul(*cuda_, ref_, M, N, K, dtype, (M + N) % 2 == 0, seed += 3);
+          if (HasFatalFailure()) return;
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CudaVsReference, MatmulModelShapes) {
+  for (DType dtype : kAllDtypes) {
+    check_matmul(*cuda_, ref_, 40, 1536, 576, dtype, false, 200);
+    if (HasFatalFailure()) return;
+    check_matmul(*cuda_, ref_, 2, 576, 1536, dtype, true, 210);
+    if (HasFatalFailure()) return;
+  }
+}
+
+TEST_F(CudaVsReference, WeightCachePrepareReuseAndEvict) {
+  const int64_t M = 3, N = 64, K = 96;
+  const auto values = random_values(N * K, 300);
+  const auto x = random_values(M * K, 301);
+  const WeightMatrix w = make_weight_matrix(values.data(), N, K, DType::I8);
+  EXPECT_EQ(cuda_->prepared_bytes(), 0u);
+  cuda_->prepare(w);
+  const size_t prepared = cuda_->prepared_bytes();
+  EXPECT_GE(prepared, w.bytes());
+  auto dx = to_device(x);
+  auto dy = zeros(M * N);
+  std::vector<float> want(M * N);
+  ref_.matmul(x.data(), M, w, nullptr, want.data());
+  for (int i = 0; i < 2; ++i) {
+    cuda_->matmul(dx->as<float>(), M, w, nullptr, dy->as<float>());
+    expect_close(to_host(*dy, M * N), want, 1e-4, "cached int8 matmul");
+  }
+  EXPECT_EQ(cuda_->prepared_bytes(), prepared);  // used the cached copy, no second upload
+  cuda_->evict(w);
+  EXPECT_EQ(cuda_->prepared_bytes(), 0u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// rmsnorm, rope, silu_mul, add_inplace, embedding
+
+RopeTable test_rope_table() {
+  RopeTable table;
+  table.max_positions = 64;
+  table.half_dim = 32;
+  for (int p = 0; p < table.max_positions; ++p) {
+    for (int i = 0; i < table.half_dim; ++i) {
+      const double angle = p * std::pow(10000.0, -2.0 * i / 64);
+      table.cos.push_back(static_cast<float>(std::cos(angle)));
+      table.sin.push_back(static_cast<float>(std::sin(angle)));
+    }
+  }
+  return table;
+}
+
+TEST_F(CudaVsReference, RmsnormAlsoInPlace) {
+  const int64_t M = 7, D = 576;
+  const auto x = random_values(M * D, 30, -3.f, 3.f);
+  const auto gamma = random_values(D, 31);
+  std::vector<float> want(M * D);
+  ref_.rmsnorm(x.data(), gamma.data(), M, D, 1e-5f, want.data());
+  auto dx = to_device(x);
+  auto dg = to_device(gamma);
+  auto dy = zeros(M * D);
+  cuda_->rmsnorm(dx->as<float>(), dg->as<float>(), M, D, 1e-5f, dy->as<float>());
+  expect_close(to_host(*dy, M * D), want, 1e-5, "rmsnorm");
+  cuda_->rmsnorm(dx->as<float>(), dg->as<float>(), M, D, 1e-5f, dx->as<float>());
+  expect_close(to_host(*dx, M * D), want, 1e-5, "rmsnorm in place");
+}
+
+TEST_F(CudaVsReference, RopeHostAndDevicePositions) {
+  const RopeTable table = test_rope_table();
+  const int heads = 9, T = 5;
+  const std::vector<int32_t> positions = {0, 1, 5, 63, 2};
+  auto want = random_values(T * heads * 64, 32);
+  const auto input = want;
+  ref_.rope(want.data(), T, heads, 64, positions.data(), table);
+  auto dx = to_device(input);
+  cuda_->rope(dx->as<float>(), T, heads, 64, positions.data(), table);  // host positions
+  expect_close(to_host(*dx, want.size()), want, 1e-6, "rope, host positions");
+  auto dx2 = to_device(input);
+  auto dpos = to_device(positions);
+  cuda_->rope(dx2->as<float>(), T, heads, 64, dpos->as<int32_t>(), table);  // device positions
+  const auto got = to_host(*dx2, want.size());
+  expect_close(got, want, 1e-6, "rope, device positions");
+  EXPECT_FLOAT_EQ(got[0], input[0]);  // position 0 is the identity
+
+  const std::vector<int32_t> bad = {64};
+  EXPECT_THROW(cuda_->rope(dx->as<float>(), 1, heads, 64, bad.data(), table), Error);
+  auto dbad = to_device(bad);
+  EXPECT_THROW(cuda_->rope(dx->as<float>(), 1, heads, 64, dbad->as<int32_t>(), table), Error);
+  // The error flag is cleared: the next good call succeeds.
+  cuda_->rope(dx2->as<float>(), T, heads, 64, dpos->as<int32_t>(), table);
+}
+
+TEST_F(CudaVsReference, SiluMulAndAdd) {
+  const int64_t I = 1536;
+  const auto gate_up = random_values(3 * 2 * I, 33, -20.f, 20.f);
+  std::vector<float> want(3 * I);
+  ref_.silu_mul(gate_up.data(), 3, I, want.data());
+  auto dgu = to_device(gate_up);
+  auto dout = zeros(3 * I);
+  cuda_->silu_mul(dgu->as<float>(), 3, I, dout->as<float>());
+  expect_close(to_host(*dout, 3 * I), want, 1e-5, "silu_mul");
+
+  auto sum = random_values(1000, 34);
+  const auto addend = random_values(1000, 35);
+  auto dsum = to_device(sum);
+  auto dadd = to_device(addend);
+  ref_.add_inplace(sum.data(), addend.data(), 1000);
+  cuda_->add_inplace(dsum->as<float>(), dadd->as<float>(), 1000);
+  expect_close(to_host(*dsum, 1000), sum, 0, "add_inplace");
+}
+
+TEST_F(CudaVsReference, EmbeddingEveryDtypeWithOutOfRangeTokens) {
+  const int64_t rows = 50, D = 96, row_begin = 100;
+  const auto values = random_values(rows * D, 40);
+  const std::vector<int32_t> tokens = {100, 149, 99, 150, 120, -1, 0};
+  auto dtokens = to_device(tokens);
+  for (DType dtype : kAllDtypes) {
+    const WeightMatrix table = make_weight_matrix(values.data(), rows, D, dtype);
+    std::vector<float> want(7 * D);
+    ref_.embedding(table, row_begin, tokens.data(), 7, want.data());
+    for (bool device_tokens : {false, true}) {
+      auto dout = zeros(7 * D);
+      cuda_->embedding(table, row_begin, device_tokens ? dtokens->as<int32_t>() : tokens.data(), 7,
+                       dout->as<float>());
+      expect_close(to_host(*dout, 7 * D), want, 0, "embedding " + dtype_name(dtype));
+    }
+    cuda_->evict(table);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// kv_cache_write + paged_attention
+
+struct PagedCache {
+  AttentionShape shape;
+  std::vector<float> k, v;
+  std::vector<std::vector<int32_t> > tables;
+};
+
+PagedCache make_paged_cache(const AttentionShape& shape, const std::vector<int>& lengths,
+                            uint32_t seed) {
+  PagedCache c;
+  c.shape = shape;
+  int total_blocks = 3;  // unused blocks in between
+  for (int len : lengths) total_blocks += (len + shape.block_size - 1) / shape.block_size;
+  std::vector<int32_t> physical(total_blocks);
+  std::iota(physical.begin(), physical.end(), 0);
+  std::shuffle(physical.begin(), physical.end(), std::mt19937(seed));
+  const size_t block_floats =
+      static_cast<size_t>(shape.block_size) * shape.num_kv_heads * shape.head_dim;
+  c.k = random_values(total_blocks * block_floats, seed + 1);
+  c.v = random_values(total_blocks * block_floats, seed + 2);
+  size_t next = 0;
+  for (int len : lengths) {
+    std::vector<int32_t> table;
+    for (int b = 0; b < (len + shape.block_size - 1) / shape.block_size; ++b) {
+      table.push_back(physical[next++]);
+    }
+    c.tables.push_back(table);
+  }
+  return c;
+}
+
+// One step over `layout` ((start_pos, q_count) per sequence): kv_cache_write then
+// paged_attention on both backends, comparing the caches exactly and the outputs within tol.
+// device_tables: pass block tables as device pointers instead of host pointers.
+void check_attention_step(CudaBackend& cuda, const ReferenceBackend& ref,
+                          const AttentionShape& shape,
+                          const std::vector<std::pair<int, int> >& layout, uint32_t seed,
+                          bool device_tables, float key_gain, double tol, const std::string& what) {
+  std::vector<int> lengths;
+  for (auto [start, count] : layout) lengths.push_back(start + count);
+  PagedCache c = make_paged_cache(shape, lengths, seed);
+  for (float& k : c.k) k *= key_gain;
+  std::vector<AttentionSequence> seqs;
+  int rows = 0;
+  for (size_t s = 0; s < layout.size(); ++s) {
+    seqs.push_back({rows, layout[s].second, layout[s].first, c.tables[s].data()});
+    rows += layout[s].second;
+  }
+  const auto q = random_values(static_cast<size_t>(rows) * shape.num_heads * shape.head_dim,
+                               seed + 10, -2.f, 2.f);
+  const auto k_new =
+      random_values(static_cast<size_t>(rows) * shape.num_kv_heads * shape.head_dim, seed + 11);
+  const auto v_new =
+      random_values(static_cast<size_t>(rows) * shape.num_kv_heads * shape.head_dim, seed + 12);
+
+  auto upload = [&](const auto& host) {
+    using T = typename std::decay_t<decltype(host)>::value_type;
+    auto buf = std::make_unique<DeviceBuffer>(cuda, std::max<size_t>(1, host.size()) * sizeof(T));
+    cuda.upload(buf->template as<void>(), host.data(), host.size() * sizeof(T));
+    return buf;
+  };
+  auto dk_cache = upload(c.k), dv_cache = upload(c.v), dq = upload(q), dk = upload(k_new),
+       dv = upload(v_new);
+  std::vector<std::unique_ptr<DeviceBuffer> > dtables;
+  std::vector<AttentionSequence> cuda_seqs = seqs;
+  if (device_tables) {
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      dtables.push_back(upload(c.tables[s]));
+      cuda_seqs[s].block_table = dtables.back()->as<int32_t>();
+    }
+  }
+  const KVCacheLayerView dview{dk_cache->as<float>(), dv_cache->as<float>()};
+  const int n = static_cast<int>(seqs.size());
+
+  ref.kv_cache_write(shape, seqs.data(), n, k_new.data(), v_new.data(), {c.k.data(), c.v.data()});
+  cuda.kv_cache_write(shape, cuda_seqs.data(), n, dk->as<float>(), dv->as<float>(), dview);
+  std::vector<float> got_k(c.k.size()), got_v(c.v.size());
+  cuda.download(got_k.data(), dk_cache->as<void>(), got_k.size() * sizeof(float));
+  cuda.download(got_v.data(), dv_cache->as<void>(), got_v.size() * sizeof(float));
+  ASSERT_EQ(got_k, c.k) << what << ": k cache";
+  ASSERT_EQ(got_v, c.v) << what << ": v cache";
+
+  std::vector<float> want(q.size()), got(q.size());
+  ref.paged_attention(shape, seqs.data(), n, q.data(), {c.k.data(), c.v.data()}, want.data());
+  auto dout = upload(std::vector<float>(q.size(), NAN));
+  cuda.paged_attention(shape, cuda_seqs.data(), n, dq->as<float>(), dview, dout->as<float>());
+  cuda.download(got.data(), dout->as<void>(), got.size() * sizeof(float));
+  expect_close(got, want, tol, what);
+}
+
+TEST_F(CudaVsReference, PagedAttentionMixedBatchGqaAndBlockSizes) {
+  const std::vector<std::pair<int, int> > layout = {{0, 37}, {45, 20}, {70, 1}, {5, 1}};
+  for (int block_size : {16, 32}) {
+    for (int group : {1, 2, 3}) {
+      for (bool device_tables : {false, true}) {
+        const AttentionShape shape{3 * group, 3, 64, block_size, 0.125f};
+        check_attention_step(*cuda_, ref_, shape, layout, 50 + group, device_tables, 1.f, 2e-5,
+                             "bs=" + std::to_string(block_size) + " group=" +
+                                 std::to_string(group) + (device_tables ? " device tables" : ""));
+        if (HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
+TEST_F(CudaVsReference, PagedAttentionHeadDimsAndOddBlockSize) {
+  for (int head_dim : {64, 128, 80, 256, 24}) {
+    const AttentionShape shape{6, 2, head_dim, 5, 1.f / std::sqrt(float(head_dim))};
+    check_attention_step(*cuda_, ref_, shape, {{0, 23}, {31, 2}}, 97, false, 1.f, 2e-5,
+                         "head_dim " + std::to_string(head_dim) + " block size 5");
+    if (HasFatalFailure()) return;
+  }
+}
+
+TEST_F(CudaVsReference, PagedAttentionLongContextSharpScores) {
+  // Decode at the end of an 8192-token context and a late prefill chunk, keys scaled so the
+  // online softmax must rescale often.
+  const AttentionShape shape{9, 3, 64, 16, 0.125f};
+  check_attention_step(*cuda_, ref_, shape, {{8191, 1}, {6000, 9}, {2500, 1}}, 70, false, 4.f, 5e-5,
+                       "long context");
+}
+
+TEST_F(CudaVsReference, RejectsBadShapes) {
+  const auto values = random_values(64, 90);
+  WeightMatrix w = make_weight_matrix(values.data(), 2, 32, DType::I8);
+  w.scales.pop_back();
+  auto dx = zeros(32), dy = zeros(2);
+  EXPECT_THROW(cuda_->matmul(dx->as<float>(), 1, w, nullptr, dy->as<float>()), Error);
+  const AttentionShape shape{4, 3, 64, 16, 0.125f};
+  EXPECT_THROW(cuda_->paged_attention(shape, nullptr, 0, nullptr, {}, nullptr), Error);
+  const AttentionShape too_wide{4, 4, 512, 16, 0.125f};
+  EXPECT_THROW(cuda_->paged_attention(too_wide, nullptr, 0, nullptr, {}, nullptr), Error);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sampling
+
+TEST_F(CudaVsReference, ArgmaxAndTopKMatchHostSort) {
+  const int64_t rows = 5, vocab = 49152 + 7;
+  auto logits = random_values(rows * vocab, 400, -10.f, 10.f);
+  logits[1 * vocab + 3] = logits[1 * vocab + 9000] = 50.f;  // tie: lower index wins
+  logits[2 * vocab + 17] = NAN;                             // never chosen
+  logits[2 * vocab + 18] = 1e30f;
+  auto dlogits = to_device(logits);
+  for (int k : {1, 5, 64}) {
+    std::vector<float> values(rows * k);
+    std::vector<int32_t> indices(rows * k);
+    cuda_->top_k(dlogits->as<float>(), rows, vocab, k, values.data(), indices.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<int32_t> order;
+      for (int32_t i = 0; i < vocab; ++i) {
+        if (!std::isnan(logits[r * vocab + i])) order.push_back(i);
+      }
+      std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+        const float va = logits[r * vocab + a], vb = logits[r * vocab + b];
+        return va > vb || (va == vb && a < b);
+      });
+      for (int j = 0; j < k; ++j) {
+        ASSERT_EQ(indices[r * k + j], order[j]) << "row " << r << " rank " << j << " k " << k;
+        ASSERT_EQ(values[r * k + j], logits[r * vocab + order[j]]);
+      }
+    }
+  }
+  std::vector<int32_t> greedy(rows);
+  cuda_->argmax(dlogits->as<float>(), rows, vocab, greedy.data());
+  EXPECT_EQ(greedy[1], 3);
+  EXPECT_EQ(greedy[2], 18);
+  EXPECT_THROW(cuda_->top_k(dlogits->as<float>(), rows, vocab, 0, nullptr, greedy.data()), Error);
+}
+
+TEST(CudaRegistry, WithoutAGpuMakeBackendThrows) {
+  if (cuda_device_count() > 0) GTEST_SKIP() << "this machine has a GPU";
+  EXPECT_THROW(make_backend("cuda"), Error);
+  EXPECT_THROW(CudaBackend(0), Error);
+}
+
+TEST(CudaRegistry, MakeBackendNamesCuda) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU on this machine";
+  const auto names = available_backends();
+  EXPECT_NE(std::find(names.begin(), names.end(), "cuda"), names.end());
+  EXPECT_EQ(make_backend("cuda")->name(), "cuda");
+}
+
+#endif  // ALEM_HAVE_CUDA
+
+}  // namespace
+}  // namespace alem
