@@ -9,5 +9,5 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/build.sh"
 "$root/scripts/prepare-model.sh"
 cd "$root/build"
-if [ $# -eq 0 ]; then set -- -L "unit|mpi|slurm"; fi
+if [ $# -eq 0 ]; then set -- -L "unit|mpi|serve|slurm"; fi
 ctest --output-on-failure --timeout 900 "$@"

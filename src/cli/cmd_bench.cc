@@ -114,7 +114,7 @@ void add_bench_command(CLI::App& app) {
       bench->add_subcommand("generate", "Prefill and decode tokens/s vs machine limits");
   gen->add_option("--model,-m", o->model, "HDF5 model store")->required();
   gen->add_option("--backend", o->backend, "Kernel backend")->capture_default_str();
-  gen->add_option("--threads", o->threads, "Thread counts to run")->capture_default_str();
+  gen->add_option("--threads", o->threads, "Thread counts to run (comma-separated)")->delimiter(',')->capture_default_str();
   gen->add_option("--prompt-tokens", o->prompt_tokens, "Prompt length")->capture_default_str();
   gen->add_option("--decode-tokens", o->decode_tokens, "Generated tokens")->capture_default_str();
   gen->add_option("--repeats", o->repeats, "Runs per setting (best is reported)")

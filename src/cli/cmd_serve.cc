@@ -36,7 +36,9 @@ constexpr int kExitDrained = 75;  // "drained on request, requeue me" (slurm/ale
 
 std::atomic<int> g_last_signal{0};
 
-extern "C" void remember_signal(int signal_number) { g_last_signal.store(signal_number); }
+extern "C" void remember_signal(int signal_number) {
+  g_last_signal.store(signal_number);
+}
 
 void install_signal_handlers() {
   struct sigaction action {};
@@ -90,8 +92,8 @@ void apply_config_file(ServeOptions& o, const CLI::App& cmd) {
 
 LogFields job_fields() {
   LogFields fields;
-  for (const char* var : {"SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_NODELIST",
-                          "SLURM_PROCID"}) {
+  for (const char* var :
+       {"SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_NODELIST", "SLURM_PROCID"}) {
     if (const char* v = std::getenv(var)) fields.emplace_back(var, v);
   }
   return fields;
@@ -169,14 +171,13 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     const bool gateway = ctx.world_rank == 0;
     ModelStoreReader store(o.model);
     const ModelConfig& config = store.config();
-    const std::string served_name =
-        o.served_model_name.empty() ? config.name : o.served_model_name;
+    const std::string served_name = o.served_model_name.empty() ? config.name : o.served_model_name;
     ALEM_CHECK(!served_name.empty(), "the model has no name; pass --served-model-name");
     if (gateway) {
       LogFields fields = job_fields();
       fields.insert(fields.begin(), {{"model", served_name},
                                      {"layout", ctx.layout.describe()},
-                                     {"host", o.host},
+                                     {"bind_host", o.host},
                                      {"port", std::to_string(o.port)}});
       log_info("serve starting", fields);
     }
@@ -203,7 +204,7 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
       server = std::make_unique<serve::HttpServer>(served, *metrics, http);
       server->bind();
       server->start();
-      log_info("listening", {{"host", o.host},
+      log_info("listening", {{"bind_host", o.host},
                              {"port", std::to_string(server->port())},
                              {"metrics_port", std::to_string(server->metrics_port())}});
     }
@@ -247,7 +248,8 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
                        {"max_batch_tokens", std::to_string(serving.max_batch_tokens)}});
     server->attach_engine(&engine);
     std::atomic<bool> engine_done{false}, drained{false};
-    std::thread control([&] { control_loop(engine, *server, o.drain_seconds, engine_done, drained); });
+    std::thread control(
+        [&] { control_loop(engine, *server, o.drain_seconds, engine_done, drained); });
     try {
       engine.run_leader_loop();
     } catch (...) {
@@ -272,8 +274,8 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
 
 void add_serve_command(CLI::App& app) {
   auto o = std::make_shared<ServeOptions>();
-  CLI::App* cmd = app.add_subcommand(
-      "serve", "Serve a model over an OpenAI-compatible HTTP API (vLLM-shaped)");
+  CLI::App* cmd =
+      app.add_subcommand("serve", "Serve a model over an OpenAI-compatible HTTP API (vLLM-shaped)");
   cmd->add_option("--model,-m", o->model, "HDF5 model store (from `alem convert`)")->required();
   cmd->add_option("--host", o->host, "HTTP bind address")->capture_default_str();
   cmd->add_option("--port", o->port, "HTTP port (0: any free port)")->capture_default_str();
@@ -288,7 +290,8 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--max-waiting", o->max_waiting,
                   "Sequences queued beyond the running ones; more get 429")
       ->capture_default_str();
-  cmd->add_option("--block-size", o->block_size, "Tokens per KV cache block")->capture_default_str();
+  cmd->add_option("--block-size", o->block_size, "Tokens per KV cache block")
+      ->capture_default_str();
   cmd->add_option("--num-kv-blocks", o->num_kv_blocks, "KV cache blocks (0: from --kv-cache-mb)");
   cmd->add_option("--kv-cache-mb", o->kv_cache_mb, "KV cache memory per rank, MiB")
       ->capture_default_str();

@@ -1,0 +1,93 @@
+// Batched vocab-parallel sampling over a replica's TP and PP groups (see the header).
+#include "engine/replica_sampling.h"
+
+#include <cstring>
+
+#include "core/error.h"
+#include "engine/generator.h"  // all_gather_bytes
+
+namespace alem {
+namespace {
+
+void put_u64(std::vector<uint8_t>& out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+
+uint64_t get_u64(const uint8_t* data, size_t size, size_t& pos) {
+  ALEM_CHECK(pos + 8 <= size, "candidate sets: truncated buffer");
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(data[pos + i]) << (8 * i);
+  pos += 8;
+  return v;
+}
+
+}  // namespace
+
+std::vector<uint8_t> serialize_candidate_sets(const std::vector<CandidateSet>& sets) {
+  std::vector<uint8_t> out;
+  put_u64(out, sets.size());
+  for (const CandidateSet& set : sets) {
+    const std::vector<uint8_t> bytes = serialize_candidates(set);
+    put_u64(out, bytes.size());
+    out.insert(out.end(), bytes.begin(), bytes.end());
+  }
+  return out;
+}
+
+std::vector<CandidateSet> deserialize_candidate_sets(const uint8_t* data, size_t size) {
+  size_t pos = 0;
+  const uint64_t count = get_u64(data, size, pos);
+  ALEM_CHECK(count <= size, "candidate sets: implausible count " + std::to_string(count));
+  std::vector<CandidateSet> sets;
+  sets.reserve(count);
+  for (uint64_t i = 0; i < count; ++i) {
+    const uint64_t length = get_u64(data, size, pos);
+    ALEM_CHECK(length <= size - pos, "candidate sets: truncated set " + std::to_string(i));
+    sets.push_back(deserialize_candidates(data + pos, length));
+    pos += length;
+  }
+  ALEM_CHECK(pos == size, "candidate sets: trailing bytes");
+  return sets;
+}
+
+std::vector<int32_t> sample_rows_replicated(const StepLogits& logits,
+                                            const std::vector<RowSampler>& rows,
+                                            ParallelContext& ctx, bool has_lm_head) {
+  const size_t n = rows.size();
+  std::vector<int32_t> tokens(n, -1);
+  if (n == 0) return tokens;
+  if (has_lm_head) {
+    ALEM_CHECK(static_cast<size_t>(logits.rows()) == n,
+               "sampling: the step has " + std::to_string(logits.rows()) + " logit rows for " +
+                   std::to_string(n) + " sampled sequences");
+    std::vector<CandidateSet> local(n);
+    std::vector<float> row;
+    for (size_t i = 0; i < n; ++i) {
+      const RowSampler& r = rows[i];
+      ALEM_CHECK(r.params && r.counts && r.rng,
+                 "sampling: row " + std::to_string(i) + " has no state");
+      row.assign(logits.row(i), logits.row(i) + logits.vocab_size);
+      apply_penalties(row.data(), logits.vocab_begin, logits.vocab_size, *r.params, *r.counts);
+      local[i] = local_candidates(row.data(), logits.vocab_begin, logits.vocab_size, *r.params);
+    }
+    if (ctx.tp->size() == 1) {
+      for (size_t i = 0; i < n; ++i) tokens[i] = choose(local[i], *rows[i].params, *rows[i].rng);
+    } else {
+      std::vector<std::vector<CandidateSet>> by_rank;
+      for (const auto& bytes : all_gather_bytes(*ctx.tp, serialize_candidate_sets(local))) {
+        by_rank.push_back(deserialize_candidate_sets(bytes.data(), bytes.size()));
+        ALEM_CHECK(by_rank.back().size() == n, "sampling: a TP rank sent the wrong row count");
+      }
+      std::vector<CandidateSet> parts(by_rank.size());
+      for (size_t i = 0; i < n; ++i) {
+        for (size_t k = 0; k < by_rank.size(); ++k) parts[k] = std::move(by_rank[k][i]);
+        tokens[i] = choose(merge(parts), *rows[i].params, *rows[i].rng);  // same on every TP rank
+      }
+    }
+  }
+  // The last stage knows the tokens; every other stage learns them from the pipeline group.
+  ctx.pp->broadcast(tokens.data(), n * sizeof(int32_t), ctx.layout.pp_size() - 1);
+  return tokens;
+}
+
+}  // namespace alem

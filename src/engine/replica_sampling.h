@@ -1,0 +1,39 @@
+// Sampling a whole step's rows on a (possibly sharded) replica, shared by the one-request
+// Generator and the many-request ServingEngine. With a vocab-parallel LM head every last-stage
+// TP rank holds a slice of each row's logits: each applies the penalties to its slice and
+// proposes candidates, the TP group exchanges all rows' candidate sets in ONE all-gather, and
+// every TP rank then makes the same choice from the same inputs and the same per-request RNG.
+// The last pipeline stage finally broadcasts the tokens over the pipeline group, so every rank
+// of the replica returns the same tokens.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/sampler.h"
+#include "engine/transformer.h"
+#include "mpi/parallel_context.h"
+
+namespace alem {
+
+// How one row is sampled: the request's params, the tokens it has seen (for penalties) and its
+// random stream. Only read on ranks that hold the LM head; `rng` is advanced there.
+struct RowSampler {
+  const SamplingParams* params = nullptr;
+  const TokenCounts* counts = nullptr;
+  Rng* rng = nullptr;
+};
+
+// Returns the next token of each row, on every rank of the replica (all must call it, with the
+// same number of rows). `has_lm_head`: this rank is on the last pipeline stage; there `logits`
+// must hold rows.size() rows and `rows` must be filled in. Other ranks pass `rows` of the right
+// length with any content (it is not read) and get the tokens from the pipeline broadcast.
+std::vector<int32_t> sample_rows_replicated(const StepLogits& logits,
+                                            const std::vector<RowSampler>& rows,
+                                            ParallelContext& ctx, bool has_lm_head);
+
+// Bytes of several candidate sets in one buffer (count, then length-prefixed sets) and back.
+std::vector<uint8_t> serialize_candidate_sets(const std::vector<CandidateSet>& sets);
+std::vector<CandidateSet> deserialize_candidate_sets(const uint8_t* data, size_t size);
+
+}  // namespace alem

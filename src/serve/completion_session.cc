@@ -1,0 +1,337 @@
+// One API request from tokens in to text out (see the header).
+#include "serve/completion_session.h"
+
+#include <algorithm>
+#include <ctime>
+
+#include "core/aligned_buffer.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "model/chat_template.h"
+
+namespace alem::serve {
+namespace {
+
+void wipe_string(std::string& s) {
+  secure_wipe(s.data(), s.size());
+  s.clear();
+}
+
+}  // namespace
+
+CompletionSession::CompletionSession(const ServedModel& model, EngineClient& engine,
+                                     ServingMetrics& metrics, ApiRequest request,
+                                     Clock::time_point arrival)
+    : model_(model),
+      engine_(engine),
+      metrics_(metrics),
+      request_(std::move(request)),
+      arrival_(arrival),
+      id_(make_response_id(request_.endpoint)),
+      created_(static_cast<int64_t>(std::time(nullptr))) {}
+
+CompletionSession::~CompletionSession() {
+  close(false);
+}
+
+std::vector<int32_t> CompletionSession::tokenize(const PromptInput& prompt) const {
+  if (prompt.is_tokens) {
+    check_token_ids(prompt.token_ids, model_.tokenizer->vocab_size());
+    return prompt.token_ids;
+  }
+  // As `alem generate` does for raw prompts: client text never becomes special tokens; the
+  // model's BOS is added when its tokenizer asks for it.
+  std::vector<int32_t> ids = model_.tokenizer->encode(prompt.text, /*parse_special=*/false);
+  if (model_.tokenizer_data->add_bos_token && model_.tokenizer->bos_id() >= 0) {
+    ids.insert(ids.begin(), model_.tokenizer->bos_id());
+  }
+  return ids;
+}
+
+std::vector<int32_t> CompletionSession::tokenize_chat() const {
+  try {
+    return encode_chat(request_.messages, request_.add_generation_prompt, *model_.tokenizer_data,
+                       *model_.tokenizer);
+  } catch (const Error& e) {  // unsupported template or role; the message names no content
+    throw ApiException(ApiError::bad_request(e.message(), "messages"));
+  }
+}
+
+void CompletionSession::start() {
+  // Tokenize and check every prompt before submitting anything.
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int32_t> max_tokens;
+  if (request_.endpoint == Endpoint::kChatCompletions) {
+    prompts.push_back(tokenize_chat());
+  } else {
+    for (const PromptInput& p : request_.prompts) prompts.push_back(tokenize(p));
+  }
+  for (const auto& ids : prompts) {
+    max_tokens.push_back(
+        resolve_max_tokens(request_, static_cast<int64_t>(ids.size()), engine_.max_model_len()));
+    prompt_tokens_.push_back(static_cast<int64_t>(ids.size()));
+  }
+
+  const int n = request_.n;
+  choices_.resize(prompts.size() * n);
+  for (size_t p = 0; p < prompts.size(); ++p) {
+    for (int j = 0; j < n; ++j) {
+      Choice& c = choices_[p * n + j];
+      c.index = static_cast<int>(p * n + j);
+      c.prompt_index = static_cast<int>(p);
+      c.decoder =
+          std::make_unique<StreamingDecoder>(*model_.tokenizer, request_.skip_special_tokens);
+      c.stop =
+          std::make_unique<StopStringFilter>(request_.stop, request_.include_stop_str_in_output);
+    }
+  }
+
+  for (size_t p = 0; p < prompts.size(); ++p) {
+    for (int j = 0; j < n; ++j) {
+      Choice& c = choices_[p * n + j];
+      EngineRequest er;
+      er.prompt = prompts[p];
+      er.params = request_.sampling;
+      er.params.max_tokens = max_tokens[p];
+      // Each choice is its own sequence; seeded ones stay reproducible (vLLM: seed + index).
+      if (er.params.seed) er.params.seed = *er.params.seed + static_cast<uint64_t>(j);
+      if (request_.endpoint == Endpoint::kChatCompletions && model_.im_end_id >= 0) {
+        er.params.stop_token_ids.push_back(model_.im_end_id);
+      }
+      er.cache_salt = request_.user;
+      std::weak_ptr<Inbox> weak_inbox = inbox_;
+      er.on_event = [weak_inbox](const RequestEvent& event) {
+        std::shared_ptr<Inbox> inbox = weak_inbox.lock();
+        if (!inbox) return;  // the session is gone; its choices were cancelled
+        {
+          std::lock_guard<std::mutex> lock(inbox->mutex);
+          inbox->events.emplace_back(event, Clock::now());
+        }
+        inbox->ready.notify_all();
+      };
+      const SubmitResult result = engine_.submit(std::move(er));
+      if (result.status != SubmitStatus::kAccepted) {
+        for (const Choice& done : choices_) {
+          if (done.engine_id >= 0) engine_.cancel(done.engine_id);
+        }
+        for (Choice& done : choices_) done.finished = true;
+        if (result.status == SubmitStatus::kQueueFull) {
+          throw ApiException(
+              ApiError::overloaded("The server is at its limit of waiting requests; retry later."));
+        }
+        throw ApiException(ApiError::unavailable("The server is not accepting requests now."));
+      }
+      c.engine_id = result.request_id;
+    }
+  }
+  for (size_t p = 0; p < prompts.size(); ++p) {
+    metrics_.add_prompt_tokens(replica_, prompt_tokens_[p]);
+    secure_wipe(prompts[p].data(), prompts[p].size() * sizeof(int32_t));
+  }
+}
+
+CompletionSession::Choice* CompletionSession::choice_for(int64_t engine_id) {
+  for (Choice& c : choices_) {
+    if (c.engine_id == engine_id) return &c;
+  }
+  return nullptr;
+}
+
+void CompletionSession::finish_choice(Choice& c, FinishReason reason) {
+  if (c.finished) return;
+  c.finished = true;
+  c.finish = reason;
+  if (c.counted) return;
+  c.counted = true;
+  if (reason == FinishReason::kStop || reason == FinishReason::kLength) {
+    metrics_.count_success(replica_, finish_reason_name(reason));
+  } else {
+    metrics_.count_failure(replica_, engine_failed_ ? "error" : "aborted");
+  }
+  metrics_.observe_request_latency(replica_,
+                                   std::chrono::duration<double>(Clock::now() - arrival_).count());
+}
+
+void CompletionSession::apply_event(Choice& c, const RequestEvent& event, Clock::time_point at) {
+  if (c.finished) return;  // tokens in flight after a stop string matched
+  c.cached_tokens = event.usage.cached_tokens;
+  if (event.has_token) {
+    if (!c.last_token_time) {
+      metrics_.observe_time_to_first_token(replica_,
+                                           std::chrono::duration<double>(at - arrival_).count());
+    } else {
+      metrics_.observe_inter_token_latency(
+          replica_, std::chrono::duration<double>(at - *c.last_token_time).count());
+    }
+    c.last_token_time = at;
+  }
+  if (event.has_token) {
+    ++c.completion_tokens;
+    metrics_.add_generation_tokens(replica_, 1);
+    std::string piece = c.decoder->push(event.token_id);
+    c.text += c.stop->push(piece);
+    wipe_string(piece);
+    if (c.stop->stopped()) {
+      if (!event.finished) engine_.cancel(c.engine_id);  // frees its blocks at the next step
+      finish_choice(c, FinishReason::kStop);
+      return;
+    }
+  }
+  if (!event.finished) return;
+  if (event.finish_reason == FinishReason::kError) engine_failed_ = true;
+  std::string rest = c.decoder->flush();
+  c.text += c.stop->push(rest);
+  wipe_string(rest);
+  if (c.stop->stopped()) {
+    finish_choice(c, FinishReason::kStop);
+    return;
+  }
+  c.text += c.stop->finish();
+  finish_choice(c, event.finish_reason);
+}
+
+std::vector<int> CompletionSession::drain_events(
+    std::deque<std::pair<RequestEvent, Clock::time_point>>& events) {
+  std::vector<int> changed;
+  for (auto& [event, at] : events) {
+    Choice* c = choice_for(event.request_id);
+    if (!c) continue;
+    apply_event(*c, event, at);
+    if (std::find(changed.begin(), changed.end(), c->index) == changed.end()) {
+      changed.push_back(c->index);
+    }
+  }
+  events.clear();
+  return changed;
+}
+
+bool CompletionSession::all_finished() const {
+  return std::all_of(choices_.begin(), choices_.end(), [](const Choice& c) { return c.finished; });
+}
+
+bool CompletionSession::finished() const {
+  return all_finished();
+}
+
+Usage CompletionSession::usage() const {
+  Usage u;
+  for (int64_t p : prompt_tokens_) u.prompt_tokens += p;
+  for (const Choice& c : choices_) {
+    u.completion_tokens += c.completion_tokens;
+    // The prompt is billed once; its cached part is what the first choice found cached.
+    if (c.index % request_.n == 0) u.cached_tokens += c.cached_tokens;
+  }
+  return u;
+}
+
+std::string CompletionSession::wait_for_response() {
+  std::deque<std::pair<RequestEvent, Clock::time_point>> events;
+  while (!all_finished()) {
+    {
+      std::unique_lock<std::mutex> lock(inbox_->mutex);
+      inbox_->ready.wait(lock, [&] { return !inbox_->events.empty(); });
+      events.swap(inbox_->events);
+    }
+    drain_events(events);
+  }
+  if (engine_failed_) {
+    close(true);
+    throw ApiException(ApiError::internal("The engine failed while generating; see server logs."));
+  }
+  std::vector<ChoiceResult> results;
+  for (const Choice& c : choices_) results.push_back({c.index, c.text, c.finish});
+  std::string body = dump_json(
+      completion_response(request_.endpoint, id_, created_, request_.model, results, usage()));
+  for (ChoiceResult& r : results) wipe_string(r.text);
+  close(true);
+  return body;
+}
+
+bool CompletionSession::next_stream_events(std::string& out, std::chrono::milliseconds max_wait) {
+  if (stream_done_) return false;
+  const Endpoint ep = request_.endpoint;
+  const bool chat = ep == Endpoint::kChatCompletions;
+  if (!stream_started_) {
+    stream_started_ = true;
+    if (chat) {  // the assistant role first, for every choice (as vLLM does)
+      for (const Choice& c : choices_) {
+        out += sse_event(stream_chunk(ep, id_, created_, request_.model, c.index, "", true,
+                                      FinishReason::kNone, request_.include_usage));
+      }
+      return true;
+    }
+  }
+  std::deque<std::pair<RequestEvent, Clock::time_point>> events;
+  {
+    std::unique_lock<std::mutex> lock(inbox_->mutex);
+    inbox_->ready.wait_for(lock, max_wait, [&] { return !inbox_->events.empty(); });
+    events.swap(inbox_->events);
+  }
+  for (int index : drain_events(events)) {
+    Choice& c = choices_[index];
+    const bool final_now = c.finished && !c.final_chunk_sent;
+    if (c.text.empty() && !final_now) continue;
+    out +=
+        sse_event(stream_chunk(ep, id_, created_, request_.model, c.index, c.text, false,
+                               final_now ? c.finish : FinishReason::kNone, request_.include_usage));
+    wipe_string(c.text);
+    if (final_now) c.final_chunk_sent = true;
+  }
+  if (!all_finished()) return true;
+  for (Choice& c : choices_) {  // choices finished before their first event was drained
+    if (c.final_chunk_sent) continue;
+    out += sse_event(stream_chunk(ep, id_, created_, request_.model, c.index, c.text, false,
+                                  c.finish, request_.include_usage));
+    wipe_string(c.text);
+    c.final_chunk_sent = true;
+  }
+  if (request_.include_usage)
+    out += sse_event(usage_chunk(ep, id_, created_, request_.model, usage()));
+  out += kSseDone;
+  stream_done_ = true;
+  return false;
+}
+
+void CompletionSession::close(bool completed) {
+  if (closed_) return;
+  closed_ = true;
+  if (!choices_.empty()) {  // ids, counts and timings only: never text
+    const Usage u = usage();
+    std::string finishes;
+    for (const Choice& c : choices_) {
+      if (!finishes.empty()) finishes += ",";
+      finishes += c.finished ? finish_reason_name(c.finish) : (completed ? "abort" : "disconnect");
+    }
+    log_info(
+        "request done",
+        {{"id", id_},
+         {"choices", std::to_string(choices_.size())},
+         {"stream", request_.stream ? "true" : "false"},
+         {"prompt_tokens", std::to_string(u.prompt_tokens)},
+         {"cached_tokens", std::to_string(u.cached_tokens)},
+         {"completion_tokens", std::to_string(u.completion_tokens)},
+         {"finish", finishes},
+         {"seconds", log_number(std::chrono::duration<double>(Clock::now() - arrival_).count())}});
+  }
+  for (Choice& c : choices_) {
+    if (c.finished) continue;
+    if (c.engine_id >= 0) engine_.cancel(c.engine_id);
+    c.finished = true;
+    c.finish = FinishReason::kAbort;
+    if (!c.counted) {
+      c.counted = true;
+      metrics_.count_failure(replica_, completed ? "aborted" : "client_disconnect");
+    }
+  }
+  wipe_text();
+}
+
+void CompletionSession::wipe_text() {
+  for (Choice& c : choices_) {
+    wipe_string(c.text);
+    c.stop.reset();  // its destructor wipes held-back text
+  }
+  request_.wipe();
+}
+
+}  // namespace alem::serve

@@ -1,0 +1,269 @@
+// Prometheus text exposition for the gateway's metrics (see the header).
+#include "serve/metrics.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "core/error.h"
+
+namespace alem::serve {
+namespace {
+
+std::string format_number(double v) {
+  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.9g", v);
+  return buf;
+}
+
+std::string label_value(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+void header(std::string& out, const std::string& name, const char* type, const char* help) {
+  out += "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+}
+
+void sample(std::string& out, const std::string& name, const std::string& labels, double value) {
+  out += name;
+  if (!labels.empty()) out += "{" + labels + "}";
+  out += " " + format_number(value) + "\n";
+}
+
+std::string replica_label(int replica) {
+  return "replica=\"" + std::to_string(replica) + "\"";
+}
+
+// Latency buckets in seconds, from a fast decode step to a long queue wait.
+std::vector<double> latency_buckets() {
+  return {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25, 0.5,
+          0.75,  1.0,    2.5,   5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160.0};
+}
+
+}  // namespace
+
+Histogram::Histogram(std::vector<double> upper_bounds)
+    : bounds_(std::move(upper_bounds)), counts_(bounds_.size() + 1, 0) {
+  ALEM_CHECK(std::is_sorted(bounds_.begin(), bounds_.end()), "histogram bounds must be sorted");
+}
+
+void Histogram::observe(double value) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const size_t bucket = std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin();
+  ++counts_[bucket];
+  sum_ += value;
+  ++count_;
+}
+
+uint64_t Histogram::count() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return count_;
+}
+
+void Histogram::render(const std::string& name, const std::string& labels, std::string& out) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const std::string prefix = labels.empty() ? "" : labels + ",";
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i <= bounds_.size(); ++i) {
+    cumulative += counts_[i];
+    const std::string le = i < bounds_.size() ? format_number(bounds_[i]) : "+Inf";
+    sample(out, name + "_bucket", prefix + "le=\"" + le + "\"", static_cast<double>(cumulative));
+  }
+  sample(out, name + "_sum", labels, sum_);
+  sample(out, name + "_count", labels, static_cast<double>(count_));
+}
+
+ServingMetrics::Replica::Replica()
+    : ttft(latency_buckets()), itl(latency_buckets()), latency(latency_buckets()) {
+  second_of_slot.fill(-1);
+}
+
+ServingMetrics::ServingMetrics(int num_replicas) {
+  ALEM_CHECK(num_replicas >= 1, "metrics need at least one replica");
+  for (int i = 0; i < num_replicas; ++i) replicas_.push_back(std::make_unique<Replica>());
+}
+
+ServingMetrics::Replica& ServingMetrics::replica(int index) {
+  ALEM_CHECK(index >= 0 && index < static_cast<int>(replicas_.size()),
+             "metrics: no replica " + std::to_string(index));
+  return *replicas_[index];
+}
+
+const ServingMetrics::Replica& ServingMetrics::replica(int index) const {
+  return const_cast<ServingMetrics*>(this)->replica(index);
+}
+
+int64_t ServingMetrics::now_second() const {
+  return std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - start_).count();
+}
+
+void ServingMetrics::add_prompt_tokens(int r, int64_t tokens) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  replica(r).prompt_tokens += tokens;
+}
+
+void ServingMetrics::add_generation_tokens(int r, int64_t tokens) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Replica& rep = replica(r);
+  rep.generation_tokens += tokens;
+  const int64_t second = now_second();
+  const size_t slot = static_cast<size_t>(second % rep.per_second.size());
+  if (rep.second_of_slot[slot] != second) {
+    rep.second_of_slot[slot] = second;
+    rep.per_second[slot] = 0;
+  }
+  rep.per_second[slot] += tokens;
+}
+
+void ServingMetrics::observe_time_to_first_token(int r, double seconds) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  replica(r).ttft.observe(seconds);
+}
+
+void ServingMetrics::observe_inter_token_latency(int r, double seconds) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  replica(r).itl.observe(seconds);
+}
+
+void ServingMetrics::observe_request_latency(int r, double seconds) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  replica(r).latency.observe(seconds);
+}
+
+void ServingMetrics::count_success(int r, const std::string& finish_reason) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++replica(r).successes[finish_reason];
+}
+
+void ServingMetrics::count_failure(int r, const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++replica(r).failures[reason];
+}
+
+void ServingMetrics::count_rejected(const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++rejected_[reason];
+}
+
+double ServingMetrics::generation_tokens_per_second(int r) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const Replica& rep = replica(r);
+  // The last kRateWindowSeconds whole seconds (the current, partial second is left out).
+  const int64_t now = now_second();
+  uint64_t tokens = 0;
+  for (size_t slot = 0; slot < rep.per_second.size(); ++slot) {
+    const int64_t s = rep.second_of_slot[slot];
+    if (s >= 0 && s < now && s >= now - kRateWindowSeconds) tokens += rep.per_second[slot];
+  }
+  const int64_t window = std::min<int64_t>(kRateWindowSeconds, std::max<int64_t>(now, 1));
+  return static_cast<double>(tokens) / static_cast<double>(window);
+}
+
+std::string ServingMetrics::render(const std::vector<ReplicaGauges>& gauges) const {
+  std::string out;
+  struct Gauge {
+    const char* name;
+    const char* help;
+    int64_t ReplicaGauges::*field;
+  };
+  static const Gauge kGauges[] = {
+      {"alem_requests_running", "Sequences the engine is computing.",
+       &ReplicaGauges::running_requests},
+      {"alem_requests_waiting", "Sequences queued for the engine.",
+       &ReplicaGauges::waiting_requests},
+      {"alem_kv_blocks_used", "KV cache blocks referenced by running sequences.",
+       &ReplicaGauges::kv_blocks_used},
+      {"alem_kv_blocks_cached", "KV cache blocks holding reusable prefixes.",
+       &ReplicaGauges::kv_blocks_cached},
+      {"alem_kv_blocks_total", "KV cache blocks in the pool.", &ReplicaGauges::kv_blocks_total},
+      {"alem_engine_steps_total", "Engine steps run.", &ReplicaGauges::steps},
+  };
+  for (const Gauge& g : kGauges) {
+    const bool counter =
+        std::string(g.name).ends_with("_total") && std::string(g.name) != "alem_kv_blocks_total";
+    header(out, g.name, counter ? "counter" : "gauge", g.help);
+    for (const ReplicaGauges& r : gauges) {
+      sample(out, g.name, replica_label(r.replica), static_cast<double>(r.*(g.field)));
+    }
+  }
+  for (const ReplicaGauges& r : gauges) {
+    if (r.kv_blocks_total <= 0) continue;
+    if (&r == &gauges.front()) {
+      header(out, "alem_kv_cache_usage_ratio", "gauge", "Fraction of KV blocks in use.");
+    }
+    sample(out, "alem_kv_cache_usage_ratio", replica_label(r.replica),
+           static_cast<double>(r.kv_blocks_used) / static_cast<double>(r.kv_blocks_total));
+  }
+
+  const size_t n = replicas_.size();
+  std::vector<double> rates(n);
+  for (size_t i = 0; i < n; ++i) rates[i] = generation_tokens_per_second(static_cast<int>(i));
+
+  std::lock_guard<std::mutex> lock(mutex_);
+  header(out, "alem_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.");
+  for (size_t i = 0; i < n; ++i) {
+    sample(out, "alem_prompt_tokens_total", replica_label(i), replicas_[i]->prompt_tokens);
+  }
+  header(out, "alem_generation_tokens_total", "counter", "Completion tokens generated.");
+  for (size_t i = 0; i < n; ++i) {
+    sample(out, "alem_generation_tokens_total", replica_label(i), replicas_[i]->generation_tokens);
+  }
+  header(out, "alem_generation_tokens_per_second", "gauge",
+         "Completion tokens per second over the last 10 s.");
+  for (size_t i = 0; i < n; ++i) {
+    sample(out, "alem_generation_tokens_per_second", replica_label(i), rates[i]);
+  }
+  header(out, "alem_time_to_first_token_seconds", "histogram",
+         "From request arrival to its first completion token.");
+  for (size_t i = 0; i < n; ++i) {
+    replicas_[i]->ttft.render("alem_time_to_first_token_seconds", replica_label(i), out);
+  }
+  header(out, "alem_inter_token_latency_seconds", "histogram",
+         "Between consecutive completion tokens of one sequence.");
+  for (size_t i = 0; i < n; ++i) {
+    replicas_[i]->itl.render("alem_inter_token_latency_seconds", replica_label(i), out);
+  }
+  header(out, "alem_request_latency_seconds", "histogram", "From arrival to the last token.");
+  for (size_t i = 0; i < n; ++i) {
+    replicas_[i]->latency.render("alem_request_latency_seconds", replica_label(i), out);
+  }
+  header(out, "alem_request_success_total", "counter", "Requests that ran to an end.");
+  for (size_t i = 0; i < n; ++i) {
+    for (const char* reason : {"stop", "length"}) {  // always present, so rates work from zero
+      auto it = replicas_[i]->successes.find(reason);
+      const uint64_t v = it == replicas_[i]->successes.end() ? 0 : it->second;
+      sample(out, "alem_request_success_total",
+             replica_label(i) + ",finish_reason=\"" + reason + "\"", v);
+    }
+  }
+  header(out, "alem_request_failure_total", "counter",
+         "Requests that ended without finishing (client gone, aborted, engine error).");
+  for (size_t i = 0; i < n; ++i) {
+    for (const char* reason : {"client_disconnect", "aborted", "error"}) {
+      auto it = replicas_[i]->failures.find(reason);
+      const uint64_t v = it == replicas_[i]->failures.end() ? 0 : it->second;
+      sample(out, "alem_request_failure_total", replica_label(i) + ",reason=\"" + reason + "\"", v);
+    }
+  }
+  header(out, "alem_requests_rejected_total", "counter",
+         "Requests answered with an error before reaching the engine.");
+  for (const char* reason : {"invalid", "overloaded", "unavailable", "too_large"}) {
+    auto it = rejected_.find(reason);
+    sample(out, "alem_requests_rejected_total",
+           std::string("reason=\"") + label_value(reason) + "\"",
+           it == rejected_.end() ? 0 : it->second);
+  }
+  return out;
+}
+
+}  // namespace alem::serve

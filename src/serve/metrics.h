@@ -1,0 +1,95 @@
+// Prometheus metrics of the gateway, written by hand in the text exposition format (version
+// 0.0.4) so the server needs no metrics library. Counters and histograms are fed by the HTTP
+// side as requests progress; gauges that describe the engine (running/waiting requests, KV
+// blocks) are read from the engine's stats snapshot at scrape time. Every series carries a
+// `replica` label (the data-parallel replica that served it).
+//
+// Thread-safe: HTTP threads record, the scrape thread renders.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace alem::serve {
+
+// A fixed-bucket histogram (cumulative counts rendered as Prometheus _bucket/_sum/_count).
+class Histogram {
+ public:
+  explicit Histogram(std::vector<double> upper_bounds);
+  void observe(double value);
+  // Appends the series lines for `name` with the given label text (e.g. `replica="0"`).
+  void render(const std::string& name, const std::string& labels, std::string& out) const;
+  uint64_t count() const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::vector<double> bounds_;
+  std::vector<uint64_t> counts_;  // per bucket (not cumulative); last = +Inf
+  double sum_ = 0;
+  uint64_t count_ = 0;
+};
+
+// What the engine reports about one replica at scrape time.
+struct ReplicaGauges {
+  int replica = 0;
+  int64_t running_requests = 0;
+  int64_t waiting_requests = 0;
+  int64_t kv_blocks_used = 0;
+  int64_t kv_blocks_cached = 0;
+  int64_t kv_blocks_total = 0;
+  int64_t steps = 0;
+};
+
+class ServingMetrics {
+ public:
+  explicit ServingMetrics(int num_replicas = 1);
+
+  void add_prompt_tokens(int replica, int64_t tokens);
+  void add_generation_tokens(int replica, int64_t tokens);
+  void observe_time_to_first_token(int replica, double seconds);
+  void observe_inter_token_latency(int replica, double seconds);
+  void observe_request_latency(int replica, double seconds);
+  // A request that ran to an end (finish_reason "stop" or "length").
+  void count_success(int replica, const std::string& finish_reason);
+  // A request that ended otherwise: "client_disconnect", "aborted", "error".
+  void count_failure(int replica, const std::string& reason);
+  // A request turned away before it reached the engine: "invalid" (4xx), "overloaded" (429),
+  // "unavailable" (503), "too_large" (413).
+  void count_rejected(const std::string& reason);
+
+  // The whole exposition text.
+  std::string render(const std::vector<ReplicaGauges>& gauges) const;
+  // Generation tokens per second over the last few seconds (for the tokens/s gauge and tests).
+  double generation_tokens_per_second(int replica) const;
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  static constexpr int kRateWindowSeconds = 10;
+  struct Replica {
+    Replica();
+    uint64_t prompt_tokens = 0;
+    uint64_t generation_tokens = 0;
+    std::map<std::string, uint64_t> successes;  // by finish reason
+    std::map<std::string, uint64_t> failures;   // by reason
+    Histogram ttft, itl, latency;
+    // Generation tokens per whole second, a ring indexed by second % size.
+    std::array<uint64_t, kRateWindowSeconds + 1> per_second{};
+    std::array<int64_t, kRateWindowSeconds + 1> second_of_slot{};
+  };
+  Replica& replica(int index);
+  const Replica& replica(int index) const;
+  int64_t now_second() const;
+
+  mutable std::mutex mutex_;
+  Clock::time_point start_ = Clock::now();
+  std::vector<std::unique_ptr<Replica>> replicas_;
+  std::map<std::string, uint64_t> rejected_;
+};
+
+}  // namespace alem::serve

@@ -1,0 +1,117 @@
+"""End-to-end tests of how `alem serve` behaves under pressure and when told to go: a full
+waiting queue answers 429 with Retry-After; SIGUSR1/SIGTERM drains (503 for new work, requests
+in flight finish, exit code 75 for the Slurm requeue); a drain that runs out of time aborts what
+is left; SIGINT stops with exit code 0; the --config TOML is read and flags override it.
+"""
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_harness import Server, curl, http_get, parallel  # noqa: E402
+
+MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+def post(base, body, timeout=120):
+    req = urllib.request.Request(base + "/v1/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read().decode()
+
+
+def long_request(max_tokens, stream=False):
+    return {"model": MODEL_NAME, "prompt": "Tell me everything.", "max_tokens": max_tokens,
+            "ignore_eos": True, "temperature": 0, "stream": stream}
+
+
+class Lifecycle(unittest.TestCase):
+    def test_overload_then_drain(self):
+        config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+        config.write('[network]\nhost = "127.0.0.1"\nport = 1\nqueue = ""\n\n'
+                     '[limits]\nmax_batch_tokens = 256\nmax_concurrent_requests = 1\n'
+                     'max_context_tokens = 512\ndrain_seconds = 60\n')
+        config.close()
+        # --port 0 (from the harness) overrides the file's port 1.
+        server = Server(["--config", config.name, "--max-waiting", "1", "--kv-cache-mb", "64"])
+        try:
+            status, body = http_get(server.base + "/v1/models")
+            self.assertEqual(json.loads(body)["data"][0]["max_model_len"], 512)  # from [limits]
+
+            results = parallel(post, [(server.base, long_request(24)) for _ in range(5)])
+            statuses = [r[0] for r in results]
+            self.assertIn(200, statuses)
+            self.assertIn(429, statuses, statuses)
+            for status, headers, body in results:
+                if status == 429:
+                    self.assertIn("Retry-After", headers)
+                    self.assertEqual(json.loads(body)["error"]["type"], "rate_limit_error")
+            m = server.metrics()
+            self.assertGreater(m['alem_requests_rejected_total{reason="overloaded"}'], 0)
+
+            # Drain: a request in flight finishes; new ones get 503; exit code 75.
+            in_flight = {}
+            t = threading.Thread(target=lambda: in_flight.update(
+                result=post(server.base, long_request(30))))
+            t.start()
+            deadline = time.time() + 30
+            while time.time() < deadline and server.metrics()['alem_requests_running{replica="0"}'] < 1:
+                time.sleep(0.05)
+            server.signal(signal.SIGUSR1)
+            time.sleep(0.5)
+            status, headers, body = post(server.base, long_request(2))
+            self.assertEqual(status, 503, body)
+            self.assertIn("Retry-After", headers)
+            self.assertEqual(http_get(server.base + "/health")[0], 503)
+            t.join(120)
+            status, _, body = in_flight["result"]
+            self.assertEqual(status, 200)
+            self.assertEqual(json.loads(body)["choices"][0]["finish_reason"], "length")
+            self.assertEqual(server.wait(60), 75)
+        finally:
+            server.stop()
+            os.unlink(config.name)
+
+    def test_drain_timeout_aborts_and_sigint_stops(self):
+        server = Server(["--drain-seconds", "1", "--max-model-len", "4096"])
+        try:
+            chunks = []
+
+            def stream():
+                status, head, text = curl(server.base + "/v1/completions",
+                                          json.dumps(long_request(3000, stream=True)))
+                chunks.append((status, text))
+            t = threading.Thread(target=stream)
+            t.start()
+            while server.metrics()['alem_requests_running{replica="0"}'] < 1:
+                time.sleep(0.05)
+            server.signal(signal.SIGTERM)
+            t.join(60)
+            status, text = chunks[0]
+            self.assertEqual(status, 200)
+            events = [b[len("data: "):] for b in text.split("\n\n") if b.startswith("data: ")]
+            self.assertEqual(events[-1], "[DONE]")
+            self.assertEqual(json.loads(events[-2])["choices"][0]["finish_reason"], "abort")
+            self.assertEqual(server.wait(60), 75)
+        finally:
+            server.stop()
+
+        server = Server([])
+        server.signal(signal.SIGINT)
+        self.assertEqual(server.wait(60), 0)
+        server.stop()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
