@@ -14,7 +14,7 @@ numpy dequantisers), never with alem's code:
    tensor per block format alem supports (and one it does not), filled with random blocks, and
    the full dequantised values from gguf.quants.dequantize.
 
-Usage: /tmp/refenv/bin/python scripts/reference/make_gguf_reference.py [model.gguf]
+Usage: .venv-reference/bin/python scripts/reference/make_gguf_reference.py [model.gguf]
 """
 import json
 import os

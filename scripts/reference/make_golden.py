@@ -37,14 +37,16 @@ TOP_K = 20
 INT8_GROUP = 32  # kInt8GroupSize in src/core/dtype.h
 
 # ---------------------------------------------------------------------------------------------
-# Prompts. Fixed text; changing any of it changes every golden number.
+# Prompts. Fixed text; changing any of it changes every golden number. They were picked so that
+# greedy decoding has no near-tie (top-1 minus top-2 logit below ~0.01) in the f32 and bf16
+# variants, so an engine within tolerance reproduces the whole continuation (see step_margin).
 # ---------------------------------------------------------------------------------------------
 
 RAW_PROMPTS = [
     ("raw_short", "The capital of France is"),
     ("raw_medium",
-     "Once upon a time, in a small village at the edge of a great forest, there lived an old "
-     "clockmaker who"),
+     "The water cycle describes how water moves between the oceans, the air and the land. It "
+     "begins when"),
     # About 300 tokens; has digits, a double space before a number, and a newline, so the
     # tokenizer's digit splitting and whitespace handling are exercised as well.
     ("raw_long",
@@ -71,7 +73,7 @@ RAW_PROMPTS = [
 CHAT_PROMPTS = [
     ("chat_capital", [{"role": "user", "content": "What is the capital of France?"}]),
     ("chat_code", [{"role": "user",
-                    "content": "Write a Python function that checks whether a number is prime."}]),
+                    "content": "Write a short Python function to reverse a string."}]),
     ("chat_russian", [{"role": "user", "content": "Какая самая длинная река в мире?"}]),
 ]
 

@@ -14,7 +14,7 @@ Used by alem's safetensors import test and by the multi-rank engine tests (8 que
 - reference.json: transformers' own forward pass in float32 on the bf16 weights for a fixed
   prompt (all-position logits, greedy continuation), an independent reference for the engine.
 
-Usage: /tmp/refenv/bin/python scripts/reference/make_tiny_model.py
+Usage: .venv-reference/bin/python scripts/reference/make_tiny_model.py
 """
 import json
 import os

@@ -16,7 +16,7 @@
 # It also records, per code point, how HF's ByteLevel regex classifies it (letter, number,
 # white space), so the C++ regex can be checked over all of Unicode, not just the corpus.
 #
-# Usage: /tmp/refenv/bin/python scripts/reference/make_tokenizer_reference.py
+# Usage: .venv-reference/bin/python scripts/reference/make_tokenizer_reference.py
 #        [--models models] [--gguf SmolLM2-135M-Instruct.Q4_1.gguf]
 import argparse
 import copy

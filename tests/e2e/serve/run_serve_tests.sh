@@ -2,7 +2,7 @@
 # Runs the `alem serve` end-to-end tests (tests/e2e/serve/test_*.py) against the real model,
 # on 127.0.0.1 only. Usage: run_serve_tests.sh [api|lifecycle|multirank ...] (default: all).
 # Needs: the alem binary (ALEM_BINARY), the model store (ALEM_TEST_MODEL), curl, and Python with
-# the official `openai` client: ALEM_SERVE_TEST_PYTHON, else /tmp/refenv/bin/python, else a venv
+# the official `openai` client: ALEM_SERVE_TEST_PYTHON, else a venv
 # made in $ALEM_SERVE_TEST_VENV (default build dir/.venv-serve-tests) with pip install openai.
 # Exits 77 (skipped) when the model or a tool is missing.
 set -euo pipefail
@@ -18,9 +18,6 @@ if ! command -v curl >/dev/null; then echo "skip: curl not installed"; exit 77; 
 
 has_openai() { "$1" -c 'import openai' >/dev/null 2>&1; }
 python=${ALEM_SERVE_TEST_PYTHON:-}
-if [ -z "$python" ] && [ -x /tmp/refenv/bin/python ] && has_openai /tmp/refenv/bin/python; then
-  python=/tmp/refenv/bin/python
-fi
 if [ -z "$python" ]; then
   venv=${ALEM_SERVE_TEST_VENV:-$(dirname "$ALEM_BINARY")/.venv-serve-tests}
   if [ ! -x "$venv/bin/python" ] || ! has_openai "$venv/bin/python"; then
