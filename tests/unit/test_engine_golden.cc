@@ -123,8 +123,8 @@ TEST_P(EngineGolden, MatchesTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Stores, EngineGolden,
                          ::testing::Values(Variant{"f32", "f32", 5e-4},
-                                           Variant{"bf16", "bf16_weights", 2e-3},
-                                           Variant{"int8", "int8_weights", 2e-3}),
+                                           Variant{"bf16", "bf16_weights", 5e-4},
+                                           Variant{"int8", "int8_weights", 5e-4}),
                          [](const auto& info) { return std::string(info.param.store_dtype); });
 
 }  // namespace
