@@ -8,6 +8,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "engine/replica_sampling.h"
 
 namespace alem {
 
@@ -38,26 +39,9 @@ Generator::Generator(ShardedTransformer& model, ParallelContext& ctx,
 
 int32_t Generator::sample_replicated(const StepLogits& logits, const SamplingParams& params,
                                      const TokenCounts& counts, Rng& rng) {
-  int32_t token = -1;
-  if (model_.shard().has_lm_head()) {
-    ALEM_CHECK(logits.rows() == 1, "expected one sampled row");
-    std::vector<float> row(logits.row(0), logits.row(0) + logits.vocab_size);
-    apply_penalties(row.data(), logits.vocab_begin, logits.vocab_size, params, counts);
-    CandidateSet local =
-        local_candidates(row.data(), logits.vocab_begin, logits.vocab_size, params);
-    if (ctx_.tp->size() == 1) {
-      token = choose(local, params, rng);
-    } else {
-      std::vector<CandidateSet> parts;
-      for (const auto& bytes : all_gather_bytes(*ctx_.tp, serialize_candidates(local))) {
-        parts.push_back(deserialize_candidates(bytes.data(), bytes.size()));
-      }
-      token = choose(merge(parts), params, rng);  // same inputs and rng on every TP rank
-    }
-  }
-  // The last stage knows the token; every other stage learns it from the pipeline group.
-  ctx_.pp->broadcast(&token, sizeof(token), ctx_.layout.pp_size() - 1);
-  return token;
+  // One row: the serving engine's batched path, so both share one implementation.
+  return sample_rows_replicated(logits, {RowSampler{&params, &counts, &rng}}, ctx_,
+                                model_.shard().has_lm_head())[0];
 }
 
 GenerationResult Generator::generate(const std::vector<int32_t>& prompt,
