@@ -11,6 +11,7 @@ void add_generate_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_info_command(CLI::App& app);
+void add_submit_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 
 }  // namespace alem::cli

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   alem::cli::add_convert_command(app);
   alem::cli::add_bench_command(app);
   alem::cli::add_info_command(app);
+  alem::cli::add_submit_command(app);
   alem::cli::add_serve_command(app);
   int status = 0;
   try {
