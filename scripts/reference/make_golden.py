@@ -23,7 +23,6 @@ import argparse
 import copy
 import hashlib
 import json
-import os
 import platform
 import sys
 from pathlib import Path
