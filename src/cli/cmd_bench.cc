@@ -29,10 +29,6 @@ struct BenchGenerateOptions {
   ParallelOptions parallel;
 };
 
-double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 void run_bench_generate(const BenchGenerateOptions& o) {
   ParallelContext ctx = make_context(o.parallel);
   const bool leader = ctx.world_rank == 0;
@@ -78,9 +74,7 @@ void run_bench_generate(const BenchGenerateOptions& o) {
     double best_prefill = 0, best_decode = 0, comm_fraction = 0;
     for (int r = 0; r < o.repeats; ++r) {
       model.reset_timings();
-      const double t0 = now_seconds();
       GenerationResult result = generator.generate(prompt, params);
-      (void)t0;
       const double prefill = o.prompt_tokens / std::max(result.prefill_seconds, 1e-9);
       const double decode = (result.tokens.size() - 1) / std::max(result.decode_seconds, 1e-9);
       best_prefill = std::max(best_prefill, prefill);
@@ -114,7 +108,9 @@ void add_bench_command(CLI::App& app) {
       bench->add_subcommand("generate", "Prefill and decode tokens/s vs machine limits");
   gen->add_option("--model,-m", o->model, "HDF5 model store")->required();
   gen->add_option("--backend", o->backend, "Kernel backend")->capture_default_str();
-  gen->add_option("--threads", o->threads, "Thread counts to run (comma-separated)")->delimiter(',')->capture_default_str();
+  gen->add_option("--threads", o->threads, "Thread counts to run (comma-separated)")
+      ->delimiter(',')
+      ->capture_default_str();
   gen->add_option("--prompt-tokens", o->prompt_tokens, "Prompt length")->capture_default_str();
   gen->add_option("--decode-tokens", o->decode_tokens, "Generated tokens")->capture_default_str();
   gen->add_option("--repeats", o->repeats, "Runs per setting (best is reported)")

@@ -12,25 +12,6 @@
 
 namespace alem {
 
-std::vector<std::vector<uint8_t>> all_gather_bytes(ProcessGroup& group,
-                                                   const std::vector<uint8_t>& mine) {
-  const int n = group.size();
-  if (n == 1) return {mine};
-  uint64_t my_size = mine.size();
-  std::vector<uint64_t> sizes(n);
-  group.all_gather(&my_size, sizeof(uint64_t), sizes.data());
-  const uint64_t max_size = *std::max_element(sizes.begin(), sizes.end());
-  std::vector<uint8_t> padded(max_size, 0);
-  std::copy(mine.begin(), mine.end(), padded.begin());
-  std::vector<uint8_t> all(max_size * n);
-  group.all_gather(padded.data(), max_size, all.data());
-  std::vector<std::vector<uint8_t>> out(n);
-  for (int i = 0; i < n; ++i) {
-    out[i].assign(all.begin() + i * max_size, all.begin() + i * max_size + sizes[i]);
-  }
-  return out;
-}
-
 Generator::Generator(ShardedTransformer& model, ParallelContext& ctx,
                      std::vector<int32_t> eos_token_ids, int prefill_chunk)
     : model_(model), ctx_(ctx), eos_(std::move(eos_token_ids)), prefill_chunk_(prefill_chunk) {

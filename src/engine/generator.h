@@ -44,9 +44,4 @@ class Generator {
   int prefill_chunk_;
 };
 
-// Gathers variable-sized byte strings from every member of a group (size exchange, then a
-// padded all-gather). Returns them in group-rank order.
-std::vector<std::vector<uint8_t>> all_gather_bytes(ProcessGroup& group,
-                                                   const std::vector<uint8_t>& mine);
-
 }  // namespace alem

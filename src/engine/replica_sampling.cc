@@ -1,10 +1,10 @@
 // Batched vocab-parallel sampling over a replica's TP and PP groups (see the header).
 #include "engine/replica_sampling.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
-#include "engine/generator.h"  // all_gather_bytes
 
 namespace alem {
 namespace {
@@ -48,6 +48,25 @@ std::vector<CandidateSet> deserialize_candidate_sets(const uint8_t* data, size_t
   }
   ALEM_CHECK(pos == size, "candidate sets: trailing bytes");
   return sets;
+}
+
+std::vector<std::vector<uint8_t>> all_gather_bytes(ProcessGroup& group,
+                                                   const std::vector<uint8_t>& mine) {
+  const int n = group.size();
+  if (n == 1) return {mine};
+  uint64_t my_size = mine.size();
+  std::vector<uint64_t> sizes(n);
+  group.all_gather(&my_size, sizeof(uint64_t), sizes.data());
+  const uint64_t max_size = *std::max_element(sizes.begin(), sizes.end());
+  std::vector<uint8_t> padded(max_size, 0);
+  std::copy(mine.begin(), mine.end(), padded.begin());
+  std::vector<uint8_t> all(max_size * n);
+  group.all_gather(padded.data(), max_size, all.data());
+  std::vector<std::vector<uint8_t>> out(n);
+  for (int i = 0; i < n; ++i) {
+    out[i].assign(all.begin() + i * max_size, all.begin() + i * max_size + sizes[i]);
+  }
+  return out;
 }
 
 std::vector<int32_t> sample_rows_replicated(const StepLogits& logits,

@@ -33,6 +33,11 @@ std::vector<int32_t> sample_rows_replicated(const StepLogits& logits,
                                             ParallelContext& ctx, bool has_lm_head);
 
 // Bytes of several candidate sets in one buffer (count, then length-prefixed sets) and back.
+// Gathers variable-sized byte strings from every member of a group (size exchange, then a
+// padded all-gather). Returns them in group-rank order.
+std::vector<std::vector<uint8_t>> all_gather_bytes(ProcessGroup& group,
+                                                   const std::vector<uint8_t>& mine);
+
 std::vector<uint8_t> serialize_candidate_sets(const std::vector<CandidateSet>& sets);
 std::vector<CandidateSet> deserialize_candidate_sets(const uint8_t* data, size_t size);
 

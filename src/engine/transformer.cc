@@ -239,7 +239,7 @@ void ShardedTransformer::run_micro_batch(const StepPlan& plan, size_t seq_begin,
     timings_.communication_seconds += seconds_since(t_comm);
   }
 
-  for (size_t l = 0; l < layers_.size(); ++l) run_layer(*layers_[l], static_cast<int>(l), T);
+  for (size_t l = 0; l < layers_.size(); ++l) run_layer(*layers_[l], T);
 
   if (!shard_.has_lm_head()) {
     t_comm = Clock::now();
@@ -273,7 +273,7 @@ void ShardedTransformer::run_micro_batch(const StepPlan& plan, size_t seq_begin,
   timings_.compute_seconds += seconds_since(t_compute);
 }
 
-void ShardedTransformer::run_layer(Layer& L, int layer_index, int64_t T) {
+void ShardedTransformer::run_layer(Layer& L, int64_t T) {
   const int64_t H = config_.hidden_size;
   const int hd = config_.head_dim;
   const int nh = shard_.num_heads, nkv = shard_.num_kv_heads;
@@ -337,7 +337,6 @@ void ShardedTransformer::run_layer(Layer& L, int layer_index, int64_t T) {
   t0 = Clock::now();
   backend_.add_inplace(x_.data(), proj_.data(), T * H);
   timings_.compute_seconds += seconds_since(t0);
-  (void)layer_index;
 }
 
 }  // namespace alem

@@ -75,7 +75,7 @@ class ShardedTransformer {
  private:
   struct Layer;
   void run_micro_batch(const StepPlan& plan, size_t seq_begin, size_t seq_end, StepLogits& out);
-  void run_layer(Layer& layer, int layer_index, int64_t T);
+  void run_layer(Layer& layer, int64_t T);
 
   ModelConfig config_;
   ShardPlan shard_;
