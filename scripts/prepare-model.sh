@@ -8,8 +8,11 @@ gguf="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 for dtype in bf16 f32 int8; do
   out="$root/models/smollm2-135m-instruct${dtype/bf16/}.h5"
   [ "$dtype" = bf16 ] || out="$root/models/smollm2-135m-instruct-$dtype.h5"
-  if [ ! -s "$out" ] || [ "$out" -ot "$gguf" ]; then
-    "$root/build/alem" convert "$gguf" "$out" --dtype "$dtype"
+  # The GGUF's general.name is a training-run label; the store carries the model's real name,
+  # which `alem serve` serves and clients ask for.
+  if [ ! -s "$out" ] || [ "$out" -ot "$gguf" ] ||
+     ! "$root/build/alem" info "$out" | grep -q '"name":"SmolLM2-135M-Instruct"'; then
+    "$root/build/alem" convert "$gguf" "$out" --dtype "$dtype" --name SmolLM2-135M-Instruct
   fi
 done
 ls -la "$root/models"

@@ -14,6 +14,7 @@ struct ConvertCommandOptions {
   std::string input;
   std::string output;
   std::string dtype = "bf16";
+  std::string name;
   bool verify = false;
 };
 
@@ -27,6 +28,7 @@ void run_convert(const ConvertCommandOptions& o) {
   ALEM_CHECK(!o.output.empty(), "convert needs an output path (alem convert IN OUT.h5)");
   ConvertOptions options;
   options.dtype = parse_dtype(o.dtype);
+  options.model_name = o.name;
   ConvertReport report;
   if (std::filesystem::is_directory(o.input)) {
     report = convert_safetensors(o.input, o.output, options);
@@ -54,6 +56,9 @@ void add_convert_command(CLI::App& app) {
   cmd->add_option("output", o->output, "Output .h5 model store");
   cmd->add_option("--dtype", o->dtype, "Stored weight type: bf16, f32 or int8")
       ->capture_default_str();
+  cmd->add_option("--name", o->name,
+                  "Model name stored in the config and served by `alem serve` (default: the "
+                  "GGUF general.name, or the Hugging Face folder name)");
   cmd->add_flag("--verify", o->verify, "Recompute and check the digest of an existing store");
   cmd->callback([o] { run_convert(*o); });
 }

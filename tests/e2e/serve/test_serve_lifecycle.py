@@ -94,7 +94,9 @@ class Lifecycle(unittest.TestCase):
                 chunks.append((status, text))
             t = threading.Thread(target=stream)
             t.start()
+            deadline = time.time() + 60
             while server.metrics()['alem_requests_running{replica="0"}'] < 1:
+                self.assertLess(time.time(), deadline, f"request never ran: {chunks}")
                 time.sleep(0.05)
             server.signal(signal.SIGTERM)
             t.join(60)
