@@ -22,7 +22,7 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recomme
   libsodium-dev libssl-dev libseccomp-dev \
   nlohmann-json3-dev libcpp-httplib-dev libspdlog-dev libcli11-dev libtomlplusplus-dev \
   prometheus-cpp-dev libpcre2-dev \
-  libgtest-dev libgmock-dev clang-format \
+  libgtest-dev libgmock-dev clang-format ccache \
   slurm-wlm slurm-wlm-basic-plugins munge curl procps
 
 if [ "$added_policy" = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
