@@ -13,5 +13,6 @@ void add_bench_command(CLI::App& app);
 void add_info_command(CLI::App& app);
 void add_submit_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
+void add_netsim_command(CLI::App& app);  // the reference network (cmd_netsim.cc)
 
 }  // namespace alem::cli

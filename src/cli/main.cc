@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   alem::cli::add_info_command(app);
   alem::cli::add_submit_command(app);
   alem::cli::add_serve_command(app);
+  alem::cli::add_netsim_command(app);
   int status = 0;
   try {
     app.parse(argc, argv);
