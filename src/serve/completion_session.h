@@ -69,6 +69,13 @@ class CompletionSession : public std::enable_shared_from_this<CompletionSession>
   bool finished() const;
   bool streaming() const { return request_.stream; }
   int total_choices() const { return static_cast<int>(choices_.size()); }
+  // For the network provider, which bills from these once finished() (network/provider_client):
+  // token counts over every choice, choice 0's finish reason, and whether the engine failed.
+  Usage usage() const;
+  FinishReason finish_reason() const {
+    return choices_.empty() ? FinishReason::kNone : choices_.front().finish;
+  }
+  bool engine_failed() const { return engine_failed_; }
 
  private:
   struct Inbox {
@@ -100,7 +107,6 @@ class CompletionSession : public std::enable_shared_from_this<CompletionSession>
   void finish_choice(Choice& choice, FinishReason reason);
   Choice* choice_for(int64_t engine_id);
   bool all_finished() const;
-  Usage usage() const;
   void wipe_text();
 
   const ServedModel& model_;
