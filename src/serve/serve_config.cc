@@ -33,6 +33,26 @@ class TableReader {
     if (!value) wrong_type(*node, key, "a string");
     out = *value;
   }
+  // A string or an array of strings: `first` gets the string (or the array's first entry),
+  // `all` every non-empty entry.
+  void read_list(const char* key, std::optional<std::string>& first,
+                 std::vector<std::string>& all) const {
+    const toml::node* node = table_ ? table_->get(key) : nullptr;
+    if (!node) return;
+    if (auto value = node->value_exact<std::string>()) {
+      first = *value;
+      if (!value->empty()) all.push_back(*value);
+      return;
+    }
+    const toml::array* array = node->as_array();
+    if (!array) wrong_type(*node, key, "a string or an array of strings");
+    for (const toml::node& item : *array) {
+      auto value = item.value_exact<std::string>();
+      if (!value) wrong_type(item, key, "a string or an array of strings");
+      if (!first) first = *value;
+      if (!value->empty()) all.push_back(*value);
+    }
+  }
   void read(const char* key, std::optional<int>& out) const {
     const toml::node* node = table_ ? table_->get(key) : nullptr;
     if (!node) return;
@@ -66,12 +86,16 @@ ServeConfigFile parse_serve_config(std::string_view toml_text, const std::string
               ": not valid TOML: " + std::string(e.description()));
   }
   ServeConfigFile c;
-  const TableReader network(root["network"].as_table(), "network", source_name,
-                            {"host", "port", "metrics_port", "queue"});
+  const TableReader network(
+      root["network"].as_table(), "network", source_name,
+      {"host", "port", "metrics_port", "queue", "queue_ca", "provider_key", "usage_journal"});
   network.read("host", c.host);
   network.read("port", c.port);
   network.read("metrics_port", c.metrics_port);
-  network.read("queue", c.queue);
+  network.read_list("queue", c.queue, c.queue_endpoints);
+  network.read("queue_ca", c.queue_ca);
+  network.read("provider_key", c.provider_key);
+  network.read("usage_journal", c.usage_journal);
   const TableReader limits(
       root["limits"].as_table(), "limits", source_name,
       {"max_batch_tokens", "max_concurrent_requests", "max_context_tokens", "drain_seconds"});

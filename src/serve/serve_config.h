@@ -1,7 +1,11 @@
 // The server settings file that the Slurm job passes to `alem serve --config FILE` (written by
 // slurm/alem-serve.sbatch and the serve template from the job spec):
 //
-//   [network]  host = "0.0.0.0", port = 8000, metrics_port = 9400, queue = ""
+//   [network]  host = "0.0.0.0", port = 8000, metrics_port = 9400, queue = "",
+//              queue_ca = "ca.pem", provider_key = "alem-provider.key",
+//              usage_journal = "alem-usage.journal"
+//              (queue: one "HOST:PORT" or an array of them: the network queue endpoints the
+//              provider client dials, docs/protocol.md)
 //   [limits]   max_batch_tokens = 8192, max_concurrent_requests = 256,
 //              max_context_tokens = 8192, drain_seconds = 270
 //
@@ -13,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace alem::serve {
 
@@ -20,7 +25,12 @@ struct ServeConfigFile {
   std::optional<std::string> host;
   std::optional<int> port;
   std::optional<int> metrics_port;
-  std::optional<std::string> queue;  // the network pull queue; not used by the HTTP server
+  std::optional<std::string> queue;          // the network pull queue as written (a string), or the
+                                             // first endpoint when the file gives an array
+  std::vector<std::string> queue_endpoints;  // every endpoint (empty strings left out)
+  std::optional<std::string> queue_ca;       // PEM CA file for the queue's TLS
+  std::optional<std::string> provider_key;   // provider key file (network/provider_keys.h)
+  std::optional<std::string> usage_journal;  // usage journal file (network/usage_journal.h)
   std::optional<int> max_batch_tokens;
   std::optional<int> max_concurrent_requests;  // sequences running at once (--max-num-seqs)
   std::optional<int> max_context_tokens;       // --max-model-len
