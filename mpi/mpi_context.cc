@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "mpi/mpi_internal.h"
+#include "mpi/secure_process_group.h"
 
 namespace alem {
 
@@ -204,7 +205,10 @@ ParallelContext make_mpi_context(const ParallelLayout& layout, const MpiContextO
 
 NodePlacement node_placement(const ParallelContext& ctx) {
   NodePlacement placement;
-  const auto* world = dynamic_cast<const MpiProcessGroup*>(ctx.world.get());
+  const ProcessGroup* group = ctx.world.get();
+  // The encrypted channel wraps the MPI group (mpi/secure_process_group.h): look through it.
+  if (const auto* secure = dynamic_cast<const SecureProcessGroup*>(group)) group = &secure->inner();
+  const auto* world = dynamic_cast<const MpiProcessGroup*>(group);
   if (!world) {
     placement.hosts = {process_identity().host};
     placement.nodes = {0};
