@@ -20,7 +20,8 @@ void hkdf_sha256(std::span<const uint8_t> ikm, std::span<const uint8_t> salt,
   size_t size = out.size();
   const bool ok =
       EVP_PKEY_derive_init(ctx) > 0 && EVP_PKEY_CTX_set_hkdf_md(ctx, EVP_sha256()) > 0 &&
-      EVP_PKEY_CTX_set1_hkdf_salt(ctx, salt.data(), static_cast<int>(salt.size())) > 0 &&
+      (salt.empty() ||  // no salt: HKDF then uses its default, a block of zeros
+       EVP_PKEY_CTX_set1_hkdf_salt(ctx, salt.data(), static_cast<int>(salt.size())) > 0) &&
       EVP_PKEY_CTX_set1_hkdf_key(ctx, ikm.data(), static_cast<int>(ikm.size())) > 0 &&
       EVP_PKEY_CTX_add1_hkdf_info(ctx, info.data(), static_cast<int>(info.size())) > 0 &&
       EVP_PKEY_derive(ctx, out.data(), &size) > 0 && size == out.size();

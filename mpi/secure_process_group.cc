@@ -190,7 +190,7 @@ void SecureProcessGroup::send_encrypted(const void* data, size_t bytes, int dst,
   const uint64_t counter = state.send_counter++;
   const uint64_t seq = state.send_seq[tag]++;
   const GcmNonce nonce = make_nonce(rank(), counter);
-  if (options_.record_nonces) sent_nonces_.push_back(nonce);
+  if (options_.record_nonces) sent_nonces_.emplace_back(dst, nonce);
   wire_.resize(kCounterBytes + bytes + kGcmTagBytes);
   put_u64(wire_.data(), counter);
   const std::vector<uint8_t> aad = make_aad(name(), rank(), dst, tag, seq);

@@ -92,7 +92,9 @@ class SecureProcessGroup final : public ProcessGroup {
   uint64_t send_counter(int peer) const;  // messages sent to `peer` so far (next nonce)
   uint64_t messages_encrypted() const { return messages_encrypted_; }
   uint64_t messages_decrypted() const { return messages_decrypted_; }
-  const std::vector<GcmNonce>& sent_nonces() const { return sent_nonces_; }  // record_nonces
+  // (peer group rank, nonce) of every message sent, with record_nonces. Nonces are unique per
+  // peer: each peer pair has its own key.
+  const std::vector<std::pair<int, GcmNonce>>& sent_nonces() const { return sent_nonces_; }
   // The next encrypted message sent gets byte `offset` of its ciphertext (or tag) flipped.
   void corrupt_next_send_for_test(size_t offset);
   // Sends the last encrypted message again, byte for byte (a replay).
@@ -115,7 +117,7 @@ class SecureProcessGroup final : public ProcessGroup {
   uint64_t instance_ = 0;
   std::vector<std::unique_ptr<Peer>> peers_;  // by group rank; null for self and clear peers
   uint64_t messages_encrypted_ = 0, messages_decrypted_ = 0;
-  std::vector<GcmNonce> sent_nonces_;
+  std::vector<std::pair<int, GcmNonce>> sent_nonces_;
   std::vector<uint8_t> wire_;  // staging buffer for one message
   bool corrupt_next_ = false;
   size_t corrupt_offset_ = 0;

@@ -14,5 +14,6 @@ void add_info_command(CLI::App& app);
 void add_submit_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_netsim_command(CLI::App& app);  // the reference network (cmd_netsim.cc)
+void add_verify_bundle_command(CLI::App& app);  // `alem verify-bundle` (cmd_verify_bundle.cc)
 
 }  // namespace alem::cli
