@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "cli/confidential_start.h"
 #include "cli/runtime.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -27,6 +28,7 @@ struct GenerateOptions {
   ParallelOptions parallel;
   SamplingParams sampling;
   int64_t seed = -1;
+  ConfidentialFlags confidential;  // --confidential, --encrypt-interconnect
 };
 
 void run_generate(GenerateOptions& o) {
@@ -35,6 +37,8 @@ void run_generate(GenerateOptions& o) {
     if (o.seed >= 0) o.sampling.seed = static_cast<uint64_t>(o.seed);
     o.sampling.validate();
     ModelStoreReader store(o.model);
+    // Attest, verify the cluster bundle, agree keys, encrypt traffic between hosts (collective).
+    const auto confidential_session = start_confidential(ctx, o.confidential, store, nullptr);
     Tokenizer tokenizer(store.tokenizer());
     std::vector<int32_t> prompt;
     if (o.chat) {
@@ -131,6 +135,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--block-size", o->block_size, "KV cache block size")->capture_default_str();
   cmd->add_flag("--quiet", o->quiet_stats, "Do not print statistics to stderr");
   add_parallel_flags(*cmd, o->parallel);
+  add_confidential_flags(*cmd, o->confidential);
   cmd->callback([o] { run_generate(*o); });
 }
 

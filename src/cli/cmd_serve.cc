@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "cli/commands.h"
+#include "cli/confidential_start.h"
 #include "cli/runtime.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -51,6 +52,7 @@ void install_signal_handlers() {
 
 struct ServeOptions {
   std::string model;
+  ConfidentialFlags confidential;  // --confidential, --encrypt-interconnect
   std::string host = "127.0.0.1";
   int port = 8000;
   int metrics_port = 0;
@@ -209,6 +211,10 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
                              {"metrics_port", std::to_string(server->metrics_port())}});
     }
 
+    // Attest every rank, verify the cluster bundle, agree keys, encrypt traffic between hosts
+    // (collective).
+    const auto confidential_session = start_confidential(ctx, o.confidential, store, nullptr);
+
     auto backend = make_backend(o.backend);
     EngineOptions engine_options;
     engine_options.block_size = o.block_size;
@@ -283,6 +289,7 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--served-model-name", o->served_model_name,
                   "Model name clients must send (default: the model's own name)");
   add_parallel_flags(*cmd, o->parallel);
+  add_confidential_flags(*cmd, o->confidential);
   cmd->add_option("--max-num-seqs", o->max_num_seqs, "Sequences running at once")
       ->capture_default_str();
   cmd->add_option("--max-batch-tokens", o->max_batch_tokens, "Token budget of one engine step")

@@ -107,8 +107,10 @@ ConfidentialSession establish_confidential_session(ParallelContext& ctx,
   input.model_digest = options.model_digest;
   input.config_digest = options.config_digest;
   if (ctx.world_rank == 0) {
-    session.sealing_key = X25519KeyPair::generate();
-    const PublicKey& sealing = session.sealing_key->public_key();
+    if (!options.gateway_sealing_public_key) session.sealing_key = X25519KeyPair::generate();
+    const PublicKey& sealing = options.gateway_sealing_public_key
+                                   ? *options.gateway_sealing_public_key
+                                   : session.sealing_key->public_key();
     input.sealing_public_key.assign(sealing.begin(), sealing.end());
   }
   const pb::RankAttestation mine =

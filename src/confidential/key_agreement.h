@@ -44,17 +44,22 @@ struct ConfidentialOptions {
   std::vector<uint8_t> model_digest;   // SHA-256 of the served model store (32 bytes)
   std::vector<uint8_t> config_digest;  // SHA-256 of the serving configuration (32 bytes)
   AttestationOptions attestation;
+  // World rank 0 binds this sealing key (the network provider's, from its key file) when set;
+  // otherwise it makes a fresh one (ConfidentialSession::sealing_key).
+  std::optional<PublicKey> gateway_sealing_public_key;
   // Extra policy for peers. By default a TDX rank accepts peers whose MRTD and RTMR0-3 equal its
   // own (the same image), and a sandbox/off rank accepts software evidence.
   std::optional<BundlePolicy> peer_policy;
 };
 
 struct ConfidentialSession {
-  pb::AttestationBundle bundle;              // the whole bundle, on every rank
-  std::optional<X25519KeyPair> sealing_key;  // world rank 0 only: requests are sealed to it
-  std::shared_ptr<SecureChannelKeys> keys;   // pairwise keys (empty when nothing is encrypted)
-  int groups_encrypted = 0;                  // this rank's groups that now encrypt
-  int peers_keyed = 0;                       // peers this rank agreed a key with
+  pb::AttestationBundle bundle;  // the whole bundle, on every rank
+  // World rank 0 only, when no gateway_sealing_public_key was given: the key requests are
+  // sealed to.
+  std::optional<X25519KeyPair> sealing_key;
+  std::shared_ptr<SecureChannelKeys> keys;  // pairwise keys (empty when nothing is encrypted)
+  int groups_encrypted = 0;                 // this rank's groups that now encrypt
+  int peers_keyed = 0;                      // peers this rank agreed a key with
 };
 
 // The policy a rank applies to its peers given its own entry (see ConfidentialOptions).
