@@ -167,7 +167,9 @@ std::unique_ptr<KernelBackend> make_cpu_backend() {
 
 void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                         float* y) const {
-  matmul_with_path(x, M, w, bias, y, M >= kPackedMinRows);
+  const bool bf16_avx512 = w.dtype == DType::BF16 && kernels_.isa == cpu::Isa::kAvx512;
+  matmul_with_path(x, M, w, bias, y,
+                   M >= (bf16_avx512 ? kPackedMinRowsBf16Avx512 : kPackedMinRows));
 }
 
 void CpuBackend::matmul_with_path(const float* x, int64_t M, const WeightMatrix& w,

@@ -43,6 +43,9 @@ class CpuBackend final : public KernelBackend {
 
   // Rows of x from which matmul switches from streaming to the packed GEMM.
   static constexpr int64_t kPackedMinRows = 16;
+  // The same for bf16 weights on AVX-512, whose small-batch streaming kernel stays ahead of the
+  // packed GEMM up to about 24 rows (docs/kernels.md).
+  static constexpr int64_t kPackedMinRowsBf16Avx512 = 24;
 
  private:
   cpu::KernelTable kernels_;

@@ -2,12 +2,16 @@
 //  * matmul_stream (decode, small M): each thread streams its rows of W exactly once, in their
 //    stored dtype, converting 16 weights at a time in registers and applying them to every row
 //    of x (dot-product form, horizontal sums at the end of each row). Memory-bound by design.
+//    bf16 weights with 2+ rows of x (continuous-batching decode) take a register-blocked variant
+//    that converts 32 weights with 2 instructions and feeds each to 4 rows (bf16_small_batch).
 //  * matmul_packed (prefill): W is converted and transposed, one 48-column x kDepth tile at a
 //    time, into an f32 panel on the stack that stays in L1 while an 8x48 register-blocked
 //    micro-kernel (24 accumulators, x values broadcast) sweeps every row of x over it.
 // bf16 -> f32 is a 16-bit shift and int8 is q * scale in f32, exactly what the reference does,
 // so results differ from it only by summation order. x is never rounded to bf16.
 #include <immintrin.h>
+
+#include <cstdlib>
 
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/transpose_avx512.h"
@@ -203,10 +207,144 @@ void stream_block_rows(const float* x, int64_t M, int64_t K, const WeightView& w
   }
 }
 
+// ----------------------------------------------------------------------------------------------
+// Small-batch bf16 kernel (2..16 rows of x: continuous-batching decode). One 512-bit load brings
+// 32 bf16 weights; a shift gives the even-indexed ones as f32 and a mask the odd-indexed ones
+// (2 conversion instructions per 32 weights instead of 4 per 32 through a widening move). x is
+// permuted once per call into the same even/odd order, so every dot product is unchanged but
+// for summation order. A 4x4 register block (16 accumulators) lets each converted weight vector
+// feed 4 rows of x and each x vector 4 weight rows, and the 16 accumulators are reduced
+// together by one shuffle tree rather than one horizontal sum each.
+
+constexpr int kPairRows = 4;   // weight rows per register block
+constexpr int kBlockRows = 4;  // rows of x per register block
+
+// out lane i = sum of the 16 lanes of v[i], for i < 16.
+inline __m512 reduce16(const __m512 v[16]) {
+  __m512 a[8];
+  for (int i = 0; i < 8; ++i) {
+    // Per 128-bit lane: [v2i, v2i+1, v2i, v2i+1] partial sums.
+    a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                         _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  }
+  __m512 b[4];
+  for (int j = 0; j < 4; ++j) {
+    // Per 128-bit lane: that lane's sums of v4j .. v4j+3.
+    const __m512d lo = _mm512_castps_pd(a[2 * j]), hi = _mm512_castps_pd(a[2 * j + 1]);
+    b[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(lo, hi)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(lo, hi)));
+  }
+  // Fold the four 128-bit lanes: 128-bit lane j of the result holds b[j]'s totals.
+  const __m512 c0 = _mm512_add_ps(_mm512_shuffle_f32x4(b[0], b[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(b[0], b[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 c1 = _mm512_add_ps(_mm512_shuffle_f32x4(b[2], b[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(b[2], b[3], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(c0, c1, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(c0, c1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// xp[m][32j .. 32j+16) = x[m][32j + 0, 2, .., 30], xp[m][32j+16 .. 32j+32) = the odd ones.
+void permute_even_odd(const float* x, int64_t M, int64_t K, float* xp) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (int64_t i = 0; i < M * K; i += 32) {
+    const __m512 lo = _mm512_loadu_ps(x + i), hi = _mm512_loadu_ps(x + i + 16);
+    _mm512_store_ps(xp + i, _mm512_permutex2var_ps(lo, even, hi));
+    _mm512_store_ps(xp + i + 16, _mm512_permutex2var_ps(lo, odd, hi));
+  }
+}
+
+// y[m][n + r] for m < MB, r < rows (<= kPairRows), from permuted x rows xp (stride K).
+template <int MB>
+void bf16_pair_block(const float* xp, int64_t K, const uint16_t* w, int rows, const float* bias,
+                     float* y, int64_t N) {
+  const uint16_t* row[kPairRows];
+  for (int r = 0; r < kPairRows; ++r) row[r] = w + (r < rows ? r : 0) * K;
+  const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  __m512 acc[MB][kPairRows];
+  for (int m = 0; m < MB; ++m) {
+    for (int r = 0; r < kPairRows; ++r) acc[m][r] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < K; k += 32) {
+    __m512 even[kPairRows], odd[kPairRows];
+    for (int r = 0; r < kPairRows; ++r) {
+      // The next block of weight rows follows this one in memory.
+      _mm_prefetch(reinterpret_cast<const char*>(row[r] + kPairRows * K + k), _MM_HINT_T0);
+      const __m512i v = _mm512_loadu_si512(row[r] + k);
+      even[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+      odd[r] = _mm512_castsi512_ps(_mm512_and_si512(v, high_half));
+    }
+    for (int m = 0; m < MB; ++m) {
+      const __m512 xe = _mm512_load_ps(xp + m * K + k);
+      const __m512 xo = _mm512_load_ps(xp + m * K + k + 16);
+      for (int r = 0; r < kPairRows; ++r) {
+        acc[m][r] = _mm512_fmadd_ps(xe, even[r], acc[m][r]);
+        acc[m][r] = _mm512_fmadd_ps(xo, odd[r], acc[m][r]);
+      }
+    }
+  }
+  __m512 v[16];
+  for (int i = 0; i < 16; ++i) {
+    v[i] = i < MB * kPairRows ? acc[i / kPairRows][i % kPairRows] : _mm512_setzero_ps();
+  }
+  alignas(64) float sums[16];
+  _mm512_store_ps(sums, reduce16(v));
+  for (int m = 0; m < MB; ++m) {
+    for (int r = 0; r < rows; ++r) y[m * N + r] = sums[m * kPairRows + r] + (bias ? bias[r] : 0.f);
+  }
+}
+
+// Rows of x per register block for the `left` rows still to do: 4 at a time, but 5 as 3 + 2
+// so no block runs a single row.
+inline int block_rows(int64_t left) {
+  return left == 5 ? 3 : static_cast<int>(left < kBlockRows ? left : kBlockRows);
+}
+
+// bf16 matmul for M >= 2 rows and K % 32 == 0 over weight rows [n_begin, n_end); false (and
+// nothing written) when the permuted copy of x cannot be allocated.
+bool bf16_small_batch(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
+                      int64_t n_begin, int64_t n_end) {
+  const int64_t K = w.cols, N = w.rows;
+  float* xp = static_cast<float*>(std::aligned_alloc(64, M * K * sizeof(float)));
+  if (xp == nullptr) return false;
+  permute_even_odd(x, M, K, xp);
+  const uint16_t* base = static_cast<const uint16_t*>(w.data);
+  for (int64_t n = n_begin; n < n_end; n += kPairRows) {
+    const int rows = static_cast<int>(n_end - n < kPairRows ? n_end - n : kPairRows);
+    const float* b = bias ? bias + n : nullptr;
+    for (int64_t m = 0; m < M;) {
+      const int mb = block_rows(M - m);
+      const float* xm = xp + m * K;
+      float* ym = y + m * N + n;
+      switch (mb) {
+        case 1:
+          bf16_pair_block<1>(xm, K, base + n * K, rows, b, ym, N);
+          break;
+        case 2:
+          bf16_pair_block<2>(xm, K, base + n * K, rows, b, ym, N);
+          break;
+        case 3:
+          bf16_pair_block<3>(xm, K, base + n * K, rows, b, ym, N);
+          break;
+        default:
+          bf16_pair_block<4>(xm, K, base + n * K, rows, b, ym, N);
+          break;
+      }
+      m += mb;
+    }
+  }
+  std::free(xp);
+  return true;
+}
+
 template <DType D>
 void stream_impl(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
                  int64_t n_begin, int64_t n_end) {
   const int64_t K = w.cols, N = w.rows;
+  if (D == DType::BF16 && M >= 2 && K % 32 == 0 &&
+      bf16_small_batch(x, M, w, bias, y, n_begin, n_end)) {
+    return;
+  }
   int64_t n = n_begin;
   if (M <= 2) {
     for (; n + 8 <= n_end; n += 8) stream_block_rows<D, 8>(x, M, K, w, n, bias, y, N);
