@@ -284,10 +284,15 @@ void ProviderClient::run_connection(Connection& connection) {
 void ProviderClient::on_lease(Connection& connection, const std::shared_ptr<Stream>& stream,
                               const v1::Lease& lease) {
   auto write = [stream](const v1::ProviderMessage& m) { return stream->write(m); };
-  // Take a credit, or hand the lease back at once.
+  // Take a credit, or hand the lease back at once. While draining the handler only hands
+  // leases back (or answers them from the journal), so no credit is needed.
   int64_t open = open_leases_.load();
   bool took = false;
-  while (open < static_cast<int64_t>(options_.credits)) {
+  if (draining_.load()) {
+    open_leases_.fetch_add(1);
+    took = true;
+  }
+  while (!took && open < static_cast<int64_t>(options_.credits)) {
     if (open_leases_.compare_exchange_weak(open, open + 1)) {
       took = true;
       break;

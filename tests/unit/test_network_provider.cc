@@ -505,7 +505,7 @@ TEST_F(Provider, RedeliveryAndDuplicatesAreNeverComputedTwiceAlsoAfterARestart) 
 }
 
 TEST_F(Provider, BadEnvelopesGetClearCodesAndTheProviderKeepsServing) {
-  start_provider();
+  start_provider(16);  // every lease below is open at once
   std::vector<std::pair<std::string, v1::ErrorCode>> expected;
 
   const std::string tampered = new_id();
@@ -571,7 +571,7 @@ TEST_F(Provider, BadEnvelopesGetClearCodesAndTheProviderKeepsServing) {
 TEST_F(Provider, NeverHoldsMoreLeasesThanCreditsAndDrainHandsLeasesBack) {
   start_provider(1);
   const std::string a = new_id(), b = new_id();
-  queue_->send_lease(make_lease(a, completion_body(false, 24)));
+  queue_->send_lease(make_lease(a, completion_body(false, 12)));
   queue_->send_lease(make_lease(b, completion_body(false, 4)));
   ASSERT_TRUE(wait_ending(a));
   ASSERT_TRUE(wait_ending(b));
@@ -581,6 +581,8 @@ TEST_F(Provider, NeverHoldsMoreLeasesThanCreditsAndDrainHandsLeasesBack) {
   ASSERT_TRUE(over.release);
   EXPECT_EQ(over.release->reason(), "over credits");
 
+  for (int i = 0; i < 200 && client_->open_leases() > 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(client_->open_leases(), 0);
   client_->drain();
   const std::string c = new_id();
   queue_->send_lease(make_lease(c, completion_body(false, 4)));
