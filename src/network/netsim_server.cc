@@ -5,6 +5,8 @@
 // ticker), so a reaction run from inside a gRPC call cannot deadlock.
 #include "network/netsim_server.h"
 
+#include "network/netsim_server_impl.h"
+
 #include <grpcpp/grpcpp.h>
 #include <sodium.h>
 
@@ -22,6 +24,7 @@
 #include "confidential/attestation.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "network/evidence.h"
 #include "network/protocol.h"
 #include "network/provider.grpc.pb.h"
 
@@ -52,19 +55,6 @@ std::string read_file(const std::string& path, const char* what) {
   return ss.str();
 }
 
-std::string buffer_to_string(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  std::string out;
-  if (!buffer.Dump(&slices).ok()) return out;
-  for (const auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  return out;
-}
-
-grpc::ByteBuffer string_to_buffer(const std::string& bytes) {
-  grpc::Slice slice(bytes);
-  return grpc::ByteBuffer(&slice, 1);
-}
-
 std::string random_hex(size_t bytes) {
   std::string raw(bytes, '\0');
   randombytes_buf(raw.data(), raw.size());
@@ -90,174 +80,6 @@ std::set<int> expected_codes(Fault fault) {
 }
 
 }  // namespace
-
-struct QueueServer::Impl {
-  class Stream;
-  class Service
-      : public v1::ProviderQueue::WithRawCallbackMethod_Connect<v1::ProviderQueue::Service> {
-   public:
-    explicit Service(Impl* impl) : impl_(impl) {}
-    grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Connect(
-        grpc::CallbackServerContext* context) override;
-
-   private:
-    Impl* impl_;
-  };
-
-  // A fault injected into the current delivery of a request.
-  struct Injected {
-    std::optional<Fault> fault;  // the envelope fault, if any
-    bool dup = false;
-    std::string session;
-    uint32_t attempt = 0;
-  };
-  struct FaultCounts {
-    uint64_t refused_as_expected = 0;
-    uint64_t stream_closed = 0;  // the provider's stream ended while the fault was outstanding
-    std::map<std::string, uint64_t> unexpected;  // what came back instead
-  };
-  struct Delayed {
-    uint64_t due_ms;
-    std::string session;
-    std::string bytes;
-  };
-
-  explicit Impl(ServerConfig c);
-  ~Impl();
-  void stop();
-  void ticker_loop();
-  void tick_locked(uint64_t now);
-  void reap_streams();
-  Stream* stream_of(const std::string& session);
-  void on_message(Stream* stream, const std::string& bytes);
-  void on_register(Stream* stream, const v1::Register& reg);
-  void on_final(Stream* stream, const v1::ResultFinal& final_msg);
-  void on_error(Stream* stream, const v1::ResultError& error);
-  void end_session_locked(const std::string& session, const char* why);
-  void send_lease_locked(const std::string& session, const LeaseGrant& grant, uint64_t now);
-  void send_locked(const std::string& session, std::string bytes, uint32_t delay_ms);
-  void submit_more_locked();
-  bool load_finished_locked() const;
-
-  ServerConfig config;
-  FaultInjector faults;
-  std::unique_ptr<Service> service;
-  std::unique_ptr<grpc::Server> server;
-  int port = 0;
-
-  mutable std::mutex mu;
-  std::condition_variable cv;
-  LeaseQueue queue;
-  std::map<Stream*, std::string> streams;         // live streams -> session ("" before Register)
-  std::map<std::string, Stream*> sessions;        // registered sessions
-  std::map<std::string, ProviderInfo> providers;  // by session
-  std::map<std::string, uint64_t> last_heard_ms;  // by session
-  std::optional<ProviderInfo> last_provider;
-  std::map<std::string, Injected> injected;  // by request id
-  std::map<Fault, FaultCounts> fault_counts;
-  std::deque<std::pair<std::string, std::string>> replay_pool;  // (request id, envelope)
-  std::vector<Delayed> delayed;
-  std::map<std::string, uint64_t> provider_errors;
-  std::map<std::string, uint64_t> refusals;  // registration refusals by reason
-  uint64_t registrations = 0, streams_dropped = 0, malformed_from_provider = 0;
-  uint64_t faults_accepted = 0, verified = 0, completion_tokens = 0, heartbeats_in = 0;
-  uint64_t dup_refusals = 0, busy_resends = 0;
-  uint64_t last_heartbeat_sent_ms = 0;
-
-  LoadGenerator* load = nullptr;
-  uint32_t concurrency = 1;
-  size_t next_request = 0;
-  uint64_t load_start_ms = 0, load_end_ms = 0;
-
-  std::mutex ended_mu;  // streams that ended, handed to the ticker
-  std::vector<Stream*> ended;
-  std::vector<Stream*> done;
-
-  std::atomic<bool> stopping{false};
-  std::thread ticker;
-};
-
-// One provider stream. Writes are queued; one is in flight at a time.
-class QueueServer::Impl::Stream
-    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
- public:
-  explicit Stream(Impl* impl) : impl_(impl) { StartRead(&in_); }
-
-  void send(std::string bytes) {
-    std::lock_guard<std::recursive_mutex> lock(mu_);
-    if (finish_requested_) return;
-    queue_.push_back(std::move(bytes));
-    pump_locked();
-  }
-  void close(const grpc::Status& status) {
-    std::lock_guard<std::recursive_mutex> lock(mu_);
-    if (finish_requested_) return;
-    finish_requested_ = true;
-    finish_status_ = status;
-    queue_.clear();
-    if (!writing_) {
-      finished_ = true;
-      Finish(status);
-    }
-  }
-  bool closing() {
-    std::lock_guard<std::recursive_mutex> lock(mu_);
-    return finish_requested_;
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) {
-      {
-        std::lock_guard<std::mutex> lock(impl_->ended_mu);
-        impl_->ended.push_back(this);
-      }
-      close(grpc::Status::OK);
-      return;
-    }
-    std::string bytes = buffer_to_string(in_);
-    in_.Clear();
-    impl_->on_message(this, bytes);
-    std::lock_guard<std::recursive_mutex> lock(mu_);
-    if (!finish_requested_) StartRead(&in_);
-  }
-  void OnWriteDone(bool ok) override {
-    std::lock_guard<std::recursive_mutex> lock(mu_);
-    writing_ = false;
-    if (!ok && !finish_requested_) {
-      finish_requested_ = true;
-      finish_status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed");
-      queue_.clear();
-    }
-    if (finish_requested_) {
-      if (!finished_) {
-        finished_ = true;
-        Finish(finish_status_);
-      }
-      return;
-    }
-    pump_locked();
-  }
-  void OnDone() override {
-    std::lock_guard<std::mutex> lock(impl_->ended_mu);
-    impl_->done.push_back(this);
-  }
-
- private:
-  void pump_locked() {
-    if (writing_ || queue_.empty() || finish_requested_) return;
-    out_ = string_to_buffer(queue_.front());
-    queue_.pop_front();
-    writing_ = true;
-    StartWrite(&out_);
-  }
-
-  Impl* impl_;
-  std::recursive_mutex mu_;
-  grpc::ByteBuffer in_, out_;
-  std::deque<std::string> queue_;
-  bool writing_ = false, finish_requested_ = false, finished_ = false;
-  grpc::Status finish_status_;
-};
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QueueServer::Impl::Service::Connect(
     grpc::CallbackServerContext* context) {
@@ -340,7 +162,7 @@ QueueServer::Impl::Stream* QueueServer::Impl::stream_of(const std::string& sessi
   return it == sessions.end() ? nullptr : it->second;
 }
 
-void QueueServer::Impl::end_session_locked(const std::string& session, const char* why) {
+void QueueServer::Impl::end_session_locked(std::string session, const char* why) {
   auto it = sessions.find(session);
   if (it == sessions.end()) return;
   Stream* s = it->second;
@@ -355,6 +177,7 @@ void QueueServer::Impl::end_session_locked(const std::string& session, const cha
   for (auto it2 = injected.begin(); it2 != injected.end();) {
     it2 = it2->second.session == session ? injected.erase(it2) : std::next(it2);
   }
+  if (garbage_sessions.erase(session)) fault_counts[Fault::kGarbage].stream_closed++;
   auto returned = queue.detach(session);
   log_info(
       "netsim stream closed",
@@ -422,6 +245,14 @@ void QueueServer::Impl::send_locked(const std::string& session, std::string byte
   if (Stream* s = stream_of(session)) s->send(std::move(bytes));
 }
 
+const std::string* QueueServer::Impl::replay_candidate(const std::string& request_id) const {
+  // The most recent envelope delivered intact for another request.
+  for (auto it = replay_pool.rbegin(); it != replay_pool.rend(); ++it) {
+    if (it->first != request_id) return &it->second;
+  }
+  return nullptr;
+}
+
 void QueueServer::Impl::send_lease_locked(const std::string& session, const LeaseGrant& grant,
                                           uint64_t now) {
   v1::NetworkMessage m;
@@ -448,12 +279,9 @@ void QueueServer::Impl::send_lease_locked(const std::string& session, const Leas
     auto other = network::X25519KeyPair::generate();
     sealed = load->seal_to(static_cast<size_t>(index), other.public_key());
     inj.fault = Fault::kWrongKey;
-  } else if (!replay_pool.empty() && faults.strike(Fault::kReplay)) {
-    const auto& old = replay_pool[faults.draw() % replay_pool.size()];
-    if (old.first != grant.request_id) {
-      sealed = old.second;
-      inj.fault = Fault::kReplay;
-    }
+  } else if (replay_candidate(grant.request_id) && faults.strike(Fault::kReplay)) {
+    sealed = *replay_candidate(grant.request_id);
+    inj.fault = Fault::kReplay;
   } else if (faults.strike(Fault::kMalformed)) {
     // A varint longer than ten bytes: no protobuf parser accepts it.
     sealed.assign(16, '\xff');
@@ -473,6 +301,7 @@ void QueueServer::Impl::send_lease_locked(const std::string& session, const Leas
     // Bytes that are no NetworkMessage: the provider must drop this stream and come back.
     send_locked(session, std::string(16, '\xff'), 0);
     fault_counts[Fault::kGarbage];
+    garbage_sessions.insert(session);
   }
   uint32_t delay = faults.next_delay_ms();
   std::string bytes = m.SerializeAsString();
@@ -578,6 +407,8 @@ void QueueServer::Impl::on_register(Stream* stream, const v1::Register& reg) {
       reason = "software evidence (" + reg.evidence_format() +
                ") proves nothing about the machine; this network accepts it only when started "
                "with --accept-software-evidence";
+    } else if (!network::verify_software_register_evidence(reg)) {
+      reason = "the software evidence does not verify or does not bind the sealing key";
     }
   } else {
     reason = "evidence format '" + reg.evidence_format() + "' cannot be verified by the simulator";
@@ -760,86 +591,6 @@ void QueueServer::run_load(LoadGenerator& load, uint32_t concurrency, double run
   if (linger_s > 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(linger_s * 1000)));
   }
-}
-
-json QueueServer::report() const {
-  const Impl& m = *impl_;
-  std::lock_guard<std::mutex> lock(m.mu);
-  const QueueStats& s = m.queue.stats();
-  json r;
-  uint64_t total = m.load ? m.load->size() : 0;
-  uint64_t lost = m.queue.unfinished();
-  double wall_s =
-      m.load_end_ms > m.load_start_ms ? (m.load_end_ms - m.load_start_ms) / 1000.0 : 0.0;
-  r["requests"] = total;
-  r["submitted"] = s.submitted;
-  r["not_submitted"] = total - s.submitted;
-  r["completed"] = s.completed;
-  r["verified"] = m.verified;
-  r["redelivered"] = s.redelivered;
-  r["failed"] = s.failed;
-  json failures = json::array();
-  for (const auto& [id, reason] : m.queue.failures()) {
-    failures.push_back({{"request_id", network::hex(id)}, {"reason", reason}});
-  }
-  r["failures"] = failures;
-  r["lost"] = lost;
-  r["billed_twice"] = s.billed_twice;
-  r["journal_duplicates"] = s.journal_duplicates;
-  r["wall_s"] = wall_s;
-  r["completion_tokens"] = m.completion_tokens;
-  r["requests_per_s"] = wall_s > 0 ? s.completed / wall_s : 0.0;
-  r["tokens_per_s"] = wall_s > 0 ? m.completion_tokens / wall_s : 0.0;
-  r["deliveries"] = s.deliveries;
-  r["expired"] = s.expired;
-  r["returned_by_dropped_streams"] = s.dropped;
-  r["released"] = s.released;
-  r["resent"] = s.resent;
-  r["stale_messages"] = s.stale_messages;
-  r["duplicate_chunks"] = s.duplicate_chunks;
-  r["credit_violations"] = s.credit_violations;
-  r["registrations"] = m.registrations;
-  json refusals = json::object();
-  for (const auto& [reason, n] : m.refusals) refusals[reason] = n;
-  r["registrations_refused"] = refusals;
-  r["streams_dropped"] = m.streams_dropped;
-  r["malformed_from_provider"] = m.malformed_from_provider;
-  r["heartbeats_received"] = m.heartbeats_in;
-  json errors = json::object();
-  for (const auto& [code, n] : m.provider_errors) errors[code] = n;
-  r["provider_errors"] = errors;
-  r["duplicate_lease_refusals"] = m.dup_refusals;
-  r["busy_resends"] = m.busy_resends;
-  json faults = json::object();
-  for (int k = 0; k < kFaultKinds; ++k) {
-    Fault f = static_cast<Fault>(k);
-    json entry = {{"injected", m.faults.injected(f)}};
-    auto it = m.fault_counts.find(f);
-    if (it != m.fault_counts.end()) {
-      entry["refused_as_expected"] = it->second.refused_as_expected;
-      entry["stream_closed"] = it->second.stream_closed;
-      json unexpected = json::object();
-      for (const auto& [what, n] : it->second.unexpected) unexpected[what] = n;
-      entry["unexpected"] = unexpected;
-    }
-    faults[fault_name(f)] = entry;
-  }
-  r["faults"] = faults;
-  r["faults_accepted"] = m.faults_accepted;
-  return r;
-}
-
-bool QueueServer::clean() const {
-  json r = report();
-  uint64_t unexpected = 0;
-  for (const auto& [name, entry] : r["faults"].items()) {
-    if (entry.contains("unexpected")) {
-      for (const auto& [what, n] : entry["unexpected"].items()) unexpected += n.get<uint64_t>();
-    }
-  }
-  return r["requests"].get<uint64_t>() > 0 && r["not_submitted"] == 0 && r["lost"] == 0 &&
-         r["billed_twice"] == 0 && r["failed"] == 0 && r["credit_violations"] == 0 &&
-         r["faults_accepted"] == 0 && unexpected == 0 && r["verified"] == r["completed"];
 }
 
 }  // namespace alem::netsim
