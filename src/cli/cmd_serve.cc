@@ -27,6 +27,12 @@
 #include "model/model_store.h"
 #include "model/tokenizer.h"
 #include "mpi/mpi_context.h"
+#include "network/evidence.h"
+#include "network/lease_handler.h"
+#include "network/protocol.h"
+#include "network/provider_client.h"
+#include "network/provider_keys.h"
+#include "network/usage_journal.h"
 #include "serve/http_server.h"
 #include "serve/serve_config.h"
 
@@ -70,6 +76,14 @@ struct ServeOptions {
   int drain_seconds = 30;
   int http_threads = 256;
   size_t max_body_bytes = size_t{1} << 20;
+  // The network queue (docs/protocol.md): endpoints the provider client dials.
+  std::vector<std::string> network_endpoints;
+  std::string network_ca;
+  bool network_insecure = false;
+  std::string provider_key = "alem-provider.key";
+  std::string usage_journal = "alem-usage.journal";
+  std::string attestation = "off";
+  int network_credits = 0;  // 0: max_num_seqs per replica, summed over replicas
 };
 
 // Flags given on the command line win over the config file.
@@ -86,10 +100,12 @@ void apply_config_file(ServeOptions& o, const CLI::App& cmd) {
   }
   if (c.max_context_tokens && !given("--max-model-len")) o.max_model_len = *c.max_context_tokens;
   if (c.drain_seconds && !given("--drain-seconds")) o.drain_seconds = *c.drain_seconds;
-  if (c.queue && !c.queue->empty()) {
-    log_warn("the config names a network pull queue; alem serve answers HTTP only",
-             {{"config", o.config_file}});
+  if (!c.queue_endpoints.empty() && !given("--network-endpoint")) {
+    o.network_endpoints = c.queue_endpoints;
   }
+  if (c.queue_ca && !given("--network-ca")) o.network_ca = *c.queue_ca;
+  if (c.provider_key && !given("--provider-key")) o.provider_key = *c.provider_key;
+  if (c.usage_journal && !given("--usage-journal")) o.usage_journal = *c.usage_journal;
 }
 
 LogFields job_fields() {
@@ -115,7 +131,8 @@ int kv_blocks_for_budget(const ModelConfig& config, const ParallelContext& ctx, 
 
 // The gateway's control thread: signals -> drain or stop. Returns when the engine loop is told
 // to stop; `drained` says whether the job should be requeued.
-void control_loop(ServingEngine& engine, serve::HttpServer& server, int drain_seconds,
+void control_loop(ServingEngine& engine, serve::HttpServer& server,
+                  network::ProviderClient* provider, int drain_seconds,
                   const std::atomic<bool>& engine_done, std::atomic<bool>& drained) {
   using Clock = std::chrono::steady_clock;
   bool draining = false;
@@ -128,6 +145,7 @@ void control_loop(ServingEngine& engine, serve::HttpServer& server, int drain_se
     if (sig == SIGINT) {
       log_info("SIGINT: stopping", {{"in_flight", std::to_string(engine.in_flight())}});
       server.set_draining(true);
+      if (provider) provider->drain();
       engine.stop();
       return;
     }
@@ -135,13 +153,15 @@ void control_loop(ServingEngine& engine, serve::HttpServer& server, int drain_se
       draining = true;
       deadline = Clock::now() + std::chrono::seconds(drain_seconds);
       server.set_draining(true);
+      if (provider) provider->drain();
       engine.stop_accepting();
       log_info(sig == SIGUSR1 ? "SIGUSR1: draining" : "SIGTERM: draining",
                {{"in_flight", std::to_string(engine.in_flight())},
                 {"drain_seconds", std::to_string(drain_seconds)}});
     }
     if (!draining) continue;
-    if (engine.in_flight() == 0 && server.active_requests() == 0) {
+    if (engine.in_flight() == 0 && server.active_requests() == 0 &&
+        (!provider || provider->open_leases() == 0)) {
       log_info("drained: every request finished");
       drained = true;
       engine.stop(kExitDrained);
@@ -160,6 +180,49 @@ void control_loop(ServingEngine& engine, serve::HttpServer& server, int drain_se
       return;
     }
   }
+}
+
+// The provider's key file and usage journal, opened before the model loads so a bad file fails
+// the job at once. Logs the public keys and the journal's replay, never a secret.
+void open_network_state(const ServeOptions& o, std::unique_ptr<network::ProviderKeys>& keys,
+                        std::unique_ptr<network::UsageJournal>& journal) {
+  if (o.network_insecure) {
+    log_warn("--network-insecure: the network queue is dialled in plaintext (tests only)");
+  } else {
+    ALEM_CHECK(!o.network_ca.empty() || std::getenv("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"),
+               "the network queue needs TLS roots: --network-ca FILE (or --network-insecure "
+               "for a test queue on 127.0.0.1)");
+  }
+  bool created = false;
+  keys = std::make_unique<network::ProviderKeys>(
+      network::ProviderKeys::load_or_create(o.provider_key, &created));
+  const auto& id = keys->identity_public_key();
+  const auto& sealing = keys->sealing().public_key();
+  log_info(created ? "provider key created" : "provider key loaded",
+           {{"path", o.provider_key},
+            {"identity", network::hex(std::string(id.begin(), id.end()))},
+            {"sealing", network::hex(std::string(sealing.begin(), sealing.end()))}});
+  journal = std::make_unique<network::UsageJournal>(o.usage_journal);
+  const network::JournalReplay& r = journal->replay();
+  log_info("usage journal open", {{"path", o.usage_journal},
+                                  {"records", std::to_string(r.records)},
+                                  {"finished", std::to_string(r.finishes)},
+                                  {"truncated_bytes", std::to_string(r.truncated_bytes)}});
+}
+
+// The served model as Register announces it: name, SHA-256 digest (from the store's hex) and
+// context length.
+network::v1::ModelInfo network_model_info(const std::string& name, const std::string& hex_digest,
+                                          int max_context) {
+  network::v1::ModelInfo info;
+  info.set_name(name);
+  std::string digest;
+  for (size_t i = 0; i + 1 < hex_digest.size(); i += 2) {
+    digest.push_back(static_cast<char>(std::stoi(hex_digest.substr(i, 2), nullptr, 16)));
+  }
+  info.set_model_digest(digest);
+  info.set_max_context(static_cast<uint32_t>(max_context));
+  return info;
 }
 
 int serve(ServeOptions& o, const CLI::App& cmd) {
@@ -189,6 +252,8 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     serve::ServedModel served;
     std::unique_ptr<serve::ServingMetrics> metrics;
     std::unique_ptr<serve::HttpServer> server;
+    std::unique_ptr<network::ProviderKeys> network_keys;
+    std::unique_ptr<network::UsageJournal> usage_journal;
     if (gateway) {
       tokenizer = std::make_unique<Tokenizer>(store.tokenizer());
       served.name = served_name;
@@ -203,6 +268,7 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
       http.metrics_port = o.metrics_port;
       http.threads = o.http_threads;
       http.max_body_bytes = o.max_body_bytes;
+      if (!o.network_endpoints.empty()) open_network_state(o, network_keys, usage_journal);
       server = std::make_unique<serve::HttpServer>(served, *metrics, http);
       server->bind();
       server->start();
@@ -212,8 +278,10 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     }
 
     // Attest every rank, verify the cluster bundle, agree keys, encrypt traffic between hosts
-    // (collective).
-    const auto confidential_session = start_confidential(ctx, o.confidential, store, nullptr);
+    // (collective). The gateway binds the network provider's sealing key when it has one.
+    const auto confidential_session = start_confidential(
+        ctx, o.confidential, store,
+        gateway && network_keys ? &network_keys->sealing().public_key() : nullptr);
 
     auto backend = make_backend(o.backend);
     EngineOptions engine_options;
@@ -254,19 +322,56 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
                        {"max_batch_tokens", std::to_string(serving.max_batch_tokens)}});
     server->attach_engine(&engine);
     std::atomic<bool> engine_done{false}, drained{false};
-    std::thread control(
-        [&] { control_loop(engine, *server, o.drain_seconds, engine_done, drained); });
+    // The network queue beside the HTTP API, when endpoints are given.
+    std::unique_ptr<network::LeaseHandler> lease_handler;
+    std::unique_ptr<network::ProviderClient> provider;
+    if (network_keys) {
+      lease_handler = std::make_unique<network::LeaseHandler>(
+          network_keys->sealing(), *usage_journal, served, engine, *metrics);
+      network::ProviderClientOptions no;
+      no.endpoints = o.network_endpoints;
+      no.ca_file = o.network_ca;
+      no.insecure = o.network_insecure;
+      no.replicas = static_cast<uint32_t>(ctx.layout.dp_size());
+      no.credits = static_cast<uint32_t>(
+          o.network_credits > 0 ? o.network_credits : o.max_num_seqs * ctx.layout.dp_size());
+      const char* job = std::getenv("SLURM_JOB_ID");
+      no.provider_name = job ? std::string("slurm-job-") + job : "alem";
+      no.models.push_back(
+          network_model_info(served_name, store.model_digest(), model.max_model_len()));
+      // With --confidential, the cluster bundle is the evidence (alem-cluster-bundle-v1).
+      no.evidence = confidential_session ? bundle_evidence_hook(*confidential_session)
+                                         : network::make_evidence_hook(o.attestation);
+      provider =
+          std::make_unique<network::ProviderClient>(std::move(no), *network_keys, *lease_handler);
+      provider->start();
+    }
+    auto stop_network = [&] {
+      if (!provider) return;
+      provider->stop();
+      const network::LeaseCounters& n = lease_handler->counters();
+      log_info("network summary", {{"leases", std::to_string(n.leases.load())},
+                                   {"completed", std::to_string(n.completed.load())},
+                                   {"from_journal", std::to_string(n.from_journal.load())},
+                                   {"released", std::to_string(n.released.load())}});
+    };
+    std::thread control_thread([&] {
+      control_loop(engine, *server, provider.get(), o.drain_seconds, engine_done, drained);
+    });
     try {
       engine.run_leader_loop();
     } catch (...) {
       engine_done = true;
-      control.join();
+      control_thread.join();
+      stop_network();
       server->stop();
       throw;
     }
     engine_done = true;
-    control.join();
+    control_thread.join();
+    stop_network();
     server->stop();
+
     log_info(drained ? "drained; exiting for requeue" : "stopped",
              {{"exit_code", std::to_string(drained ? kExitDrained : 0)}});
     return drained ? kExitDrained : 0;
@@ -314,6 +419,23 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--max-body-bytes", o->max_body_bytes, "Largest request body (413 above)")
       ->capture_default_str();
+  cmd->add_option("--network-endpoint", o->network_endpoints,
+                  "Network queue endpoint HOST:PORT to dial (repeatable; docs/protocol.md)");
+  cmd->add_option("--network-ca", o->network_ca, "PEM CA file for the network queue's TLS");
+  cmd->add_flag("--network-insecure", o->network_insecure,
+                "Dial the network queue in plaintext (tests on 127.0.0.1 only)");
+  cmd->add_option("--provider-key", o->provider_key,
+                  "Provider key file (identity + sealing key; created 0600 when missing)")
+      ->capture_default_str();
+  cmd->add_option("--usage-journal", o->usage_journal,
+                  "Usage journal: exactly-once billing across crashes and requeues")
+      ->capture_default_str();
+  cmd->add_option("--attestation", o->attestation,
+                  "Evidence in the network registration: off, sandbox or tdx")
+      ->check(CLI::IsMember({"off", "sandbox", "tdx"}))
+      ->capture_default_str();
+  cmd->add_option("--network-credits", o->network_credits,
+                  "Leases held at once (0: max-num-seqs x replicas)");
   cmd->callback([o, cmd] {
     // A server's log goes to collectors: JSON lines unless the operator chose otherwise.
     setenv("ALEM_LOG_FORMAT", "json", /*overwrite=*/0);
