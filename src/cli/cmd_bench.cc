@@ -118,6 +118,7 @@ void add_bench_command(CLI::App& app) {
   gen->add_option("--csv", o->csv, "Also write results to this CSV file");
   add_parallel_flags(*gen, o->parallel);
   gen->callback([o] { run_bench_generate(*o); });
+  add_bench_batch_command(*bench);
 }
 
 }  // namespace alem::cli

@@ -18,14 +18,18 @@
 #include <ctime>
 #include <thread>
 
+#include <unistd.h>
+
 #include "cli/commands.h"
 #include "cli/confidential_start.h"
 #include "cli/runtime.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "engine/dp_router.h"
 #include "engine/serving_engine.h"
 #include "model/model_store.h"
 #include "model/tokenizer.h"
+#include "mpi/message_channel.h"
 #include "mpi/mpi_context.h"
 #include "network/evidence.h"
 #include "network/lease_handler.h"
@@ -34,6 +38,7 @@
 #include "network/provider_keys.h"
 #include "network/usage_journal.h"
 #include "serve/http_server.h"
+#include "serve/job_status.h"
 #include "serve/serve_config.h"
 
 namespace alem::cli {
@@ -83,7 +88,8 @@ struct ServeOptions {
   std::string provider_key = "alem-provider.key";
   std::string usage_journal = "alem-usage.journal";
   std::string attestation = "off";
-  int network_credits = 0;  // 0: max_num_seqs per replica, summed over replicas
+  int network_credits = 0;   // 0: max_num_seqs per replica, summed over replicas
+  std::string gateway_file;  // where `alem status --job` finds this job (default under Slurm)
 };
 
 // Flags given on the command line win over the config file.
@@ -131,7 +137,7 @@ int kv_blocks_for_budget(const ModelConfig& config, const ParallelContext& ctx, 
 
 // The gateway's control thread: signals -> drain or stop. Returns when the engine loop is told
 // to stop; `drained` says whether the job should be requeued.
-void control_loop(ServingEngine& engine, serve::HttpServer& server,
+void control_loop(EngineControl& engine, serve::HttpServer& server,
                   network::ProviderClient* provider, int drain_seconds,
                   const std::atomic<bool>& engine_done, std::atomic<bool>& drained) {
   using Clock = std::chrono::steady_clock;
@@ -146,7 +152,7 @@ void control_loop(ServingEngine& engine, serve::HttpServer& server,
       log_info("SIGINT: stopping", {{"in_flight", std::to_string(engine.in_flight())}});
       server.set_draining(true);
       if (provider) provider->drain();
-      engine.stop();
+      engine.stop(0);
       return;
     }
     if ((sig == SIGUSR1 || sig == SIGTERM) && !draining) {
@@ -179,6 +185,49 @@ void control_loop(ServingEngine& engine, serve::HttpServer& server,
       engine.stop(kExitDrained);
       return;
     }
+  }
+}
+
+// Tells GET /v1/status and /metrics about the job, and writes the gateway file that `alem
+// status --job ID` reads (under Slurm, or when --gateway-file is given).
+void publish_job_status(const ServeOptions& o, const ParallelContext& ctx,
+                        const ModelStoreReader& store, const std::string& served_name,
+                        double load_seconds, serve::HttpServer& server,
+                        serve::ServingMetrics& metrics) {
+  serve::JobInfo job;
+  serve::read_slurm_environment(job);
+  job.model = served_name;
+  job.model_digest = store.model_digest();
+  job.tp = ctx.layout.tp_size();
+  job.pp = ctx.layout.pp_size();
+  job.dp = ctx.layout.dp_size();
+  const std::vector<std::string> rank_hosts = hosts(ctx);
+  for (int r = 0; r < ctx.layout.world_size(); ++r) {
+    const ParallelCoords c = ctx.layout.coords(r);
+    job.ranks.push_back(
+        {r, c.dp, c.pp, c.tp, r < static_cast<int>(rank_hosts.size()) ? rank_hosts[r] : ""});
+  }
+  job.started_unix = static_cast<int64_t>(std::time(nullptr));
+  job.load_seconds = load_seconds;
+  metrics.set_job(job.job_id, job.node_list, job.restart_count);
+  const std::string job_id = job.job_id;
+  server.set_job_info(std::move(job));
+
+  std::string path = o.gateway_file;
+  if (path.empty() && !job_id.empty()) path = serve::default_gateway_file(job_id);
+  if (path.empty()) return;
+  std::string host = o.host;
+  if (host == "0.0.0.0" || host == "::" || host.empty()) {
+    char name[256] = {};
+    gethostname(name, sizeof name - 1);
+    host = name;
+  }
+  const std::string url = "http://" + host + ":" + std::to_string(server.port());
+  try {
+    serve::write_gateway_file(path, url, job_id);
+    log_info("gateway file written", {{"path", path}, {"url", url}});
+  } catch (const std::exception& e) {
+    log_warn("cannot write the gateway file; alem status needs --url", {{"why", e.what()}});
   }
 }
 
@@ -230,9 +279,9 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
   ParallelContext ctx = make_context(o.parallel);
   try {
     install_signal_handlers();
-    ALEM_CHECK(ctx.layout.dp_size() == 1,
-               "alem serve runs one replica per job for now (--dp 1); start one job per replica "
-               "behind a load balancer");
+    // Replicas talk to the gateway over their own channel (collective: every rank makes it).
+    std::unique_ptr<MessageChannel> channel;
+    if (ctx.layout.dp_size() > 1) channel = make_mpi_channel();
     const bool gateway = ctx.world_rank == 0;
     ModelStoreReader store(o.model);
     const ModelConfig& config = store.config();
@@ -261,7 +310,7 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
       served.tokenizer_data = &store.tokenizer();
       served.created = static_cast<int64_t>(std::time(nullptr));
       served.im_end_id = tokenizer->token_id("<|im_end|>");
-      metrics = std::make_unique<serve::ServingMetrics>(1);
+      metrics = std::make_unique<serve::ServingMetrics>(ctx.layout.dp_size());
       serve::HttpServerOptions http;
       http.host = o.host;
       http.port = o.port;
@@ -305,6 +354,7 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     serving.max_num_seqs = o.max_num_seqs;
     serving.max_batch_tokens = std::max(o.max_batch_tokens, o.max_num_seqs);
     serving.max_waiting = o.max_waiting;
+    serving.replica = ctx.coords.dp;
     serving.eos_token_ids = config.eos_token_ids;  // as `alem generate` stops
     if (store.tokenizer().eos_token_id >= 0) {
       serving.eos_token_ids.push_back(store.tokenizer().eos_token_id);
@@ -313,6 +363,12 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     ctx.world->barrier();  // every rank has loaded its shard
 
     if (!engine.is_leader()) return engine.run_follower_loop();
+    if (!gateway) {  // the leader of replica d > 0: the gateway's router sends it work
+      ReplicaAgent agent(engine, *channel, /*gateway_rank=*/0, ctx.coords.dp);
+      engine.run_leader_loop();
+      agent.shutdown();
+      return agent.exit_code();
+    }
 
     log_info("ready", {{"load_s", log_number(model.load_seconds())},
                        {"kv_blocks", std::to_string(model.num_kv_blocks())},
@@ -320,14 +376,28 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
                        {"max_model_len", std::to_string(model.max_model_len())},
                        {"max_num_seqs", std::to_string(serving.max_num_seqs)},
                        {"max_batch_tokens", std::to_string(serving.max_batch_tokens)}});
-    server->attach_engine(&engine);
+    publish_job_status(o, ctx, store, served_name, model.load_seconds(), *server, *metrics);
+    // One replica: the engine itself; several: the router in front of all of them.
+    std::unique_ptr<DataParallelRouter> router;
+    SingleEngineControl single(engine);
+    EngineClient* client = &engine;
+    EngineControl* engine_control = &single;
+    if (channel) {
+      std::vector<int> leaders;
+      for (int d = 0; d < ctx.layout.dp_size(); ++d)
+        leaders.push_back(ctx.layout.world_rank({d, 0, 0}));
+      router = std::make_unique<DataParallelRouter>(engine, *channel, leaders);
+      client = router.get();
+      engine_control = router.get();
+    }
+    server->attach_engine(client);
     std::atomic<bool> engine_done{false}, drained{false};
     // The network queue beside the HTTP API, when endpoints are given.
     std::unique_ptr<network::LeaseHandler> lease_handler;
     std::unique_ptr<network::ProviderClient> provider;
     if (network_keys) {
       lease_handler = std::make_unique<network::LeaseHandler>(
-          network_keys->sealing(), *usage_journal, served, engine, *metrics);
+          network_keys->sealing(), *usage_journal, served, *client, *metrics);
       network::ProviderClientOptions no;
       no.endpoints = o.network_endpoints;
       no.ca_file = o.network_ca;
@@ -356,7 +426,7 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
                                    {"released", std::to_string(n.released.load())}});
     };
     std::thread control_thread([&] {
-      control_loop(engine, *server, provider.get(), o.drain_seconds, engine_done, drained);
+      control_loop(*engine_control, *server, provider.get(), o.drain_seconds, engine_done, drained);
     });
     try {
       engine.run_leader_loop();
@@ -371,7 +441,6 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     control_thread.join();
     stop_network();
     server->stop();
-
     log_info(drained ? "drained; exiting for requeue" : "stopped",
              {{"exit_code", std::to_string(drained ? kExitDrained : 0)}});
     return drained ? kExitDrained : 0;
@@ -436,6 +505,9 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--network-credits", o->network_credits,
                   "Leases held at once (0: max-num-seqs x replicas)");
+  cmd->add_option("--gateway-file", o->gateway_file,
+                  "Write the gateway's URL here for `alem status` (default under Slurm: "
+                  "alem-gateway-<job id>.json in the working folder)");
   cmd->callback([o, cmd] {
     // A server's log goes to collectors: JSON lines unless the operator chose otherwise.
     setenv("ALEM_LOG_FORMAT", "json", /*overwrite=*/0);

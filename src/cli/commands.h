@@ -10,10 +10,12 @@ namespace alem::cli {
 void add_generate_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_bench_batch_command(CLI::App& bench);  // `alem bench batch`, under add_bench_command
 void add_info_command(CLI::App& app);
 void add_submit_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_netsim_command(CLI::App& app);  // the reference network (cmd_netsim.cc)
+void add_status_command(CLI::App& app);
 void add_verify_bundle_command(CLI::App& app);  // `alem verify-bundle` (cmd_verify_bundle.cc)
 
 }  // namespace alem::cli

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   alem::cli::add_submit_command(app);
   alem::cli::add_serve_command(app);
   alem::cli::add_netsim_command(app);
+  alem::cli::add_status_command(app);
   alem::cli::add_verify_bundle_command(app);
   int status = 0;
   try {

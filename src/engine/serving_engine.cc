@@ -21,97 +21,12 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "engine/replica_sampling.h"
+#include "engine/wire_format.h"
 
 namespace alem {
 namespace {
 
 enum MessageKind : uint8_t { kStepMessage = 1, kStopMessage = 2 };
-
-class ByteWriter {
- public:
-  template <typename T>
-  void put(T v) {
-    static_assert(std::is_trivially_copyable_v<T>);
-    const size_t at = bytes.size();
-    bytes.resize(at + sizeof(T));
-    std::memcpy(bytes.data() + at, &v, sizeof(T));
-  }
-  void put_bytes(const std::vector<uint8_t>& b) {
-    put<uint64_t>(b.size());
-    bytes.insert(bytes.end(), b.begin(), b.end());
-  }
-  void put_ids(const std::vector<int32_t>& ids) {
-    put<uint32_t>(static_cast<uint32_t>(ids.size()));
-    for (int32_t id : ids) put(id);
-  }
-  std::vector<uint8_t> bytes;
-};
-
-class ByteReader {
- public:
-  ByteReader(const uint8_t* data, size_t size) : data_(data), size_(size) {}
-  template <typename T>
-  T get() {
-    ALEM_CHECK(pos_ + sizeof(T) <= size_, "engine step message is truncated");
-    T v;
-    std::memcpy(&v, data_ + pos_, sizeof(T));
-    pos_ += sizeof(T);
-    return v;
-  }
-  std::pair<const uint8_t*, size_t> get_bytes() {
-    const uint64_t n = get<uint64_t>();
-    ALEM_CHECK(n <= size_ - pos_, "engine step message is truncated");
-    const uint8_t* at = data_ + pos_;
-    pos_ += n;
-    return {at, static_cast<size_t>(n)};
-  }
-  std::vector<int32_t> get_ids() {
-    const uint32_t n = get<uint32_t>();
-    ALEM_CHECK(n <= (size_ - pos_) / sizeof(int32_t), "engine step message is truncated");
-    std::vector<int32_t> ids(n);
-    for (int32_t& id : ids) id = get<int32_t>();
-    return ids;
-  }
-  bool done() const { return pos_ == size_; }
-
- private:
-  const uint8_t* data_;
-  size_t size_;
-  size_t pos_ = 0;
-};
-
-void put_params(ByteWriter& w, const SamplingParams& p) {
-  w.put(p.temperature);
-  w.put(p.top_k);
-  w.put(p.top_p);
-  w.put(p.min_p);
-  w.put(p.repetition_penalty);
-  w.put(p.presence_penalty);
-  w.put(p.frequency_penalty);
-  w.put<uint8_t>(p.seed.has_value());
-  w.put<uint64_t>(p.seed.value_or(0));
-  w.put(p.max_tokens);
-  w.put_ids(p.stop_token_ids);
-  w.put<uint8_t>(p.ignore_eos);
-}
-
-SamplingParams get_params(ByteReader& r) {
-  SamplingParams p;
-  p.temperature = r.get<float>();
-  p.top_k = r.get<int32_t>();
-  p.top_p = r.get<float>();
-  p.min_p = r.get<float>();
-  p.repetition_penalty = r.get<float>();
-  p.presence_penalty = r.get<float>();
-  p.frequency_penalty = r.get<float>();
-  const bool has_seed = r.get<uint8_t>() != 0;
-  const uint64_t seed = r.get<uint64_t>();
-  if (has_seed) p.seed = seed;
-  p.max_tokens = r.get<int32_t>();
-  p.stop_token_ids = r.get_ids();
-  p.ignore_eos = r.get<uint8_t>() != 0;
-  return p;
-}
 
 // What every last-stage rank keeps per request to sample its rows.
 struct SequenceSampling {

@@ -51,6 +51,7 @@ enum class SubmitStatus { kAccepted, kQueueFull, kNotAccepting };
 struct SubmitResult {
   SubmitStatus status = SubmitStatus::kAccepted;
   int64_t request_id = -1;  // when accepted
+  int replica = 0;          // the data-parallel replica that took it (engine/dp_router.h)
 };
 
 // A replica's state for /metrics and /health.

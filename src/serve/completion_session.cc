@@ -122,6 +122,7 @@ void CompletionSession::start() {
         throw ApiException(ApiError::unavailable("The server is not accepting requests now."));
       }
       c.engine_id = result.request_id;
+      replica_ = result.replica;  // metrics go to the replica that serves it
     }
   }
   for (size_t p = 0; p < prompts.size(); ++p) {

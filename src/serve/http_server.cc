@@ -132,6 +132,8 @@ void HttpServer::install_routes(httplib::Server& server, bool api) {
   });
   server.Get("/v1/models",
              [this](const httplib::Request&, httplib::Response& res) { handle_models(res); });
+  server.Get("/v1/status",
+             [this](const httplib::Request&, httplib::Response& res) { handle_status(res); });
   server.Get("/version", [](const httplib::Request&, httplib::Response& res) {
     res.set_content(R"({"version":"0.1.0"})", kJson);
   });
@@ -170,6 +172,35 @@ void HttpServer::attach_engine(EngineClient* engine) {
 
 void HttpServer::set_draining(bool draining) {
   draining_.store(draining);
+}
+
+void HttpServer::set_job_info(JobInfo info) {
+  std::lock_guard<std::mutex> lock(job_mutex_);
+  job_ = std::move(info);
+}
+
+void HttpServer::handle_status(httplib::Response& res) {
+  EngineClient* engine = engine_.load();
+  std::vector<ReplicaStats> replicas;
+  std::vector<double> rates;
+  std::string state = "loading";
+  if (engine) {
+    replicas = engine->stats();
+    for (const ReplicaStats& s : replicas) {
+      rates.push_back(metrics_.generation_tokens_per_second(s.replica));
+    }
+    state = !engine->healthy() ? "failed" : draining_.load() ? "draining" : "ready";
+  } else if (draining_.load()) {
+    state = "draining";
+  }
+  const double uptime =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  JobInfo job;
+  {
+    std::lock_guard<std::mutex> lock(job_mutex_);
+    job = job_;
+  }
+  res.set_content(dump_json(status_document(job, state, replicas, rates, uptime)), kJson);
 }
 
 bool HttpServer::engine_ready() const {

@@ -7,6 +7,8 @@
 //                                                 loop is alive, else 503
 //   GET  /metrics                                 Prometheus text (also on metrics_port if set)
 //   GET  /version
+//   GET  /v1/status                               the job: layout, ranks and hosts, state, queue,
+//                                                 tokens/s, restart count (serve/job_status.h)
 //
 // Handler threads never run the model: they tokenize, post requests to the EngineClient's
 // queue and wait for their events. Overload answers 429 with Retry-After (waiting queue full),
@@ -19,11 +21,13 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
 #include "engine/serving_engine.h"
 #include "serve/completion_session.h"
+#include "serve/job_status.h"
 #include "serve/metrics.h"
 #include "serve/openai_protocol.h"
 
@@ -66,6 +70,8 @@ class HttpServer {
   void attach_engine(EngineClient* engine);
   // Draining: new completions and /v1/models answer 503, /health 503; streams in flight go on.
   void set_draining(bool draining);
+  // The facts GET /v1/status reports about the job (before this: only the state). Thread-safe.
+  void set_job_info(JobInfo info);
   bool draining() const { return draining_.load(); }
   // API requests being answered right now (for the drain to wait on).
   int64_t active_requests() const { return active_requests_.load(); }
@@ -76,6 +82,7 @@ class HttpServer {
   void handle_models(httplib::Response& res);
   void handle_health(httplib::Response& res);
   void handle_metrics(httplib::Response& res);
+  void handle_status(httplib::Response& res);
   void send_error(httplib::Response& res, const ApiError& error);
   bool engine_ready() const;
 
@@ -89,6 +96,9 @@ class HttpServer {
   std::atomic<EngineClient*> engine_{nullptr};
   std::atomic<bool> draining_{false};
   std::atomic<int64_t> active_requests_{0};
+  mutable std::mutex job_mutex_;
+  JobInfo job_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 };
 
 }  // namespace alem::serve

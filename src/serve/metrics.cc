@@ -40,6 +40,20 @@ void sample(std::string& out, const std::string& name, const std::string& labels
   out += " " + format_number(value) + "\n";
 }
 
+// Prometheus label values escape backslash, double quote and newline.
+std::string escape_label(const std::string& value) {
+  std::string out;
+  for (char c : value) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
 std::string replica_label(int replica) {
   return "replica=\"" + std::to_string(replica) + "\"";
 }
@@ -169,8 +183,29 @@ double ServingMetrics::generation_tokens_per_second(int r) const {
   return static_cast<double>(tokens) / static_cast<double>(window);
 }
 
+void ServingMetrics::set_job(const std::string& job_id, const std::string& node_list,
+                             int restart_count) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  job_id_ = job_id;
+  node_list_ = node_list;
+  restart_count_ = restart_count;
+}
+
 std::string ServingMetrics::render(const std::vector<ReplicaGauges>& gauges) const {
   std::string out;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!job_id_.empty()) {
+      header(out, "alem_job_info", "gauge", "The Slurm job this server runs in (always 1).");
+      sample(
+          out, "alem_job_info",
+          "job_id=\"" + escape_label(job_id_) + "\",node_list=\"" + escape_label(node_list_) + "\"",
+          1);
+      header(out, "alem_job_restarts", "gauge",
+             "Times Slurm requeued this job (SLURM_RESTART_COUNT).");
+      sample(out, "alem_job_restarts", "", restart_count_);
+    }
+  }
   struct Gauge {
     const char* name;
     const char* help;

@@ -63,6 +63,9 @@ class ServingMetrics {
   // "unavailable" (503), "too_large" (413).
   void count_rejected(const std::string& reason);
 
+  // The Slurm job this server runs in, shown as alem_job_info{job_id,node_list} 1 and
+  // alem_job_restarts (SLURM_RESTART_COUNT). Empty job id: not rendered.
+  void set_job(const std::string& job_id, const std::string& node_list, int restart_count);
   // The whole exposition text.
   std::string render(const std::vector<ReplicaGauges>& gauges) const;
   // Generation tokens per second over the last few seconds (for the tokens/s gauge and tests).
@@ -87,6 +90,8 @@ class ServingMetrics {
   int64_t now_second() const;
 
   mutable std::mutex mutex_;
+  std::string job_id_, node_list_;
+  int restart_count_ = 0;
   Clock::time_point start_ = Clock::now();
   std::vector<std::unique_ptr<Replica>> replicas_;
   std::map<std::string, uint64_t> rejected_;
