@@ -5,6 +5,7 @@
 #include <sodium.h>
 
 #include <cstdlib>
+#include <fstream>
 
 #include "confidential/cluster_bundle.h"
 #include "core/error.h"
@@ -25,6 +26,9 @@ void add_confidential_flags(CLI::App& cmd, ConfidentialFlags& flags) {
                  "off), always (every rank pair, even on one host), never (docs/secure-channel.md)")
       ->check(CLI::IsMember({"auto", "always", "never"}))
       ->capture_default_str();
+  cmd.add_option("--attestation-bundle-out", flags.bundle_out,
+                 "World rank 0 writes the verified cluster attestation bundle (public data) to "
+                 "this file, for `alem verify-bundle` or an out-of-band verifier");
 }
 
 std::optional<cc::ConfidentialSession> start_confidential(
@@ -48,6 +52,13 @@ std::optional<cc::ConfidentialSession> start_confidential(
   if (gateway_sealing_key && ctx.world_rank == 0)
     options.gateway_sealing_public_key = *gateway_sealing_key;
   cc::ConfidentialSession session = cc::establish_confidential_session(ctx, options);
+  if (!flags.bundle_out.empty() && ctx.world_rank == 0) {
+    const std::vector<uint8_t> bytes = cc::serialize_bundle(session.bundle);
+    std::ofstream out(flags.bundle_out, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(bytes.data()),
+              static_cast<std::streamsize>(bytes.size()));
+    ALEM_CHECK(out.good(), "cannot write the attestation bundle to '" + flags.bundle_out + "'");
+  }
   log_info("confidential start-up done",
            {{"mode", flags.mode},
             {"encrypt_interconnect", flags.encrypt},

@@ -21,6 +21,7 @@ namespace alem::cli {
 struct ConfidentialFlags {
   std::string mode = "off";      // off | sandbox | tdx
   std::string encrypt = "auto";  // auto | always | never
+  std::string bundle_out;        // world rank 0 writes the serialized bundle here ("" = no)
 };
 
 void add_confidential_flags(CLI::App& cmd, ConfidentialFlags& flags);
