@@ -262,6 +262,29 @@ BundleVerification verify_bundle(const pb::AttestationBundle& bundle, const Bund
   return result;
 }
 
+std::string check_register_bundle(std::string_view evidence, const PublicKey& sealing_key,
+                                  const std::vector<uint8_t>& model_digest, BundlePolicy policy) {
+  pb::AttestationBundle bundle;
+  try {
+    bundle = parse_bundle(reinterpret_cast<const uint8_t*>(evidence.data()), evidence.size());
+  } catch (const Error& e) {
+    return e.message();
+  }
+  policy.expected_sealing_key = sealing_key;
+  policy.expected_model_digest = model_digest;
+  const BundleVerification result = verify_bundle(bundle, policy);
+  if (result.ok()) return "";
+  std::string text = "the cluster attestation bundle failed " +
+                     std::to_string(result.failures.size()) + " check(s): ";
+  for (size_t i = 0; i < result.failures.size(); ++i) {
+    const BundleFinding& f = result.failures[i];
+    if (i) text += "; ";
+    text += (f.world_rank < 0 ? std::string("bundle") : "rank " + std::to_string(f.world_rank)) +
+            " " + f.check + ": " + f.detail;
+  }
+  return text;
+}
+
 void require_ok(const BundleVerification& result, const std::string& what) {
   ALEM_CHECK(result.ok(), what + " failed verification:\n" + result.report());
 }

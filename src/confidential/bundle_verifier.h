@@ -96,6 +96,13 @@ std::vector<BundleFinding> verify_rank_entry(const pb::AttestationBundle& bundle
                                              const pb::RankAttestation& entry,
                                              const BundlePolicy& policy);
 
+// For the network side (Register with evidence_format "alem-cluster-bundle-v1"): parses the
+// evidence bytes, requires rank 0's bound sealing key to be `sealing_key` (the Register's) and
+// the bundle's model digest to be `model_digest` (the announced model's), on top of `policy`.
+// Returns "" when the bundle is acceptable, else every failure in one text.
+std::string check_register_bundle(std::string_view evidence, const PublicKey& sealing_key,
+                                  const std::vector<uint8_t>& model_digest, BundlePolicy policy);
+
 // Throws alem::Error listing every failure when `result` is not ok.
 void require_ok(const BundleVerification& result, const std::string& what);
 

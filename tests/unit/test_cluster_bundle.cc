@@ -82,7 +82,8 @@ TEST(RankBinding, IsSha512OfTheDocumentedEncoding) {
   // Written out by hand from the header's description, independently of the implementation.
   std::vector<uint8_t> expected = {20, 0, 0, 0};
   for (char ch : std::string("alem-rank-binding-v1")) expected.push_back(uint8_t(ch));
-  for (int b : {2, 0, 0, 0, int('j'), int('1'), 2, 1, 0, 0, 32, 0, 0, 0}) expected.push_back(uint8_t(b));
+  for (int b : {2, 0, 0, 0, int('j'), int('1'), 2, 1, 0, 0, 32, 0, 0, 0})
+    expected.push_back(uint8_t(b));
   for (int i = 0; i < 32; ++i) expected.push_back(7);
   for (int b : {2, 0, 0, 0, 1, 2, 1, 0, 0, 0, 3, 0, 0, 0, 0}) expected.push_back(uint8_t(b));
   EXPECT_EQ(rank_binding_encoding(in), expected);
@@ -269,6 +270,26 @@ TEST(ClusterBundle, TamperingWithAnyFieldIsCaughtByItsCheck) {
         << t.what << ": expected " << t.check << " on rank " << t.rank << ", got\n"
         << v.report();
   }
+}
+
+TEST(ClusterBundle, RegisterCheckBindsTheRegisteredSealingKeyAndModel) {
+  Cluster c = make_cluster(2, 1, 1);
+  const std::vector<uint8_t> bytes = serialize_bundle(c.bundle);
+  const std::string evidence(bytes.begin(), bytes.end());
+  BundlePolicy accept;
+  accept.accept_software_evidence = true;
+  EXPECT_EQ(check_register_bundle(evidence, c.sealing->public_key(), digest_of(0xAA), accept), "");
+  PublicKey other = c.sealing->public_key();
+  other[0] ^= 1;
+  const std::string wrong_key = check_register_bundle(evidence, other, digest_of(0xAA), accept);
+  EXPECT_NE(wrong_key.find("rank 0 sealing_key"), std::string::npos) << wrong_key;
+  const std::string wrong_model =
+      check_register_bundle(evidence, c.sealing->public_key(), digest_of(1), accept);
+  EXPECT_NE(wrong_model.find("bundle model_digest"), std::string::npos) << wrong_model;
+  const std::string refused =
+      check_register_bundle(evidence, c.sealing->public_key(), digest_of(0xAA), BundlePolicy{});
+  EXPECT_NE(refused.find("software_evidence_refused"), std::string::npos) << refused;
+  EXPECT_NE(check_register_bundle("garbage", c.sealing->public_key(), digest_of(0xAA), accept), "");
 }
 
 TEST(ClusterBundle, HostIsInformationalOnly) {
