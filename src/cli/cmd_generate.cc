@@ -7,6 +7,8 @@
 #include "cli/commands.h"
 #include "cli/confidential_start.h"
 #include "cli/runtime.h"
+#include "confidential/memory_hygiene.h"
+#include "confidential/sandbox.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "engine/generator.h"
@@ -29,9 +31,13 @@ struct GenerateOptions {
   SamplingParams sampling;
   int64_t seed = -1;
   ConfidentialFlags confidential;  // --confidential, --encrypt-interconnect
+  bool allow_core_dumps = false;  // memory hygiene escape hatch (confidential/memory_hygiene.h)
+  bool sandbox = false;           // confidential/sandbox.h
 };
 
 void run_generate(GenerateOptions& o) {
+  // Before MPI starts: no core dumps, not dumpable (and MPI told to copy accordingly).
+  confidential::harden_process({.allow_core_dumps = o.allow_core_dumps});
   ParallelContext ctx = make_context(o.parallel);
   try {
     if (o.seed >= 0) o.sampling.seed = static_cast<uint64_t>(o.seed);
@@ -39,6 +45,7 @@ void run_generate(GenerateOptions& o) {
     ModelStoreReader store(o.model);
     // Attest, verify the cluster bundle, agree keys, encrypt traffic between hosts (collective).
     const auto confidential_session = start_confidential(ctx, o.confidential, store, nullptr);
+    if (o.sandbox) confidential::enter_sandbox();  // MPI is up and the store open
     Tokenizer tokenizer(store.tokenizer());
     std::vector<int32_t> prompt;
     if (o.chat) {
@@ -136,6 +143,10 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--quiet", o->quiet_stats, "Do not print statistics to stderr");
   add_parallel_flags(*cmd, o->parallel);
   add_confidential_flags(*cmd, o->confidential);
+  cmd->add_flag("--allow-core-dumps", o->allow_core_dumps,
+                "Debugging only: keep core dumps possible (they may hold prompts)");
+  cmd->add_flag("--sandbox", o->sandbox,
+                "Namespaces, private /tmp, no_new_privs and a seccomp filter (docs/security.md)");
   cmd->callback([o] { run_generate(*o); });
 }
 

@@ -23,6 +23,8 @@
 #include "cli/commands.h"
 #include "cli/confidential_start.h"
 #include "cli/runtime.h"
+#include "confidential/memory_hygiene.h"
+#include "confidential/sandbox.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "engine/dp_router.h"
@@ -81,6 +83,8 @@ struct ServeOptions {
   int drain_seconds = 30;
   int http_threads = 256;
   size_t max_body_bytes = size_t{1} << 20;
+  bool allow_core_dumps = false;  // memory hygiene escape hatch (confidential/memory_hygiene.h)
+  bool sandbox = false;           // confidential/sandbox.h
   // The network queue (docs/protocol.md): endpoints the provider client dials.
   std::vector<std::string> network_endpoints;
   std::string network_ca;
@@ -276,6 +280,8 @@ network::v1::ModelInfo network_model_info(const std::string& name, const std::st
 
 int serve(ServeOptions& o, const CLI::App& cmd) {
   apply_config_file(o, cmd);
+  // Before MPI starts: no core dumps, not dumpable (and MPI told to copy accordingly).
+  confidential::harden_process({.allow_core_dumps = o.allow_core_dumps});
   ParallelContext ctx = make_context(o.parallel);
   try {
     install_signal_handlers();
@@ -284,6 +290,7 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     if (ctx.layout.dp_size() > 1) channel = make_mpi_channel();
     const bool gateway = ctx.world_rank == 0;
     ModelStoreReader store(o.model);
+    if (o.sandbox) confidential::enter_sandbox();  // MPI is up, the store open, no threads yet
     const ModelConfig& config = store.config();
     const std::string served_name = o.served_model_name.empty() ? config.name : o.served_model_name;
     ALEM_CHECK(!served_name.empty(), "the model has no name; pass --served-model-name");
@@ -349,6 +356,7 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
                    std::to_string(blocks_for_one) +
                    " blocks); raise --kv-cache-mb or --num-kv-blocks, or lower --max-model-len");
     ShardedTransformer model(store, ctx, *backend, engine_options);
+    confidential::log_sensitive_memory("kv cache");
 
     ServingOptions serving;
     serving.max_num_seqs = o.max_num_seqs;
@@ -508,6 +516,10 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--gateway-file", o->gateway_file,
                   "Write the gateway's URL here for `alem status` (default under Slurm: "
                   "alem-gateway-<job id>.json in the working folder)");
+  cmd->add_flag("--allow-core-dumps", o->allow_core_dumps,
+                "Debugging only: keep core dumps possible (they may hold prompts)");
+  cmd->add_flag("--sandbox", o->sandbox,
+                "Namespaces, private /tmp, no_new_privs and a seccomp filter (docs/security.md)");
   cmd->callback([o, cmd] {
     // A server's log goes to collectors: JSON lines unless the operator chose otherwise.
     setenv("ALEM_LOG_FORMAT", "json", /*overwrite=*/0);

@@ -1,6 +1,11 @@
-// Implements AlignedBuffer with std::aligned_alloc.
+// Implements AlignedBuffer with std::aligned_alloc, and SensitiveBuffer with mmap, madvise and
+// mlock.
 #include "core/aligned_buffer.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -49,6 +54,78 @@ void secure_wipe(void* data, size_t bytes) {
   volatile uint8_t* p = static_cast<volatile uint8_t*>(data);
   for (size_t i = 0; i < bytes; ++i) p[i] = 0;
   __asm__ __volatile__("" : : "r"(data) : "memory");
+}
+
+namespace {
+
+std::atomic<uint64_t> g_mapped{0}, g_locked{0}, g_buffers{0}, g_lock_failures{0};
+std::atomic<bool> g_lock_enabled{true};
+
+}  // namespace
+
+SensitiveBuffer::SensitiveBuffer(size_t bytes) {
+  if (bytes == 0) return;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t mapped = (bytes + page - 1) / page * page;
+  void* p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  data_ = static_cast<uint8_t*>(p);  // anonymous mappings start zeroed
+  size_ = bytes;
+  mapped_ = mapped;
+  dont_dump_ = madvise(p, mapped, MADV_DONTDUMP) == 0;
+  if (g_lock_enabled.load()) {
+    locked_ = mlock(p, mapped) == 0;
+    if (!locked_) g_lock_failures.fetch_add(1);
+  }
+  g_mapped.fetch_add(mapped);
+  if (locked_) g_locked.fetch_add(mapped);
+  g_buffers.fetch_add(1);
+}
+
+SensitiveBuffer::~SensitiveBuffer() {
+  release();
+}
+
+SensitiveBuffer::SensitiveBuffer(SensitiveBuffer&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      mapped_(std::exchange(other.mapped_, 0)),
+      locked_(std::exchange(other.locked_, false)),
+      dont_dump_(std::exchange(other.dont_dump_, false)) {}
+
+SensitiveBuffer& SensitiveBuffer::operator=(SensitiveBuffer&& other) noexcept {
+  if (this != &other) {
+    release();
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+    mapped_ = std::exchange(other.mapped_, 0);
+    locked_ = std::exchange(other.locked_, false);
+    dont_dump_ = std::exchange(other.dont_dump_, false);
+  }
+  return *this;
+}
+
+void SensitiveBuffer::release() noexcept {
+  if (!data_) return;
+  secure_wipe(data_, mapped_);
+  if (locked_) {
+    munlock(data_, mapped_);
+    g_locked.fetch_sub(mapped_);
+  }
+  munmap(data_, mapped_);
+  g_mapped.fetch_sub(mapped_);
+  g_buffers.fetch_sub(1);
+  data_ = nullptr;
+  size_ = mapped_ = 0;
+  locked_ = dont_dump_ = false;
+}
+
+SensitiveMemoryStats sensitive_memory_stats() {
+  return {g_mapped.load(), g_locked.load(), g_buffers.load(), g_lock_failures.load()};
+}
+
+void set_sensitive_memory_locking(bool enabled) {
+  g_lock_enabled.store(enabled);
 }
 
 }  // namespace alem

@@ -32,6 +32,7 @@ BlockPool::BlockPool(int32_t num_blocks, int32_t block_size)
              "block pool needs at least one block, got " + std::to_string(num_blocks));
   ALEM_CHECK(block_size > 0, "block size must be positive, got " + std::to_string(block_size));
   empty_.reserve(blocks_.size());
+  wipe_queued_.assign(blocks_.size(), false);
   // Stack: block 0 on top, so blocks are handed out in id order (easier to read in tests).
   for (int32_t b = num_blocks - 1; b >= 0; --b) empty_.push_back(b);
 }
@@ -101,6 +102,7 @@ int32_t BlockPool::take_free_block() {
     b = lru_head_;  // evict the least recently freed cached block
     lru_remove(b);
     unhash(b);
+    queue_wipe(b);  // its prefix KV must not reach the new owner's unwritten slots
   }
   Block& block = blocks_[b];
   ALEM_CHECK(block.ref_count == 0, "block pool: free block " + std::to_string(b) + " is in use");
@@ -127,7 +129,21 @@ void BlockPool::drop_ref(int32_t block_id) {
     lru_push_back(block_id);
   } else {
     empty_.push_back(block_id);
+    queue_wipe(block_id);
   }
+}
+
+void BlockPool::queue_wipe(int32_t block_id) {
+  if (wipe_queued_[block_id]) return;
+  wipe_queued_[block_id] = true;
+  to_wipe_.push_back(block_id);
+}
+
+std::vector<int32_t> BlockPool::take_blocks_to_wipe() {
+  std::vector<int32_t> out;
+  out.swap(to_wipe_);
+  for (int32_t b : out) wipe_queued_[b] = false;
+  return out;
 }
 
 void BlockPool::lru_push_back(int32_t block_id) {

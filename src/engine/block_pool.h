@@ -12,6 +12,9 @@
 //    picked up again by a later request with the same prefix, until allocation pressure evicts
 //    it. Eviction takes never-used blocks first, then cached blocks least recently freed first;
 //    a request's blocks are freed tail first so the deepest (least shared) blocks go first.
+//  * Memory hygiene: a block whose contents are given up (its last user frees it and it has no
+//    hash, or it is evicted from the prefix cache) is queued for wiping; the engine takes the
+//    queue every step and zeroes those blocks on every rank before the step's KV writes.
 //
 // Not thread-safe: the scheduler (one thread on the replica leader) owns it.
 #pragma once
@@ -72,6 +75,10 @@ class BlockPool {
   // pool; those with a hash stay cached until evicted. Unknown ids are ignored.
   void free(int64_t request_id);
 
+  // Hands over (and clears) the blocks queued for wiping, each once, in release order.
+  std::vector<int32_t> take_blocks_to_wipe();
+  int32_t num_blocks_to_wipe() const { return static_cast<int32_t>(to_wipe_.size()); }
+
   bool has_request(int64_t request_id) const { return tables_.count(request_id) != 0; }
   // The request's physical blocks, in token order. Throws for an unknown request.
   const std::vector<int32_t>& block_table(int64_t request_id) const;
@@ -123,6 +130,9 @@ class BlockPool {
   int32_t num_used_ = 0;
   std::unordered_map<BlockHash, int32_t, HashOf> by_hash_;
   std::unordered_map<int64_t, Table> tables_;
+  std::vector<int32_t> to_wipe_;  // released contents, not yet zeroed by the engine
+  std::vector<bool> wipe_queued_;
+  void queue_wipe(int32_t block_id);
 };
 
 }  // namespace alem

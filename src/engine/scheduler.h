@@ -99,6 +99,8 @@ class Scheduler {
   // their finish event).
   const RequestState* find(int64_t request_id) const;
   const BlockPool& block_pool() const { return pool_; }
+  // The KV blocks released since the last call, to be zeroed (BlockPool::take_blocks_to_wipe).
+  std::vector<int32_t> take_blocks_to_wipe() { return pool_.take_blocks_to_wipe(); }
   const SchedulerConfig& config() const { return config_; }
   const SchedulerStats& stats() const { return stats_; }
 

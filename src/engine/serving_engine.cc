@@ -386,13 +386,20 @@ bool ServingEngine::run_step() {
   Impl& m = *impl_;
   m.drain_inbox();
   StepPlan plan = m.scheduler.schedule();
-  if (plan.sequences.empty()) {
+  // Released KV blocks are zeroed on every rank, in a step of their own when nothing runs.
+  plan.wipe_blocks = m.scheduler.take_blocks_to_wipe();
+  if (plan.sequences.empty() && plan.wipe_blocks.empty()) {
     m.update_snapshot();
     return false;
   }
   if (m.replica_is_sharded()) {
     std::vector<uint8_t> message = m.step_message(plan);
     m.replica_broadcast(message);
+  }
+  if (plan.sequences.empty()) {
+    m.model.wipe_kv_blocks(plan.wipe_blocks);
+    m.update_snapshot();
+    return false;
   }
   const std::vector<int32_t> tokens = m.compute_step(plan);
   std::vector<RequestEvent> events = m.scheduler.on_step_done(plan, tokens);
@@ -449,6 +456,10 @@ int ServingEngine::run_follower_loop() {
     if (message[0] == kStopMessage) return message.size() > 1 ? message[1] : 0;
     StepPlan plan = m.apply_step_message(message);
     secure_wipe(message.data(), message.size());
+    if (plan.sequences.empty()) {  // a wipe-only step
+      m.model.wipe_kv_blocks(plan.wipe_blocks);
+      continue;
+    }
     m.compute_step(plan);
     secure_wipe(plan.tokens.data(), plan.tokens.size() * sizeof(int32_t));
   }

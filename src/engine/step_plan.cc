@@ -56,6 +56,8 @@ std::vector<uint8_t> serialize_step_plan(const StepPlan& plan) {
     put(out, static_cast<uint32_t>(s.block_table.size()));
     for (int32_t b : s.block_table) put(out, b);
   }
+  put(out, static_cast<uint32_t>(plan.wipe_blocks.size()));
+  for (int32_t b : plan.wipe_blocks) put(out, b);
   return out;
 }
 
@@ -77,6 +79,8 @@ StepPlan deserialize_step_plan(const uint8_t* data, size_t size) {
     ALEM_CHECK(s.num_tokens >= 0 && s.start_pos >= 0, "step plan has a negative length");
     covered += s.num_tokens;
   }
+  plan.wipe_blocks.resize(r.get<uint32_t>());
+  r.get_array(plan.wipe_blocks.data(), plan.wipe_blocks.size());
   ALEM_CHECK(r.done(), "step plan has trailing bytes");
   ALEM_CHECK(covered == static_cast<int64_t>(plan.tokens.size()),
              "step plan sequences cover " + std::to_string(covered) + " tokens, plan has " +

@@ -25,6 +25,9 @@ struct StepPlan {
   int64_t step_id = 0;
   std::vector<int32_t> tokens;  // all tokens, sequences back to back
   std::vector<StepSequence> sequences;
+  // KV blocks released since the last step (BlockPool::take_blocks_to_wipe): every rank zeroes
+  // them before the step's KV writes. A plan may carry only these (no sequences).
+  std::vector<int32_t> wipe_blocks;
 
   int32_t total_tokens() const { return static_cast<int32_t>(tokens.size()); }
 };

@@ -37,7 +37,8 @@ struct ShardedTransformer::Layer {
   WeightMatrix o_proj;                // [hidden][local heads * head_dim]
   WeightMatrix gate_up;               // rows: local gate, then local up
   WeightMatrix down;                  // [hidden][local ffn]
-  std::vector<float> k_cache, v_cache;
+  float* k_cache = nullptr;           // kv_floats_per_layer_ each, inside kv_region_
+  float* v_cache = nullptr;
 };
 
 ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelContext& ctx,
@@ -66,6 +67,10 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
   const ShardPlan& s = shard_;
   const size_t kv_floats =
       static_cast<size_t>(num_kv_blocks_) * options_.block_size * s.num_kv_heads * hd;
+  kv_floats_per_layer_ = kv_floats;
+  // One mapping for the whole KV cache: out of core dumps, mlock'ed where allowed, wiped on
+  // release (core/aligned_buffer.h).
+  kv_region_ = SensitiveBuffer(2 * kv_floats * static_cast<size_t>(s.num_layers) * sizeof(float));
   for (int l = s.first_layer; l < s.first_layer + s.num_layers; ++l) {
     auto layer = std::make_unique<Layer>();
     auto name = [&](const char* suffix) { return layer_tensor_name(l, suffix); };
@@ -104,8 +109,9 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
     layer->gate_up = concat_rows(gate_up_parts);
     layer->down =
         store.read_matrix(name("mlp.down_proj.weight"), 0, hidden, s.ffn_begin, s.ffn_size);
-    layer->k_cache.assign(kv_floats, 0.f);
-    layer->v_cache.assign(kv_floats, 0.f);
+    const size_t local = layers_.size();
+    layer->k_cache = kv_region_.as<float>() + (2 * local) * kv_floats;
+    layer->v_cache = kv_region_.as<float>() + (2 * local + 1) * kv_floats;
     layers_.push_back(std::move(layer));
   }
   const bool tied = config_.tie_word_embeddings || !store.has_tensor("lm_head.weight");
@@ -120,13 +126,8 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
   load_seconds_ = seconds_since(t0);
 }
 
-ShardedTransformer::~ShardedTransformer() {
-  // KV caches held request data: wipe before the memory goes back to the allocator.
-  for (auto& layer : layers_) {
-    secure_wipe(layer->k_cache.data(), layer->k_cache.size() * sizeof(float));
-    secure_wipe(layer->v_cache.data(), layer->v_cache.size() * sizeof(float));
-  }
-}
+// The KV region wipes itself when it is unmapped.
+ShardedTransformer::~ShardedTransformer() = default;
 
 uint64_t ShardedTransformer::weight_bytes() const {
   uint64_t total = embedding_.bytes() + lm_head_.bytes();
@@ -138,7 +139,7 @@ uint64_t ShardedTransformer::weight_bytes() const {
 
 uint64_t ShardedTransformer::kv_cache_bytes() const {
   uint64_t total = 0;
-  for (const auto& l : layers_) total += (l->k_cache.size() + l->v_cache.size()) * sizeof(float);
+  for (size_t l = 0; l < layers_.size(); ++l) total += 2 * kv_floats_per_layer_ * sizeof(float);
   return total;
 }
 
@@ -148,10 +149,22 @@ void ShardedTransformer::wipe_kv_blocks(const std::vector<int32_t>& blocks) {
   for (auto& l : layers_) {
     for (int32_t b : blocks) {
       ALEM_CHECK(b >= 0 && b < num_kv_blocks_, "KV block " + std::to_string(b) + " out of range");
-      secure_wipe(l->k_cache.data() + b * block_floats, block_floats * sizeof(float));
-      secure_wipe(l->v_cache.data() + b * block_floats, block_floats * sizeof(float));
+      secure_wipe(l->k_cache + b * block_floats, block_floats * sizeof(float));
+      secure_wipe(l->v_cache + b * block_floats, block_floats * sizeof(float));
     }
   }
+}
+
+std::span<const float> ShardedTransformer::kv_block(int local_layer, int32_t block,
+                                                    bool values) const {
+  ALEM_CHECK(local_layer >= 0 && local_layer < static_cast<int>(layers_.size()),
+             "local layer " + std::to_string(local_layer) + " out of range");
+  ALEM_CHECK(block >= 0 && block < num_kv_blocks_,
+             "KV block " + std::to_string(block) + " out of range");
+  const size_t block_floats =
+      static_cast<size_t>(options_.block_size) * shard_.num_kv_heads * config_.head_dim;
+  const Layer& l = *layers_[local_layer];
+  return {(values ? l.v_cache : l.k_cache) + block * block_floats, block_floats};
 }
 
 StepLogits ShardedTransformer::forward(const StepPlan& plan) {
@@ -176,6 +189,9 @@ StepLogits ShardedTransformer::forward(const StepPlan& plan) {
     covered += seq.num_tokens;
   }
   ALEM_CHECK(covered == plan.total_tokens(), "plan sequences do not cover its tokens");
+  // Blocks released since the last step are zeroed on every rank before this step writes KV
+  // (a released block may already be in this step's tables, handed to another request).
+  if (!plan.wipe_blocks.empty()) wipe_kv_blocks(plan.wipe_blocks);
   if (plan.sequences.empty()) return out;
 
   // Split sequences into micro-batches of roughly equal token counts (pipeline only).
@@ -313,7 +329,7 @@ void ShardedTransformer::run_layer(Layer& L, int64_t T) {
   shape.head_dim = hd;
   shape.block_size = options_.block_size;
   shape.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  KVCacheLayerView cache{L.k_cache.data(), L.v_cache.data()};
+  KVCacheLayerView cache{L.k_cache, L.v_cache};
   const int n_seqs = static_cast<int>(attention_seqs_.size());
   backend_.kv_cache_write(shape, attention_seqs_.data(), n_seqs, k_.data(), v_.data(), cache);
   backend_.paged_attention(shape, attention_seqs_.data(), n_seqs, q_.data(), cache, attn_.data());

@@ -8,9 +8,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "core/aligned_buffer.h"
 #include "engine/shard_plan.h"
 #include "engine/step_plan.h"
 #include "kernels/backend.h"
@@ -70,7 +72,12 @@ class ShardedTransformer {
   const ForwardTimings& timings() const { return timings_; }
   void reset_timings() { timings_ = {}; }
   // Zeroes the given KV cache blocks (called when a request's blocks are released).
+  // forward() first wipes the plan's wipe_blocks this way, before any KV write of the step.
   void wipe_kv_blocks(const std::vector<int32_t>& blocks);
+  // One KV block of one of this rank's layers (local index), keys or values; for tests and
+  // inspection. The whole cache is one SensitiveBuffer (out of core dumps, mlock'ed if allowed).
+  std::span<const float> kv_block(int local_layer, int32_t block, bool values) const;
+  const SensitiveBuffer& kv_region() const { return kv_region_; }
 
  private:
   struct Layer;
@@ -88,6 +95,8 @@ class ShardedTransformer {
   WeightMatrix lm_head_;    // vocab slice, last stage, when untied
   std::vector<float> final_norm_;
   int num_kv_blocks_ = 0;
+  SensitiveBuffer kv_region_;  // every layer's K and V; Layer holds pointers into it
+  size_t kv_floats_per_layer_ = 0;
   double load_seconds_ = 0;
   uint64_t bytes_loaded_ = 0;
   ForwardTimings timings_;
