@@ -268,8 +268,8 @@ void bf16_pair_block(const float* xp, int64_t K, const uint16_t* w, int rows, co
   for (int64_t k = 0; k < K; k += 32) {
     __m512 even[kPairRows], odd[kPairRows];
     for (int r = 0; r < kPairRows; ++r) {
-      // The next block of weight rows follows this one in memory.
-      _mm_prefetch(reinterpret_cast<const char*>(row[r] + kPairRows * K + k), _MM_HINT_T0);
+      // Weight rows are contiguous: fetch two blocks ahead (8 rows, as the M <= 2 path does).
+      _mm_prefetch(reinterpret_cast<const char*>(row[r] + 2 * kPairRows * K + k), _MM_HINT_T0);
       const __m512i v = _mm512_loadu_si512(row[r] + k);
       even[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
       odd[r] = _mm512_castsi512_ps(_mm512_and_si512(v, high_half));
