@@ -284,6 +284,7 @@ void SecureProcessGroup::all_reduce(float* data, size_t count, ReduceOp op) {
     exchange(data + chunk_begin(out_c), chunk_size(out_c) * sizeof(float), right,
              data + chunk_begin(in_c), chunk_size(in_c) * sizeof(float), left, kTagAllReduce);
   }
+  secure_wipe(incoming.data(), incoming.size() * sizeof(float));  // activations of a request
 }
 
 void SecureProcessGroup::all_gather(const void* send_buf, size_t bytes_per_rank, void* recv_buf) {
