@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Compares `alem serve` with llama.cpp's `llama-server` on SmolLM2-135M-Instruct, same weights,
+# same load, same machine (issue 4's measurement). Everything it needs it makes itself, outside
+# the tracked tree (in the ignored build-llama/ folder, or $LLAMA_WORK):
+#   1. downloads the llama-cpp-python source archive from PyPI (it vendors llama.cpp),
+#   2. builds its llama-server and llama-quantize (CPU only, -DGGML_NATIVE=ON),
+#   3. converts models/SmolLM2-135M-Instruct.Q4_1.gguf, the file alem's stores were made from,
+#      to BF16 (llama-quantize --allow-requantize: dequantise to f32, round to bf16, the same
+#      rounding `alem convert` applies, so both servers hold the same bf16 weights) and to Q8_0
+#      (32-weight groups of int8 with one scale, as alem's int8 store; scales are f16 there and
+#      f32 here, so the int8 values can differ in the last bit),
+#   4. runs bench/llama_server_compare.py: both servers up, the same streaming load at 1, 4 and
+#      16 streams alternating between them, and a table of tok/s, TTFT, ITL and scaling.
+#
+#   bench/llama_server_compare.sh [extra llama_server_compare.py options, e.g. --levels 1,4,16]
+#
+# Environment: ALEM_BIN (default build/alem), THREADS (default: all cores), LLAMA_WORK,
+# LLAMA_CPP_PYTHON_VERSION (default 0.3.36), LLAMA_BUILD_JOBS (default: cores).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=${LLAMA_WORK:-$root/build-llama}
+version=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
+alem=${ALEM_BIN:-$root/build/alem}
+threads=${THREADS:-$(nproc)}
+jobs=${LLAMA_BUILD_JOBS:-$(nproc)}
+mkdir -p "$work"
+
+archive="$work/llama_cpp_python-$version.tar.gz"
+if [ ! -f "$archive" ]; then
+  echo "== downloading llama-cpp-python $version (source) from PyPI"
+  python3 -m pip download "llama-cpp-python==$version" --no-binary :all: --no-deps -d "$work"
+fi
+src="$work/llama_cpp_python-$version/vendor/llama.cpp"
+[ -d "$src" ] || tar -xzf "$archive" -C "$work"
+
+bin="$work/llama-build/bin"
+if [ ! -x "$bin/llama-server" ] || [ ! -x "$bin/llama-quantize" ]; then
+  echo "== building llama-server (CPU, native) in $work/llama-build"
+  launcher=()
+  command -v ccache >/dev/null 2>&1 &&
+    launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  generator=()
+  command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
+  cmake -S "$src" -B "$work/llama-build" "${generator[@]}" "${launcher[@]}" \
+    -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DLLAMA_CURL=OFF \
+    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON
+  nice -n 10 cmake --build "$work/llama-build" --target llama-server llama-quantize -j "$jobs"
+fi
+
+q41="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+[ -f "$q41" ] || { echo "missing $q41: run scripts/fetch-model.sh first" >&2; exit 1; }
+for type in BF16 Q8_0; do
+  out="$work/SmolLM2-135M-Instruct.$type.gguf"
+  if [ ! -f "$out" ]; then
+    echo "== converting the Q4_1 GGUF to $type"
+    "$bin/llama-quantize" --allow-requantize "$q41" "$out" "$type" > "$work/quantize-$type.log" 2>&1 ||
+      { cat "$work/quantize-$type.log" >&2; exit 1; }
+  fi
+done
+
+for store in smollm2-135m-instruct.h5 smollm2-135m-instruct-int8.h5; do
+  [ -f "$root/models/$store" ] || { echo "missing models/$store: run scripts/prepare-model.sh" >&2; exit 1; }
+done
+[ -x "$alem" ] || { echo "missing $alem: build alem first (scripts/build.sh)" >&2; exit 1; }
+
+# The load generator uses the official `openai` client; make a venv with it when missing.
+python=python3
+if ! python3 -c 'import openai' >/dev/null 2>&1; then
+  [ -x "$work/venv/bin/python" ] || python3 -m venv "$work/venv"
+  "$work/venv/bin/python" -c 'import openai' >/dev/null 2>&1 || "$work/venv/bin/pip" install -q openai
+  python="$work/venv/bin/python"
+fi
+
+echo "== alem $alem; llama.cpp $($bin/llama-server --version 2>&1 | grep -m1 version || true)"
+echo "== $(nproc) cores, $threads threads per server, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+"$python" "$root/bench/llama_server_compare.py" --alem "$alem" --llama-server "$bin/llama-server" \
+  --threads "$threads" --log-dir "$work/logs" --csv "$work/llama_server_compare.csv" \
+  --pair "$root/models/smollm2-135m-instruct.h5=$work/SmolLM2-135M-Instruct.BF16.gguf=bf16" \
+  --pair "$root/models/smollm2-135m-instruct-int8.h5=$work/SmolLM2-135M-Instruct.Q8_0.gguf=int8/q8_0" \
+  "$@"
+echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg); CSV: $work/llama_server_compare.csv"
