@@ -48,6 +48,12 @@ struct ProviderClient::Stream {
   std::atomic<bool> registered{false};
   std::atomic<int64_t> last_heard_ms{now_ms()};
   std::atomic<int64_t> last_sent_ms{0};
+  // When the read loop ended (0: still reading). gRPC's Finish() waits for the server's status,
+  // which never comes when the stream broke on our side (a message that did not parse): the
+  // ticker cancels the call if Finish() has not returned within a second.
+  std::atomic<int64_t> read_ended_ms{0};
+  std::atomic<bool> cancelled{false};
+  std::atomic<bool> heartbeats_stop{false};
   std::atomic<int64_t> heartbeat_interval_ms{1000};
   std::atomic<int64_t> heartbeat_timeout_ms{5000};
 
@@ -208,7 +214,23 @@ void ProviderClient::run_connection(Connection& connection) {
     if (stopping_.load()) stream->context.TryCancel();
 
     bool registered = false;
+    std::thread heartbeats;
     if (stream->write(make_register(connection))) {
+      // Heartbeats on their own thread: a Write may block on a stalled stream, and the ticker
+      // that watches timeouts must not.
+      heartbeats = std::thread([this, stream, &connection] {
+        while (!stream->heartbeats_stop.load()) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+          if (now_ms() - stream->last_sent_ms.load() < stream->heartbeat_interval_ms.load()) {
+            continue;
+          }
+          v1::ProviderMessage hb;
+          hb.mutable_heartbeat()->set_unix_ms(unix_ms());
+          hb.mutable_heartbeat()->set_open_leases(static_cast<uint32_t>(open_leases_.load()));
+          hb.mutable_heartbeat()->set_credits(draining_.load() ? 0 : connection.credits);
+          if (!stream->write(hb)) break;
+        }
+      });
       connection.connected = true;
       connection.connects.fetch_add(1);
       log_info("network connected", {{"endpoint", connection.endpoint},
@@ -255,9 +277,12 @@ void ProviderClient::run_connection(Connection& connection) {
         }
       }
     }
-    connection.connected = false;
+    stream->read_ended_ms = now_ms();
     connection.registered = false;
     const grpc::Status status = stream->finish();
+    connection.connected = false;
+    stream->heartbeats_stop = true;
+    if (heartbeats.joinable()) heartbeats.join();
     {
       std::lock_guard<std::mutex> lock(connection.mutex);
       connection.stream.reset();
@@ -325,6 +350,7 @@ void ProviderClient::on_lease(Connection& connection, const std::shared_ptr<Stre
 }
 
 void ProviderClient::run_ticker() {
+  // Watches every stream; never writes, so a stalled stream cannot stall it.
   while (!stopping_.load()) {
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -338,21 +364,26 @@ void ProviderClient::run_ticker() {
         std::lock_guard<std::mutex> lock(c->mutex);
         stream = c->stream;
       }
-      if (!stream || !c->connected.load()) continue;
+      if (!stream || stream->cancelled.load()) continue;
+      const int64_t ended = stream->read_ended_ms.load();
+      if (ended > 0) {
+        if (now - ended > 1000) {
+          log_warn(
+              "network: the stream broke without a status (a message that did not parse?); "
+              "cancelling it",
+              {{"endpoint", c->endpoint}});
+          stream->cancelled = true;
+          stream->context.TryCancel();
+        }
+        continue;
+      }
+      if (!c->connected.load()) continue;
       if (now - stream->last_heard_ms.load() > stream->heartbeat_timeout_ms.load()) {
         log_warn("network heartbeat timeout: dropping the stream",
                  {{"endpoint", c->endpoint},
                   {"timeout_ms", std::to_string(stream->heartbeat_timeout_ms.load())}});
-        stream->last_heard_ms = now;  // once per timeout
+        stream->cancelled = true;
         stream->context.TryCancel();
-        continue;
-      }
-      if (now - stream->last_sent_ms.load() >= stream->heartbeat_interval_ms.load()) {
-        v1::ProviderMessage hb;
-        hb.mutable_heartbeat()->set_unix_ms(unix_ms());
-        hb.mutable_heartbeat()->set_open_leases(static_cast<uint32_t>(open_leases_.load()));
-        hb.mutable_heartbeat()->set_credits(draining_.load() ? 0 : c->credits);
-        stream->write(hb);
       }
     }
   }
