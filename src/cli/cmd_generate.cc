@@ -45,7 +45,8 @@ void run_generate(GenerateOptions& o) {
     ModelStoreReader store(o.model);
     // Attest, verify the cluster bundle, agree keys, encrypt traffic between hosts (collective).
     const auto confidential_session = start_confidential(ctx, o.confidential, store, nullptr);
-    if (o.sandbox) confidential::enter_sandbox();  // MPI is up and the store open
+    // MPI is up and the store open. `--confidential sandbox` implies it.
+    if (o.sandbox || o.confidential.mode == "sandbox") confidential::enter_sandbox();
     Tokenizer tokenizer(store.tokenizer());
     std::vector<int32_t> prompt;
     if (o.chat) {
@@ -146,7 +147,8 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--allow-core-dumps", o->allow_core_dumps,
                 "Debugging only: keep core dumps possible (they may hold prompts)");
   cmd->add_flag("--sandbox", o->sandbox,
-                "Namespaces, private /tmp, no_new_privs and a seccomp filter (docs/security.md)");
+                "Namespaces, private /tmp, no_new_privs and a seccomp filter (docs/security.md); "
+                "implied by --confidential sandbox");
   cmd->callback([o] { run_generate(*o); });
 }
 

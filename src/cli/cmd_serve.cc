@@ -290,7 +290,8 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     if (ctx.layout.dp_size() > 1) channel = make_mpi_channel();
     const bool gateway = ctx.world_rank == 0;
     ModelStoreReader store(o.model);
-    if (o.sandbox) confidential::enter_sandbox();  // MPI is up, the store open, no threads yet
+    // MPI is up, the store open, no threads yet. `--confidential sandbox` implies it.
+    if (o.sandbox || o.confidential.mode == "sandbox") confidential::enter_sandbox();
     const ModelConfig& config = store.config();
     const std::string served_name = o.served_model_name.empty() ? config.name : o.served_model_name;
     ALEM_CHECK(!served_name.empty(), "the model has no name; pass --served-model-name");
@@ -519,7 +520,8 @@ void add_serve_command(CLI::App& app) {
   cmd->add_flag("--allow-core-dumps", o->allow_core_dumps,
                 "Debugging only: keep core dumps possible (they may hold prompts)");
   cmd->add_flag("--sandbox", o->sandbox,
-                "Namespaces, private /tmp, no_new_privs and a seccomp filter (docs/security.md)");
+                "Namespaces, private /tmp, no_new_privs and a seccomp filter (docs/security.md); "
+                "implied by --confidential sandbox");
   cmd->callback([o, cmd] {
     // A server's log goes to collectors: JSON lines unless the operator chose otherwise.
     setenv("ALEM_LOG_FORMAT", "json", /*overwrite=*/0);

@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   alem::cli::add_serve_command(app);
   alem::cli::add_netsim_command(app);
   alem::cli::add_status_command(app);
+  alem::cli::add_cvm_command(app);
   alem::cli::add_verify_bundle_command(app);
   int status = 0;
   try {
