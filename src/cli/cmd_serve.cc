@@ -424,6 +424,7 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
       provider =
           std::make_unique<network::ProviderClient>(std::move(no), *network_keys, *lease_handler);
       provider->start();
+      metrics->add_source([p = provider.get()] { return p->render_metrics(); });
     }
     auto stop_network = [&] {
       if (!provider) return;

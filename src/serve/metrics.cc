@@ -298,7 +298,14 @@ std::string ServingMetrics::render(const std::vector<ReplicaGauges>& gauges) con
            std::string("reason=\"") + label_value(reason) + "\"",
            it == rejected_.end() ? 0 : it->second);
   }
+  std::lock_guard<std::mutex> sources_lock(sources_mutex_);
+  for (const auto& source : sources_) out += source();
   return out;
+}
+
+void ServingMetrics::add_source(std::function<std::string()> source) {
+  std::lock_guard<std::mutex> lock(sources_mutex_);
+  sources_.push_back(std::move(source));
 }
 
 }  // namespace alem::serve

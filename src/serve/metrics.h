@@ -10,6 +10,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -66,6 +67,9 @@ class ServingMetrics {
   // The Slurm job this server runs in, shown as alem_job_info{job_id,node_list} 1 and
   // alem_job_restarts (SLURM_RESTART_COUNT). Empty job id: not rendered.
   void set_job(const std::string& job_id, const std::string& node_list, int restart_count);
+  // Another part of the server (the network provider: alem_network_*) adds its own series:
+  // `source` returns Prometheus text and is called at the end of every render. Thread-safe.
+  void add_source(std::function<std::string()> source);
   // The whole exposition text.
   std::string render(const std::vector<ReplicaGauges>& gauges) const;
   // Generation tokens per second over the last few seconds (for the tokens/s gauge and tests).
@@ -95,6 +99,8 @@ class ServingMetrics {
   Clock::time_point start_ = Clock::now();
   std::vector<std::unique_ptr<Replica>> replicas_;
   std::map<std::string, uint64_t> rejected_;
+  mutable std::mutex sources_mutex_;
+  std::vector<std::function<std::string()>> sources_;
 };
 
 }  // namespace alem::serve
