@@ -15,8 +15,10 @@ readonly TEST_DEADLINE_S=${ALEM_SLURM_TEST_DEADLINE_S:-240}
 source "$(dirname "${BASH_SOURCE[0]}")/slurm_test_lib.sh"
 
 require_tools slurmctld slurmd munged mungekey sbatch srun scontrol mpicc ss
-readonly ALEM=${ALEM_BINARY:-$REPO_ROOT/build/alem}
-readonly GGUF=${ALEM_TEST_GGUF:-$REPO_ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+ALEM=$(realpath -m "${ALEM_BINARY:-$REPO_ROOT/build/alem}")
+readonly ALEM
+GGUF=$(realpath -m "${ALEM_TEST_GGUF:-$REPO_ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf}")
+readonly GGUF
 [ -x "$ALEM" ] || { echo "skipped: no alem binary at $ALEM"; exit "$SKIP"; }
 [ -s "$GGUF" ] || { echo "skipped: no model at $GGUF (scripts/fetch-model.sh)"; exit "$SKIP"; }
 

@@ -18,8 +18,10 @@ readonly TEST_DEADLINE_S=${ALEM_SLURM_TEST_DEADLINE_S:-540}
 source "$(dirname "${BASH_SOURCE[0]}")/slurm_test_lib.sh"
 
 require_tools slurmctld slurmd munged mungekey sbatch srun scontrol ss curl python3
-readonly ALEM=${ALEM_BINARY:-$REPO_ROOT/build/alem}
-readonly MODEL=${ALEM_TEST_MODEL:-$REPO_ROOT/models/smollm2-135m-instruct.h5}
+ALEM=$(realpath -m "${ALEM_BINARY:-$REPO_ROOT/build/alem}")
+readonly ALEM
+MODEL=$(realpath -m "${ALEM_TEST_MODEL:-$REPO_ROOT/models/smollm2-135m-instruct.h5}")
+readonly MODEL
 [ -x "$ALEM" ] || { echo "skipped: no alem binary at $ALEM"; exit "$SKIP"; }
 [ -s "$MODEL" ] || { echo "skipped: no model store at $MODEL (scripts/prepare-model.sh)"; exit "$SKIP"; }
 export OMP_NUM_THREADS=1 ALEM_LOG_FORMAT=json
