@@ -2,7 +2,9 @@
 # test_slurm_serve.sh: the shipped slurm/alem-serve.sbatch and slurm/alem-sweep.sbatch with the
 # real alem and the real model, on the one-node cluster of slurm/local/slurm-local.sh:
 #   1. sbatch the serve job with 4 tasks (tp 1 x pp 4), wait for /health, check answers over
-#      HTTP against `alem generate`, `alem status --job` and the job's metrics;
+#      HTTP against `alem generate`, `alem status --job` and the job's metrics; sealed requests
+#      through the network simulator (`alem netsim`), which the job dials as its provider:
+#      every answer opens and is complete, lost = 0, billed twice = 0;
 #   2. `scancel --signal=USR1 --batch`: the job drains, the request in flight completes, the
 #      script requeues it; it comes back (restart 1) and serves again;
 #   3. SIGKILL one rank: the whole job ends non-zero within 30 s (and is not requeued);
@@ -76,9 +78,28 @@ drain_seconds = 90
 TOML
 local_site=(--partition=debug --time=15 --gpus-per-node=0 --cpus-per-task=1)
 
+say "alem netsim: the reference network the job will dial out to"
+"$ALEM" netsim --listen 127.0.0.1:0 --insecure --accept-software-evidence --requests 4 \
+  --concurrency 2 --max-tokens 8 --report "$WORK_DIR/serve/netsim-report.json" \
+  --wait-provider-s 200 --run-s 200 >"$WORK_DIR/serve/netsim.log" 2>&1 &
+netsim_pid=$!
+netsim_port() { python3 - "$WORK_DIR/serve/netsim.log" <<'PY'
+import json, sys
+for line in open(sys.argv[1], errors="replace"):
+    if line.startswith("{"):
+        e = json.loads(line)
+        if e.get("msg") == "listening":
+            print(e["port"]); sys.exit(0)
+sys.exit(1)
+PY
+}
+wait_for 30 "alem netsim to listen" netsim_port
+NETSIM_PORT=$(netsim_port)
+
 say "slurm/alem-serve.sbatch: 4 ranks (tp 1 x pp 4) of the real alem serve"
 serve_job=$(ALEM_BIN=$ALEM ALEM_MODEL=$MODEL ALEM_TP=1 ALEM_PP=4 ALEM_DP=1 ALEM_PORT=$PORT \
-  ALEM_SERVER_CONFIG=$WORK_DIR/serve/server.toml ALEM_SERVE_EXTRA_ARGS="--kv-cache-mb 32" \
+  ALEM_SERVER_CONFIG=$WORK_DIR/serve/server.toml \
+  ALEM_SERVE_EXTRA_ARGS="--kv-cache-mb 32 --network-endpoint 127.0.0.1:$NETSIM_PORT --network-insecure --attestation off --provider-key $WORK_DIR/serve/provider.key --usage-journal $WORK_DIR/serve/usage.journal" \
   sbatch --parsable "${local_site[@]}" --nodes=1 --ntasks-per-node=4 \
   --chdir="$WORK_DIR/serve" --output="$WORK_DIR/serve/%j.out" "$REPO_ROOT/slurm/alem-serve.sbatch")
 serve_log=$WORK_DIR/serve/$serve_job.out
@@ -98,6 +119,15 @@ for l in lines:
     e = json.loads(l)
     assert "rank" in e and "host" in e, l
 PY
+
+say "sealed requests through the network simulator"
+wait "$netsim_pid" || fail "alem netsim reported a problem: $(tail -5 "$WORK_DIR/serve/netsim.log")"
+for field in lost billed_twice failed; do
+  [ "$(json_field "$WORK_DIR/serve/netsim-report.json" "d['$field']")" = 0 ] ||
+    fail "netsim report: $field is not 0: $(cat "$WORK_DIR/serve/netsim-report.json")"
+done
+[ "$(json_field "$WORK_DIR/serve/netsim-report.json" "d['completed']")" = 4 ] ||
+  fail "netsim report: not 4 completed: $(cat "$WORK_DIR/serve/netsim-report.json")"
 
 say "scancel --signal=USR1 --batch: drain with a request in flight, then requeue"
 curl -sS -N --max-time 240 "$BASE/v1/completions" -H 'Content-Type: application/json' \
