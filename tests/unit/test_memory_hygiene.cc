@@ -16,6 +16,7 @@
 #include "confidential/memory_hygiene.h"
 #include "core/aligned_buffer.h"
 #include "engine/block_pool.h"
+#include "engine/serving_engine.h"
 #include "engine/transformer.h"
 #include "kernels/backend.h"
 #include "model/model_store.h"
@@ -95,7 +96,7 @@ class KvWipe : public ::testing::Test {
     ctx_ = make_solo_context();
     backend_ = make_backend("cpu");
     EngineOptions options;
-    options.max_model_len = 64;
+    options.max_model_len = 32;  // 8 blocks of 4 tokens hold one whole sequence
     options.block_size = 4;
     options.num_kv_blocks = 8;
     model_ = std::make_unique<ShardedTransformer>(*store_, ctx_, *backend_, options);
@@ -144,6 +145,39 @@ TEST_F(KvWipe, ReleasedBlocksReadBackZeroOnEveryLayer) {
   }
 }
 
+// Through the serving engine: when a request ends, the blocks it gives up are zeroed by the
+// next (wipe-only) step; its full prompt blocks stay cached for prefix reuse, and only those.
+TEST_F(KvWipe, ServingEngineWipesAFinishedRequestsPartialBlock) {
+  ServingOptions options;
+  ServingEngine engine(*model_, ctx_, options);
+  EngineRequest request;
+  request.prompt = {1, 4093, 198, 28, 1303, 30, 2, 5, 6, 7};  // 10 tokens: blocks 0-1 full, 2 not
+  request.params.temperature = 0;
+  request.params.max_tokens = 1;
+  bool finished = false;
+  request.on_event = [&](const RequestEvent& e) { finished = finished || e.finished; };
+  ASSERT_EQ(engine.submit(std::move(request)).status, SubmitStatus::kAccepted);
+  auto nonzero_blocks = [&] {
+    int n = 0;
+    for (int32_t b = 0; b < model_->num_kv_blocks(); ++b)
+      n += !all_zero(model_->kv_block(0, b, false));
+    return n;
+  };
+  for (int i = 0; i < 20 && !finished; ++i) engine.run_step();
+  ASSERT_TRUE(finished);
+  EXPECT_EQ(nonzero_blocks(), 3);   // the prefill wrote 10 positions: blocks 0, 1 and 2
+  EXPECT_FALSE(engine.run_step());  // nothing to run: a wipe-only step
+  const ReplicaStats stats = engine.stats().at(0);
+  EXPECT_EQ(stats.kv_blocks_cached, 2);
+  EXPECT_EQ(nonzero_blocks(), 2);  // the partial block is zero; the cached prefix is kept
+  for (int l = 0; l < model_->shard().num_layers; ++l) {
+    int zero_v = 0;
+    for (int32_t b = 0; b < model_->num_kv_blocks(); ++b)
+      zero_v += all_zero(model_->kv_block(l, b, true));
+    EXPECT_EQ(zero_v, model_->num_kv_blocks() - 2) << "layer " << l;
+  }
+}
+
 TEST_F(KvWipe, KvRegionIsExcludedFromDumps) {
   const SensitiveBuffer& region = model_->kv_region();
   ASSERT_GT(region.size(), 0u);
@@ -154,7 +188,9 @@ TEST_F(KvWipe, KvRegionIsExcludedFromDumps) {
     const auto flags = confidential::mapping_vm_flags(region.data() + off);
     ASSERT_FALSE(flags.empty()) << "no mapping at offset " << off;
     EXPECT_TRUE(has_flag(flags, "dd")) << "offset " << off;
-    if (region.locked()) EXPECT_TRUE(has_flag(flags, "lo")) << "offset " << off;
+    if (region.locked()) {
+      EXPECT_TRUE(has_flag(flags, "lo")) << "offset " << off;
+    }
   }
   EXPECT_GE(model_->kv_cache_bytes(), region.size());
 }
