@@ -11,6 +11,8 @@ tokens each, ignore_eos, greedy, distinct prompts):
          opened and checked), timed by the simulator from its first submission to its last
          answer (its report's wall_s).
 Both report requests/s and completion tokens/s; the overhead is the relative difference.
+Before the queue run, while the simulator waits (--settle-s), the server is warmed up with a
+few HTTP requests; the queue run goes first, then the HTTP run.
 Python standard library only.
 
   bench/queue_vs_http.py --alem build/alem --model models/smollm2-135m-instruct.h5 \
@@ -112,6 +114,8 @@ def main():
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--ranks", type=int, default=1, help="mpirun -np N with --tp N")
+    ap.add_argument("--settle-s", type=float, default=20,
+                    help="time the simulator waits after registration; the HTTP warm-up runs in it")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -130,7 +134,8 @@ def main():
         [args.alem, "netsim", "--listen", "127.0.0.1:0", "--insecure",
          "--accept-software-evidence", "--requests", str(args.requests), "--concurrency",
          str(args.concurrency), "--requests-file", req_file, "--report", report,
-         "--wait-provider-s", "600", "--run-s", "3000", "--linger-s", "0"],
+         "--wait-provider-s", "600", "--run-s", "3000", "--linger-s", "0",
+         "--settle-s", str(args.settle_s)],
         stdout=open(netsim_log, "wb"), stderr=subprocess.STDOUT, env=env,
         start_new_session=True)
     port = int(wait_event(netsim_log, "listening", netsim, 30)["port"])
@@ -147,6 +152,11 @@ def main():
     try:
         http_port = int(wait_event(serve_log, "listening", serve, 300)["port"])
         base = f"http://127.0.0.1:{http_port}"
+        # Warm-up over HTTP while the simulator waits (--settle-s): the first requests of a
+        # fresh server pay for allocations that neither path should be charged for.
+        warm = [dict(b, prompt="warm-up " + b["prompt"]) for b in all_bodies[:args.concurrency]]
+        http_run(base, warm, args.concurrency)
+        wait_event(netsim_log, "netsim load started", netsim, args.settle_s + 600)
         if netsim.wait(timeout=3000) != 0:
             sys.exit(f"alem netsim failed; see {netsim_log}")
         with open(report) as f:

@@ -4,8 +4,10 @@
 // answer, and writes a report. It exits 0 only when nothing was lost, nothing was billed twice,
 // every answer verified and every injected fault was refused as expected; tests and the
 // benchmark rely on that.
+#include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <thread>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -29,6 +31,7 @@ struct NetsimOptions {
   double wait_provider_s = 120;
   double run_s = 300;
   double linger_s = 1;
+  double settle_s = 0;
 };
 
 void run_netsim(NetsimOptions& o) {
@@ -41,6 +44,10 @@ void run_netsim(NetsimOptions& o) {
                          {"tls", o.server.insecure ? "false" : "true"}});
   auto provider = server.wait_for_provider(o.wait_provider_s);
   ALEM_CHECK(provider, "no provider registered within " + log_number(o.wait_provider_s) + " s");
+  if (o.settle_s > 0) {
+    // Lets a benchmark warm the provider up (over HTTP) before the timed load starts.
+    std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(o.settle_s * 1000)));
+  }
   netsim::LoadConfig load_config;
   load_config.requests = o.requests;
   load_config.seed = o.server.seed;
@@ -118,6 +125,9 @@ void add_netsim_command(CLI::App& app) {
   cmd->add_option("--run-s", o->run_s, "Longest time the load may take")->capture_default_str();
   cmd->add_option("--linger-s", o->linger_s,
                   "Time to keep listening after the load, for late answers")
+      ->capture_default_str();
+  cmd->add_option("--settle-s", o->settle_s,
+                  "Wait this long after the provider registers before the load starts")
       ->capture_default_str();
   cmd->callback([o] { run_netsim(*o); });
 }
