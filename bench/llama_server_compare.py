@@ -8,14 +8,14 @@ and alternates between them at every concurrency level, flipping which goes firs
 It reuses bench/serve_load.py's request loop, so both see the same prompts (a distinct first
 token per request, so neither prefix cache helps), the same max_tokens with ignore_eos, greedy.
 
-Each --pair is ALEM_STORE=GGUF_FILE=LABEL. Before measuring, both servers answer one greedy
+Each --pair is ALEM_STORE=GGUF_FILE=LABEL[=EXTRA LLAMA-SERVER ARGS]. Before measuring, both servers answer one greedy
 request; the prompt token counts must match (same tokenizer) and the script prints for how
 many characters the two greedy texts agree (a precision check, informational: the two engines
 round differently). Output: a table per pair with aggregate decode tok/s, TTFT p50/p95, ITL p50, and
 the N-stream / 1-stream ratio for each server, plus a CSV (--csv).
 
   bench/llama_server_compare.py --alem build/alem --llama-server PATH/llama-server \
-      --pair models/smollm2-135m-instruct.h5=PATH/smollm2-bf16.gguf=bf16 --threads 2
+      --pair models/smollm2-135m-instruct.h5=PATH/smollm2-bf16.gguf=bf16 --threads 1
 """
 
 import argparse
@@ -133,10 +133,11 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     rows = []
     for pair in args.pair:
-        parts = pair.split("=")
-        if len(parts) != 3:
-            p.error(f"--pair wants ALEM_STORE=GGUF_FILE=LABEL, got '{pair}'")
-        store, gguf, label = parts
+        parts = pair.split("=", 3)
+        if len(parts) < 3:
+            p.error(f"--pair wants ALEM_STORE=GGUF_FILE=LABEL[=EXTRA ARGS], got '{pair}'")
+        store, gguf, label = parts[:3]
+        llama_extra = parts[3].split() if len(parts) == 4 else []
         # Context per llama slot: prompt + completion with room to spare; alem the same limit.
         ctx_per_seq = 512
         alem_argv = [args.alem, "serve", "--model", store, "--host", "127.0.0.1", "--port",
@@ -145,10 +146,11 @@ def main():
         llama_argv = [args.llama_server, "-m", gguf, "--host", "127.0.0.1", "--port", "{PORT}",
                       "--alias", MODEL_NAME, "--threads", str(args.threads), "--threads-batch",
                       str(args.threads), "--parallel", str(args.parallel), "--cont-batching",
-                      "--ctx-size", str(ctx_per_seq * args.parallel), "--no-webui"]
-        servers = [Server("alem", alem_argv, env, os.path.join(args.log_dir, f"alem-{label}.log")),
+                      "--ctx-size", str(ctx_per_seq * args.parallel), "--no-webui"] + llama_extra
+        tag = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in label)
+        servers = [Server("alem", alem_argv, env, os.path.join(args.log_dir, f"alem-{tag}.log")),
                    Server("llama.cpp", llama_argv, env,
-                          os.path.join(args.log_dir, f"llama-{label}.log"))]
+                          os.path.join(args.log_dir, f"llama-{tag}.log"))]
         try:
             for s in servers:
                 s.wait_ready()
@@ -165,8 +167,8 @@ def main():
                 same += 1
             agree = (f"32-token greedy texts agree on {same} of {max(len(ta), len(tl))} "
                      f"characters")
-            print(f"\n## {label}: alem {store} vs llama.cpp {gguf}; prompt tokens {pa} / {pl}; "
-                  f"{agree}", flush=True)
+            print(f"\n## {label}: alem {store} vs llama.cpp {gguf} {' '.join(llama_extra)}; "
+                  f"prompt tokens {pa} / {pl}; {agree}", flush=True)
             base = {}
             for i, level in enumerate(levels):
                 order = servers if i % 2 == 0 else servers[::-1]

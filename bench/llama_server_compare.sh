@@ -63,6 +63,12 @@ for store in smollm2-135m-instruct.h5 smollm2-135m-instruct-int8.h5; do
 done
 [ -x "$alem" ] || { echo "missing $alem: build alem first (scripts/build.sh)" >&2; exit 1; }
 
+# llama.cpp's AMX kernels (built by -march=native where the CPU reports AMX) run Q8_0 matmuls;
+# a KVM guest may report AMX without enabling it, and the first tile instruction then dies with
+# SIGILL. LLAMA_Q8_ARGS (default --no-repack: no AMX, no weight repacking) goes to the Q8_0
+# server only; set it empty on hosts where AMX works.
+q8_args=${LLAMA_Q8_ARGS---no-repack}
+
 # The load generator uses the official `openai` client; make a venv with it when missing.
 python=python3
 if ! python3 -c 'import openai' >/dev/null 2>&1; then
@@ -76,6 +82,6 @@ echo "== $(nproc) cores, $threads threads per server, load average $(cut -d' ' -
 "$python" "$root/bench/llama_server_compare.py" --alem "$alem" --llama-server "$bin/llama-server" \
   --threads "$threads" --log-dir "$work/logs" --csv "$work/llama_server_compare.csv" \
   --pair "$root/models/smollm2-135m-instruct.h5=$work/SmolLM2-135M-Instruct.BF16.gguf=bf16" \
-  --pair "$root/models/smollm2-135m-instruct-int8.h5=$work/SmolLM2-135M-Instruct.Q8_0.gguf=int8/q8_0" \
+  --pair "$root/models/smollm2-135m-instruct-int8.h5=$work/SmolLM2-135M-Instruct.Q8_0.gguf=int8-q8_0=$q8_args" \
   "$@"
 echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg); CSV: $work/llama_server_compare.csv"
