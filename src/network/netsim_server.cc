@@ -83,7 +83,7 @@ std::set<int> expected_codes(Fault fault) {
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QueueServer::Impl::Service::Connect(
     grpc::CallbackServerContext* context) {
-  auto* stream = new Stream(impl_);
+  auto* stream = new Stream(impl_, context);
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->streams[stream] = "";
   return stream;
@@ -349,7 +349,8 @@ void QueueServer::Impl::on_message(Stream* stream, const std::string& bytes) {
       refused.set_refused("the first message on a stream must be Register");
       ++refusals[refused.refused()];
       stream->send(refused.SerializeAsString());
-      stream->close(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, refused.refused()));
+      stream->close(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, refused.refused()),
+                    /*abort=*/false);
       return;
     }
     on_register(stream, msg.register_());
@@ -423,7 +424,7 @@ void QueueServer::Impl::on_register(Stream* stream, const v1::Register& reg) {
     v1::NetworkMessage refused;
     refused.set_refused(reason);
     stream->send(refused.SerializeAsString());
-    stream->close(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, reason));
+    stream->close(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, reason), /*abort=*/false);
     return;
   }
   ProviderInfo info;

@@ -129,7 +129,9 @@ struct QueueServer::Impl {
 class QueueServer::Impl::Stream
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  explicit Stream(Impl* impl) : impl_(impl) { StartRead(&in_); }
+  Stream(Impl* impl, grpc::CallbackServerContext* context) : impl_(impl), context_(context) {
+    StartRead(&in_);
+  }
 
   void send(std::string bytes) {
     std::lock_guard<std::recursive_mutex> lock(mu_);
@@ -137,7 +139,9 @@ class QueueServer::Impl::Stream
     queue_.push_back(std::move(bytes));
     pump_locked();
   }
-  void close(const grpc::Status& status) {
+  // Ends the stream with `status` once the write in flight (if any) is done. `abort` also
+  // cancels the call, so a peer that stopped reading cannot hold a write (and the end) forever.
+  void close(const grpc::Status& status, bool abort = true) {
     std::lock_guard<std::recursive_mutex> lock(mu_);
     if (finish_requested_) return;
     finish_requested_ = true;
@@ -146,6 +150,8 @@ class QueueServer::Impl::Stream
     if (!writing_) {
       finished_ = true;
       Finish(status);
+    } else if (abort) {
+      context_->TryCancel();
     }
   }
   bool closing() {
@@ -200,6 +206,7 @@ class QueueServer::Impl::Stream
   }
 
   Impl* impl_;
+  grpc::CallbackServerContext* context_;
   std::recursive_mutex mu_;
   grpc::ByteBuffer in_, out_;
   std::deque<std::string> queue_;
