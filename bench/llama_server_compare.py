@@ -167,7 +167,8 @@ def main():
                 same += 1
             agree = (f"32-token greedy texts agree on {same} of {max(len(ta), len(tl))} "
                      f"characters")
-            print(f"\n## {label}: alem {store} vs llama.cpp {gguf} {' '.join(llama_extra)}; "
+            llama_desc = " ".join([gguf] + llama_extra)
+            print(f"\n## {label}: alem {store} vs llama.cpp {llama_desc}; "
                   f"prompt tokens {pa} / {pl}; {agree}", flush=True)
             base = {}
             for i, level in enumerate(levels):
