@@ -32,6 +32,25 @@ bool is_chat(const std::string& endpoint) {
   return endpoint == "/v1/chat/completions";
 }
 
+// Zeroes every string held in a parsed JSON value (opened answer chunks hold answer text).
+void wipe_json(json& value) {
+  if (value.is_string()) {
+    network::wipe_string(value.get_ref<std::string&>());
+  } else if (value.is_structured()) {
+    for (auto& item : value) wipe_json(item);
+  }
+}
+
+// Wipes a string or a JSON value holding answer text when it goes out of scope, on every path.
+struct TextWiper {
+  std::string* text = nullptr;
+  json* value = nullptr;
+  ~TextWiper() {
+    if (text) network::wipe_string(*text);
+    if (value) wipe_json(*value);
+  }
+};
+
 }  // namespace
 
 struct LoadGenerator::ClientRequest {
@@ -192,6 +211,7 @@ Verdict LoadGenerator::verify(const std::string& request_id,
   if (chunks.rbegin()->first != chunks.size() - 1) return fail("chunk sequence has gaps");
 
   std::string text, response_id, finish;
+  TextWiper text_wiper{&text, nullptr};
   uint32_t text_chunks = 0;
   bool usage_seen = false;
   for (const auto& [seq, sealed] : chunks) {
@@ -205,6 +225,7 @@ Verdict LoadGenerator::verify(const std::string& request_id,
     while (!data.empty() && (data.back() == '\n' || data.back() == '\r')) data.remove_suffix(1);
     if (data == "[DONE]") continue;
     json chunk = json::parse(data, nullptr, false);
+    TextWiper chunk_wiper{nullptr, &chunk};
     if (chunk.is_discarded() || !chunk.is_object()) return fail(where + "not a JSON object");
     const char* object = chat ? "chat.completion.chunk" : "text_completion";
     if (chunk.value("object", "") != object) return fail(where + "object is not " + object);
@@ -243,7 +264,6 @@ Verdict LoadGenerator::verify(const std::string& request_id,
         return fail(where + "usage differs from the final message's usage");
       }
     }
-    chunk.clear();
   }
   auto wipe_text = [&] { network::wipe_string(text); };
   if (finish.empty()) return wipe_text(), fail("no finish_reason in the chunks");
