@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -379,7 +380,11 @@ TEST_F(AnswerCheck, EachDefectIsCaught) {
 }
 
 TEST(AnswerCheckExpected, GreedyTextMustMatchTheExpectation) {
-  char path[] = "/tmp/netsim-requests-XXXXXX";
+  std::string path_text =
+      (std::filesystem::temp_directory_path() / "netsim-requests-XXXXXX").string();
+  std::vector<char> path_buf(path_text.begin(), path_text.end());
+  path_buf.push_back('\0');
+  char* path = path_buf.data();
   int fd = mkstemp(path);
   ASSERT_GE(fd, 0);
   std::string line =
