@@ -9,6 +9,7 @@ redelivered. Exits 77 (skipped) when mpirun, openssl or the model is missing.
 """
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -56,6 +57,7 @@ def main():
         "--report", report_path], tls=(cert, key))
     journal = os.path.join(work, "usage.journal")
     first = second = None
+    passed = False
     try:
         first = h.start_provider(work, port, name="serve-1", ranks=3, tls_ca=cert)
         # Wait until the provider has finished at least one request (the journal grows with
@@ -89,11 +91,14 @@ def main():
             for p in prompts:
                 assert p not in log, f"{proc.name} logged a prompt"
         print("ok: SIGKILL mid-run, restart, lost = 0, billed_twice = 0")
+        passed = True
         return 0
     finally:
         for proc in (second, first, netsim):
             if proc:
                 proc.stop()
+        if passed:  # keep the logs of a failed run for a look
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

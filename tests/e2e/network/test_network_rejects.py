@@ -8,6 +8,7 @@ provider's registration with the reason. Exits 77 (skipped) when the model is mi
 """
 
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +35,7 @@ def refused_registration():
         for proc in (serve, netsim):
             if proc:
                 proc.stop()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def rejects_bad_input():
@@ -44,6 +46,7 @@ def rejects_bad_input():
         "--max-tokens", "4", "--seed", "5", "--faults", FAULTS, "--lease-ms", "60000",
         "--wait-provider-s", "180", "--run-s", "300", "--report", report_path])
     serve = None
+    passed = False
     try:
         serve = h.start_provider(work, port)
         code = netsim.wait(360)
@@ -64,10 +67,13 @@ def rejects_bad_input():
         assert code == 0, f"alem netsim exited {code}:\n" + netsim.tail()
         assert serve.alive(), "the provider must keep serving:\n" + serve.tail()
         print("ok: bad envelopes refused, every request completed")
+        passed = True
     finally:
         for proc in (serve, netsim):
             if proc:
                 proc.stop()
+        if passed:  # keep the logs of a failed run for a look
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def main():
