@@ -95,6 +95,8 @@ void add_netsim_command(CLI::App& app) {
   cmd->add_option("--tls-cert", o->server.tls_cert_file, "TLS certificate (PEM)");
   cmd->add_option("--tls-key", o->server.tls_key_file, "TLS private key (PEM)");
   cmd->add_flag("--insecure", o->server.insecure, "Plaintext gRPC (tests on 127.0.0.1 only)");
+  cmd->add_option("--allow-mrtd", o->server.allowed_mrtd_hex,
+                  "MRTD (hex) a TDX rank of a cluster bundle may have (repeatable)");
   cmd->add_flag("--accept-software-evidence", o->server.accept_software_evidence,
                 "Accept providers whose evidence is a software signature (no TDX)");
   cmd->add_option("--requests", o->requests, "Requests to send")->capture_default_str();

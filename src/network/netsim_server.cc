@@ -22,6 +22,8 @@
 #include <thread>
 
 #include "confidential/attestation.h"
+#include "confidential/bundle_verifier.h"
+#include "confidential/cluster_bundle.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "network/evidence.h"
@@ -393,6 +395,32 @@ void QueueServer::Impl::on_message(Stream* stream, const std::string& bytes) {
   }
 }
 
+// A cluster attestation bundle (docs/attestation.md) as the network checks it: every rank's
+// evidence, the MRTD allowlist, the announced model's digest, and rank 0's bound sealing key
+// equal to the one requests will be sealed to. "" when acceptable.
+std::string QueueServer::Impl::check_cluster_bundle(const v1::Register& reg) const {
+  if (reg.models().empty()) return "no models announced";
+  confidential::BundlePolicy policy;
+  policy.accept_software_evidence = config.accept_software_evidence;
+  try {
+    for (const std::string& hex : config.allowed_mrtd_hex) {
+      const std::vector<uint8_t> bytes = confidential::from_hex(hex);
+      ALEM_CHECK(bytes.size() == 48, "an allowed MRTD must be 48 bytes (96 hex digits)");
+      confidential::Measurement m{};
+      std::copy(bytes.begin(), bytes.end(), m.begin());
+      policy.allowed_mrtd.push_back(m);
+    }
+  } catch (const std::exception& e) {
+    return std::string("the network's MRTD allowlist is invalid: ") + e.what();
+  }
+  confidential::PublicKey sealing{};
+  std::copy(reg.sealing_public_key().begin(), reg.sealing_public_key().end(), sealing.begin());
+  const std::string& digest = reg.models(0).model_digest();
+  const std::string problems = confidential::check_register_bundle(
+      reg.evidence(), sealing, std::vector<uint8_t>(digest.begin(), digest.end()), policy);
+  return problems.empty() ? "" : "the cluster attestation bundle is refused: " + problems;
+}
+
 void QueueServer::Impl::on_register(Stream* stream, const v1::Register& reg) {
   std::string reason;
   if (reg.protocol_version() != network::kProtocolVersion) {
@@ -411,6 +439,8 @@ void QueueServer::Impl::on_register(Stream* stream, const v1::Register& reg) {
     } else if (!network::verify_software_register_evidence(reg)) {
       reason = "the software evidence does not verify or does not bind the sealing key";
     }
+  } else if (reg.evidence_format() == kClusterBundleFormat) {
+    reason = check_cluster_bundle(reg);
   } else {
     reason = "evidence format '" + reg.evidence_format() + "' cannot be verified by the simulator";
   }
@@ -456,6 +486,7 @@ void QueueServer::Impl::on_register(Stream* stream, const v1::Register& reg) {
            {{"session", info.session},
             {"provider", info.provider_name},
             {"credits", std::to_string(info.credits)},
+            {"evidence_format", info.evidence_format},
             {"identity", network::hex(info.identity_public_key).substr(0, 16)}});
 }
 

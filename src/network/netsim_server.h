@@ -33,6 +33,9 @@ struct ServerConfig {
   std::string tls_key_file;
   bool insecure = false;  // plaintext (tests); exactly one of TLS or insecure
   bool accept_software_evidence = false;
+  // Cluster bundles (evidence format "alem-cluster-bundle-v1"): the MRTDs (hex) a TDX rank may
+  // have. Software-evidence bundles need accept_software_evidence instead.
+  std::vector<std::string> allowed_mrtd_hex;
   uint32_t heartbeat_interval_ms = 1000;
   uint32_t heartbeat_timeout_ms = 15000;
   QueueConfig queue;

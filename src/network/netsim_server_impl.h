@@ -36,6 +36,8 @@ inline grpc::ByteBuffer string_to_buffer(const std::string& bytes) {
   return grpc::ByteBuffer(&slice, 1);
 }
 
+inline constexpr const char* kClusterBundleFormat = "alem-cluster-bundle-v1";
+
 struct QueueServer::Impl {
   class Stream;
   class Service
@@ -76,6 +78,7 @@ struct QueueServer::Impl {
   Stream* stream_of(const std::string& session);
   void on_message(Stream* stream, const std::string& bytes);
   void on_register(Stream* stream, const v1::Register& reg);
+  std::string check_cluster_bundle(const v1::Register& reg) const;
   void on_final(Stream* stream, const v1::ResultFinal& final_msg);
   void on_error(Stream* stream, const v1::ResultError& error);
   void end_session_locked(std::string session,

@@ -2,7 +2,8 @@
 # `alem serve --confidential sandbox --encrypt-interconnect always` on 2 ranks (pp=2, mpirun) on
 # 127.0.0.1, port 0: the ranks attest, verify the bundle and encrypt the pipeline, the server
 # answers a greedy completion with exactly the text the clear `alem generate` gives for the same
-# prompt, and it stops on SIGTERM. Bounded: the server is killed after 200 s in any case.
+# prompt; the network simulator (`alem netsim`) accepts the cluster bundle as the provider's
+# Register evidence and gets sealed answers back; and it stops on SIGTERM. Bounded: the server is killed after 200 s in any case.
 # Needs ALEM_BINARY, ALEM_TEST_MODEL and MPIEXEC (set by ctest).
 set -euo pipefail
 alem=${ALEM_BINARY:?}
@@ -11,10 +12,13 @@ mpiexec=${MPIEXEC:-mpirun}
 [ -f "$model" ] || { echo "no model store at $model"; exit 77; }
 command -v curl > /dev/null || { echo "curl not installed"; exit 77; }
 work=$(mktemp -d)
+# The provider's key file and journal must outlive the sandbox's private /tmp: keep them in the
+# test's working folder (the build tree), as a job keeps them in its own folder.
+state=$(mktemp -d "$PWD/alem-confidential-state.XXXXXX")
 server=""
 cleanup() {
   [ -n "$server" ] && kill -TERM "$server" 2> /dev/null && wait "$server" 2> /dev/null || true
-  rm -rf "$work"
+  rm -rf "$work" "$state"
 }
 trap cleanup EXIT
 export OMP_NUM_THREADS=1
@@ -23,9 +27,27 @@ prompt="The capital of France is"
 expected=$(timeout 240 "$mpiexec" --oversubscribe --allow-run-as-root -np 2 "$alem" generate \
   -m "$model" --pp 2 -p "$prompt" -n 6 --temperature 0 --quiet)
 
+# The reference network, which must accept the cluster bundle (software evidence allowed).
+ALEM_LOG_FORMAT=json timeout 200 "$alem" netsim --listen 127.0.0.1:0 --insecure \
+  --accept-software-evidence --requests 2 --concurrency 2 --max-tokens 6 \
+  --report "$work/netsim.json" --wait-provider-s 150 --run-s 150 > "$work/netsim.log" 2>&1 &
+netsim=$!
+netsim_port=""
+for _ in $(seq 1 50); do
+  netsim_port=$(python3 -c 'import json,sys
+for line in open(sys.argv[1]):
+    if line.startswith("{") and json.loads(line).get("msg") == "listening":
+        print(json.loads(line)["port"]); break' "$work/netsim.log")
+  [ -n "$netsim_port" ] && break
+  sleep 0.2
+done
+[ -n "$netsim_port" ] || { echo "FAIL: netsim did not listen"; cat "$work/netsim.log"; exit 1; }
+
 ALEM_LOG_FORMAT=json timeout 200 "$mpiexec" --oversubscribe --allow-run-as-root -np 2 "$alem" serve \
   -m "$model" --pp 2 --host 127.0.0.1 --port 0 --metrics-port 0 \
-  --confidential sandbox --encrypt-interconnect always > "$work/serve.log" 2>&1 &
+  --confidential sandbox --encrypt-interconnect always \
+  --network-endpoint "127.0.0.1:$netsim_port" --network-insecure \
+  --provider-key "$state/provider.key" --usage-journal "$state/usage.journal" > "$work/serve.log" 2>&1 &
 server=$!
 port=""
 for _ in $(seq 1 90); do
@@ -53,7 +75,15 @@ if [ "$answer" != "$expected" ]; then
   printf 'served:   %q\nexpected: %q\n' "$answer" "$expected"
   exit 1
 fi
+wait "$netsim" || { echo "FAIL: netsim (bundle evidence)"; tail -5 "$work/netsim.log"; exit 1; }
+python3 - "$work/netsim.json" <<'PY' || { echo "FAIL: netsim report"; cat "$work/netsim.json"; exit 1; }
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["completed"] == 2 and r["lost"] == 0 and r["billed_twice"] == 0, r
+PY
+grep -q '"evidence_format":"alem-cluster-bundle-v1"' "$work/netsim.log" ||
+  { echo "FAIL: the provider did not register with the cluster bundle"; exit 1; }
 kill -TERM "$server"
 wait "$server" || true
 server=""
-echo "PASS: confidential serve on 2 encrypted ranks answers like clear generate"
+echo "PASS: confidential serve on 2 encrypted ranks answers like clear generate; the network accepted its bundle"
