@@ -40,20 +40,6 @@ void sample(std::string& out, const std::string& name, const std::string& labels
   out += " " + format_number(value) + "\n";
 }
 
-// Prometheus label values escape backslash, double quote and newline.
-std::string escape_label(const std::string& value) {
-  std::string out;
-  for (char c : value) {
-    if (c == '\\' || c == '"') out += '\\';
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out += c;
-  }
-  return out;
-}
-
 std::string replica_label(int replica) {
   return "replica=\"" + std::to_string(replica) + "\"";
 }
@@ -199,7 +185,7 @@ std::string ServingMetrics::render(const std::vector<ReplicaGauges>& gauges) con
       header(out, "alem_job_info", "gauge", "The Slurm job this server runs in (always 1).");
       sample(
           out, "alem_job_info",
-          "job_id=\"" + escape_label(job_id_) + "\",node_list=\"" + escape_label(node_list_) + "\"",
+          "job_id=\"" + label_value(job_id_) + "\",node_list=\"" + label_value(node_list_) + "\"",
           1);
       header(out, "alem_job_restarts", "gauge",
              "Times Slurm requeued this job (SLURM_RESTART_COUNT).");
