@@ -6,9 +6,11 @@
 // Threads on the gateway: the main thread runs the engine loop (so MPI is only ever called from
 // the thread that started it), httplib's pool answers HTTP, and a control thread turns signals
 // into a drain or a stop:
-//   SIGUSR1, SIGTERM  drain: new requests get 503, /health 503, requests in flight finish (or are
-//                     aborted after drain_seconds), then every rank exits with code 75, which
-//                     the Slurm script takes as "requeue me".
+//   SIGUSR1, SIGTERM  drain: new requests get 503, /health 503, network leases are handed back,
+//                     requests in flight finish (or are aborted after drain_seconds). Then every
+//                     rank exits: after SIGUSR1 (Slurm's warning before the time limit or a
+//                     preemption) with code 75, which the Slurm script takes as "requeue me";
+//                     after SIGTERM (the job is being ended) with code 0.
 //   SIGINT            stop: abort what is in flight, exit 0.
 // Followers note signals but act only on the leader's stop message, so the replica stays in step.
 #include <atomic>
@@ -140,12 +142,14 @@ int kv_blocks_for_budget(const ModelConfig& config, const ParallelContext& ctx, 
 }
 
 // The gateway's control thread: signals -> drain or stop. Returns when the engine loop is told
-// to stop; `drained` says whether the job should be requeued.
+// to stop; `drained_code` is then the exit code of a drain (75 after SIGUSR1: requeue; 0 after
+// SIGTERM: end), or stays -1 when the server stopped without a drain.
 void control_loop(EngineControl& engine, serve::HttpServer& server,
                   network::ProviderClient* provider, int drain_seconds,
-                  const std::atomic<bool>& engine_done, std::atomic<bool>& drained) {
+                  const std::atomic<bool>& engine_done, std::atomic<int>& drained_code) {
   using Clock = std::chrono::steady_clock;
   bool draining = false;
+  int drain_exit_code = kExitDrained;
   Clock::time_point deadline{};
   bool aborted = false;
   Clock::time_point abort_deadline{};
@@ -161,6 +165,7 @@ void control_loop(EngineControl& engine, serve::HttpServer& server,
     }
     if ((sig == SIGUSR1 || sig == SIGTERM) && !draining) {
       draining = true;
+      drain_exit_code = sig == SIGTERM ? 0 : kExitDrained;
       deadline = Clock::now() + std::chrono::seconds(drain_seconds);
       server.set_draining(true);
       if (provider) provider->drain();
@@ -173,8 +178,8 @@ void control_loop(EngineControl& engine, serve::HttpServer& server,
     if (engine.in_flight() == 0 && server.active_requests() == 0 &&
         (!provider || provider->open_leases() == 0)) {
       log_info("drained: every request finished");
-      drained = true;
-      engine.stop(kExitDrained);
+      drained_code = drain_exit_code;
+      engine.stop(drain_exit_code);
       return;
     }
     if (!aborted && Clock::now() >= deadline) {
@@ -185,8 +190,8 @@ void control_loop(EngineControl& engine, serve::HttpServer& server,
       abort_deadline = Clock::now() + std::chrono::seconds(5);
     }
     if (aborted && Clock::now() >= abort_deadline) {  // streams that never read their end
-      drained = true;
-      engine.stop(kExitDrained);
+      drained_code = drain_exit_code;
+      engine.stop(drain_exit_code);
       return;
     }
   }
@@ -242,8 +247,9 @@ void open_network_state(const ServeOptions& o, std::unique_ptr<network::Provider
   if (o.network_insecure) {
     log_warn("--network-insecure: the network queue is dialled in plaintext (tests only)");
   } else if (o.network_ca.empty()) {
-    log_warn("no --network-ca: the queue's TLS certificate is checked against gRPC's default "
-             "roots");
+    log_warn(
+        "no --network-ca: the queue's TLS certificate is checked against gRPC's default "
+        "roots");
   }
   bool created = false;
   keys = std::make_unique<network::ProviderKeys>(
@@ -399,7 +405,8 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
       engine_control = router.get();
     }
     server->attach_engine(client);
-    std::atomic<bool> engine_done{false}, drained{false};
+    std::atomic<bool> engine_done{false};
+    std::atomic<int> drained_code{-1};
     // The network queue beside the HTTP API, when endpoints are given.
     std::unique_ptr<network::LeaseHandler> lease_handler;
     std::unique_ptr<network::ProviderClient> provider;
@@ -435,7 +442,8 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
                                    {"released", std::to_string(n.released.load())}});
     };
     std::thread control_thread([&] {
-      control_loop(*engine_control, *server, provider.get(), o.drain_seconds, engine_done, drained);
+      control_loop(*engine_control, *server, provider.get(), o.drain_seconds, engine_done,
+                   drained_code);
     });
     try {
       engine.run_leader_loop();
@@ -450,9 +458,12 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     control_thread.join();
     stop_network();
     server->stop();
-    log_info(drained ? "drained; exiting for requeue" : "stopped",
-             {{"exit_code", std::to_string(drained ? kExitDrained : 0)}});
-    return drained ? kExitDrained : 0;
+    const int code = std::max(drained_code.load(), 0);
+    log_info(drained_code.load() == kExitDrained ? "drained; exiting for requeue"
+             : drained_code.load() == 0          ? "drained; exiting"
+                                                 : "stopped",
+             {{"exit_code", std::to_string(code)}});
+    return code;
   } catch (const std::exception& e) {
     fail_job(&ctx, e.what());
     throw;
