@@ -10,9 +10,14 @@ inline std::string env_or(const char* name, const std::string& fallback) {
   const char* v = std::getenv(name);
   return v && *v ? std::string(v) : fallback;
 }
-inline std::string model_path() { return env_or("ALEM_TEST_MODEL", "models/smollm2-135m-instruct.h5"); }
-inline std::string gguf_path() { return env_or("ALEM_TEST_GGUF", "models/SmolLM2-135M-Instruct.Q4_1.gguf"); }
-// The converted store of the real model for a weight type: "bf16" (the default store), "f32", "int8".
+inline std::string model_path() {
+  return env_or("ALEM_TEST_MODEL", "models/smollm2-135m-instruct.h5");
+}
+inline std::string gguf_path() {
+  return env_or("ALEM_TEST_GGUF", "models/SmolLM2-135M-Instruct.Q4_1.gguf");
+}
+// The converted store of the real model for a weight type: "bf16" (the default store), "f32",
+// "int8".
 inline std::string model_variant_path(const std::string& dtype) {
   std::string base = model_path();
   if (dtype == "bf16") return base;
@@ -20,6 +25,8 @@ inline std::string model_variant_path(const std::string& dtype) {
   if (base.size() > suffix.size()) base.resize(base.size() - suffix.size());
   return base + "-" + dtype + suffix;
 }
-inline std::string data_dir() { return env_or("ALEM_TEST_DATA", "tests/data"); }
+inline std::string data_dir() {
+  return env_or("ALEM_TEST_DATA", "tests/data");
+}
 
 }  // namespace alem::test

@@ -31,8 +31,8 @@ struct GenerateOptions {
   SamplingParams sampling;
   int64_t seed = -1;
   ConfidentialFlags confidential;  // --confidential, --encrypt-interconnect
-  bool allow_core_dumps = false;  // memory hygiene escape hatch (confidential/memory_hygiene.h)
-  bool sandbox = false;           // confidential/sandbox.h
+  bool allow_core_dumps = false;   // memory hygiene escape hatch (confidential/memory_hygiene.h)
+  bool sandbox = false;            // confidential/sandbox.h
 };
 
 void run_generate(GenerateOptions& o) {

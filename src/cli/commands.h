@@ -16,7 +16,7 @@ void add_submit_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_netsim_command(CLI::App& app);  // the reference network (cmd_netsim.cc)
 void add_status_command(CLI::App& app);
-void add_cvm_command(CLI::App& app);  // `alem cvm render` (cmd_cvm.cc)
+void add_cvm_command(CLI::App& app);            // `alem cvm render` (cmd_cvm.cc)
 void add_verify_bundle_command(CLI::App& app);  // `alem verify-bundle` (cmd_verify_bundle.cc)
 
 }  // namespace alem::cli

@@ -38,8 +38,8 @@ struct AttentionShape {
   int num_heads = 0;     // query heads held by this rank
   int num_kv_heads = 0;  // kv heads held by this rank; num_heads % num_kv_heads == 0
   int head_dim = 0;
-  int block_size = 0;    // tokens per KV cache block
-  float scale = 0.f;     // usually 1/sqrt(head_dim)
+  int block_size = 0;  // tokens per KV cache block
+  float scale = 0.f;   // usually 1/sqrt(head_dim)
 };
 
 // Paged KV cache of one layer: k and v are [num_blocks][block_size][num_kv_heads][head_dim] f32.

@@ -12,18 +12,18 @@ namespace alem {
 enum class TokenKind : int32_t {
   Normal = 1,
   Unknown = 2,
-  Control = 3,       // special tokens such as <|im_start|>: matched verbatim, never merged
-  UserDefined = 4,   // added tokens, also matched verbatim
+  Control = 3,      // special tokens such as <|im_start|>: matched verbatim, never merged
+  UserDefined = 4,  // added tokens, also matched verbatim
   Unused = 5,
   Byte = 6,
 };
 
 struct TokenizerData {
-  std::string model = "gpt2";         // byte-level BPE ("gpt2" in GGUF terms)
+  std::string model = "gpt2";            // byte-level BPE ("gpt2" in GGUF terms)
   std::string pre_tokenizer = "smollm";  // regex family: "smollm"/"gpt2", "llama3", "qwen2"
-  std::vector<std::string> tokens;    // id -> token text (byte-level alphabet, e.g. "Ġthe")
-  std::vector<int32_t> token_kinds;   // id -> TokenKind (same length as tokens)
-  std::vector<std::string> merges;    // "left right", highest priority first
+  std::vector<std::string> tokens;       // id -> token text (byte-level alphabet, e.g. "Ġthe")
+  std::vector<int32_t> token_kinds;      // id -> TokenKind (same length as tokens)
+  std::vector<std::string> merges;       // "left right", highest priority first
   int bos_token_id = -1;
   int eos_token_id = -1;
   int unknown_token_id = -1;
