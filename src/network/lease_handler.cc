@@ -164,10 +164,12 @@ void LeaseHandler::release_claim(const std::string& request_id) {
   computing_done_.notify_all();
 }
 
-bool LeaseHandler::note_envelope(const std::string& hash, const std::string& request_id) {
+bool LeaseHandler::note_envelope(const std::string& hash, const std::string& request_id,
+                                 bool remember) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = envelopes_.find(hash);
   if (it != envelopes_.end()) return it->second == request_id;
+  if (!remember) return true;
   envelopes_.emplace(hash, request_id);
   envelope_order_.push_back(hash);
   if (envelope_order_.size() > kMaxRememberedEnvelopes) {
@@ -230,7 +232,8 @@ void LeaseHandler::compute(const v1::Lease& lease, LeaseReply& reply, Clock::tim
                    " bytes; the limit is " + std::to_string(kMaxSealedRequestBytes));
     return;
   }
-  if (!note_envelope(envelope_hash(lease.sealed_request()), id)) {
+  const std::string hash = envelope_hash(lease.sealed_request());
+  if (!note_envelope(hash, id, /*remember=*/false)) {
     send_error(reply, id, v1::ERROR_REPLAYED,
                "this envelope was already delivered under another request id");
     return;
@@ -238,6 +241,12 @@ void LeaseHandler::compute(const v1::Lease& lease, LeaseReply& reply, Clock::tim
   OpenResult opened = open_envelope(key_, id, kPurposeRequest, lease.sealed_request());
   if (!opened.ok()) {
     send_error(reply, id, code_for_open_error(opened.error), opened.message);
+    return;
+  }
+  if (!note_envelope(hash, id, /*remember=*/true)) {  // a copy opened first in another thread
+    opened.payload.wipe();
+    send_error(reply, id, v1::ERROR_REPLAYED,
+               "this envelope was already delivered under another request id");
     return;
   }
   v1::RequestPayload payload;

@@ -89,7 +89,11 @@ class LeaseHandler {
   bool claim(const std::string& request_id);
   void release_claim(const std::string& request_id);
   // Records that `envelope_hash` belongs to `request_id`; false when it was seen for another.
-  bool note_envelope(const std::string& envelope_hash, const std::string& request_id);
+  // False when the envelope was already opened under another request id (a replay). With
+  // `remember`, records it for `request_id`: only envelopes that opened, so a copy sent under a
+  // new id (which cannot open: the id is its associated data) never poisons the original.
+  bool note_envelope(const std::string& envelope_hash, const std::string& request_id,
+                     bool remember);
 
   const X25519KeyPair& key_;
   UsageJournal& journal_;

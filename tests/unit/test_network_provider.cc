@@ -533,6 +533,9 @@ TEST_F(Provider, BadEnvelopesGetClearCodesAndTheProviderKeepsServing) {
   v1::Lease o = make_lease(original, "{not json", "/v1/completions");
   queue_->send_lease(o);
   expected.emplace_back(original, v1::ERROR_BAD_REQUEST);
+  // Leases run in parallel: the copy goes out once the original has been answered, so it is
+  // the replay (sent first, it could not open under its new id and would count as tampered).
+  ASSERT_TRUE(wait_ending(original, 1, 10s));
   v1::Lease r = o;
   r.set_request_id(replay);
   queue_->send_lease(r);
