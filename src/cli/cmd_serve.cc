@@ -295,6 +295,13 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     if (ctx.layout.dp_size() > 1) channel = make_mpi_channel();
     const bool gateway = ctx.world_rank == 0;
     ModelStoreReader store(o.model);
+    // The provider's key file and journal are opened before the sandbox, whose private /tmp
+    // would hide them (the journal is written through its open descriptor).
+    std::unique_ptr<network::ProviderKeys> network_keys;
+    std::unique_ptr<network::UsageJournal> usage_journal;
+    if (gateway && !o.network_endpoints.empty()) {
+      open_network_state(o, network_keys, usage_journal);
+    }
     // MPI is up, the store open, no threads yet. `--confidential sandbox` implies it.
     if (o.sandbox || o.confidential.mode == "sandbox") confidential::enter_sandbox();
     const ModelConfig& config = store.config();
@@ -314,8 +321,6 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     serve::ServedModel served;
     std::unique_ptr<serve::ServingMetrics> metrics;
     std::unique_ptr<serve::HttpServer> server;
-    std::unique_ptr<network::ProviderKeys> network_keys;
-    std::unique_ptr<network::UsageJournal> usage_journal;
     if (gateway) {
       tokenizer = std::make_unique<Tokenizer>(store.tokenizer());
       served.name = served_name;
@@ -330,7 +335,6 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
       http.metrics_port = o.metrics_port;
       http.threads = o.http_threads;
       http.max_body_bytes = o.max_body_bytes;
-      if (!o.network_endpoints.empty()) open_network_state(o, network_keys, usage_journal);
       server = std::make_unique<serve::HttpServer>(served, *metrics, http);
       server->bind();
       server->start();

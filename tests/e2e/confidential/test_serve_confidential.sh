@@ -12,8 +12,8 @@ mpiexec=${MPIEXEC:-mpirun}
 [ -f "$model" ] || { echo "no model store at $model"; exit 77; }
 command -v curl > /dev/null || { echo "curl not installed"; exit 77; }
 work=$(mktemp -d)
-# The provider's key file and journal must outlive the sandbox's private /tmp: keep them in the
-# test's working folder (the build tree), as a job keeps them in its own folder.
+# The provider's key file and journal live in the test's working folder, as a job keeps them in
+# its own; alem opens them before entering the sandbox, whose private /tmp would hide them.
 state=$(mktemp -d "$PWD/alem-confidential-state.XXXXXX")
 server=""
 cleanup() {
