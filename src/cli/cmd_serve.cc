@@ -397,9 +397,8 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     publish_job_status(o, ctx, store, served_name, model.load_seconds(), *server, *metrics);
     // One replica: the engine itself; several: the router in front of all of them.
     std::unique_ptr<DataParallelRouter> router;
-    SingleEngineControl single(engine);
     EngineClient* client = &engine;
-    EngineControl* engine_control = &single;
+    EngineControl* engine_control = &engine;
     if (channel) {
       std::vector<int> leaders;
       for (int d = 0; d < ctx.layout.dp_size(); ++d)

@@ -29,29 +29,6 @@
 
 namespace alem {
 
-// What the gateway's control loop (drain, abort, stop) needs, with one replica or several.
-class EngineControl {
- public:
-  virtual ~EngineControl() = default;
-  virtual void stop_accepting() = 0;
-  virtual void abort_all() = 0;
-  virtual void stop(int exit_code) = 0;
-  virtual int64_t in_flight() const = 0;
-};
-
-// EngineControl of a single ServingEngine.
-class SingleEngineControl final : public EngineControl {
- public:
-  explicit SingleEngineControl(ServingEngine& engine) : engine_(engine) {}
-  void stop_accepting() override { engine_.stop_accepting(); }
-  void abort_all() override { engine_.abort_all(); }
-  void stop(int exit_code) override { engine_.stop(exit_code); }
-  int64_t in_flight() const override { return engine_.in_flight(); }
-
- private:
-  ServingEngine& engine_;
-};
-
 class DataParallelRouter final : public EngineClient, public EngineControl {
  public:
   // `replica_leaders[d]` is the world rank of replica d's leader; replica 0 must be `local`'s,

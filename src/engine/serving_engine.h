@@ -90,7 +90,18 @@ struct ServingOptions {
   int replica = 0;  // label for stats
 };
 
-class ServingEngine : public EngineClient {
+// What the gateway's control loop (drain, abort, stop) needs, with one replica (ServingEngine)
+// or several (DataParallelRouter, engine/dp_router.h).
+class EngineControl {
+ public:
+  virtual ~EngineControl() = default;
+  virtual void stop_accepting() = 0;
+  virtual void abort_all() = 0;
+  virtual void stop(int exit_code) = 0;
+  virtual int64_t in_flight() const = 0;
+};
+
+class ServingEngine : public EngineClient, public EngineControl {
  public:
   // Every rank of the replica constructs one, with the same options. The model must outlive it.
   ServingEngine(ShardedTransformer& model, ParallelContext& ctx, const ServingOptions& options);
@@ -114,14 +125,14 @@ class ServingEngine : public EngineClient {
   int run_follower_loop();
 
   // Leader, thread-safe: stop taking requests (submit -> kNotAccepting); running ones go on.
-  void stop_accepting();
+  void stop_accepting() override;
   // Leader, thread-safe: end every request at the next step (kAbort).
-  void abort_all();
+  void abort_all() override;
   // Leader, thread-safe: makes run_leader_loop return after its current step; the followers'
   // run_follower_loop returns `exit_code`.
-  void stop(int exit_code = 0);
+  void stop(int exit_code = 0) override;
   // Requests submitted and not yet finished (leader).
-  int64_t in_flight() const;
+  int64_t in_flight() const override;
 
   bool is_leader() const { return ctx_.is_replica_leader(); }
 

@@ -206,29 +206,32 @@ FinalResult LeaseQueue::on_final(const std::string& session, const std::string& 
   return result;
 }
 
-bool LeaseQueue::on_error(const std::string& session, const std::string& request_id) {
+LeaseQueue::Request* LeaseQueue::held_lease(const std::string& session,
+                                            const std::string& request_id) {
   auto it = requests_.find(request_id);
   if (it == requests_.end() || it->second.state != RequestState::kLeased ||
       it->second.holder != session) {
     ++stats_.stale_messages;
-    return false;
+    return nullptr;
   }
-  close_lease(it->second);
-  it->second.state = RequestState::kAwaitingClient;
+  return &it->second;
+}
+
+bool LeaseQueue::on_error(const std::string& session, const std::string& request_id) {
+  Request* r = held_lease(session, request_id);
+  if (!r) return false;
+  close_lease(*r);
+  r->state = RequestState::kAwaitingClient;
   return true;
 }
 
 bool LeaseQueue::on_release(const std::string& session, const std::string& request_id) {
-  auto it = requests_.find(request_id);
-  if (it == requests_.end() || it->second.state != RequestState::kLeased ||
-      it->second.holder != session) {
-    ++stats_.stale_messages;
-    return false;
-  }
-  close_lease(it->second);
-  it->second.lost_lease = true;
+  Request* r = held_lease(session, request_id);
+  if (!r) return false;
+  close_lease(*r);
+  r->lost_lease = true;
   ++stats_.released;
-  requeue_front(request_id, it->second);
+  requeue_front(request_id, *r);
   return true;
 }
 

@@ -154,6 +154,8 @@ class LeaseQueue {
   const Request* find_if(const std::string& request_id) const;
   Delivery* delivery_of(Request& request, const std::string& session);
   void close_lease(Request& request);
+  // The request whose open lease `session` holds, or nullptr (counted as a stale message).
+  Request* held_lease(const std::string& session, const std::string& request_id);
   void requeue_front(const std::string& request_id, Request& request);
   void finish_failed(const std::string& request_id, Request& request, const std::string& reason);
 
