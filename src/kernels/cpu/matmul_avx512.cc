@@ -418,83 +418,10 @@ void micro_kernel(const float* x, int64_t ldx, const float* panel, int depth, fl
   }
 }
 
-void micro_kernel_rows(int rows, const float* x, int64_t ldx, const float* panel, int depth,
-                       float* y, int64_t ldy, int cols, bool first, const float* bias) {
-  switch (rows) {
-    case 1:
-      micro_kernel<1>(x, ldx, panel, depth, y, ldy, cols, first, bias);
-      break;
-    case 2:
-      micro_kernel<2>(x, ldx, panel, depth, y, ldy, cols, first, bias);
-      break;
-    case 3:
-      micro_kernel<3>(x, ldx, panel, depth, y, ldy, cols, first, bias);
-      break;
-    case 4:
-      micro_kernel<4>(x, ldx, panel, depth, y, ldy, cols, first, bias);
-      break;
-    case 5:
-      micro_kernel<5>(x, ldx, panel, depth, y, ldy, cols, first, bias);
-      break;
-    case 6:
-      micro_kernel<6>(x, ldx, panel, depth, y, ldy, cols, first, bias);
-      break;
-    case 7:
-      micro_kernel<7>(x, ldx, panel, depth, y, ldy, cols, first, bias);
-      break;
-    default:
-      micro_kernel<8>(x, ldx, panel, depth, y, ldy, cols, first, bias);
-      break;
-  }
-}
-
-template <DType D>
-void packed_impl(const float* x, int64_t m_begin, int64_t m_end, const WeightView& w,
-                 const float* bias, float* y, int64_t n_begin, int64_t n_end) {
-  const int64_t K = w.cols, N = w.rows;
-  alignas(64) float panel[kDepth * kPanelCols];
-  for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
-    const int depth = static_cast<int>(K - k0 < kDepth ? K - k0 : kDepth);
-    for (int64_t n0 = n_begin; n0 < n_end; n0 += kPanelCols) {
-      const int cols = static_cast<int>(n_end - n0 < kPanelCols ? n_end - n0 : kPanelCols);
-      pack_panel<D>(w, n0, cols, k0, depth, panel);
-      for (int64_t m0 = m_begin; m0 < m_end; m0 += kMicroRows) {
-        const int rows = static_cast<int>(m_end - m0 < kMicroRows ? m_end - m0 : kMicroRows);
-        micro_kernel_rows(rows, x + m0 * K + k0, K, panel, depth, y + m0 * N + n0, N, cols, k0 == 0,
-                          bias ? bias + n0 : nullptr);
-      }
-    }
-  }
-}
+constexpr int kPanelAlign = 64;
 
 }  // namespace
 
-void matmul_stream(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
-                   int64_t n_begin, int64_t n_end) {
-  switch (w.dtype) {
-    case DType::F32:
-      return stream_impl<DType::F32>(x, M, w, bias, y, n_begin, n_end);
-    case DType::BF16:
-      return stream_impl<DType::BF16>(x, M, w, bias, y, n_begin, n_end);
-    case DType::F16:
-      return stream_impl<DType::F16>(x, M, w, bias, y, n_begin, n_end);
-    case DType::I8:
-      return stream_impl<DType::I8>(x, M, w, bias, y, n_begin, n_end);
-  }
-}
-
-void matmul_packed(const float* x, int64_t m_begin, int64_t m_end, const WeightView& w,
-                   const float* bias, float* y, int64_t n_begin, int64_t n_end) {
-  switch (w.dtype) {
-    case DType::F32:
-      return packed_impl<DType::F32>(x, m_begin, m_end, w, bias, y, n_begin, n_end);
-    case DType::BF16:
-      return packed_impl<DType::BF16>(x, m_begin, m_end, w, bias, y, n_begin, n_end);
-    case DType::F16:
-      return packed_impl<DType::F16>(x, m_begin, m_end, w, bias, y, n_begin, n_end);
-    case DType::I8:
-      return packed_impl<DType::I8>(x, m_begin, m_end, w, bias, y, n_begin, n_end);
-  }
-}
+#include "kernels/cpu/matmul_driver.inc"
 
 }  // namespace alem::cpu::avx512
