@@ -23,7 +23,8 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recomme
   nlohmann-json3-dev libcpp-httplib-dev libspdlog-dev libcli11-dev libtomlplusplus-dev \
   prometheus-cpp-dev libpcre2-dev \
   libgtest-dev libgmock-dev clang-format ccache \
-  slurm-wlm slurm-wlm-basic-plugins munge curl procps
+  slurm-wlm slurm-wlm-basic-plugins munge curl procps \
+  libboost-dev prometheus clang libclang-rt-14-dev tcpdump
 
 if [ "$added_policy" = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
 echo "install-deps: done"
