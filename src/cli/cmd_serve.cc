@@ -4,8 +4,8 @@
 // the replica follow the leader's steps.
 //
 // Threads on the gateway: the main thread runs the engine loop (so MPI is only ever called from
-// the thread that started it), httplib's pool answers HTTP, and a control thread turns signals
-// into a drain or a stop:
+// the thread that started it), the HTTP server's I/O threads answer HTTP, and a control thread
+// turns signals into a drain or a stop:
 //   SIGUSR1, SIGTERM  drain: new requests get 503, /health 503, network leases are handed back,
 //                     requests in flight finish (or are aborted after drain_seconds). Then every
 //                     rank exits: after SIGUSR1 (Slurm's warning before the time limit or a
@@ -41,6 +41,7 @@
 #include "network/provider_client.h"
 #include "network/provider_keys.h"
 #include "network/usage_journal.h"
+#include "serve/api_key.h"
 #include "serve/http_server.h"
 #include "serve/job_status.h"
 #include "serve/serve_config.h"
@@ -83,8 +84,15 @@ struct ServeOptions {
   std::string backend = "cpu";
   std::string config_file;
   int drain_seconds = 30;
-  int http_threads = 256;
+  int http_threads = 8;
   size_t max_body_bytes = size_t{1} << 20;
+  // Authentication (docs/operations.md): the key from --api-key-file, else --api-key, else
+  // $ALEM_API_KEY_FILE, else $ALEM_API_KEY; none: the API is open (bind loopback then).
+  std::string api_key;
+  std::string api_key_file;
+  std::vector<std::string> api_key_protects;  // "health", "metrics": also behind the key
+  int http_header_timeout = 10;
+  int http_body_timeout = 30;
   bool allow_core_dumps = false;  // memory hygiene escape hatch (confidential/memory_hygiene.h)
   bool sandbox = false;           // confidential/sandbox.h
   // The network queue (docs/protocol.md): endpoints the provider client dials.
@@ -127,6 +135,22 @@ LogFields job_fields() {
     if (const char* v = std::getenv(var)) fields.emplace_back(var, v);
   }
   return fields;
+}
+
+// The API key, from the first of: --api-key-file, --api-key, $ALEM_API_KEY_FILE, $ALEM_API_KEY.
+// Empty: no authentication.
+std::string resolve_api_key(const ServeOptions& o) {
+  if (!o.api_key_file.empty()) return serve::read_api_key_file(o.api_key_file);
+  if (!o.api_key.empty()) return o.api_key;
+  if (const char* file = std::getenv("ALEM_API_KEY_FILE"); file && *file) {
+    return serve::read_api_key_file(file);
+  }
+  if (const char* key = std::getenv("ALEM_API_KEY"); key && *key) return key;
+  return {};
+}
+
+bool is_loopback(const std::string& host) {
+  return host == "127.0.0.1" || host == "::1" || host == "localhost" || host.rfind("127.", 0) == 0;
 }
 
 // KV blocks that fit in `budget_mb` on this rank: K and V in f32 for this rank's layers and KV
@@ -335,6 +359,18 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
       http.metrics_port = o.metrics_port;
       http.threads = o.http_threads;
       http.max_body_bytes = o.max_body_bytes;
+      http.api_key = resolve_api_key(o);
+      for (const std::string& what : o.api_key_protects) {
+        if (what == "health") http.api_key_protects_health = true;
+        if (what == "metrics") http.api_key_protects_metrics = true;
+      }
+      http.header_timeout = std::chrono::seconds(o.http_header_timeout);
+      http.body_timeout = std::chrono::seconds(o.http_body_timeout);
+      if (http.api_key.empty() && !is_loopback(o.host)) {
+        log_warn("the HTTP API is open to anyone who can reach " + o.host +
+                 "; set ALEM_API_KEY or --api-key-file (docs/operations.md)");
+      }
+      log_info("http authentication", {{"api_key", http.api_key.empty() ? "off" : "on"}});
       server = std::make_unique<serve::HttpServer>(served, *metrics, http);
       server->bind();
       server->start();
@@ -480,7 +516,9 @@ void add_serve_command(CLI::App& app) {
   CLI::App* cmd =
       app.add_subcommand("serve", "Serve a model over an OpenAI-compatible HTTP API (vLLM-shaped)");
   cmd->add_option("--model,-m", o->model, "HDF5 model store (from `alem convert`)")->required();
-  cmd->add_option("--host", o->host, "HTTP bind address")->capture_default_str();
+  cmd->add_option("--host", o->host,
+                  "HTTP bind address (loopback by default; anything else: set an API key)")
+      ->capture_default_str();
   cmd->add_option("--port", o->port, "HTTP port (0: any free port)")->capture_default_str();
   cmd->add_option("--metrics-port", o->metrics_port, "Also serve /metrics on this port (0: off)");
   cmd->add_option("--served-model-name", o->served_model_name,
@@ -507,8 +545,24 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--drain-seconds", o->drain_seconds,
                   "On SIGUSR1/SIGTERM, how long requests in flight may still run")
       ->capture_default_str();
-  cmd->add_option("--http-threads", o->http_threads, "HTTP connection threads")
+  cmd->add_option("--http-threads", o->http_threads,
+                  "Threads that parse and tokenize requests (connections hold no thread)")
       ->capture_default_str();
+  cmd->add_option("--http-header-timeout", o->http_header_timeout,
+                  "Seconds a client has to send a request's headers (408 after)")
+      ->capture_default_str();
+  cmd->add_option("--http-body-timeout", o->http_body_timeout,
+                  "Seconds a client has to send a request's body (408 after)")
+      ->capture_default_str();
+  cmd->add_option("--api-key", o->api_key,
+                  "Require 'Authorization: Bearer KEY' (visible in ps: prefer --api-key-file or "
+                  "$ALEM_API_KEY)");
+  cmd->add_option("--api-key-file", o->api_key_file,
+                  "Read the API key from this file's first line (or $ALEM_API_KEY_FILE)");
+  cmd->add_option("--api-key-protects", o->api_key_protects,
+                  "Also require the key on: health, metrics (open by default)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"health", "metrics"}));
   cmd->add_option("--max-body-bytes", o->max_body_bytes, "Largest request body (413 above)")
       ->capture_default_str();
   cmd->add_option("--network-endpoint", o->network_endpoints,

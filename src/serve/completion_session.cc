@@ -108,6 +108,7 @@ void CompletionSession::start() {
           inbox->events.emplace_back(event, Clock::now());
         }
         inbox->ready.notify_all();
+        if (inbox->notify) inbox->notify();
       };
       const SubmitResult result = engine_.submit(std::move(er));
       if (result.status != SubmitStatus::kAccepted) {
@@ -235,6 +236,22 @@ std::string CompletionSession::wait_for_response() {
     }
     drain_events(events);
   }
+  return response_body();
+}
+
+bool CompletionSession::poll_response(std::string& body) {
+  std::deque<std::pair<RequestEvent, Clock::time_point>> events;
+  {
+    std::lock_guard<std::mutex> lock(inbox_->mutex);
+    events.swap(inbox_->events);
+  }
+  drain_events(events);
+  if (!all_finished()) return false;
+  body = response_body();
+  return true;
+}
+
+std::string CompletionSession::response_body() {
   if (engine_failed_) {
     close(true);
     throw ApiException(ApiError::internal("The engine failed while generating; see server logs."));
@@ -288,6 +305,10 @@ bool CompletionSession::next_stream_events(std::string& out, std::chrono::millis
   }
   if (request_.include_usage)
     out += sse_event(usage_chunk(ep, id_, created_, request_.model, usage()));
+  if (engine_failed_) {  // the openai client raises APIError on an event with an "error" key
+    out += sse_event(
+        ApiError::internal("The engine failed while generating; see server logs.").to_json());
+  }
   out += kSseDone;
   stream_done_ = true;
   return false;

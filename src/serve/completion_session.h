@@ -3,10 +3,11 @@
 // and turns the engine's token events back into text: incremental UTF-8-safe detokenization,
 // stop strings, finish reasons, usage, and either one JSON response or a stream of SSE chunks.
 //
-// Threads: the engine thread only appends events to the session's inbox (EngineEventCallback);
-// everything else runs on the HTTP thread that owns the request. When the client goes away (a
-// failed write, or the connection closing before the end) close() cancels every unfinished
-// choice so the engine frees their KV blocks at its next step.
+// Threads: the engine thread only appends events to the session's inbox (EngineEventCallback) and,
+// when one is set, calls the event notifier (so an asynchronous HTTP layer can wake up instead of
+// blocking a thread); everything else runs on the thread that owns the request. When the client
+// goes away (a failed write, or the connection closing before the end) close() cancels every
+// unfinished choice so the engine frees their KV blocks at its next step.
 //
 // Client text (prompts, generated text) lives only in this object and is wiped when it ends.
 #pragma once
@@ -58,8 +59,21 @@ class CompletionSession : public std::enable_shared_from_this<CompletionSession>
   // Throws ApiException 500 when the engine failed.
   std::string wait_for_response();
 
-  // Streaming: called repeatedly by the HTTP layer. Appends ready SSE events to `out` (waits up
-  // to `max_wait` for some) and returns false once the stream is complete ("[DONE]" written).
+  // Non-streaming, without blocking: drains the events that have arrived;
+  // returns true and sets `body` once every choice has finished (the session is
+  // then closed). Throws ApiException 500 when the engine failed.
+  bool poll_response(std::string& body);
+
+  // Called on the engine thread after each event reaches the inbox; must be
+  // quick and thread-safe (e.g. post a wake-up to an event loop). Set it before
+  // start().
+  void set_event_notifier(std::function<void()> notify) { inbox_->notify = std::move(notify); }
+
+  // Streaming: called repeatedly by the HTTP layer. Appends ready SSE events to
+  // `out` (waits up to `max_wait` for some) and returns false once the stream
+  // is complete ("[DONE]" written). When the engine failed (a rank died), the
+  // last events are an OpenAI-shaped error event, `data: {"error": {...}}`,
+  // then "[DONE]" (as vLLM does), so clients see the failure.
   bool next_stream_events(std::string& out, std::chrono::milliseconds max_wait);
 
   // Ends the session: cancels unfinished choices (the client went away when `completed` is
@@ -82,6 +96,7 @@ class CompletionSession : public std::enable_shared_from_this<CompletionSession>
     std::mutex mutex;
     std::condition_variable ready;
     std::deque<std::pair<RequestEvent, Clock::time_point>> events;
+    std::function<void()> notify;  // set before start(), read by the engine thread
   };
   struct Choice {
     int index = 0;         // the choice's index in the response
@@ -107,6 +122,7 @@ class CompletionSession : public std::enable_shared_from_this<CompletionSession>
   void finish_choice(Choice& choice, FinishReason reason);
   Choice* choice_for(int64_t engine_id);
   bool all_finished() const;
+  std::string response_body();  // every choice finished: the JSON response; closes
   void wipe_text();
 
   const ServedModel& model_;

@@ -1,26 +1,28 @@
-// Routes, error answers and streaming for the gateway's HTTP server (see the header).
+// The gateway's HTTP server: listening sockets, I/O and worker threads, routes, authentication
+// and error answers (see the header; one connection's life is in serve/http_connection.cc).
 #include "serve/http_server.h"
 
-#include <httplib.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <thread>
 
 #include "core/aligned_buffer.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "serve/http_connection.h"
 
 namespace alem::serve {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
 namespace {
 
 constexpr const char* kJson = "application/json";
-
-// Keeps the count of API requests in progress; released when httplib drops the response's
-// content provider (after the last byte, or when the client went away).
-struct ActiveRequest {
-  explicit ActiveRequest(std::atomic<int64_t>& counter) : counter_(counter) { ++counter_; }
-  ~ActiveRequest() { --counter_; }
-  std::atomic<int64_t>& counter_;
-};
+constexpr int kListenBacklog = 1024;  // a burst of clients connecting at once
 
 const char* rejection_reason(int status) {
   switch (status) {
@@ -30,140 +32,168 @@ const char* rejection_reason(int status) {
       return "unavailable";
     case 413:
       return "too_large";
+    case 401:
+      return "unauthorized";
     default:
       return "invalid";
   }
 }
 
-// cpp-httplib 0.11 listens with a backlog of 5: a burst of clients connecting at once (a COCOON
-// worker opening many streams, a load test) overflows it and connections time out before the
-// accept thread catches up. Linux lets listen() be called again on a listening socket to change
-// the backlog, so find the socket httplib bound (a listening TCP socket on `port`) and raise it.
-void raise_listen_backlog(int port, int backlog) {
-  for (int fd = 0; fd < 4096; ++fd) {
-    int listening = 0;
-    socklen_t length = sizeof(listening);
-    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) != 0 || !listening) continue;
-    sockaddr_storage address{};
-    socklen_t address_length = sizeof(address);
-    if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &address_length) != 0) continue;
-    int bound_port = -1;
-    if (address.ss_family == AF_INET) {
-      bound_port = ntohs(reinterpret_cast<const sockaddr_in*>(&address)->sin_port);
-    } else if (address.ss_family == AF_INET6) {
-      bound_port = ntohs(reinterpret_cast<const sockaddr_in6*>(&address)->sin6_port);
-    }
-    if (bound_port == port) ::listen(fd, backlog);
-  }
+std::string_view path_of(std::string_view target) {
+  return target.substr(0, target.find('?'));
 }
 
-void wipe_body(const httplib::Request& req) {
-  // The body held the prompt; httplib keeps it until the connection's next request.
-  std::string& body = const_cast<std::string&>(req.body);
-  secure_wipe(body.data(), body.size());
+bool is_api_route(std::string_view path) {
+  return path == "/v1/completions" || path == "/v1/chat/completions" || path == "/v1/models" ||
+         path == "/v1/status" || path == "/version";
 }
 
 }  // namespace
 
+struct HttpServer::Impl {
+  asio::io_context io;
+  std::unique_ptr<asio::thread_pool> workers;
+  std::unique_ptr<tcp::acceptor> api_acceptor, metrics_acceptor;
+  std::vector<std::thread> io_threads;
+  std::mutex connections_mutex;
+  std::vector<std::weak_ptr<HttpConnection>> connections;
+  bool started = false, stopped = false;
+
+  // Live connections, after dropping the ended ones.
+  size_t prune() {
+    std::lock_guard<std::mutex> lock(connections_mutex);
+    std::erase_if(connections, [](const auto& c) { return c.expired(); });
+    return connections.size();
+  }
+};
+
 HttpServer::HttpServer(const ServedModel& model, ServingMetrics& metrics, HttpServerOptions options)
-    : model_(model), metrics_(metrics), options_(std::move(options)) {
-  auto make = [this](bool api) {
-    auto server = std::make_unique<httplib::Server>();
-    const int threads = std::max(4, api ? options_.threads : 4);
-    server->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-    server->set_payload_max_length(options_.max_body_bytes);
-    server->set_keep_alive_max_count(1000);
-    server->set_read_timeout(30, 0);
-    server->set_write_timeout(30, 0);
-    install_routes(*server, api);
-    return server;
-  };
-  api_server_ = make(true);
-  if (options_.metrics_port > 0) metrics_server_ = make(false);
+    : model_(model),
+      metrics_(metrics),
+      options_(std::move(options)),
+      api_key_(options_.api_key),
+      impl_(std::make_unique<Impl>()) {
+  secure_wipe(options_.api_key.data(), options_.api_key.size());  // only its hash is kept
+  options_.api_key.clear();
+  impl_->workers = std::make_unique<asio::thread_pool>(std::max(1, options_.threads));
 }
 
 HttpServer::~HttpServer() {
   stop();
 }
 
-void HttpServer::install_routes(httplib::Server& server, bool api) {
-  server.Get("/health",
-             [this](const httplib::Request&, httplib::Response& res) { handle_health(res); });
-  server.Get("/metrics",
-             [this](const httplib::Request&, httplib::Response& res) { handle_metrics(res); });
-  server.set_error_handler([this](const httplib::Request&, httplib::Response& res) {
-    if (!res.body.empty()) return;
-    if (res.status == 413) {
-      metrics_.count_rejected("too_large");
-      send_error(res, ApiError::payload_too_large(options_.max_body_bytes));
-    } else if (res.status == 404) {
-      ApiError e = ApiError::bad_request("Not found.");
-      e.status = 404;
-      e.type = "not_found_error";
-      send_error(res, e);
-    } else if (res.status == 405) {
-      ApiError e = ApiError::bad_request("Method not allowed.");
-      e.status = 405;
-      send_error(res, e);
-    } else if (res.status >= 400) {
-      ApiError e = ApiError::bad_request("The request could not be read.");
-      e.status = res.status;
-      send_error(res, e);
-    }
-  });
-  server.set_exception_handler(
-      [this](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-        std::string what = "unknown error";
-        try {
-          if (ep) std::rethrow_exception(ep);
-        } catch (const std::exception& e) {
-          what = e.what();
-        } catch (...) {
-        }
-        log_error("HTTP handler failed", {{"why", what}});
-        send_error(res, ApiError::internal("Internal server error."));
-      });
-  if (!api) return;
-  server.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    handle_completion(req, res, Endpoint::kCompletions);
-  });
-  server.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    handle_completion(req, res, Endpoint::kChatCompletions);
-  });
-  server.Get("/v1/models",
-             [this](const httplib::Request&, httplib::Response& res) { handle_models(res); });
-  server.Get("/v1/status",
-             [this](const httplib::Request&, httplib::Response& res) { handle_status(res); });
-  server.Get("/version", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content(R"({"version":"0.1.0"})", kJson);
-  });
+namespace {
+
+tcp::acceptor listen_on(asio::io_context& io, const std::string& host, int port) {
+  const std::string where = host + ":" + std::to_string(port);
+  boost::system::error_code ec;
+  tcp::endpoint endpoint;
+  const auto address = asio::ip::make_address(host, ec);
+  if (!ec) {
+    endpoint = tcp::endpoint(address, static_cast<unsigned short>(port));
+  } else {
+    tcp::resolver resolver(io);
+    auto results = resolver.resolve(host, std::to_string(port), ec);
+    ALEM_CHECK(!ec && !results.empty(),
+               "cannot listen on " + where + ": cannot resolve the host (" + ec.message() + ")");
+    endpoint = results.begin()->endpoint();
+  }
+  tcp::acceptor acceptor(io);
+  auto check = [&](const char* step) {
+    ALEM_CHECK(!ec, "cannot listen on " + where + ": " + step + " failed (" + ec.message() + ")" +
+                        (ec == asio::error::address_in_use
+                             ? "; another process (another alem serve?) holds this port"
+                             : ""));
+  };
+  acceptor.open(endpoint.protocol(), ec);
+  check("socket");
+  // SO_REUSEADDR only (restart while old connections linger in TIME_WAIT). Never SO_REUSEPORT:
+  // with it a second server could bind the same port and the kernel would split clients.
+  acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  check("setsockopt");
+  acceptor.bind(endpoint, ec);
+  check("bind");
+  acceptor.listen(kListenBacklog, ec);
+  check("listen");
+  return acceptor;
 }
 
+void accept_loop(HttpServer& server, HttpServer::Impl& impl, tcp::acceptor& acceptor,
+                 bool api_port) {
+  acceptor.async_accept(
+      asio::make_strand(impl.io),
+      [&server, &impl, &acceptor, api_port](boost::system::error_code ec, tcp::socket socket) {
+        if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
+        if (!ec) {
+          if (impl.prune() >= static_cast<size_t>(server.options().max_connections)) {
+            boost::system::error_code ignored;
+            socket.close(ignored);  // at the limit: refuse rather than run out of descriptors
+          } else {
+            socket.set_option(tcp::no_delay(true), ec);
+            auto connection =
+                start_http_connection(server, *impl.workers, std::move(socket), api_port);
+            std::lock_guard<std::mutex> lock(impl.connections_mutex);
+            impl.connections.push_back(connection);
+          }
+        }
+        accept_loop(server, impl, acceptor, api_port);
+      });
+}
+
+}  // namespace
+
 void HttpServer::bind() {
-  auto bind_one = [this](httplib::Server& server, int port) {
-    const int bound = port == 0 ? server.bind_to_any_port(options_.host)
-                                : (server.bind_to_port(options_.host, port) ? port : -1);
-    ALEM_CHECK(bound > 0, "cannot listen on " + options_.host + ":" + std::to_string(port) +
-                              " (address in use or not available)");
-    return bound;
-  };
-  port_ = bind_one(*api_server_, options_.port);
-  raise_listen_backlog(port_, 1024);
-  if (metrics_server_) metrics_port_ = bind_one(*metrics_server_, options_.metrics_port);
+  impl_->api_acceptor =
+      std::make_unique<tcp::acceptor>(listen_on(impl_->io, options_.host, options_.port));
+  port_ = impl_->api_acceptor->local_endpoint().port();
+  if (options_.metrics_port > 0) {
+    impl_->metrics_acceptor =
+        std::make_unique<tcp::acceptor>(listen_on(impl_->io, options_.host, options_.metrics_port));
+    metrics_port_ = impl_->metrics_acceptor->local_endpoint().port();
+  }
 }
 
 void HttpServer::start() {
-  api_thread_ = std::thread([this] { api_server_->listen_after_bind(); });
-  if (metrics_server_) {
-    metrics_thread_ = std::thread([this] { metrics_server_->listen_after_bind(); });
+  ALEM_CHECK(impl_->api_acceptor, "HttpServer::start() before bind()");
+  impl_->started = true;
+  accept_loop(*this, *impl_, *impl_->api_acceptor, true);
+  if (impl_->metrics_acceptor) accept_loop(*this, *impl_, *impl_->metrics_acceptor, false);
+  for (int i = 0; i < std::max(1, options_.io_threads); ++i) {
+    impl_->io_threads.emplace_back([this] { impl_->io.run(); });
   }
 }
 
 void HttpServer::stop() {
-  if (api_server_) api_server_->stop();
-  if (metrics_server_) metrics_server_->stop();
-  if (api_thread_.joinable()) api_thread_.join();
-  if (metrics_thread_.joinable()) metrics_thread_.join();
+  if (impl_->stopped) return;
+  impl_->stopped = true;
+  stopping_ = true;
+  asio::post(impl_->io, [this] {
+    boost::system::error_code ec;
+    if (impl_->api_acceptor) impl_->api_acceptor->close(ec);
+    if (impl_->metrics_acceptor) impl_->metrics_acceptor->close(ec);
+  });
+  // Answers in flight (a stream whose engine failed or was stopped writing its end) finish.
+  const auto grace_end = std::chrono::steady_clock::now() + options_.stop_grace;
+  while (impl_->started && active_requests_.load() > 0 &&
+         std::chrono::steady_clock::now() < grace_end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  impl_->io.stop();
+  for (std::thread& t : impl_->io_threads) t.join();
+  impl_->io_threads.clear();
+  impl_->workers->stop();
+  impl_->workers->join();
+  // No I/O thread runs now: end every connection and cancel its completion while the engine
+  // still exists (handlers left in the io_context are destroyed later, holding nothing).
+  std::vector<std::shared_ptr<HttpConnection>> live;
+  {
+    std::lock_guard<std::mutex> lock(impl_->connections_mutex);
+    for (auto& weak : impl_->connections) {
+      if (auto c = weak.lock()) live.push_back(std::move(c));
+    }
+    impl_->connections.clear();
+  }
+  for (auto& c : live) abandon_http_connection(*c);
 }
 
 void HttpServer::attach_engine(EngineClient* engine) {
@@ -179,7 +209,107 @@ void HttpServer::set_job_info(JobInfo info) {
   job_ = std::move(info);
 }
 
-void HttpServer::handle_status(httplib::Response& res) {
+// ---- routes ----
+
+std::optional<HttpAnswer> HttpServer::check_request(std::string_view method,
+                                                    std::string_view target,
+                                                    std::string_view authorization, bool api_port) {
+  const std::string_view path = path_of(target);
+  const bool open = (path == "/health" && !options_.api_key_protects_health) ||
+                    (path == "/metrics" && !options_.api_key_protects_metrics);
+  if (!open && !api_key_.accepts(authorization)) {
+    metrics_.count_rejected(rejection_reason(401));
+    ApiError e;
+    e.status = 401;
+    e.type = "invalid_request_error";
+    e.code = "invalid_api_key";
+    e.message = authorization.empty()
+                    ? "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
+                    : "Incorrect API key provided.";
+    HttpAnswer answer = error_answer(e);
+    answer.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"alem\"");
+    return answer;
+  }
+  const bool known = path == "/health" || path == "/metrics" || (api_port && is_api_route(path));
+  if (!known) {
+    ApiError e = ApiError::bad_request("Not found.");
+    e.status = 404;
+    e.type = "not_found_error";
+    return error_answer(e);
+  }
+  const bool post_route = path == "/v1/completions" || path == "/v1/chat/completions";
+  if (method != (post_route ? "POST" : "GET")) {
+    ApiError e = ApiError::bad_request("Method not allowed.");
+    e.status = 405;
+    HttpAnswer answer = error_answer(e);
+    answer.headers.emplace_back("Allow", post_route ? "POST" : "GET");
+    return answer;
+  }
+  return std::nullopt;
+}
+
+HttpAnswer HttpServer::answer(std::string_view, std::string_view target) {
+  const std::string_view path = path_of(target);
+  if (path == "/health") return handle_health();
+  if (path == "/metrics") return handle_metrics();
+  if (path == "/v1/models") return handle_models();
+  if (path == "/v1/status") return handle_status();
+  HttpAnswer version;  // "/version"
+  version.body = R"({"version":"0.1.0"})";
+  return version;
+}
+
+HttpAnswer HttpServer::error_answer(const ApiError& error) {
+  HttpAnswer answer;
+  answer.status = error.status;
+  answer.body = error.body();
+  if (error.status == 429 || error.status == 503) {
+    answer.headers.emplace_back("Retry-After", std::to_string(options_.retry_after_seconds));
+  }
+  return answer;
+}
+
+HttpAnswer HttpServer::refusal(int status, const std::string& message) {
+  metrics_.count_rejected(rejection_reason(status));
+  if (status == 413) return error_answer(ApiError::payload_too_large(options_.max_body_bytes));
+  ApiError e = ApiError::bad_request(message);
+  e.status = status;
+  return error_answer(e);
+}
+
+std::shared_ptr<CompletionSession> HttpServer::open_session(std::string& body, Endpoint endpoint,
+                                                            const std::function<void()>& notify) {
+  const auto arrival = CompletionSession::Clock::now();
+  std::shared_ptr<CompletionSession> session;
+  try {
+    EngineClient* engine = engine_.load();
+    if (!engine || !engine->healthy()) {
+      throw ApiException(ApiError::unavailable("The model is loading or the engine is down."));
+    }
+    if (draining_.load()) {
+      throw ApiException(ApiError::unavailable("The server is draining; retry on another."));
+    }
+    ApiRequest request = parse_request(body, endpoint, model_.name, options_.limits);
+    secure_wipe(body.data(), body.size());
+    session =
+        std::make_shared<CompletionSession>(model_, *engine, metrics_, std::move(request), arrival);
+    session->set_event_notifier(notify);
+    session->start();
+    return session;
+  } catch (const ApiException& e) {
+    secure_wipe(body.data(), body.size());
+    if (session) session->close(true);
+    metrics_.count_rejected(rejection_reason(e.error().status));
+    throw;
+  }
+}
+
+bool HttpServer::engine_ready() const {
+  EngineClient* engine = engine_.load();
+  return engine && engine->healthy();
+}
+
+HttpAnswer HttpServer::handle_status() {
   EngineClient* engine = engine_.load();
   std::vector<ReplicaStats> replicas;
   std::vector<double> rates;
@@ -200,120 +330,56 @@ void HttpServer::handle_status(httplib::Response& res) {
     std::lock_guard<std::mutex> lock(job_mutex_);
     job = job_;
   }
-  res.set_content(dump_json(status_document(job, state, replicas, rates, uptime)), kJson);
+  HttpAnswer answer;
+  answer.body = dump_json(status_document(job, state, replicas, rates, uptime));
+  return answer;
 }
 
-bool HttpServer::engine_ready() const {
-  EngineClient* engine = engine_.load();
-  return engine && engine->healthy();
-}
-
-void HttpServer::send_error(httplib::Response& res, const ApiError& error) {
-  res.status = error.status;
-  if (error.status == 429 || error.status == 503) {
-    res.set_header("Retry-After", std::to_string(options_.retry_after_seconds));
-  }
-  res.set_content(error.body(), kJson);
-}
-
-void HttpServer::handle_completion(const httplib::Request& req, httplib::Response& res,
-                                   Endpoint endpoint) {
-  const auto arrival = CompletionSession::Clock::now();
-  auto active = std::make_shared<ActiveRequest>(active_requests_);
-  EngineClient* engine = engine_.load();
-  std::shared_ptr<CompletionSession> session;
-  try {
-    if (!engine || !engine->healthy()) {
-      throw ApiException(ApiError::unavailable("The model is loading or the engine is down."));
-    }
-    if (draining_.load()) {
-      throw ApiException(ApiError::unavailable("The server is draining; retry on another."));
-    }
-    ApiRequest request = parse_request(req.body, endpoint, model_.name, options_.limits);
-    wipe_body(req);
-    session =
-        std::make_shared<CompletionSession>(model_, *engine, metrics_, std::move(request), arrival);
-    session->start();
-  } catch (const ApiException& e) {
-    wipe_body(req);
-    if (session) session->close(true);
-    metrics_.count_rejected(rejection_reason(e.error().status));
-    send_error(res, e.error());
-    return;
-  }
-
-  if (!session->streaming()) {
-    std::string body;
-    try {
-      body = session->wait_for_response();
-    } catch (const ApiException& e) {
-      send_error(res, e.error());
-      return;
-    }
-    auto shared_body = std::make_shared<std::string>(std::move(body));
-    res.set_content_provider(
-        shared_body->size(), kJson,
-        [shared_body](size_t offset, size_t length, httplib::DataSink& sink) {
-          return sink.write(shared_body->data() + offset, length);
-        },
-        [shared_body, active](bool) { secure_wipe(shared_body->data(), shared_body->size()); });
-    return;
-  }
-
-  res.set_header("Cache-Control", "no-cache");
-  res.set_header("X-Accel-Buffering", "no");
-  const auto poll = options_.stream_poll;
-  res.set_chunked_content_provider(
-      "text/event-stream",
-      [session, poll](size_t, httplib::DataSink& sink) {
-        std::string out;
-        const bool more = session->next_stream_events(out, poll);
-        if (!out.empty()) {
-          const bool written = sink.write(out.data(), out.size());
-          secure_wipe(out.data(), out.size());
-          if (!written) return false;  // the client went away: the releaser cancels
-        } else if (!sink.is_writable()) {
-          return false;
-        }
-        if (!more) sink.done();
-        return true;
-      },
-      [session, active](bool success) { session->close(success && session->finished()); });
-}
-
-void HttpServer::handle_models(httplib::Response& res) {
+HttpAnswer HttpServer::handle_models() {
   EngineClient* engine = engine_.load();
   if (!engine || !engine->healthy() || draining_.load()) {
-    send_error(res, ApiError::unavailable(draining_.load() ? "The server is draining."
-                                                           : "The model is not ready."));
-    return;
+    return error_answer(ApiError::unavailable(draining_.load() ? "The server is draining."
+                                                               : "The model is not ready."));
   }
-  res.set_content(dump_json(models_response(model_.name, model_.created, engine->max_model_len())),
-                  kJson);
+  HttpAnswer answer;
+  answer.body = dump_json(models_response(model_.name, model_.created, engine->max_model_len()));
+  return answer;
 }
 
-void HttpServer::handle_health(httplib::Response& res) {
-  if (engine_ready() && !draining_.load()) {
-    res.status = 200;
-    res.set_content("", "text/plain");
-    return;
-  }
-  res.status = 503;
-  res.set_header("Retry-After", std::to_string(options_.retry_after_seconds));
-  res.set_content(draining_.load() ? "draining\n" : "not ready\n", "text/plain");
+HttpAnswer HttpServer::handle_health() {
+  HttpAnswer answer;
+  answer.content_type = "text/plain";
+  if (engine_ready() && !draining_.load()) return answer;
+  answer.status = 503;
+  answer.headers.emplace_back("Retry-After", std::to_string(options_.retry_after_seconds));
+  answer.body = draining_.load() ? "draining\n" : "not ready\n";
+  return answer;
 }
 
-void HttpServer::handle_metrics(httplib::Response& res) {
+HttpAnswer HttpServer::handle_metrics() {
   std::vector<ReplicaGauges> gauges;
   if (EngineClient* engine = engine_.load()) {
     for (const ReplicaStats& s : engine->stats()) {
-      gauges.push_back({s.replica, s.running, s.waiting, s.kv_blocks_used, s.kv_blocks_cached,
-                        s.kv_blocks_total, s.steps});
+      ReplicaGauges g;
+      g.replica = s.replica;
+      g.running_requests = s.running;
+      g.waiting_requests = s.waiting;
+      g.kv_blocks_used = s.kv_blocks_used;
+      g.kv_blocks_cached = s.kv_blocks_cached;
+      g.kv_blocks_total = s.kv_blocks_total;
+      g.steps = s.steps;
+      g.preemptions = s.preemptions;
+      g.prefix_cache_queries = s.prefix_cache_queries;
+      g.prefix_cache_hits = s.prefix_cache_hits;
+      gauges.push_back(g);
     }
   } else {
     gauges.push_back({});
   }
-  res.set_content(metrics_.render(gauges), "text/plain; version=0.0.4");
+  HttpAnswer answer;
+  answer.content_type = "text/plain; version=0.0.4";
+  answer.body = metrics_.render(gauges);
+  return answer;
 }
 
 }  // namespace alem::serve

@@ -9,6 +9,7 @@
 
 #include "core/aligned_buffer.h"
 #include "core/error.h"
+#include "core/json_input.h"
 
 namespace alem::serve {
 
@@ -192,38 +193,14 @@ class Fields {
   std::string prefix_;
 };
 
-// "[json.exception.parse_error.101] parse error at line 1, column 9: syntax error while parsing
-// value - invalid literal; last read: 'tru'" -> "syntax error while parsing value - invalid
-// literal". The "last read" part quotes the body, so it is cut off.
-std::string parse_error_reason(const std::string& what) {
-  std::string reason = what;
-  const size_t column = reason.find("column ");
-  if (column != std::string::npos) {
-    const size_t colon = reason.find(": ", column);
-    if (colon != std::string::npos) reason = reason.substr(colon + 2);
-  }
-  const size_t last_read = reason.find("; last read");
-  if (last_read != std::string::npos) reason.resize(last_read);
-  return reason;
-}
-
+// Outside JSON: bounded nesting (no stack overflow on 110,000 nested arrays), numbers that
+// overflow a double refused (400, not 500), and a message that names the position, never bytes
+// of the body (core/json_input.h).
 json parse_body(std::string_view body) {
   try {
-    return json::parse(body.begin(), body.end());
-  } catch (const json::parse_error& e) {
-    const size_t byte = e.byte > 0 ? e.byte - 1 : 0;
-    size_t line = 1, column = 1;
-    for (size_t i = 0; i < byte && i < body.size(); ++i) {
-      if (body[i] == '\n') {
-        ++line;
-        column = 1;
-      } else {
-        ++column;
-      }
-    }
-    reject("malformed JSON at line " + std::to_string(line) + ", column " + std::to_string(column) +
-               " (byte " + std::to_string(byte) + "): " + parse_error_reason(e.what()),
-           "");
+    return parse_json_bounded(body);
+  } catch (const JsonInputError& e) {
+    reject(e.what(), "");
   }
 }
 
@@ -442,6 +419,51 @@ void reject_unsupported(const Fields& f, const ApiRequest& r) {
   if (f.get("prompt_logprobs")) {
     reject("'prompt_logprobs' is not supported by this server", "prompt_logprobs");
   }
+  // Fields that would change the output and that alem does not implement: refused when their
+  // value would have an effect (null, false, "", [] and {} are no-ops and pass), never ignored.
+  auto has_effect = [](const json& v) {
+    if (v.is_boolean()) return v.get<bool>();
+    if (v.is_structured() || v.is_string()) return !v.empty();
+    return true;
+  };
+  for (const char* key :
+       {"logit_bias", "logits_processors", "bad_words", "allowed_token_ids", "guided_json",
+        "guided_regex", "guided_choice", "guided_grammar", "guided_whitespace_pattern",
+        "structured_outputs", "truncate_prompt_tokens", "return_tokens_as_token_ids", "functions",
+        "function_call", "chat_template", "mm_processor_kwargs"}) {
+    if (const json* v = f.get(key); v && has_effect(*v)) {
+      reject("'" + std::string(key) + "' is not supported by this server", key);
+    }
+  }
+  if (r.endpoint == Endpoint::kChatCompletions) {
+    if (f.boolean("echo").value_or(false)) reject("'echo' is not supported by this server", "echo");
+    if (f.boolean("add_special_tokens").value_or(false)) {
+      reject("'add_special_tokens' is not supported by this server", "add_special_tokens");
+    }
+    if (const json* tool_choice = f.get("tool_choice");
+        tool_choice && !(tool_choice->is_string() && (tool_choice->get<std::string>() == "none" ||
+                                                      tool_choice->get<std::string>() == "auto"))) {
+      reject("'tool_choice' other than \"none\" or \"auto\" is not supported by this server",
+             "tool_choice");
+    }
+    // COCOON forwards chat_template_kwargs.enable_thinking (for Qwen3); the served templates
+    // have no thinking switch, so only that key passes. Any other key would be ignored: refused.
+    if (const json* kwargs = f.get("chat_template_kwargs")) {
+      if (!kwargs->is_object()) wrong_type("chat_template_kwargs", "an object", *kwargs);
+      for (const auto& [key, value] : kwargs->items()) {
+        if (key != "enable_thinking") {
+          reject("'chat_template_kwargs' holds a key this server does not support",
+                 "chat_template_kwargs");
+        }
+      }
+    }
+  }
+  if (const json* options = f.get("stream_options")) {
+    if (Fields(*options, "stream_options.").boolean("continuous_usage_stats").value_or(false)) {
+      reject("'stream_options.continuous_usage_stats' is not supported by this server",
+             "stream_options");
+    }
+  }
   if (f.integer("min_tokens").value_or(0) > 0) {
     reject("'min_tokens' is not supported by this server", "min_tokens");
   }
@@ -466,15 +488,7 @@ ApiRequest parse_request(std::string_view body, Endpoint endpoint, const std::st
   json root = parse_body(body);
   struct WipeJson {  // the parsed tree holds the prompt text too
     json& j;
-    static void wipe(json& v) {
-      if (v.is_string()) {
-        std::string& s = v.get_ref<std::string&>();
-        secure_wipe(s.data(), s.size());
-      } else if (v.is_structured()) {
-        for (auto& child : v) wipe(child);
-      }
-    }
-    ~WipeJson() { wipe(j); }
+    ~WipeJson() { wipe_json_strings(j); }
   } wipe_tree{root};
   if (!root.is_object()) wrong_type("request body", "a JSON object", root);
   const Fields f(root);

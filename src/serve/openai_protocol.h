@@ -106,8 +106,13 @@ bool model_name_matches(const std::string& requested, const std::string& served)
 // accepted (404 otherwise). Throws ApiException: 400 for malformed JSON (with line, column and byte
 // offset), a body that is not an object, a field of the wrong type (naming the field), a missing
 // prompt/messages, out-of-range values (n, temperature, top_p, ...) and unsupported features
-// (logprobs, echo, suffix, best_of != n, tools, non-text content parts); 404 for an unknown
-// model. Unknown keys are accepted and ignored, as vLLM does. null counts as absent.
+// (logprobs, echo, suffix, best_of != n, tools, non-text content parts, and fields that would
+// change the output but are not implemented: logit_bias, guided_*, logits_processors, bad_words,
+// allowed_token_ids, ... -- each 400 names its field); 404 for an unknown model. Malformed JSON,
+// nesting deeper than kMaxJsonDepth and numbers that overflow a double are 400 with the line
+// and column, never quoting the body (core/json_input.h). Other unknown keys (metadata, store,
+// service_tier, reasoning_effort, verbosity, prediction, parallel_tool_calls, which change
+// nothing here) are accepted and ignored, as vLLM does. null counts as absent.
 ApiRequest parse_request(std::string_view body, Endpoint endpoint, const std::string& served_model,
                          const ProtocolLimits& limits = {});
 

@@ -314,6 +314,60 @@ TEST(OpenAiParse, UnsupportedFeaturesAreRejectedClearly) {
   EXPECT_NO_THROW(parse_chat(ok));
 }
 
+// Fields that would change the output are refused by name, never silently ignored.
+TEST(OpenAiParse, OutputChangingFieldsAreNotIgnored) {
+  for (auto [field, value] :
+       std::vector<std::pair<const char*, json>>{{"logit_bias", {{"50256", -100}}},
+                                                 {"guided_json", {{"type", "object"}}},
+                                                 {"guided_choice", {"a", "b"}},
+                                                 {"bad_words", {"x"}},
+                                                 {"allowed_token_ids", {1, 2}},
+                                                 {"logits_processors", {"p"}},
+                                                 {"truncate_prompt_tokens", 5}}) {
+    json body = {{"model", kModel}, {"prompt", "x"}};
+    body[field] = value;
+    ApiError e = error_of(body);
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(e.param, field);
+    EXPECT_NE(e.message.find(field), std::string::npos) << e.message;
+    json chat = chat_body();
+    chat[field] = value;
+    EXPECT_EQ(error_of(chat, Endpoint::kChatCompletions).param, field);
+  }
+  for (auto [field, value] :
+       std::vector<std::pair<const char*, json>>{{"echo", true},
+                                                 {"tool_choice", "required"},
+                                                 {"chat_template_kwargs", {{"custom", 1}}}}) {
+    json chat = chat_body();
+    chat[field] = value;
+    EXPECT_EQ(error_of(chat, Endpoint::kChatCompletions).param, field);
+  }
+  json streamed = chat_body();
+  streamed["stream"] = true;
+  streamed["stream_options"] = {{"include_usage", true}, {"continuous_usage_stats", true}};
+  EXPECT_EQ(error_of(streamed, Endpoint::kChatCompletions).param, "stream_options");
+  // No-op forms pass: an empty bias, COCOON's enable_thinking, tool_choice "none".
+  json ok = chat_body();
+  ok["logit_bias"] = json::object();
+  ok["chat_template_kwargs"] = {{"enable_thinking", false}};
+  ok["tool_choice"] = "none";
+  ok["reasoning_effort"] = "low";
+  EXPECT_NO_THROW(parse_chat(ok));
+}
+
+// Numbers beyond a double are 400 (not 500) and the message never quotes them; 110,000 nested
+// arrays are a 400 with a position, not a stack overflow.
+TEST(OpenAiParse, HostileJsonIsABadRequest) {
+  ApiError e = error_of(std::string(R"({"model":"m","prompt":"x","temperature":1e999})"));
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.message.find("1e999"), std::string::npos) << e.message;
+  const std::string deep = std::string(110000, '[') + std::string(110000, ']');
+  e = error_of(deep);
+  EXPECT_EQ(e.status, 400);
+  EXPECT_NE(e.message.find("line 1, column"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("nesting"), std::string::npos) << e.message;
+}
+
 TEST(OpenAiParse, WipeClearsText) {
   ApiRequest r = parse_chat(chat_body());
   r.stop = {"x"};
