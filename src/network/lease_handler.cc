@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "core/error.h"
+#include "core/json_input.h"
 #include "core/log.h"
 #include "network/protocol.h"
 #include "serve/openai_protocol.h"
@@ -58,22 +59,36 @@ v1::ErrorCode code_for_api_error(const serve::ApiError& error) {
   }
 }
 
-// Splits the SSE text a CompletionSession produced into the JSON of each event; "[DONE]" is
-// dropped (ResultFinal marks the end). The input is wiped.
-std::vector<std::string> split_sse(std::string& sse) {
-  std::vector<std::string> events;
-  size_t pos = 0;
-  while (pos < sse.size()) {
-    size_t end = sse.find("\n\n", pos);
-    if (end == std::string::npos) end = sse.size();
-    std::string_view event(sse.data() + pos, end - pos);
-    if (event.substr(0, 6) == "data: ") event.remove_prefix(6);
-    if (!event.empty() && event != "[DONE]") events.emplace_back(event);
-    pos = end + 2;
+// Stamps the lease's attempt on every result message, so the network can tell the answers of
+// two deliveries of one request apart.
+class AttemptReply final : public LeaseReply {
+ public:
+  AttemptReply(LeaseReply& inner, uint32_t attempt) : inner_(inner), attempt_(attempt) {}
+  bool send(const v1::ProviderMessage& message) override {
+    v1::ProviderMessage out = message;
+    switch (out.kind_case()) {
+      case v1::ProviderMessage::kChunk:
+        out.mutable_chunk()->set_attempt(attempt_);
+        break;
+      case v1::ProviderMessage::kFinal:
+        out.mutable_final()->set_attempt(attempt_);
+        break;
+      case v1::ProviderMessage::kError:
+        out.mutable_error()->set_attempt(attempt_);
+        break;
+      case v1::ProviderMessage::kRelease:
+        out.mutable_release()->set_attempt(attempt_);
+        break;
+      default:
+        break;
+    }
+    return inner_.send(out);
   }
-  wipe_string(sse);
-  return events;
-}
+
+ private:
+  LeaseReply& inner_;
+  uint32_t attempt_;
+};
 
 }  // namespace
 
@@ -179,7 +194,7 @@ bool LeaseHandler::note_envelope(const std::string& hash, const std::string& req
   return true;
 }
 
-void LeaseHandler::handle(const v1::Lease& lease, LeaseReply& reply) {
+void LeaseHandler::handle(const v1::Lease& lease, LeaseReply& stream_reply) {
   const auto received = Clock::now();
   counters_.leases.fetch_add(1);
   active_.fetch_add(1);
@@ -187,13 +202,18 @@ void LeaseHandler::handle(const v1::Lease& lease, LeaseReply& reply) {
     std::atomic<int64_t>& n;
     ~ActiveGuard() { n.fetch_sub(1); }
   } guard{active_};
+  AttemptReply reply(stream_reply, lease.attempt());
   const std::string& id = lease.request_id();
   try {
+    // The envelope first: a redelivery must be as authentic as the first delivery before the
+    // journal (or a computation in progress) answers it.
     if (id.size() != kRequestIdBytes) {
       send_error(reply, id, v1::ERROR_BAD_ENVELOPE,
                  "the lease's request id is " + std::to_string(id.size()) + " bytes, not 32");
       return;
     }
+    OpenedPayload opened;
+    if (!open_request(lease, reply, opened)) return;
     if (answer_from_journal(id, reply)) return;
     if (!claim(id)) {
       // A duplicate delivery while another thread computed it: answer from its journal record,
@@ -208,51 +228,59 @@ void LeaseHandler::handle(const v1::Lease& lease, LeaseReply& reply) {
     } claim_guard{this, id};
     // Between the first journal look-up and the claim, another thread may have finished it.
     if (answer_from_journal(id, reply)) return;
-    compute(lease, reply, received);
+    compute(lease, std::move(opened), reply, received);
   } catch (const std::exception& e) {
     send_error(reply, id, v1::ERROR_INTERNAL, "the provider failed on this lease");
     log_error("network lease failed", {{"request_id", hex(id)}, {"why", e.what()}});
   }
 }
 
-void LeaseHandler::compute(const v1::Lease& lease, LeaseReply& reply, Clock::time_point received) {
+bool LeaseHandler::open_request(const v1::Lease& lease, LeaseReply& reply, OpenedPayload& opened) {
   const std::string& id = lease.request_id();
-  if (draining_.load()) {
-    send_release(reply, id, "draining");
-    return;
-  }
-  if (!lease.model().empty() && !serve::model_name_matches(lease.model(), model_.name)) {
-    send_error(reply, id, v1::ERROR_UNKNOWN_MODEL,
-               "this provider serves \"" + model_.name + "\", not \"" + lease.model() + "\"");
-    return;
-  }
   if (lease.sealed_request().size() > kMaxSealedRequestBytes) {
     send_error(reply, id, v1::ERROR_TOO_LARGE,
                "the sealed request is " + std::to_string(lease.sealed_request().size()) +
                    " bytes; the limit is " + std::to_string(kMaxSealedRequestBytes));
-    return;
+    return false;
   }
   const std::string hash = envelope_hash(lease.sealed_request());
   if (!note_envelope(hash, id, /*remember=*/false)) {
     send_error(reply, id, v1::ERROR_REPLAYED,
                "this envelope was already delivered under another request id");
-    return;
+    return false;
   }
-  OpenResult opened = open_envelope(key_, id, kPurposeRequest, lease.sealed_request());
-  if (!opened.ok()) {
-    send_error(reply, id, code_for_open_error(opened.error), opened.message);
-    return;
+  OpenResult result = open_envelope(key_, id, kPurposeRequest, lease.sealed_request());
+  if (!result.ok()) {
+    send_error(reply, id, code_for_open_error(result.error), result.message);
+    return false;
   }
   if (!note_envelope(hash, id, /*remember=*/true)) {  // a copy opened first in another thread
-    opened.payload.wipe();
+    result.payload.wipe();
     send_error(reply, id, v1::ERROR_REPLAYED,
                "this envelope was already delivered under another request id");
+    return false;
+  }
+  opened = std::move(result.payload);
+  return true;
+}
+
+void LeaseHandler::compute(const v1::Lease& lease, OpenedPayload opened, LeaseReply& reply,
+                           Clock::time_point received) {
+  const std::string& id = lease.request_id();
+  if (draining_.load()) {
+    opened.wipe();
+    send_release(reply, id, "draining");
+    return;
+  }
+  if (!lease.model().empty() && !serve::model_name_matches(lease.model(), model_.name)) {
+    opened.wipe();
+    send_error(reply, id, v1::ERROR_UNKNOWN_MODEL,
+               "this provider serves \"" + model_.name + "\", not \"" + lease.model() + "\"");
     return;
   }
   v1::RequestPayload payload;
-  const bool parsed =
-      payload.ParseFromArray(opened.payload.view().data(), static_cast<int>(opened.payload.size()));
-  opened.payload.wipe();
+  const bool parsed = payload.ParseFromArray(opened.view().data(), static_cast<int>(opened.size()));
+  opened.wipe();
   struct PayloadWipe {
     v1::RequestPayload& p;
     ~PayloadWipe() {
@@ -278,6 +306,16 @@ void LeaseHandler::compute(const v1::Lease& lease, LeaseReply& reply, Clock::tim
   } else {
     send_error(reply, id, v1::ERROR_BAD_REQUEST,
                "unknown endpoint (expected /v1/completions or /v1/chat/completions)");
+    return;
+  }
+  // Outside JSON is parsed with a bound on its depth first (core/json_input.h): a body nested
+  // deeper than any real request is refused here, before the request parser walks it.
+  try {
+    nlohmann::json bounded = parse_json_bounded(payload.body());
+    wipe_json_strings(bounded);
+  } catch (const JsonInputError& e) {
+    send_error(reply, id, v1::ERROR_BAD_REQUEST,
+               std::string("the request body is not valid JSON: ") + e.what());
     return;
   }
 
@@ -321,15 +359,18 @@ void LeaseHandler::compute(const v1::Lease& lease, LeaseReply& reply, Clock::tim
   };
   try {
     if (session->streaming()) {
+      // The session's structured chunks, sealed one by one: no SSE text in between.
       bool more = true;
+      std::vector<serve::StreamChunk> chunks;
       while (more) {
-        std::string sse;
-        more = session->next_stream_events(sse, std::chrono::milliseconds(100));
-        if (sse.empty()) continue;
-        if (first_token_ms == 0 && sse.find("\"content\":\"\"") == std::string::npos) {
-          first_token_ms = ms_since(received);
+        chunks.clear();
+        more = session->next_stream_chunks(chunks, std::chrono::milliseconds(100));
+        for (serve::StreamChunk& chunk : chunks) {
+          if (first_token_ms == 0 && chunk.has_text) first_token_ms = ms_since(received);
+          std::string json = serve::dump_json(chunk.value);
+          wipe_json_strings(chunk.value);
+          emit(json);
         }
-        for (std::string& json : split_sse(sse)) emit(json);
       }
       session->close(true);
     } else {
@@ -355,6 +396,8 @@ void LeaseHandler::compute(const v1::Lease& lease, LeaseReply& reply, Clock::tim
   record.usage.prompt_tokens = static_cast<uint32_t>(usage.prompt_tokens);
   record.usage.cached_tokens = static_cast<uint32_t>(usage.cached_tokens);
   record.usage.completion_tokens = static_cast<uint32_t>(usage.completion_tokens);
+  // The engine reports no reasoning tokens yet (serve::Usage has none): billed as 0 until it
+  // does; the journal and the wire already carry the number.
   record.usage.reasoning_tokens = 0;
   record.finish_reason = finish_reason_name(session->finish_reason());
   record.queue_ms = queue_ms;
@@ -368,7 +411,7 @@ void LeaseHandler::compute(const v1::Lease& lease, LeaseReply& reply, Clock::tim
   final_message->mutable_usage()->set_prompt_tokens(record.usage.prompt_tokens);
   final_message->mutable_usage()->set_cached_tokens(record.usage.cached_tokens);
   final_message->mutable_usage()->set_completion_tokens(record.usage.completion_tokens);
-  final_message->mutable_usage()->set_reasoning_tokens(0);
+  final_message->mutable_usage()->set_reasoning_tokens(record.usage.reasoning_tokens);
   final_message->mutable_timing()->set_queue_ms(record.queue_ms);
   final_message->mutable_timing()->set_first_token_ms(record.first_token_ms);
   final_message->mutable_timing()->set_total_ms(record.total_ms);

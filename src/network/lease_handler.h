@@ -2,20 +2,24 @@
 // came on. It is the exactly-once core of the provider and knows nothing of gRPC: it writes its
 // answer (ResultChunk..., ResultFinal | ResultError | Release) through a LeaseReply.
 //
-//   1. A request id already finished in the usage journal is answered from the journal: the
+//   1. The envelope is checked first, on every delivery: its size (ERROR_TOO_LARGE), replay
+//      (ERROR_REPLAYED: these bytes were opened for another request id), and opening with the
+//      provider's sealing key (ERROR_BAD_ENVELOPE, ERROR_WRONG_RECIPIENT, ERROR_TAMPERED).
+//   2. A request id already finished in the usage journal is answered from the journal: the
 //      recorded sealed chunks, then ResultFinal{from_journal=true} with the recorded usage. No
 //      compute, no second billing record. A request id being computed right now (a duplicate
 //      delivery) waits for that computation and is then answered the same way.
-//   2. While draining, a new lease is handed back unstarted (Release).
-//   3. An envelope whose bytes were already opened for another request id is ERROR_REPLAYED.
-//   4. The envelope is opened with the provider's sealing key (ERROR_BAD_ENVELOPE,
-//      ERROR_WRONG_RECIPIENT, ERROR_TAMPERED), the RequestPayload parsed, the start journaled,
-//      and the OpenAI-shaped body run through serve::CompletionSession exactly as the HTTP API
-//      runs it (same parsing, tokenization, stop strings, usage).
-//   5. Every SSE chunk (or the one non-streaming response body) is sealed to the client's key
-//      with purpose chunk_purpose(sequence) and sent as a ResultChunk.
+//   3. While draining, a new lease is handed back unstarted (Release).
+//   4. The RequestPayload is parsed, the JSON body checked with a bound on its nesting
+//      (core/json_input.h), the start journaled, and the body run through
+//      serve::CompletionSession exactly as the HTTP API runs it (same parsing, tokenization,
+//      stop strings, usage).
+//   5. Every chunk the session produces (structured JSON, no SSE text; or the one
+//      non-streaming response body) is sealed to the client's key with purpose
+//      chunk_purpose(sequence) and sent as a ResultChunk.
 //   6. The finish (usage, finish reason, timing, sealed chunks) is journaled, durably, BEFORE
 //      ResultFinal is sent. A request aborted by the drain is Released, not billed.
+// Every result message carries the lease's attempt.
 // Plaintext (the opened payload, the request body, every answer chunk) is wiped when done.
 #pragma once
 
@@ -78,7 +82,10 @@ class LeaseHandler {
   std::string render_metrics() const;
 
  private:
-  void compute(const v1::Lease& lease, LeaseReply& reply,
+  // Checks the sealed request (size, replay, open) and hands out its plaintext; false after
+  // answering the lease with the error.
+  bool open_request(const v1::Lease& lease, LeaseReply& reply, OpenedPayload& opened);
+  void compute(const v1::Lease& lease, OpenedPayload opened, LeaseReply& reply,
                std::chrono::steady_clock::time_point received);
   bool answer_from_journal(const std::string& request_id, LeaseReply& reply);
   void send_error(LeaseReply& reply, const std::string& request_id, v1::ErrorCode code,

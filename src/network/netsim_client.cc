@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_input.h"
 #include "network/provider.pb.h"
 
 namespace alem::netsim {
@@ -32,22 +33,13 @@ bool is_chat(const std::string& endpoint) {
   return endpoint == "/v1/chat/completions";
 }
 
-// Zeroes every string held in a parsed JSON value (opened answer chunks hold answer text).
-void wipe_json(json& value) {
-  if (value.is_string()) {
-    network::wipe_string(value.get_ref<std::string&>());
-  } else if (value.is_structured()) {
-    for (auto& item : value) wipe_json(item);
-  }
-}
-
 // Wipes a string or a JSON value holding answer text when it goes out of scope, on every path.
 struct TextWiper {
   std::string* text = nullptr;
   json* value = nullptr;
   ~TextWiper() {
     if (text) network::wipe_string(*text);
-    if (value) wipe_json(*value);
+    if (value) wipe_json_strings(*value);  // no recursion, however deep the value
   }
 };
 
@@ -102,8 +94,13 @@ std::vector<RequestTemplate> read_request_file(const std::string& path) {
     ++line_no;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     std::string where = path + " line " + std::to_string(line_no);
-    json entry = json::parse(line, nullptr, false);
-    ALEM_CHECK(!entry.is_discarded() && entry.is_object(), where + ": not a JSON object");
+    json entry;
+    try {
+      entry = parse_json_bounded(line);
+    } catch (const JsonInputError& e) {
+      ALEM_FAIL(where + ": not valid JSON (" + e.what() + ")");
+    }
+    ALEM_CHECK(entry.is_object(), where + ": not a JSON object");
     ALEM_CHECK(entry.contains("endpoint") && entry["endpoint"].is_string(),
                where + ": needs \"endpoint\"");
     std::string endpoint = entry["endpoint"];
@@ -134,7 +131,7 @@ LoadGenerator::LoadGenerator(const LoadConfig& config, const network::X25519Publ
     auto r = std::make_unique<ClientRequest>();
     r->id = random_request_id();
     r->endpoint = t.endpoint;
-    json body = json::parse(t.body);
+    json body = parse_json_bounded(t.body);
     body["model"] = config_.model;
     body["stream"] = true;
     body["stream_options"] = {{"include_usage", true}};
@@ -224,9 +221,14 @@ Verdict LoadGenerator::verify(const std::string& request_id,
     if (data.substr(0, 6) == "data: ") data.remove_prefix(6);
     while (!data.empty() && (data.back() == '\n' || data.back() == '\r')) data.remove_suffix(1);
     if (data == "[DONE]") continue;
-    json chunk = json::parse(data, nullptr, false);
+    json chunk;
+    try {
+      chunk = parse_json_bounded(data);
+    } catch (const JsonInputError& e) {
+      return fail(where + "not valid JSON (" + e.reason() + ")");
+    }
     TextWiper chunk_wiper{nullptr, &chunk};
-    if (chunk.is_discarded() || !chunk.is_object()) return fail(where + "not a JSON object");
+    if (!chunk.is_object()) return fail(where + "not a JSON object");
     const char* object = chat ? "chat.completion.chunk" : "text_completion";
     if (chunk.value("object", "") != object) return fail(where + "object is not " + object);
     std::string id = chunk.value("id", "");
@@ -262,6 +264,13 @@ Verdict LoadGenerator::verify(const std::string& request_id,
       if (u.value("prompt_tokens", -1) != static_cast<int64_t>(usage.prompt_tokens) ||
           u.value("completion_tokens", -1) != static_cast<int64_t>(usage.completion_tokens)) {
         return fail(where + "usage differs from the final message's usage");
+      }
+      const uint32_t reasoning =
+          u.contains("completion_tokens_details") && u["completion_tokens_details"].is_object()
+              ? u["completion_tokens_details"].value("reasoning_tokens", 0u)
+              : 0u;
+      if (reasoning != usage.reasoning_tokens) {
+        return fail(where + "reasoning tokens differ from the final message's usage");
       }
     }
   }

@@ -149,18 +149,18 @@ std::vector<std::string> LeaseQueue::expire(uint64_t now_ms) {
   return expired;
 }
 
-LeaseQueue::Delivery* LeaseQueue::delivery_of(Request& request, const std::string& session) {
-  // The latest delivery to this session: a provider cannot say which attempt it answers.
+LeaseQueue::Delivery* LeaseQueue::delivery_of(Request& request, const std::string& session,
+                                              uint32_t attempt) {
   for (auto it = request.deliveries.rbegin(); it != request.deliveries.rend(); ++it) {
-    if (it->session == session) return &*it;
+    if (it->session == session && (attempt == 0 || it->attempt == attempt)) return &*it;
   }
   return nullptr;
 }
 
 void LeaseQueue::on_chunk(const std::string& session, const std::string& request_id,
-                          uint32_t sequence, std::string sealed_chunk) {
+                          uint32_t sequence, std::string sealed_chunk, uint32_t attempt) {
   auto it = requests_.find(request_id);
-  Delivery* d = it == requests_.end() ? nullptr : delivery_of(it->second, session);
+  Delivery* d = it == requests_.end() ? nullptr : delivery_of(it->second, session, attempt);
   if (!d) {
     ++stats_.stale_messages;
     return;
@@ -172,7 +172,8 @@ FinalResult LeaseQueue::on_final(const std::string& session, const std::string& 
                                  const FinalReport& final_report) {
   FinalResult result;
   auto it = requests_.find(request_id);
-  Delivery* d = it == requests_.end() ? nullptr : delivery_of(it->second, session);
+  Delivery* d =
+      it == requests_.end() ? nullptr : delivery_of(it->second, session, final_report.attempt);
   if (!d) {
     ++stats_.stale_messages;
     return result;
@@ -186,7 +187,6 @@ FinalResult LeaseQueue::on_final(const std::string& session, const std::string& 
       ++stats_.billed_twice;
       result.outcome = FinalOutcome::kBilledTwice;
     }
-    if (r.state == RequestState::kLeased && r.holder == session) close_lease(r);
     return result;
   }
   r.billed = final_report.usage;
@@ -207,26 +207,28 @@ FinalResult LeaseQueue::on_final(const std::string& session, const std::string& 
 }
 
 LeaseQueue::Request* LeaseQueue::held_lease(const std::string& session,
-                                            const std::string& request_id) {
+                                            const std::string& request_id, uint32_t attempt) {
   auto it = requests_.find(request_id);
   if (it == requests_.end() || it->second.state != RequestState::kLeased ||
-      it->second.holder != session) {
+      it->second.holder != session || (attempt != 0 && it->second.attempt != attempt)) {
     ++stats_.stale_messages;
     return nullptr;
   }
   return &it->second;
 }
 
-bool LeaseQueue::on_error(const std::string& session, const std::string& request_id) {
-  Request* r = held_lease(session, request_id);
+bool LeaseQueue::on_error(const std::string& session, const std::string& request_id,
+                          uint32_t attempt) {
+  Request* r = held_lease(session, request_id, attempt);
   if (!r) return false;
   close_lease(*r);
   r->state = RequestState::kAwaitingClient;
   return true;
 }
 
-bool LeaseQueue::on_release(const std::string& session, const std::string& request_id) {
-  Request* r = held_lease(session, request_id);
+bool LeaseQueue::on_release(const std::string& session, const std::string& request_id,
+                            uint32_t attempt) {
+  Request* r = held_lease(session, request_id, attempt);
   if (!r) return false;
   close_lease(*r);
   r->lost_lease = true;

@@ -4,7 +4,8 @@
 // lease not finished by its deadline, or held by a stream that drops, or released, goes back
 // to the front of the queue with attempt + 1; the first ResultFinal of a request bills it, a
 // later one answered from the provider's journal is a harmless duplicate, and a later one that
-// was computed again counts in billed_twice (which must stay 0).
+// was computed again counts in billed_twice (which must stay 0). Every result names the
+// attempt it answers; results of an earlier attempt never touch a later delivery's lease.
 //
 // Times are milliseconds from any monotonic origin, passed in by the caller. Not thread-safe:
 // the server serializes calls with its own lock.
@@ -41,6 +42,7 @@ struct UsageRecord {
 };
 
 struct FinalReport {
+  uint32_t attempt = 0;  // the delivery it answers (0: the latest delivery to that stream)
   uint32_t chunk_count = 0;
   UsageRecord usage;
   bool from_journal = false;
@@ -104,15 +106,19 @@ class LeaseQueue {
   // Leases past their deadline go back to the queue. Returns their ids.
   std::vector<std::string> expire(uint64_t now_ms);
 
+  // Results name the attempt (delivery) they answer, so a late chunk, final, error or release
+  // of an earlier delivery never mixes with, or closes, a later one. Attempt 0 (a provider that
+  // does not say) means the latest delivery to that stream.
   void on_chunk(const std::string& session, const std::string& request_id, uint32_t sequence,
-                std::string sealed_chunk);
+                std::string sealed_chunk, uint32_t attempt = 0);
   FinalResult on_final(const std::string& session, const std::string& request_id,
                        const FinalReport& final_report);
   // An error answer closes the lease; the request waits for the client (resend or fail).
-  // Returns false when the stream did not hold that request (stale).
-  bool on_error(const std::string& session, const std::string& request_id);
-  // The provider hands a lease back unstarted: the request goes back to the queue.
-  bool on_release(const std::string& session, const std::string& request_id);
+  // Returns false when the stream does not hold that attempt's lease now (stale).
+  bool on_error(const std::string& session, const std::string& request_id, uint32_t attempt = 0);
+  // The provider hands a lease back unstarted: the request goes back to the queue. False when
+  // stale, as for on_error.
+  bool on_release(const std::string& session, const std::string& request_id, uint32_t attempt = 0);
 
   // After a kCompleted final whose answer did not verify: the request fails (still billed once).
   void mark_answer_invalid(const std::string& request_id, const std::string& reason);
@@ -152,10 +158,12 @@ class LeaseQueue {
 
   Request& find(const std::string& request_id);
   const Request* find_if(const std::string& request_id) const;
-  Delivery* delivery_of(Request& request, const std::string& session);
+  // The delivery of `attempt` to `session` (attempt 0: the latest one to it), or nullptr.
+  Delivery* delivery_of(Request& request, const std::string& session, uint32_t attempt);
   void close_lease(Request& request);
-  // The request whose open lease `session` holds, or nullptr (counted as a stale message).
-  Request* held_lease(const std::string& session, const std::string& request_id);
+  // The request whose open lease `session` holds under `attempt` (0: any), or nullptr
+  // (counted as a stale message).
+  Request* held_lease(const std::string& session, const std::string& request_id, uint32_t attempt);
   void requeue_front(const std::string& request_id, Request& request);
   void finish_failed(const std::string& request_id, Request& request, const std::string& reason);
 

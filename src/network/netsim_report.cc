@@ -8,6 +8,18 @@ namespace alem::netsim {
 
 using nlohmann::json;
 
+namespace {
+
+uint64_t unexpected_of(const json& fault_entry) {
+  uint64_t n = 0;
+  if (fault_entry.contains("unexpected")) {
+    for (const auto& [what, count] : fault_entry["unexpected"].items()) n += count.get<uint64_t>();
+  }
+  return n;
+}
+
+}  // namespace
+
 json QueueServer::report() const {
   const Impl& m = *impl_;
   std::lock_guard<std::mutex> lock(m.mu);
@@ -64,6 +76,8 @@ json QueueServer::report() const {
     if (it != m.fault_counts.end()) {
       entry["refused_as_expected"] = it->second.refused_as_expected;
       entry["stream_closed"] = it->second.stream_closed;
+      entry["released"] = it->second.released;
+      entry["expired"] = it->second.expired;
       json unexpected = json::object();
       for (const auto& [what, n] : it->second.unexpected) unexpected[what] = n;
       entry["unexpected"] = unexpected;
@@ -78,14 +92,24 @@ json QueueServer::report() const {
 bool QueueServer::clean() const {
   json r = report();
   uint64_t unexpected = 0;
+  bool settled = true;
   for (const auto& [name, entry] : r["faults"].items()) {
+    uint64_t outcomes = 0;
     if (entry.contains("unexpected")) {
       for (const auto& [what, n] : entry["unexpected"].items()) unexpected += n.get<uint64_t>();
+    }
+    for (const char* k : {"refused_as_expected", "stream_closed", "released", "expired"}) {
+      if (entry.contains(k)) outcomes += entry[k].get<uint64_t>();
+    }
+    // Every injected envelope fault has exactly one outcome (drop and dup have none).
+    if (name != "drop" && name != "dup" && name != "garbage" &&
+        outcomes + unexpected_of(entry) != entry["injected"].get<uint64_t>()) {
+      settled = false;
     }
   }
   return r["requests"].get<uint64_t>() > 0 && r["not_submitted"] == 0 && r["lost"] == 0 &&
          r["billed_twice"] == 0 && r["failed"] == 0 && r["credit_violations"] == 0 &&
-         r["faults_accepted"] == 0 && unexpected == 0 && r["verified"] == r["completed"];
+         r["faults_accepted"] == 0 && unexpected == 0 && settled && r["verified"] == r["completed"];
 }
 
 }  // namespace alem::netsim

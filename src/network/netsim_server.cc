@@ -86,8 +86,13 @@ std::set<int> expected_codes(Fault fault) {
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QueueServer::Impl::Service::Connect(
     grpc::CallbackServerContext* context) {
   auto* stream = new Stream(impl_, context);
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  impl_->streams[stream] = "";
+  {
+    // Known before its first read can complete: a Register read on another thread must find
+    // the stream, and a stream that ends at once must not be reaped before it is known.
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->streams[stream] = "";
+  }
+  stream->start();
   return stream;
 }
 
@@ -222,7 +227,7 @@ void QueueServer::Impl::tick_locked(uint64_t now) {
   }
   for (const auto& id : queue.expire(now)) {
     log_info("netsim lease expired", {{"request", network::hex(id).substr(0, 16)}});
-    injected.erase(id);
+    settle_fault_locked(id, &FaultCounts::expired);
   }
   submit_more_locked();
   for (const auto& [session, info] : providers) {
@@ -373,7 +378,7 @@ void QueueServer::Impl::on_message(Stream* stream, const std::string& bytes) {
         return;
       }
       const auto& c = msg.chunk();
-      queue.on_chunk(session, c.request_id(), c.sequence(), c.sealed_chunk());
+      queue.on_chunk(session, c.request_id(), c.sequence(), c.sealed_chunk(), c.attempt());
       break;
     }
     case v1::ProviderMessage::kFinal:
@@ -382,11 +387,14 @@ void QueueServer::Impl::on_message(Stream* stream, const std::string& bytes) {
     case v1::ProviderMessage::kError:
       on_error(stream, msg.error());
       break;
-    case v1::ProviderMessage::kRelease:
-      if (queue.on_release(session, msg.release().request_id())) {
-        injected.erase(msg.release().request_id());
+    case v1::ProviderMessage::kRelease: {
+      const v1::Release& r = msg.release();
+      const bool faulty = injected_for(r.request_id(), session, r.attempt()) != nullptr;
+      if (queue.on_release(session, r.request_id(), r.attempt()) && faulty) {
+        settle_fault_locked(r.request_id(), &FaultCounts::released);
       }
       break;
+    }
     case v1::ProviderMessage::kHeartbeat:
       ++heartbeats_in;
       break;
@@ -498,14 +506,17 @@ void QueueServer::Impl::on_final(Stream* stream, const v1::ResultFinal& f) {
                   f.usage().completion_tokens(), f.usage().reasoning_tokens()};
   report.from_journal = f.from_journal();
   report.finish_reason = f.finish_reason();
-  auto inj = injected.find(f.request_id());
-  if (inj != injected.end() && inj->second.session == session && inj->second.fault &&
-      !f.from_journal()) {
-    // The provider computed an answer from an envelope it should have refused.
-    ++faults_accepted;
-    fault_counts[*inj->second.fault].unexpected["computed an answer"]++;
+  report.attempt = f.attempt();
+  if (Injected* inj = injected_for(f.request_id(), session, f.attempt()); inj && inj->fault) {
+    // The provider answered an envelope it should have refused: computed from it (accepted),
+    // or answered from its journal without checking the envelope first.
+    if (!f.from_journal()) ++faults_accepted;
+    fault_counts[*inj->fault]
+        .unexpected[f.from_journal() ? "answered from the journal" : "computed an answer"]++;
+    injected.erase(f.request_id());
+  } else if (inj) {
+    injected.erase(f.request_id());
   }
-  injected.erase(f.request_id());
   FinalResult result = queue.on_final(session, f.request_id(), report);
   std::string short_id = network::hex(f.request_id()).substr(0, 16);
   switch (result.outcome) {
@@ -535,16 +546,18 @@ void QueueServer::Impl::on_error(Stream* stream, const v1::ResultError& e) {
   const std::string& id = e.request_id();
   std::string code = v1::ErrorCode_Name(e.code());
   ++provider_errors[code];
-  auto inj_it = injected.find(id);
+  Injected* held = injected_for(id, session, e.attempt());
   std::optional<Injected> inj;
-  if (inj_it != injected.end() && inj_it->second.session == session) inj = inj_it->second;
+  if (held) inj = *held;
   if (inj && inj->dup && !inj->fault) {
     // One copy of a duplicated lease was refused; the other one still answers.
     ++dup_refusals;
-    inj_it->second.dup = false;
+    held->dup = false;
     return;
   }
-  if (!queue.on_error(session, id)) return;
+  // An error of an earlier attempt (a duplicate copy, a lease that expired) is stale: it must
+  // not close the lease of the attempt outstanding now.
+  if (!queue.on_error(session, id, e.attempt())) return;
   injected.erase(id);
   long index = load ? load->index_of(id) : -1;
   if (index < 0) {
@@ -573,6 +586,23 @@ void QueueServer::Impl::on_error(Stream* stream, const v1::ResultError& e) {
     return;
   }
   queue.fail(id, "provider error " + code + (e.message().empty() ? "" : ": " + e.message()));
+}
+
+QueueServer::Impl::Injected* QueueServer::Impl::injected_for(const std::string& request_id,
+                                                             const std::string& session,
+                                                             uint32_t attempt) {
+  auto it = injected.find(request_id);
+  if (it == injected.end() || it->second.session != session) return nullptr;
+  if (attempt != 0 && it->second.attempt != attempt) return nullptr;
+  return &it->second;
+}
+
+void QueueServer::Impl::settle_fault_locked(const std::string& request_id,
+                                            uint64_t FaultCounts::*outcome) {
+  auto it = injected.find(request_id);
+  if (it == injected.end()) return;
+  if (it->second.fault) ++(fault_counts[*it->second.fault].*outcome);
+  injected.erase(it);
 }
 
 QueueServer::QueueServer(ServerConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}

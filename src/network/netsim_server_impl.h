@@ -58,9 +58,12 @@ struct QueueServer::Impl {
     std::string session;
     uint32_t attempt = 0;
   };
+  // What became of each injected envelope fault: exactly one of these per injection.
   struct FaultCounts {
     uint64_t refused_as_expected = 0;
     uint64_t stream_closed = 0;  // the provider's stream ended while the fault was outstanding
+    uint64_t released = 0;       // handed back unopened (Release: over credits, draining)
+    uint64_t expired = 0;        // the lease's deadline passed first
     std::map<std::string, uint64_t> unexpected;  // what came back instead
   };
   struct Delayed {
@@ -83,6 +86,12 @@ struct QueueServer::Impl {
   void on_error(Stream* stream, const v1::ResultError& error);
   void end_session_locked(std::string session,
                           const char* why);  // by value: callers pass map entries it changes
+  // The injected fault of `request_id`'s delivery `attempt` on `session`, if it is the one
+  // outstanding (attempt 0: whichever is outstanding there); nullptr otherwise.
+  Injected* injected_for(const std::string& request_id, const std::string& session,
+                         uint32_t attempt);
+  // Records the outcome of an outstanding envelope fault and forgets it.
+  void settle_fault_locked(const std::string& request_id, uint64_t FaultCounts::*outcome);
   void send_lease_locked(const std::string& session, const LeaseGrant& grant, uint64_t now);
   const std::string* replay_candidate(const std::string& request_id) const;
   void send_locked(const std::string& session, std::string bytes, uint32_t delay_ms);
@@ -132,9 +141,9 @@ struct QueueServer::Impl {
 class QueueServer::Impl::Stream
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  Stream(Impl* impl, grpc::CallbackServerContext* context) : impl_(impl), context_(context) {
-    StartRead(&in_);
-  }
+  // Reading starts with start(), once the server knows the stream (Service::Connect).
+  Stream(Impl* impl, grpc::CallbackServerContext* context) : impl_(impl), context_(context) {}
+  void start() { StartRead(&in_); }
 
   void send(std::string bytes) {
     std::lock_guard<std::recursive_mutex> lock(mu_);

@@ -338,9 +338,26 @@ void ProviderClient::on_lease(Connection& connection, const std::shared_ptr<Stre
     ++lease_threads_;
   }
   std::thread([this, stream, lease, write] {
-    StreamReply reply(stream, write);
+    // The credit goes back just before the lease's last message (final, error or release) is
+    // written: the network frees the lease when it reads that message and may send the next
+    // one at once, which must find the credit free here (not be handed back "over credits").
+    bool credit_returned = false;
+    auto return_credit = [this, &credit_returned] {
+      if (!credit_returned) {
+        credit_returned = true;
+        open_leases_.fetch_sub(1);
+      }
+    };
+    StreamReply reply(stream, [&](const v1::ProviderMessage& m) {
+      const auto kind = m.kind_case();
+      if (kind == v1::ProviderMessage::kFinal || kind == v1::ProviderMessage::kError ||
+          kind == v1::ProviderMessage::kRelease) {
+        return_credit();
+      }
+      return write(m);
+    });
     handler_.handle(lease, reply);
-    open_leases_.fetch_sub(1);
+    return_credit();
     {
       std::lock_guard<std::mutex> lock(mutex_);
       --lease_threads_;

@@ -1,6 +1,8 @@
 // One API request from tokens in to text out (see the header).
 #include "serve/completion_session.h"
 
+#include "core/json_input.h"
+
 #include <algorithm>
 #include <ctime>
 
@@ -265,7 +267,8 @@ std::string CompletionSession::response_body() {
   return body;
 }
 
-bool CompletionSession::next_stream_events(std::string& out, std::chrono::milliseconds max_wait) {
+bool CompletionSession::next_stream_chunks(std::vector<StreamChunk>& out,
+                                           std::chrono::milliseconds max_wait) {
   if (stream_done_) return false;
   const Endpoint ep = request_.endpoint;
   const bool chat = ep == Endpoint::kChatCompletions;
@@ -273,8 +276,9 @@ bool CompletionSession::next_stream_events(std::string& out, std::chrono::millis
     stream_started_ = true;
     if (chat) {  // the assistant role first, for every choice (as vLLM does)
       for (const Choice& c : choices_) {
-        out += sse_event(stream_chunk(ep, id_, created_, request_.model, c.index, "", true,
-                                      FinishReason::kNone, request_.include_usage));
+        out.push_back({stream_chunk(ep, id_, created_, request_.model, c.index, "", true,
+                                    FinishReason::kNone, request_.include_usage),
+                       false});
       }
       return true;
     }
@@ -289,28 +293,42 @@ bool CompletionSession::next_stream_events(std::string& out, std::chrono::millis
     Choice& c = choices_[index];
     const bool final_now = c.finished && !c.final_chunk_sent;
     if (c.text.empty() && !final_now) continue;
-    out +=
-        sse_event(stream_chunk(ep, id_, created_, request_.model, c.index, c.text, false,
-                               final_now ? c.finish : FinishReason::kNone, request_.include_usage));
+    out.push_back({stream_chunk(ep, id_, created_, request_.model, c.index, c.text, false,
+                                final_now ? c.finish : FinishReason::kNone, request_.include_usage),
+                   !c.text.empty()});
     wipe_string(c.text);
     if (final_now) c.final_chunk_sent = true;
   }
   if (!all_finished()) return true;
   for (Choice& c : choices_) {  // choices finished before their first event was drained
     if (c.final_chunk_sent) continue;
-    out += sse_event(stream_chunk(ep, id_, created_, request_.model, c.index, c.text, false,
-                                  c.finish, request_.include_usage));
+    out.push_back({stream_chunk(ep, id_, created_, request_.model, c.index, c.text, false, c.finish,
+                                request_.include_usage),
+                   !c.text.empty()});
     wipe_string(c.text);
     c.final_chunk_sent = true;
   }
-  if (request_.include_usage)
-    out += sse_event(usage_chunk(ep, id_, created_, request_.model, usage()));
+  if (request_.include_usage) {
+    out.push_back({usage_chunk(ep, id_, created_, request_.model, usage()), false});
+  }
+  stream_done_ = true;
+  return false;
+}
+
+bool CompletionSession::next_stream_events(std::string& out, std::chrono::milliseconds max_wait) {
+  if (stream_done_) return false;
+  std::vector<StreamChunk> chunks;
+  const bool more = next_stream_chunks(chunks, max_wait);
+  for (StreamChunk& chunk : chunks) {
+    out += sse_event(chunk.value);
+    wipe_json_strings(chunk.value);
+  }
+  if (more) return true;
   if (engine_failed_) {  // the openai client raises APIError on an event with an "error" key
     out += sse_event(
         ApiError::internal("The engine failed while generating; see server logs.").to_json());
   }
   out += kSseDone;
-  stream_done_ = true;
   return false;
 }
 

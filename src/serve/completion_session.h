@@ -41,6 +41,13 @@ struct ServedModel {
   int32_t im_end_id = -1;  // ChatML end-of-turn token, a stop token for chat requests
 };
 
+// One chunk of a streamed answer as data: the JSON object an SSE event would carry. For callers
+// that frame or seal chunks themselves (the network provider), so wire formats stay at the edges.
+struct StreamChunk {
+  nlohmann::json value;   // a chat.completion.chunk or text_completion object
+  bool has_text = false;  // it carries generated text (the first such is the first token)
+};
+
 class CompletionSession : public std::enable_shared_from_this<CompletionSession> {
  public:
   using Clock = std::chrono::steady_clock;
@@ -75,6 +82,12 @@ class CompletionSession : public std::enable_shared_from_this<CompletionSession>
   // last events are an OpenAI-shaped error event, `data: {"error": {...}}`,
   // then "[DONE]" (as vLLM does), so clients see the failure.
   bool next_stream_events(std::string& out, std::chrono::milliseconds max_wait);
+
+  // Streaming, structured: appends the ready chunks as JSON values (waits up to `max_wait` for
+  // some) and returns false once the stream is complete. No SSE framing, no "[DONE]" and no
+  // error event: check engine_failed() once it returns false. next_stream_events is this plus
+  // the SSE framing. The values hold answer text: wipe them (wipe_json_strings) when done.
+  bool next_stream_chunks(std::vector<StreamChunk>& out, std::chrono::milliseconds max_wait);
 
   // Ends the session: cancels unfinished choices (the client went away when `completed` is
   // false) and wipes the text buffers. Safe to call more than once.

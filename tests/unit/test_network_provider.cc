@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <deque>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -47,6 +48,8 @@ class TestQueue final : public v1::ProviderQueue::Service {
   uint32_t heartbeat_interval_ms = 200;
   uint32_t heartbeat_timeout_ms = 3000;
   bool send_heartbeats = true;
+  // Called on the stream's reader thread for each message (not heartbeats) as it is read.
+  std::function<void(const v1::ProviderMessage&)> on_message;
 
   grpc::Status Connect(
       grpc::ServerContext* context,
@@ -91,6 +94,7 @@ class TestQueue final : public v1::ProviderQueue::Service {
     });
     v1::ProviderMessage message;
     while (stream->Read(&message)) {
+      if (on_message && !message.has_heartbeat()) on_message(message);
       std::lock_guard<std::mutex> lock(mutex_);
       if (message.has_heartbeat()) {
         ++heartbeats_;
@@ -618,6 +622,96 @@ TEST_F(Provider, OversizedMessageIsRefusedAndTheStreamRedialled) {
   ASSERT_TRUE(wait_ending(good));
   EXPECT_TRUE(outcome_of(queue_->received(), good).final_message);
   EXPECT_NE(client_->render_metrics().find("alem_network_oversized_total 1"), std::string::npos);
+}
+
+// The envelope is checked on every delivery, before the journal or a computation in progress
+// may answer it: a corrupted redelivery of a request being computed, or already finished, is
+// ERROR_TAMPERED, never a journal answer. Every result names the attempt it answers.
+TEST_F(Provider, EnvelopeIsCheckedBeforeTheJournalAndResultsNameTheirAttempt) {
+  start_provider(4);
+  const std::string id = new_id();
+  const v1::Lease lease = make_lease(id, completion_body(true, 12), "/v1/completions", 1);
+  v1::Lease corrupt = lease;
+  std::string bytes = corrupt.sealed_request();
+  bytes[bytes.size() - 5] ^= 0x10;
+  corrupt.set_sealed_request(bytes);
+  corrupt.set_attempt(2);
+  queue_->send_lease(lease);
+  queue_->send_lease(corrupt);  // while attempt 1 computes
+  ASSERT_TRUE(wait_ending(id, 2));
+  corrupt.set_attempt(3);
+  queue_->send_lease(corrupt);  // after attempt 1 finished
+  ASSERT_TRUE(wait_ending(id, 3));
+  v1::Lease intact = lease;
+  intact.set_attempt(4);
+  queue_->send_lease(intact);
+  ASSERT_TRUE(wait_ending(id, 4));
+  const auto messages = queue_->received();
+  std::map<uint32_t, std::string> ending_of;  // attempt -> how it ended
+  for (const auto& m : messages) {
+    if (m.has_chunk() && m.chunk().request_id() == id) {
+      EXPECT_TRUE(m.chunk().attempt() == 1 || m.chunk().attempt() == 4) << m.chunk().attempt();
+    } else if (m.has_final() && m.final().request_id() == id) {
+      ending_of[m.final().attempt()] = m.final().from_journal() ? "journal" : "computed";
+    } else if (m.has_error() && m.error().request_id() == id) {
+      ending_of[m.error().attempt()] = v1::ErrorCode_Name(m.error().code());
+    } else if (m.has_release() && m.release().request_id() == id) {
+      ending_of[m.release().attempt()] = "release";
+    }
+  }
+  EXPECT_EQ(ending_of[1], "computed");
+  EXPECT_EQ(ending_of[2], "ERROR_TAMPERED");
+  EXPECT_EQ(ending_of[3], "ERROR_TAMPERED");
+  EXPECT_EQ(ending_of[4], "journal");
+  EXPECT_EQ(handler_->counters().completed.load(), 1u);
+  EXPECT_EQ(journal_->finished_count(), 1u);
+}
+
+// A sealed request whose body nests 110,000 arrays is refused with ERROR_BAD_REQUEST, billed
+// nothing (no start, no finish in the journal), and the provider keeps serving.
+TEST_F(Provider, DeeplyNestedBodyIsRefusedAndTheProviderKeepsServing) {
+  start_provider(4);
+  const std::string deep = new_id();
+  std::string body = std::string(110000, '[') + std::string(110000, ']');
+  queue_->send_lease(make_lease(deep, body));
+  const std::string good = new_id();
+  queue_->send_lease(make_lease(good, completion_body(false, 2)));
+  ASSERT_TRUE(wait_ending(deep, 1, 30s));
+  ASSERT_TRUE(wait_ending(good));
+  const auto messages = queue_->received();
+  const Outcome refused = outcome_of(messages, deep);
+  ASSERT_TRUE(refused.error);
+  EXPECT_EQ(refused.error->code(), v1::ERROR_BAD_REQUEST) << refused.error->message();
+  EXPECT_NE(refused.error->message().find("nesting"), std::string::npos)
+      << refused.error->message();
+  EXPECT_TRUE(refused.chunks.empty());
+  EXPECT_FALSE(journal_->finished(deep).has_value());
+  EXPECT_EQ(journal_->started_attempt(deep), 0u);
+  EXPECT_TRUE(outcome_of(messages, good).final_message);
+}
+
+// The credit of a lease is free again by the time the network reads the lease's last message:
+// the network may send the next lease at once, and it must not come back "over credits".
+TEST_F(Provider, ACreditIsFreeWhenTheNetworkReadsTheAnswer) {
+  std::atomic<int> held_at_final{0};
+  std::atomic<int> finals{0};
+  // Finals flow only after the leases below are sent, when client_ is set.
+  queue_->on_message = [&](const v1::ProviderMessage& m) {
+    if (!m.has_final()) return;
+    ++finals;
+    if (client_->open_leases() > 0) ++held_at_final;
+  };
+  start_provider(1);
+  for (int i = 0; i < 6; ++i) {
+    const std::string id = new_id();
+    queue_->send_lease(make_lease(id, completion_body(false, 1)));
+    ASSERT_TRUE(wait_ending(id));
+    const Outcome out = outcome_of(queue_->received(), id);
+    EXPECT_FALSE(out.release) << out.release->reason();
+  }
+  EXPECT_EQ(finals.load(), 6);
+  EXPECT_EQ(held_at_final.load(), 0) << "a final was read while its credit was still held";
+  queue_->on_message = nullptr;
 }
 
 }  // namespace

@@ -112,6 +112,42 @@ TEST(LeaseQueue, DroppedStreamReturnsItsLeasesInOrder) {
   EXPECT_EQ(q.stats().dropped, 2u);
 }
 
+// A lease that expires while its answer streams goes back to the SAME stream as attempt 2; the
+// rest of attempt 1's answer (chunk 9 and its final) must be checked against attempt 1's own
+// chunks, and a late error or release of attempt 1 must not close attempt 2.
+TEST(LeaseQueue, AttemptsOfOneRequestOnOneStreamAreKeptApart) {
+  LeaseQueue q({50, 5});
+  q.submit(rid(3), "m", "p");
+  q.attach("s1", "prov", 2);
+  ASSERT_EQ(q.grant("s1", 0).size(), 1u);
+  for (uint32_t seq = 0; seq < 9; ++seq)
+    q.on_chunk("s1", rid(3), seq, "a1-" + std::to_string(seq), 1);
+  q.expire(60);
+  auto again = q.grant("s1", 61);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].attempt, 2u);
+  // A stale error and a stale release of attempt 1 leave attempt 2's lease alone.
+  EXPECT_FALSE(q.on_error("s1", rid(3), 1));
+  EXPECT_FALSE(q.on_release("s1", rid(3), 1));
+  EXPECT_EQ(q.state(rid(3)), RequestState::kLeased);
+  q.on_chunk("s1", rid(3), 0, "a2-0", 2);  // attempt 2 starts answering from its journal
+  q.on_chunk("s1", rid(3), 9, "a1-9", 1);
+  FinalReport f = final_of(9);
+  f.chunk_count = 10;
+  f.attempt = 1;
+  FinalResult r = q.on_final("s1", rid(3), f);
+  ASSERT_EQ(r.outcome, FinalOutcome::kCompleted);
+  ASSERT_EQ(r.chunks.size(), 10u) << "attempt 1's chunks, not attempt 2's";
+  EXPECT_EQ(r.chunks.at(0), "a1-0");
+  EXPECT_EQ(r.chunks.at(9), "a1-9");
+  EXPECT_EQ(q.open_leases("prov"), 0u);
+  EXPECT_EQ(q.stats().duplicate_chunks, 0u);
+  f.attempt = 2;
+  f.from_journal = true;
+  EXPECT_EQ(q.on_final("s1", rid(3), f).outcome, FinalOutcome::kJournalDuplicate);
+  EXPECT_EQ(q.stats().billed_twice, 0u);
+}
+
 TEST(LeaseQueue, BillsOnceAndCountsARecomputation) {
   LeaseQueue q({50, 5});
   q.submit(rid(7), "m", "p");

@@ -38,6 +38,11 @@ class TinyProvider {
   bool break_signature = false;
   bool bad_evidence = false;
   int hang_up_after = 0;  // the first stream hangs up, unanswered, after this many leases
+  // The first lease's attempt 1 is answered only once attempt 2 (after its deadline) arrives on
+  // the same stream: `straddle` sends half its chunks before and the rest and its final after;
+  // `stale_error` answers attempt 1 with an error after attempt 2 arrived.
+  bool straddle = false;
+  bool stale_error = false;
   uint32_t credits = 3;
 
   void start() {
@@ -107,6 +112,7 @@ class TinyProvider {
           break;
         }
         if (hang_up_after > 0) continue;  // held, never answered
+        if ((straddle || stale_error) && late(*stream, in.lease())) continue;
         answer(*stream, in.lease());
       }
     }
@@ -122,19 +128,40 @@ class TinyProvider {
   };
   using Stream = grpc::ClientReaderWriter<v1::ProviderMessage, v1::NetworkMessage>;
 
-  void send_error(Stream& s, const std::string& id, v1::ErrorCode code) {
+  void send_error(Stream& s, const std::string& id, v1::ErrorCode code, uint32_t attempt) {
     v1::ProviderMessage m;
     m.mutable_error()->set_request_id(id);
     m.mutable_error()->set_code(code);
+    m.mutable_error()->set_attempt(attempt);
     s.Write(m);
   }
 
-  void answer(Stream& s, const v1::Lease& lease) {
-    const std::string& id = lease.request_id();
-    if (use_journal && journal_.count(id)) {
-      replay_answer(s, journal_[id], true);
-      return;
+  // The straddle and stale_error modes; true when the lease was taken care of here.
+  bool late(Stream& s, const v1::Lease& lease) {
+    if (held_.request_id().empty() && !late_done_) {
+      held_ = lease;  // attempt 1: held until attempt 2 comes
+      if (straddle) {
+        answer(s, lease, /*chunks_before=*/2);
+      }
+      return true;
     }
+    if (late_done_ || lease.request_id() != held_.request_id()) return false;
+    late_done_ = true;
+    if (stale_error) {
+      send_error(s, held_.request_id(), v1::ERROR_BAD_REQUEST, held_.attempt());
+    } else {
+      replay_answer(s, journal_[held_.request_id()], false, held_.attempt(), 2);
+    }
+    return false;  // attempt 2 is answered as usual
+  }
+
+  void answer(Stream& s, const v1::Lease& lease, int chunks_before = -1) {
+    const std::string& id = lease.request_id();
+    const uint32_t attempt = lease.attempt();
+    auto send_error = [&](Stream& st, const std::string& rid, v1::ErrorCode code) {
+      this->send_error(st, rid, code, attempt);
+    };
+    // By the book: the envelope is checked first, on every delivery, then the journal.
     const std::string& sealed = lease.sealed_request();
     if (sealed.size() > network::kMaxSealedRequestBytes) {
       return send_error(s, id, v1::ERROR_TOO_LARGE);
@@ -159,6 +186,10 @@ class TinyProvider {
         return send_error(s, id, v1::ERROR_TAMPERED);
     }
     envelopes_[h] = id;
+    if (use_journal && journal_.count(id)) {
+      replay_answer(s, journal_[id], true, attempt);
+      return;
+    }
     v1::RequestPayload payload;
     if (!payload.ParseFromArray(opened.payload.view().data(),
                                 static_cast<int>(opened.payload.size()))) {
@@ -197,20 +228,30 @@ class TinyProvider {
     rec.final_msg.mutable_usage()->set_completion_tokens(max_tokens);
     rec.final_msg.set_finish_reason("length");
     journal_[id] = rec;
-    replay_answer(s, rec, false);
+    if (chunks_before >= 0) {
+      replay_answer(s, rec, false, attempt, 0, static_cast<uint32_t>(chunks_before));
+      return;
+    }
+    replay_answer(s, rec, false, attempt);
   }
 
-  void replay_answer(Stream& s, const Recorded& rec, bool from_journal) {
-    for (uint32_t i = 0; i < rec.chunks.size(); ++i) {
+  // Sends chunks [from, to) and, when they reach the end, the final.
+  void replay_answer(Stream& s, const Recorded& rec, bool from_journal, uint32_t attempt,
+                     uint32_t from = 0, uint32_t to = UINT32_MAX) {
+    const uint32_t end = std::min<uint32_t>(to, static_cast<uint32_t>(rec.chunks.size()));
+    for (uint32_t i = from; i < end; ++i) {
       v1::ProviderMessage m;
       m.mutable_chunk()->set_request_id(rec.final_msg.request_id());
       m.mutable_chunk()->set_sequence(i);
       m.mutable_chunk()->set_sealed_chunk(rec.chunks[i]);
+      m.mutable_chunk()->set_attempt(attempt);
       if (!s.Write(m)) return;
     }
+    if (end < rec.chunks.size()) return;
     v1::ProviderMessage m;
     *m.mutable_final() = rec.final_msg;
     m.mutable_final()->set_from_journal(from_journal);
+    m.mutable_final()->set_attempt(attempt);
     s.Write(m);
   }
 
@@ -218,6 +259,8 @@ class TinyProvider {
   network::ProviderKeys keys_;
   std::map<std::string, Recorded> journal_;
   std::map<std::string, std::string> envelopes_;
+  v1::Lease held_;
+  bool late_done_ = false;
   std::atomic<bool> stop_{false};
   std::atomic<int> sessions_{0};
   std::mutex mu_;
@@ -307,6 +350,41 @@ TEST(NetsimGrpc, LeasesOfAStreamThatEndsGoBackAtOnce) {
   EXPECT_EQ(r["expired"], 0);
   EXPECT_GE(r["returned_by_dropped_streams"].get<int>(), 2);
   EXPECT_GE(r["redelivered"].get<int>(), 2);
+}
+
+// A lease that expires while its answer streams is delivered again to the same stream; the
+// rest of attempt 1's answer then arrives after attempt 2 was sent. Its chunks must be checked
+// as attempt 1's (not mixed with attempt 2's), and attempt 2's journal answer is no second bill.
+TEST(NetsimGrpc, AnAnswerThatStraddlesItsLeaseExpiryIsCheckedAsItsOwnAttempt) {
+  ServerConfig config = plain_config("");
+  config.queue.lease_ms = 300;
+  QueueServer server(config);
+  TinyProvider provider(server.port());
+  provider.straddle = true;
+  json r = run_against(server, provider, 3);
+  SCOPED_TRACE(r.dump(2));
+  EXPECT_EQ(r["completed"], 3);
+  EXPECT_EQ(r["verified"], 3);
+  EXPECT_EQ(r["failed"], 0);
+  EXPECT_GE(r["expired"].get<int>(), 1);
+  EXPECT_EQ(r["billed_twice"], 0);
+  EXPECT_TRUE(r["clean"].get<bool>());
+}
+
+// An error for attempt 1 that arrives after attempt 2 was delivered is stale: it must not close
+// attempt 2's lease (nor fail the request).
+TEST(NetsimGrpc, AStaleErrorDoesNotCloseTheNextAttempt) {
+  ServerConfig config = plain_config("");
+  config.queue.lease_ms = 300;
+  QueueServer server(config);
+  TinyProvider provider(server.port());
+  provider.stale_error = true;
+  json r = run_against(server, provider, 3);
+  SCOPED_TRACE(r.dump(2));
+  EXPECT_EQ(r["completed"], 3);
+  EXPECT_EQ(r["failed"], 0);
+  EXPECT_GE(r["stale_messages"].get<int>(), 1);
+  EXPECT_TRUE(r["clean"].get<bool>());
 }
 
 TEST(NetsimGrpc, AProviderThatComputesTwiceIsCaught) {
