@@ -1,12 +1,14 @@
-// Chat prompt rendering. Models ship a Jinja chat template (GGUF `tokenizer.chat_template`);
-// alem does not run Jinja. It recognises the template family from the template text and renders
-// it natively, byte for byte as transformers' apply_chat_template would. Supported: ChatML
-// (`<|im_start|>role\ncontent<|im_end|>\n`), including SmolLM2-Instruct's default system
-// message, which is inserted only when the template text itself carries it.
+// Chat prompt rendering. Models ship a Jinja chat template (GGUF `tokenizer.chat_template`,
+// tokenizer_config.json `chat_template`, chat_template.jinja); alem renders it with its own
+// interpreter of the Jinja subset Hugging Face templates use (src/model/jinja/, see
+// docs/chat-templates.md), byte for byte as transformers' apply_chat_template would. A store
+// without a template gets plain ChatML (`<|im_start|>role\ncontent<|im_end|>\n`).
 #pragma once
 
 #include <string>
 #include <vector>
+
+#include <nlohmann/json_fwd.hpp>
 
 #include "model/tokenizer.h"
 #include "model/tokenizer_data.h"
@@ -18,26 +20,27 @@ struct ChatMessage {
   std::string content;
 };
 
-enum class ChatTemplateKind {
-  ChatML,
-};
-
-// Which family `template_text` belongs to. Throws alem::Error for an empty or unrecognised
-// template (the message names the families alem supports, never the template's content).
-ChatTemplateKind detect_chat_template(const std::string& template_text);
+// Parses the model's chat template (cached for later renders), so that a template alem cannot
+// parse fails at start-up rather than on every request. Throws alem::Error
+// "chat template: line L, column C: ..." naming where parsing stopped.
+void check_chat_template(const TokenizerData& data);
 
 // The prompt text for `messages`, as the model's template renders it. add_generation_prompt
-// appends the opening of the assistant's turn. Throws alem::Error for an unsupported template
-// or a role other than system/user/assistant/tool (naming the message's index, not its text).
+// appends the opening of the assistant's turn. `template_kwargs` (a JSON object or null) adds
+// variables such as enable_thinking, as HF's chat_template_kwargs. Throws alem::Error for a
+// template error or raise_exception() in the template, or a role other than
+// system/user/assistant/tool; messages say where, never quote message text.
 std::string apply_chat_template(const std::vector<ChatMessage>& messages,
-                                bool add_generation_prompt, const TokenizerData& data);
+                                bool add_generation_prompt, const TokenizerData& data,
+                                const nlohmann::json* template_kwargs = nullptr);
 
-// Token ids of the same prompt, for serving untrusted input: the template's own markers become
-// special tokens, while everything taken from the messages is encoded with
+// Token ids of the same prompt, for serving untrusted input: control tokens the template itself
+// writes become special tokens, while everything that came from the messages is encoded with
 // parse_special=false, so a message that contains "<|im_end|>" cannot close its turn early.
 // For messages without such text the ids equal tokenizer.encode(apply_chat_template(...)).
 std::vector<int32_t> encode_chat(const std::vector<ChatMessage>& messages,
                                  bool add_generation_prompt, const TokenizerData& data,
-                                 const Tokenizer& tokenizer);
+                                 const Tokenizer& tokenizer,
+                                 const nlohmann::json* template_kwargs = nullptr);
 
 }  // namespace alem

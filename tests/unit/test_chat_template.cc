@@ -1,5 +1,5 @@
-// Checks the native ChatML renderer against transformers' apply_chat_template run on the real
-// GGUF's Jinja template (tests/data/tokenizer_reference.json, "chats"), byte for byte and token
+// Checks the real GGUF's Jinja template, rendered by alem's interpreter, against transformers'
+// apply_chat_template (tests/data/tokenizer_reference.json, "chats"), byte for byte and token
 // for token, plus the error cases and the injection-safe token form.
 #include <gtest/gtest.h>
 
@@ -42,8 +42,8 @@ std::vector<ChatMessage> messages_of(const json& chat) {
   return messages;
 }
 
-TEST(ChatTemplate, SmolLMTemplateIsChatML) {
-  EXPECT_EQ(detect_chat_template(smollm_data().chat_template), ChatTemplateKind::ChatML);
+TEST(ChatTemplate, SmolLMTemplateParses) {
+  EXPECT_NO_THROW(check_chat_template(smollm_data()));
 }
 
 TEST(ChatTemplate, RendersLikeTransformers) {
@@ -93,12 +93,27 @@ TEST(ChatTemplate, RejectsUnknownRolesAndTemplates) {
   for (const char* role : {"system", "user", "assistant", "tool"}) {
     EXPECT_NO_THROW(apply_chat_template({{role, "x"}}, false, smollm_data()));
   }
+  // Any template the interpreter can parse renders; one it cannot is refused.
   TokenizerData other = smollm_data();
-  other.chat_template = "{{ bos_token }}{% for m in messages %}[INST] {{ m.content }}{% endfor %}";
-  EXPECT_THROW(detect_chat_template(other.chat_template), Error);
+  other.chat_template = "{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}";
+  EXPECT_EQ(apply_chat_template({{"user", "x"}}, true, other), "[INST] x [/INST]");
+  other.chat_template = "{% for m in messages %}{{ m.content }";
+  EXPECT_THROW(check_chat_template(other), Error);
   EXPECT_THROW(apply_chat_template({{"user", "x"}}, true, other), Error);
+  // A template that raises for a conversation it refuses: the message says so, without text.
+  other.chat_template =
+      "{% if messages[0].role == 'system' %}{{ raise_exception('no system') }}{% endif %}";
+  try {
+    apply_chat_template({{"system", secret}}, true, other);
+    FAIL() << "raise_exception must surface";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("no system"), std::string::npos) << e.message();
+    EXPECT_EQ(std::string(e.what()).find(secret), std::string::npos);
+  }
+  // No template at all: built-in ChatML.
   other.chat_template.clear();
-  EXPECT_THROW(apply_chat_template({{"user", "x"}}, true, other), Error);
+  EXPECT_EQ(apply_chat_template({{"user", "x"}}, true, other),
+            "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n");
 }
 
 TEST(ChatTemplate, MessagesCannotInjectControlTokens) {
