@@ -2,7 +2,9 @@
 // an HDF5 model store; on one rank or sharded (mpirun -np N alem generate --tp T --pp P).
 // The completion goes to stdout (it is the user's own output); statistics go to stderr.
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 
 #include "cli/commands.h"
 #include "cli/confidential_start.h"
@@ -24,6 +26,7 @@ struct GenerateOptions {
   std::string prompt;
   std::string system;
   bool chat = false;
+  std::string chat_template_file;  // --chat-template: replaces the store's template
   bool quiet_stats = false;
   std::string backend = "cpu";
   int block_size = 16;
@@ -48,13 +51,22 @@ void run_generate(GenerateOptions& o) {
     // MPI is up and the store open. `--confidential sandbox` implies it.
     if (o.sandbox || o.confidential.mode == "sandbox") confidential::enter_sandbox();
     Tokenizer tokenizer(store.tokenizer());
+    TokenizerData chat_data = store.tokenizer();
+    if (!o.chat_template_file.empty()) {
+      std::ifstream in(o.chat_template_file, std::ios::binary);
+      ALEM_CHECK(in.good(), "cannot read chat template " + o.chat_template_file);
+      std::stringstream text;
+      text << in.rdbuf();
+      chat_data.chat_template = text.str();
+    }
+    if (o.chat) check_chat_template(chat_data);  // a template alem cannot parse fails here
     std::vector<int32_t> prompt;
     if (o.chat) {
       std::vector<ChatMessage> messages;
       if (!o.system.empty()) messages.push_back({"system", o.system});
       messages.push_back({"user", o.prompt});
       // Message text is encoded without special-token parsing: a user cannot close the turn.
-      prompt = encode_chat(messages, /*add_generation_prompt=*/true, store.tokenizer(), tokenizer);
+      prompt = encode_chat(messages, /*add_generation_prompt=*/true, chat_data, tokenizer);
     } else {
       prompt = tokenizer.encode(o.prompt, /*parse_special=*/false);
       if (store.tokenizer().add_bos_token && tokenizer.bos_id() >= 0) {
@@ -126,6 +138,8 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--prompt,-p", o->prompt, "Prompt text")->required();
   cmd->add_flag("--chat", o->chat, "Wrap the prompt in the model's chat template");
   cmd->add_option("--system", o->system, "System message (with --chat)");
+  cmd->add_option("--chat-template", o->chat_template_file,
+                  "Jinja chat template file to use instead of the model's (with --chat)");
   cmd->add_option("--max-tokens,-n", o->sampling.max_tokens, "Most tokens to generate")
       ->capture_default_str();
   cmd->add_option("--temperature,-t", o->sampling.temperature, "0 = greedy")->capture_default_str();
