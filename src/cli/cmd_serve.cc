@@ -31,6 +31,7 @@
 #include "core/log.h"
 #include "engine/dp_router.h"
 #include "engine/serving_engine.h"
+#include "model/chat_template.h"
 #include "model/model_store.h"
 #include "model/tokenizer.h"
 #include "mpi/message_channel.h"
@@ -350,6 +351,7 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
       served.name = served_name;
       served.tokenizer = tokenizer.get();
       served.tokenizer_data = &store.tokenizer();
+      check_chat_template(store.tokenizer());  // an unparsable template fails here, not per request
       served.created = static_cast<int64_t>(std::time(nullptr));
       served.im_end_id = tokenizer->token_id("<|im_end|>");
       metrics = std::make_unique<serve::ServingMetrics>(ctx.layout.dp_size());
