@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "cli/runtime.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "engine/generator.h"
 #include "kernels/cpu/machine_limits.h"
 #include "model/model_store.h"
@@ -68,7 +69,12 @@ void run_bench_generate(const BenchGenerateOptions& o) {
                 "mem GB/s", "peak GFLOP/s", "bw frac", "flop frac", "comm");
   }
   for (int threads : o.threads) {
+    ALEM_CHECK(threads >= 1, "--threads: each count must be at least 1");
+    // The backend was built before this loop (it reads OMP_NUM_THREADS at construction): set
+    // its own limit, which every kernel reads, as well as the OpenMP default.
+    backend->set_max_threads(threads);
     omp_set_num_threads(threads);
+    log_debug("bench row", {{"threads", std::to_string(backend->max_threads())}});
     const double bandwidth = measure_memory_bandwidth_gbs(size_t{1} << 30, threads);
     const double peak = measure_peak_gflops(threads);
     double best_prefill = 0, best_decode = 0, comm_fraction = 0;
@@ -86,12 +92,13 @@ void run_bench_generate(const BenchGenerateOptions& o) {
     const double bw_fraction = best_decode * matmul_params / 1e9 / bandwidth;
     const double flop_fraction = best_prefill * flops_per_token / 1e9 / peak;
     if (leader) {
-      std::printf("%-8d %12.1f %12.1f %14.1f %14.1f %10.2f %10.2f %8.3f\n", threads, best_prefill,
-                  best_decode, bandwidth, peak, bw_fraction, flop_fraction, comm_fraction);
+      std::printf("%-8d %12.1f %12.1f %14.1f %14.1f %10.2f %10.2f %8.3f\n", backend->max_threads(),
+                  best_prefill, best_decode, bandwidth, peak, bw_fraction, flop_fraction,
+                  comm_fraction);
       if (csv) {
         csv << '"' << ctx.layout.describe() << "\"," << backend->name() << ',' << weights_dtype
-            << ',' << threads << ',' << o.prompt_tokens << ',' << o.decode_tokens << ','
-            << best_prefill << ',' << best_decode << ',' << bandwidth << ',' << peak << ','
+            << ',' << backend->max_threads() << ',' << o.prompt_tokens << ',' << o.decode_tokens
+            << ',' << best_prefill << ',' << best_decode << ',' << bandwidth << ',' << peak << ','
             << bw_fraction << ',' << flop_fraction << ',' << comm_fraction << '\n';
       }
     }

@@ -355,6 +355,7 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
       served.created = static_cast<int64_t>(std::time(nullptr));
       served.im_end_id = tokenizer->token_id("<|im_end|>");
       metrics = std::make_unique<serve::ServingMetrics>(ctx.layout.dp_size());
+      metrics->set_model_name(served_name);  // the model_name label of every series
       serve::HttpServerOptions http;
       http.host = o.host;
       http.port = o.port;

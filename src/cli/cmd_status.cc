@@ -10,6 +10,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/json_input.h"
 #include "serve/job_status.h"
 
 namespace alem::cli {
@@ -51,8 +52,8 @@ int run_status(const StatusOptions& o) {
                                      std::to_string(res->status) + " to /v1/status");
   nlohmann::json doc;
   try {
-    doc = nlohmann::json::parse(res->body);
-  } catch (const nlohmann::json::exception& e) {
+    doc = parse_json_bounded(res->body);  // bounded depth; errors never quote the body
+  } catch (const JsonInputError& e) {
     ALEM_FAIL("the gateway at " + url + " sent a status that is not JSON: " + e.what());
   }
   if (o.json) {

@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "mpi/failure_watchdog.h"
 #include "mpi/mpi_context.h"
 
@@ -19,6 +20,8 @@ bool launched_by_mpi() {
 
 ParallelContext make_context(const ParallelOptions& o) {
   const ParallelLayout layout(o.tp, o.pp, o.dp);
+  log_debug("parallel context",
+            {{"layout", layout.describe()}, {"mpi", launched_by_mpi() ? "yes" : "no"}});
   if (layout.world_size() == 1 && !launched_by_mpi()) return make_solo_context();
   ParallelContext ctx = make_mpi_context(layout);
   // An exception escaping any thread, or (when configured) a stuck collective, ends the job.

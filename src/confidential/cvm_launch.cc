@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json_input.h"
 
 namespace alem::confidential {
 namespace {
@@ -29,13 +30,14 @@ std::string read_text(const std::string& path, const char* what) {
 }
 
 json parse_json(const std::string& text, const char* what) {
+  json j;
   try {
-    json j = json::parse(text);
-    ALEM_CHECK(j.is_object(), std::string(what) + ": the top level must be a JSON object");
-    return j;
-  } catch (const json::parse_error& e) {
+    j = parse_json_bounded(text);  // bounded depth; errors never quote the text
+  } catch (const JsonInputError& e) {
     throw Error(std::string(what) + ": not valid JSON: " + e.what(), __FILE__, __LINE__);
   }
+  ALEM_CHECK(j.is_object(), std::string(what) + ": the top level must be a JSON object");
+  return j;
 }
 
 std::string get_string(const json& j, const std::string& key, const std::string& where,

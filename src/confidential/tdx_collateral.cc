@@ -11,6 +11,7 @@
 
 #include "confidential/openssl_pki.h"
 #include "core/error.h"
+#include "core/json_input.h"
 
 namespace alem::confidential {
 namespace {
@@ -180,11 +181,11 @@ SignedDocument read_signed_document(const std::string& text, const char* member,
   SignedDocument document;
   try {
     const std::string_view raw = raw_json_member(text, member);
-    const json outer = json::parse(text);
+    const json outer = parse_json_bounded(text);
     const std::vector<uint8_t> signature =
         decode_hex(outer.at("signature").get<std::string>(), "signature");
     ALEM_CHECK(signature.size() == 64, "signature must be 64 bytes (r || s)");
-    document.body = json::parse(raw);
+    document.body = parse_json_bounded(raw);
     const std::string reason =
         pki::verify_ecdsa_p256_raw(key, {reinterpret_cast<const uint8_t*>(raw.data()), raw.size()},
                                    std::span<const uint8_t, 64>(signature.data(), 64));

@@ -1,4 +1,4 @@
-// Implements alem::Error: prefixes each message with host, rank, file and line.
+// Implements alem::Error: records host, rank, file and line, and prefixes what() with them.
 #include "core/error.h"
 
 #include <unistd.h>
@@ -17,16 +17,46 @@ ProcessIdentity& process_identity() {
   return identity;
 }
 
-static std::string format_location(const std::string& message, const char* file, int line) {
-  const ProcessIdentity& id = process_identity();
+namespace {
+
+std::string base_name(const char* file) {
   const char* base = std::strrchr(file, '/');
-  std::string where = id.host;
-  if (id.world_rank >= 0) where += " rank " + std::to_string(id.world_rank);
-  return "[" + where + " " + (base ? base + 1 : file) + ":" + std::to_string(line) + "] " + message;
+  return base ? base + 1 : file;
 }
 
+std::string format_location(const std::string& host, int rank, const std::string& file, int line) {
+  std::string where = host;
+  if (rank >= 0) where += " rank " + std::to_string(rank);
+  return where + " " + file + ":" + std::to_string(line);
+}
+
+// "[location] message" (built by appending: GCC 12 warns falsely on "[" + std::string).
+std::string with_location(const std::string& location, const std::string& message) {
+  std::string out;
+  out.reserve(location.size() + message.size() + 3);
+  out += '[';
+  out += location;
+  out += "] ";
+  out += message;
+  return out;
+}
+
+}  // namespace
+
 Error::Error(const std::string& message, const char* file, int line)
-    : std::runtime_error(format_location(message, file, line)), message_(message) {}
+    : std::runtime_error(
+          with_location(format_location(process_identity().host, process_identity().world_rank,
+                                        base_name(file), line),
+                        message)),
+      message_(message),
+      host_(process_identity().host),
+      rank_(process_identity().world_rank),
+      file_(base_name(file)),
+      line_(line) {}
+
+std::string Error::location() const {
+  return format_location(host_, rank_, file_, line_);
+}
 
 void throw_error(const std::string& message, const char* file, int line) {
   throw Error(message, file, line);

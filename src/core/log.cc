@@ -3,6 +3,8 @@
 
 #include <unistd.h>
 
+#include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -16,38 +18,34 @@
 namespace alem {
 namespace {
 
-struct LogSettings {
-  bool json = false;
-  LogLevel floor = LogLevel::Info;
+// The floor as read from ALEM_LOG_LEVEL on first use; `bad_env` holds an unusable value.
+struct EnvLevel {
+  LogLevel level = LogLevel::Info;
+  std::string bad_env;
 };
 
-const LogSettings& settings() {
-  static LogSettings s = [] {
-    LogSettings out;
-    if (const char* f = std::getenv("ALEM_LOG_FORMAT")) out.json = std::string(f) == "json";
-    if (const char* l = std::getenv("ALEM_LOG_LEVEL")) {
-      const std::string v = l;
-      if (v == "debug") out.floor = LogLevel::Debug;
-      if (v == "warn") out.floor = LogLevel::Warn;
-      if (v == "error") out.floor = LogLevel::Error;
+const EnvLevel& env_level() {
+  static const EnvLevel e = [] {
+    EnvLevel out;
+    if (const char* l = std::getenv("ALEM_LOG_LEVEL"); l && *l) {
+      if (auto parsed = parse_log_level(l)) {
+        out.level = *parsed;
+      } else {
+        out.bad_env = l;
+      }
     }
     return out;
   }();
-  return s;
+  return e;
 }
 
-const char* level_name(LogLevel l) {
-  switch (l) {
-    case LogLevel::Debug:
-      return "debug";
-    case LogLevel::Info:
-      return "info";
-    case LogLevel::Warn:
-      return "warn";
-    case LogLevel::Error:
-      return "error";
-  }
-  return "?";
+constexpr int kUnset = 100;
+std::atomic<int> g_level_override{kUnset};
+
+bool json_format() {
+  // Read at each event: `alem serve` may choose JSON after start-up (ALEM_LOG_FORMAT unset).
+  const char* f = std::getenv("ALEM_LOG_FORMAT");
+  return f && std::string(f) == "json";
 }
 
 std::string timestamp() {
@@ -63,30 +61,20 @@ std::string timestamp() {
   return buf;
 }
 
-}  // namespace
-
-std::string log_number(double value) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.6g", value);
-  return buf;
-}
-
-void log_event(LogLevel level, const std::string& message, const LogFields& fields) {
-  const LogSettings& s = settings();
-  if (level < s.floor) return;
+void write_event(LogLevel level, const std::string& message, const LogFields& fields) {
   const ProcessIdentity& id = process_identity();
   std::string line;
-  if (s.json) {
+  if (json_format()) {
     nlohmann::json j;
     j["ts"] = timestamp();
-    j["level"] = level_name(level);
+    j["level"] = log_level_name(level);
     j["host"] = id.host;
     j["rank"] = id.world_rank;
     j["msg"] = message;
     for (const auto& [k, v] : fields) j[k] = v;
     line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   } else {
-    line = timestamp() + " " + level_name(level) + " [" + id.host +
+    line = timestamp() + " " + log_level_name(level) + " [" + id.host +
            (id.world_rank >= 0 ? " rank " + std::to_string(id.world_rank) : std::string()) + "] " +
            message;
     for (const auto& [k, v] : fields) line += " " + k + "=" + v;
@@ -95,6 +83,62 @@ void log_event(LogLevel level, const std::string& message, const LogFields& fiel
   static std::mutex mutex;
   std::lock_guard<std::mutex> lock(mutex);
   [[maybe_unused]] ssize_t n = ::write(STDERR_FILENO, line.data(), line.size());
+}
+
+}  // namespace
+
+std::optional<LogLevel> parse_log_level(std::string_view name) {
+  std::string v;
+  for (char c : name) v += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (v == "trace") return LogLevel::Trace;
+  if (v == "debug") return LogLevel::Debug;
+  if (v == "info") return LogLevel::Info;
+  if (v == "warn" || v == "warning") return LogLevel::Warn;
+  if (v == "error") return LogLevel::Error;
+  return std::nullopt;
+}
+
+const char* log_level_name(LogLevel l) {
+  switch (l) {
+    case LogLevel::Trace:
+      return "trace";
+    case LogLevel::Debug:
+      return "debug";
+    case LogLevel::Info:
+      return "info";
+    case LogLevel::Warn:
+      return "warn";
+    case LogLevel::Error:
+      return "error";
+  }
+  return "?";
+}
+
+LogLevel log_level() {
+  const int over = g_level_override.load(std::memory_order_relaxed);
+  return over == kUnset ? env_level().level : static_cast<LogLevel>(over);
+}
+
+void set_log_level(LogLevel level) {
+  g_level_override.store(static_cast<int>(level), std::memory_order_relaxed);
+}
+
+std::string log_number(double value) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.6g", value);
+  return buf;
+}
+
+void log_event(LogLevel level, const std::string& message, const LogFields& fields) {
+  static std::once_flag warned;
+  if (!env_level().bad_env.empty() && g_level_override.load() == kUnset) {
+    std::call_once(warned, [] {
+      write_event(LogLevel::Warn, "ALEM_LOG_LEVEL not understood; using info",
+                  {{"value", env_level().bad_env}, {"expected", "trace|debug|info|warn|error"}});
+    });
+  }
+  if (level < log_level()) return;
+  write_event(level, message, fields);
 }
 
 }  // namespace alem

@@ -48,6 +48,9 @@ void put_event(ByteWriter& w, int64_t id, const RequestEvent& e) {
   w.put(e.usage.prompt_tokens);
   w.put(e.usage.cached_tokens);
   w.put(e.usage.completion_tokens);
+  w.put(e.timings.queue_seconds);
+  w.put(e.timings.prefill_seconds);
+  w.put(e.timings.decode_seconds);
 }
 
 RequestEvent get_event(ByteReader& r) {
@@ -63,6 +66,9 @@ RequestEvent get_event(ByteReader& r) {
   e.usage.prompt_tokens = r.get<int32_t>();
   e.usage.cached_tokens = r.get<int32_t>();
   e.usage.completion_tokens = r.get<int32_t>();
+  e.timings.queue_seconds = r.get<double>();
+  e.timings.prefill_seconds = r.get<double>();
+  e.timings.decode_seconds = r.get<double>();
   return e;
 }
 
@@ -75,6 +81,9 @@ void put_stats(ByteWriter& w, const ReplicaStats& s) {
   w.put(s.kv_blocks_cached);
   w.put(s.kv_blocks_total);
   w.put(s.steps);
+  w.put(s.preemptions);
+  w.put(s.prefix_cache_queries);
+  w.put(s.prefix_cache_hits);
   w.put<uint8_t>(s.alive);
 }
 
@@ -87,6 +96,9 @@ ReplicaStats get_stats(ByteReader& r) {
   s.kv_blocks_cached = r.get<int64_t>();
   s.kv_blocks_total = r.get<int64_t>();
   s.steps = r.get<int64_t>();
+  s.preemptions = r.get<int64_t>();
+  s.prefix_cache_queries = r.get<int64_t>();
+  s.prefix_cache_hits = r.get<int64_t>();
   s.alive = r.get<uint8_t>() != 0;
   return s;
 }

@@ -4,7 +4,9 @@
 // request state without depending on the scheduler's internals.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -52,6 +54,15 @@ struct RequestUsage {
   int32_t completion_tokens = 0;
 };
 
+// Where one request spent its time, for the metrics (vLLM's request_queue_time_seconds,
+// request_prefill_time_seconds, request_decode_time_seconds). Set on finished events; a phase
+// the request never reached is -1.
+struct RequestTimings {
+  double queue_seconds = -1;    // added to the scheduler -> first admitted
+  double prefill_seconds = -1;  // first admitted -> first generated token
+  double decode_seconds = -1;   // first generated token -> finished
+};
+
 struct RequestState {
   int64_t id = 0;
   SamplingParams params;
@@ -69,6 +80,9 @@ struct RequestState {
   int32_t num_cached_prompt_tokens = -1;  // from the prefix cache at first admission (-1: not yet)
   int32_t num_preemptions = 0;
   int64_t arrival_index = 0;  // FCFS order
+  // For RequestTimings (steady clock): added, first admitted, first token (unset: not yet).
+  std::chrono::steady_clock::time_point added_time{};
+  std::optional<std::chrono::steady_clock::time_point> admitted_time, first_token_time;
 
   int32_t num_tokens() const { return static_cast<int32_t>(tokens.size()); }
   int32_t num_output_tokens() const { return num_tokens() - num_prompt_tokens; }
@@ -77,6 +91,18 @@ struct RequestState {
     return {tokens.data() + num_prompt_tokens, size_t(num_output_tokens())};
   }
   bool finished() const { return status == RequestStatus::kFinished; }
+  RequestTimings timings(std::chrono::steady_clock::time_point now) const {
+    using Seconds = std::chrono::duration<double>;
+    RequestTimings t;
+    if (admitted_time) {
+      t.queue_seconds = Seconds(*admitted_time - added_time).count();
+      if (first_token_time) {
+        t.prefill_seconds = Seconds(*first_token_time - *admitted_time).count();
+        t.decode_seconds = Seconds(now - *first_token_time).count();
+      }
+    }
+    return t;
+  }
   RequestUsage usage() const {
     return {num_prompt_tokens, num_cached_prompt_tokens < 0 ? 0 : num_cached_prompt_tokens,
             num_output_tokens()};

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/log.h"
 
 namespace alem {
 namespace {
@@ -68,6 +69,7 @@ void Scheduler::add_request(int64_t request_id, std::vector<int32_t> prompt_toke
   request->num_prompt_tokens = static_cast<int32_t>(prompt_tokens.size());
   request->tokens = std::move(prompt_tokens);
   request->arrival_index = next_arrival_++;
+  request->added_time = std::chrono::steady_clock::now();
   stats_.prompt_tokens += request->num_prompt_tokens;
   waiting_.push_back(request.get());
   requests_.emplace(request_id, std::move(request));
@@ -86,6 +88,8 @@ void Scheduler::preempt(RequestState& victim) {
   victim.status = RequestStatus::kPreempted;
   ++victim.num_preemptions;
   ++stats_.preemptions;
+  log_debug("sequence preempted", {{"engine_id", std::to_string(victim.id)},
+                                   {"free_blocks", std::to_string(pool_.num_free_blocks())}});
   running_.erase(std::find(running_.begin(), running_.end(), &victim));
   waiting_.push_front(&victim);
 }
@@ -119,6 +123,9 @@ bool Scheduler::try_admit(RequestState& request, int32_t& budget,
   if (!got) return false;
   ALEM_CHECK(*got == cached, "block pool prefix lookup changed between query and allocation");
   request.num_computed_tokens = cached;
+  stats_.prefix_cache_queries += request.num_tokens();
+  stats_.prefix_cache_hits += cached;
+  if (!request.admitted_time) request.admitted_time = std::chrono::steady_clock::now();
   if (request.num_cached_prompt_tokens < 0) {  // usage counts the first admission only
     request.num_cached_prompt_tokens = std::min(cached, request.num_prompt_tokens);
     stats_.cached_prompt_tokens += request.num_cached_prompt_tokens;
@@ -241,6 +248,7 @@ std::vector<RequestEvent> Scheduler::on_step_done(const StepPlan& plan,
       ALEM_CHECK(token >= 0 && (config_.vocab_size == 0 || token < config_.vocab_size),
                  "the engine sampled a token id outside the vocabulary");
       r.tokens.push_back(token);
+      if (!r.first_token_time) r.first_token_time = std::chrono::steady_clock::now();
     }
     pool_.commit(r.id, r.tokens, r.num_computed_tokens);
     if (!seq.sample) continue;
@@ -253,7 +261,10 @@ std::vector<RequestEvent> Scheduler::on_step_done(const StepPlan& plan,
     event.finish_reason = stop_reason(r, event.token_id);
     event.finished = event.finish_reason != FinishReason::kNone;
     event.usage = r.usage();
-    if (event.finished) release(r, event.finish_reason);
+    if (event.finished) {
+      event.timings = r.timings(std::chrono::steady_clock::now());
+      release(r, event.finish_reason);
+    }
     events.push_back(event);
   }
   return events;
@@ -268,6 +279,7 @@ std::optional<RequestEvent> Scheduler::finish_early(int64_t request_id, FinishRe
   event.finished = true;
   event.finish_reason = reason;
   event.usage = r.usage();
+  event.timings = r.timings(std::chrono::steady_clock::now());
   release(r, reason);
   return event;
 }

@@ -53,6 +53,7 @@ struct RequestEvent {
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
   RequestUsage usage;  // as of this event; final when finished
+  RequestTimings timings;  // finished events only: queue, prefill and decode time
 };
 
 struct SchedulerStats {
@@ -61,6 +62,10 @@ struct SchedulerStats {
   int64_t admitted = 0;              // admissions, re-admissions after preemption included
   int64_t prompt_tokens = 0;         // over all added requests
   int64_t cached_prompt_tokens = 0;  // of those, served from the prefix cache (first admission)
+  // Prefix-cache lookups in tokens, over every admission (re-admissions after preemption too):
+  // tokens looked up, and of those found in the cache (vLLM's prefix_cache_queries/hits).
+  int64_t prefix_cache_queries = 0;
+  int64_t prefix_cache_hits = 0;
 };
 
 class Scheduler {

@@ -171,6 +171,9 @@ struct ServingEngine::Impl {
     snapshot.kv_blocks_cached = pool.num_cached_blocks();
     snapshot.kv_blocks_total = pool.num_blocks();
     snapshot.steps = scheduler.stats().steps;
+    snapshot.preemptions = scheduler.stats().preemptions;
+    snapshot.prefix_cache_queries = scheduler.stats().prefix_cache_queries;
+    snapshot.prefix_cache_hits = scheduler.stats().prefix_cache_hits;
   }
 
   // Moves the inbox into the scheduler (engine thread).

@@ -63,6 +63,10 @@ struct ReplicaStats {
   int64_t kv_blocks_cached = 0;
   int64_t kv_blocks_total = 0;
   int64_t steps = 0;
+  // Counters since start (scheduler's SchedulerStats), for /metrics.
+  int64_t preemptions = 0;
+  int64_t prefix_cache_queries = 0;  // tokens looked up in the prefix cache
+  int64_t prefix_cache_hits = 0;     // of those, found there
   bool alive = false;  // the engine loop runs and has not failed
 };
 

@@ -52,6 +52,11 @@ class KernelBackend {
  public:
   virtual ~KernelBackend() = default;
   virtual std::string name() const = 0;
+  // Host threads one op may use (1 for backends that do not thread on the host). Settable after
+  // construction, so `alem bench generate --threads N` controls the backend it already built;
+  // call it only between ops, never while one runs. Values below 1 mean 1.
+  virtual int max_threads() const { return 1; }
+  virtual void set_max_threads(int threads) { (void)threads; }
 
   // y[M][N] = x[M][K] * W^T (+ bias[N] when bias != nullptr), W is [N][K] of any weight dtype.
   virtual void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,

@@ -157,6 +157,8 @@ void CompletionSession::finish_choice(Choice& c, FinishReason reason) {
 }
 
 void CompletionSession::apply_event(Choice& c, const RequestEvent& event, Clock::time_point at) {
+  // The engine's per-sequence figures, also for a choice a stop string already ended.
+  if (event.finished) metrics_.observe_finished_request(replica_, finished_request_figures(event));
   if (c.finished) return;  // tokens in flight after a stop string matched
   c.cached_tokens = event.usage.cached_tokens;
   if (event.has_token) {

@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "core/error.h"
+#include "engine/serving_engine.h"
 
 namespace alem::serve {
 namespace {
@@ -50,7 +51,41 @@ std::vector<double> latency_buckets() {
           0.75,  1.0,    2.5,   5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160.0};
 }
 
+// Sequence lengths in tokens: 1-2-5 steps (as vLLM's) up to beyond any context length.
+std::vector<double> length_buckets() {
+  std::vector<double> out;
+  for (double decade = 1; decade <= 100000; decade *= 10) {
+    for (double step : {1.0, 2.0, 5.0}) out.push_back(decade * step);
+  }
+  return out;
+}
+
 }  // namespace
+
+ReplicaGauges replica_gauges(const ReplicaStats& s) {
+  ReplicaGauges g;
+  g.replica = s.replica;
+  g.running_requests = s.running;
+  g.waiting_requests = s.waiting;
+  g.kv_blocks_used = s.kv_blocks_used;
+  g.kv_blocks_cached = s.kv_blocks_cached;
+  g.kv_blocks_total = s.kv_blocks_total;
+  g.steps = s.steps;
+  g.preemptions = s.preemptions;
+  g.prefix_cache_queries = s.prefix_cache_queries;
+  g.prefix_cache_hits = s.prefix_cache_hits;
+  return g;
+}
+
+FinishedRequestFigures finished_request_figures(const RequestEvent& e) {
+  FinishedRequestFigures f;
+  f.prompt_tokens = e.usage.prompt_tokens;
+  f.generation_tokens = e.usage.completion_tokens;
+  f.queue_seconds = e.timings.queue_seconds;
+  f.prefill_seconds = e.timings.prefill_seconds;
+  f.decode_seconds = e.timings.decode_seconds;
+  return f;
+}
 
 Histogram::Histogram(std::vector<double> upper_bounds)
     : bounds_(std::move(upper_bounds)), counts_(bounds_.size() + 1, 0) {
@@ -84,7 +119,14 @@ void Histogram::render(const std::string& name, const std::string& labels, std::
 }
 
 ServingMetrics::Replica::Replica()
-    : ttft(latency_buckets()), itl(latency_buckets()), latency(latency_buckets()) {
+    : ttft(latency_buckets()),
+      itl(latency_buckets()),
+      latency(latency_buckets()),
+      queue_time(latency_buckets()),
+      prefill_time(latency_buckets()),
+      decode_time(latency_buckets()),
+      prompt_length(length_buckets()),
+      generation_length(length_buckets()) {
   second_of_slot.fill(-1);
 }
 
@@ -140,6 +182,21 @@ void ServingMetrics::observe_request_latency(int r, double seconds) {
   replica(r).latency.observe(seconds);
 }
 
+void ServingMetrics::observe_finished_request(int r, const FinishedRequestFigures& f) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Replica& rep = replica(r);
+  rep.prompt_length.observe(static_cast<double>(f.prompt_tokens));
+  rep.generation_length.observe(static_cast<double>(f.generation_tokens));
+  if (f.queue_seconds >= 0) rep.queue_time.observe(f.queue_seconds);
+  if (f.prefill_seconds >= 0) rep.prefill_time.observe(f.prefill_seconds);
+  if (f.decode_seconds >= 0) rep.decode_time.observe(f.decode_seconds);
+}
+
+void ServingMetrics::set_model_name(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  model_name_ = name;
+}
+
 void ServingMetrics::count_success(int r, const std::string& finish_reason) {
   std::lock_guard<std::mutex> lock(mutex_);
   ++replica(r).successes[finish_reason];
@@ -177,94 +234,120 @@ void ServingMetrics::set_job(const std::string& job_id, const std::string& node_
   restart_count_ = restart_count;
 }
 
-std::string ServingMetrics::render(const std::vector<ReplicaGauges>& gauges) const {
-  std::string out;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (!job_id_.empty()) {
-      header(out, "alem_job_info", "gauge", "The Slurm job this server runs in (always 1).");
-      sample(
-          out, "alem_job_info",
-          "job_id=\"" + label_value(job_id_) + "\",node_list=\"" + label_value(node_list_) + "\"",
-          1);
-      header(out, "alem_job_restarts", "gauge",
-             "Times Slurm requeued this job (SLURM_RESTART_COUNT).");
-      sample(out, "alem_job_restarts", "", restart_count_);
-    }
-  }
-  struct Gauge {
-    const char* name;
-    const char* help;
-    int64_t ReplicaGauges::*field;
-  };
-  static const Gauge kGauges[] = {
-      {"alem_requests_running", "Sequences the engine is computing.",
-       &ReplicaGauges::running_requests},
-      {"alem_requests_waiting", "Sequences queued for the engine.",
-       &ReplicaGauges::waiting_requests},
-      {"alem_kv_blocks_used", "KV cache blocks referenced by running sequences.",
-       &ReplicaGauges::kv_blocks_used},
-      {"alem_kv_blocks_cached", "KV cache blocks holding reusable prefixes.",
-       &ReplicaGauges::kv_blocks_cached},
-      {"alem_kv_blocks_total", "KV cache blocks in the pool.", &ReplicaGauges::kv_blocks_total},
-      {"alem_engine_steps_total", "Engine steps run.", &ReplicaGauges::steps},
-  };
-  for (const Gauge& g : kGauges) {
-    const bool counter =
-        std::string(g.name).ends_with("_total") && std::string(g.name) != "alem_kv_blocks_total";
-    header(out, g.name, counter ? "counter" : "gauge", g.help);
-    for (const ReplicaGauges& r : gauges) {
-      sample(out, g.name, replica_label(r.replica), static_cast<double>(r.*(g.field)));
-    }
-  }
-  for (const ReplicaGauges& r : gauges) {
-    if (r.kv_blocks_total <= 0) continue;
-    if (&r == &gauges.front()) {
-      header(out, "alem_kv_cache_usage_ratio", "gauge", "Fraction of KV blocks in use.");
-    }
-    sample(out, "alem_kv_cache_usage_ratio", replica_label(r.replica),
-           static_cast<double>(r.kv_blocks_used) / static_cast<double>(r.kv_blocks_total));
-  }
+std::string ServingMetrics::labels(int replica) const {
+  std::string out = replica_label(replica);
+  if (!model_name_.empty()) out += ",model_name=\"" + label_value(model_name_) + "\"";
+  return out;
+}
 
+std::string ServingMetrics::render(const std::vector<ReplicaGauges>& gauges) const {
   const size_t n = replicas_.size();
   std::vector<double> rates(n);
   for (size_t i = 0; i < n; ++i) rates[i] = generation_tokens_per_second(static_cast<int>(i));
 
+  std::string out;
   std::lock_guard<std::mutex> lock(mutex_);
+  if (!job_id_.empty()) {
+    header(out, "alem_job_info", "gauge", "The Slurm job this server runs in (always 1).");
+    sample(out, "alem_job_info",
+           "job_id=\"" + label_value(job_id_) + "\",node_list=\"" + label_value(node_list_) + "\"",
+           1);
+    header(out, "alem_job_restarts", "gauge",
+           "Times Slurm requeued this job (SLURM_RESTART_COUNT).");
+    sample(out, "alem_job_restarts", "", restart_count_);
+  }
+  // Read from the engine's snapshot. Prometheus wants counters (and only counters) to end in
+  // _total, so the pool's size is alem_kv_blocks_capacity.
+  struct EngineSeries {
+    const char* name;
+    const char* type;
+    const char* help;
+    int64_t ReplicaGauges::*field;
+  };
+  static const EngineSeries kEngineSeries[] = {
+      {"alem_requests_running", "gauge", "Sequences the engine is computing.",
+       &ReplicaGauges::running_requests},
+      {"alem_requests_waiting", "gauge", "Sequences queued for the engine.",
+       &ReplicaGauges::waiting_requests},
+      {"alem_kv_blocks_used", "gauge", "KV cache blocks referenced by running sequences.",
+       &ReplicaGauges::kv_blocks_used},
+      {"alem_kv_blocks_cached", "gauge", "KV cache blocks holding reusable prefixes.",
+       &ReplicaGauges::kv_blocks_cached},
+      {"alem_kv_blocks_capacity", "gauge", "KV cache blocks in the pool.",
+       &ReplicaGauges::kv_blocks_total},
+      {"alem_engine_steps_total", "counter", "Engine steps run.", &ReplicaGauges::steps},
+      {"alem_num_preemptions_total", "counter",
+       "Sequences preempted (KV blocks taken back; recomputed later).",
+       &ReplicaGauges::preemptions},
+      {"alem_prefix_cache_queries_total", "counter",
+       "Tokens looked up in the prefix cache, at every admission.",
+       &ReplicaGauges::prefix_cache_queries},
+      {"alem_prefix_cache_hits_total", "counter",
+       "Tokens found in the prefix cache, at every admission.", &ReplicaGauges::prefix_cache_hits},
+  };
+  for (const EngineSeries& g : kEngineSeries) {
+    header(out, g.name, g.type, g.help);
+    for (const ReplicaGauges& r : gauges) {
+      sample(out, g.name, labels(r.replica), static_cast<double>(r.*(g.field)));
+    }
+  }
+  bool header_written = false;
+  for (const ReplicaGauges& r : gauges) {
+    if (r.kv_blocks_total <= 0) continue;
+    if (!header_written) {
+      header(out, "alem_kv_cache_usage_ratio", "gauge", "Fraction of KV blocks in use.");
+      header_written = true;
+    }
+    sample(out, "alem_kv_cache_usage_ratio", labels(r.replica),
+           static_cast<double>(r.kv_blocks_used) / static_cast<double>(r.kv_blocks_total));
+  }
+
   header(out, "alem_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.");
   for (size_t i = 0; i < n; ++i) {
-    sample(out, "alem_prompt_tokens_total", replica_label(i), replicas_[i]->prompt_tokens);
+    sample(out, "alem_prompt_tokens_total", labels(i), replicas_[i]->prompt_tokens);
   }
   header(out, "alem_generation_tokens_total", "counter", "Completion tokens generated.");
   for (size_t i = 0; i < n; ++i) {
-    sample(out, "alem_generation_tokens_total", replica_label(i), replicas_[i]->generation_tokens);
+    sample(out, "alem_generation_tokens_total", labels(i), replicas_[i]->generation_tokens);
   }
   header(out, "alem_generation_tokens_per_second", "gauge",
          "Completion tokens per second over the last 10 s.");
-  for (size_t i = 0; i < n; ++i) {
-    sample(out, "alem_generation_tokens_per_second", replica_label(i), rates[i]);
+  for (size_t i = 0; i < n; ++i)
+    sample(out, "alem_generation_tokens_per_second", labels(i), rates[i]);
+
+  struct HistogramSeries {
+    const char* name;
+    const char* help;
+    Histogram Replica::*histogram;
+  };
+  static const HistogramSeries kHistograms[] = {
+      {"alem_time_to_first_token_seconds", "From request arrival to its first completion token.",
+       &Replica::ttft},
+      {"alem_inter_token_latency_seconds", "Between consecutive completion tokens of one sequence.",
+       &Replica::itl},
+      {"alem_request_latency_seconds", "From arrival to the last token.", &Replica::latency},
+      {"alem_request_queue_time_seconds",
+       "Per sequence: waiting in the engine's queue until first admitted.", &Replica::queue_time},
+      {"alem_request_prefill_time_seconds",
+       "Per sequence: from first admission to its first token.", &Replica::prefill_time},
+      {"alem_request_decode_time_seconds", "Per sequence: from its first token to its end.",
+       &Replica::decode_time},
+      {"alem_request_prompt_tokens", "Per finished sequence: prompt length in tokens.",
+       &Replica::prompt_length},
+      {"alem_request_generation_tokens", "Per finished sequence: generated tokens.",
+       &Replica::generation_length},
+  };
+  for (const HistogramSeries& h : kHistograms) {
+    header(out, h.name, "histogram", h.help);
+    for (size_t i = 0; i < n; ++i) ((*replicas_[i]).*(h.histogram)).render(h.name, labels(i), out);
   }
-  header(out, "alem_time_to_first_token_seconds", "histogram",
-         "From request arrival to its first completion token.");
-  for (size_t i = 0; i < n; ++i) {
-    replicas_[i]->ttft.render("alem_time_to_first_token_seconds", replica_label(i), out);
-  }
-  header(out, "alem_inter_token_latency_seconds", "histogram",
-         "Between consecutive completion tokens of one sequence.");
-  for (size_t i = 0; i < n; ++i) {
-    replicas_[i]->itl.render("alem_inter_token_latency_seconds", replica_label(i), out);
-  }
-  header(out, "alem_request_latency_seconds", "histogram", "From arrival to the last token.");
-  for (size_t i = 0; i < n; ++i) {
-    replicas_[i]->latency.render("alem_request_latency_seconds", replica_label(i), out);
-  }
+
   header(out, "alem_request_success_total", "counter", "Requests that ran to an end.");
   for (size_t i = 0; i < n; ++i) {
     for (const char* reason : {"stop", "length"}) {  // always present, so rates work from zero
       auto it = replicas_[i]->successes.find(reason);
       const uint64_t v = it == replicas_[i]->successes.end() ? 0 : it->second;
-      sample(out, "alem_request_success_total",
-             replica_label(i) + ",finish_reason=\"" + reason + "\"", v);
+      sample(out, "alem_request_success_total", labels(i) + ",finish_reason=\"" + reason + "\"", v);
     }
   }
   header(out, "alem_request_failure_total", "counter",
@@ -273,15 +356,17 @@ std::string ServingMetrics::render(const std::vector<ReplicaGauges>& gauges) con
     for (const char* reason : {"client_disconnect", "aborted", "error"}) {
       auto it = replicas_[i]->failures.find(reason);
       const uint64_t v = it == replicas_[i]->failures.end() ? 0 : it->second;
-      sample(out, "alem_request_failure_total", replica_label(i) + ",reason=\"" + reason + "\"", v);
+      sample(out, "alem_request_failure_total", labels(i) + ",reason=\"" + reason + "\"", v);
     }
   }
   header(out, "alem_requests_rejected_total", "counter",
          "Requests answered with an error before reaching the engine.");
+  const std::string model =
+      model_name_.empty() ? "" : ",model_name=\"" + label_value(model_name_) + "\"";
   for (const char* reason : {"invalid", "overloaded", "unavailable", "too_large"}) {
     auto it = rejected_.find(reason);
     sample(out, "alem_requests_rejected_total",
-           std::string("reason=\"") + label_value(reason) + "\"",
+           std::string("reason=\"") + label_value(reason) + "\"" + model,
            it == rejected_.end() ? 0 : it->second);
   }
   std::lock_guard<std::mutex> sources_lock(sources_mutex_);

@@ -1,8 +1,11 @@
 // Prometheus metrics of the gateway, written by hand in the text exposition format (version
 // 0.0.4) so the server needs no metrics library. Counters and histograms are fed by the HTTP
 // side as requests progress; gauges that describe the engine (running/waiting requests, KV
-// blocks) are read from the engine's stats snapshot at scrape time. Every series carries a
-// `replica` label (the data-parallel replica that served it).
+// blocks, preemptions, prefix-cache lookups) are read from the engine's stats snapshot at
+// scrape time. Every per-replica series carries a `replica` label (the data-parallel replica
+// that served it) and, once set_model_name() is called (alem serve always does), `model_name`.
+// The names follow what vLLM's Grafana dashboards read, under alem_ (docs/serving.md), and the
+// text passes `promtool check metrics` (tests/unit/test_metrics.cc).
 //
 // Thread-safe: HTTP threads record, the scrape thread renders.
 #pragma once
@@ -16,6 +19,11 @@
 #include <mutex>
 #include <string>
 #include <vector>
+
+namespace alem {
+struct ReplicaStats;  // engine/serving_engine.h
+struct RequestEvent;  // engine/scheduler.h
+}  // namespace alem
 
 namespace alem::serve {
 
@@ -45,7 +53,25 @@ struct ReplicaGauges {
   int64_t kv_blocks_cached = 0;
   int64_t kv_blocks_total = 0;
   int64_t steps = 0;
+  int64_t preemptions = 0;           // counters since start
+  int64_t prefix_cache_queries = 0;  // tokens looked up in the prefix cache
+  int64_t prefix_cache_hits = 0;     // of those, found there
 };
+
+// What the engine says about one sequence when it finishes (any finish reason). A phase the
+// sequence never reached is negative and not observed.
+struct FinishedRequestFigures {
+  int64_t prompt_tokens = 0;
+  int64_t generation_tokens = 0;
+  double queue_seconds = -1;    // queued in the scheduler until first admitted
+  double prefill_seconds = -1;  // first admitted until its first token
+  double decode_seconds = -1;   // first token until finished
+};
+
+// The engine's snapshot of one replica, as the metrics read it.
+ReplicaGauges replica_gauges(const ReplicaStats& stats);
+// The figures of a finished engine event (its usage and timings).
+FinishedRequestFigures finished_request_figures(const RequestEvent& finished_event);
 
 class ServingMetrics {
  public:
@@ -56,6 +82,10 @@ class ServingMetrics {
   void observe_time_to_first_token(int replica, double seconds);
   void observe_inter_token_latency(int replica, double seconds);
   void observe_request_latency(int replica, double seconds);
+  // Per-sequence histograms: prompt and generation length, queue, prefill and decode time.
+  void observe_finished_request(int replica, const FinishedRequestFigures& figures);
+  // The served model's name, shown as the model_name label of every per-replica series.
+  void set_model_name(const std::string& name);
   // A request that ran to an end (finish_reason "stop" or "length").
   void count_success(int replica, const std::string& finish_reason);
   // A request that ended otherwise: "client_disconnect", "aborted", "error".
@@ -85,6 +115,8 @@ class ServingMetrics {
     std::map<std::string, uint64_t> successes;  // by finish reason
     std::map<std::string, uint64_t> failures;   // by reason
     Histogram ttft, itl, latency;
+    Histogram queue_time, prefill_time, decode_time;  // seconds, per sequence
+    Histogram prompt_length, generation_length;       // tokens, per sequence
     // Generation tokens per whole second, a ring indexed by second % size.
     std::array<uint64_t, kRateWindowSeconds + 1> per_second{};
     std::array<int64_t, kRateWindowSeconds + 1> second_of_slot{};
@@ -94,7 +126,11 @@ class ServingMetrics {
   int64_t now_second() const;
 
   mutable std::mutex mutex_;
+  // `replica="i"` plus `,model_name="..."` when a model name is set.
+  std::string labels(int replica) const;
+
   std::string job_id_, node_list_;
+  std::string model_name_;
   int restart_count_ = 0;
   Clock::time_point start_ = Clock::now();
   std::vector<std::unique_ptr<Replica>> replicas_;

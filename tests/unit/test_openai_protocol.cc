@@ -588,7 +588,7 @@ TEST(Metrics, ExpositionFormat) {
            "# TYPE alem_requests_running gauge",
            "alem_requests_running{replica=\"0\"} 2",
            "alem_kv_blocks_used{replica=\"0\"} 3",
-           "alem_kv_blocks_total{replica=\"0\"} 10",
+           "alem_kv_blocks_capacity{replica=\"0\"} 10",
            "# TYPE alem_prompt_tokens_total counter",
            "alem_prompt_tokens_total{replica=\"0\"} 10",
            "alem_generation_tokens_total{replica=\"0\"} 4",

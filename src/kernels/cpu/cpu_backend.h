@@ -20,7 +20,8 @@ class CpuBackend final : public KernelBackend {
 
   std::string name() const override { return "cpu"; }
   cpu::Isa isa() const { return kernels_.isa; }
-  int max_threads() const { return max_threads_; }
+  int max_threads() const override { return max_threads_; }
+  void set_max_threads(int threads) override { max_threads_ = threads > 0 ? threads : 1; }
 
   void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
               float* y) const override;

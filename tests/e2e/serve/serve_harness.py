@@ -108,6 +108,8 @@ class Server:
             if not line or line.startswith("#"):
                 continue
             name, _, value = line.rpartition(" ")
+            # Every series also carries model_name="..."; tests key on the other labels.
+            name = re.sub(r',?model_name="[^"]*"', "", name).replace("{,", "{").replace("{}", "")
             values[name] = float(value)
         return values
 

@@ -62,9 +62,9 @@ class Discovery(unittest.TestCase):
     def test_metrics_has_replica_label(self):
         m = SERVER.metrics()
         for name in ("alem_requests_running", "alem_requests_waiting", "alem_kv_blocks_used",
-                     "alem_kv_blocks_total", "alem_generation_tokens_per_second"):
+                     "alem_kv_blocks_capacity", "alem_generation_tokens_per_second"):
             self.assertIn(name + '{replica="0"}', m)
-        self.assertGreater(m['alem_kv_blocks_total{replica="0"}'], 0)
+        self.assertGreater(m['alem_kv_blocks_capacity{replica="0"}'], 0)
 
 
 class Completions(unittest.TestCase):

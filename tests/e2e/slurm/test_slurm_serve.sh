@@ -134,7 +134,7 @@ curl -sS -N --max-time 240 "$BASE/v1/completions" -H 'Content-Type: application/
   -d '{"model":"SmolLM2-135M-Instruct","prompt":"Count to fifty:","max_tokens":24,"ignore_eos":true,"temperature":0,"stream":true}' \
   >"$WORK_DIR/serve/in-flight.txt" 2>&1 &
 stream_pid=$!
-running() { curl -s "$BASE/metrics" | grep -q '^alem_requests_running{replica="0"} [1-9]'; }
+running() { curl -s "$BASE/metrics" | grep -q '^alem_requests_running{replica="0"[^}]*} [1-9]'; }
 wait_for 60 "the streaming request to run" running
 scancel --signal=USR1 --batch "$serve_job"
 wait "$stream_pid" || fail "the in-flight stream failed: $(tail -c 400 "$WORK_DIR/serve/in-flight.txt")"
