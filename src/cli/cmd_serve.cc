@@ -552,10 +552,10 @@ void add_serve_command(CLI::App& app) {
                   "Threads that parse and tokenize requests (connections hold no thread)")
       ->capture_default_str();
   cmd->add_option("--http-header-timeout", o->http_header_timeout,
-                  "Seconds a client has to send a request's headers (408 after)")
+                  "Seconds a client has to send a request's headers (then it is disconnected)")
       ->capture_default_str();
   cmd->add_option("--http-body-timeout", o->http_body_timeout,
-                  "Seconds a client has to send a request's body (408 after)")
+                  "Seconds a client has to send a request's body (then it is disconnected)")
       ->capture_default_str();
   cmd->add_option("--api-key", o->api_key,
                   "Require 'Authorization: Bearer KEY' (visible in ps: prefer --api-key-file or "

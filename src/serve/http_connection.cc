@@ -125,12 +125,12 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   }
 
   // Refuses a request that could not be read; true when it did.
-  bool refuse_read_error(error_code ec, const char* part) {
+  bool refuse_read_error(error_code ec) {
     if (!ec) return false;
     if (ec == http::error::body_limit) {
       refuse(413, "");
     } else if (ec == beast::error::timeout) {
-      refuse(408, std::string("The request ") + part + " did not arrive in time.");
+      close();  // the stream closed the socket when the deadline passed: no answer possible
     } else if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
       refuse(431, "The request headers are too large.");
     } else if (ec == http::error::end_of_stream || ec == asio::error::eof ||
@@ -144,7 +144,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   }
 
   void on_header(error_code ec) {
-    if (refuse_read_error(ec, "headers")) return;
+    if (refuse_read_error(ec)) return;
     auto& req = parser_->get();
     // Beast already refuses these; checked here too since request smuggling hides in them.
     if (parser_->chunked() && req.find(http::field::content_length) != req.end()) {
@@ -174,7 +174,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   }
 
   void on_body(error_code ec) {
-    if (refuse_read_error(ec, "body")) return;
+    if (refuse_read_error(ec)) return;
     dispatch();
   }
 

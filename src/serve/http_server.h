@@ -122,7 +122,7 @@ class HttpServer {
   std::shared_ptr<CompletionSession> open_session(std::string& body, Endpoint endpoint,
                                                   const std::function<void()>& notify);
   HttpAnswer error_answer(const ApiError& error);
-  // A request refused before routing (413, 400, 431, 408): counted and answered.
+  // A request refused before routing (413, 400, 431): counted and answered.
   HttpAnswer refusal(int status, const std::string& message);
   std::atomic<int64_t>& active_counter() { return active_requests_; }
   bool stopping() const { return stopping_.load(); }
