@@ -10,8 +10,10 @@ for dtype in bf16 f32 int8; do
   [ "$dtype" = bf16 ] || out="$root/models/smollm2-135m-instruct-$dtype.h5"
   # The GGUF's general.name is a training-run label; the store carries the model's real name,
   # which `alem serve` serves and clients ask for.
+  # A store this build cannot load (an older format_version, e.g. 1 without the per-tile hash
+  # tree, or a corrupt file) fails `alem info` and is converted again.
   if [ ! -s "$out" ] || [ "$out" -ot "$gguf" ] ||
-     ! "$root/build/alem" info "$out" | grep -q '"name":"SmolLM2-135M-Instruct"'; then
+     ! "$root/build/alem" info "$out" 2>/dev/null | grep -q '"name":"SmolLM2-135M-Instruct"'; then
     "$root/build/alem" convert "$gguf" "$out" --dtype "$dtype" --name SmolLM2-135M-Instruct
   fi
 done

@@ -434,6 +434,23 @@ void GgufFile::Impl::parse() {
                 std::to_string(data_start) + ", file size " + std::to_string(size) + ")");
     }
   }
+  // Every tensor owns its own bytes: two tensors sharing data (a crafted or corrupt offset) would
+  // import as garbage weights that the store then faithfully digests and serves.
+  std::vector<size_t> by_offset(tensors.size());
+  for (size_t i = 0; i < by_offset.size(); ++i) by_offset[i] = i;
+  std::sort(by_offset.begin(), by_offset.end(), [&](size_t a, size_t b) {
+    return tensors[a].offset != tensors[b].offset ? tensors[a].offset < tensors[b].offset : a < b;
+  });
+  for (size_t k = 1; k < by_offset.size(); ++k) {
+    const GgufTensorInfo& prev = tensors[by_offset[k - 1]];
+    const GgufTensorInfo& t = tensors[by_offset[k]];
+    if (t.offset < prev.offset + prev.bytes) {
+      ALEM_FAIL("GGUF file " + path + " is corrupt: tensor '" + t.name + "' (data offset " +
+                std::to_string(t.offset) + ", " + std::to_string(t.bytes) +
+                " bytes) overlaps tensor '" + prev.name + "' (data offset " +
+                std::to_string(prev.offset) + ", " + std::to_string(prev.bytes) + " bytes)");
+    }
+  }
 }
 
 GgufFile::GgufFile(const std::string& path) : impl_(std::make_unique<Impl>()) {

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_input.h"
 
 namespace alem {
 namespace {
@@ -21,10 +22,11 @@ std::string read_file(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+// Bounded nesting (core/json_input.h): a deeply nested file is an error, not a stack overflow.
 json parse(const std::string& text, const std::string& source) {
   try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
+    return parse_json_bounded(text);
+  } catch (const JsonInputError& e) {
     ALEM_FAIL(source + " is not valid JSON: " + e.what());
   }
 }

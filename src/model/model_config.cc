@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_input.h"
 
 namespace alem {
 namespace {
@@ -20,8 +21,8 @@ void check_positive(int value, const char* field) {
 
 json parse_json(const std::string& text, const std::string& what) {
   try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
+    return parse_json_bounded(text);  // bounded nesting: deep JSON is an error, not a crash
+  } catch (const JsonInputError& e) {
     ALEM_FAIL(what + " is not valid JSON: " + e.what());
   }
 }

@@ -3,26 +3,26 @@
 // exactly the requested rows and columns, so each rank touches only the chunks of its shard.
 #include "model/model_store.h"
 
-#include <openssl/evp.h>
-
 #include <algorithm>
 #include <atomic>
-#include <bit>
+#include <cstring>
 #include <filesystem>
 #include <map>
 
 #include "model/h5_util.h"
 #include "model/model_store_writer.h"
+#include "model/store_integrity.h"
 
 namespace alem {
 namespace {
 
-static_assert(std::endian::native == std::endian::little,
-              "the model store digest hashes in-memory little-endian bytes");
+using integrity::Block;
+using integrity::Hash;
+using integrity::TileGrid;
 
-constexpr int kFormatVersion = 1;
+constexpr int kFormatVersion = 2;
 constexpr const char* kScalesSuffix = ".scales";
-constexpr int64_t kDigestRowsPerRead = 1024;
+constexpr int64_t kDigestRowsPerRead = 1024;  // a multiple of the tile edge
 
 bool is_scales_name(const std::string& name) {
   const size_t n = std::char_traits<char>::length(kScalesSuffix);
@@ -42,91 +42,19 @@ hid_t memory_type_for(DType dtype) {
   return H5T_NATIVE_FLOAT;
 }
 
-// SHA-256 over a stream of length-prefixed fields (OpenSSL EVP).
-class Sha256Stream {
- public:
-  Sha256Stream() : ctx_(EVP_MD_CTX_new()) {
-    ALEM_CHECK(ctx_ && EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) == 1,
-               "cannot initialise SHA-256 (OpenSSL)");
-  }
-  ~Sha256Stream() { EVP_MD_CTX_free(ctx_); }
-  Sha256Stream(const Sha256Stream&) = delete;
-  Sha256Stream& operator=(const Sha256Stream&) = delete;
-
-  void bytes(const void* data, size_t size) {
-    if (size > 0) ALEM_CHECK(EVP_DigestUpdate(ctx_, data, size) == 1, "SHA-256 update failed");
-  }
-  void u64(uint64_t v) { bytes(&v, 8); }
-  void i64(int64_t v) { bytes(&v, 8); }
-  void text(const std::string& s) {
-    u64(s.size());
-    bytes(s.data(), s.size());
-  }
-  std::string hex() {
-    unsigned char out[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    ALEM_CHECK(EVP_DigestFinal_ex(ctx_, out, &len) == 1, "SHA-256 final failed");
-    static const char* digits = "0123456789abcdef";
-    std::string s;
-    for (unsigned i = 0; i < len; ++i) {
-      s += digits[out[i] >> 4];
-      s += digits[out[i] & 15];
-    }
-    return s;
-  }
-
- private:
-  EVP_MD_CTX* ctx_;
-};
-
-std::vector<std::string> read_string_dataset(hid_t group, const std::string& name,
-                                             const std::string& where) {
-  const std::string what = where + "/" + name;
-  ALEM_CHECK(H5Lexists(group, name.c_str(), H5P_DEFAULT) > 0,
-             where + " has no dataset '" + name + "'");
-  h5::Handle ds = h5::own_dataset(H5Dopen2(group, name.c_str(), H5P_DEFAULT), "open " + what);
-  h5::Handle file_type = h5::own_type(H5Dget_type(ds.get()), "type of " + what);
-  ALEM_CHECK(H5Tget_class(file_type.get()) == H5T_STRING && H5Tis_variable_str(file_type.get()) > 0,
-             what + " is not a dataset of variable-length strings");
-  h5::Handle space = h5::own_space(H5Dget_space(ds.get()), "space of " + what);
-  ALEM_CHECK(H5Sget_simple_extent_ndims(space.get()) == 1, what + " is not 1-D");
-  const hssize_t n = H5Sget_simple_extent_npoints(space.get());
-  ALEM_CHECK(n >= 0, what + " has an unreadable size");
-  std::vector<std::string> out;
-  if (n == 0) return out;
-  h5::Handle type = h5::vlen_string_type();
-  std::vector<char*> pointers(static_cast<size_t>(n), nullptr);
-  h5::check_status(H5Dread(ds.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, pointers.data()),
-                   "read " + what);
-  out.reserve(pointers.size());
-  for (char* p : pointers) out.emplace_back(p ? p : "");
-  H5Dvlen_reclaim(type.get(), space.get(), H5P_DEFAULT, pointers.data());
-  return out;
-}
-
-std::vector<int32_t> read_int32_dataset(hid_t group, const std::string& name,
-                                        const std::string& where) {
-  const std::string what = where + "/" + name;
-  ALEM_CHECK(H5Lexists(group, name.c_str(), H5P_DEFAULT) > 0,
-             where + " has no dataset '" + name + "'");
-  h5::Handle ds = h5::own_dataset(H5Dopen2(group, name.c_str(), H5P_DEFAULT), "open " + what);
-  h5::Handle space = h5::own_space(H5Dget_space(ds.get()), "space of " + what);
-  ALEM_CHECK(H5Sget_simple_extent_ndims(space.get()) == 1, what + " is not 1-D");
-  const hssize_t n = H5Sget_simple_extent_npoints(space.get());
-  ALEM_CHECK(n >= 0, what + " has an unreadable size");
-  std::vector<int32_t> out(static_cast<size_t>(n));
-  if (n > 0) {
-    h5::check_status(H5Dread(ds.get(), H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()),
-                     "read " + what);
-  }
-  return out;
-}
-
 }  // namespace
 
 struct ModelStoreReader::Impl {
   struct Entry {
     TensorInfo info;
+    TileGrid grid, scale_grid;  // scale_grid: int8 only
+    Hash root{};                // recorded tensor root (format 2, after open)
+  };
+  // What the file's content hashes to, recomputed from every byte of every tensor.
+  struct Recomputed {
+    std::map<std::string, std::vector<Hash>> leaves;  // dataset name (incl. .scales) -> leaves
+    std::vector<std::pair<std::string, Hash>> roots;  // sorted by tensor name
+    std::string digest;
   };
   std::string path;
   h5::Handle file;
@@ -136,23 +64,37 @@ struct ModelStoreReader::Impl {
   TokenizerData tokenizer;
   std::string digest;
   std::map<std::string, Entry> tensors;  // sorted by name: the digest order
+  bool verify_reads = true;
   mutable std::atomic<uint64_t> bytes_read{0};
+  // Leaves of datasets already read, checked against their tensor's recorded root. Nodes are
+  // never erased, so pointers into the map stay valid without the lock.
+  mutable std::map<std::string, std::vector<Hash>> checked_leaves;
 
-  void open(const std::string& file_path, bool require_digest);
+  // require_integrity: the store is finished (digest and hash tree recorded), and the tree's
+  // root (config, tokenizer, tensor roots) is checked against the recorded digest. The writer
+  // opens its own unfinished file without it, to compute the tree.
+  void open(const std::string& file_path, bool require_integrity);
   void load_tokenizer();
   void load_tensor_directory();
+  void load_and_check_roots();
   const Entry& entry(const std::string& name) const;
   h5::Handle open_dataset(const std::string& name) const {
     return h5::own_dataset(H5Dopen2(tensors_group.get(), name.c_str(), H5P_DEFAULT),
                            "open tensor " + name + " in " + path);
   }
-  // Reads a [row_begin, +rows) x [col_begin, +cols) block of a 2-D dataset into `out`.
-  void read_block(const std::string& dataset, hid_t memory_type, int64_t row_begin, int64_t rows,
-                  int64_t col_begin, int64_t cols, void* out) const;
-  std::string compute_digest() const;
+  // Reads a block of a dataset (1-D datasets: cols only) into `out`. Library lock held.
+  void read_raw(const std::string& dataset, bool one_d, hid_t memory_type, const Block& b,
+                void* out) const;
+  // Reads `want` of a tensor (or of its scales) and, when verify_reads, checks every tile that
+  // covers it against the recorded leaves. Takes the library lock itself.
+  void read_checked(const Entry& e, bool scales, const Block& want, void* out) const;
+  const std::vector<Hash>& leaves_for(const Entry& e, bool scales) const;  // lock held
+  std::vector<Hash> read_stored_leaves(const std::string& dataset, const TileGrid& g) const;
+  std::vector<Hash> recompute_leaves(const Entry& e, bool scales) const;
+  Recomputed recompute() const;
 };
 
-void ModelStoreReader::Impl::open(const std::string& file_path, bool require_digest) {
+void ModelStoreReader::Impl::open(const std::string& file_path, bool require_integrity) {
   h5::silence_errors();
   path = file_path;
   std::error_code ec;
@@ -173,6 +115,11 @@ void ModelStoreReader::Impl::open(const std::string& file_path, bool require_dig
                  " is an HDF5 file but not an alem model store (no format=\"alem-model\" "
                  "attribute on /)");
   const int64_t version = h5::read_int_attribute(root, "format_version", where);
+  ALEM_CHECK(version != 1, where +
+                               " has format_version 1, which has no per-tile hashes and cannot "
+                               "be verified at load; this build reads version 2: reconvert it "
+                               "with `alem convert <gguf or HF folder> " +
+                               path + "`");
   ALEM_CHECK(version == kFormatVersion, where + " has format_version " + std::to_string(version) +
                                             ", this build reads version " +
                                             std::to_string(kFormatVersion));
@@ -182,13 +129,14 @@ void ModelStoreReader::Impl::open(const std::string& file_path, bool require_dig
   } catch (const Error& e) {
     ALEM_FAIL(where + ": invalid config_json: " + e.message());
   }
-  if (require_digest) {
+  if (require_integrity) {
     ALEM_CHECK(h5::has_attribute(root, "model_digest"),
                where + " has no model_digest attribute (the conversion did not finish)");
     digest = h5::read_string_attribute(root, "model_digest", where);
   }
   load_tokenizer();
   load_tensor_directory();
+  if (require_integrity) load_and_check_roots();
 }
 
 void ModelStoreReader::Impl::load_tokenizer() {
@@ -196,12 +144,14 @@ void ModelStoreReader::Impl::load_tokenizer() {
   ALEM_CHECK(H5Lexists(file.get(), "tokenizer", H5P_DEFAULT) > 0,
              "model store " + path + " has no /tokenizer group");
   h5::Handle g = h5::own_group(H5Gopen2(file.get(), "tokenizer", H5P_DEFAULT), "open " + where);
-  tokenizer.tokens = read_string_dataset(g.get(), "tokens", where);
-  tokenizer.token_kinds = read_int32_dataset(g.get(), "token_kinds", where);
-  tokenizer.merges = read_string_dataset(g.get(), "merges", where);
+  tokenizer.tokens = h5::read_string_table(g.get(), "tokens", where);
+  tokenizer.token_kinds = h5::read_int_dataset<int32_t>(g.get(), "token_kinds", H5T_NATIVE_INT32, 0,
+                                                        hsize_t{1} << 26, where);
+  tokenizer.merges = h5::read_string_table(g.get(), "merges", where);
   ALEM_CHECK(tokenizer.token_kinds.size() == tokenizer.tokens.size(),
              where + ": " + std::to_string(tokenizer.tokens.size()) + " tokens but " +
                  std::to_string(tokenizer.token_kinds.size()) + " token kinds");
+  tokenizer.chat_template = h5::read_text_dataset(g.get(), "chat_template", where);
   tokenizer.model = h5::read_string_attribute(g.get(), "model", where);
   tokenizer.pre_tokenizer = h5::read_string_attribute(g.get(), "pre_tokenizer", where);
   tokenizer.bos_token_id = static_cast<int>(h5::read_int_attribute(g.get(), "bos_token_id", where));
@@ -211,7 +161,6 @@ void ModelStoreReader::Impl::load_tokenizer() {
   tokenizer.padding_token_id =
       static_cast<int>(h5::read_int_attribute(g.get(), "padding_token_id", where));
   tokenizer.add_bos_token = h5::read_int_attribute(g.get(), "add_bos_token", where) != 0;
-  tokenizer.chat_template = h5::read_string_attribute(g.get(), "chat_template", where);
 }
 
 void ModelStoreReader::Impl::load_tensor_directory() {
@@ -232,6 +181,7 @@ void ModelStoreReader::Impl::load_tensor_directory() {
     name.resize(static_cast<size_t>(len));
     names.push_back(std::move(name));
   }
+  ALEM_CHECK(names.size() <= (size_t{1} << 24), path + ": impossible tensor count");
   for (const std::string& name : names) {
     if (is_scales_name(name)) continue;
     const std::string what = "tensor " + name + " in " + path;
@@ -278,8 +228,39 @@ void ModelStoreReader::Impl::load_tensor_directory() {
                      std::to_string(sdims[1]) + "], expected [" + std::to_string(e.info.shape[0]) +
                      ", " + std::to_string(e.info.shape[1] / kInt8GroupSize) + "]");
     }
+    e.grid = integrity::tile_grid(e.info.shape);
+    if (e.info.dtype == DType::I8) {
+      e.scale_grid = integrity::tile_grid({e.info.shape[0], e.info.shape[1] / kInt8GroupSize});
+    }
     tensors.emplace(name, std::move(e));
   }
+}
+
+// Reads the recorded tensor roots and checks that they, the config and the tokenizer fold to
+// the recorded model digest: after this, model_digest() is the root of the tree that every
+// later read is checked against.
+void ModelStoreReader::Impl::load_and_check_roots() {
+  const std::string where = path + ":/integrity";
+  const htri_t exists = H5Lexists(file.get(), "integrity", H5P_DEFAULT);
+  if (exists < 0) H5Eclear2(H5E_DEFAULT);
+  ALEM_CHECK(exists > 0, "model store " + path + " has no /integrity group (hash tree)");
+  h5::Handle g = h5::own_group(H5Gopen2(file.get(), "integrity", H5P_DEFAULT), "open " + where);
+  const std::vector<uint8_t> roots = h5::read_int_dataset<uint8_t>(
+      g.get(), "tensor_roots", H5T_NATIVE_UINT8, 32, hsize_t{32} << 24, where);
+  ALEM_CHECK(roots.size() == tensors.size() * 32,
+             where + "/tensor_roots has " + std::to_string(roots.size() / 32) + " roots for " +
+                 std::to_string(tensors.size()) + " tensors");
+  std::vector<std::pair<std::string, Hash>> named;
+  size_t i = 0;
+  for (auto& [name, e] : tensors) {
+    std::memcpy(e.root.data(), roots.data() + 32 * i++, 32);
+    named.emplace_back(name, e.root);
+  }
+  const std::string computed = integrity::model_digest(config_json, tokenizer, named);
+  ALEM_CHECK(computed == digest,
+             "model digest mismatch in " + path + ": the recorded digest " + digest +
+                 " is not the root of the store's config, tokenizer and tensor hashes (" +
+                 computed + "); the store was modified or is corrupt, refusing to load it");
 }
 
 const ModelStoreReader::Impl::Entry& ModelStoreReader::Impl::entry(const std::string& name) const {
@@ -288,84 +269,150 @@ const ModelStoreReader::Impl::Entry& ModelStoreReader::Impl::entry(const std::st
   return it->second;
 }
 
-void ModelStoreReader::Impl::read_block(const std::string& dataset, hid_t memory_type,
-                                        int64_t row_begin, int64_t rows, int64_t col_begin,
-                                        int64_t cols, void* out) const {
-  const std::string what = "read rows [" + std::to_string(row_begin) + ", " +
-                           std::to_string(row_begin + rows) + ") cols [" +
-                           std::to_string(col_begin) + ", " + std::to_string(col_begin + cols) +
-                           ") of " + dataset + " in " + path;
+void ModelStoreReader::Impl::read_raw(const std::string& dataset, bool one_d, hid_t memory_type,
+                                      const Block& b, void* out) const {
+  const std::string what = "read rows [" + std::to_string(b.row_begin) + ", " +
+                           std::to_string(b.row_begin + b.rows) + ") cols [" +
+                           std::to_string(b.col_begin) + ", " +
+                           std::to_string(b.col_begin + b.cols) + ") of " + dataset + " in " + path;
   h5::Handle ds = open_dataset(dataset);
   h5::Handle file_space = h5::own_space(H5Dget_space(ds.get()), what);
-  const hsize_t start[2] = {static_cast<hsize_t>(row_begin), static_cast<hsize_t>(col_begin)};
-  const hsize_t count[2] = {static_cast<hsize_t>(rows), static_cast<hsize_t>(cols)};
+  const int rank = one_d ? 1 : 2;
+  const hsize_t start2[2] = {static_cast<hsize_t>(b.row_begin), static_cast<hsize_t>(b.col_begin)};
+  const hsize_t count2[2] = {static_cast<hsize_t>(b.rows), static_cast<hsize_t>(b.cols)};
+  const hsize_t* start = one_d ? start2 + 1 : start2;
+  const hsize_t* count = one_d ? count2 + 1 : count2;
   h5::check_status(
       H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr), what);
-  h5::Handle memory_space = h5::own_space(H5Screate_simple(2, count, nullptr), what);
+  h5::Handle memory_space = h5::own_space(H5Screate_simple(rank, count, nullptr), what);
   h5::check_status(
       H5Dread(ds.get(), memory_type, memory_space.get(), file_space.get(), H5P_DEFAULT, out), what);
 }
 
-std::string ModelStoreReader::Impl::compute_digest() const {
-  Sha256Stream h;
-  h.text("alem-model-digest-v1");
-  h.text(config_json);
-  const TokenizerData& t = tokenizer;
-  h.text(t.model);
-  h.text(t.pre_tokenizer);
-  h.u64(t.tokens.size());
-  for (const std::string& s : t.tokens) h.text(s);
-  h.u64(t.token_kinds.size());
-  h.bytes(t.token_kinds.data(), t.token_kinds.size() * sizeof(int32_t));
-  h.u64(t.merges.size());
-  for (const std::string& s : t.merges) h.text(s);
-  h.i64(t.bos_token_id);
-  h.i64(t.eos_token_id);
-  h.i64(t.unknown_token_id);
-  h.i64(t.padding_token_id);
-  h.i64(t.add_bos_token ? 1 : 0);
-  h.text(t.chat_template);
-  h.u64(tensors.size());
-  std::vector<uint8_t> buffer;
-  for (const auto& [name, e] : tensors) {
-    h.text(name);
-    h.text(dtype_name(e.info.dtype));
-    h.u64(e.info.shape.size());
-    for (int64_t d : e.info.shape) h.i64(d);
-    const int64_t rows = e.info.shape.size() == 2 ? e.info.shape[0] : 1;
-    const int64_t cols = e.info.shape.back();
-    h.u64(static_cast<uint64_t>(rows * cols) * dtype_size(e.info.dtype));
-    // 1-D tensors are read as a single [1, n] block of the dataset reshaped in memory.
-    for (int64_t r = 0; r < rows; r += kDigestRowsPerRead) {
-      const int64_t n = std::min(kDigestRowsPerRead, rows - r);
-      buffer.resize(static_cast<size_t>(n * cols) * dtype_size(e.info.dtype));
-      if (e.info.shape.size() == 2) {
-        read_block(name, memory_type_for(e.info.dtype), r, n, 0, cols, buffer.data());
-      } else {
-        h5::Handle ds = open_dataset(name);
-        h5::check_status(
-            H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buffer.data()),
-            "read tensor " + name + " in " + path);
-      }
-      h.bytes(buffer.data(), buffer.size());
-    }
-    if (e.info.dtype == DType::I8) {
-      const int64_t groups = cols / kInt8GroupSize;
-      h.u64(static_cast<uint64_t>(rows * groups) * sizeof(float));
-      for (int64_t r = 0; r < rows; r += kDigestRowsPerRead) {
-        const int64_t n = std::min(kDigestRowsPerRead, rows - r);
-        buffer.resize(static_cast<size_t>(n * groups) * sizeof(float));
-        read_block(name + kScalesSuffix, H5T_NATIVE_FLOAT, r, n, 0, groups, buffer.data());
-        h.bytes(buffer.data(), buffer.size());
-      }
-    }
-  }
-  return h.hex();
+std::vector<Hash> ModelStoreReader::Impl::read_stored_leaves(const std::string& dataset,
+                                                             const TileGrid& g) const {
+  const std::string where = path + ":/integrity/leaves";
+  h5::Handle group =
+      h5::own_group(H5Gopen2(file.get(), "integrity/leaves", H5P_DEFAULT), "open " + where);
+  const std::vector<uint8_t> bytes = h5::read_int_dataset<uint8_t>(
+      group.get(), dataset, H5T_NATIVE_UINT8, 32, static_cast<hsize_t>(g.leaf_count()) * 32, where);
+  ALEM_CHECK(bytes.size() == static_cast<size_t>(g.leaf_count()) * 32,
+             where + "/" + dataset + " has " + std::to_string(bytes.size() / 32) +
+                 " tile hashes, expected " + std::to_string(g.leaf_count()));
+  std::vector<Hash> leaves(static_cast<size_t>(g.leaf_count()));
+  if (!leaves.empty()) std::memcpy(leaves.data(), bytes.data(), bytes.size());
+  return leaves;
 }
 
-ModelStoreReader::ModelStoreReader(const std::string& path) : impl_(std::make_unique<Impl>()) {
+const std::vector<Hash>& ModelStoreReader::Impl::leaves_for(const Entry& e, bool scales) const {
+  const std::string& name = e.info.name;
+  const std::string dataset = scales ? name + kScalesSuffix : name;
+  if (auto it = checked_leaves.find(dataset); it != checked_leaves.end()) return it->second;
+  std::vector<Hash> leaves = read_stored_leaves(name, e.grid);
+  std::vector<Hash> scale_leaves;
+  if (e.info.dtype == DType::I8)
+    scale_leaves = read_stored_leaves(name + kScalesSuffix, e.scale_grid);
+  const Hash root = integrity::tensor_root(name, dtype_name(e.info.dtype), e.info.shape, leaves,
+                                           e.info.dtype == DType::I8 ? &scale_leaves : nullptr);
+  ALEM_CHECK(root == e.root, "model store " + path + ": the tile hashes recorded for tensor '" +
+                                 name +
+                                 "' do not fold to its recorded root; the store was modified or "
+                                 "is corrupt, refusing to load it");
+  checked_leaves.emplace(name, std::move(leaves));
+  if (e.info.dtype == DType::I8)
+    checked_leaves.emplace(name + kScalesSuffix, std::move(scale_leaves));
+  return checked_leaves.at(dataset);
+}
+
+void ModelStoreReader::Impl::read_checked(const Entry& e, bool scales, const Block& want,
+                                          void* out) const {
+  const std::string dataset = scales ? e.info.name + kScalesSuffix : e.info.name;
+  const DType stored = scales ? DType::F32 : e.info.dtype;
+  const hid_t memory_type = memory_type_for(stored);
+  const bool one_d = e.info.shape.size() == 1;
+  if (!verify_reads) {
+    h5::LibraryLock lock(h5::library_mutex());
+    read_raw(dataset, one_d, memory_type, want, out);
+    return;
+  }
+  const TileGrid& g = scales ? e.scale_grid : e.grid;
+  const Block cover = integrity::covering_block(g, want);
+  const size_t element = dtype_size(stored);
+  std::vector<uint8_t> wider;
+  uint8_t* data = static_cast<uint8_t*>(out);
+  if (!(cover == want)) {
+    wider.resize(static_cast<size_t>(cover.rows * cover.cols) * element);
+    data = wider.data();
+  }
+  const std::vector<Hash>* leaves = nullptr;
+  {
+    h5::LibraryLock lock(h5::library_mutex());
+    read_raw(dataset, one_d, memory_type, cover, data);
+    leaves = &leaves_for(e, scales);
+  }
+  const std::vector<Hash> hashes = integrity::hash_block(g, cover, data, element);
+  const int64_t bad = integrity::first_mismatch(g, cover, hashes, *leaves);
+  if (bad >= 0) {
+    const int64_t tiles_per_row = (cover.cols + g.tile_cols - 1) / g.tile_cols;
+    const int64_t r0 = cover.row_begin + bad / tiles_per_row * g.tile_rows;
+    const int64_t c0 = cover.col_begin + bad % tiles_per_row * g.tile_cols;
+    ALEM_FAIL("model store " + path + ": tensor '" + dataset + "' rows [" + std::to_string(r0) +
+              ", " + std::to_string(std::min(g.rows, r0 + g.tile_rows)) + ") cols [" +
+              std::to_string(c0) + ", " + std::to_string(std::min(g.cols, c0 + g.tile_cols)) +
+              ") do not match the hash recorded under model digest " + digest +
+              "; the store was modified or is corrupt, refusing to load it");
+  }
+  if (!wider.empty()) {
+    const size_t row_bytes = static_cast<size_t>(want.cols) * element;
+    for (int64_t r = 0; r < want.rows; ++r) {
+      const size_t from = (static_cast<size_t>(want.row_begin - cover.row_begin + r) * cover.cols +
+                           static_cast<size_t>(want.col_begin - cover.col_begin)) *
+                          element;
+      std::memcpy(static_cast<uint8_t*>(out) + static_cast<size_t>(r) * row_bytes,
+                  wider.data() + from, row_bytes);
+    }
+  }
+}
+
+std::vector<Hash> ModelStoreReader::Impl::recompute_leaves(const Entry& e, bool scales) const {
+  const TileGrid& g = scales ? e.scale_grid : e.grid;
+  const DType stored = scales ? DType::F32 : e.info.dtype;
+  const std::string dataset = scales ? e.info.name + kScalesSuffix : e.info.name;
+  std::vector<Hash> leaves;
+  leaves.reserve(static_cast<size_t>(g.leaf_count()));
+  std::vector<uint8_t> buffer;
+  for (int64_t r = 0; r < g.rows; r += kDigestRowsPerRead) {
+    const Block b{r, std::min(kDigestRowsPerRead, g.rows - r), 0, g.cols};
+    buffer.resize(static_cast<size_t>(b.rows * b.cols) * dtype_size(stored));
+    read_raw(dataset, e.info.shape.size() == 1, memory_type_for(stored), b, buffer.data());
+    const std::vector<Hash> part = integrity::hash_block(g, b, buffer.data(), dtype_size(stored));
+    leaves.insert(leaves.end(), part.begin(), part.end());
+  }
+  return leaves;
+}
+
+ModelStoreReader::Impl::Recomputed ModelStoreReader::Impl::recompute() const {
+  Recomputed out;
+  for (const auto& [name, e] : tensors) {
+    std::vector<Hash> leaves = recompute_leaves(e, false);
+    std::vector<Hash> scale_leaves;
+    if (e.info.dtype == DType::I8) scale_leaves = recompute_leaves(e, true);
+    out.roots.emplace_back(
+        name, integrity::tensor_root(name, dtype_name(e.info.dtype), e.info.shape, leaves,
+                                     e.info.dtype == DType::I8 ? &scale_leaves : nullptr));
+    out.leaves.emplace(name, std::move(leaves));
+    if (e.info.dtype == DType::I8)
+      out.leaves.emplace(name + kScalesSuffix, std::move(scale_leaves));
+  }
+  out.digest = integrity::model_digest(config_json, tokenizer, out.roots);
+  return out;
+}
+
+ModelStoreReader::ModelStoreReader(const std::string& path, const ModelStoreReadOptions& options)
+    : impl_(std::make_unique<Impl>()) {
   h5::LibraryLock lock(h5::library_mutex());
-  impl_->open(path, /*require_digest=*/true);
+  impl_->verify_reads = options.verify_reads;
+  impl_->open(path, /*require_integrity=*/true);
 }
 
 ModelStoreReader::~ModelStoreReader() {
@@ -401,7 +448,8 @@ TensorInfo ModelStoreReader::tensor_info(const std::string& name) const {
 WeightMatrix ModelStoreReader::read_matrix(const std::string& name, int64_t row_begin,
                                            int64_t row_count, int64_t col_begin,
                                            int64_t col_count) const {
-  const TensorInfo& info = impl_->entry(name).info;
+  const Impl::Entry& e = impl_->entry(name);
+  const TensorInfo& info = e.info;
   const std::string where = "tensor " + name + " in " + impl_->path;
   ALEM_CHECK(info.shape.size() == 2, where + " is 1-D; use read_vector");
   const int64_t rows = info.shape[0];
@@ -427,14 +475,14 @@ WeightMatrix ModelStoreReader::read_matrix(const std::string& name, int64_t row_
   m.cols = col_count;
   m.data.resize(static_cast<size_t>(row_count * col_count) * dtype_size(info.dtype));
   if (row_count == 0 || col_count == 0) return m;
-  h5::LibraryLock lock(h5::library_mutex());
-  impl_->read_block(name, memory_type_for(info.dtype), row_begin, row_count, col_begin, col_count,
-                    m.data.data());
+  impl_->read_checked(e, false, Block{row_begin, row_count, col_begin, col_count}, m.data.data());
   uint64_t bytes = m.data.size();
   if (info.dtype == DType::I8) {
     m.scales.resize(static_cast<size_t>(row_count * (col_count / kInt8GroupSize)));
-    impl_->read_block(name + kScalesSuffix, H5T_NATIVE_FLOAT, row_begin, row_count,
-                      col_begin / kInt8GroupSize, col_count / kInt8GroupSize, m.scales.data());
+    impl_->read_checked(
+        e, true,
+        Block{row_begin, row_count, col_begin / kInt8GroupSize, col_count / kInt8GroupSize},
+        m.scales.data());
     bytes += m.scales.size() * sizeof(float);
   }
   impl_->bytes_read += bytes;
@@ -443,28 +491,17 @@ WeightMatrix ModelStoreReader::read_matrix(const std::string& name, int64_t row_
 
 std::vector<float> ModelStoreReader::read_vector(const std::string& name, int64_t begin,
                                                  int64_t count) const {
-  const TensorInfo& info = impl_->entry(name).info;
+  const Impl::Entry& e = impl_->entry(name);
   const std::string where = "tensor " + name + " in " + impl_->path;
-  ALEM_CHECK(info.shape.size() == 1, where + " is 2-D; use read_matrix");
-  const int64_t n = info.shape[0];
+  ALEM_CHECK(e.info.shape.size() == 1, where + " is 2-D; use read_matrix");
+  const int64_t n = e.info.shape[0];
   if (count < 0) count = n - begin;
   ALEM_CHECK(begin >= 0 && count >= 0 && begin + count <= n,
              where + ": range [" + std::to_string(begin) + ", " + std::to_string(begin + count) +
                  ") outside [0, " + std::to_string(n) + ")");
   std::vector<float> out(static_cast<size_t>(count));
   if (count == 0) return out;
-  h5::LibraryLock lock(h5::library_mutex());
-  const std::string what = "read " + where;
-  h5::Handle ds = impl_->open_dataset(name);
-  h5::Handle file_space = h5::own_space(H5Dget_space(ds.get()), what);
-  const hsize_t start[1] = {static_cast<hsize_t>(begin)};
-  const hsize_t cnt[1] = {static_cast<hsize_t>(count)};
-  h5::check_status(
-      H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start, nullptr, cnt, nullptr), what);
-  h5::Handle memory_space = h5::own_space(H5Screate_simple(1, cnt, nullptr), what);
-  h5::check_status(H5Dread(ds.get(), H5T_NATIVE_FLOAT, memory_space.get(), file_space.get(),
-                           H5P_DEFAULT, out.data()),
-                   what);
+  impl_->read_checked(e, false, Block{0, 1, begin, count}, out.data());
   impl_->bytes_read += out.size() * sizeof(float);
   return out;
 }
@@ -475,22 +512,85 @@ uint64_t ModelStoreReader::bytes_read() const {
 
 std::string ModelStoreReader::verify() const {
   h5::LibraryLock lock(h5::library_mutex());
-  std::string actual;
+  Impl::Recomputed actual;
   try {
-    actual = impl_->compute_digest();
+    actual = impl_->recompute();
   } catch (const Error& e) {
     return "cannot read the content of " + impl_->path + ": " + e.message();
   }
-  if (actual == impl_->digest) return "";
-  return "model digest mismatch in " + impl_->path + ": recorded " + impl_->digest +
-         ", content hashes to " + actual;
+  std::string problems;
+  auto add = [&](const std::string& p) { problems += (problems.empty() ? "" : "; ") + p; };
+  for (const auto& [name, e] : impl_->tensors) {
+    for (bool scales : {false, true}) {
+      if (scales && e.info.dtype != DType::I8) continue;
+      const std::string dataset = scales ? name + kScalesSuffix : name;
+      const TileGrid& g = scales ? e.scale_grid : e.grid;
+      std::vector<Hash> stored;
+      try {
+        stored = impl_->read_stored_leaves(dataset, g);
+      } catch (const Error& err) {
+        add(err.message());
+        continue;
+      }
+      const std::vector<Hash>& computed = actual.leaves.at(dataset);
+      for (size_t i = 0; i < computed.size(); ++i) {
+        if (computed[i] == stored[i]) continue;
+        const int64_t r0 = static_cast<int64_t>(i) / g.grid_cols() * g.tile_rows;
+        const int64_t c0 = static_cast<int64_t>(i) % g.grid_cols() * g.tile_cols;
+        add("tensor '" + dataset + "' rows [" + std::to_string(r0) + ", " +
+            std::to_string(std::min(g.rows, r0 + g.tile_rows)) + ") cols [" + std::to_string(c0) +
+            ", " + std::to_string(std::min(g.cols, c0 + g.tile_cols)) +
+            ") do not match their recorded hash");
+        break;
+      }
+    }
+  }
+  for (const auto& [name, root] : actual.roots) {
+    if (root != impl_->tensors.at(name).root) {
+      add("tensor '" + name + "' hashes to root " + integrity::to_hex(root) + ", recorded " +
+          integrity::to_hex(impl_->tensors.at(name).root));
+    }
+  }
+  if (actual.digest != impl_->digest) {
+    add("content hashes to model digest " + actual.digest + ", recorded " + impl_->digest);
+  }
+  if (problems.empty()) return "";
+  return "model digest mismatch in " + impl_->path + ": " + problems;
 }
 
 std::string compute_model_store_digest(const std::string& path) {
   h5::LibraryLock lock(h5::library_mutex());
   ModelStoreReader::Impl impl;
-  impl.open(path, /*require_digest=*/false);
-  return impl.compute_digest();
+  impl.open(path, /*require_integrity=*/false);
+  return impl.recompute().digest;
+}
+
+std::string record_model_store_integrity(const std::string& path) {
+  h5::LibraryLock lock(h5::library_mutex());
+  ModelStoreReader::Impl::Recomputed tree;
+  {
+    ModelStoreReader::Impl impl;
+    impl.open(path, /*require_integrity=*/false);
+    tree = impl.recompute();
+  }
+  const std::string what = "record the hash tree of " + path;
+  h5::Handle fapl = h5::checksummed_file_access(what);
+  h5::Handle file = h5::own_file(H5Fopen(path.c_str(), H5F_ACC_RDWR, fapl.get()), what);
+  h5::Handle group = h5::own_group(
+      H5Gcreate2(file.get(), "integrity", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), what);
+  h5::Handle leaves =
+      h5::own_group(H5Gcreate2(group.get(), "leaves", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), what);
+  for (const auto& [dataset, hashes] : tree.leaves) {
+    h5::write_dataset(leaves.get(), dataset, H5T_STD_U8LE, H5T_NATIVE_UINT8, {hashes.size(), 32},
+                      hashes.data(), path + ":/integrity/leaves");
+  }
+  std::vector<Hash> roots;
+  for (const auto& [name, root] : tree.roots) roots.push_back(root);
+  h5::write_dataset(group.get(), "tensor_roots", H5T_STD_U8LE, H5T_NATIVE_UINT8, {roots.size(), 32},
+                    roots.data(), path + ":/integrity");
+  h5::write_string_attribute(file.get(), "model_digest", tree.digest, "model store " + path);
+  h5::check_status(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), "flush " + path);
+  return tree.digest;
 }
 
 }  // namespace alem

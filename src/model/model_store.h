@@ -1,11 +1,13 @@
 // The HDF5 model store: one file holding a model's config, tokenizer and every weight tensor,
-// written by `alem convert` and read by every rank. Layout (see docs/model-store.md):
-//   /                       attributes: format="alem-model", format_version=1,
-//                           config_json (ModelConfig::to_json), model_digest (hex SHA-256),
-//                           source (e.g. "gguf:<file name>")
-//   /tokenizer/             datasets tokens (vlen utf-8 strings), token_kinds (int32),
-//                           merges (vlen strings); attributes model, pre_tokenizer, bos/eos/
-//                           unknown/padding ids, add_bos_token, chat_template
+// written by `alem convert` and read by every rank. Layout (format_version 2, see
+// docs/model-store.md):
+//   /                       attributes (fixed-length strings): format="alem-model",
+//                           format_version=2, config_json (ModelConfig::to_json), model_digest
+//                           (hex SHA-256 root of the hash tree), source (e.g. "gguf:<file>")
+//   /tokenizer/             datasets tokens_bytes/tokens_offsets and merges_bytes/merges_offsets
+//                           (uint8 blob + uint64 offsets), token_kinds (int32), chat_template
+//                           (uint8); attributes model, pre_tokenizer, bos/eos/unknown/padding ids,
+//                           add_bos_token
 //   /tensors/<name>         one dataset per tensor, HF names
 //                           ("model.layers.0.self_attn.q_proj.weight"), 2-D [rows, cols] or
 //                           1-D (norms, biases); every dataset has a string attribute dtype:
@@ -14,8 +16,13 @@
 //                           edges), uncompressed, so a tensor-parallel shard (a row or column
 //                           range) is a cheap hyperslab; 1-D tensors are contiguous f32.
 //   /tensors/<name>.scales  int8 only: f32 [rows, cols/32] group scales, chunked 64x64
-// Every rank opens the file read-only and reads only the slices it owns. Readers may be used
-// from several threads: calls into HDF5 (which is not thread-safe) are serialised internally.
+//   /integrity/leaves/<d>   uint8 [tiles, 32]: SHA-256 of every 64x64 tile of dataset <d>
+//   /integrity/tensor_roots uint8 [tensors, 32]: each tensor's root, in name order
+// Every rank opens the file read-only and reads only the slices it owns. Opening checks that the
+// config, tokenizer and tensor roots fold to model_digest; every read hashes the tiles it covers
+// and checks them against the leaves (store_integrity.h), so no byte that differs from what the
+// digest names is ever returned. Readers may be used from several threads: calls into HDF5
+// (which is not thread-safe) are serialised internally.
 #pragma once
 
 #include <cstdint>
@@ -35,11 +42,17 @@ struct TensorInfo {
   DType dtype = DType::F32;
 };
 
+struct ModelStoreReadOptions {
+  // Check every block read against the hash tree. Always on in alem; off only to measure what
+  // the check costs (tests/unit/test_model_store.cc).
+  bool verify_reads = true;
+};
+
 // Reads a model store. Construction opens the file and checks format and version; corrupt,
 // truncated or foreign files throw alem::Error naming the problem.
 class ModelStoreReader {
  public:
-  explicit ModelStoreReader(const std::string& path);
+  explicit ModelStoreReader(const std::string& path, const ModelStoreReadOptions& options = {});
   ~ModelStoreReader();
   ModelStoreReader(const ModelStoreReader&) = delete;
   ModelStoreReader& operator=(const ModelStoreReader&) = delete;
@@ -62,12 +75,14 @@ class ModelStoreReader {
   // Bytes of tensor data read through this reader so far (payload only, for the shard test).
   uint64_t bytes_read() const;
 
-  // Recomputes the digest from the file's content and compares it with the recorded one.
-  // Returns an empty string when they match, otherwise a description of the mismatch.
+  // Recomputes the whole hash tree from the file's content and compares every tile hash, tensor
+  // root and the digest with the recorded ones. Returns an empty string when all match,
+  // otherwise a description naming the tensors (and tiles) that differ.
   std::string verify() const;
 
  private:
-  friend std::string compute_model_store_digest(const std::string& path);  // model_store_writer.h
+  friend std::string compute_model_store_digest(const std::string& path);    // model_store_writer.h
+  friend std::string record_model_store_integrity(const std::string& path);  // model_store_writer.h
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

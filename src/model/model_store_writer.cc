@@ -1,6 +1,7 @@
 // ModelStoreWriter: creates the HDF5 layout documented in model_store.h. Matrices are chunked
 // in 64x64 tiles so that a tensor-parallel rank's row or column range maps onto whole chunks;
-// nothing is compressed, so a hyperslab read is a plain pread of the chunks it touches.
+// nothing is compressed, so a hyperslab read is a plain pread of the chunks it touches. The
+// tiles are also the leaves of the hash tree that finish() records (store_integrity.h).
 #include "model/model_store_writer.h"
 
 #include <algorithm>
@@ -37,29 +38,6 @@ hid_t memory_type_for(DType dtype) {
       return H5T_NATIVE_INT8;
   }
   return H5T_NATIVE_FLOAT;
-}
-
-// Writes a dataset of vlen strings (tokens, merges).
-void write_string_dataset(hid_t group, const std::string& name,
-                          const std::vector<std::string>& values, const std::string& where) {
-  const std::string what = "write " + where + "/" + name;
-  std::vector<const char*> pointers;
-  pointers.reserve(values.size());
-  for (size_t i = 0; i < values.size(); ++i) {
-    ALEM_CHECK(values[i].find('\0') == std::string::npos,
-               what + ": entry " + std::to_string(i) + " contains a NUL byte");
-    pointers.push_back(values[i].c_str());
-  }
-  h5::Handle type = h5::vlen_string_type();
-  const hsize_t dims[1] = {values.size()};
-  h5::Handle space = h5::own_space(H5Screate_simple(1, dims, nullptr), what);
-  h5::Handle ds = h5::own_dataset(H5Dcreate2(group, name.c_str(), type.get(), space.get(),
-                                             H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
-                                  what);
-  if (!values.empty()) {
-    h5::check_status(H5Dwrite(ds.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, pointers.data()),
-                     what);
-  }
 }
 
 }  // namespace
@@ -113,34 +91,27 @@ ModelStoreWriter::ModelStoreWriter(const std::string& path, const ModelConfig& c
              "model store " + path + ": tokenizer has " + std::to_string(tokenizer.tokens.size()) +
                  " tokens but " + std::to_string(tokenizer.token_kinds.size()) + " token kinds");
   impl_->path = path;
-  impl_->file = h5::own_file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT),
+  const h5::Handle fapl = h5::checksummed_file_access("create model store " + path);
+  impl_->file = h5::own_file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
                              "create model store " + path);
   const hid_t root = impl_->file.get();
   const std::string where = "model store " + path;
   h5::write_string_attribute(root, "format", "alem-model", where);
-  h5::write_int_attribute(root, "format_version", 1, where);
+  h5::write_int_attribute(root, "format_version", 2, where);
   h5::write_string_attribute(root, "config_json", config.to_json(), where);
   h5::write_string_attribute(root, "source", source, where);
 
+  // Strings as fixed-size byte datasets (blob + offsets), never HDF5 variable-length strings:
+  // those live in the global heap, and libhdf5 crashes on a corrupt one.
   h5::Handle tok =
       h5::own_group(H5Gcreate2(root, "tokenizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
                     "create /tokenizer in " + path);
   const std::string tok_where = path + ":/tokenizer";
-  write_string_dataset(tok.get(), "tokens", tokenizer.tokens, tok_where);
-  {
-    const std::string what = "write " + tok_where + "/token_kinds";
-    const hsize_t dims[1] = {tokenizer.token_kinds.size()};
-    h5::Handle space = h5::own_space(H5Screate_simple(1, dims, nullptr), what);
-    h5::Handle ds = h5::own_dataset(H5Dcreate2(tok.get(), "token_kinds", H5T_STD_I32LE, space.get(),
-                                               H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
-                                    what);
-    if (!tokenizer.token_kinds.empty()) {
-      h5::check_status(H5Dwrite(ds.get(), H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT,
-                                tokenizer.token_kinds.data()),
-                       what);
-    }
-  }
-  write_string_dataset(tok.get(), "merges", tokenizer.merges, tok_where);
+  h5::write_string_table(tok.get(), "tokens", tokenizer.tokens, tok_where);
+  h5::write_dataset(tok.get(), "token_kinds", H5T_STD_I32LE, H5T_NATIVE_INT32,
+                    {tokenizer.token_kinds.size()}, tokenizer.token_kinds.data(), tok_where);
+  h5::write_string_table(tok.get(), "merges", tokenizer.merges, tok_where);
+  h5::write_text_dataset(tok.get(), "chat_template", tokenizer.chat_template, tok_where);
   h5::write_string_attribute(tok.get(), "model", tokenizer.model, tok_where);
   h5::write_string_attribute(tok.get(), "pre_tokenizer", tokenizer.pre_tokenizer, tok_where);
   h5::write_int_attribute(tok.get(), "bos_token_id", tokenizer.bos_token_id, tok_where);
@@ -148,7 +119,6 @@ ModelStoreWriter::ModelStoreWriter(const std::string& path, const ModelConfig& c
   h5::write_int_attribute(tok.get(), "unknown_token_id", tokenizer.unknown_token_id, tok_where);
   h5::write_int_attribute(tok.get(), "padding_token_id", tokenizer.padding_token_id, tok_where);
   h5::write_int_attribute(tok.get(), "add_bos_token", tokenizer.add_bos_token ? 1 : 0, tok_where);
-  h5::write_string_attribute(tok.get(), "chat_template", tokenizer.chat_template, tok_where);
 
   impl_->tensors = h5::own_group(H5Gcreate2(root, "tensors", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
                                  "create /tensors in " + path);
@@ -235,11 +205,7 @@ std::string ModelStoreWriter::finish() {
   impl_->tensors.reset();
   h5::check_status(H5Fflush(impl_->file.get(), H5F_SCOPE_GLOBAL), "flush " + impl_->path);
   impl_->file.reset();
-  const std::string digest = compute_model_store_digest(impl_->path);
-  h5::Handle file = h5::own_file(H5Fopen(impl_->path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT),
-                                 "reopen " + impl_->path + " to record its digest");
-  h5::write_string_attribute(file.get(), "model_digest", digest, "model store " + impl_->path);
-  h5::check_status(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), "flush " + impl_->path);
+  const std::string digest = record_model_store_integrity(impl_->path);
   return digest;
 }
 

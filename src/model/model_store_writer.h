@@ -1,7 +1,8 @@
 // Writes an HDF5 model store (layout in model_store.h and docs/model-store.md). The converter
 // feeds it f32 values tensor by tensor; the writer rounds or quantises them to the stored type,
-// lays them out in 64x64 chunks, and at finish() records the SHA-256 digest of the canonical
-// content stream, computed by reading the file back (so the digest describes what is on disk).
+// lays them out in 64x64 chunks, and at finish() records the hash tree (a SHA-256 per tile, a
+// root per tensor) and its root, the model digest, computed by reading the file back (so the
+// digest describes what is on disk).
 #pragma once
 
 #include <cstdint>
@@ -35,8 +36,9 @@ class ModelStoreWriter {
   int64_t tensor_count() const;
   int64_t element_count() const;
 
-  // Closes the file, computes the digest from its content, records it as the root attribute
-  // model_digest and returns it (hex). The writer cannot be used afterwards.
+  // Closes the file, computes the hash tree from its content, records it (/integrity) and its
+  // root as the root attribute model_digest, and returns the digest (hex). The writer cannot be
+  // used afterwards.
   std::string finish();
 
  private:
@@ -47,5 +49,9 @@ class ModelStoreWriter {
 // The canonical content digest of a store file (hex SHA-256), recomputed from the file and
 // ignoring any digest already recorded in it. Definition in docs/model-store.md.
 std::string compute_model_store_digest(const std::string& path);
+
+// Computes the hash tree of a store whose tensors are all written, records it (/integrity and
+// the model_digest attribute) and returns the digest. Used by ModelStoreWriter::finish().
+std::string record_model_store_integrity(const std::string& path);
 
 }  // namespace alem

@@ -10,6 +10,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/json_input.h"
 
 namespace alem {
 namespace {
@@ -76,8 +77,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : impl_(std::make_uniq
 
   json j;
   try {
-    j = json::parse(header);
-  } catch (const json::exception& e) {
+    j = parse_json_bounded(header);  // bounded nesting: deep JSON is an error, not a crash
+  } catch (const JsonInputError& e) {
     ALEM_FAIL("safetensors file " + path + " has a corrupt JSON header: " + e.what());
   }
   ALEM_CHECK(j.is_object(), "safetensors file " + path + ": header is not a JSON object");
@@ -190,8 +191,8 @@ SafetensorsCheckpoint::SafetensorsCheckpoint(const std::string& dir) {
   } else if (fs::exists(index_path)) {
     json index;
     try {
-      index = json::parse(read_text_file(index_path.string()));
-    } catch (const json::exception& e) {
+      index = parse_json_bounded(read_text_file(index_path.string()));
+    } catch (const JsonInputError& e) {
       ALEM_FAIL(index_path.string() + " is not valid JSON: " + e.what());
     }
     ALEM_CHECK(index.contains("weight_map") && index["weight_map"].is_object(),

@@ -213,6 +213,14 @@ TEST_P(TinyLlama, SafetensorsImportMatchesSourceFile) {
   overwrite_element(out, "tensors/model.layers.2.post_attention_layernorm.weight", 42.f);
   const std::string problem = verify_store(out);
   EXPECT_NE(problem.find("digest mismatch"), std::string::npos) << problem;
+  EXPECT_NE(problem.find("model.layers.2.post_attention_layernorm.weight"), std::string::npos)
+      << problem;
+  {
+    // A rank that loads the modified tensor refuses it; the rest of the store still loads.
+    ModelStoreReader store(out);
+    EXPECT_THROW(store.read_vector("model.layers.2.post_attention_layernorm.weight"), Error);
+    EXPECT_NO_THROW(store.read_vector("model.layers.1.post_attention_layernorm.weight"));
+  }
   fs::remove(out);
 }
 
@@ -415,6 +423,45 @@ TEST(Convert, FailuresLeaveNoFiles) {
   EXPECT_THROW(convert_gguf("/nonexistent.gguf", out, ConvertOptions{}), Error);
   EXPECT_THROW(verify_store("/nonexistent.h5"), Error);
   EXPECT_FALSE(fs::exists(out));
+  fs::remove_all(dir);
+}
+
+// Every JSON document the importers read (tokenizer.json, config.json, the store's config, a
+// safetensors header, a shard index) goes through the bounded parser: absurd nesting is a clear
+// error naming the file, never a stack overflow.
+TEST(Convert, DeeplyNestedJsonIsAnError) {
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  EXPECT_THROW(tokenizer_data_from_hf_json(deep), Error);
+  EXPECT_THROW(ModelConfig::from_hf_config_json(deep), Error);
+  EXPECT_THROW(ModelConfig::from_json(deep), Error);
+  const std::string dir = temp_path("deep_json");
+  fs::create_directories(dir);
+  const std::string st = dir + "/deep.safetensors";
+  {
+    std::ofstream f(st, std::ios::binary);
+    const uint64_t n = deep.size();
+    f.write(reinterpret_cast<const char*>(&n), 8);
+    f << deep;
+  }
+  try {
+    SafetensorsFile f(st);
+    ADD_FAILURE() << "opened a safetensors file with a 200000-deep header";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("nesting deeper than"), std::string::npos) << e.message();
+  }
+  fs::remove(st);
+  for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json"}) {
+    fs::copy_file(tiny_dir() + "/" + f, dir + "/" + f);
+  }
+  std::ofstream(dir + "/model.safetensors.index.json") << deep;
+  try {
+    convert_safetensors(dir, temp_path("deep.h5"), ConvertOptions{});
+    ADD_FAILURE() << "converted with a 200000-deep shard index";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("model.safetensors.index.json"), std::string::npos) << e.message();
+  }
+  std::ofstream(dir + "/config.json") << deep;
+  EXPECT_THROW(convert_safetensors(dir, temp_path("deep.h5"), ConvertOptions{}), Error);
   fs::remove_all(dir);
 }
 

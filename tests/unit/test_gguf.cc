@@ -410,6 +410,52 @@ TEST(Gguf, MalformedFilesGiveClearErrors) {
   for (const std::string& p : created) fs::remove(p);
 }
 
+// Two F32 tensors of 32 elements (128 bytes each) at the given data offsets, followed by enough
+// data for both to lie inside the file.
+std::vector<uint8_t> two_tensor_gguf(uint64_t offset_a, uint64_t offset_b) {
+  GgufBuilder b;
+  b.header(3, 2, 0);
+  const std::pair<const char*, uint64_t> tensors[2] = {{"blk.0.attn_norm.weight", offset_a},
+                                                       {"blk.0.ffn_norm.weight", offset_b}};
+  for (const auto& [name, offset] : tensors) {
+    b.str(name);
+    b.u32(1);
+    b.u64(32);
+    b.u32(0);  // F32
+    b.u64(offset);
+  }
+  while (b.bytes.size() % 32 != 0) b.bytes.push_back(0);
+  b.bytes.resize(b.bytes.size() + 512, 0);
+  return b.bytes;
+}
+
+// Overlapping tensor data (a crafted offset) used to import as garbage weights that then
+// "verified" and produced NaN; it must be refused, naming both tensors.
+TEST(Gguf, OverlappingOrMisalignedTensorDataIsRefused) {
+  const std::string p = temp_path("overlap.gguf");
+  auto message_for = [&](uint64_t a, uint64_t b) {
+    const std::vector<uint8_t> bytes = two_tensor_gguf(a, b);
+    write_bytes(p, bytes.data(), bytes.size());
+    try {
+      GgufFile f(p);
+      return std::string();
+    } catch (const Error& e) {
+      return e.message();
+    }
+  };
+  EXPECT_EQ(message_for(0, 128), "");  // adjacent, not overlapping
+  EXPECT_EQ(message_for(256, 0), "");  // any order
+  for (const auto& [a, b] :
+       std::vector<std::pair<uint64_t, uint64_t>>{{0, 0}, {0, 96}, {96, 0}, {128, 32}}) {
+    const std::string msg = message_for(a, b);
+    EXPECT_NE(msg.find("overlaps tensor"), std::string::npos) << a << "," << b << ": " << msg;
+    EXPECT_NE(msg.find("blk.0.attn_norm.weight"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("blk.0.ffn_norm.weight"), std::string::npos) << msg;
+  }
+  EXPECT_NE(message_for(0, 136).find("not aligned to 32"), std::string::npos);
+  fs::remove(p);
+}
+
 // Truncating the fixture at every byte offset before its end must give alem::Error.
 TEST(Gguf, EveryTruncationOfFixtureIsAnError) {
   const json ref = load_reference();
