@@ -62,7 +62,7 @@ export CCACHE_BASEDIR=$root
     command -v ccache >/dev/null 2>&1 &&
       launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
     CC=$cc CXX=$cxx cmake -S "$root/tests/fuzz" -B "$build" "${generator[@]}" "${launcher[@]}" \
-      -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$build/configure.log" ||
+      >"$build/configure.log" ||
       { cat "$build/configure.log"; exit 1; }
   fi
   build_targets=()
