@@ -106,6 +106,7 @@ std::map<std::string, std::string> template_values(const JobSpec& spec) {
   v["output"] = s.output;
   v["grace_seconds"] = str(s.grace_seconds);
   v["max_restarts"] = str(s.max_restarts);
+  v["requeue"] = s.requeue ? "1" : "0";
   v["sbatch_gpus"] = sbatch_line(s.gpus_per_node > 0, "--gpus-per-node=" + str(s.gpus_per_node),
                                  "no GPUs requested (gpus_per_node = 0)");
   v["sbatch_exclusive"] = sbatch_line(s.exclusive, "--exclusive",
@@ -138,6 +139,8 @@ std::map<std::string, std::string> template_values(const JobSpec& spec) {
 
   v["convert_input"] = shell_quote(spec.convert.input);
   v["convert_output"] = shell_quote(spec.convert.output);
+  v["convert_name"] = shell_quote(spec.convert.name);
+  v["convert_overwrite"] = spec.convert.overwrite ? "1" : "0";
   v["convert_dtype"] = shell_quote(spec.convert.dtype);
   return v;
 }

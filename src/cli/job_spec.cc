@@ -34,7 +34,7 @@ const std::map<std::string, std::set<std::string>>& known_keys() {
       {"network", {"host", "port", "metrics_port", "queue"}},
       {"limits", {"max_batch_tokens", "max_concurrent_requests", "max_context_tokens"}},
       {"sweep", {"tp", "pp", "batch", "concurrency", "requests", "output_dir"}},
-      {"convert", {"input", "output", "dtype"}},
+      {"convert", {"input", "output", "dtype", "name", "overwrite"}},
   };
   return keys;
 }
@@ -241,6 +241,8 @@ JobSpec spec_from_table(const toml::table& root, const std::string& source_name)
   convert.read("input", spec.convert.input);
   convert.read("output", spec.convert.output);
   convert.read("dtype", spec.convert.dtype);
+  convert.read("name", spec.convert.name);
+  convert.read("overwrite", spec.convert.overwrite);
 
   if (!problems.empty()) {
     std::string message = "job spec " + source_name + " cannot be read:";

@@ -99,6 +99,8 @@ struct ConvertPlan {
   std::string input;
   std::string output;
   std::string dtype = "bf16";
+  std::string name;        // the served model name stored with it (--name); empty: from the file
+  bool overwrite = false;  // replace an existing store at `output` (off: the job refuses)
 };
 
 struct JobSpec {
