@@ -14,7 +14,7 @@
 //              time = "01:00:00", output = "%x-%j.out" (sweep: "%x-%A_%a.out"),
 //              grace_seconds = 300, requeue = true, max_restarts = 20   (serve only)
 //              max_parallel = 0                                         (sweep only)
-//   [network]  host = "0.0.0.0", port = 8000, metrics_port = 0, queue = ""   (serve)
+//   [network]  host = "127.0.0.1", port = 8000, metrics_port = 0, queue = "" (serve)
 //   [limits]   max_batch_tokens = 8192, max_concurrent_requests = 256,
 //              max_context_tokens = 8192                                     (serve)
 //   [sweep]    tp = [1], pp = [1], batch = [1], concurrency = [1], requests = 256,
@@ -64,7 +64,7 @@ struct ParallelShape {
 
 // Where the served model is reached ([network]).
 struct NetworkEndpoints {
-  std::string host = "0.0.0.0";  // HTTP bind address on the node of world rank 0
+  std::string host = "127.0.0.1";  // HTTP bind address on the node of world rank 0 (loopback)
   int port = 8000;               // OpenAI-compatible HTTP API
   int metrics_port = 0;          // Prometheus metrics; 0 = none
   std::string queue;             // "host:port" of the network's pull queue; empty = HTTP only

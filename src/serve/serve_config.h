@@ -1,7 +1,7 @@
 // The server settings file that the Slurm job passes to `alem serve --config FILE` (written by
 // slurm/alem-serve.sbatch and the serve template from the job spec):
 //
-//   [network]  host = "0.0.0.0", port = 8000, metrics_port = 9400, queue = "",
+//   [network]  host = "127.0.0.1", port = 8000, metrics_port = 9400, queue = "",
 //              queue_ca = "ca.pem", provider_key = "alem-provider.key",
 //              usage_journal = "alem-usage.journal"
 //              (queue: one "HOST:PORT" or an array of them: the network queue endpoints the
