@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <map>
 
 #include "model/h5_util.h"
@@ -23,6 +24,8 @@ using integrity::TileGrid;
 constexpr int kFormatVersion = 2;
 constexpr const char* kScalesSuffix = ".scales";
 constexpr int64_t kDigestRowsPerRead = 1024;  // a multiple of the tile edge
+// Verified reads go in stripes of about this many bytes, hashed while the next is read.
+constexpr size_t kVerifyStripeBytes = size_t{1} << 20;
 
 bool is_scales_name(const std::string& name) {
   const size_t n = std::char_traits<char>::length(kScalesSuffix);
@@ -344,32 +347,59 @@ void ModelStoreReader::Impl::read_checked(const Entry& e, bool scales, const Blo
     wider.resize(static_cast<size_t>(cover.rows * cover.cols) * element);
     data = wider.data();
   }
+  // Read in stripes of whole tile rows and hash stripe k on another thread while HDF5 reads
+  // stripe k+1, so the check costs little more than the read (docs/model-store.md, "Cost").
+  // Every stripe is checked before this returns; the future joins before `wider` is freed.
+  const size_t row_bytes = static_cast<size_t>(cover.cols) * element;
+  const int64_t stripe_rows = std::max<int64_t>(
+      g.tile_rows, static_cast<int64_t>(kVerifyStripeBytes / std::max<size_t>(1, row_bytes)) /
+                       g.tile_rows * g.tile_rows);
   const std::vector<Hash>* leaves = nullptr;
-  {
-    h5::LibraryLock lock(h5::library_mutex());
-    read_raw(dataset, one_d, memory_type, cover, data);
-    leaves = &leaves_for(e, scales);
-  }
-  const std::vector<Hash> hashes = integrity::hash_block(g, cover, data, element);
-  const int64_t bad = integrity::first_mismatch(g, cover, hashes, *leaves);
-  if (bad >= 0) {
-    const int64_t tiles_per_row = (cover.cols + g.tile_cols - 1) / g.tile_cols;
-    const int64_t r0 = cover.row_begin + bad / tiles_per_row * g.tile_rows;
-    const int64_t c0 = cover.col_begin + bad % tiles_per_row * g.tile_cols;
-    ALEM_FAIL("model store " + path + ": tensor '" + dataset + "' rows [" + std::to_string(r0) +
-              ", " + std::to_string(std::min(g.rows, r0 + g.tile_rows)) + ") cols [" +
-              std::to_string(c0) + ", " + std::to_string(std::min(g.cols, c0 + g.tile_cols)) +
+  auto check_stripe = [&g, element](Block stripe, const uint8_t* bytes,
+                                    const std::vector<Hash>* recorded) -> Block {
+    const std::vector<Hash> hashes = integrity::hash_block(g, stripe, bytes, element);
+    const int64_t bad = integrity::first_mismatch(g, stripe, hashes, *recorded);
+    if (bad < 0) return Block{};
+    const int64_t tiles_per_row = (stripe.cols + g.tile_cols - 1) / g.tile_cols;
+    const int64_t r0 = stripe.row_begin + bad / tiles_per_row * g.tile_rows;
+    const int64_t c0 = stripe.col_begin + bad % tiles_per_row * g.tile_cols;
+    return Block{r0, std::min(g.rows, r0 + g.tile_rows) - r0, c0,
+                 std::min(g.cols, c0 + g.tile_cols) - c0};
+  };
+  auto fail_on = [&](const Block& bad) {
+    if (bad.rows == 0) return;
+    ALEM_FAIL("model store " + path + ": tensor '" + dataset + "' rows [" +
+              std::to_string(bad.row_begin) + ", " + std::to_string(bad.row_begin + bad.rows) +
+              ") cols [" + std::to_string(bad.col_begin) + ", " +
+              std::to_string(bad.col_begin + bad.cols) +
               ") do not match the hash recorded under model digest " + digest +
               "; the store was modified or is corrupt, refusing to load it");
+  };
+  std::future<Block> pending;
+  for (int64_t r = 0; r < cover.rows; r += stripe_rows) {
+    const Block stripe{cover.row_begin + r, std::min(stripe_rows, cover.rows - r), cover.col_begin,
+                       cover.cols};
+    uint8_t* bytes = data + static_cast<size_t>(r) * row_bytes;
+    {
+      h5::LibraryLock lock(h5::library_mutex());
+      read_raw(dataset, one_d, memory_type, stripe, bytes);
+      if (!leaves) leaves = &leaves_for(e, scales);
+    }
+    if (pending.valid()) fail_on(pending.get());
+    if (r + stripe_rows >= cover.rows) {
+      fail_on(check_stripe(stripe, bytes, leaves));  // the last stripe: nothing left to overlap
+    } else {
+      pending = std::async(std::launch::async, check_stripe, stripe, bytes, leaves);
+    }
   }
   if (!wider.empty()) {
-    const size_t row_bytes = static_cast<size_t>(want.cols) * element;
+    const size_t want_bytes = static_cast<size_t>(want.cols) * element;
     for (int64_t r = 0; r < want.rows; ++r) {
       const size_t from = (static_cast<size_t>(want.row_begin - cover.row_begin + r) * cover.cols +
                            static_cast<size_t>(want.col_begin - cover.col_begin)) *
                           element;
-      std::memcpy(static_cast<uint8_t*>(out) + static_cast<size_t>(r) * row_bytes,
-                  wider.data() + from, row_bytes);
+      std::memcpy(static_cast<uint8_t*>(out) + static_cast<size_t>(r) * want_bytes,
+                  wider.data() + from, want_bytes);
     }
   }
 }

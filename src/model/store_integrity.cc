@@ -19,8 +19,16 @@ static_assert(std::endian::native == std::endian::little,
               "the model store hashes in-memory little-endian bytes");
 
 // Blocks at least this large are hashed on several threads.
-constexpr size_t kParallelBytes = size_t{1} << 20;
+constexpr size_t kParallelBytes = size_t{4} << 20;
 constexpr unsigned kMaxHashThreads = 4;
+
+// SHA-256 fetched once: OpenSSL 3 looks an implicitly fetched EVP_sha256() up again on every
+// EVP_DigestInit_ex, which made hashing one 64 x 64 tile cost more than the hash itself.
+const EVP_MD* sha256_md() {
+  static EVP_MD* md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  ALEM_CHECK(md != nullptr, "cannot fetch SHA-256 (OpenSSL)");
+  return md;
+}
 
 class Sha256 {
  public:
@@ -33,7 +41,7 @@ class Sha256 {
   Sha256& operator=(const Sha256&) = delete;
 
   void reset() {
-    ALEM_CHECK(EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) == 1,
+    ALEM_CHECK(EVP_DigestInit_ex(ctx_, sha256_md(), nullptr) == 1,
                "cannot initialise SHA-256 (OpenSSL)");
   }
   void bytes(const void* data, size_t size) {
