@@ -9,7 +9,7 @@
 #     target   short names (gguf, openai_request, ...) or fuzz_<name>; default: all
 #   options:
 #     --ctest  exit 77 (ctest's skip code) instead of failing when clang or its fuzzer runtime
-#              is missing
+#              is missing; new inputs go to a scratch folder, not build-fuzz/corpus/
 #     --jobs N parallel fuzzing jobs per target (libFuzzer -fork=N); default 1
 #     --make-seeds  rewrite the seed-* files of the committed corpus (tests/fuzz/make_seeds.py,
 #              then the targets that write their own seeds) instead of fuzzing
@@ -93,6 +93,7 @@ fi
 
 # LeakSanitizer on; UBSan reports already abort (-fno-sanitize-recover).
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1}
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$root/tests/fuzz/lsan.supp:print_suppressions=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 failed=()
 for t in "${targets[@]}"; do
@@ -110,9 +111,15 @@ for t in "${targets[@]}"; do
     args+=("-max_total_time=$seconds")
     [ "$jobs" -gt 1 ] && args+=("-fork=$jobs" -ignore_crashes=0)
   fi
-  # The first folder receives new inputs; the committed corpus is only read.
+  # The first folder receives new inputs; the committed corpus is only read. Under ctest the
+  # new inputs go to a scratch folder, so a short run's time does not grow with past campaigns.
+  work=$build/corpus/$t
+  if [ "$skip_code" -eq 77 ]; then
+    work=$(mktemp -d "$build/corpus/.ctest-$t.XXXXXX")
+  fi
   status=0
-  "$bin" "${args[@]}" "$build/corpus/$t" "$seeds" >"$log" 2>&1 || status=$?
+  "$bin" "${args[@]}" "$work" "$seeds" >"$log" 2>&1 || status=$?
+  [ "$skip_code" -eq 77 ] && rm -rf "$work"
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   execs=${execs:-$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$log" | tail -1)}
   printf '%s\t%s\t%ss\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$seconds" "${execs:-?}" \
@@ -120,6 +127,7 @@ for t in "${targets[@]}"; do
   if [ $status -ne 0 ]; then
     echo "fuzz_$t: FAILED (exit $status) after ${execs:-?} executions; log $log" >&2
     grep -E "ERROR|SUMMARY|runtime error|unexpected exception|Test unit written" "$log" | head -20 >&2
+    [ "$skip_code" -eq 77 ] && tail -60 "$log" >&2
     failed+=("$t")
   else
     echo "fuzz_$t: ok, ${execs:-?} executions in ${seconds}s"
