@@ -29,7 +29,7 @@ namespace fs = std::filesystem;
 struct RunResult {
   int status = -1;
   std::string out, err;
-  int max_threads = 0;  // most entries seen in /proc/<pid>/task while it ran
+  int max_threads = 0;  // most entries seen in /proc/<pid>/task (after `marker`, when given)
 };
 
 std::string read_all(const std::string& path) {
@@ -42,8 +42,10 @@ std::string alem_binary() {
 }
 
 // Runs alem with `args`; `env` sets (value) or removes (nullopt) variables of this environment.
+// With `marker`, threads are counted only once stderr holds it.
 RunResult run_alem(const std::vector<std::string>& args,
-                   const std::map<std::string, std::optional<std::string>>& env = {}) {
+                   const std::map<std::string, std::optional<std::string>>& env = {},
+                   const std::string& marker = "") {
   std::map<std::string, std::string> vars;
   for (char** e = environ; *e; ++e) {
     const std::string kv = *e;
@@ -87,9 +89,17 @@ RunResult run_alem(const std::vector<std::string>& args,
   }
   const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
   int raw = 0;
+  bool counting = marker.empty();
   while (true) {
     const pid_t done = waitpid(pid, &raw, WNOHANG);
     if (done == pid) break;
+    if (!counting) {
+      counting = read_all(err_path).find(marker) != std::string::npos;
+      if (!counting) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        continue;
+      }
+    }
     std::error_code ec;
     int n = 0;
     for (auto it = fs::directory_iterator(tasks, ec); !ec && it != fs::directory_iterator();
@@ -295,12 +305,14 @@ TEST_F(AttestVerify, TruncatedQuoteIsARuntimeError) {
 TEST(CliBench, OneThreadRowRunsOnOneThread) {
   if (!fs::exists(test::model_path())) GTEST_SKIP() << "no model store " << test::model_path();
   if (std::thread::hardware_concurrency() < 2) GTEST_SKIP() << "one CPU: nothing to tell apart";
-  // Without OMP_NUM_THREADS the backend would default to every core.
-  const RunResult r = run_alem({"bench", "generate", "-m", test::model_path(), "--threads", "1",
-                                "--prompt-tokens", "16", "--decode-tokens", "4", "--repeats", "1"},
-                               {{"OMP_NUM_THREADS", std::nullopt}});
+  // Without OMP_NUM_THREADS the backend would default to every core. Threads are counted from
+  // the row's start (its debug line): loading the store may hash it on several threads.
+  const RunResult r =
+      run_alem({"--log-level", "debug", "bench", "generate", "-m", test::model_path(), "--threads",
+                "1", "--prompt-tokens", "16", "--decode-tokens", "4", "--repeats", "1"},
+               {{"OMP_NUM_THREADS", std::nullopt}}, "bench row threads=1");
   ASSERT_EQ(r.status, 0) << r.err;
-  EXPECT_EQ(r.max_threads, 1) << r.out;
+  EXPECT_EQ(r.max_threads, 1) << r.out << r.err;
   EXPECT_NE(r.out.find("\n1        "), std::string::npos) << r.out;  // the row's thread count
 }
 
