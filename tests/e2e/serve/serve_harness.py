@@ -23,7 +23,10 @@ MODEL = os.environ.get("ALEM_TEST_MODEL", "models/smollm2-135m-instruct.h5")
 class Server:
     """One `alem serve` process (or mpirun job) and its log."""
 
-    def __init__(self, extra_args=(), ranks=1, env=None, ready_timeout=180):
+    def __init__(self, extra_args=(), ranks=1, env=None, ready_timeout=180, api_key=None):
+        # api_key: the key the server requires, sent by the harness's own requests (/health
+        # polling, /metrics) in case --api-key-protects puts those behind it.
+        self.api_key = api_key
         self.log_path = tempfile.NamedTemporaryFile(prefix="alem-serve-", suffix=".log",
                                                     delete=False).name
         args = [ALEM, "serve", "--model", MODEL, "--host", "127.0.0.1", "--port", "0",
@@ -75,13 +78,17 @@ class Server:
                     if e.get("msg") == "listening":
                         self.port = int(e["port"])
             if self.port is not None:
-                status, _ = http_get(self.base + "/health")
+                status, _ = http_get(self.base + "/health", headers=self.auth())
                 if status == 200:
                     return
             time.sleep(0.2)
         self.stop()
         raise RuntimeError("alem serve did not become healthy in time:\n" +
                            "\n".join(self.log_lines()[-30:]))
+
+    def auth(self):
+        """The Authorization header the harness sends (none when the server has no key)."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def signal(self, sig):
         os.killpg(self.proc.pid, sig) if self.proc.pid else None
@@ -101,7 +108,7 @@ class Server:
 
     def metrics(self):
         """The /metrics exposition as {series-with-labels: value}."""
-        status, body = http_get(self.base + "/metrics")
+        status, body = http_get(self.base + "/metrics", headers=self.auth())
         assert status == 200, status
         values = {}
         for line in body.splitlines():
@@ -114,9 +121,10 @@ class Server:
         return values
 
 
-def http_get(url, timeout=5):
+def http_get(url, timeout=5, headers=None):
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
+                                    timeout=timeout) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
