@@ -354,6 +354,7 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
       check_chat_template(store.tokenizer());  // an unparsable template fails here, not per request
       served.created = static_cast<int64_t>(std::time(nullptr));
       served.im_end_id = tokenizer->token_id("<|im_end|>");
+      served.reasoning = serve::ReasoningTokens::find(*tokenizer);  // Qwen3's <think> markers
       metrics = std::make_unique<serve::ServingMetrics>(ctx.layout.dp_size());
       metrics->set_model_name(served_name);  // the model_name label of every series
       serve::HttpServerOptions http;

@@ -59,6 +59,31 @@ std::string token_text_or_empty(const TokenizerData& data, int id) {
   return data.tokens[static_cast<size_t>(id)];
 }
 
+// The optional keys of a message (tool calls, tool results, names, earlier reasoning), all
+// client text, so marked as data.
+void add_history_fields(const ChatMessage& m, jinja::Dict& d) {
+  auto data = [](const std::string& s) { return jinja::Value::string(jinja::Str::from_data(s)); };
+  if (!m.tool_calls.empty()) {
+    jinja::List calls;
+    for (const ChatToolCall& c : m.tool_calls) {
+      jinja::Dict function;
+      function.set(jinja::Str::literal("name"), data(c.name));
+      function.set(jinja::Str::literal("arguments"), data(c.arguments));
+      jinja::Dict call;
+      call.set(jinja::Str::literal("id"), data(c.id));
+      call.set(jinja::Str::literal("type"), data(c.type));
+      call.set(jinja::Str::literal("function"), jinja::Value::dict(std::move(function)));
+      calls.push_back(jinja::Value::dict(std::move(call)));
+    }
+    d.set(jinja::Str::literal("tool_calls"), jinja::Value::list(std::move(calls)));
+  }
+  if (!m.tool_call_id.empty()) d.set(jinja::Str::literal("tool_call_id"), data(m.tool_call_id));
+  if (!m.name.empty()) d.set(jinja::Str::literal("name"), data(m.name));
+  if (m.reasoning_content) {
+    d.set(jinja::Str::literal("reasoning_content"), data(*m.reasoning_content));
+  }
+}
+
 jinja::Str render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
                   const TokenizerData& data, const nlohmann::json* kwargs) {
   check_roles(messages);
@@ -70,6 +95,7 @@ jinja::Str render(const std::vector<ChatMessage>& messages, bool add_generation_
     jinja::Dict d;
     d.set(jinja::Str::literal("role"), jinja::Value::string(jinja::Str::from_data(m.role)));
     d.set(jinja::Str::literal("content"), jinja::Value::string(jinja::Str::from_data(m.content)));
+    add_history_fields(m, d);
     list.push_back(jinja::Value::dict(std::move(d)));
   }
   // What transformers passes: messages, tools, documents, add_generation_prompt, the special

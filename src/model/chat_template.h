@@ -5,6 +5,7 @@
 // without a template gets plain ChatML (`<|im_start|>role\ncontent<|im_end|>\n`).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,9 +16,23 @@
 
 namespace alem {
 
+// One tool call of an assistant message in the history, as OpenAI's API writes it.
+struct ChatToolCall {
+  std::string id;
+  std::string type = "function";
+  std::string name;       // function.name
+  std::string arguments;  // function.arguments: JSON text, passed to the template as given
+};
+
+// One message of a chat. Beyond role and content, the fields a history may carry are passed to
+// the template as Hugging Face passes a message dict: a key is present only when it was given.
 struct ChatMessage {
   std::string role;  // "system", "user", "assistant" or "tool"
   std::string content;
+  std::vector<ChatToolCall> tool_calls{};  // assistant: message.tool_calls (absent when empty)
+  std::string tool_call_id{};              // tool: message.tool_call_id (absent when empty)
+  std::string name{};                      // message.name (absent when empty)
+  std::optional<std::string> reasoning_content{};  // assistant: message.reasoning_content
 };
 
 // Parses the model's chat template (cached for later renders), so that a template alem cannot

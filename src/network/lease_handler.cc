@@ -396,9 +396,8 @@ void LeaseHandler::compute(const v1::Lease& lease, OpenedPayload opened, LeaseRe
   record.usage.prompt_tokens = static_cast<uint32_t>(usage.prompt_tokens);
   record.usage.cached_tokens = static_cast<uint32_t>(usage.cached_tokens);
   record.usage.completion_tokens = static_cast<uint32_t>(usage.completion_tokens);
-  // The engine reports no reasoning tokens yet (serve::Usage has none): billed as 0 until it
-  // does; the journal and the wire already carry the number.
-  record.usage.reasoning_tokens = 0;
+  // Counted from token ids for models with think markers (serve/reasoning.h), else 0.
+  record.usage.reasoning_tokens = static_cast<uint32_t>(usage.reasoning_tokens);
   record.finish_reason = finish_reason_name(session->finish_reason());
   record.queue_ms = queue_ms;
   record.first_token_ms = first_token_ms;

@@ -52,8 +52,10 @@ std::vector<int32_t> CompletionSession::tokenize(const PromptInput& prompt) cons
 
 std::vector<int32_t> CompletionSession::tokenize_chat() const {
   try {
+    nlohmann::json kwargs;  // null: no template arguments
+    if (request_.enable_thinking) kwargs["enable_thinking"] = *request_.enable_thinking;
     return encode_chat(request_.messages, request_.add_generation_prompt, *model_.tokenizer_data,
-                       *model_.tokenizer);
+                       *model_.tokenizer, &kwargs);
   } catch (const Error& e) {  // unsupported template or role; the message names no content
     throw ApiException(ApiError::bad_request(e.message(), "messages"));
   }
@@ -85,6 +87,11 @@ void CompletionSession::start() {
           std::make_unique<StreamingDecoder>(*model_.tokenizer, request_.skip_special_tokens);
       c.stop =
           std::make_unique<StopStringFilter>(request_.stop, request_.include_stop_str_in_output);
+      if (request_.endpoint == Endpoint::kChatCompletions && model_.reasoning.enabled()) {
+        c.reasoning = std::make_unique<ReasoningParser>(model_.reasoning, prompts[p]);
+        c.reasoning_decoder =
+            std::make_unique<StreamingDecoder>(*model_.tokenizer, request_.skip_special_tokens);
+      }
     }
   }
 
@@ -174,9 +181,7 @@ void CompletionSession::apply_event(Choice& c, const RequestEvent& event, Clock:
   if (event.has_token) {
     ++c.completion_tokens;
     metrics_.add_generation_tokens(replica_, 1);
-    std::string piece = c.decoder->push(event.token_id);
-    c.text += c.stop->push(piece);
-    wipe_string(piece);
+    add_token_text(c, event.token_id);
     if (c.stop->stopped()) {
       if (!event.finished) engine_.cancel(c.engine_id);  // frees its blocks at the next step
       finish_choice(c, FinishReason::kStop);
@@ -185,6 +190,11 @@ void CompletionSession::apply_event(Choice& c, const RequestEvent& event, Clock:
   }
   if (!event.finished) return;
   if (event.finish_reason == FinishReason::kError) engine_failed_ = true;
+  if (c.reasoning_decoder) {  // cut inside the reasoning (max_tokens): all of it is reasoning
+    std::string held = c.reasoning_decoder->flush();
+    c.reasoning_text += held;
+    wipe_string(held);
+  }
   std::string rest = c.decoder->flush();
   c.text += c.stop->push(rest);
   wipe_string(rest);
@@ -194,6 +204,33 @@ void CompletionSession::apply_event(Choice& c, const RequestEvent& event, Clock:
   }
   c.text += c.stop->finish();
   finish_choice(c, event.finish_reason);
+}
+
+void CompletionSession::add_token_text(Choice& c, int32_t token_id) {
+  if (c.reasoning) {
+    const bool was_reasoning = c.reasoning->in_reasoning();
+    switch (c.reasoning->push(token_id)) {
+      case TokenRole::kReasoning: {
+        std::string piece = c.reasoning_decoder->push(token_id);
+        c.reasoning_text += piece;
+        wipe_string(piece);
+        return;
+      }
+      case TokenRole::kMarker:
+        if (was_reasoning && !c.reasoning->in_reasoning()) {  // </think>: the reasoning is done
+          std::string held = c.reasoning_decoder->flush();
+          c.reasoning_text += held;
+          wipe_string(held);
+        }
+        return;
+      case TokenRole::kContent:
+        break;
+    }
+  }
+  // Stop strings apply to the answer only.
+  std::string piece = c.decoder->push(token_id);
+  c.text += c.stop->push(piece);
+  wipe_string(piece);
 }
 
 std::vector<int> CompletionSession::drain_events(
@@ -226,6 +263,7 @@ Usage CompletionSession::usage() const {
     u.completion_tokens += c.completion_tokens;
     // The prompt is billed once; its cached part is what the first choice found cached.
     if (c.index % request_.n == 0) u.cached_tokens += c.cached_tokens;
+    if (c.reasoning) u.reasoning_tokens += c.reasoning->reasoning_tokens();
   }
   return u;
 }
@@ -261,10 +299,17 @@ std::string CompletionSession::response_body() {
     throw ApiException(ApiError::internal("The engine failed while generating; see server logs."));
   }
   std::vector<ChoiceResult> results;
-  for (const Choice& c : choices_) results.push_back({c.index, c.text, c.finish});
+  for (const Choice& c : choices_) {
+    ChoiceResult r{c.index, c.text, c.finish};
+    if (c.reasoning) r.reasoning = c.reasoning_text;
+    results.push_back(std::move(r));
+  }
   std::string body = dump_json(
       completion_response(request_.endpoint, id_, created_, request_.model, results, usage()));
-  for (ChoiceResult& r : results) wipe_string(r.text);
+  for (ChoiceResult& r : results) {
+    wipe_string(r.text);
+    if (r.reasoning) wipe_string(*r.reasoning);
+  }
   close(true);
   return body;
 }
@@ -294,20 +339,23 @@ bool CompletionSession::next_stream_chunks(std::vector<StreamChunk>& out,
   for (int index : drain_events(events)) {
     Choice& c = choices_[index];
     const bool final_now = c.finished && !c.final_chunk_sent;
-    if (c.text.empty() && !final_now) continue;
+    if (c.text.empty() && c.reasoning_text.empty() && !final_now) continue;
     out.push_back({stream_chunk(ep, id_, created_, request_.model, c.index, c.text, false,
-                                final_now ? c.finish : FinishReason::kNone, request_.include_usage),
-                   !c.text.empty()});
+                                final_now ? c.finish : FinishReason::kNone, request_.include_usage,
+                                c.reasoning_text),
+                   !c.text.empty() || !c.reasoning_text.empty()});
     wipe_string(c.text);
+    wipe_string(c.reasoning_text);
     if (final_now) c.final_chunk_sent = true;
   }
   if (!all_finished()) return true;
   for (Choice& c : choices_) {  // choices finished before their first event was drained
     if (c.final_chunk_sent) continue;
     out.push_back({stream_chunk(ep, id_, created_, request_.model, c.index, c.text, false, c.finish,
-                                request_.include_usage),
-                   !c.text.empty()});
+                                request_.include_usage, c.reasoning_text),
+                   !c.text.empty() || !c.reasoning_text.empty()});
     wipe_string(c.text);
+    wipe_string(c.reasoning_text);
     c.final_chunk_sent = true;
   }
   if (request_.include_usage) {
@@ -352,6 +400,7 @@ void CompletionSession::close(bool completed) {
          {"prompt_tokens", std::to_string(u.prompt_tokens)},
          {"cached_tokens", std::to_string(u.cached_tokens)},
          {"completion_tokens", std::to_string(u.completion_tokens)},
+         {"reasoning_tokens", std::to_string(u.reasoning_tokens)},
          {"finish", finishes},
          {"seconds", log_number(std::chrono::duration<double>(Clock::now() - arrival_).count())}});
   }
@@ -371,6 +420,7 @@ void CompletionSession::close(bool completed) {
 void CompletionSession::wipe_text() {
   for (Choice& c : choices_) {
     wipe_string(c.text);
+    wipe_string(c.reasoning_text);
     c.stop.reset();  // its destructor wipes held-back text
   }
   request_.wipe();

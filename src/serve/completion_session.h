@@ -3,10 +3,10 @@
 // and turns the engine's token events back into text: incremental UTF-8-safe detokenization,
 // stop strings, finish reasons, usage, and either one JSON response or a stream of SSE chunks.
 //
-// Threads: the engine thread only appends events to the session's inbox (EngineEventCallback) and,
-// when one is set, calls the event notifier (so an asynchronous HTTP layer can wake up instead of
-// blocking a thread); everything else runs on the thread that owns the request. When the client
-// goes away (a failed write, or the connection closing before the end) close() cancels every
+// Threads: the engine thread only appends events to the session's inbox (EngineEventCallback)
+// and, when one is set, calls the event notifier (so an asynchronous HTTP layer can wake up
+// instead of blocking a thread); everything else runs on the thread that owns the request. When the
+// client goes away (a failed write, or the connection closing before the end) close() cancels every
 // unfinished choice so the engine frees their KV blocks at its next step.
 //
 // Client text (prompts, generated text) lives only in this object and is wiped when it ends.
@@ -28,6 +28,7 @@
 #include "model/tokenizer_data.h"
 #include "serve/metrics.h"
 #include "serve/openai_protocol.h"
+#include "serve/reasoning.h"
 #include "serve/stop_strings.h"
 
 namespace alem::serve {
@@ -39,13 +40,16 @@ struct ServedModel {
   const TokenizerData* tokenizer_data = nullptr;
   int64_t created = 0;     // unix time the server started (GET /v1/models)
   int32_t im_end_id = -1;  // ChatML end-of-turn token, a stop token for chat requests
+  // The model's <think>/</think> ids (ReasoningTokens::find at load). When enabled(), chat
+  // answers are split into reasoning_content and content and reasoning tokens are counted.
+  ReasoningTokens reasoning;
 };
 
 // One chunk of a streamed answer as data: the JSON object an SSE event would carry. For callers
 // that frame or seal chunks themselves (the network provider), so wire formats stay at the edges.
 struct StreamChunk {
   nlohmann::json value;   // a chat.completion.chunk or text_completion object
-  bool has_text = false;  // it carries generated text (the first such is the first token)
+  bool has_text = false;  // it carries generated text or reasoning (the first is the first token)
 };
 
 class CompletionSession : public std::enable_shared_from_this<CompletionSession> {
@@ -66,21 +70,19 @@ class CompletionSession : public std::enable_shared_from_this<CompletionSession>
   // Throws ApiException 500 when the engine failed.
   std::string wait_for_response();
 
-  // Non-streaming, without blocking: drains the events that have arrived;
-  // returns true and sets `body` once every choice has finished (the session is
-  // then closed). Throws ApiException 500 when the engine failed.
+  // Non-streaming, without blocking: drains the events that have arrived; returns true and sets
+  // `body` once every choice has finished (the session is then closed). Throws ApiException 500
+  // when the engine failed.
   bool poll_response(std::string& body);
 
-  // Called on the engine thread after each event reaches the inbox; must be
-  // quick and thread-safe (e.g. post a wake-up to an event loop). Set it before
-  // start().
+  // Called on the engine thread after each event reaches the inbox; must be quick and
+  // thread-safe (e.g. post a wake-up to an event loop). Set it before start().
   void set_event_notifier(std::function<void()> notify) { inbox_->notify = std::move(notify); }
 
-  // Streaming: called repeatedly by the HTTP layer. Appends ready SSE events to
-  // `out` (waits up to `max_wait` for some) and returns false once the stream
-  // is complete ("[DONE]" written). When the engine failed (a rank died), the
-  // last events are an OpenAI-shaped error event, `data: {"error": {...}}`,
-  // then "[DONE]" (as vLLM does), so clients see the failure.
+  // Streaming: called repeatedly by the HTTP layer. Appends ready SSE events to `out` (waits up
+  // to `max_wait` for some) and returns false once the stream is complete ("[DONE]" written).
+  // When the engine failed (a rank died), the last events are an OpenAI-shaped error event,
+  // `data: {"error": {...}}`, then "[DONE]" (as vLLM does), so clients see the failure.
   bool next_stream_events(std::string& out, std::chrono::milliseconds max_wait);
 
   // Streaming, structured: appends the ready chunks as JSON values (waits up to `max_wait` for
@@ -97,7 +99,8 @@ class CompletionSession : public std::enable_shared_from_this<CompletionSession>
   bool streaming() const { return request_.stream; }
   int total_choices() const { return static_cast<int>(choices_.size()); }
   // For the network provider, which bills from these once finished() (network/provider_client):
-  // token counts over every choice, choice 0's finish reason, and whether the engine failed.
+  // token counts over every choice (reasoning_tokens included), choice 0's finish reason, and
+  // whether the engine failed.
   Usage usage() const;
   FinishReason finish_reason() const {
     return choices_.empty() ? FinishReason::kNone : choices_.front().finish;
@@ -118,6 +121,10 @@ class CompletionSession : public std::enable_shared_from_this<CompletionSession>
     std::unique_ptr<StreamingDecoder> decoder;
     std::unique_ptr<StopStringFilter> stop;
     std::string text;  // non-streaming: all text so far; streaming: not yet sent
+    // Reasoning models, chat only: the split, its own decoder, and reasoning text held as `text`.
+    std::unique_ptr<ReasoningParser> reasoning;
+    std::unique_ptr<StreamingDecoder> reasoning_decoder;
+    std::string reasoning_text;
     int64_t completion_tokens = 0;
     int64_t cached_tokens = 0;
     bool finished = false;
@@ -129,6 +136,8 @@ class CompletionSession : public std::enable_shared_from_this<CompletionSession>
 
   std::vector<int32_t> tokenize(const PromptInput& prompt) const;
   std::vector<int32_t> tokenize_chat() const;
+  // A generated token's text, into reasoning_text or (through the stop strings) text.
+  void add_token_text(Choice& choice, int32_t token_id);
   // Moves queued engine events into the choices. Returns the indexes of choices that changed.
   std::vector<int> drain_events(std::deque<std::pair<RequestEvent, Clock::time_point>>& events);
   void apply_event(Choice& choice, const RequestEvent& event, Clock::time_point at);

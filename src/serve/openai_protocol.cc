@@ -95,6 +95,15 @@ void ApiRequest::wipe() {
   for (ChatMessage& m : messages) {
     wipe_string(m.role);
     wipe_string(m.content);
+    for (ChatToolCall& c : m.tool_calls) {
+      wipe_string(c.id);
+      wipe_string(c.name);
+      wipe_string(c.arguments);
+    }
+    m.tool_calls.clear();
+    wipe_string(m.tool_call_id);
+    wipe_string(m.name);
+    if (m.reasoning_content) wipe_string(*m.reasoning_content);
   }
   for (std::string& s : stop) wipe_string(s);
   wipe_string(user);
@@ -273,6 +282,47 @@ std::string message_content(const json& content, const std::string& field) {
   return text;
 }
 
+// What a history carries besides role and content (a COCOON worker forwards such histories):
+// an assistant's tool_calls, a tool result's tool_call_id, a name, and earlier reasoning. They
+// go to the template as Hugging Face passes them; `tools` itself is refused elsewhere.
+void parse_history_fields(const Fields& mf, const std::string& field, ChatMessage& message) {
+  if (const json* calls = mf.get("tool_calls")) {
+    if (!calls->is_array()) wrong_type(field + ".tool_calls", "an array", *calls);
+    if (message.role != "assistant" && !calls->empty()) {
+      reject("'" + field + ".tool_calls' is only allowed on assistant messages",
+             field + ".tool_calls");
+    }
+    for (size_t i = 0; i < calls->size(); ++i) {
+      const std::string call_field = field + ".tool_calls[" + std::to_string(i) + "]";
+      const json& call = (*calls)[i];
+      if (!call.is_object()) wrong_type(call_field, "an object", call);
+      const Fields cf(call, call_field + ".");
+      ChatToolCall c;
+      c.id = cf.string("id").value_or("");
+      c.type = cf.string("type").value_or("function");
+      if (c.type != "function") {
+        reject("'" + call_field + ".type' must be \"function\"", call_field + ".type");
+      }
+      const json* function = cf.get("function");
+      if (!function) reject("'" + call_field + ".function' is required", call_field + ".function");
+      if (!function->is_object()) wrong_type(call_field + ".function", "an object", *function);
+      const Fields ff(*function, call_field + ".function.");
+      const std::optional<std::string> name = ff.string("name");
+      if (!name) {
+        reject("'" + call_field + ".function.name' is required", call_field + ".function.name");
+      }
+      c.name = *name;
+      c.arguments = ff.string("arguments").value_or("");
+      message.tool_calls.push_back(std::move(c));
+    }
+  }
+  if (auto id = mf.string("tool_call_id")) message.tool_call_id = std::move(*id);
+  if (auto name = mf.string("name")) message.name = std::move(*name);
+  if (auto reasoning = mf.string("reasoning_content")) {
+    message.reasoning_content = std::move(*reasoning);
+  }
+}
+
 void parse_messages(const Fields& f, ApiRequest& r) {
   const json* messages = f.get("messages");
   if (!messages) reject("'messages' is required", "messages");
@@ -297,7 +347,9 @@ void parse_messages(const Fields& f, ApiRequest& r) {
     } else if (*role != "assistant") {
       reject("'" + field + ".content' is required", field + ".content");
     }
-    r.messages.push_back({*role, std::move(text)});
+    ChatMessage message{*role, std::move(text)};
+    parse_history_fields(mf, field, message);
+    r.messages.push_back(std::move(message));
   }
 }
 
@@ -446,8 +498,9 @@ void reject_unsupported(const Fields& f, const ApiRequest& r) {
       reject("'tool_choice' other than \"none\" or \"auto\" is not supported by this server",
              "tool_choice");
     }
-    // COCOON forwards chat_template_kwargs.enable_thinking (for Qwen3); the served templates
-    // have no thinking switch, so only that key passes. Any other key would be ignored: refused.
+    // COCOON forwards chat_template_kwargs.enable_thinking (Qwen3's switch), which goes to the
+    // template (a template without the switch ignores it, as in transformers). Any other key is
+    // refused rather than passed on unchecked.
     if (const json* kwargs = f.get("chat_template_kwargs")) {
       if (!kwargs->is_object()) wrong_type("chat_template_kwargs", "an object", *kwargs);
       for (const auto& [key, value] : kwargs->items()) {
@@ -507,6 +560,9 @@ ApiRequest parse_request(std::string_view body, Endpoint endpoint, const std::st
   } else {
     parse_messages(f, r);
     r.add_generation_prompt = f.boolean("add_generation_prompt").value_or(true);
+    if (const json* kwargs = f.get("chat_template_kwargs"); kwargs && kwargs->is_object()) {
+      r.enable_thinking = Fields(*kwargs, "chat_template_kwargs.").boolean("enable_thinking");
+    }
   }
 
   if (auto n = f.integer("n")) r.n = checked_int32(*n, "n", 1, limits.max_n);
@@ -573,7 +629,7 @@ json Usage::to_json() const {
               {"completion_tokens", completion_tokens},
               {"total_tokens", prompt_tokens + completion_tokens},
               {"prompt_tokens_details", {{"cached_tokens", cached_tokens}}},
-              {"completion_tokens_details", {{"reasoning_tokens", 0}}}};
+              {"completion_tokens_details", {{"reasoning_tokens", reasoning_tokens}}}};
 }
 
 std::string make_response_id(Endpoint endpoint) {
@@ -605,6 +661,10 @@ json completion_response(Endpoint endpoint, const std::string& id, int64_t creat
     if (chat) {
       choice["message"] = {
           {"role", "assistant"}, {"content", c.text}, {"tool_calls", json::array()}};
+      if (c.reasoning) {  // a reasoning model: null when it did not think (as vLLM)
+        choice["message"]["reasoning_content"] =
+            c.reasoning->empty() ? json(nullptr) : json(*c.reasoning);
+      }
     } else {
       choice["text"] = c.text;
     }
@@ -623,12 +683,13 @@ json completion_response(Endpoint endpoint, const std::string& id, int64_t creat
 
 json stream_chunk(Endpoint endpoint, const std::string& id, int64_t created,
                   const std::string& model, int index, const std::string& text, bool first,
-                  FinishReason finish_reason, bool include_usage) {
+                  FinishReason finish_reason, bool include_usage, const std::string& reasoning) {
   const bool chat = endpoint == Endpoint::kChatCompletions;
   json choice = {{"index", index}};
   if (chat) {
     json delta = json::object();
     if (first) delta["role"] = "assistant";
+    if (!reasoning.empty()) delta["reasoning_content"] = reasoning;
     if (first || !text.empty()) delta["content"] = text;
     choice["delta"] = std::move(delta);
   } else {

@@ -68,10 +68,11 @@ struct PromptInput {
 struct ApiRequest {
   Endpoint endpoint = Endpoint::kCompletions;
   std::string model;
-  std::vector<PromptInput> prompts;   // completions: one or more (a batch)
-  std::vector<ChatMessage> messages;  // chat
-  bool add_generation_prompt = true;  // chat (vLLM extra)
-  std::optional<int32_t> max_tokens;  // max_completion_tokens wins over max_tokens
+  std::vector<PromptInput> prompts;     // completions: one or more (a batch)
+  std::vector<ChatMessage> messages;    // chat
+  bool add_generation_prompt = true;    // chat (vLLM extra)
+  std::optional<bool> enable_thinking;  // chat: chat_template_kwargs.enable_thinking
+  std::optional<int32_t> max_tokens;    // max_completion_tokens wins over max_tokens
   SamplingParams sampling;
   std::vector<std::string> stop;            // stop strings, matched on the decoded text
   bool include_stop_str_in_output = false;  // vLLM extra
@@ -133,6 +134,7 @@ struct Usage {
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
   int64_t cached_tokens = 0;
+  int64_t reasoning_tokens = 0;  // part of completion_tokens (reasoning models, serve/reasoning.h)
   nlohmann::json to_json() const;
 };
 
@@ -141,6 +143,9 @@ struct ChoiceResult {
   int index = 0;
   std::string text;
   FinishReason finish_reason = FinishReason::kStop;
+  // Reasoning models only: message.reasoning_content ("" is written as null). Absent for other
+  // models, whose responses keep their shape.
+  std::optional<std::string> reasoning{};
 };
 
 // "cmpl-<32 hex>" / "chatcmpl-<32 hex>", random.
@@ -152,11 +157,13 @@ nlohmann::json completion_response(Endpoint endpoint, const std::string& id, int
                                    const std::vector<ChoiceResult>& choices, const Usage& usage);
 
 // One streaming chunk for one choice. Chat: `first` adds the assistant role to the delta;
-// `text` goes into delta.content (omitted when empty and not first); finish_reason null unless
-// given. With include_usage every chunk carries "usage": null, as OpenAI does.
+// `text` goes into delta.content (omitted when empty and not first); `reasoning` into
+// delta.reasoning_content (omitted when empty); finish_reason null unless given. With
+// include_usage every chunk carries "usage": null, as OpenAI does.
 nlohmann::json stream_chunk(Endpoint endpoint, const std::string& id, int64_t created,
                             const std::string& model, int index, const std::string& text,
-                            bool first, FinishReason finish_reason, bool include_usage);
+                            bool first, FinishReason finish_reason, bool include_usage,
+                            const std::string& reasoning = {});
 // The chunk after every choice has finished, when include_usage: empty choices and the usage.
 nlohmann::json usage_chunk(Endpoint endpoint, const std::string& id, int64_t created,
                            const std::string& model, const Usage& usage);
