@@ -219,58 +219,76 @@ TEST(Qwen3, ServedChatBillsReasoningPlusAnswer) {
   serve::ServingMetrics metrics(1);
 
   for (const json& prompt : golden.at("prompts")) {
-    const std::string name = prompt.at("name");
-    ServingOptions serving;
-    ServingEngine engine(model, ctx, serving);
-    TappingEngine tap(engine);
-    serve::ApiRequest request = request_for(prompt, 24);
-    serve::CompletionSession session(served, tap, metrics, std::move(request),
-                                     serve::CompletionSession::Clock::now());
-    session.start();
-    std::string body;
-    for (int i = 0; i < 200 && !session.poll_response(body); ++i) engine.run_step();
-    ASSERT_FALSE(body.empty()) << name;
-    const json response = json::parse(body);
-    const json& usage = response.at("usage");
+    for (const bool stream : {false, true}) {
+      const std::string name = prompt.at("name").get<std::string>() + (stream ? " stream" : "");
+      ServingOptions serving;
+      ServingEngine engine(model, ctx, serving);
+      TappingEngine tap(engine);
+      serve::ApiRequest request = request_for(prompt, 24);
+      request.stream = stream;
+      request.include_usage = stream;
+      serve::CompletionSession session(served, tap, metrics, std::move(request),
+                                       serve::CompletionSession::Clock::now());
+      session.start();
+      json response;
+      if (!stream) {
+        std::string body;
+        for (int i = 0; i < 200 && !session.poll_response(body); ++i) engine.run_step();
+        ASSERT_FALSE(body.empty()) << name;
+        response = json::parse(body);
+      } else {  // the usage chunk, as a COCOON worker bills from it
+        std::vector<serve::StreamChunk> chunks;
+        for (int i = 0; i < 200 && session.next_stream_chunks(chunks, std::chrono::milliseconds(0));
+             ++i) {
+          engine.run_step();
+        }
+        ASSERT_FALSE(chunks.empty()) << name;
+        response["usage"] = chunks.back().value.at("usage");
+        response["choices"] = json::array({{{"message", {{"reasoning_content", nullptr}}}}});
+        session.close(true);
+      }
+      const json& usage = response.at("usage");
 
-    // The engine generated transformers' greedy tokens.
-    const auto hf = prompt.at("results").at("f32").at("generated_ids").get<std::vector<int32_t>>();
-    // (A chat answer ends at <|im_end|>, which the random model may choose before 24 tokens.)
-    const size_t n = tap.tokens.size();
-    ASSERT_TRUE(n == 24u || (n > 0 && n < 24u && hf[n - 1] == served.im_end_id)) << name << n;
-    EXPECT_TRUE(std::equal(tap.tokens.begin(), tap.tokens.end(), hf.begin())) << name;
+      // The engine generated transformers' greedy tokens.
+      const auto hf =
+          prompt.at("results").at("f32").at("generated_ids").get<std::vector<int32_t>>();
+      // (A chat answer ends at <|im_end|>, which the random model may choose before 24 tokens.)
+      const size_t n = tap.tokens.size();
+      ASSERT_TRUE(n == 24u || (n > 0 && n < 24u && hf[n - 1] == served.im_end_id)) << name << n;
+      EXPECT_TRUE(std::equal(tap.tokens.begin(), tap.tokens.end(), hf.begin())) << name;
 
-    // Independent count: a block opened by the prompt's generation prompt or by a generated
-    // <think>, closed by the first </think>; markers of the block are reasoning.
-    const auto ids = prompt.at("prompt_ids").get<std::vector<int32_t>>();
-    int state = 0;  // 0 before, 1 inside, 2 after
-    for (size_t i = ids.size(); i-- > 0 && ids[i] != tokenizer.token_id("<|im_start|>");) {
-      if (ids[i] == served.reasoning.think_end) {
-        state = 2;
-        break;
+      // Independent count: a block opened by the prompt's generation prompt or by a generated
+      // <think>, closed by the first </think>; markers of the block are reasoning.
+      const auto ids = prompt.at("prompt_ids").get<std::vector<int32_t>>();
+      int state = 0;  // 0 before, 1 inside, 2 after
+      for (size_t i = ids.size(); i-- > 0 && ids[i] != tokenizer.token_id("<|im_start|>");) {
+        if (ids[i] == served.reasoning.think_end) {
+          state = 2;
+          break;
+        }
+        if (ids[i] == served.reasoning.think_start) {
+          state = 1;
+          break;
+        }
       }
-      if (ids[i] == served.reasoning.think_start) {
-        state = 1;
-        break;
+      int64_t reasoning = 0, answer = 0;
+      for (int32_t t : tap.tokens) {
+        const bool opens = state == 0 && t == served.reasoning.think_start;
+        if (opens) state = 1;
+        if (state == 1) {
+          ++reasoning;
+          if (!opens && t == served.reasoning.think_end) state = 2;
+        } else {
+          ++answer;
+        }
       }
+      EXPECT_EQ(usage.at("completion_tokens"), static_cast<int64_t>(n)) << name;
+      EXPECT_EQ(usage.at("completion_tokens_details").at("reasoning_tokens"), reasoning) << name;
+      EXPECT_EQ(reasoning + answer, usage.at("completion_tokens").get<int64_t>()) << name;
+      EXPECT_EQ(usage.at("prompt_tokens"), static_cast<int64_t>(ids.size())) << name;
+      const json& message = response.at("choices").at(0).at("message");
+      EXPECT_TRUE(message.contains("reasoning_content")) << name;  // a reasoning model
     }
-    int64_t reasoning = 0, answer = 0;
-    for (int32_t t : tap.tokens) {
-      const bool opens = state == 0 && t == served.reasoning.think_start;
-      if (opens) state = 1;
-      if (state == 1) {
-        ++reasoning;
-        if (!opens && t == served.reasoning.think_end) state = 2;
-      } else {
-        ++answer;
-      }
-    }
-    EXPECT_EQ(usage.at("completion_tokens"), static_cast<int64_t>(n)) << name;
-    EXPECT_EQ(usage.at("completion_tokens_details").at("reasoning_tokens"), reasoning) << name;
-    EXPECT_EQ(reasoning + answer, usage.at("completion_tokens").get<int64_t>()) << name;
-    EXPECT_EQ(usage.at("prompt_tokens"), static_cast<int64_t>(ids.size())) << name;
-    const json& message = response.at("choices").at(0).at("message");
-    EXPECT_TRUE(message.contains("reasoning_content")) << name;  // a reasoning model
   }
 }
 
