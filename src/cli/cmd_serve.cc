@@ -285,7 +285,8 @@ void open_network_state(const ServeOptions& o, std::unique_ptr<network::Provider
            {{"path", o.provider_key},
             {"identity", network::hex(std::string(id.begin(), id.end()))},
             {"sealing", network::hex(std::string(sealing.begin(), sealing.end()))}});
-  journal = std::make_unique<network::UsageJournal>(o.usage_journal);
+  journal = std::make_unique<network::UsageJournal>(o.usage_journal,
+                                                   network::kJournalLockWaitOnStart);
   const network::JournalReplay& r = journal->replay();
   log_info("usage journal open", {{"path", o.usage_journal},
                                   {"records", std::to_string(r.records)},

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -134,7 +135,8 @@ uint32_t crc32_ieee(const void* data, size_t size) {
   return crc ^ 0xFFFFFFFFu;
 }
 
-UsageJournal::UsageJournal(const std::string& path) : path_(path) {
+UsageJournal::UsageJournal(const std::string& path, std::chrono::milliseconds lock_wait)
+    : path_(path) {
   ALEM_CHECK(!path.empty(), "the usage journal path is empty");
   bool created = false;
   fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
@@ -144,7 +146,21 @@ UsageJournal::UsageJournal(const std::string& path) : path_(path) {
     if (fd_ < 0 && errno == EEXIST) fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
   }
   ALEM_CHECK(fd_ >= 0, "cannot open the usage journal " + path + ": " + errno_text());
-  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+  // A restarted job may find its killed predecessor's last process still holding the lock for
+  // a moment: wait for it up to `lock_wait`, then refuse (two live providers on one journal).
+  const auto lock_deadline = std::chrono::steady_clock::now() + lock_wait;
+  bool announced = false;
+  int locked = ::flock(fd_, LOCK_EX | LOCK_NB);
+  while (locked != 0 && errno == EWOULDBLOCK && std::chrono::steady_clock::now() < lock_deadline) {
+    if (!announced) {
+      log_warn("usage journal locked by another process; waiting for it to exit",
+               {{"path", path}, {"wait_ms", std::to_string(lock_wait.count())}});
+      announced = true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    locked = ::flock(fd_, LOCK_EX | LOCK_NB);
+  }
+  if (locked != 0) {
     const std::string why = errno == EWOULDBLOCK ? "another process holds it open" : errno_text();
     ::close(fd_);
     fd_ = -1;

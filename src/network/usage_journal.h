@@ -21,6 +21,7 @@
 // An exclusive flock() keeps two processes from appending to the same journal.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -55,12 +56,18 @@ struct JournalReplay {
   uint64_t truncated_bytes = 0;  // torn tail cut off on open (0 after a clean shutdown)
 };
 
+// How long `alem serve` waits for the journal's lock at start-up (see UsageJournal's constructor).
+inline constexpr std::chrono::milliseconds kJournalLockWaitOnStart{30000};
+
 class UsageJournal {
  public:
   // Opens `path`, creating it (and fsync'ing its folder) when missing, and replays it. Throws
   // alem::Error for a file of another format, a damaged record in the middle, or a journal that
-  // another process holds open.
-  explicit UsageJournal(const std::string& path);
+  // another process still holds open after `lock_wait`. The wait is for a restart: the killed
+  // job's last process may hold the lock for a moment after the job was ended (alem serve waits
+  // kJournalLockWaitOnStart); a second live provider on the file still fails.
+  explicit UsageJournal(const std::string& path,
+                        std::chrono::milliseconds lock_wait = std::chrono::milliseconds(0));
   ~UsageJournal();
   UsageJournal(const UsageJournal&) = delete;
   UsageJournal& operator=(const UsageJournal&) = delete;

@@ -5,9 +5,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
+#include <thread>
 
 #include "core/error.h"
 #include "network/usage_journal.h"
@@ -183,6 +186,23 @@ TEST_F(Journal, SecondOpenerIsRefused) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("another process"), std::string::npos) << e.what();
   }
+}
+
+// A restarted provider may find its killed predecessor's last process still holding the lock
+// for a moment: with a lock wait it opens once that process lets go; without, or past the wait,
+// a second live opener is still refused.
+TEST_F(Journal, SecondOpenerWaitsForTheLockWithinItsWait) {
+  auto first = std::make_unique<UsageJournal>(path_);
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW(UsageJournal j(path_, std::chrono::milliseconds(300)), Error);
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(300));
+  std::thread closer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    first.reset();
+  });
+  UsageJournal second(path_, std::chrono::seconds(20));
+  closer.join();
+  EXPECT_EQ(second.finished_count(), 0u);
 }
 
 TEST_F(Journal, HoldsOnlyWhatItIsGiven) {

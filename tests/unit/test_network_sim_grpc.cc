@@ -13,6 +13,7 @@
 #include <atomic>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <thread>
 
 #include "network/evidence.h"
@@ -31,6 +32,8 @@ using nlohmann::json;
 class TinyProvider {
  public:
   explicit TinyProvider(int port) : port_(port), keys_(network::ProviderKeys::generate()) {}
+  // A second stream of the same provider (same identity and sealing key).
+  TinyProvider(int port, const network::ProviderKeys& keys) : port_(port), keys_(keys) {}
   ~TinyProvider() { stop(); }
 
   bool use_journal = true;
@@ -43,6 +46,11 @@ class TinyProvider {
   // `stale_error` answers attempt 1 with an error after attempt 2 arrived.
   bool straddle = false;
   bool stale_error = false;
+  // Every lease is held, never answered, until hang_up() (then no reconnect).
+  bool hold = false;
+  // Attempt-1 leases are held silently; later attempts are answered. Only the lease's deadline
+  // (the server's timer) can bring such a request back.
+  bool ignore_first_attempt = false;
   uint32_t credits = 3;
 
   void start() {
@@ -61,11 +69,25 @@ class TinyProvider {
     }
     if (thread_.joinable()) thread_.join();
   }
+  // Ends the stream now, holding its leases, and does not dial again.
+  void hang_up() {
+    stop_ = true;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (context_) context_->TryCancel();
+  }
   std::string refused() {
     std::lock_guard<std::mutex> lock(mu_);
     return refused_;
   }
   int sessions() const { return sessions_.load(); }
+  const network::ProviderKeys& keys() const { return keys_; }
+  int leases() const { return leases_.load(); }
+  bool registered() const { return registered_.load(); }
+  // When the first lease arrived (steady clock), or nullopt.
+  std::optional<std::chrono::steady_clock::time_point> first_lease_at() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return first_lease_at_;
+  }
 
   // One stream: register, then answer leases until the stream ends.
   void session() {
@@ -106,7 +128,15 @@ class TinyProvider {
           stop_ = true;
           break;
         }
+        if (in.kind_case() == v1::NetworkMessage::kRegistered) registered_ = true;
         if (in.kind_case() != v1::NetworkMessage::kLease) continue;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (!first_lease_at_) first_lease_at_ = std::chrono::steady_clock::now();
+        }
+        ++leases_;
+        if (hold) continue;
+        if (ignore_first_attempt && in.lease().attempt() == 1) continue;
         if (hang_up_after > 0 && --hang_up_after == 0) {
           context.TryCancel();  // the provider goes away holding leases
           break;
@@ -117,6 +147,7 @@ class TinyProvider {
       }
     }
     stream->Finish();
+    registered_ = false;
     std::lock_guard<std::mutex> lock(mu_);
     context_ = nullptr;
   }
@@ -263,6 +294,9 @@ class TinyProvider {
   bool late_done_ = false;
   std::atomic<bool> stop_{false};
   std::atomic<int> sessions_{0};
+  std::atomic<int> leases_{0};
+  std::atomic<bool> registered_{false};
+  std::optional<std::chrono::steady_clock::time_point> first_lease_at_;
   std::mutex mu_;
   grpc::ClientContext* context_ = nullptr;
   std::string refused_;
@@ -350,6 +384,85 @@ TEST(NetsimGrpc, LeasesOfAStreamThatEndsGoBackAtOnce) {
   EXPECT_EQ(r["expired"], 0);
   EXPECT_GE(r["returned_by_dropped_streams"].get<int>(), 2);
   EXPECT_GE(r["redelivered"].get<int>(), 2);
+}
+
+// Liveness: leases a dropped stream held must reach a stream of the same provider that is
+// waiting (registered, but with no free credit while the dropped one held them all) at once,
+// without any further event on the waiting stream and long before any deadline. A missed
+// wake-up (work back on the queue, nobody told) fails the bound.
+TEST(NetsimGrpc, LeasesOfADroppedStreamReachAWaitingStreamAtOnce) {
+  ServerConfig config = plain_config("");
+  config.queue.lease_ms = 600000;  // far beyond the run: only the drop can free them
+  config.heartbeat_timeout_ms = 600000;
+  QueueServer server(config);
+  TinyProvider holder(server.port());
+  holder.hold = true;
+  holder.start();
+  auto info = server.wait_for_provider(20);
+  ASSERT_TRUE(info.has_value());
+  LoadConfig lc;
+  lc.requests = 6;
+  lc.model = "tiny";
+  lc.max_tokens = 3;
+  LoadGenerator load(lc, info->sealing_public_key);
+  std::thread run([&] { server.run_load(load, 6, 60, 0); });
+  const auto bounded = [](auto done, std::chrono::milliseconds limit) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (!done() && std::chrono::steady_clock::now() < end) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return done();
+  };
+  // The holder takes all 3 credits; a second stream of the same identity registers and waits.
+  EXPECT_TRUE(bounded([&] { return holder.leases() >= 3; }, std::chrono::seconds(20)));
+  TinyProvider waiter(server.port(), holder.keys());
+  waiter.start();
+  EXPECT_TRUE(bounded([&] { return waiter.registered(); }, std::chrono::seconds(20)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(waiter.leases(), 0) << "no credit is free while the holder holds them all";
+  const auto dropped_at = std::chrono::steady_clock::now();
+  holder.hang_up();
+  EXPECT_TRUE(bounded([&] { return waiter.first_lease_at().has_value(); }, std::chrono::seconds(3)))
+      << "the returned leases did not reach the waiting stream within 3 s";
+  run.join();
+  const auto first = waiter.first_lease_at();
+  ASSERT_TRUE(first.has_value());
+  EXPECT_LT(*first - dropped_at, std::chrono::seconds(3));
+  json r = server.report();
+  r["clean"] = server.clean();
+  waiter.stop();
+  holder.stop();
+  server.stop();
+  SCOPED_TRACE(r.dump(2));
+  EXPECT_EQ(r["completed"], 6);
+  EXPECT_EQ(r["lost"], 0);
+  EXPECT_EQ(r["expired"], 0);
+  EXPECT_EQ(r["returned_by_dropped_streams"], 3);
+  EXPECT_EQ(r["credit_violations"], 0);
+  EXPECT_TRUE(r["clean"].get<bool>());
+}
+
+// Liveness: a lease whose deadline passes while its stream stays silent (no result, no drop,
+// no other stream, no new request) is redelivered by the server's own timer.
+TEST(NetsimGrpc, AnExpiredLeaseIsRedeliveredWithoutAnyOtherEvent) {
+  ServerConfig config = plain_config("");
+  config.queue.lease_ms = 400;
+  config.heartbeat_timeout_ms = 600000;
+  QueueServer server(config);
+  TinyProvider provider(server.port());
+  provider.ignore_first_attempt = true;
+  const auto t0 = std::chrono::steady_clock::now();
+  json r = run_against(server, provider, 3);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  SCOPED_TRACE(r.dump(2));
+  EXPECT_EQ(r["completed"], 3);
+  EXPECT_EQ(r["lost"], 0);
+  EXPECT_EQ(r["expired"], 3);
+  EXPECT_EQ(r["redelivered"], 3);
+  EXPECT_TRUE(r["clean"].get<bool>());
+  // 3 requests at once, each answered on its second delivery: about one lease time, plus the
+  // start; far less than the run's 60 s limit.
+  EXPECT_LT(took, std::chrono::seconds(15));
 }
 
 // A lease that expires while its answer streams is delivered again to the same stream; the

@@ -50,6 +50,44 @@ def json_events(path):
     return events
 
 
+def _proc_stat(pid):
+    """(state, ppid) of a live process from /proc, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return fields[0], int(fields[1])
+
+
+def descendants(root):
+    """Every process below `root`. mpirun (Open MPI 4) puts each rank in a process group of its
+    own, so a signal to mpirun's group does not reach the ranks: they must be found by parent."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _proc_stat(int(entry))
+            if st:
+                children.setdefault(st[1], []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive_pids(pids):
+    """The pids of `pids` that still run (a zombie counts as gone: it holds no files)."""
+    out = []
+    for pid in pids:
+        st = _proc_stat(pid)
+        if st and st[0] != "Z":
+            out.append(pid)
+    return out
+
+
 class Process:
     """A child in its own process group, logging to a file."""
 
@@ -83,6 +121,29 @@ class Process:
             except ProcessLookupError:
                 pass
 
+    def kill_all(self, timeout=30):
+        """SIGKILL for the whole job: the process, its group and every process below it (the MPI
+        ranks, in process groups of their own), then waits until none of them runs, so that a
+        restarted job never meets a rank of the killed one (which would still hold the usage
+        journal's lock). Returns the pids that were killed."""
+        pids = [self.proc.pid] + descendants(self.proc.pid)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.wait(timeout)
+        deadline = time.time() + timeout
+        while alive_pids(pids) and time.time() < deadline:
+            time.sleep(0.05)
+        left = alive_pids(pids)
+        assert not left, f"{self.name}: processes {left} survived SIGKILL"
+        return pids
+
     def wait(self, timeout):
         try:
             return self.proc.wait(timeout=timeout)
@@ -90,17 +151,23 @@ class Process:
             return None
 
     def stop(self, grace=20):
-        """SIGINT, then SIGKILL for the whole group after `grace` seconds."""
+        """SIGINT, then SIGKILL for the whole job after `grace` seconds."""
+        ranks = descendants(self.proc.pid) if self.alive() else []
         if self.alive():
             self.kill(signal.SIGINT)
             if self.wait(grace) is None:
                 self.kill(signal.SIGKILL)
                 self.wait(10)
-        # Ranks mpirun may have left behind in the group.
+        # Ranks mpirun may have left behind (in the group, or in process groups of their own).
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        for pid in alive_pids(ranks):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         self._log.close()
 
 
