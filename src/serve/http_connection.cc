@@ -3,6 +3,7 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
@@ -196,6 +197,9 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
 
   void start_completion(Endpoint endpoint) {
     active_ = std::make_shared<ActiveRequest>(server_.active_counter());
+    // The engine's notifier holds the connection only weakly: keep it alive until the answer is
+    // written or the connection closes, whatever the peer watch is doing.
+    hold_ = self();
     auto body = std::make_shared<std::string>(std::move(parser_->get().body()));
     std::weak_ptr<HttpConnection> weak = weak_from_this();
     auto executor = stream_.get_executor();
@@ -296,7 +300,9 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   }
 
   // While a completion runs: a client that closes its end cancels it. Bytes of a pipelined
-  // request end the watch (they are read after this answer).
+  // request are read ahead into the buffer (parsed after this answer) and the watch goes on, so
+  // a client that pipelines and then hangs up is noticed too; when the buffer is full the rest
+  // waits in the socket and a hang-up is noticed when the answer is written.
   void watch_peer() {
     const uint64_t id = ++watch_id_;
     stream_.socket().async_wait(tcp::socket::wait_read, [self = self(), id](error_code ec) {
@@ -304,12 +310,32 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
       char byte = 0;
       const ssize_t n =
           ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-      if (n > 0) return;
+      if (n > 0) return self->read_ahead(id);
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
         return self->watch_peer();
       }
       self->close();  // cancels the completion: its KV blocks are freed at the next step
     });
+  }
+
+  void read_ahead(uint64_t id) {
+    const size_t room = buffer_.max_size() - buffer_.size();
+    if (room == 0) return;
+    reading_ahead_ = true;
+    stream_.socket().async_read_some(
+        buffer_.prepare(std::min<size_t>(room, 4096)),
+        [self = self(), id](error_code ec, size_t n) {
+          self->reading_ahead_ = false;
+          if (!ec) self->buffer_.commit(n);      // request bytes: kept even if the answer is done
+          if (self->resume_after_read_ahead_) {  // the answer was written meanwhile
+            self->resume_after_read_ahead_ = false;
+            return self->wait_request();
+          }
+          if (id != self->watch_id_ || self->closing_) return;
+          if (ec == asio::error::operation_aborted) return;
+          if (ec) return self->close();  // end of stream or reset: the client hung up
+          self->watch_peer();
+        });
   }
 
   // ---- writing ----
@@ -345,6 +371,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   }
 
   void finish_request() {
+    const auto keep = std::move(hold_);  // released when this returns
     end_session(true);
     active_.reset();
     ++watch_id_;
@@ -356,6 +383,10 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
       parser_.reset();
     }
     if (!keep_alive_ || server_.stopping()) return linger_close();
+    if (reading_ahead_) {  // cancelled above: its handler commits what it read, then goes on
+      resume_after_read_ahead_ = true;
+      return;
+    }
     wait_request();
   }
 
@@ -363,8 +394,10 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
 
   void linger_close() {
     if (closing_) return;
+    const auto keep = std::move(hold_);  // the drain's reads hold the connection from here on
     closing_ = true;
     ++watch_id_;
+    resume_after_read_ahead_ = false;
     end_session(false);
     active_.reset();
     error_code ec;
@@ -384,8 +417,10 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
 
   void close() {
     if (closed_) return;
+    const auto keep = std::move(hold_);  // released when this returns
     closed_ = closing_ = true;
     ++watch_id_;
+    resume_after_read_ahead_ = false;
     end_session(false);
     active_.reset();
     error_code ec;
@@ -415,6 +450,10 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   bool waiting_engine_ = false;
   bool closing_ = false, closed_ = false;
   uint64_t watch_id_ = 0;
+  bool reading_ahead_ = false;            // a read of pipelined bytes is outstanding
+  bool resume_after_read_ahead_ = false;  // then read the next request
+  // Set while a completion runs (start_completion to finish_request or close).
+  std::shared_ptr<HttpConnection> hold_;
   std::string out_, pending_;
   bool out_sensitive_ = false;
   std::vector<char> scratch_;

@@ -395,6 +395,36 @@ TEST(HttpServer, CompletionAnswersAndClientHangupCancels) {
   EXPECT_GT(f.engine->cancels(), before) << "the request ran on after its client left";
 }
 
+// A request that arrives while the previous one is generating: the peer watch reads it ahead,
+// both are answered in order, and a hang-up after it still cancels (the connection's lifetime
+// once hung on the watch, so pipelined bytes reset the connection and cancelled the first).
+TEST(HttpServer, RequestPipelinedWhileOneGeneratesIsAnsweredAfterIt) {
+  Fixture f({}, std::make_unique<FakeEngine>(/*tokens=*/1000, 10ms));
+  int fd = connect_to(f.server->port());
+  send_all(fd, post("/v1/completions", R"({"model":"tiny","prompt":"ab","max_tokens":30})"));
+  std::this_thread::sleep_for(100ms);
+  send_all(fd, kHealth);
+  std::string got =
+      read_until(fd, [](const std::string& s) { return count(s, "HTTP/1.1 200") >= 2; });
+  ::close(fd);
+  ASSERT_EQ(count(got, "HTTP/1.1 200"), 2u) << got;
+  EXPECT_EQ(got.rfind("HTTP/1.1 200", 0), 0u);
+  EXPECT_NE(got.find(std::string(30, 'a')), std::string::npos) << got;
+  EXPECT_LT(got.find(std::string(30, 'a')), got.find("text/plain"));
+
+  const int before = f.engine->cancels();
+  fd = connect_to(f.server->port());
+  send_all(fd, post("/v1/completions", R"({"model":"tiny","prompt":"ab","max_tokens":1000})"));
+  std::this_thread::sleep_for(100ms);
+  send_all(fd, kHealth);
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(f.engine->cancels(), before) << "pipelined bytes cancelled the running request";
+  ::close(fd);
+  const auto end = Clock::now() + 5s;
+  while (f.engine->cancels() == before && Clock::now() < end) std::this_thread::sleep_for(20ms);
+  EXPECT_GT(f.engine->cancels(), before) << "a hang-up after a pipelined request went unnoticed";
+}
+
 TEST(HttpServer, StreamWhoseEngineFailsEndsWithAnErrorEvent) {
   Fixture f({}, std::make_unique<FakeEngine>(100, 10ms, /*fail_after=*/3));
   const int fd = connect_to(f.server->port());

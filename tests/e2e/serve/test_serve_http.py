@@ -4,7 +4,8 @@ What the unit test (tests/unit/test_http_server.cc, fake engine) cannot show: th
 with the real model and the official `openai` client. An API key from --api-key-file (right key
 works, wrong or missing key is openai.AuthenticationError, /health open by default and behind
 the key with --api-key-protects health); a second server on the same port fails at start and
-the first keeps serving; pipelined requests answered in order; a chunked body over
+the first keeps serving; pipelined requests answered in order (also one sent while the first
+generates, and a hang-up after it still cancels); a chunked body over
 --max-body-bytes gets 413 without the server's memory growing; Content-Length with chunked gets
 400; slow clients, more than the worker pool, while /health answers; a non-streaming client
 that hangs up has its request cancelled at once; a canary inside a body refused for 1e999 (or
@@ -224,6 +225,46 @@ class Wire(unittest.TestCase):
         finally:
             sock.close()
 
+    def test_request_pipelined_while_one_generates(self):
+        # The second request arrives while the first is generating: both are answered, in order
+        # (it once reset the connection and cancelled the first request).
+        for stream in (False, True):
+            sock = socket.create_connection(("127.0.0.1", SERVER.port), timeout=120)
+            try:
+                sock.sendall(raw_request(completion_body("Generate", max_tokens=40, stream=stream,
+                                                         ignore_eos=True, temperature=0)))
+                time.sleep(0.5)
+                sock.sendall(raw_request(completion_body("Then", max_tokens=3, ignore_eos=True)))
+                data = b""
+                while data.count(b"HTTP/1.1 200") < 2 or b'"completion_tokens":3' not in data:
+                    chunk = sock.recv(65536)
+                    self.assertTrue(chunk, f"connection closed (stream={stream}): {data[-300:]}")
+                    data += chunk
+                first = data.index(b"HTTP/1.1 200")
+                if stream:
+                    self.assertIn(b"data: [DONE]", data[:data.index(b"HTTP/1.1 200", first + 1)])
+                else:
+                    self.assertIn(b'"completion_tokens":40', data)
+            finally:
+                sock.close()
+
+    def test_pipelined_then_hangup_cancels(self):
+        sock = socket.create_connection(("127.0.0.1", SERVER.port))
+        sock.sendall(raw_request(completion_body("Write a very long story.", max_tokens=1500,
+                                                 ignore_eos=True)))
+        deadline = time.time() + 60
+        while running()[0] < 1 and time.time() < deadline:
+            time.sleep(0.1)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # read ahead, not answered yet
+        time.sleep(0.5)
+        self.assertEqual(running()[0], 1, "the pipelined bytes ended the running request")
+        sock.close()
+        hung_up = time.time()
+        while running()[:2] != (0, 0) and time.time() < hung_up + 10:
+            time.sleep(0.1)
+        self.assertEqual(running()[:2], (0, 0))
+        self.assertLess(time.time() - hung_up, 5.0)
+
     def test_chunked_body_over_limit_is_413_and_memory_bounded(self):
         pid = SERVER.proc.pid
         before = rss_kib(pid)
@@ -259,6 +300,31 @@ class Wire(unittest.TestCase):
         grown = rss_kib(pid) - before
         self.assertLess(grown, 32 * 1024, f"RSS grew by {grown} KiB")
         self.assertEqual(http_get(SERVER.base + "/health")[0], 200)
+
+    def test_chunked_body_and_expect_continue_within_limit_are_served(self):
+        body = completion_body("Chunked", max_tokens=2).encode()
+        halves = (body[:10], body[10:])
+        sock = socket.create_connection(("127.0.0.1", SERVER.port), timeout=120)
+        try:
+            sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                         f"{KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: "
+                         f"chunked\r\n\r\n".encode() +
+                         b"".join(b"%x\r\n%s\r\n" % (len(h), h) for h in halves) + b"0\r\n\r\n")
+            status, _, text, rest = read_response(sock)
+            self.assertEqual(status, 200, text)
+            self.assertEqual(json.loads(text)["usage"]["completion_tokens"], 2)
+            # Expect: 100-continue: the interim answer first, then the body, then the answer.
+            sock.sendall(raw_request("", extra_headers="Expect: 100-continue\r\n")
+                         .replace(b"Content-Length: 0", b"Content-Length: %d" % len(body)))
+            interim = rest
+            while b"\r\n\r\n" not in interim:
+                interim += sock.recv(4096)
+            self.assertTrue(interim.startswith(b"HTTP/1.1 100"), interim[:40])
+            sock.sendall(body)
+            status, _, text, _ = read_response(sock, interim.partition(b"\r\n\r\n")[2])
+            self.assertEqual(status, 200, text)
+        finally:
+            sock.close()
 
     def test_content_length_with_chunked_is_400(self):
         sock = socket.create_connection(("127.0.0.1", SERVER.port), timeout=30)
