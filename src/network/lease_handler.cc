@@ -155,8 +155,8 @@ bool LeaseHandler::answer_from_journal(const std::string& request_id, LeaseReply
   final_message->mutable_timing()->set_total_ms(rec->total_ms);
   final_message->set_from_journal(true);
   final_message->set_finish_reason(rec->finish_reason);
+  counters_.from_journal.fetch_add(1);  // before the final, as for a computed answer
   reply.send(out);
-  counters_.from_journal.fetch_add(1);
   log_info("network lease answered from the journal", {{"request_id", hex(request_id)}});
   return true;
 }
@@ -417,8 +417,10 @@ void LeaseHandler::compute(const v1::Lease& lease, OpenedPayload opened, LeaseRe
   final_message->set_from_journal(false);
   final_message->set_finish_reason(record.finish_reason);
   journal_.finish(std::move(record));  // durable before the network hears of it
-  reply.send(out);
+  // Counted before the final goes out: whoever reads the final (the network, a test, then a
+  // metrics scrape) must find it counted, as it finds it in the journal.
   counters_.completed.fetch_add(1);
+  reply.send(out);
   log_info("network lease answered",
            {{"request_id", hex(id)},
             {"attempt", std::to_string(lease.attempt())},
