@@ -192,8 +192,8 @@ class Port(unittest.TestCase):
         with open(log.name, errors="replace") as f:
             text = f.read()
         os.unlink(log.name)
-        self.assertNotEqual(second.returncode, 0, text[-2000:])
-        self.assertIn(f"cannot listen on 127.0.0.1:{SERVER.port}", text)
+        self.assertEqual(second.returncode, 1, text[-2000:])  # a runtime error, at start
+        self.assertIn(f"alem: error: cannot listen on 127.0.0.1:{SERVER.port}", text)
         self.assertIn("holds this port", text)
         # Every request still reaches the first server (no SO_REUSEPORT split).
         def ask(i):
@@ -364,8 +364,8 @@ class Wire(unittest.TestCase):
             t0 = time.time()
             for _ in range(6):
                 start = time.time()
-                self.assertEqual(http_get(SERVER.base + "/health", timeout=3)[0], 200)
-                self.assertLess(time.time() - start, 2.0)
+                self.assertEqual(http_get(SERVER.base + "/health", timeout=5)[0], 200)
+                self.assertLess(time.time() - start, 3.0)  # at once, but the machine is shared
                 time.sleep(0.3)
             r = client().completions.create(model=MODEL_NAME, prompt="Still here?", max_tokens=2)
             self.assertEqual(len(r.choices), 1)
