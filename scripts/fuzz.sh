@@ -105,6 +105,8 @@ for t in "${targets[@]}"; do
   log=$build/logs/$t.log
   args=(-timeout=10 -rss_limit_mb=2048 -max_len=1048576 -print_final_stats=1
         "-artifact_prefix=$build/crashes/$t/")
+  dict=$root/tests/fuzz/dict/$t.dict
+  [ -f "$dict" ] && args+=("-dict=$dict")
   if [ "$seconds" -eq 0 ]; then
     args+=(-runs=0)
   else

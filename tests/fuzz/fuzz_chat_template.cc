@@ -55,7 +55,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         alem::encode_chat(messages, generation_prompt, td, f.tokenizer);
     // The ids spell exactly the rendered text, whatever part of it came from the messages.
     if (f.tokenizer.decode(ids) != text) alem::fuzz::unexpected("chat_template", "ids != text");
-  } catch (const alem::Error&) {
+  } catch (const alem::Error& e) {
+    alem::fuzz::note_error("chat_template", e);
   } catch (const std::exception& e) {
     alem::fuzz::unexpected("chat_template", e.what());
   }

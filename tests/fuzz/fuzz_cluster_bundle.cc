@@ -94,7 +94,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     sealing.fill(0x5A);
     (void)check_register_bundle(std::string_view(reinterpret_cast<const char*>(data), size),
                                 sealing, digest(0xAA), policy());
-  } catch (const alem::Error&) {
+  } catch (const alem::Error& e) {
+    alem::fuzz::note_error("cluster_bundle", e);
   } catch (const std::exception& e) {
     alem::fuzz::unexpected("cluster_bundle", e.what());
   }

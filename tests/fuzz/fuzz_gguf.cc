@@ -33,7 +33,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       (void)gguf.tokenizer_data();
     } catch (const alem::Error&) {
     }
-  } catch (const alem::Error&) {
+  } catch (const alem::Error& e) {
+    alem::fuzz::note_error("gguf", e);
   } catch (const std::exception& e) {
     alem::fuzz::unexpected("gguf", e.what());
   }

@@ -18,7 +18,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const auto ids = tok.encode(sample, true);
     if (tok.decode(ids) != sample) alem::fuzz::unexpected("hf_tokenizer", "decode(encode(x)) != x");
     (void)tok.encode(sample, false);
-  } catch (const alem::Error&) {
+  } catch (const alem::Error& e) {
+    alem::fuzz::note_error("hf_tokenizer", e);
   } catch (const std::exception& e) {
     alem::fuzz::unexpected("hf_tokenizer", e.what());
   }

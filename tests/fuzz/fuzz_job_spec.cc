@@ -21,7 +21,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       (void)alem::template_values(spec);
       (void)alem::render_sbatch(spec, "#!/bin/bash\n#SBATCH --job-name={{job_name}}\n{{alem}}\n");
     }
-  } catch (const alem::Error&) {
+  } catch (const alem::Error& e) {
+    alem::fuzz::note_error("job_spec", e);
   } catch (const std::exception& e) {
     alem::fuzz::unexpected("job_spec", e.what());
   }

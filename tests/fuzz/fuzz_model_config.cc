@@ -34,7 +34,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   try {
     check(alem::ModelConfig::from_json(text));
-  } catch (const alem::Error&) {
+  } catch (const alem::Error& e) {
+    alem::fuzz::note_error("model_config", e);
   } catch (const std::exception& e) {
     alem::fuzz::unexpected("model_config(store)", e.what());
   }

@@ -148,7 +148,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       rewrite_attributes(path, rest);
     }
     read_store(path);
-  } catch (const alem::Error&) {
+  } catch (const alem::Error& e) {
+    alem::fuzz::note_error("model_store", e);
   } catch (const std::exception& e) {
     alem::fuzz::unexpected("model_store", e.what());
   }

@@ -157,7 +157,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     } else {
       handle_lease(lease_for(std::string(reinterpret_cast<const char*>(rest), size - 1)));
     }
-  } catch (const alem::Error&) {
+  } catch (const alem::Error& e) {
+    alem::fuzz::note_error("provider_messages", e);
   } catch (const std::exception& e) {
     alem::fuzz::unexpected("provider_messages", e.what());
   }

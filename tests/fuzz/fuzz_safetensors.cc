@@ -22,7 +22,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       } catch (const alem::Error&) {
       }
     }
-  } catch (const alem::Error&) {
+  } catch (const alem::Error& e) {
+    alem::fuzz::note_error("safetensors", e);
   } catch (const std::exception& e) {
     alem::fuzz::unexpected("safetensors", e.what());
   }

@@ -68,7 +68,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             .ok()) {
       alem::fuzz::unexpected("sealed_envelope", "opened under another purpose");
     }
-  } catch (const alem::Error&) {
+  } catch (const alem::Error& e) {
+    alem::fuzz::note_error("sealed_envelope", e);
   } catch (const std::exception& e) {
     alem::fuzz::unexpected("sealed_envelope", e.what());
   }

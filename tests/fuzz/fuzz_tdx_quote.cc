@@ -47,7 +47,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     VerifyOptions options = options_at_collateral_time();
     options.collateral = std::move(collateral);
     (void)verify_tdx_quote(quote, options).report();
-  } catch (const alem::Error&) {
+  } catch (const alem::Error& e) {
+    alem::fuzz::note_error("tdx_quote", e);
   } catch (const std::exception& e) {
     alem::fuzz::unexpected("tdx_quote", e.what());
   }

@@ -91,7 +91,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         again.started_attempt(mine.request_id) < 3 || again.replay().truncated_bytes != 0) {
       alem::fuzz::unexpected("usage_journal", "appended records did not read back after reopening");
     }
-  } catch (const alem::Error&) {
+  } catch (const alem::Error& e) {
+    alem::fuzz::note_error("usage_journal", e);
   } catch (const std::exception& e) {
     alem::fuzz::unexpected("usage_journal", e.what());
   }

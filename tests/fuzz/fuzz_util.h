@@ -80,6 +80,13 @@ inline std::string fixed_bytes(uint8_t seed, size_t n = 32) {
   return out;
 }
 
+// With ALEM_FUZZ_VERBOSE set, prints the error an input ended in (to see which check a seed
+// reaches); silent otherwise.
+inline void note_error(const char* target, const std::exception& e) {
+  static const bool verbose = std::getenv("ALEM_FUZZ_VERBOSE") != nullptr;
+  if (verbose) std::fprintf(stderr, "%s: %s\n", target, e.what());
+}
+
 // An exception the parser's contract does not allow: stop with a clear report so the fuzzer
 // records the input.
 [[noreturn]] inline void unexpected(const char* target, const char* what) {
