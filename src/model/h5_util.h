@@ -284,7 +284,8 @@ inline std::vector<std::string> read_string_table(hid_t group, const std::string
   out.reserve(offsets.size() - 1);
   for (size_t i = 0; i + 1 < offsets.size(); ++i) {
     ALEM_CHECK(offsets[i] <= offsets[i + 1] && offsets[i + 1] <= bytes.size(),
-               what + ": offset " + std::to_string(i + 1) + " goes backwards (corrupt store)");
+               what + ": offset " + std::to_string(i + 1) +
+                   " is out of order or past the end (corrupt store)");
     out.emplace_back(reinterpret_cast<const char*>(bytes.data()) + offsets[i],
                      offsets[i + 1] - offsets[i]);
   }

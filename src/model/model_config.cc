@@ -4,7 +4,12 @@
 #include "model/model_config.h"
 
 #include <charconv>
+#include <cmath>
+#include <cstdint>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <type_traits>
+#include <vector>
 
 #include "core/error.h"
 #include "core/json_input.h"
@@ -27,26 +32,56 @@ json parse_json(const std::string& text, const std::string& what) {
   }
 }
 
+// A JSON value as T, with its type and range checked first: nlohmann's get<int>() of 1e66 or
+// get<float>() of 1e300 is undefined behaviour (found by tests/fuzz/fuzz_model_config), and
+// get<int>() of a string throws a json exception instead of alem::Error.
+template <typename T>
+T checked(const json& v, const std::string& what) {
+  if constexpr (std::is_same_v<T, bool>) {
+    ALEM_CHECK(v.is_boolean(), what + " is not true or false");
+    return v.get<bool>();
+  } else if constexpr (std::is_integral_v<T>) {
+    ALEM_CHECK(v.is_number_integer(), what + " is not an integer");
+    if (v.is_number_unsigned()) {
+      const uint64_t u = v.get<uint64_t>();
+      ALEM_CHECK(u <= static_cast<uint64_t>(std::numeric_limits<T>::max()),
+                 what + " is out of range");
+      return static_cast<T>(u);
+    }
+    const int64_t i = v.get<int64_t>();
+    ALEM_CHECK(i >= std::numeric_limits<T>::min() && i <= std::numeric_limits<T>::max(),
+               what + " is out of range");
+    return static_cast<T>(i);
+  } else if constexpr (std::is_floating_point_v<T>) {
+    ALEM_CHECK(v.is_number(), what + " is not a number");
+    const double d = v.get<double>();
+    ALEM_CHECK(std::isfinite(d) && std::fabs(d) <= std::numeric_limits<T>::max(),
+               what + " is out of range");
+    return static_cast<T>(d);
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    ALEM_CHECK(v.is_string(), what + " is not a string");
+    return v.get<std::string>();
+  } else {
+    static_assert(std::is_same_v<T, std::vector<int>>);
+    ALEM_CHECK(v.is_array(), what + " is not an array");
+    std::vector<int> out;
+    for (const json& e : v) out.push_back(checked<int>(e, what + " element"));
+    return out;
+  }
+}
+
 template <typename T>
 T required(const json& j, const char* key, const std::string& what) {
   auto it = j.find(key);
   ALEM_CHECK(it != j.end() && !it->is_null(), what + " has no '" + key + "'");
-  try {
-    return it->get<T>();
-  } catch (const json::exception& e) {
-    ALEM_FAIL(what + ": '" + key + "' has the wrong type: " + e.what());
-  }
+  return checked<T>(*it, what + ": '" + key + "'");
 }
 
 template <typename T>
 T optional(const json& j, const char* key, T fallback, const std::string& what) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
-  try {
-    return it->get<T>();
-  } catch (const json::exception& e) {
-    ALEM_FAIL(what + ": '" + key + "' has the wrong type: " + e.what());
-  }
+  return checked<T>(*it, what + ": '" + key + "'");
 }
 
 // A float as the double with the same shortest decimal form (1e-5f -> 1e-05, not
@@ -216,9 +251,9 @@ ModelConfig ModelConfig::from_hf_config_json(const std::string& json_text) {
   c.bos_token_id = optional<int>(j, "bos_token_id", -1, what);
   if (auto it = j.find("eos_token_id"); it != j.end() && !it->is_null()) {
     if (it->is_array()) {
-      for (const json& e : *it) c.eos_token_ids.push_back(e.get<int>());
+      c.eos_token_ids = checked<std::vector<int>>(*it, what + ": 'eos_token_id'");
     } else {
-      c.eos_token_ids.push_back(it->get<int>());
+      c.eos_token_ids.push_back(checked<int>(*it, what + ": 'eos_token_id'"));
     }
   }
   c.validate();

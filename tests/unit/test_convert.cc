@@ -465,5 +465,34 @@ TEST(Convert, DeeplyNestedJsonIsAnError) {
   fs::remove_all(dir);
 }
 
+// Numbers out of range for their field (found by tests/fuzz/fuzz_model_config: converting 1e66
+// to int is undefined behaviour) and values of the wrong type are alem::Error naming the key.
+TEST(Convert, ConfigNumbersOutOfRangeAreErrors) {
+  const json base = json::parse(read_text(tiny_dir() + "/config.json"));
+  auto error_for = [&](const char* key, const json& value) {
+    json c = base;
+    c[key] = value;
+    try {
+      ModelConfig::from_hf_config_json(c.dump());
+    } catch (const Error& e) {
+      return e.message();
+    }
+    return std::string();
+  };
+  EXPECT_EQ(error_for("vocab_size", 512), "");
+  EXPECT_NE(error_for("vocab_size", 2.56667e66).find("'vocab_size' is not an integer"),
+            std::string::npos);
+  EXPECT_NE(error_for("vocab_size", int64_t{1} << 40).find("'vocab_size' is out of range"),
+            std::string::npos);
+  EXPECT_NE(error_for("rope_theta", 1e300).find("'rope_theta' is out of range"), std::string::npos);
+  EXPECT_NE(error_for("eos_token_id", "x").find("'eos_token_id'"), std::string::npos);
+  EXPECT_NE(error_for("eos_token_id", json::array({1, 1e40})).find("'eos_token_id' element"),
+            std::string::npos);
+  EXPECT_NE(error_for("tie_word_embeddings", 3).find("not true or false"), std::string::npos);
+  json stored = json::parse(ModelConfig::from_hf_config_json(base.dump()).to_json());
+  stored["num_layers"] = -1e30;
+  EXPECT_THROW(ModelConfig::from_json(stored.dump()), Error);
+}
+
 }  // namespace
 }  // namespace alem
