@@ -2,8 +2,11 @@
 // and hosts, load state, queue depth, tokens/s, restart count. The gateway is found by --url,
 // or, for a Slurm job, by the gateway file the job wrote in its working folder (--job ID).
 // Exit codes: 0 ready, 3 loading or draining, 4 failed, 1 unreachable or not an alem gateway.
+// A gateway that requires an API key gets the one from ALEM_API_KEY_FILE or ALEM_API_KEY, the
+// same variables `alem serve` reads.
 #include <httplib.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <regex>
@@ -11,6 +14,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/json_input.h"
+#include "serve/api_key.h"
 #include "serve/job_status.h"
 
 namespace alem::cli {
@@ -23,6 +27,16 @@ struct StatusOptions {
   bool json = false;
   int timeout_s = 5;
 };
+
+// The API key the job was started with, from the environment `alem serve` also reads; empty
+// when none is set (the gateway then needs none, or answers 401 with a clear message below).
+std::string api_key_from_environment() {
+  if (const char* file = std::getenv("ALEM_API_KEY_FILE"); file && *file) {
+    return serve::read_api_key_file(file);
+  }
+  if (const char* key = std::getenv("ALEM_API_KEY"); key && *key) return key;
+  return "";
+}
 
 int run_status(const StatusOptions& o) {
   std::string url = o.url;
@@ -45,9 +59,16 @@ int run_status(const StatusOptions& o) {
   httplib::Client client(m[1].str());
   client.set_connection_timeout(o.timeout_s, 0);
   client.set_read_timeout(o.timeout_s, 0);
-  const httplib::Result res = client.Get("/v1/status");
+  httplib::Headers headers;
+  if (std::string key = api_key_from_environment(); !key.empty()) {
+    headers.emplace("Authorization", "Bearer " + key);
+    std::fill(key.begin(), key.end(), '\0');
+  }
+  const httplib::Result res = client.Get("/v1/status", headers);
   ALEM_CHECK(res, "the gateway at " + url + " does not answer (" + httplib::to_string(res.error()) +
                       "): the job may have ended, be requeued, or not have started yet");
+  ALEM_CHECK(res->status != 401, "the gateway at " + url +
+                                     " requires an API key: set ALEM_API_KEY_FILE or ALEM_API_KEY");
   ALEM_CHECK(res->status == 200, "the gateway at " + url + " answered HTTP " +
                                      std::to_string(res->status) + " to /v1/status");
   nlohmann::json doc;

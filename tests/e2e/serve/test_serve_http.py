@@ -161,6 +161,21 @@ class ApiKey(unittest.TestCase):
         self.assertIn("alem_requests_running", body)
         self.assertEqual(http_get(SERVER.base + "/v1/status")[0], 401)
 
+    def test_alem_status_sends_the_key_from_the_environment(self):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("ALEM_API_KEY", "ALEM_API_KEY_FILE")}
+        refused = subprocess.run([ALEM, "status", "--url", SERVER.base], env=env,
+                                 capture_output=True, text=True, timeout=60)
+        self.assertEqual(refused.returncode, 1, refused.stderr)
+        self.assertIn("requires an API key", refused.stderr)
+        for name, value in (("ALEM_API_KEY", KEY), ("ALEM_API_KEY_FILE", KEY_FILE)):
+            ok = subprocess.run([ALEM, "status", "--url", SERVER.base, "--json"],
+                                env={**env, name: value}, capture_output=True, text=True,
+                                timeout=60)
+            self.assertEqual(ok.returncode, 0, name + ": " + ok.stderr)
+            self.assertEqual(json.loads(ok.stdout)["state"], "ready")
+            self.assertNotIn(KEY, ok.stdout + ok.stderr)
+
     def test_protects_health_with_key_from_environment(self):
         server = Server(["--served-model-name", MODEL_NAME, "--max-model-len", "512",
                          "--kv-cache-mb", "64", "--api-key-protects", "health,metrics"],
