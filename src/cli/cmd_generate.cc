@@ -2,9 +2,7 @@
 // an HDF5 model store; on one rank or sharded (mpirun -np N alem generate --tp T --pp P).
 // The completion goes to stdout (it is the user's own output); statistics go to stderr.
 #include <cstdio>
-#include <fstream>
 #include <iostream>
-#include <sstream>
 
 #include "cli/commands.h"
 #include "cli/confidential_start.h"
@@ -48,17 +46,13 @@ void run_generate(GenerateOptions& o) {
     ModelStoreReader store(o.model);
     // Attest, verify the cluster bundle, agree keys, encrypt traffic between hosts (collective).
     const auto confidential_session = start_confidential(ctx, o.confidential, store, nullptr);
+    TokenizerData chat_data = store.tokenizer();
+    if (!o.chat_template_file.empty()) {
+      chat_data.chat_template = read_chat_template_file(o.chat_template_file);
+    }
     // MPI is up and the store open. `--confidential sandbox` implies it.
     if (o.sandbox || o.confidential.mode == "sandbox") confidential::enter_sandbox();
     Tokenizer tokenizer(store.tokenizer());
-    TokenizerData chat_data = store.tokenizer();
-    if (!o.chat_template_file.empty()) {
-      std::ifstream in(o.chat_template_file, std::ios::binary);
-      ALEM_CHECK(in.good(), "cannot read chat template " + o.chat_template_file);
-      std::stringstream text;
-      text << in.rdbuf();
-      chat_data.chat_template = text.str();
-    }
     if (o.chat) check_chat_template(chat_data);  // a template alem cannot parse fails here
     std::vector<int32_t> prompt;
     if (o.chat) {

@@ -74,6 +74,7 @@ struct ServeOptions {
   int port = 8000;
   int metrics_port = 0;
   std::string served_model_name;
+  std::string chat_template_file;  // --chat-template: replaces the store's template
   ParallelOptions parallel;
   int max_num_seqs = 64;
   int max_batch_tokens = 2048;
@@ -285,8 +286,8 @@ void open_network_state(const ServeOptions& o, std::unique_ptr<network::Provider
            {{"path", o.provider_key},
             {"identity", network::hex(std::string(id.begin(), id.end()))},
             {"sealing", network::hex(std::string(sealing.begin(), sealing.end()))}});
-  journal = std::make_unique<network::UsageJournal>(o.usage_journal,
-                                                   network::kJournalLockWaitOnStart);
+  journal =
+      std::make_unique<network::UsageJournal>(o.usage_journal, network::kJournalLockWaitOnStart);
   const network::JournalReplay& r = journal->replay();
   log_info("usage journal open", {{"path", o.usage_journal},
                                   {"records", std::to_string(r.records)},
@@ -328,6 +329,11 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     if (gateway && !o.network_endpoints.empty()) {
       open_network_state(o, network_keys, usage_journal);
     }
+    // The gateway renders chat prompts with the store's template, or the one given instead.
+    auto chat_data = std::make_unique<TokenizerData>(store.tokenizer());
+    if (gateway && !o.chat_template_file.empty()) {
+      chat_data->chat_template = read_chat_template_file(o.chat_template_file);
+    }
     // MPI is up, the store open, no threads yet. `--confidential sandbox` implies it.
     if (o.sandbox || o.confidential.mode == "sandbox") confidential::enter_sandbox();
     const ModelConfig& config = store.config();
@@ -351,8 +357,8 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
       tokenizer = std::make_unique<Tokenizer>(store.tokenizer());
       served.name = served_name;
       served.tokenizer = tokenizer.get();
-      served.tokenizer_data = &store.tokenizer();
-      check_chat_template(store.tokenizer());  // an unparsable template fails here, not per request
+      served.tokenizer_data = chat_data.get();
+      check_chat_template(*chat_data);  // an unparsable template fails here, not per request
       served.created = static_cast<int64_t>(std::time(nullptr));
       served.im_end_id = tokenizer->token_id("<|im_end|>");
       served.reasoning = serve::ReasoningTokens::find(*tokenizer);  // Qwen3's <think> markers
@@ -528,6 +534,8 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--metrics-port", o->metrics_port, "Also serve /metrics on this port (0: off)");
   cmd->add_option("--served-model-name", o->served_model_name,
                   "Model name clients must send (default: the model's own name)");
+  cmd->add_option("--chat-template", o->chat_template_file,
+                  "Jinja chat template file to use instead of the model's");
   add_parallel_flags(*cmd, o->parallel);
   add_confidential_flags(*cmd, o->confidential);
   cmd->add_option("--max-num-seqs", o->max_num_seqs, "Sequences running at once")

@@ -3,6 +3,8 @@
 #include "cli/runtime.h"
 
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -31,6 +33,15 @@ ParallelContext make_context(const ParallelOptions& o) {
 
 void fail_job(ParallelContext* ctx, const std::string& why) {
   if (ctx && ctx->world && ctx->world->size() > 1) abort_job(why);
+}
+
+std::string read_chat_template_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  ALEM_CHECK(in.good(), "cannot read chat template " + path);
+  std::stringstream text;
+  text << in.rdbuf();
+  ALEM_CHECK(!in.bad(), "cannot read chat template " + path);
+  return text.str();
 }
 
 void add_parallel_flags(CLI::App& cmd, ParallelOptions& o) {

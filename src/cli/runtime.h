@@ -26,4 +26,8 @@ void fail_job(ParallelContext* ctx, const std::string& why);
 
 void add_parallel_flags(CLI::App& cmd, ParallelOptions& options);
 
+// The text of a --chat-template FILE (read before the sandbox, which hides the file system).
+// Throws alem::Error naming the path when it cannot be read.
+std::string read_chat_template_file(const std::string& path);
+
 }  // namespace alem::cli

@@ -8,6 +8,7 @@ read and flags override it.
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -17,7 +18,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_harness import Server, curl, http_get, parallel  # noqa: E402
+from serve_harness import ALEM, MODEL, Server, curl, http_get, parallel  # noqa: E402
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
 
@@ -114,6 +115,61 @@ class Lifecycle(unittest.TestCase):
         server.signal(signal.SIGINT)
         self.assertEqual(server.wait(60), 0)
         server.stop()
+
+
+def post_json(base, path, body, timeout=120):
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read().decode())
+
+
+class ChatTemplateOverride(unittest.TestCase):
+    def test_chat_template_file_replaces_the_models(self):
+        # A template that writes only the last message's text: the chat prompt must then be
+        # exactly as long as the same text sent as a plain completion prompt.
+        with tempfile.NamedTemporaryFile("w", suffix=".jinja", delete=False) as f:
+            f.write("{{ messages[-1]['content'] }}")
+        text = "The quick brown fox jumps over the lazy dog, twice."
+        server = Server(["--chat-template", f.name, "--kv-cache-mb", "64", "--max-model-len", "512"])
+        try:
+            chat = post_json(server.base, "/v1/chat/completions",
+                             {"model": MODEL_NAME, "max_tokens": 1,
+                              "messages": [{"role": "system", "content": "ignored"},
+                                           {"role": "user", "content": text}]})
+            plain = post_json(server.base, "/v1/completions",
+                              {"model": MODEL_NAME, "max_tokens": 1, "prompt": text})
+            self.assertEqual(chat["usage"]["prompt_tokens"], plain["usage"]["prompt_tokens"])
+        finally:
+            server.stop()
+            os.unlink(f.name)
+
+        # The model's own template (ChatML with a default system message) is longer.
+        server = Server(["--kv-cache-mb", "64", "--max-model-len", "512"])
+        try:
+            chat = post_json(server.base, "/v1/chat/completions",
+                             {"model": MODEL_NAME, "max_tokens": 1,
+                              "messages": [{"role": "user", "content": text}]})
+            self.assertGreater(chat["usage"]["prompt_tokens"], plain["usage"]["prompt_tokens"])
+        finally:
+            server.stop()
+
+    def test_a_template_that_cannot_parse_fails_at_start(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".jinja", delete=False) as f:
+            f.write("{% for m in messages %}{{ m.content }")
+        try:
+            r = subprocess.run([ALEM, "serve", "--model", MODEL, "--port", "0",
+                                "--chat-template", f.name], capture_output=True, text=True,
+                               timeout=120)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("line 1", r.stderr)
+            r = subprocess.run([ALEM, "serve", "--model", MODEL, "--port", "0",
+                                "--chat-template", f.name + ".missing"], capture_output=True,
+                               text=True, timeout=120)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("cannot read chat template", r.stderr)
+        finally:
+            os.unlink(f.name)
 
 
 if __name__ == "__main__":
