@@ -102,7 +102,7 @@ for t in "${targets[@]}"; do
   [ -x "$bin" ] || { echo "fuzz.sh: no target fuzz_$t" >&2; exit 1; }
   [ -d "$seeds" ] || { echo "fuzz.sh: no corpus $seeds" >&2; exit 1; }
   mkdir -p "$build/corpus/$t" "$build/crashes/$t" "$build/logs"
-  log=$build/logs/$t.log
+  log=$build/logs/$t-${seconds}s.log
   args=(-timeout=10 -rss_limit_mb=2048 -max_len=1048576 -print_final_stats=1
         "-artifact_prefix=$build/crashes/$t/")
   dict=$root/tests/fuzz/dict/$t.dict
