@@ -29,6 +29,7 @@
 #include "confidential/sandbox.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "engine/constrained/token_constraint.h"
 #include "engine/dp_router.h"
 #include "engine/serving_engine.h"
 #include "model/chat_template.h"
@@ -423,6 +424,10 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     serving.eos_token_ids = config.eos_token_ids;  // as `alem generate` stops
     if (store.tokenizer().eos_token_id >= 0) {
       serving.eos_token_ids.push_back(store.tokenizer().eos_token_id);
+    }
+    {  // the bytes of every token, for response_format (every last-stage rank masks)
+      const Tokenizer token_source(store.tokenizer());
+      serving.token_table = constrained::make_token_table(token_source);
     }
     ServingEngine engine(model, ctx, serving);
     ctx.world->barrier();  // every rank has loaded its shard

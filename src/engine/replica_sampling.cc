@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "engine/constrained/token_constraint.h"
 
 namespace alem {
 namespace {
@@ -19,6 +20,12 @@ uint64_t get_u64(const uint8_t* data, size_t size, size_t& pos) {
   for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(data[pos + i]) << (8 * i);
   pos += 8;
   return v;
+}
+
+// A constrained row (response_format) draws among the tokens its grammar allows.
+int32_t choose_row(const CandidateSet& set, const RowSampler& row) {
+  if (row.constraint) return row.constraint->choose(set, *row.params, *row.rng);
+  return choose(set, *row.params, *row.rng);
 }
 
 }  // namespace
@@ -87,10 +94,12 @@ std::vector<int32_t> sample_rows_replicated(const StepLogits& logits,
                  "sampling: row " + std::to_string(i) + " has no state");
       row.assign(logits.row(i), logits.row(i) + logits.vocab_size);
       apply_penalties(row.data(), logits.vocab_begin, logits.vocab_size, *r.params, *r.counts);
-      local[i] = local_candidates(row.data(), logits.vocab_begin, logits.vocab_size, *r.params);
+      local[i] = local_candidates(
+          row.data(), logits.vocab_begin, logits.vocab_size,
+          r.constraint ? constrained::RowConstraint::candidate_params(*r.params) : *r.params);
     }
     if (ctx.tp->size() == 1) {
-      for (size_t i = 0; i < n; ++i) tokens[i] = choose(local[i], *rows[i].params, *rows[i].rng);
+      for (size_t i = 0; i < n; ++i) tokens[i] = choose_row(local[i], rows[i]);
     } else {
       std::vector<std::vector<CandidateSet>> by_rank;
       for (const auto& bytes : all_gather_bytes(*ctx.tp, serialize_candidate_sets(local))) {
@@ -100,7 +109,7 @@ std::vector<int32_t> sample_rows_replicated(const StepLogits& logits,
       std::vector<CandidateSet> parts(by_rank.size());
       for (size_t i = 0; i < n; ++i) {
         for (size_t k = 0; k < by_rank.size(); ++k) parts[k] = std::move(by_rank[k][i]);
-        tokens[i] = choose(merge(parts), *rows[i].params, *rows[i].rng);  // same on every TP rank
+        tokens[i] = choose_row(merge(parts), rows[i]);  // same on every TP rank
       }
     }
   }

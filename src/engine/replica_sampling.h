@@ -16,12 +16,18 @@
 
 namespace alem {
 
+namespace constrained {
+class RowConstraint;
+}
+
 // How one row is sampled: the request's params, the tokens it has seen (for penalties) and its
 // random stream. Only read on ranks that hold the LM head; `rng` is advanced there.
 struct RowSampler {
   const SamplingParams* params = nullptr;
   const TokenCounts* counts = nullptr;
   Rng* rng = nullptr;
+  // response_format: the row's grammar state, which masks invalid tokens (engine/constrained/).
+  constrained::RowConstraint* constraint = nullptr;
 };
 
 // Returns the next token of each row, on every rank of the replica (all must call it, with the

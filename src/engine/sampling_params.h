@@ -14,6 +14,9 @@ struct SamplingParams {
   // Temperatures below this are treated as greedy (argmax), as vLLM does.
   static constexpr float kGreedyTemperature = 1e-5f;
 
+  // response_format: the JSON Schema (compact text) the output must follow, enforced token by
+  // token (engine/constrained/); "" = unconstrained. json_object is {"type":"object"}.
+  std::string json_schema = {};
   float temperature = 1.0f;         // 0 = greedy; otherwise logits are divided by it
   int32_t top_k = 0;                // keep the k most likely tokens; 0 or -1 = off
   float top_p = 1.0f;               // nucleus: smallest set with cumulative probability >= top_p

@@ -20,6 +20,7 @@
 #include "core/aligned_buffer.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "engine/constrained/token_constraint.h"
 #include "engine/replica_sampling.h"
 #include "engine/wire_format.h"
 
@@ -33,6 +34,7 @@ struct SequenceSampling {
   SamplingParams params;
   TokenCounts counts;
   Rng rng{0};
+  std::unique_ptr<constrained::RowConstraint> constraint;  // response_format, else null
 };
 
 }  // namespace
@@ -78,6 +80,10 @@ struct ServingEngine::Impl {
     s.params = params;
     s.rng = Rng::for_request(params, seed);
     if (params.repetition_penalty != 1.0f) s.counts.add_prompt(prompt);
+    if (!params.json_schema.empty()) {
+      s.constraint = std::make_unique<constrained::RowConstraint>(params, options.token_table,
+                                                                  options.eos_token_ids);
+    }
     sampling[id] = std::move(s);
   }
 
@@ -98,6 +104,7 @@ struct ServingEngine::Impl {
                        logits.request_ids[rows.size()] == seq.request_id,
                    "the step's logit rows are not in plan order");
         rows.push_back({&s->params, &s->counts, &s->rng});
+        rows.back().constraint = s->constraint.get();
       } else {
         rows.push_back({});
       }
@@ -106,6 +113,7 @@ struct ServingEngine::Impl {
     std::vector<int32_t> tokens = sample_rows_replicated(logits, rows, ctx, has_lm_head());
     for (size_t i = 0; i < states.size(); ++i) {
       if (states[i] && states[i]->params.has_penalties()) states[i]->counts.add_output(tokens[i]);
+      if (states[i] && states[i]->constraint) states[i]->constraint->advance(tokens[i]);
     }
     secure_wipe(logits.values.data(), logits.values.size() * sizeof(float));
     return tokens;

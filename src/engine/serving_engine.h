@@ -32,6 +32,10 @@
 
 namespace alem {
 
+namespace constrained {
+struct TokenTable;
+}
+
 // Progress of one request is delivered as the scheduler's RequestEvent (engine/scheduler.h):
 // one per generated token (has_token), the last one with finished + finish_reason + usage. An
 // abort or an engine failure gives a finished event without a token. Callbacks run on the
@@ -92,6 +96,8 @@ struct ServingOptions {
   int max_waiting = 256;        // sequences queued beyond the running ones; more -> kQueueFull
   std::vector<int32_t> eos_token_ids;
   int replica = 0;  // label for stats
+  // Every token's bytes, for requests with a response_format (engine/constrained/).
+  std::shared_ptr<const constrained::TokenTable> token_table;
 };
 
 // What the gateway's control loop (drain, abort, stop) needs, with one replica (ServingEngine)

@@ -10,6 +10,7 @@
 #include "core/aligned_buffer.h"
 #include "core/error.h"
 #include "core/json_input.h"
+#include "serve/response_format.h"
 
 namespace alem::serve {
 
@@ -434,6 +435,24 @@ void parse_sampling(const Fields& f, ApiRequest& r) {
   }
 }
 
+// response_format (both endpoints, as vLLM): the JSON Schema the output must follow.
+void parse_response_format(const Fields& f, ApiRequest& r) {
+  const json* format = f.get("response_format");
+  if (!format) return;
+  if (!format->is_object()) wrong_type("response_format", "an object", *format);
+  try {
+    r.sampling.json_schema = response_format_schema(*format);
+  } catch (const Error& e) {
+    reject(e.message(), "response_format");
+  }
+  if (!r.sampling.json_schema.empty() && r.sampling.ignore_eos) {
+    reject(
+        "'ignore_eos' cannot be combined with a JSON 'response_format' (the output ends when "
+        "the value is complete)",
+        "ignore_eos");
+  }
+}
+
 // Features alem does not implement: rejected clearly rather than silently ignored.
 void reject_unsupported(const Fields& f, const ApiRequest& r) {
   if (r.endpoint == Endpoint::kCompletions) {
@@ -451,14 +470,6 @@ void reject_unsupported(const Fields& f, const ApiRequest& r) {
     }
     if (f.integer("top_logprobs").value_or(0) > 0) {
       reject("'top_logprobs' is not supported by this server", "top_logprobs");
-    }
-    if (const json* format = f.get("response_format")) {
-      if (!format->is_object()) wrong_type("response_format", "an object", *format);
-      const std::string type = Fields(*format, "response_format.").string("type").value_or("text");
-      if (type != "text") {
-        reject("'response_format' of type \"" + type + "\" is not supported; only \"text\"",
-               "response_format");
-      }
     }
     const json* tools = f.get("tools");
     const json* choice = f.get("tool_choice");
@@ -576,6 +587,7 @@ ApiRequest parse_request(std::string_view body, Endpoint endpoint, const std::st
   }
   parse_stop(f, limits, r);
   parse_sampling(f, r);
+  parse_response_format(f, r);
   r.include_stop_str_in_output = f.boolean("include_stop_str_in_output").value_or(false);
   r.skip_special_tokens = f.boolean("skip_special_tokens").value_or(true);
   r.user = f.string("user").value_or("");

@@ -299,7 +299,9 @@ TEST(OpenAiParse, UnsupportedFeaturesAreRejectedClearly) {
   for (auto [field, value] : std::vector<std::pair<const char*, json>>{
            {"logprobs", true},
            {"top_logprobs", 3},
-           {"response_format", {{"type", "json_object"}}},
+           {"response_format",
+            {{"type", "json_schema"},
+             {"json_schema", {{"name", "n"}, {"schema", {{"pattern", "a"}}}}}}},
            {"tools", {{{"type", "function"}, {"function", {{"name", "f"}}}}}}}) {
     json body = chat_body();
     body[field] = value;

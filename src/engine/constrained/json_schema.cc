@@ -1,0 +1,216 @@
+// Compiles the JSON Schema subset of json_schema.h into SchemaNodes, refusing by name what it
+// cannot enforce, and caches compiled schemas by their text.
+#include "engine/constrained/json_schema.h"
+
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <unordered_map>
+
+#include "core/error.h"
+
+namespace alem::constrained {
+namespace {
+
+using nlohmann::json;
+
+const std::set<std::string>& ignored_keywords() {
+  static const std::set<std::string> k = {"title",       "description", "default",   "examples",
+                                          "$schema",     "$id",         "$comment",  "$defs",
+                                          "definitions", "readOnly",    "writeOnly", "deprecated"};
+  return k;
+}
+
+uint8_t type_bit(const std::string& name, const std::string& path) {
+  if (name == "object") return kObject;
+  if (name == "array") return kArray;
+  if (name == "string") return kString;
+  if (name == "number") return kNumber | kInteger;
+  if (name == "integer") return kInteger;
+  if (name == "boolean") return kBoolean;
+  if (name == "null") return kNull;
+  ALEM_FAIL("response_format schema: unknown type \"" + name + "\" at " + path);
+}
+
+int32_t count_of(const json& v, const char* keyword, const std::string& path) {
+  ALEM_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() <= (1 << 30),
+             std::string("response_format schema: '") + keyword + "' at " + path +
+                 " must be a non-negative integer");
+  return static_cast<int32_t>(v.get<int64_t>());
+}
+
+class Compiler {
+ public:
+  JsonSchema schema;
+
+  int32_t compile(const json& s, const std::string& path, int depth) {
+    ALEM_CHECK(depth <= kMaxSchemaDepth, "response_format schema: nested deeper than " +
+                                             std::to_string(kMaxSchemaDepth) + " at " + path);
+    if (s.is_boolean()) {
+      ALEM_CHECK(s.get<bool>(), "response_format schema: 'false' (nothing valid) at " + path);
+      return 0;
+    }
+    ALEM_CHECK(s.is_object(), "response_format schema: a schema must be an object at " + path);
+    ALEM_CHECK(schema.nodes.size() < kMaxSchemaNodes,
+               "response_format schema: more than " + std::to_string(kMaxSchemaNodes) + " nodes");
+    const int32_t index = static_cast<int32_t>(schema.nodes.size());
+    schema.nodes.emplace_back();
+    SchemaNode node;
+    bool typed = false;
+    for (const auto& [key, value] : s.items()) {
+      const std::string at = path + "." + key;
+      if (ignored_keywords().count(key)) continue;
+      if (key == "type") {
+        typed = true;
+        node.types = 0;
+        if (value.is_string()) {
+          node.types = type_bit(value.get<std::string>(), at);
+        } else {
+          ALEM_CHECK(value.is_array() && !value.empty(),
+                     "response_format schema: 'type' must be a name or a list at " + at);
+          for (const json& t : value) {
+            ALEM_CHECK(t.is_string(), "response_format schema: 'type' entries are names at " + at);
+            node.types |= type_bit(t.get<std::string>(), at);
+          }
+        }
+      } else if (key == "properties") {
+        ALEM_CHECK(value.is_object(), "response_format schema: 'properties' must be an object");
+        ALEM_CHECK(value.size() <= kMaxPropertiesPerObject,
+                   "response_format schema: more than " + std::to_string(kMaxPropertiesPerObject) +
+                       " properties at " + at);
+        for (const auto& [name, sub] : value.items()) {
+          const std::string quoted = json(name).dump(-1, ' ', false, json::error_handler_t::strict);
+          const int32_t child = compile(sub, at + "." + name, depth + 1);
+          node.properties.emplace_back(quoted.substr(1, quoted.size() - 2), child);
+        }
+      } else if (key == "required") {
+        // resolved below, once the properties are known
+      } else if (key == "additionalProperties") {
+        if (value.is_boolean()) {
+          node.additional_allowed = value.get<bool>();
+        } else {
+          node.additional = compile(value, at, depth + 1);
+        }
+      } else if (key == "items") {
+        ALEM_CHECK(!value.is_array(),
+                   "response_format schema: 'items' as a list (tuple) is not supported at " + at);
+        node.items = compile(value, at, depth + 1);
+      } else if (key == "minItems") {
+        node.min_items = count_of(value, "minItems", at);
+      } else if (key == "maxItems") {
+        node.max_items = count_of(value, "maxItems", at);
+      } else if (key == "minLength") {
+        node.min_length = count_of(value, "minLength", at);
+      } else if (key == "maxLength") {
+        node.max_length = count_of(value, "maxLength", at);
+      } else if (key == "enum" || key == "const") {
+        std::vector<json> values;
+        if (key == "const") {
+          values.push_back(value);
+        } else {
+          ALEM_CHECK(value.is_array() && !value.empty(),
+                     "response_format schema: 'enum' must be a non-empty list at " + at);
+          values.assign(value.begin(), value.end());
+        }
+        ALEM_CHECK(values.size() <= kMaxLiterals, "response_format schema: more than " +
+                                                      std::to_string(kMaxLiterals) +
+                                                      " enum values at " + at);
+        node.literals.clear();
+        for (const json& v : values) {
+          node.literals.push_back(v.dump(-1, ' ', false, json::error_handler_t::strict));
+        }
+      } else {
+        ALEM_FAIL("response_format schema: the keyword '" + key + "' (at " + at +
+                  ") is not supported; supported: type, properties, required, "
+                  "additionalProperties, items, minItems, maxItems, minLength, maxLength, enum, "
+                  "const");
+      }
+    }
+    if (!typed && (s.contains("properties") || s.contains("additionalProperties"))) {
+      node.types = kObject;
+    }
+    if (!typed && s.contains("items")) node.types = kArray;
+    if (auto it = s.find("required"); it != s.end()) {
+      ALEM_CHECK(it->is_array(), "response_format schema: 'required' must be a list at " + path);
+      for (const json& name : *it) {
+        ALEM_CHECK(name.is_string(), "response_format schema: 'required' lists names at " + path);
+        const std::string quoted = name.dump(-1, ' ', false, json::error_handler_t::strict);
+        const std::string escaped = quoted.substr(1, quoted.size() - 2);
+        bool found = false;
+        for (size_t i = 0; i < node.properties.size(); ++i) {
+          if (node.properties[i].first == escaped) {
+            node.required |= uint64_t{1} << i;
+            found = true;
+          }
+        }
+        ALEM_CHECK(found, "response_format schema: required property " + quoted + " at " + path +
+                              " is not in 'properties'");
+      }
+    }
+    if (!node.literals.empty()) {
+      // Only the literals that have an allowed type stay; none left is an impossible schema.
+      std::vector<std::string> kept;
+      for (const std::string& lit : node.literals) {
+        const json v = json::parse(lit);
+        uint8_t bit = v.is_object()           ? kObject
+                      : v.is_array()          ? kArray
+                      : v.is_string()         ? kString
+                      : v.is_boolean()        ? kBoolean
+                      : v.is_null()           ? kNull
+                      : v.is_number_integer() ? (kInteger | kNumber)
+                                              : kNumber;
+        if (node.types & bit) kept.push_back(lit);
+      }
+      ALEM_CHECK(!kept.empty(),
+                 "response_format schema: no enum/const value has the allowed "
+                 "type at " +
+                     path);
+      node.literals = std::move(kept);
+    }
+    ALEM_CHECK(node.max_items < 0 || node.max_items >= node.min_items,
+               "response_format schema: maxItems < minItems at " + path);
+    ALEM_CHECK(node.max_length < 0 || node.max_length >= node.min_length,
+               "response_format schema: maxLength < minLength at " + path);
+    ALEM_CHECK(node.types != 0, "response_format schema: an empty type list at " + path);
+    schema.nodes[index] = std::move(node);
+    return index;
+  }
+};
+
+}  // namespace
+
+JsonSchema compile_json_schema(const std::string& schema_text) {
+  ALEM_CHECK(schema_text.size() <= kMaxSchemaBytes,
+             "response_format schema: longer than " + std::to_string(kMaxSchemaBytes) + " bytes");
+  json parsed;
+  try {
+    parsed = json::parse(schema_text);
+  } catch (const json::exception&) {
+    ALEM_FAIL("response_format schema: not valid JSON");
+  }
+  Compiler c;
+  c.schema.nodes.emplace_back();  // node 0: any value
+  try {
+    c.schema.root = c.compile(parsed, "schema", 0);
+  } catch (const json::exception& e) {
+    ALEM_FAIL(std::string("response_format schema: ") + e.what());
+  }
+  return std::move(c.schema);
+}
+
+std::shared_ptr<const JsonSchema> cached_json_schema(const std::string& schema_text) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, std::shared_ptr<const JsonSchema>> cache;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto it = cache.find(schema_text); it != cache.end()) return it->second;
+  }
+  auto compiled = std::make_shared<const JsonSchema>(compile_json_schema(schema_text));
+  std::lock_guard<std::mutex> lock(mutex);
+  if (cache.size() >= 256) cache.clear();  // crude bound; recompiling is cheap
+  cache.emplace(schema_text, compiled);
+  return compiled;
+}
+
+}  // namespace alem::constrained
