@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -69,6 +70,7 @@ struct FailureWatchdog::State {
   struct Call {
     std::string what;
     Clock::time_point started;
+    double timeout_s;  // 0: the watchdog's
   };
   std::mutex mutex;
   std::condition_variable wake;
@@ -82,7 +84,23 @@ FailureWatchdog::FailureWatchdog(double timeout_s)
     : timeout_s_(timeout_s), state_(std::make_unique<State>()) {
   ALEM_CHECK(timeout_s >= 0,
              "the collective timeout must be >= 0 s, got " + std::to_string(timeout_s));
-  if (timeout_s_ > 0) state_->thread = std::thread([this] { run(); });
+  if (timeout_s > 0) state_->thread = std::thread([this] { run(); });
+}
+
+void FailureWatchdog::arm(double timeout_s) {
+  ALEM_CHECK(timeout_s > 0,
+             "arm() needs a collective timeout > 0 s, got " + std::to_string(timeout_s));
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  timeout_s_.store(timeout_s, std::memory_order_relaxed);
+  if (!state_->thread.joinable()) state_->thread = std::thread([this] { run(); });
+  state_->wake.notify_all();
+}
+
+double FailureWatchdog::oldest_wait_s() const {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  if (state_->calls.empty()) return 0;
+  return std::chrono::duration<double>(Clock::now() - state_->calls.begin()->second.started)
+      .count();
 }
 
 FailureWatchdog::~FailureWatchdog() {
@@ -94,13 +112,13 @@ FailureWatchdog::~FailureWatchdog() {
   if (state_->thread.joinable()) state_->thread.join();
 }
 
-FailureWatchdog::Watch FailureWatchdog::watch(std::string what) {
+FailureWatchdog::Watch FailureWatchdog::watch(std::string what, double timeout_s) {
   Watch watch;
-  if (timeout_s_ <= 0) return watch;
+  if (timeout_s_.load(std::memory_order_relaxed) <= 0) return watch;
   std::lock_guard<std::mutex> lock(state_->mutex);
   watch.owner_ = this;
   watch.call_id_ = state_->next_id++;
-  state_->calls.emplace(watch.call_id_, State::Call{std::move(what), Clock::now()});
+  state_->calls.emplace(watch.call_id_, State::Call{std::move(what), Clock::now(), timeout_s});
   return watch;
 }
 
@@ -110,23 +128,25 @@ void FailureWatchdog::finish(uint64_t call_id) {
 }
 
 void FailureWatchdog::run() {
-  const auto timeout = std::chrono::duration<double>(timeout_s_);
-  // Check a few times per timeout, at least once a second: the abort comes at most ~25% late.
-  const auto poll = std::min<std::chrono::duration<double>>(timeout / 4, std::chrono::seconds(1));
   std::unique_lock<std::mutex> lock(state_->mutex);
   while (!state_->stopping) {
-    state_->wake.wait_for(lock, poll);
+    const double timeout_s = timeout_s_.load(std::memory_order_relaxed);
+    // Check a few times per timeout, at least once a second: the abort comes at most ~25% late.
+    state_->wake.wait_for(lock, std::chrono::duration<double>(std::min(timeout_s / 4, 1.0)));
     if (state_->stopping || state_->calls.empty()) continue;
-    const State::Call& oldest = state_->calls.begin()->second;
-    const std::chrono::duration<double> waited = Clock::now() - oldest.started;
-    if (waited < timeout) continue;
-    char seconds[32];
-    std::snprintf(seconds, sizeof(seconds), "%.1f", waited.count());
-    const std::string why = std::string("no progress for ") + seconds + " s (collective timeout " +
-                            std::to_string(static_cast<int>(timeout_s_)) + " s) in " + oldest.what +
-                            ": a peer is stuck or unreachable";
-    lock.unlock();
-    abort_job(why);
+    // Each call against its own limit (a call with a shorter one may not be the oldest).
+    const auto now = Clock::now();
+    for (const auto& [id, call] : state_->calls) {
+      const double limit = call.timeout_s > 0 ? call.timeout_s : timeout_s;
+      const double waited = std::chrono::duration<double>(now - call.started).count();
+      if (waited < limit) continue;
+      char text[96];
+      std::snprintf(text, sizeof(text), "no progress for %.1f s (%s %g s) in ", waited,
+                    call.timeout_s > 0 ? "limit" : "collective timeout", limit);
+      const std::string why = text + call.what + ": a peer is stuck or unreachable";
+      lock.unlock();
+      abort_job(why);
+    }
   }
 }
 
@@ -149,7 +169,7 @@ FailureWatchdog::Watch::~Watch() {
   if (owner_) owner_->finish(call_id_);
 }
 
-static double timeout_from_environment(double fallback) {
+double collective_timeout_from_environment(double fallback) {
   const char* text = std::getenv("ALEM_COLLECTIVE_TIMEOUT_S");
   if (!text || !*text) return fallback;
   char* end = nullptr;
@@ -163,13 +183,12 @@ static double timeout_from_environment(double fallback) {
 std::shared_ptr<FailureWatchdog> install_failure_handling(ParallelContext& ctx,
                                                           const FailureOptions& options) {
   std::set_terminate(terminate_by_aborting_job);
-  auto watchdog =
-      std::make_shared<FailureWatchdog>(timeout_from_environment(options.collective_timeout_s));
-  if (watchdog->timeout_s() > 0) {
-    for (ProcessGroup* group : {ctx.world.get(), ctx.tp.get(), ctx.pp.get(), ctx.dp.get()})
-      if (auto* mpi_group = dynamic_cast<MpiProcessGroup*>(group))
-        mpi_group->set_watchdog(watchdog);
-  }
+  auto watchdog = std::make_shared<FailureWatchdog>(
+      collective_timeout_from_environment(options.collective_timeout_s));
+  // Attached even when off: watch() then costs one atomic load, and arm() can turn it on later.
+  for (ProcessGroup* group : {ctx.world.get(), ctx.tp.get(), ctx.pp.get(), ctx.dp.get()})
+    if (auto* mpi_group = dynamic_cast<MpiProcessGroup*>(group)) mpi_group->set_watchdog(watchdog);
+  ctx.watchdog = watchdog;
   return watchdog;
 }
 

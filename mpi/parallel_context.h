@@ -10,6 +10,8 @@
 
 namespace alem {
 
+class FailureWatchdog;
+
 struct ParallelContext {
   ParallelLayout layout;
   int world_rank = 0;
@@ -18,6 +20,9 @@ struct ParallelContext {
   std::unique_ptr<ProcessGroup> tp;
   std::unique_ptr<ProcessGroup> pp;
   std::unique_ptr<ProcessGroup> dp;
+  // The collective-timeout watchdog of the MPI groups (mpi/failure_watchdog.h), set by
+  // install_failure_handling; null for solo and fake contexts.
+  std::shared_ptr<FailureWatchdog> watchdog;
 
   bool is_first_stage() const { return coords.pp == 0; }
   bool is_last_stage() const { return coords.pp == layout.pp_size() - 1; }

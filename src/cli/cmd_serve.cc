@@ -13,6 +13,11 @@
 //                     after SIGTERM (the job is being ended) with code 0.
 //   SIGINT            stop: abort what is in flight, exit 0.
 // Followers note signals but act only on the leader's stop message, so the replica stays in step.
+//
+// Hang detection (docs/operations.md): once every rank has loaded, each arms the collective
+// timeout (--collective-timeout, 30 s by default) and the leader sends a heartbeat step every
+// --heartbeat-interval seconds when idle, so a stopped or silent rank ends the job with a named
+// MPI_Abort, and /health and /v1/models turn 503 within seconds of the engine's last progress.
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -35,6 +40,7 @@
 #include "model/chat_template.h"
 #include "model/model_store.h"
 #include "model/tokenizer.h"
+#include "mpi/failure_watchdog.h"
 #include "mpi/message_channel.h"
 #include "mpi/mpi_context.h"
 #include "network/evidence.h"
@@ -87,6 +93,10 @@ struct ServeOptions {
   std::string backend = "cpu";
   std::string config_file;
   int drain_seconds = 30;
+  // Hang detection: a blocking call on a process group that waits longer ends the job (0: off;
+  // unset: $ALEM_COLLECTIVE_TIMEOUT_S, else 30). The idle leader's heartbeat period.
+  double collective_timeout_s = 30;
+  double heartbeat_interval_s = 1;
   int http_threads = 8;
   size_t max_body_bytes = size_t{1} << 20;
   // Authentication (docs/operations.md): the key from --api-key-file, else --api-key, else
@@ -311,8 +321,27 @@ network::v1::ModelInfo network_model_info(const std::string& name, const std::st
   return info;
 }
 
+// The collective timeout in force: the flag when given, else the environment, else the default;
+// checked against the heartbeat (an idle follower waits one heartbeat interval for its next
+// message, so the timeout must leave room for several).
+double resolve_collective_timeout(const ServeOptions& o, const CLI::App& cmd) {
+  const double timeout = cmd.count("--collective-timeout") > 0
+                             ? o.collective_timeout_s
+                             : collective_timeout_from_environment(o.collective_timeout_s);
+  ALEM_CHECK(timeout >= 0 && o.heartbeat_interval_s >= 0,
+             "--collective-timeout and --heartbeat-interval must be >= 0");
+  ALEM_CHECK(timeout == 0 || (o.heartbeat_interval_s > 0 && timeout >= 4 * o.heartbeat_interval_s),
+             "--collective-timeout " + log_number(timeout) +
+                 " s needs heartbeats at least 4 times as often (--heartbeat-interval " +
+                 log_number(o.heartbeat_interval_s) +
+                 " s): idle ranks would otherwise be taken for stuck ones; or pass "
+                 "--collective-timeout 0");
+  return timeout;
+}
+
 int serve(ServeOptions& o, const CLI::App& cmd) {
   apply_config_file(o, cmd);
+  const double collective_timeout = resolve_collective_timeout(o, cmd);
   // Before MPI starts: no core dumps, not dumpable (and MPI told to copy accordingly).
   confidential::harden_process({.allow_core_dumps = o.allow_core_dumps});
   ParallelContext ctx = make_context(o.parallel);
@@ -421,6 +450,9 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     serving.max_batch_tokens = std::max(o.max_batch_tokens, o.max_num_seqs);
     serving.max_waiting = o.max_waiting;
     serving.replica = ctx.coords.dp;
+    serving.heartbeat_interval_s = o.heartbeat_interval_s;
+    // Idle health: three heartbeats missed (at least 3 s).
+    serving.liveness.idle_stale_s = std::max(3.0, 3 * o.heartbeat_interval_s);
     serving.eos_token_ids = config.eos_token_ids;  // as `alem generate` stops
     if (store.tokenizer().eos_token_id >= 0) {
       serving.eos_token_ids.push_back(store.tokenizer().eos_token_id);
@@ -431,6 +463,13 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     }
     ServingEngine engine(model, ctx, serving);
     ctx.world->barrier();  // every rank has loaded its shard
+    // From here no rank legitimately waits long for another (heartbeats): arm the watchdog.
+    if (ctx.watchdog && collective_timeout > 0) ctx.watchdog->arm(collective_timeout);
+    if (gateway && ctx.world->size() > 1) {
+      log_info("hang detection",
+               {{"collective_timeout_s", log_number(ctx.watchdog ? ctx.watchdog->timeout_s() : 0)},
+                {"heartbeat_interval_s", log_number(o.heartbeat_interval_s)}});
+    }
 
     if (!engine.is_leader()) return engine.run_follower_loop();
     if (!gateway) {  // the leader of replica d > 0: the gateway's router sends it work
@@ -562,6 +601,13 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--config", o->config_file, "Server settings TOML ([network], [limits])");
   cmd->add_option("--drain-seconds", o->drain_seconds,
                   "On SIGUSR1/SIGTERM, how long requests in flight may still run")
+      ->capture_default_str();
+  cmd->add_option("--collective-timeout", o->collective_timeout_s,
+                  "Seconds a rank may wait for another in one call before the job is aborted, "
+                  "naming it (0: off; default $ALEM_COLLECTIVE_TIMEOUT_S or 30)")
+      ->capture_default_str();
+  cmd->add_option("--heartbeat-interval", o->heartbeat_interval_s,
+                  "Idle leader: seconds between heartbeat steps every rank answers (0: none)")
       ->capture_default_str();
   cmd->add_option("--http-threads", o->http_threads,
                   "Threads that parse and tokenize requests (connections hold no thread)")

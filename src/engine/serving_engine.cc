@@ -1,8 +1,8 @@
 // The engine loop of one replica: inbox -> scheduler -> broadcast -> forward -> sample -> events
 // (see the header). The step message that the leader broadcasts to the replica's other ranks is
-//   u8 kind (1 step, 2 stop) | u64 plan size | plan (serialize_step_plan) |
-//   u32 new requests { i64 id | sampling params | u64 seed | u32 n | n prompt ids (only when a
-//   repetition penalty needs them) } | u32 ended requests { i64 id }
+//   u8 kind (1 step, 2 stop, 3 heartbeat: an empty plan that every rank answers) | u64 plan size |
+//   plan (serialize_step_plan) | u32 new requests { i64 id | sampling params | u64 seed | u32 n | n
+//   prompt ids (only when a repetition penalty needs them) } | u32 ended requests { i64 id }
 // so every last-stage rank keeps the same per-request sampling state (params, seen tokens, RNG)
 // as the leader and samples in step with it.
 #include "engine/serving_engine.h"
@@ -24,10 +24,17 @@
 #include "engine/replica_sampling.h"
 #include "engine/wire_format.h"
 
+#include "mpi/failure_watchdog.h"
+#include "mpi/mpi_context.h"
 namespace alem {
 namespace {
 
-enum MessageKind : uint8_t { kStepMessage = 1, kStopMessage = 2 };
+enum MessageKind : uint8_t { kStepMessage = 1, kStopMessage = 2, kHeartbeatMessage = 3 };
+
+// Heartbeat answers travel point to point on this tag (the pipeline's activations use 100).
+constexpr int kHeartbeatTag = 7301;
+
+using Clock = std::chrono::steady_clock;
 
 // What every last-stage rank keeps per request to sample its rows.
 struct SequenceSampling {
@@ -41,7 +48,9 @@ struct SequenceSampling {
 
 struct ServingEngine::Impl {
   Impl(ShardedTransformer& m, ParallelContext& c, const ServingOptions& o)
-      : model(m), ctx(c), options(o), scheduler(make_config(m, o)) {}
+      : model(m), ctx(c), options(o), scheduler(make_config(m, o)), liveness(o.liveness) {
+    if (replica_is_sharded()) rank_hosts = hosts(ctx);
+  }
 
   static SchedulerConfig make_config(const ShardedTransformer& model, const ServingOptions& o) {
     SchedulerConfig config;
@@ -94,6 +103,65 @@ struct ServingEngine::Impl {
     std::vector<SequenceSampling*> states;
     for (const StepSequence& seq : plan.sequences) {
       if (!seq.sample) continue;
+  // Every rank, after a heartbeat message: TP members answer their stage's TP rank 0, then the
+  // stage leaders answer the replica leader. A rank waiting for an answer names the peer to the
+  // watchdog with a limit below the collective timeout (TP level 50%, pipeline level 70%), so
+  // the rank nearest to the silent one aborts first and names it.
+  void heartbeat_answers() {
+    gather_answers(*ctx.tp, false);
+    if (ctx.coords.tp == 0) gather_answers(*ctx.pp, true);
+  }
+
+  void gather_answers(ProcessGroup& group, bool pipeline) {
+    if (group.size() == 1) return;
+    uint8_t byte = 1;
+    if (group.rank() != 0) {
+      group.send(&byte, 1, 0, kHeartbeatTag);
+      return;
+    }
+    const std::shared_ptr<FailureWatchdog>& watchdog = ctx.watchdog;
+    for (int member = 1; member < group.size(); ++member) {
+      FailureWatchdog::Watch watch;
+      if (watchdog && watchdog->timeout_s() > 0) {
+        const ParallelCoords c{ctx.coords.dp, pipeline ? member : ctx.coords.pp,
+                               pipeline ? 0 : member};
+        const int peer = ctx.layout.world_rank(c);
+        const std::string host =
+            peer < static_cast<int>(rank_hosts.size()) ? rank_hosts[peer] : "?";
+        watch = watchdog->watch("the heartbeat answer of rank " + std::to_string(peer) + " on " +
+                                    host + " (" + group.name() + " rank " + std::to_string(member) +
+                                    " of replica " + std::to_string(ctx.coords.dp) +
+                                    "), which did not answer",
+                                watchdog->timeout_s() * (pipeline ? 0.7 : 0.5));
+      }
+      group.recv(&byte, 1, member, kHeartbeatTag);
+    }
+  }
+
+  // Leader: one heartbeat round (sharded: broadcast + answers; alone: the loop is alive).
+  void heartbeat() {
+    const auto started = Clock::now();
+    liveness.begin(EngineLiveness::Round::kHeartbeat);
+    if (replica_is_sharded()) {
+      std::vector<uint8_t> message = step_message(StepPlan{});
+      message[0] = kHeartbeatMessage;
+      replica_broadcast(message);
+      heartbeat_answers();
+    }
+    const auto done = Clock::now();
+    liveness.end(done);
+    const double seconds = std::chrono::duration<double>(done - started).count();
+    ++heartbeats;
+    heartbeat_seconds += seconds;
+    heartbeat_max_seconds = std::max(heartbeat_max_seconds, seconds);
+  }
+
+  bool heartbeat_due(Clock::time_point now) const {
+    return options.heartbeat_interval_s > 0 &&
+           std::chrono::duration<double>(now - liveness.last_progress()).count() >=
+               options.heartbeat_interval_s;
+  }
+
       SequenceSampling* s = nullptr;
       if (has_lm_head()) {
         auto it = sampling.find(seq.request_id);
@@ -177,6 +245,14 @@ struct ServingEngine::Impl {
     snapshot.waiting = scheduler.num_waiting();
     snapshot.kv_blocks_used = pool.num_used_blocks();
     snapshot.kv_blocks_cached = pool.num_cached_blocks();
+  // Progress of the engine thread's steps and heartbeats, for healthy().
+  EngineLiveness liveness;
+  mutable std::atomic<bool> reported_stall{false};
+  std::vector<std::string> rank_hosts;  // of every world rank, to name a silent peer
+  int64_t heartbeats = 0;               // leader, engine thread
+  double heartbeat_seconds = 0;
+  double heartbeat_max_seconds = 0;
+
     snapshot.kv_blocks_total = pool.num_blocks();
     snapshot.steps = scheduler.stats().steps;
     snapshot.preemptions = scheduler.stats().preemptions;
@@ -250,7 +326,9 @@ struct ServingEngine::Impl {
   // Follower: applies a step message's bookkeeping and returns its plan.
   StepPlan apply_step_message(const std::vector<uint8_t>& bytes) {
     ByteReader r(bytes.data(), bytes.size());
-    ALEM_CHECK(r.get<uint8_t>() == kStepMessage, "engine: unexpected message kind");
+    const uint8_t kind = r.get<uint8_t>();
+    ALEM_CHECK(kind == kStepMessage || kind == kHeartbeatMessage,
+               "engine: unexpected message kind");
     auto [plan_data, plan_size] = r.get_bytes();
     StepPlan plan = deserialize_step_plan(plan_data, plan_size);
     const uint32_t added = r.get<uint32_t>();
@@ -359,7 +437,19 @@ std::vector<ReplicaStats> ServingEngine::stats() const {
 }
 
 bool ServingEngine::healthy() const {
-  return impl_->alive && !impl_->failed;
+  const Impl& m = *impl_;
+  if (!m.alive || m.failed) return false;
+  const double blocked = m.ctx.watchdog ? m.ctx.watchdog->oldest_wait_s() : 0;
+  const EngineLiveness::Verdict verdict = m.liveness.check(Clock::now(), blocked);
+  if (!verdict.live) {
+    if (!m.reported_stall.exchange(true)) {
+      log_warn("engine stalled: /health and /v1/models answer 503",
+               {{"replica", std::to_string(m.options.replica)}, {"why", verdict.why}});
+    }
+  } else if (m.reported_stall.exchange(false)) {
+    log_info("engine progressing again", {{"replica", std::to_string(m.options.replica)}});
+  }
+  return verdict.live;
 }
 
 int ServingEngine::max_model_len() const {
@@ -426,6 +516,7 @@ void ServingEngine::run_leader_loop() {
   m.alive = true;
   try {
     while (true) {
+  if (!plan.sequences.empty()) m.liveness.begin(EngineLiveness::Round::kStep);
       {
         std::lock_guard<std::mutex> lock(m.inbox_mutex);
         if (m.stop_requested) break;
@@ -440,6 +531,7 @@ void ServingEngine::run_leader_loop() {
     // Whatever is left ends now; the followers hear that the loop is over.
     abort_all();
     m.drain_inbox();
+  m.liveness.end(Clock::now());
     m.alive = false;
     if (m.replica_is_sharded()) {
       int exit_code;
@@ -448,6 +540,7 @@ void ServingEngine::run_leader_loop() {
         exit_code = m.exit_code;
       }
       std::vector<uint8_t> message{kStopMessage, static_cast<uint8_t>(exit_code)};
+  m.liveness.start(Clock::now());
       m.replica_broadcast(message);
     }
     m.update_snapshot();
@@ -456,6 +549,7 @@ void ServingEngine::run_leader_loop() {
     throw;
   }
 }
+      if (m.heartbeat_due(Clock::now())) m.heartbeat();
 
 int ServingEngine::run_follower_loop() {
   ALEM_CHECK(!is_leader(), "run_follower_loop runs on the replica's other ranks");
@@ -466,6 +560,14 @@ int ServingEngine::run_follower_loop() {
     ALEM_CHECK(!message.empty(), "engine: empty step message");
     if (message[0] == kStopMessage) return message.size() > 1 ? message[1] : 0;
     StepPlan plan = m.apply_step_message(message);
+    m.liveness.stop();
+    if (m.heartbeats > 0) {
+      log_info("engine heartbeats",
+               {{"replica", std::to_string(m.options.replica)},
+                {"count", std::to_string(m.heartbeats)},
+                {"mean_ms", log_number(1e3 * m.heartbeat_seconds / m.heartbeats)},
+                {"max_ms", log_number(1e3 * m.heartbeat_max_seconds)}});
+    }
     secure_wipe(message.data(), message.size());
     if (plan.sequences.empty()) {  // a wipe-only step
       m.model.wipe_kv_blocks(plan.wipe_blocks);
@@ -477,3 +579,9 @@ int ServingEngine::run_follower_loop() {
 }
 
 }  // namespace alem
+    m.liveness.stop();
+    const uint8_t kind = message[0];
+    if (kind == kHeartbeatMessage) {
+      m.heartbeat_answers();
+      continue;
+    }

@@ -13,6 +13,14 @@
 // need to sample in step with the leader: the sampling state of newly admitted requests and the
 // ids of requests that ended.
 //
+// Heartbeats: when idle, the leader sends a heartbeat about every second: a step message of kind
+// "heartbeat" with an empty plan, broadcast like any step, which every rank answers (TP members
+// to their stage's TP rank 0, stage leaders to the replica leader, one byte each). So every rank
+// of the replica takes part at least once a second, health reflects a recent completed round
+// (engine/engine_liveness.h), and the collective-timeout watchdog (mpi/failure_watchdog.h) can
+// stay armed: a rank that does not answer is named in the abort message. Heartbeats do not touch
+// the scheduler, the sampling state or the KV cache.
+//
 // Routing: the gateway (HTTP) talks to an EngineClient. ServingEngine is the EngineClient of a
 // one-replica job whose leader is the gateway itself (dp = 1, world rank 0). With dp > 1, a
 // router implementing EngineClient on the gateway would forward submit/cancel to each replica
@@ -25,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/engine_liveness.h"
 #include "engine/sampling_params.h"
 #include "engine/scheduler.h"
 #include "engine/transformer.h"
@@ -85,7 +94,8 @@ class EngineClient {
   // step. Unknown or finished ids are ignored.
   virtual void cancel(int64_t request_id) = 0;
   virtual std::vector<ReplicaStats> stats() const = 0;
-  // True while every replica's engine loop runs (all ranks loaded) and has not failed.
+  // True while every replica's engine loop runs (all ranks loaded), has not failed, and has
+  // recently completed a step or heartbeat with all its ranks (engine/engine_liveness.h).
   virtual bool healthy() const = 0;
   virtual int max_model_len() const = 0;
 };
@@ -98,6 +108,10 @@ struct ServingOptions {
   int replica = 0;  // label for stats
   // Every token's bytes, for requests with a response_format (engine/constrained/).
   std::shared_ptr<const constrained::TokenTable> token_table;
+  // Idle leader: a heartbeat round at least this often (0: none; then an armed collective
+  // timeout would fire on idle followers, so `alem serve` refuses that combination).
+  double heartbeat_interval_s = 1.0;
+  LivenessLimits liveness;  // when healthy() turns false (engine/engine_liveness.h)
 };
 
 // What the gateway's control loop (drain, abort, stop) needs, with one replica (ServingEngine)
