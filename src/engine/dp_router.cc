@@ -4,7 +4,8 @@
 //                    kStopAccepting      kAbortAll      kStop  i32 exit code
 //   agent -> router  kAck     i64 id | u8 SubmitStatus
 //                    kEvent   i64 id | u8 has_token | i32 token | f32 logprob | u8 finished |
-//                             u8 finish reason | i32 prompt, cached, completion tokens
+//                             u8 finish reason | i32 prompt, cached, completion tokens |
+//                             f64 x3 timings | u8 has_logprobs | u32 n | n x (i32 id, f32 lp)
 //                    kStats   the replica's ReplicaStats
 #include "engine/dp_router.h"
 
@@ -51,6 +52,12 @@ void put_event(ByteWriter& w, int64_t id, const RequestEvent& e) {
   w.put(e.timings.queue_seconds);
   w.put(e.timings.prefill_seconds);
   w.put(e.timings.decode_seconds);
+  w.put<uint8_t>(e.has_logprobs);
+  w.put<uint32_t>(static_cast<uint32_t>(e.top_logprobs.size()));
+  for (const TokenLogprob& t : e.top_logprobs) {
+    w.put(t.token_id);
+    w.put(t.logprob);
+  }
 }
 
 RequestEvent get_event(ByteReader& r) {
@@ -69,6 +76,14 @@ RequestEvent get_event(ByteReader& r) {
   e.timings.queue_seconds = r.get<double>();
   e.timings.prefill_seconds = r.get<double>();
   e.timings.decode_seconds = r.get<double>();
+  e.has_logprobs = r.get<uint8_t>() != 0;
+  const uint32_t top = r.get<uint32_t>();
+  ALEM_CHECK(top <= 64, "data-parallel event: implausible top_logprobs count");
+  e.top_logprobs.resize(top);
+  for (TokenLogprob& t : e.top_logprobs) {
+    t.token_id = r.get<int32_t>();
+    t.logprob = r.get<float>();
+  }
   return e;
 }
 

@@ -78,7 +78,8 @@ std::vector<std::vector<uint8_t>> all_gather_bytes(ProcessGroup& group,
 
 std::vector<int32_t> sample_rows_replicated(const StepLogits& logits,
                                             const std::vector<RowSampler>& rows,
-                                            ParallelContext& ctx, bool has_lm_head) {
+                                            ParallelContext& ctx, bool has_lm_head,
+                                            std::vector<std::optional<TokenLogprobs>>* logprobs) {
   const size_t n = rows.size();
   std::vector<int32_t> tokens(n, -1);
   if (n == 0) return tokens;
@@ -113,8 +114,63 @@ std::vector<int32_t> sample_rows_replicated(const StepLogits& logits,
       }
     }
   }
-  // The last stage knows the tokens; every other stage learns them from the pipeline group.
-  ctx.pp->broadcast(tokens.data(), n * sizeof(int32_t), ctx.layout.pp_size() - 1);
+  // Logprobs (last stage): each TP rank's parts of the rows that ask, gathered and combined.
+  std::vector<uint8_t> logprob_bytes;
+  if (has_lm_head && logprobs) {
+    bool any = false;
+    for (const RowSampler& r : rows) any |= r.params->logprobs >= 0;
+    if (any) {
+      std::vector<uint8_t> mine;
+      for (size_t i = 0; i < n; ++i) {
+        const int top_n = rows[i].params->logprobs;
+        if (top_n < 0) continue;
+        serialize_logprob_part(mine, logprob_part(logits.row(i), logits.vocab_begin,
+                                                  logits.vocab_size, top_n, tokens[i]));
+      }
+      std::vector<std::vector<uint8_t>> by_rank = all_gather_bytes(*ctx.tp, mine);
+      std::vector<size_t> pos(by_rank.size(), 0);
+      put_u64(logprob_bytes, 1);  // something follows
+      for (size_t i = 0; i < n; ++i) {
+        const int top_n = rows[i].params->logprobs;
+        if (top_n < 0) continue;
+        std::vector<LogprobPart> parts;
+        for (size_t k = 0; k < by_rank.size(); ++k) {
+          parts.push_back(deserialize_logprob_part(by_rank[k].data(), by_rank[k].size(), pos[k]));
+        }
+        const TokenLogprobs lp = combine_logprob_parts(parts, top_n);
+        put_u64(logprob_bytes, i);
+        LogprobPart as_part;  // the combined result reuses the part encoding
+        as_part.has_chosen = true;
+        as_part.chosen_logit = lp.logprob;
+        as_part.top = lp.top;
+        serialize_logprob_part(logprob_bytes, as_part);
+      }
+    }
+  }
+  // The last stage knows the tokens (and the logprobs' size); every other stage learns them
+  // from the pipeline group. The extra slot is the logprob payload's size, 0 when none.
+  std::vector<int32_t> message(tokens);
+  message.push_back(static_cast<int32_t>(logprob_bytes.size()));
+  ctx.pp->broadcast(message.data(), message.size() * sizeof(int32_t), ctx.layout.pp_size() - 1);
+  std::copy(message.begin(), message.begin() + static_cast<std::ptrdiff_t>(n), tokens.begin());
+  const size_t payload = static_cast<uint32_t>(message.back());
+  if (payload > 0 && ctx.pp->size() > 1) {
+    logprob_bytes.resize(payload);
+    ctx.pp->broadcast(logprob_bytes.data(), payload, ctx.layout.pp_size() - 1);
+  }
+  if (logprobs) {
+    logprobs->assign(n, std::nullopt);
+    if (payload > 0) {
+      size_t pos = 0;
+      get_u64(logprob_bytes.data(), payload, pos);
+      while (pos < payload) {
+        const uint64_t row = get_u64(logprob_bytes.data(), payload, pos);
+        ALEM_CHECK(row < n, "logprobs: row index out of range");
+        LogprobPart p = deserialize_logprob_part(logprob_bytes.data(), payload, pos);
+        (*logprobs)[row] = TokenLogprobs{p.chosen_logit, std::move(p.top)};
+      }
+    }
+  }
   return tokens;
 }
 

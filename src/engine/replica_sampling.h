@@ -4,12 +4,14 @@
 // proposes candidates, the TP group exchanges all rows' candidate sets in ONE all-gather, and
 // every TP rank then makes the same choice from the same inputs and the same per-request RNG.
 // The last pipeline stage finally broadcasts the tokens over the pipeline group, so every rank
-// of the replica returns the same tokens.
+// of the replica returns the same tokens. Requested logprobs travel the same way.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
+#include "engine/logprobs.h"
 #include "engine/sampler.h"
 #include "engine/transformer.h"
 #include "mpi/parallel_context.h"
@@ -34,9 +36,15 @@ struct RowSampler {
 // same number of rows). `has_lm_head`: this rank is on the last pipeline stage; there `logits`
 // must hold rows.size() rows and `rows` must be filled in. Other ranks pass `rows` of the right
 // length with any content (it is not read) and get the tokens from the pipeline broadcast.
-std::vector<int32_t> sample_rows_replicated(const StepLogits& logits,
-                                            const std::vector<RowSampler>& rows,
-                                            ParallelContext& ctx, bool has_lm_head);
+//
+// `logprobs`, when given (by every rank of the replica alike, or by none), gets one entry per row
+// on every rank of the replica: filled for the rows whose params ask for logprobs (params->logprobs
+// >= 0), from the raw logits (before penalties), empty otherwise. Under TP the ranks gather small
+// per-slice parts (engine/logprobs.h), only in steps where some row asks; under PP the last stage
+// sends the result with the tokens.
+std::vector<int32_t> sample_rows_replicated(
+    const StepLogits& logits, const std::vector<RowSampler>& rows, ParallelContext& ctx,
+    bool has_lm_head, std::vector<std::optional<TokenLogprobs>>* logprobs = nullptr);
 
 // Bytes of several candidate sets in one buffer (count, then length-prefixed sets) and back.
 // Gathers variable-sized byte strings from every member of a group (size exchange, then a

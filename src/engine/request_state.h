@@ -47,6 +47,19 @@ inline const char* finish_reason_name(FinishReason reason) {
   return "unknown";
 }
 
+// A token and its log-probability (log_softmax of the raw logits over the whole vocabulary).
+struct TokenLogprob {
+  int32_t token_id = 0;
+  float logprob = 0.f;
+};
+
+// What a request that asked for logprobs gets with each generated token: the chosen token's
+// logprob and the `SamplingParams::logprobs` most likely tokens, best first.
+struct TokenLogprobs {
+  float logprob = 0.f;
+  std::vector<TokenLogprob> top;
+};
+
 // Billing figures, as COCOON reads them from the OpenAI usage object.
 struct RequestUsage {
   int32_t prompt_tokens = 0;

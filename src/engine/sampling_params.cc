@@ -43,6 +43,8 @@ void SamplingParams::validate() const {
   for (int32_t id : stop_token_ids) {
     ALEM_CHECK(id >= 0, "stop_token_ids must be non-negative token ids, got " + std::to_string(id));
   }
+  ALEM_CHECK(logprobs >= -1 && logprobs <= 20,
+             "logprobs must be in [0, 20] (or -1 = none), got " + std::to_string(logprobs));
 }
 
 }  // namespace alem

@@ -29,6 +29,8 @@ struct SamplingParams {
   int32_t max_tokens = 16;  // most completion tokens to generate (vLLM's default)
   std::vector<int32_t> stop_token_ids = {};  // generation stops after emitting any of these
   bool ignore_eos = false;                   // keep generating past the model's end-of-sequence
+  // -1: no logprobs; 0..20: each token comes with its raw logprob and this many top tokens'.
+  int32_t logprobs = -1;
 
   bool greedy() const { return temperature < kGreedyTemperature; }
   bool top_k_enabled() const { return top_k > 0; }
@@ -39,7 +41,7 @@ struct SamplingParams {
   // Throws alem::Error naming the first impossible field and its allowed range:
   // temperature in [0, 100] (not NaN), top_p in (0, 1], min_p in [0, 1], top_k >= -1,
   // presence/frequency penalties in [-2, 2], repetition_penalty > 0 (finite), max_tokens >= 1,
-  // stop token ids >= 0.
+  // stop token ids >= 0, logprobs in [-1, 20].
   void validate() const;
 };
 

@@ -50,9 +50,13 @@ struct RequestEvent {
   bool has_token = false;  // a new token was generated (also when it is the one that stops)
   int32_t token_id = 0;
   float logprob = 0.f;  // of token_id, when the engine passed logprobs
+  // The request asked for logprobs (SamplingParams::logprobs >= 0): `logprob` is token_id's raw
+  // logprob and `top_logprobs` the most likely tokens', best first.
+  bool has_logprobs = false;
+  std::vector<TokenLogprob> top_logprobs;
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
-  RequestUsage usage;  // as of this event; final when finished
+  RequestUsage usage;      // as of this event; final when finished
   RequestTimings timings;  // finished events only: queue, prefill and decode time
 };
 

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <unordered_map>
 
@@ -23,9 +24,9 @@
 #include "engine/constrained/token_constraint.h"
 #include "engine/replica_sampling.h"
 #include "engine/wire_format.h"
-
 #include "mpi/failure_watchdog.h"
 #include "mpi/mpi_context.h"
+
 namespace alem {
 namespace {
 
@@ -43,6 +44,26 @@ struct SequenceSampling {
   Rng rng{0};
   std::unique_ptr<constrained::RowConstraint> constraint;  // response_format, else null
 };
+
+// Moves each sampled row's logprobs (plan order) onto its request's token event.
+void attach_logprobs(const StepPlan& plan, std::vector<std::optional<TokenLogprobs>>& logprobs,
+                     std::vector<RequestEvent>& events) {
+  std::unordered_map<int64_t, TokenLogprobs*> by_id;
+  size_t row = 0;
+  for (const StepSequence& seq : plan.sequences) {
+    if (!seq.sample) continue;
+    if (row < logprobs.size() && logprobs[row]) by_id[seq.request_id] = &*logprobs[row];
+    ++row;
+  }
+  if (by_id.empty()) return;
+  for (RequestEvent& event : events) {
+    auto it = by_id.find(event.request_id);
+    if (!event.has_token || it == by_id.end()) continue;
+    event.has_logprobs = true;
+    event.logprob = it->second->logprob;
+    event.top_logprobs = std::move(it->second->top);
+  }
+}
 
 }  // namespace
 
@@ -82,27 +103,6 @@ struct ServingEngine::Impl {
     over(*ctx.tp);
   }
 
-  // The new requests' sampling state, as the leader announces it.
-  void add_sampling(int64_t id, const SamplingParams& params, uint64_t seed,
-                    const std::vector<int32_t>& prompt) {
-    SequenceSampling s;
-    s.params = params;
-    s.rng = Rng::for_request(params, seed);
-    if (params.repetition_penalty != 1.0f) s.counts.add_prompt(prompt);
-    if (!params.json_schema.empty()) {
-      s.constraint = std::make_unique<constrained::RowConstraint>(params, options.token_table,
-                                                                  options.eos_token_ids);
-    }
-    sampling[id] = std::move(s);
-  }
-
-  // forward + sample on any rank, with the sampling state already in place.
-  std::vector<int32_t> compute_step(const StepPlan& plan) {
-    StepLogits logits = model.forward(plan);
-    std::vector<RowSampler> rows;
-    std::vector<SequenceSampling*> states;
-    for (const StepSequence& seq : plan.sequences) {
-      if (!seq.sample) continue;
   // Every rank, after a heartbeat message: TP members answer their stage's TP rank 0, then the
   // stage leaders answer the replica leader. A rank waiting for an answer names the peer to the
   // watchdog with a limit below the collective timeout (TP level 50%, pipeline level 70%), so
@@ -162,6 +162,28 @@ struct ServingEngine::Impl {
                options.heartbeat_interval_s;
   }
 
+  // The new requests' sampling state, as the leader announces it.
+  void add_sampling(int64_t id, const SamplingParams& params, uint64_t seed,
+                    const std::vector<int32_t>& prompt) {
+    SequenceSampling s;
+    s.params = params;
+    s.rng = Rng::for_request(params, seed);
+    if (params.repetition_penalty != 1.0f) s.counts.add_prompt(prompt);
+    if (!params.json_schema.empty()) {
+      s.constraint = std::make_unique<constrained::RowConstraint>(params, options.token_table,
+                                                                  options.eos_token_ids);
+    }
+    sampling[id] = std::move(s);
+  }
+
+  // forward + sample on any rank, with the sampling state already in place.
+  std::vector<int32_t> compute_step(const StepPlan& plan,
+                                    std::vector<std::optional<TokenLogprobs>>* logprobs) {
+    StepLogits logits = model.forward(plan);
+    std::vector<RowSampler> rows;
+    std::vector<SequenceSampling*> states;
+    for (const StepSequence& seq : plan.sequences) {
+      if (!seq.sample) continue;
       SequenceSampling* s = nullptr;
       if (has_lm_head()) {
         auto it = sampling.find(seq.request_id);
@@ -178,7 +200,8 @@ struct ServingEngine::Impl {
       }
       states.push_back(s);
     }
-    std::vector<int32_t> tokens = sample_rows_replicated(logits, rows, ctx, has_lm_head());
+    std::vector<int32_t> tokens =
+        sample_rows_replicated(logits, rows, ctx, has_lm_head(), logprobs);
     for (size_t i = 0; i < states.size(); ++i) {
       if (states[i] && states[i]->params.has_penalties()) states[i]->counts.add_output(tokens[i]);
       if (states[i] && states[i]->constraint) states[i]->constraint->advance(tokens[i]);
@@ -222,6 +245,14 @@ struct ServingEngine::Impl {
   std::atomic<bool> alive{false};
   std::atomic<bool> failed{false};
 
+  // Progress of the engine thread's steps and heartbeats, for healthy().
+  EngineLiveness liveness;
+  mutable std::atomic<bool> reported_stall{false};
+  std::vector<std::string> rank_hosts;  // of every world rank, to name a silent peer
+  int64_t heartbeats = 0;               // leader, engine thread
+  double heartbeat_seconds = 0;
+  double heartbeat_max_seconds = 0;
+
   void deliver(const RequestEvent& event) {
     auto it = callbacks.find(event.request_id);
     if (it == callbacks.end()) return;
@@ -245,14 +276,6 @@ struct ServingEngine::Impl {
     snapshot.waiting = scheduler.num_waiting();
     snapshot.kv_blocks_used = pool.num_used_blocks();
     snapshot.kv_blocks_cached = pool.num_cached_blocks();
-  // Progress of the engine thread's steps and heartbeats, for healthy().
-  EngineLiveness liveness;
-  mutable std::atomic<bool> reported_stall{false};
-  std::vector<std::string> rank_hosts;  // of every world rank, to name a silent peer
-  int64_t heartbeats = 0;               // leader, engine thread
-  double heartbeat_seconds = 0;
-  double heartbeat_max_seconds = 0;
-
     snapshot.kv_blocks_total = pool.num_blocks();
     snapshot.steps = scheduler.stats().steps;
     snapshot.preemptions = scheduler.stats().preemptions;
@@ -493,6 +516,7 @@ bool ServingEngine::run_step() {
     m.update_snapshot();
     return false;
   }
+  if (!plan.sequences.empty()) m.liveness.begin(EngineLiveness::Round::kStep);
   if (m.replica_is_sharded()) {
     std::vector<uint8_t> message = m.step_message(plan);
     m.replica_broadcast(message);
@@ -502,9 +526,12 @@ bool ServingEngine::run_step() {
     m.update_snapshot();
     return false;
   }
-  const std::vector<int32_t> tokens = m.compute_step(plan);
+  std::vector<std::optional<TokenLogprobs>> logprobs;
+  const std::vector<int32_t> tokens = m.compute_step(plan, &logprobs);
   std::vector<RequestEvent> events = m.scheduler.on_step_done(plan, tokens);
+  attach_logprobs(plan, logprobs, events);
   secure_wipe(plan.tokens.data(), plan.tokens.size() * sizeof(int32_t));
+  m.liveness.end(Clock::now());
   m.update_snapshot();
   for (const RequestEvent& event : events) m.deliver(event);
   return true;
@@ -513,15 +540,16 @@ bool ServingEngine::run_step() {
 void ServingEngine::run_leader_loop() {
   ALEM_CHECK(is_leader(), "run_leader_loop runs on the replica leader");
   Impl& m = *impl_;
+  m.liveness.start(Clock::now());
   m.alive = true;
   try {
     while (true) {
-  if (!plan.sequences.empty()) m.liveness.begin(EngineLiveness::Round::kStep);
       {
         std::lock_guard<std::mutex> lock(m.inbox_mutex);
         if (m.stop_requested) break;
       }
       if (run_step()) continue;
+      if (m.heartbeat_due(Clock::now())) m.heartbeat();
       std::unique_lock<std::mutex> lock(m.inbox_mutex);
       m.inbox_ready.wait_for(lock, std::chrono::milliseconds(50), [&] {
         return m.stop_requested || m.abort_all_requested || !m.inbox_new.empty() ||
@@ -531,8 +559,15 @@ void ServingEngine::run_leader_loop() {
     // Whatever is left ends now; the followers hear that the loop is over.
     abort_all();
     m.drain_inbox();
-  m.liveness.end(Clock::now());
     m.alive = false;
+    m.liveness.stop();
+    if (m.heartbeats > 0) {
+      log_info("engine heartbeats",
+               {{"replica", std::to_string(m.options.replica)},
+                {"count", std::to_string(m.heartbeats)},
+                {"mean_ms", log_number(1e3 * m.heartbeat_seconds / m.heartbeats)},
+                {"max_ms", log_number(1e3 * m.heartbeat_max_seconds)}});
+    }
     if (m.replica_is_sharded()) {
       int exit_code;
       {
@@ -540,16 +575,15 @@ void ServingEngine::run_leader_loop() {
         exit_code = m.exit_code;
       }
       std::vector<uint8_t> message{kStopMessage, static_cast<uint8_t>(exit_code)};
-  m.liveness.start(Clock::now());
       m.replica_broadcast(message);
     }
     m.update_snapshot();
   } catch (const std::exception& e) {
+    m.liveness.stop();
     m.fail_everything(e.what());
     throw;
   }
 }
-      if (m.heartbeat_due(Clock::now())) m.heartbeat();
 
 int ServingEngine::run_follower_loop() {
   ALEM_CHECK(!is_leader(), "run_follower_loop runs on the replica's other ranks");
@@ -559,29 +593,21 @@ int ServingEngine::run_follower_loop() {
     m.replica_broadcast(message);
     ALEM_CHECK(!message.empty(), "engine: empty step message");
     if (message[0] == kStopMessage) return message.size() > 1 ? message[1] : 0;
+    const uint8_t kind = message[0];
     StepPlan plan = m.apply_step_message(message);
-    m.liveness.stop();
-    if (m.heartbeats > 0) {
-      log_info("engine heartbeats",
-               {{"replica", std::to_string(m.options.replica)},
-                {"count", std::to_string(m.heartbeats)},
-                {"mean_ms", log_number(1e3 * m.heartbeat_seconds / m.heartbeats)},
-                {"max_ms", log_number(1e3 * m.heartbeat_max_seconds)}});
-    }
     secure_wipe(message.data(), message.size());
+    if (kind == kHeartbeatMessage) {
+      m.heartbeat_answers();
+      continue;
+    }
     if (plan.sequences.empty()) {  // a wipe-only step
       m.model.wipe_kv_blocks(plan.wipe_blocks);
       continue;
     }
-    m.compute_step(plan);
+    std::vector<std::optional<TokenLogprobs>> logprobs;  // followers take part in the gather
+    m.compute_step(plan, &logprobs);
     secure_wipe(plan.tokens.data(), plan.tokens.size() * sizeof(int32_t));
   }
 }
 
 }  // namespace alem
-    m.liveness.stop();
-    const uint8_t kind = message[0];
-    if (kind == kHeartbeatMessage) {
-      m.heartbeat_answers();
-      continue;
-    }

@@ -17,6 +17,7 @@ void put_params(ByteWriter& w, const SamplingParams& p) {
   w.put(p.max_tokens);
   w.put_ids(p.stop_token_ids);
   w.put<uint8_t>(p.ignore_eos);
+  w.put(p.logprobs);
 }
 
 SamplingParams get_params(ByteReader& r) {
@@ -35,6 +36,7 @@ SamplingParams get_params(ByteReader& r) {
   p.max_tokens = r.get<int32_t>();
   p.stop_token_ids = r.get_ids();
   p.ignore_eos = r.get<uint8_t>() != 0;
+  p.logprobs = r.get<int32_t>();
   return p;
 }
 

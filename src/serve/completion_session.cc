@@ -87,6 +87,10 @@ void CompletionSession::start() {
           std::make_unique<StreamingDecoder>(*model_.tokenizer, request_.skip_special_tokens);
       c.stop =
           std::make_unique<StopStringFilter>(request_.stop, request_.include_stop_str_in_output);
+      if (request_.echo) {  // completions: the prompt's text leads the choice's text
+        const PromptInput& input = request_.prompts[p];
+        c.text = input.is_tokens ? model_.tokenizer->decode(input.token_ids) : input.text;
+      }
       if (request_.endpoint == Endpoint::kChatCompletions && model_.reasoning.enabled()) {
         c.reasoning = std::make_unique<ReasoningParser>(model_.reasoning, prompts[p]);
         c.reasoning_decoder =
@@ -181,14 +185,26 @@ void CompletionSession::apply_event(Choice& c, const RequestEvent& event, Clock:
   if (event.has_token) {
     ++c.completion_tokens;
     metrics_.add_generation_tokens(replica_, 1);
+    if (event.has_logprobs && request_.sampling.logprobs >= 0) {
+      c.logprobs.push_back({event.token_id, event.logprob, event.top_logprobs});
+    }
     add_token_text(c, event.token_id);
     if (c.stop->stopped()) {
       if (!event.finished) engine_.cancel(c.engine_id);  // frees its blocks at the next step
+      c.stop_reason = request_.stop.at(static_cast<size_t>(c.stop->matched_index()));
       finish_choice(c, FinishReason::kStop);
       return;
     }
   }
   if (!event.finished) return;
+  // Ended by one of the request's stop token ids (not the model's end of sequence): vLLM names
+  // the token in stop_reason.
+  const auto& stop_ids = request_.sampling.stop_token_ids;
+  if (event.finish_reason == FinishReason::kStop && event.has_token &&
+      !(event.token_id == model_.tokenizer->eos_id() && !request_.sampling.ignore_eos) &&
+      std::find(stop_ids.begin(), stop_ids.end(), event.token_id) != stop_ids.end()) {
+    c.stop_reason = event.token_id;
+  }
   if (event.finish_reason == FinishReason::kError) engine_failed_ = true;
   if (c.reasoning_decoder) {  // cut inside the reasoning (max_tokens): all of it is reasoning
     std::string held = c.reasoning_decoder->flush();
@@ -199,6 +215,7 @@ void CompletionSession::apply_event(Choice& c, const RequestEvent& event, Clock:
   c.text += c.stop->push(rest);
   wipe_string(rest);
   if (c.stop->stopped()) {
+    c.stop_reason = request_.stop.at(static_cast<size_t>(c.stop->matched_index()));
     finish_choice(c, FinishReason::kStop);
     return;
   }
@@ -299,9 +316,11 @@ std::string CompletionSession::response_body() {
     throw ApiException(ApiError::internal("The engine failed while generating; see server logs."));
   }
   std::vector<ChoiceResult> results;
-  for (const Choice& c : choices_) {
+  for (Choice& c : choices_) {
     ChoiceResult r{c.index, c.text, c.finish};
     if (c.reasoning) r.reasoning = c.reasoning_text;
+    r.logprobs = take_logprobs(c);
+    r.stop_reason = c.stop_reason;
     results.push_back(std::move(r));
   }
   std::string body = dump_json(
@@ -309,6 +328,8 @@ std::string CompletionSession::response_body() {
   for (ChoiceResult& r : results) {
     wipe_string(r.text);
     if (r.reasoning) wipe_string(*r.reasoning);
+    wipe_json_strings(r.logprobs);
+    wipe_json_strings(r.stop_reason);
   }
   close(true);
   return body;
@@ -339,10 +360,11 @@ bool CompletionSession::next_stream_chunks(std::vector<StreamChunk>& out,
   for (int index : drain_events(events)) {
     Choice& c = choices_[index];
     const bool final_now = c.finished && !c.final_chunk_sent;
-    if (c.text.empty() && c.reasoning_text.empty() && !final_now) continue;
+    const bool new_logprobs = c.logprobs_sent < c.logprobs.size();
+    if (c.text.empty() && c.reasoning_text.empty() && !final_now && !new_logprobs) continue;
     out.push_back({stream_chunk(ep, id_, created_, request_.model, c.index, c.text, false,
                                 final_now ? c.finish : FinishReason::kNone, request_.include_usage,
-                                c.reasoning_text),
+                                c.reasoning_text, take_logprobs(c), c.stop_reason),
                    !c.text.empty() || !c.reasoning_text.empty()});
     wipe_string(c.text);
     wipe_string(c.reasoning_text);
@@ -351,9 +373,10 @@ bool CompletionSession::next_stream_chunks(std::vector<StreamChunk>& out,
   if (!all_finished()) return true;
   for (Choice& c : choices_) {  // choices finished before their first event was drained
     if (c.final_chunk_sent) continue;
-    out.push_back({stream_chunk(ep, id_, created_, request_.model, c.index, c.text, false, c.finish,
-                                request_.include_usage, c.reasoning_text),
-                   !c.text.empty() || !c.reasoning_text.empty()});
+    out.push_back(
+        {stream_chunk(ep, id_, created_, request_.model, c.index, c.text, false, c.finish,
+                      request_.include_usage, c.reasoning_text, take_logprobs(c), c.stop_reason),
+         !c.text.empty() || !c.reasoning_text.empty()});
     wipe_string(c.text);
     wipe_string(c.reasoning_text);
     c.final_chunk_sent = true;
@@ -363,6 +386,16 @@ bool CompletionSession::next_stream_chunks(std::vector<StreamChunk>& out,
   }
   stream_done_ = true;
   return false;
+}
+
+nlohmann::json CompletionSession::take_logprobs(Choice& c) {
+  if (request_.sampling.logprobs < 0) return nullptr;
+  const size_t begin = c.logprobs_sent, end = c.logprobs.size();
+  c.logprobs_sent = end;
+  if (request_.endpoint == Endpoint::kChatCompletions) {
+    return chat_logprobs_json(*model_.tokenizer, c.logprobs, begin, end);
+  }
+  return completion_logprobs_json(*model_.tokenizer, c.logprobs, begin, end, c.logprob_text_offset);
 }
 
 bool CompletionSession::next_stream_events(std::string& out, std::chrono::milliseconds max_wait) {
@@ -421,7 +454,12 @@ void CompletionSession::wipe_text() {
   for (Choice& c : choices_) {
     wipe_string(c.text);
     wipe_string(c.reasoning_text);
-    c.stop.reset();  // its destructor wipes held-back text
+    c.stop.reset();                            // its destructor wipes held-back text
+    for (TokenLogprobEntry& e : c.logprobs) {  // token ids say what was generated
+      secure_wipe(&e.token_id, sizeof(e.token_id));
+      if (!e.top.empty()) secure_wipe(e.top.data(), e.top.size() * sizeof(TokenLogprob));
+    }
+    c.logprobs.clear();
   }
   request_.wipe();
 }

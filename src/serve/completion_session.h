@@ -26,6 +26,7 @@
 #include "engine/serving_engine.h"
 #include "model/tokenizer.h"
 #include "model/tokenizer_data.h"
+#include "serve/logprobs_json.h"
 #include "serve/metrics.h"
 #include "serve/openai_protocol.h"
 #include "serve/reasoning.h"
@@ -132,6 +133,12 @@ class CompletionSession : public std::enable_shared_from_this<CompletionSession>
     FinishReason finish = FinishReason::kNone;
     bool final_chunk_sent = false;
     std::optional<Clock::time_point> last_token_time;
+    // Requests with logprobs: one entry per generated token; streaming sends them from
+    // `logprobs_sent` on, completions' text_offset continuing at `logprob_text_offset`.
+    std::vector<TokenLogprobEntry> logprobs;
+    size_t logprobs_sent = 0;
+    int64_t logprob_text_offset = 0;
+    nlohmann::json stop_reason = nullptr;  // vLLM's stop_reason: stop string or stop token id
   };
 
   std::vector<int32_t> tokenize(const PromptInput& prompt) const;
@@ -145,6 +152,9 @@ class CompletionSession : public std::enable_shared_from_this<CompletionSession>
   Choice* choice_for(int64_t engine_id);
   bool all_finished() const;
   std::string response_body();  // every choice finished: the JSON response; closes
+  // The logprobs object for the choice's entries not yet sent (all of them when not streaming),
+  // or null when the request did not ask for logprobs. Marks them sent.
+  nlohmann::json take_logprobs(Choice& choice);
   void wipe_text();
 
   const ServedModel& model_;

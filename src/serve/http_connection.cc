@@ -188,7 +188,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
       return start_completion(path == "/v1/completions" ? Endpoint::kCompletions
                                                         : Endpoint::kChatCompletions);
     }
-    HttpAnswer answer = server_.answer(req.method_string(), req.target());
+    HttpAnswer answer = server_.answer(req.method_string(), req.target(), req.body());
     secure_wipe(req.body().data(), req.body().size());
     send(std::move(answer), false);
   }

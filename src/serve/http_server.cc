@@ -11,8 +11,10 @@
 
 #include "core/aligned_buffer.h"
 #include "core/error.h"
+#include "core/json_input.h"
 #include "core/log.h"
 #include "serve/http_connection.h"
+#include "serve/tokenize_api.h"
 
 namespace alem::serve {
 
@@ -45,7 +47,7 @@ std::string_view path_of(std::string_view target) {
 
 bool is_api_route(std::string_view path) {
   return path == "/v1/completions" || path == "/v1/chat/completions" || path == "/v1/models" ||
-         path == "/v1/status" || path == "/version";
+         path == "/v1/status" || path == "/version" || path == "/tokenize" || path == "/detokenize";
 }
 
 }  // namespace
@@ -237,7 +239,8 @@ std::optional<HttpAnswer> HttpServer::check_request(std::string_view method,
     e.type = "not_found_error";
     return error_answer(e);
   }
-  const bool post_route = path == "/v1/completions" || path == "/v1/chat/completions";
+  const bool post_route = path == "/v1/completions" || path == "/v1/chat/completions" ||
+                          path == "/tokenize" || path == "/detokenize";
   if (method != (post_route ? "POST" : "GET")) {
     ApiError e = ApiError::bad_request("Method not allowed.");
     e.status = 405;
@@ -248,8 +251,9 @@ std::optional<HttpAnswer> HttpServer::check_request(std::string_view method,
   return std::nullopt;
 }
 
-HttpAnswer HttpServer::answer(std::string_view, std::string_view target) {
+HttpAnswer HttpServer::answer(std::string_view, std::string_view target, std::string& body) {
   const std::string_view path = path_of(target);
+  if (path == "/tokenize" || path == "/detokenize") return handle_tokenize(path, body);
   if (path == "/health") return handle_health();
   if (path == "/metrics") return handle_metrics();
   if (path == "/v1/models") return handle_models();
@@ -343,6 +347,28 @@ HttpAnswer HttpServer::handle_models() {
   }
   HttpAnswer answer;
   answer.body = dump_json(models_response(model_.name, model_.created, engine->max_model_len()));
+  return answer;
+}
+
+HttpAnswer HttpServer::handle_tokenize(std::string_view path, std::string& body) {
+  EngineClient* engine = engine_.load();
+  HttpAnswer answer;
+  answer.sensitive = true;  // tokens or text of a prompt
+  try {
+    if (!engine || !engine->healthy()) {
+      throw ApiException(ApiError::unavailable("The model is loading or the engine is down."));
+    }
+    nlohmann::json out = path == "/tokenize"
+                             ? tokenize_response(body, model_, engine->max_model_len())
+                             : detokenize_response(body, model_);
+    secure_wipe(body.data(), body.size());
+    answer.body = dump_json(out);
+    wipe_json_strings(out);
+  } catch (const ApiException& e) {
+    secure_wipe(body.data(), body.size());
+    metrics_.count_rejected(rejection_reason(e.error().status));
+    return error_answer(e.error());
+  }
   return answer;
 }
 

@@ -115,8 +115,9 @@ class HttpServer {
   // read the body and call answer() / open_session().
   std::optional<HttpAnswer> check_request(std::string_view method, std::string_view target,
                                           std::string_view authorization, bool api_port);
-  // A route other than the two completion endpoints.
-  HttpAnswer answer(std::string_view method, std::string_view target);
+  // A route other than the two completion endpoints (/tokenize and /detokenize read `body`,
+  // which is wiped).
+  HttpAnswer answer(std::string_view method, std::string_view target, std::string& body);
   // Parses, validates, tokenizes and submits a completion (worker thread). Wipes `body`. Throws
   // ApiException (counted as a rejection).
   std::shared_ptr<CompletionSession> open_session(std::string& body, Endpoint endpoint,
@@ -133,6 +134,7 @@ class HttpServer {
   HttpAnswer handle_health();
   HttpAnswer handle_metrics();
   HttpAnswer handle_status();
+  HttpAnswer handle_tokenize(std::string_view path, std::string& body);
   bool engine_ready() const;
 
   const ServedModel& model_;

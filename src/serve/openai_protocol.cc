@@ -10,6 +10,7 @@
 #include "core/aligned_buffer.h"
 #include "core/error.h"
 #include "core/json_input.h"
+#include "engine/logprobs.h"
 #include "serve/response_format.h"
 
 namespace alem::serve {
@@ -435,6 +436,34 @@ void parse_sampling(const Fields& f, ApiRequest& r) {
   }
 }
 
+// logprobs (completions: top-N integer; chat: boolean + top_logprobs) and echo (completions).
+void parse_logprobs(const Fields& f, ApiRequest& r) {
+  std::optional<int64_t> top;
+  const char* field = "logprobs";
+  if (r.endpoint == Endpoint::kCompletions) {
+    top = f.integer("logprobs");
+    r.echo = f.boolean("echo").value_or(false);
+  } else {
+    const bool wanted = f.boolean("logprobs").value_or(false);
+    const std::optional<int64_t> top_logprobs = f.integer("top_logprobs");
+    if (top_logprobs.value_or(0) > 0 && !wanted) {
+      reject("'top_logprobs' needs 'logprobs' set to true", "top_logprobs");
+    }
+    if (wanted) top = top_logprobs.value_or(0);
+    field = "top_logprobs";
+  }
+  if (!top) return;
+  r.sampling.logprobs = checked_int32(*top, field, 0, kMaxTopLogprobs);
+  if (r.echo) {
+    // Prompt logprobs would need the LM head over every prompt position; the engine computes
+    // only the sampled rows, so the pair is refused rather than answered without them.
+    reject(
+        "'echo' together with 'logprobs' is not supported by this server (prompt logprobs "
+        "are not computed); drop one of 'echo' and 'logprobs'",
+        "echo");
+  }
+}
+
 // response_format (both endpoints, as vLLM): the JSON Schema the output must follow.
 void parse_response_format(const Fields& f, ApiRequest& r) {
   const json* format = f.get("response_format");
@@ -456,21 +485,10 @@ void parse_response_format(const Fields& f, ApiRequest& r) {
 // Features alem does not implement: rejected clearly rather than silently ignored.
 void reject_unsupported(const Fields& f, const ApiRequest& r) {
   if (r.endpoint == Endpoint::kCompletions) {
-    if (f.get("logprobs")) {
-      Fields::as_integer(*f.get("logprobs"), "logprobs");
-      reject("'logprobs' is not supported by this server", "logprobs");
-    }
-    if (f.boolean("echo").value_or(false)) reject("'echo' is not supported by this server", "echo");
     if (!f.string("suffix").value_or("").empty()) {
       reject("'suffix' is not supported by this server", "suffix");
     }
   } else {
-    if (f.boolean("logprobs").value_or(false)) {
-      reject("'logprobs' is not supported by this server", "logprobs");
-    }
-    if (f.integer("top_logprobs").value_or(0) > 0) {
-      reject("'top_logprobs' is not supported by this server", "top_logprobs");
-    }
     const json* tools = f.get("tools");
     const json* choice = f.get("tool_choice");
     const bool tools_off = choice && choice->is_string() && choice->get<std::string>() == "none";
@@ -591,6 +609,7 @@ ApiRequest parse_request(std::string_view body, Endpoint endpoint, const std::st
   r.include_stop_str_in_output = f.boolean("include_stop_str_in_output").value_or(false);
   r.skip_special_tokens = f.boolean("skip_special_tokens").value_or(true);
   r.user = f.string("user").value_or("");
+  parse_logprobs(f, r);
   reject_unsupported(f, r);
   return r;
 }
@@ -680,9 +699,9 @@ json completion_response(Endpoint endpoint, const std::string& id, int64_t creat
     } else {
       choice["text"] = c.text;
     }
-    choice["logprobs"] = nullptr;
+    choice["logprobs"] = c.logprobs;
     choice["finish_reason"] = finish_value(c.finish_reason);
-    choice["stop_reason"] = nullptr;
+    choice["stop_reason"] = c.stop_reason;
     out_choices.push_back(std::move(choice));
   }
   return json{{"id", id},
@@ -695,7 +714,8 @@ json completion_response(Endpoint endpoint, const std::string& id, int64_t creat
 
 json stream_chunk(Endpoint endpoint, const std::string& id, int64_t created,
                   const std::string& model, int index, const std::string& text, bool first,
-                  FinishReason finish_reason, bool include_usage, const std::string& reasoning) {
+                  FinishReason finish_reason, bool include_usage, const std::string& reasoning,
+                  const json& logprobs, const json& stop_reason) {
   const bool chat = endpoint == Endpoint::kChatCompletions;
   json choice = {{"index", index}};
   if (chat) {
@@ -707,8 +727,9 @@ json stream_chunk(Endpoint endpoint, const std::string& id, int64_t created,
   } else {
     choice["text"] = text;
   }
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] = logprobs;
   choice["finish_reason"] = finish_value(finish_reason);
+  if (finish_reason != FinishReason::kNone) choice["stop_reason"] = stop_reason;
   json chunk = {{"id", id},
                 {"object", chat ? "chat.completion.chunk" : "text_completion"},
                 {"created", created},

@@ -77,6 +77,7 @@ struct ApiRequest {
   std::vector<std::string> stop;            // stop strings, matched on the decoded text
   bool include_stop_str_in_output = false;  // vLLM extra
   bool skip_special_tokens = true;          // vLLM extra
+  bool echo = false;  // completions: the prompt's text comes before each choice's text
   int n = 1;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
@@ -107,13 +108,14 @@ bool model_name_matches(const std::string& requested, const std::string& served)
 // accepted (404 otherwise). Throws ApiException: 400 for malformed JSON (with line, column and byte
 // offset), a body that is not an object, a field of the wrong type (naming the field), a missing
 // prompt/messages, out-of-range values (n, temperature, top_p, ...) and unsupported features
-// (logprobs, echo, suffix, best_of != n, tools, non-text content parts, and fields that would
-// change the output but are not implemented: logit_bias, guided_*, logits_processors, bad_words,
-// allowed_token_ids, ... -- each 400 names its field); 404 for an unknown model. Malformed JSON,
-// nesting deeper than kMaxJsonDepth and numbers that overflow a double are 400 with the line
-// and column, never quoting the body (core/json_input.h). Other unknown keys (metadata, store,
-// service_tier, reasoning_effort, verbosity, prediction, parallel_tool_calls, which change
-// nothing here) are accepted and ignored, as vLLM does. null counts as absent.
+// (echo with logprobs, top_logprobs over 20, suffix, best_of != n, tools, non-text content parts,
+// and fields that would change the output but are not implemented: logit_bias, guided_*,
+// logits_processors, bad_words, allowed_token_ids, ... -- each 400 names its field); 404 for an
+// unknown model. Malformed JSON, nesting deeper than kMaxJsonDepth and numbers that overflow a
+// double are 400 with the line and column, never quoting the body (core/json_input.h). Other
+// unknown keys (metadata, store, service_tier, reasoning_effort, verbosity, prediction,
+// parallel_tool_calls, which change nothing here) are accepted and ignored, as vLLM does. null
+// counts as absent.
 ApiRequest parse_request(std::string_view body, Endpoint endpoint, const std::string& served_model,
                          const ProtocolLimits& limits = {});
 
@@ -146,6 +148,10 @@ struct ChoiceResult {
   // Reasoning models only: message.reasoning_content ("" is written as null). Absent for other
   // models, whose responses keep their shape.
   std::optional<std::string> reasoning{};
+  // The choice's logprobs object (serve/logprobs_json.h), null when not asked for; the stop
+  // string or stop token id that ended it (vLLM's stop_reason), null for eos, length and others.
+  nlohmann::json logprobs = nullptr;
+  nlohmann::json stop_reason = nullptr;
 };
 
 // "cmpl-<32 hex>" / "chatcmpl-<32 hex>", random.
@@ -159,11 +165,15 @@ nlohmann::json completion_response(Endpoint endpoint, const std::string& id, int
 // One streaming chunk for one choice. Chat: `first` adds the assistant role to the delta;
 // `text` goes into delta.content (omitted when empty and not first); `reasoning` into
 // delta.reasoning_content (omitted when empty); finish_reason null unless given. With
-// include_usage every chunk carries "usage": null, as OpenAI does.
+// include_usage every chunk carries "usage": null, as OpenAI does. `logprobs` is the chunk's
+// logprobs object (its tokens only; null when not asked for); the final chunk (finish_reason
+// set) also carries `stop_reason`.
 nlohmann::json stream_chunk(Endpoint endpoint, const std::string& id, int64_t created,
                             const std::string& model, int index, const std::string& text,
                             bool first, FinishReason finish_reason, bool include_usage,
-                            const std::string& reasoning = {});
+                            const std::string& reasoning = {},
+                            const nlohmann::json& logprobs = nullptr,
+                            const nlohmann::json& stop_reason = nullptr);
 // The chunk after every choice has finished, when include_usage: empty choices and the usage.
 nlohmann::json usage_chunk(Endpoint endpoint, const std::string& id, int64_t created,
                            const std::string& model, const Usage& usage);

@@ -32,16 +32,20 @@ std::string StopStringFilter::push(std::string_view text) {
   const size_t search_from = pending_.size() > hold_back_ ? pending_.size() - hold_back_ : 0;
   pending_.append(text);
   size_t best = std::string::npos, best_len = 0;
-  for (const std::string& s : stops_) {
+  int best_index = -1;
+  for (size_t i = 0; i < stops_.size(); ++i) {
+    const std::string& s = stops_[i];
     const size_t at = pending_.find(s, search_from);
     if (at != std::string::npos && (at < best || (at == best && s.size() > best_len))) {
       best = at;
       best_len = s.size();
+      best_index = static_cast<int>(i);
     }
   }
   std::string out;
   if (best != std::string::npos) {
     stopped_ = true;
+    matched_index_ = best_index;
     out = pending_.substr(0, best + (include_stop_ ? best_len : 0));
     secure_wipe(pending_.data(), pending_.size());
     pending_.clear();

@@ -24,6 +24,8 @@ class StopStringFilter {
   // At the end of generation without a match: the held-back remainder.
   std::string finish();
   bool stopped() const { return stopped_; }
+  // Index (in the constructor's list) of the stop string that matched, -1 before a match.
+  int matched_index() const { return matched_index_; }
 
  private:
   std::vector<std::string> stops_;
@@ -31,6 +33,7 @@ class StopStringFilter {
   size_t hold_back_ = 0;  // longest stop string length - 1
   std::string pending_;   // decoded, not yet released
   bool stopped_ = false;
+  int matched_index_ = -1;
 };
 
 }  // namespace alem::serve

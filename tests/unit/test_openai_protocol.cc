@@ -288,8 +288,8 @@ TEST(OpenAiParse, ImpossibleValues) {
 
 TEST(OpenAiParse, UnsupportedFeaturesAreRejectedClearly) {
   json completion = {{"model", kModel}, {"prompt", "x"}};
-  for (auto [field, value] : std::vector<std::pair<const char*, json>>{
-           {"logprobs", 2}, {"echo", true}, {"suffix", "end"}, {"min_tokens", 3}}) {
+  for (auto [field, value] :
+       std::vector<std::pair<const char*, json>>{{"suffix", "end"}, {"min_tokens", 3}}) {
     json body = completion;
     body[field] = value;
     ApiError e = error_of(body);
@@ -297,8 +297,6 @@ TEST(OpenAiParse, UnsupportedFeaturesAreRejectedClearly) {
     EXPECT_NE(e.message.find("not supported"), std::string::npos) << e.message;
   }
   for (auto [field, value] : std::vector<std::pair<const char*, json>>{
-           {"logprobs", true},
-           {"top_logprobs", 3},
            {"response_format",
             {{"type", "json_schema"},
              {"json_schema", {{"name", "n"}, {"schema", {{"pattern", "a"}}}}}}},

@@ -264,7 +264,7 @@ class Errors(unittest.TestCase):
 
     def test_impossible_params(self):
         for extra in ({"n": 0}, {"n": 9}, {"temperature": -1}, {"top_p": 0}, {"max_tokens": 0},
-                      {"logprobs": 2}):
+                      {"logprobs": 21}):
             status, _, body = self.post(json.dumps({"model": MODEL_NAME, "prompt": "x", **extra}))
             self.assertEqual(status, 400, extra)
             self.assertEqual(body["error"]["param"], next(iter(extra)))
