@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the `alem serve` end-to-end tests (tests/e2e/serve/test_*.py) against the real model,
-# on 127.0.0.1 only. Usage: run_serve_tests.sh [api|http|lifecycle|multirank|dp|structured|worker|logprobs|hang ...]
-# (default: all).
+# on 127.0.0.1 only. Usage: run_serve_tests.sh [SUITE ...] (default: all), SUITE one of api http
+# lifecycle multirank dp structured worker logprobs hang.
 # Needs: the alem binary (ALEM_BINARY), the model store (ALEM_TEST_MODEL), curl, and Python with
 # the official `openai` client and `jsonschema`: ALEM_SERVE_TEST_PYTHON, else a venv
 # made in $ALEM_SERVE_TEST_VENV (default build dir/.venv-serve-tests) with pip install openai
