@@ -385,20 +385,7 @@ HttpAnswer HttpServer::handle_health() {
 HttpAnswer HttpServer::handle_metrics() {
   std::vector<ReplicaGauges> gauges;
   if (EngineClient* engine = engine_.load()) {
-    for (const ReplicaStats& s : engine->stats()) {
-      ReplicaGauges g;
-      g.replica = s.replica;
-      g.running_requests = s.running;
-      g.waiting_requests = s.waiting;
-      g.kv_blocks_used = s.kv_blocks_used;
-      g.kv_blocks_cached = s.kv_blocks_cached;
-      g.kv_blocks_total = s.kv_blocks_total;
-      g.steps = s.steps;
-      g.preemptions = s.preemptions;
-      g.prefix_cache_queries = s.prefix_cache_queries;
-      g.prefix_cache_hits = s.prefix_cache_hits;
-      gauges.push_back(g);
-    }
+    for (const ReplicaStats& s : engine->stats()) gauges.push_back(replica_gauges(s));
   } else {
     gauges.push_back({});
   }
