@@ -17,6 +17,9 @@ struct SamplingParams {
   // response_format: the JSON Schema (compact text) the output must follow, enforced token by
   // token (engine/constrained/); "" = unconstrained. json_object is {"type":"object"}.
   std::string json_schema = {};
+  // guided_regex / guided_choice: a pattern (engine/constrained/regex.h) the whole output must
+  // match; "" = none. At most one of json_schema and regex is set.
+  std::string regex = {};
   float temperature = 1.0f;         // 0 = greedy; otherwise logits are divided by it
   int32_t top_k = 0;                // keep the k most likely tokens; 0 or -1 = off
   float top_p = 1.0f;               // nucleus: smallest set with cumulative probability >= top_p
@@ -32,6 +35,7 @@ struct SamplingParams {
   // -1: no logprobs; 0..20: each token comes with its raw logprob and this many top tokens'.
   int32_t logprobs = -1;
 
+  bool constrained() const { return !json_schema.empty() || !regex.empty(); }
   bool greedy() const { return temperature < kGreedyTemperature; }
   bool top_k_enabled() const { return top_k > 0; }
   bool has_penalties() const {

@@ -169,7 +169,7 @@ struct ServingEngine::Impl {
     s.params = params;
     s.rng = Rng::for_request(params, seed);
     if (params.repetition_penalty != 1.0f) s.counts.add_prompt(prompt);
-    if (!params.json_schema.empty()) {
+    if (params.constrained()) {
       s.constraint = std::make_unique<constrained::RowConstraint>(params, options.token_table,
                                                                   options.eos_token_ids);
     }

@@ -5,6 +5,7 @@ namespace alem {
 
 void put_params(ByteWriter& w, const SamplingParams& p) {
   w.put_string(p.json_schema);
+  w.put_string(p.regex);
   w.put(p.temperature);
   w.put(p.top_k);
   w.put(p.top_p);
@@ -23,6 +24,7 @@ void put_params(ByteWriter& w, const SamplingParams& p) {
 SamplingParams get_params(ByteReader& r) {
   SamplingParams p;
   p.json_schema = r.get_string();
+  p.regex = r.get_string();
   p.temperature = r.get<float>();
   p.top_k = r.get<int32_t>();
   p.top_p = r.get<float>();

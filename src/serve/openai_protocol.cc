@@ -464,20 +464,22 @@ void parse_logprobs(const Fields& f, ApiRequest& r) {
   }
 }
 
-// response_format (both endpoints, as vLLM): the JSON Schema the output must follow.
-void parse_response_format(const Fields& f, ApiRequest& r) {
-  const json* format = f.get("response_format");
-  if (!format) return;
-  if (!format->is_object()) wrong_type("response_format", "an object", *format);
+// response_format, guided_json/regex/choice and structured_outputs (both endpoints, as vLLM):
+// the JSON Schema or the pattern the output must follow.
+void parse_output_constraint(const json& body, ApiRequest& r) {
+  std::string field;
+  OutputConstraint c;
   try {
-    r.sampling.json_schema = response_format_schema(*format);
+    c = read_output_constraint(body, &field);
   } catch (const Error& e) {
-    reject(e.message(), "response_format");
+    reject(e.message(), field.empty() ? "response_format" : field);
   }
-  if (!r.sampling.json_schema.empty() && r.sampling.ignore_eos) {
+  r.sampling.json_schema = std::move(c.json_schema);
+  r.sampling.regex = std::move(c.regex);
+  if (r.sampling.constrained() && r.sampling.ignore_eos) {
     reject(
-        "'ignore_eos' cannot be combined with a JSON 'response_format' (the output ends when "
-        "the value is complete)",
+        "'ignore_eos' cannot be combined with a constrained output (response_format, guided_* "
+        "or structured_outputs: the output ends when it is complete)",
         "ignore_eos");
   }
 }
@@ -508,10 +510,9 @@ void reject_unsupported(const Fields& f, const ApiRequest& r) {
     return true;
   };
   for (const char* key :
-       {"logit_bias", "logits_processors", "bad_words", "allowed_token_ids", "guided_json",
-        "guided_regex", "guided_choice", "guided_grammar", "guided_whitespace_pattern",
-        "structured_outputs", "truncate_prompt_tokens", "return_tokens_as_token_ids", "functions",
-        "function_call", "chat_template", "mm_processor_kwargs"}) {
+       {"logit_bias", "logits_processors", "bad_words", "allowed_token_ids", "guided_grammar",
+        "guided_whitespace_pattern", "truncate_prompt_tokens", "return_tokens_as_token_ids",
+        "functions", "function_call", "chat_template", "mm_processor_kwargs"}) {
     if (const json* v = f.get(key); v && has_effect(*v)) {
       reject("'" + std::string(key) + "' is not supported by this server", key);
     }
@@ -605,7 +606,7 @@ ApiRequest parse_request(std::string_view body, Endpoint endpoint, const std::st
   }
   parse_stop(f, limits, r);
   parse_sampling(f, r);
-  parse_response_format(f, r);
+  parse_output_constraint(root, r);
   r.include_stop_str_in_output = f.boolean("include_stop_str_in_output").value_or(false);
   r.skip_special_tokens = f.boolean("skip_special_tokens").value_or(true);
   r.user = f.string("user").value_or("");

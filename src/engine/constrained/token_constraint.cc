@@ -52,16 +52,33 @@ std::shared_ptr<const TokenTable> make_token_table(const Tokenizer& tokenizer) {
   return table;
 }
 
+namespace {
+
+OutputState initial_state(const JsonSchema* schema, const RegexDfa* regex) {
+  return schema ? OutputState(schema) : OutputState(regex);
+}
+
+}  // namespace
+
 RowConstraint::RowConstraint(const SamplingParams& params, std::shared_ptr<const TokenTable> table,
                              std::vector<int32_t> end_ids)
-    : schema_(cached_json_schema(params.json_schema)),
+    : RowConstraint(
+          params, params.json_schema.empty() ? nullptr : cached_json_schema(params.json_schema),
+          params.json_schema.empty() ? cached_regex(params.regex, RegexMatch::kFull) : nullptr,
+          std::move(table), std::move(end_ids)) {}
+
+RowConstraint::RowConstraint(const SamplingParams& params, std::shared_ptr<const JsonSchema> schema,
+                             std::shared_ptr<const RegexDfa> regex,
+                             std::shared_ptr<const TokenTable> table, std::vector<int32_t> end_ids)
+    : schema_(std::move(schema)),
+      regex_(std::move(regex)),
       table_(std::move(table)),
       end_ids_(std::move(end_ids)),
-      state_(schema_.get()),
-      scratch_(schema_.get()) {
-  ALEM_CHECK(table_ != nullptr, "response_format needs the model's token table");
+      state_(initial_state(schema_.get(), regex_.get())),
+      scratch_(state_) {
+  ALEM_CHECK(table_ != nullptr, "a constrained output needs the model's token table");
   for (int32_t id : params.stop_token_ids) end_ids_.push_back(id);
-  ALEM_CHECK(!end_ids_.empty(), "response_format needs an end-of-sequence token");
+  ALEM_CHECK(!end_ids_.empty(), "a constrained output needs an end-of-sequence token");
 }
 
 SamplingParams RowConstraint::candidate_params(const SamplingParams& params) {
@@ -152,7 +169,7 @@ int32_t RowConstraint::choose(const CandidateSet& set, const SamplingParams& par
 void RowConstraint::advance(int32_t token) {
   if (std::find(end_ids_.begin(), end_ids_.end(), token) != end_ids_.end()) return;
   if (token < 0 || static_cast<size_t>(token) >= table_->bytes.size()) return;
-  JsonRecognizer next = state_;
+  OutputState next = state_;
   if (next.feed(table_->bytes[token])) state_ = std::move(next);
 }
 

@@ -1,6 +1,7 @@
-// Grammar-constrained sampling for one sequence: the bridge between a JsonRecognizer and the
-// sampler. At each step only tokens whose bytes keep the output a valid prefix may be drawn,
-// and the end-of-sequence (or a stop token) only once the value is complete.
+// Grammar-constrained sampling for one sequence: the bridge between the output's automaton (a
+// JsonRecognizer for a JSON Schema, a RegexRecognizer for a pattern) and the sampler. At each step
+// only tokens whose bytes keep the output a valid prefix may be drawn, and the end-of-sequence (or
+// a stop token) only once the value is complete.
 //
 // Cost: a constrained row asks every TP rank for its whole vocabulary slice as candidates
 // (CandidateKind::kAll, the same as plain temperature sampling already does), and then only the
@@ -16,10 +17,13 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <variant>
 #include <vector>
 
 #include "engine/constrained/json_recognizer.h"
 #include "engine/constrained/json_schema.h"
+#include "engine/constrained/regex.h"
 #include "engine/sampler.h"
 #include "engine/sampling_params.h"
 
@@ -39,10 +43,29 @@ struct TokenTable {
 // The table of a tokenizer's vocabulary (raw bytes of each token; control tokens marked).
 std::shared_ptr<const TokenTable> make_token_table(const Tokenizer& tokenizer);
 
-// The schema a SamplingParams asks for: params.json_schema ("" = unconstrained).
+// Where one output is in the automaton it must follow; copies are cheap (a vector or an int).
+class OutputState {
+ public:
+  explicit OutputState(const JsonSchema* schema) : state_(JsonRecognizer(schema)) {}
+  explicit OutputState(const RegexDfa* dfa) : state_(RegexRecognizer(dfa)) {}
+  bool feed(std::string_view bytes) {
+    return std::visit([&](auto& s) { return s.feed(bytes); }, state_);
+  }
+  bool complete() const {
+    return std::visit([](const auto& s) { return s.complete(); }, state_);
+  }
+  bool finished() const {
+    return std::visit([](const auto& s) { return s.finished(); }, state_);
+  }
+
+ private:
+  std::variant<JsonRecognizer, RegexRecognizer> state_;
+};
+
+// The constraint a SamplingParams asks for: params.json_schema or params.regex.
 class RowConstraint {
  public:
-  // Compiles (cached) params.json_schema; throws alem::Error when it is outside the subset.
+  // Compiles (cached) the schema or pattern; throws alem::Error when it is outside the subset.
   RowConstraint(const SamplingParams& params, std::shared_ptr<const TokenTable> table,
                 std::vector<int32_t> end_ids);
 
@@ -59,14 +82,19 @@ class RowConstraint {
   void advance(int32_t token);
 
   bool allowed(int32_t token) const;
-  const JsonRecognizer& state() const { return state_; }
+  const OutputState& state() const { return state_; }
 
  private:
-  std::shared_ptr<const JsonSchema> schema_;
+  RowConstraint(const SamplingParams& params, std::shared_ptr<const JsonSchema> schema,
+                std::shared_ptr<const RegexDfa> regex, std::shared_ptr<const TokenTable> table,
+                std::vector<int32_t> end_ids);
+
+  std::shared_ptr<const JsonSchema> schema_;  // one of these two is set
+  std::shared_ptr<const RegexDfa> regex_;
   std::shared_ptr<const TokenTable> table_;
   std::vector<int32_t> end_ids_;
-  JsonRecognizer state_;
-  mutable JsonRecognizer scratch_;
+  OutputState state_;
+  mutable OutputState scratch_;
 };
 
 }  // namespace alem::constrained
