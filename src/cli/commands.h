@@ -33,5 +33,6 @@ void add_status_command(CLI::App& app);
 void add_cvm_command(CLI::App& app);            // `alem cvm render` (cmd_cvm.cc)
 void add_verify_bundle_command(CLI::App& app);  // `alem verify-bundle` (cmd_verify_bundle.cc)
 void add_attest_command(CLI::App& app);         // `alem attest verify` (cmd_attest.cc)
+void add_plan_command(CLI::App& app);            // `alem plan` (cmd_plan.cc)
 
 }  // namespace alem::cli

@@ -124,6 +124,7 @@ int main(int argc, char** argv) {
   alem::cli::add_cvm_command(app);
   alem::cli::add_verify_bundle_command(app);
   alem::cli::add_attest_command(app);
+  alem::cli::add_plan_command(app);
 
   const CommandPath path = command_path(app, argc, argv);
   alem::log_debug("alem command", {{"command", path.known.empty() ? "(none)" : path.known},

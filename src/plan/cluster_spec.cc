@@ -1,0 +1,293 @@
+// Cluster descriptions (TOML) and calibration files (JSON): parsing with errors that name the
+// file, line and key, the alpha-beta fit of measured message times, and applying a calibration.
+#include "plan/cluster_spec.h"
+
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <toml++/toml.h>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace alem::plan {
+
+double ClusterSpec::peak_flops(const std::string& dtype) const {
+  auto it = peak_tflops.find(dtype);
+  if (it == peak_tflops.end() && dtype == "f16") it = peak_tflops.find("bf16");
+  ALEM_CHECK(it != peak_tflops.end(), "cluster '" + name + "' gives no peak_tflops for dtype '" +
+                                          dtype + "' (add it under [device.peak_tflops])");
+  return it->second * 1e12;
+}
+
+double ClusterSpec::weight_bandwidth(const std::string& dtype) const {
+  const auto it = weight_stream_gbs.find(dtype);
+  if (it != weight_stream_gbs.end() && it->second > 0) return it->second * 1e9;
+  return device_bandwidth_gbs * bandwidth_efficiency * 1e9;
+}
+
+void ClusterSpec::validate() const {
+  const std::string where = "cluster '" + name + "' (" + source + "): ";
+  ALEM_CHECK(kind == "gpu" || kind == "cpu", where + "kind must be \"gpu\" or \"cpu\"");
+  ALEM_CHECK(nodes >= 1, where + "nodes must be at least 1");
+  ALEM_CHECK(devices_per_node >= 1, where + "node.devices must be at least 1");
+  ALEM_CHECK(threads_per_rank >= 1, where + "node.threads_per_rank must be at least 1");
+  ALEM_CHECK(node_memory_gib > 0 || device_memory_gib > 0,
+             where + "give node.memory_gib (CPU) or device.memory_gib (GPU)");
+  ALEM_CHECK(kind == "cpu" || device_memory_gib > 0,
+             where + "a GPU cluster needs device.memory_gib");
+  ALEM_CHECK(!peak_tflops.empty(), where + "device.peak_tflops needs at least one dtype");
+  for (const auto& [dtype, value] : peak_tflops)
+    ALEM_CHECK(value > 0, where + "device.peak_tflops." + dtype + " must be positive");
+  ALEM_CHECK(device_bandwidth_gbs > 0, where + "device.memory_bandwidth_gbs must be positive");
+  ALEM_CHECK(compute_efficiency > 0 && compute_efficiency <= 1 && bandwidth_efficiency > 0 &&
+                 bandwidth_efficiency <= 1,
+             where + "efficiencies must be in (0, 1]");
+  ALEM_CHECK(intra_node.bandwidth_gbs > 0,
+             where + "links.intra_node.bandwidth_gbs must be positive");
+  ALEM_CHECK(nodes == 1 || inter_node.bandwidth_gbs > 0,
+             where + "a cluster of several nodes needs links.inter_node.bandwidth_gbs");
+  ALEM_CHECK(!(encrypt_inter_node || encrypt_intra_node) || aes_gcm_gbs > 0,
+             where + "encryption is on: give encryption.aes_gcm_gbs");
+}
+
+namespace {
+
+// Reads keys of one table, remembering which were seen so unknown keys can be refused.
+class Keys {
+ public:
+  Keys(const toml::table& root, const std::string& source) : root_(root), source_(source) {}
+
+  double number(const std::string& path, double fallback, bool required = false) {
+    const toml::node* n = node(path);
+    if (n == nullptr) {
+      ALEM_CHECK(!required, source_ + ": missing key '" + path + "'");
+      return fallback;
+    }
+    if (auto v = n->value<double>()) return *v;
+    fail(*n, path, "must be a number");
+  }
+  int integer(const std::string& path, int fallback, bool required = false) {
+    const toml::node* n = node(path);
+    if (n == nullptr) {
+      ALEM_CHECK(!required, source_ + ": missing key '" + path + "'");
+      return fallback;
+    }
+    if (auto v = n->value<int64_t>(); v && *v >= 0 && *v < (1 << 30)) return static_cast<int>(*v);
+    fail(*n, path, "must be a non-negative integer");
+  }
+  std::string text(const std::string& path, const std::string& fallback) {
+    const toml::node* n = node(path);
+    if (n == nullptr) return fallback;
+    if (auto v = n->value<std::string>()) return *v;
+    fail(*n, path, "must be a string");
+  }
+  bool boolean(const std::string& path, bool fallback) {
+    const toml::node* n = node(path);
+    if (n == nullptr) return fallback;
+    if (auto v = n->value<bool>()) return *v;
+    fail(*n, path, "must be true or false");
+  }
+  std::map<std::string, double> numbers_in(const std::string& path) {
+    std::map<std::string, double> out;
+    const toml::node* n = node(path);
+    if (n == nullptr) return out;
+    const toml::table* t = n->as_table();
+    if (t == nullptr) fail(*n, path, "must be a table of dtype = TFLOP/s");
+    for (const auto& [key, value] : *t) {
+      const std::string full = path + "." + std::string(key.str());
+      seen_.insert(full);
+      auto v = value.value<double>();
+      if (!v) fail(value, full, "must be a number");
+      out[std::string(key.str())] = *v;
+    }
+    return out;
+  }
+  // Every key of the document that no reader asked for.
+  void refuse_unknown() const { walk(root_, ""); }
+
+ private:
+  const toml::node* node(const std::string& path) {
+    seen_.insert(path);
+    return root_.at_path(path).node();
+  }
+  [[noreturn]] void fail(const toml::node& n, const std::string& path, const std::string& what) {
+    ALEM_FAIL(source_ + ":" + std::to_string(n.source().begin.line) + ": '" + path + "' " + what);
+  }
+  void walk(const toml::table& t, const std::string& prefix) const {
+    for (const auto& [key, value] : t) {
+      const std::string full = prefix + std::string(key.str());
+      if (const toml::table* sub = value.as_table(); sub && !seen_.count(full)) {
+        walk(*sub, full + ".");
+      } else if (!seen_.count(full)) {
+        ALEM_FAIL(source_ + ":" + std::to_string(value.source().begin.line) + ": unknown key '" +
+                  full + "'");
+      }
+    }
+  }
+  const toml::table& root_;
+  std::string source_;
+  std::set<std::string> seen_;
+};
+
+LinkSpec read_link(Keys& k, const std::string& table, bool required) {
+  LinkSpec l;
+  l.bandwidth_gbs = k.number(table + ".bandwidth_gbs", 0, required);
+  l.latency_us = k.number(table + ".latency_us", 0, required);
+  return l;
+}
+
+}  // namespace
+
+ClusterSpec parse_cluster_spec(std::string_view toml_text, const std::string& source_name) {
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, source_name);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    ALEM_FAIL(source_name + ":" + std::to_string(where.line) + ":" + std::to_string(where.column) +
+              ": not valid TOML: " + std::string(e.description()));
+  }
+  Keys k(root, source_name);
+  ClusterSpec c;
+  c.source = source_name;
+  c.name = k.text("name", source_name);
+  c.kind = k.text("kind", "gpu");
+  c.nodes = k.integer("nodes", 1);
+  c.devices_per_node = k.integer("node.devices", 0, true);
+  c.node_memory_gib = k.number("node.memory_gib", 0);
+  c.threads_per_rank = k.integer("node.threads_per_rank", 1);
+  c.node_bandwidth_gbs = k.number("node.memory_bandwidth_gbs", 0);
+  c.device_memory_gib = k.number("device.memory_gib", 0);
+  c.device_bandwidth_gbs = k.number("device.memory_bandwidth_gbs", 0, true);
+  c.peak_tflops = k.numbers_in("device.peak_tflops");
+  c.compute_efficiency = k.number("efficiency.compute", 1);
+  c.bandwidth_efficiency = k.number("efficiency.memory_bandwidth", 1);
+  c.layer_overhead_us = k.number("efficiency.layer_overhead_us", 0);
+  c.step_overhead_us = k.number("efficiency.step_overhead_us", 0);
+  c.reserved_gib = k.number("efficiency.reserved_gib", 0);
+  c.intra_node = read_link(k, "links.intra_node", true);
+  c.inter_node = read_link(k, "links.inter_node", false);
+  c.encrypt_inter_node = k.boolean("encryption.inter_node", false);
+  c.encrypt_intra_node = k.boolean("encryption.intra_node", false);
+  c.aes_gcm_gbs = k.number("encryption.aes_gcm_gbs", 0);
+  k.refuse_unknown();
+  c.validate();
+  return c;
+}
+
+ClusterSpec load_cluster_spec(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  ALEM_CHECK(in, "cannot read cluster description " + path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse_cluster_spec(text.str(), path);
+}
+
+std::string calibration_to_json(const Calibration& c) {
+  nlohmann::json j;
+  j["format"] = "alem-calibration-v1";
+  j["host"] = c.host;
+  j["created_utc"] = c.created_utc;
+  j["git_revision"] = c.git_revision;
+  j["threads"] = c.threads;
+  j["matmul_gflops"] = c.matmul_gflops;
+  j["matmul_weight_gbs"] = c.matmul_gbs;
+  j["read_bandwidth_gbs"] = c.read_bandwidth_gbs;
+  j["node_read_bandwidth_gbs"] = c.node_read_bandwidth_gbs;
+  j["layer_overhead_us"] = c.layer_overhead_us;
+  j["aes_gcm_gbs"] = c.aes_gcm_gbs;
+  j["collective_ranks"] = c.collective_ranks;
+  nlohmann::json coll = nlohmann::json::object();
+  for (const auto& [op, points] : c.collectives) {
+    for (const auto& p : points) coll[op].push_back({{"bytes", p.bytes}, {"seconds", p.seconds}});
+  }
+  j["collectives"] = coll;
+  j["link_fit"] = {{"latency_us", c.fitted_link.latency_us},
+                   {"bandwidth_gbs", c.fitted_link.bandwidth_gbs}};
+  return j.dump(2) + "\n";
+}
+
+Calibration calibration_from_json(const std::string& text, const std::string& source_name) {
+  try {
+    const nlohmann::json j = nlohmann::json::parse(text);
+    ALEM_CHECK(j.value("format", "") == "alem-calibration-v1",
+               source_name + ": not an alem calibration file (format alem-calibration-v1)");
+    Calibration c;
+    c.host = j.value("host", "");
+    c.created_utc = j.value("created_utc", "");
+    c.git_revision = j.value("git_revision", "");
+    c.threads = j.value("threads", 1);
+    c.matmul_gflops = j.at("matmul_gflops").get<std::map<std::string, double>>();
+    c.matmul_gbs = j.at("matmul_weight_gbs").get<std::map<std::string, double>>();
+    c.read_bandwidth_gbs = j.value("read_bandwidth_gbs", 0.0);
+    c.node_read_bandwidth_gbs = j.value("node_read_bandwidth_gbs", 0.0);
+    c.layer_overhead_us = j.value("layer_overhead_us", 0.0);
+    c.aes_gcm_gbs = j.value("aes_gcm_gbs", 0.0);
+    c.collective_ranks = j.value("collective_ranks", 0);
+    const nlohmann::json collectives = j.value("collectives", nlohmann::json::object());
+    for (const auto& [op, points] : collectives.items()) {
+      for (const auto& p : points) c.collectives[op].push_back({p.at("bytes"), p.at("seconds")});
+    }
+    if (j.contains("link_fit")) {
+      c.fitted_link.latency_us = j["link_fit"].value("latency_us", 0.0);
+      c.fitted_link.bandwidth_gbs = j["link_fit"].value("bandwidth_gbs", 0.0);
+    }
+    return c;
+  } catch (const nlohmann::json::exception& e) {
+    ALEM_FAIL(source_name + ": malformed calibration file: " + e.what());
+  }
+}
+
+Calibration load_calibration(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  ALEM_CHECK(in, "cannot read calibration file " + path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return calibration_from_json(text.str(), path);
+}
+
+LinkSpec fit_alpha_beta(const std::vector<Calibration::CollectivePoint>& points) {
+  ALEM_CHECK(points.size() >= 2, "an alpha-beta fit needs at least two message sizes");
+  // Least squares of t = a + b * bytes with each point weighted by 1/t^2 (relative error), so
+  // the latency is set by the small messages and the bandwidth by the large ones.
+  double sw = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
+  for (const auto& p : points) {
+    ALEM_CHECK(p.seconds > 0 && p.bytes >= 0, "alpha-beta fit: times must be positive");
+    const double w = 1 / (p.seconds * p.seconds);
+    sw += w, sx += w * p.bytes, sy += w * p.seconds, sxx += w * p.bytes * p.bytes,
+        sxy += w * p.bytes * p.seconds;
+  }
+  const double det = sw * sxx - sx * sx;
+  ALEM_CHECK(det > 0, "alpha-beta fit: the message sizes must differ");
+  double beta = (sw * sxy - sx * sy) / det;
+  double alpha = (sy - beta * sx) / sw;
+  if (beta <= 0) beta = 1e-12;  // flat times: bandwidth beyond measurement
+  if (alpha < 0) alpha = 0;
+  LinkSpec l;
+  l.latency_us = alpha * 1e6;
+  l.bandwidth_gbs = 1 / beta / 1e9;
+  return l;
+}
+
+void apply_calibration(ClusterSpec& cluster, const Calibration& c, const std::string& path) {
+  for (const auto& [dtype, gflops] : c.matmul_gflops) {
+    if (gflops > 0) cluster.peak_tflops[dtype] = gflops / 1e3 / c.threads;
+  }
+  // The weight-streaming rate of the matmul is what decode sees, per dtype.
+  for (const auto& [dtype, gbs] : c.matmul_gbs) {
+    if (gbs > 0) cluster.weight_stream_gbs[dtype] = gbs / c.threads;
+  }
+  if (c.read_bandwidth_gbs > 0) cluster.device_bandwidth_gbs = c.read_bandwidth_gbs / c.threads;
+  if (c.node_read_bandwidth_gbs > 0) cluster.node_bandwidth_gbs = c.node_read_bandwidth_gbs;
+  cluster.compute_efficiency = 1;
+  cluster.bandwidth_efficiency = 1;
+  if (c.layer_overhead_us > 0) cluster.layer_overhead_us = c.layer_overhead_us;
+  if (c.fitted_link.bandwidth_gbs > 0) cluster.intra_node = c.fitted_link;
+  if (c.aes_gcm_gbs > 0) cluster.aes_gcm_gbs = c.aes_gcm_gbs;
+  cluster.calibration = path;
+}
+
+}  // namespace alem::plan

@@ -1,0 +1,93 @@
+// A cluster as the planner sees it: nodes of identical devices (GPUs, or CPU cores), their
+// memory, compute per dtype and memory bandwidth, the links inside and between nodes (alpha-beta:
+// latency and bandwidth), and the cost of encrypting traffic that leaves a node. Read from TOML
+// (plan/clusters/*.toml shows every key); a calibration file from `alem bench calibrate`
+// replaces datasheet figures with measured ones.
+#pragma once
+
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace alem::plan {
+
+// One link class: time to move b bytes point to point is latency + b / bandwidth.
+struct LinkSpec {
+  double bandwidth_gbs = 0;  // 1e9 bytes/s, one direction
+  double latency_us = 0;
+  double seconds(double bytes) const { return latency_us * 1e-6 + bytes / (bandwidth_gbs * 1e9); }
+};
+
+struct ClusterSpec {
+  std::string name;
+  std::string source;        // the file it came from
+  std::string kind = "gpu";  // "gpu" or "cpu"
+  int nodes = 1;
+  int devices_per_node = 1;      // GPUs, or CPU cores
+  int threads_per_rank = 1;      // CPU: cores one rank's kernels use
+  double device_memory_gib = 0;  // GPU memory; 0 on CPU (ranks share the node's memory)
+  double node_memory_gib = 0;
+  double reserved_gib = 0;  // per rank: runtime, CUDA context, buffers not modelled
+  // Per device (per GPU, or per core): peak dense throughput by weight dtype, TFLOP/s.
+  std::map<std::string, double> peak_tflops;
+  double device_bandwidth_gbs = 0;  // per GPU, or what one core can stream
+  // Measured weight-streaming rate of the matmul per weight dtype, per device (calibration);
+  // where absent, device_bandwidth_gbs x bandwidth_efficiency.
+  std::map<std::string, double> weight_stream_gbs;
+  double node_bandwidth_gbs = 0;  // CPU: the socket's limit shared by all cores (0: none)
+  // Fractions of peak reached by real kernels (1 when the figures are measured).
+  double compute_efficiency = 1;
+  double bandwidth_efficiency = 1;
+  double layer_overhead_us = 0;  // fixed cost per layer and micro-batch (launches, syncs)
+  double step_overhead_us = 0;   // fixed cost per engine step (scheduling, sampling, broadcast)
+  LinkSpec intra_node;
+  LinkSpec inter_node;
+  bool encrypt_inter_node = false;
+  bool encrypt_intra_node = false;
+  double aes_gcm_gbs = 0;   // AES-256-GCM throughput of one rank (seal or open)
+  std::string calibration;  // the calibration file applied, if any
+
+  int total_devices() const { return nodes * devices_per_node; }
+  // Bytes/s one device streams weights of `dtype` at.
+  double weight_bandwidth(const std::string& dtype) const;
+  // Throws alem::Error naming the dtype when the cluster gives no figure for it.
+  double peak_flops(const std::string& dtype) const;
+  void validate() const;
+};
+
+// Parses TOML text; errors name the source, line and key.
+ClusterSpec parse_cluster_spec(std::string_view toml_text, const std::string& source_name);
+ClusterSpec load_cluster_spec(const std::string& path);
+
+// Measured figures of one node (written by `alem bench calibrate` as JSON).
+struct Calibration {
+  std::string host;
+  std::string created_utc;
+  std::string git_revision;
+  int threads = 1;
+  std::map<std::string, double> matmul_gflops;  // per dtype, large batch, one rank
+  std::map<std::string, double> matmul_gbs;     // per dtype, weights streamed at one row
+  double read_bandwidth_gbs = 0;                // streaming read, one rank
+  double node_read_bandwidth_gbs = 0;           // streaming read, all cores
+  double layer_overhead_us = 0;                 // non-matmul work of one small layer
+  struct CollectivePoint {
+    double bytes = 0;
+    double seconds = 0;
+  };
+  std::map<std::string, std::vector<CollectivePoint>> collectives;  // op -> points
+  int collective_ranks = 0;
+  double aes_gcm_gbs = 0;
+  LinkSpec fitted_link;  // alpha-beta fit of send_recv (point to point)
+};
+
+std::string calibration_to_json(const Calibration& c);
+Calibration calibration_from_json(const std::string& text, const std::string& source_name);
+Calibration load_calibration(const std::string& path);
+// Fits latency + bytes / bandwidth to measured points (least squares on time, weighted so that
+// small and large messages both count). Throws alem::Error with fewer than two points.
+LinkSpec fit_alpha_beta(const std::vector<Calibration::CollectivePoint>& points);
+// Replaces the cluster's per-device figures with the calibration's (efficiencies become 1).
+void apply_calibration(ClusterSpec& cluster, const Calibration& c, const std::string& path);
+
+}  // namespace alem::plan

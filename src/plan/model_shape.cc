@@ -1,0 +1,149 @@
+// Model shapes for the planner: parameter arithmetic, the named shapes, and the conversion from
+// a stored model's config. Figures of the named shapes are those of the models' published
+// config.json files (Qwen/Qwen3-*, meta-llama/Llama-3.1-70B, HuggingFaceTB/SmolLM2-135M).
+#include "plan/model_shape.h"
+
+#include <map>
+
+#include "core/error.h"
+#include "model/model_config.h"
+
+namespace alem::plan {
+
+int64_t ModelShape::attention_params_per_layer() const {
+  const int64_t h = hidden_size, q = int64_t{num_heads} * head_dim,
+                kv = int64_t{num_kv_heads} * head_dim;
+  return h * q + 2 * h * kv + q * h;
+}
+int64_t ModelShape::ffn_params_per_expert() const {
+  return 3 * int64_t{hidden_size} * (is_moe() ? moe_intermediate_size : intermediate_size);
+}
+int64_t ModelShape::router_params_per_layer() const {
+  return is_moe() ? int64_t{hidden_size} * num_experts : 0;
+}
+int64_t ModelShape::ffn_params_per_layer() const {
+  return (is_moe() ? num_experts : 1) * ffn_params_per_expert() + router_params_per_layer();
+}
+int64_t ModelShape::active_ffn_params_per_layer() const {
+  return (is_moe() ? experts_per_token : 1) * ffn_params_per_expert() + router_params_per_layer();
+}
+int64_t ModelShape::embedding_params() const {
+  return int64_t{vocab_size} * hidden_size;
+}
+int64_t ModelShape::lm_head_params() const {
+  return tie_word_embeddings ? 0 : int64_t{vocab_size} * hidden_size;
+}
+int64_t ModelShape::total_params() const {
+  // RMSNorm weights: two per layer and the final one (tiny, but the stores count them).
+  return num_layers * (attention_params_per_layer() + ffn_params_per_layer() + 2 * hidden_size) +
+         hidden_size + embedding_params() + lm_head_params();
+}
+int64_t ModelShape::active_params() const {
+  // As model cards count "activated" parameters: everything but the experts a token skips.
+  if (!is_moe()) return total_params();
+  return total_params() -
+         int64_t{num_layers} * (num_experts - experts_per_token) * ffn_params_per_expert();
+}
+double ModelShape::kv_bytes_per_token() const {
+  return 2.0 * num_layers * num_kv_heads * head_dim * kv_bytes_per_value;
+}
+
+void ModelShape::validate() const {
+  auto positive = [&](int v, const char* field) {
+    ALEM_CHECK(v > 0, "model shape '" + name + "': " + field + " must be positive, got " +
+                          std::to_string(v));
+  };
+  positive(num_layers, "num_layers");
+  positive(hidden_size, "hidden_size");
+  positive(num_heads, "num_heads");
+  positive(num_kv_heads, "num_kv_heads");
+  positive(head_dim, "head_dim");
+  positive(vocab_size, "vocab_size");
+  ALEM_CHECK(num_heads % num_kv_heads == 0,
+             "model shape '" + name + "': num_heads " + std::to_string(num_heads) +
+                 " is not a multiple of num_kv_heads " + std::to_string(num_kv_heads));
+  if (is_moe()) {
+    positive(moe_intermediate_size, "moe_intermediate_size");
+    ALEM_CHECK(experts_per_token >= 1 && experts_per_token <= num_experts,
+               "model shape '" + name + "': experts_per_token must be 1.." +
+                   std::to_string(num_experts) + ", got " + std::to_string(experts_per_token));
+  } else {
+    positive(intermediate_size, "intermediate_size");
+  }
+  ALEM_CHECK(weight_bytes_per_param > 0 && kv_bytes_per_value > 0,
+             "model shape '" + name + "': bytes per weight and per KV value must be positive");
+}
+
+double weight_bytes_for_dtype(const std::string& dtype) {
+  if (dtype == "f32") return 4;
+  if (dtype == "bf16" || dtype == "f16") return 2;
+  if (dtype == "int8" || dtype == "i8") return 1 + 4.0 / 32;
+  ALEM_FAIL("unknown weight dtype '" + dtype + "' (expected f32, bf16, f16 or int8)");
+}
+
+namespace {
+
+ModelShape dense(const char* name, int layers, int hidden, int heads, int kv, int head_dim,
+                 int inter, int vocab, bool tied) {
+  ModelShape s;
+  s.name = name;
+  s.num_layers = layers;
+  s.hidden_size = hidden;
+  s.num_heads = heads;
+  s.num_kv_heads = kv;
+  s.head_dim = head_dim;
+  s.intermediate_size = inter;
+  s.vocab_size = vocab;
+  s.tie_word_embeddings = tied;
+  return s;
+}
+
+ModelShape moe(const char* name, int layers, int hidden, int heads, int kv, int head_dim,
+               int experts, int top_k, int expert_inter, int vocab) {
+  ModelShape s = dense(name, layers, hidden, heads, kv, head_dim, 0, vocab, false);
+  s.num_experts = experts;
+  s.experts_per_token = top_k;
+  s.moe_intermediate_size = expert_inter;
+  return s;
+}
+
+const std::map<std::string, ModelShape>& named_shapes() {
+  static const std::map<std::string, ModelShape> shapes = {
+      {"smollm2-135m", dense("smollm2-135m", 30, 576, 9, 3, 64, 1536, 49152, true)},
+      {"qwen3-8b", dense("qwen3-8b", 36, 4096, 32, 8, 128, 12288, 151936, false)},
+      {"qwen3-32b", dense("qwen3-32b", 64, 5120, 64, 8, 128, 25600, 151936, false)},
+      {"llama-3.1-70b", dense("llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256, false)},
+      {"qwen3-30b-a3b", moe("qwen3-30b-a3b", 48, 2048, 32, 4, 128, 128, 8, 768, 151936)},
+      {"qwen3-235b-a22b", moe("qwen3-235b-a22b", 94, 4096, 64, 4, 128, 128, 8, 1536, 151936)},
+  };
+  return shapes;
+}
+
+}  // namespace
+
+std::vector<std::string> named_shape_names() {
+  std::vector<std::string> names;
+  for (const auto& [name, shape] : named_shapes()) names.push_back(name);
+  return names;
+}
+
+ModelShape named_shape(const std::string& name) {
+  const auto& shapes = named_shapes();
+  const auto it = shapes.find(name);
+  if (it == shapes.end()) {
+    std::string known;
+    for (const auto& n : named_shape_names()) known += (known.empty() ? "" : ", ") + n;
+    ALEM_FAIL("unknown model '" + name + "': give a model store (.h5) or one of " + known);
+  }
+  return it->second;
+}
+
+ModelShape shape_from_config(const ModelConfig& c, const std::string& weight_dtype) {
+  ModelShape s = dense(c.name.c_str(), c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads,
+                       c.head_dim, c.intermediate_size, c.vocab_size, c.tie_word_embeddings);
+  s.weight_dtype = weight_dtype;
+  s.weight_bytes_per_param = weight_bytes_for_dtype(weight_dtype);
+  return s;
+}
+
+}  // namespace alem::plan

@@ -1,0 +1,231 @@
+// The planner's arithmetic (src/plan/): parameter counts against the models' published sizes,
+// its sharding rules against the engine's own (make_shard_plan), memory and communication terms
+// worked out by hand, the alpha-beta fit, cluster TOML errors, and the shipped cluster files.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "core/error.h"
+#include "engine/shard_plan.h"
+#include "model/model_config.h"
+#include "model/model_store.h"
+#include "plan/cluster_spec.h"
+#include "plan/cost_model.h"
+#include "test_env.h"
+
+namespace alem::plan {
+namespace {
+
+// Sizes from the model cards (Hugging Face): total and, for MoE, activated parameters.
+TEST(PlanModelShape, ParameterCountsMatchPublishedSizes) {
+  struct Card {
+    const char* name;
+    double total_b, active_b;
+  };
+  const Card cards[] = {{"qwen3-8b", 8.19, 8.19},      {"qwen3-32b", 32.8, 32.8},
+                        {"qwen3-30b-a3b", 30.5, 3.3},  {"qwen3-235b-a22b", 235, 22},
+                        {"llama-3.1-70b", 70.6, 70.6}, {"smollm2-135m", 0.1345, 0.1345}};
+  for (const Card& card : cards) {
+    const ModelShape s = named_shape(card.name);
+    EXPECT_NEAR(s.total_params() / 1e9, card.total_b, card.total_b * 0.02) << card.name;
+    if (s.is_moe()) {
+      EXPECT_NEAR(s.active_params() / 1e9, card.active_b, card.active_b * 0.02) << card.name;
+    }
+  }
+  EXPECT_THROW(named_shape("gpt-5"), Error);
+}
+
+TEST(PlanModelShape, StoreShapeAgreesWithModelConfig) {
+  const std::string path = test::model_path();
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << "no model store at " << path;
+  ModelStoreReader store(path);
+  const ModelShape s = shape_from_config(store.config(), "bf16");
+  EXPECT_EQ(s.total_params(), store.config().parameter_count());
+  EXPECT_EQ(s.total_params(), named_shape("smollm2-135m").total_params());
+}
+
+// The planner lists a tp size exactly when the engine's shard plan accepts it.
+TEST(PlanSharding, AgreesWithTheEngine) {
+  ModelConfig c;
+  c.architecture = "llama";
+  c.name = "probe";
+  c.vocab_size = 49152;
+  c.hidden_size = 576;
+  c.num_layers = 30;
+  c.num_heads = 9;
+  c.num_kv_heads = 3;
+  c.head_dim = 64;
+  c.intermediate_size = 1536;
+  c.max_position_embeddings = 2048;
+  c.tie_word_embeddings = true;
+  for (const char* dtype : {"bf16", "int8"}) {
+    const ModelShape s = shape_from_config(c, dtype);
+    for (int tp = 1; tp <= 12; ++tp) {
+      bool engine_ok = true;
+      try {
+        make_shard_plan(c, tp, 0, 1, 0, s.weight_dtype == "int8");
+      } catch (const Error&) {
+        engine_ok = false;
+      }
+      EXPECT_EQ(sharding_problem(s, {tp, 1, 1, 1}).empty(), engine_ok) << dtype << " tp " << tp;
+    }
+  }
+  const ModelShape s = shape_from_config(c, "bf16");
+  EXPECT_NE(sharding_problem(s, {1, 31, 1, 1}), "");  // more stages than layers
+  EXPECT_NE(sharding_problem(s, {1, 1, 2, 2}), "");   // ep on a dense model
+  const ModelShape moe = named_shape("qwen3-30b-a3b");
+  EXPECT_EQ(sharding_problem(moe, {2, 1, 4, 2}), "");
+  EXPECT_NE(sharding_problem(moe, {2, 1, 3, 3}), "");  // 3 does not divide 128 experts
+}
+
+ClusterSpec simple_gpu_cluster() {
+  return parse_cluster_spec(R"(
+name = "t"
+kind = "gpu"
+nodes = 1
+[node]
+devices = 8
+[device]
+memory_gib = 80
+memory_bandwidth_gbs = 1000
+peak_tflops = { bf16 = 100 }
+[links.intra_node]
+bandwidth_gbs = 100
+latency_us = 10
+)",
+                            "inline");
+}
+
+TEST(PlanCostModel, MemoryAndStepTermsByHand) {
+  const ModelShape m = named_shape("qwen3-8b");
+  const ClusterSpec c = simple_gpu_cluster();
+  Workload w;
+  w.prompt_tokens = 1000;
+  w.output_tokens = 1;  // decode context = 1000 + 0.5
+  w.concurrency = 4;
+  const Prediction one = predict(m, c, w, {1, 1, 1, 1});
+  const Prediction two = predict(m, c, w, {2, 1, 1, 1});
+  ASSERT_TRUE(one.fits && two.fits);
+  EXPECT_NEAR(one.memory.weights, m.total_params() * 2.0, m.total_params() * 2e-4);  // norms
+  EXPECT_DOUBLE_EQ(two.memory.weights, one.memory.weights / 2);
+  // KV: 4 sequences x 1001 positions x 36 layers x K and V x 8 heads x 128 x 4 bytes.
+  EXPECT_DOUBLE_EQ(one.memory.kv_cache, 4.0 * 1001 * 36 * 2 * 8 * 128 * 4);
+  // Decode at batch 4 reads every weight once (plus the KV cache): memory-bound on one GPU.
+  const double weights_read = m.total_params() * 2.0 - m.embedding_params() * 2.0;
+  const double kv_read = 4.0 * 1000.5 * 36 * 2 * 8 * 128 * 4;
+  EXPECT_NEAR(one.decode.memory, (weights_read + kv_read) / 1e12, 1e-3 * one.decode.memory);
+  EXPECT_EQ(one.decode.communication, 0);
+  // tp 2: per layer 2 ring all-reduces of 4 x 4096 floats: 2 steps of (10 us + 32 KiB / 100 GB/s)
+  // each, and one more after the embedding; plus small sampling and step messages.
+  const double ring = 2 * (10e-6 + 4 * 4096 * 4 / 2 / 100e9);
+  EXPECT_GT(two.decode.communication, (2 * 36 + 1) * ring);
+  EXPECT_LT(two.decode.communication, (2 * 36 + 1) * ring + 4 * 10.1e-6);
+  EXPECT_GT(one.tokens_per_s, 0);
+  EXPECT_NEAR(one.tokens_per_s, 4 / one.ttft_s, 1e-9);  // one output token: the prefill step
+}
+
+TEST(PlanCostModel, RefusesWhatDoesNotFitAndSaysWhy) {
+  ClusterSpec c = simple_gpu_cluster();
+  c.nodes = 1;
+  c.devices_per_node = 1;
+  Workload w;
+  w.concurrency = 1;
+  const Prediction p = predict(named_shape("llama-3.1-70b"), c, w, {1, 1, 1, 1});
+  EXPECT_FALSE(p.fits);
+  EXPECT_NE(p.why_not.find("GiB per rank"), std::string::npos) << p.why_not;
+  const Prediction q = predict(named_shape("llama-3.1-70b"), c, w, {2, 1, 1, 1});
+  EXPECT_NE(q.why_not.find("needs 2 GPUs"), std::string::npos) << q.why_not;
+  const auto all = plan_layouts(named_shape("qwen3-8b"), simple_gpu_cluster(), w);
+  ASSERT_FALSE(all.empty());
+  EXPECT_TRUE(all.front().fits);
+  for (size_t i = 1; i < all.size(); ++i) {
+    if (all[i].fits && all[i - 1].fits && all[i].meets_targets == all[i - 1].meets_targets) {
+      EXPECT_GE(all[i - 1].tokens_per_s, all[i].tokens_per_s);
+    }
+  }
+}
+
+TEST(PlanCostModel, EncryptionCostsOnlyAcrossNodes) {
+  ClusterSpec c = simple_gpu_cluster();
+  c.nodes = 2;
+  c.devices_per_node = 1;
+  c.inter_node = {10, 20};
+  c.aes_gcm_gbs = 2;
+  Workload w;
+  w.concurrency = 8;
+  const ModelShape m = named_shape("qwen3-8b");
+  const Prediction clear = predict(m, c, w, {1, 2, 1, 1});
+  c.encrypt_inter_node = true;
+  const Prediction sealed = predict(m, c, w, {1, 2, 1, 1});
+  ASSERT_TRUE(clear.fits && sealed.fits);
+  EXPECT_EQ(clear.decode.encryption, 0);
+  EXPECT_GT(sealed.decode.encryption, 0);
+  EXPECT_GT(sealed.decode.total, clear.decode.total);
+  EXPECT_EQ(predict(m, c, w, {1, 1, 1, 2}).decode.encryption, 0);  // dp: no traffic per step
+}
+
+TEST(PlanCalibration, AlphaBetaFitRecoversTheLink) {
+  std::vector<Calibration::CollectivePoint> points;
+  for (double bytes : {4.0, 256.0, 4096.0, 65536.0, 1048576.0, 16777216.0})
+    points.push_back({bytes, 3e-6 + bytes / 5e9});
+  const LinkSpec l = fit_alpha_beta(points);
+  EXPECT_NEAR(l.latency_us, 3, 0.01);
+  EXPECT_NEAR(l.bandwidth_gbs, 5, 0.01);
+  EXPECT_THROW(fit_alpha_beta({{4, 1e-6}}), Error);
+  Calibration cal;
+  cal.threads = 2;
+  cal.matmul_gflops["bf16"] = 200;
+  cal.matmul_gbs["bf16"] = 20;
+  cal.collectives["send_recv"] = points;
+  cal.fitted_link = l;
+  const Calibration back = calibration_from_json(calibration_to_json(cal), "x");
+  EXPECT_EQ(back.matmul_gflops, cal.matmul_gflops);
+  EXPECT_EQ(back.collectives.at("send_recv").size(), points.size());
+  ClusterSpec c = simple_gpu_cluster();
+  apply_calibration(c, back, "cal.json");
+  EXPECT_DOUBLE_EQ(c.peak_flops("bf16"), 100e9);  // per device: 200 GFLOP/s over 2 threads
+  EXPECT_DOUBLE_EQ(c.weight_bandwidth("bf16"), 10e9);
+  EXPECT_NEAR(c.intra_node.latency_us, 3, 0.01);
+  EXPECT_THROW(calibration_from_json("{\"format\": \"other\"}", "bad.json"), Error);
+}
+
+std::string error_of(const std::string& toml) {
+  try {
+    parse_cluster_spec(toml, "c.toml");
+  } catch (const Error& e) {
+    return e.message();
+  }
+  return "";
+}
+
+TEST(PlanClusterSpec, BadInputsGetClearErrors) {
+  EXPECT_NE(error_of("name = \n").find("c.toml:1"), std::string::npos);
+  EXPECT_NE(error_of("name = \"x\"\n").find("missing key 'node.devices'"), std::string::npos);
+  const std::string base =
+      "[node]\ndevices = 2\nmemory_gib = 4\n[device]\nmemory_bandwidth_gbs = 1\n"
+      "peak_tflops = { bf16 = 1 }\n[links.intra_node]\nbandwidth_gbs = 1\nlatency_us = 1\n";
+  EXPECT_EQ(error_of(base + "kind = \"cpu\"\n"), "c.toml:10: unknown key 'links.intra_node.kind'");
+  EXPECT_EQ(error_of("kind = \"cpu\"\n" + base), "");
+  EXPECT_NE(error_of("kind = \"cpu\"\nnodes = 2\n" + base).find("inter_node"), std::string::npos);
+  EXPECT_NE(error_of("kind = \"cpu\"\nnodess = 2\n" + base).find("unknown key 'nodess'"),
+            std::string::npos);
+  EXPECT_NE(error_of("kind = \"tpu\"\n" + base).find("kind must be"), std::string::npos);
+  EXPECT_NE(error_of("kind = \"gpu\"\n" + base).find("device.memory_gib"), std::string::npos);
+  EXPECT_NE(error_of("kind = \"cpu\"\n[x]\ny=1\n" + base).find("unknown key 'x.y'"),
+            std::string::npos);
+}
+
+TEST(PlanClusterSpec, ShippedClustersParse) {
+  const std::string dir = test::env_or("ALEM_SOURCE_DIR", ".") + "/plan/clusters";
+  int seen = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path().extension() != ".toml") continue;
+    EXPECT_NO_THROW(load_cluster_spec(entry.path().string())) << entry.path();
+    ++seen;
+  }
+  EXPECT_GE(seen, 3);
+}
+
+}  // namespace
+}  // namespace alem::plan
