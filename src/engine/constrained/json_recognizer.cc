@@ -137,8 +137,40 @@ bool JsonRecognizer::step(uint8_t byte) {
   return false;  // nothing may follow the top-level value
 }
 
+// The JSON types a value starting with this byte can have.
+uint8_t types_starting_with(uint8_t byte) {
+  switch (byte) {
+    case '{':
+      return kObject;
+    case '[':
+      return kArray;
+    case '"':
+      return kString;
+    case 't':
+    case 'f':
+      return kBoolean;
+    case 'n':
+      return kNull;
+    default:
+      return (byte == '-' || is_digit(byte)) ? (kNumber | kInteger) : 0;
+  }
+}
+
 bool JsonRecognizer::value_start(Frame& f, uint8_t byte) {
   if (byte == ' ' || byte == '\t' || byte == '\n' || byte == '\r') return whitespace(byte);
+  // anyOf / $ref: the alternative whose type this first byte shows (types are disjoint).
+  const uint8_t starts = types_starting_with(byte);
+  for (int hops = 0; !schema_->nodes[f.node].alternatives.empty(); ++hops) {
+    int32_t picked = -1;
+    for (int32_t alt : schema_->nodes[f.node].alternatives) {
+      if (schema_->nodes[alt].types & starts) {
+        picked = alt;
+        break;
+      }
+    }
+    if (picked < 0 || hops > kMaxSchemaNodes) return false;
+    f.node = picked;
+  }
   const SchemaNode& node = schema_->nodes[f.node];
   if (!node.literals.empty()) {
     f.kind = kLiteralFrame;
@@ -167,6 +199,7 @@ bool JsonRecognizer::value_start(Frame& f, uint8_t byte) {
     f.sub = kChars;
     f.count = 0;
     f.extra = 0;
+    f.mask = node.pattern ? static_cast<uint64_t>(node.pattern->start) : 0;
     return true;
   }
   if ((byte == '-' || is_digit(byte)) && (t & (kNumber | kInteger))) {
@@ -319,12 +352,22 @@ bool JsonRecognizer::string_byte(Frame& f, uint8_t byte) {
     ++f.count;
     if (next == 0 && !object.additional_allowed) return false;
   }
+  // A pattern's DFA reads the string's content (escapes decoded); its state is in f.mask.
+  const RegexDfa* pattern = node ? node->pattern.get() : nullptr;
+  auto pattern_reads = [&](uint8_t content_byte) {
+    if (!pattern) return true;
+    const int32_t next = pattern->next[f.mask * 256 + content_byte];
+    if (next < 0) return false;
+    f.mask = static_cast<uint64_t>(next);
+    return true;
+  };
   switch (f.sub) {
     case kChars: {
       const int due = f.extra & 3;
       if (due > 0) {
         const int lo = (f.extra >> 8) & 0xFF, hi = (f.extra >> 16) & 0xFF;
         if (byte < lo || byte > hi) return false;
+        if (!pattern_reads(byte)) return false;
         f.extra = (due - 1) | (0x80 << 8) | (0xBF << 16);
         return true;
       }
@@ -340,7 +383,8 @@ bool JsonRecognizer::string_byte(Frame& f, uint8_t byte) {
           }
           if (!exact && !object.additional_allowed) return false;
           close_string_key(f);
-        } else if (f.count < node->min_length) {
+        } else if (f.count < node->min_length ||
+                   (pattern && !pattern->accepting[static_cast<int32_t>(f.mask)])) {
           return false;
         }
         stack_.pop_back();
@@ -368,21 +412,26 @@ bool JsonRecognizer::string_byte(Frame& f, uint8_t byte) {
       } else {
         return false;
       }
-      if (!begin_char()) return false;
+      if (!begin_char() || !pattern_reads(byte)) return false;
       f.extra = more | (lo << 8) | (hi << 16);
       return true;
     }
-    case kEscape:
+    case kEscape: {
       if (byte == 'u') {
+        if (pattern) return false;  // the model writes the character itself (json_schema.h)
         f.sub = kHex1;
         return true;
       }
-      if (byte == '"' || byte == '\\' || byte == '/' || byte == 'b' || byte == 'f' || byte == 'n' ||
-          byte == 'r' || byte == 't') {
-        f.sub = kChars;
-        return true;
+      static constexpr char kEscapes[] = "\"\"\\\\//b\bf\fn\nr\rt\t";
+      for (size_t i = 0; i + 1 < sizeof(kEscapes); i += 2) {
+        if (byte == static_cast<uint8_t>(kEscapes[i])) {
+          if (!pattern_reads(static_cast<uint8_t>(kEscapes[i + 1]))) return false;
+          f.sub = kChars;
+          return true;
+        }
       }
       return false;
+    }
     case kHex1:
     case kHex2:
     case kHex3:

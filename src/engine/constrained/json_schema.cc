@@ -40,11 +40,41 @@ int32_t count_of(const json& v, const char* keyword, const std::string& path) {
   return static_cast<int32_t>(v.get<int64_t>());
 }
 
+// The value of a local JSON pointer ("#", "#/$defs/Name", ...) inside the root schema.
+const json& resolve_ref(const json& root, const std::string& ref, const std::string& at) {
+  ALEM_CHECK(ref == "#" || ref.rfind("#/", 0) == 0,
+             "response_format schema: only local '$ref's (\"#/$defs/...\") are supported at " + at);
+  const json* cur = &root;
+  size_t pos = 1;
+  while (pos < ref.size()) {
+    const size_t next = ref.find('/', pos + 1);
+    std::string token =
+        ref.substr(pos + 1, next == std::string::npos ? std::string::npos : next - pos - 1);
+    for (size_t i; (i = token.find("~1")) != std::string::npos;) token.replace(i, 2, "/");
+    for (size_t i; (i = token.find("~0")) != std::string::npos;) token.replace(i, 2, "~");
+    ALEM_CHECK(
+        cur->is_object() && cur->contains(token),
+        "response_format schema: '$ref' " + json(ref).dump() + " at " + at + " points at nothing");
+    cur = &(*cur)[token];
+    pos = next == std::string::npos ? ref.size() : next;
+  }
+  return *cur;
+}
+
 class Compiler {
  public:
+  explicit Compiler(const json& root) : root_(root) {}
   JsonSchema schema;
 
-  int32_t compile(const json& s, const std::string& path, int depth) {
+  // anyOf/oneOf/$ref nodes: their alternatives' types must be disjoint; done once every node
+  // (recursive ones included) is compiled.
+  void finish_alternatives() {
+    std::vector<uint8_t> state(schema.nodes.size(), 0);  // 1: being resolved, 2: done
+    for (size_t i = 0; i < schema.nodes.size(); ++i) resolve_types(static_cast<int32_t>(i), state);
+  }
+
+  int32_t compile(const json& s, const std::string& path, int depth,
+                  const std::string& ref_key = {}) {
     ALEM_CHECK(depth <= kMaxSchemaDepth, "response_format schema: nested deeper than " +
                                              std::to_string(kMaxSchemaDepth) + " at " + path);
     if (s.is_boolean()) {
@@ -56,12 +86,50 @@ class Compiler {
                "response_format schema: more than " + std::to_string(kMaxSchemaNodes) + " nodes");
     const int32_t index = static_cast<int32_t>(schema.nodes.size());
     schema.nodes.emplace_back();
+    if (!ref_key.empty()) refs_[ref_key] = index;  // before the body: recursion finds it
     SchemaNode node;
     bool typed = false;
+    std::string constraining;  // a keyword other than anyOf/oneOf/allOf/$ref, for refusals
+    std::string combinator;
+    std::string pattern;
     for (const auto& [key, value] : s.items()) {
       const std::string at = path + "." + key;
       if (ignored_keywords().count(key)) continue;
-      if (key == "type") {
+      const bool combines = key == "anyOf" || key == "oneOf" || key == "allOf" || key == "$ref";
+      if (combines) {
+        ALEM_CHECK(combinator.empty(), "response_format schema: '" + combinator + "' and '" + key +
+                                           "' together are not supported at " + path);
+        combinator = key;
+      } else if (key != "required") {
+        constraining = key;
+      }
+      if (key == "$ref") {
+        ALEM_CHECK(value.is_string(), "response_format schema: '$ref' must be a string at " + at);
+        const std::string ref = value.get<std::string>();
+        auto it = refs_.find(ref);
+        node.alternatives = {it != refs_.end()
+                                 ? it->second
+                                 : compile(resolve_ref(root_, ref, at), ref, depth + 1, ref)};
+        paths_[index] = at;
+      } else if (key == "anyOf" || key == "oneOf" || key == "allOf") {
+        ALEM_CHECK(value.is_array() && !value.empty(),
+                   "response_format schema: '" + key + "' must be a non-empty list at " + at);
+        ALEM_CHECK(
+            key != "allOf" || value.size() == 1,
+            "response_format schema: 'allOf' of more than one schema is not supported at " + at);
+        ALEM_CHECK(value.size() <= kMaxLiterals, "response_format schema: more than " +
+                                                     std::to_string(kMaxLiterals) +
+                                                     " alternatives at " + at);
+        for (size_t i = 0; i < value.size(); ++i) {
+          node.alternatives.push_back(
+              compile(value[i], at + "[" + std::to_string(i) + "]", depth + 1));
+        }
+        paths_[index] = at;
+      } else if (key == "pattern") {
+        ALEM_CHECK(value.is_string(),
+                   "response_format schema: 'pattern' must be a string at " + at);
+        pattern = value.get<std::string>();
+      } else if (key == "type") {
         typed = true;
         node.types = 0;
         if (value.is_string()) {
@@ -123,9 +191,18 @@ class Compiler {
       } else {
         ALEM_FAIL("response_format schema: the keyword '" + key + "' (at " + at +
                   ") is not supported; supported: type, properties, required, "
-                  "additionalProperties, items, minItems, maxItems, minLength, maxLength, enum, "
-                  "const");
+                  "additionalProperties, items, minItems, maxItems, minLength, maxLength, "
+                  "pattern, enum, const, anyOf/oneOf (of different types), $ref, allOf (of one)");
       }
+    }
+    if (!combinator.empty()) {
+      ALEM_CHECK(constraining.empty() && !s.contains("required"),
+                 "response_format schema: '" + combinator + "' together with '" +
+                     (constraining.empty() ? std::string("required") : constraining) +
+                     "' is not supported at " + path +
+                     " (put the keyword inside each alternative)");
+      schema.nodes[index] = std::move(node);
+      return index;
     }
     if (!typed && (s.contains("properties") || s.contains("additionalProperties"))) {
       node.types = kObject;
@@ -151,6 +228,7 @@ class Compiler {
     if (!node.literals.empty()) {
       // Only the literals that have an allowed type stay; none left is an impossible schema.
       std::vector<std::string> kept;
+      uint8_t literal_types = 0;
       for (const std::string& lit : node.literals) {
         const json v = json::parse(lit);
         uint8_t bit = v.is_object()           ? kObject
@@ -160,22 +238,66 @@ class Compiler {
                       : v.is_null()           ? kNull
                       : v.is_number_integer() ? (kInteger | kNumber)
                                               : kNumber;
-        if (node.types & bit) kept.push_back(lit);
+        if (node.types & bit) {
+          kept.push_back(lit);
+          literal_types |= bit;
+        }
       }
       ALEM_CHECK(!kept.empty(),
                  "response_format schema: no enum/const value has the allowed "
                  "type at " +
                      path);
       node.literals = std::move(kept);
+      node.types &= literal_types;  // what the value can start as (anyOf picks by it)
     }
     ALEM_CHECK(node.max_items < 0 || node.max_items >= node.min_items,
                "response_format schema: maxItems < minItems at " + path);
     ALEM_CHECK(node.max_length < 0 || node.max_length >= node.min_length,
                "response_format schema: maxLength < minLength at " + path);
     ALEM_CHECK(node.types != 0, "response_format schema: an empty type list at " + path);
+    if (!pattern.empty()) {
+      try {
+        const RegexDfa search = compile_regex(pattern, RegexMatch::kSearch);
+        node.pattern = std::make_shared<const RegexDfa>(
+            node.min_length == 0 && node.max_length < 0
+                ? search
+                : with_length_limits(search, node.min_length, node.max_length));
+      } catch (const Error& e) {
+        ALEM_FAIL("response_format schema: 'pattern' at " + path + ": " + e.message());
+      }
+      node.min_length = 0;
+      node.max_length = -1;
+    }
     schema.nodes[index] = std::move(node);
     return index;
   }
+
+ private:
+  // The JSON types a node's value can start as: for literals, their own types.
+  uint8_t resolve_types(int32_t index, std::vector<uint8_t>& state) {
+    SchemaNode& node = schema.nodes[index];
+    if (node.alternatives.empty() || state[index] == 2) return node.types;
+    const std::string& at = paths_[index];
+    ALEM_CHECK(state[index] != 1,
+               "response_format schema: a '$ref' cycle at " + at + " never reaches a value");
+    state[index] = 1;
+    uint8_t all = 0;
+    for (int32_t alt : node.alternatives) {
+      const uint8_t t = resolve_types(alt, state);
+      ALEM_CHECK((all & t) == 0,
+                 "response_format schema: the alternatives at " + at +
+                     " share a JSON type; only alternatives of different types (such as a type "
+                     "and null) are supported");
+      all |= t;
+    }
+    node.types = all;
+    state[index] = 2;
+    return all;
+  }
+
+  const json& root_;
+  std::map<std::string, int32_t> refs_;
+  std::map<int32_t, std::string> paths_;
 };
 
 }  // namespace
@@ -189,10 +311,11 @@ JsonSchema compile_json_schema(const std::string& schema_text) {
   } catch (const json::exception&) {
     ALEM_FAIL("response_format schema: not valid JSON");
   }
-  Compiler c;
+  Compiler c(parsed);
   c.schema.nodes.emplace_back();  // node 0: any value
   try {
-    c.schema.root = c.compile(parsed, "schema", 0);
+    c.schema.root = c.compile(parsed, "schema", 0, "#");
+    c.finish_alternatives();
   } catch (const json::exception& e) {
     ALEM_FAIL(std::string("response_format schema: ") + e.what());
   }

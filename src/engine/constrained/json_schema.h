@@ -6,16 +6,25 @@
 //
 // Supported: type (a name or a list of names: object, array, string, number, integer, boolean,
 // null), properties, required, additionalProperties (true, false or a schema), items,
-// minItems, maxItems, minLength, maxLength, enum, const; annotations (title, description,
-// default, examples, $schema, $id, $comment, and $defs/definitions, which only $ref could use)
-// are ignored. Refused: $ref, anyOf, oneOf, allOf, not, pattern, format, minimum, maximum, ...
+// minItems, maxItems, minLength, maxLength, pattern (a search, as JSON Schema means it; see
+// regex.h for the syntax), enum, const; anyOf and oneOf whose alternatives have different JSON
+// types (Optional[X] is anyOf [X, null]; the first byte of the value picks the alternative, so
+// oneOf's "exactly one" holds too); $ref to "#", "#/$defs/..." or "#/definitions/..."
+// (recursion included); allOf with one schema (an alias, as Pydantic writes $ref with a
+// description). Annotations (title, description, default, examples, $schema, $id, $comment,
+// readOnly, writeOnly, deprecated) and $defs/definitions themselves are ignored. Refused: not,
+// if/then/else, allOf of several schemas, anyOf/oneOf whose alternatives share a type, format,
+// minimum, maximum, multipleOf, uniqueItems, prefixItems, ... In a string with a pattern, a
+// \u escape is not offered to the model (it writes the character itself).
 #pragma once
 
 #include <cstdint>
 #include <memory>
+
 #include <string>
 #include <utility>
 #include <vector>
+#include "engine/constrained/regex.h"
 
 namespace alem::constrained {
 
@@ -44,6 +53,12 @@ struct SchemaNode {
   int32_t min_items = 0, max_items = -1;  // -1: no limit
   // string (in code points; an escape counts one)
   int32_t min_length = 0, max_length = -1;
+  // string: the DFA its content (escapes decoded) must follow, with minLength and maxLength
+  // folded in (min_length and max_length are then 0 and -1); null when there is no pattern
+  std::shared_ptr<const RegexDfa> pattern;
+  // anyOf / oneOf / $ref / one-schema allOf: the value is one of these nodes, picked by the
+  // JSON type its first byte shows (their types are disjoint); `types` is their union
+  std::vector<int32_t> alternatives;
 };
 
 // Node 0 is "any JSON value"; the root is node `root`.

@@ -47,6 +47,11 @@ struct RegexDfa {
 // Compiles a pattern. Throws alem::Error naming the offending construct (and its offset).
 RegexDfa compile_regex(std::string_view pattern, RegexMatch mode);
 
+// The strings of `dfa` that are min_chars to max_chars code points long (max_chars -1: no
+// limit), as a DFA whose every live prefix can still reach such a string. Throws when none is
+// left or the product needs more than kMaxDfaStates states.
+RegexDfa with_length_limits(const RegexDfa& dfa, int32_t min_chars, int32_t max_chars);
+
 // The same, cached by (pattern, mode); thread-safe; refusals are not cached.
 std::shared_ptr<const RegexDfa> cached_regex(const std::string& pattern, RegexMatch mode);
 

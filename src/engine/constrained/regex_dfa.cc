@@ -195,6 +195,46 @@ class NfaBuilder {
   const RegexTree& tree_;
 };
 
+// Cuts edges into states from which no match is reachable and fills can_grow, so every prefix
+// the DFA still accepts can be completed. Throws when the start state itself is dead.
+void cut_dead_states(RegexDfa& dfa) {
+  const int32_t n = dfa.num_states();
+  std::vector<std::vector<int32_t>> preds(n);
+  for (int32_t s = 0; s < n; ++s) {
+    for (int b = 0; b < 256; ++b) {
+      const int32_t t = dfa.next[static_cast<size_t>(s) * 256 + b];
+      if (t >= 0) preds[t].push_back(s);
+    }
+  }
+  std::vector<uint8_t> live(n, 0);
+  std::vector<int32_t> work;
+  for (int32_t s = 0; s < n; ++s) {
+    if (dfa.accepting[s]) {
+      live[s] = 1;
+      work.push_back(s);
+    }
+  }
+  while (!work.empty()) {
+    const int32_t t = work.back();
+    work.pop_back();
+    for (int32_t p : preds[t]) {
+      if (!live[p]) {
+        live[p] = 1;
+        work.push_back(p);
+      }
+    }
+  }
+  ALEM_CHECK(live[dfa.start], "regex: the pattern can match nothing");
+  dfa.can_grow.assign(n, 0);
+  for (int32_t s = 0; s < n; ++s) {
+    for (int b = 0; b < 256; ++b) {
+      int32_t& t = dfa.next[static_cast<size_t>(s) * 256 + b];
+      if (t >= 0 && !live[t]) t = -1;
+      if (t >= 0) dfa.can_grow[s] = 1;
+    }
+  }
+}
+
 class Determinizer {
  public:
   Determinizer(const std::vector<NfaState>& nfa, int32_t accept) : nfa_(nfa), accept_(accept) {}
@@ -202,7 +242,7 @@ class Determinizer {
   RegexDfa run(int32_t nfa_start) {
     dfa_.start = state_of(closure({nfa_start}));
     for (size_t d = 0; d < sets_.size(); ++d) expand(static_cast<int32_t>(d));
-    prune();
+    cut_dead_states(dfa_);
     return std::move(dfa_);
   }
 
@@ -261,45 +301,6 @@ class Determinizer {
     }
   }
 
-  // Cuts edges into states from which no match is reachable; fills can_grow.
-  void prune() {
-    const int32_t n = dfa_.num_states();
-    std::vector<std::vector<int32_t>> preds(n);
-    for (int32_t s = 0; s < n; ++s) {
-      for (int b = 0; b < 256; ++b) {
-        const int32_t t = dfa_.next[static_cast<size_t>(s) * 256 + b];
-        if (t >= 0) preds[t].push_back(s);
-      }
-    }
-    std::vector<uint8_t> live(n, 0);
-    std::vector<int32_t> work;
-    for (int32_t s = 0; s < n; ++s) {
-      if (dfa_.accepting[s]) {
-        live[s] = 1;
-        work.push_back(s);
-      }
-    }
-    while (!work.empty()) {
-      const int32_t t = work.back();
-      work.pop_back();
-      for (int32_t p : preds[t]) {
-        if (!live[p]) {
-          live[p] = 1;
-          work.push_back(p);
-        }
-      }
-    }
-    ALEM_CHECK(live[dfa_.start], "regex: the pattern can match nothing");
-    dfa_.can_grow.assign(n, 0);
-    for (int32_t s = 0; s < n; ++s) {
-      for (int b = 0; b < 256; ++b) {
-        int32_t& t = dfa_.next[static_cast<size_t>(s) * 256 + b];
-        if (t >= 0 && !live[t]) t = -1;
-        if (t >= 0) dfa_.can_grow[s] = 1;
-      }
-    }
-  }
-
   const std::vector<NfaState>& nfa_;
   int32_t accept_;
   RegexDfa dfa_;
@@ -328,6 +329,48 @@ RegexDfa compile_regex(std::string_view pattern, RegexMatch mode) {
     }
   }
   return Determinizer(nfa.states, whole.end).run(whole.start);
+}
+
+RegexDfa with_length_limits(const RegexDfa& dfa, int32_t min_chars, int32_t max_chars) {
+  ALEM_CHECK(min_chars >= 0 && (max_chars < 0 || max_chars >= min_chars),
+             "regex: impossible length limits");
+  // Product with a counter of code points: 0..max_chars, or 0..min_chars where min_chars
+  // stands for "min_chars or more" when there is no maximum.
+  const int32_t top = max_chars >= 0 ? max_chars : min_chars;
+  RegexDfa out;
+  std::map<std::pair<int32_t, int32_t>, int32_t> index;
+  std::vector<std::pair<int32_t, int32_t>> pending;
+  auto state_of = [&](int32_t s, int32_t n) {
+    const auto key = std::make_pair(s, n);
+    if (auto it = index.find(key); it != index.end()) return it->second;
+    ALEM_CHECK(out.num_states() < kMaxDfaStates,
+               "regex: the pattern with its length limits needs more than " +
+                   std::to_string(kMaxDfaStates) + " automaton states");
+    const int32_t id = out.num_states();
+    out.accepting.push_back(dfa.accepting[s] && n >= min_chars ? 1 : 0);
+    out.next.resize(out.next.size() + 256, -1);
+    index.emplace(key, id);
+    pending.push_back(key);
+    return id;
+  };
+  out.start = state_of(dfa.start, 0);
+  for (size_t i = 0; i < pending.size(); ++i) {
+    const auto [s, n] = pending[i];
+    const int32_t from = index.at(pending[i]);
+    for (int b = 0; b < 256; ++b) {
+      const int32_t t = dfa.next[static_cast<size_t>(s) * 256 + b];
+      if (t < 0) continue;
+      const bool starts_char = b < 0x80 || b >= 0xC0;  // not a UTF-8 continuation byte
+      int32_t m = n + (starts_char ? 1 : 0);
+      if (m > top) {
+        if (max_chars >= 0) continue;  // one code point too many
+        m = top;
+      }
+      out.next[static_cast<size_t>(from) * 256 + b] = state_of(t, m);
+    }
+  }
+  cut_dead_states(out);
+  return out;
 }
 
 std::shared_ptr<const RegexDfa> cached_regex(const std::string& pattern, RegexMatch mode) {
