@@ -299,7 +299,7 @@ TEST(OpenAiParse, UnsupportedFeaturesAreRejectedClearly) {
   for (auto [field, value] : std::vector<std::pair<const char*, json>>{
            {"response_format",
             {{"type", "json_schema"},
-             {"json_schema", {{"name", "n"}, {"schema", {{"pattern", "a"}}}}}}},
+             {"json_schema", {{"name", "n"}, {"schema", {{"format", "email"}}}}}}},
            {"tools", {{{"type", "function"}, {"function", {{"name", "f"}}}}}}}) {
     json body = chat_body();
     body[field] = value;
@@ -318,8 +318,8 @@ TEST(OpenAiParse, UnsupportedFeaturesAreRejectedClearly) {
 TEST(OpenAiParse, OutputChangingFieldsAreNotIgnored) {
   for (auto [field, value] :
        std::vector<std::pair<const char*, json>>{{"logit_bias", {{"50256", -100}}},
-                                                 {"guided_json", {{"type", "object"}}},
-                                                 {"guided_choice", {"a", "b"}},
+                                                 {"guided_grammar", "root ::= \"a\""},
+                                                 {"guided_whitespace_pattern", " *"},
                                                  {"bad_words", {"x"}},
                                                  {"allowed_token_ids", {1, 2}},
                                                  {"logits_processors", {"p"}},

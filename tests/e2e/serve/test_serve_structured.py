@@ -11,6 +11,7 @@ and an unconstrained request of the same length (no timing assertion).
 
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -159,16 +160,25 @@ class Structured:
 
     def test_6_unsupported_is_400(self):
         for keyword, schema in [
-                ("pattern", {"type": "object", "properties": {"a": {"type": "string",
-                                                                    "pattern": "^x"}}}),
-                ("$ref", {"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}},
-                          "$defs": {"A": {"type": "string"}}}),
-                ("anyOf", {"anyOf": [{"type": "string"}, {"type": "integer"}]})]:
+                ("format", {"type": "object", "properties": {"a": {"type": "string",
+                                                                   "format": "email"}}}),
+                ("not", {"type": "object", "properties": {"a": {"not": {"type": "null"}}}}),
+                ("minimum", {"type": "integer", "minimum": 3})]:
             with self.assertRaises(openai.BadRequestError) as caught:
                 self.chat("Hi", json_schema_format(schema), max_tokens=5)
             self.assertIn(f"'{keyword}'", str(caught.exception))
+        with self.assertRaises(openai.BadRequestError) as caught:
+            self.chat("Hi", json_schema_format({"anyOf": [{"type": "integer"},
+                                                          {"type": "number"}]}), max_tokens=5)
+        self.assertIn("share a JSON type", str(caught.exception))
         with self.assertRaises(openai.BadRequestError):
             self.chat("Hi", {"type": "yaml"}, max_tokens=5)
+        with self.assertRaises(openai.BadRequestError) as caught:
+            self.client().chat.completions.create(
+                model=MODEL_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
+                extra_body={"guided_regex": "(a"})
+        self.assertEqual(caught.exception.param, "guided_regex")
+        self.assertIn("unterminated group", str(caught.exception))
 
     def test_7_speed(self):
         """tokens/s of a constrained and an unconstrained request of the same length."""
@@ -194,6 +204,77 @@ class Structured:
                       flush=True)
             self.assertEqual(figures["unconstrained"][0], n)
             self.assertEqual(figures["constrained"][0], n)
+
+
+    def guided(self, prompt, extra, **kw):
+        return self.client().chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": prompt}], extra_body=extra,
+            **kw)
+
+    def test_8_guided_regex_and_choice(self):
+        """vLLM's guided_regex / guided_choice / structured_outputs, checked with Python's re."""
+        cases = [
+            ("What is a phone number in the format 555-0123?", r"\d{3}-\d{4}"),
+            ("Name a city.", r"[A-Z][a-z]{1,15}( [A-Z][a-z]{1,15})?"),
+            ("Give a date.", r"(19|20)\d\d-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"),
+            ("Is water wet? Answer yes or no and why.", r"(Yes|No), because [a-z ,]{5,60}\."),
+        ]
+        for seed in (None, 3):
+            kw = {"temperature": 0} if seed is None else {"temperature": 0.8, "seed": seed}
+            for prompt, pattern in cases:
+                r = self.guided(prompt, {"guided_regex": pattern}, max_tokens=80, **kw)
+                text = r.choices[0].message.content
+                self.assertEqual(r.choices[0].finish_reason, "stop", text)
+                self.assertIsNotNone(re.fullmatch(pattern, text, re.ASCII), (pattern, text))
+            choices = ["positive", "negative", "neutral"]
+            r = self.guided("I loved this film! Sentiment?", {"guided_choice": choices},
+                            max_tokens=10, **kw)
+            self.assertIn(r.choices[0].message.content, choices)
+            r = self.guided("Pick a colour.",
+                            {"structured_outputs": {"choice": ["red", "green", "blue"]}},
+                            max_tokens=10, **kw)
+            self.assertIn(r.choices[0].message.content, ["red", "green", "blue"])
+        # Streamed, and on /v1/completions.
+        text = ""
+        for chunk in self.client().chat.completions.create(
+                model=MODEL_NAME, messages=[{"role": "user", "content": "A number?"}],
+                extra_body={"structured_outputs": {"regex": r"[1-9]\d{0,3}"}}, max_tokens=10,
+                temperature=0.8, seed=4, stream=True):
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+        self.assertIsNotNone(re.fullmatch(r"[1-9]\d{0,3}", text), text)
+        r = self.client().completions.create(
+            model=MODEL_NAME, prompt="The answer is", max_tokens=10, temperature=0,
+            extra_body={"guided_choice": ["yes", "no"]})
+        self.assertIn(r.choices[0].text, ["yes", "no"])
+
+    def test_9_guided_json_with_refs_optionals_and_patterns(self):
+        """Schemas as Pydantic writes them ($defs/$ref, anyOf [X, null], pattern), checked with
+        the jsonschema package; through guided_json and response_format."""
+        schema = {
+            "$defs": {"Address": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 20},
+                               "zip": {"type": "string", "pattern": "^\\d{5}$"}},
+                "required": ["city", "zip"], "additionalProperties": False}},
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 20},
+                "nickname": {"anyOf": [{"type": "string", "maxLength": 12}, {"type": "null"}]},
+                "code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{3}$"},
+                "home": {"$ref": "#/$defs/Address"},
+            },
+            "required": ["name", "nickname", "code", "home"],
+            "additionalProperties": False,
+        }
+        for seed in (None, 5):
+            kw = {"temperature": 0} if seed is None else {"temperature": 0.8, "seed": seed}
+            r = self.guided("Describe a person as JSON.", {"guided_json": schema},
+                            max_tokens=200, **kw)
+            self.check_schema_answer(r, schema)
+            r = self.chat("Describe a person as JSON.", json_schema_format(schema),
+                          max_tokens=200, **kw)
+            self.check_schema_answer(r, schema)
 
 
 class OneRank(Structured, unittest.TestCase):
