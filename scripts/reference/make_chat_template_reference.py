@@ -68,6 +68,7 @@ MODELS = {
     "mistralai-Mistral-Nemo-Instruct-2407.jinja": dict(bos="<s>", eos="</s>", tools="mistral",
                                                        system=True),
     "google-gemma-2-2b-it.jinja": dict(bos="<bos>", eos="<eos>", tools=False, system=False),
+    "google-gemma-3-4b-it.jinja": dict(bos="<bos>", eos="<eos>", tools=False, system=True),
 }
 
 WEATHER_TOOL = {
