@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -153,6 +154,44 @@ TEST(Regex, RefusalsNameTheConstruct) {
   EXPECT_NO_THROW(compile_regex("^a|b", RegexMatch::kFull));
   EXPECT_EQ(cached_regex("a+", RegexMatch::kFull).get(),
             cached_regex("a+", RegexMatch::kFull).get());
+}
+
+// Mutated patterns (bytes inserted, deleted, replaced by regex syntax) compile or are refused
+// with alem::Error; nothing else may happen (the fuzz target fuzz_openai_request goes further).
+TEST(Regex, MutatedPatternsCompileOrAreRefused) {
+  const json ref = reference();
+  const std::string syntax = "()[]{}|*+?.^$\\-,:<>=!PdwsDSWbu0123456789aZé";
+  std::mt19937 rng(7);
+  int compiled = 0, refused = 0;
+  for (const json& c : ref["cases"]) {
+    const std::string base = c["pattern"];
+    for (int i = 0; i < 200; ++i) {
+      std::string p = base;
+      for (int edits = 1 + rng() % 3; edits > 0; --edits) {
+        const size_t at = p.empty() ? 0 : rng() % (p.size() + 1);
+        const char ch = syntax[rng() % syntax.size()];
+        switch (rng() % 3) {
+          case 0:
+            p.insert(p.begin() + at, ch);
+            break;
+          case 1:
+            if (at < p.size()) p.erase(at, 1);
+            break;
+          default:
+            if (at < p.size()) p[at] = ch;
+        }
+      }
+      try {
+        const RegexDfa dfa = compile_regex(p, RegexMatch::kFull);
+        EXPECT_GT(dfa.num_states(), 0);
+        ++compiled;
+      } catch (const Error&) {
+        ++refused;
+      }
+    }
+  }
+  EXPECT_GT(compiled, 1000);
+  EXPECT_GT(refused, 200);
 }
 
 std::shared_ptr<const TokenTable> toy_table(const std::vector<std::string>& tokens) {
