@@ -119,8 +119,9 @@ in_node() {
 }
 # as_host NS NAME CMD...: CMD (a daemon) as host NAME: in network namespace NS, a UTS namespace
 # with hostname NAME and a mount namespace of its own where /etc/hosts names the cluster's hosts,
-# /dev/shm is a private tmpfs (no shared memory between hosts) and Slurm's TmpFS is the host's own
-# folder. Everything else (the state folder, models, job folders) is shared, like a cluster's
+# /dev/shm is a private tmpfs (no shared memory between hosts) and /var/tmp, Slurm's TmpFS, is the
+# host's own folder (kept short: PMIx puts its Unix sockets there, whose paths are limited to 107
+# bytes). Everything else (the state folder, models, job folders) is shared, like a cluster's
 # shared file system. (Not `ip netns exec`, which remounts /sys and so hides the cgroup file
 # system from slurmd.)
 as_host() {
@@ -129,7 +130,7 @@ as_host() {
   mkdir -p "$STATE_DIR/hosts/$name/tmp"
   nsenter --net="/run/netns/$ns" unshare --uts --mount --propagation private sh -c '
     mount --bind "$0/etc/hosts" /etc/hosts && mount -t tmpfs -o size=1g,mode=1777 shm /dev/shm &&
-      mount --bind "$0/hosts/$1/tmp" "$0/tmp" && hostname "$1" && shift && exec "$@"' \
+      mount --bind "$0/hosts/$1/tmp" /var/tmp && hostname "$1" && shift && exec "$@"' \
     "$STATE_DIR" "$name" "$@"
 }
 # host_pid K: the PID of host K's slurmd, whose namespaces are the host's.
@@ -197,7 +198,7 @@ StateSaveLocation=$STATE_DIR/state
 SlurmdSpoolDir=$STATE_DIR/spool/%n
 SlurmdPidFile=$STATE_DIR/run/slurmd-%n.pid
 SlurmdLogFile=$STATE_DIR/log/slurmd-%n.log
-TmpFS=$STATE_DIR/tmp
+TmpFS=/var/tmp
 SlurmctldPidFile=$CTLD_PID_FILE
 SlurmctldLogFile=$STATE_DIR/log/slurmctld.log
 PlugStackConfig=$STATE_DIR/etc/plugstack.conf
@@ -229,6 +230,10 @@ EOF
   done
   echo "PartitionName=$PARTITION Nodes=$nodes Default=YES MaxTime=INFINITE State=UP" >>"$SLURM_CONF"
   : >"$STATE_DIR/etc/plugstack.conf"
+  # Slurm 22.05's PMIx plugin, exchanging the ranks' addresses directly between step daemons,
+  # now and then hands a rank a missing entry and both ranks of a host crash in MPI_Init (about
+  # 1 launch in 15 across 4 hosts here); through slurmd's own tree, 0 in 60.
+  echo "PMIxDirectConn=false" >"$STATE_DIR/etc/mpi.conf"
   # /etc/hosts inside every host (bind-mounted over /etc/hosts in its mount namespace).
   {
     echo "127.0.0.1 localhost"
@@ -292,7 +297,7 @@ do_up() {
   local started_ms k
   started_ms=$(now_ms)
   rm -rf "$STATE_DIR"
-  mkdir -p "$STATE_DIR"/{etc,state,spool,log,run,tmp} "$MUNGE_DIR"
+  mkdir -p "$STATE_DIR"/{etc,state,spool,log,run,hosts} "$MUNGE_DIR"
   : >"$MARKER_FILE"
   : >"$STATE_DIR/created"
   chmod 0755 "$STATE_DIR" "$MUNGE_DIR"
