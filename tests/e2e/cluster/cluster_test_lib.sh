@@ -117,8 +117,9 @@ cluster_test_cleanup() {
   exit "$status"
 }
 
-# Makes WORK_DIR, arms the watchdog and the cleanup trap, brings a 4-host cluster up with its
-# own prefix and subnet (so a cluster someone runs by hand is left alone).
+# cluster_test_start [HOSTS]: makes WORK_DIR, arms the watchdog and the cleanup trap, brings a
+# cluster of HOSTS (default 4) up with its own prefix and subnet (so a cluster someone runs by
+# hand is left alone).
 cluster_test_start() {
   WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/alem-cluster-e2e.XXXXXX")
   readonly WORK_DIR
@@ -126,7 +127,7 @@ cluster_test_start() {
   export ALEM_CLUSTER_DIR=$WORK_DIR/cluster
   export ALEM_CLUSTER_PREFIX=${ALEM_CLUSTER_PREFIX:-alemt}
   export ALEM_CLUSTER_SUBNET=${ALEM_CLUSTER_SUBNET:-10.213.9}
-  export ALEM_CLUSTER_NODES=4 ALEM_CLUSTER_CPUS=${ALEM_CLUSTER_CPUS:-4}
+  export ALEM_CLUSTER_NODES=${1:-4} ALEM_CLUSTER_CPUS=${ALEM_CLUSTER_CPUS:-4}
   export SLURM_CONF=$ALEM_CLUSTER_DIR/etc/slurm.conf
   trap cluster_test_cleanup EXIT
   trap 'fail "interrupted"' INT
@@ -143,7 +144,7 @@ cluster_test_start() {
     echo "skipped: namespaces named $ALEM_CLUSTER_PREFIX-* exist (another run?)"
     exit "$SKIP"
   fi
-  say "bringing a 4-host cluster up (state in $ALEM_CLUSTER_DIR, subnet $ALEM_CLUSTER_SUBNET.0/24)"
+  say "bringing a $ALEM_CLUSTER_NODES-host cluster up (state in $ALEM_CLUSTER_DIR, subnet $ALEM_CLUSTER_SUBNET.0/24)"
   cluster_started=1
   "$CLUSTER" up >/dev/null
 }
@@ -172,6 +173,51 @@ TOML
     sbatch --parsable --partition=cluster --time=15 --gpus-per-node=0 --cpus-per-task=1 \
     --nodes="$nodes" --ntasks-per-node="$per_node" --chdir="$dir" --output="$dir/%j.out" \
     "$REPO_ROOT/slurm/alem-serve.sbatch"
+}
+
+# A start-up crash of Open MPI 4.1's TCP transport: now and then (a few launches in a hundred
+# here, more under load) both ranks of one host die in MPI_Init with a call through a null
+# pointer in mca_btl_tcp, while peers on other hosts connect to them (docs/operations.md). It is
+# not alem's, and the only thing to do is to launch again, so the tests do that once, loudly.
+startup_crash() { grep -q '\*\*\* Process received signal \*\*\*' "$1" 2>/dev/null && ! grep -q '"msg":"ready"' "$1"; }
+
+# srun_mpi OUT EXPECTED_OK SRUN_ARGS...: an MPI step whose output lines end in "(ok)"; relaunched
+# once after a start-up crash. Succeeds when EXPECTED_OK lines say so.
+srun_mpi() {
+  local out=$1 expected=$2 attempt
+  shift 2
+  for attempt in 1 2; do
+    timeout 60 srun --kill-on-bad-exit=1 "$@" >"$out" 2>&1 || true
+    if [ "$(grep -c '(ok)' "$out")" = "$expected" ]; then return 0; fi
+    if [ "$attempt" = 1 ] && startup_crash "$out"; then
+      say "Open MPI crashed in MPI_Init (known start-up race, see docs/operations.md); launching again"
+      continue
+    fi
+    return 1
+  done
+  return 1
+}
+
+# start_serve DIR TP PP NODES TASKS_PER_NODE [EXTRA SERVE ARGS...]: submit_serve, then wait until
+# the gateway answers /health; a job that ends first with an Open MPI start-up crash is submitted
+# once more. Sets SERVE_JOB.
+start_serve() {
+  local dir=$1 attempt
+  for attempt in 1 2; do
+    SERVE_JOB=$(submit_serve "$@")
+    local deadline=$(($(date +%s) + 300))
+    while ! healthy; do
+      if job_ended "$SERVE_JOB"; then break; fi
+      [ "$(date +%s)" -lt "$deadline" ] || fail "timed out waiting for job $SERVE_JOB to answer /health"
+      sleep 0.3
+    done
+    if healthy; then return 0; fi
+    if [ "$attempt" = 1 ] && startup_crash "$dir/$SERVE_JOB.out"; then
+      say "job $SERVE_JOB: Open MPI crashed in MPI_Init (known start-up race); submitting again"
+      continue
+    fi
+    fail "job $SERVE_JOB ended before answering /health: $(grep -v '^{' "$dir/$SERVE_JOB.out" | tail -5)"
+  done
 }
 
 # The HTTP API of the job's gateway, called from the first host.

@@ -24,24 +24,25 @@ expected_hosts="$(for k in 1 2 3 4; do node_name "$k"; done | sort | tr '\n' ' '
 
 say "Open MPI: TCP between hosts, shared memory inside one"
 mpicc -O1 -o "$WORK_DIR/mpi_hello" "$REPO_ROOT/tests/e2e/slurm/mpi_hello.c"
-out=$(timeout 60 srun --kill-on-bad-exit=1 -N 4 --ntasks-per-node=2 --mpi=pmix "$WORK_DIR/mpi_hello")
-[ "$(grep -c '(ok)' <<<"$out")" = 8 ] || fail "8 ranks on 4 hosts: $out"
-out=$(OMPI_MCA_btl=self,vader timeout 60 srun --kill-on-bad-exit=1 -N 1 --ntasks-per-node=2 --mpi=pmix "$WORK_DIR/mpi_hello")
-[ "$(grep -c '(ok)' <<<"$out")" = 2 ] || fail "2 ranks on one host over shared memory: $out"
+srun_mpi "$WORK_DIR/across.txt" 8 -N 4 --ntasks-per-node=2 --mpi=pmix "$WORK_DIR/mpi_hello" ||
+  fail "8 ranks on 4 hosts: $(cat "$WORK_DIR/across.txt")"
+OMPI_MCA_btl=self,vader srun_mpi "$WORK_DIR/inside.txt" 2 -N 1 --ntasks-per-node=2 --mpi=pmix \
+  "$WORK_DIR/mpi_hello" || fail "2 ranks on one host over shared memory: $(cat "$WORK_DIR/inside.txt")"
 if OMPI_MCA_btl=self,vader timeout 60 srun --kill-on-bad-exit=1 -N 2 --ntasks-per-node=1 --mpi=pmix \
   "$WORK_DIR/mpi_hello" >"$WORK_DIR/shm-across.txt" 2>&1; then
   fail "ranks on two hosts talked over shared memory alone: the hosts are not separate"
 fi
+grep -q "unable to reach each other" "$WORK_DIR/shm-across.txt" ||
+  fail "shared memory alone between hosts failed for another reason: $(tail -5 "$WORK_DIR/shm-across.txt")"
 
 readonly PROMPT="The capital of France is"
 say "expected answer from alem generate (one rank, same store)"
 expected=$("$ALEM" generate --model "$MODEL" --prompt "$PROMPT" --max-tokens 12 --temperature 0 --quiet)
 
-# check_layout JOB TP PP RANKS_PER_HOST: answers, and `alem status` placing rank r on host
+# check_layout JOB TP PP RANKS_PER_HOST SUBMITTED: answers, and `alem status` placing rank r on host
 # r / RANKS_PER_HOST + 1.
 check_layout() {
   local job=$1 tp=$2 pp=$3 per_host=$4 submitted=$5
-  wait_for 240 "job $job (tp $tp x pp $pp) to answer /health" healthy
   local first_answer_s
   got=$(complete "$PROMPT" 12)
   first_answer_s=$(seconds_since "$submitted")
@@ -66,12 +67,12 @@ check_layout() {
 
 say "sbatch -N 4: tp 1 x pp 4, one pipeline stage per host"
 t0=$(now_s)
-job=$(submit_serve "$WORK_DIR/job-1-4" 1 4 4 1)
-check_layout "$job" 1 4 1 "$t0"
+start_serve "$WORK_DIR/job-1-4" 1 4 4 1
+check_layout "$SERVE_JOB" 1 4 1 "$t0"
 
 say "sbatch -N 2: tp 3 x pp 2, tensor parallel inside a host, the pipeline across"
 t0=$(now_s)
-job=$(submit_serve "$WORK_DIR/job-3-2" 3 2 2 3)
-check_layout "$job" 3 2 3 "$t0"
+start_serve "$WORK_DIR/job-3-2" 3 2 2 3
+check_layout "$SERVE_JOB" 3 2 3 "$t0"
 
 say "all checks passed"

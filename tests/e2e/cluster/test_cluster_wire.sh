@@ -38,8 +38,8 @@ tokenize() {
 # $WORK_DIR/MODE/answer.txt.
 run_capture() {
   local mode=$1 dir=$WORK_DIR/$1 job
-  job=$(submit_serve "$dir" 1 4 2 2 --confidential sandbox --encrypt-interconnect "$mode")
-  wait_for 300 "job $job ($mode) to answer /health" healthy
+  start_serve "$dir" 1 4 2 2 --confidential sandbox --encrypt-interconnect "$mode"
+  job=$SERVE_JOB
   ids=$(tokenize "$PROMPT")
   [ -n "$ids" ] || fail "/tokenize gave no ids"
   tcpdump -i "$BRIDGE" -s 0 -U -n -w "$dir/bridge.pcap" >"$dir/tcpdump.log" 2>&1 &
