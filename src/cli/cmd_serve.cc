@@ -15,7 +15,7 @@
 // Followers note signals but act only on the leader's stop message, so the replica stays in step.
 //
 // Hang detection (docs/operations.md): once every rank has loaded, each arms the collective
-// timeout (--collective-timeout, 30 s by default) and the leader sends a heartbeat step every
+// timeout (--collective-timeout, 20 s by default) and the leader sends a heartbeat step every
 // --heartbeat-interval seconds when idle, so a stopped or silent rank ends the job with a named
 // MPI_Abort, and /health and /v1/models turn 503 within seconds of the engine's last progress.
 #include <atomic>
@@ -94,8 +94,9 @@ struct ServeOptions {
   std::string config_file;
   int drain_seconds = 30;
   // Hang detection: a blocking call on a process group that waits longer ends the job (0: off;
-  // unset: $ALEM_COLLECTIVE_TIMEOUT_S, else 30). The idle leader's heartbeat period.
-  double collective_timeout_s = 30;
+  // unset: $ALEM_COLLECTIVE_TIMEOUT_S, else 20, so a node lost during a busy step ends the job
+  // within 30 s). The idle leader's heartbeat period.
+  double collective_timeout_s = 20;
   double heartbeat_interval_s = 1;
   int http_threads = 8;
   size_t max_body_bytes = size_t{1} << 20;
@@ -604,7 +605,7 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--collective-timeout", o->collective_timeout_s,
                   "Seconds a rank may wait for another in one call before the job is aborted, "
-                  "naming it (0: off; default $ALEM_COLLECTIVE_TIMEOUT_S or 30)")
+                  "naming it (0: off; default $ALEM_COLLECTIVE_TIMEOUT_S or 20)")
       ->capture_default_str();
   cmd->add_option("--heartbeat-interval", o->heartbeat_interval_s,
                   "Idle leader: seconds between heartbeat steps every rank answers (0: none)")

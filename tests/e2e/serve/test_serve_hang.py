@@ -1,5 +1,5 @@
 """End-to-end test of hang detection in `alem serve` (mpirun --oversubscribe -np 3, --tp 3, the
-default --collective-timeout 30 and --heartbeat-interval 1): a follower rank stopped with
+default --collective-timeout 20 and --heartbeat-interval 1): a follower rank stopped with
 SIGSTOP while the server is idle must turn /health and /v1/models to 503 within 5 s (COCOON's
 worker stops routing then), and end the whole job, non-zero, within 45 s, with an abort message
 that names the stopped rank. Before that, an idle server must stay healthy (heartbeats keep it
