@@ -417,6 +417,7 @@ do_shape() {
   host_link=$(node_host_link "$k")
   # Both directions: the node's eth0 (what it sends) and the bridge port (what it receives).
   for dev_ns in "$ns eth0" "- $host_link"; do
+    # shellcheck disable=SC2086  # "NAMESPACE DEVICE", split on purpose
     set -- $dev_ns
     local tc_cmd=(tc)
     if [ "$1" != - ]; then tc_cmd=(tc -n "$1"); fi

@@ -426,6 +426,15 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     const auto confidential_session = start_confidential(
         ctx, o.confidential, store,
         gateway && network_keys ? &network_keys->sealing().public_key() : nullptr);
+    // The data-parallel router's channel (requests and their tokens between replica leaders)
+    // is not wrapped by the secure groups; between hosts it would carry prompts in the clear.
+    // Every rank keys a peer on another host exactly when the job spans hosts, so all refuse.
+    ALEM_CHECK(!(channel && confidential_session && confidential_session->peers_keyed > 0),
+               "--dp " + std::to_string(ctx.layout.dp_size()) +
+                   " with an encrypted interconnect is not supported: the data-parallel "
+                   "router's messages (requests and tokens) between replica leaders on "
+                   "different hosts are not encrypted. Run one job per replica (--dp 1), or "
+                   "keep every replica on one host");
 
     auto backend = make_backend(o.backend);
     EngineOptions engine_options;

@@ -31,17 +31,16 @@ expected=$("$ALEM" generate --model "$MODEL" --prompt "$PROMPT" --max-tokens 12 
 
 serve_pids() { pgrep -f "^$ALEM serve" || true; }
 no_serve_left() { [ -z "$(serve_pids)" ]; }
-# rank_pid R: the PID of the job's rank R.
+# The job runs one rank per host, in the order of its node list: rank R is on host R + 1.
+job_hosts() { scontrol show hostnames "$(scontrol show job -o "$job" | grep -o ' NodeList=[^ ]*' | cut -d= -f2)"; }
+rank_host() { job_hosts | sed -n "$(($1 + 1))p"; }
+# rank_pid R: the PID of the job's rank R: the `alem serve` process in its host's namespace.
 rank_pid() {
-  local pid
-  for pid in $(serve_pids); do
-    if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "SLURM_PROCID=$1"; then echo "$pid"; fi
+  local host pid
+  host=$(rank_host "$1")
+  for pid in $(ip netns pids "$ALEM_CLUSTER_PREFIX-${host#"$ALEM_CLUSTER_PREFIX"}"); do
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "^$ALEM serve "; then echo "$pid"; fi
   done
-}
-rank_found() { [ -n "$(rank_pid "$1")" ]; }
-rank_host() {
-  wait_for 30 "the process of rank $1" rank_found "$1"
-  tr '\0' '\n' <"/proc/$(rank_pid "$1")/environ" | grep '^SLURMD_NODENAME=' | cut -d= -f2
 }
 unhealthy() { ! healthy; }
 check_answer() {
@@ -113,6 +112,7 @@ done
 say "2. a rank stops (SIGSTOP)"
 stopped_host=$(rank_host 2)
 stopped_pid=$(rank_pid 2)
+[ -n "$stopped_pid" ] || fail "no process of rank 2 on $stopped_host"
 t0=$(now_s)
 kill -STOP "$stopped_pid"
 wait_for 15 "/health to fail" unhealthy

@@ -19,7 +19,8 @@ readonly TEST_DEADLINE_S=${ALEM_CLUSTER_TEST_DEADLINE_S:-560}
 source "$(dirname "${BASH_SOURCE[0]}")/cluster_test_lib.sh"
 cluster_test_requirements tcpdump
 cluster_test_start
-readonly BRIDGE=$("$CLUSTER" bridge)
+BRIDGE=$("$CLUSTER" bridge)
+readonly BRIDGE
 
 canary="zq$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')vk"
 readonly CANARY=$canary
@@ -46,8 +47,7 @@ run_capture() {
   local tcpdump_pid=$!
   BACKGROUND_PIDS+=("$tcpdump_pid")
   wait_for 10 "tcpdump to listen" file_has "$dir/tcpdump.log" "listening on"
-  local i
-  for i in 1 2 3; do complete "$PROMPT" 6 >"$dir/answer.txt"; done
+  for _ in 1 2 3; do complete "$PROMPT" 6 >"$dir/answer.txt"; done
   sleep 1
   kill -INT "$tcpdump_pid"
   wait "$tcpdump_pid" || true

@@ -3,7 +3,8 @@
 # 127.0.0.1, port 0: the ranks attest, verify the bundle and encrypt the pipeline, the server
 # answers a greedy completion with exactly the text the clear `alem generate` gives for the same
 # prompt; the network simulator (`alem netsim`) accepts the cluster bundle as the provider's
-# Register evidence and gets sealed answers back; and it stops on SIGTERM. Bounded: the server is killed after 200 s in any case.
+# Register evidence and gets sealed answers back; it stops on SIGTERM; and --dp 2 with encryption
+# is refused at start. Bounded: the server is killed after 200 s in any case.
 # Needs ALEM_BINARY, ALEM_TEST_MODEL and MPIEXEC (set by ctest).
 set -euo pipefail
 alem=${ALEM_BINARY:?}
@@ -86,4 +87,13 @@ grep -q '"evidence_format":"alem-cluster-bundle-v1"' "$work/netsim.log" ||
 kill -TERM "$server"
 wait "$server" || true
 server=""
-echo "PASS: confidential serve on 2 encrypted ranks answers like clear generate; the network accepted its bundle"
+# --dp 2 with encryption: the data-parallel router's channel is not encrypted, so the start
+# refuses instead of sending prompts between hosts in the clear.
+if timeout 120 "$mpiexec" --oversubscribe --allow-run-as-root -np 2 "$alem" serve -m "$model" \
+  --dp 2 --host 127.0.0.1 --port 0 --metrics-port 0 --confidential sandbox \
+  --encrypt-interconnect always > "$work/dp.log" 2>&1; then
+  echo "FAIL: --dp 2 with an encrypted interconnect started"; exit 1
+fi
+grep -q -- "--dp 2 with an encrypted interconnect is not supported" "$work/dp.log" ||
+  { echo "FAIL: --dp 2 with encryption failed without saying why"; tail -5 "$work/dp.log"; exit 1; }
+echo "PASS: confidential serve on 2 encrypted ranks answers like clear generate; the network accepted its bundle; --dp 2 with encryption is refused"
