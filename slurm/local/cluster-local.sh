@@ -230,10 +230,6 @@ EOF
   done
   echo "PartitionName=$PARTITION Nodes=$nodes Default=YES MaxTime=INFINITE State=UP" >>"$SLURM_CONF"
   : >"$STATE_DIR/etc/plugstack.conf"
-  # Slurm 22.05's PMIx plugin, exchanging the ranks' addresses directly between step daemons,
-  # now and then hands a rank a missing entry and both ranks of a host crash in MPI_Init (about
-  # 1 launch in 15 across 4 hosts here); through slurmd's own tree, 0 in 60.
-  echo "PMIxDirectConn=false" >"$STATE_DIR/etc/mpi.conf"
   # /etc/hosts inside every host (bind-mounted over /etc/hosts in its mount namespace).
   {
     echo "127.0.0.1 localhost"
