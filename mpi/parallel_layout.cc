@@ -7,14 +7,20 @@
 
 namespace alem {
 
-ParallelLayout::ParallelLayout(int tp_size, int pp_size, int dp_size)
-    : tp_(tp_size), pp_(pp_size), dp_(dp_size) {
-  ALEM_CHECK(tp_size >= 1 && pp_size >= 1 && dp_size >= 1,
+ParallelLayout::ParallelLayout(int tp_size, int pp_size, int dp_size, int ep_size)
+    : tp_(tp_size), pp_(pp_size), dp_(dp_size), ep_(ep_size) {
+  ALEM_CHECK(tp_size >= 1 && pp_size >= 1 && dp_size >= 1 && ep_size >= 1,
              "parallel sizes must be at least 1, got tp=" + std::to_string(tp_size) +
-                 " pp=" + std::to_string(pp_size) + " dp=" + std::to_string(dp_size));
+                 " pp=" + std::to_string(pp_size) + " dp=" + std::to_string(dp_size) +
+                 " ep=" + std::to_string(ep_size));
+  ALEM_CHECK(tp_size % ep_size == 0,
+             "expert parallel size ep=" + std::to_string(ep_size) +
+                 " must divide the tensor parallel size tp=" + std::to_string(tp_size) +
+                 ": experts are spread over the ranks of the tp group, whose attention stays "
+                 "tensor-parallel (supported: ep divides tp, any pp and dp)");
 }
 
-ParallelLayout ParallelLayout::for_world(int world_size, int tp_size, int pp_size) {
+ParallelLayout ParallelLayout::for_world(int world_size, int tp_size, int pp_size, int ep_size) {
   ALEM_CHECK(tp_size >= 1 && pp_size >= 1,
              "parallel sizes must be at least 1, got tp=" + std::to_string(tp_size) +
                  " pp=" + std::to_string(pp_size));
@@ -22,7 +28,7 @@ ParallelLayout ParallelLayout::for_world(int world_size, int tp_size, int pp_siz
              std::to_string(world_size) + " ranks cannot be split into replicas of tp=" +
                  std::to_string(tp_size) + " x pp=" + std::to_string(pp_size) + " = " +
                  std::to_string(tp_size * pp_size) + " ranks");
-  return ParallelLayout(tp_size, pp_size, world_size / (tp_size * pp_size));
+  return ParallelLayout(tp_size, pp_size, world_size / (tp_size * pp_size), ep_size);
 }
 
 static void check_world_rank(const ParallelLayout& layout, int world_rank) {
@@ -37,6 +43,7 @@ ParallelCoords ParallelLayout::coords(int world_rank) const {
   c.tp = world_rank % tp_;
   c.pp = (world_rank / tp_) % pp_;
   c.dp = world_rank / (tp_ * pp_);
+  c.ep = c.tp / (tp_ / ep_);
   return c;
 }
 
@@ -70,8 +77,9 @@ std::vector<int> ParallelLayout::dp_group(int world_rank) const {
 
 std::string ParallelLayout::describe() const {
   const int n = world_size();
-  return "tp=" + std::to_string(tp_) + " pp=" + std::to_string(pp_) + " dp=" + std::to_string(dp_) +
-         " (" + std::to_string(n) + (n == 1 ? " rank)" : " ranks)");
+  return "tp=" + std::to_string(tp_) + (ep_ > 1 ? " ep=" + std::to_string(ep_) : "") +
+         " pp=" + std::to_string(pp_) + " dp=" + std::to_string(dp_) + " (" + std::to_string(n) +
+         (n == 1 ? " rank)" : " ranks)");
 }
 
 std::vector<StageRange> split_layers(int num_layers, int pp_size, const std::vector<int>& given) {

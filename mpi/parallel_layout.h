@@ -11,6 +11,12 @@
 //   tp rank    :  0 1 2   0 1 2   0 1 2   0  1  2
 //   rank 7 is replica 1, stage 0, tp rank 1; its TP group is {6,7,8}, its PP group is {7,10},
 //   its DP group is {1,7}. The replica leader (scheduler) of replica d is world rank d*pp*tp.
+//
+// Expert parallelism (ep) subdivides the tp group rather than adding ranks: the tp group's
+// ranks form ep slices of tp/ep consecutive ranks, and slice i holds the i-th 1/ep of every
+// MoE layer's experts (each expert split over its slice's tp/ep ranks). Attention stays
+// tensor-parallel over all tp ranks. ep must divide tp; with tp 4 ep 2, tp ranks {0,1} hold
+// experts [0, E/2) and {2,3} hold [E/2, E).
 #pragma once
 
 #include <string>
@@ -22,20 +28,22 @@ struct ParallelCoords {
   int dp = 0;
   int pp = 0;
   int tp = 0;
+  int ep = 0;  // expert-parallel slice of the tp rank: tp / (tp_size / ep_size); derived
 };
 
 class ParallelLayout {
  public:
   ParallelLayout() = default;
-  // Throws alem::Error if any size < 1.
-  ParallelLayout(int tp_size, int pp_size, int dp_size);
+  // Throws alem::Error if any size < 1, or when ep does not divide tp.
+  ParallelLayout(int tp_size, int pp_size, int dp_size, int ep_size = 1);
   // The layout with the given tp and pp that fills world_size ranks (dp = world / (tp * pp)).
   // Throws alem::Error when world_size is not a multiple of tp * pp.
-  static ParallelLayout for_world(int world_size, int tp_size, int pp_size);
+  static ParallelLayout for_world(int world_size, int tp_size, int pp_size, int ep_size = 1);
 
   int tp_size() const { return tp_; }
   int pp_size() const { return pp_; }
   int dp_size() const { return dp_; }
+  int ep_size() const { return ep_; }
   int world_size() const { return tp_ * pp_ * dp_; }
 
   // Both throw alem::Error for a rank or coordinate outside the layout.
@@ -47,12 +55,12 @@ class ParallelLayout {
   std::vector<int> pp_group(int world_rank) const;
   std::vector<int> dp_group(int world_rank) const;
   int replica_leader(int dp_rank) const { return dp_rank * pp_ * tp_; }
-  std::string describe() const;  // "tp=3 pp=2 dp=1 (6 ranks)"
+  std::string describe() const;  // "tp=3 pp=2 dp=1 (6 ranks)"; "tp=4 ep=2 pp=1 ..." when ep>1
 
   bool operator==(const ParallelLayout&) const = default;
 
  private:
-  int tp_ = 1, pp_ = 1, dp_ = 1;
+  int tp_ = 1, pp_ = 1, dp_ = 1, ep_ = 1;
 };
 
 // Contiguous layer ranges per pipeline stage. Balanced: the first (num_layers % pp) stages get

@@ -21,7 +21,7 @@ bool launched_by_mpi() {
 }
 
 ParallelContext make_context(const ParallelOptions& o) {
-  const ParallelLayout layout(o.tp, o.pp, o.dp);
+  const ParallelLayout layout(o.tp, o.pp, o.dp, o.ep);
   log_debug("parallel context",
             {{"layout", layout.describe()}, {"mpi", launched_by_mpi() ? "yes" : "no"}});
   if (layout.world_size() == 1 && !launched_by_mpi()) return make_solo_context();
@@ -49,6 +49,10 @@ void add_parallel_flags(CLI::App& cmd, ParallelOptions& o) {
       ->capture_default_str();
   cmd.add_option("--pp", o.pp, "Pipeline-parallel size (stages)")->capture_default_str();
   cmd.add_option("--dp", o.dp, "Data-parallel size (replicas)")->capture_default_str();
+  cmd.add_option("--ep", o.ep,
+                 "Expert-parallel size for mixture-of-experts models: the tp group's ranks form "
+                 "ep slices, each holding 1/ep of every MoE layer's experts (must divide --tp)")
+      ->capture_default_str();
 }
 
 }  // namespace alem::cli

@@ -14,6 +14,7 @@ namespace alem::cli {
 
 struct ParallelOptions {
   int tp = 1, pp = 1, dp = 1;
+  int ep = 1;  // expert-parallel slices of the tp group (MoE models; must divide tp)
 };
 
 // True when this process was started by an MPI launcher (mpirun or srun with PMIx).

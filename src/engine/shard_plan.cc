@@ -14,11 +14,18 @@ std::string ShardPlan::describe() const {
          std::to_string(kv_head_begin + num_kv_heads) + ") ffn [" + std::to_string(ffn_begin) +
          "," + std::to_string(ffn_begin + ffn_size) + ") vocab [" + std::to_string(vocab_begin) +
          "," + std::to_string(vocab_begin + vocab_size) + ") layers [" +
-         std::to_string(first_layer) + "," + std::to_string(first_layer + num_layers) + ")";
+         std::to_string(first_layer) + "," + std::to_string(first_layer + num_layers) + ")" +
+         (num_local_experts > 0 ? " ep " + std::to_string(ep_rank) + "/" + std::to_string(ep_size) +
+                                      ": experts [" + std::to_string(expert_begin) + "," +
+                                      std::to_string(expert_begin + num_local_experts) +
+                                      ") expert ffn [" + std::to_string(expert_ffn_begin) + "," +
+                                      std::to_string(expert_ffn_begin + expert_ffn_size) + ")"
+                                : "");
 }
 
 ShardPlan make_shard_plan(const ModelConfig& c, int tp_size, int tp_rank, int pp_size, int pp_rank,
-                          bool int8_weights, const std::vector<int>& layers_per_stage) {
+                          bool int8_weights, const std::vector<int>& layers_per_stage,
+                          int ep_size) {
   ALEM_CHECK(tp_size >= 1 && tp_rank >= 0 && tp_rank < tp_size, "bad tensor-parallel rank");
   ALEM_CHECK(pp_size >= 1 && pp_rank >= 0 && pp_rank < pp_size, "bad pipeline-parallel rank");
   const std::string shape = " (model has " + std::to_string(c.num_heads) + " heads, " +
@@ -51,9 +58,41 @@ ShardPlan make_shard_plan(const ModelConfig& c, int tp_size, int tp_rank, int pp
   ALEM_CHECK(p.num_heads % p.num_kv_heads == 0,
              "local query heads must be a multiple of local kv heads");
 
-  ALEM_CHECK(c.intermediate_size % tp_size == 0, "tensor parallel size " + std::to_string(tp_size) +
-                                                     " does not divide the FFN intermediate size" +
-                                                     shape);
+  ALEM_CHECK(ep_size >= 1 && tp_size % ep_size == 0,
+             "expert parallel size " + std::to_string(ep_size) +
+                 " does not divide the tensor parallel size " + std::to_string(tp_size) +
+                 ": experts are spread over the ranks of the tensor-parallel group (supported: "
+                 "ep divides tp, e.g. --tp 4 --ep 2 or --tp 4 --ep 4)");
+  p.ep_size = ep_size;
+  const int expert_tp = tp_size / ep_size;
+  p.ep_rank = tp_rank / expert_tp;
+  const bool moe = c.num_moe_layers() > 0;
+  ALEM_CHECK(moe || ep_size == 1, "expert parallel size " + std::to_string(ep_size) +
+                                      " needs a mixture-of-experts model; " + c.architecture +
+                                      " has no experts");
+  if (moe) {
+    ALEM_CHECK(c.num_experts % ep_size == 0, "expert parallel size " + std::to_string(ep_size) +
+                                                 " does not divide the " +
+                                                 std::to_string(c.num_experts) + " experts");
+    p.num_local_experts = c.num_experts / ep_size;
+    p.expert_begin = p.ep_rank * p.num_local_experts;
+    ALEM_CHECK(c.moe_intermediate_size % expert_tp == 0,
+               "tp / ep = " + std::to_string(expert_tp) +
+                   " ranks per expert does not divide moe_intermediate_size " +
+                   std::to_string(c.moe_intermediate_size));
+    p.expert_ffn_size = c.moe_intermediate_size / expert_tp;
+    p.expert_ffn_begin = (tp_rank % expert_tp) * p.expert_ffn_size;
+    if (int8_weights && expert_tp > 1) {
+      ALEM_CHECK(p.expert_ffn_size % kInt8GroupSize == 0,
+                 "int8 weights need expert down_proj slices of whole 32-column groups at tp / ep "
+                 "= " +
+                     std::to_string(expert_tp));
+    }
+  }
+  const bool has_dense_ffn = c.num_moe_layers() < c.num_layers;
+  ALEM_CHECK(!has_dense_ffn || c.intermediate_size % tp_size == 0,
+             "tensor parallel size " + std::to_string(tp_size) +
+                 " does not divide the FFN intermediate size" + shape);
   p.ffn_size = c.intermediate_size / tp_size;
   p.ffn_begin = tp_rank * p.ffn_size;
   ALEM_CHECK(c.vocab_size % tp_size == 0, "tensor parallel size " + std::to_string(tp_size) +
@@ -61,7 +100,8 @@ ShardPlan make_shard_plan(const ModelConfig& c, int tp_size, int tp_rank, int pp
   p.vocab_size = c.vocab_size / tp_size;
   p.vocab_begin = tp_rank * p.vocab_size;
   if (int8_weights && tp_size > 1) {
-    ALEM_CHECK((p.num_heads * c.head_dim) % kInt8GroupSize == 0 && p.ffn_size % kInt8GroupSize == 0,
+    ALEM_CHECK((p.num_heads * c.head_dim) % kInt8GroupSize == 0 &&
+                   (!has_dense_ffn || p.ffn_size % kInt8GroupSize == 0),
                "int8 weights need row-parallel slices of whole 32-column groups at tp " +
                    std::to_string(tp_size) + shape);
   }

@@ -6,6 +6,10 @@
 // them, replicated when tp is a multiple of them (rank r then uses kv head r / (tp / kv_heads));
 // the FFN intermediate dimension and the vocabulary split evenly.
 // Pipeline parallel: contiguous layer ranges (balanced, or given).
+// Expert parallel (MoE layers): the tp group's ranks form ep slices of tp / ep consecutive
+// ranks; slice i holds experts [i * E / ep, (i + 1) * E / ep) whole, each split over the slice's
+// tp / ep ranks like a dense FFN (gate/up rows, down columns). The router is replicated.
+// Supported: ep divides tp and the expert count, and tp / ep divides moe_intermediate_size.
 #pragma once
 
 #include <string>
@@ -28,6 +32,12 @@ struct ShardPlan {
   int vocab_begin = 0, vocab_size = 0;
   // Layers [first_layer, first_layer + num_layers) of this pipeline stage.
   int first_layer = 0, num_layers = 0;
+  // MoE layers: expert-parallel size and this rank's slice; experts
+  // [expert_begin, expert_begin + num_local_experts), expert FFN columns
+  // [expert_ffn_begin, expert_ffn_begin + expert_ffn_size). All zero for dense models.
+  int ep_size = 1, ep_rank = 0;
+  int expert_begin = 0, num_local_experts = 0;
+  int expert_ffn_begin = 0, expert_ffn_size = 0;
 
   bool has_embedding() const { return pp_rank == 0; }
   bool has_lm_head() const { return pp_rank == pp_size - 1; }
@@ -38,6 +48,6 @@ struct ShardPlan {
 // `int8_weights`: row-parallel splits must then also fall on 32-column group boundaries.
 ShardPlan make_shard_plan(const ModelConfig& config, int tp_size, int tp_rank, int pp_size,
                           int pp_rank, bool int8_weights,
-                          const std::vector<int>& layers_per_stage = {});
+                          const std::vector<int>& layers_per_stage = {}, int ep_size = 1);
 
 }  // namespace alem

@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "engine/moe_ffn.h"
 #include "engine/rope_table.h"
 
 namespace alem {
@@ -37,6 +38,7 @@ struct ShardedTransformer::Layer {
   WeightMatrix o_proj;                // [hidden][local heads * head_dim]
   WeightMatrix gate_up;               // rows: local gate, then local up
   WeightMatrix down;                  // [hidden][local ffn]
+  std::unique_ptr<MoeFfn> moe;        // sparse layers: router and local experts (no gate_up/down)
   float* k_cache = nullptr;           // kv_floats_per_layer_ each, inside kv_region_
   float* v_cache = nullptr;
 };
@@ -50,7 +52,7 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
   const std::string q_name = layer_tensor_name(0, "self_attn.q_proj.weight");
   const bool int8 = store.tensor_info(q_name).dtype == DType::I8;
   shard_ = make_shard_plan(config_, ctx.layout.tp_size(), ctx.coords.tp, ctx.layout.pp_size(),
-                           ctx.coords.pp, int8, options.layers_per_stage);
+                           ctx.coords.pp, int8, options.layers_per_stage, ctx.layout.ep_size());
   if (options_.max_model_len <= 0) options_.max_model_len = config_.max_position_embeddings;
   ALEM_CHECK(options_.max_model_len <= config_.max_position_embeddings,
              "max_model_len " + std::to_string(options_.max_model_len) +
@@ -102,13 +104,18 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
     }
     layer->o_proj = store.read_matrix(name("self_attn.o_proj.weight"), 0, hidden,
                                       int64_t{s.head_begin} * hd, int64_t{s.num_heads} * hd);
-    std::vector<WeightMatrix> gate_up_parts;
-    gate_up_parts.push_back(
-        store.read_matrix(name("mlp.gate_proj.weight"), s.ffn_begin, s.ffn_size));
-    gate_up_parts.push_back(store.read_matrix(name("mlp.up_proj.weight"), s.ffn_begin, s.ffn_size));
-    layer->gate_up = concat_rows(gate_up_parts);
-    layer->down =
-        store.read_matrix(name("mlp.down_proj.weight"), 0, hidden, s.ffn_begin, s.ffn_size);
+    if (config_.is_moe_layer(l)) {
+      layer->moe = std::make_unique<MoeFfn>(store, config_, s, l);
+    } else {
+      std::vector<WeightMatrix> gate_up_parts;
+      gate_up_parts.push_back(
+          store.read_matrix(name("mlp.gate_proj.weight"), s.ffn_begin, s.ffn_size));
+      gate_up_parts.push_back(
+          store.read_matrix(name("mlp.up_proj.weight"), s.ffn_begin, s.ffn_size));
+      layer->gate_up = concat_rows(gate_up_parts);
+      layer->down =
+          store.read_matrix(name("mlp.down_proj.weight"), 0, hidden, s.ffn_begin, s.ffn_size);
+    }
     const size_t local = layers_.size();
     layer->k_cache = kv_region_.as<float>() + (2 * local) * kv_floats;
     layer->v_cache = kv_region_.as<float>() + (2 * local + 1) * kv_floats;
@@ -133,6 +140,7 @@ uint64_t ShardedTransformer::weight_bytes() const {
   uint64_t total = embedding_.bytes() + lm_head_.bytes();
   for (const auto& l : layers_) {
     total += l->qkv.bytes() + l->o_proj.bytes() + l->gate_up.bytes() + l->down.bytes();
+    if (l->moe) total += l->moe->weight_bytes();
   }
   return total;
 }
@@ -343,9 +351,13 @@ void ShardedTransformer::run_layer(Layer& L, int64_t T) {
 
   // Feed-forward block.
   backend_.rmsnorm(x_.data(), L.post_attention_norm.data(), T, H, config_.rms_norm_eps, h_.data());
-  backend_.matmul(h_.data(), T, L.gate_up, nullptr, gate_up_.data());
-  backend_.silu_mul(gate_up_.data(), T, ffn, act_.data());
-  backend_.matmul(act_.data(), T, L.down, nullptr, proj_.data());
+  if (L.moe) {  // sparse layer: this rank's experts; the all-reduce below combines them
+    L.moe->forward(backend_, h_.data(), T, proj_.data(), moe_routing_);
+  } else {
+    backend_.matmul(h_.data(), T, L.gate_up, nullptr, gate_up_.data());
+    backend_.silu_mul(gate_up_.data(), T, ffn, act_.data());
+    backend_.matmul(act_.data(), T, L.down, nullptr, proj_.data());
+  }
   timings_.compute_seconds += seconds_since(t0);
   t0 = Clock::now();
   ctx_.tp->all_reduce(proj_.data(), T * H);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/aligned_buffer.h"
+#include "engine/moe_ffn.h"
 #include "engine/shard_plan.h"
 #include "engine/step_plan.h"
 #include "kernels/backend.h"
@@ -70,6 +71,9 @@ class ShardedTransformer {
   uint64_t weight_bytes() const;
   uint64_t kv_cache_bytes() const;
   const ForwardTimings& timings() const { return timings_; }
+  // Mixture-of-experts routing counts over this rank's sparse layers since construction (empty
+  // for dense models); identical on the ranks of a tp group.
+  const MoeRoutingCounts& moe_routing() const { return moe_routing_; }
   void reset_timings() { timings_ = {}; }
   // Zeroes the given KV cache blocks (called when a request's blocks are released).
   // forward() first wipes the plan's wipe_blocks this way, before any KV write of the step.
@@ -100,6 +104,7 @@ class ShardedTransformer {
   double load_seconds_ = 0;
   uint64_t bytes_loaded_ = 0;
   ForwardTimings timings_;
+  MoeRoutingCounts moe_routing_;
 
   // Per-step scratch, sized for the largest step seen.
   std::vector<float> x_, h_, qkv_, q_, k_, v_, attn_, proj_, gate_up_, act_;

@@ -99,38 +99,6 @@ bool is_ignorable_hf_tensor(const std::string& name) {
 
 }  // namespace
 
-std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
-  const int64_t h = c.hidden_size;
-  const int64_t q_out = static_cast<int64_t>(c.num_heads) * c.head_dim;
-  const int64_t kv_out = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
-  std::vector<ExpectedTensor> t;
-  t.push_back({"model.embed_tokens.weight", {c.vocab_size, h}});
-  for (int i = 0; i < c.num_layers; ++i) {
-    auto name = [i](const char* suffix) { return layer_tensor_name(i, suffix); };
-    t.push_back({name("input_layernorm.weight"), {h}});
-    t.push_back({name("self_attn.q_proj.weight"), {q_out, h}});
-    t.push_back({name("self_attn.k_proj.weight"), {kv_out, h}});
-    t.push_back({name("self_attn.v_proj.weight"), {kv_out, h}});
-    t.push_back({name("self_attn.o_proj.weight"), {h, q_out}});
-    if (c.attention_bias) {
-      t.push_back({name("self_attn.q_proj.bias"), {q_out}});
-      t.push_back({name("self_attn.k_proj.bias"), {kv_out}});
-      t.push_back({name("self_attn.v_proj.bias"), {kv_out}});
-    }
-    if (c.qk_norm) {
-      t.push_back({name("self_attn.q_norm.weight"), {c.head_dim}});
-      t.push_back({name("self_attn.k_norm.weight"), {c.head_dim}});
-    }
-    t.push_back({name("post_attention_layernorm.weight"), {h}});
-    t.push_back({name("mlp.gate_proj.weight"), {c.intermediate_size, h}});
-    t.push_back({name("mlp.up_proj.weight"), {c.intermediate_size, h}});
-    t.push_back({name("mlp.down_proj.weight"), {h, c.intermediate_size}});
-  }
-  t.push_back({"model.norm.weight", {h}});
-  if (!c.tie_word_embeddings) t.push_back({"lm_head.weight", {c.vocab_size, h}});
-  return t;
-}
-
 ConvertReport convert_gguf(const std::string& gguf_path, const std::string& out_h5,
                            const ConvertOptions& options) {
   GgufFile gguf(gguf_path);

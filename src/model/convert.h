@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "model/architecture.h"  // expected_tensors
 
 namespace alem {
 
@@ -45,12 +46,5 @@ ConvertReport convert_safetensors(const std::string& hf_dir, const std::string& 
 // with the right shape. Returns "" when the store is intact, otherwise what is wrong. Throws
 // alem::Error only when the file cannot be opened as a model store at all.
 std::string verify_store(const std::string& path);
-
-// The tensors (HF names and shapes) a model of this config must have in the store.
-struct ExpectedTensor {
-  std::string name;
-  std::vector<int64_t> shape;
-};
-std::vector<ExpectedTensor> expected_tensors(const ModelConfig& config);
 
 }  // namespace alem

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "core/json_input.h"
+#include "model/architecture.h"
 
 namespace alem {
 namespace {
@@ -95,8 +96,9 @@ double shortest_double(float value) {
 }  // namespace
 
 void ModelConfig::validate() const {
-  ALEM_CHECK(architecture == "llama" || architecture == "qwen2" || architecture == "qwen3",
-             "model config: architecture '" + architecture + "' is not llama, qwen2 or qwen3");
+  const ArchitectureInfo* arch = find_architecture(architecture);
+  ALEM_CHECK(arch != nullptr, "model config: architecture '" + architecture + "' is not one of " +
+                                  architecture_names());
   check_positive(vocab_size, "vocab_size");
   check_positive(hidden_size, "hidden_size");
   check_positive(num_layers, "num_layers");
@@ -130,6 +132,39 @@ void ModelConfig::validate() const {
                                                " is outside the vocabulary of " +
                                                std::to_string(vocab_size));
   }
+  if (!arch->mixture_of_experts) {
+    ALEM_CHECK(num_experts == 0 && num_experts_per_tok == 0 && moe_intermediate_size == 0 &&
+                   mlp_only_layers.empty(),
+               "model config: architecture '" + architecture +
+                   "' has no experts, but the config "
+                   "sets num_experts/num_experts_per_tok/moe_intermediate_size/mlp_only_layers");
+    return;
+  }
+  check_positive(num_experts, "num_experts");
+  check_positive(num_experts_per_tok, "num_experts_per_tok");
+  check_positive(moe_intermediate_size, "moe_intermediate_size");
+  check_positive(decoder_sparse_step, "decoder_sparse_step");
+  ALEM_CHECK(num_experts_per_tok <= num_experts,
+             "model config: num_experts_per_tok " + std::to_string(num_experts_per_tok) +
+                 " exceeds num_experts " + std::to_string(num_experts));
+  for (int layer : mlp_only_layers) {
+    ALEM_CHECK(layer >= 0 && layer < num_layers, "model config: mlp_only_layers names layer " +
+                                                     std::to_string(layer) + ", outside the " +
+                                                     std::to_string(num_layers) + " layers");
+  }
+}
+
+bool ModelConfig::is_moe_layer(int layer) const {
+  if (num_experts <= 0 || decoder_sparse_step <= 0) return false;
+  for (int dense : mlp_only_layers)
+    if (dense == layer) return false;
+  return (layer + 1) % decoder_sparse_step == 0;
+}
+
+int ModelConfig::num_moe_layers() const {
+  int n = 0;
+  for (int l = 0; l < num_layers; ++l) n += is_moe_layer(l) ? 1 : 0;
+  return n;
 }
 
 std::string ModelConfig::to_json() const {
@@ -156,6 +191,14 @@ std::string ModelConfig::to_json() const {
   j["qk_norm"] = qk_norm;
   j["bos_token_id"] = bos_token_id;
   j["eos_token_ids"] = eos_token_ids;
+  if (num_experts > 0) {
+    j["num_experts"] = num_experts;
+    j["num_experts_per_tok"] = num_experts_per_tok;
+    j["moe_intermediate_size"] = moe_intermediate_size;
+    j["norm_topk_prob"] = norm_topk_prob;
+    j["decoder_sparse_step"] = decoder_sparse_step;
+    j["mlp_only_layers"] = mlp_only_layers;
+  }
   return j.dump();
 }
 
@@ -189,6 +232,12 @@ ModelConfig ModelConfig::from_json(const std::string& json_text) {
   c.qk_norm = optional<bool>(j, "qk_norm", false, what);
   c.bos_token_id = optional<int>(j, "bos_token_id", -1, what);
   c.eos_token_ids = optional<std::vector<int>>(j, "eos_token_ids", {}, what);
+  c.num_experts = optional<int>(j, "num_experts", 0, what);
+  c.num_experts_per_tok = optional<int>(j, "num_experts_per_tok", 0, what);
+  c.moe_intermediate_size = optional<int>(j, "moe_intermediate_size", 0, what);
+  c.norm_topk_prob = optional<bool>(j, "norm_topk_prob", false, what);
+  c.decoder_sparse_step = optional<int>(j, "decoder_sparse_step", 1, what);
+  c.mlp_only_layers = optional<std::vector<int>>(j, "mlp_only_layers", {}, what);
   c.validate();
   return c;
 }
@@ -204,16 +253,10 @@ ModelConfig ModelConfig::from_hf_config_json(const std::string& json_text) {
   }
   const std::string model_type = optional<std::string>(j, "model_type", "", what);
   ModelConfig c;
-  if (hf_arch == "LlamaForCausalLM" || (hf_arch.empty() && model_type == "llama")) {
-    c.architecture = "llama";
-  } else if (hf_arch == "Qwen2ForCausalLM" || (hf_arch.empty() && model_type == "qwen2")) {
-    c.architecture = "qwen2";
-  } else if (hf_arch == "Qwen3ForCausalLM" || (hf_arch.empty() && model_type == "qwen3")) {
-    c.architecture = "qwen3";
-  } else {
-    ALEM_FAIL(what + ": architecture '" + (hf_arch.empty() ? model_type : hf_arch) +
-              "' is not supported (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)");
-  }
+  const ArchitectureInfo* arch = find_hf_architecture(hf_arch, model_type);
+  ALEM_CHECK(arch != nullptr, what + ": architecture '" + (hf_arch.empty() ? model_type : hf_arch) +
+                                  "' is not supported (" + architecture_names(true) + ")");
+  c.architecture = std::string(arch->name);
   c.name = optional<std::string>(j, "_name_or_path", "", what);
   c.vocab_size = required<int>(j, "vocab_size", what);
   c.hidden_size = required<int>(j, "hidden_size", what);
@@ -246,8 +289,18 @@ ModelConfig ModelConfig::from_hf_config_json(const std::string& json_text) {
   }
   c.tie_word_embeddings = optional<bool>(j, "tie_word_embeddings", false, what);
   c.attention_bias =
-      c.architecture == "qwen2" ? true : optional<bool>(j, "attention_bias", false, what);
-  c.qk_norm = c.architecture == "qwen3";
+      arch->always_attention_bias ? true : optional<bool>(j, "attention_bias", false, what);
+  c.qk_norm = arch->qk_norm;
+  if (arch->mixture_of_experts) {
+    // transformers 5 writes num_experts as "num_local_experts" (its attribute map).
+    c.num_experts =
+        optional<int>(j, "num_experts", optional<int>(j, "num_local_experts", 0, what), what);
+    c.num_experts_per_tok = required<int>(j, "num_experts_per_tok", what);
+    c.moe_intermediate_size = required<int>(j, "moe_intermediate_size", what);
+    c.norm_topk_prob = optional<bool>(j, "norm_topk_prob", false, what);
+    c.decoder_sparse_step = optional<int>(j, "decoder_sparse_step", 1, what);
+    c.mlp_only_layers = optional<std::vector<int>>(j, "mlp_only_layers", {}, what);
+  }
   c.bos_token_id = optional<int>(j, "bos_token_id", -1, what);
   if (auto it = j.find("eos_token_id"); it != j.end() && !it->is_null()) {
     if (it->is_array()) {
@@ -260,18 +313,39 @@ ModelConfig ModelConfig::from_hf_config_json(const std::string& json_text) {
   return c;
 }
 
-int64_t ModelConfig::parameter_count() const {
-  const int64_t h = hidden_size;
-  const int64_t q_out = static_cast<int64_t>(num_heads) * head_dim;
-  const int64_t kv_out = static_cast<int64_t>(num_kv_heads) * head_dim;
-  int64_t per_layer = h * q_out + 2 * h * kv_out + q_out * h  // q, k, v, o
-                      + 3 * h * intermediate_size             // gate, up, down
+namespace {
+
+// Parameters of the model with `experts_per_sparse_layer` experts counted in each sparse layer.
+int64_t count_parameters(const ModelConfig& c, int64_t experts_per_sparse_layer) {
+  const int64_t h = c.hidden_size;
+  const int64_t q_out = static_cast<int64_t>(c.num_heads) * c.head_dim;
+  const int64_t kv_out = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+  int64_t attention = h * q_out + 2 * h * kv_out + q_out * h  // q, k, v, o
                       + 2 * h;                                // two RMSNorm weights
-  if (attention_bias) per_layer += q_out + 2 * kv_out;
-  if (qk_norm) per_layer += 2 * static_cast<int64_t>(head_dim);
-  int64_t total = static_cast<int64_t>(vocab_size) * h + num_layers * per_layer + h;
-  if (!tie_word_embeddings) total += static_cast<int64_t>(vocab_size) * h;
+  if (c.attention_bias) attention += q_out + 2 * kv_out;
+  if (c.qk_norm) attention += 2 * static_cast<int64_t>(c.head_dim);
+  int64_t total = static_cast<int64_t>(c.vocab_size) * h + h;
+  for (int l = 0; l < c.num_layers; ++l) {
+    total += attention;
+    if (c.is_moe_layer(l)) {
+      total += int64_t{c.num_experts} * h  // router
+               + experts_per_sparse_layer * 3 * h * c.moe_intermediate_size;
+    } else {
+      total += 3 * h * c.intermediate_size;  // gate, up, down
+    }
+  }
+  if (!c.tie_word_embeddings) total += static_cast<int64_t>(c.vocab_size) * h;
   return total;
+}
+
+}  // namespace
+
+int64_t ModelConfig::parameter_count() const {
+  return count_parameters(*this, num_experts);
+}
+
+int64_t ModelConfig::active_parameter_count() const {
+  return count_parameters(*this, num_experts_per_tok);
 }
 
 std::string layer_tensor_name(int layer, const std::string& suffix) {

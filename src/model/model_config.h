@@ -1,6 +1,7 @@
 // The architecture hyper-parameters of a Llama-family model, as read from GGUF metadata,
-// a Hugging Face config.json, or the HDF5 model store. One struct for Llama, Qwen2 (QKV bias)
-// and Qwen3 (QK-norm); validate() rejects shapes the engine cannot run.
+// a Hugging Face config.json, or the HDF5 model store. One struct for Llama, Qwen2 (QKV bias),
+// Qwen3 (QK-norm) and Qwen3-MoE (router + experts in sparse layers); validate() rejects shapes
+// the engine cannot run. The families themselves are listed in model/architecture.h.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +19,7 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string architecture = "llama";  // "llama", "qwen2", "qwen3"
+  std::string architecture = "llama";  // "llama", "qwen2", "qwen3", "qwen3moe"
   std::string name;                    // human-readable, e.g. "SmolLM2-135M-Instruct"
   int vocab_size = 0;
   int hidden_size = 0;
@@ -36,6 +37,20 @@ struct ModelConfig {
   bool qk_norm = false;         // per-head RMSNorm on q and k before RoPE (Qwen3)
   int bos_token_id = -1;
   std::vector<int> eos_token_ids;
+  // Mixture of experts (qwen3moe; zero/empty otherwise). A layer is sparse when it is not in
+  // mlp_only_layers and (layer + 1) % decoder_sparse_step == 0, as in transformers; dense layers
+  // use intermediate_size, sparse ones route each token to num_experts_per_tok of num_experts
+  // experts of moe_intermediate_size (softmax over the router logits, top-k, and when
+  // norm_topk_prob the k weights renormalised to sum to 1).
+  int num_experts = 0;
+  int num_experts_per_tok = 0;
+  int moe_intermediate_size = 0;
+  bool norm_topk_prob = false;
+  int decoder_sparse_step = 1;
+  std::vector<int> mlp_only_layers;
+
+  bool is_moe_layer(int layer) const;
+  int num_moe_layers() const;
 
   // Throws alem::Error naming the first inconsistent field.
   void validate() const;
@@ -46,6 +61,10 @@ struct ModelConfig {
   static ModelConfig from_hf_config_json(const std::string& json_text);
   // Total parameter count implied by the shapes.
   int64_t parameter_count() const;
+  // Parameters one token touches: every dense weight, the router, and num_experts_per_tok
+  // experts per sparse layer (embedding and LM head counted whole, as parameter_count() does).
+  // Equal to parameter_count() when dense.
+  int64_t active_parameter_count() const;
 };
 
 // Canonical tensor names in the model store (Hugging Face naming).

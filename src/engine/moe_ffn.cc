@@ -1,0 +1,119 @@
+// Routing and the grouped expert FFN of one sparse layer (see moe_ffn.h). The routing follows
+// transformers' Qwen3MoeTopKRouter: softmax of the router logits in float, the k largest
+// probabilities (lower expert id first on ties), divided by their sum when norm_topk_prob.
+#include "engine/moe_ffn.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+#include "model/architecture.h"
+
+namespace alem {
+
+MoeFfn::MoeFfn(const ModelStoreReader& store, const ModelConfig& config, const ShardPlan& shard,
+               int layer)
+    : hidden_(config.hidden_size),
+      num_experts_(config.num_experts),
+      top_k_(config.num_experts_per_tok),
+      norm_topk_prob_(config.norm_topk_prob),
+      expert_begin_(shard.expert_begin),
+      ffn_size_(shard.expert_ffn_size) {
+  ALEM_CHECK(shard.num_local_experts > 0 && ffn_size_ > 0,
+             "layer " + std::to_string(layer) + " is sparse but the shard plan holds no experts");
+  router_ = store.read_matrix(router_tensor_name(layer), 0, num_experts_);
+  for (int e = shard.expert_begin; e < shard.expert_begin + shard.num_local_experts; ++e) {
+    Expert expert;
+    std::vector<WeightMatrix> parts;
+    parts.push_back(store.read_matrix(expert_tensor_name(layer, e, "gate_proj.weight"),
+                                      shard.expert_ffn_begin, ffn_size_));
+    parts.push_back(store.read_matrix(expert_tensor_name(layer, e, "up_proj.weight"),
+                                      shard.expert_ffn_begin, ffn_size_));
+    expert.gate_up = concat_rows(parts);
+    expert.down = store.read_matrix(expert_tensor_name(layer, e, "down_proj.weight"), 0, hidden_,
+                                    shard.expert_ffn_begin, ffn_size_);
+    experts_.push_back(std::move(expert));
+  }
+}
+
+uint64_t MoeFfn::weight_bytes() const {
+  uint64_t total = router_.bytes();
+  for (const Expert& e : experts_) total += e.gate_up.bytes() + e.down.bytes();
+  return total;
+}
+
+void MoeFfn::forward(const KernelBackend& backend, const float* x, int64_t T, float* out,
+                     MoeRoutingCounts& counts) {
+  const int64_t H = hidden_, E = num_experts_, K = top_k_;
+  std::fill(out, out + T * H, 0.f);
+  if (T == 0) return;
+  if (counts.tokens_per_expert.size() != static_cast<size_t>(E)) {
+    counts.tokens_per_expert.assign(E, 0);
+  }
+  logits_.resize(T * E);
+  chosen_.resize(T * K);
+  weights_.resize(T * K);
+  backend.matmul(x, T, router_, nullptr, logits_.data());
+
+  // Routing: softmax, top-k, optional renormalisation.
+  std::vector<float> probs(E);
+  std::vector<int32_t> order(E);
+  for (int64_t t = 0; t < T; ++t) {
+    const float* row = logits_.data() + t * E;
+    const float max = *std::max_element(row, row + E);
+    double sum = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      probs[e] = std::exp(row[e] - max);
+      sum += probs[e];
+    }
+    for (int64_t e = 0; e < E; ++e) probs[e] = static_cast<float>(probs[e] / sum);
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int32_t a, int32_t b) {
+      return probs[a] > probs[b] || (probs[a] == probs[b] && a < b);
+    });
+    float picked = 0;
+    for (int64_t k = 0; k < K; ++k) picked += probs[order[k]];
+    for (int64_t k = 0; k < K; ++k) {
+      chosen_[t * K + k] = order[k];
+      weights_[t * K + k] = norm_topk_prob_ ? probs[order[k]] / picked : probs[order[k]];
+      ++counts.tokens_per_expert[order[k]];
+    }
+  }
+  counts.routed_tokens += static_cast<uint64_t>(T);
+
+  // Grouped expert FFN: gather each local expert's tokens, run them as one batch, scatter back.
+  const int64_t F = ffn_size_;
+  for (size_t local = 0; local < experts_.size(); ++local) {
+    const int32_t expert = expert_begin_ + static_cast<int32_t>(local);
+    rows_.clear();
+    row_weights_.clear();
+    for (int64_t i = 0; i < T * K; ++i) {
+      if (chosen_[i] == expert) {
+        rows_.push_back(static_cast<int32_t>(i / K));
+        row_weights_.push_back(weights_[i]);
+      }
+    }
+    const int64_t n = static_cast<int64_t>(rows_.size());
+    if (n == 0) continue;
+    gathered_.resize(n * H);
+    gate_up_.resize(n * 2 * F);
+    act_.resize(n * F);
+    expert_out_.resize(n * H);
+    for (int64_t r = 0; r < n; ++r) {
+      std::copy(x + rows_[r] * H, x + (rows_[r] + 1) * H, gathered_.data() + r * H);
+    }
+    const Expert& w = experts_[local];
+    backend.matmul(gathered_.data(), n, w.gate_up, nullptr, gate_up_.data());
+    backend.silu_mul(gate_up_.data(), n, F, act_.data());
+    backend.matmul(act_.data(), n, w.down, nullptr, expert_out_.data());
+    for (int64_t r = 0; r < n; ++r) {
+      float* dst = out + rows_[r] * H;
+      const float* src = expert_out_.data() + r * H;
+      const float weight = row_weights_[r];
+      for (int64_t h = 0; h < H; ++h) dst[h] += weight * src[h];
+    }
+  }
+}
+
+}  // namespace alem

@@ -1,0 +1,67 @@
+// MoeFfn: the feed-forward block of one sparse (mixture-of-experts) layer on one rank, as in
+// Qwen3-MoE. Every rank of the tensor-parallel group routes every token (router logits,
+// softmax, top-k, optional renormalisation of the k weights); each rank then runs only the
+// experts it holds (its expert-parallel slice, each expert split over tp / ep ranks) and writes
+// its partial sum. The caller all-reduces the partial sums over the tp group, the same
+// collective a dense layer needs, which is the combine step of expert parallelism: the tokens
+// are already on every rank of the group after attention, so dispatch moves no data.
+//
+// Grouped expert matmul: the tokens routed to one expert are gathered into one batch, so each
+// expert's weights are read once per step however many tokens chose it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/shard_plan.h"
+#include "kernels/backend.h"
+#include "model/model_config.h"
+#include "model/model_store.h"
+
+namespace alem {
+
+// Routing counts accumulated over steps: how many token-to-expert assignments each expert of
+// the model received (every rank counts all experts, since every rank routes every token).
+struct MoeRoutingCounts {
+  std::vector<uint64_t> tokens_per_expert;  // [num_experts], summed over this rank's MoE layers
+  uint64_t routed_tokens = 0;               // token-layer pairs routed (each to k experts)
+};
+
+class MoeFfn {
+ public:
+  // Reads the router and this rank's experts (its slice of each) for `layer` from the store.
+  MoeFfn(const ModelStoreReader& store, const ModelConfig& config, const ShardPlan& shard,
+         int layer);
+
+  // out[T][H] = this rank's share of sum_k weight_k * expert_k(x) for the normed input x[T][H].
+  // Adds this step's routing to `counts` (sized on first use).
+  void forward(const KernelBackend& backend, const float* x, int64_t T, float* out,
+               MoeRoutingCounts& counts);
+
+  uint64_t weight_bytes() const;
+  int num_local_experts() const { return static_cast<int>(experts_.size()); }
+
+ private:
+  struct Expert {
+    WeightMatrix gate_up;  // rows: this rank's gate columns, then its up columns
+    WeightMatrix down;     // [hidden][this rank's expert ffn columns]
+  };
+  int hidden_ = 0;
+  int num_experts_ = 0;
+  int top_k_ = 0;
+  bool norm_topk_prob_ = false;
+  int expert_begin_ = 0;
+  int ffn_size_ = 0;  // this rank's columns of each expert
+  WeightMatrix router_;
+  std::vector<Expert> experts_;
+
+  // Per-step scratch.
+  std::vector<float> logits_;       // [T][num_experts]
+  std::vector<int32_t> chosen_;     // [T][top_k] expert ids
+  std::vector<float> weights_;      // [T][top_k]
+  std::vector<int32_t> rows_;       // gathered token rows of one expert
+  std::vector<float> row_weights_;  // their routing weights
+  std::vector<float> gathered_, gate_up_, act_, expert_out_;
+};
+
+}  // namespace alem

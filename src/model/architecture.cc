@@ -1,0 +1,92 @@
+// The family table and each family's tensor list (see architecture.h).
+#include "model/architecture.h"
+
+#include "model/model_config.h"
+
+namespace alem {
+
+const std::vector<ArchitectureInfo>& supported_architectures() {
+  static const std::vector<ArchitectureInfo> table = {
+      {"llama", "LlamaForCausalLM", "llama", false, false, false},
+      {"qwen2", "Qwen2ForCausalLM", "qwen2", true, false, false},
+      {"qwen3", "Qwen3ForCausalLM", "qwen3", false, true, false},
+      {"qwen3moe", "Qwen3MoeForCausalLM", "qwen3_moe", false, true, true},
+  };
+  return table;
+}
+
+const ArchitectureInfo* find_architecture(std::string_view name) {
+  for (const ArchitectureInfo& a : supported_architectures())
+    if (a.name == name) return &a;
+  return nullptr;
+}
+
+const ArchitectureInfo* find_hf_architecture(std::string_view hf_class,
+                                             std::string_view model_type) {
+  for (const ArchitectureInfo& a : supported_architectures()) {
+    if (hf_class.empty() ? a.hf_model_type == model_type : a.hf_class == hf_class) return &a;
+  }
+  return nullptr;
+}
+
+std::string architecture_names(bool hf_class_names) {
+  std::string out;
+  for (const ArchitectureInfo& a : supported_architectures()) {
+    out += (out.empty() ? "" : ", ") + std::string(hf_class_names ? a.hf_class : a.name);
+  }
+  return out;
+}
+
+std::string expert_tensor_name(int layer, int expert, const std::string& suffix) {
+  return layer_tensor_name(layer, "mlp.experts." + std::to_string(expert) + "." + suffix);
+}
+
+std::string router_tensor_name(int layer) {
+  return layer_tensor_name(layer, "mlp.gate.weight");
+}
+
+std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
+  using R = ShardRule;
+  const int64_t h = c.hidden_size;
+  const int64_t q_out = static_cast<int64_t>(c.num_heads) * c.head_dim;
+  const int64_t kv_out = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+  std::vector<ExpectedTensor> t;
+  t.push_back({"model.embed_tokens.weight", {c.vocab_size, h}, R::kVocabParallel});
+  for (int i = 0; i < c.num_layers; ++i) {
+    auto name = [i](const char* suffix) { return layer_tensor_name(i, suffix); };
+    t.push_back({name("input_layernorm.weight"), {h}, R::kReplicated});
+    t.push_back({name("self_attn.q_proj.weight"), {q_out, h}, R::kColumnParallel});
+    t.push_back({name("self_attn.k_proj.weight"), {kv_out, h}, R::kColumnParallel});
+    t.push_back({name("self_attn.v_proj.weight"), {kv_out, h}, R::kColumnParallel});
+    t.push_back({name("self_attn.o_proj.weight"), {h, q_out}, R::kRowParallel});
+    if (c.attention_bias) {
+      t.push_back({name("self_attn.q_proj.bias"), {q_out}, R::kColumnParallel});
+      t.push_back({name("self_attn.k_proj.bias"), {kv_out}, R::kColumnParallel});
+      t.push_back({name("self_attn.v_proj.bias"), {kv_out}, R::kColumnParallel});
+    }
+    if (c.qk_norm) {
+      t.push_back({name("self_attn.q_norm.weight"), {c.head_dim}, R::kReplicated});
+      t.push_back({name("self_attn.k_norm.weight"), {c.head_dim}, R::kReplicated});
+    }
+    t.push_back({name("post_attention_layernorm.weight"), {h}, R::kReplicated});
+    if (c.is_moe_layer(i)) {
+      const int64_t f = c.moe_intermediate_size;
+      t.push_back({router_tensor_name(i), {c.num_experts, h}, R::kReplicated});
+      for (int e = 0; e < c.num_experts; ++e) {
+        t.push_back({expert_tensor_name(i, e, "gate_proj.weight"), {f, h}, R::kExpertColumn});
+        t.push_back({expert_tensor_name(i, e, "up_proj.weight"), {f, h}, R::kExpertColumn});
+        t.push_back({expert_tensor_name(i, e, "down_proj.weight"), {h, f}, R::kExpertRow});
+      }
+    } else {
+      const int64_t f = c.intermediate_size;
+      t.push_back({name("mlp.gate_proj.weight"), {f, h}, R::kColumnParallel});
+      t.push_back({name("mlp.up_proj.weight"), {f, h}, R::kColumnParallel});
+      t.push_back({name("mlp.down_proj.weight"), {h, f}, R::kRowParallel});
+    }
+  }
+  t.push_back({"model.norm.weight", {h}, R::kReplicated});
+  if (!c.tie_word_embeddings) t.push_back({"lm_head.weight", {c.vocab_size, h}, R::kVocabParallel});
+  return t;
+}
+
+}  // namespace alem

@@ -1,0 +1,134 @@
+// Shared by the unit and MPI tests of Qwen3-MoE: the tiny models' reference data from Hugging
+// Face transformers (tests/data/golden/tiny-qwen3-moe-*.json, written by
+// scripts/reference/make_qwen3_moe_reference.py), their conversion to a store, and the check of
+// one rank's model against the reference (teacher-forced greedy tokens and every step's logits).
+#pragma once
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "engine/transformer.h"
+#include "model/convert.h"
+#include "model/model_store.h"
+#include "test_env.h"
+
+namespace alem::test {
+
+using nlohmann::json;
+
+// Logits tolerance against transformers: the weights are bf16 in the file, both sides compute
+// in f32 and differ only in summation order (matmuls, the expert sum, the all-reduce); the
+// largest error seen is printed by the one-rank test.
+inline constexpr double kTolerance = 1e-4;
+inline const char* const kModels[] = {"tiny-qwen3-moe-a", "tiny-qwen3-moe-b"};
+
+inline json load_golden(const std::string& model) {
+  std::ifstream in(data_dir() + "/golden/" + model + ".json");
+  EXPECT_TRUE(in.good()) << "golden data missing for " << model;
+  return json::parse(in);
+}
+
+inline std::string store_file(const std::string& model, DType dtype) {
+  return (std::filesystem::temp_directory_path() / ("alem_test_moe_" + std::to_string(::getpid()) +
+                                                    "_" + model + "_" + dtype_name(dtype) + ".h5"))
+      .string();
+}
+
+// Each tiny folder converted once per process.
+inline const std::string& tiny_store(const std::string& model, DType dtype) {
+  static std::map<std::string, std::string> paths;
+  const std::string out = store_file(model, dtype);
+  auto it = paths.find(out);
+  if (it != paths.end()) return it->second;
+  ConvertOptions options;
+  options.dtype = dtype;
+  convert_safetensors(data_dir() + "/" + model, out, options);
+  return paths.emplace(out, out).first->second;
+}
+
+inline int store_experts(const ModelStoreReader& store) {
+  return store.config().num_experts;
+}
+
+inline double logsumexp(const float* row, int64_t n) {
+  double m = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, static_cast<double>(row[i]));
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += std::exp(row[i] - m);
+  return m + std::log(s);
+}
+
+// Feeds the prompt, then transformers' own tokens one by one (teacher forcing), and checks
+// every step on the ranks with the LM head: the argmax equals transformers' token (or the
+// step's margin is within tolerance), the top-20 logits and the logsumexp are within tolerance.
+// Vocab slices are all-gathered over tp so every tp rank checks the whole row. Returns the
+// number of failed checks on this rank; `matched` gets the agreeing steps of each prompt.
+inline int check_golden(ShardedTransformer& model, ParallelContext& ctx, const json& golden,
+                        std::vector<int>& matched, double* max_error = nullptr) {
+  const int64_t V = model.config().vocab_size;
+  int failures = 0;
+  matched.clear();
+  int64_t request = 1;
+  for (const json& prompt : golden.at("prompts")) {
+    const auto ids = prompt.at("prompt_ids").get<std::vector<int32_t>>();
+    const auto hf = prompt.at("generated_ids").get<std::vector<int32_t>>();
+    const auto margins = prompt.at("step_margin").get<std::vector<double>>();
+    const json& steps = prompt.at("steps");
+    StepSequence seq;
+    seq.request_id = request++;
+    seq.sample = true;
+    for (int b = 0; b < model.num_kv_blocks(); ++b) seq.block_table.push_back(b);
+    int agree = 0;
+    std::vector<float> row(V);
+    for (size_t j = 0; j < hf.size(); ++j) {
+      StepPlan plan;
+      plan.tokens = j == 0 ? ids : std::vector<int32_t>{hf[j - 1]};
+      seq.start_pos = j == 0 ? 0 : static_cast<int32_t>(ids.size() + j - 1);
+      seq.num_tokens = static_cast<int32_t>(plan.tokens.size());
+      plan.sequences = {seq};
+      // Blocks of the previous prompt are overwritten from position 0; wipe them first.
+      if (j == 0) plan.wipe_blocks = seq.block_table;
+      StepLogits logits = model.forward(plan);
+      if (!model.shard().has_lm_head()) continue;
+      ctx.tp->all_gather(logits.row(0), logits.vocab_size * sizeof(float), row.data());
+      const int32_t argmax =
+          static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
+      if (argmax == hf[j]) {
+        ++agree;
+      } else if (margins[j] >= kTolerance) {
+        ++failures;
+        ADD_FAILURE() << prompt.at("name") << " step " << j << ": alem " << argmax
+                      << ", transformers " << hf[j];
+      }
+      const auto top_ids = steps[j].at("top_ids").get<std::vector<int32_t>>();
+      const auto top_logits = steps[j].at("top_logits").get<std::vector<double>>();
+      for (size_t k = 0; k < top_ids.size(); ++k) {
+        if (max_error)
+          *max_error = std::max(*max_error, std::fabs(row[top_ids[k]] - top_logits[k]));
+        if (std::fabs(row[top_ids[k]] - top_logits[k]) > kTolerance) {
+          ++failures;
+          ADD_FAILURE() << prompt.at("name") << " step " << j << " id " << top_ids[k] << ": "
+                        << row[top_ids[k]] << " vs " << top_logits[k];
+        }
+      }
+      const double lse = steps[j].at("logsumexp").get<double>();
+      if (std::fabs(logsumexp(row.data(), V) - lse) > kTolerance) {
+        ++failures;
+        ADD_FAILURE() << prompt.at("name") << " step " << j << " logsumexp";
+      }
+    }
+    matched.push_back(agree);
+  }
+  return failures;
+}
+
+}  // namespace alem::test
