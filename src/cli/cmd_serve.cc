@@ -453,6 +453,10 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
                    std::to_string(blocks_for_one) +
                    " blocks); raise --kv-cache-mb or --num-kv-blocks, or lower --max-model-len");
     ShardedTransformer model(store, ctx, *backend, engine_options);
+    // Every rank: how long its shard took and how much of the store it read (start-up figures
+    // per rank and host; docs/operations.md).
+    log_info("shard loaded", {{"load_s", log_number(model.load_seconds())},
+                              {"bytes_read", std::to_string(store.bytes_read())}});
     confidential::log_sensitive_memory("kv cache");
 
     ServingOptions serving;
