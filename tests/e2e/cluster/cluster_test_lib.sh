@@ -150,7 +150,8 @@ cluster_test_start() {
 }
 
 # submit_serve DIR TP PP NODES TASKS_PER_NODE [EXTRA SERVE ARGS...]: sbatch of the shipped
-# slurm/alem-serve.sbatch; prints the job id. The gateway listens on 127.0.0.1:8000 of the job's
+# slurm/alem-serve.sbatch (the store SERVE_MODEL, default MODEL; SERVE_MODEL_NAME is its name in
+# requests); prints the job id. The gateway listens on 127.0.0.1:8000 of the job's
 # first host.
 submit_serve() {
   local dir=$1 tp=$2 pp=$3 nodes=$4 per_node=$5
@@ -168,7 +169,7 @@ max_concurrent_requests = 8
 max_context_tokens = 512
 drain_seconds = 30
 TOML
-  ALEM_BIN=$ALEM ALEM_MODEL=$MODEL ALEM_TP=$tp ALEM_PP=$pp ALEM_DP=1 ALEM_PORT=8000 \
+  ALEM_BIN=$ALEM ALEM_MODEL=${SERVE_MODEL:-$MODEL} ALEM_TP=$tp ALEM_PP=$pp ALEM_DP=1 ALEM_PORT=8000 \
     ALEM_SERVER_CONFIG=$dir/server.toml ALEM_SERVE_EXTRA_ARGS="--kv-cache-mb 32 $*" \
     sbatch --parsable --partition=cluster --time=15 --gpus-per-node=0 --cpus-per-task=1 \
     --nodes="$nodes" --ntasks-per-node="$per_node" --chdir="$dir" --output="$dir/%j.out" \
@@ -227,7 +228,7 @@ healthy() { [ "$(on_host 1 curl -s -o /dev/null -w '%{http_code}' --max-time 2 h
 complete() {
   local body
   body=$(python3 -c 'import json,sys; print(json.dumps({"model": sys.argv[1], "prompt": sys.argv[2],
-    "max_tokens": int(sys.argv[3]), "temperature": 0}))' "$MODEL_NAME" "$1" "$2")
+    "max_tokens": int(sys.argv[3]), "temperature": 0}))' "${SERVE_MODEL_NAME:-$MODEL_NAME}" "$1" "$2")
   on_host 1 curl -sS --max-time 120 http://127.0.0.1:8000/v1/completions \
     -H 'Content-Type: application/json' -d "$body" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["text"], end="")'
