@@ -24,7 +24,7 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recomme
   prometheus-cpp-dev libpcre2-dev \
   libgtest-dev libgmock-dev clang-format ccache \
   slurm-wlm slurm-wlm-basic-plugins munge curl procps \
-  libboost-dev prometheus clang libclang-rt-14-dev tcpdump
+  libboost-dev prometheus clang libclang-rt-14-dev tcpdump iptables iproute2
 
 if [ "$added_policy" = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
 echo "install-deps: done"
