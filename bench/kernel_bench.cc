@@ -6,7 +6,9 @@
 // matrix to exceed the L3, as a real decode step (30 layers, 270 MB of bf16) does.
 //
 //   alem_kernel_bench [--quick] [--threads 1,2] [--dtypes f32,bf16,f16,int8] [--rows 1,128]
-//                     [--only SHAPE-SUBSTRING] [--no-attention] [--no-limits]
+//                     [--only SHAPE-SUBSTRING] [--no-attention] [--no-limits] [--exact-kernels]
+// --exact-kernels keeps small-M matmuls on the f32-conversion kernels (the dot-product kernels'
+// before/after).
 #include <omp.h>
 
 #include <algorithm>
@@ -50,6 +52,7 @@ struct Options {
   bool quick = false;
   bool attention = true;
   bool limits = true;         // measure bandwidth and peak FLOP/s first
+  bool dot_products = true;   // --exact-kernels: small M without the dot-product kernels
   std::string only;           // run only shapes whose name contains this
   std::vector<int64_t> rows;  // M values (default: 1, 4, 128, 256; --quick: 1, 128)
   std::vector<int> threads = {1, 2};
@@ -75,6 +78,8 @@ Options parse_options(int argc, char** argv) {
       o.quick = true;
     } else if (arg == "--no-limits") {
       o.limits = false;
+    } else if (arg == "--exact-kernels") {
+      o.dot_products = false;
     } else if (arg == "--no-attention") {
       o.attention = false;
     } else if (arg == "--threads" && i + 1 < argc) {
@@ -90,7 +95,7 @@ Options parse_options(int argc, char** argv) {
     } else {
       ALEM_FAIL(
           "usage: alem_kernel_bench [--quick] [--threads 1,2] [--dtypes f32,bf16,f16,int8]"
-          " [--rows 1,128] [--only SHAPE-SUBSTRING] [--no-attention]");
+          " [--rows 1,128] [--only SHAPE-SUBSTRING] [--no-attention] [--exact-kernels]");
     }
   }
   return o;
@@ -169,7 +174,7 @@ std::map<std::string, double> bench_matmul(const Options& o, const Limits& limit
         const bool decode = M < CpuBackend::kPackedMinRows;
         std::vector<float> x(static_cast<size_t>(M * shape.K), 0.01f), y(M * shape.N);
         for (int threads : o.threads) {
-          CpuBackend cpu(cpu::best_supported_isa(), threads);
+          CpuBackend cpu(cpu::best_supported_isa(), threads, o.dot_products);
           const double seconds = time_matmul(cpu, decode ? cold : hot, M, x, y, min_seconds);
           const double gbs = cold[0].bytes() / seconds / 1e9;
           const double gflops = 2.0 * M * shape.N * shape.K / seconds / 1e9;

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 #include <random>
+#include <string>
 
 #include "cli/commands.h"
 #include "cli/runtime.h"
@@ -18,6 +19,15 @@
 
 namespace alem::cli {
 namespace {
+
+// Bytes of this process's anonymous memory on transparent huge pages (0 when unknown).
+double huge_page_bytes() {
+  std::ifstream in("/proc/self/smaps_rollup");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("AnonHugePages:", 0) == 0) return std::stod(line.substr(14)) * 1024.0;
+  }
+  return 0;
+}
 
 struct BenchGenerateOptions {
   std::string model;
@@ -49,24 +59,49 @@ void run_bench_generate(const BenchGenerateOptions& o) {
   params.ignore_eos = true;
   params.max_tokens = o.decode_tokens;
 
-  const double matmul_params =
-      static_cast<double>(model.weight_bytes());  // bytes streamed per decode step
+  // Bytes a decode step streams on this rank: every weight matrix once. An untied model's input
+  // embedding is only looked up (one row per token), so it does not count; a tied one is read
+  // whole as the LM head and counts once.
+  const ModelConfig& config = store.config();
+  const std::string embed_name = "model.embed_tokens.weight";
+  const DType embed_dtype = store.tensor_info(embed_name).dtype;
+  const double embed_bytes_per_value =
+      embed_dtype == DType::I8 ? 1.0 + 4.0 / kInt8GroupSize : double(dtype_size(embed_dtype));
+  const double untied_embedding_bytes =
+      !config.tie_word_embeddings && model.shard().has_embedding()
+          ? double(model.shard().vocab_size) * config.hidden_size * embed_bytes_per_value
+          : 0.0;
+  const double matmul_params = static_cast<double>(model.weight_bytes()) - untied_embedding_bytes;
   const std::string weights_dtype =
       dtype_name(store.tensor_info(layer_tensor_name(0, "self_attn.q_proj.weight")).dtype);
-  const double flops_per_token = 2.0 * static_cast<double>(store.config().parameter_count());
+  // FLOPs of one token through the whole model (all ranks): 2 per matmul weight; the input
+  // embedding of an untied model is a lookup, not a matmul.
+  const double flops_per_token =
+      2.0 * (static_cast<double>(config.parameter_count()) -
+             (config.tie_word_embeddings ? 0.0 : double(config.vocab_size) * config.hidden_size));
+  const int ranks = model.shard().tp_size * model.shard().pp_size;  // of this replica
 
   std::ofstream csv;
   if (leader && !o.csv.empty()) {
     csv.open(o.csv);
     csv << "layout,backend,weights,threads,prompt_tokens,decode_tokens,prefill_tok_s,decode_tok_s,"
-           "mem_bw_gb_s,peak_gflop_s,decode_bw_fraction,prefill_flop_fraction,comm_fraction\n";
+           "mem_bw_gb_s,peak_gflop_s,decode_bw_fraction,prefill_flop_fraction,comm_fraction,"
+           "mem_bw_4k_gb_s,peak_bf16_gop_s,peak_int8_gop_s\n";
   }
   if (leader) {
-    std::printf("# %s\n# model %s, weights %s, %.1f MB streamed per decode step (this rank)\n",
-                cpu_description().c_str(), store.config().name.c_str(), weights_dtype.c_str(),
-                matmul_params / 1e6);
-    std::printf("%-8s %12s %12s %14s %14s %10s %10s %8s\n", "threads", "prefill t/s", "decode t/s",
-                "mem GB/s", "peak GFLOP/s", "bw frac", "flop frac", "comm");
+    std::printf(
+        "# %s\n# model %s, weights %s, %.1f MB streamed per decode step (this rank), "
+        "%.1f MB of this process on huge pages\n",
+        cpu_description().c_str(), config.name.c_str(), weights_dtype.c_str(), matmul_params / 1e6,
+        huge_page_bytes() / 1e6);
+    std::printf(
+        "# per rank: read GB/s on 4 KiB pages and on huge pages, f32 FMA GFLOP/s, bf16 "
+        "and int8 dot-product GOP/s; bw frac = decode bytes/s over the huge-page read "
+        "bandwidth, flop frac = prefill FLOP/s over %d rank(s) x the f32 FMA peak\n",
+        ranks);
+    std::printf("%-8s %11s %10s %9s %9s %9s %9s %9s %8s %9s %6s\n", "threads", "prefill t/s",
+                "decode t/s", "rd 4K", "rd huge", "f32 fma", "bf16 dot", "int8 dot", "bw frac",
+                "flop frac", "comm");
   }
   for (int threads : o.threads) {
     ALEM_CHECK(threads >= 1, "--threads: each count must be at least 1");
@@ -75,8 +110,12 @@ void run_bench_generate(const BenchGenerateOptions& o) {
     backend->set_max_threads(threads);
     omp_set_num_threads(threads);
     log_debug("bench row", {{"threads", std::to_string(backend->max_threads())}});
-    const double bandwidth = measure_memory_bandwidth_gbs(size_t{1} << 30, threads);
+    const size_t bandwidth_bytes = size_t{512} << 20;
+    const double bandwidth_4k = measure_memory_bandwidth_gbs(bandwidth_bytes, threads, false);
+    const double bandwidth = measure_memory_bandwidth_gbs(bandwidth_bytes, threads, true);
     const double peak = measure_peak_gflops(threads);
+    const double peak_bf16 = measure_peak_dot_gops(DotKind::kBf16, threads);
+    const double peak_int8 = measure_peak_dot_gops(DotKind::kInt8, threads);
     double best_prefill = 0, best_decode = 0, comm_fraction = 0;
     for (int r = 0; r < o.repeats; ++r) {
       model.reset_timings();
@@ -90,16 +129,17 @@ void run_bench_generate(const BenchGenerateOptions& o) {
           t.communication_seconds / std::max(t.communication_seconds + t.compute_seconds, 1e-9);
     }
     const double bw_fraction = best_decode * matmul_params / 1e9 / bandwidth;
-    const double flop_fraction = best_prefill * flops_per_token / 1e9 / peak;
+    const double flop_fraction = best_prefill * flops_per_token / 1e9 / (peak * ranks);
     if (leader) {
-      std::printf("%-8d %12.1f %12.1f %14.1f %14.1f %10.2f %10.2f %8.3f\n", backend->max_threads(),
-                  best_prefill, best_decode, bandwidth, peak, bw_fraction, flop_fraction,
-                  comm_fraction);
+      std::printf("%-8d %11.1f %10.1f %9.1f %9.1f %9.1f %9.1f %9.1f %8.2f %9.2f %6.3f\n",
+                  backend->max_threads(), best_prefill, best_decode, bandwidth_4k, bandwidth, peak,
+                  peak_bf16, peak_int8, bw_fraction, flop_fraction, comm_fraction);
       if (csv) {
         csv << '"' << ctx.layout.describe() << "\"," << backend->name() << ',' << weights_dtype
             << ',' << backend->max_threads() << ',' << o.prompt_tokens << ',' << o.decode_tokens
             << ',' << best_prefill << ',' << best_decode << ',' << bandwidth << ',' << peak << ','
-            << bw_fraction << ',' << flop_fraction << ',' << comm_fraction << '\n';
+            << bw_fraction << ',' << flop_fraction << ',' << comm_fraction << ',' << bandwidth_4k
+            << ',' << peak_bf16 << ',' << peak_int8 << '\n';
       }
     }
   }

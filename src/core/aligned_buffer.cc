@@ -38,9 +38,20 @@ void AlignedBuffer::resize(size_t bytes) {
   data_ = nullptr;
   size_ = 0;
   if (bytes == 0) return;
-  const size_t rounded = (bytes + 63) / 64 * 64;
-  data_ = static_cast<uint8_t*>(std::aligned_alloc(64, rounded));
+  // Buffers of 1 MiB and more (weights, mostly) go on transparent huge pages where the kernel
+  // allows it: streaming reads of 4 KiB pages reach about 60% of the bandwidth of 2 MiB ones
+  // (docs/kernels.md). ALEM_HUGE_PAGES=0 turns this off.
+  static const bool huge_pages_wanted = [] {
+    const char* v = std::getenv("ALEM_HUGE_PAGES");
+    return !(v && v[0] == '0' && v[1] == '\0');
+  }();
+  constexpr size_t kHugePage = size_t{2} << 20;
+  const bool huge = huge_pages_wanted && bytes >= (size_t{1} << 20);
+  const size_t rounded =
+      huge ? (bytes + kHugePage - 1) / kHugePage * kHugePage : (bytes + 63) / 64 * 64;
+  data_ = static_cast<uint8_t*>(std::aligned_alloc(huge ? kHugePage : 64, rounded));
   if (!data_) throw std::bad_alloc();
+  if (huge) madvise(data_, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
   std::memset(data_, 0, rounded);
   size_ = bytes;
 }

@@ -3,7 +3,8 @@
 // teacher-forced along HF's greedy continuation: at every step its argmax must equal HF's token
 // (unless HF's own top-2 margin is below the tolerance, where summation order may flip it), and
 // at the checkpoints its top-20 logits and the logsumexp of the whole row must agree within the
-// tolerance for that weight type. Stores: f32 (exact dequantised GGUF), bf16, int8.
+// tolerance for that weight type (wider where the dot-product decode kernels round the
+// activations). Stores: f32 (exact dequantised GGUF), bf16, int8.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,6 +13,7 @@
 
 #include "engine/transformer.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "model/model_store.h"
 #include "test_env.h"
 
@@ -37,7 +39,13 @@ double logsumexp(const float* row, int64_t n) {
 struct Variant {
   const char* store_dtype;  // store file
   const char* golden_key;   // results key in the golden file
-  double logit_tolerance;   // max |alem - HF| over the top-20 logits and logsumexp
+  DType weights;
+  double logit_tolerance;  // max |alem - HF| over the top-20 logits and logsumexp
+  // The same with the dot-product decode kernels, which round activations to the weights'
+  // format (bf16: 8 significant bits; int8 weights: 16-bit activations); measured worst 0.145
+  // (bf16) and 3.1e-3 (int8) over these prompts. Greedy tokens are held to the same near-tie
+  // margin either way.
+  double dot_logit_tolerance;
 };
 
 class EngineGolden : public ::testing::TestWithParam<Variant> {};
@@ -48,6 +56,10 @@ TEST_P(EngineGolden, MatchesTransformers) {
   ModelStoreReader store(test::model_variant_path(v.store_dtype));
   ParallelContext ctx = make_solo_context();
   auto backend = make_backend("cpu");
+  const auto* cpu = dynamic_cast<const CpuBackend*>(backend.get());
+  const bool dot = cpu != nullptr && cpu->has_dot_kernel(v.weights);
+  const double logit_tolerance = dot ? v.dot_logit_tolerance : v.logit_tolerance;
+  const double tie_margin = v.logit_tolerance;
   EngineOptions options;
   options.max_model_len = 1024;
   ShardedTransformer model(store, ctx, *backend, options);
@@ -92,7 +104,7 @@ TEST_P(EngineGolden, MatchesTransformers) {
       if (argmax == hf_tokens[j]) {
         ++matched;
       } else {
-        EXPECT_LT(margins[j], v.logit_tolerance)
+        EXPECT_LT(margins[j], tie_margin)
             << name << ": step " << j << " alem picks " << argmax << ", HF " << hf_tokens[j]
             << " with a clear margin " << margins[j];
       }
@@ -104,27 +116,27 @@ TEST_P(EngineGolden, MatchesTransformers) {
         for (size_t k = 0; k < top_ids.size(); ++k) {
           const double diff = std::fabs(row[top_ids[k]] - top_logits[k]);
           worst = std::max(worst, diff);
-          EXPECT_LT(diff, v.logit_tolerance)
+          EXPECT_LT(diff, logit_tolerance)
               << name << " step " << j << " token " << top_ids[k] << ": alem " << row[top_ids[k]]
               << " HF " << top_logits[k];
         }
         const double lse_diff = std::fabs(logsumexp(row, V) - c.at("logsumexp").get<double>());
         worst = std::max(worst, lse_diff);
-        EXPECT_LT(lse_diff, v.logit_tolerance) << name << " step " << j << " logsumexp";
+        EXPECT_LT(lse_diff, logit_tolerance) << name << " step " << j << " logsumexp";
       }
     }
     EXPECT_GE(matched, 32) << name << ": greedy tokens matched at only " << matched << " steps";
-    std::printf("[%s] %-12s greedy steps matched %d/%zu, worst logit diff %.2e\n", v.golden_key,
-                name.c_str(), matched, hf_tokens.size(), worst);
+    std::printf("[%s%s] %-12s greedy steps matched %d/%zu, worst logit diff %.2e\n", v.golden_key,
+                dot ? ", dot kernels" : "", name.c_str(), matched, hf_tokens.size(), worst);
     ++prompts_checked;
   }
   EXPECT_GE(prompts_checked, 6);
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, EngineGolden,
-                         ::testing::Values(Variant{"f32", "f32", 5e-4},
-                                           Variant{"bf16", "bf16_weights", 5e-4},
-                                           Variant{"int8", "int8_weights", 5e-4}),
+                         ::testing::Values(Variant{"f32", "f32", DType::F32, 5e-4, 5e-4},
+                                           Variant{"bf16", "bf16_weights", DType::BF16, 5e-4, 0.25},
+                                           Variant{"int8", "int8_weights", DType::I8, 5e-4, 1e-2}),
                          [](const auto& info) { return std::string(info.param.store_dtype); });
 
 }  // namespace

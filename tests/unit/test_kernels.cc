@@ -258,6 +258,32 @@ void check_matmul(int64_t M, int64_t N, int64_t K, DType dtype, bool with_bias, 
       scale[m * N + n] = magnitude;
     }
   }
+  // Error bound of the dot-product kernels, from how they round x: bf16 rounds each value to
+  // nearest (relative error <= 2^-8); int8 quantises each 32 values to 16 bits with d = amax /
+  // 32767 (error
+  // <= d / 2 per value). Plus the f32 summation allowance of the exact kernels.
+  std::vector<float> dot_bound(M * N, 0.f);
+  for (int64_t m = 0; m < M; ++m) {
+    const float* x_row = x.data() + m * K;
+    std::vector<double> x_error(K);
+    for (int64_t k = 0; k < K; ++k) {
+      if (dtype == DType::I8) {
+        const int64_t g0 = k / kInt8GroupSize * kInt8GroupSize;
+        float amax = 0.f;
+        for (int64_t j = g0; j < std::min<int64_t>(K, g0 + kInt8GroupSize); ++j)
+          amax = std::max(amax, std::fabs(x_row[j]));
+        x_error[k] = amax / 32767.0 / 2.0 * 1.001;
+      } else {
+        x_error[k] = std::fabs(x_row[k]) * std::ldexp(1.0, -8);
+      }
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      double bound = 0;
+      const float* w_row = dequantised.data() + n * K;
+      for (int64_t k = 0; k < K; ++k) bound += x_error[k] * std::fabs(w_row[k]);
+      dot_bound[m * N + n] = static_cast<float>(bound + 1e-5 * scale[m * N + n]);
+    }
+  }
   const std::string shape = dtype_name(dtype) + " M=" + std::to_string(M) +
                             " N=" + std::to_string(N) + " K=" + std::to_string(K);
   for (const auto& cpu : backends) {
@@ -267,9 +293,22 @@ void check_matmul(int64_t M, int64_t N, int64_t K, DType dtype, bool with_bias, 
       cpu->matmul_with_path(x.data(), M, w, b, y.data(), packed);
       expect_close(y, want, scale, 1e-5, isa + (packed ? " packed " : " stream ") + shape);
     }
+    // The dot-product kernels round x to the weights' format: within the bound that rounding
+    // allows (dot_bound), checked directly and on the default path where it takes them.
     std::vector<float> y(M * N, NAN);
+    const bool dot = cpu->matmul_dot(x.data(), M, w, b, y.data());
+    EXPECT_EQ(dot, cpu->has_dot_kernel(dtype)) << isa << " " << shape;
+    if (dot) expect_close(y, want, dot_bound, 1.0, isa + " dot " + shape);
+    std::fill(y.begin(), y.end(), NAN);
     cpu->matmul(x.data(), M, w, b, y.data());
-    expect_close(y, want, scale, 1e-5, isa + " default path " + shape);
+    const int64_t packed_from = dtype == DType::BF16 && cpu->isa() == cpu::Isa::kAvx512
+                                    ? CpuBackend::kPackedMinRowsBf16Avx512
+                                    : CpuBackend::kPackedMinRows;
+    if (cpu->has_dot_kernel(dtype) && M < packed_from) {
+      expect_close(y, want, dot_bound, 1.0, isa + " default path (dot) " + shape);
+    } else {
+      expect_close(y, want, scale, 1e-5, isa + " default path " + shape);
+    }
   }
 }
 

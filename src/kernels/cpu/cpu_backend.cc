@@ -33,6 +33,14 @@ bool isa_supported(Isa isa) {
   return false;
 }
 
+bool has_avx512_bf16() {
+  return isa_supported(Isa::kAvx512) && __builtin_cpu_supports("avx512bf16");
+}
+
+bool has_avx512_vnni() {
+  return isa_supported(Isa::kAvx512) && __builtin_cpu_supports("avx512vnni");
+}
+
 Isa best_supported_isa() {
   if (isa_supported(Isa::kAvx512)) return Isa::kAvx512;
   if (isa_supported(Isa::kAvx2)) return Isa::kAvx2;
@@ -138,11 +146,14 @@ int threads_for(double work, int max_threads) {
 
 }  // namespace
 
-CpuBackend::CpuBackend(cpu::Isa isa, int max_threads)
+CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products)
     : kernels_(cpu::kernel_table(isa)),
       max_threads_(max_threads > 0 ? max_threads : omp_get_max_threads()) {
   ALEM_CHECK(cpu::isa_supported(isa),
              std::string("this CPU cannot run the ") + cpu::isa_name(isa) + " kernels");
+  const bool avx512 = isa == cpu::Isa::kAvx512 && dot_products;
+  dot_bf16_ = avx512 && cpu::has_avx512_bf16();
+  dot_int8_ = avx512 && cpu::has_avx512_vnni();
 }
 
 std::unique_ptr<KernelBackend> make_cpu_backend() {
@@ -162,14 +173,71 @@ std::unique_ptr<KernelBackend> make_cpu_backend() {
     ALEM_CHECK(cpu::isa_supported(wanted), "ALEM_CPU_ISA=" + name + " is not supported here");
     isa = wanted;
   }
-  return std::make_unique<CpuBackend>(isa);
+  // ALEM_CPU_DOT=0 keeps the exact f32 kernels for small-M matmuls (before/after benchmarks).
+  const char* dot = std::getenv("ALEM_CPU_DOT");
+  const bool dot_products = !(dot && std::string(dot) == "0");
+  return std::make_unique<CpuBackend>(isa, 0, dot_products);
 }
 
 void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                         float* y) const {
   const bool bf16_avx512 = w.dtype == DType::BF16 && kernels_.isa == cpu::Isa::kAvx512;
-  matmul_with_path(x, M, w, bias, y,
-                   M >= (bf16_avx512 ? kPackedMinRowsBf16Avx512 : kPackedMinRows));
+  const bool packed = M >= (bf16_avx512 ? kPackedMinRowsBf16Avx512 : kPackedMinRows);
+  if (!packed && matmul_dot(x, M, w, bias, y)) return;
+  matmul_with_path(x, M, w, bias, y, packed);
+}
+
+bool CpuBackend::has_dot_kernel(DType dtype) const {
+  return (dtype == DType::BF16 && dot_bf16_) || (dtype == DType::I8 && dot_int8_);
+}
+
+bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                            float* y) const {
+  if (!has_dot_kernel(w.dtype)) return false;
+  const int64_t N = w.rows, K = w.cols;
+  ALEM_CHECK(M >= 0 && N >= 0 && K > 0, "matmul: bad shape");
+  ALEM_CHECK(w.data.size() >= static_cast<size_t>(N * K) * dtype_size(w.dtype),
+             "matmul: weight buffer smaller than its shape");
+  if (w.dtype == DType::I8) {
+    ALEM_CHECK(K % kInt8GroupSize == 0, "matmul: int8 weights need cols % 32 == 0");
+    ALEM_CHECK(static_cast<int64_t>(w.scales.size()) == N * (K / kInt8GroupSize),
+               "matmul: int8 weights have the wrong number of scales");
+  }
+  if (M == 0 || N == 0) return true;
+  const cpu::WeightView view = cpu::view_of(w);
+  const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
+  // The activations in the weights' format, prepared once on this thread for all threads.
+  thread_local std::vector<uint8_t> scratch;
+  if (w.dtype == DType::BF16) {
+    const int64_t stride = (K + 31) / 32 * 32;
+    scratch.resize(static_cast<size_t>(M * stride) * sizeof(uint16_t) + 64);
+    uint16_t* xb = reinterpret_cast<uint16_t*>(scratch.data());
+    cpu::avx512_dot::to_bf16(x, M, K, xb, stride);
+    run_on_threads(threads, [&](int index, int count) {
+      const auto [n0, n1] = split_range(N, count, index, 16);
+      if (n0 < n1) cpu::avx512_dot::matmul_bf16(xb, M, stride, view, bias, y, n0, n1);
+    });
+    return true;
+  }
+  const int64_t stride = (K + 63) / 64 * 64;
+  const size_t lanes = static_cast<size_t>(M * stride / 4);
+  scratch.resize(static_cast<size_t>(2 * M * stride) + 2 * lanes * sizeof(float));
+  cpu::Q16Activations a;
+  int8_t* high = reinterpret_cast<int8_t*>(scratch.data());
+  uint8_t* low = scratch.data() + M * stride;
+  int32_t* offsets = reinterpret_cast<int32_t*>(scratch.data() + 2 * M * stride);
+  float* scales = reinterpret_cast<float*>(offsets + lanes);
+  cpu::avx512_dot::quantize_q16(x, M, K, high, low, offsets, scales, stride);
+  a.high = high;
+  a.low = low;
+  a.lane_offsets = offsets;
+  a.lane_scales = scales;
+  a.stride = stride;
+  run_on_threads(threads, [&](int index, int count) {
+    const auto [n0, n1] = split_range(N, count, index, 16);
+    if (n0 < n1) cpu::avx512_dot::matmul_int8(a, M, view, bias, y, n0, n1);
+  });
+  return true;
 }
 
 void CpuBackend::matmul_with_path(const float* x, int64_t M, const WeightMatrix& w,

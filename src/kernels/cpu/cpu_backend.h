@@ -16,7 +16,10 @@ class CpuBackend final : public KernelBackend {
  public:
   // Uses `isa` (which must be supported by this CPU, see cpu::isa_supported) and at most
   // `max_threads` OpenMP threads (0: omp_get_max_threads(), i.e. OMP_NUM_THREADS).
-  explicit CpuBackend(cpu::Isa isa, int max_threads = 0);
+  // `dot_products` lets small-M matmuls use the native dot-product kernels (bf16 activations
+  // for bf16 weights, int8 activations for int8 weights) when the CPU has them; false keeps the
+  // exact f32 kernels everywhere (ALEM_CPU_DOT=0 for the registry's backend).
+  explicit CpuBackend(cpu::Isa isa, int max_threads = 0, bool dot_products = true);
 
   std::string name() const override { return "cpu"; }
   cpu::Isa isa() const { return kernels_.isa; }
@@ -42,6 +45,13 @@ class CpuBackend final : public KernelBackend {
   void matmul_with_path(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                         float* y, bool packed) const;
 
+  // The dot-product kernels for small M: false (nothing written) when this CPU or build has
+  // none for w's dtype, or they are switched off.
+  bool matmul_dot(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                  float* y) const;
+  // Whether matmul_dot serves weights of `dtype` on this backend.
+  bool has_dot_kernel(DType dtype) const;
+
   // Rows of x from which matmul switches from streaming to the packed GEMM.
   static constexpr int64_t kPackedMinRows = 16;
   // The same for bf16 weights on AVX-512, whose small-batch streaming kernel stays ahead of the
@@ -51,6 +61,8 @@ class CpuBackend final : public KernelBackend {
  private:
   cpu::KernelTable kernels_;
   int max_threads_ = 1;
+  bool dot_bf16_ = false;
+  bool dot_int8_ = false;
 };
 
 // The backend registry's "cpu" entry: the best ISA of this machine, OMP_NUM_THREADS threads.

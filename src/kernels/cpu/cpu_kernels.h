@@ -97,4 +97,33 @@ void attention(const AttentionShape& shape, const AttentionSequence& seq, const 
 
 KernelTable kernel_table(Isa isa);
 
+// Activations quantised for the int8-weight dot-product kernels, rows of `stride` values (K
+// rounded up to 64, zero-padded): q = round(x / d) in [-32767, 32767] per 32 values with
+// d = amax / 32767, split as q = 256 * high + low (high signed, low unsigned); for every 4 values
+// (one int32 lane of vpdpbusd) the block's d and -16 * sum(high) of its block (see
+// matmul_dot_avx512.cc for why).
+struct Q16Activations {
+  const int8_t* high = nullptr;
+  const uint8_t* low = nullptr;
+  const int32_t* lane_offsets = nullptr;
+  const float* lane_scales = nullptr;
+  int64_t stride = 0;
+};
+
+// Whether this CPU has the dot-product instructions the kernels below need (on top of AVX-512).
+bool has_avx512_bf16();
+bool has_avx512_vnni();
+
+// Decode matmul kernels on native dot products (matmul_dot_avx512.cc). Only called when the
+// features above are present. to_bf16 / quantize_q16 prepare rows of x once per matmul.
+namespace avx512_dot {
+void to_bf16(const float* x, int64_t M, int64_t K, uint16_t* out, int64_t stride);
+void quantize_q16(const float* x, int64_t M, int64_t K, int8_t* high, uint8_t* low,
+                  int32_t* lane_offsets, float* lane_scales, int64_t stride);
+void matmul_bf16(const uint16_t* xb, int64_t M, int64_t stride, const WeightView& w,
+                 const float* bias, float* y, int64_t n_begin, int64_t n_end);
+void matmul_int8(const Q16Activations& a, int64_t M, const WeightView& w, const float* bias,
+                 float* y, int64_t n_begin, int64_t n_end);
+}  // namespace avx512_dot
+
 }  // namespace alem::cpu

@@ -5,12 +5,14 @@
 
 #include <immintrin.h>
 #include <omp.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <new>
 #include <sstream>
 #include <vector>
 
@@ -106,7 +108,56 @@ __attribute__((target("avx2,fma"))) void fma_loop_avx2(int64_t iterations, float
 #undef ALEM_STEP
 #undef ALEM_SUM
 }
+// The same shape of loop on the dot-product instructions: vdpbf16ps (32 bf16 multiply-adds per
+// instruction) and vpdpbusd (64 int8 multiply-adds).
+__attribute__((target("avx512f,avx512bf16"))) void dot_loop_bf16(int64_t iterations, float* sink) {
+  const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3F80), b = (__m512bh)_mm512_set1_epi16(0x3380);
+#define ALEM_INIT(i) __m512 acc##i = _mm512_set1_ps(static_cast<float>(i));
+#define ALEM_STEP(i) acc##i = _mm512_dpbf16_ps(acc##i, a, b);
+#define ALEM_SUM(i) total = _mm512_add_ps(total, acc##i);
+  ALEM_TWELVE(ALEM_INIT)
+  for (int64_t it = 0; it < iterations; ++it) {
+    ALEM_TWELVE(ALEM_STEP)
+  }
+  __m512 total = _mm512_setzero_ps();
+  ALEM_TWELVE(ALEM_SUM)
+  *sink = _mm512_reduce_add_ps(total);
+#undef ALEM_INIT
+#undef ALEM_STEP
+#undef ALEM_SUM
+}
+
+__attribute__((target("avx512f,avx512vnni"))) void dot_loop_int8(int64_t iterations, float* sink) {
+  const __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(-1);
+#define ALEM_INIT(i) __m512i acc##i = _mm512_set1_epi32(i);
+#define ALEM_STEP(i) acc##i = _mm512_dpbusd_epi32(acc##i, a, b);
+#define ALEM_SUM(i) total = _mm512_add_epi32(total, acc##i);
+  ALEM_TWELVE(ALEM_INIT)
+  for (int64_t it = 0; it < iterations; ++it) {
+    ALEM_TWELVE(ALEM_STEP)
+  }
+  __m512i total = _mm512_setzero_si512();
+  ALEM_TWELVE(ALEM_SUM)
+  *sink = static_cast<float>(_mm512_reduce_add_epi32(total));
+#undef ALEM_INIT
+#undef ALEM_STEP
+#undef ALEM_SUM
+}
 #undef ALEM_TWELVE
+
+// A zeroed anonymous mapping, advised onto huge pages or kept off them.
+struct Mapping {
+  void* data = MAP_FAILED;
+  size_t bytes = 0;
+  Mapping(size_t n, bool huge_pages) : bytes(n) {
+    data = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (data == MAP_FAILED) throw std::bad_alloc();
+    madvise(data, bytes, huge_pages ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+  }
+  ~Mapping() { munmap(data, bytes); }
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+};
 
 }  // namespace
 
@@ -121,18 +172,22 @@ double thread_cpu_seconds() {
 // Both measurements time many short slices, each thread on its own CPU clock, and keep the best
 // slice (rated by its slowest thread): on a shared or virtualised machine that shows what the
 // hardware can do, while a single wall-clock run measures mostly the neighbours.
-double measure_memory_bandwidth_gbs(size_t bytes, int threads) {
+double measure_memory_bandwidth_gbs(size_t bytes, int threads, bool huge_pages) {
   threads = std::max(1, threads);
   // Slices of at least 4 MiB per thread (past the L2), read in order, so by the time a slice is
   // read again the whole buffer has been read since: a buffer above the L3 is read from DRAM.
   const size_t slice_floats =
       std::max<size_t>(size_t(4) << 20, bytes / 32) / sizeof(float) / 64 / threads * 64 * threads;
   const size_t slices = std::max<size_t>(1, bytes / sizeof(float) / slice_floats);
-  AlignedBuffer buffer(slices * slice_floats * sizeof(float));
-  float* data = buffer.as<float>();
+  // 2 MiB aligned so every huge page the kernel can give lies wholly inside.
+  const size_t used = slices * slice_floats * sizeof(float);
+  Mapping mapping(used + (size_t{2} << 20), huge_pages);
+  float* data =
+      reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(mapping.data) + (size_t{2} << 20) - 1) &
+                               ~((size_t{2} << 20) - 1));
   const cpu::Isa isa = cpu::best_supported_isa();
   const size_t per_thread = slice_floats / threads;
-  std::memset(data, 1, buffer.size());
+  std::memset(data, 1, used);
   const int passes = bytes > (size_t(256) << 20) ? 6 : 40;
   double best = 0;
   std::atomic<float> sink{0};
@@ -197,6 +252,35 @@ double measure_peak_gflops(int threads) {
   return best;
 }
 
+double measure_peak_dot_gops(DotKind kind, int threads) {
+  threads = std::max(1, threads);
+  const bool bf16 = kind == DotKind::kBf16;
+  if (bf16 ? !cpu::has_avx512_bf16() : !cpu::has_avx512_vnni()) return 0;
+  const int64_t iterations = 1'000'000;
+  const int ops_per_instruction = bf16 ? 2 * 32 : 2 * 64;
+  double best = 0;
+  std::vector<double> seconds(threads);
+  for (int attempt = 0; attempt < 20; ++attempt) {
+#pragma omp parallel num_threads(threads)
+    {
+      const double start = thread_cpu_seconds();
+      float sink = 0;
+      if (bf16) {
+        dot_loop_bf16(iterations, &sink);
+      } else {
+        dot_loop_int8(iterations, &sink);
+      }
+      volatile float keep = sink;
+      (void)keep;
+      seconds[omp_get_thread_num()] = thread_cpu_seconds() - start;
+    }
+    const double slowest = *std::max_element(seconds.begin(), seconds.end());
+    best = std::max(
+        best, double(ops_per_instruction) * kFmaChains * iterations * threads / slowest / 1e9);
+  }
+  return best;
+}
+
 std::string cpu_description() {
   std::string model = "unknown CPU";
   std::ifstream cpuinfo("/proc/cpuinfo");
@@ -226,7 +310,10 @@ std::string cpu_description() {
       {"avx512f", __builtin_cpu_supports("avx512f")},
       {"avx512bw", __builtin_cpu_supports("avx512bw")},
       {"avx512vl", __builtin_cpu_supports("avx512vl")},
-      {"avx512bf16", __builtin_cpu_supports("avx512bf16")}};
+      {"avx512bf16", __builtin_cpu_supports("avx512bf16")},
+      {"avx512vnni", __builtin_cpu_supports("avx512vnni")},
+      {"avxvnni", __builtin_cpu_supports("avxvnni")},
+      {"amx-tile", __builtin_cpu_supports("amx-tile")}};
   for (const auto& [flag, present] : flags) {
     if (present) out << ' ' << flag;
   }

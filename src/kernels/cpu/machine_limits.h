@@ -13,12 +13,19 @@ namespace alem {
 // its share of a `bytes`-sized buffer with the widest vector loads available, timed on the
 // threads' own CPU clocks (so time spent descheduled on a shared machine does not count). Use a
 // size well above the L3 (e.g. 1 GiB) for DRAM bandwidth, or one that fits the L3 for it.
-double measure_memory_bandwidth_gbs(size_t bytes, int threads);
+// `huge_pages` advises the buffer onto transparent 2 MiB pages (MADV_HUGEPAGE) or keeps it off
+// them (MADV_NOHUGEPAGE): on 4 KiB pages one core's streaming reads pay a page walk per 4 KiB.
+double measure_memory_bandwidth_gbs(size_t bytes, int threads, bool huge_pages = true);
 
 // Peak f32 GFLOP/s (an FMA counts two) with `threads` threads, from a loop of independent
 // fused multiply-adds at the widest vector width available (AVX-512, AVX2, else scalar), timed
 // like the bandwidth on the threads' CPU clocks.
 double measure_peak_gflops(int threads);
+
+// Peak dot-product throughput with `threads` threads in GOP/s (a multiply-add counts two), from
+// the same kind of loop on vdpbf16ps (kBf16) or vpdpbusd (kInt8); 0 when the CPU lacks it.
+enum class DotKind { kBf16, kInt8 };
+double measure_peak_dot_gops(DotKind kind, int threads);
 
 // One line: CPU model, cores, cache sizes, the ISA flags that matter here and the instruction
 // set the "cpu" backend uses.
