@@ -16,10 +16,18 @@ as a table on stdout and as CSV (--csv). Uses the official `openai` async client
 import argparse
 import asyncio
 import csv
+import itertools
+import secrets
 import sys
 import time
 
 import openai
+
+# Every request of a run gets its own number, across all levels and rounds, and every run its
+# own tag, so no request shares a prompt prefix with an earlier one (at another level, in another
+# round, or from an earlier run against the same server) and the prefix cache never serves it.
+RUN_TAG = secrets.token_hex(4)
+REQUEST_NUMBERS = itertools.count()
 
 FILLER = ("The history of the city spans many centuries, from its founding as a small river "
           "settlement to the busy capital it is today. ")
@@ -37,7 +45,7 @@ def percentile(values, q):
 async def one_request(client, args, index):
     """Streams one completion; returns (completion_tokens, ttft_s, [itl_s...], ok)."""
     # A distinct first block per request, so the prefix cache does not flatter the figures.
-    prompt = f"[{index}] " + FILLER * max(1, args.prompt_words // 20)
+    prompt = f"[{RUN_TAG}-{index}] " + FILLER * max(1, args.prompt_words // 20)
     start = time.perf_counter()
     first, last, gaps, tokens, text_chunks = None, None, [], 0, 0
     try:
@@ -69,11 +77,10 @@ async def run_level(args, concurrency):
                                 timeout=args.timeout)
     requests_per_client = max(1, args.requests // concurrency) if args.requests else args.rounds
     results = []
-    counter = iter(range(10**9))
 
     async def worker():
         for _ in range(requests_per_client):
-            results.append(await one_request(client, args, next(counter)))
+            results.append(await one_request(client, args, next(REQUEST_NUMBERS)))
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -297,14 +297,11 @@ void check_matmul(int64_t M, int64_t N, int64_t K, DType dtype, bool with_bias, 
     // allows (dot_bound), checked directly and on the default path where it takes them.
     std::vector<float> y(M * N, NAN);
     const bool dot = cpu->matmul_dot(x.data(), M, w, b, y.data());
-    EXPECT_EQ(dot, cpu->has_dot_kernel(dtype)) << isa << " " << shape;
+    EXPECT_EQ(dot, cpu->rounds_activations(dtype, M)) << isa << " " << shape;
     if (dot) expect_close(y, want, dot_bound, 1.0, isa + " dot " + shape);
     std::fill(y.begin(), y.end(), NAN);
     cpu->matmul(x.data(), M, w, b, y.data());
-    const int64_t packed_from = dtype == DType::BF16 && cpu->isa() == cpu::Isa::kAvx512
-                                    ? CpuBackend::kPackedMinRowsBf16Avx512
-                                    : CpuBackend::kPackedMinRows;
-    if (cpu->has_dot_kernel(dtype) && M < packed_from) {
+    if (dot) {
       expect_close(y, want, dot_bound, 1.0, isa + " default path (dot) " + shape);
     } else {
       expect_close(y, want, scale, 1e-5, isa + " default path " + shape);
@@ -330,7 +327,7 @@ TEST(CpuMatmul, KNotAMultipleOfTheVectorWidth) {
   uint32_t seed = 900;
   for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
     for (int64_t K : {1, 7, 15, 17, 33, 300}) {
-      for (int64_t M : {1, 4, 20}) {
+      for (int64_t M : {1, 4, 20, 30}) {
         check_matmul(M, 53, K, dtype, true, seed++);
         if (HasFatalFailure()) return;
       }

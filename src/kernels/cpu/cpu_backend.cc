@@ -183,8 +183,13 @@ void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const 
                         float* y) const {
   const bool bf16_avx512 = w.dtype == DType::BF16 && kernels_.isa == cpu::Isa::kAvx512;
   const bool packed = M >= (bf16_avx512 ? kPackedMinRowsBf16Avx512 : kPackedMinRows);
-  if (!packed && matmul_dot(x, M, w, bias, y)) return;
+  if (matmul_dot(x, M, w, bias, y)) return;
   matmul_with_path(x, M, w, bias, y, packed);
+}
+
+bool CpuBackend::rounds_activations(DType dtype, int64_t M) const {
+  if (dtype == DType::BF16) return dot_bf16_;
+  return dtype == DType::I8 && dot_int8_ && M < kPackedMinRows;
 }
 
 bool CpuBackend::has_dot_kernel(DType dtype) const {
@@ -193,7 +198,7 @@ bool CpuBackend::has_dot_kernel(DType dtype) const {
 
 bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                             float* y) const {
-  if (!has_dot_kernel(w.dtype)) return false;
+  if (!rounds_activations(w.dtype, M)) return false;
   const int64_t N = w.rows, K = w.cols;
   ALEM_CHECK(M >= 0 && N >= 0 && K > 0, "matmul: bad shape");
   ALEM_CHECK(w.data.size() >= static_cast<size_t>(N * K) * dtype_size(w.dtype),
@@ -213,9 +218,25 @@ bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, co
     scratch.resize(static_cast<size_t>(M * stride) * sizeof(uint16_t) + 64);
     uint16_t* xb = reinterpret_cast<uint16_t*>(scratch.data());
     cpu::avx512_dot::to_bf16(x, M, K, xb, stride);
+    if (M < kPackedMinRowsBf16Avx512) {
+      run_on_threads(threads, [&](int index, int count) {
+        const auto [n0, n1] = split_range(N, count, index, 16);
+        if (n0 < n1) cpu::avx512_dot::matmul_bf16(xb, M, stride, view, bias, y, n0, n1);
+      });
+      return true;
+    }
+    // Threads split N in whole panels; when there are fewer panels than threads, M too.
+    const int64_t panel = cpu::avx512_dot::kGemmBf16PanelCols;
+    const int64_t panels = (N + panel - 1) / panel;
     run_on_threads(threads, [&](int index, int count) {
-      const auto [n0, n1] = split_range(N, count, index, 16);
-      if (n0 < n1) cpu::avx512_dot::matmul_bf16(xb, M, stride, view, bias, y, n0, n1);
+      const int n_parts = static_cast<int>(std::min<int64_t>(count, panels));
+      const int m_parts = count / n_parts;
+      if (index >= n_parts * m_parts) return;
+      const auto [n0, n1] = split_range(N, n_parts, index % n_parts, panel);
+      const auto [m0, m1] = split_range(M, m_parts, index / n_parts, 8);
+      if (n0 < n1 && m0 < m1) {
+        cpu::avx512_dot::gemm_bf16(xb, stride, m0, m1, view, bias, y, n0, n1);
+      }
     });
     return true;
   }

@@ -45,12 +45,16 @@ class CpuBackend final : public KernelBackend {
   void matmul_with_path(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                         float* y, bool packed) const;
 
-  // The dot-product kernels for small M: false (nothing written) when this CPU or build has
-  // none for w's dtype, or they are switched off.
+  // The dot-product kernels (bf16 weights: every M, GEMM from kPackedMinRowsBf16Avx512 rows;
+  // int8 weights: M < kPackedMinRows): false (nothing written) when this CPU or build has none
+  // for w's dtype and M, or they are switched off.
   bool matmul_dot(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                   float* y) const;
-  // Whether matmul_dot serves weights of `dtype` on this backend.
+  // Whether this backend has dot-product kernels for weights of `dtype` at all.
   bool has_dot_kernel(DType dtype) const;
+  // Whether matmul of M rows against `dtype` weights takes them (and so rounds x to the
+  // weights' format: bf16, or 16 bits per 32-value block for int8).
+  bool rounds_activations(DType dtype, int64_t M) const;
 
   // Rows of x from which matmul switches from streaming to the packed GEMM.
   static constexpr int64_t kPackedMinRows = 16;

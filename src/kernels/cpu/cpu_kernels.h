@@ -124,6 +124,11 @@ void matmul_bf16(const uint16_t* xb, int64_t M, int64_t stride, const WeightView
                  const float* bias, float* y, int64_t n_begin, int64_t n_end);
 void matmul_int8(const Q16Activations& a, int64_t M, const WeightView& w, const float* bias,
                  float* y, int64_t n_begin, int64_t n_end);
+// Prefill (matmul_gemm_bf16_avx512.cc): rows [m_begin, m_end) of bf16 x (row stride `stride`,
+// zero-padded) against bf16 weight rows [n_begin, n_end), packed 48 columns at a time.
+constexpr int kGemmBf16PanelCols = 48;
+void gemm_bf16(const uint16_t* xb, int64_t stride, int64_t m_begin, int64_t m_end,
+               const WeightView& w, const float* bias, float* y, int64_t n_begin, int64_t n_end);
 }  // namespace avx512_dot
 
 }  // namespace alem::cpu
