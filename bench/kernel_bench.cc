@@ -7,8 +7,9 @@
 //
 //   alem_kernel_bench [--quick] [--threads 1,2] [--dtypes f32,bf16,f16,int8] [--rows 1,128]
 //                     [--only SHAPE-SUBSTRING] [--no-attention] [--no-limits] [--exact-kernels]
+//                     [--bf16-dot]
 // --exact-kernels keeps small-M matmuls on the f32-conversion kernels (the dot-product kernels'
-// before/after).
+// before/after); --bf16-dot turns on the bf16 ones (off by default, docs/kernels.md).
 #include <omp.h>
 
 #include <algorithm>
@@ -53,6 +54,7 @@ struct Options {
   bool attention = true;
   bool limits = true;         // measure bandwidth and peak FLOP/s first
   bool dot_products = true;   // --exact-kernels: small M without the dot-product kernels
+  bool bf16_dot = false;      // --bf16-dot: bf16 weights on vdpbf16ps too
   std::string only;           // run only shapes whose name contains this
   std::vector<int64_t> rows;  // M values (default: 1, 4, 128, 256; --quick: 1, 128)
   std::vector<int> threads = {1, 2};
@@ -80,6 +82,8 @@ Options parse_options(int argc, char** argv) {
       o.limits = false;
     } else if (arg == "--exact-kernels") {
       o.dot_products = false;
+    } else if (arg == "--bf16-dot") {
+      o.bf16_dot = true;
     } else if (arg == "--no-attention") {
       o.attention = false;
     } else if (arg == "--threads" && i + 1 < argc) {
@@ -95,7 +99,8 @@ Options parse_options(int argc, char** argv) {
     } else {
       ALEM_FAIL(
           "usage: alem_kernel_bench [--quick] [--threads 1,2] [--dtypes f32,bf16,f16,int8]"
-          " [--rows 1,128] [--only SHAPE-SUBSTRING] [--no-attention] [--exact-kernels]");
+          " [--rows 1,128] [--only SHAPE-SUBSTRING] [--no-attention] [--exact-kernels] "
+          "[--bf16-dot]");
     }
   }
   return o;
@@ -174,7 +179,7 @@ std::map<std::string, double> bench_matmul(const Options& o, const Limits& limit
         const bool decode = M < CpuBackend::kPackedMinRows;
         std::vector<float> x(static_cast<size_t>(M * shape.K), 0.01f), y(M * shape.N);
         for (int threads : o.threads) {
-          CpuBackend cpu(cpu::best_supported_isa(), threads, o.dot_products);
+          CpuBackend cpu(cpu::best_supported_isa(), threads, o.dot_products, o.bf16_dot);
           const double seconds = time_matmul(cpu, decode ? cold : hot, M, x, y, min_seconds);
           const double gbs = cold[0].bytes() / seconds / 1e9;
           const double gflops = 2.0 * M * shape.N * shape.K / seconds / 1e9;

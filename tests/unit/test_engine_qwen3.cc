@@ -17,6 +17,7 @@
 #include "engine/serving_engine.h"
 #include "engine/transformer.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "model/chat_template.h"
 #include "model/convert.h"
 #include "model/model_store.h"
@@ -122,7 +123,12 @@ TEST_P(Qwen3Golden, GreedyTokensAndLogitsMatchTransformers) {
   options.max_model_len = 256;
   ShardedTransformer model(store, ctx, *backend, options);
   const int64_t V = store.config().vocab_size;
-  const double tolerance = 5e-4;  // the weights are bf16 in the file: f32 and bf16 stores agree
+  // The weights are bf16 in the file: f32 and bf16 stores agree, within 5e-4 on the exact
+  // kernels; the bf16 dot-product kernels also round activations to bf16 (docs/kernels.md).
+  const auto* cpu = dynamic_cast<const CpuBackend*>(backend.get());
+  const bool rounds = cpu != nullptr && cpu->rounds_activations(GetParam(), 1);
+  const double tolerance = rounds ? 0.25 : 5e-4;
+  const double tie_margin = 5e-4;
 
   for (const json& prompt : golden.at("prompts")) {
     const std::string name = prompt.at("name");
@@ -158,7 +164,7 @@ TEST_P(Qwen3Golden, GreedyTokensAndLogitsMatchTransformers) {
       if (argmax == hf_tokens[j]) {
         ++matched;
       } else {
-        EXPECT_LT(margins[j], tolerance)
+        EXPECT_LT(margins[j], tie_margin)
             << name << " step " << j << ": alem " << argmax << ", transformers " << hf_tokens[j];
       }
       if (auto cp = checkpoints.find(static_cast<int>(j)); cp != checkpoints.end()) {

@@ -233,6 +233,10 @@ INSTANTIATE_TEST_SUITE_P(Isa, CpuVsReference, ::testing::ValuesIn(runnable_isas(
 std::vector<std::unique_ptr<CpuBackend>> cpu_backends() {
   std::vector<std::unique_ptr<CpuBackend>> backends;
   for (cpu::Isa isa : runnable_isas()) backends.push_back(std::make_unique<CpuBackend>(isa));
+  // The bf16 dot-product kernels are off by default; check them too where the CPU has them.
+  if (cpu::has_avx512_bf16()) {
+    backends.push_back(std::make_unique<CpuBackend>(cpu::Isa::kAvx512, 0, true, true));
+  }
   return backends;
 }
 

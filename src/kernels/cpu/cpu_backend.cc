@@ -146,13 +146,13 @@ int threads_for(double work, int max_threads) {
 
 }  // namespace
 
-CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products)
+CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products, bool bf16_dot_products)
     : kernels_(cpu::kernel_table(isa)),
       max_threads_(max_threads > 0 ? max_threads : omp_get_max_threads()) {
   ALEM_CHECK(cpu::isa_supported(isa),
              std::string("this CPU cannot run the ") + cpu::isa_name(isa) + " kernels");
   const bool avx512 = isa == cpu::Isa::kAvx512 && dot_products;
-  dot_bf16_ = avx512 && cpu::has_avx512_bf16();
+  dot_bf16_ = avx512 && bf16_dot_products && cpu::has_avx512_bf16();
   dot_int8_ = avx512 && cpu::has_avx512_vnni();
 }
 
@@ -173,10 +173,13 @@ std::unique_ptr<KernelBackend> make_cpu_backend() {
     ALEM_CHECK(cpu::isa_supported(wanted), "ALEM_CPU_ISA=" + name + " is not supported here");
     isa = wanted;
   }
-  // ALEM_CPU_DOT=0 keeps the exact f32 kernels for small-M matmuls (before/after benchmarks).
-  const char* dot = std::getenv("ALEM_CPU_DOT");
-  const bool dot_products = !(dot && std::string(dot) == "0");
-  return std::make_unique<CpuBackend>(isa, 0, dot_products);
+  // ALEM_CPU_DOT: 0 keeps the exact f32 kernels everywhere; unset or "int8" uses the int8 VNNI
+  // kernels; "all" also the bf16 ones (which round activations to bf16).
+  const char* dot_env = std::getenv("ALEM_CPU_DOT");
+  const std::string dot = dot_env ? dot_env : "int8";
+  ALEM_CHECK(dot == "0" || dot == "int8" || dot == "all",
+             "ALEM_CPU_DOT must be 0, int8 or all, got '" + dot + "'");
+  return std::make_unique<CpuBackend>(isa, 0, dot != "0", dot == "all");
 }
 
 void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,

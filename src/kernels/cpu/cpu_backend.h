@@ -16,10 +16,12 @@ class CpuBackend final : public KernelBackend {
  public:
   // Uses `isa` (which must be supported by this CPU, see cpu::isa_supported) and at most
   // `max_threads` OpenMP threads (0: omp_get_max_threads(), i.e. OMP_NUM_THREADS).
-  // `dot_products` lets small-M matmuls use the native dot-product kernels (bf16 activations
-  // for bf16 weights, int8 activations for int8 weights) when the CPU has them; false keeps the
-  // exact f32 kernels everywhere (ALEM_CPU_DOT=0 for the registry's backend).
-  explicit CpuBackend(cpu::Isa isa, int max_threads = 0, bool dot_products = true);
+  // `dot_products` lets small-M int8 matmuls use the VNNI kernels (16-bit activations) when the
+  // CPU has them; `bf16_dot_products` also lets bf16 matmuls use vdpbf16ps, which rounds the
+  // activations to bf16 and so moves near-tie greedy tokens (off by default; docs/kernels.md).
+  // The registry's backend reads ALEM_CPU_DOT: 0 none, unset or int8 the int8 kernels, all both.
+  explicit CpuBackend(cpu::Isa isa, int max_threads = 0, bool dot_products = true,
+                      bool bf16_dot_products = false);
 
   std::string name() const override { return "cpu"; }
   cpu::Isa isa() const { return kernels_.isa; }
