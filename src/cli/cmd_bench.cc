@@ -166,6 +166,7 @@ void add_bench_command(CLI::App& app) {
   add_parallel_flags(*gen, o->parallel);
   gen->callback([o] { run_bench_generate(*o); });
   add_bench_batch_command(*bench);
+  add_bench_calibrate_command(*bench);
 }
 
 }  // namespace alem::cli

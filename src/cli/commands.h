@@ -25,6 +25,7 @@ void add_generate_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_bench_batch_command(CLI::App& bench);  // `alem bench batch`, under add_bench_command
+void add_bench_calibrate_command(CLI::App& bench);  // `alem bench calibrate`
 void add_info_command(CLI::App& app);
 void add_submit_command(CLI::App& app);
 void add_serve_command(CLI::App& app);

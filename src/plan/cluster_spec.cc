@@ -167,6 +167,7 @@ ClusterSpec parse_cluster_spec(std::string_view toml_text, const std::string& so
   c.bandwidth_efficiency = k.number("efficiency.memory_bandwidth", 1);
   c.layer_overhead_us = k.number("efficiency.layer_overhead_us", 0);
   c.step_overhead_us = k.number("efficiency.step_overhead_us", 0);
+  c.sync_us = k.number("efficiency.sync_us", 0);
   c.reserved_gib = k.number("efficiency.reserved_gib", 0);
   c.intra_node = read_link(k, "links.intra_node", true);
   c.inter_node = read_link(k, "links.inter_node", false);
@@ -199,6 +200,10 @@ std::string calibration_to_json(const Calibration& c) {
   j["node_read_bandwidth_gbs"] = c.node_read_bandwidth_gbs;
   j["layer_overhead_us"] = c.layer_overhead_us;
   j["aes_gcm_gbs"] = c.aes_gcm_gbs;
+  j["sync_us"] = c.sync_us;
+  if (!c.engine_model.empty()) {
+    j["engine"] = {{"model", c.engine_model}, {"decode_step_s", c.engine_decode_step_s}};
+  }
   j["collective_ranks"] = c.collective_ranks;
   nlohmann::json coll = nlohmann::json::object();
   for (const auto& [op, points] : c.collectives) {
@@ -226,6 +231,11 @@ Calibration calibration_from_json(const std::string& text, const std::string& so
     c.node_read_bandwidth_gbs = j.value("node_read_bandwidth_gbs", 0.0);
     c.layer_overhead_us = j.value("layer_overhead_us", 0.0);
     c.aes_gcm_gbs = j.value("aes_gcm_gbs", 0.0);
+    c.sync_us = j.value("sync_us", 0.0);
+    if (j.contains("engine")) {
+      c.engine_model = j["engine"].value("model", "");
+      c.engine_decode_step_s = j["engine"].value("decode_step_s", 0.0);
+    }
     c.collective_ranks = j.value("collective_ranks", 0);
     const nlohmann::json collectives = j.value("collectives", nlohmann::json::object());
     for (const auto& [op, points] : collectives.items()) {
@@ -284,9 +294,14 @@ void apply_calibration(ClusterSpec& cluster, const Calibration& c, const std::st
   if (c.node_read_bandwidth_gbs > 0) cluster.node_bandwidth_gbs = c.node_read_bandwidth_gbs;
   cluster.compute_efficiency = 1;
   cluster.bandwidth_efficiency = 1;
-  if (c.layer_overhead_us > 0) cluster.layer_overhead_us = c.layer_overhead_us;
+  if (!c.engine_model.empty()) {
+    // The engine's own residual covers every cost besides the matmuls, per step included.
+    cluster.layer_overhead_us = c.layer_overhead_us;
+    cluster.step_overhead_us = 0;
+  }
   if (c.fitted_link.bandwidth_gbs > 0) cluster.intra_node = c.fitted_link;
   if (c.aes_gcm_gbs > 0) cluster.aes_gcm_gbs = c.aes_gcm_gbs;
+  if (c.collective_ranks > 1) cluster.sync_us = c.sync_us;
   cluster.calibration = path;
 }
 

@@ -41,6 +41,9 @@ struct ClusterSpec {
   double bandwidth_efficiency = 1;
   double layer_overhead_us = 0;  // fixed cost per layer and micro-batch (launches, syncs)
   double step_overhead_us = 0;   // fixed cost per engine step (scheduling, sampling, broadcast)
+  // Waiting per collective or pipeline hop while peers compute (ranks drift apart; on CPU nodes
+  // with more ranks than cores, peers are descheduled): measured by calibration.
+  double sync_us = 0;
   LinkSpec intra_node;
   LinkSpec inter_node;
   bool encrypt_inter_node = false;
@@ -78,6 +81,9 @@ struct Calibration {
   std::map<std::string, std::vector<CollectivePoint>> collectives;  // op -> points
   int collective_ranks = 0;
   double aes_gcm_gbs = 0;
+  std::string engine_model;         // the model whose decode steps were timed (if any)
+  double engine_decode_step_s = 0;  // its one-sequence decode step on one rank
+  double sync_us = 0;    // waiting per collective when all ranks compute between collectives
   LinkSpec fitted_link;  // alpha-beta fit of send_recv (point to point)
 };
 

@@ -106,13 +106,13 @@ LinkCost link_for(const ClusterSpec& c, bool crosses_nodes) {
 void all_reduce(StepTime& t, const LinkCost& lc, const ClusterSpec& c, int n, double bytes) {
   if (n <= 1) return;
   const double per_step = bytes / n;
-  t.communication += 2.0 * (n - 1) * lc.link.seconds(per_step);
+  t.communication += 2.0 * (n - 1) * lc.link.seconds(per_step) + c.sync_us * 1e-6;
   if (lc.encrypted) t.encryption += 2.0 * (n - 1) * 2.0 * per_step / (c.aes_gcm_gbs * 1e9);
 }
 
 // Adds one point-to-point message.
 void send(StepTime& t, const LinkCost& lc, const ClusterSpec& c, double bytes) {
-  t.communication += lc.link.seconds(bytes);
+  t.communication += lc.link.seconds(bytes) + c.sync_us * 1e-6;
   if (lc.encrypted) t.encryption += 2.0 * bytes / (c.aes_gcm_gbs * 1e9);
 }
 
@@ -240,12 +240,15 @@ StepTime step_time(const ModelShape& m, const ClusterSpec& c, const Layout& l, c
   StepTime small;
   const LinkCost tp_link = link_for(c, p.tp_crosses_nodes);
   all_reduce(small, tp_link, c, l.tp, tokens * m.hidden_size * m.activation_bytes);
-  if (l.tp > 1) small.communication += (l.tp - 1) * tp_link.link.seconds(seqs * 64);
+  const double sync = c.sync_us * 1e-6;
+  if (l.tp > 1) small.communication += (l.tp - 1) * tp_link.link.seconds(seqs * 64) + sync;
   const int replica_ranks = l.tp * l.pp;
   if (replica_ranks > 1) {
     const LinkCost wide = link_for(c, p.pp_crosses_nodes);
-    small.communication += std::ceil(std::log2(replica_ranks)) * wide.link.seconds(seqs * 16 + 64);
-    if (l.pp > 1) small.communication += std::ceil(std::log2(l.pp)) * wide.link.seconds(seqs * 4);
+    small.communication +=
+        std::ceil(std::log2(replica_ranks)) * wide.link.seconds(seqs * 16 + 64) + sync;
+    if (l.pp > 1)
+      small.communication += std::ceil(std::log2(l.pp)) * wide.link.seconds(seqs * 4) + sync;
   }
   small.overhead = c.step_overhead_us * 1e-6;
   small.total = small.communication + small.encryption + small.overhead;

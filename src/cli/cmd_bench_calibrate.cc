@@ -1,0 +1,340 @@
+// `alem bench calibrate`: measures this node for the planner and writes a calibration file
+// (JSON, format alem-calibration-v1) that `alem plan --calibration FILE` uses in place of the
+// cluster description's datasheet figures:
+//   - matmul throughput per weight dtype with the engine's own CPU kernels: GFLOP/s at a
+//     prefill-sized batch, and the weight-streaming rate (GB/s) of one-row decode matmuls over a
+//     footprint the size of a model, so caches help as much as they help the engine;
+//   - streaming read bandwidth of one core and of all cores;
+//   - latency and bandwidth of send/recv and all-reduce per message size over MPI (run under
+//     mpirun with the ranks a job would use), fitted to latency + bytes / bandwidth;
+//   - AES-256-GCM throughput of the secure channel's own implementation.
+// Times are wall-clock medians: the planner predicts wall-clock figures, and a shared node slows
+// the calibration as it slows the benchmark.
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <random>
+
+#include "cli/commands.h"
+#include "cli/runtime.h"
+#include "core/error.h"
+#include "engine/generator.h"
+#include "kernels/cpu/machine_limits.h"
+#include "model/model_store.h"
+#include "model/weights.h"
+#include "mpi/mpi_context.h"
+#include "mpi/secure_crypto.h"
+#include "plan/build_info.h"
+#include "plan/cluster_spec.h"
+
+namespace alem::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct CalibrateOptions {
+  std::string output = "calibration.json";
+  std::vector<std::string> dtypes = {"bf16", "int8", "f32"};
+  int threads = 1;
+  int footprint_mb = 256;
+  double seconds = 0.5;  // per measurement
+  int prefill_rows = 128;
+  std::string model;  // optional: measure the engine's per-layer cost beyond its matmuls
+  bool collectives_only = false;  // update --output's collective figures only (under mpirun)
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// Median wall seconds of fn() over about `seconds` of calls (at least 5).
+template <typename Fn>
+double time_median(double seconds, Fn&& fn) {
+  fn();  // warm-up
+  std::vector<double> times;
+  const auto start = Clock::now();
+  while (times.size() < 5 ||
+         (std::chrono::duration<double>(Clock::now() - start).count() < seconds &&
+          times.size() < 100000)) {
+    const auto t0 = Clock::now();
+    fn();
+    times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  return median(times);
+}
+
+// One transformer-FFN-like matrix (1536 x 576, SmolLM2's gate), copied until the copies fill
+// the footprint, so one-row matmuls stream them as the engine streams a model's weights.
+void calibrate_matmul(const CalibrateOptions& o, KernelBackend& backend, plan::Calibration& c) {
+  const int64_t N = 1536, K = 576;
+  std::vector<float> values(N * K);
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> dist(-0.05f, 0.05f);
+  for (float& v : values) v = dist(rng);
+  for (const std::string& name : o.dtypes) {
+    const DType dtype = parse_dtype(name);
+    std::vector<WeightMatrix> copies;
+    copies.push_back(make_weight_matrix(values.data(), N, K, dtype));
+    const size_t each = copies[0].bytes();
+    const size_t count = std::max<size_t>(1, size_t{1} * o.footprint_mb * 1000000 / each);
+    while (copies.size() < count) {
+      WeightMatrix w;
+      w.dtype = dtype;
+      w.rows = N;
+      w.cols = K;
+      w.data.resize(copies[0].data.size());
+      std::memcpy(w.data.data(), copies[0].data.data(), copies[0].data.size());
+      w.scales = copies[0].scales;
+      copies.push_back(std::move(w));
+    }
+    std::vector<float> x(o.prefill_rows * K, 0.01f), y(o.prefill_rows * N);
+    size_t next = 0;
+    const double decode_s = time_median(o.seconds, [&] {
+      backend.matmul(x.data(), 1, copies[next], nullptr, y.data());
+      next = (next + 1) % copies.size();
+    });
+    const double prefill_s = time_median(
+        o.seconds, [&] { backend.matmul(x.data(), o.prefill_rows, copies[0], nullptr, y.data()); });
+    const double gbs = each / decode_s / 1e9;
+    const double gflops = 2.0 * o.prefill_rows * N * K / prefill_s / 1e9;
+    c.matmul_gbs[dtype_name(dtype)] = gbs;
+    c.matmul_gflops[dtype_name(dtype)] = gflops;
+    std::printf(
+        "matmul %-5s  decode (1 row, %d MB of weights) %7.2f GB/s   prefill (%d rows) "
+        "%7.1f GFLOP/s\n",
+        dtype_name(dtype).c_str(), o.footprint_mb, gbs, o.prefill_rows, gflops);
+  }
+}
+
+// With a model: one sequence's decode steps on one rank, against what its matmuls alone take
+// at the measured streaming rate; the rest (norms, RoPE, attention, SiLU, sampling, scheduling)
+// is charged per layer. Also the per-step time, to check the planner's one-rank figure.
+void calibrate_engine(const CalibrateOptions& o, KernelBackend& backend, plan::Calibration& c) {
+  ModelStoreReader store(o.model);
+  ParallelContext solo = make_solo_context();
+  EngineOptions engine_options;
+  const int prompt_tokens = 32, decode_tokens = 16;
+  engine_options.max_model_len = prompt_tokens + decode_tokens + 1;
+  ShardedTransformer model(store, solo, backend, engine_options);
+  Generator generator(model, solo, {}, prompt_tokens);
+  std::vector<int32_t> prompt(prompt_tokens);
+  for (int i = 0; i < prompt_tokens; ++i) prompt[i] = 100 + 37 * i;
+  SamplingParams params;
+  params.temperature = 0.f;
+  params.ignore_eos = true;
+  params.max_tokens = decode_tokens;
+  std::vector<double> steps;
+  for (int r = 0; r < 3; ++r) {
+    const GenerationResult result = generator.generate(prompt, params);
+    steps.push_back(result.decode_seconds / std::max<size_t>(1, result.tokens.size() - 1));
+  }
+  const double step = median(steps);
+  const std::string dtype =
+      dtype_name(store.tensor_info(layer_tensor_name(0, "self_attn.q_proj.weight")).dtype);
+  const auto rate = c.matmul_gbs.find(dtype);
+  ALEM_CHECK(rate != c.matmul_gbs.end(),
+             "--model: its weights are " + dtype + "; add it to --dtypes");
+  const double matmuls = model.weight_bytes() / (rate->second * 1e9);
+  c.layer_overhead_us = std::max(0.0, step - matmuls) / store.config().num_layers * 1e6;
+  c.engine_model = store.config().name;
+  c.engine_decode_step_s = step;
+  std::printf(
+      "engine (%s, 1 sequence): decode step %.1f ms, of which matmuls at %.2f GB/s "
+      "%.1f ms: %.1f us per layer besides\n",
+      store.config().name.c_str(), step * 1e3, rate->second, matmuls * 1e3, c.layer_overhead_us);
+}
+
+void calibrate_aes(const CalibrateOptions& o, plan::Calibration& c) {
+  ChannelKey key{};
+  key[0] = 1;
+  AesGcm gcm(key, /*encrypt=*/true);
+  std::vector<uint8_t> buffer(1 << 20, 7), out(buffer.size());
+  uint8_t tag[kGcmTagBytes];
+  GcmNonce nonce{};
+  uint64_t counter = 0;
+  const double s = time_median(o.seconds, [&] {
+    ++counter;
+    std::memcpy(nonce.data(), &counter, sizeof counter);
+    gcm.seal(nonce, {}, buffer, out.data(), tag);
+  });
+  c.aes_gcm_gbs = buffer.size() / s / 1e9;
+  std::printf("AES-256-GCM (secure channel, 1 MiB messages, one core) %.2f GB/s\n", c.aes_gcm_gbs);
+}
+
+// send/recv ping-pong between ranks 0 and 1 (one way = half the round trip) and all-reduce over
+// all ranks, per message size. Every rank runs the same loop; rank 0's medians are recorded.
+void calibrate_collectives(const CalibrateOptions& o, ParallelContext& ctx, plan::Calibration& c) {
+  ProcessGroup& world = *ctx.world;
+  const int rank = world.rank(), size = world.size();
+  c.collective_ranks = size;
+  std::vector<float> buffer((size_t{16} << 20) / sizeof(float), 1.f);
+  const int reps = 9;
+  for (size_t bytes = 64; bytes <= (size_t{16} << 20); bytes *= 8) {
+    std::vector<double> pp, ar;
+    for (int r = 0; r < reps; ++r) {
+      world.barrier();
+      const auto t0 = Clock::now();
+      if (rank == 0) {
+        world.send(buffer.data(), bytes, 1, 901);
+        world.recv(buffer.data(), bytes, 1, 902);
+      } else if (rank == 1) {
+        world.recv(buffer.data(), bytes, 0, 901);
+        world.send(buffer.data(), bytes, 0, 902);
+      }
+      pp.push_back(std::chrono::duration<double>(Clock::now() - t0).count() / 2);
+      world.barrier();
+      const auto t1 = Clock::now();
+      world.all_reduce(buffer.data(), bytes / sizeof(float));
+      ar.push_back(std::chrono::duration<double>(Clock::now() - t1).count());
+    }
+    if (rank == 0) {
+      c.collectives["send_recv"].push_back({double(bytes), median(pp)});
+      c.collectives["all_reduce"].push_back({double(bytes), median(ar)});
+      std::printf("%d ranks, %9zu bytes: send/recv %9.1f us one way, all-reduce %9.1f us\n", size,
+                  bytes, median(pp) * 1e6, median(ar) * 1e6);
+    }
+  }
+  // Synchronisation under load: every rank computes (a one-row matmul, as in a decode step),
+  // then all ranks all-reduce a small message, as a TP layer does. The time per round beyond
+  // the compute (scaled by the cores the ranks share) and the idle all-reduce is what each
+  // collective costs when ranks wait for peers that are computing or descheduled.
+  {
+    auto backend = make_backend("cpu");
+    backend->set_max_threads(o.threads);
+    const int64_t N = 1536, K = 576;
+    std::vector<float> values(N * K, 0.01f), x(K, 0.01f), y(N);
+    const WeightMatrix w = make_weight_matrix(values.data(), N, K, DType::BF16);
+    std::vector<float> small(1024, 1.f);
+    const int rounds = 200;
+    auto compute = [&] { backend->matmul(x.data(), 1, w, nullptr, y.data()); };
+    world.barrier();
+    const double solo = time_median(0.2, compute);  // all ranks at once: the loaded figure
+    world.barrier();
+    const auto t0 = Clock::now();
+    for (int r = 0; r < rounds; ++r) {
+      compute();
+      world.all_reduce(small.data(), small.size());
+    }
+    const double per_round = std::chrono::duration<double>(Clock::now() - t0).count() / rounds;
+    double idle_ar = 0;
+    for (const auto& p : c.collectives["all_reduce"]) {
+      if (p.bytes == 4096) idle_ar = p.seconds;
+    }
+    if (rank == 0) {
+      c.sync_us = std::max(0.0, (per_round - solo - idle_ar) * 1e6);
+      std::printf(
+          "compute + 4 KiB all-reduce rounds: %.1f us per round (compute %.1f us, idle "
+          "all-reduce %.1f us): %.1f us of waiting per collective\n",
+          per_round * 1e6, solo * 1e6, idle_ar * 1e6, c.sync_us);
+    }
+  }
+  if (rank == 0) {
+    c.fitted_link = plan::fit_alpha_beta(c.collectives["send_recv"]);
+    std::printf("link fit (send/recv): latency %.1f us, bandwidth %.2f GB/s\n",
+                c.fitted_link.latency_us, c.fitted_link.bandwidth_gbs);
+  }
+}
+
+std::string utc_now() {
+  char text[32];
+  const std::time_t t = std::time(nullptr);
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return text;
+}
+
+void run_calibrate(const CalibrateOptions& o) {
+  ALEM_CHECK(o.threads >= 1 && o.footprint_mb >= 1 && o.seconds > 0 && o.prefill_rows >= 1,
+             "--threads, --footprint-mb, --seconds and --prefill-rows must be positive");
+  const bool mpi = launched_by_mpi();
+  ParallelContext ctx;
+  if (mpi) {
+    init_mpi();
+    ParallelOptions po;
+    po.dp = mpi_world_size();
+    ctx = make_context(po);
+  }
+  const bool leader = !mpi || ctx.world->rank() == 0;
+  plan::Calibration c;
+  if (o.collectives_only) {
+    ALEM_CHECK(mpi, "--collectives-only measures MPI collectives: run it under mpirun -np N");
+    c = plan::load_calibration(o.output);
+  } else {
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    c.host = host;
+    c.created_utc = utc_now();
+    c.git_revision = plan::git_revision();
+    c.threads = o.threads;
+  }
+  try {
+    if (leader && !o.collectives_only) {
+      ALEM_CHECK(!mpi || ctx.world->size() == 1,
+                 "measure compute alone (the other ranks would compete for the cores): run "
+                 "without mpirun, then `mpirun -np N alem bench calibrate --collectives-only`");
+      std::printf("# %s\n", cpu_description().c_str());
+      auto backend = make_backend("cpu");
+      backend->set_max_threads(o.threads);
+      omp_set_num_threads(o.threads);
+      calibrate_matmul(o, *backend, c);
+      c.read_bandwidth_gbs = measure_memory_bandwidth_gbs(size_t{256} << 20, o.threads);
+      const int cores = std::max(1, omp_get_num_procs());
+      c.node_read_bandwidth_gbs = measure_memory_bandwidth_gbs(size_t{256} << 20, cores);
+      std::printf("streaming read: %.1f GB/s on %d thread(s), %.1f GB/s on %d\n",
+                  c.read_bandwidth_gbs, o.threads, c.node_read_bandwidth_gbs, cores);
+      calibrate_aes(o, c);
+      if (!o.model.empty()) calibrate_engine(o, *backend, c);
+    }
+    if (mpi && ctx.world->size() >= 2) {
+      calibrate_collectives(o, ctx, c);
+    } else if (leader) {
+      std::printf("one rank: collectives not measured (run under mpirun -np N)\n");
+    }
+    if (leader) {
+      std::ofstream f(o.output, std::ios::trunc);
+      ALEM_CHECK(f.good(), "cannot write " + o.output);
+      f << plan::calibration_to_json(c);
+      ALEM_CHECK(f.good(), "cannot write " + o.output);
+      std::printf("wrote %s\n", o.output.c_str());
+    }
+  } catch (const std::exception& e) {
+    if (mpi) fail_job(&ctx, e.what());
+    throw;
+  }
+}
+
+}  // namespace
+
+void add_bench_calibrate_command(CLI::App& bench) {
+  auto o = std::make_shared<CalibrateOptions>();
+  CLI::App* cmd = bench.add_subcommand(
+      "calibrate", "Measure this node (matmul, bandwidth, MPI, AES-GCM) for alem plan");
+  cmd->add_option("--output,-o", o->output, "Calibration file to write")->capture_default_str();
+  cmd->add_option("--dtypes", o->dtypes, "Weight dtypes to measure")
+      ->delimiter(',')
+      ->capture_default_str();
+  cmd->add_option("--threads", o->threads, "Threads per rank (as OMP_NUM_THREADS of a job)")
+      ->capture_default_str();
+  cmd->add_option("--footprint-mb", o->footprint_mb,
+                  "Weights the decode matmuls stream (about the model's size)")
+      ->capture_default_str();
+  cmd->add_option("--seconds", o->seconds, "Time spent per measurement")->capture_default_str();
+  cmd->add_option("--prefill-rows", o->prefill_rows, "Rows of the prefill-sized matmul")
+      ->capture_default_str();
+  cmd->add_flag("--collectives-only", o->collectives_only,
+                "Under mpirun: measure the collectives and add them to --output's file");
+  cmd->add_option("--model,-m", o->model,
+                  "Also time this model's decode steps (per-layer cost beyond the matmuls)");
+  cmd->callback([o] {
+    run_calibrate(*o);
+    if (launched_by_mpi()) finalize_mpi();
+  });
+}
+
+}  // namespace alem::cli
