@@ -167,6 +167,7 @@ void add_bench_command(CLI::App& app) {
   gen->callback([o] { run_bench_generate(*o); });
   add_bench_batch_command(*bench);
   add_bench_calibrate_command(*bench);
+  add_bench_sweep_command(*bench);
 }
 
 }  // namespace alem::cli

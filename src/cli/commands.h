@@ -26,6 +26,7 @@ void add_convert_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_bench_batch_command(CLI::App& bench);  // `alem bench batch`, under add_bench_command
 void add_bench_calibrate_command(CLI::App& bench);  // `alem bench calibrate`
+void add_bench_sweep_command(CLI::App& bench);      // `alem bench sweep`
 void add_info_command(CLI::App& app);
 void add_submit_command(CLI::App& app);
 void add_serve_command(CLI::App& app);

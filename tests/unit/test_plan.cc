@@ -12,6 +12,7 @@
 #include "model/model_store.h"
 #include "plan/cluster_spec.h"
 #include "plan/cost_model.h"
+#include "plan/results_file.h"
 #include "test_env.h"
 
 namespace alem::plan {
@@ -225,6 +226,48 @@ TEST(PlanClusterSpec, ShippedClustersParse) {
     ++seen;
   }
   EXPECT_GE(seen, 3);
+}
+
+}  // namespace
+}  // namespace alem::plan
+
+namespace alem::plan {
+namespace {
+
+TEST(PlanResultsFile, RunsSurviveReopenAndOtherModelsAreRefused) {
+  const std::string path = ::testing::TempDir() + "/alem-plan-results.h5";
+  std::filesystem::remove(path);
+  RunRecord a;
+  a.key = "tp1-pp1-dp1-b8-c1";
+  a.params = {{"tp", 1}, {"batch", 8}};
+  a.values = {{"tokens_per_s", {12.5, "tokens/s"}}, {"ttft_p50", {0.25, "s"}}};
+  a.replica_columns = {"replica", "requests"};
+  a.replica_units = {"1", "requests"};
+  a.replicas = {{0, 4}, {1, 4}};
+  {
+    ResultsFile f(path, {{"model", "m"}, {"model_digest", "abc"}, {"host", "h"}});
+    EXPECT_FALSE(f.has(a.key));
+    f.add(a);
+    EXPECT_TRUE(f.has(a.key));
+  }
+  ResultsFile again(path, {{"model_digest", "abc"}});
+  ASSERT_TRUE(again.has(a.key));
+  const auto runs = again.runs();
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_EQ(runs[0].params, a.params);
+  EXPECT_DOUBLE_EQ(runs[0].values.at("tokens_per_s").value, 12.5);
+  EXPECT_EQ(runs[0].values.at("ttft_p50").units, "s");
+  EXPECT_EQ(runs[0].replicas, a.replicas);
+  EXPECT_EQ(runs[0].replica_columns, a.replica_columns);
+  EXPECT_EQ(again.provenance().at("host"), "h");
+  EXPECT_NE(runs_to_csv(runs).find("tokens_per_s [tokens/s]"), std::string::npos);
+  try {
+    ResultsFile other(path, {{"model_digest", "def"}});
+    ADD_FAILURE() << "a file of another model was opened";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("another model"), std::string::npos) << e.message();
+  }
+  std::filesystem::remove(path);
 }
 
 }  // namespace
