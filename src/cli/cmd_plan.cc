@@ -265,6 +265,7 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--top", o->top, "Rows shown on the terminal")->capture_default_str();
   cmd->add_option("--json", o->json, "Write all layouts as JSON to FILE (- for stdout)");
   cmd->add_option("--csv", o->csv, "Write all layouts as CSV to FILE (- for stdout)");
+  add_plan_simulate_command(*cmd);
   cmd->callback([o, cmd] {
     if (cmd->get_subcommands().empty()) run_plan(*o);
   });

@@ -24,7 +24,7 @@ class CommandExit : public std::runtime_error {
 void add_generate_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
-void add_bench_batch_command(CLI::App& bench);  // `alem bench batch`, under add_bench_command
+void add_bench_batch_command(CLI::App& bench);      // `alem bench batch`, under add_bench_command
 void add_bench_calibrate_command(CLI::App& bench);  // `alem bench calibrate`
 void add_bench_sweep_command(CLI::App& bench);      // `alem bench sweep`
 void add_info_command(CLI::App& app);
@@ -32,9 +32,10 @@ void add_submit_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_netsim_command(CLI::App& app);  // the reference network (cmd_netsim.cc)
 void add_status_command(CLI::App& app);
-void add_cvm_command(CLI::App& app);            // `alem cvm render` (cmd_cvm.cc)
-void add_verify_bundle_command(CLI::App& app);  // `alem verify-bundle` (cmd_verify_bundle.cc)
-void add_attest_command(CLI::App& app);         // `alem attest verify` (cmd_attest.cc)
+void add_cvm_command(CLI::App& app);             // `alem cvm render` (cmd_cvm.cc)
+void add_verify_bundle_command(CLI::App& app);   // `alem verify-bundle` (cmd_verify_bundle.cc)
+void add_attest_command(CLI::App& app);          // `alem attest verify` (cmd_attest.cc)
 void add_plan_command(CLI::App& app);            // `alem plan` (cmd_plan.cc)
+void add_plan_simulate_command(CLI::App& plan);  // `alem plan simulate` (cmd_plan_simulate.cc)
 
 }  // namespace alem::cli

@@ -12,6 +12,7 @@
 #include "model/model_store.h"
 #include "plan/cluster_spec.h"
 #include "plan/cost_model.h"
+#include "plan/network_sim.h"
 #include "plan/results_file.h"
 #include "test_env.h"
 
@@ -268,6 +269,59 @@ TEST(PlanResultsFile, RunsSurviveReopenAndOtherModelsAreRefused) {
     EXPECT_NE(e.message().find("another model"), std::string::npos) << e.message();
   }
   std::filesystem::remove(path);
+}
+
+}  // namespace
+}  // namespace alem::plan
+
+namespace alem::plan {
+namespace {
+
+ProviderClass flat_class(const char* name, int count, int max_active, double itl) {
+  ProviderClass pc;
+  pc.name = name;
+  pc.count = count;
+  pc.max_active = max_active;
+  pc.ttft_s.assign(max_active, 0.1);
+  pc.itl_s.assign(max_active, itl);
+  return pc;
+}
+
+TEST(PlanNetworkSim, AccountsForEveryRequestAndFollowsTheLeaseRules) {
+  SimulationConfig c;
+  c.classes = {flat_class("worker", 20, 4, 0.01)};
+  c.arrival_rate = 50;
+  c.duration_s = 200;
+  c.output_mean = 50;
+  const SimulationResult a = simulate_network(c);
+  EXPECT_EQ(a.submitted, a.completed + a.unfinished + a.lost);
+  EXPECT_EQ(a.lost, 0);
+  EXPECT_EQ(a.redelivered, 0);
+  EXPECT_NEAR(a.submitted / c.duration_s, c.arrival_rate, c.arrival_rate * 0.1);
+  const SimulationResult again = simulate_network(c);
+  EXPECT_EQ(a.completed, again.completed);  // deterministic for a seed
+  EXPECT_DOUBLE_EQ(a.latency_p95, again.latency_p95);
+  c.mtbf_s = 20;  // providers fail often: their requests come back after the lease
+  c.repair_s = 5;
+  c.max_attempts = 1;
+  const SimulationResult f = simulate_network(c);
+  EXPECT_GT(f.failures, 0);
+  EXPECT_GT(f.lost, 0);  // one attempt only: every request held by a failed provider is lost
+  EXPECT_EQ(f.redelivered, 0);
+  c.max_attempts = 12;
+  const SimulationResult g = simulate_network(c);
+  EXPECT_GT(g.redelivered, 0);
+  EXPECT_EQ(g.submitted, g.completed + g.unfinished + g.lost);
+}
+
+TEST(PlanNetworkSim, RoutingPrefersTheProviderWithTheSmallerScore) {
+  SimulationConfig c;
+  c.classes = {flat_class("slow", 1, 50, 0.1), flat_class("fast", 1, 50, 0.01)};
+  c.arrival_rate = 5;
+  c.duration_s = 300;
+  c.output_mean = 20;
+  const SimulationResult r = simulate_network(c);
+  EXPECT_GT(r.classes[1].requests, r.classes[0].requests);
 }
 
 }  // namespace
