@@ -3,6 +3,7 @@
 // FMA throughput, with the fraction of those limits reached. Results also go to a CSV file.
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -40,6 +41,42 @@ struct BenchGenerateOptions {
   ParallelOptions parallel;
 };
 
+// Expert weight bytes this rank read per decoded token (single-token steps), over its layers.
+double active_expert_bytes_per_token(const ShardedTransformer& model) {
+  const MoeRoutingCounts& c = model.moe_routing();
+  if (c.single_token_calls == 0) return 0;
+  const double tokens = static_cast<double>(c.single_token_calls) / model.num_moe_layers();
+  return static_cast<double>(c.single_token_expert_bytes) / tokens;
+}
+
+// Load balance of the routing so far: tokens per expert (min, mean, max) and per ep slice.
+void print_moe_load(const ShardedTransformer& model, double bytes_per_token) {
+  const ModelConfig& c = model.config();
+  const ShardPlan& s = model.shard();
+  const std::vector<uint64_t>& per_expert = model.moe_routing().tokens_per_expert;
+  if (per_expert.empty()) return;
+  const uint64_t lo = *std::min_element(per_expert.begin(), per_expert.end());
+  const uint64_t hi = *std::max_element(per_expert.begin(), per_expert.end());
+  double sum = 0;
+  for (uint64_t n : per_expert) sum += static_cast<double>(n);
+  std::printf(
+      "#   moe: %d experts top-%d, ep %d (rank 0 holds %d), %.1f MB weights read per "
+      "decoded token of %.1f MB held (active %.1f%%); tokens per expert min %llu mean "
+      "%.1f max %llu; per ep slice:",
+      c.num_experts, c.num_experts_per_tok, s.ep_size, s.num_local_experts, bytes_per_token / 1e6,
+      model.weight_bytes() / 1e6,
+      100.0 * bytes_per_token / std::max<double>(model.weight_bytes(), 1),
+      static_cast<unsigned long long>(lo), sum / per_expert.size(),
+      static_cast<unsigned long long>(hi));
+  const size_t per_slice = per_expert.size() / s.ep_size;
+  for (int slice = 0; slice < s.ep_size; ++slice) {
+    uint64_t total = 0;
+    for (size_t e = slice * per_slice; e < (slice + 1) * per_slice; ++e) total += per_expert[e];
+    std::printf(" %llu", static_cast<unsigned long long>(total));
+  }
+  std::printf("\n");
+}
+
 void run_bench_generate(const BenchGenerateOptions& o) {
   ParallelContext ctx = make_context(o.parallel);
   const bool leader = ctx.world_rank == 0;
@@ -71,13 +108,17 @@ void run_bench_generate(const BenchGenerateOptions& o) {
       !config.tie_word_embeddings && model.shard().has_embedding()
           ? double(model.shard().vocab_size) * config.hidden_size * embed_bytes_per_value
           : 0.0;
-  const double matmul_params = static_cast<double>(model.weight_bytes()) - untied_embedding_bytes;
+  double matmul_params = static_cast<double>(model.weight_bytes()) - untied_embedding_bytes;
+  // A MoE model streams every non-expert weight plus only the experts a decoded token used
+  // (measured after the first run, from the single-token steps).
+  const bool moe = model.num_moe_layers() > 0;
+  const double non_expert_bytes = matmul_params - static_cast<double>(model.expert_weight_bytes());
   const std::string weights_dtype =
       dtype_name(store.tensor_info(layer_tensor_name(0, "self_attn.q_proj.weight")).dtype);
   // FLOPs of one token through the whole model (all ranks): 2 per matmul weight; the input
   // embedding of an untied model is a lookup, not a matmul.
   const double flops_per_token =
-      2.0 * (static_cast<double>(config.parameter_count()) -
+      2.0 * (static_cast<double>(config.active_parameter_count()) -  // MoE: top-k experts
              (config.tie_word_embeddings ? 0.0 : double(config.vocab_size) * config.hidden_size));
   const int ranks = model.shard().tp_size * model.shard().pp_size;  // of this replica
 
@@ -122,6 +163,7 @@ void run_bench_generate(const BenchGenerateOptions& o) {
       GenerationResult result = generator.generate(prompt, params);
       const double prefill = o.prompt_tokens / std::max(result.prefill_seconds, 1e-9);
       const double decode = (result.tokens.size() - 1) / std::max(result.decode_seconds, 1e-9);
+      if (moe) matmul_params = non_expert_bytes + active_expert_bytes_per_token(model);
       best_prefill = std::max(best_prefill, prefill);
       best_decode = std::max(best_decode, decode);
       const ForwardTimings& t = model.timings();
@@ -134,6 +176,7 @@ void run_bench_generate(const BenchGenerateOptions& o) {
       std::printf("%-8d %11.1f %10.1f %9.1f %9.1f %9.1f %9.1f %9.1f %8.2f %9.2f %6.3f\n",
                   backend->max_threads(), best_prefill, best_decode, bandwidth_4k, bandwidth, peak,
                   peak_bf16, peak_int8, bw_fraction, flop_fraction, comm_fraction);
+      if (moe) print_moe_load(model, matmul_params);
       if (csv) {
         csv << '"' << ctx.layout.describe() << "\"," << backend->name() << ',' << weights_dtype
             << ',' << backend->max_threads() << ',' << o.prompt_tokens << ',' << o.decode_tokens

@@ -99,6 +99,9 @@ void put_stats(ByteWriter& w, const ReplicaStats& s) {
   w.put(s.preemptions);
   w.put(s.prefix_cache_queries);
   w.put(s.prefix_cache_hits);
+  w.put<int32_t>(s.moe_ep_size);
+  w.put<uint32_t>(static_cast<uint32_t>(s.moe_tokens_per_expert.size()));
+  for (int64_t n : s.moe_tokens_per_expert) w.put(n);
   w.put<uint8_t>(s.alive);
 }
 
@@ -114,6 +117,11 @@ ReplicaStats get_stats(ByteReader& r) {
   s.preemptions = r.get<int64_t>();
   s.prefix_cache_queries = r.get<int64_t>();
   s.prefix_cache_hits = r.get<int64_t>();
+  s.moe_ep_size = r.get<int32_t>();
+  const uint32_t experts = r.get<uint32_t>();
+  ALEM_CHECK(experts <= 1u << 16, "replica stats name " + std::to_string(experts) + " experts");
+  s.moe_tokens_per_expert.resize(experts);
+  for (int64_t& n : s.moe_tokens_per_expert) n = r.get<int64_t>();
   s.alive = r.get<uint8_t>() != 0;
   return s;
 }

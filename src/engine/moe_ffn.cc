@@ -37,10 +37,14 @@ MoeFfn::MoeFfn(const ModelStoreReader& store, const ModelConfig& config, const S
   }
 }
 
-uint64_t MoeFfn::weight_bytes() const {
-  uint64_t total = router_.bytes();
+uint64_t MoeFfn::expert_weight_bytes() const {
+  uint64_t total = 0;
   for (const Expert& e : experts_) total += e.gate_up.bytes() + e.down.bytes();
   return total;
+}
+
+uint64_t MoeFfn::weight_bytes() const {
+  return router_.bytes() + expert_weight_bytes();
 }
 
 void MoeFfn::forward(const KernelBackend& backend, const float* x, int64_t T, float* out,
@@ -81,6 +85,7 @@ void MoeFfn::forward(const KernelBackend& backend, const float* x, int64_t T, fl
     }
   }
   counts.routed_tokens += static_cast<uint64_t>(T);
+  if (T == 1) ++counts.single_token_calls;
 
   // Grouped expert FFN: gather each local expert's tokens, run them as one batch, scatter back.
   const int64_t F = ffn_size_;
@@ -104,6 +109,7 @@ void MoeFfn::forward(const KernelBackend& backend, const float* x, int64_t T, fl
       std::copy(x + rows_[r] * H, x + (rows_[r] + 1) * H, gathered_.data() + r * H);
     }
     const Expert& w = experts_[local];
+    if (T == 1) counts.single_token_expert_bytes += w.gate_up.bytes() + w.down.bytes();
     backend.matmul(gathered_.data(), n, w.gate_up, nullptr, gate_up_.data());
     backend.silu_mul(gate_up_.data(), n, F, act_.data());
     backend.matmul(act_.data(), n, w.down, nullptr, expert_out_.data());

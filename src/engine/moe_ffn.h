@@ -25,6 +25,10 @@ namespace alem {
 struct MoeRoutingCounts {
   std::vector<uint64_t> tokens_per_expert;  // [num_experts], summed over this rank's MoE layers
   uint64_t routed_tokens = 0;               // token-layer pairs routed (each to k experts)
+  // Single-token calls (one decoding sequence) and the expert weight bytes they read: the
+  // active expert bytes per decoded token, for benchmarks.
+  uint64_t single_token_calls = 0;
+  uint64_t single_token_expert_bytes = 0;
 };
 
 class MoeFfn {
@@ -39,6 +43,7 @@ class MoeFfn {
                MoeRoutingCounts& counts);
 
   uint64_t weight_bytes() const;
+  uint64_t expert_weight_bytes() const;  // this rank's experts only (weight_bytes less the router)
   int num_local_experts() const { return static_cast<int>(experts_.size()); }
 
  private:

@@ -281,6 +281,10 @@ struct ServingEngine::Impl {
     snapshot.preemptions = scheduler.stats().preemptions;
     snapshot.prefix_cache_queries = scheduler.stats().prefix_cache_queries;
     snapshot.prefix_cache_hits = scheduler.stats().prefix_cache_hits;
+    const MoeRoutingCounts& moe = model.moe_routing();
+    snapshot.moe_tokens_per_expert.assign(moe.tokens_per_expert.begin(),
+                                          moe.tokens_per_expert.end());
+    snapshot.moe_ep_size = model.shard().ep_size;
   }
 
   // Moves the inbox into the scheduler (engine thread).

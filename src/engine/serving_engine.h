@@ -80,6 +80,11 @@ struct ReplicaStats {
   int64_t preemptions = 0;
   int64_t prefix_cache_queries = 0;  // tokens looked up in the prefix cache
   int64_t prefix_cache_hits = 0;     // of those, found there
+  // Mixture of experts (empty for dense models): token-to-expert assignments per expert since
+  // start, over the sparse layers of the leader's pipeline stage, and the expert-parallel size
+  // (experts [i*E/ep, (i+1)*E/ep) are held by ep slice i).
+  std::vector<int64_t> moe_tokens_per_expert;
+  int32_t moe_ep_size = 1;
   bool alive = false;  // the engine loop runs and has not failed
 };
 

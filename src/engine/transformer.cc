@@ -145,6 +145,18 @@ uint64_t ShardedTransformer::weight_bytes() const {
   return total;
 }
 
+uint64_t ShardedTransformer::expert_weight_bytes() const {
+  uint64_t total = 0;
+  for (const auto& l : layers_) total += l->moe ? l->moe->expert_weight_bytes() : 0;
+  return total;
+}
+
+int ShardedTransformer::num_moe_layers() const {
+  int n = 0;
+  for (const auto& l : layers_) n += l->moe ? 1 : 0;
+  return n;
+}
+
 uint64_t ShardedTransformer::kv_cache_bytes() const {
   uint64_t total = 0;
   for (size_t l = 0; l < layers_.size(); ++l) total += 2 * kv_floats_per_layer_ * sizeof(float);

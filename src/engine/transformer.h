@@ -74,6 +74,9 @@ class ShardedTransformer {
   // Mixture-of-experts routing counts over this rank's sparse layers since construction (empty
   // for dense models); identical on the ranks of a tp group.
   const MoeRoutingCounts& moe_routing() const { return moe_routing_; }
+  // Bytes of this rank's expert weights, and the number of its sparse layers.
+  uint64_t expert_weight_bytes() const;
+  int num_moe_layers() const;
   void reset_timings() { timings_ = {}; }
   // Zeroes the given KV cache blocks (called when a request's blocks are released).
   // forward() first wipes the plan's wipe_blocks this way, before any KV write of the step.

@@ -74,6 +74,8 @@ ReplicaGauges replica_gauges(const ReplicaStats& s) {
   g.preemptions = s.preemptions;
   g.prefix_cache_queries = s.prefix_cache_queries;
   g.prefix_cache_hits = s.prefix_cache_hits;
+  g.moe_tokens_per_expert = s.moe_tokens_per_expert;
+  g.moe_ep_size = s.moe_ep_size;
   return g;
 }
 
@@ -240,6 +242,40 @@ std::string ServingMetrics::labels(int replica) const {
   return out;
 }
 
+// Mixture-of-experts load balance: assignments per expert and per expert-parallel slice.
+void ServingMetrics::render_moe_load(const std::vector<ReplicaGauges>& gauges,
+                                     std::string& out) const {
+  bool any = false;
+  for (const ReplicaGauges& r : gauges) any = any || !r.moe_tokens_per_expert.empty();
+  if (!any) return;
+  header(out, "alem_moe_expert_tokens_total", "counter",
+         "Token-to-expert assignments per expert (sparse layers of the first pipeline stage).");
+  for (const ReplicaGauges& r : gauges) {
+    for (size_t e = 0; e < r.moe_tokens_per_expert.size(); ++e) {
+      sample(out, "alem_moe_expert_tokens_total",
+             labels(r.replica) + ",expert=\"" + std::to_string(e) + "\"",
+             static_cast<double>(r.moe_tokens_per_expert[e]));
+    }
+  }
+  header(out, "alem_moe_ep_rank_tokens_total", "counter",
+         "Token-to-expert assignments per expert-parallel slice (its experts summed).");
+  for (const ReplicaGauges& r : gauges) {
+    const size_t experts = r.moe_tokens_per_expert.size();
+    const int ep = std::max(1, r.moe_ep_size);
+    if (experts == 0 || experts % static_cast<size_t>(ep) != 0) continue;
+    const size_t per_slice = experts / static_cast<size_t>(ep);
+    for (int slice = 0; slice < ep; ++slice) {
+      int64_t total = 0;
+      for (size_t e = slice * per_slice; e < (slice + 1) * per_slice; ++e) {
+        total += r.moe_tokens_per_expert[e];
+      }
+      sample(out, "alem_moe_ep_rank_tokens_total",
+             labels(r.replica) + ",ep_rank=\"" + std::to_string(slice) + "\"",
+             static_cast<double>(total));
+    }
+  }
+}
+
 std::string ServingMetrics::render(const std::vector<ReplicaGauges>& gauges) const {
   const size_t n = replicas_.size();
   std::vector<double> rates(n);
@@ -301,6 +337,8 @@ std::string ServingMetrics::render(const std::vector<ReplicaGauges>& gauges) con
     sample(out, "alem_kv_cache_usage_ratio", labels(r.replica),
            static_cast<double>(r.kv_blocks_used) / static_cast<double>(r.kv_blocks_total));
   }
+
+  render_moe_load(gauges, out);
 
   header(out, "alem_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.");
   for (size_t i = 0; i < n; ++i) {

@@ -53,9 +53,11 @@ struct ReplicaGauges {
   int64_t kv_blocks_cached = 0;
   int64_t kv_blocks_total = 0;
   int64_t steps = 0;
-  int64_t preemptions = 0;           // counters since start
-  int64_t prefix_cache_queries = 0;  // tokens looked up in the prefix cache
-  int64_t prefix_cache_hits = 0;     // of those, found there
+  int64_t preemptions = 0;                     // counters since start
+  int64_t prefix_cache_queries = 0;            // tokens looked up in the prefix cache
+  int64_t prefix_cache_hits = 0;               // of those, found there
+  std::vector<int64_t> moe_tokens_per_expert;  // empty for dense models
+  int moe_ep_size = 1;
 };
 
 // What the engine says about one sequence when it finishes (any finish reason). A phase the
@@ -128,6 +130,7 @@ class ServingMetrics {
   mutable std::mutex mutex_;
   // `replica="i"` plus `,model_name="..."` when a model name is set.
   std::string labels(int replica) const;
+  void render_moe_load(const std::vector<ReplicaGauges>& gauges, std::string& out) const;
 
   std::string job_id_, node_list_;
   std::string model_name_;

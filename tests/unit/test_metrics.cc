@@ -104,6 +104,34 @@ TEST(Metrics, SyntheticExpositionPassesPromtool) {
             1);
 }
 
+// Mixture-of-experts load: tokens per expert and per expert-parallel slice, promtool-clean;
+// absent for dense models.
+TEST(Metrics, MoeLoadPerExpertAndEpSlice) {
+  ServingMetrics m(1);
+  m.set_model_name("moe");
+  ReplicaGauges dense;
+  EXPECT_EQ(m.render({dense}).find("alem_moe_"), std::string::npos);
+  ReplicaGauges g;
+  g.moe_tokens_per_expert = {3, 1, 4, 0, 2, 6};
+  g.moe_ep_size = 2;
+  const std::string text = m.render({g});
+  EXPECT_EQ(value_of(text,
+                     "alem_moe_expert_tokens_total{replica=\"0\",model_name=\"moe\","
+                     "expert=\"2\"}"),
+            4);
+  EXPECT_EQ(value_of(text,
+                     "alem_moe_ep_rank_tokens_total{replica=\"0\",model_name=\"moe\","
+                     "ep_rank=\"0\"}"),
+            8);
+  EXPECT_EQ(value_of(text,
+                     "alem_moe_ep_rank_tokens_total{replica=\"0\",model_name=\"moe\","
+                     "ep_rank=\"1\"}"),
+            8);
+  if (!have_promtool()) GTEST_SKIP() << "promtool not installed (Debian package prometheus)";
+  const PromtoolResult r = promtool_check(text);
+  EXPECT_EQ(r.status, 0) << r.output << "\n" << text;
+}
+
 TEST(Metrics, PhasesNeverReachedAreNotObserved) {
   ServingMetrics m(1);
   serve::FinishedRequestFigures f;  // aborted while queued: no phase reached
