@@ -3,6 +3,7 @@
 // existing process group. Failures of NCCL or CUDA calls abort the job, as MPI failures do:
 // they mean a lost peer or a broken GPU, and the other ranks would otherwise wait forever.
 #include "mpi/nccl_process_group.h"
+#include "mpi/parallel_context.h"
 
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -56,6 +57,7 @@ class NcclProcessGroup final : public ProcessGroup {
   std::string name() const override { return name_; }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
+  bool takes_device_memory() const override { return true; }
 
   void all_reduce(float* data, size_t count, ReduceOp op) override {
     if (size_ == 1 || count == 0) return;
@@ -168,6 +170,12 @@ std::unique_ptr<ProcessGroup> make_nccl_group(ProcessGroup& bootstrap,
 }
 
 bool nccl_available() {
+  return true;
+}
+
+bool attach_device_groups(ParallelContext& ctx) {
+  if (!ctx.tp || ctx.tp->size() <= 1) return false;
+  ctx.tp_device = make_nccl_group(*ctx.tp);
   return true;
 }
 

@@ -34,4 +34,11 @@ std::unique_ptr<ProcessGroup> make_nccl_group(ProcessGroup& bootstrap,
 // True when this build has NCCL (it may still find no GPU at run time).
 bool nccl_available();
 
+struct ParallelContext;
+// Collective over the context's tp group (every rank calls it): when this build has NCCL and tp
+// has more than one member, sets ctx.tp_device to an NCCL group over the same members on the
+// current GPU. Returns whether it did; without NCCL the engine stages device tensors through
+// the host over tp instead.
+bool attach_device_groups(ParallelContext& ctx);
+
 }  // namespace alem

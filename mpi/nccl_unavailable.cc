@@ -2,6 +2,7 @@
 // and learn at run time (nccl_available(), or an alem::Error) that GPU collectives are missing.
 #include "core/error.h"
 #include "mpi/nccl_process_group.h"
+#include "mpi/parallel_context.h"
 
 namespace alem {
 
@@ -11,6 +12,10 @@ std::unique_ptr<ProcessGroup> make_nccl_group(ProcessGroup& bootstrap, const Ncc
 }
 
 bool nccl_available() {
+  return false;
+}
+
+bool attach_device_groups(ParallelContext&) {
   return false;
 }
 

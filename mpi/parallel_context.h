@@ -20,6 +20,12 @@ struct ParallelContext {
   std::unique_ptr<ProcessGroup> tp;
   std::unique_ptr<ProcessGroup> pp;
   std::unique_ptr<ProcessGroup> dp;
+  // The tensor-parallel group again, for GPU device tensors (NCCL, same members and order as
+  // tp), set by attach_device_groups (mpi/nccl_process_group.h) when the kernel backend keeps its
+  // tensors on a GPU; null otherwise, and then device tensors are staged through host memory
+  // over tp. TP groups stay inside a node; pipeline transfers between nodes keep to pp (MPI,
+  // which the secure channel wraps).
+  std::unique_ptr<ProcessGroup> tp_device;
   // The collective-timeout watchdog of the MPI groups (mpi/failure_watchdog.h), set by
   // install_failure_handling; null for solo and fake contexts.
   std::shared_ptr<FailureWatchdog> watchdog;

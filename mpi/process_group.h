@@ -19,6 +19,9 @@ class ProcessGroup {
   virtual std::string name() const = 0;  // "tp", "pp", "dp", "world"
   virtual int rank() const = 0;          // rank inside this group
   virtual int size() const = 0;
+  // True when the data pointers this group takes are GPU device pointers (NCCL); false for host
+  // memory (MPI, fake, solo). The engine stages device tensors through the host for the latter.
+  virtual bool takes_device_memory() const { return false; }
 
   // In place, over all members.
   virtual void all_reduce(float* data, size_t count, ReduceOp op = ReduceOp::Sum) = 0;

@@ -25,6 +25,11 @@ inline std::string model_variant_path(const std::string& dtype) {
   if (base.size() > suffix.size()) base.resize(base.size() - suffix.size());
   return base + "-" + dtype + suffix;
 }
+// The kernel backend the engine tests run on: "cpu" unless ALEM_TEST_BACKEND names another
+// (scripts/gpu-check.sh runs the golden tests with "cuda").
+inline std::string backend_name() {
+  return env_or("ALEM_TEST_BACKEND", "cpu");
+}
 inline std::string data_dir() {
   return env_or("ALEM_TEST_DATA", "tests/data");
 }

@@ -15,6 +15,7 @@
 #include "model/chat_template.h"
 #include "model/model_store.h"
 #include "model/tokenizer.h"
+#include "mpi/nccl_process_group.h"
 
 namespace alem::cli {
 namespace {
@@ -28,6 +29,7 @@ struct GenerateOptions {
   bool quiet_stats = false;
   std::string backend = "cpu";
   int block_size = 16;
+  std::string kv_cache_dtype = "bf16";
   ParallelOptions parallel;
   SamplingParams sampling;
   int64_t seed = -1;
@@ -69,8 +71,11 @@ void run_generate(GenerateOptions& o) {
     }
 
     auto backend = make_backend(o.backend);
+    // GPU tensors go between tensor-parallel ranks over NCCL where this build has it.
+    if (backend->memory_space() == MemorySpace::kDevice) attach_device_groups(ctx);
     EngineOptions engine_options;
     engine_options.block_size = o.block_size;
+    engine_options.kv_cache_dtype = parse_dtype(o.kv_cache_dtype);
     const int needed = static_cast<int>(prompt.size()) + o.sampling.max_tokens;
     engine_options.max_model_len = std::min(needed, store.config().max_position_embeddings);
     ShardedTransformer model(store, ctx, *backend, engine_options);
@@ -149,6 +154,9 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--backend", o->backend, "Kernel backend: cpu, reference, cuda")
       ->capture_default_str();
   cmd->add_option("--block-size", o->block_size, "KV cache block size")->capture_default_str();
+  cmd->add_option("--kv-cache-dtype", o->kv_cache_dtype, "KV cache element type: bf16 or f32")
+      ->check(CLI::IsMember({"bf16", "f32"}))
+      ->capture_default_str();
   cmd->add_flag("--quiet", o->quiet_stats, "Do not print statistics to stderr");
   add_parallel_flags(*cmd, o->parallel);
   add_confidential_flags(*cmd, o->confidential);

@@ -43,6 +43,7 @@
 #include "mpi/failure_watchdog.h"
 #include "mpi/message_channel.h"
 #include "mpi/mpi_context.h"
+#include "mpi/nccl_process_group.h"
 #include "network/evidence.h"
 #include "network/lease_handler.h"
 #include "network/protocol.h"
@@ -89,6 +90,7 @@ struct ServeOptions {
   int block_size = 16;
   int num_kv_blocks = 0;
   int kv_cache_mb = 1024;
+  std::string kv_cache_dtype = "bf16";
   int max_model_len = 0;
   std::string backend = "cpu";
   std::string config_file;
@@ -167,15 +169,16 @@ bool is_loopback(const std::string& host) {
   return host == "127.0.0.1" || host == "::1" || host == "localhost" || host.rfind("127.", 0) == 0;
 }
 
-// KV blocks that fit in `budget_mb` on this rank: K and V in f32 for this rank's layers and KV
-// heads.
+// KV blocks that fit in `budget_mb` on this rank: K and V of `kv_dtype` for this rank's layers
+// and KV heads.
 int kv_blocks_for_budget(const ModelConfig& config, const ParallelContext& ctx, int block_size,
-                         int budget_mb) {
+                         int budget_mb, DType kv_dtype) {
   const int tp = ctx.layout.tp_size(), pp = ctx.layout.pp_size();
   const int64_t kv_heads = (config.num_kv_heads + tp - 1) / tp;
   const int64_t layers = (config.num_layers + pp - 1) / pp;
-  const int64_t block_bytes =
-      2 * layers * kv_heads * config.head_dim * static_cast<int64_t>(block_size) * 4;
+  const int64_t block_bytes = 2 * layers * kv_heads * config.head_dim *
+                              static_cast<int64_t>(block_size) *
+                              static_cast<int64_t>(dtype_size(kv_dtype));
   return static_cast<int>(static_cast<int64_t>(budget_mb) * 1024 * 1024 / block_bytes);
 }
 
@@ -437,14 +440,19 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
                    "keep every replica on one host");
 
     auto backend = make_backend(o.backend);
+    // GPU tensors go between tensor-parallel ranks over NCCL where this build has it.
+    if (backend->memory_space() == MemorySpace::kDevice) attach_device_groups(ctx);
     EngineOptions engine_options;
     engine_options.block_size = o.block_size;
+    engine_options.kv_cache_dtype = parse_dtype(o.kv_cache_dtype);
+    check_kv_cache_dtype(engine_options.kv_cache_dtype);
     engine_options.max_model_len = o.max_model_len > 0
                                        ? std::min(o.max_model_len, config.max_position_embeddings)
                                        : config.max_position_embeddings;
     engine_options.num_kv_blocks =
         o.num_kv_blocks > 0 ? o.num_kv_blocks
-                            : kv_blocks_for_budget(config, ctx, o.block_size, o.kv_cache_mb);
+                            : kv_blocks_for_budget(config, ctx, o.block_size, o.kv_cache_mb,
+                                                   engine_options.kv_cache_dtype);
     const int blocks_for_one = (engine_options.max_model_len + o.block_size - 1) / o.block_size;
     ALEM_CHECK(engine_options.num_kv_blocks >= blocks_for_one,
                "the KV cache of " + std::to_string(engine_options.num_kv_blocks) +
@@ -496,6 +504,7 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     log_info("ready", {{"load_s", log_number(model.load_seconds())},
                        {"kv_blocks", std::to_string(model.num_kv_blocks())},
                        {"block_size", std::to_string(model.block_size())},
+                       {"kv_cache_dtype", dtype_name(model.kv_cache_dtype())},
                        {"max_model_len", std::to_string(model.max_model_len())},
                        {"max_num_seqs", std::to_string(serving.max_num_seqs)},
                        {"max_batch_tokens", std::to_string(serving.max_batch_tokens)}});
@@ -607,6 +616,10 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--num-kv-blocks", o->num_kv_blocks, "KV cache blocks (0: from --kv-cache-mb)");
   cmd->add_option("--kv-cache-mb", o->kv_cache_mb, "KV cache memory per rank, MiB")
+      ->capture_default_str();
+  cmd->add_option("--kv-cache-dtype", o->kv_cache_dtype,
+                  "KV cache element type: bf16, or f32 (twice the memory, exact attention inputs)")
+      ->check(CLI::IsMember({"bf16", "f32"}))
       ->capture_default_str();
   cmd->add_option("--max-model-len", o->max_model_len,
                   "Context limit, prompt + completion (0: the model's)");

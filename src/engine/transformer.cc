@@ -21,26 +21,21 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-template <typename T>
-void ensure_size(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-}
-
 constexpr int kTagHidden = 100;
 
 }  // namespace
 
 struct ShardedTransformer::Layer {
-  std::vector<float> input_norm, post_attention_norm;
-  std::vector<float> q_norm, k_norm;  // Qwen3 QK-norm, per head_dim
-  WeightMatrix qkv;                   // rows: local q heads, then local k, then local v
-  std::vector<float> qkv_bias;        // Qwen2, same row order; empty when absent
-  WeightMatrix o_proj;                // [hidden][local heads * head_dim]
-  WeightMatrix gate_up;               // rows: local gate, then local up
-  WeightMatrix down;                  // [hidden][local ffn]
-  std::unique_ptr<MoeFfn> moe;        // sparse layers: router and local experts (no gate_up/down)
-  float* k_cache = nullptr;           // kv_floats_per_layer_ each, inside kv_region_
-  float* v_cache = nullptr;
+  Tensor input_norm, post_attention_norm;
+  Tensor q_norm, k_norm;        // Qwen3 QK-norm, per head_dim
+  WeightMatrix qkv;             // rows: local q heads, then local k, then local v
+  Tensor qkv_bias;              // Qwen2, same row order; empty when absent
+  WeightMatrix o_proj;          // [hidden][local heads * head_dim]
+  WeightMatrix gate_up;         // rows: local gate, then local up
+  WeightMatrix down;            // [hidden][local ffn]
+  std::unique_ptr<MoeFfn> moe;  // sparse layers: router and local experts (no gate_up/down)
+  void* k_cache = nullptr;      // half of kv_bytes_per_layer_ each, inside kv_cache_
+  void* v_cache = nullptr;
 };
 
 ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelContext& ctx,
@@ -59,6 +54,7 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
                  " exceeds the model's context of " +
                  std::to_string(config_.max_position_embeddings));
   ALEM_CHECK(options_.block_size > 0, "block_size must be positive");
+  check_kv_cache_dtype(options_.kv_cache_dtype);
   num_kv_blocks_ = options_.num_kv_blocks > 0
                        ? options_.num_kv_blocks
                        : (options_.max_model_len + options_.block_size - 1) / options_.block_size;
@@ -67,17 +63,21 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
   const int hd = config_.head_dim;
   const int64_t hidden = config_.hidden_size;
   const ShardPlan& s = shard_;
-  const size_t kv_floats =
+  const size_t kv_elements =
       static_cast<size_t>(num_kv_blocks_) * options_.block_size * s.num_kv_heads * hd;
-  kv_floats_per_layer_ = kv_floats;
-  // One mapping for the whole KV cache: out of core dumps, mlock'ed where allowed, wiped on
-  // release (core/aligned_buffer.h).
-  kv_region_ = SensitiveBuffer(2 * kv_floats * static_cast<size_t>(s.num_layers) * sizeof(float));
+  const bool kv_bf16 = options_.kv_cache_dtype == DType::BF16;
+  const size_t kv_bytes = kv_elements * (kv_bf16 ? 2 : 4);  // K or V of one layer
+  kv_bytes_per_layer_ = 2 * kv_bytes;
+  // One backend buffer for the whole KV cache, of the sensitive kind: on the host out of core
+  // dumps and mlock'ed where allowed; wiped on release in every memory space.
+  kv_cache_ = Tensor(backend_, kv_bf16 ? TensorType::kBF16 : TensorType::kF32,
+                     static_cast<int64_t>(2 * kv_elements) * s.num_layers, BufferKind::kSensitive);
   for (int l = s.first_layer; l < s.first_layer + s.num_layers; ++l) {
     auto layer = std::make_unique<Layer>();
     auto name = [&](const char* suffix) { return layer_tensor_name(l, suffix); };
-    layer->input_norm = store.read_vector(name("input_layernorm.weight"));
-    layer->post_attention_norm = store.read_vector(name("post_attention_layernorm.weight"));
+    layer->input_norm = to_backend(store.read_vector(name("input_layernorm.weight")));
+    layer->post_attention_norm =
+        to_backend(store.read_vector(name("post_attention_layernorm.weight")));
     std::vector<WeightMatrix> qkv_parts;
     qkv_parts.push_back(store.read_matrix(name("self_attn.q_proj.weight"),
                                           int64_t{s.head_begin} * hd, int64_t{s.num_heads} * hd));
@@ -89,18 +89,20 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
                                           int64_t{s.num_kv_heads} * hd));
     layer->qkv = concat_rows(qkv_parts);
     if (config_.attention_bias) {
+      std::vector<float> bias;
       for (const char* b :
            {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"}) {
         const bool is_q = std::string(b).find("q_proj") != std::string::npos;
         const int64_t begin = int64_t{is_q ? s.head_begin : s.kv_head_begin} * hd;
         const int64_t count = int64_t{is_q ? s.num_heads : s.num_kv_heads} * hd;
         std::vector<float> part = store.read_vector(name(b), begin, count);
-        layer->qkv_bias.insert(layer->qkv_bias.end(), part.begin(), part.end());
+        bias.insert(bias.end(), part.begin(), part.end());
       }
+      layer->qkv_bias = to_backend(bias);
     }
     if (config_.qk_norm) {
-      layer->q_norm = store.read_vector(name("self_attn.q_norm.weight"));
-      layer->k_norm = store.read_vector(name("self_attn.k_norm.weight"));
+      layer->q_norm = to_backend(store.read_vector(name("self_attn.q_norm.weight")));
+      layer->k_norm = to_backend(store.read_vector(name("self_attn.k_norm.weight")));
     }
     layer->o_proj = store.read_matrix(name("self_attn.o_proj.weight"), 0, hidden,
                                       int64_t{s.head_begin} * hd, int64_t{s.num_heads} * hd);
@@ -117,8 +119,8 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
           store.read_matrix(name("mlp.down_proj.weight"), 0, hidden, s.ffn_begin, s.ffn_size);
     }
     const size_t local = layers_.size();
-    layer->k_cache = kv_region_.as<float>() + (2 * local) * kv_floats;
-    layer->v_cache = kv_region_.as<float>() + (2 * local + 1) * kv_floats;
+    layer->k_cache = kv_cache_.data<uint8_t>() + (2 * local) * kv_bytes;
+    layer->v_cache = kv_cache_.data<uint8_t>() + (2 * local + 1) * kv_bytes;
     layers_.push_back(std::move(layer));
   }
   const bool tied = config_.tie_word_embeddings || !store.has_tensor("lm_head.weight");
@@ -126,15 +128,59 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
     embedding_ = store.read_matrix("model.embed_tokens.weight", s.vocab_begin, s.vocab_size);
   }
   if (s.has_lm_head()) {
-    final_norm_ = store.read_vector("model.norm.weight");
+    final_norm_ = to_backend(store.read_vector("model.norm.weight"));
     if (!tied) lm_head_ = store.read_matrix("lm_head.weight", s.vocab_begin, s.vocab_size);
   }
   bytes_loaded_ = store.bytes_read() - bytes_before;
   load_seconds_ = seconds_since(t0);
 }
 
-// The KV region wipes itself when it is unmapped.
+// The KV cache buffer wipes itself when it is released.
 ShardedTransformer::~ShardedTransformer() = default;
+
+Tensor ShardedTransformer::to_backend(const std::vector<float>& host) const {
+  Tensor t(backend_, TensorType::kF32, static_cast<int64_t>(host.size()));
+  t.upload(backend_, host.data(), t.count());
+  return t;
+}
+
+void ShardedTransformer::all_reduce_tp(Tensor& t, int64_t count) {
+  const bool on_device = backend_.memory_space() == MemorySpace::kDevice;
+  ProcessGroup& group = on_device && ctx_.tp_device ? *ctx_.tp_device : *ctx_.tp;
+  if (group.size() == 1) return;
+  if (backend_.memory_space() == MemorySpace::kHost || group.takes_device_memory()) {
+    group.all_reduce(t.data<float>(), static_cast<size_t>(count));
+    return;
+  }
+  host_staging_.resize(static_cast<size_t>(count));
+  t.download(backend_, host_staging_.data(), count);
+  group.all_reduce(host_staging_.data(), host_staging_.size());
+  t.upload(backend_, host_staging_.data(), count);
+}
+
+void ShardedTransformer::send_hidden(const Tensor& t, int64_t count) {
+  ProcessGroup& group = *ctx_.pp;
+  const size_t bytes = static_cast<size_t>(count) * sizeof(float);
+  if (backend_.memory_space() == MemorySpace::kHost || group.takes_device_memory()) {
+    group.send(t.data<float>(), bytes, ctx_.coords.pp + 1, kTagHidden);
+    return;
+  }
+  host_staging_.resize(static_cast<size_t>(count));
+  t.download(backend_, host_staging_.data(), count);
+  group.send(host_staging_.data(), bytes, ctx_.coords.pp + 1, kTagHidden);
+}
+
+void ShardedTransformer::recv_hidden(Tensor& t, int64_t count) {
+  ProcessGroup& group = *ctx_.pp;
+  const size_t bytes = static_cast<size_t>(count) * sizeof(float);
+  if (backend_.memory_space() == MemorySpace::kHost || group.takes_device_memory()) {
+    group.recv(t.data<float>(), bytes, ctx_.coords.pp - 1, kTagHidden);
+    return;
+  }
+  host_staging_.resize(static_cast<size_t>(count));
+  group.recv(host_staging_.data(), bytes, ctx_.coords.pp - 1, kTagHidden);
+  t.upload(backend_, host_staging_.data(), count);
+}
 
 uint64_t ShardedTransformer::weight_bytes() const {
   uint64_t total = embedding_.bytes() + lm_head_.bytes();
@@ -158,33 +204,41 @@ int ShardedTransformer::num_moe_layers() const {
 }
 
 uint64_t ShardedTransformer::kv_cache_bytes() const {
-  uint64_t total = 0;
-  for (size_t l = 0; l < layers_.size(); ++l) total += 2 * kv_floats_per_layer_ * sizeof(float);
-  return total;
+  return static_cast<uint64_t>(kv_bytes_per_layer_) * layers_.size();
+}
+
+// Bytes of one block of one layer's keys (or values).
+size_t ShardedTransformer::kv_block_bytes() const {
+  return kv_bytes_per_layer_ / 2 / static_cast<size_t>(num_kv_blocks_);
 }
 
 void ShardedTransformer::wipe_kv_blocks(const std::vector<int32_t>& blocks) {
-  const size_t block_floats =
-      static_cast<size_t>(options_.block_size) * shard_.num_kv_heads * config_.head_dim;
+  const size_t block_bytes = kv_block_bytes();
+  for (int32_t b : blocks) {
+    ALEM_CHECK(b >= 0 && b < num_kv_blocks_, "KV block " + std::to_string(b) + " out of range");
+  }
   for (auto& l : layers_) {
     for (int32_t b : blocks) {
-      ALEM_CHECK(b >= 0 && b < num_kv_blocks_, "KV block " + std::to_string(b) + " out of range");
-      secure_wipe(l->k_cache + b * block_floats, block_floats * sizeof(float));
-      secure_wipe(l->v_cache + b * block_floats, block_floats * sizeof(float));
+      backend_.wipe(static_cast<uint8_t*>(l->k_cache) + b * block_bytes, block_bytes);
+      backend_.wipe(static_cast<uint8_t*>(l->v_cache) + b * block_bytes, block_bytes);
     }
   }
 }
 
-std::span<const float> ShardedTransformer::kv_block(int local_layer, int32_t block,
-                                                    bool values) const {
+std::vector<uint8_t> ShardedTransformer::kv_block(int local_layer, int32_t block,
+                                                  bool values) const {
   ALEM_CHECK(local_layer >= 0 && local_layer < static_cast<int>(layers_.size()),
              "local layer " + std::to_string(local_layer) + " out of range");
   ALEM_CHECK(block >= 0 && block < num_kv_blocks_,
              "KV block " + std::to_string(block) + " out of range");
-  const size_t block_floats =
-      static_cast<size_t>(options_.block_size) * shard_.num_kv_heads * config_.head_dim;
+  const size_t block_bytes = kv_block_bytes();
   const Layer& l = *layers_[local_layer];
-  return {(values ? l.v_cache : l.k_cache) + block * block_floats, block_floats};
+  std::vector<uint8_t> bytes(block_bytes);
+  backend_.download(
+      bytes.data(),
+      static_cast<const uint8_t*>(values ? l.v_cache : l.k_cache) + block * block_bytes,
+      block_bytes);
+  return bytes;
 }
 
 StepLogits ShardedTransformer::forward(const StepPlan& plan) {
@@ -242,9 +296,12 @@ void ShardedTransformer::run_micro_batch(const StepPlan& plan, size_t seq_begin,
   int64_t T = 0;
   for (size_t i = seq_begin; i < seq_end; ++i) T += plan.sequences[i].num_tokens;
 
-  // Positions and attention descriptors for this micro-batch.
-  positions_.resize(T);
+  // Positions and attention descriptors for this micro-batch, staged on the host and copied
+  // into the backend's memory in one upload each.
+  positions_host_.resize(T);
+  block_tables_host_.clear();
   attention_seqs_.clear();
+  std::vector<size_t> table_offsets;
   int64_t row = 0;
   for (size_t i = seq_begin; i < seq_end; ++i) {
     const StepSequence& seq = plan.sequences[i];
@@ -252,26 +309,40 @@ void ShardedTransformer::run_micro_batch(const StepPlan& plan, size_t seq_begin,
     a.q_begin = static_cast<int32_t>(row);
     a.q_count = seq.num_tokens;
     a.start_pos = seq.start_pos;
-    a.block_table = seq.block_table.data();
     attention_seqs_.push_back(a);
-    for (int32_t j = 0; j < seq.num_tokens; ++j) positions_[row + j] = seq.start_pos + j;
+    table_offsets.push_back(block_tables_host_.size());
+    const int64_t blocks =
+        (int64_t{seq.start_pos} + seq.num_tokens + options_.block_size - 1) / options_.block_size;
+    block_tables_host_.insert(block_tables_host_.end(), seq.block_table.begin(),
+                              seq.block_table.begin() + blocks);
+    for (int32_t j = 0; j < seq.num_tokens; ++j) positions_host_[row + j] = seq.start_pos + j;
     row += seq.num_tokens;
   }
+  positions_.reserve(backend_, TensorType::kI32, T);
+  positions_.upload(backend_, positions_host_.data(), T);
+  const auto table_ints = static_cast<int64_t>(block_tables_host_.size());
+  block_tables_.reserve(backend_, TensorType::kI32, std::max<int64_t>(table_ints, 1));
+  block_tables_.upload(backend_, block_tables_host_.data(), table_ints);
+  for (size_t i = 0; i < attention_seqs_.size(); ++i) {
+    attention_seqs_[i].block_table = block_tables_.data<int32_t>() + table_offsets[i];
+  }
 
-  ensure_size(x_, T * H);
+  x_.reserve(backend_, TensorType::kF32, T * H);
   auto t_comm = Clock::now();
   auto t_compute = Clock::now();
   if (shard_.has_embedding()) {
     t_compute = Clock::now();
-    backend_.embedding(embedding_, shard_.vocab_begin, plan.tokens.data() + token_offset, T,
-                       x_.data());
+    tokens_.reserve(backend_, TensorType::kI32, T);
+    tokens_.upload(backend_, plan.tokens.data() + token_offset, T);
+    backend_.embedding(embedding_, shard_.vocab_begin, tokens_.data<int32_t>(), T,
+                       x_.data<float>());
     timings_.compute_seconds += seconds_since(t_compute);
     t_comm = Clock::now();
-    ctx_.tp->all_reduce(x_.data(), T * H);  // each rank filled only its vocab rows
+    all_reduce_tp(x_, T * H);  // each rank filled only its vocab rows
     timings_.communication_seconds += seconds_since(t_comm);
   } else {
     t_comm = Clock::now();
-    ctx_.pp->recv(x_.data(), T * H * sizeof(float), ctx_.coords.pp - 1, kTagHidden);
+    recv_hidden(x_, T * H);
     timings_.communication_seconds += seconds_since(t_comm);
   }
 
@@ -279,7 +350,7 @@ void ShardedTransformer::run_micro_batch(const StepPlan& plan, size_t seq_begin,
 
   if (!shard_.has_lm_head()) {
     t_comm = Clock::now();
-    ctx_.pp->send(x_.data(), T * H * sizeof(float), ctx_.coords.pp + 1, kTagHidden);
+    send_hidden(x_, T * H);
     timings_.communication_seconds += seconds_since(t_comm);
     return;
   }
@@ -297,15 +368,20 @@ void ShardedTransformer::run_micro_batch(const StepPlan& plan, size_t seq_begin,
   }
   if (rows.empty()) return;
   const int64_t R = static_cast<int64_t>(rows.size());
-  ensure_size(h_, R * H);
+  h_.reserve(backend_, TensorType::kF32, R * H);
+  const size_t row_bytes = static_cast<size_t>(H) * sizeof(float);
   for (int64_t r = 0; r < R; ++r) {
-    std::copy(x_.begin() + rows[r] * H, x_.begin() + (rows[r] + 1) * H, h_.begin() + r * H);
+    backend_.copy_2d(h_.data<float>() + r * H, row_bytes, x_.data<float>() + rows[r] * H, row_bytes,
+                     row_bytes, 1);
   }
-  backend_.rmsnorm(h_.data(), final_norm_.data(), R, H, config_.rms_norm_eps, h_.data());
+  backend_.rmsnorm(h_.data<float>(), final_norm_.data<float>(), R, H, config_.rms_norm_eps,
+                   h_.data<float>());
   const WeightMatrix& head = lm_head_.rows > 0 ? lm_head_ : embedding_;
+  logits_.reserve(backend_, TensorType::kF32, R * shard_.vocab_size);
+  backend_.matmul(h_.data<float>(), R, head, nullptr, logits_.data<float>());
   const size_t old = out.values.size();
   out.values.resize(old + R * shard_.vocab_size);
-  backend_.matmul(h_.data(), R, head, nullptr, out.values.data() + old);
+  logits_.download(backend_, out.values.data() + old, R * shard_.vocab_size);  // logits out
   timings_.compute_seconds += seconds_since(t_compute);
 }
 
@@ -316,66 +392,73 @@ void ShardedTransformer::run_layer(Layer& L, int64_t T) {
   const int64_t q_width = int64_t{nh} * hd, kv_width = int64_t{nkv} * hd;
   const int64_t qkv_width = q_width + 2 * kv_width;
   const int64_t ffn = shard_.ffn_size;
-  ensure_size(h_, T * H);
-  ensure_size(qkv_, T * qkv_width);
-  ensure_size(q_, T * q_width);
-  ensure_size(k_, T * kv_width);
-  ensure_size(v_, T * kv_width);
-  ensure_size(attn_, T * q_width);
-  ensure_size(proj_, T * H);
-  ensure_size(gate_up_, T * 2 * ffn);
-  ensure_size(act_, T * ffn);
+  constexpr TensorType f32 = TensorType::kF32;
+  h_.reserve(backend_, f32, T * H);
+  qkv_.reserve(backend_, f32, T * qkv_width);
+  q_.reserve(backend_, f32, T * q_width);
+  k_.reserve(backend_, f32, T * kv_width);
+  v_.reserve(backend_, f32, T * kv_width);
+  attn_.reserve(backend_, f32, T * q_width);
+  proj_.reserve(backend_, f32, T * H);
+  gate_up_.reserve(backend_, f32, T * 2 * ffn);
+  act_.reserve(backend_, f32, T * ffn);
+  float* const x = x_.data<float>();
+  float* const h = h_.data<float>();
+  float* const q = q_.data<float>();
+  float* const k = k_.data<float>();
+  float* const v = v_.data<float>();
+  float* const proj = proj_.data<float>();
+  const int32_t* const positions = positions_.data<int32_t>();
 
   auto t0 = Clock::now();
   // Attention block.
-  backend_.rmsnorm(x_.data(), L.input_norm.data(), T, H, config_.rms_norm_eps, h_.data());
-  backend_.matmul(h_.data(), T, L.qkv, L.qkv_bias.empty() ? nullptr : L.qkv_bias.data(),
-                  qkv_.data());
-  for (int64_t t = 0; t < T; ++t) {
-    const float* src = qkv_.data() + t * qkv_width;
-    std::copy(src, src + q_width, q_.data() + t * q_width);
-    std::copy(src + q_width, src + q_width + kv_width, k_.data() + t * kv_width);
-    std::copy(src + q_width + kv_width, src + qkv_width, v_.data() + t * kv_width);
-  }
+  backend_.rmsnorm(x, L.input_norm.data<float>(), T, H, config_.rms_norm_eps, h);
+  backend_.matmul(h, T, L.qkv, L.qkv_bias.data<float>(), qkv_.data<float>());
+  // Split the fused rows into q, k and v (strided copies inside the backend's memory).
+  const size_t f = sizeof(float);
+  const float* qkv = qkv_.data<float>();
+  backend_.copy_2d(q, q_width * f, qkv, qkv_width * f, q_width * f, T);
+  backend_.copy_2d(k, kv_width * f, qkv + q_width, qkv_width * f, kv_width * f, T);
+  backend_.copy_2d(v, kv_width * f, qkv + q_width + kv_width, qkv_width * f, kv_width * f, T);
   if (config_.qk_norm) {
-    backend_.rmsnorm(q_.data(), L.q_norm.data(), T * nh, hd, config_.rms_norm_eps, q_.data());
-    backend_.rmsnorm(k_.data(), L.k_norm.data(), T * nkv, hd, config_.rms_norm_eps, k_.data());
+    backend_.rmsnorm(q, L.q_norm.data<float>(), T * nh, hd, config_.rms_norm_eps, q);
+    backend_.rmsnorm(k, L.k_norm.data<float>(), T * nkv, hd, config_.rms_norm_eps, k);
   }
-  backend_.rope(q_.data(), T, nh, hd, positions_.data(), rope_);
-  backend_.rope(k_.data(), T, nkv, hd, positions_.data(), rope_);
+  backend_.rope(q, T, nh, hd, positions, rope_);
+  backend_.rope(k, T, nkv, hd, positions, rope_);
   AttentionShape shape;
   shape.num_heads = nh;
   shape.num_kv_heads = nkv;
   shape.head_dim = hd;
   shape.block_size = options_.block_size;
   shape.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  KVCacheLayerView cache{L.k_cache, L.v_cache};
+  const KVCacheLayerView cache{L.k_cache, L.v_cache, options_.kv_cache_dtype};
   const int n_seqs = static_cast<int>(attention_seqs_.size());
-  backend_.kv_cache_write(shape, attention_seqs_.data(), n_seqs, k_.data(), v_.data(), cache);
-  backend_.paged_attention(shape, attention_seqs_.data(), n_seqs, q_.data(), cache, attn_.data());
-  backend_.matmul(attn_.data(), T, L.o_proj, nullptr, proj_.data());
+  backend_.kv_cache_write(shape, attention_seqs_.data(), n_seqs, k, v, cache);
+  backend_.paged_attention(shape, attention_seqs_.data(), n_seqs, q, cache, attn_.data<float>());
+  backend_.matmul(attn_.data<float>(), T, L.o_proj, nullptr, proj);
   timings_.compute_seconds += seconds_since(t0);
   t0 = Clock::now();
-  ctx_.tp->all_reduce(proj_.data(), T * H);
+  all_reduce_tp(proj_, T * H);
   timings_.communication_seconds += seconds_since(t0);
   t0 = Clock::now();
-  backend_.add_inplace(x_.data(), proj_.data(), T * H);
+  backend_.add_inplace(x, proj, T * H);
 
   // Feed-forward block.
-  backend_.rmsnorm(x_.data(), L.post_attention_norm.data(), T, H, config_.rms_norm_eps, h_.data());
+  backend_.rmsnorm(x, L.post_attention_norm.data<float>(), T, H, config_.rms_norm_eps, h);
   if (L.moe) {  // sparse layer: this rank's experts; the all-reduce below combines them
-    L.moe->forward(backend_, h_.data(), T, proj_.data(), moe_routing_);
+    L.moe->forward(backend_, h, T, proj, moe_routing_);
   } else {
-    backend_.matmul(h_.data(), T, L.gate_up, nullptr, gate_up_.data());
-    backend_.silu_mul(gate_up_.data(), T, ffn, act_.data());
-    backend_.matmul(act_.data(), T, L.down, nullptr, proj_.data());
+    backend_.matmul(h, T, L.gate_up, nullptr, gate_up_.data<float>());
+    backend_.silu_mul(gate_up_.data<float>(), T, ffn, act_.data<float>());
+    backend_.matmul(act_.data<float>(), T, L.down, nullptr, proj);
   }
   timings_.compute_seconds += seconds_since(t0);
   t0 = Clock::now();
-  ctx_.tp->all_reduce(proj_.data(), T * H);
+  all_reduce_tp(proj_, T * H);
   timings_.communication_seconds += seconds_since(t0);
   t0 = Clock::now();
-  backend_.add_inplace(x_.data(), proj_.data(), T * H);
+  backend_.add_inplace(x, proj, T * H);
   timings_.compute_seconds += seconds_since(t0);
 }
 

@@ -4,6 +4,12 @@
 // the tokens, later stages receive hidden states from the stage before, and the last stage
 // returns logits for the rows the plan samples. All communication goes through the
 // ParallelContext's process groups; with one rank they are no-ops.
+//
+// Memory: activations, norm weights, biases and the KV cache are Tensors allocated by the kernel
+// backend (kernels/tensor.h), in its memory space; the only copies between the host and that
+// space are the step's tokens, positions and block tables going in and the sampled rows' logits
+// coming out (plus hidden states and partial sums when a process group takes host memory only).
+// Weight matrices are host WeightMatrix objects; a device backend keeps its own copy of each.
 #pragma once
 
 #include <cstdint>
@@ -12,11 +18,11 @@
 #include <string>
 #include <vector>
 
-#include "core/aligned_buffer.h"
 #include "engine/moe_ffn.h"
 #include "engine/shard_plan.h"
 #include "engine/step_plan.h"
 #include "kernels/backend.h"
+#include "kernels/tensor.h"
 #include "model/model_store.h"
 #include "mpi/parallel_context.h"
 
@@ -28,6 +34,10 @@ struct EngineOptions {
   int max_model_len = 0;              // 0: the model's max_position_embeddings
   int micro_batches = 0;              // pipeline micro-batches per step; 0: pp size (when pp > 1)
   std::vector<int> layers_per_stage;  // empty: balanced pipeline stages
+  // KV cache element type: BF16 (half the memory of F32; logits move by about 1e-2, greedy
+  // tokens of the golden tests stay equal) or F32 (bit-for-bit the attention inputs; exactness
+  // tests). `--kv-cache-dtype` on the command line.
+  DType kv_cache_dtype = DType::BF16;
 };
 
 // Logits of the sampled rows, for this rank's vocabulary slice (tensor-parallel ranks hold
@@ -70,6 +80,7 @@ class ShardedTransformer {
   uint64_t bytes_loaded() const { return bytes_loaded_; }
   uint64_t weight_bytes() const;
   uint64_t kv_cache_bytes() const;
+  DType kv_cache_dtype() const { return options_.kv_cache_dtype; }
   const ForwardTimings& timings() const { return timings_; }
   // Mixture-of-experts routing counts over this rank's sparse layers since construction (empty
   // for dense models); identical on the ranks of a tp group.
@@ -81,15 +92,26 @@ class ShardedTransformer {
   // Zeroes the given KV cache blocks (called when a request's blocks are released).
   // forward() first wipes the plan's wipe_blocks this way, before any KV write of the step.
   void wipe_kv_blocks(const std::vector<int32_t>& blocks);
-  // One KV block of one of this rank's layers (local index), keys or values; for tests and
-  // inspection. The whole cache is one SensitiveBuffer (out of core dumps, mlock'ed if allowed).
-  std::span<const float> kv_block(int local_layer, int32_t block, bool values) const;
-  const SensitiveBuffer& kv_region() const { return kv_region_; }
+  // The bytes of one KV block of one of this rank's layers (local index), keys or values, copied
+  // to the host; for tests and inspection.
+  std::vector<uint8_t> kv_block(int local_layer, int32_t block, bool values) const;
+  // The whole cache is one kSensitive backend buffer (on the host: out of core dumps, mlock'ed
+  // where allowed; in every space wiped on release).
+  const BackendBuffer& kv_buffer() const { return *kv_cache_.buffer(); }
+  const KernelBackend& backend() const { return backend_; }
 
  private:
   struct Layer;
   void run_micro_batch(const StepPlan& plan, size_t seq_begin, size_t seq_end, StepLogits& out);
   void run_layer(Layer& layer, int64_t T);
+  // Host vector -> backend tensor (norm weights, biases), at load time.
+  Tensor to_backend(const std::vector<float>& host) const;
+  // Collectives and pipeline transfers on backend tensors; staged through host memory when the
+  // backend's memory is on a device and the group takes host memory only.
+  void all_reduce_tp(Tensor& t, int64_t count);
+  void send_hidden(const Tensor& t, int64_t count);
+  void recv_hidden(Tensor& t, int64_t count);
+  size_t kv_block_bytes() const;
 
   ModelConfig config_;
   ShardPlan shard_;
@@ -100,19 +122,23 @@ class ShardedTransformer {
   std::vector<std::unique_ptr<Layer>> layers_;
   WeightMatrix embedding_;  // vocab slice, first stage (and last stage when tied)
   WeightMatrix lm_head_;    // vocab slice, last stage, when untied
-  std::vector<float> final_norm_;
+  Tensor final_norm_;
   int num_kv_blocks_ = 0;
-  SensitiveBuffer kv_region_;  // every layer's K and V; Layer holds pointers into it
-  size_t kv_floats_per_layer_ = 0;
+  Tensor kv_cache_;  // every layer's K and V (kSensitive); Layer holds pointers into it
+  size_t kv_bytes_per_layer_ = 0;  // K and V of one layer together
   double load_seconds_ = 0;
   uint64_t bytes_loaded_ = 0;
   ForwardTimings timings_;
   MoeRoutingCounts moe_routing_;
 
-  // Per-step scratch, sized for the largest step seen.
-  std::vector<float> x_, h_, qkv_, q_, k_, v_, attn_, proj_, gate_up_, act_;
-  std::vector<int32_t> positions_;
-  std::vector<AttentionSequence> attention_seqs_;
+  // Per-step scratch in the backend's memory, sized for the largest step seen.
+  Tensor x_, h_, qkv_, q_, k_, v_, attn_, proj_, gate_up_, act_, logits_;
+  Tensor tokens_, positions_, block_tables_;  // int32, uploaded once per micro-batch
+  // Host-side staging of the per-micro-batch metadata (uploaded into the tensors above).
+  std::vector<int32_t> positions_host_, block_tables_host_;
+  std::vector<AttentionSequence> attention_seqs_;  // host array; block_table points into
+                                                   // block_tables_ (the backend's memory)
+  std::vector<float> host_staging_;  // only for host-only process groups with a device backend
 };
 
 }  // namespace alem

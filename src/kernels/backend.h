@@ -1,9 +1,13 @@
 // The kernel interface every compute backend implements (plain reference, optimised CPU, CUDA).
 // Model code calls only these operations, so a backend can be swapped without touching it.
-// All pointers are in the backend's own memory space (host memory for the CPU backends).
-// Shapes are row-major; "T" is the number of tokens in the step (all sequences together).
+// All pointers are in the backend's own memory space (host memory for the CPU backends), and
+// that memory comes from the backend: allocate_buffer() hands out buffers in its space and
+// upload()/download()/copy_2d() are the only ways data crosses between the host and that space
+// (kernels/tensor.h wraps a buffer with a dtype and an element count). Model code is thereby the
+// same for every backend. Shapes are row-major; "T" is the number of tokens in the step.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -12,6 +16,8 @@
 #include "model/weights.h"
 
 namespace alem {
+
+class SensitiveBuffer;  // core/aligned_buffer.h
 
 // Cos/sin tables for rotary embeddings, HF "rotate_half" convention: for i < head_dim/2,
 //   y[i]              = x[i] * cos[p][i] - x[i + half] * sin[p][i]
@@ -42,10 +48,51 @@ struct AttentionShape {
   float scale = 0.f;   // usually 1/sqrt(head_dim)
 };
 
-// Paged KV cache of one layer: k and v are [num_blocks][block_size][num_kv_heads][head_dim] f32.
+// Paged KV cache of one layer: k and v are [num_blocks][block_size][num_kv_heads][head_dim] of
+// `dtype`: F32, or BF16 (the engine's default: half the memory; kv_cache_write rounds to nearest
+// even, attention reads widen to f32 and accumulate in f32).
 struct KVCacheLayerView {
-  float* k = nullptr;
-  float* v = nullptr;
+  void* k = nullptr;
+  void* v = nullptr;
+  DType dtype = DType::F32;
+};
+// Throws alem::Error unless `dtype` is a KV cache type this build's kernels handle (F32, BF16).
+void check_kv_cache_dtype(DType dtype);
+
+// Where a backend's buffers live. The CPU backends use host memory; CUDA uses device memory.
+enum class MemorySpace : uint8_t { kHost = 0, kDevice = 1 };
+const char* memory_space_name(MemorySpace space);
+
+// What a buffer holds, which decides how it is allocated and released.
+//   kScratch: activations and other short-lived data.
+//   kSensitive: request data kept for long (the KV cache). On the host it is a SensitiveBuffer
+//     (core/aligned_buffer.h: out of core dumps, mlock'ed where allowed); in every space it is
+//     wiped before it is released.
+enum class BufferKind : uint8_t { kScratch = 0, kSensitive = 1 };
+
+// A block of memory owned by a backend, zeroed when allocated, released (and for kSensitive
+// wiped) by its destructor. Must not outlive the backend that made it.
+class BackendBuffer {
+ public:
+  virtual ~BackendBuffer() = default;
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  MemorySpace space() const { return space_; }
+  BufferKind kind() const { return kind_; }
+  // The host mapping behind a kSensitive host buffer (for hygiene checks); null otherwise.
+  virtual const SensitiveBuffer* host_sensitive() const { return nullptr; }
+
+ protected:
+  BackendBuffer(void* data, size_t bytes, MemorySpace space, BufferKind kind)
+      : data_(data), bytes_(bytes), space_(space), kind_(kind) {}
+  BackendBuffer(const BackendBuffer&) = delete;
+  BackendBuffer& operator=(const BackendBuffer&) = delete;
+
+ private:
+  void* data_;
+  size_t bytes_;
+  MemorySpace space_;
+  BufferKind kind_;
 };
 
 class KernelBackend {
@@ -57,6 +104,19 @@ class KernelBackend {
   // call it only between ops, never while one runs. Values below 1 mean 1.
   virtual int max_threads() const { return 1; }
   virtual void set_max_threads(int threads) { (void)threads; }
+
+  // Memory. The defaults serve the host backends (plain memcpy); CUDA overrides every one.
+  virtual MemorySpace memory_space() const { return MemorySpace::kHost; }
+  // A zeroed buffer of `bytes` (at least 64-byte aligned) in this backend's space.
+  virtual std::unique_ptr<BackendBuffer> allocate_buffer(size_t bytes, BufferKind kind) const;
+  // dst (this backend's space) <- src (host), and dst (host) <- src (this backend's space).
+  virtual void upload(void* dst, const void* src_host, size_t bytes) const;
+  virtual void download(void* dst_host, const void* src, size_t bytes) const;
+  // Strided copy inside this backend's space: `rows` rows of `row_bytes`, like cudaMemcpy2D.
+  virtual void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
+                       size_t row_bytes, size_t rows) const;
+  // Zeroes bytes inside this backend's space so the write cannot be elided (KV block release).
+  virtual void wipe(void* dst, size_t bytes) const;
 
   // y[M][N] = x[M][K] * W^T (+ bias[N] when bias != nullptr), W is [N][K] of any weight dtype.
   virtual void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,

@@ -28,7 +28,7 @@ struct ModelShape {
   int vocab_size = 0;
   bool tie_word_embeddings = false;
   double weight_bytes_per_param = 2;  // bf16 2, f32 4, int8 1 + 4/32 for its scales
-  double kv_bytes_per_value = 4;      // the CPU engine keeps its KV cache in f32
+  double kv_bytes_per_value = 2;      // the engine keeps its KV cache in bf16 (f32: 4)
   double activation_bytes = 4;        // activations (and what TP/PP collectives carry)
   std::string weight_dtype = "bf16";
 

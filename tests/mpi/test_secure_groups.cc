@@ -314,6 +314,7 @@ bool tokens_match(const std::string& store_path, const ParallelLayout& layout,
   ModelStoreReader store(store_path);
   auto backend = make_backend("cpu");
   EngineOptions options;
+  options.kv_cache_dtype = DType::F32;  // exact comparison between layouts
   options.max_model_len = static_cast<int>(prompt.size()) + steps + 1;
   ParallelContext solo = make_solo_context();
   ShardedTransformer whole(store, solo, *backend, options);

@@ -142,6 +142,7 @@ TEST_P(Qwen3MoeGolden, OneRankMatchesTransformers) {
   ParallelContext ctx = make_solo_context();
   auto backend = make_backend("cpu");
   EngineOptions options;
+  options.kv_cache_dtype = DType::F32;  // compared with transformers: exact attention inputs
   options.max_model_len = 128;
   ShardedTransformer model(store, ctx, *backend, options);
   std::vector<int> matched;
@@ -182,6 +183,7 @@ TEST(Qwen3Moe, ExpertParallelShardsMatchTransformers) {
       const ParallelLayout layout(sc.tp, sc.pp, 1, sc.ep);
       std::vector<ParallelContext> contexts = make_fake_contexts(layout);
       EngineOptions options;
+      options.kv_cache_dtype = DType::F32;  // compared with transformers: exact attention inputs
       options.max_model_len = 128;
       std::vector<std::unique_ptr<ModelStoreReader>> stores;
       std::vector<std::unique_ptr<ShardedTransformer>> models;
@@ -272,6 +274,7 @@ TEST(Qwen3Moe, GroupedExpertMatmulReadsEachExpertOncePerStep) {
   ParallelContext ctx = make_solo_context();
   CountingBackend backend(make_backend("cpu"));
   EngineOptions options;
+  options.kv_cache_dtype = DType::F32;  // compared with transformers: exact attention inputs
   options.max_model_len = 64;
   ShardedTransformer model(store, ctx, backend, options);
   const json golden = load_golden("tiny-qwen3-moe-a");

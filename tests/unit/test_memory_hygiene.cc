@@ -29,8 +29,8 @@ bool has_flag(const std::vector<std::string>& flags, const std::string& f) {
   return std::find(flags.begin(), flags.end(), f) != flags.end();
 }
 
-bool all_zero(std::span<const float> v) {
-  return std::all_of(v.begin(), v.end(), [](float x) { return x == 0.f; });
+bool all_zero(const std::vector<uint8_t>& bytes) {
+  return std::all_of(bytes.begin(), bytes.end(), [](uint8_t b) { return b == 0; });
 }
 
 // Runs `body` in a forked child; returns the child's exit code (or 128 + signal).
@@ -179,7 +179,8 @@ TEST_F(KvWipe, ServingEngineWipesAFinishedRequestsPartialBlock) {
 }
 
 TEST_F(KvWipe, KvRegionIsExcludedFromDumps) {
-  const SensitiveBuffer& region = model_->kv_region();
+  ASSERT_NE(model_->kv_buffer().host_sensitive(), nullptr);  // host backend: a SensitiveBuffer
+  const SensitiveBuffer& region = *model_->kv_buffer().host_sensitive();
   ASSERT_GT(region.size(), 0u);
   EXPECT_TRUE(region.dont_dump());
   // The kernel's own view: every page of the region is in a mapping flagged "dd".

@@ -111,11 +111,11 @@ TEST(PlanCostModel, MemoryAndStepTermsByHand) {
   ASSERT_TRUE(one.fits && two.fits);
   EXPECT_NEAR(one.memory.weights, m.total_params() * 2.0, m.total_params() * 2e-4);  // norms
   EXPECT_DOUBLE_EQ(two.memory.weights, one.memory.weights / 2);
-  // KV: 4 sequences x 1001 positions x 36 layers x K and V x 8 heads x 128 x 4 bytes.
-  EXPECT_DOUBLE_EQ(one.memory.kv_cache, 4.0 * 1001 * 36 * 2 * 8 * 128 * 4);
+  // KV: 4 sequences x 1001 positions x 36 layers x K and V x 8 heads x 128 x 2 bytes (bf16).
+  EXPECT_DOUBLE_EQ(one.memory.kv_cache, 4.0 * 1001 * 36 * 2 * 8 * 128 * 2);
   // Decode at batch 4 reads every weight once (plus the KV cache): memory-bound on one GPU.
   const double weights_read = m.total_params() * 2.0 - m.embedding_params() * 2.0;
-  const double kv_read = 4.0 * 1000.5 * 36 * 2 * 8 * 128 * 4;
+  const double kv_read = 4.0 * 1000.5 * 36 * 2 * 8 * 128 * 2;
   EXPECT_NEAR(one.decode.memory, (weights_read + kv_read) / 1e12, 1e-3 * one.decode.memory);
   EXPECT_EQ(one.decode.communication, 0);
   // tp 2: per layer 2 ring all-reduces of 4 x 4096 floats: 2 steps of (10 us + 32 KiB / 100 GB/s)

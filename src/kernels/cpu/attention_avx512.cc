@@ -7,6 +7,7 @@
 //   3. the output accumulators get p . V for the 16 values, read in place from the cache.
 // K and V of a chunk are read from memory once and reused by every query of the tile.
 // head_dim must be a multiple of 64 (64, 128, 192, 256); other sizes use the portable kernel.
+// The cache is f32 or bf16; bf16 rows are widened 16 at a time as they are loaded.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -45,6 +46,16 @@ inline float exp_nonpositive(float x) {
   return _mm512_cvtss_f32(exp_nonpositive(_mm512_set1_ps(x)));
 }
 
+// 16 cache elements as f32: a plain load, or bf16 widened (a bf16 is the top half of an f32).
+inline __m512 load16(const float* p) {
+  return _mm512_loadu_ps(p);
+}
+inline __m512 load16(const uint16_t* p) {
+  const __m512i wide =
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
 // Scores of 4 queries (rows of q_scaled, stride kMaxHeadDim) against the 16 keys in kt.
 inline void scores_of_four(const float* q_scaled, const float* kt, int head_dim, __m512 out[4]) {
   __m512 even[4], odd[4];
@@ -61,8 +72,9 @@ inline void scores_of_four(const float* q_scaled, const float* kt, int head_dim,
 }
 
 // out[0..head_dim) = out * correction + sum_t p[t] * v[t] over `count` values.
-inline void accumulate_values(float* out, float correction, const float* p,
-                              const float* const* values, int count, int head_dim) {
+template <typename KV>
+inline void accumulate_values(float* out, float correction, const float* p, const KV* const* values,
+                              int count, int head_dim) {
   const __m512 scale = _mm512_set1_ps(correction);
   for (int d0 = 0; d0 < head_dim; d0 += 64) {
     __m512 even[4], odd[4];
@@ -74,14 +86,14 @@ inline void accumulate_values(float* out, float correction, const float* p,
     for (; t + 2 <= count; t += 2) {
       const __m512 p0 = _mm512_set1_ps(p[t]), p1 = _mm512_set1_ps(p[t + 1]);
       for (int v = 0; v < 4; ++v) {
-        even[v] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(values[t] + d0 + v * 16), even[v]);
-        odd[v] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(values[t + 1] + d0 + v * 16), odd[v]);
+        even[v] = _mm512_fmadd_ps(p0, load16(values[t] + d0 + v * 16), even[v]);
+        odd[v] = _mm512_fmadd_ps(p1, load16(values[t + 1] + d0 + v * 16), odd[v]);
       }
     }
     if (t < count) {
       const __m512 p0 = _mm512_set1_ps(p[t]);
       for (int v = 0; v < 4; ++v) {
-        even[v] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(values[t] + d0 + v * 16), even[v]);
+        even[v] = _mm512_fmadd_ps(p0, load16(values[t] + d0 + v * 16), even[v]);
       }
     }
     for (int v = 0; v < 4; ++v) _mm512_store_ps(out + d0 + v * 16, _mm512_add_ps(even[v], odd[v]));
@@ -91,17 +103,17 @@ inline void accumulate_values(float* out, float correction, const float* p,
 // Scores of one query (scaled, contiguous) against up to 16 keys in place in the cache, in dot
 // form: 16 partial-sum vectors folded into one vector of 16 scores by a transpose-add tree.
 // Cheaper than transposing the keys when few queries share a chunk (decode).
-inline __m512 scores_dot(const float* q_scaled, const float* const* key_rows, int keys,
-                         int head_dim) {
+template <typename KV>
+inline __m512 scores_dot(const float* q_scaled, const KV* const* key_rows, int keys, int head_dim) {
   __m512 v[16];
   for (int t = 0; t < 16; ++t) {
     if (t >= keys) {
       v[t] = _mm512_setzero_ps();
       continue;
     }
-    __m512 sum = _mm512_mul_ps(_mm512_load_ps(q_scaled), _mm512_loadu_ps(key_rows[t]));
+    __m512 sum = _mm512_mul_ps(_mm512_load_ps(q_scaled), load16(key_rows[t]));
     for (int d = 16; d < head_dim; d += 16) {
-      sum = _mm512_fmadd_ps(_mm512_load_ps(q_scaled + d), _mm512_loadu_ps(key_rows[t] + d), sum);
+      sum = _mm512_fmadd_ps(_mm512_load_ps(q_scaled + d), load16(key_rows[t] + d), sum);
     }
     v[t] = sum;
   }
@@ -123,15 +135,11 @@ inline __m512 scores_dot(const float* q_scaled, const float* const* key_rows, in
   return _mm512_add_ps(_mm512_shuffle_f32x4(z01, z23, 0x88), _mm512_shuffle_f32x4(z01, z23, 0xDD));
 }
 
-}  // namespace
-
-void attention(const AttentionShape& shape, const AttentionSequence& seq, const AttentionWork& work,
-               const float* q, KVCacheLayerView cache, float* out) {
+template <typename KV>
+void attention_typed(const AttentionShape& shape, const AttentionSequence& seq,
+                     const AttentionWork& work, const float* q, KVCacheLayerView cache,
+                     float* out) {
   const int head_dim = shape.head_dim;
-  if (head_dim % 64 != 0) {
-    portable::attention(shape, seq, work, q, cache, out);
-    return;
-  }
   const int kv_head = work.kv_head;
   const int block_size = shape.block_size;
   const int group = shape.num_heads / shape.num_kv_heads;
@@ -147,8 +155,8 @@ void attention(const AttentionShape& shape, const AttentionSequence& seq, const 
   float running_max[kTileQueries], running_sum[kTileQueries];
   int64_t query_position[kTileQueries];
   int query_index[kTileQueries];  // (row - row_begin) * group + head in group
-  const float* key_rows[kKeys];
-  const float* value_rows[kKeys];
+  const KV* key_rows[kKeys];
+  const KV* value_rows[kKeys];
 
   for (int tile_row = work.row_begin; tile_row < work.row_end; tile_row += rows_per_tile) {
     const int tile_rows =
@@ -187,8 +195,9 @@ void attention(const AttentionShape& shape, const AttentionSequence& seq, const 
         int offset = static_cast<int>(chunk - block * block_size);
         for (int t = 0; t < keys; ++t) {
           const int64_t slot = static_cast<int64_t>(seq.block_table[block]) * block_size + offset;
-          key_rows[t] = cache.k + slot * token_stride + kv_head * head_dim;
-          value_rows[t] = cache.v + slot * token_stride + kv_head * head_dim;
+          key_rows[t] = static_cast<const KV*>(cache.k) + slot * token_stride + kv_head * head_dim;
+          value_rows[t] =
+              static_cast<const KV*>(cache.v) + slot * token_stride + kv_head * head_dim;
           if (++offset == block_size) {
             offset = 0;
             ++block;
@@ -198,7 +207,7 @@ void attention(const AttentionShape& shape, const AttentionSequence& seq, const 
           for (int d0 = 0; d0 < head_dim; d0 += 16) {
             __m512 r[16];
             for (int t = 0; t < kKeys; ++t) {
-              r[t] = t < keys ? _mm512_loadu_ps(key_rows[t] + d0) : _mm512_setzero_ps();
+              r[t] = t < keys ? load16(key_rows[t] + d0) : _mm512_setzero_ps();
             }
             transpose16x16(r);
             for (int i = 0; i < 16; ++i) _mm512_store_ps(kt + (d0 + i) * kKeys, r[i]);
@@ -253,6 +262,19 @@ void attention(const AttentionShape& shape, const AttentionSequence& seq, const 
         }
       }
     }
+  }
+}
+
+}  // namespace
+
+void attention(const AttentionShape& shape, const AttentionSequence& seq, const AttentionWork& work,
+               const float* q, KVCacheLayerView cache, float* out) {
+  if (shape.head_dim % 64 != 0) {
+    portable::attention(shape, seq, work, q, cache, out);
+  } else if (cache.dtype == DType::BF16) {
+    attention_typed<uint16_t>(shape, seq, work, q, cache, out);
+  } else {
+    attention_typed<float>(shape, seq, work, q, cache, out);
   }
 }
 

@@ -373,7 +373,9 @@ void CpuBackend::kv_cache_write(const AttentionShape& shape, const AttentionSequ
                                 KVCacheLayerView cache) const {
   ALEM_CHECK(shape.block_size > 0 && shape.num_kv_heads > 0 && shape.head_dim > 0,
              "kv_cache_write: bad attention shape");
+  check_kv_cache_dtype(cache.dtype);
   const int64_t row_width = static_cast<int64_t>(shape.num_kv_heads) * shape.head_dim;
+  const bool bf16 = cache.dtype == DType::BF16;
   for (int s = 0; s < num_seqs; ++s) {
     const AttentionSequence& seq = seqs[s];
     for (int i = 0; i < seq.q_count; ++i) {
@@ -382,8 +384,21 @@ void CpuBackend::kv_cache_write(const AttentionShape& shape, const AttentionSequ
           static_cast<int64_t>(seq.block_table[pos / shape.block_size]) * shape.block_size +
           pos % shape.block_size;
       const int64_t row = seq.q_begin + i;
-      std::memcpy(cache.k + slot * row_width, k + row * row_width, row_width * sizeof(float));
-      std::memcpy(cache.v + slot * row_width, v + row * row_width, row_width * sizeof(float));
+      const float* k_row = k + row * row_width;
+      const float* v_row = v + row * row_width;
+      if (bf16) {  // round to nearest even, as f32_to_bf16 (NaN stays NaN)
+        uint16_t* k_dst = static_cast<uint16_t*>(cache.k) + slot * row_width;
+        uint16_t* v_dst = static_cast<uint16_t*>(cache.v) + slot * row_width;
+        for (int64_t j = 0; j < row_width; ++j) {
+          k_dst[j] = f32_to_bf16(k_row[j]);
+          v_dst[j] = f32_to_bf16(v_row[j]);
+        }
+        continue;
+      }
+      std::memcpy(static_cast<float*>(cache.k) + slot * row_width, k_row,
+                  row_width * sizeof(float));
+      std::memcpy(static_cast<float*>(cache.v) + slot * row_width, v_row,
+                  row_width * sizeof(float));
     }
   }
 }
@@ -396,6 +411,7 @@ void CpuBackend::paged_attention(const AttentionShape& shape, const AttentionSeq
   ALEM_CHECK(shape.head_dim > 0 && shape.head_dim <= cpu::kMaxHeadDim,
              "paged_attention: head_dim must be in 1.." + std::to_string(cpu::kMaxHeadDim));
   ALEM_CHECK(shape.block_size > 0, "paged_attention: block_size must be positive");
+  check_kv_cache_dtype(cache.dtype);
   // One task per (sequence, kv head, run of query rows); the GQA heads of a kv head share a task
   // so each cache chunk is read once for all of them.
   const int group = shape.num_heads / shape.num_kv_heads;

@@ -84,11 +84,26 @@ int64_t cache_offset(const AttentionShape& s, const int32_t* block_table, int64_
   return ((block * s.block_size + slot) * s.num_kv_heads + kvh) * s.head_dim;
 }
 
+// One element of a KV cache of either dtype (bf16 rounds to nearest even on store).
+float load_kv(const void* cache, int64_t i, DType dtype) {
+  return dtype == DType::BF16 ? bf16_to_f32(static_cast<const uint16_t*>(cache)[i])
+                              : static_cast<const float*>(cache)[i];
+}
+
+void store_kv(void* cache, int64_t i, float x, DType dtype) {
+  if (dtype == DType::BF16) {
+    static_cast<uint16_t*>(cache)[i] = f32_to_bf16(x);
+  } else {
+    static_cast<float*>(cache)[i] = x;
+  }
+}
+
 }  // namespace
 
 void ReferenceBackend::kv_cache_write(const AttentionShape& shape, const AttentionSequence* seqs,
                                       int num_seqs, const float* k, const float* v,
                                       KVCacheLayerView cache) const {
+  check_kv_cache_dtype(cache.dtype);
   const int64_t row_width = static_cast<int64_t>(shape.num_kv_heads) * shape.head_dim;
   for (int s = 0; s < num_seqs; ++s) {
     const AttentionSequence& seq = seqs[s];
@@ -98,8 +113,8 @@ void ReferenceBackend::kv_cache_write(const AttentionShape& shape, const Attenti
       for (int h = 0; h < shape.num_kv_heads; ++h) {
         const int64_t dst = cache_offset(shape, seq.block_table, pos, h);
         for (int d = 0; d < shape.head_dim; ++d) {
-          cache.k[dst + d] = k[row * row_width + h * shape.head_dim + d];
-          cache.v[dst + d] = v[row * row_width + h * shape.head_dim + d];
+          store_kv(cache.k, dst + d, k[row * row_width + h * shape.head_dim + d], cache.dtype);
+          store_kv(cache.v, dst + d, v[row * row_width + h * shape.head_dim + d], cache.dtype);
         }
       }
     }
@@ -111,6 +126,7 @@ void ReferenceBackend::paged_attention(const AttentionShape& shape, const Attent
                                        float* out) const {
   ALEM_CHECK(shape.num_kv_heads > 0 && shape.num_heads % shape.num_kv_heads == 0,
              "num_heads must be a multiple of num_kv_heads");
+  check_kv_cache_dtype(cache.dtype);
   const int group = shape.num_heads / shape.num_kv_heads;
   const int64_t row_width = static_cast<int64_t>(shape.num_heads) * shape.head_dim;
   std::vector<double> scores;
@@ -126,9 +142,11 @@ void ReferenceBackend::paged_attention(const AttentionShape& shape, const Attent
         const float* q_head = q + row * row_width + h * shape.head_dim;
         double max_score = -INFINITY;
         for (int64_t t = 0; t < context; ++t) {
-          const float* k_vec = cache.k + cache_offset(shape, seq.block_table, t, kvh);
+          const int64_t k_at = cache_offset(shape, seq.block_table, t, kvh);
           double dot = 0.0;
-          for (int d = 0; d < shape.head_dim; ++d) dot += static_cast<double>(q_head[d]) * k_vec[d];
+          for (int d = 0; d < shape.head_dim; ++d) {
+            dot += static_cast<double>(q_head[d]) * load_kv(cache.k, k_at + d, cache.dtype);
+          }
           scores[t] = dot * shape.scale;
           max_score = std::max(max_score, scores[t]);
         }
@@ -139,8 +157,10 @@ void ReferenceBackend::paged_attention(const AttentionShape& shape, const Attent
         }
         std::fill(acc.begin(), acc.end(), 0.0);
         for (int64_t t = 0; t < context; ++t) {
-          const float* v_vec = cache.v + cache_offset(shape, seq.block_table, t, kvh);
-          for (int d = 0; d < shape.head_dim; ++d) acc[d] += scores[t] * v_vec[d];
+          const int64_t v_at = cache_offset(shape, seq.block_table, t, kvh);
+          for (int d = 0; d < shape.head_dim; ++d) {
+            acc[d] += scores[t] * load_kv(cache.v, v_at + d, cache.dtype);
+          }
         }
         float* out_head = out + row * row_width + h * shape.head_dim;
         for (int d = 0; d < shape.head_dim; ++d) {

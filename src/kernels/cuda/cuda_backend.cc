@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <functional>
 #include <vector>
 
@@ -182,6 +183,51 @@ void CudaBackend::download(void* dst_host, const void* src_device, size_t bytes)
   activate();
   ALEM_CUDA_CHECK(
       cudaMemcpyAsync(dst_host, src_device, bytes, cudaMemcpyDeviceToHost, as_stream(stream_)));
+  sync();
+}
+
+namespace {
+
+// A device buffer from allocate_buffer(): freed (kSensitive: zeroed first) on destruction.
+class CudaBuffer final : public BackendBuffer {
+ public:
+  CudaBuffer(const CudaBackend& owner, void* data, size_t bytes, BufferKind kind)
+      : BackendBuffer(data, bytes, MemorySpace::kDevice, kind), owner_(owner) {}
+  ~CudaBuffer() override {
+    try {
+      if (kind() == BufferKind::kSensitive) owner_.wipe(data(), bytes());
+      owner_.free(data());
+    } catch (...) {
+      // A destructor cannot report; a failing device is reported by the next op.
+    }
+  }
+
+ private:
+  const CudaBackend& owner_;
+};
+
+}  // namespace
+
+std::unique_ptr<BackendBuffer> CudaBackend::allocate_buffer(size_t bytes, BufferKind kind) const {
+  void* p = allocate(bytes);
+  return std::make_unique<CudaBuffer>(*this, p, bytes, kind);
+}
+
+void CudaBackend::copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
+                          size_t row_bytes, size_t rows) const {
+  if (rows == 0 || row_bytes == 0) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  ALEM_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, row_bytes, rows,
+                                    cudaMemcpyDeviceToDevice, as_stream(stream_)));
+  sync();
+}
+
+void CudaBackend::wipe(void* dst, size_t bytes) const {
+  if (!dst || bytes == 0) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  ALEM_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, as_stream(stream_)));
   sync();
 }
 
@@ -482,13 +528,15 @@ void CudaBackend::kv_cache_write(const AttentionShape& shape, const AttentionSeq
   std::lock_guard<std::mutex> lock(mutex_);
   activate();
   check_attention_shape(shape);
+  check_kv_cache_dtype(cache.dtype);
   int64_t num_rows = 0;
   const cuda::RowInfo* rows = upload_rows(
       shape, seqs, num_seqs, as_stream(stream_), [this](size_t b) { return scratch_locked(b); },
       num_rows);
   if (num_rows == 0) return;
   cuda::launch_kv_cache_write(rows, num_rows, shape.num_kv_heads, shape.head_dim, shape.block_size,
-                              k, v, cache.k, cache.v, as_stream(stream_));
+                              k, v, cache.k, cache.v, cache.dtype == DType::BF16,
+                              as_stream(stream_));
   sync();
 }
 
@@ -498,14 +546,15 @@ void CudaBackend::paged_attention(const AttentionShape& shape, const AttentionSe
   std::lock_guard<std::mutex> lock(mutex_);
   activate();
   check_attention_shape(shape);
+  check_kv_cache_dtype(cache.dtype);
   int64_t num_rows = 0;
   const cuda::RowInfo* rows = upload_rows(
       shape, seqs, num_seqs, as_stream(stream_), [this](size_t b) { return scratch_locked(b); },
       num_rows);
   if (num_rows == 0) return;
   cuda::launch_paged_attention(rows, num_rows, shape.num_heads, shape.num_kv_heads, shape.head_dim,
-                               shape.block_size, shape.scale, q, cache.k, cache.v, out,
-                               as_stream(stream_));
+                               shape.block_size, shape.scale, q, cache.k, cache.v,
+                               cache.dtype == DType::BF16, out, as_stream(stream_));
   sync();
 }
 
@@ -544,6 +593,14 @@ std::unique_ptr<KernelBackend> make_cuda_backend() {
   if (status != cudaSuccess) {
     (void)cudaGetLastError();
     ALEM_FAIL(std::string("cuda backend: no usable GPU: ") + cudaGetErrorString(status));
+  }
+  // Several ranks on one node: rank i of the node takes GPU i (mod the GPUs it sees), as
+  // mpirun (OMPI_COMM_WORLD_LOCAL_RANK) or srun (SLURM_LOCALID) number them.
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  if (!local || !*local) local = std::getenv("SLURM_LOCALID");
+  if (local && *local) {
+    const int count = cuda_device_count();
+    if (count > 0) device = std::atoi(local) % count;
   }
   return std::make_unique<CudaBackend>(device);
 }

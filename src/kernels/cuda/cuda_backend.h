@@ -3,7 +3,9 @@
 // (kernels/backend.cc) and tests can name it; it is defined by the CUDA sources and only exists
 // in builds where ALEM_HAVE_CUDA is set.
 //
-// Memory spaces. Activations, bias, gamma, the KV cache and outputs are device pointers.
+// Memory spaces. Activations, bias, gamma, the KV cache and outputs are device pointers, from
+// allocate_buffer() (kernels/tensor.h's Tensor uses it); kSensitive buffers are zeroed on the
+// device before cudaFree.
 // WeightMatrix and RopeTable hold host memory: the backend copies each one to the device on first
 // use (or explicitly via prepare()) and keeps the copy, keyed by the host data pointer. Small
 // int32 metadata (positions, tokens, block tables) may be host or device pointers; host ones are
@@ -52,11 +54,18 @@ class CudaBackend final : public KernelBackend {
   void embedding(const WeightMatrix& table, int64_t row_begin, const int32_t* tokens, int64_t T,
                  float* out) const override;
 
-  // Device memory. allocate() returns zeroed memory aligned to 256 bytes; free(nullptr) is a no-op.
+  // Device memory (KernelBackend's memory interface, all in device space).
+  MemorySpace memory_space() const override { return MemorySpace::kDevice; }
+  std::unique_ptr<BackendBuffer> allocate_buffer(size_t bytes, BufferKind kind) const override;
+  void upload(void* dst_device, const void* src_host, size_t bytes) const override;
+  void download(void* dst_host, const void* src_device, size_t bytes) const override;
+  void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t row_bytes,
+               size_t rows) const override;
+  void wipe(void* dst, size_t bytes) const override;
+  // Raw device memory: allocate() returns zeroed memory aligned to 256 bytes; free(nullptr) is a
+  // no-op. Prefer allocate_buffer(), which frees itself.
   void* allocate(size_t bytes) const;
   void free(void* device_ptr) const;
-  void upload(void* dst_device, const void* src_host, size_t bytes) const;
-  void download(void* dst_host, const void* src_device, size_t bytes) const;
 
   // Copies a weight matrix (and its int8 scales) to the device now instead of on first use.
   void prepare(const WeightMatrix& w) const;

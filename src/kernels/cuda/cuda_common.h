@@ -75,12 +75,13 @@ void launch_embedding(const void* table, const float* scales, int dtype, int64_t
                       cudaStream_t stream);
 
 // --- attention.cu ---
+// The cache holds f32, or bf16 when cache_bf16 (stored rounded to nearest even, read widened).
 void launch_kv_cache_write(const RowInfo* rows, int64_t num_rows, int num_kv_heads, int head_dim,
-                           int block_size, const float* k, const float* v, float* k_cache,
-                           float* v_cache, cudaStream_t stream);
+                           int block_size, const float* k, const float* v, void* k_cache,
+                           void* v_cache, bool cache_bf16, cudaStream_t stream);
 void launch_paged_attention(const RowInfo* rows, int64_t num_rows, int num_heads, int num_kv_heads,
                             int head_dim, int block_size, float scale, const float* q,
-                            const float* k_cache, const float* v_cache, float* out,
+                            const void* k_cache, const void* v_cache, bool cache_bf16, float* out,
                             cudaStream_t stream);
 
 // --- sampling.cu ---

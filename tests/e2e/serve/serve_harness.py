@@ -8,6 +8,7 @@ talks to it over HTTP. Nothing here imitates the server: if it does not answer, 
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -29,8 +30,9 @@ class Server:
         self.api_key = api_key
         self.log_path = tempfile.NamedTemporaryFile(prefix="alem-serve-", suffix=".log",
                                                     delete=False).name
+        # ALEM_SERVE_TEST_ARGS adds flags to every server (scripts/gpu-check.sh: --backend cuda).
         args = [ALEM, "serve", "--model", MODEL, "--host", "127.0.0.1", "--port", "0",
-                *extra_args]
+                *extra_args, *shlex.split(os.environ.get("ALEM_SERVE_TEST_ARGS", ""))]
         if ranks > 1:
             mpirun = shutil.which("mpirun")
             args = [mpirun, "--oversubscribe", "--allow-run-as-root", "-np", str(ranks),
