@@ -23,6 +23,7 @@ namespace {
 struct PlanOptions {
   std::string model;
   std::string weights;  // dtype override
+  std::string kv_cache_dtype = "bf16";
   std::string cluster;
   std::string calibration;
   plan::Workload workload;
@@ -170,7 +171,10 @@ void print_table(const plan::ModelShape& m, const plan::ClusterSpec& c, const pl
 void run_plan(const PlanOptions& o) {
   ALEM_CHECK(!o.model.empty(), "alem plan: --model is required (a store .h5 or a named shape)");
   ALEM_CHECK(!o.cluster.empty(), "alem plan: --cluster FILE.toml is required");
-  const plan::ModelShape shape = load_shape(o.model, o.weights);
+  plan::ModelShape shape = load_shape(o.model, o.weights);
+  ALEM_CHECK(o.kv_cache_dtype == "bf16" || o.kv_cache_dtype == "f32",
+             "--kv-cache-dtype must be bf16 or f32, got '" + o.kv_cache_dtype + "'");
+  shape.kv_bytes_per_value = o.kv_cache_dtype == "f32" ? 4 : 2;
   plan::ClusterSpec cluster = plan::load_cluster_spec(o.cluster);
   if (!o.calibration.empty())
     plan::apply_calibration(cluster, plan::load_calibration(o.calibration), o.calibration);
@@ -239,6 +243,9 @@ void add_plan_command(CLI::App& app) {
                   "Model store (.h5) or a named shape: smollm2-135m, qwen3-8b, qwen3-32b, "
                   "qwen3-30b-a3b, qwen3-235b-a22b, llama-3.1-70b");
   cmd->add_option("--weights", o->weights, "Weight dtype to plan for (bf16, f16, f32, int8)");
+  cmd->add_option("--kv-cache-dtype", o->kv_cache_dtype,
+                  "KV cache dtype, as alem serve's: bf16 or f32")
+      ->capture_default_str();
   cmd->add_option("--cluster,-c", o->cluster, "Cluster description (TOML, see plan/clusters/)");
   cmd->add_option("--calibration", o->calibration,
                   "Calibration file from `alem bench calibrate` (replaces datasheet figures)");
