@@ -31,7 +31,9 @@ MESSAGES = [{"role": "user", "content": "Name three colours."}]
 
 def setUpModule():
     global SOLO, TP3
-    flags = ["--max-model-len", "1024", "--kv-cache-mb", "128"]
+    # An f32 KV cache: under tp the keys and values come out of differently ordered sums, and a
+    # bf16 cache would round them apart (about 2e-2 in a logprob); tp 3 must equal one rank.
+    flags = ["--max-model-len", "1024", "--kv-cache-mb", "128", "--kv-cache-dtype", "f32"]
     SOLO = Server(flags, env={"ALEM_API_KEY": KEY}, api_key=KEY)
     if shutil.which("mpirun"):
         TP3 = Server(flags + ["--tp", "3"], ranks=3)
