@@ -39,7 +39,7 @@ rank_pid() {
   local host pid
   host=$(rank_host "$1")
   for pid in $(ip netns pids "$ALEM_CLUSTER_PREFIX-${host#"$ALEM_CLUSTER_PREFIX"}"); do
-    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "^$ALEM serve "; then echo "$pid"; fi
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep "^$ALEM serve " >/dev/null; then echo "$pid"; fi
   done
 }
 unhealthy() { ! healthy; }
@@ -75,7 +75,7 @@ say "1. a node dies with sealed requests in flight"
 start_serve "$WORK_DIR/a" 1 4 4 1 --network-endpoint "$BRIDGE_ADDR:$NETSIM_PORT" --network-insecure \
   --attestation off --provider-key "$WORK_DIR/a/provider.key" --usage-journal "$WORK_DIR/a/usage.journal"
 job=$SERVE_JOB
-running() { gateway_get /metrics | grep -q '^alem_requests_running{replica="0"[^}]*} [1-9]'; }
+running() { gateway_get /metrics | grep '^alem_requests_running{replica="0"[^}]*} [1-9]' >/dev/null; }
 wait_for 120 "sealed requests to run" running
 victim_host=$(rank_host 2)
 t0=$(now_s)
@@ -86,7 +86,7 @@ say "1. $victim_host died: every rank gone after $(seconds_since "$t0") s"
 # Slurm's reason for the node (`sinfo -R`); rank 2's own log lines carry "host":"HOST" and do not
 # count.
 names_victim() {
-  grep -v "\"host\":\"$victim_host\"" "$WORK_DIR/a/$job.out" | grep -q "$victim_host" ||
+  grep -v "\"host\":\"$victim_host\"" "$WORK_DIR/a/$job.out" | grep "$victim_host" >/dev/null ||
     sinfo -h -R -o '%n %E' | grep -q "^$victim_host "
 }
 wait_for 30 "the job log or Slurm to name $victim_host" names_victim

@@ -134,7 +134,7 @@ curl -sS -N --max-time 240 "$BASE/v1/completions" -H 'Content-Type: application/
   -d '{"model":"SmolLM2-135M-Instruct","prompt":"Count to fifty:","max_tokens":24,"ignore_eos":true,"temperature":0,"stream":true}' \
   >"$WORK_DIR/serve/in-flight.txt" 2>&1 &
 stream_pid=$!
-running() { curl -s "$BASE/metrics" | grep -q '^alem_requests_running{replica="0"[^}]*} [1-9]'; }
+running() { curl -s "$BASE/metrics" | grep '^alem_requests_running{replica="0"[^}]*} [1-9]' >/dev/null; }
 wait_for 60 "the streaming request to run" running
 scancel --signal=USR1 --batch "$serve_job"
 wait "$stream_pid" || fail "the in-flight stream failed: $(tail -c 400 "$WORK_DIR/serve/in-flight.txt")"
@@ -148,11 +148,29 @@ status_has 1
 file_has "$serve_log" '"SLURM_RESTART_COUNT":"1"' || fail "the restart count is not in the log"
 
 say "SIGKILL one rank: the job ends non-zero within 30 s"
+# slurmstepd knows each task's pid and global rank (`scontrol listpids`: PID JOBID STEPID
+# LOCALID GLOBALID); the environment of a rank is a second way, as alem makes itself
+# non-dumpable and /proc/PID/environ then needs CAP_SYS_PTRACE. No `grep -q` after a pipe
+# here: under pipefail the writer dies of SIGPIPE when grep stops early, a false "no match".
 victim=""
-for pid in $(pgrep -f "$ALEM serve"); do
-  if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "SLURM_PROCID=2"; then victim=$pid; fi
-done
-[ -n "$victim" ] || fail "no process of rank 2 found"
+find_rank2() {
+  local pid
+  for pid in $(scontrol listpids "$serve_job" 2>/dev/null | awk '$5 == 2 { print $1 }'); do
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -- "$ALEM serve" >/dev/null && victim=$pid
+  done
+  [ -n "$victim" ] && return 0
+  for pid in $(pgrep -f -- "$ALEM serve"); do
+    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -x "SLURM_PROCID=2" >/dev/null && victim=$pid
+  done
+  [ -n "$victim" ]
+}
+for _ in $(seq 100); do find_rank2 && break; sleep 0.2; done
+if [ -z "$victim" ]; then
+  scontrol listpids "$serve_job" >&2 || true
+  ps -eo pid,ppid,args | grep -F -- "$ALEM" | grep -v grep >&2 || true
+  fail "no process of rank 2 found"
+fi
+say "rank 2 is pid $victim"
 kill -KILL "$victim"
 killed_at=$(date +%s)
 job_ended() { case "$(job_state "$serve_job")" in FAILED | COMPLETED | CANCELLED | NODE_FAIL) return 0 ;; *) return 1 ;; esac; }
