@@ -67,33 +67,9 @@ MUNGED_PID_FILE=$MUNGE_DIR/munged.pid
 CTLD_PID_FILE=$STATE_DIR/run/slurmctld.pid
 export SLURM_CONF=$STATE_DIR/etc/slurm.conf
 
-log() { printf '[cluster-local %s] %s\n' "$(date +%T.%3N)" "$*" >&2; }
-fail() {
-  log "ERROR: $*"
-  exit 1
-}
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-retry_for() {
-  local tries=$(($1 * 10))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    tries=$((tries - 1))
-    if [ "$tries" -le 0 ]; then return 1; fi
-    sleep 0.1
-  done
-}
-pid_from_file() { if [ -s "$1" ]; then tr -dc '0-9' <"$1"; fi; }
-pid_file_alive() {
-  local pid
-  pid=$(pid_from_file "$1")
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
-}
-all_dead() {
-  local pid
-  for pid in "$@"; do
-    if kill -0 "$pid" 2>/dev/null; then return 1; fi
-  done
-}
+LOG_TAG=cluster-local
+# shellcheck source=slurm/local/local-slurm-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/local-slurm-lib.sh"
 
 # Host K (1-based): its name (also its hostname and Slurm NodeName), namespace, address, links.
 node_name() { echo "${PREFIX}node$1"; }
@@ -151,26 +127,14 @@ cluster_pids() {
   done
   if pid_file_alive "$MUNGED_PID_FILE"; then roots+=("$(pid_from_file "$MUNGED_PID_FILE")"); fi
   if [ "${#roots[@]}" -eq 0 ]; then return 0; fi
-  ps -eo pid=,ppid= | awk -v roots="${roots[*]}" -v self="$$" '
-    BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) ours[r[i]] = 1 }
-    { parent[$1] = $2 }
-    END {
-      grew = 1
-      while (grew) {
-        grew = 0
-        for (p in parent) if (!(p in ours) && (parent[p] in ours)) { ours[p] = 1; grew = 1 }
-      }
-      for (p in ours) if (p != self) print p
-    }'
+  with_descendants "$$" "${roots[@]}"
 }
 
-munge_works() { munge -S "$MUNGE_SOCKET" -n | unmunge -S "$MUNGE_SOCKET"; }
 all_nodes_idle() {
   local states
   states=$(sinfo -h -p "$PARTITION" -o '%T %D')
   [ "$states" = "idle $NODE_COUNT" ]
 }
-queue_is_empty() { [ -z "$(squeue -h -o %i)" ]; }
 
 do_install() {
   [ "$(id -u)" = 0 ] || fail "install needs root"
@@ -188,48 +152,23 @@ ClusterName=alemcluster
 SlurmctldHost=$CTL_HOST($CTL_ADDR)
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCKET,cred_expire=$CRED_EXPIRE_S
-StateSaveLocation=$STATE_DIR/state
 # Every host has its own spool, PID file and log (%n: the node's name).
 SlurmdSpoolDir=$STATE_DIR/spool/%n
 SlurmdPidFile=$STATE_DIR/run/slurmd-%n.pid
 SlurmdLogFile=$STATE_DIR/log/slurmd-%n.log
 TmpFS=/var/tmp
-SlurmctldPidFile=$CTLD_PID_FILE
-SlurmctldLogFile=$STATE_DIR/log/slurmctld.log
-PlugStackConfig=$STATE_DIR/etc/plugstack.conf
-MailProg=/bin/true
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-MpiDefault=none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-SlurmdParameters=config_overrides
-ReturnToService=2
-JobRequeue=1
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=1,bf_interval=1,sched_min_interval=0,batch_sched_delay=0
-MinJobAge=3600
-KillWait=5
 # A dead host is noticed after SlurmdTimeout; its jobs are requeued (they asked for --requeue).
 SlurmdTimeout=$SLURMD_TIMEOUT_S
 SlurmctldTimeout=10
 MessageTimeout=5
 EOF
+  write_common_slurm_conf
   for k in $(seq 1 "$NODE_COUNT"); do
     echo "NodeName=$(node_name "$k") NodeHostname=$(node_name "$k") NodeAddr=$(node_addr "$k")" \
       "CPUs=$NODE_CPUS RealMemory=$NODE_MEM_MB State=UNKNOWN" >>"$SLURM_CONF"
     nodes+="${nodes:+,}$(node_name "$k")"
   done
   echo "PartitionName=$PARTITION Nodes=$nodes Default=YES MaxTime=INFINITE State=UP" >>"$SLURM_CONF"
-  : >"$STATE_DIR/etc/plugstack.conf"
   # /etc/hosts inside every host (bind-mounted over /etc/hosts in its mount namespace).
   {
     echo "127.0.0.1 localhost"
@@ -299,11 +238,7 @@ do_up() {
   chmod 0755 "$STATE_DIR" "$MUNGE_DIR"
   write_config
   make_network
-  mungekey --create --keyfile="$MUNGE_DIR/munge.key"
-  ALEM_CLUSTER=$STATE_DIR munged --socket="$MUNGE_SOCKET" --key-file="$MUNGE_DIR/munge.key" \
-    --pid-file="$MUNGED_PID_FILE" --seed-file="$MUNGE_DIR/munged.seed" \
-    --log-file="$STATE_DIR/log/munged.log"
-  retry_for 10 munge_works || fail "munged does not answer; see $STATE_DIR/log/munged.log"
+  start_munged
   ALEM_CLUSTER=$STATE_DIR as_host "$CTL_NS" "$CTL_HOST" slurmctld || fail "slurmctld did not start; see $STATE_DIR/log/slurmctld.log"
   retry_for 15 scontrol ping || fail "slurmctld does not answer; see $STATE_DIR/log/slurmctld.log"
   for k in $(seq 1 "$NODE_COUNT"); do start_slurmd "$k"; done
@@ -317,33 +252,12 @@ do_up() {
 }
 
 do_down() {
-  local pid_file pid daemon_pids=() leftover_pids=()
   if [ ! -e "$STATE_DIR" ]; then
     log "nothing to stop: $STATE_DIR does not exist"
     return 0
   fi
   [ -e "$MARKER_FILE" ] || fail "$STATE_DIR was not made by this script; not touching it"
-  if pid_file_alive "$CTLD_PID_FILE"; then
-    scancel --partition="$PARTITION" 2>/dev/null || true
-    retry_for 20 queue_is_empty || log "jobs still queued after 20 s: $(squeue -h -o '%i %T')"
-  fi
-  for pid_file in "$STATE_DIR"/run/slurmd-*.pid "$CTLD_PID_FILE" "$MUNGED_PID_FILE"; do
-    if pid_file_alive "$pid_file"; then daemon_pids+=("$(pid_from_file "$pid_file")"); fi
-  done
-  if [ "${#daemon_pids[@]}" -gt 0 ]; then
-    kill -TERM "${daemon_pids[@]}" 2>/dev/null || true
-    if ! retry_for 15 all_dead "${daemon_pids[@]}"; then
-      for pid in "${daemon_pids[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-      done
-    fi
-  fi
-  mapfile -t leftover_pids < <(cluster_pids)
-  if [ "${#leftover_pids[@]}" -gt 0 ]; then
-    log "stopping leftover cluster processes: ${leftover_pids[*]}"
-    kill -KILL "${leftover_pids[@]}" 2>/dev/null || true
-    retry_for 5 all_dead "${leftover_pids[@]}" || fail "processes survive SIGKILL: ${leftover_pids[*]}"
-  fi
+  stop_cluster_processes "$STATE_DIR"/run/slurmd-*.pid "$CTLD_PID_FILE" "$MUNGED_PID_FILE"
   # Undo what `up` made, newest first; only what the record names.
   local kind what
   if [ -f "$STATE_DIR/created" ]; then
@@ -355,7 +269,7 @@ do_down() {
     done < <(tac "$STATE_DIR/created")
   fi
   rm -rf "$STATE_DIR"
-  log "down: stopped ${daemon_pids[*]:-no daemons}; removed namespaces, links and $STATE_DIR"
+  log "down: stopped ${STOPPED_DAEMONS[*]:-no daemons}; removed namespaces, links and $STATE_DIR"
 }
 
 do_status() {

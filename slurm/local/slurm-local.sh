@@ -44,36 +44,9 @@ CTLD_PID_FILE=$STATE_DIR/run/slurmctld.pid
 SLURMD_PID_FILE=$STATE_DIR/run/slurmd.pid
 export SLURM_CONF=$STATE_DIR/etc/slurm.conf
 
-log() { printf '[slurm-local %s] %s\n' "$(date +%T.%3N)" "$*" >&2; }
-fail() {
-  log "ERROR: $*"
-  exit 1
-}
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-
-# retry_for SECONDS COMMAND...: runs COMMAND every 0.1 s until it succeeds or time runs out.
-retry_for() {
-  local tries=$(($1 * 10))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    tries=$((tries - 1))
-    if [ "$tries" -le 0 ]; then return 1; fi
-    sleep 0.1
-  done
-}
-
-pid_from_file() { if [ -s "$1" ]; then tr -dc '0-9' <"$1"; fi; }
-pid_file_alive() {
-  local pid
-  pid=$(pid_from_file "$1")
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
-}
-all_dead() {
-  local pid
-  for pid in "$@"; do
-    if kill -0 "$pid" 2>/dev/null; then return 1; fi
-  done
-}
+LOG_TAG=slurm-local
+# shellcheck source=slurm/local/local-slurm-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/local-slurm-lib.sh"
 
 # PIDs of this process and the shells above it, which must never count as the cluster's.
 caller_chain() {
@@ -101,22 +74,10 @@ cluster_pids() {
     if [[ "$callers" != *" $pid "* ]]; then roots+=("$pid"); fi
   done
   if [ "${#roots[@]}" -eq 0 ]; then return 0; fi
-  ps -eo pid=,ppid= | awk -v roots="${roots[*]}" '
-    BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) ours[r[i]] = 1 }
-    { parent[$1] = $2 }
-    END {
-      grew = 1
-      while (grew) {
-        grew = 0
-        for (p in parent) if (!(p in ours) && (parent[p] in ours)) { ours[p] = 1; grew = 1 }
-      }
-      for (p in ours) print p
-    }'
+  with_descendants "$callers" "${roots[@]}"
 }
 
-munge_works() { munge -S "$MUNGE_SOCKET" -n | unmunge -S "$MUNGE_SOCKET"; }
 node_is_idle() { [ "$(sinfo -h -n "$NODE_NAME" -o %T)" = idle ]; }
-queue_is_empty() { [ -z "$(squeue -h -o %i)" ]; }
 port_is_free() { ! ss -Htln "sport = :$1" | grep -q .; }
 
 do_install() {
@@ -143,46 +104,16 @@ ClusterName=alemlocal
 SlurmctldHost=$NODE_NAME(127.0.0.1)
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
-SlurmUser=root
-SlurmdUser=root
-# munge runs privately under the state folder; credentials expire fast so requeues are quick.
-AuthType=auth/munge
-CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCKET,cred_expire=$CRED_EXPIRE_S
-StateSaveLocation=$STATE_DIR/state
 SlurmdSpoolDir=$STATE_DIR/spool
 TmpFS=$STATE_DIR/tmp
-SlurmctldPidFile=$CTLD_PID_FILE
 SlurmdPidFile=$SLURMD_PID_FILE
-SlurmctldLogFile=$STATE_DIR/log/slurmctld.log
 SlurmdLogFile=$STATE_DIR/log/slurmd.log
-PlugStackConfig=$STATE_DIR/etc/plugstack.conf
-MailProg=/bin/true
-# No cgroup freezer here: track processes by parent PID and bind nothing.
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-# alem's scripts always say --mpi=pmix, as real clusters often default to none.
-MpiDefault=none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-# Trust the CPU count below rather than the hardware, so 8 ranks fit on a 2-core machine.
-SlurmdParameters=config_overrides
-ReturnToService=2
-JobRequeue=1
-# Schedule every second instead of Slurm's relaxed defaults: a trivial job completes in ~0.5 s.
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=1,bf_interval=1,sched_min_interval=0,batch_sched_delay=0
-# Finished jobs stay visible to scontrol for an hour (there is no accounting database).
-MinJobAge=3600
-KillWait=5
+EOF
+  write_common_slurm_conf
+  cat >>"$SLURM_CONF" <<EOF
 NodeName=$NODE_NAME NodeHostname=$NODE_NAME NodeAddr=127.0.0.1 CPUs=$NODE_CPUS RealMemory=$NODE_MEM_MB State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE_NAME Default=YES MaxTime=INFINITE State=UP
 EOF
-  # An empty plugin stack keeps the machine's own SPANK plugins out of the test cluster.
-  : >"$STATE_DIR/etc/plugstack.conf"
 }
 
 prepare_state_dir() {
@@ -194,14 +125,6 @@ prepare_state_dir() {
   : >"$MARKER_FILE"
   # munged refuses a socket folder that others cannot traverse.
   chmod 0755 "$STATE_DIR" "$MUNGE_DIR"
-}
-
-start_munged() {
-  mungekey --create --keyfile="$MUNGE_DIR/munge.key"
-  ALEM_SLURM_CLUSTER=$STATE_DIR munged --socket="$MUNGE_SOCKET" --key-file="$MUNGE_DIR/munge.key" \
-    --pid-file="$MUNGED_PID_FILE" --seed-file="$MUNGE_DIR/munged.seed" \
-    --log-file="$STATE_DIR/log/munged.log"
-  retry_for 10 munge_works || fail "munged does not answer; see $STATE_DIR/log/munged.log"
 }
 
 do_up() {
@@ -231,39 +154,14 @@ do_up() {
 }
 
 do_down() {
-  local pid_file pid daemon_pids=() leftover_pids=()
   if [ ! -e "$STATE_DIR" ]; then
     log "nothing to stop: $STATE_DIR does not exist"
     return 0
   fi
   [ -e "$MARKER_FILE" ] || fail "$STATE_DIR was not made by this script; not touching it"
-  if pid_file_alive "$CTLD_PID_FILE"; then
-    scancel --partition="$PARTITION" 2>/dev/null || true
-    retry_for 20 queue_is_empty || log "jobs still queued after 20 s: $(squeue -h -o '%i %T')"
-  fi
-  for pid_file in "$SLURMD_PID_FILE" "$CTLD_PID_FILE" "$MUNGED_PID_FILE"; do
-    if pid_file_alive "$pid_file"; then daemon_pids+=("$(pid_from_file "$pid_file")"); fi
-  done
-  if [ "${#daemon_pids[@]}" -gt 0 ]; then
-    kill -TERM "${daemon_pids[@]}" 2>/dev/null || true
-    if ! retry_for 15 all_dead "${daemon_pids[@]}"; then
-      for pid in "${daemon_pids[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then
-          log "daemon $pid ignored SIGTERM; sending SIGKILL"
-          kill -KILL "$pid" 2>/dev/null || true
-        fi
-      done
-    fi
-  fi
-  # Step daemons (slurmstepd) of jobs that would not die carry the cluster's mark too.
-  mapfile -t leftover_pids < <(cluster_pids)
-  if [ "${#leftover_pids[@]}" -gt 0 ]; then
-    log "stopping leftover cluster processes: ${leftover_pids[*]}"
-    kill -KILL "${leftover_pids[@]}" 2>/dev/null || true
-    retry_for 5 all_dead "${leftover_pids[@]}" || fail "processes survive SIGKILL: ${leftover_pids[*]}"
-  fi
+  stop_cluster_processes "$SLURMD_PID_FILE" "$CTLD_PID_FILE" "$MUNGED_PID_FILE"
   rm -rf "$STATE_DIR"
-  log "down: stopped ${daemon_pids[*]:-no daemons}; removed $STATE_DIR"
+  log "down: stopped ${STOPPED_DAEMONS[*]:-no daemons}; removed $STATE_DIR"
 }
 
 do_status() {

@@ -7,12 +7,11 @@
 #
 # The sourcing script sets TEST_NAME and TEST_DEADLINE_S first, then calls cluster_test_start.
 
-readonly SKIP=77
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 readonly REPO_ROOT
 readonly CLUSTER=$REPO_ROOT/slurm/local/cluster-local.sh
-TEST_START_MS=$(($(date +%s%N) / 1000000))
-readonly TEST_START_MS
+# shellcheck source=tests/e2e/job_test_lib.sh
+source "$REPO_ROOT/tests/e2e/job_test_lib.sh"
 ALEM=$(realpath -m "${ALEM_BINARY:-$REPO_ROOT/build/alem}")
 MODEL=$(realpath -m "${ALEM_TEST_MODEL:-$REPO_ROOT/models/smollm2-135m-instruct.h5}")
 readonly ALEM MODEL
@@ -21,18 +20,6 @@ export OMP_NUM_THREADS=1 ALEM_LOG_FORMAT=json
 # The hosts share this machine's few cores: ranks waiting in MPI give the CPU up instead of
 # spinning (srun, unlike mpirun --oversubscribe, does not tell Open MPI it is oversubscribed).
 export OMPI_MCA_mpi_yield_when_idle=1
-
-elapsed() {
-  local ms=$(($(date +%s%N) / 1000000 - TEST_START_MS))
-  printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100))
-}
-say() { printf '[%s %6ss] %s\n' "$TEST_NAME" "$(elapsed)" "$*"; }
-fail() {
-  say "FAIL: $*"
-  exit 1
-}
-now_s() { date +%s.%N; }
-seconds_since() { awk -v a="$1" -v b="$(now_s)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # Skips (77) unless root, the tools, network namespaces, the alem binary and the model are here.
 cluster_test_requirements() {
@@ -55,21 +42,6 @@ cluster_test_requirements() {
   [ -x "$ALEM" ] || { echo "skipped: no alem binary at $ALEM"; exit "$SKIP"; }
   [ -s "$MODEL" ] || { echo "skipped: no model store at $MODEL (scripts/prepare-model.sh)"; exit "$SKIP"; }
 }
-
-wait_for() {
-  local seconds=$1 what=$2
-  local deadline=$(($(date +%s) + seconds))
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    if [ "$(date +%s)" -ge "$deadline" ]; then fail "timed out after ${seconds}s waiting for: $what"; fi
-    sleep 0.2
-  done
-}
-job_state() { scontrol show job -o "$1" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2 | sort -u; }
-job_is() { [ "$(job_state "$1")" = "$2" ]; }
-job_ended() { case "$(job_state "$1")" in FAILED | COMPLETED | CANCELLED | NODE_FAIL | TIMEOUT) return 0 ;; *) return 1 ;; esac; }
-file_has() { grep -q -- "$2" "$1" 2>/dev/null; }
-json_field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
 
 # on_host K CMD...: CMD on cluster host K (its network, hostname and mounts).
 on_host() { "$CLUSTER" exec "$@"; }
@@ -107,7 +79,7 @@ cluster_test_cleanup() {
       say "FAIL: processes of the cluster survived: $leftovers"
       status=1
     fi
-    if ip netns list | grep -q "^$ALEM_CLUSTER_PREFIX-"; then
+    if ip netns list | grep "^$ALEM_CLUSTER_PREFIX-" >/dev/null; then
       say "FAIL: namespaces of the cluster survived: $(ip netns list | grep "^$ALEM_CLUSTER_PREFIX-")"
       status=1
     fi
@@ -132,15 +104,8 @@ cluster_test_start() {
   trap cluster_test_cleanup EXIT
   trap 'fail "interrupted"' INT
   trap 'fail "deadline of ${TEST_DEADLINE_S}s passed"' TERM
-  (
-    trap 'kill "$deadline_sleep" 2>/dev/null; exit 0' TERM
-    sleep "$TEST_DEADLINE_S" &
-    deadline_sleep=$!
-    wait "$deadline_sleep"
-    kill -TERM "$$" 2>/dev/null
-  ) &
-  watchdog_pid=$!
-  if ip netns list | grep -q "^$ALEM_CLUSTER_PREFIX-"; then
+  start_watchdog
+  if ip netns list | grep "^$ALEM_CLUSTER_PREFIX-" >/dev/null; then
     echo "skipped: namespaces named $ALEM_CLUSTER_PREFIX-* exist (another run?)"
     exit "$SKIP"
   fi

@@ -6,22 +6,11 @@
 #
 # The sourcing script sets TEST_NAME and TEST_DEADLINE_S first, then calls slurm_test_start.
 
-readonly SKIP=77
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 readonly REPO_ROOT
 readonly SLURM_LOCAL=$REPO_ROOT/slurm/local/slurm-local.sh
-TEST_START_MS=$(($(date +%s%N) / 1000000))
-readonly TEST_START_MS
-
-elapsed() {
-  local ms=$(($(date +%s%N) / 1000000 - TEST_START_MS))
-  printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100))
-}
-say() { printf '[%s %6ss] %s\n' "$TEST_NAME" "$(elapsed)" "$*"; }
-fail() {
-  say "FAIL: $*"
-  exit 1
-}
+# shellcheck source=tests/e2e/job_test_lib.sh
+source "$REPO_ROOT/tests/e2e/job_test_lib.sh"
 
 # require_tools TOOL...: skip the test when one is missing; needs root for the daemons.
 require_tools() {
@@ -38,27 +27,12 @@ require_tools() {
   fi
 }
 
-# wait_for SECONDS WHAT COMMAND...: polls COMMAND until it succeeds, or fails the test.
-wait_for() {
-  local seconds=$1 what=$2
-  local deadline=$(($(date +%s) + seconds))
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    if [ "$(date +%s)" -ge "$deadline" ]; then fail "timed out after ${seconds}s waiting for: $what"; fi
-    sleep 0.2
-  done
-}
-job_state() { scontrol show job -o "$1" | grep -o 'JobState=[A-Z_]*' | cut -d= -f2 | sort -u; }
-job_is() { [ "$(job_state "$1")" = "$2" ]; }
-file_has() { grep -q -- "$2" "$1" 2>/dev/null; }
-count_lines() { grep -c -- "$2" "$1" 2>/dev/null || true; }
-
 # A free pair of TCP ports (port, port + 1), so a cluster or server someone else runs is left
 # alone.
 pick_ports() {
   local port
   for port in $(shuf -i 20000-39000 -n 50); do
-    if ! ss -Htln "( sport = :$port or sport = :$((port + 1)) )" | grep -q .; then
+    if [ -z "$(ss -Htln "( sport = :$port or sport = :$((port + 1)) )")" ]; then
       echo "$port"
       return 0
     fi
@@ -115,15 +89,7 @@ slurm_test_start() {
   trap slurm_test_cleanup EXIT
   trap 'fail "interrupted"' INT
   trap 'fail "deadline of ${TEST_DEADLINE_S}s passed"' TERM
-  # The watchdog ends the test if it runs too long; its own sleep goes with it.
-  (
-    trap 'kill "$deadline_sleep" 2>/dev/null; exit 0' TERM
-    sleep "$TEST_DEADLINE_S" &
-    deadline_sleep=$!
-    wait "$deadline_sleep"
-    kill -TERM "$$" 2>/dev/null
-  ) &
-  watchdog_pid=$!
+  start_watchdog
 
   ALEM_SLURM_PORT=$(pick_ports) || fail "no free TCP port pair found"
   export ALEM_SLURM_PORT

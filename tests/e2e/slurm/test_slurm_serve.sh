@@ -29,7 +29,6 @@ readonly MODEL
 export OMP_NUM_THREADS=1 ALEM_LOG_FORMAT=json
 
 # json_field FILE EXPR: a value from a JSON document (EXPR indexes `d`, e.g. d["a"][0]).
-json_field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"; }
 
 slurm_test_start
 PORT=$(pick_ports) || fail "no free port for the gateway"
@@ -173,8 +172,7 @@ fi
 say "rank 2 is pid $victim"
 kill -KILL "$victim"
 killed_at=$(date +%s)
-job_ended() { case "$(job_state "$serve_job")" in FAILED | COMPLETED | CANCELLED | NODE_FAIL) return 0 ;; *) return 1 ;; esac; }
-wait_for 30 "the job to end after a rank died" job_ended
+wait_for 30 "the job to end after a rank died" job_ended "$serve_job"
 say "job ended $(($(date +%s) - killed_at)) s after the kill: $(job_state "$serve_job")"
 exit_code=$(scontrol show job -o "$serve_job" | grep -o ' ExitCode=[0-9:]*' | cut -d= -f2)
 [ "$exit_code" != "0:0" ] || fail "the job ended with exit code 0 after a rank died"
