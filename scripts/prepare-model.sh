@@ -13,7 +13,7 @@ for dtype in bf16 f32 int8; do
   # A store this build cannot load (an older format_version, e.g. 1 without the per-tile hash
   # tree, or a corrupt file) fails `alem info` and is converted again.
   if [ ! -s "$out" ] || [ "$out" -ot "$gguf" ] ||
-     ! "$root/build/alem" info "$out" 2>/dev/null | grep -q '"name":"SmolLM2-135M-Instruct"'; then
+     ! grep -q '"name":"SmolLM2-135M-Instruct"' <<<"$("$root/build/alem" info "$out" 2>/dev/null)"; then
     "$root/build/alem" convert "$gguf" "$out" --dtype "$dtype" --name SmolLM2-135M-Instruct
   fi
 done

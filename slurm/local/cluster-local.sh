@@ -195,7 +195,7 @@ make_namespace() {
 }
 
 make_network() {
-  if ip route show | grep -q "^$SUBNET\.0/24"; then
+  if grep -q "^$SUBNET\.0/24" <<<"$(ip route show)"; then
     fail "$SUBNET.0/24 is already routed here; choose another ALEM_CLUSTER_SUBNET"
   fi
   local ns
@@ -295,10 +295,10 @@ link_summary() {
     echo "no namespace"
     return
   }
-  summary=$(tc -n "$ns" qdisc show dev eth0 | grep -Eo '(tbf|netem) .*' | head -2 | tr '\n' ' ')
+  summary=$(tc -n "$ns" qdisc show dev eth0 | grep -Eo '(tbf|netem) .*' | awk 'NR <= 2' | tr '\n' ' ')
   if command -v iptables >/dev/null; then
-    if in_node "$k" iptables -S INPUT 2>/dev/null | grep -q 'alem-cut'; then summary+="CUT "; fi
-    if in_node "$k" iptables -S INPUT 2>/dev/null | grep -q 'alem-loss'; then summary+="lossy "; fi
+    if grep -q 'alem-cut' <<<"$(in_node "$k" iptables -S INPUT 2>/dev/null)"; then summary+="CUT "; fi
+    if grep -q 'alem-loss' <<<"$(in_node "$k" iptables -S INPUT 2>/dev/null)"; then summary+="lossy "; fi
   fi
   echo "${summary:-clear}"
 }

@@ -78,7 +78,7 @@ cluster_pids() {
 }
 
 node_is_idle() { [ "$(sinfo -h -n "$NODE_NAME" -o %T)" = idle ]; }
-port_is_free() { ! ss -Htln "sport = :$1" | grep -q .; }
+port_is_free() { [ -z "$(ss -Htln "sport = :$1")" ]; }
 
 do_install() {
   [ "$(id -u)" = 0 ] || fail "install needs root"

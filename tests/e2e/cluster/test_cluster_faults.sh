@@ -87,7 +87,7 @@ say "1. $victim_host died: every rank gone after $(seconds_since "$t0") s"
 # count.
 names_victim() {
   grep -v "\"host\":\"$victim_host\"" "$WORK_DIR/a/$job.out" | grep "$victim_host" >/dev/null ||
-    sinfo -h -R -o '%n %E' | grep -q "^$victim_host "
+    grep -q "^$victim_host " <<<"$(sinfo -h -R -o '%n %E')"
 }
 wait_for 30 "the job log or Slurm to name $victim_host" names_victim
 say "1. named after $(seconds_since "$t0") s: $( (grep -v "\"host\":\"$victim_host\"" "$WORK_DIR/a/$job.out" | grep "$victim_host" | tail -2; sinfo -h -R -o '%n: %E') | cut -c1-200 | tr '\n' '|')"
@@ -149,7 +149,7 @@ t0=$(now_s)
 wait_for 15 "/health to fail" unhealthy
 say "4. /health failed $(seconds_since "$t0") s after the cut"
 wait_for 30 "a line naming rank 3 on $cut_host" file_has "$WORK_DIR/b/$job.out" "rank 3 on $cut_host"
-say "4. named $(seconds_since "$t0") s after the cut: $(grep -h "rank 3 on $cut_host" "$WORK_DIR/b/$job.out" | grep -v '^{' | head -1 | cut -c1-240)"
+say "4. named $(seconds_since "$t0") s after the cut: $(grep -h "rank 3 on $cut_host" "$WORK_DIR/b/$job.out" | grep -v -m1 '^{' | cut -c1-240)"
 ranks_off_cut_host_gone() {
   local r
   for r in 0 1 2; do [ -z "$(rank_pid "$r")" ] || return 1; done

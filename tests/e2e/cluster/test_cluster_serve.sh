@@ -61,7 +61,7 @@ check_layout() {
     grep -Eq "^ +$rank +0 +[0-9]+ +[0-9]+ +$host\$" <<<"$status" ||
       fail "alem status does not show rank $rank on $host: $status"
   done
-  grep '"msg":"ready"' "$WORK_DIR/job-$tp-$pp/$job.out" | head -1 |
+  grep -m1 '"msg":"ready"' "$WORK_DIR/job-$tp-$pp/$job.out" |
     python3 -c 'import json,sys; e=json.load(sys.stdin); print("load_s", e["load_s"])' |
     while read -r _ s; do say "tp $tp x pp $pp: ranks loaded in $s s (rank 0's ready line)"; done
   scancel "$job"

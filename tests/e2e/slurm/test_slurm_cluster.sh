@@ -25,7 +25,7 @@ readonly GGUF
 slurm_test_start
 
 say "srun --mpi=list offers pmix"
-srun --mpi=list 2>&1 | grep -qw pmix || fail "srun --mpi=list has no pmix: $(srun --mpi=list 2>&1)"
+grep -qw pmix <<<"$(srun --mpi=list 2>&1)" || fail "srun --mpi=list has no pmix: $(srun --mpi=list 2>&1)"
 
 say "4 MPI ranks under sbatch + srun --mpi=pmix"
 mkdir -p "$WORK_DIR/mpi"
@@ -74,7 +74,7 @@ wait_for 30 "requeue job $requeue_job to start" file_has "$WORK_DIR/requeue/rest
 scontrol requeue "$requeue_job"
 wait_for 45 "requeued job $requeue_job to run again" \
   file_has "$WORK_DIR/requeue/restarts.txt" restart=1
-scontrol show job "$requeue_job" | grep -q 'Restarts=1' || fail "scontrol shows no Restarts=1"
+grep -q 'Restarts=1' <<<"$(scontrol show job "$requeue_job")" || fail "scontrol shows no Restarts=1"
 scancel "$requeue_job"
 wait_for 20 "requeue job $requeue_job to end" job_is "$requeue_job" CANCELLED
 
@@ -87,7 +87,7 @@ convert_job=$(ALEM_BIN=$ALEM ALEM_CONVERT_INPUT="$GGUF" ALEM_CONVERT_DTYPE=int8 
 wait_for 150 "convert job $convert_job to complete" job_is "$convert_job" COMPLETED
 "$ALEM" convert --verify "$WORK_DIR/convert/out/model.h5" >/dev/null ||
   fail "the converted store does not verify"
-"$ALEM" info "$WORK_DIR/convert/out/model.h5" | grep -q '"num_layers":30' ||
+grep -q '"num_layers":30' <<<"$("$ALEM" info "$WORK_DIR/convert/out/model.h5")" ||
   fail "the converted store is not SmolLM2-135M"
 [ -z "$(find "$WORK_DIR/convert/out" -name '*partial*')" ] || fail "partial file left behind"
 
