@@ -103,7 +103,9 @@ void run_bench_generate(const BenchGenerateOptions& o) {
   const std::string embed_name = "model.embed_tokens.weight";
   const DType embed_dtype = store.tensor_info(embed_name).dtype;
   const double embed_bytes_per_value =
-      embed_dtype == DType::I8 ? 1.0 + 4.0 / kInt8GroupSize : double(dtype_size(embed_dtype));
+      embed_dtype == DType::I8
+          ? 1.0 + 4.0 / kInt8GroupSize
+          : double(dtype_block_bytes(embed_dtype)) / double(dtype_block_elements(embed_dtype));
   const double untied_embedding_bytes =
       !config.tie_word_embeddings && model.shard().has_embedding()
           ? double(model.shard().vocab_size) * config.hidden_size * embed_bytes_per_value

@@ -13,7 +13,7 @@ namespace {
 struct ConvertCommandOptions {
   std::string input;
   std::string output;
-  std::string dtype = "bf16";
+  std::string dtype = "auto";
   std::string name;
   bool verify = false;
 };
@@ -27,7 +27,10 @@ void run_convert(const ConvertCommandOptions& o) {
   }
   ALEM_CHECK(!o.output.empty(), "convert needs an output path (alem convert IN OUT.h5)");
   ConvertOptions options;
-  options.dtype = parse_dtype(o.dtype);
+  // "auto": a GGUF keeps its own types (Q4_0/Q4_1/Q8_0 blocks as they are, others to bf16);
+  // a Hugging Face folder becomes bf16.
+  options.keep_gguf_types = o.dtype == "auto";
+  options.dtype = o.dtype == "auto" ? DType::BF16 : parse_dtype(o.dtype);
   options.model_name = o.name;
   ConvertReport report;
   if (std::filesystem::is_directory(o.input)) {
@@ -54,7 +57,9 @@ void add_convert_command(CLI::App& app) {
                   "GGUF file, Hugging Face model folder, or (with --verify) a store")
       ->required();
   cmd->add_option("output", o->output, "Output .h5 model store");
-  cmd->add_option("--dtype", o->dtype, "Stored weight type: bf16, f32 or int8")
+  cmd->add_option("--dtype", o->dtype,
+                  "Stored weight type: auto (a GGUF keeps its Q4_0/Q4_1/Q8_0 blocks, anything else "
+                  "becomes bf16), bf16, f32, f16, int8, q4_0, q4_1 or q8_0")
       ->capture_default_str();
   cmd->add_option("--name", o->name,
                   "Model name stored in the config and served by `alem serve` (default: the "

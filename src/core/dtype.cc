@@ -15,8 +15,41 @@ size_t dtype_size(DType t) {
       return 2;
     case DType::I8:
       return 1;
+    case DType::Q4_0:
+    case DType::Q4_1:
+    case DType::Q8_0:
+      ALEM_FAIL("dtype " + dtype_name(t) + " is a block type with no per-element size");
   }
   return 0;
+}
+
+bool dtype_is_block(DType t) {
+  return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0;
+}
+
+int64_t dtype_block_elements(DType t) {
+  return dtype_is_block(t) ? 32 : 1;
+}
+
+int64_t dtype_block_bytes(DType t) {
+  switch (t) {
+    case DType::Q4_0:
+      return 18;
+    case DType::Q4_1:
+      return 20;
+    case DType::Q8_0:
+      return 34;
+    default:
+      return static_cast<int64_t>(dtype_size(t));
+  }
+}
+
+size_t dtype_row_bytes(DType t, int64_t cols) {
+  const int64_t block = dtype_block_elements(t);
+  ALEM_CHECK(cols >= 0 && cols % block == 0,
+             "a row of " + std::to_string(cols) + " " + dtype_name(t) +
+                 " elements is not a whole number of " + std::to_string(block) + "-element blocks");
+  return static_cast<size_t>(cols / block * dtype_block_bytes(t));
 }
 
 std::string dtype_name(DType t) {
@@ -29,6 +62,12 @@ std::string dtype_name(DType t) {
       return "f16";
     case DType::I8:
       return "int8";
+    case DType::Q4_0:
+      return "q4_0";
+    case DType::Q4_1:
+      return "q4_1";
+    case DType::Q8_0:
+      return "q8_0";
   }
   return "?";
 }
@@ -38,7 +77,10 @@ DType parse_dtype(const std::string& name) {
   if (name == "bf16" || name == "bfloat16") return DType::BF16;
   if (name == "f16" || name == "float16") return DType::F16;
   if (name == "int8" || name == "i8") return DType::I8;
-  ALEM_FAIL("unknown dtype '" + name + "' (expected f32, bf16, f16 or int8)");
+  if (name == "q4_0" || name == "Q4_0") return DType::Q4_0;
+  if (name == "q4_1" || name == "Q4_1") return DType::Q4_1;
+  if (name == "q8_0" || name == "Q8_0") return DType::Q8_0;
+  ALEM_FAIL("unknown dtype '" + name + "' (expected f32, bf16, f16, int8, q4_0, q4_1 or q8_0)");
 }
 
 float f16_to_f32(uint16_t h) {

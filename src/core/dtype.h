@@ -1,6 +1,9 @@
 // Element types of stored and in-memory weights, and exact conversions between them.
 // bf16 and f16 are kept as raw uint16_t bit patterns; conversion to f32 is exact, conversion
 // from f32 rounds to nearest even (the same rounding PyTorch and llama.cpp use).
+// Q4_0, Q4_1 and Q8_0 are ggml's block formats, kept byte for byte as GGUF files ship them: a
+// row of `cols` elements is cols / 32 blocks, each block 32 elements in 18 / 20 / 34 bytes
+// (an f16 scale d, Q4_1 also an f16 minimum m, then the packed values; see gguf_quant.h).
 #pragma once
 
 #include <cstdint>
@@ -9,13 +12,24 @@
 
 namespace alem {
 
-enum class DType : uint8_t { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };
+enum class DType : uint8_t { F32 = 0, BF16 = 1, F16 = 2, I8 = 3, Q4_0 = 4, Q4_1 = 5, Q8_0 = 6 };
 
-// Bytes per element (for I8 the scales are stored separately).
+// Bytes per element (for I8 the scales are stored separately). Throws alem::Error for the block
+// types, whose elements have no whole byte size: use dtype_row_bytes for those.
 size_t dtype_size(DType t);
 std::string dtype_name(DType t);
-// Parses "f32", "bf16", "f16", "int8"/"i8"; throws alem::Error on anything else.
+// Parses "f32", "bf16", "f16", "int8"/"i8", "q4_0", "q4_1", "q8_0"; throws alem::Error on
+// anything else.
 DType parse_dtype(const std::string& name);
+
+// Block geometry: 1 element in dtype_size bytes for the plain types; 32 elements in 18 (Q4_0),
+// 20 (Q4_1) or 34 (Q8_0) bytes for the block types.
+bool dtype_is_block(DType t);
+int64_t dtype_block_elements(DType t);
+int64_t dtype_block_bytes(DType t);
+// Bytes of one row of `cols` elements (I8: the values only). Throws alem::Error when cols is not
+// a whole number of blocks.
+size_t dtype_row_bytes(DType t, int64_t cols);
 
 inline float bf16_to_f32(uint16_t h) {
   uint32_t bits = static_cast<uint32_t>(h) << 16;

@@ -45,7 +45,9 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
   const uint64_t bytes_before = store.bytes_read();
   config_.validate();
   const std::string q_name = layer_tensor_name(0, "self_attn.q_proj.weight");
-  const bool int8 = store.tensor_info(q_name).dtype == DType::I8;
+  // int8 and the ggml block types: row-parallel splits must fall on 32-column boundaries.
+  const DType q_dtype = store.tensor_info(q_name).dtype;
+  const bool int8 = q_dtype == DType::I8 || dtype_is_block(q_dtype);
   shard_ = make_shard_plan(config_, ctx.layout.tp_size(), ctx.coords.tp, ctx.layout.pp_size(),
                            ctx.coords.pp, int8, options.layers_per_stage, ctx.layout.ep_size());
   if (options_.max_model_len <= 0) options_.max_model_len = config_.max_position_embeddings;

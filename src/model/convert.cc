@@ -92,6 +92,54 @@ std::string read_text(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+// Tensors the engine stacks into one matrix share a key (q/k/v, gate/up of one layer or expert).
+std::string fusion_group(const std::string& hf_name) {
+  std::string key = hf_name;
+  for (const char* part : {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}) {
+    const size_t at = key.find(part);
+    if (at != std::string::npos) {
+      key.replace(at, std::string(part).size(), part[0] == 'g' || part[0] == 'u' ? "ffn" : "qkv");
+      return key;
+    }
+  }
+  return key;
+}
+
+// The stored type of each 2-D tensor when GGUF types are kept (convert.h).
+std::map<std::string, DType> kept_types(const GgufFile& gguf, DType fallback) {
+  std::map<std::string, DType> chosen;
+  std::map<std::string, std::vector<std::string>> groups;
+  for (const GgufTensorInfo& t : gguf.tensors()) {
+    if (t.dims.size() != 2) continue;
+    DType dtype = fallback;
+    if (!ggml_type_as_dtype(t.type, &dtype)) {
+      switch (static_cast<GgmlType>(t.type)) {
+        case GgmlType::F32:
+          dtype = DType::F32;
+          break;
+        case GgmlType::F16:
+          dtype = DType::F16;
+          break;
+        case GgmlType::BF16:
+          dtype = DType::BF16;
+          break;
+        default:
+          dtype = fallback;
+      }
+    }
+    chosen[t.hf_name] = dtype;
+    groups[fusion_group(t.hf_name)].push_back(t.hf_name);
+  }
+  for (const auto& [key, members] : groups) {
+    bool mixed = false;
+    for (const std::string& m : members) mixed |= chosen[m] != chosen[members[0]];
+    if (mixed) {
+      for (const std::string& m : members) chosen[m] = fallback;
+    }
+  }
+  return chosen;
+}
+
 bool is_ignorable_hf_tensor(const std::string& name) {
   // Non-persistent buffers some older checkpoints carry; recomputed by the engine.
   return name.size() > 20 && name.compare(name.size() - 20, 20, "rotary_emb.inv_freq") == 0;
@@ -119,11 +167,29 @@ ConvertReport convert_gguf(const std::string& gguf_path, const std::string& out_
   }
   check_tensor_set(config, present, "GGUF file " + gguf_path);
   const std::string source = "gguf:" + fs::path(gguf_path).filename().string();
+  std::map<std::string, DType> stored;
+  if (options.keep_gguf_types) stored = kept_types(gguf, options.dtype);
   return write_store(out_h5, config, tokenizer, source, [&](ModelStoreWriter& writer) {
     for (const GgufTensorInfo& t : gguf.tensors()) {
+      const DType dtype = stored.count(t.hf_name) ? stored.at(t.hf_name) : options.dtype;
+      if (t.dims.size() == 2 && dtype_is_block(dtype)) {
+        // Block for block as the file has them (raw_rows un-permutes q/k rows only).
+        WeightMatrix m;
+        m.dtype = dtype;
+        m.rows = t.rows();
+        m.cols = t.cols();
+        const std::vector<uint8_t> bytes = gguf.raw_rows(t.name);
+        ALEM_CHECK(bytes.size() == static_cast<size_t>(m.rows) * dtype_row_bytes(dtype, m.cols),
+                   "GGUF tensor '" + t.name + "' has " + std::to_string(bytes.size()) +
+                       " bytes, not rows of whole " + dtype_name(dtype) + " blocks");
+        m.data.resize(bytes.size());
+        std::copy(bytes.begin(), bytes.end(), m.data.data());
+        writer.add_matrix(t.hf_name, m);
+        continue;
+      }
       const std::vector<float> values = gguf.dequantize(t.name);
       if (t.dims.size() == 2) {
-        writer.add_matrix(t.hf_name, values.data(), t.rows(), t.cols(), options.dtype);
+        writer.add_matrix(t.hf_name, values.data(), t.rows(), t.cols(), dtype);
       } else {
         writer.add_vector(t.hf_name, values.data(), t.cols());
       }

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <string>
 
+#include "core/dtype.h"
+
 namespace alem {
 
 // Numeric ids are the on-disk values of `ggml_type`.
@@ -66,5 +68,16 @@ uint64_t ggml_bytes_for(uint32_t type_id, int64_t elements);
 // unsupported types or a size mismatch.
 void dequantize_ggml(uint32_t type_id, const uint8_t* src, size_t src_bytes, float* dst,
                      int64_t elements);
+
+// The ggml types alem keeps as they are (DType::Q4_0, Q4_1, Q8_0): true and the DType for
+// those, false for every other type (which the importer expands).
+bool ggml_type_as_dtype(uint32_t type_id, DType* dtype);
+// The ggml type id of a block DType (Q4_0, Q4_1, Q8_0); throws alem::Error for other dtypes.
+uint32_t ggml_type_of(DType dtype);
+
+// Quantises `elements` f32 values (a whole number of 32-element blocks) into `dst`
+// (ggml_bytes_for(type, elements) bytes) exactly as ggml's reference quantize_row_*_ref does, for
+// Q4_0, Q4_1 and Q8_0. Throws alem::Error for other types.
+void quantize_ggml(uint32_t type_id, const float* src, int64_t elements, uint8_t* dst);
 
 }  // namespace alem

@@ -304,6 +304,31 @@ std::string gguf_to_hf_tensor_name(const std::string& name) {
   return layer_tensor_name(std::stoi(layer), it->second);
 }
 
+namespace {
+
+// The same row permutation on rows of any byte width (raw ggml blocks).
+std::vector<uint8_t> unpermute_llama_qk_byte_rows(const uint8_t* bytes, int64_t rows,
+                                                  size_t row_bytes, int n_head) {
+  ALEM_CHECK(n_head > 0 && rows % (2 * n_head) == 0,
+             "q/k un-permutation: " + std::to_string(rows) + " rows do not split into " +
+                 std::to_string(n_head) + " heads of even size");
+  const int64_t head_dim = rows / n_head;
+  const int64_t half = head_dim / 2;
+  std::vector<uint8_t> out(static_cast<size_t>(rows) * row_bytes);
+  for (int64_t h = 0; h < n_head; ++h) {
+    for (int64_t i = 0; i < 2; ++i) {
+      for (int64_t j = 0; j < half; ++j) {
+        const int64_t hf_row = h * head_dim + i * half + j;
+        const int64_t gguf_row = h * head_dim + 2 * j + i;
+        std::memcpy(&out[hf_row * row_bytes], bytes + gguf_row * row_bytes, row_bytes);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 void unpermute_llama_qk_rows(std::vector<float>& values, int64_t rows, int64_t cols, int n_head) {
   ALEM_CHECK(n_head > 0 && rows % (2 * n_head) == 0,
              "q/k un-permutation: " + std::to_string(rows) + " rows do not split into " +
@@ -658,6 +683,27 @@ std::vector<float> GgufFile::dequantize(const std::string& name) const {
     }
   }
   return out;
+}
+
+std::vector<uint8_t> GgufFile::raw_rows(const std::string& name) const {
+  const GgufTensorInfo* t = find_tensor(name);
+  ALEM_CHECK(t != nullptr, "GGUF file " + impl_->path + " has no tensor '" + name + "'");
+  ALEM_CHECK(t->dims.size() == 2, "GGUF tensor '" + t->name + "' is not 2-D");
+  const uint8_t* bytes = tensor_data(*t);
+  const size_t row_bytes = static_cast<size_t>(t->bytes / static_cast<uint64_t>(t->rows()));
+  ALEM_CHECK(row_bytes * static_cast<uint64_t>(t->rows()) == t->bytes,
+             "GGUF tensor '" + t->name + "' does not split into whole rows");
+  if (impl_->architecture == "llama") {
+    const bool is_q = ends_with(t->name, ".attn_q.weight");
+    const bool is_k = ends_with(t->name, ".attn_k.weight");
+    if (is_q || is_k) {
+      const int heads = static_cast<int>(
+          is_q ? get_int("llama.attention.head_count")
+               : get_int("llama.attention.head_count_kv", get_int("llama.attention.head_count")));
+      return unpermute_llama_qk_byte_rows(bytes, t->rows(), row_bytes, heads);
+    }
+  }
+  return std::vector<uint8_t>(bytes, bytes + t->bytes);
 }
 
 }  // namespace alem

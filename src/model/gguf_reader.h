@@ -109,6 +109,9 @@ class GgufFile {
   // llama architecture, attn_q and attn_k rows are un-permuted back to HF's rotate-half order
   // (llama.cpp's converter interleaves them; see docs/model-store.md).
   std::vector<float> dequantize(const std::string& name) const;
+  // The tensor's bytes as stored (its ggml blocks, unexpanded), rows in HF order: attn_q and
+  // attn_k rows un-permuted as dequantize() does. Only for 2-D tensors.
+  std::vector<uint8_t> raw_rows(const std::string& name) const;
 
  private:
   struct Impl;

@@ -41,8 +41,17 @@ hid_t memory_type_for(DType dtype) {
       return H5T_NATIVE_UINT16;
     case DType::I8:
       return H5T_NATIVE_INT8;
+    case DType::Q4_0:
+    case DType::Q4_1:
+    case DType::Q8_0:
+      return H5T_NATIVE_UINT8;
   }
   return H5T_NATIVE_FLOAT;
+}
+
+// Bytes per stored element: the block types are stored as raw bytes.
+size_t stored_element_size(DType dtype) {
+  return dtype_is_block(dtype) ? 1 : dtype_size(dtype);
 }
 
 }  // namespace
@@ -210,7 +219,8 @@ void ModelStoreReader::Impl::load_tensor_directory() {
     const bool type_ok = (e.info.dtype == DType::F32 && cls == H5T_FLOAT && size == 4) ||
                          ((e.info.dtype == DType::BF16 || e.info.dtype == DType::F16) &&
                           cls == H5T_INTEGER && size == 2) ||
-                         (e.info.dtype == DType::I8 && cls == H5T_INTEGER && size == 1);
+                         (e.info.dtype == DType::I8 && cls == H5T_INTEGER && size == 1) ||
+                         (dtype_is_block(e.info.dtype) && cls == H5T_INTEGER && size == 1);
     ALEM_CHECK(type_ok, what + ": stored HDF5 type does not match dtype attribute '" + dtype + "'");
     ALEM_CHECK(rank == 2 || e.info.dtype == DType::F32, what + " is 1-D but not f32");
     if (e.info.dtype == DType::I8) {
@@ -232,6 +242,14 @@ void ModelStoreReader::Impl::load_tensor_directory() {
                      ", " + std::to_string(e.info.shape[1] / kInt8GroupSize) + "]");
     }
     e.grid = integrity::tile_grid(e.info.shape);
+    if (dtype_is_block(e.info.dtype)) {
+      // Stored as [rows, row bytes]: the logical shape has cols = blocks * block elements.
+      const int64_t block_bytes = dtype_block_bytes(e.info.dtype);
+      ALEM_CHECK(rank == 2 && e.info.shape[1] % block_bytes == 0,
+                 what + ": a " + dtype + " tensor must be 2-D with rows of whole " +
+                     std::to_string(block_bytes) + "-byte blocks");
+      e.info.shape[1] = e.info.shape[1] / block_bytes * dtype_block_elements(e.info.dtype);
+    }
     if (e.info.dtype == DType::I8) {
       e.scale_grid = integrity::tile_grid({e.info.shape[0], e.info.shape[1] / kInt8GroupSize});
     }
@@ -340,7 +358,7 @@ void ModelStoreReader::Impl::read_checked(const Entry& e, bool scales, const Blo
   }
   const TileGrid& g = scales ? e.scale_grid : e.grid;
   const Block cover = integrity::covering_block(g, want);
-  const size_t element = dtype_size(stored);
+  const size_t element = stored_element_size(stored);
   std::vector<uint8_t> wider;
   uint8_t* data = static_cast<uint8_t*>(out);
   if (!(cover == want)) {
@@ -413,9 +431,10 @@ std::vector<Hash> ModelStoreReader::Impl::recompute_leaves(const Entry& e, bool 
   std::vector<uint8_t> buffer;
   for (int64_t r = 0; r < g.rows; r += kDigestRowsPerRead) {
     const Block b{r, std::min(kDigestRowsPerRead, g.rows - r), 0, g.cols};
-    buffer.resize(static_cast<size_t>(b.rows * b.cols) * dtype_size(stored));
+    buffer.resize(static_cast<size_t>(b.rows * b.cols) * stored_element_size(stored));
     read_raw(dataset, e.info.shape.size() == 1, memory_type_for(stored), b, buffer.data());
-    const std::vector<Hash> part = integrity::hash_block(g, b, buffer.data(), dtype_size(stored));
+    const std::vector<Hash> part =
+        integrity::hash_block(g, b, buffer.data(), stored_element_size(stored));
     leaves.insert(leaves.end(), part.begin(), part.end());
   }
   return leaves;
@@ -499,13 +518,26 @@ WeightMatrix ModelStoreReader::read_matrix(const std::string& name, int64_t row_
                    std::to_string(col_begin + col_count) + ") is not aligned to groups of " +
                    std::to_string(kInt8GroupSize));
   }
+  Block stored{row_begin, row_count, col_begin, col_count};
+  if (dtype_is_block(info.dtype)) {
+    // A tensor-parallel shard of a block type must cut between blocks, never through one.
+    const int64_t block = dtype_block_elements(info.dtype);
+    ALEM_CHECK(col_begin % block == 0 && col_count % block == 0,
+               where + ": " + dtype_name(info.dtype) + " column range [" +
+                   std::to_string(col_begin) + ", " + std::to_string(col_begin + col_count) +
+                   ") does not fall on its " + std::to_string(block) +
+                   "-element block boundaries; choose a tensor-parallel size that splits this "
+                   "matrix into whole blocks, or convert the model to another dtype");
+    stored.col_begin = col_begin / block * dtype_block_bytes(info.dtype);
+    stored.cols = col_count / block * dtype_block_bytes(info.dtype);
+  }
   WeightMatrix m;
   m.dtype = info.dtype;
   m.rows = row_count;
   m.cols = col_count;
-  m.data.resize(static_cast<size_t>(row_count * col_count) * dtype_size(info.dtype));
+  m.data.resize(static_cast<size_t>(row_count) * dtype_row_bytes(info.dtype, col_count));
   if (row_count == 0 || col_count == 0) return m;
-  impl_->read_checked(e, false, Block{row_begin, row_count, col_begin, col_count}, m.data.data());
+  impl_->read_checked(e, false, stored, m.data.data());
   uint64_t bytes = m.data.size();
   if (info.dtype == DType::I8) {
     m.scales.resize(static_cast<size_t>(row_count * (col_count / kInt8GroupSize)));

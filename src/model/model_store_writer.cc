@@ -23,6 +23,10 @@ hid_t file_type_for(DType dtype) {
       return H5T_STD_U16LE;
     case DType::I8:
       return H5T_STD_I8LE;
+    case DType::Q4_0:
+    case DType::Q4_1:
+    case DType::Q8_0:
+      return H5T_STD_U8LE;  // raw ggml blocks
   }
   return H5T_IEEE_F32LE;
 }
@@ -36,6 +40,10 @@ hid_t memory_type_for(DType dtype) {
       return H5T_NATIVE_UINT16;
     case DType::I8:
       return H5T_NATIVE_INT8;
+    case DType::Q4_0:
+    case DType::Q4_1:
+    case DType::Q8_0:
+      return H5T_NATIVE_UINT8;
   }
   return H5T_NATIVE_FLOAT;
 }
@@ -152,12 +160,14 @@ void ModelStoreWriter::add_matrix(const std::string& name, const float* values, 
 void ModelStoreWriter::add_matrix(const std::string& name, const WeightMatrix& m) {
   h5::LibraryLock lock(h5::library_mutex());
   impl_->check_open(name);
-  ALEM_CHECK(m.rows > 0 && m.cols > 0 &&
-                 m.data.size() == static_cast<size_t>(m.rows * m.cols) * dtype_size(m.dtype),
-             "model store " + impl_->path + ": matrix '" + name + "' has " +
-                 std::to_string(m.data.size()) + " data bytes for shape [" +
-                 std::to_string(m.rows) + ", " + std::to_string(m.cols) + "] of " +
-                 dtype_name(m.dtype));
+  ALEM_CHECK(dtype_is_block(m.dtype) == false || m.cols % dtype_block_elements(m.dtype) == 0,
+             "model store " + impl_->path + ": " + dtype_name(m.dtype) + " matrix '" + name +
+                 "' has " + std::to_string(m.cols) + " columns, not a whole number of blocks");
+  ALEM_CHECK(
+      m.rows > 0 && m.cols > 0 && m.data.size() == static_cast<size_t>(m.rows) * m.row_bytes(),
+      "model store " + impl_->path + ": matrix '" + name + "' has " +
+          std::to_string(m.data.size()) + " data bytes for shape [" + std::to_string(m.rows) +
+          ", " + std::to_string(m.cols) + "] of " + dtype_name(m.dtype));
   if (m.dtype == DType::I8) {
     ALEM_CHECK(m.cols % kInt8GroupSize == 0 &&
                    m.scales.size() == static_cast<size_t>(m.rows * m.groups_per_row()),
@@ -165,7 +175,11 @@ void ModelStoreWriter::add_matrix(const std::string& name, const WeightMatrix& m
                    "' needs cols % 32 == 0 and rows*cols/32 scales, got " +
                    std::to_string(m.scales.size()) + " scales");
   }
-  impl_->write_2d(name, m.dtype, m.rows, m.cols, m.data.data(), dtype_name(m.dtype));
+  // Block types are stored as their raw bytes, [rows, row_bytes] of uint8: a row range is a
+  // hyperslab of whole rows and a block-aligned column range one of whole blocks.
+  const int64_t stored_cols =
+      dtype_is_block(m.dtype) ? static_cast<int64_t>(m.row_bytes()) : m.cols;
+  impl_->write_2d(name, m.dtype, m.rows, stored_cols, m.data.data(), dtype_name(m.dtype));
   if (m.dtype == DType::I8) {
     impl_->write_2d(name + ".scales", DType::F32, m.rows, m.groups_per_row(), m.scales.data(),
                     dtype_name(DType::F32));

@@ -5,10 +5,20 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "model/gguf_quant.h"
 
 namespace alem {
 
 float WeightMatrix::at(int64_t r, int64_t c) const {
+  if (dtype_is_block(dtype)) {
+    const int64_t block = c / dtype_block_elements(dtype);
+    const uint8_t* src = data.data() + static_cast<size_t>(r) * row_bytes() +
+                         static_cast<size_t>(block * dtype_block_bytes(dtype));
+    float values[32];
+    dequantize_ggml(ggml_type_of(dtype), src, static_cast<size_t>(dtype_block_bytes(dtype)), values,
+                    dtype_block_elements(dtype));
+    return values[c % dtype_block_elements(dtype)];
+  }
   const int64_t i = r * cols + c;
   switch (dtype) {
     case DType::F32:
@@ -20,8 +30,20 @@ float WeightMatrix::at(int64_t r, int64_t c) const {
     case DType::I8:
       return static_cast<float>(data.as<int8_t>()[i]) *
              scales[r * groups_per_row() + c / kInt8GroupSize];
+    default:
+      return 0.f;
   }
-  return 0.f;
+}
+
+void dequantize_row(const WeightMatrix& w, int64_t r, float* out) {
+  ALEM_CHECK(r >= 0 && r < w.rows, "dequantize_row: row " + std::to_string(r) + " outside [0, " +
+                                       std::to_string(w.rows) + ")");
+  if (dtype_is_block(w.dtype)) {
+    dequantize_ggml(ggml_type_of(w.dtype), w.data.data() + static_cast<size_t>(r) * w.row_bytes(),
+                    w.row_bytes(), out, w.cols);
+    return;
+  }
+  for (int64_t c = 0; c < w.cols; ++c) out[c] = w.at(r, c);
 }
 
 WeightMatrix make_weight_matrix(const float* values, int64_t rows, int64_t cols, DType dtype) {
@@ -30,6 +52,14 @@ WeightMatrix make_weight_matrix(const float* values, int64_t rows, int64_t cols,
   w.rows = rows;
   w.cols = cols;
   const int64_t n = rows * cols;
+  if (dtype_is_block(dtype)) {
+    ALEM_CHECK(cols % dtype_block_elements(dtype) == 0,
+               dtype_name(dtype) + " weights need a column count divisible by " +
+                   std::to_string(dtype_block_elements(dtype)) + ", got " + std::to_string(cols));
+    w.data.resize(static_cast<size_t>(rows) * dtype_row_bytes(dtype, cols));
+    quantize_ggml(ggml_type_of(dtype), values, n, w.data.data());
+    return w;
+  }
   w.data.resize(static_cast<size_t>(n) * dtype_size(dtype));
   switch (dtype) {
     case DType::F32:
@@ -64,6 +94,8 @@ WeightMatrix make_weight_matrix(const float* values, int64_t rows, int64_t cols,
       }
       break;
     }
+    default:
+      break;
   }
   return w;
 }
@@ -82,7 +114,7 @@ WeightMatrix concat_rows(const std::vector<WeightMatrix>& parts) {
                "concat_rows needs matching dtypes and column counts");
     out.rows += p.rows;
   }
-  out.data.resize(static_cast<size_t>(out.rows * out.cols) * dtype_size(out.dtype));
+  out.data.resize(static_cast<size_t>(out.rows) * dtype_row_bytes(out.dtype, out.cols));
   size_t offset = 0;
   for (const WeightMatrix& p : parts) {
     std::copy(p.data.data(), p.data.data() + p.data.size(), out.data.data() + offset);

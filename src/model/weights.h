@@ -2,7 +2,9 @@
 // in the HF Linear convention (rows = output features, cols = input features), stored as f32,
 // bf16 or int8. int8 rows carry one f32 scale per kInt8GroupSize consecutive columns:
 //   w[r][c] = q[r][c] * scale[r][c / kInt8GroupSize]
-// Kernels read bf16 and int8 directly; they are never expanded to f32 in memory.
+// Kernels read bf16 and int8 directly; they are never expanded to f32 in memory. The block types
+// (Q4_0, Q4_1, Q8_0: ggml's formats, dtype.h) hold each row as cols / 32 raw blocks of
+// dtype_block_bytes bytes, scales inside the blocks; `scales` stays empty for them.
 #pragma once
 
 #include <cstdint>
@@ -18,17 +20,22 @@ struct WeightMatrix {
   DType dtype = DType::F32;
   int64_t rows = 0;
   int64_t cols = 0;
-  AlignedBuffer data;         // rows*cols elements of dtype
+  AlignedBuffer data;         // rows * dtype_row_bytes(dtype, cols) bytes
   std::vector<float> scales;  // I8 only: rows * (cols / kInt8GroupSize)
 
   int64_t groups_per_row() const { return cols / kInt8GroupSize; }
   size_t bytes() const { return data.size() + scales.size() * sizeof(float); }
+  size_t row_bytes() const { return dtype_row_bytes(dtype, cols); }
   // Element (r, c) as f32 (slow; for tests and reference code).
   float at(int64_t r, int64_t c) const;
 };
 
+// Row r of w as f32 values (cols of them), exactly as the reference dequantisation gives them.
+void dequantize_row(const WeightMatrix& w, int64_t r, float* out);
+
 // Builds a WeightMatrix of the given dtype from f32 values (rounding to bf16/f16, or
-// quantising to int8 with one absmax scale per group). cols must divide by kInt8GroupSize for I8.
+// quantising to int8 with one absmax scale per group, or to a ggml block type as ggml's reference
+// quantiser does). cols must divide by 32 for I8 and the block types.
 WeightMatrix make_weight_matrix(const float* values, int64_t rows, int64_t cols, DType dtype);
 
 }  // namespace alem

@@ -10,6 +10,10 @@
 //   matmul: 1e-5 of sum |x*w| (+|bias|) per output; where x is rounded to the weights' format
 //     (cuda bf16/f16 with M > 8 for the tensor cores, cpu dot-product kernels) bf16 8e-3, f16
 //     2e-3, int8 1e-3;
+//   matmul against ggml block weights (Q4_0, Q4_1, Q8_0; the cpu backend quantises x to int16 per
+//     32 values, error <= amax_b / 65534 per value of block b): per output
+//     sum_b (amax_b / 65534) * sum_{k in b} |w_k| + 1e-5 * sum |x*w| (the reference dequantises
+//     the weights exactly and multiplies in double);
 //   paged_attention over an f32 or a bf16 cache: 2e-5 (5e-5 for the long sharp-score case).
 // CUDA cases skip (GTEST_SKIP) on a machine without a usable GPU. Backend-specific behaviour
 // (matmul path forcing, thread splits, the CUDA weight cache and sampling) stays in
@@ -233,6 +237,49 @@ TEST_P(BackendOps, MatmulEveryDtypeOddAndModelShapes) {
   }
 }
 
+// ggml block weights, quantised here by ggml's reference quantiser (gguf_quant.h), at the shapes
+// of decode (M = 1), small batches, prefill, and odd N (every thread and row remainder).
+TEST_P(BackendOps, MatmulGgmlBlockTypes) {
+  if (on_device()) GTEST_SKIP() << "the CUDA backend has no ggml block kernels yet";
+  uint32_t seed = 500;
+  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
+    for (int64_t M : {1, 2, 3, 5, 8, 33, 64}) {
+      for (auto [N, K] : {std::pair<int64_t, int64_t>{1, 32}, {7, 64}, {200, 608}, {96, 1536}}) {
+        const bool with_bias = (M + N) % 2 == 1;
+        const auto x = random_values(M * K, seed += 3, -2.f, 2.f);
+        const auto values = random_values(N * K, seed + 1);
+        const auto bias = random_values(N, seed + 2);
+        const WeightMatrix w = make_weight_matrix(values.data(), N, K, dtype);
+        std::vector<float> want(M * N), bound(M * N), w_row(K);
+        ref_.matmul(x.data(), M, w, with_bias ? bias.data() : nullptr, want.data());
+        for (int64_t n = 0; n < N; ++n) {
+          dequantize_row(w, n, w_row.data());
+          for (int64_t m = 0; m < M; ++m) {
+            double product = 0, quantisation = 0;
+            for (int64_t b = 0; b < K / 32; ++b) {
+              double amax = 0, w_abs = 0;
+              for (int64_t k = b * 32; k < b * 32 + 32; ++k) {
+                amax = std::max(amax, std::fabs(double(x[m * K + k])));
+                w_abs += std::fabs(double(w_row[k]));
+                product += std::fabs(double(x[m * K + k]) * w_row[k]);
+              }
+              quantisation += amax / 65534 * w_abs;
+            }
+            bound[m * N + n] = static_cast<float>(quantisation + 1e-5 * product);
+          }
+        }
+        Tensor dx = put(x), db = put(bias), dy = put(std::vector<float>(M * N, NAN));
+        backend_->matmul(dx.data<float>(), M, w, with_bias ? db.data<float>() : nullptr,
+                         dy.data<float>());
+        expect_close(get(dy, M * N), want, bound, 1.0,
+                     "matmul " + dtype_name(dtype) + " M=" + std::to_string(M) +
+                         " N=" + std::to_string(N) + " K=" + std::to_string(K));
+        if (HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Element-wise ops and embedding
 
@@ -294,7 +341,9 @@ TEST_P(BackendOps, EmbeddingEveryDtypeWithOutOfRangeTokens) {
   const int64_t rows = 50, cols = 96, row_begin = 100;
   const auto values = random_values(rows * cols, 40);
   const std::vector<int32_t> tokens = {100, 149, 99, 150, 120, -1, 0, 100};
-  for (DType dtype : {DType::F32, DType::BF16, DType::F16, DType::I8}) {
+  for (DType dtype :
+       {DType::F32, DType::BF16, DType::F16, DType::I8, DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
+    if (dtype_is_block(dtype) && on_device()) continue;  // no CUDA block kernels yet
     const WeightMatrix table = make_weight_matrix(values.data(), rows, cols, dtype);
     const auto T = static_cast<int64_t>(tokens.size());
     std::vector<float> want(T * cols);

@@ -95,6 +95,23 @@ KernelTable kernel_table(Isa isa) {
   return t;
 }
 
+BlockKernels block_kernels(Isa isa) {
+  BlockKernels k;
+  if (isa == Isa::kAvx512 && has_avx512_vnni()) {
+    k.name = "avx512_vnni";
+    k.quantize = avx512_vnni::quantize_q16;
+    k.matmul = avx512_vnni::matmul_blocks;
+  } else if (isa == Isa::kAvx512 || isa == Isa::kAvx2) {
+    k.name = "avx2";
+    k.quantize = avx2::quantize_q16;
+    k.matmul = avx2::matmul_blocks;
+  } else {
+    k.quantize = scalar::quantize_q16;
+    k.matmul = scalar::matmul_blocks;
+  }
+  return k;
+}
+
 }  // namespace cpu
 
 namespace {
@@ -148,6 +165,7 @@ int threads_for(double work, int max_threads) {
 
 CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products, bool bf16_dot_products)
     : kernels_(cpu::kernel_table(isa)),
+      blocks_(cpu::block_kernels(isa)),
       max_threads_(max_threads > 0 ? max_threads : omp_get_max_threads()) {
   ALEM_CHECK(cpu::isa_supported(isa),
              std::string("this CPU cannot run the ") + cpu::isa_name(isa) + " kernels");
@@ -184,6 +202,10 @@ std::unique_ptr<KernelBackend> make_cpu_backend() {
 
 void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                         float* y) const {
+  if (dtype_is_block(w.dtype)) {
+    matmul_blocks(x, M, w, bias, y);
+    return;
+  }
   const bool bf16_avx512 = w.dtype == DType::BF16 && kernels_.isa == cpu::Isa::kAvx512;
   const bool packed = M >= (bf16_avx512 ? kPackedMinRowsBf16Avx512 : kPackedMinRows);
   if (matmul_dot(x, M, w, bias, y)) return;
@@ -191,6 +213,7 @@ void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const 
 }
 
 bool CpuBackend::rounds_activations(DType dtype, int64_t M) const {
+  if (dtype_is_block(dtype)) return true;
   if (dtype == DType::BF16) return dot_bf16_;
   return dtype == DType::I8 && dot_int8_ && M < kPackedMinRows;
 }
@@ -264,8 +287,43 @@ bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, co
   return true;
 }
 
+void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                               float* y) const {
+  const int64_t N = w.rows, K = w.cols;
+  ALEM_CHECK(M >= 0 && N >= 0 && K > 0 && K % 32 == 0,
+             "matmul: " + dtype_name(w.dtype) + " weights need cols % 32 == 0");
+  ALEM_CHECK(w.data.size() >= static_cast<size_t>(N) * w.row_bytes(),
+             "matmul: weight buffer smaller than its shape");
+  if (M == 0 || N == 0) return;
+  // x as int16 blocks of 32, once for all threads.
+  thread_local std::vector<uint8_t> scratch;
+  const size_t block_count = static_cast<size_t>(M * (K / 32));
+  scratch.resize(static_cast<size_t>(M * K) * sizeof(int16_t) + 2 * block_count * sizeof(float));
+  float* d = reinterpret_cast<float*>(scratch.data());
+  float* s = d + block_count;
+  int16_t* q = reinterpret_cast<int16_t*>(s + block_count);
+  blocks_.quantize(x, M, K, q, d, s);
+  const cpu::Q16Blocks a{q, d, s, K};
+  const cpu::WeightView view = cpu::view_of(w);
+  const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
+  // Threads split N in runs of 16 rows; when there are fewer runs than threads, M too.
+  const int64_t runs = (N + 15) / 16;
+  run_on_threads(threads, [&](int index, int count) {
+    const int n_parts = static_cast<int>(std::min<int64_t>(count, runs));
+    const int m_parts = count / n_parts;
+    if (index >= n_parts * m_parts) return;
+    const auto [n0, n1] = split_range(N, n_parts, index % n_parts, 16);
+    const auto [m0, m1] = split_range(M, m_parts, index / n_parts, 4);
+    if (n0 < n1 && m0 < m1) blocks_.matmul(a, m0, m1, view, bias, y, n0, n1);
+  });
+}
+
 void CpuBackend::matmul_with_path(const float* x, int64_t M, const WeightMatrix& w,
                                   const float* bias, float* y, bool packed) const {
+  if (dtype_is_block(w.dtype)) {  // one kernel for every M
+    matmul_blocks(x, M, w, bias, y);
+    return;
+  }
   const int64_t N = w.rows, K = w.cols;
   ALEM_CHECK(M >= 0 && N >= 0 && K > 0, "matmul: bad shape");
   ALEM_CHECK(w.data.size() >= static_cast<size_t>(N * K) * dtype_size(w.dtype),
@@ -551,6 +609,9 @@ void CpuBackend::embedding(const WeightMatrix& table, int64_t row_begin, const i
         for (int64_t d = 0; d < D; ++d) o[d] = src[d] * scales[d / kInt8GroupSize];
         break;
       }
+      default:  // ggml block types
+        dequantize_row(table, local, o);
+        break;
     }
   }
 }

@@ -58,6 +58,13 @@ class CpuBackend final : public KernelBackend {
   // weights' format: bf16, or 16 bits per 32-value block for int8).
   bool rounds_activations(DType dtype, int64_t M) const;
 
+  // Weights of the ggml block types (Q4_0, Q4_1, Q8_0): x quantised to int16 blocks of 32 once,
+  // then the fastest block kernel this CPU has (cpu::block_kernels), for every M.
+  void matmul_blocks(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                     float* y) const;
+  // Which block kernel set this backend uses ("avx512_vnni", "avx2" or "scalar").
+  const char* block_kernel_name() const { return blocks_.name; }
+
   // Rows of x from which matmul switches from streaming to the packed GEMM.
   static constexpr int64_t kPackedMinRows = 16;
   // The same for bf16 weights on AVX-512, whose small-batch streaming kernel stays ahead of the
@@ -66,6 +73,7 @@ class CpuBackend final : public KernelBackend {
 
  private:
   cpu::KernelTable kernels_;
+  cpu::BlockKernels blocks_;
   int max_threads_ = 1;
   bool dot_bf16_ = false;
   bool dot_int8_ = false;

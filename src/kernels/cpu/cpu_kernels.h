@@ -131,4 +131,48 @@ void gemm_bf16(const uint16_t* xb, int64_t stride, int64_t m_begin, int64_t m_en
                const WeightView& w, const float* bias, float* y, int64_t n_begin, int64_t n_end);
 }  // namespace avx512_dot
 
+// Activations for the ggml block-weight kernels (Q4_0, Q4_1, Q8_0 weights), quantised once per
+// matmul in blocks of 32 like ggml's Q8_1 but with 16 bits: every 32 values of a row of x become
+// int16 q = round(x / d) with d = amax / 32767 (nearest even, the same in every ISA), plus
+// s = d * sum(q) for the Q4_1 minimum term. Row m: q + m * K, d + m * K / 32, s + m * K / 32.
+struct Q16Blocks {
+  const int16_t* q = nullptr;
+  const float* d = nullptr;
+  const float* s = nullptr;
+  int64_t K = 0;
+};
+using QuantizeQ16Fn = void (*)(const float* x, int64_t M, int64_t K, int16_t* q, float* d,
+                               float* s);
+// y[m][n] (row stride w.rows) for m in [m_begin, m_end), n in [n_begin, n_end) against block
+// weights: each weight block is unpacked once and applied to up to 4 rows of x at a time, the
+// products summed exactly in int32 per block and scaled by d_w * d_x in f32.
+// (vpdpwssd on AVX512-VNNI, vpmaddwd on AVX2, plain C++ otherwise.)
+using MatmulBlocksFn = void (*)(const Q16Blocks& a, int64_t m_begin, int64_t m_end,
+                                const WeightView& w, const float* bias, float* y, int64_t n_begin,
+                                int64_t n_end);
+struct BlockKernels {
+  const char* name = "scalar";
+  QuantizeQ16Fn quantize = nullptr;
+  MatmulBlocksFn matmul = nullptr;
+};
+// The fastest this CPU runs within `isa`: vpdpwssd (AVX512-VNNI) on AVX-512 with VNNI,
+// vpmaddwd on AVX2, else plain C++.
+BlockKernels block_kernels(Isa isa);
+
+namespace scalar {
+void quantize_q16(const float* x, int64_t M, int64_t K, int16_t* q, float* d, float* s);
+void matmul_blocks(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w,
+                   const float* bias, float* y, int64_t n_begin, int64_t n_end);
+}  // namespace scalar
+namespace avx2 {
+void quantize_q16(const float* x, int64_t M, int64_t K, int16_t* q, float* d, float* s);
+void matmul_blocks(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w,
+                   const float* bias, float* y, int64_t n_begin, int64_t n_end);
+}  // namespace avx2
+namespace avx512_vnni {
+void quantize_q16(const float* x, int64_t M, int64_t K, int16_t* q, float* d, float* s);
+void matmul_blocks(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w,
+                   const float* bias, float* y, int64_t n_begin, int64_t n_end);
+}  // namespace avx512_vnni
+
 }  // namespace alem::cpu

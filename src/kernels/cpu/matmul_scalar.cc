@@ -36,6 +36,8 @@ void convert_row_chunk(const WeightView& w, int64_t n, int64_t k0, int64_t count
       }
       break;
     }
+    default:  // ggml block types take matmul_blocks (cpu_backend.cc), never this path
+      break;
   }
 }
 

@@ -15,7 +15,7 @@ void ReferenceBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, 
   const int64_t N = w.rows, K = w.cols;
   std::vector<float> w_row(static_cast<size_t>(K));
   for (int64_t n = 0; n < N; ++n) {
-    for (int64_t k = 0; k < K; ++k) w_row[k] = w.at(n, k);
+    dequantize_row(w, n, w_row.data());
     for (int64_t m = 0; m < M; ++m) {
       double acc = bias ? bias[n] : 0.0;
       const float* x_row = x + m * K;

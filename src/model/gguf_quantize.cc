@@ -1,0 +1,123 @@
+// Quantisation into the ggml block formats alem keeps unexpanded (Q4_0, Q4_1, Q8_0), and the
+// mapping between those ggml type ids and alem's DType. The quantisers mirror ggml's reference
+// quantize_row_*_ref (ggml-quants.c) so a matrix made here holds the blocks llama.cpp would
+// write; tests build quantised weights with them, and `alem convert --dtype q8_0` uses them.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "model/gguf_quant.h"
+
+namespace alem {
+namespace {
+
+void store_f16(uint8_t* p, float v) {
+  const uint16_t h = f32_to_f16(v);
+  std::memcpy(p, &h, 2);
+}
+
+void quantize_q4_0(const float* x, uint8_t* block) {
+  float amax = 0.f, max = 0.f;
+  for (int j = 0; j < 32; ++j) {
+    if (amax < std::fabs(x[j])) {
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
+  }
+  const float d = max / -8.f;
+  const float id = d != 0.f ? 1.f / d : 0.f;
+  store_f16(block, d);
+  for (int j = 0; j < 16; ++j) {
+    const int q0 = std::min(15, static_cast<int>(static_cast<int8_t>(x[j] * id + 8.5f)));
+    const int q1 = std::min(15, static_cast<int>(static_cast<int8_t>(x[j + 16] * id + 8.5f)));
+    block[2 + j] = static_cast<uint8_t>(q0 | (q1 << 4));
+  }
+}
+
+void quantize_q4_1(const float* x, uint8_t* block) {
+  float min = x[0], max = x[0];
+  for (int j = 1; j < 32; ++j) {
+    min = std::min(min, x[j]);
+    max = std::max(max, x[j]);
+  }
+  const float d = (max - min) / 15.f;
+  const float id = d != 0.f ? 1.f / d : 0.f;
+  store_f16(block, d);
+  store_f16(block + 2, min);
+  for (int j = 0; j < 16; ++j) {
+    const int q0 = std::min(15, static_cast<int>(static_cast<int8_t>((x[j] - min) * id + 0.5f)));
+    const int q1 =
+        std::min(15, static_cast<int>(static_cast<int8_t>((x[j + 16] - min) * id + 0.5f)));
+    block[4 + j] = static_cast<uint8_t>(q0 | (q1 << 4));
+  }
+}
+
+void quantize_q8_0(const float* x, uint8_t* block) {
+  float amax = 0.f;
+  for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float d = amax / 127.f;
+  const float id = d != 0.f ? 1.f / d : 0.f;
+  store_f16(block, d);
+  for (int j = 0; j < 32; ++j) {
+    block[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::round(x[j] * id)));
+  }
+}
+
+}  // namespace
+
+bool ggml_type_as_dtype(uint32_t type_id, DType* dtype) {
+  switch (static_cast<GgmlType>(type_id)) {
+    case GgmlType::Q4_0:
+      *dtype = DType::Q4_0;
+      return true;
+    case GgmlType::Q4_1:
+      *dtype = DType::Q4_1;
+      return true;
+    case GgmlType::Q8_0:
+      *dtype = DType::Q8_0;
+      return true;
+    default:
+      return false;
+  }
+}
+
+uint32_t ggml_type_of(DType dtype) {
+  switch (dtype) {
+    case DType::Q4_0:
+      return static_cast<uint32_t>(GgmlType::Q4_0);
+    case DType::Q4_1:
+      return static_cast<uint32_t>(GgmlType::Q4_1);
+    case DType::Q8_0:
+      return static_cast<uint32_t>(GgmlType::Q8_0);
+    default:
+      ALEM_FAIL("dtype " + dtype_name(dtype) + " is not a ggml block type");
+  }
+}
+
+void quantize_ggml(uint32_t type_id, const float* src, int64_t elements, uint8_t* dst) {
+  void (*quantize_block)(const float*, uint8_t*) = nullptr;
+  switch (static_cast<GgmlType>(type_id)) {
+    case GgmlType::Q4_0:
+      quantize_block = quantize_q4_0;
+      break;
+    case GgmlType::Q4_1:
+      quantize_block = quantize_q4_1;
+      break;
+    case GgmlType::Q8_0:
+      quantize_block = quantize_q8_0;
+      break;
+    default:
+      ALEM_FAIL("alem cannot quantise to ggml type " + ggml_type_name(type_id) +
+                " (supported: Q4_0, Q4_1, Q8_0)");
+  }
+  const GgmlBlockGeometry g = ggml_block_geometry(type_id);
+  ALEM_CHECK(elements >= 0 && elements % g.elements_per_block == 0,
+             std::to_string(elements) + " values are not a whole number of " +
+                 ggml_type_name(type_id) + " blocks");
+  for (int64_t b = 0; b < elements / g.elements_per_block; ++b) {
+    quantize_block(src + b * g.elements_per_block, dst + b * g.bytes_per_block);
+  }
+}
+
+}  // namespace alem
