@@ -44,6 +44,7 @@
 #include "mpi/message_channel.h"
 #include "mpi/mpi_context.h"
 #include "mpi/nccl_process_group.h"
+#include "mpi/secure_message_channel.h"
 #include "network/evidence.h"
 #include "network/lease_handler.h"
 #include "network/protocol.h"
@@ -429,15 +430,20 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     const auto confidential_session = start_confidential(
         ctx, o.confidential, store,
         gateway && network_keys ? &network_keys->sealing().public_key() : nullptr);
-    // The data-parallel router's channel (requests and their tokens between replica leaders)
-    // is not wrapped by the secure groups; between hosts it would carry prompts in the clear.
-    // Every rank keys a peer on another host exactly when the job spans hosts, so all refuse.
-    ALEM_CHECK(!(channel && confidential_session && confidential_session->peers_keyed > 0),
-               "--dp " + std::to_string(ctx.layout.dp_size()) +
-                   " with an encrypted interconnect is not supported: the data-parallel "
-                   "router's messages (requests and tokens) between replica leaders on "
-                   "different hosts are not encrypted. Run one job per replica (--dp 1), or "
-                   "keep every replica on one host");
+    // The data-parallel router's channel carries requests and their tokens between replica
+    // leaders: between hosts it is sealed with the session's keys like every group.
+    if (channel && confidential_session && confidential_session->keys &&
+        confidential_session->peers_keyed > 0) {
+      SecureGroupOptions channel_options;
+      channel_options.treat_every_rank_as_own_node = o.confidential.encrypt == "always";
+      channel =
+          make_secure_channel(std::move(channel), ctx, confidential_session->keys, channel_options);
+      if (auto* sealed = dynamic_cast<SecureMessageChannel*>(channel.get())) {
+        int peers = 0;
+        for (int r = 0; r < sealed->size(); ++r) peers += sealed->encrypts_to(r) ? 1 : 0;
+        log_info("data-parallel channel encrypted", {{"peers", std::to_string(peers)}});
+      }
+    }
 
     auto backend = make_backend(o.backend);
     // GPU tensors go between tensor-parallel ranks over NCCL where this build has it.

@@ -116,7 +116,7 @@ cluster_test_start() {
 
 # submit_serve DIR TP PP NODES TASKS_PER_NODE [EXTRA SERVE ARGS...]: sbatch of the shipped
 # slurm/alem-serve.sbatch (the store SERVE_MODEL, default MODEL; SERVE_MODEL_NAME is its name in
-# requests); prints the job id. The gateway listens on 127.0.0.1:8000 of the job's
+# requests; SERVE_DP data-parallel replicas, default 1); prints the job id. The gateway listens on 127.0.0.1:8000 of the job's
 # first host.
 submit_serve() {
   local dir=$1 tp=$2 pp=$3 nodes=$4 per_node=$5
@@ -134,7 +134,7 @@ max_concurrent_requests = 8
 max_context_tokens = 512
 drain_seconds = 30
 TOML
-  ALEM_BIN=$ALEM ALEM_MODEL=${SERVE_MODEL:-$MODEL} ALEM_TP=$tp ALEM_PP=$pp ALEM_DP=1 ALEM_PORT=8000 \
+  ALEM_BIN=$ALEM ALEM_MODEL=${SERVE_MODEL:-$MODEL} ALEM_TP=$tp ALEM_PP=$pp ALEM_DP=${SERVE_DP:-1} ALEM_PORT=8000 \
     ALEM_SERVER_CONFIG=$dir/server.toml ALEM_SERVE_EXTRA_ARGS="--kv-cache-mb 32 $*" \
     sbatch --parsable --partition=cluster --time=15 --gpus-per-node=0 --cpus-per-task=1 \
     --nodes="$nodes" --ntasks-per-node="$per_node" --chdir="$dir" --output="$dir/%j.out" \

@@ -8,7 +8,10 @@
 #      carries them (32-bit little-endian, back to back), so the search can find them;
 #   2. --encrypt-interconnect auto: neither the canary text nor its token ids are in the capture,
 #      which still carries the job's traffic; every rank keyed exactly the 2 peers on the other
-#      host (messages inside a host stay clear); answers equal the clear run's.
+#      host (messages inside a host stay clear); answers equal the clear run's;
+#   3. --dp 2 across the two hosts (one replica each): the router's channel carries the requests
+#      that go to the second replica; with `never` the capture shows the prompt, with `auto` it
+#      shows nothing of it, and every answer equals the clear run's.
 # Needs root, network namespaces, tcpdump, Slurm, munge, PMIx, Open MPI, the alem binary and the
 # model store; exits 77 (ctest: skipped) without them. Always tears the cluster down.
 set -euo pipefail
@@ -34,12 +37,13 @@ tokenize() {
     -d "$body" | python3 -c 'import json,sys; print(",".join(map(str, json.load(sys.stdin)["tokens"])))'
 }
 
-# run_capture MODE: a tp 1 x pp 4 job with --encrypt-interconnect MODE; three canary requests
-# under tcpdump; leaves the search result in $WORK_DIR/MODE/search.json and the answer in
-# $WORK_DIR/MODE/answer.txt.
+# run_capture MODE [NAME TP PP PER_NODE]: a job on 2 hosts (default tp 1 x pp 4, 2 ranks per
+# host; SERVE_DP replicas) with --encrypt-interconnect MODE; canary requests under tcpdump, three
+# one after another and four at once; leaves the search result in $WORK_DIR/NAME/search.json and
+# the answers in $WORK_DIR/NAME/answer.txt (one line per request).
 run_capture() {
-  local mode=$1 dir=$WORK_DIR/$1 job
-  start_serve "$dir" 1 4 2 2 --confidential sandbox --encrypt-interconnect "$mode"
+  local mode=$1 dir=$WORK_DIR/${2:-$1} tp=${3:-1} pp=${4:-4} per_node=${5:-2} job i
+  start_serve "$dir" "$tp" "$pp" 2 "$per_node" --confidential sandbox --encrypt-interconnect "$mode"
   job=$SERVE_JOB
   ids=$(tokenize "$PROMPT")
   [ -n "$ids" ] || fail "/tokenize gave no ids"
@@ -47,7 +51,17 @@ run_capture() {
   local tcpdump_pid=$!
   BACKGROUND_PIDS+=("$tcpdump_pid")
   wait_for 10 "tcpdump to listen" file_has "$dir/tcpdump.log" "listening on"
-  for _ in 1 2 3; do complete "$PROMPT" 6 >"$dir/answer.txt"; done
+  for i in 1 2 3; do complete "$PROMPT" 6 >"$dir/answer-$i.txt"; done
+  local requests=()
+  for i in 4 5 6 7; do
+    complete "$PROMPT" 6 >"$dir/answer-$i.txt" &
+    requests+=($!)
+  done
+  for i in "${requests[@]}"; do wait "$i" || fail "a request failed"; done
+  for i in 1 2 3 4 5 6 7; do
+    cat "$dir/answer-$i.txt"
+    echo
+  done >"$dir/answer.txt"
   sleep 1
   kill -INT "$tcpdump_pid"
   wait "$tcpdump_pid" || true
@@ -85,5 +99,21 @@ for e in done:
     assert e["peers_keyed"] == "2", e
     assert int(e["groups_encrypted"]) > 0, e
 PY
+
+say "--dp 2 across the hosts, encryption never: the router's messages show the prompt"
+SERVE_DP=2 run_capture never dp-never 1 1 1
+if [ "$(json_field "$WORK_DIR/dp-never/search.json" 'd["ids_found"] or d["text_found"]')" != True ]; then
+  fail "the clear --dp 2 run's capture lacks the prompt: the search cannot see a leak"
+fi
+say "--dp 2 across the hosts, encryption auto: the router's channel is sealed"
+SERVE_DP=2 run_capture auto dp-auto 1 1 1
+[ "$(json_field "$WORK_DIR/dp-auto/search.json" 'd["ids_found"] or d["text_found"]')" = False ] ||
+  fail "the prompt crossed the wire between replicas with encryption auto"
+grep -q '"msg":"data-parallel channel encrypted","peers":"1"' "$JOB_LOG" ||
+  fail "the job did not report a sealed data-parallel channel"
+for run in dp-never dp-auto; do
+  [ "$(sort -u "$WORK_DIR/$run/answer.txt")" = "$(sort -u "$WORK_DIR/never/answer.txt")" ] ||
+    fail "$run answered differently from the clear pipeline run"
+done
 
 say "all checks passed"

@@ -4,7 +4,7 @@
 # answers a greedy completion with exactly the text the clear `alem generate` gives for the same
 # prompt; the network simulator (`alem netsim`) accepts the cluster bundle as the provider's
 # Register evidence and gets sealed answers back; it stops on SIGTERM; and --dp 2 with encryption
-# is refused at start. Bounded: the server is killed after 200 s in any case.
+# seals the data-parallel router's channel and answers the same. Bounded: the server is killed after 200 s in any case.
 # Needs ALEM_BINARY, ALEM_TEST_MODEL and MPIEXEC (set by ctest).
 set -euo pipefail
 alem=${ALEM_BINARY:?}
@@ -87,13 +87,47 @@ grep -q '"evidence_format":"alem-cluster-bundle-v1"' "$work/netsim.log" ||
 kill -TERM "$server"
 wait "$server" || true
 server=""
-# --dp 2 with encryption: the data-parallel router's channel is not encrypted, so the start
-# refuses instead of sending prompts between hosts in the clear.
-if timeout 120 "$mpiexec" --oversubscribe --allow-run-as-root -np 2 "$alem" serve -m "$model" \
-  --dp 2 --host 127.0.0.1 --port 0 --metrics-port 0 --confidential sandbox \
-  --encrypt-interconnect always > "$work/dp.log" 2>&1; then
-  echo "FAIL: --dp 2 with an encrypted interconnect started"; exit 1
-fi
-grep -q -- "--dp 2 with an encrypted interconnect is not supported" "$work/dp.log" ||
-  { echo "FAIL: --dp 2 with encryption failed without saying why"; tail -5 "$work/dp.log"; exit 1; }
-echo "PASS: confidential serve on 2 encrypted ranks answers like clear generate; the network accepted its bundle; --dp 2 with encryption is refused"
+# --dp 2 with encryption: the data-parallel router's channel between the gateway and the other
+# replica's leader is sealed too; both replicas answer like the clear generate (each request is
+# routed to one of them, so several requests reach both).
+ALEM_LOG_FORMAT=json timeout 200 "$mpiexec" --oversubscribe --allow-run-as-root -np 2 "$alem" serve \
+  -m "$model" --dp 2 --host 127.0.0.1 --port 0 --metrics-port 0 --confidential sandbox \
+  --encrypt-interconnect always > "$work/dp.log" 2>&1 &
+server=$!
+port=""
+for _ in $(seq 1 90); do
+  sleep 1
+  kill -0 "$server" 2> /dev/null || { echo "FAIL: --dp 2 server exited"; tail -20 "$work/dp.log"; exit 1; }
+  grep -q '"msg":"ready"' "$work/dp.log" || continue
+  port=$(python3 -c 'import json,sys
+for line in open(sys.argv[1]):
+    if line.startswith("{") and json.loads(line).get("msg") == "listening":
+        print(json.loads(line)["port"]); break' "$work/dp.log")
+  [ -n "$port" ] && break
+done
+[ -n "$port" ] || { echo "FAIL: --dp 2 server not ready"; tail -20 "$work/dp.log"; exit 1; }
+[ "$(grep -c '"msg":"data-parallel channel encrypted","peers":"1"' "$work/dp.log")" = 2 ] ||
+  { echo "FAIL: both ranks must seal the data-parallel channel"; grep channel "$work/dp.log"; exit 1; }
+# Four requests at once: the router spreads them over both replicas.
+for i in 1 2 3 4; do
+  curl -s -m 120 "http://127.0.0.1:$port/v1/completions" -H 'content-type: application/json' \
+    -d "{\"model\":\"SmolLM2-135M-Instruct\",\"prompt\":\"$prompt\",\"max_tokens\":6,\"temperature\":0}" \
+    > "$work/dp-answer-$i.json" &
+done
+wait_status=0
+for job in $(jobs -p); do [ "$job" = "$server" ] || wait "$job" || wait_status=1; done
+[ "$wait_status" = 0 ] || { echo "FAIL: a --dp 2 request failed"; exit 1; }
+for i in 1 2 3 4; do
+  answer=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["choices"][0]["text"], end="")' \
+    "$work/dp-answer-$i.json")
+  [ "$answer" = "$expected" ] ||
+    { echo "FAIL: --dp 2 answer $i differs"; printf 'served:   %q\nexpected: %q\n' "$answer" "$expected"; exit 1; }
+done
+replica1_tokens=$(curl -s -m 10 "http://127.0.0.1:$port/metrics" |
+  awk '/^alem_generation_tokens_total\{replica="1"/ { print $NF }')
+[ "${replica1_tokens%.*}" -gt 0 ] 2> /dev/null ||
+  { echo "FAIL: replica 1 (over the sealed channel) generated no tokens: '$replica1_tokens'"; exit 1; }
+kill -TERM "$server"
+wait "$server" || true
+server=""
+echo "PASS: confidential serve on 2 encrypted ranks answers like clear generate; the network accepted its bundle; --dp 2 with a sealed router channel answers the same"
