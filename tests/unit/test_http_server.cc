@@ -19,9 +19,9 @@
 #include <thread>
 #include <vector>
 
+#include "byte_level_model.h"
 #include "core/error.h"
 #include "model/tokenizer.h"
-#include "model/unicode_bytes.h"
 #include "serve/http_server.h"
 
 namespace alem::serve {
@@ -109,24 +109,8 @@ class FakeEngine : public EngineClient {
   std::thread thread_;
 };
 
-// A byte-level tokenizer with the 256 byte tokens and no merges.
-struct TinyModel {
-  TinyModel() {
-    data.pre_tokenizer = "gpt2";
-    for (int b = 0; b < 256; ++b) {
-      std::string token;
-      append_utf8(token, byte_to_unicode(static_cast<unsigned char>(b)));
-      data.tokens.push_back(token);
-      data.token_kinds.push_back(static_cast<int32_t>(TokenKind::Normal));
-    }
-    tokenizer = std::make_unique<Tokenizer>(data);
-    served.name = "tiny";
-    served.tokenizer = tokenizer.get();
-    served.tokenizer_data = &data;
-  }
-  TokenizerData data;
-  std::unique_ptr<Tokenizer> tokenizer;
-  ServedModel served;
+struct TinyModel : ByteLevelModel {
+  TinyModel() : ByteLevelModel("tiny") {}
 };
 
 // One server on a free loopback port, with an engine attached.

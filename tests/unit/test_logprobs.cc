@@ -10,10 +10,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "byte_level_model.h"
 #include "core/error.h"
 #include "engine/logprobs.h"
 #include "model/tokenizer.h"
-#include "model/unicode_bytes.h"
 #include "serve/logprobs_json.h"
 #include "serve/openai_protocol.h"
 #include "serve/stop_strings.h"
@@ -160,24 +160,8 @@ TEST(LogprobsFormat, ChoicesCarryLogprobsAndStopReason) {
   EXPECT_FALSE(mid["choices"][0].contains("stop_reason"));
 }
 
-// A byte-level tokenizer with the 256 byte tokens and no merges: token id = byte.
-struct ByteModel {
-  ByteModel() {
-    data.pre_tokenizer = "gpt2";
-    for (int b = 0; b < 256; ++b) {
-      std::string token;
-      append_utf8(token, byte_to_unicode(static_cast<unsigned char>(b)));
-      data.tokens.push_back(token);
-      data.token_kinds.push_back(static_cast<int32_t>(TokenKind::Normal));
-    }
-    tokenizer = std::make_unique<Tokenizer>(data);
-    served.name = "org/tiny";
-    served.tokenizer = tokenizer.get();
-    served.tokenizer_data = &data;
-  }
-  TokenizerData data;
-  std::unique_ptr<Tokenizer> tokenizer;
-  ServedModel served;
+struct ByteModel : ByteLevelModel {
+  ByteModel() : ByteLevelModel("org/tiny") {}
 };
 
 TEST(LogprobsFormat, ChatAndLegacyShapes) {
