@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Checks `alem plan` against measurement: runs `alem bench batch` at each layout and load
-given, asks `alem plan --layout` for the same layout and workload (with a calibration file from
-`alem bench calibrate`), and prints the predicted and measured tokens/s, TTFT and ITL side by
-side with the relative errors, their median and the worst case (markdown table; --csv too).
+"""Checks `alem plan` against measurement. Each round calibrates this node at the model's own
+shapes (`alem bench calibrate -m MODEL`), then, for each layout and load: updates the
+calibration right before the run (`alem bench calibrate --collectives-only` with the run's rank
+count: the load probe, each rank's core share, the collectives), runs `alem bench batch`, and
+asks `alem plan --layout` for the same layout and workload with that calibration. Calibration
+and benchmark alternate, so both see the same machine load; --repeats rounds take the layouts in
+a rotated order, and the table gives medians, with the load average of each run.
 
   scripts/plan_check.py --alem build/alem --model models/smollm2-135m-instruct.h5 \
-      --cluster plan/clusters/dev-2core.toml --calibration cal.json --csv check.csv
+      --cluster plan/clusters/dev-2core.toml --repeats 3 --csv check.csv --markdown check.md
 
 Layouts are TP,PP,DP with ranks on this machine (mpirun --oversubscribe). Nothing here asserts a
 speed: the test that runs this (ctest -L plan) checks that every row was measured and
@@ -15,15 +18,18 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 DEFAULT_RUNS = [  # tp, pp, dp, concurrency per replica
     (1, 1, 1, 1), (1, 1, 1, 8), (3, 1, 1, 1), (3, 1, 1, 8), (1, 2, 1, 1), (1, 2, 1, 8),
     (1, 3, 1, 1), (1, 3, 1, 8), (1, 1, 2, 1), (1, 1, 2, 8), (1, 1, 3, 1), (1, 1, 3, 8),
 ]
+WHAT = ("tok_s", "ttft_s", "itl_s")
 
 
 def run(cmd, timeout):
@@ -33,85 +39,158 @@ def run(cmd, timeout):
     return proc.stdout
 
 
+def load_average():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def mpirun(ranks, threads):
+    return ["mpirun", "--oversubscribe", "--allow-run-as-root", "-np", str(ranks),
+            "-x", f"OMP_NUM_THREADS={threads}"]
+
+
+def calibrate_full(a, path, threads, dtype):
+    run([a.alem, "bench", "calibrate", "-m", a.model, "--dtypes", dtype, "--threads",
+         str(threads), "--seconds", str(a.calibration_seconds), "--repeats", "5", "-o", path],
+        a.timeout)
+
+
+def calibrate_now(a, path, ranks, threads):
+    cmd = [a.alem, "bench", "calibrate", "--collectives-only", "--threads", str(threads),
+           "-o", path]
+    run(mpirun(ranks, threads) + cmd if ranks > 1 else cmd, a.timeout)
+
+
+def measure(a, tmp, tp, pp, dp, conc, threads, tag):
+    ranks = tp * pp * dp
+    requests = conc * dp * a.requests_per_slot
+    out = os.path.join(tmp, f"bench-{tag}.json")
+    bench = [a.alem, "bench", "batch", "-m", a.model, "--tp", str(tp), "--pp", str(pp),
+             "--dp", str(dp), "--batch", str(conc), "--concurrency", str(conc),
+             "--requests", str(requests), "--prompt-tokens", str(a.prompt_tokens),
+             "--max-tokens", str(a.max_tokens), "-o", out]
+    if ranks > 1:
+        bench = mpirun(ranks, threads) + bench
+    run(bench, a.timeout)
+    with open(out) as f:
+        m = json.load(f)
+    reps = m["replicas"]
+    return {"tok_s": m["generated_tokens_per_second"],
+            "ttft_s": statistics.median(r["ttft_p50_s"] for r in reps),
+            "itl_s": statistics.median(r["itl_p50_s"] for r in reps)}
+
+
+def predict(a, cal, tp, pp, dp, conc):
+    ranks = tp * pp * dp
+    requests = conc * dp * a.requests_per_slot
+    plan = [a.alem, "plan", "-m", a.model, "-c", a.cluster, "--layout", f"{tp},{pp},1,{dp}",
+            "--max-ranks", str(ranks), "--prompt-tokens", str(a.prompt_tokens),
+            "--output-tokens", str(a.max_tokens), "--concurrency", str(conc * dp),
+            "--requests", str(requests), "--batch", str(conc), "--json", "-"]
+    if cal:
+        plan += ["--calibration", cal]
+    p = json.loads(run(plan, 60))["layouts"][0]
+    if not p["fits"]:
+        sys.exit(f"plan_check: the planner says tp{tp} pp{pp} dp{dp} does not fit: {p['why_not']}")
+    return {"tok_s": p["tokens_per_s"], "ttft_s": p["ttft_s"], "itl_s": p["itl_s"]}
+
+
+def rel(pred, meas):
+    return (pred - meas) / meas if meas > 0 else float("nan")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--alem", default="build/alem")
     ap.add_argument("--model", required=True)
     ap.add_argument("--cluster", required=True)
-    ap.add_argument("--calibration")
+    ap.add_argument("--calibration",
+                    help="start every round from this file (from `alem bench calibrate -m`) "
+                         "instead of calibrating at the round's start; it is still updated "
+                         "right before each run")
+    ap.add_argument("--dtype", default="bf16", help="the model's weight dtype (calibrated)")
     ap.add_argument("--runs", help="semicolon list of TP,PP,DP,CONCURRENCY (default: 12 runs)")
+    ap.add_argument("--repeats", type=int, default=1, help="measurements of each run")
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--requests-per-slot", type=int, default=2,
                     help="requests = concurrency x replicas x this")
-    ap.add_argument("--csv")
-    ap.add_argument("--timeout", type=int, default=600, help="seconds per benchmark run")
+    ap.add_argument("--calibration-seconds", type=float, default=0.2,
+                    help="time per calibration measurement")
+    ap.add_argument("--csv", help="every measurement, one row each")
+    ap.add_argument("--markdown", help="also write the summary table to this file")
+    ap.add_argument("--timeout", type=int, default=600, help="seconds per command")
     a = ap.parse_args()
     runs = DEFAULT_RUNS
     if a.runs:
         runs = [tuple(int(x) for x in r.split(",")) for r in a.runs.split(";") if r]
-    env_threads = os.environ.get("OMP_NUM_THREADS", "1")
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
     rows = []
+    started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        for tp, pp, dp, conc in runs:
-            ranks = tp * pp * dp
-            requests = conc * dp * a.requests_per_slot
-            out = os.path.join(tmp, f"r{tp}{pp}{dp}{conc}.json")
-            bench = [a.alem, "bench", "batch", "-m", a.model, "--tp", str(tp), "--pp", str(pp),
-                     "--dp", str(dp), "--batch", str(conc), "--concurrency", str(conc),
-                     "--requests", str(requests), "--prompt-tokens", str(a.prompt_tokens),
-                     "--max-tokens", str(a.max_tokens), "-o", out]
-            if ranks > 1:
-                bench = ["mpirun", "--oversubscribe", "--allow-run-as-root", "-np", str(ranks),
-                         "-x", f"OMP_NUM_THREADS={env_threads}"] + bench
-            run(bench, a.timeout)
-            with open(out) as f:
-                m = json.load(f)
-            plan = [a.alem, "plan", "-m", a.model, "-c", a.cluster, "--layout",
-                    f"{tp},{pp},1,{dp}", "--max-ranks", str(ranks), "--prompt-tokens",
-                    str(a.prompt_tokens), "--output-tokens", str(a.max_tokens),
-                    "--concurrency", str(conc * dp), "--requests", str(requests), "--batch",
-                    str(conc), "--json", "-"]
-            if a.calibration:
-                plan += ["--calibration", a.calibration]
-            p = json.loads(run(plan, 60))["layouts"][0]
-            if not p["fits"]:
-                sys.exit(f"plan_check: the planner says tp{tp} pp{pp} dp{dp} does not fit: "
-                         f"{p['why_not']}")
-            r0 = m["replicas"][0]
-            rows.append({
-                "tp": tp, "pp": pp, "dp": dp, "concurrency": conc, "requests": requests,
-                "measured_tok_s": m["generated_tokens_per_second"],
-                "predicted_tok_s": p["tokens_per_s"],
-                "measured_ttft_s": r0["ttft_p50_s"], "predicted_ttft_s": p["ttft_s"],
-                "measured_itl_s": r0["itl_p50_s"], "predicted_itl_s": p["itl_s"],
-            })
-            print(f"measured tp{tp} pp{pp} dp{dp} c{conc}: {m['generated_tokens_per_second']:.1f} "
-                  f"tok/s (predicted {p['tokens_per_s']:.1f})", file=sys.stderr, flush=True)
+        for rep in range(a.repeats):
+            order = runs[rep % len(runs):] + runs[:rep % len(runs)]  # rotated each repeat
+            round_cal = a.calibration or os.path.join(tmp, f"cal-{rep}.json")
+            if not a.calibration:
+                calibrate_full(a, round_cal, threads, a.dtype)
+            for tp, pp, dp, conc in order:
+                tag = f"{tp}-{pp}-{dp}-{conc}-{rep}"
+                cal = os.path.join(tmp, f"cal-{tag}.json")
+                shutil.copyfile(round_cal, cal)
+                calibrate_now(a, cal, tp * pp * dp, threads)
+                load_before = load_average()
+                m = measure(a, tmp, tp, pp, dp, conc, threads, tag)
+                load_after = load_average()
+                p = predict(a, cal, tp, pp, dp, conc)
+                row = {"repeat": rep, "tp": tp, "pp": pp, "dp": dp, "concurrency": conc,
+                       "load_average": (load_before + load_after) / 2}
+                for w in WHAT:
+                    row[f"measured_{w}"] = m[w]
+                    row[f"predicted_{w}"] = p[w]
+                    row[f"error_{w}"] = rel(p[w], m[w])
+                rows.append(row)
+                print(f"[{time.time() - started:5.0f} s] tp{tp} pp{pp} dp{dp} c{conc} #{rep}: "
+                      f"measured {m['tok_s']:.1f} tok/s, predicted {p['tok_s']:.1f} "
+                      f"({row['error_tok_s']:+.0%}), load {row['load_average']:.1f}",
+                      file=sys.stderr, flush=True)
 
-    def err(row, what):
-        meas, pred = row[f"measured_{what}"], row[f"predicted_{what}"]
-        return (pred - meas) / meas if meas > 0 else float("nan")
-
-    print("| layout | conc. | tok/s measured | predicted | error | TTFT p50 ms meas. | pred. | "
-          "error | ITL p50 ms meas. | pred. | error |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    summary = {w: [] for w in ("tok_s", "ttft_s", "itl_s")}
-    for r in rows:
-        e = {w: err(r, w) for w in summary}
-        for w in summary:
-            r[f"error_{w}"] = e[w]
+    # One line per run: medians over the repeats, each compared with the median prediction.
+    lines = ["| layout | conc. | load avg | tok/s meas. | pred. | error | TTFT p50 ms meas. | "
+             "pred. | error | ITL p50 ms meas. | pred. | error |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    summary = {w: [] for w in WHAT}
+    for tp, pp, dp, conc in runs:
+        mine = [r for r in rows if (r["tp"], r["pp"], r["dp"], r["concurrency"]) ==
+                (tp, pp, dp, conc)]
+        med = {k: statistics.median(r[k] for r in mine)
+               for k in [f"{s}_{w}" for s in ("measured", "predicted") for w in WHAT]}
+        e = {w: rel(med[f"predicted_{w}"], med[f"measured_{w}"]) for w in WHAT}
+        for w in WHAT:
             if e[w] == e[w]:
                 summary[w].append(abs(e[w]))
-        print(f"| tp{r['tp']} pp{r['pp']} dp{r['dp']} | {r['concurrency']} | "
-              f"{r['measured_tok_s']:.1f} | {r['predicted_tok_s']:.1f} | {e['tok_s']:+.0%} | "
-              f"{r['measured_ttft_s']*1e3:.0f} | {r['predicted_ttft_s']*1e3:.0f} | {e['ttft_s']:+.0%} | "
-              f"{r['measured_itl_s']*1e3:.1f} | {r['predicted_itl_s']*1e3:.1f} | {e['itl_s']:+.0%} |")
-    print()
+        loads = [r["load_average"] for r in mine]
+        lines.append(
+            f"| tp{tp} pp{pp} dp{dp} | {conc} | {min(loads):.1f}-{max(loads):.1f} | "
+            f"{med['measured_tok_s']:.1f} | {med['predicted_tok_s']:.1f} | {e['tok_s']:+.0%} | "
+            f"{med['measured_ttft_s']*1e3:.0f} | {med['predicted_ttft_s']*1e3:.0f} | "
+            f"{e['ttft_s']:+.0%} | {med['measured_itl_s']*1e3:.1f} | "
+            f"{med['predicted_itl_s']*1e3:.1f} | {e['itl_s']:+.0%} |")
+    lines.append("")
     for w, errs in summary.items():
         if errs:
-            print(f"{w}: median |error| {statistics.median(errs):.0%}, worst {max(errs):.0%} "
-                  f"over {len(errs)} runs")
+            lines.append(f"{w}: median |error| {statistics.median(errs):.0%}, worst "
+                         f"{max(errs):.0%} over {len(errs)} runs")
+    per_run = [abs(r["error_tok_s"]) for r in rows if r["error_tok_s"] == r["error_tok_s"]]
+    loads = [r["load_average"] for r in rows]
+    lines.append(f"tok_s, every measurement on its own ({len(per_run)}): median |error| "
+                 f"{statistics.median(per_run):.0%}, worst {max(per_run):.0%}")
+    lines.append(f"load average during the runs: {min(loads):.1f} to {max(loads):.1f} "
+                 f"(median {statistics.median(loads):.1f}) on {os.cpu_count()} cores; "
+                 f"{a.repeats} measurement(s) per run, {time.time() - started:.0f} s in all")
+    print("\n".join(lines))
+    if a.markdown:
+        with open(a.markdown, "w") as f:
+            f.write("\n".join(lines) + "\n")
     if a.csv:
         with open(a.csv, "w", newline="") as f:
             wr = csv.DictWriter(f, fieldnames=list(rows[0].keys()))

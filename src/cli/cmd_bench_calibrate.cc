@@ -7,7 +7,11 @@
 //   - streaming read bandwidth of one core and of all cores;
 //   - latency and bandwidth of send/recv and all-reduce per message size over MPI (run under
 //     mpirun with the ranks a job would use), fitted to latency + bytes / bandwidth;
-//   - AES-256-GCM throughput of the secure channel's own implementation.
+//   - AES-256-GCM throughput of the secure channel's own implementation;
+//   - with -m, the engine at the model's own shapes (calibrate_engine.cc): its matmuls, forward
+//     pass and serving step, which replace the synthetic matmul figures for the model's dtype;
+//   - under mpirun, the share of a core each rank gets when all ranks compute at once (more
+//     ranks than cores, and whatever else the node runs), and the wait per collective.
 // Times are wall-clock medians: the planner predicts wall-clock figures, and a shared node slows
 // the calibration as it slows the benchmark.
 #include <omp.h>
@@ -19,8 +23,10 @@
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <memory>
 #include <random>
 
+#include "cli/calibrate_engine.h"
 #include "cli/commands.h"
 #include "cli/runtime.h"
 #include "core/error.h"
@@ -44,6 +50,7 @@ struct CalibrateOptions {
   int threads = 1;
   int footprint_mb = 256;
   double seconds = 0.5;  // per measurement
+  int repeats = 5;       // timings per engine figure (their median)
   int prefill_rows = 128;
   std::string model;  // optional: measure the engine's per-layer cost beyond its matmuls
   bool collectives_only = false;  // update --output's collective figures only (under mpirun)
@@ -113,44 +120,6 @@ void calibrate_matmul(const CalibrateOptions& o, KernelBackend& backend, plan::C
   }
 }
 
-// With a model: one sequence's decode steps on one rank, against what its matmuls alone take
-// at the measured streaming rate; the rest (norms, RoPE, attention, SiLU, sampling, scheduling)
-// is charged per layer. Also the per-step time, to check the planner's one-rank figure.
-void calibrate_engine(const CalibrateOptions& o, KernelBackend& backend, plan::Calibration& c) {
-  ModelStoreReader store(o.model);
-  ParallelContext solo = make_solo_context();
-  EngineOptions engine_options;
-  const int prompt_tokens = 32, decode_tokens = 16;
-  engine_options.max_model_len = prompt_tokens + decode_tokens + 1;
-  ShardedTransformer model(store, solo, backend, engine_options);
-  Generator generator(model, solo, {}, prompt_tokens);
-  std::vector<int32_t> prompt(prompt_tokens);
-  for (int i = 0; i < prompt_tokens; ++i) prompt[i] = 100 + 37 * i;
-  SamplingParams params;
-  params.temperature = 0.f;
-  params.ignore_eos = true;
-  params.max_tokens = decode_tokens;
-  std::vector<double> steps;
-  for (int r = 0; r < 3; ++r) {
-    const GenerationResult result = generator.generate(prompt, params);
-    steps.push_back(result.decode_seconds / std::max<size_t>(1, result.tokens.size() - 1));
-  }
-  const double step = median(steps);
-  const std::string dtype =
-      dtype_name(store.tensor_info(layer_tensor_name(0, "self_attn.q_proj.weight")).dtype);
-  const auto rate = c.matmul_gbs.find(dtype);
-  ALEM_CHECK(rate != c.matmul_gbs.end(),
-             "--model: its weights are " + dtype + "; add it to --dtypes");
-  const double matmuls = model.weight_bytes() / (rate->second * 1e9);
-  c.layer_overhead_us = std::max(0.0, step - matmuls) / store.config().num_layers * 1e6;
-  c.engine_model = store.config().name;
-  c.engine_decode_step_s = step;
-  std::printf(
-      "engine (%s, 1 sequence): decode step %.1f ms, of which matmuls at %.2f GB/s "
-      "%.1f ms: %.1f us per layer besides\n",
-      store.config().name.c_str(), step * 1e3, rate->second, matmuls * 1e3, c.layer_overhead_us);
-}
-
 void calibrate_aes(const CalibrateOptions& o, plan::Calibration& c) {
   ChannelKey key{};
   key[0] = 1;
@@ -167,6 +136,41 @@ void calibrate_aes(const CalibrateOptions& o, plan::Calibration& c) {
   c.aes_gcm_gbs = buffer.size() / s / 1e9;
   std::printf("AES-256-GCM (secure channel, 1 MiB messages, one core) %.2f GB/s\n", c.aes_gcm_gbs);
 }
+
+// How fast this node runs one rank now: the one-row matmul streaming 64 MB of bf16 weights
+// (GB/s). Taken with the full calibration and again right before a benchmark, their ratio
+// scales the calibration to the load of the moment.
+class StreamProbe {
+ public:
+  explicit StreamProbe(int threads) : backend_(make_backend("cpu")) {
+    backend_->set_max_threads(threads);
+    const int64_t N = 1536, K = 576;
+    std::vector<float> values(N * K, 0.01f);
+    x_.assign(K, 0.01f);
+    y_.resize(N);
+    const size_t count = std::max<size_t>(2, size_t{64} * 1000000 / (N * K * 2));
+    for (size_t i = 0; i < count; ++i)
+      copies_.push_back(make_weight_matrix(values.data(), N, K, DType::BF16));
+  }
+  double gbs(double seconds) {
+    size_t bytes = 0;
+    const auto t0 = Clock::now();
+    double elapsed = 0;
+    while (elapsed < seconds) {
+      backend_->matmul(x_.data(), 1, copies_[next_], nullptr, y_.data());
+      bytes += copies_[next_].bytes();
+      next_ = (next_ + 1) % copies_.size();
+      elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    }
+    return bytes / elapsed / 1e9;
+  }
+
+ private:
+  std::unique_ptr<KernelBackend> backend_;
+  std::vector<WeightMatrix> copies_;
+  std::vector<float> x_, y_;
+  size_t next_ = 0;
+};
 
 // send/recv ping-pong between ranks 0 and 1 (one way = half the round trip) and all-reduce over
 // all ranks, per message size. Every rank runs the same loop; rank 0's medians are recorded.
@@ -201,6 +205,36 @@ void calibrate_collectives(const CalibrateOptions& o, ParallelContext& ctx, plan
                   bytes, median(pp) * 1e6, median(ar) * 1e6);
     }
   }
+  // Each rank's share of a core when all compute at once: rank 0 streams a model-sized set of
+  // weights through the one-row matmul alone (the others sleep, so they take no core), then
+  // every rank does the same at once. The ratio covers more ranks than cores and the node's
+  // other load, as the job's ranks will meet them.
+  {
+    StreamProbe probe(o.threads);
+    auto rate = [&](double seconds) { return probe.gbs(seconds); };
+    std::vector<double> solo_rates, shared_rates;
+    for (int round = 0; round < 3; ++round) {
+      world.barrier();
+      double solo_rate = 0;
+      if (rank == 0) {
+        solo_rate = rate(0.25);
+      } else {
+        usleep(400000);
+      }
+      world.barrier();
+      const double shared = rate(0.25);
+      std::vector<double> all(size);
+      world.all_gather(&shared, sizeof shared, all.data());
+      solo_rates.push_back(solo_rate);
+      shared_rates.push_back(median(all));
+    }
+    if (rank == 0) {
+      const double share = std::min(1.0, median(shared_rates) / median(solo_rates));
+      c.rank_core_share[size] = share;
+      c.load_probe_now_gbs = median(solo_rates);
+      std::printf("%d ranks computing at once: each gets %.2f of one rank alone\n", size, share);
+    }
+  }
   // Synchronisation under load: every rank computes (a one-row matmul, as in a decode step),
   // then all ranks all-reduce a small message, as a TP layer does. The time per round beyond
   // the compute (scaled by the cores the ranks share) and the idle all-reduce is what each
@@ -229,6 +263,7 @@ void calibrate_collectives(const CalibrateOptions& o, ParallelContext& ctx, plan
     }
     if (rank == 0) {
       c.sync_us = std::max(0.0, (per_round - solo - idle_ar) * 1e6);
+      c.sync_us_by_ranks[size] = c.sync_us;
       std::printf(
           "compute + 4 KiB all-reduce rounds: %.1f us per round (compute %.1f us, idle "
           "all-reduce %.1f us): %.1f us of waiting per collective\n",
@@ -263,7 +298,6 @@ void run_calibrate(const CalibrateOptions& o) {
   const bool leader = !mpi || ctx.world->rank() == 0;
   plan::Calibration c;
   if (o.collectives_only) {
-    ALEM_CHECK(mpi, "--collectives-only measures MPI collectives: run it under mpirun -np N");
     c = plan::load_calibration(o.output);
   } else {
     char host[256] = {};
@@ -282,14 +316,35 @@ void run_calibrate(const CalibrateOptions& o) {
       auto backend = make_backend("cpu");
       backend->set_max_threads(o.threads);
       omp_set_num_threads(o.threads);
-      calibrate_matmul(o, *backend, c);
+      CalibrateOptions synthetic = o;
+      if (!o.model.empty()) {  // the model's own dtype is measured at its own shapes below
+        const ModelStoreReader store(o.model);
+        const std::string own =
+            dtype_name(store.tensor_info(layer_tensor_name(0, "self_attn.q_proj.weight")).dtype);
+        std::erase_if(synthetic.dtypes,
+                      [&](const std::string& d) { return dtype_name(parse_dtype(d)) == own; });
+      }
+      calibrate_matmul(synthetic, *backend, c);
       c.read_bandwidth_gbs = measure_memory_bandwidth_gbs(size_t{256} << 20, o.threads);
       const int cores = std::max(1, omp_get_num_procs());
       c.node_read_bandwidth_gbs = measure_memory_bandwidth_gbs(size_t{256} << 20, cores);
       std::printf("streaming read: %.1f GB/s on %d thread(s), %.1f GB/s on %d\n",
                   c.read_bandwidth_gbs, o.threads, c.node_read_bandwidth_gbs, cores);
       calibrate_aes(o, c);
-      if (!o.model.empty()) calibrate_engine(o, *backend, c);
+      if (!o.model.empty())
+        calibrate_engine_at_model_shapes(o.model, *backend, o.footprint_mb * 4e6, o.repeats, c);
+      StreamProbe probe(o.threads);
+      std::vector<double> rates;
+      for (int r = 0; r < 3; ++r) rates.push_back(probe.gbs(0.2));
+      c.load_probe_gbs = c.load_probe_now_gbs = median(rates);
+      std::printf("load probe: one rank streams %.2f GB/s now\n", c.load_probe_gbs);
+    } else if (leader && !mpi) {  // --collectives-only on one rank: the load probe alone
+      StreamProbe probe(o.threads);
+      std::vector<double> rates;
+      for (int r = 0; r < 3; ++r) rates.push_back(probe.gbs(0.2));
+      c.load_probe_now_gbs = median(rates);
+      std::printf("load probe: one rank streams %.2f GB/s now (%.2f at calibration)\n",
+                  c.load_probe_now_gbs, c.load_probe_gbs);
     }
     if (mpi && ctx.world->size() >= 2) {
       calibrate_collectives(o, ctx, c);
@@ -325,10 +380,13 @@ void add_bench_calibrate_command(CLI::App& bench) {
                   "Weights the decode matmuls stream (about the model's size)")
       ->capture_default_str();
   cmd->add_option("--seconds", o->seconds, "Time spent per measurement")->capture_default_str();
+  cmd->add_option("--repeats", o->repeats, "Timings per engine figure (their median is kept)")
+      ->capture_default_str();
   cmd->add_option("--prefill-rows", o->prefill_rows, "Rows of the prefill-sized matmul")
       ->capture_default_str();
   cmd->add_flag("--collectives-only", o->collectives_only,
-                "Under mpirun: measure the collectives and add them to --output's file");
+                "Update --output's file: the load probe, and under mpirun -np N each rank's core "
+                "share and the collectives");
   cmd->add_option("--model,-m", o->model,
                   "Also time this model's decode steps (per-layer cost beyond the matmuls)");
   cmd->callback([o] {

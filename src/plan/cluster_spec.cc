@@ -2,6 +2,7 @@
 // file, line and key, the alpha-beta fit of measured message times, and applying a calibration.
 #include "plan/cluster_spec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <set>
@@ -20,6 +21,36 @@ double ClusterSpec::peak_flops(const std::string& dtype) const {
   ALEM_CHECK(it != peak_tflops.end(), "cluster '" + name + "' gives no peak_tflops for dtype '" +
                                           dtype + "' (add it under [device.peak_tflops])");
   return it->second * 1e12;
+}
+
+double ClusterSpec::core_share(int ranks) const {
+  ranks = std::max(ranks, 1);
+  const auto it = rank_core_share.find(ranks);
+  if (it != rank_core_share.end() && it->second > 0) return it->second;
+  if (!rank_core_share.empty()) {
+    // Beyond the measured counts: the largest measured count's total, shared by more ranks.
+    const auto& [measured, share] = *rank_core_share.rbegin();
+    if (ranks > measured) return std::min<double>(threads_per_rank, share * measured / ranks);
+  }
+  return std::min<double>(threads_per_rank, static_cast<double>(devices_per_node) / ranks);
+}
+
+double ClusterSpec::sync_seconds(int ranks) const {
+  const auto it = sync_us_by_ranks.find(ranks);
+  return (it != sync_us_by_ranks.end() ? it->second : sync_us) * 1e-6;
+}
+
+double ClusterSpec::curve_matmul_seconds(const std::string& dtype, double bytes,
+                                         double rows) const {
+  const auto it = matmul_curve.find(dtype);
+  if (it == matmul_curve.end() || it->second.size() < 2) return -1;
+  const auto& curve = it->second;  // sorted by rows
+  size_t i = 1;
+  while (i + 1 < curve.size() && curve[i].first < rows) ++i;
+  const auto& [r0, s0] = curve[i - 1];
+  const auto& [r1, s1] = curve[i];
+  const double per_byte = s0 + (s1 - s0) * (rows - r0) / (r1 - r0);
+  return bytes * std::max(per_byte, 0.5 * curve.front().second);
 }
 
 double ClusterSpec::weight_bandwidth(const std::string& dtype) const {
@@ -167,6 +198,15 @@ ClusterSpec parse_cluster_spec(std::string_view toml_text, const std::string& so
   c.bandwidth_efficiency = k.number("efficiency.memory_bandwidth", 1);
   c.layer_overhead_us = k.number("efficiency.layer_overhead_us", 0);
   c.step_overhead_us = k.number("efficiency.step_overhead_us", 0);
+  c.token_overhead_us = k.number("efficiency.token_overhead_us", 0);
+  c.sequence_overhead_us = k.number("efficiency.sequence_overhead_us", 0);
+  c.attention_tflops = k.number("device.attention_tflops", 0);
+  {
+    const std::string roofline = k.text("efficiency.roofline", c.kind == "cpu" ? "sum" : "max");
+    ALEM_CHECK(roofline == "max" || roofline == "sum",
+               source_name + ": 'efficiency.roofline' must be \"max\" or \"sum\"");
+    c.additive_roofline = roofline == "sum";
+  }
   c.sync_us = k.number("efficiency.sync_us", 0);
   c.reserved_gib = k.number("efficiency.reserved_gib", 0);
   c.intra_node = read_link(k, "links.intra_node", true);
@@ -187,6 +227,18 @@ ClusterSpec load_cluster_spec(const std::string& path) {
   return parse_cluster_spec(text.str(), path);
 }
 
+namespace {
+
+// A figure that could not be measured (a division by a zero time on a starved core) is written
+// as 0, "not measured", rather than as JSON null.
+void zero_non_finite(nlohmann::json& j) {
+  if (j.is_number_float() && !std::isfinite(j.get<double>())) j = 0.0;
+  if (j.is_structured())
+    for (auto& item : j) zero_non_finite(item);
+}
+
+}  // namespace
+
 std::string calibration_to_json(const Calibration& c) {
   nlohmann::json j;
   j["format"] = "alem-calibration-v1";
@@ -199,10 +251,34 @@ std::string calibration_to_json(const Calibration& c) {
   j["read_bandwidth_gbs"] = c.read_bandwidth_gbs;
   j["node_read_bandwidth_gbs"] = c.node_read_bandwidth_gbs;
   j["layer_overhead_us"] = c.layer_overhead_us;
+  j["token_overhead_us"] = c.token_overhead_us;
+  j["step_overhead_us"] = c.step_overhead_us;
+  j["sequence_overhead_us"] = c.sequence_overhead_us;
+  j["attention_gflops"] = c.attention_gflops;
+  nlohmann::json shares = nlohmann::json::object(), syncs = nlohmann::json::object();
+  for (const auto& [ranks, share] : c.rank_core_share) shares[std::to_string(ranks)] = share;
+  for (const auto& [ranks, us] : c.sync_us_by_ranks) syncs[std::to_string(ranks)] = us;
+  j["rank_core_share"] = shares;
+  nlohmann::json curves = nlohmann::json::object();
+  for (const auto& [dtype, curve] : c.matmul_curve) {
+    for (const auto& [rows, per_byte] : curve)
+      curves[dtype].push_back({{"rows", rows}, {"seconds_per_weight_byte", per_byte}});
+  }
+  j["matmul_curve"] = curves;
+  j["load_probe_gbs"] = c.load_probe_gbs;
+  j["load_probe_now_gbs"] = c.load_probe_now_gbs;
+  j["sync_us_by_ranks"] = syncs;
   j["aes_gcm_gbs"] = c.aes_gcm_gbs;
   j["sync_us"] = c.sync_us;
   if (!c.engine_model.empty()) {
     j["engine"] = {{"model", c.engine_model}, {"decode_step_s", c.engine_decode_step_s}};
+    for (const auto& p : c.engine_points) {
+      j["engine"]["forward"].push_back({{"tokens", p.tokens},
+                                        {"sequences", p.sequences},
+                                        {"context", p.context},
+                                        {"seconds", p.seconds},
+                                        {"matmul_seconds", p.matmul_seconds}});
+    }
   }
   j["collective_ranks"] = c.collective_ranks;
   nlohmann::json coll = nlohmann::json::object();
@@ -212,6 +288,7 @@ std::string calibration_to_json(const Calibration& c) {
   j["collectives"] = coll;
   j["link_fit"] = {{"latency_us", c.fitted_link.latency_us},
                    {"bandwidth_gbs", c.fitted_link.bandwidth_gbs}};
+  zero_non_finite(j);
   return j.dump(2) + "\n";
 }
 
@@ -230,11 +307,37 @@ Calibration calibration_from_json(const std::string& text, const std::string& so
     c.read_bandwidth_gbs = j.value("read_bandwidth_gbs", 0.0);
     c.node_read_bandwidth_gbs = j.value("node_read_bandwidth_gbs", 0.0);
     c.layer_overhead_us = j.value("layer_overhead_us", 0.0);
+    c.token_overhead_us = j.value("token_overhead_us", 0.0);
+    c.step_overhead_us = j.value("step_overhead_us", 0.0);
+    c.sequence_overhead_us = j.value("sequence_overhead_us", 0.0);
+    c.attention_gflops = j.value("attention_gflops", 0.0);
+    c.load_probe_gbs = j.value("load_probe_gbs", 0.0);
+    c.load_probe_now_gbs = j.value("load_probe_now_gbs", 0.0);
+    // (Each table held in a local: a range-for over items() of a temporary would dangle.)
+    const nlohmann::json shares = j.value("rank_core_share", nlohmann::json::object());
+    for (const auto& [ranks, share] : shares.items())
+      c.rank_core_share[std::stoi(ranks)] = share.get<double>();
+    const nlohmann::json syncs = j.value("sync_us_by_ranks", nlohmann::json::object());
+    for (const auto& [ranks, us] : syncs.items())
+      c.sync_us_by_ranks[std::stoi(ranks)] = us.get<double>();
+    const nlohmann::json curves = j.value("matmul_curve", nlohmann::json::object());
+    for (const auto& [dtype, curve] : curves.items()) {
+      for (const auto& p : curve)
+        c.matmul_curve[dtype].push_back(
+            {p.at("rows").get<double>(), p.at("seconds_per_weight_byte").get<double>()});
+      std::sort(c.matmul_curve[dtype].begin(), c.matmul_curve[dtype].end());
+    }
     c.aes_gcm_gbs = j.value("aes_gcm_gbs", 0.0);
     c.sync_us = j.value("sync_us", 0.0);
     if (j.contains("engine")) {
       c.engine_model = j["engine"].value("model", "");
       c.engine_decode_step_s = j["engine"].value("decode_step_s", 0.0);
+      const nlohmann::json forward = j["engine"].value("forward", nlohmann::json::array());
+      for (const auto& p : forward) {
+        c.engine_points.push_back({p.at("tokens").get<int>(), p.at("sequences").get<int>(),
+                                   p.at("context").get<int>(), p.at("seconds").get<double>(),
+                                   p.at("matmul_seconds").get<double>()});
+      }
     }
     c.collective_ranks = j.value("collective_ranks", 0);
     const nlohmann::json collectives = j.value("collectives", nlohmann::json::object());
@@ -294,11 +397,29 @@ void apply_calibration(ClusterSpec& cluster, const Calibration& c, const std::st
   if (c.node_read_bandwidth_gbs > 0) cluster.node_bandwidth_gbs = c.node_read_bandwidth_gbs;
   cluster.compute_efficiency = 1;
   cluster.bandwidth_efficiency = 1;
+  // Figures of the full calibration, scaled to the load the latest probe saw.
+  const double load = c.load_scale();
+  for (auto& [dtype, tflops] : cluster.peak_tflops) tflops *= load;
+  for (auto& [dtype, gbs] : cluster.weight_stream_gbs) gbs *= load;
   if (!c.engine_model.empty()) {
-    // The engine's own residual covers every cost besides the matmuls, per step included.
+    // The engine's own residuals: every cost besides the matmuls, per layer, token and step.
     cluster.layer_overhead_us = c.layer_overhead_us;
-    cluster.step_overhead_us = 0;
+    cluster.token_overhead_us = c.token_overhead_us;
+    cluster.step_overhead_us = c.step_overhead_us;
+    cluster.sequence_overhead_us = c.sequence_overhead_us;
+    if (c.attention_gflops > 0)
+      cluster.attention_tflops = c.attention_gflops / 1e3 / c.threads * load;
+    cluster.layer_overhead_us /= load;
+    cluster.token_overhead_us /= load;
+    cluster.step_overhead_us /= load;
+    cluster.sequence_overhead_us /= load;
   }
+  for (const auto& [ranks, share] : c.rank_core_share) cluster.rank_core_share[ranks] = share;
+  for (const auto& [dtype, curve] : c.matmul_curve) {
+    cluster.matmul_curve[dtype] = curve;
+    for (auto& point : cluster.matmul_curve[dtype]) point.second *= c.threads / load;
+  }
+  for (const auto& [ranks, us] : c.sync_us_by_ranks) cluster.sync_us_by_ranks[ranks] = us;
   if (c.fitted_link.bandwidth_gbs > 0) cluster.intra_node = c.fitted_link;
   if (c.aes_gcm_gbs > 0) cluster.aes_gcm_gbs = c.aes_gcm_gbs;
   if (c.collective_ranks > 1) cluster.sync_us = c.sync_us;

@@ -39,8 +39,24 @@ struct ClusterSpec {
   // Fractions of peak reached by real kernels (1 when the figures are measured).
   double compute_efficiency = 1;
   double bandwidth_efficiency = 1;
-  double layer_overhead_us = 0;  // fixed cost per layer and micro-batch (launches, syncs)
-  double step_overhead_us = 0;   // fixed cost per engine step (scheduling, sampling, broadcast)
+  double layer_overhead_us = 0;     // fixed cost per layer and micro-batch (launches, syncs)
+  double token_overhead_us = 0;     // per layer and token: norms, RoPE, SiLU, copies (not matmuls)
+  double step_overhead_us = 0;      // fixed cost per engine step (scheduling, the step broadcast)
+  double sequence_overhead_us = 0;  // per step and sequence: logits, sampling, bookkeeping
+  // Attention's own rate (paged attention is not a matmul); 0: the dtype's peak.
+  double attention_tflops = 0;
+  // How a step combines compute and memory traffic: max (GPUs overlap them: roofline) or sum
+  // (a CPU core streams weights and multiplies in turn; measured so by calibration).
+  bool additive_roofline = false;
+  // CPU: the share of a core each rank gets when this many ranks of a node compute at once
+  // (measured under mpirun by calibration: oversubscription and the node's other load);
+  // where absent, min(threads_per_rank, cores / ranks).
+  std::map<int, double> rank_core_share;
+  std::map<int, double> sync_us_by_ranks;  // sync_us measured with this many ranks on the node
+  // Measured matmul time per weight byte at a number of rows, per weight dtype (calibration at a
+  // model's own shapes): kernels change path with the rows (a dot-product kernel for few rows,
+  // a packed GEMM for many), so neither one rate nor one roofline fits every step size.
+  std::map<std::string, std::vector<std::pair<double, double>>> matmul_curve;
   // Waiting per collective or pipeline hop while peers compute (ranks drift apart; on CPU nodes
   // with more ranks than cores, peers are descheduled): measured by calibration.
   double sync_us = 0;
@@ -52,6 +68,12 @@ struct ClusterSpec {
   std::string calibration;  // the calibration file applied, if any
 
   int total_devices() const { return nodes * devices_per_node; }
+  // Cores (or fraction of one) a rank computes on when `ranks` ranks share a CPU node.
+  double core_share(int ranks) const;
+  double sync_seconds(int ranks) const;  // waiting per collective with `ranks` on the node
+  // Seconds one device takes to multiply `rows` rows by `bytes` of `dtype` weights, from the
+  // measured curve (interpolated, extrapolated linearly past its ends); -1 without a curve.
+  double curve_matmul_seconds(const std::string& dtype, double bytes, double rows) const;
   // Bytes/s one device streams weights of `dtype` at.
   double weight_bandwidth(const std::string& dtype) const;
   // Throws alem::Error naming the dtype when the cluster gives no figure for it.
@@ -73,7 +95,28 @@ struct Calibration {
   std::map<std::string, double> matmul_gbs;     // per dtype, weights streamed at one row
   double read_bandwidth_gbs = 0;                // streaming read, one rank
   double node_read_bandwidth_gbs = 0;           // streaming read, all cores
-  double layer_overhead_us = 0;                 // non-matmul work of one small layer
+  double layer_overhead_us = 0;                 // non-matmul work of one layer (fixed part)
+  double token_overhead_us = 0;                 // and per token of it
+  double step_overhead_us = 0;                  // per serving-engine step besides forward
+  double sequence_overhead_us = 0;              // and per sequence of the step
+  double attention_gflops = 0;                  // paged attention's rate
+  // The engine's forward on one rank at the model's own shapes (seconds), for the check.
+  struct EnginePoint {
+    int tokens = 0, sequences = 0, context = 0;
+    double seconds = 0, matmul_seconds = 0;
+  };
+  std::vector<EnginePoint> engine_points;
+  std::map<int, double> rank_core_share;  // ranks computing at once -> share of one core each
+  // The load probe (one rank's one-row matmul rate, GB/s) with the full calibration and at the
+  // latest update (--collectives-only): the ratio scales every compute figure to the load of
+  // the moment.
+  double load_probe_gbs = 0, load_probe_now_gbs = 0;
+  double load_scale() const {
+    return load_probe_gbs > 0 && load_probe_now_gbs > 0 ? load_probe_now_gbs / load_probe_gbs : 1;
+  }
+  // dtype -> (rows, seconds per weight byte) at the engine_model's shapes, one rank.
+  std::map<std::string, std::vector<std::pair<double, double>>> matmul_curve;
+  std::map<int, double> sync_us_by_ranks;
   struct CollectivePoint {
     double bytes = 0;
     double seconds = 0;

@@ -7,6 +7,8 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "engine/shard_plan.h"
+#include "model/model_config.h"
 
 namespace alem::plan {
 
@@ -27,27 +29,44 @@ void Workload::validate() const {
   ALEM_CHECK(ttft_target_s >= 0 && itl_target_s >= 0, "workload: targets cannot be negative");
 }
 
+namespace {
+
+// A config with the shape's sizes, so the engine's own shard rules can judge a layout.
+ModelConfig config_for_shape(const ModelShape& m) {
+  ModelConfig c;
+  c.architecture = m.is_moe() ? "qwen3moe" : "llama";
+  c.name = m.name;
+  c.vocab_size = m.vocab_size;
+  c.hidden_size = m.hidden_size;
+  c.num_layers = m.num_layers;
+  c.num_heads = m.num_heads;
+  c.num_kv_heads = m.num_kv_heads;
+  c.head_dim = m.head_dim;
+  c.intermediate_size = m.intermediate_size;
+  c.tie_word_embeddings = m.tie_word_embeddings;
+  if (m.is_moe()) {
+    c.num_experts = m.num_experts;
+    c.num_experts_per_tok = m.experts_per_token;
+    c.moe_intermediate_size = m.moe_intermediate_size;
+    // The shape keeps only the count of sparse layers: make the first ones dense.
+    c.decoder_sparse_step = 1;
+    for (int l = 0; l < m.dense_layers(); ++l) c.mlp_only_layers.push_back(l);
+  }
+  return c;
+}
+
+}  // namespace
+
 std::string sharding_problem(const ModelShape& m, const Layout& l) {
-  const std::string t = std::to_string(l.tp);
   if (l.tp < 1 || l.pp < 1 || l.ep < 1 || l.dp < 1) return "every size must be at least 1";
-  if (m.num_heads % l.tp != 0)
-    return "tp " + t + " does not divide the " + std::to_string(m.num_heads) + " attention heads";
-  if (l.tp <= m.num_kv_heads ? m.num_kv_heads % l.tp != 0 : l.tp % m.num_kv_heads != 0)
-    return "tp " + t + " neither divides nor is a multiple of the " +
-           std::to_string(m.num_kv_heads) + " kv heads";
-  const int ffn = m.is_moe() ? m.moe_intermediate_size : m.intermediate_size;
-  if (ffn % l.tp != 0) return "tp " + t + " does not divide the FFN width " + std::to_string(ffn);
-  if (m.vocab_size % l.tp != 0) return "tp " + t + " does not divide the vocabulary";
-  if (m.weight_dtype == "int8" &&
-      ((m.num_heads / l.tp * m.head_dim) % 32 != 0 || (ffn / l.tp) % 32 != 0))
-    return "tp " + t + " splits int8 weights inside a 32-column scale group";
   if (l.pp > m.num_layers) return "pp " + std::to_string(l.pp) + " exceeds the layers";
-  if (l.ep > 1) {
-    if (!m.is_moe()) return "ep > 1 needs a mixture-of-experts model";
-    if (m.num_experts % l.ep != 0)
-      return "ep " + std::to_string(l.ep) + " does not divide the " +
-             std::to_string(m.num_experts) + " experts";
-    if ((l.tp * l.dp) % l.ep != 0) return "ep must divide tp x dp (experts spread over them)";
+  // The engine's own rules (engine/shard_plan.h): tp splits heads, FFN and vocabulary; ep
+  // divides tp and the experts, each expert split over tp / ep ranks.
+  try {
+    (void)make_shard_plan(config_for_shape(m), l.tp, 0, l.pp, 0, m.weight_dtype == "int8", {},
+                          l.ep);
+  } catch (const Error& e) {
+    return e.message();
   }
   return "";
 }
@@ -63,9 +82,10 @@ struct Placement {
   double core_share = 1;  // CPU: cores (or fraction) one rank computes on
   double flops = 0;       // per rank, for the model's dtype
   double bandwidth = 0;   // bytes/s of weights, per rank
+  double attention_flops = 0;
+  double sync_s = 0;  // waiting per collective (ranks drift or are descheduled)
   bool tp_crosses_nodes = false;
   bool pp_crosses_nodes = false;
-  bool ep_crosses_nodes = false;
 };
 
 Placement place(const ModelShape& m, const ClusterSpec& c, const Layout& l) {
@@ -76,8 +96,7 @@ Placement place(const ModelShape& m, const ClusterSpec& c, const Layout& l) {
   const double peak = c.peak_flops(m.weight_dtype) * c.compute_efficiency;
   const double bw = c.weight_bandwidth(m.weight_dtype);
   if (c.kind == "cpu") {
-    p.core_share = std::min<double>(c.threads_per_rank,
-                                    static_cast<double>(c.devices_per_node) / p.ranks_per_node);
+    p.core_share = c.core_share(p.ranks_per_node);
     p.flops = peak * p.core_share;
     p.bandwidth = bw * p.core_share;
     if (c.node_bandwidth_gbs > 0)
@@ -86,9 +105,12 @@ Placement place(const ModelShape& m, const ClusterSpec& c, const Layout& l) {
     p.flops = peak;
     p.bandwidth = bw;
   }
+  p.attention_flops = c.attention_tflops > 0
+                          ? c.attention_tflops * 1e12 * (c.kind == "cpu" ? p.core_share : 1)
+                          : p.flops;
+  p.sync_s = c.sync_seconds(p.ranks_per_node);
   p.tp_crosses_nodes = l.tp > p.ranks_per_node;
   p.pp_crosses_nodes = l.tp * l.pp > p.ranks_per_node;
-  p.ep_crosses_nodes = l.ep > 1 && world > p.ranks_per_node;
   return p;
 }
 
@@ -103,38 +125,39 @@ LinkCost link_for(const ClusterSpec& c, bool crosses_nodes) {
 }
 
 // Adds a ring all-reduce of `bytes` over n ranks: 2(n-1) steps of bytes/n each.
-void all_reduce(StepTime& t, const LinkCost& lc, const ClusterSpec& c, int n, double bytes) {
+void all_reduce(StepTime& t, const LinkCost& lc, const ClusterSpec& c, const Placement& p, int n,
+                double bytes) {
   if (n <= 1) return;
   const double per_step = bytes / n;
-  t.communication += 2.0 * (n - 1) * lc.link.seconds(per_step) + c.sync_us * 1e-6;
+  t.communication += 2.0 * (n - 1) * lc.link.seconds(per_step) + p.sync_s;
   if (lc.encrypted) t.encryption += 2.0 * (n - 1) * 2.0 * per_step / (c.aes_gcm_gbs * 1e9);
 }
 
 // Adds one point-to-point message.
-void send(StepTime& t, const LinkCost& lc, const ClusterSpec& c, double bytes) {
-  t.communication += lc.link.seconds(bytes) + c.sync_us * 1e-6;
+void send(StepTime& t, const LinkCost& lc, const ClusterSpec& c, const Placement& p, double bytes) {
+  t.communication += lc.link.seconds(bytes) + p.sync_s;
   if (lc.encrypted) t.encryption += 2.0 * bytes / (c.aes_gcm_gbs * 1e9);
 }
 
-// Expected number of distinct experts `tokens` tokens touch when each picks k of E uniformly.
-double experts_touched(const ModelShape& m, double tokens) {
-  if (!m.is_moe()) return 1;
+// Expected number of distinct experts of `local` (of E) that `tokens` tokens touch when each
+// picks k of E uniformly.
+double experts_touched(const ModelShape& m, double tokens, double local) {
   const double miss = std::pow(1.0 - double(m.experts_per_token) / m.num_experts, tokens);
-  return m.num_experts * (1.0 - miss);
+  return local * (1.0 - miss);
 }
 
 int stage_layers(const ModelShape& m, const Layout& l) {
   return (m.num_layers + l.pp - 1) / l.pp;
 }
 
-// Weight bytes one rank of the busiest stage holds (MoE: all of its experts).
+// Weight bytes one rank of the busiest stage holds. The engine's expert parallelism (ep divides
+// tp) gives each rank E / ep experts, each split over tp / ep ranks: E / tp experts' worth of
+// weights, whatever ep is. Routers are replicated.
 double weight_bytes_per_rank(const ModelShape& m, const Layout& l) {
   const double b = m.weight_bytes_per_param;
-  const int layers = stage_layers(m, l);
-  double expert_share = m.is_moe() && l.ep > 1 ? double(l.tp) * l.dp : double(l.tp);
-  double per_layer = m.attention_params_per_layer() / double(l.tp) +
-                     (m.ffn_params_per_layer() - m.router_params_per_layer()) / expert_share +
-                     m.router_params_per_layer();
+  const double stage_share = double(stage_layers(m, l)) / m.num_layers;
+  const double layers = (m.dense_split_params_total() + m.expert_params_total()) / double(l.tp) +
+                        m.router_params_total();
   double tables = 0;
   if (l.pp == 1) {
     tables = (m.embedding_params() + m.lm_head_params()) / double(l.tp);
@@ -143,7 +166,7 @@ double weight_bytes_per_rank(const ModelShape& m, const Layout& l) {
                       m.tie_word_embeddings ? m.embedding_params() : m.lm_head_params()) /
              double(l.tp);
   }
-  return (layers * per_layer + tables) * b;
+  return (layers * stage_share + tables) * b;
 }
 
 double kv_heads_per_rank(const ModelShape& m, const Layout& l) {
@@ -156,58 +179,78 @@ StepTime stage_time(const ModelShape& m, const ClusterSpec& c, const Layout& l, 
                     double tokens, double seqs, double context, bool last_stage) {
   StepTime t;
   const int layers = stage_layers(m, l);
-  const double act = m.activation_bytes;
-  // FLOPs: matmuls with the active parameters, attention, the LM head on the sampled rows.
-  const double dense_params =
-      m.attention_params_per_layer() / double(l.tp) +
-      (m.active_ffn_params_per_layer() - m.router_params_per_layer()) / double(l.tp) +
-      m.router_params_per_layer();
-  double flops = 2.0 * tokens * layers * dense_params;
-  flops += 4.0 * tokens * context * (double(m.num_heads) / l.tp) * m.head_dim * layers;
-  if (last_stage) flops += 2.0 * seqs * double(m.vocab_size) / l.tp * m.hidden_size;
-  // Bytes: the rank's weights (MoE: the experts this step touches), then the KV cache read.
-  double expert_bytes = 0;
-  if (m.is_moe()) {
-    const double touched = experts_touched(m, tokens * (l.ep > 1 ? l.dp : 1));
-    const double share = l.ep > 1 ? double(l.tp) * l.dp : double(l.tp);
-    expert_bytes = touched * m.ffn_params_per_expert() / share * m.weight_bytes_per_param;
-  } else {
-    expert_bytes = m.ffn_params_per_expert() / double(l.tp) * m.weight_bytes_per_param;
-  }
-  double bytes =
-      layers * (m.attention_params_per_layer() / double(l.tp) * m.weight_bytes_per_param +
-                expert_bytes + m.router_params_per_layer() * m.weight_bytes_per_param);
-  if (last_stage) bytes += double(m.vocab_size) / l.tp * m.hidden_size * m.weight_bytes_per_param;
-  bytes +=
-      seqs * context * layers * 2.0 * kv_heads_per_rank(m, l) * m.head_dim * m.kv_bytes_per_value;
-  t.compute = flops / p.flops;
-  t.memory = bytes / p.bandwidth;
-  // TP: two all-reduces per layer (the embedding's is added by the caller on stage 0).
-  const LinkCost tp_link = link_for(c, p.tp_crosses_nodes);
-  const double act_bytes = tokens * m.hidden_size * act;
-  StepTime one_layer;
+  const double stage_share = double(layers) / m.num_layers;
+  const double wb = m.weight_bytes_per_param;
+  // FLOPs: matmuls with the active parameters (tp splits attention, dense FFNs and experts
+  // alike: ep only regroups the experts over the tp ranks), the routers on every rank. With
+  // ep > 1 the tp group waits for its busiest slice: the tokens' T x k expert choices fall on
+  // the ep slices at random, and the largest share exceeds the mean by about
+  // sqrt(2 ln ep) standard deviations (binomial).
+  const double spread = l.ep > 1 ? std::sqrt(2.0 * std::log(double(l.ep))) : 0.0;
+  double expert_imbalance = 1;
   if (m.is_moe() && l.ep > 1) {
-    all_reduce(one_layer, tp_link, c, l.tp, act_bytes);  // attention output
-    // Routed tokens to the experts' ranks and back (all-to-all), then the all-reduce inside
-    // each expert's own tensor-parallel group.
-    const int expert_tp = l.tp * l.dp / l.ep;
-    const LinkCost ep_link = link_for(c, p.ep_crosses_nodes);
-    const double routed = act_bytes / l.tp * m.experts_per_token * (l.ep - 1.0) / l.ep;
-    for (int way = 0; way < 2; ++way) {
-      one_layer.communication +=
-          (l.ep - 1) * ep_link.link.latency_us * 1e-6 + routed / (ep_link.link.bandwidth_gbs * 1e9);
-      if (ep_link.encrypted) one_layer.encryption += 2.0 * routed / (c.aes_gcm_gbs * 1e9);
-    }
-    all_reduce(one_layer, link_for(c, expert_tp > p.ranks_per_node), c, expert_tp,
-               act_bytes * m.experts_per_token / l.tp);
-  } else {
-    all_reduce(one_layer, tp_link, c, l.tp, act_bytes);  // attention output
-    all_reduce(one_layer, tp_link, c, l.tp, act_bytes);  // FFN output
+    const double choices = tokens * m.experts_per_token;
+    expert_imbalance = std::min<double>(
+        l.ep, 1 + spread * std::sqrt((1 - 1.0 / l.ep) * l.ep / std::max(choices, 1.0)));
   }
+  const double active =
+      (m.dense_split_params_total() + m.active_expert_params_total() * expert_imbalance) / l.tp +
+      double(m.router_params_total());
+  double flops = 2.0 * tokens * active * stage_share;
+  if (last_stage) flops += 2.0 * seqs * double(m.vocab_size) / l.tp * m.hidden_size;
+  const double attention_flops =
+      4.0 * tokens * context * (double(m.num_heads) / l.tp) * m.head_dim * layers;
+  // Bytes: the rank's weights (MoE: the experts this step's tokens touch among the E / ep it
+  // holds, each 1 / (tp / ep) of an expert), then the KV cache read.
+  const double dense_bytes =
+      (m.dense_split_params_total() / double(l.tp) + m.router_params_total()) * wb * stage_share;
+  double expert_bytes = 0, rows_per_expert = tokens;
+  if (m.is_moe()) {
+    const double local = double(m.num_experts) / l.ep;
+    const double slice = m.expert_params() * double(l.ep) / l.tp;
+    const double q = experts_touched(m, tokens, 1.0);  // chance one expert is touched
+    const double touched =
+        std::min(local, local * q + spread * std::sqrt(local * q * (1 - q)));  // busiest slice
+    expert_bytes = m.num_moe_layers * touched * slice * wb * stage_share;
+    rows_per_expert =
+        std::max(1.0, tokens * m.experts_per_token / experts_touched(m, tokens, m.num_experts));
+  }
+  const double head_bytes = last_stage ? double(m.vocab_size) / l.tp * m.hidden_size * wb : 0;
+  const double kv_bytes =
+      seqs * context * layers * 2.0 * kv_heads_per_rank(m, l) * m.head_dim * m.kv_bytes_per_value;
+  const double cpu_share = c.kind == "cpu" ? p.core_share : 1.0;
+  const double attention_s = attention_flops / p.attention_flops;
+  const double curve_one = c.curve_matmul_seconds(m.weight_dtype, 1.0, 1.0);
+  if (curve_one > 0) {
+    // The measured matmul curve: time per weight byte at this many rows (the streaming part is
+    // the one-row time), on the rank's share of a core.
+    const double weights = dense_bytes + expert_bytes + head_bytes;
+    const double matmul = (c.curve_matmul_seconds(m.weight_dtype, dense_bytes, tokens) +
+                           c.curve_matmul_seconds(m.weight_dtype, expert_bytes, rows_per_expert) +
+                           c.curve_matmul_seconds(m.weight_dtype, head_bytes, seqs)) /
+                          cpu_share;
+    const double streaming = weights * curve_one / cpu_share;
+    t.memory = streaming + kv_bytes / p.bandwidth;
+    t.compute = std::max(0.0, matmul - streaming) + attention_s;
+  } else {
+    t.compute = flops / p.flops + attention_s;
+    t.memory = (dense_bytes + expert_bytes + head_bytes + kv_bytes) / p.bandwidth;
+  }
+  // TP: two all-reduces per layer, after attention and after the FFN (for MoE layers that one
+  // is the experts' combine: every rank of the tp group routes every token, so no all-to-all;
+  // the embedding's is added by the caller on stage 0).
+  const LinkCost tp_link = link_for(c, p.tp_crosses_nodes);
+  const double act_bytes = tokens * m.hidden_size * m.activation_bytes;
+  StepTime one_layer;
+  all_reduce(one_layer, tp_link, c, p, l.tp, act_bytes);
+  all_reduce(one_layer, tp_link, c, p, l.tp, act_bytes);
   t.communication = layers * one_layer.communication;
   t.encryption = layers * one_layer.encryption;
-  t.overhead = layers * c.layer_overhead_us * 1e-6;
-  t.total = std::max(t.compute, t.memory) + t.communication + t.encryption + t.overhead;
+  // Fixed and per-token work besides the matmuls, on the rank's share of a core.
+  t.overhead = layers * (c.layer_overhead_us + tokens * c.token_overhead_us) * 1e-6 / cpu_share;
+  const double roofline =
+      c.additive_roofline || curve_one > 0 ? t.compute + t.memory : std::max(t.compute, t.memory);
+  t.total = roofline + t.communication + t.encryption + t.overhead;
   return t;
 }
 
@@ -230,7 +273,7 @@ StepTime step_time(const ModelShape& m, const ClusterSpec& c, const Layout& l, c
   StepTime stage = stage_time(m, c, l, p, mt, ms, context, /*last_stage=*/true);
   StepTime hop;
   if (l.pp > 1)
-    send(hop, link_for(c, p.pp_crosses_nodes), c, mt * m.hidden_size * m.activation_bytes);
+    send(hop, link_for(c, p.pp_crosses_nodes), c, p, mt * m.hidden_size * m.activation_bytes);
   hop.total = hop.communication + hop.encryption;
   StepTime t;
   add(t, stage, micro + l.pp - 1);
@@ -239,8 +282,8 @@ StepTime step_time(const ModelShape& m, const ClusterSpec& c, const Layout& l, c
   // the step plan broadcast to the replica's ranks: latency-bound small messages.
   StepTime small;
   const LinkCost tp_link = link_for(c, p.tp_crosses_nodes);
-  all_reduce(small, tp_link, c, l.tp, tokens * m.hidden_size * m.activation_bytes);
-  const double sync = c.sync_us * 1e-6;
+  all_reduce(small, tp_link, c, p, l.tp, tokens * m.hidden_size * m.activation_bytes);
+  const double sync = p.sync_s;
   if (l.tp > 1) small.communication += (l.tp - 1) * tp_link.link.seconds(seqs * 64) + sync;
   const int replica_ranks = l.tp * l.pp;
   if (replica_ranks > 1) {
@@ -250,7 +293,8 @@ StepTime step_time(const ModelShape& m, const ClusterSpec& c, const Layout& l, c
     if (l.pp > 1)
       small.communication += std::ceil(std::log2(l.pp)) * wide.link.seconds(seqs * 4) + sync;
   }
-  small.overhead = c.step_overhead_us * 1e-6;
+  const double cpu_share = c.kind == "cpu" ? p.core_share : 1.0;
+  small.overhead = (c.step_overhead_us + seqs * c.sequence_overhead_us) * 1e-6 / cpu_share;
   small.total = small.communication + small.encryption + small.overhead;
   add(t, small, 1);
   return t;
@@ -289,7 +333,10 @@ Prediction predict(const ModelShape& m, const ClusterSpec& c, const Workload& w,
     const double rows = std::min<double>(w.max_batch_tokens, double(batch) * w.prompt_tokens);
     const double width =
         m.hidden_size * 3.0 + (double(m.num_heads) + 2.0 * m.num_kv_heads) * m.head_dim / l.tp +
-        3.0 * (m.is_moe() ? m.moe_intermediate_size * m.experts_per_token : m.intermediate_size) /
+        3.0 *
+            std::max<double>(
+                m.is_moe() ? double(m.moe_intermediate_size) * m.experts_per_token : 0.0,
+                m.dense_layers() > 0 ? m.intermediate_size : 0) /
             l.tp;
     mu.activations = rows * width * m.activation_bytes + double(batch) * m.vocab_size / l.tp * 4.0;
     mu.reserved = c.reserved_gib * kGiB;
@@ -393,9 +440,10 @@ std::vector<Prediction> plan_layouts(const ModelShape& m, const ClusterSpec& c, 
   for (int tp = 1; tp <= max_ranks; ++tp) {
     for (int pp = 1; tp * pp <= max_ranks && pp <= m.num_layers; ++pp) {
       for (int dp = 1; tp * pp * dp <= max_ranks; ++dp) {
-        for (int ep = 1; ep <= (m.is_moe() ? tp * dp : 1); ++ep) {
+        for (int ep = 1; ep <= (m.is_moe() ? tp : 1); ++ep) {
           Layout l{tp, pp, ep, dp};
-          if (ep > 1 && ((tp * dp) % ep != 0 || m.num_experts % ep != 0)) continue;
+          // The engine's expert parallelism divides the tp group (and the experts).
+          if (ep > 1 && (tp % ep != 0 || m.num_experts % ep != 0)) continue;
           // tp sizes the engine refuses are not layouts at all; list only sizes that divide.
           if (m.num_heads % tp != 0) continue;
           out.push_back(predict(m, c, w, l));

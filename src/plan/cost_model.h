@@ -3,16 +3,22 @@
 // traffic, communication and encryption; from those the workload's TTFT, ITL and tokens/s.
 //
 // The model follows what alem's engine does (docs/planner.md has the derivation):
-//   - a step's matmuls take max(FLOPs / peak, bytes / bandwidth) per rank (roofline), where
-//     bytes are the rank's weight shard (MoE: the experts the step's tokens touch) plus the KV
-//     cache it reads; attention FLOPs grow with the context;
+//   - a step's matmuls take max(FLOPs / peak, bytes / bandwidth) per rank (roofline; on CPUs,
+//     where one core streams and multiplies in turn, their sum), where bytes are the rank's
+//     weight shard (MoE: the experts the step's tokens touch) plus the KV cache it reads;
+//     attention FLOPs grow with the context; fixed costs per layer, per token, per step and
+//     per sequence besides (measured by calibration on the engine itself);
 //   - Megatron TP: two all-reduces of the step's activations per layer (ring: 2(t-1) messages
-//     of size/t), one more after the embedding; MoE with ep > 1 adds an all-to-all each way;
+//     of size/t), one more after the embedding; MoE as the engine runs it: ep divides tp, each
+//     of the ep slices of the tp group holds E / ep experts split over its tp / ep ranks, every
+//     rank routes every token, and the FFN all-reduce is the experts' combine (no all-to-all);
 //   - PP: the step is cut into min(pp, sequences) micro-batches that flow down the stages, so a
 //     step lasts (micro-batches + pp - 1) stage times, and each hop sends the activations;
 //   - encryption adds seal + open time for every byte that crosses an encrypted link.
 // Ranks are placed as the launcher places them: tp fastest, then pp, then dp, nodes filled in
-// order. On CPU nodes ranks share the node's cores and memory bandwidth.
+// order. On CPU nodes ranks share the node's cores and memory bandwidth: each rank gets the
+// share of a core that calibration measured with that many ranks computing at once (so more
+// ranks than cores, and the node's other load, slow every rank), and waits per collective.
 #pragma once
 
 #include <string>
@@ -84,7 +90,7 @@ Prediction predict(const ModelShape& model, const ClusterSpec& cluster, const Wo
 std::vector<Prediction> plan_layouts(const ModelShape& model, const ClusterSpec& cluster,
                                      const Workload& workload, int max_ranks = 0);
 
-// Why the engine's sharding rules refuse tp (and ep) for this model, or "" when they allow it.
+// Why the engine's sharding rules (make_shard_plan) refuse the layout, or "" when they allow it.
 std::string sharding_problem(const ModelShape& model, const Layout& layout);
 
 }  // namespace alem::plan

@@ -15,17 +15,29 @@ int64_t ModelShape::attention_params_per_layer() const {
                 kv = int64_t{num_kv_heads} * head_dim;
   return h * q + 2 * h * kv + q * h;
 }
-int64_t ModelShape::ffn_params_per_expert() const {
-  return 3 * int64_t{hidden_size} * (is_moe() ? moe_intermediate_size : intermediate_size);
+int64_t ModelShape::dense_ffn_params() const {
+  return 3 * int64_t{hidden_size} * intermediate_size;
 }
-int64_t ModelShape::router_params_per_layer() const {
+int64_t ModelShape::expert_params() const {
+  return is_moe() ? 3 * int64_t{hidden_size} * moe_intermediate_size : 0;
+}
+int64_t ModelShape::router_params() const {
   return is_moe() ? int64_t{hidden_size} * num_experts : 0;
 }
-int64_t ModelShape::ffn_params_per_layer() const {
-  return (is_moe() ? num_experts : 1) * ffn_params_per_expert() + router_params_per_layer();
+int64_t ModelShape::expert_params_total() const {
+  return is_moe() ? int64_t{num_moe_layers} * num_experts * expert_params() : 0;
 }
-int64_t ModelShape::active_ffn_params_per_layer() const {
-  return (is_moe() ? experts_per_token : 1) * ffn_params_per_expert() + router_params_per_layer();
+int64_t ModelShape::active_expert_params_total() const {
+  return is_moe() ? int64_t{num_moe_layers} * experts_per_token * expert_params() : 0;
+}
+int64_t ModelShape::router_params_total() const {
+  return is_moe() ? int64_t{num_moe_layers} * router_params() : 0;
+}
+int64_t ModelShape::dense_ffn_params_total() const {
+  return int64_t{dense_layers()} * dense_ffn_params();
+}
+int64_t ModelShape::dense_split_params_total() const {
+  return int64_t{num_layers} * attention_params_per_layer() + dense_ffn_params_total();
 }
 int64_t ModelShape::embedding_params() const {
   return int64_t{vocab_size} * hidden_size;
@@ -34,15 +46,14 @@ int64_t ModelShape::lm_head_params() const {
   return tie_word_embeddings ? 0 : int64_t{vocab_size} * hidden_size;
 }
 int64_t ModelShape::total_params() const {
-  // RMSNorm weights: two per layer and the final one (tiny, but the stores count them).
-  return num_layers * (attention_params_per_layer() + ffn_params_per_layer() + 2 * hidden_size) +
-         hidden_size + embedding_params() + lm_head_params();
+  // The final RMSNorm besides the layers' small parameters (the stores count them).
+  return dense_split_params_total() + expert_params_total() + router_params_total() +
+         int64_t{num_layers} * small_params_per_layer + hidden_size + embedding_params() +
+         lm_head_params();
 }
 int64_t ModelShape::active_params() const {
   // As model cards count "activated" parameters: everything but the experts a token skips.
-  if (!is_moe()) return total_params();
-  return total_params() -
-         int64_t{num_layers} * (num_experts - experts_per_token) * ffn_params_per_expert();
+  return total_params() - expert_params_total() + active_expert_params_total();
 }
 double ModelShape::kv_bytes_per_token() const {
   return 2.0 * num_layers * num_kv_heads * head_dim * kv_bytes_per_value;
@@ -62,14 +73,15 @@ void ModelShape::validate() const {
   ALEM_CHECK(num_heads % num_kv_heads == 0,
              "model shape '" + name + "': num_heads " + std::to_string(num_heads) +
                  " is not a multiple of num_kv_heads " + std::to_string(num_kv_heads));
-  if (is_moe()) {
+  ALEM_CHECK(num_moe_layers >= 0 && num_moe_layers <= num_layers,
+             "model shape '" + name + "': num_moe_layers must be 0.." + std::to_string(num_layers));
+  if (num_experts > 0) {
     positive(moe_intermediate_size, "moe_intermediate_size");
     ALEM_CHECK(experts_per_token >= 1 && experts_per_token <= num_experts,
                "model shape '" + name + "': experts_per_token must be 1.." +
                    std::to_string(num_experts) + ", got " + std::to_string(experts_per_token));
-  } else {
-    positive(intermediate_size, "intermediate_size");
   }
+  if (dense_layers() > 0) positive(intermediate_size, "intermediate_size");
   ALEM_CHECK(weight_bytes_per_param > 0 && kv_bytes_per_value > 0,
              "model shape '" + name + "': bytes per weight and per KV value must be positive");
 }
@@ -95,6 +107,13 @@ ModelShape dense(const char* name, int layers, int hidden, int heads, int kv, in
   s.intermediate_size = inter;
   s.vocab_size = vocab;
   s.tie_word_embeddings = tied;
+  s.small_params_per_layer = 2 * int64_t{hidden};  // the two RMSNorm weights
+  return s;
+}
+
+// Qwen3 (dense and MoE) adds a per-head RMSNorm on q and k.
+ModelShape qwen3(ModelShape s) {
+  s.small_params_per_layer += 2 * int64_t{s.head_dim};
   return s;
 }
 
@@ -104,14 +123,15 @@ ModelShape moe(const char* name, int layers, int hidden, int heads, int kv, int 
   s.num_experts = experts;
   s.experts_per_token = top_k;
   s.moe_intermediate_size = expert_inter;
-  return s;
+  s.num_moe_layers = layers;  // decoder_sparse_step 1, no mlp_only_layers
+  return qwen3(s);
 }
 
 const std::map<std::string, ModelShape>& named_shapes() {
   static const std::map<std::string, ModelShape> shapes = {
       {"smollm2-135m", dense("smollm2-135m", 30, 576, 9, 3, 64, 1536, 49152, true)},
-      {"qwen3-8b", dense("qwen3-8b", 36, 4096, 32, 8, 128, 12288, 151936, false)},
-      {"qwen3-32b", dense("qwen3-32b", 64, 5120, 64, 8, 128, 25600, 151936, false)},
+      {"qwen3-8b", qwen3(dense("qwen3-8b", 36, 4096, 32, 8, 128, 12288, 151936, false))},
+      {"qwen3-32b", qwen3(dense("qwen3-32b", 64, 5120, 64, 8, 128, 25600, 151936, false))},
       {"llama-3.1-70b", dense("llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256, false)},
       {"qwen3-30b-a3b", moe("qwen3-30b-a3b", 48, 2048, 32, 4, 128, 128, 8, 768, 151936)},
       {"qwen3-235b-a22b", moe("qwen3-235b-a22b", 94, 4096, 64, 4, 128, 128, 8, 1536, 151936)},
@@ -141,6 +161,13 @@ ModelShape named_shape(const std::string& name) {
 ModelShape shape_from_config(const ModelConfig& c, const std::string& weight_dtype) {
   ModelShape s = dense(c.name.c_str(), c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads,
                        c.head_dim, c.intermediate_size, c.vocab_size, c.tie_word_embeddings);
+  s.num_experts = c.num_experts;
+  s.experts_per_token = c.num_experts_per_tok;
+  s.moe_intermediate_size = c.moe_intermediate_size;
+  s.num_moe_layers = c.num_experts > 0 ? c.num_moe_layers() : 0;
+  const int64_t q = int64_t{c.num_heads} * c.head_dim, kv = int64_t{c.num_kv_heads} * c.head_dim;
+  s.small_params_per_layer = 2 * int64_t{c.hidden_size} + (c.qk_norm ? 2 * c.head_dim : 0) +
+                             (c.attention_bias ? q + 2 * kv : 0);
   s.weight_dtype = weight_dtype;
   s.weight_bytes_per_param = weight_bytes_for_dtype(weight_dtype);
   return s;

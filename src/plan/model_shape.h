@@ -21,10 +21,14 @@ struct ModelShape {
   int num_heads = 0;
   int num_kv_heads = 0;
   int head_dim = 0;
-  int intermediate_size = 0;      // dense FFN width (0 for an all-MoE model)
+  int intermediate_size = 0;      // dense FFN width (of the dense layers of an MoE model too)
   int num_experts = 0;            // 0: dense
   int experts_per_token = 0;      // routed experts each token uses (top-k)
   int moe_intermediate_size = 0;  // FFN width of one expert
+  // Sparse (MoE) layers; the other num_layers - num_moe_layers run the dense FFN. A store's
+  // config decides them as the engine does (decoder_sparse_step, mlp_only_layers).
+  int num_moe_layers = 0;
+  int64_t small_params_per_layer = 0;  // RMSNorm weights, QK-norm, attention biases
   int vocab_size = 0;
   bool tie_word_embeddings = false;
   double weight_bytes_per_param = 2;  // bf16 2, f32 4, int8 1 + 4/32 for its scales
@@ -32,15 +36,21 @@ struct ModelShape {
   double activation_bytes = 4;        // activations (and what TP/PP collectives carry)
   std::string weight_dtype = "bf16";
 
-  bool is_moe() const { return num_experts > 0; }
+  bool is_moe() const { return num_experts > 0 && num_moe_layers > 0; }
+  int dense_layers() const { return num_layers - (is_moe() ? num_moe_layers : 0); }
   // Parameters of one layer's attention (q, k, v, o projections).
   int64_t attention_params_per_layer() const;
-  // One expert's FFN (gate, up, down) for MoE, the dense FFN otherwise.
-  int64_t ffn_params_per_expert() const;
-  int64_t router_params_per_layer() const;
-  // All FFN parameters of one layer (every expert) and those one token runs.
-  int64_t ffn_params_per_layer() const;
-  int64_t active_ffn_params_per_layer() const;
+  int64_t dense_ffn_params() const;  // one dense layer's FFN (gate, up, down)
+  int64_t expert_params() const;     // one expert's FFN (gate, up, down); 0 when dense
+  int64_t router_params() const;     // one sparse layer's router; 0 when dense
+  // Over all layers: the experts' parameters (every expert), those one token runs, and the
+  // routers; the dense FFNs of the dense layers.
+  int64_t expert_params_total() const;
+  int64_t active_expert_params_total() const;
+  int64_t router_params_total() const;
+  int64_t dense_ffn_params_total() const;
+  // Parameters every token runs that tp splits: attention and dense FFNs, over all layers.
+  int64_t dense_split_params_total() const;
   int64_t embedding_params() const;  // the input table
   int64_t lm_head_params() const;    // the output table (0 extra when tied: counted once)
   int64_t total_params() const;

@@ -76,9 +76,81 @@ TEST(PlanSharding, AgreesWithTheEngine) {
   const ModelShape s = shape_from_config(c, "bf16");
   EXPECT_NE(sharding_problem(s, {1, 31, 1, 1}), "");  // more stages than layers
   EXPECT_NE(sharding_problem(s, {1, 1, 2, 2}), "");   // ep on a dense model
+  // Expert parallelism as the engine runs it: ep divides tp (and the experts).
   const ModelShape moe = named_shape("qwen3-30b-a3b");
-  EXPECT_EQ(sharding_problem(moe, {2, 1, 4, 2}), "");
-  EXPECT_NE(sharding_problem(moe, {2, 1, 3, 3}), "");  // 3 does not divide 128 experts
+  EXPECT_EQ(sharding_problem(moe, {4, 1, 2, 1}), "");
+  EXPECT_EQ(sharding_problem(moe, {4, 1, 4, 2}), "");
+  EXPECT_NE(sharding_problem(moe, {2, 1, 4, 2}), "");  // ep 4 does not divide tp 2
+  EXPECT_NE(sharding_problem(moe, {3, 1, 3, 1}), "");  // 3 does not divide 32 heads
+}
+
+ClusterSpec simple_gpu_cluster();
+
+// A Qwen3-MoE config with dense layers among the sparse ones (decoder_sparse_step 2 and an
+// mlp_only layer): the planner's shape counts what the engine's config counts.
+ModelConfig mixed_moe_config() {
+  ModelConfig c;
+  c.architecture = "qwen3moe";
+  c.name = "mixed";
+  c.vocab_size = 1024;
+  c.hidden_size = 256;
+  c.num_layers = 8;
+  c.num_heads = 8;
+  c.num_kv_heads = 4;
+  c.head_dim = 32;
+  c.intermediate_size = 768;
+  c.qk_norm = true;
+  c.num_experts = 16;
+  c.num_experts_per_tok = 4;
+  c.moe_intermediate_size = 128;
+  c.decoder_sparse_step = 2;
+  c.mlp_only_layers = {3};
+  c.max_position_embeddings = 512;
+  return c;
+}
+
+TEST(PlanModelShape, MoeFieldsOfAStoreConfig) {
+  const ModelConfig c = mixed_moe_config();
+  const ModelShape s = shape_from_config(c, "bf16");
+  EXPECT_EQ(s.num_moe_layers, c.num_moe_layers());  // layers 1, 5, 7 (3 is mlp_only)
+  EXPECT_EQ(s.num_moe_layers, 3);
+  EXPECT_EQ(s.total_params(), c.parameter_count());
+  EXPECT_EQ(s.active_params(), c.active_parameter_count());
+  EXPECT_LT(s.active_params(), s.total_params());
+  // Every tp and ep the engine accepts for this config, and only those.
+  for (int tp = 1; tp <= 8; ++tp) {
+    for (int ep = 1; ep <= 8; ++ep) {
+      bool engine_ok = true;
+      try {
+        make_shard_plan(c, tp, 0, 1, 0, false, {}, ep);
+      } catch (const Error&) {
+        engine_ok = false;
+      }
+      EXPECT_EQ(sharding_problem(s, {tp, 1, ep, 1}).empty(), engine_ok) << tp << " " << ep;
+    }
+  }
+}
+
+// The engine's ep regroups a tp group's experts: every rank still holds E / tp experts' worth
+// of weights and runs the same two all-reduces per layer (no all-to-all); the group waits for
+// its busiest slice, so a step reads a little more than the mean.
+TEST(PlanCostModel, ExpertParallelFollowsTheEngine) {
+  const ModelShape m = named_shape("qwen3-30b-a3b");
+  const ClusterSpec c = simple_gpu_cluster();
+  Workload w;
+  w.prompt_tokens = 256;
+  w.output_tokens = 64;
+  w.concurrency = 8;
+  const Prediction ep1 = predict(m, c, w, {4, 1, 1, 1});
+  const Prediction ep4 = predict(m, c, w, {4, 1, 4, 1});
+  ASSERT_TRUE(ep1.fits && ep4.fits) << ep1.why_not << ep4.why_not;
+  EXPECT_DOUBLE_EQ(ep1.memory.weights, ep4.memory.weights);
+  EXPECT_NEAR(ep1.decode.communication, ep4.decode.communication, 1e-12);
+  EXPECT_GT(ep4.decode.memory, ep1.decode.memory);
+  EXPECT_LT(ep4.decode.memory, 2 * ep1.decode.memory);
+  // 8 tokens x 8 choices of 128 experts touch well under all of them: a decode step reads
+  // less than the rank's weights.
+  EXPECT_LT(ep1.decode.memory * c.device_bandwidth_gbs * 1e9, ep1.memory.weights);
 }
 
 ClusterSpec simple_gpu_cluster() {
