@@ -90,7 +90,12 @@ double weight_bytes_for_dtype(const std::string& dtype) {
   if (dtype == "f32") return 4;
   if (dtype == "bf16" || dtype == "f16") return 2;
   if (dtype == "int8" || dtype == "i8") return 1 + 4.0 / 32;
-  ALEM_FAIL("unknown weight dtype '" + dtype + "' (expected f32, bf16, f16 or int8)");
+  // GGUF blocks kept as they are (Q4_0 18, Q4_1 20, Q8_0 34 bytes per 32 weights).
+  if (dtype == "q4_0") return 18.0 / 32;
+  if (dtype == "q4_1") return 20.0 / 32;
+  if (dtype == "q8_0") return 34.0 / 32;
+  ALEM_FAIL("unknown weight dtype '" + dtype +
+            "' (expected f32, bf16, f16, int8, q4_0, q4_1 or q8_0)");
 }
 
 namespace {
