@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# alem against llama.cpp on the SAME GGUF files, prefill and decode tokens/s, interleaved, medians
+# of N rounds, at 1 and 2 threads (issue 12's table). Everything it needs it makes itself, outside
+# the tracked tree (build-llama/ or $LLAMA_WORK):
+#   1. llama.cpp's llama-bench and llama-quantize, built from the llama-cpp-python source archive
+#      (as bench/llama_server_compare.sh does: PyPI, CPU only, -DGGML_NATIVE=ON);
+#   2. the GGUF files: Q4_0 and Q8_0 made from the shipped Q4_1 file by
+#      scripts/reference/make_block_golden.py --gguf-only (the `gguf` package's quantisers; the
+#      same files the golden tests check against transformers), BF16 by llama-quantize
+#      --allow-requantize;
+#   3. alem stores converted from those very files with `alem convert --dtype auto` (Q4_0/Q8_0
+#      kept as blocks, BF16 kept as bf16);
+#   4. rounds: for every type and thread count, `alem bench generate` and `llama-bench`
+#      (-p P -n D), the order alternating per round; medians, ratios, and alem's measured read
+#      bandwidth with the bytes each decoded token streams (the physical limit on decode).
+#
+#   bench/llama_bench_compare.sh          # ROUNDS=5 THREADS="1 2" TYPES="Q4_0 Q8_0 BF16"
+#
+# Environment: ALEM_BIN (default build/alem), ROUNDS, THREADS, TYPES, PROMPT (64), DECODE (32),
+# LLAMA_WORK, LLAMA_CPP_PYTHON_VERSION (0.3.36), LLAMA_BUILD_JOBS. Output: a Markdown table on
+# stdout and raw rows in $LLAMA_WORK/compare-raw.csv.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=${LLAMA_WORK:-$root/build-llama}
+version=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
+alem=${ALEM_BIN:-$root/build/alem}
+rounds=${ROUNDS:-5}
+thread_counts=${THREADS:-1 2}
+types=${TYPES:-Q4_0 Q8_0 BF16}
+prompt=${PROMPT:-64}
+decode=${DECODE:-32}
+jobs=${LLAMA_BUILD_JOBS:-$(nproc)}
+python=${REFERENCE_PYTHON:-$root/.venv-reference/bin/python}
+mkdir -p "$work"
+
+archive="$work/llama_cpp_python-$version.tar.gz"
+[ -f "$archive" ] ||
+  python3 -m pip download "llama-cpp-python==$version" --no-binary :all: --no-deps -d "$work"
+src="$work/llama_cpp_python-$version/vendor/llama.cpp"
+[ -d "$src" ] || tar -xzf "$archive" -C "$work"
+bin="$work/llama-build/bin"
+if [ ! -x "$bin/llama-bench" ] || [ ! -x "$bin/llama-quantize" ]; then
+  launcher=()
+  command -v ccache >/dev/null 2>&1 &&
+    launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  generator=()
+  command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
+  cmake -S "$src" -B "$work/llama-build" "${generator[@]}" "${launcher[@]}" \
+    -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DLLAMA_CURL=OFF \
+    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+  nice -n 10 cmake --build "$work/llama-build" --target llama-bench llama-quantize -j "$jobs"
+fi
+
+q41="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+[ -f "$q41" ] || { echo "missing $q41: run scripts/fetch-model.sh first" >&2; exit 1; }
+for type in $types; do
+  gguf="$root/models/SmolLM2-135M-Instruct.$type.gguf"
+  if [ ! -f "$gguf" ]; then
+    case $type in
+      Q4_0 | Q8_0) "$python" "$root/scripts/reference/make_block_golden.py" --gguf-only --types "$type" ;;
+      *) "$bin/llama-quantize" --allow-requantize "$q41" "$gguf" "$type" >"$work/quantize-$type.log" 2>&1 ;;
+    esac
+  fi
+  store="$work/smollm2-$type.h5"
+  [ -f "$store" ] && [ "$store" -nt "$gguf" ] ||
+    "$alem" convert "$gguf" "$store" --dtype auto --name SmolLM2-135M-Instruct >/dev/null
+done
+
+raw="$work/compare-raw.csv"
+echo "round,type,threads,engine,prefill_tok_s,decode_tok_s,read_gb_s,mb_per_token" >"$raw"
+run_alem() {  # type threads round
+  local out
+  out=$(OMP_NUM_THREADS=$2 "$alem" bench generate -m "$work/smollm2-$1.h5" --threads "$2" \
+    --prompt-tokens "$prompt" --decode-tokens "$decode" --repeats 1 --csv "$work/alem-row.csv")
+  local mb
+  mb=$(sed -n 's/.*, \([0-9.]*\) MB streamed per decode step.*/\1/p' <<<"$out")
+  tail -n 1 "$work/alem-row.csv" | awk -F, -v r="$3" -v t="$1" -v th="$2" -v mb="$mb" \
+    '{print r "," t "," th ",alem," $8 "," $9 "," $10 "," mb}' >>"$raw"
+}
+run_llama() {  # type threads round
+  OMP_NUM_THREADS=$2 "$bin/llama-bench" -m "$root/models/SmolLM2-135M-Instruct.$1.gguf" \
+    -p "$prompt" -n "$decode" -t "$2" -r 1 -o csv 2>/dev/null |
+    "$python" -c '
+import csv, sys
+rows = list(csv.DictReader(sys.stdin))
+pp = [float(r["avg_ts"]) for r in rows if int(r["n_prompt"]) > 0 and int(r["n_gen"]) == 0]
+tg = [float(r["avg_ts"]) for r in rows if int(r["n_gen"]) > 0 and int(r["n_prompt"]) == 0]
+print(f"{sys.argv[1]},{sys.argv[2]},{sys.argv[3]},llama.cpp,{pp[0]},{tg[0]},,")
+' "$3" "$1" "$2" >>"$raw"
+}
+for round in $(seq 1 "$rounds"); do
+  for type in $types; do
+    for threads in $thread_counts; do
+      echo "== round $round $type threads $threads" >&2
+      if [ $((round % 2)) -eq 1 ]; then
+        run_alem "$type" "$threads" "$round"
+        run_llama "$type" "$threads" "$round"
+      else
+        run_llama "$type" "$threads" "$round"
+        run_alem "$type" "$threads" "$round"
+      fi
+    done
+  done
+done
+
+"$python" - "$raw" <<'PY'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+print(f"| weights | threads | alem prefill | llama.cpp prefill | ratio | alem decode | llama.cpp decode "
+      f"| ratio | MB / token | read GB/s | decode limit tok/s | alem decode / limit |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+keys = sorted({(r["type"], int(r["threads"])) for r in rows}, key=lambda k: (k[0], k[1]))
+for t, th in keys:
+    a = [r for r in rows if r["type"] == t and int(r["threads"]) == th and r["engine"] == "alem"]
+    l = [r for r in rows if r["type"] == t and int(r["threads"]) == th and r["engine"] != "alem"]
+    ap, ad = med([float(r["prefill_tok_s"]) for r in a]), med([float(r["decode_tok_s"]) for r in a])
+    lp, ld = med([float(r["prefill_tok_s"]) for r in l]), med([float(r["decode_tok_s"]) for r in l])
+    mb = med([float(r["mb_per_token"]) for r in a if r["mb_per_token"]])
+    bw = med([float(r["read_gb_s"]) for r in a if r["read_gb_s"]])
+    limit = bw * 1e3 / mb if mb else float("nan")
+    print(f"| {t} | {th} | {ap:.0f} | {lp:.0f} | {ap / lp:.2f} | {ad:.1f} | {ld:.1f} | {ad / ld:.2f} "
+          f"| {mb:.1f} | {bw:.1f} | {limit:.0f} | {ad / limit:.2f} |")
+PY
