@@ -89,7 +89,8 @@ EOF
 }
 
 # --- build -------------------------------------------------------------------------------------
-targets=(alem test_backend_ops test_cuda_kernels test_engine_golden test_engine_qwen3 alem_random_model)
+targets=(alem test_backend_ops test_cuda_kernels test_backend_sampling test_engine_golden test_engine_qwen3
+  alem_random_model)
 build_alem() {
   local launcher=()
   command -v ccache >/dev/null 2>&1 && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
@@ -115,6 +116,36 @@ fi
 step conformance 240 gtest_no_skips "$out/conformance.json" "$build/tests/test_backend_ops" \
   --gtest_filter='*/cuda'
 step cuda_kernels 120 gtest_no_skips "$out/cuda_kernels.json" "$build/tests/test_cuda_kernels"
+# The engine's sampler with logits left on the GPU (candidates made there) against host rows.
+step backend_sampling 120 gtest_no_skips "$out/backend_sampling.json" \
+  "$build/tests/test_backend_sampling" --gtest_filter='*/cuda'
+
+# --- alem generate on the GPU against the CPU: weights adopted into device memory, logits left
+# on the device, greedy and sampled rows (top-k: device candidates; top-p: whole rows copied) ---
+generate_compare() {
+  local store="$out/tiny-qwen3.h5"
+  "$build/alem" convert "$root/tests/data/tiny-qwen3" "$store" --dtype bf16 >/dev/null || return 1
+  local mismatches=0 args name
+  for args in "--kv-cache-dtype f32" "--kv-cache-dtype bf16" \
+    "-t 0.8 --top-k 20 --seed 7" "-t 0.8 --top-p 0.9 --seed 7"; do
+    name=$(echo "$args" | tr ' .' '__')
+    # shellcheck disable=SC2086  # $args holds several options on purpose
+    for backend in cpu cuda; do
+      "$build/alem" generate -m "$store" -p "The GPU check" -n 48 --ignore-eos --quiet \
+        --backend "$backend" $args >"$out/generate$name.$backend.txt" || return 1
+    done
+    if cmp -s "$out/generate$name.cpu.txt" "$out/generate$name.cuda.txt"; then
+      echo "equal: $args"
+    else
+      echo "DIFFERENT: $args"
+      mismatches=$((mismatches + 1))
+    fi
+  done
+  rm -f "$store"
+  echo "$mismatches of 4 generations differ between cpu and cuda"
+  [ "$mismatches" -eq 0 ]
+}
+step generate_cuda_vs_cpu 180 generate_compare
 
 # --- the engine on the GPU against transformers (and so against the CPU run of the same test) ---
 export ALEM_TEST_DATA="$root/tests/data" ALEM_SOURCE_DIR="$root"

@@ -73,7 +73,7 @@ GenerationResult Generator::generate(const std::vector<int32_t>& prompt,
     seq.num_tokens = static_cast<int32_t>(end - begin);
     seq.sample = end == prompt.size();
     plan.sequences = {seq};
-    StepLogits logits = model_.forward(plan);
+    StepLogits logits = model_.forward(plan, LogitsOut::kBackend);
     if (seq.sample) next = sample_replicated(logits, params, counts, rng);
   }
   result.prefill_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -102,7 +102,7 @@ GenerationResult Generator::generate(const std::vector<int32_t>& prompt,
     seq.num_tokens = 1;
     seq.sample = true;
     plan.sequences = {seq};
-    StepLogits logits = model_.forward(plan);
+    StepLogits logits = model_.forward(plan, LogitsOut::kBackend);
     next = sample_replicated(logits, params, counts, rng);
     ++position;
   }

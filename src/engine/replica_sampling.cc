@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/aligned_buffer.h"
 #include "core/error.h"
 #include "engine/constrained/token_constraint.h"
 
@@ -26,6 +27,43 @@ uint64_t get_u64(const uint8_t* data, size_t size, size_t& pos) {
 int32_t choose_row(const CandidateSet& set, const RowSampler& row) {
   if (row.constraint) return row.constraint->choose(set, *row.params, *row.rng);
   return choose(set, *row.params, *row.rng);
+}
+
+// The k a row's candidates take when the backend makes them (0: the row needs its whole slice
+// on the host): greedy and top-k rows without penalties or a grammar.
+int backend_candidate_k(const StepLogits& logits, const RowSampler& row) {
+  if (!logits.on_backend() || row.constraint || logits.vocab_size <= 0) return 0;
+  const SamplingParams& p = *row.params;
+  if (p.has_penalties() && !row.counts->empty()) return 0;
+  if (p.greedy()) return 1;
+  if (!p.top_k_enabled() || p.top_k > kMaxBackendTopK) return 0;
+  return static_cast<int>(std::min<int64_t>(p.top_k, logits.vocab_size));
+}
+
+// The set local_candidates() would make from the row, from the backend's candidates.
+CandidateSet set_from_backend(const SamplingCandidates& c, size_t r, const StepLogits& logits,
+                              const SamplingParams& params) {
+  ALEM_CHECK(!c.invalid[r], "logits contain NaN or +inf (vocab slice of " +
+                                std::to_string(logits.vocab_size) + ")");
+  CandidateSet set;
+  set.max_logit = c.max_logit[r];
+  set.sum_exp = c.sum_exp[r];
+  set.vocab_covered = logits.vocab_size;
+  int count = 1;
+  if (params.greedy()) {
+    set.kind = CandidateKind::kArgmax;
+  } else {
+    set.kind = CandidateKind::kTopK;
+    set.top_k = params.top_k;
+    count = static_cast<int>(std::min<int64_t>(params.top_k, logits.vocab_size));
+  }
+  ALEM_CHECK(count <= c.k, "sampling: backend candidates too few for the row");
+  set.candidates.resize(static_cast<size_t>(count));
+  for (int j = 0; j < count; ++j) {
+    const size_t at = r * c.k + j;
+    set.candidates[j] = {c.values[at], static_cast<int32_t>(logits.vocab_begin + c.indices[at])};
+  }
+  return set;
 }
 
 }  // namespace
@@ -83,22 +121,49 @@ std::vector<int32_t> sample_rows_replicated(const StepLogits& logits,
   const size_t n = rows.size();
   std::vector<int32_t> tokens(n, -1);
   if (n == 0) return tokens;
+  // Whole rows on the host: the logits themselves, or rows copied from the backend on demand.
+  std::vector<std::vector<float>> copied;
+  auto host_row = [&](size_t i) -> const float* {
+    if (!logits.on_backend()) return logits.row(static_cast<int64_t>(i));
+    if (copied.empty()) copied.resize(n);
+    if (copied[i].empty()) {
+      copied[i].resize(static_cast<size_t>(logits.vocab_size));
+      logits.copy_row(static_cast<int64_t>(i), copied[i].data());
+    }
+    return copied[i].data();
+  };
   if (has_lm_head) {
     ALEM_CHECK(static_cast<size_t>(logits.rows()) == n,
                "sampling: the step has " + std::to_string(logits.rows()) + " logit rows for " +
                    std::to_string(n) + " sampled sequences");
     std::vector<CandidateSet> local(n);
+    // Greedy and top-k rows take their candidates from the backend, where the logits are; the
+    // others (and every row when the logits are on the host) are read whole on the host.
+    int k = 0;
+    for (size_t i = 0; i < n; ++i) {
+      ALEM_CHECK(rows[i].params && rows[i].counts && rows[i].rng,
+                 "sampling: row " + std::to_string(i) + " has no state");
+      k = std::max(k, backend_candidate_k(logits, rows[i]));
+    }
+    SamplingCandidates from_backend;
+    if (k > 0) {
+      logits.backend->sampling_candidates(logits.backend_values, logits.rows(), logits.vocab_size,
+                                          k, from_backend);
+    }
     std::vector<float> row;
     for (size_t i = 0; i < n; ++i) {
       const RowSampler& r = rows[i];
-      ALEM_CHECK(r.params && r.counts && r.rng,
-                 "sampling: row " + std::to_string(i) + " has no state");
-      row.assign(logits.row(i), logits.row(i) + logits.vocab_size);
+      if (backend_candidate_k(logits, r) > 0) {
+        local[i] = set_from_backend(from_backend, i, logits, *r.params);
+        continue;
+      }
+      row.assign(host_row(i), host_row(i) + logits.vocab_size);
       apply_penalties(row.data(), logits.vocab_begin, logits.vocab_size, *r.params, *r.counts);
       local[i] = local_candidates(
           row.data(), logits.vocab_begin, logits.vocab_size,
           r.constraint ? constrained::RowConstraint::candidate_params(*r.params) : *r.params);
     }
+    if (!row.empty()) secure_wipe(row.data(), row.size() * sizeof(float));
     if (ctx.tp->size() == 1) {
       for (size_t i = 0; i < n; ++i) tokens[i] = choose_row(local[i], rows[i]);
     } else {
@@ -124,7 +189,7 @@ std::vector<int32_t> sample_rows_replicated(const StepLogits& logits,
       for (size_t i = 0; i < n; ++i) {
         const int top_n = rows[i].params->logprobs;
         if (top_n < 0) continue;
-        serialize_logprob_part(mine, logprob_part(logits.row(i), logits.vocab_begin,
+        serialize_logprob_part(mine, logprob_part(host_row(i), logits.vocab_begin,
                                                   logits.vocab_size, top_n, tokens[i]));
       }
       std::vector<std::vector<uint8_t>> by_rank = all_gather_bytes(*ctx.tp, mine);
@@ -147,6 +212,7 @@ std::vector<int32_t> sample_rows_replicated(const StepLogits& logits,
       }
     }
   }
+  for (std::vector<float>& c : copied) secure_wipe(c.data(), c.size() * sizeof(float));
   // The last stage knows the tokens (and the logprobs' size); every other stage learns them
   // from the pipeline group. The extra slot is the logprob payload's size, 0 when none.
   std::vector<int32_t> message(tokens);

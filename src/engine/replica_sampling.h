@@ -32,6 +32,12 @@ struct RowSampler {
   constrained::RowConstraint* constraint = nullptr;
 };
 
+// Largest top_k whose rows take their candidates from the kernel backend when the logits are left
+// there (StepLogits::on_backend): greedy and top-k rows without penalties or a grammar then copy
+// k candidates per row to the host (KernelBackend::sampling_candidates) instead of the row; the
+// choice is the same as from the whole row. Other rows are copied whole.
+constexpr int kMaxBackendTopK = 128;
+
 // Returns the next token of each row, on every rank of the replica (all must call it, with the
 // same number of rows). `has_lm_head`: this rank is on the last pipeline stage; there `logits`
 // must hold rows.size() rows and `rows` must be filled in. Other ranks pass `rows` of the right

@@ -179,7 +179,7 @@ struct ServingEngine::Impl {
   // forward + sample on any rank, with the sampling state already in place.
   std::vector<int32_t> compute_step(const StepPlan& plan,
                                     std::vector<std::optional<TokenLogprobs>>* logprobs) {
-    StepLogits logits = model.forward(plan);
+    StepLogits logits = model.forward(plan, LogitsOut::kBackend);
     std::vector<RowSampler> rows;
     std::vector<SequenceSampling*> states;
     for (const StepSequence& seq : plan.sequences) {

@@ -90,6 +90,8 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
                                           int64_t{s.kv_head_begin} * hd,
                                           int64_t{s.num_kv_heads} * hd));
     layer->qkv = concat_rows(qkv_parts);
+    qkv_parts.clear();
+    adopt(layer->qkv);
     if (config_.attention_bias) {
       std::vector<float> bias;
       for (const char* b :
@@ -108,6 +110,7 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
     }
     layer->o_proj = store.read_matrix(name("self_attn.o_proj.weight"), 0, hidden,
                                       int64_t{s.head_begin} * hd, int64_t{s.num_heads} * hd);
+    adopt(layer->o_proj);
     if (config_.is_moe_layer(l)) {
       layer->moe = std::make_unique<MoeFfn>(store, config_, s, l);
     } else {
@@ -117,8 +120,11 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
       gate_up_parts.push_back(
           store.read_matrix(name("mlp.up_proj.weight"), s.ffn_begin, s.ffn_size));
       layer->gate_up = concat_rows(gate_up_parts);
+      gate_up_parts.clear();
+      adopt(layer->gate_up);
       layer->down =
           store.read_matrix(name("mlp.down_proj.weight"), 0, hidden, s.ffn_begin, s.ffn_size);
+      adopt(layer->down);
     }
     const size_t local = layers_.size();
     layer->k_cache = kv_cache_.data<uint8_t>() + (2 * local) * kv_bytes;
@@ -128,10 +134,14 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
   const bool tied = config_.tie_word_embeddings || !store.has_tensor("lm_head.weight");
   if (s.has_embedding() || (s.has_lm_head() && tied)) {
     embedding_ = store.read_matrix("model.embed_tokens.weight", s.vocab_begin, s.vocab_size);
+    adopt(embedding_);
   }
   if (s.has_lm_head()) {
     final_norm_ = to_backend(store.read_vector("model.norm.weight"));
-    if (!tied) lm_head_ = store.read_matrix("lm_head.weight", s.vocab_begin, s.vocab_size);
+    if (!tied) {
+      lm_head_ = store.read_matrix("lm_head.weight", s.vocab_begin, s.vocab_size);
+      adopt(lm_head_);
+    }
   }
   bytes_loaded_ = store.bytes_read() - bytes_before;
   load_seconds_ = seconds_since(t0);
@@ -243,7 +253,17 @@ std::vector<uint8_t> ShardedTransformer::kv_block(int local_layer, int32_t block
   return bytes;
 }
 
-StepLogits ShardedTransformer::forward(const StepPlan& plan) {
+void StepLogits::copy_row(int64_t i, float* host) const {
+  ALEM_CHECK(i >= 0 && i < rows(), "logit row " + std::to_string(i) + " out of range");
+  if (on_backend()) {
+    backend->download(host, backend_values + i * vocab_size,
+                      static_cast<size_t>(vocab_size) * sizeof(float));
+  } else {
+    std::copy(row(i), row(i) + vocab_size, host);
+  }
+}
+
+StepLogits ShardedTransformer::forward(const StepPlan& plan, LogitsOut where) {
   StepLogits out;
   out.vocab_begin = shard_.vocab_begin;
   out.vocab_size = shard_.vocab_size;
@@ -269,6 +289,16 @@ StepLogits ShardedTransformer::forward(const StepPlan& plan) {
   // (a released block may already be in this step's tables, handed to another request).
   if (!plan.wipe_blocks.empty()) wipe_kv_blocks(plan.wipe_blocks);
   if (plan.sequences.empty()) return out;
+  // Room for every sampled row of the step, so micro-batches fill it side by side.
+  if (shard_.has_lm_head()) {
+    int64_t sampled = 0;
+    for (const StepSequence& seq : plan.sequences) sampled += seq.sample && seq.num_tokens > 0;
+    logits_.reserve(backend_, TensorType::kF32, std::max<int64_t>(sampled, 1) * shard_.vocab_size);
+    if (where == LogitsOut::kBackend) {
+      out.backend = &backend_;
+      out.backend_values = logits_.data<float>();
+    }
+  }
 
   // Split sequences into micro-batches of roughly equal token counts (pipeline only).
   int micro = options_.micro_batches > 0 ? options_.micro_batches : ctx_.layout.pp_size();
@@ -283,7 +313,7 @@ StepLogits ShardedTransformer::forward(const StepPlan& plan) {
       tokens += plan.sequences[end].num_tokens;
       ++end;
     }
-    run_micro_batch(plan, begin, end, out);
+    run_micro_batch(plan, begin, end, where, out);
     begin = end;
   }
   ++timings_.steps;
@@ -291,7 +321,7 @@ StepLogits ShardedTransformer::forward(const StepPlan& plan) {
 }
 
 void ShardedTransformer::run_micro_batch(const StepPlan& plan, size_t seq_begin, size_t seq_end,
-                                         StepLogits& out) {
+                                         LogitsOut where, StepLogits& out) {
   const int64_t H = config_.hidden_size;
   int64_t token_offset = 0;
   for (size_t i = 0; i < seq_begin; ++i) token_offset += plan.sequences[i].num_tokens;
@@ -359,6 +389,7 @@ void ShardedTransformer::run_micro_batch(const StepPlan& plan, size_t seq_begin,
   // Last stage: final norm and LM head on the last row of every sampled sequence.
   t_compute = Clock::now();
   std::vector<int64_t> rows;
+  const int64_t first_row = out.rows();  // this micro-batch's rows follow the earlier ones'
   row = 0;
   for (size_t i = seq_begin; i < seq_end; ++i) {
     const StepSequence& seq = plan.sequences[i];
@@ -379,11 +410,14 @@ void ShardedTransformer::run_micro_batch(const StepPlan& plan, size_t seq_begin,
   backend_.rmsnorm(h_.data<float>(), final_norm_.data<float>(), R, H, config_.rms_norm_eps,
                    h_.data<float>());
   const WeightMatrix& head = lm_head_.rows > 0 ? lm_head_ : embedding_;
-  logits_.reserve(backend_, TensorType::kF32, R * shard_.vocab_size);
-  backend_.matmul(h_.data<float>(), R, head, nullptr, logits_.data<float>());
-  const size_t old = out.values.size();
-  out.values.resize(old + R * shard_.vocab_size);
-  logits_.download(backend_, out.values.data() + old, R * shard_.vocab_size);  // logits out
+  float* const logits = logits_.data<float>() + first_row * shard_.vocab_size;  // sized by forward
+  backend_.matmul(h_.data<float>(), R, head, nullptr, logits);
+  if (where == LogitsOut::kHost) {  // logits out; kBackend leaves them for the sampler
+    const size_t old = out.values.size();
+    out.values.resize(old + R * shard_.vocab_size);
+    logits_.download(backend_, out.values.data() + old, R * shard_.vocab_size,
+                     first_row * shard_.vocab_size);
+  }
   timings_.compute_seconds += seconds_since(t_compute);
 }
 

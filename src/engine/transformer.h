@@ -9,7 +9,9 @@
 // backend (kernels/tensor.h), in its memory space; the only copies between the host and that
 // space are the step's tokens, positions and block tables going in and the sampled rows' logits
 // coming out (plus hidden states and partial sums when a process group takes host memory only).
-// Weight matrices are host WeightMatrix objects; a device backend keeps its own copy of each.
+// Weight matrices are read from the store one tensor at a time and handed to the backend at once
+// (KernelBackend::adopt_weight): a device backend moves each into device memory and the host copy
+// is released, so a GPU rank never holds its shard on the host.
 #pragma once
 
 #include <cstdint>
@@ -41,15 +43,28 @@ struct EngineOptions {
 };
 
 // Logits of the sampled rows, for this rank's vocabulary slice (tensor-parallel ranks hold
-// different slices; the sampler merges candidates instead of gathering whole rows).
+// different slices; the sampler merges candidates instead of gathering whole rows). They are
+// either copied to the host (`values`, LogitsOut::kHost) or left in the kernel backend's memory
+// (`backend_values`, LogitsOut::kBackend: valid until the model's next forward()), where the
+// sampler asks the backend for candidates (KernelBackend::sampling_candidates) and copies whole
+// rows only for the rows that need them (engine/replica_sampling.h).
 struct StepLogits {
   std::vector<int64_t> request_ids;  // one per row, in plan order of sampled sequences
   int64_t vocab_begin = 0;
   int64_t vocab_size = 0;
-  std::vector<float> values;  // [rows][vocab_size]
+  std::vector<float> values;              // [rows][vocab_size], host; empty for kBackend
+  const float* backend_values = nullptr;  // [rows][vocab_size] in backend's memory, for kBackend
+  const KernelBackend* backend = nullptr;
   int64_t rows() const { return static_cast<int64_t>(request_ids.size()); }
+  bool on_backend() const { return backend_values != nullptr; }
+  // Host rows only (LogitsOut::kHost).
   const float* row(int64_t i) const { return values.data() + i * vocab_size; }
+  // Row i copied to host memory (vocab_size floats), wherever the logits are.
+  void copy_row(int64_t i, float* host) const;
 };
+
+// Where forward() leaves the step's logits.
+enum class LogitsOut : uint8_t { kHost = 0, kBackend = 1 };
 
 // Time spent in each part of forward(), accumulated; for benchmarks.
 struct ForwardTimings {
@@ -68,8 +83,9 @@ class ShardedTransformer {
   ShardedTransformer(const ShardedTransformer&) = delete;
   ShardedTransformer& operator=(const ShardedTransformer&) = delete;
 
-  // Runs one step. Returns logits on the last pipeline stage (empty elsewhere).
-  StepLogits forward(const StepPlan& plan);
+  // Runs one step. Returns logits on the last pipeline stage (empty elsewhere), copied to the
+  // host or, with LogitsOut::kBackend, left in the backend's memory until the next forward().
+  StepLogits forward(const StepPlan& plan, LogitsOut where = LogitsOut::kHost);
 
   const ModelConfig& config() const { return config_; }
   const ShardPlan& shard() const { return shard_; }
@@ -102,7 +118,10 @@ class ShardedTransformer {
 
  private:
   struct Layer;
-  void run_micro_batch(const StepPlan& plan, size_t seq_begin, size_t seq_end, StepLogits& out);
+  void run_micro_batch(const StepPlan& plan, size_t seq_begin, size_t seq_end, LogitsOut where,
+                       StepLogits& out);
+  // Moves a matrix just read from the store into the backend's memory (a no-op on the host).
+  void adopt(WeightMatrix& w) const { backend_.adopt_weight(w); }
   void run_layer(Layer& layer, int64_t T);
   // Host vector -> backend tensor (norm weights, biases), at load time.
   Tensor to_backend(const std::vector<float>& host) const;

@@ -5,7 +5,11 @@
 // every CPU backend uses).
 #include "kernels/backend.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
+#include <numeric>
 #include <utility>
 
 #include "core/aligned_buffer.h"
@@ -77,6 +81,62 @@ void KernelBackend::copy_2d(void* dst, size_t dst_pitch, const void* src, size_t
 
 void KernelBackend::wipe(void* dst, size_t bytes) const {
   secure_wipe(dst, bytes);
+}
+
+void check_sampling_candidates_args(int64_t rows, int64_t vocab, int k) {
+  ALEM_CHECK(rows >= 0 && vocab > 0 && vocab <= std::numeric_limits<int32_t>::max(),
+             "sampling_candidates: bad shape rows=" + std::to_string(rows) +
+                 " vocab=" + std::to_string(vocab));
+  ALEM_CHECK(k >= 1 && k <= kMaxSamplingCandidates && k <= vocab,
+             "sampling_candidates: k = " + std::to_string(k) + " must be in 1..min(" +
+                 std::to_string(kMaxSamplingCandidates) + ", vocab " + std::to_string(vocab) + ")");
+}
+
+void KernelBackend::sampling_candidates(const float* logits, int64_t rows, int64_t vocab, int k,
+                                        SamplingCandidates& out) const {
+  check_sampling_candidates_args(rows, vocab, k);
+  const auto n = static_cast<size_t>(rows);
+  out.k = k;
+  out.values.assign(n * k, std::numeric_limits<float>::quiet_NaN());
+  out.indices.assign(n * k, -1);
+  out.max_logit.assign(n, -std::numeric_limits<float>::infinity());
+  out.sum_exp.assign(n, 0.0);
+  out.invalid.assign(n, 0);
+  std::vector<int32_t> order;
+  for (size_t r = 0; r < n; ++r) {
+    const float* x = logits + r * vocab;
+    float max_logit = -std::numeric_limits<float>::infinity();
+    bool bad = false;
+    for (int64_t i = 0; i < vocab; ++i) {
+      bad |= !(x[i] < std::numeric_limits<float>::infinity());  // NaN or +inf
+      max_logit = std::max(max_logit, x[i]);
+    }
+    if (bad) {
+      out.invalid[r] = 1;
+      continue;
+    }
+    out.max_logit[r] = max_logit;
+    double sum = 0.0;
+    if (max_logit != -std::numeric_limits<float>::infinity()) {
+      for (int64_t i = 0; i < vocab; ++i) sum += std::exp(double(x[i]) - max_logit);
+    }
+    out.sum_exp[r] = sum;
+    auto better = [x](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
+    if (k == 1) {
+      int32_t best = 0;
+      for (int32_t i = 1; i < vocab; ++i) best = better(i, best) ? i : best;
+      out.values[r] = x[best];
+      out.indices[r] = best;
+      continue;
+    }
+    order.resize(static_cast<size_t>(vocab));
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), better);
+    for (int j = 0; j < k; ++j) {
+      out.values[r * k + j] = x[order[j]];
+      out.indices[r * k + j] = order[j];
+    }
+  }
 }
 
 std::unique_ptr<KernelBackend> make_backend(const std::string& name) {

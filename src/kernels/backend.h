@@ -59,6 +59,23 @@ struct KVCacheLayerView {
 // Throws alem::Error unless `dtype` is a KV cache type this build's kernels handle (F32, BF16).
 void check_kv_cache_dtype(DType dtype);
 
+// Sampling candidates of a step's logit rows, made where the logits are (kernels write them; the
+// host reads them): per row the k best logits, best first (ties to the lower index), and the
+// row's statistics, so the sampler (engine/sampler.h) can choose from k values per row instead of
+// whole rows. Indices are into the row (0..vocab-1).
+struct SamplingCandidates {
+  int k = 0;
+  std::vector<float> values;     // [rows][k]
+  std::vector<int32_t> indices;  // [rows][k]
+  std::vector<float> max_logit;  // [rows] max of the row (-inf when every logit is -inf)
+  std::vector<double> sum_exp;   // [rows] sum of exp(logit - max_logit) over the row (0 if -inf)
+  std::vector<uint8_t> invalid;  // [rows] 1 when the row holds NaN or +inf (nothing else is set)
+};
+// Largest k sampling_candidates takes.
+constexpr int kMaxSamplingCandidates = 1024;
+// Throws alem::Error unless rows >= 0, 0 < vocab < 2^31 and 1 <= k <= min(vocab, the maximum).
+void check_sampling_candidates_args(int64_t rows, int64_t vocab, int k);
+
 // Where a backend's buffers live. The CPU backends use host memory; CUDA uses device memory.
 enum class MemorySpace : uint8_t { kHost = 0, kDevice = 1 };
 const char* memory_space_name(MemorySpace space);
@@ -117,6 +134,19 @@ class KernelBackend {
                        size_t row_bytes, size_t rows) const;
   // Zeroes bytes inside this backend's space so the write cannot be elided (KV block release).
   virtual void wipe(void* dst, size_t bytes) const;
+
+  // Weights. Moves `w` into this backend's memory for good: afterwards this backend's ops read
+  // it from there (WeightMatrix::backend_copy) and w's host bytes are released, keeping its
+  // dtype and shape. The engine calls it on each matrix as soon as it is read from the store, so
+  // a device rank holds at most one layer's weights on the host, never its shard. Host backends
+  // keep `w` as it is (the default).
+  virtual void adopt_weight(WeightMatrix& w) const { (void)w; }
+
+  // Sampling where the logits are: fills `out` for logits[rows][vocab] (this backend's memory)
+  // with each row's k best entries and statistics (see SamplingCandidates); only those cross to
+  // the host. 1 <= k <= min(vocab, kMaxSamplingCandidates). The default serves host memory.
+  virtual void sampling_candidates(const float* logits, int64_t rows, int64_t vocab, int k,
+                                   SamplingCandidates& out) const;
 
   // y[M][N] = x[M][K] * W^T (+ bias[N] when bias != nullptr), W is [N][K] of any weight dtype.
   virtual void matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,

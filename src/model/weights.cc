@@ -10,6 +10,7 @@
 namespace alem {
 
 float WeightMatrix::at(int64_t r, int64_t c) const {
+  ALEM_CHECK(!data.empty(), "WeightMatrix::at: the matrix lives in a device backend's memory");
   if (dtype_is_block(dtype)) {
     const int64_t block = c / dtype_block_elements(dtype);
     const uint8_t* src = data.data() + static_cast<size_t>(r) * row_bytes() +

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -22,9 +23,16 @@ struct WeightMatrix {
   int64_t cols = 0;
   AlignedBuffer data;         // rows * dtype_row_bytes(dtype, cols) bytes
   std::vector<float> scales;  // I8 only: rows * (cols / kInt8GroupSize)
+  // Set once a device backend has taken the matrix (KernelBackend::adopt_weight): its copy in
+  // the backend's memory, opaque here, which that backend's kernels read; `data` and `scales`
+  // are then released, so the host never holds the shard. Null for host-resident matrices.
+  std::shared_ptr<void> backend_copy;
+  size_t backend_copy_bytes = 0;  // data + scales bytes held by backend_copy
 
   int64_t groups_per_row() const { return cols / kInt8GroupSize; }
-  size_t bytes() const { return data.size() + scales.size() * sizeof(float); }
+  size_t bytes() const {
+    return backend_copy ? backend_copy_bytes : data.size() + scales.size() * sizeof(float);
+  }
   size_t row_bytes() const { return dtype_row_bytes(dtype, cols); }
   // Element (r, c) as f32 (slow; for tests and reference code).
   float at(int64_t r, int64_t c) const;

@@ -14,7 +14,13 @@
 //     32 values, error <= amax_b / 65534 per value of block b): per output
 //     sum_b (amax_b / 65534) * sum_{k in b} |w_k| + 1e-5 * sum |x*w| (the reference dequantises
 //     the weights exactly and multiplies in double);
-//   paged_attention over an f32 or a bf16 cache: 2e-5 (5e-5 for the long sharp-score case).
+//   paged_attention over an f32 or a bf16 cache: 2e-5 (5e-5 for the long sharp-score and the
+//     split-key long decode cases);
+//   adopt_weight: the adopted matrix gives the same matmul/embedding results as the host one
+//     (matmul tolerance as above), and a device backend releases the host bytes;
+//   sampling_candidates: values, indices, max and the NaN/+inf flag exact; sum_exp 1e-9
+//     relative (f64 sums in another order); the candidates equal the engine sampler's own
+//     (local_candidates, sum_exp 1e-5 relative: its exp is a float polynomial).
 // CUDA cases skip (GTEST_SKIP) on a machine without a usable GPU. Backend-specific behaviour
 // (matmul path forcing, thread splits, the CUDA weight cache and sampling) stays in
 // test_kernels.cc and test_cuda_kernels.cc.
@@ -24,12 +30,14 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "core/error.h"
+#include "engine/sampler.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/reference_backend.h"
@@ -521,11 +529,153 @@ TEST_P(BackendOps, PagedAttentionLongContextSharpScores) {
   }
 }
 
+TEST_P(BackendOps, PagedAttentionSplitKeysLongDecode) {
+  // Few (row, head) pairs over long contexts: the cuda backend splits the keys into ranges
+  // (flash-decoding) and merges them; rows of very different lengths leave some ranges empty.
+  const AttentionShape shape{4, 1, 128, 16, 1.f / std::sqrt(128.f)};
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    check_attention(*this, *backend_, ref_, shape, dtype, {{32767, 1}}, 80, 2.f, 5e-5,
+                    "32k decode" + kv_label(dtype));
+    if (HasFatalFailure()) return;
+    check_attention(*this, *backend_, ref_, shape, dtype, {{20000, 1}, {300, 1}, {7000, 3}}, 81,
+                    2.f, 5e-5, "uneven split decode" + kv_label(dtype));
+    if (HasFatalFailure()) return;
+  }
+}
+
 TEST_P(BackendOps, RejectsUnsupportedKvCacheDtype) {
   const AttentionShape shape{4, 2, 64, 16, 0.125f};
   KVCacheLayerView view{nullptr, nullptr, DType::I8};
   EXPECT_THROW(backend_->paged_attention(shape, nullptr, 0, nullptr, view, nullptr), Error);
   EXPECT_THROW(backend_->kv_cache_write(shape, nullptr, 0, nullptr, nullptr, view), Error);
+}
+
+// ---------------------------------------------------------------------------------------------
+// adopt_weight: weights moved into the backend's memory for good
+
+TEST_P(BackendOps, AdoptedWeightsGiveTheSameResults) {
+  const int64_t N = 96, K = 64;
+  const auto values = random_values(N * K, 60);
+  const auto x = random_values(20 * K, 61, -2.f, 2.f);
+  const std::vector<int32_t> tokens = {0, 95, 17, 96, -1};
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16, DType::I8}) {
+    WeightMatrix w = make_weight_matrix(values.data(), N, K, dtype);
+    const size_t bytes = w.bytes();
+    std::vector<float> want_small(3 * N), want_large(20 * N), want_rows(tokens.size() * K);
+    ref_.matmul(x.data(), 3, w, nullptr, want_small.data());
+    ref_.matmul(x.data(), 20, w, nullptr, want_large.data());
+    ref_.embedding(w, 0, tokens.data(), static_cast<int64_t>(tokens.size()), want_rows.data());
+    backend_->adopt_weight(w);
+    EXPECT_EQ(w.bytes(), bytes) << "adopting keeps the byte count";
+    EXPECT_EQ(w.rows, N);
+    EXPECT_EQ(w.cols, K);
+    if (on_device()) {
+      EXPECT_TRUE(w.data.empty()) << "a device backend releases the host bytes";
+      EXPECT_TRUE(w.scales.empty());
+      EXPECT_NE(w.backend_copy, nullptr);
+    } else {
+      EXPECT_FALSE(w.data.empty()) << "host backends keep the matrix as it is";
+    }
+    backend_->adopt_weight(w);  // twice is harmless
+    // Per output, sum |x w| scales the tolerance (as in check_matmul): 1e-5, or 8e-3 where x is
+    // rounded to the weights' 16-bit format (cpu dot-product kernels, cuda tensor cores).
+    const WeightMatrix host_w = make_weight_matrix(values.data(), N, K, dtype);
+    std::vector<float> scale(20 * N);
+    for (int64_t m = 0; m < 20; ++m) {
+      for (int64_t n = 0; n < N; ++n) {
+        double magnitude = 0;
+        for (int64_t c = 0; c < K; ++c) magnitude += std::fabs(x[m * K + c] * host_w.at(n, c));
+        scale[m * N + n] = static_cast<float>(magnitude);
+      }
+    }
+    Tensor dx = put(x), dy = zeros(20 * N);
+    for (int64_t M : {3, 20}) {
+      backend_->matmul(dx.data<float>(), M, w, nullptr, dy.data<float>());
+      const double tol = dtype == DType::F32 ? 1e-5 : 8e-3;
+      expect_close(get(dy, M * N), M == 3 ? want_small : want_large,
+                   std::vector<float>(scale.begin(), scale.begin() + M * N), tol,
+                   "adopted matmul M=" + std::to_string(M) + " " + dtype_name(dtype));
+    }
+    Tensor dt = put(tokens), drows = zeros(static_cast<int64_t>(tokens.size()) * K);
+    backend_->embedding(w, 0, dt.data<int32_t>(), static_cast<int64_t>(tokens.size()),
+                        drows.data<float>());
+    expect_close(get(drows, static_cast<int64_t>(tokens.size()) * K), want_rows, 0,
+                 "adopted embedding " + dtype_name(dtype));
+    if (HasFatalFailure()) return;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sampling_candidates: the sampler's candidates made where the logits are
+
+// Rows of logits with ties (values on a coarse grid), -inf entries, and special rows: all -inf,
+// one NaN, one +inf, a single finite value among -inf.
+std::vector<float> sampling_rows(int64_t rows, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> grid(-400, 400);
+  std::vector<float> x(static_cast<size_t>(rows * vocab));
+  for (float& v : x) v = static_cast<float>(grid(rng)) / 16.f;  // many exact ties
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < vocab; i += 7) x[i] = -inf;  // row 0: some -inf
+  if (rows > 1) std::fill_n(x.begin() + vocab, vocab, -inf);
+  if (rows > 2) x[2 * vocab + vocab / 2] = std::numeric_limits<float>::quiet_NaN();
+  if (rows > 3) x[3 * vocab + vocab - 1] = inf;
+  if (rows > 4) {
+    std::fill_n(x.begin() + 4 * vocab, vocab, -inf);
+    x[4 * vocab + vocab / 3] = 1.5f;
+  }
+  return x;
+}
+
+TEST_P(BackendOps, SamplingCandidatesMatchReferenceAndSampler) {
+  for (int64_t vocab : {1, 7, 1000, 49152}) {
+    const int64_t rows = 7;
+    const auto logits = sampling_rows(rows, vocab, static_cast<uint32_t>(vocab));
+    Tensor dl = put(logits);
+    for (int k : {1, 5, 64, 1024}) {
+      if (k > vocab) continue;
+      const std::string what = "vocab " + std::to_string(vocab) + " k " + std::to_string(k);
+      SamplingCandidates want, got;
+      ref_.sampling_candidates(logits.data(), rows, vocab, k, want);
+      backend_->sampling_candidates(dl.data<float>(), rows, vocab, k, got);
+      ASSERT_EQ(got.k, k) << what;
+      ASSERT_EQ(got.invalid, want.invalid) << what;
+      ASSERT_EQ(got.indices, want.indices) << what;
+      for (size_t i = 0; i < want.values.size(); ++i) {
+        ASSERT_TRUE(got.values[i] == want.values[i] ||
+                    (std::isnan(got.values[i]) && std::isnan(want.values[i])))
+            << what << " value " << i;
+      }
+      ASSERT_EQ(got.max_logit, want.max_logit) << what;
+      for (int64_t r = 0; r < rows; ++r) {
+        ASSERT_NEAR(got.sum_exp[r], want.sum_exp[r], 1e-9 * std::max(1.0, want.sum_exp[r]))
+            << what << " row " << r;
+        // The engine sampler on the same row: NaN/+inf rows are refused, others give the same
+        // candidates (greedy: its argmax; top-k: its k best, best first).
+        SamplingParams params;
+        params.temperature = k == 1 ? 0.f : 1.f;
+        params.top_k = k == 1 ? 0 : k;
+        const float* row = logits.data() + r * vocab;
+        if (got.invalid[r]) {
+          EXPECT_THROW(local_candidates(row, 0, vocab, params), Error) << what << " row " << r;
+          continue;
+        }
+        const CandidateSet set = local_candidates(row, 0, vocab, params);
+        ASSERT_EQ(static_cast<int>(set.candidates.size()), k) << what << " row " << r;
+        for (int j = 0; j < k; ++j) {
+          ASSERT_EQ(set.candidates[j].token_id, got.indices[r * k + j]) << what << " row " << r;
+          ASSERT_EQ(set.candidates[j].logit, got.values[r * k + j]) << what << " row " << r;
+        }
+        ASSERT_EQ(set.max_logit, got.max_logit[r]) << what << " row " << r;
+        ASSERT_NEAR(set.sum_exp, got.sum_exp[r], 1e-5 * std::max(1.0, set.sum_exp))
+            << what << " row " << r;
+      }
+    }
+  }
+  SamplingCandidates out;
+  Tensor dl = put(std::vector<float>(10, 0.f));
+  EXPECT_THROW(backend_->sampling_candidates(dl.data<float>(), 1, 10, 11, out), Error);
+  EXPECT_THROW(backend_->sampling_candidates(dl.data<float>(), 1, 10, 0, out), Error);
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include "kernels/cpu/reference_backend.h"
 #ifdef ALEM_HAVE_CUDA
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_common.h"
 #endif
 
 namespace alem {
@@ -29,6 +30,22 @@ TEST(CudaKernels, SkippedWithoutCuda) {
 }
 
 #else
+
+// Host-side choice of the attention's key splits (flash-decoding): no GPU needed.
+TEST(CudaAttentionSplits, SplitOnlyFewRowsOverLongContexts) {
+  const int sms = 132;  // H100/H200 SXM
+  EXPECT_EQ(cuda::attention_splits(64, 32, 32768, sms), 1) << "enough blocks already";
+  EXPECT_EQ(cuda::attention_splits(1, 32, 400, sms), 1) << "short context";
+  const int one_row = cuda::attention_splits(1, 32, 32768, sms);
+  EXPECT_GT(one_row, 1);
+  EXPECT_LE(one_row, cuda::kMaxAttentionSplits);
+  EXPECT_GE(1 * 32 * one_row, 2 * sms) << "the splits fill the GPU";
+  EXPECT_EQ(cuda::attention_splits(1, 4, 1024, sms), 1024 / cuda::kKeysPerSplitMin)
+      << "each split keeps at least kKeysPerSplitMin keys";
+  EXPECT_EQ(cuda::attention_splits(1, 1, 1 << 20, sms), cuda::kMaxAttentionSplits);
+  EXPECT_EQ(cuda::attention_partial_bytes(3, 4, 128, 1), 0u);
+  EXPECT_EQ(cuda::attention_partial_bytes(3, 4, 128, 8), 3u * 4 * 8 * (2 + 128) * sizeof(float));
+}
 
 std::vector<float> random_values(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
   std::mt19937 rng(seed);

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstdlib>
 #include <functional>
 #include <vector>
@@ -91,6 +92,7 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   }
   cublas_ = handle;
   ALEM_CUBLAS_CHECK(cublasSetStream(cublas_, stream));
+  ALEM_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device_));
   ALEM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&error_flag_), sizeof(int)));
   ALEM_CUDA_CHECK(cudaMemset(error_flag_, 0, sizeof(int)));
 }
@@ -231,26 +233,16 @@ void CudaBackend::wipe(void* dst, size_t bytes) const {
   sync();
 }
 
-const CudaBackend::DeviceWeight& CudaBackend::weight_locked(const WeightMatrix& w) const {
+CudaBackend::DeviceWeight CudaBackend::upload_weight_locked(const WeightMatrix& w) const {
   ALEM_CHECK(w.rows > 0 && w.cols > 0 && !w.data.empty(), "cuda: empty weight matrix");
   const size_t bytes = static_cast<size_t>(w.rows * w.cols) * dtype_size(w.dtype);
   ALEM_CHECK(w.data.size() >= bytes, "cuda: weight matrix data smaller than its shape");
-  const void* key = w.data.data();
-  auto it = weights_.find(key);
-  if (it != weights_.end()) {
-    const DeviceWeight& d = it->second;
-    if (d.rows == w.rows && d.cols == w.cols && d.dtype == w.dtype && d.bytes == bytes) return d;
-    // The host buffer was reused for another matrix: drop the stale copy.
-    sync();
-    cudaFree(d.data);
-    cudaFree(d.scales);
-    weights_.erase(it);
-  }
   DeviceWeight d;
   d.rows = w.rows;
   d.cols = w.cols;
   d.dtype = w.dtype;
   d.bytes = bytes;
+  d.device = device_;
   if (w.dtype == DType::I8) {
     ALEM_CHECK(w.cols % kInt8GroupSize == 0 &&
                    w.scales.size() == static_cast<size_t>(w.rows * w.groups_per_row()),
@@ -259,7 +251,7 @@ const CudaBackend::DeviceWeight& CudaBackend::weight_locked(const WeightMatrix& 
   ALEM_CUDA_CHECK(cudaMalloc(&d.data, bytes));
   try {
     ALEM_CUDA_CHECK(
-        cudaMemcpyAsync(d.data, key, bytes, cudaMemcpyHostToDevice, as_stream(stream_)));
+        cudaMemcpyAsync(d.data, w.data.data(), bytes, cudaMemcpyHostToDevice, as_stream(stream_)));
     if (w.dtype == DType::I8) {
       const size_t scale_bytes = w.scales.size() * sizeof(float);
       ALEM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&d.scales), scale_bytes));
@@ -272,7 +264,62 @@ const CudaBackend::DeviceWeight& CudaBackend::weight_locked(const WeightMatrix& 
     cudaFree(d.scales);
     throw;
   }
-  return weights_.emplace(key, d).first->second;
+  return d;
+}
+
+const CudaBackend::DeviceWeight& CudaBackend::weight_locked(const WeightMatrix& w) const {
+  if (w.backend_copy) {  // adopted: the matrix owns its device copy
+    const auto* d = static_cast<const DeviceWeight*>(w.backend_copy.get());
+    ALEM_CHECK(d->device == device_, "cuda: weight matrix adopted by GPU " +
+                                         std::to_string(d->device) + ", used on GPU " +
+                                         std::to_string(device_));
+    return *d;
+  }
+  ALEM_CHECK(w.rows > 0 && w.cols > 0 && !w.data.empty(), "cuda: empty weight matrix");
+  const size_t bytes = static_cast<size_t>(w.rows * w.cols) * dtype_size(w.dtype);
+  const void* key = w.data.data();
+  auto it = weights_.find(key);
+  if (it != weights_.end()) {
+    const DeviceWeight& d = it->second;
+    if (d.rows == w.rows && d.cols == w.cols && d.dtype == w.dtype && d.bytes == bytes) return d;
+    // The host buffer was reused for another matrix: drop the stale copy.
+    sync();
+    cudaFree(d.data);
+    cudaFree(d.scales);
+    weights_.erase(it);
+  }
+  return weights_.emplace(key, upload_weight_locked(w)).first->second;
+}
+
+void CudaBackend::adopt_weight(WeightMatrix& w) const {
+  if (w.backend_copy) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    weight_locked(w);  // checks that it is this GPU's
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  auto* copy = new DeviceWeight(upload_weight_locked(w));
+  // A cached copy keyed by the host bytes about to be freed must not outlive them.
+  if (auto it = weights_.find(w.data.data()); it != weights_.end()) {
+    cudaFree(it->second.data);
+    cudaFree(it->second.scales);
+    weights_.erase(it);
+  }
+  w.backend_copy_bytes = copy->bytes + (copy->scales ? w.scales.size() * sizeof(float) : size_t{0});
+  w.backend_copy = std::shared_ptr<void>(copy, [](void* p) {
+    auto* d = static_cast<DeviceWeight*>(p);
+    int current = 0;
+    const bool switched = cudaGetDevice(&current) == cudaSuccess && current != d->device &&
+                          cudaSetDevice(d->device) == cudaSuccess;
+    cudaFree(d->data);  // synchronises the device first
+    cudaFree(d->scales);
+    if (switched) cudaSetDevice(current);
+    delete d;
+  });
+  w.data = AlignedBuffer();
+  w.scales.clear();
+  w.scales.shrink_to_fit();
 }
 
 const CudaBackend::DeviceRope& CudaBackend::rope_locked(const RopeTable& table) const {
@@ -466,10 +513,12 @@ void check_attention_shape(const AttentionShape& s) {
   ALEM_CHECK(s.block_size > 0, "cuda attention: block_size must be positive");
 }
 
-// Returns the device RowInfo array (in scratch) and sets num_rows.
+// Returns the device RowInfo array (in scratch) and sets num_rows. `extra_bytes` more of the
+// same scratch, 256-byte aligned, go to *extra (the attention's split partials).
 const cuda::RowInfo* upload_rows(const AttentionShape& shape, const AttentionSequence* seqs,
                                  int num_seqs, cudaStream_t stream,
-                                 const std::function<void*(size_t)>& scratch, int64_t& num_rows) {
+                                 const std::function<void*(size_t)>& scratch, int64_t& num_rows,
+                                 size_t extra_bytes = 0, void** extra = nullptr) {
   num_rows = 0;
   int64_t host_table_ints = 0;
   std::vector<char> table_on_device(static_cast<size_t>(num_seqs));
@@ -489,8 +538,9 @@ const cuda::RowInfo* upload_rows(const AttentionShape& shape, const AttentionSeq
   }
   if (num_rows == 0) return nullptr;
   const size_t rows_bytes = align_up(static_cast<size_t>(num_rows) * sizeof(cuda::RowInfo));
-  auto* base = static_cast<char*>(
-      scratch(rows_bytes + static_cast<size_t>(host_table_ints) * sizeof(int32_t)));
+  const size_t tables_bytes = align_up(static_cast<size_t>(host_table_ints) * sizeof(int32_t));
+  auto* base = static_cast<char*>(scratch(rows_bytes + tables_bytes + extra_bytes));
+  if (extra) *extra = extra_bytes > 0 ? base + rows_bytes + tables_bytes : nullptr;
   auto* device_tables = reinterpret_cast<int32_t*>(base + rows_bytes);
   std::vector<cuda::RowInfo> rows;
   rows.reserve(static_cast<size_t>(num_rows));
@@ -547,14 +597,26 @@ void CudaBackend::paged_attention(const AttentionShape& shape, const AttentionSe
   activate();
   check_attention_shape(shape);
   check_kv_cache_dtype(cache.dtype);
+  // Rows and the longest context decide the key splits (flash-decoding, attention.cu).
+  int64_t rows_expected = 0, max_context = 0;
+  for (int s = 0; s < num_seqs; ++s) {
+    if (seqs[s].q_count <= 0) continue;
+    rows_expected += seqs[s].q_count;
+    max_context = std::max<int64_t>(max_context, int64_t{seqs[s].start_pos} + seqs[s].q_count);
+  }
+  const int splits = cuda::attention_splits(rows_expected, shape.num_heads, max_context, sm_count_);
+  const size_t partial_bytes =
+      cuda::attention_partial_bytes(rows_expected, shape.num_heads, shape.head_dim, splits);
   int64_t num_rows = 0;
+  void* partials = nullptr;
   const cuda::RowInfo* rows = upload_rows(
       shape, seqs, num_seqs, as_stream(stream_), [this](size_t b) { return scratch_locked(b); },
-      num_rows);
+      num_rows, partial_bytes, &partials);
   if (num_rows == 0) return;
   cuda::launch_paged_attention(rows, num_rows, shape.num_heads, shape.num_kv_heads, shape.head_dim,
                                shape.block_size, shape.scale, q, cache.k, cache.v,
-                               cache.dtype == DType::BF16, out, as_stream(stream_));
+                               cache.dtype == DType::BF16, out, max_context, splits,
+                               static_cast<float*>(partials), as_stream(stream_));
   sync();
 }
 
@@ -581,6 +643,57 @@ void CudaBackend::top_k(const float* logits, int64_t rows, int64_t vocab, int k,
   ALEM_CUDA_CHECK(cudaMemcpyAsync(indices, device_indices, n * sizeof(int32_t),
                                   cudaMemcpyDeviceToHost, as_stream(stream_)));
   sync();
+}
+
+void CudaBackend::sampling_candidates(const float* logits, int64_t rows, int64_t vocab, int k,
+                                      SamplingCandidates& out) const {
+  check_sampling_candidates_args(rows, vocab, k);
+  const auto n = static_cast<size_t>(rows);
+  out.k = k;
+  out.values.assign(n * k, NAN);
+  out.indices.assign(n * k, -1);
+  out.max_logit.assign(n, -INFINITY);
+  out.sum_exp.assign(n, 0.0);
+  out.invalid.assign(n, 0);
+  if (rows == 0) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  const cudaStream_t stream = as_stream(stream_);
+  // Scratch: values [n*k] f32, sums [n] f64, indices [n*k] i32, max [n] f32, invalid [n] i32.
+  const size_t values_at = 0;
+  const size_t sums_at = values_at + align_up(n * k * sizeof(float));
+  const size_t indices_at = sums_at + align_up(n * sizeof(double));
+  const size_t max_at = indices_at + align_up(n * k * sizeof(int32_t));
+  const size_t invalid_at = max_at + align_up(n * sizeof(float));
+  const size_t total = invalid_at + align_up(n * sizeof(int32_t));
+  auto* base = static_cast<char*>(scratch_locked(total));
+  auto* d_values = reinterpret_cast<float*>(base + values_at);
+  auto* d_sums = reinterpret_cast<double*>(base + sums_at);
+  auto* d_indices = reinterpret_cast<int32_t*>(base + indices_at);
+  auto* d_max = reinterpret_cast<float*>(base + max_at);
+  auto* d_invalid = reinterpret_cast<int32_t*>(base + invalid_at);
+  cuda::launch_top_k(logits, rows, vocab, k, d_values, d_indices, stream);
+  cuda::launch_row_stats(logits, rows, vocab, d_max, d_sums, d_invalid, stream);
+  std::vector<int32_t> invalid(n);
+  ALEM_CUDA_CHECK(cudaMemcpyAsync(out.values.data(), d_values, n * k * sizeof(float),
+                                  cudaMemcpyDeviceToHost, stream));
+  ALEM_CUDA_CHECK(cudaMemcpyAsync(out.indices.data(), d_indices, n * k * sizeof(int32_t),
+                                  cudaMemcpyDeviceToHost, stream));
+  ALEM_CUDA_CHECK(cudaMemcpyAsync(out.max_logit.data(), d_max, n * sizeof(float),
+                                  cudaMemcpyDeviceToHost, stream));
+  ALEM_CUDA_CHECK(cudaMemcpyAsync(out.sum_exp.data(), d_sums, n * sizeof(double),
+                                  cudaMemcpyDeviceToHost, stream));
+  ALEM_CUDA_CHECK(cudaMemcpyAsync(invalid.data(), d_invalid, n * sizeof(int32_t),
+                                  cudaMemcpyDeviceToHost, stream));
+  sync();
+  for (size_t r = 0; r < n; ++r) {
+    if (!invalid[r]) continue;  // the same "nothing else set" as the host backends
+    out.invalid[r] = 1;
+    std::fill_n(out.values.begin() + r * k, k, NAN);
+    std::fill_n(out.indices.begin() + r * k, k, -1);
+    out.max_logit[r] = -INFINITY;
+    out.sum_exp[r] = 0.0;
+  }
 }
 
 void CudaBackend::argmax(const float* logits, int64_t rows, int64_t vocab, int32_t* tokens) const {

@@ -53,6 +53,13 @@ class CudaBackend final : public KernelBackend {
                        const float* q, KVCacheLayerView cache, float* out) const override;
   void embedding(const WeightMatrix& table, int64_t row_begin, const int32_t* tokens, int64_t T,
                  float* out) const override;
+  // Uploads w into device memory owned by w (WeightMatrix::backend_copy, freed with it) and
+  // releases w's host bytes; later ops read the device copy.
+  void adopt_weight(WeightMatrix& w) const override;
+  // Top-k (the selection kernel of top_k below) and row statistics on the device; only
+  // rows * (k + 3) numbers are copied to the host.
+  void sampling_candidates(const float* logits, int64_t rows, int64_t vocab, int k,
+                           SamplingCandidates& out) const override;
 
   // Device memory (KernelBackend's memory interface, all in device space).
   MemorySpace memory_space() const override { return MemorySpace::kDevice; }
@@ -91,7 +98,10 @@ class CudaBackend final : public KernelBackend {
     int64_t rows = 0, cols = 0;
     DType dtype = DType::F32;
     size_t bytes = 0;
+    int device = 0;
   };
+  // Allocates and fills a device copy of w's host bytes (the caller owns the result).
+  DeviceWeight upload_weight_locked(const WeightMatrix& w) const;
   struct DeviceRope {
     float* cos = nullptr;
     float* sin = nullptr;
@@ -107,6 +117,7 @@ class CudaBackend final : public KernelBackend {
   void check_error_flag_locked(const char* what) const;
 
   int device_ = 0;
+  int sm_count_ = 1;  // streaming multiprocessors, for the attention's key splits
   CUstream_st* stream_ = nullptr;
   cublasContext* cublas_ = nullptr;
   int* error_flag_ = nullptr;  // device int set by kernels on bad input

@@ -6,6 +6,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -79,14 +80,27 @@ void launch_embedding(const void* table, const float* scales, int dtype, int64_t
 void launch_kv_cache_write(const RowInfo* rows, int64_t num_rows, int num_kv_heads, int head_dim,
                            int block_size, const float* k, const float* v, void* k_cache,
                            void* v_cache, bool cache_bf16, cudaStream_t stream);
+// Flash-decoding split-K: with few (row, head) blocks and a long context the keys are split into
+// up to kMaxAttentionSplits ranges of at least kKeysPerSplitMin keys, each its own thread block,
+// and a second kernel merges the ranges' softmax states. attention_splits picks the count from
+// the rows, heads, longest context (max position + 1) and the GPU's SM count;
+// attention_partial_bytes is the device scratch `partials` must hold for it (0 for one split).
+constexpr int kMaxAttentionSplits = 64;
+constexpr int64_t kKeysPerSplitMin = 256;
+int attention_splits(int64_t num_rows, int num_heads, int64_t max_context, int sm_count);
+size_t attention_partial_bytes(int64_t num_rows, int num_heads, int head_dim, int splits);
 void launch_paged_attention(const RowInfo* rows, int64_t num_rows, int num_heads, int num_kv_heads,
                             int head_dim, int block_size, float scale, const float* q,
                             const void* k_cache, const void* v_cache, bool cache_bf16, float* out,
-                            cudaStream_t stream);
+                            int64_t max_context, int splits, float* partials, cudaStream_t stream);
 
 // --- sampling.cu ---
 // values/indices [rows][k] on the device; k == 1 is greedy argmax.
 void launch_top_k(const float* logits, int64_t rows, int64_t vocab, int k, float* values,
                   int32_t* indices, cudaStream_t stream);
+// Per row: max_logit (over non-NaN logits; -inf when none), sum_exp = sum exp(x - max) in f64
+// (0 when max is -inf), invalid = 1 when the row holds NaN or +inf. All device pointers.
+void launch_row_stats(const float* logits, int64_t rows, int64_t vocab, float* max_logit,
+                      double* sum_exp, int32_t* invalid, cudaStream_t stream);
 
 }  // namespace alem::cuda

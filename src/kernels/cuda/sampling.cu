@@ -4,6 +4,8 @@
 // descending then index ascending, so ties are deterministic and no mask is needed. NaN logits
 // are never candidates; a row with fewer than k other logits pads with index -1 and value NaN.
 // O(k * vocab) reads per row: fine for greedy and the small k of sampling, not for k ~ vocab.
+// row_stats gives each row's max, sum of exp(x - max) (f64) and whether it holds NaN or +inf, for
+// the sampler's statistics (engine/sampler.h) without copying the row.
 #include "kernels/cuda/cuda_common.h"
 
 namespace alem::cuda {
@@ -83,7 +85,68 @@ __global__ void top_k_kernel(const float* __restrict__ logits, int64_t vocab, in
   }
 }
 
+// One block per row: max (ignoring NaN), then sum exp(x - max) in f64, and a NaN/+inf flag.
+__global__ void row_stats_kernel(const float* __restrict__ logits, int64_t vocab,
+                                 float* __restrict__ max_out, double* __restrict__ sum_out,
+                                 int32_t* __restrict__ invalid_out) {
+  __shared__ float shared_max[32];
+  __shared__ double shared_sum[32];
+  __shared__ int shared_bad[32];
+  const float* row = logits + blockIdx.x * vocab;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int warps = blockDim.x / 32;
+  float m = -INFINITY;
+  int bad = 0;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    const float v = row[j];
+    bad |= !(v < INFINITY);  // NaN or +inf
+    if (!isnan(v)) m = fmaxf(m, v);
+  }
+  for (int offset = 16; offset > 0; offset /= 2) {
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+    bad |= __shfl_xor_sync(0xffffffffu, bad, offset);
+  }
+  if (lane == 0) {
+    shared_max[warp] = m;
+    shared_bad[warp] = bad;
+  }
+  __syncthreads();
+  m = -INFINITY;
+  bad = 0;
+  for (int w = 0; w < warps; ++w) {
+    m = fmaxf(m, shared_max[w]);
+    bad |= shared_bad[w];
+  }
+  double s = 0.0;
+  if (m != -INFINITY) {
+    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+      const float v = row[j];
+      if (!isnan(v)) s += exp(static_cast<double>(v) - static_cast<double>(m));
+    }
+  }
+  for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
+  if (lane == 0) shared_sum[warp] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < warps; ++w) total += shared_sum[w];
+    max_out[blockIdx.x] = m;
+    sum_out[blockIdx.x] = total;
+    invalid_out[blockIdx.x] = bad;
+  }
+}
+
 }  // namespace
+
+void launch_row_stats(const float* logits, int64_t rows, int64_t vocab, float* max_logit,
+                      double* sum_exp, int32_t* invalid, cudaStream_t stream) {
+  if (rows <= 0) return;
+  ALEM_CHECK(vocab > 0 && vocab < (int64_t{1} << 31), "cuda row_stats: vocabulary out of range");
+  ALEM_CHECK(rows < (int64_t{1} << 31), "cuda row_stats: too many rows");
+  row_stats_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, vocab, max_logit,
+                                                                         sum_exp, invalid);
+  ALEM_CUDA_CHECK_LAUNCH("row_stats");
+}
 
 void launch_top_k(const float* logits, int64_t rows, int64_t vocab, int k, float* values,
                   int32_t* indices, cudaStream_t stream) {
