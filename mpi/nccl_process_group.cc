@@ -173,8 +173,14 @@ bool nccl_available() {
   return true;
 }
 
-bool attach_device_groups(ParallelContext& ctx) {
+bool attach_device_groups(ParallelContext& ctx, std::string* why_not) {
+  if (why_not) why_not->clear();
   if (!ctx.tp || ctx.tp->size() <= 1) return false;
+  const std::string refusal = device_group_refusal(ctx);
+  if (!refusal.empty()) {
+    if (why_not) *why_not = refusal;
+    return false;
+  }
   ctx.tp_device = make_nccl_group(*ctx.tp);
   return true;
 }

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "mpi/process_group.h"
 
@@ -35,10 +36,17 @@ std::unique_ptr<ProcessGroup> make_nccl_group(ProcessGroup& bootstrap,
 bool nccl_available();
 
 struct ParallelContext;
-// Collective over the context's tp group (every rank calls it): when this build has NCCL and tp
-// has more than one member, sets ctx.tp_device to an NCCL group over the same members on the
-// current GPU. Returns whether it did; without NCCL the engine stages device tensors through
-// the host over tp instead.
-bool attach_device_groups(ParallelContext& ctx);
+// Why no device group may be made over the context's tp group: "" when one may; otherwise the
+// reason, which is that tp is wrapped by the secure channel and encrypts between its members
+// (tp spans hosts with --encrypt-interconnect on): NCCL traffic is not encrypted, so GPU
+// tensors must not leave a host through it. Pure; the same answer on every member.
+std::string device_group_refusal(const ParallelContext& ctx);
+
+// Collective over the context's tp group (every rank calls it): when this build has NCCL, tp
+// has more than one member and device_group_refusal() is empty, sets ctx.tp_device to an NCCL
+// group over the same members on the current GPU. Returns whether it did; otherwise the engine
+// stages device tensors through the host over tp (encrypted between hosts where tp is), and
+// `why_not`, when given, gets the reason ("" for a tp of one member).
+bool attach_device_groups(ParallelContext& ctx, std::string* why_not = nullptr);
 
 }  // namespace alem

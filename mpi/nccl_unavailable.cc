@@ -15,7 +15,11 @@ bool nccl_available() {
   return false;
 }
 
-bool attach_device_groups(ParallelContext&) {
+bool attach_device_groups(ParallelContext& ctx, std::string* why_not) {
+  if (why_not) {
+    const bool several = ctx.tp && ctx.tp->size() > 1;
+    *why_not = several ? "this alem was built without CUDA/NCCL" : "";
+  }
   return false;
 }
 

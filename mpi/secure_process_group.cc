@@ -8,6 +8,7 @@
 
 #include "core/aligned_buffer.h"
 #include "core/error.h"
+#include "mpi/nccl_process_group.h"
 
 namespace alem {
 
@@ -351,6 +352,23 @@ int secure_parallel_context(ParallelContext& ctx, std::shared_ptr<SecureChannelK
     if (dynamic_cast<SecureProcessGroup*>(group->get())) ++wrapped;
   }
   return wrapped;
+}
+
+bool group_encrypts_between_hosts(const ProcessGroup& group) {
+  const auto* secure = dynamic_cast<const SecureProcessGroup*>(&group);
+  if (!secure) return false;
+  for (int peer = 0; peer < secure->size(); ++peer) {
+    if (secure->encrypts_to(peer)) return true;
+  }
+  return false;
+}
+
+std::string device_group_refusal(const ParallelContext& ctx) {
+  if (!ctx.tp || !group_encrypts_between_hosts(*ctx.tp)) return "";
+  return "no NCCL group for the " + ctx.tp->name() +
+         " group: its members are on different hosts and the interconnect is encrypted, but "
+         "NCCL traffic is not; its GPU tensors go through host memory over the encrypted "
+         "channel instead (slower). Keep each tensor-parallel group on one host for NCCL";
 }
 
 std::vector<int> peers_needing_keys(const ParallelContext& ctx, const SecureGroupOptions& options) {

@@ -140,6 +140,12 @@ std::unique_ptr<ProcessGroup> make_secure_group(std::unique_ptr<ProcessGroup> in
 int secure_parallel_context(ParallelContext& ctx, std::shared_ptr<SecureChannelKeys> keys,
                             const SecureGroupOptions& options = {});
 
+// True when `group` is a SecureProcessGroup that encrypts messages to at least one of its
+// members (they are on another host, or the test knob is on). A device group (NCCL) made over
+// such a group would carry its tensors between hosts in the clear, so none is made
+// (attach_device_groups, mpi/nccl_process_group.h).
+bool group_encrypts_between_hosts(const ProcessGroup& group);
+
 // The world ranks this rank needs a pairwise key with: members of its world group on another
 // node (every other rank with the test knob).
 std::vector<int> peers_needing_keys(const ParallelContext& ctx, const SecureGroupOptions& options);

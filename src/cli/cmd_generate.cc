@@ -71,8 +71,14 @@ void run_generate(GenerateOptions& o) {
     }
 
     auto backend = make_backend(o.backend);
-    // GPU tensors go between tensor-parallel ranks over NCCL where this build has it.
-    if (backend->memory_space() == MemorySpace::kDevice) attach_device_groups(ctx);
+    // GPU tensors go between tensor-parallel ranks over NCCL where this build has it, and never
+    // between hosts with the interconnect encrypted (they are staged through host memory then).
+    if (backend->memory_space() == MemorySpace::kDevice) {
+      std::string no_nccl;
+      if (!attach_device_groups(ctx, &no_nccl) && !no_nccl.empty() && ctx.world_rank == 0) {
+        log_warn(no_nccl);
+      }
+    }
     EngineOptions engine_options;
     engine_options.block_size = o.block_size;
     engine_options.kv_cache_dtype = parse_dtype(o.kv_cache_dtype);

@@ -6,7 +6,8 @@
 // encrypted path equal the clear path on the same data (and the values every rank computes for
 // itself); the sharded model's greedy tokens with encryption equal the single-rank reference; a
 // flipped ciphertext byte and a replayed message make the receiver fail with an error naming
-// the peer; nonces never repeat and the counters count every message.
+// the peer; nonces never repeat and the counters count every message; no NCCL (device) group is
+// made over a tensor-parallel group that encrypts between hosts.
 #include <unistd.h>
 
 #include <cstring>
@@ -24,6 +25,7 @@
 #include "model/convert.h"
 #include "model/model_store.h"
 #include "mpi/mpi_context.h"
+#include "mpi/nccl_process_group.h"
 #include "mpi/secure_process_group.h"
 #include "mpi_test.h"
 #include "test_env.h"
@@ -218,6 +220,28 @@ TEST(SecureChannel, NoncesNeverRepeatAndCountersCountEveryMessage) {
   for (int p = 0; p < g->size(); ++p) ok = ok && next[static_cast<size_t>(p)] == g->send_counter(p);
   EXPECT_TRUE(ok);
   ASSERT_TRUE(all_ranks_agree(ok));
+}
+
+TEST(SecureChannel, NoDeviceGroupOverAnEncryptedTensorParallelGroup) {
+  ALEM_REQUIRE_RANKS(2);
+  // Clear: tp on one host may take an NCCL group (which needs a GPU here).
+  ParallelContext clear = make_mpi_context(ParallelLayout(world_size(), 1, 1));
+  EXPECT_FALSE(group_encrypts_between_hosts(*clear.tp));
+  EXPECT_EQ(device_group_refusal(clear), "");
+  // Encrypted between its members: refused, with the reason, before NCCL or CUDA is touched.
+  ParallelContext ctx = make_mpi_context(ParallelLayout(world_size(), 1, 1));
+  SecureGroupOptions options;
+  options.treat_every_rank_as_own_node = true;
+  secure_parallel_context(ctx, test_keys(), options);
+  ASSERT_TRUE(group_encrypts_between_hosts(*ctx.tp));
+  const std::string refusal = device_group_refusal(ctx);
+  EXPECT_NE(refusal.find("encrypted"), std::string::npos) << refusal;
+  EXPECT_NE(refusal.find("NCCL"), std::string::npos) << refusal;
+  std::string why_not;
+  EXPECT_FALSE(attach_device_groups(ctx, &why_not));
+  EXPECT_EQ(ctx.tp_device, nullptr);
+  EXPECT_FALSE(why_not.empty());
+  ASSERT_TRUE(all_ranks_agree(!why_not.empty() && ctx.tp_device == nullptr));
 }
 
 TEST(SecureChannel, AFlippedCiphertextByteFailsTheReceiverNamingThePeer) {
