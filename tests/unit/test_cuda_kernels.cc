@@ -159,6 +159,50 @@ RopeTable test_rope_table() {
   return table;
 }
 
+// The 16-bit GEMMs of more than 8 rows: cuBLASLt (bias in its epilogue) and the cublasGemmEx
+// fallback both within the conformance suite's tolerance of the reference (8e-3 bf16, 2e-3 f16
+// of sum |x w| + |bias| per output), and cuBLASLt really runs them on a Hopper GPU.
+TEST_F(CudaVsReference, CublasLtAndFallbackGemms) {
+  for (DType dtype : {DType::BF16, DType::F16}) {
+    for (bool with_bias : {false, true}) {
+      const int64_t M = 33, N = 200, K = 608;
+      const auto x = random_values(M * K, 320, -2.f, 2.f);
+      const auto values = random_values(N * K, 321);
+      const auto bias = random_values(N, 322);
+      const WeightMatrix w = make_weight_matrix(values.data(), N, K, dtype);
+      std::vector<float> want(M * N), scale(M * N);
+      ref_.matmul(x.data(), M, w, with_bias ? bias.data() : nullptr, want.data());
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t n = 0; n < N; ++n) {
+          double magnitude = with_bias ? std::fabs(bias[n]) : 0.0;
+          for (int64_t k = 0; k < K; ++k) magnitude += std::fabs(x[m * K + k] * w.at(n, k));
+          scale[m * N + n] = static_cast<float>(magnitude);
+        }
+      }
+      const double tol = dtype == DType::BF16 ? 8e-3 : 2e-3;
+      auto dx = to_device(x);
+      auto db = to_device(bias);
+      auto dy = zeros(M * N);
+      for (auto library :
+           {CudaBackend::GemmLibrary::kCublasLt, CudaBackend::GemmLibrary::kCublas}) {
+        cuda_->set_gemm_library(library);
+        const uint64_t lt_before = cuda_->cublaslt_gemms();
+        const uint64_t fallback_before = cuda_->fallback_gemms();
+        cuda_->matmul(dx->as<float>(), M, w, with_bias ? db->as<float>() : nullptr,
+                      dy->as<float>());
+        const bool lt = library == CudaBackend::GemmLibrary::kCublasLt;
+        EXPECT_EQ(cuda_->cublaslt_gemms() - lt_before, lt ? 1u : 0u) << dtype_name(dtype);
+        EXPECT_EQ(cuda_->fallback_gemms() - fallback_before, lt ? 0u : 1u) << dtype_name(dtype);
+        expect_close(to_host(*dy, M * N), want, scale, tol,
+                     std::string(lt ? "cublaslt " : "cublas ") + dtype_name(dtype) +
+                         (with_bias ? " bias" : ""));
+      }
+      cuda_->set_gemm_library(CudaBackend::GemmLibrary::kCublasLt);
+      cuda_->evict(w);
+    }
+  }
+}
+
 TEST_F(CudaVsReference, RopeHostAndDevicePositions) {
   const RopeTable table = test_rope_table();
   const int heads = 9, T = 5;

@@ -1,7 +1,7 @@
 // The CUDA backend's host side: owns the device, stream, cuBLAS handle, scratch and the device
 // copies of host-held weights and rope tables, validates arguments like the reference backend
 // does, turns host metadata (attention sequences, block tables, positions, tokens) into device
-// arrays, and dispatches to the kernels in this directory (or cuBLAS for f32/bf16/f16 GEMMs).
+// arrays, and dispatches to the kernels in this directory (or cuBLASLt / cuBLAS for GEMMs).
 // Every op synchronises its stream before returning, so errors surface at the op that caused
 // them and callers may reuse host buffers immediately.
 #include "kernels/cuda/cuda_backend.h"
@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/gemm_lt.h"
 
 #define ALEM_CUBLAS_CHECK(expr)                                  \
   do {                                                           \
@@ -51,6 +52,13 @@ bool is_device_pointer(const void* p) {
 
 cudaStream_t as_stream(CUstream_st* s) {
   return s;
+}
+
+void check_cuda_weight_dtype(DType dtype) {
+  ALEM_CHECK(!dtype_is_block(dtype), "cuda: " + dtype_name(dtype) +
+                                         " weights (ggml blocks) have no CUDA kernels yet; "
+                                         "convert the model with --dtype bf16 or int8 for "
+                                         "--backend cuda");
 }
 
 void check_int_range(int64_t v, const char* what) {
@@ -92,6 +100,11 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   }
   cublas_ = handle;
   ALEM_CUBLAS_CHECK(cublasSetStream(cublas_, stream));
+  try {
+    lt_ = std::make_unique<cuda::LtGemm>();
+  } catch (const Error&) {
+    lt_.reset();  // the 16-bit GEMMs use cublasGemmEx
+  }
   ALEM_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device_));
   ALEM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&error_flag_), sizeof(int)));
   ALEM_CUDA_CHECK(cudaMemset(error_flag_, 0, sizeof(int)));
@@ -109,6 +122,7 @@ CudaBackend::~CudaBackend() {
     cudaFree(r.cos);
     cudaFree(r.sin);
   }
+  lt_.reset();
   cudaFree(scratch_);
   cudaFree(error_flag_);
   if (cublas_) cublasDestroy(cublas_);
@@ -235,6 +249,7 @@ void CudaBackend::wipe(void* dst, size_t bytes) const {
 
 CudaBackend::DeviceWeight CudaBackend::upload_weight_locked(const WeightMatrix& w) const {
   ALEM_CHECK(w.rows > 0 && w.cols > 0 && !w.data.empty(), "cuda: empty weight matrix");
+  check_cuda_weight_dtype(w.dtype);
   const size_t bytes = static_cast<size_t>(w.rows * w.cols) * dtype_size(w.dtype);
   ALEM_CHECK(w.data.size() >= bytes, "cuda: weight matrix data smaller than its shape");
   DeviceWeight d;
@@ -276,6 +291,7 @@ const CudaBackend::DeviceWeight& CudaBackend::weight_locked(const WeightMatrix& 
     return *d;
   }
   ALEM_CHECK(w.rows > 0 && w.cols > 0 && !w.data.empty(), "cuda: empty weight matrix");
+  check_cuda_weight_dtype(w.dtype);
   const size_t bytes = static_cast<size_t>(w.rows * w.cols) * dtype_size(w.dtype);
   const void* key = w.data.data();
   auto it = weights_.find(key);
@@ -420,6 +436,14 @@ void CudaBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const
     const cudaDataType_t type = w.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_16F;
     auto* x_half = static_cast<uint16_t*>(scratch_locked(static_cast<size_t>(M * K) * 2));
     cuda::launch_convert_f32(x, M * K, static_cast<int>(w.dtype), x_half, stream);
+    if (lt_ && gemm_library_ == GemmLibrary::kCublasLt &&
+        lt_->run(d.data, x_half, type, static_cast<int>(M), static_cast<int>(N),
+                 static_cast<int>(K), bias, y, stream)) {
+      ++cublaslt_gemms_;
+      sync();
+      return;
+    }
+    ++fallback_gemms_;
     ALEM_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N),
                                    static_cast<int>(M), static_cast<int>(K), &alpha, d.data, type,
                                    static_cast<int>(K), x_half, type, static_cast<int>(K), &beta, y,
@@ -430,6 +454,21 @@ void CudaBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const
   }
   if (bias) cuda::launch_add_bias(y, bias, M, N, stream);
   sync();
+}
+
+void CudaBackend::set_gemm_library(GemmLibrary library) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  gemm_library_ = library;
+}
+
+uint64_t CudaBackend::cublaslt_gemms() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return cublaslt_gemms_;
+}
+
+uint64_t CudaBackend::fallback_gemms() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return fallback_gemms_;
 }
 
 void CudaBackend::rmsnorm(const float* x, const float* gamma, int64_t M, int64_t D, float eps,

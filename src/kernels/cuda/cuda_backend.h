@@ -26,6 +26,9 @@ struct CUstream_st;
 struct cublasContext;
 
 namespace alem {
+namespace cuda {
+class LtGemm;  // kernels/cuda/gemm_lt.h
+}
 
 // Number of usable CUDA devices; 0 (never an exception) when there is no GPU or no driver.
 int cuda_device_count();
@@ -91,6 +94,15 @@ class CudaBackend final : public KernelBackend {
 
   int device() const { return device_; }
 
+  // Which library runs the bf16/f16 GEMMs of more than 8 rows: cuBLASLt (the default, bias in
+  // its epilogue) or cublasGemmEx (the fallback, also taken for a shape cuBLASLt has no
+  // algorithm for, or when cuBLASLt could not start). For tests and benchmarks.
+  enum class GemmLibrary : uint8_t { kCublasLt = 0, kCublas = 1 };
+  void set_gemm_library(GemmLibrary library);
+  // GEMMs run by cuBLASLt, and by the cublasGemmEx fallback, since construction.
+  uint64_t cublaslt_gemms() const;
+  uint64_t fallback_gemms() const;
+
  private:
   struct DeviceWeight {
     void* data = nullptr;
@@ -117,7 +129,10 @@ class CudaBackend final : public KernelBackend {
   void check_error_flag_locked(const char* what) const;
 
   int device_ = 0;
-  int sm_count_ = 1;  // streaming multiprocessors, for the attention's key splits
+  int sm_count_ = 1;                  // streaming multiprocessors, for the attention's key splits
+  std::unique_ptr<cuda::LtGemm> lt_;  // null when cuBLASLt could not start
+  GemmLibrary gemm_library_ = GemmLibrary::kCublasLt;
+  mutable uint64_t cublaslt_gemms_ = 0, fallback_gemms_ = 0;
   CUstream_st* stream_ = nullptr;
   cublasContext* cublas_ = nullptr;
   int* error_flag_ = nullptr;  // device int set by kernels on bad input
