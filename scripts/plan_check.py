@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Checks `alem plan` against measurement. Each round calibrates this node at the model's own
-shapes (`alem bench calibrate -m MODEL`), then, for each layout and load: updates the
-calibration right before the run (`alem bench calibrate --collectives-only` with the run's rank
-count: the load probe, each rank's core share, the collectives), runs `alem bench batch`, and
-asks `alem plan --layout` for the same layout and workload with that calibration. Calibration
-and benchmark alternate, so both see the same machine load; --repeats rounds take the layouts in
-a rotated order, and the table gives medians, with the load average of each run.
+"""Checks `alem plan` against measurement. For each layout and load, right before the run: a
+full calibration at the model's own shapes (`alem bench calibrate -m MODEL`; with
+`--calibrate round` only once per round), then `alem bench calibrate --collectives-only` with
+the run's rank count (the load probe, each rank's core share, the collectives); then `alem bench
+batch`, and `alem plan --layout` for the same layout and workload with that calibration.
+Calibration and benchmark alternate, so both see the same machine load; --repeats rounds take
+the layouts in a rotated order, and the table gives medians, with the load average of each run.
 
   scripts/plan_check.py --alem build/alem --model models/smollm2-135m-instruct.h5 \
       --cluster plan/clusters/dev-2core.toml --repeats 3 --csv check.csv --markdown check.md
@@ -51,7 +51,7 @@ def mpirun(ranks, threads):
 
 def calibrate_full(a, path, threads, dtype):
     run([a.alem, "bench", "calibrate", "-m", a.model, "--dtypes", dtype, "--threads",
-         str(threads), "--seconds", str(a.calibration_seconds), "--repeats", "5", "-o", path],
+         str(threads), "--seconds", str(a.calibration_seconds), "--repeats", "3", "-o", path],
         a.timeout)
 
 
@@ -109,13 +109,16 @@ def main():
                          "instead of calibrating at the round's start; it is still updated "
                          "right before each run")
     ap.add_argument("--dtype", default="bf16", help="the model's weight dtype (calibrated)")
+    ap.add_argument("--calibrate", choices=("run", "round"), default="run",
+                    help="full calibration before every run, or once per round (then only "
+                         "the load probe before each run)")
     ap.add_argument("--runs", help="semicolon list of TP,PP,DP,CONCURRENCY (default: 12 runs)")
     ap.add_argument("--repeats", type=int, default=1, help="measurements of each run")
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--requests-per-slot", type=int, default=2,
                     help="requests = concurrency x replicas x this")
-    ap.add_argument("--calibration-seconds", type=float, default=0.2,
+    ap.add_argument("--calibration-seconds", type=float, default=0.1,
                     help="time per calibration measurement")
     ap.add_argument("--csv", help="every measurement, one row each")
     ap.add_argument("--markdown", help="also write the summary table to this file")
@@ -133,8 +136,10 @@ def main():
             round_cal = a.calibration or os.path.join(tmp, f"cal-{rep}.json")
             if not a.calibration:
                 calibrate_full(a, round_cal, threads, a.dtype)
-            for tp, pp, dp, conc in order:
+            for i, (tp, pp, dp, conc) in enumerate(order):
                 tag = f"{tp}-{pp}-{dp}-{conc}-{rep}"
+                if i > 0 and a.calibrate == "run" and not a.calibration:
+                    calibrate_full(a, round_cal, threads, a.dtype)
                 cal = os.path.join(tmp, f"cal-{tag}.json")
                 shutil.copyfile(round_cal, cal)
                 calibrate_now(a, cal, tp * pp * dp, threads)

@@ -28,6 +28,7 @@
 
 #include "cli/calibrate_engine.h"
 #include "cli/commands.h"
+#include "cli/progress.h"
 #include "cli/runtime.h"
 #include "core/error.h"
 #include "engine/generator.h"
@@ -324,15 +325,22 @@ void run_calibrate(const CalibrateOptions& o) {
         std::erase_if(synthetic.dtypes,
                       [&](const std::string& d) { return dtype_name(parse_dtype(d)) == own; });
       }
+      const int stages = o.model.empty() ? 3 : 4;
+      show_progress("calibrate", 0, stages, "matmul kernels");
       calibrate_matmul(synthetic, *backend, c);
+      show_progress("calibrate", 1, stages, "memory bandwidth");
       c.read_bandwidth_gbs = measure_memory_bandwidth_gbs(size_t{256} << 20, o.threads);
       const int cores = std::max(1, omp_get_num_procs());
       c.node_read_bandwidth_gbs = measure_memory_bandwidth_gbs(size_t{256} << 20, cores);
       std::printf("streaming read: %.1f GB/s on %d thread(s), %.1f GB/s on %d\n",
                   c.read_bandwidth_gbs, o.threads, c.node_read_bandwidth_gbs, cores);
+      show_progress("calibrate", 2, stages, "AES-256-GCM");
       calibrate_aes(o, c);
-      if (!o.model.empty())
+      if (!o.model.empty()) {
+        show_progress("calibrate", 3, stages, "the engine at the model's shapes");
         calibrate_engine_at_model_shapes(o.model, *backend, o.footprint_mb * 4e6, o.repeats, c);
+      }
+      show_progress("calibrate", stages, stages, "done");
       StreamProbe probe(o.threads);
       std::vector<double> rates;
       for (int r = 0; r < 3; ++r) rates.push_back(probe.gbs(0.2));

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/progress.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "model/model_store.h"
@@ -82,14 +83,7 @@ std::string utc_now() {
 
 // One line per finished point; on a terminal a bar that redraws in place.
 void progress(int done, int total, const std::string& what) {
-  if (isatty(fileno(stderr))) {
-    const int width = 30, filled = total > 0 ? done * width / total : width;
-    std::fprintf(stderr, "\r[%s%s] %d/%d %s\033[K", std::string(filled, '#').c_str(),
-                 std::string(width - filled, '.').c_str(), done, total, what.c_str());
-    if (done == total) std::fprintf(stderr, "\n");
-  } else {
-    std::fprintf(stderr, "sweep %d/%d %s\n", done, total, what.c_str());
-  }
+  show_progress("sweep", done, total, what);
 }
 
 void run_sweep(const SweepOptions& o) {

@@ -442,8 +442,8 @@ std::vector<Prediction> plan_layouts(const ModelShape& m, const ClusterSpec& c, 
       for (int dp = 1; tp * pp * dp <= max_ranks; ++dp) {
         for (int ep = 1; ep <= (m.is_moe() ? tp : 1); ++ep) {
           Layout l{tp, pp, ep, dp};
-          // The engine's expert parallelism divides the tp group (and the experts).
-          if (ep > 1 && (tp % ep != 0 || m.num_experts % ep != 0)) continue;
+          // ep sizes the engine refuses (engine/shard_plan.h) are not layouts at all.
+          if (ep > 1 && !sharding_problem(m, l).empty()) continue;
           // tp sizes the engine refuses are not layouts at all; list only sizes that divide.
           if (m.num_heads % tp != 0) continue;
           out.push_back(predict(m, c, w, l));
