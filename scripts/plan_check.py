@@ -154,6 +154,8 @@ def main():
                     row[f"predicted_{w}"] = p[w]
                     row[f"error_{w}"] = rel(p[w], m[w])
                 rows.append(row)
+                if a.csv:  # rewritten after every run, so a run cut short keeps what it measured
+                    write_csv(a.csv, rows)
                 print(f"[{time.time() - started:5.0f} s] tp{tp} pp{pp} dp{dp} c{conc} #{rep}: "
                       f"measured {m['tok_s']:.1f} tok/s, predicted {p['tok_s']:.1f} "
                       f"({row['error_tok_s']:+.0%}), load {row['load_average']:.1f}",
@@ -196,11 +198,13 @@ def main():
     if a.markdown:
         with open(a.markdown, "w") as f:
             f.write("\n".join(lines) + "\n")
-    if a.csv:
-        with open(a.csv, "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-            wr.writeheader()
-            wr.writerows(rows)
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        wr.writeheader()
+        wr.writerows(rows)
 
 
 if __name__ == "__main__":
