@@ -478,10 +478,10 @@ void ShardedTransformer::run_layer(Layer& L, int64_t T) {
   all_reduce_tp(proj_, T * H);
   timings_.communication_seconds += seconds_since(t0);
   t0 = Clock::now();
-  backend_.add_inplace(x, proj, T * H);
+  // Residual add and the feed-forward block's norm, fused where the backend can.
+  backend_.add_rmsnorm(x, proj, L.post_attention_norm.data<float>(), T, H, config_.rms_norm_eps, h);
 
   // Feed-forward block.
-  backend_.rmsnorm(x, L.post_attention_norm.data<float>(), T, H, config_.rms_norm_eps, h);
   if (L.moe) {  // sparse layer: this rank's experts; the all-reduce below combines them
     L.moe->forward(backend_, h, T, proj, moe_routing_);
   } else {

@@ -83,6 +83,12 @@ void KernelBackend::wipe(void* dst, size_t bytes) const {
   secure_wipe(dst, bytes);
 }
 
+void KernelBackend::add_rmsnorm(float* x, const float* residual, const float* gamma, int64_t M,
+                                int64_t D, float eps, float* y) const {
+  add_inplace(x, residual, M * D);
+  rmsnorm(x, gamma, M, D, eps, y);
+}
+
 void check_sampling_candidates_args(int64_t rows, int64_t vocab, int k) {
   ALEM_CHECK(rows >= 0 && vocab > 0 && vocab <= std::numeric_limits<int32_t>::max(),
              "sampling_candidates: bad shape rows=" + std::to_string(rows) +

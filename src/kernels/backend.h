@@ -154,6 +154,11 @@ class KernelBackend {
   // y[M][D] = x / rms(x) * gamma, row-wise. y may alias x.
   virtual void rmsnorm(const float* x, const float* gamma, int64_t M, int64_t D, float eps,
                        float* y) const = 0;
+  // The residual add and the norm after it, fused where a backend can: x[M][D] += residual, then
+  // y = rmsnorm(x) * gamma row-wise (x keeps the sum; y must not alias x or residual). The
+  // default is add_inplace then rmsnorm, so host backends give exactly those two ops' results.
+  virtual void add_rmsnorm(float* x, const float* residual, const float* gamma, int64_t M,
+                           int64_t D, float eps, float* y) const;
   // In place on x[T][num_heads * head_dim], rotating every head of row t by positions[t].
   virtual void rope(float* x, int64_t T, int num_heads, int head_dim, const int32_t* positions,
                     const RopeTable& table) const = 0;

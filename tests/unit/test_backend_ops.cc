@@ -6,7 +6,7 @@
 // scale, scale = max(1, |want|) unless said):
 //   upload/download/copy_2d/wipe, embedding, add_inplace, kv_cache_write: exact (the f32 and
 //     bf16 caches must hold the same bytes as the reference's, bf16 rounded to nearest even);
-//   rmsnorm, rope, silu_mul: 2e-5;
+//   rmsnorm, add_rmsnorm (its sum x + residual exact), rope, silu_mul: 2e-5;
 //   matmul: 1e-5 of sum |x*w| (+|bias|) per output; where x is rounded to the weights' format
 //     (cuda bf16/f16 with M > 8 for the tensor cores, cpu dot-product kernels) bf16 8e-3, f16
 //     2e-3, int8 1e-3;
@@ -327,6 +327,19 @@ TEST_P(BackendOps, RmsnormRopeSiluMulAdd) {
     backend_->rope(dr.data<float>(), T, heads, head_dim, dp.data<int32_t>(), table);
     expect_close(get(dr, T * heads * head_dim), rotated, 2e-5,
                  "rope head_dim " + std::to_string(head_dim));
+  }
+
+  // Fused residual add + rmsnorm: x exact (one f32 add), y within rmsnorm's tolerance.
+  {
+    const auto residual = random_values(M * D, 36, -3.f, 3.f);
+    std::vector<float> want_x = x, want_y(M * D);
+    ref_.add_inplace(want_x.data(), residual.data(), M * D);
+    ref_.rmsnorm(want_x.data(), gamma.data(), M, D, 1e-5f, want_y.data());
+    Tensor fx = put(x), fr = put(residual), fy = zeros(M * D);
+    backend_->add_rmsnorm(fx.data<float>(), fr.data<float>(), dg.data<float>(), M, D, 1e-5f,
+                          fy.data<float>());
+    expect_close(get(fx, M * D), want_x, 0, "add_rmsnorm x");
+    expect_close(get(fy, M * D), want_y, 2e-5, "add_rmsnorm y");
   }
 
   const int64_t I = 1536;

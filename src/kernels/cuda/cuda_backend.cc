@@ -480,6 +480,15 @@ void CudaBackend::rmsnorm(const float* x, const float* gamma, int64_t M, int64_t
   sync();
 }
 
+void CudaBackend::add_rmsnorm(float* x, const float* residual, const float* gamma, int64_t M,
+                              int64_t D, float eps, float* y) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  activate();
+  ALEM_CHECK(M >= 0 && D >= 0, "cuda add_rmsnorm: negative shape");
+  cuda::launch_add_rmsnorm(x, residual, gamma, M, D, eps, y, as_stream(stream_));
+  sync();
+}
+
 void CudaBackend::rope(float* x, int64_t T, int num_heads, int head_dim, const int32_t* positions,
                        const RopeTable& table) const {
   std::lock_guard<std::mutex> lock(mutex_);

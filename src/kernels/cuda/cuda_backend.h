@@ -46,6 +46,9 @@ class CudaBackend final : public KernelBackend {
               float* y) const override;
   void rmsnorm(const float* x, const float* gamma, int64_t M, int64_t D, float eps,
                float* y) const override;
+  // Fused on the GPU: one kernel per call (norm.cu).
+  void add_rmsnorm(float* x, const float* residual, const float* gamma, int64_t M, int64_t D,
+                   float eps, float* y) const override;
   void rope(float* x, int64_t T, int num_heads, int head_dim, const int32_t* positions,
             const RopeTable& table) const override;
   void silu_mul(const float* gate_up, int64_t M, int64_t I, float* out) const override;

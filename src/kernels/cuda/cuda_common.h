@@ -60,6 +60,8 @@ void launch_add_bias(float* y, const float* bias, int64_t M, int64_t N, cudaStre
 // --- norm.cu ---
 void launch_rmsnorm(const float* x, const float* gamma, int64_t M, int64_t D, float eps, float* y,
                     cudaStream_t stream);
+void launch_add_rmsnorm(float* x, const float* residual, const float* gamma, int64_t M, int64_t D,
+                        float eps, float* y, cudaStream_t stream);
 
 // --- rope.cu ---
 void launch_rope(float* x, int64_t T, int num_heads, int head_dim, const int32_t* positions,
