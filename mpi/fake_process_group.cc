@@ -26,7 +26,9 @@ struct Post {
   size_t size = 0;  // element count or bytes
   int root = -1;    // broadcast root, or the reduce operation
   const void* in = nullptr;
-  uint64_t calls = 0;  // collectives this member has started, this one included
+  uint64_t calls = 0;                  // collectives this member has started, this one included
+  const size_t* send_bytes = nullptr;  // all_to_all: bytes for each member, then from each
+  const size_t* recv_bytes = nullptr;
 };
 
 struct Rendezvous {
@@ -196,6 +198,39 @@ class FakeProcessGroup final : public ProcessGroup {
                    std::to_string(bytes) + " bytes from member " + std::to_string(src) + " tag " +
                    std::to_string(tag) + " but the message has " + std::to_string(message.size()));
     if (bytes > 0) std::memcpy(data, message.data(), bytes);
+  }
+
+  void all_to_all(const void* send, const std::vector<size_t>& send_bytes, void* recv,
+                  const std::vector<size_t>& recv_bytes) override {
+    check_all_to_all_counts(*this, send_bytes, recv_bytes);
+    Post post{"all_to_all", static_cast<size_t>(size()), -1, send};
+    post.send_bytes = send_bytes.data();
+    post.recv_bytes = recv_bytes.data();
+    const auto& posts = shared_->post_and_meet(rank_, post);
+    // Every member checks every pair, so all throw alike on a mismatch.
+    const size_t n = static_cast<size_t>(size());
+    for (size_t i = 0; i < n; ++i) {
+      for (size_t j = 0; j < n; ++j) {
+        if (posts[i].send_bytes[j] == posts[j].recv_bytes[i]) continue;
+        std::string why = "fake " + name() + " group: all_to_all counts disagree: member " +
+                          std::to_string(i) + " sends " + std::to_string(posts[i].send_bytes[j]) +
+                          " bytes to member " + std::to_string(j) + ", which expects " +
+                          std::to_string(posts[j].recv_bytes[i]);
+        shared_->meet(rank_, "all_to_all (end)");
+        ALEM_FAIL(why);
+      }
+    }
+    auto* out = static_cast<char*>(recv);
+    size_t at = 0;
+    for (size_t j = 0; j < n; ++j) {
+      size_t from = 0;  // offset of this member's block in member j's send buffer
+      for (size_t k = 0; k < static_cast<size_t>(rank_); ++k) from += posts[j].send_bytes[k];
+      if (recv_bytes[j] > 0) {
+        std::memcpy(out + at, static_cast<const char*>(posts[j].in) + from, recv_bytes[j]);
+      }
+      at += recv_bytes[j];
+    }
+    shared_->meet(rank_, "all_to_all (end)");
   }
 
   void barrier() override {

@@ -249,4 +249,81 @@ void MpiProcessGroup::barrier() {
   g.check(MPI_Barrier(g.comm), "barrier");
 }
 
+namespace {
+
+std::vector<size_t> prefix_offsets(const std::vector<size_t>& counts) {
+  std::vector<size_t> offsets(counts.size() + 1, 0);
+  for (size_t i = 0; i < counts.size(); ++i) offsets[i + 1] = offsets[i] + counts[i];
+  return offsets;
+}
+
+}  // namespace
+
+void MpiProcessGroup::all_to_all(const void* send, const std::vector<size_t>& send_bytes,
+                                 void* recv, const std::vector<size_t>& recv_bytes) {
+  const Impl& g = *impl_;
+  check_all_to_all_counts(*this, send_bytes, recv_bytes);
+  const std::vector<size_t> send_at = prefix_offsets(send_bytes);
+  const std::vector<size_t> recv_at = prefix_offsets(recv_bytes);
+  const auto* in = static_cast<const char*>(send);
+  auto* out = static_cast<char*>(recv);
+  const size_t n = static_cast<size_t>(g.size);
+  if (g.size == 1) {
+    ALEM_CHECK(send_bytes[0] == recv_bytes[0],
+               "all_to_all on the " + g.where() + ": sends " + std::to_string(send_bytes[0]) +
+                   " bytes to itself but expects " + std::to_string(recv_bytes[0]));
+    if (send_bytes[0] > 0) std::memcpy(out, in, send_bytes[0]);
+    return;
+  }
+  auto watch = g.watch("all_to_all", send_at[n] + recv_at[n]);
+  // Every member must take the same path: agree on the largest buffer first.
+  double largest = static_cast<double>(std::max(send_at[n], recv_at[n]));
+  g.check(MPI_Allreduce(MPI_IN_PLACE, &largest, 1, MPI_DOUBLE, MPI_MAX, g.comm),
+          "all_to_all (sizes)");
+  std::vector<int> send_counts(n), send_displs(n), recv_counts(n), recv_displs(n);
+  if (largest <= static_cast<double>(g.max_message_bytes)) {
+    for (size_t j = 0; j < n; ++j) {
+      send_counts[j] = static_cast<int>(send_bytes[j]);
+      send_displs[j] = static_cast<int>(send_at[j]);
+      recv_counts[j] = static_cast<int>(recv_bytes[j]);
+      recv_displs[j] = static_cast<int>(recv_at[j]);
+    }
+    g.check(MPI_Alltoallv(in, send_counts.data(), send_displs.data(), MPI_BYTE, out,
+                          recv_counts.data(), recv_displs.data(), MPI_BYTE, g.comm),
+            "all_to_all");
+    return;
+  }
+  // Rounds: each carries up to `piece` bytes of every block, packed into staging buffers, so
+  // every count and displacement of one MPI call stays below max_message_bytes.
+  const size_t piece = std::max<size_t>(1, g.max_message_bytes / n);
+  size_t longest = 0;
+  for (size_t j = 0; j < n; ++j) longest = std::max({longest, send_bytes[j], recv_bytes[j]});
+  double rounds_needed = static_cast<double>((longest + piece - 1) / piece);
+  g.check(MPI_Allreduce(MPI_IN_PLACE, &rounds_needed, 1, MPI_DOUBLE, MPI_MAX, g.comm),
+          "all_to_all (rounds)");
+  std::vector<char> staged_in(piece * n), staged_out(piece * n);
+  for (size_t round = 0; round < static_cast<size_t>(rounds_needed); ++round) {
+    const size_t offset = round * piece;
+    for (size_t j = 0; j < n; ++j) {
+      const size_t s = send_bytes[j] > offset ? std::min(piece, send_bytes[j] - offset) : 0;
+      const size_t r = recv_bytes[j] > offset ? std::min(piece, recv_bytes[j] - offset) : 0;
+      if (s > 0) std::memcpy(staged_in.data() + j * piece, in + send_at[j] + offset, s);
+      send_counts[j] = static_cast<int>(s);
+      send_displs[j] = static_cast<int>(j * piece);
+      recv_counts[j] = static_cast<int>(r);
+      recv_displs[j] = static_cast<int>(j * piece);
+    }
+    g.check(
+        MPI_Alltoallv(staged_in.data(), send_counts.data(), send_displs.data(), MPI_BYTE,
+                      staged_out.data(), recv_counts.data(), recv_displs.data(), MPI_BYTE, g.comm),
+        "all_to_all");
+    for (size_t j = 0; j < n; ++j) {
+      if (recv_counts[j] > 0) {
+        std::memcpy(out + recv_at[j] + offset, staged_out.data() + j * piece,
+                    static_cast<size_t>(recv_counts[j]));
+      }
+    }
+  }
+}
+
 }  // namespace alem

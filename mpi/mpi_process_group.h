@@ -50,6 +50,10 @@ class MpiProcessGroup final : public ProcessGroup {
   void send(const void* data, size_t bytes, int dst, int tag) override;
   void recv(void* data, size_t bytes, int src, int tag) override;
   void barrier() override;
+  // MPI_Alltoallv; blocks or totals beyond max_message_bytes go in several rounds (all members
+  // first agree on the largest total with one small all-reduce).
+  void all_to_all(const void* send, const std::vector<size_t>& send_bytes, void* recv,
+                  const std::vector<size_t>& recv_bytes) override;
 
   const GroupMembers& members() const;
   // Largest piece one MPI call carries; longer messages go in several calls.

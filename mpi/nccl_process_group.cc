@@ -105,6 +105,44 @@ class NcclProcessGroup final : public ProcessGroup {
     finish_call("recv");
   }
 
+  // One NCCL group call: a send and a receive per peer with a non-empty block; this member's
+  // own block is a device copy. Counts must agree pairwise (NCCL cannot tell; a mismatch hangs
+  // or corrupts, so callers exchange counts with all_to_all_counts over a host group first).
+  void all_to_all(const void* send, const std::vector<size_t>& send_bytes, void* recv,
+                  const std::vector<size_t>& recv_bytes) override {
+    check_all_to_all_counts(*this, send_bytes, recv_bytes);
+    const size_t own = static_cast<size_t>(rank_);
+    ALEM_CHECK(send_bytes[own] == recv_bytes[own],
+               "all_to_all on the NCCL " + name_ + " group: sends " +
+                   std::to_string(send_bytes[own]) + " bytes to itself but expects " +
+                   std::to_string(recv_bytes[own]));
+    const auto* in = static_cast<const char*>(send);
+    auto* out = static_cast<char*>(recv);
+    size_t send_at = 0, recv_at = 0;
+    if (size_ > 1) check_nccl(ncclGroupStart(), "ncclGroupStart (all_to_all)");
+    for (int peer = 0; peer < size_; ++peer) {
+      const size_t s = send_bytes[static_cast<size_t>(peer)];
+      const size_t r = recv_bytes[static_cast<size_t>(peer)];
+      if (peer == rank_) {
+        if (s > 0)
+          check_cuda(
+              cudaMemcpyAsync(out + recv_at, in + send_at, s, cudaMemcpyDeviceToDevice, stream_),
+              "cudaMemcpyAsync (all_to_all)");
+      } else {
+        if (s > 0)
+          check_nccl(ncclSend(in + send_at, s, ncclUint8, peer, comm_, stream_),
+                     "ncclSend (all_to_all)");
+        if (r > 0)
+          check_nccl(ncclRecv(out + recv_at, r, ncclUint8, peer, comm_, stream_),
+                     "ncclRecv (all_to_all)");
+      }
+      send_at += s;
+      recv_at += r;
+    }
+    if (size_ > 1) check_nccl(ncclGroupEnd(), "ncclGroupEnd (all_to_all)");
+    finish_call("all_to_all");
+  }
+
   void barrier() override {
     if (size_ == 1) return;
     check_nccl(ncclAllReduce(barrier_word_, barrier_word_, 1, ncclFloat32, ncclSum, comm_, stream_),

@@ -19,6 +19,7 @@ constexpr size_t kCounterBytes = 8;
 constexpr int kTagAllReduce = SecureProcessGroup::kFirstReservedTag + 1;
 constexpr int kTagAllGather = SecureProcessGroup::kFirstReservedTag + 2;
 constexpr int kTagBroadcast = SecureProcessGroup::kFirstReservedTag + 3;
+constexpr int kTagAllToAll = SecureProcessGroup::kFirstReservedTag + 4;
 
 void put_u32(uint8_t* out, uint32_t v) {
   for (int i = 0; i < 4; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
@@ -322,6 +323,44 @@ void SecureProcessGroup::broadcast(void* data, size_t bytes, int root) {
   while (mask > 0) {
     if (vr + mask < n) send(data, bytes, (vr + mask + root) % n, kTagBroadcast);
     mask >>= 1;
+  }
+}
+
+void SecureProcessGroup::all_to_all(const void* send_buf, const std::vector<size_t>& send_bytes,
+                                    void* recv_buf, const std::vector<size_t>& recv_bytes) {
+  check_all_to_all_counts(*this, send_bytes, recv_bytes);
+  const int n = size(), r = rank();
+  std::vector<size_t> send_at(static_cast<size_t>(n) + 1, 0), recv_at(send_at);
+  for (size_t j = 0; j < static_cast<size_t>(n); ++j) {
+    send_at[j + 1] = send_at[j] + send_bytes[j];
+    recv_at[j + 1] = recv_at[j] + recv_bytes[j];
+  }
+  const auto* in = static_cast<const uint8_t*>(send_buf);
+  auto* out = static_cast<uint8_t*>(recv_buf);
+  const size_t me = static_cast<size_t>(r);
+  ALEM_CHECK(send_bytes[me] == recv_bytes[me],
+             "all_to_all on group '" + name() + "': sends " + std::to_string(send_bytes[me]) +
+                 " bytes to itself but expects " + std::to_string(recv_bytes[me]));
+  if (send_bytes[me] > 0) std::memcpy(out + recv_at[me], in + send_at[me], send_bytes[me]);
+  // One partner per round; the lower rank of a pair sends first, so blocking sends never wait
+  // on each other. Empty blocks are skipped on both sides (the counts agree pairwise).
+  for (int round = 0; round < all_to_all_rounds(n); ++round) {
+    const int p = all_to_all_partner(r, n, round);
+    if (p < 0) continue;
+    const size_t q = static_cast<size_t>(p);
+    auto send_block = [&] {
+      if (send_bytes[q] > 0) send(in + send_at[q], send_bytes[q], p, kTagAllToAll);
+    };
+    auto recv_block = [&] {
+      if (recv_bytes[q] > 0) recv(out + recv_at[q], recv_bytes[q], p, kTagAllToAll);
+    };
+    if (r < p) {
+      send_block();
+      recv_block();
+    } else {
+      recv_block();
+      send_block();
+    }
   }
 }
 

@@ -82,6 +82,10 @@ class SecureProcessGroup final : public ProcessGroup {
   void send(const void* data, size_t bytes, int dst, int tag) override;
   void recv(void* data, size_t bytes, int src, int tag) override;
   void barrier() override { inner_->barrier(); }
+  // Pairwise exchanges in all_to_all_rounds() rounds (process_group.h), encrypted towards
+  // members on other hosts and in the clear (through the inner group) within a host.
+  void all_to_all(const void* send, const std::vector<size_t>& send_bytes, void* recv,
+                  const std::vector<size_t>& recv_bytes) override;
 
   const ProcessGroup& inner() const { return *inner_; }
   const GroupMembers& members() const { return members_; }

@@ -26,6 +26,15 @@ class SoloGroup final : public ProcessGroup {
     ALEM_FAIL("recv on the one-member group '" + name_ + "'");
   }
   void barrier() override {}
+  void all_to_all(const void* send, const std::vector<size_t>& send_bytes, void* recv,
+                  const std::vector<size_t>& recv_bytes) override {
+    check_all_to_all_counts(*this, send_bytes, recv_bytes);
+    ALEM_CHECK(send_bytes[0] == recv_bytes[0], "all_to_all on the one-member group '" + name_ +
+                                                   "': sends " + std::to_string(send_bytes[0]) +
+                                                   " bytes to itself but expects " +
+                                                   std::to_string(recv_bytes[0]));
+    if (send_bytes[0] > 0) std::memcpy(recv, send, send_bytes[0]);
+  }
 
  private:
   std::string name_;

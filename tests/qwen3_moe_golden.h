@@ -1,24 +1,29 @@
-// Shared by the unit and MPI tests of Qwen3-MoE: the tiny models' reference data from Hugging
-// Face transformers (tests/data/golden/tiny-qwen3-moe-*.json, written by
-// scripts/reference/make_qwen3_moe_reference.py), their conversion to a store, and the check of
-// one rank's model against the reference (teacher-forced greedy tokens and every step's logits).
+// Shared by the unit and MPI tests of the mixture-of-experts families (Qwen3-MoE, Mixtral): the
+// tiny models' reference data from Hugging Face transformers (tests/data/golden/tiny-*.json,
+// written by scripts/reference/make_qwen3_moe_reference.py and make_mixtral_reference.py),
+// their conversion to a store, the check of one rank's model against the reference
+// (teacher-forced greedy tokens and every step's logits), and the same over every rank of a
+// layout in fake in-process groups.
 #pragma once
 
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/transformer.h"
 #include "model/convert.h"
 #include "model/model_store.h"
+#include "mpi/fake_process_group.h"
 #include "test_env.h"
 
 namespace alem::test {
@@ -30,6 +35,7 @@ using nlohmann::json;
 // largest error seen is printed by the one-rank test.
 inline constexpr double kTolerance = 1e-4;
 inline const char* const kModels[] = {"tiny-qwen3-moe-a", "tiny-qwen3-moe-b"};
+inline const char* const kMixtralModel = "tiny-mixtral";
 
 inline json load_golden(const std::string& model) {
   std::ifstream in(data_dir() + "/golden/" + model + ".json");
@@ -129,6 +135,55 @@ inline int check_golden(ShardedTransformer& model, ParallelContext& ctx, const j
     matched.push_back(agree);
   }
   return failures;
+}
+
+// Runs check_golden on every rank of `layout` (each in its own thread over fake groups) with the
+// store at `store_path`; returns the failed checks summed over ranks. Also checks that the last
+// stage matched 24+ steps per prompt and that each rank holds its ep slice's experts.
+inline int check_golden_fake_layout(const std::string& name, const std::string& store_path,
+                                    const ParallelLayout& layout) {
+  const json golden = load_golden(name);
+  auto backend = make_backend("cpu");
+  backend->set_max_threads(1);
+  std::vector<ParallelContext> contexts = make_fake_contexts(layout);
+  EngineOptions options;
+  options.kv_cache_dtype = DType::F32;  // compared with transformers: exact attention inputs
+  options.max_model_len = 128;
+  std::vector<std::unique_ptr<ModelStoreReader>> stores;
+  std::vector<std::unique_ptr<ShardedTransformer>> models;
+  for (ParallelContext& ctx : contexts) {  // loading reads HDF5: one rank at a time
+    stores.push_back(std::make_unique<ModelStoreReader>(store_path));
+    models.push_back(std::make_unique<ShardedTransformer>(*stores.back(), ctx, *backend, options));
+  }
+  std::atomic<int> failures{0};
+  std::vector<std::vector<int>> matched(contexts.size());
+  std::vector<std::thread> threads;
+  for (size_t r = 0; r < contexts.size(); ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        failures += check_golden(*models[r], contexts[r], golden, matched[r]);
+      } catch (const std::exception& e) {
+        ++failures;
+        ADD_FAILURE() << "rank " << r << ": " << e.what();
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  const std::string what = name + " " + layout.describe();
+  int bad = failures.load();
+  for (size_t r = 0; r < contexts.size(); ++r) {
+    const ShardPlan& s = models[r]->shard();
+    if (s.has_lm_head()) {
+      for (int m : matched[r]) {
+        EXPECT_GE(m, 24) << what << " rank " << r;
+        bad += m >= 24 ? 0 : 1;
+      }
+    }
+    const int experts = stores[r]->config().num_experts;
+    EXPECT_EQ(s.num_local_experts, experts / layout.ep_size()) << what;
+    EXPECT_EQ(s.expert_begin, contexts[r].coords.ep * s.num_local_experts) << what;
+  }
+  return bad;
 }
 
 }  // namespace alem::test

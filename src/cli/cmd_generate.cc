@@ -83,7 +83,7 @@ void run_generate(GenerateOptions& o) {
     engine_options.block_size = o.block_size;
     engine_options.kv_cache_dtype = parse_dtype(o.kv_cache_dtype);
     const int needed = static_cast<int>(prompt.size()) + o.sampling.max_tokens;
-    engine_options.max_model_len = std::min(needed, store.config().max_position_embeddings);
+    engine_options.max_model_len = std::min(needed, store.config().context_limit());
     ShardedTransformer model(store, ctx, *backend, engine_options);
 
     std::vector<int32_t> eos = store.config().eos_token_ids;

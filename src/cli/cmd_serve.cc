@@ -459,8 +459,8 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     engine_options.kv_cache_dtype = parse_dtype(o.kv_cache_dtype);
     check_kv_cache_dtype(engine_options.kv_cache_dtype);
     engine_options.max_model_len = o.max_model_len > 0
-                                       ? std::min(o.max_model_len, config.max_position_embeddings)
-                                       : config.max_position_embeddings;
+                                       ? std::min(o.max_model_len, config.context_limit())
+                                       : config.context_limit();
     engine_options.num_kv_blocks =
         o.num_kv_blocks > 0 ? o.num_kv_blocks
                             : kv_blocks_for_budget(config, ctx, o.block_size, o.kv_cache_mb,

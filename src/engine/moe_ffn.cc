@@ -1,6 +1,7 @@
 // Routing and the grouped expert FFN of one sparse layer (see moe_ffn.h). The routing follows
-// transformers' Qwen3MoeTopKRouter: softmax of the router logits in float, the k largest
-// probabilities (lower expert id first on ties), divided by their sum when norm_topk_prob.
+// transformers' Qwen3MoeTopKRouter and MixtralTopKRouter: softmax of the router logits in float,
+// the k largest probabilities (lower expert id first on ties), divided by their sum when
+// norm_topk_prob (always for Mixtral: a softmax over the selected logits).
 #include "engine/moe_ffn.h"
 
 #include <algorithm>
@@ -22,17 +23,17 @@ MoeFfn::MoeFfn(const ModelStoreReader& store, const ModelConfig& config, const S
       ffn_size_(shard.expert_ffn_size) {
   ALEM_CHECK(shard.num_local_experts > 0 && ffn_size_ > 0,
              "layer " + std::to_string(layer) + " is sparse but the shard plan holds no experts");
-  router_ = store.read_matrix(router_tensor_name(layer), 0, num_experts_);
+  router_ = store.read_matrix(router_tensor_name(config, layer), 0, num_experts_);
   for (int e = shard.expert_begin; e < shard.expert_begin + shard.num_local_experts; ++e) {
     Expert expert;
     std::vector<WeightMatrix> parts;
-    parts.push_back(store.read_matrix(expert_tensor_name(layer, e, "gate_proj.weight"),
+    parts.push_back(store.read_matrix(expert_tensor_name(config, layer, e, ExpertMatrix::kGate),
                                       shard.expert_ffn_begin, ffn_size_));
-    parts.push_back(store.read_matrix(expert_tensor_name(layer, e, "up_proj.weight"),
+    parts.push_back(store.read_matrix(expert_tensor_name(config, layer, e, ExpertMatrix::kUp),
                                       shard.expert_ffn_begin, ffn_size_));
     expert.gate_up = concat_rows(parts);
-    expert.down = store.read_matrix(expert_tensor_name(layer, e, "down_proj.weight"), 0, hidden_,
-                                    shard.expert_ffn_begin, ffn_size_);
+    expert.down = store.read_matrix(expert_tensor_name(config, layer, e, ExpertMatrix::kDown), 0,
+                                    hidden_, shard.expert_ffn_begin, ffn_size_);
     experts_.push_back(std::move(expert));
   }
 }

@@ -23,6 +23,34 @@ std::string ShardPlan::describe() const {
                                 : "");
 }
 
+std::string expert_parallel_problem(int num_experts, int moe_intermediate_size, int tp_size,
+                                    int ep_size, bool int8_weights) {
+  const std::string ep = std::to_string(ep_size), tp = std::to_string(tp_size);
+  if (ep_size < 1 || tp_size < 1 || tp_size % ep_size != 0) {
+    return "expert parallel size " + ep + " does not divide the tensor parallel size " + tp +
+           ": experts are spread over the ranks of the tensor-parallel group (supported: ep "
+           "divides tp, e.g. --tp 4 --ep 2 or --tp 4 --ep 4)";
+  }
+  if (num_experts <= 0) {
+    return ep_size == 1 ? "" : "expert parallel size " + ep + " needs a mixture-of-experts model";
+  }
+  if (num_experts % ep_size != 0) {
+    return "expert parallel size " + ep + " does not divide the " + std::to_string(num_experts) +
+           " experts";
+  }
+  const int expert_tp = tp_size / ep_size;
+  if (moe_intermediate_size <= 0 || moe_intermediate_size % expert_tp != 0) {
+    return "tp / ep = " + std::to_string(expert_tp) +
+           " ranks per expert does not divide moe_intermediate_size " +
+           std::to_string(moe_intermediate_size);
+  }
+  if (int8_weights && expert_tp > 1 && (moe_intermediate_size / expert_tp) % kInt8GroupSize != 0) {
+    return "int8 weights need expert down_proj slices of whole 32-column groups at tp / ep = " +
+           std::to_string(expert_tp);
+  }
+  return "";
+}
+
 ShardPlan make_shard_plan(const ModelConfig& c, int tp_size, int tp_rank, int pp_size, int pp_rank,
                           bool int8_weights, const std::vector<int>& layers_per_stage,
                           int ep_size) {
@@ -58,36 +86,20 @@ ShardPlan make_shard_plan(const ModelConfig& c, int tp_size, int tp_rank, int pp
   ALEM_CHECK(p.num_heads % p.num_kv_heads == 0,
              "local query heads must be a multiple of local kv heads");
 
-  ALEM_CHECK(ep_size >= 1 && tp_size % ep_size == 0,
-             "expert parallel size " + std::to_string(ep_size) +
-                 " does not divide the tensor parallel size " + std::to_string(tp_size) +
-                 ": experts are spread over the ranks of the tensor-parallel group (supported: "
-                 "ep divides tp, e.g. --tp 4 --ep 2 or --tp 4 --ep 4)");
+  const bool moe = c.num_moe_layers() > 0;
+  if (std::string why = expert_parallel_problem(moe ? c.num_experts : 0, c.moe_intermediate_size,
+                                                tp_size, ep_size, int8_weights);
+      !why.empty()) {
+    ALEM_FAIL(why + (moe ? "" : " (" + c.architecture + " has no experts)"));
+  }
   p.ep_size = ep_size;
   const int expert_tp = tp_size / ep_size;
   p.ep_rank = tp_rank / expert_tp;
-  const bool moe = c.num_moe_layers() > 0;
-  ALEM_CHECK(moe || ep_size == 1, "expert parallel size " + std::to_string(ep_size) +
-                                      " needs a mixture-of-experts model; " + c.architecture +
-                                      " has no experts");
   if (moe) {
-    ALEM_CHECK(c.num_experts % ep_size == 0, "expert parallel size " + std::to_string(ep_size) +
-                                                 " does not divide the " +
-                                                 std::to_string(c.num_experts) + " experts");
     p.num_local_experts = c.num_experts / ep_size;
     p.expert_begin = p.ep_rank * p.num_local_experts;
-    ALEM_CHECK(c.moe_intermediate_size % expert_tp == 0,
-               "tp / ep = " + std::to_string(expert_tp) +
-                   " ranks per expert does not divide moe_intermediate_size " +
-                   std::to_string(c.moe_intermediate_size));
     p.expert_ffn_size = c.moe_intermediate_size / expert_tp;
     p.expert_ffn_begin = (tp_rank % expert_tp) * p.expert_ffn_size;
-    if (int8_weights && expert_tp > 1) {
-      ALEM_CHECK(p.expert_ffn_size % kInt8GroupSize == 0,
-                 "int8 weights need expert down_proj slices of whole 32-column groups at tp / ep "
-                 "= " +
-                     std::to_string(expert_tp));
-    }
   }
   const bool has_dense_ffn = c.num_moe_layers() < c.num_layers;
   ALEM_CHECK(!has_dense_ffn || c.intermediate_size % tp_size == 0,

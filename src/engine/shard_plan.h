@@ -44,6 +44,16 @@ struct ShardPlan {
   std::string describe() const;
 };
 
+// The engine's expert-parallel rule, in one place for start-up and the planner (src/plan):
+// returns "" when a tensor-parallel group of `tp_size` ranks can hold `num_experts` experts of
+// `moe_intermediate_size` columns in `ep_size` slices, else the reason, as make_shard_plan
+// reports it. The rule: ep >= 1 divides tp; ep > 1 needs experts (num_experts > 0); ep divides
+// num_experts; tp / ep divides moe_intermediate_size; with int8 weights and tp / ep > 1 each
+// expert's slice is whole 32-column groups. Any pp and dp combine with it: ep subdivides the tp
+// group of each stage of each replica and never spans stages or replicas.
+std::string expert_parallel_problem(int num_experts, int moe_intermediate_size, int tp_size,
+                                    int ep_size, bool int8_weights = false);
+
 // Throws alem::Error naming the constraint when the layout cannot shard the model.
 // `int8_weights`: row-parallel splits must then also fall on 32-column group boundaries.
 ShardPlan make_shard_plan(const ModelConfig& config, int tp_size, int tp_rank, int pp_size,

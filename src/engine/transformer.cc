@@ -50,11 +50,13 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
   const bool int8 = q_dtype == DType::I8 || dtype_is_block(q_dtype);
   shard_ = make_shard_plan(config_, ctx.layout.tp_size(), ctx.coords.tp, ctx.layout.pp_size(),
                            ctx.coords.pp, int8, options.layers_per_stage, ctx.layout.ep_size());
-  if (options_.max_model_len <= 0) options_.max_model_len = config_.max_position_embeddings;
-  ALEM_CHECK(options_.max_model_len <= config_.max_position_embeddings,
+  if (options_.max_model_len <= 0) options_.max_model_len = config_.context_limit();
+  ALEM_CHECK(options_.max_model_len <= config_.context_limit(),
              "max_model_len " + std::to_string(options_.max_model_len) +
-                 " exceeds the model's context of " +
-                 std::to_string(config_.max_position_embeddings));
+                 " exceeds the model's context of " + std::to_string(config_.context_limit()) +
+                 (config_.context_limit() < config_.max_position_embeddings
+                      ? " (its sliding window: attention past the window is not implemented)"
+                      : ""));
   ALEM_CHECK(options_.block_size > 0, "block_size must be positive");
   check_kv_cache_dtype(options_.kv_cache_dtype);
   num_kv_blocks_ = options_.num_kv_blocks > 0

@@ -1,16 +1,35 @@
 // The family table and each family's tensor list (see architecture.h).
 #include "model/architecture.h"
 
+#include "core/error.h"
 #include "model/model_config.h"
 
 namespace alem {
 
 const std::vector<ArchitectureInfo>& supported_architectures() {
   static const std::vector<ArchitectureInfo> table = {
-      {"llama", "LlamaForCausalLM", "llama", false, false, false},
-      {"qwen2", "Qwen2ForCausalLM", "qwen2", true, false, false},
-      {"qwen3", "Qwen3ForCausalLM", "qwen3", false, true, false},
-      {"qwen3moe", "Qwen3MoeForCausalLM", "qwen3_moe", false, true, true},
+      {"llama", "LlamaForCausalLM", "llama", false, false, false, false},
+      {"qwen2", "Qwen2ForCausalLM", "qwen2", true, false, false, false},
+      {"qwen3", "Qwen3ForCausalLM", "qwen3", false, true, false, false},
+      {"qwen3moe",
+       "Qwen3MoeForCausalLM",
+       "qwen3_moe",
+       false,
+       true,
+       true,
+       false,
+       {"mlp.gate.weight", "mlp.experts.", "gate_proj.weight", "up_proj.weight", "down_proj.weight",
+        "moe_intermediate_size", false, true}},
+      {"mixtral",
+       "MixtralForCausalLM",
+       "mixtral",
+       false,
+       false,
+       true,
+       true,
+       {"block_sparse_moe.gate.weight", "block_sparse_moe.experts.", "w1.weight", "w3.weight",
+        "w2.weight", "intermediate_size", true, false},
+       "llama"},
   };
   return table;
 }
@@ -37,12 +56,25 @@ std::string architecture_names(bool hf_class_names) {
   return out;
 }
 
-std::string expert_tensor_name(int layer, int expert, const std::string& suffix) {
-  return layer_tensor_name(layer, "mlp.experts." + std::to_string(expert) + "." + suffix);
+const MoeFamily& moe_family(const ModelConfig& config) {
+  const ArchitectureInfo* arch = find_architecture(config.architecture);
+  ALEM_CHECK(arch != nullptr && arch->mixture_of_experts,
+             "architecture '" + config.architecture + "' has no experts");
+  return arch->moe;
 }
 
-std::string router_tensor_name(int layer) {
-  return layer_tensor_name(layer, "mlp.gate.weight");
+std::string expert_tensor_name(const ModelConfig& config, int layer, int expert,
+                               ExpertMatrix which) {
+  const MoeFamily& f = moe_family(config);
+  const std::string_view matrix = which == ExpertMatrix::kGate ? f.gate
+                                  : which == ExpertMatrix::kUp ? f.up
+                                                               : f.down;
+  return layer_tensor_name(
+      layer, std::string(f.experts) + std::to_string(expert) + "." + std::string(matrix));
+}
+
+std::string router_tensor_name(const ModelConfig& config, int layer) {
+  return layer_tensor_name(layer, std::string(moe_family(config).router));
 }
 
 std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
@@ -71,11 +103,12 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
     t.push_back({name("post_attention_layernorm.weight"), {h}, R::kReplicated});
     if (c.is_moe_layer(i)) {
       const int64_t f = c.moe_intermediate_size;
-      t.push_back({router_tensor_name(i), {c.num_experts, h}, R::kReplicated});
+      t.push_back({router_tensor_name(c, i), {c.num_experts, h}, R::kReplicated});
       for (int e = 0; e < c.num_experts; ++e) {
-        t.push_back({expert_tensor_name(i, e, "gate_proj.weight"), {f, h}, R::kExpertColumn});
-        t.push_back({expert_tensor_name(i, e, "up_proj.weight"), {f, h}, R::kExpertColumn});
-        t.push_back({expert_tensor_name(i, e, "down_proj.weight"), {h, f}, R::kExpertRow});
+        using M = ExpertMatrix;
+        t.push_back({expert_tensor_name(c, i, e, M::kGate), {f, h}, R::kExpertColumn});
+        t.push_back({expert_tensor_name(c, i, e, M::kUp), {f, h}, R::kExpertColumn});
+        t.push_back({expert_tensor_name(c, i, e, M::kDown), {h, f}, R::kExpertRow});
       }
     } else {
       const int64_t f = c.intermediate_size;

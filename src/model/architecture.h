@@ -15,6 +15,23 @@ namespace alem {
 
 struct ModelConfig;
 
+// How a mixture-of-experts family names its sparse-layer tensors (under "model.layers.{i}.")
+// and routes: the router "{router}", expert E's matrices "{experts}E.{gate|up|down}".
+struct MoeFamily {
+  std::string_view router;          // "mlp.gate.weight" (Qwen3-MoE), "block_sparse_moe.gate.weight"
+  std::string_view experts;         // "mlp.experts." or "block_sparse_moe.experts."
+  std::string_view gate, up, down;  // "gate_proj.weight"... or Mixtral's "w1.weight" (gate),
+                                    // "w3.weight" (up), "w2.weight" (down)
+  // config.json key of the expert FFN size ("moe_intermediate_size"; Mixtral: its experts'
+  // "intermediate_size", every layer sparse).
+  std::string_view expert_size_key;
+  // Top-k weights always renormalised to sum to 1 (Mixtral: a softmax over the selected
+  // logits); otherwise config.json's norm_topk_prob decides (Qwen3-MoE).
+  bool always_norm_topk;
+  // config.json's dense-layer switches (decoder_sparse_step, mlp_only_layers) apply.
+  bool dense_layer_switches;
+};
+
 struct ArchitectureInfo {
   std::string_view name;           // alem's name, equal to GGUF general.architecture
   std::string_view hf_class;       // config.json "architectures"[0]
@@ -22,6 +39,11 @@ struct ArchitectureInfo {
   bool always_attention_bias;      // q/k/v biases whatever config.json says (Qwen2)
   bool qk_norm;                    // per-head RMSNorm on q and k (Qwen3)
   bool mixture_of_experts;         // sparse FFN layers with a router and experts (Qwen3-MoE)
+  bool sliding_window;             // config.json's sliding_window applies (Mixtral)
+  MoeFamily moe = {};              // mixture-of-experts families only
+  // GGUF general.architecture when it differs from `name` (llama.cpp writes Mixtral as
+  // "llama" with expert tensors); empty: `name`.
+  std::string_view gguf_name = {};
 };
 
 // Every supported family, in a fixed order.
@@ -53,9 +75,17 @@ struct ExpectedTensor {
 // The tensors (HF names and shapes) a model of this config must have in the store.
 std::vector<ExpectedTensor> expected_tensors(const ModelConfig& config);
 
-// "model.layers.{layer}.mlp.experts.{expert}.{suffix}" (suffix e.g. "gate_proj.weight").
-std::string expert_tensor_name(int layer, int expert, const std::string& suffix);
-// "model.layers.{layer}.mlp.gate.weight": the router of a sparse layer, [num_experts][hidden].
-std::string router_tensor_name(int layer);
+// The three matrices of one expert: gate and up [expert ffn][hidden], down [hidden][expert ffn].
+enum class ExpertMatrix { kGate, kUp, kDown };
+// The family's name of one expert matrix of a sparse layer, e.g.
+// "model.layers.1.mlp.experts.3.gate_proj.weight" (Qwen3-MoE) or
+// "model.layers.1.block_sparse_moe.experts.3.w1.weight" (Mixtral).
+std::string expert_tensor_name(const ModelConfig& config, int layer, int expert,
+                               ExpertMatrix which);
+// The router of a sparse layer, [num_experts][hidden]: "model.layers.{layer}.mlp.gate.weight"
+// (Qwen3-MoE), "model.layers.{layer}.block_sparse_moe.gate.weight" (Mixtral).
+std::string router_tensor_name(const ModelConfig& config, int layer);
+// The family of a mixture-of-experts config; throws alem::Error for a dense one.
+const MoeFamily& moe_family(const ModelConfig& config);
 
 }  // namespace alem

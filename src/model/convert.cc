@@ -10,6 +10,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "model/gguf_moe.h"
 #include "model/gguf_quant.h"
 #include "model/gguf_reader.h"
 #include "model/hf_tokenizer_json.h"
@@ -155,6 +156,7 @@ ConvertReport convert_gguf(const std::string& gguf_path, const std::string& out_
   const TokenizerData tokenizer = gguf.tokenizer_data();
   std::map<std::string, std::vector<int64_t>> present;
   for (const GgufTensorInfo& t : gguf.tensors()) {
+    if (add_gguf_moe_tensor_shapes(config, t, present)) continue;  // experts, routers
     ALEM_CHECK(!t.hf_name.empty(), "GGUF file " + gguf_path + " has tensor '" + t.name +
                                        "' with no Hugging Face counterpart; refusing to drop it");
     ALEM_CHECK(t.dims.size() <= 2,
@@ -171,6 +173,7 @@ ConvertReport convert_gguf(const std::string& gguf_path, const std::string& out_
   if (options.keep_gguf_types) stored = kept_types(gguf, options.dtype);
   return write_store(out_h5, config, tokenizer, source, [&](ModelStoreWriter& writer) {
     for (const GgufTensorInfo& t : gguf.tensors()) {
+      if (write_gguf_moe_tensor(gguf, config, t, writer, options.dtype)) continue;
       const DType dtype = stored.count(t.hf_name) ? stored.at(t.hf_name) : options.dtype;
       if (t.dims.size() == 2 && dtype_is_block(dtype)) {
         // Block for block as the file has them (raw_rows un-permutes q/k rows only).

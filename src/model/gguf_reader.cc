@@ -15,6 +15,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "model/gguf_moe.h"
 #include "model/gguf_quant.h"
 
 namespace alem {
@@ -568,9 +569,9 @@ const uint8_t* GgufFile::tensor_data(const GgufTensorInfo& tensor) const {
 ModelConfig GgufFile::model_config() const {
   const std::string& arch = impl_->architecture;
   ALEM_CHECK(!arch.empty(), "GGUF file " + impl_->path + " has no general.architecture string");
-  ALEM_CHECK(arch == "llama" || arch == "qwen2" || arch == "qwen3",
+  ALEM_CHECK(arch == "llama" || arch == "qwen2" || arch == "qwen3" || arch == "qwen3moe",
              "GGUF file " + impl_->path + " has architecture '" + arch +
-                 "'; alem imports llama, qwen2 and qwen3 only");
+                 "'; alem imports llama (with experts: Mixtral), qwen2, qwen3 and qwen3moe only");
   const std::string p = arch + ".";
   ModelConfig cfg;
   cfg.architecture = arch;
@@ -610,6 +611,7 @@ ModelConfig GgufFile::model_config() const {
   if (eos >= 0) cfg.eos_token_ids.push_back(static_cast<int>(eos));
   const int64_t eot = get_int("tokenizer.ggml.eot_token_id", -1);
   if (eot >= 0 && eot != eos) cfg.eos_token_ids.push_back(static_cast<int>(eot));
+  read_gguf_moe_config(*this, cfg);  // experts, router layers (model/gguf_moe.h)
   cfg.validate();
   return cfg;
 }

@@ -3,6 +3,7 @@
 // keys and 5.x "rope_parameters" both accepted).
 #include "model/model_config.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -132,6 +133,7 @@ void ModelConfig::validate() const {
                                                " is outside the vocabulary of " +
                                                std::to_string(vocab_size));
   }
+  ALEM_CHECK(sliding_window >= 0, "model config: sliding_window must not be negative");
   if (!arch->mixture_of_experts) {
     ALEM_CHECK(num_experts == 0 && num_experts_per_tok == 0 && moe_intermediate_size == 0 &&
                    mlp_only_layers.empty(),
@@ -152,6 +154,19 @@ void ModelConfig::validate() const {
                                                      std::to_string(layer) + ", outside the " +
                                                      std::to_string(num_layers) + " layers");
   }
+  ALEM_CHECK(!arch->moe.always_norm_topk || norm_topk_prob,
+             "model config: " + architecture +
+                 " always renormalises its top-k routing weights, "
+                 "but norm_topk_prob is false");
+  ALEM_CHECK(
+      arch->moe.dense_layer_switches || (decoder_sparse_step == 1 && mlp_only_layers.empty()),
+      "model config: every layer of " + architecture +
+          " is sparse, but decoder_sparse_step/mlp_only_layers make some dense");
+}
+
+int ModelConfig::context_limit() const {
+  return sliding_window > 0 ? std::min(max_position_embeddings, sliding_window)
+                            : max_position_embeddings;
 }
 
 bool ModelConfig::is_moe_layer(int layer) const {
@@ -191,6 +206,7 @@ std::string ModelConfig::to_json() const {
   j["qk_norm"] = qk_norm;
   j["bos_token_id"] = bos_token_id;
   j["eos_token_ids"] = eos_token_ids;
+  if (sliding_window > 0) j["sliding_window"] = sliding_window;
   if (num_experts > 0) {
     j["num_experts"] = num_experts;
     j["num_experts_per_tok"] = num_experts_per_tok;
@@ -232,6 +248,7 @@ ModelConfig ModelConfig::from_json(const std::string& json_text) {
   c.qk_norm = optional<bool>(j, "qk_norm", false, what);
   c.bos_token_id = optional<int>(j, "bos_token_id", -1, what);
   c.eos_token_ids = optional<std::vector<int>>(j, "eos_token_ids", {}, what);
+  c.sliding_window = optional<int>(j, "sliding_window", 0, what);
   c.num_experts = optional<int>(j, "num_experts", 0, what);
   c.num_experts_per_tok = optional<int>(j, "num_experts_per_tok", 0, what);
   c.moe_intermediate_size = optional<int>(j, "moe_intermediate_size", 0, what);
@@ -291,15 +308,20 @@ ModelConfig ModelConfig::from_hf_config_json(const std::string& json_text) {
   c.attention_bias =
       arch->always_attention_bias ? true : optional<bool>(j, "attention_bias", false, what);
   c.qk_norm = arch->qk_norm;
+  if (arch->sliding_window) c.sliding_window = optional<int>(j, "sliding_window", 0, what);
   if (arch->mixture_of_experts) {
-    // transformers 5 writes num_experts as "num_local_experts" (its attribute map).
+    const MoeFamily& moe = arch->moe;
+    // transformers 5 writes num_experts as "num_local_experts" (its attribute map); Mixtral's
+    // own key is num_local_experts.
     c.num_experts =
         optional<int>(j, "num_experts", optional<int>(j, "num_local_experts", 0, what), what);
     c.num_experts_per_tok = required<int>(j, "num_experts_per_tok", what);
-    c.moe_intermediate_size = required<int>(j, "moe_intermediate_size", what);
-    c.norm_topk_prob = optional<bool>(j, "norm_topk_prob", false, what);
-    c.decoder_sparse_step = optional<int>(j, "decoder_sparse_step", 1, what);
-    c.mlp_only_layers = optional<std::vector<int>>(j, "mlp_only_layers", {}, what);
+    c.moe_intermediate_size = required<int>(j, std::string(moe.expert_size_key).c_str(), what);
+    c.norm_topk_prob = moe.always_norm_topk || optional<bool>(j, "norm_topk_prob", false, what);
+    if (moe.dense_layer_switches) {
+      c.decoder_sparse_step = optional<int>(j, "decoder_sparse_step", 1, what);
+      c.mlp_only_layers = optional<std::vector<int>>(j, "mlp_only_layers", {}, what);
+    }
   }
   c.bos_token_id = optional<int>(j, "bos_token_id", -1, what);
   if (auto it = j.find("eos_token_id"); it != j.end() && !it->is_null()) {

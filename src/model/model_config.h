@@ -19,7 +19,7 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string architecture = "llama";  // "llama", "qwen2", "qwen3", "qwen3moe"
+  std::string architecture = "llama";  // "llama", "qwen2", "qwen3", "qwen3moe", "mixtral"
   std::string name;                    // human-readable, e.g. "SmolLM2-135M-Instruct"
   int vocab_size = 0;
   int hidden_size = 0;
@@ -37,7 +37,12 @@ struct ModelConfig {
   bool qk_norm = false;         // per-head RMSNorm on q and k before RoPE (Qwen3)
   int bos_token_id = -1;
   std::vector<int> eos_token_ids;
-  // Mixture of experts (qwen3moe; zero/empty otherwise). A layer is sparse when it is not in
+  // Sliding-window attention (Mixtral, when config.json sets it): each position attends to the
+  // last `sliding_window` positions. 0: none. The engine computes contexts up to the window
+  // (context_limit()), where the window changes nothing.
+  int sliding_window = 0;
+  // Mixture of experts (qwen3moe, mixtral; zero/empty otherwise; Mixtral: every layer sparse,
+  // norm_topk_prob always true). A layer is sparse when it is not in
   // mlp_only_layers and (layer + 1) % decoder_sparse_step == 0, as in transformers; dense layers
   // use intermediate_size, sparse ones route each token to num_experts_per_tok of num_experts
   // experts of moe_intermediate_size (softmax over the router logits, top-k, and when
@@ -51,6 +56,9 @@ struct ModelConfig {
 
   bool is_moe_layer(int layer) const;
   int num_moe_layers() const;
+  // The longest context the engine runs: max_position_embeddings, or the sliding window when
+  // it is shorter (attention past the window is not implemented, so it is not allowed).
+  int context_limit() const;
 
   // Throws alem::Error naming the first inconsistent field.
   void validate() const;

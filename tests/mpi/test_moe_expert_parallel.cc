@@ -1,7 +1,7 @@
 // ranks: 1 2 4 8
-// Qwen3-MoE with expert parallelism under MPI against Hugging Face transformers' reference
-// (tests/qwen3_moe_golden.h): every rank converts its own copy of the tiny MoE models, loads its
-// shard for the job's layout (experts spread over ep slices of the tp group, attention
+// Qwen3-MoE and Mixtral with expert parallelism under MPI against Hugging Face transformers'
+// reference (tests/qwen3_moe_golden.h): every rank converts its own copy of the tiny MoE models,
+// loads its shard for the job's layout (experts spread over ep slices of the tp group, attention
 // tensor-parallel, layers over pp stages), and checks teacher-forced greedy tokens and every
 // step's top-20 logits on the last stage; verdicts are all-reduced so every rank agrees. Each
 // rank also reports the weight bytes it read against a one-rank load.
@@ -78,9 +78,11 @@ TEST(MoeExpertParallel, MatchesTransformers) {
       ok = check_layout(model, l) && ok;
       ++ran;
     }
+    ok = check_layout(test::kMixtralModel, l) && ok;
   }
   for (const char* model : test::kModels)
     std::filesystem::remove(test::store_file(model, DType::BF16));
+  std::filesystem::remove(test::store_file(test::kMixtralModel, DType::BF16));
   if (ran == 0) GTEST_SKIP() << "no layout for " << test::world_size() << " ranks";
   ASSERT_TRUE(test::all_ranks_agree(ok));
 }

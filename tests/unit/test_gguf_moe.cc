@@ -1,0 +1,135 @@
+// GGUF import of mixture-of-experts models (model/gguf_moe.h): tiny GGUF files written by the
+// `gguf` Python package (scripts/reference/make_moe_gguf.py) from the same bf16 weights as the
+// Hugging Face folders: `qwen3moe` (tiny-qwen3-moe-a with a dense first layer, -b with
+// norm_topk_prob false) and `llama` with experts (tiny-mixtral, as llama.cpp writes Mixtral, q/k
+// rows permuted). The stacked 3-D expert tensors must become the same per-expert matrices, bit
+// for bit, as the safetensors import; the models must then match transformers' golden tokens and
+// logits on one rank and sharded with expert parallelism.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "core/error.h"
+#include "model/architecture.h"
+#include "model/convert.h"
+#include "model/gguf_reader.h"
+#include "model/model_store.h"
+#include "qwen3_moe_golden.h"
+
+namespace alem {
+namespace {
+
+using namespace test;
+
+const char* const kGgufModels[] = {"tiny-qwen3-moe-a", "tiny-qwen3-moe-b", "tiny-mixtral"};
+
+std::string gguf_store_file(const std::string& model) {
+  return store_file(model + "-gguf", DType::BF16);
+}
+
+const std::string& gguf_store(const std::string& model) {
+  static std::map<std::string, std::string> paths;
+  auto it = paths.find(model);
+  if (it != paths.end()) return it->second;
+  ConvertOptions options;
+  options.dtype = DType::BF16;
+  convert_gguf(data_dir() + "/" + model + ".gguf", gguf_store_file(model), options);
+  return paths.emplace(model, gguf_store_file(model)).first->second;
+}
+
+struct StoreCleanup : ::testing::Environment {
+  void TearDown() override {
+    for (const char* m : kGgufModels) {
+      std::filesystem::remove(gguf_store_file(m));
+      std::filesystem::remove(store_file(m, DType::BF16));
+    }
+  }
+};
+const auto* const kCleanup = ::testing::AddGlobalTestEnvironment(new StoreCleanup);
+
+TEST(GgufMoe, ConfigFromMetadata) {
+  GgufFile a(data_dir() + "/tiny-qwen3-moe-a.gguf");
+  EXPECT_EQ(a.architecture(), "qwen3moe");
+  const ModelConfig ca = a.model_config();
+  EXPECT_EQ(ca.architecture, "qwen3moe");
+  EXPECT_TRUE(ca.qk_norm);
+  EXPECT_EQ(ca.num_experts, 8);
+  EXPECT_EQ(ca.num_experts_per_tok, 2);
+  EXPECT_EQ(ca.moe_intermediate_size, 32);
+  EXPECT_EQ(ca.intermediate_size, 128);
+  EXPECT_TRUE(ca.norm_topk_prob);
+  EXPECT_EQ(ca.mlp_only_layers, std::vector<int>{0});  // the layer without ffn_gate_inp
+
+  const ModelConfig cb = GgufFile(data_dir() + "/tiny-qwen3-moe-b.gguf").model_config();
+  EXPECT_FALSE(cb.norm_topk_prob);  // qwen3moe.expert_weights_norm = false
+  EXPECT_EQ(cb.num_experts, 12);
+  EXPECT_EQ(cb.num_experts_per_tok, 3);
+  EXPECT_EQ(cb.mlp_only_layers, (std::vector<int>{0, 2}));  // decoder_sparse_step 2 in HF
+  for (int l = 0; l < 4; ++l) EXPECT_EQ(cb.is_moe_layer(l), l % 2 == 1) << l;
+
+  GgufFile m(data_dir() + "/tiny-mixtral.gguf");
+  EXPECT_EQ(m.architecture(), "llama");  // llama.cpp writes Mixtral as llama with experts
+  const ModelConfig cm = m.model_config();
+  EXPECT_EQ(cm.architecture, "mixtral");
+  EXPECT_EQ(cm.num_experts, 8);
+  EXPECT_EQ(cm.moe_intermediate_size, 32);  // feed_forward_length: the experts' size
+  EXPECT_TRUE(cm.norm_topk_prob);
+  EXPECT_EQ(cm.num_moe_layers(), 3);
+}
+
+// The GGUF and safetensors imports of each model hold the same tensors with the same bf16 bits.
+TEST(GgufMoe, ExpertsSplitExactlyAsTheSafetensorsStore) {
+  for (const char* model : kGgufModels) {
+    ModelStoreReader from_gguf(gguf_store(model));
+    ModelStoreReader from_hf(tiny_store(model, DType::BF16));
+    EXPECT_EQ(verify_store(gguf_store(model)), "") << model;
+    const std::vector<TensorInfo> gguf_tensors = from_gguf.list_tensors();
+    const std::vector<TensorInfo> hf_tensors = from_hf.list_tensors();
+    ASSERT_EQ(gguf_tensors.size(), hf_tensors.size()) << model;
+    int compared = 0;
+    for (const TensorInfo& t : hf_tensors) {
+      ASSERT_TRUE(from_gguf.has_tensor(t.name)) << model << " " << t.name;
+      EXPECT_EQ(from_gguf.tensor_info(t.name).shape, t.shape) << model << " " << t.name;
+      if (t.shape.size() == 2) {
+        const WeightMatrix a = from_gguf.read_matrix(t.name, 0, t.shape[0]);
+        const WeightMatrix b = from_hf.read_matrix(t.name, 0, t.shape[0]);
+        ASSERT_EQ(a.data.size(), b.data.size()) << t.name;
+        EXPECT_EQ(std::memcmp(a.data.data(), b.data.data(), a.data.size()), 0)
+            << model << " " << t.name << " differs";
+      } else {
+        EXPECT_EQ(from_gguf.read_vector(t.name), from_hf.read_vector(t.name)) << t.name;
+      }
+      ++compared;
+    }
+    EXPECT_GT(compared, 30) << model;
+  }
+}
+
+TEST(GgufMoe, OneRankMatchesTransformers) {
+  auto backend = make_backend("cpu");
+  for (const char* model : kGgufModels) {
+    ModelStoreReader store(gguf_store(model));
+    ParallelContext ctx = make_solo_context();
+    EngineOptions options;
+    options.kv_cache_dtype = DType::F32;
+    options.max_model_len = 128;
+    ShardedTransformer engine(store, ctx, *backend, options);
+    std::vector<int> matched;
+    double max_error = 0;
+    EXPECT_EQ(check_golden(engine, ctx, load_golden(model), matched, &max_error), 0) << model;
+    for (int m : matched) EXPECT_GE(m, 24) << model;
+    std::printf("%s from GGUF: largest top-20 logit error vs transformers %.2g\n", model,
+                max_error);
+  }
+}
+
+TEST(GgufMoe, ExpertParallelMatchesTransformers) {
+  for (const char* model : kGgufModels) {
+    const ParallelLayout layout(4, 1, 1, 2);
+    EXPECT_EQ(check_golden_fake_layout(model, gguf_store(model), layout), 0) << model;
+  }
+}
+
+}  // namespace
+}  // namespace alem
