@@ -5,7 +5,8 @@
 //
 // Columns follow nccl-tests: time is per call (slowest rank; the median and the best of 5
 // batches, since a shared machine is noisy), algbw = bytes / median time, and
-// busbw scales algbw by the traffic each link carries (all_reduce 2(n-1)/n, all_gather (n-1)/n),
+// busbw scales algbw by the traffic each link carries (all_reduce 2(n-1)/n, all_gather and
+// all_to_all (n-1)/n; all_to_all sends size/n bytes to each member),
 // so it is comparable with the link's bandwidth. send_recv is a ping-pong between ranks 0 and 1:
 // time is half the round trip.
 #include <algorithm>
@@ -28,7 +29,8 @@ struct BenchOptions {
   size_t max_bytes = size_t{64} << 20;
   size_t factor = 4;
   double seconds_per_size = 0.2;
-  std::vector<std::string> ops = {"all_reduce", "send_recv", "all_gather", "broadcast"};
+  std::vector<std::string> ops = {"all_reduce", "send_recv", "all_gather", "broadcast",
+                                  "all_to_all"};
   bool csv = false;
 };
 
@@ -38,7 +40,8 @@ const char* kUsage =
     "  --max-bytes B      largest message, suffixes K/M/G (default 64M)\n"
     "  --factor F         size step (default 4)\n"
     "  --seconds S        time spent per size and op (default 0.2)\n"
-    "  --ops LIST         comma list of all_reduce,send_recv,all_gather,broadcast (default all)\n"
+    "  --ops LIST         comma list of all_reduce,send_recv,all_gather,broadcast,all_to_all\n"
+    "                     (default all)\n"
     "  --csv              print CSV instead of a table\n";
 
 size_t parse_bytes(const std::string& text) {
@@ -92,7 +95,8 @@ BenchOptions parse_options(int argc, char** argv) {
   ALEM_CHECK(options.min_bytes >= 4 && options.min_bytes <= options.max_bytes,
              "need 4 <= --min-bytes <= --max-bytes");
   for (const std::string& op : options.ops)
-    ALEM_CHECK(op == "all_reduce" || op == "send_recv" || op == "all_gather" || op == "broadcast",
+    ALEM_CHECK(op == "all_reduce" || op == "send_recv" || op == "all_gather" || op == "broadcast" ||
+                   op == "all_to_all",
                "unknown op '" + op + "'\n" + kUsage);
   return options;
 }
@@ -124,8 +128,11 @@ constexpr int kBatches = 5;
 Row measure(ProcessGroup& world, const std::string& op, size_t bytes, double budget_s,
             std::vector<char>& a, std::vector<char>& b) {
   const int n = world.size(), me = world.rank();
+  const std::vector<size_t> block(static_cast<size_t>(n), bytes / n);
   auto call = [&] {
-    if (op == "all_reduce") {
+    if (op == "all_to_all") {
+      world.all_to_all(a.data(), block, b.data(), block);
+    } else if (op == "all_reduce") {
       world.all_reduce(reinterpret_cast<float*>(a.data()), bytes / sizeof(float));
     } else if (op == "all_gather") {
       world.all_gather(a.data(), bytes / n, b.data());
@@ -156,7 +163,7 @@ Row measure(ProcessGroup& world, const std::string& op, size_t bytes, double bud
     row.best_seconds /= 2;
   }
   if (op == "all_reduce") row.bus_factor = 2.0 * (n - 1) / n;
-  if (op == "all_gather") row.bus_factor = static_cast<double>(n - 1) / n;
+  if (op == "all_gather" || op == "all_to_all") row.bus_factor = static_cast<double>(n - 1) / n;
   return row;
 }
 
@@ -200,7 +207,8 @@ int run(int argc, char** argv) {
         continue;
       }
       for (size_t bytes = options.min_bytes; bytes <= options.max_bytes; bytes *= options.factor) {
-        size_t size = op == "all_gather" ? std::max<size_t>(bytes / n, 1) * n : bytes;
+        size_t size =
+            op == "all_gather" || op == "all_to_all" ? std::max<size_t>(bytes / n, 1) * n : bytes;
         if (op == "all_reduce") size = std::max<size_t>(size / sizeof(float), 1) * sizeof(float);
         const Row row = measure(world, op, size, options.seconds_per_size, a, b);
         if (!print) continue;

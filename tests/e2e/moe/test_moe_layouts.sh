@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Which expert-parallel layouts `alem generate` starts and which it refuses at start-up, through
+# the real command line under mpirun (label mpi). Supported: ep divides tp, any pp and dp with
+# it (tp 2 ep 2; tp 2 ep 2 pp 2); the tokens equal a single-rank run's. Refused, with the reason:
+# ep larger than tp (ep would span replicas or stages), ep on a dense model. The rule itself is
+# engine/shard_plan.h expert_parallel_problem(); docs/parallelism.md lists the combinations.
+# Usage: test_moe_layouts.sh ALEM_BINARY MPIEXEC SOURCE_DIR
+set -euo pipefail
+alem=$1 mpiexec=$2 src=$3
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mpirun=("$mpiexec" --oversubscribe --allow-run-as-root)
+export OMP_NUM_THREADS=1
+
+"$alem" convert "$src/tests/data/tiny-mixtral" "$work/mixtral.h5" --dtype bf16 >/dev/null
+"$alem" convert "$src/tests/data/tiny-qwen3" "$work/dense.h5" --dtype bf16 >/dev/null
+gen=(generate --prompt "hello world" --max-tokens 12 --temperature 0)
+
+# A command that must fail, naming the reason; bounded in time.
+refused() {
+  local why=$1
+  shift
+  local out rc=0
+  out=$(timeout 120 "$@" 2>&1) || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    echo "FAIL: accepted: $*"
+    exit 1
+  fi
+  if ! grep -F -- "$why" >/dev/null <<<"$out"; then
+    echo "FAIL: '$*' exited $rc without '$why':"
+    echo "$out" | tail -5
+    exit 1
+  fi
+  echo "refused as expected (exit $rc): ${*: -6}: $why"
+}
+
+tokens() {  # the generated text of a run, without timing lines
+  timeout 300 "$@" 2>/dev/null | grep -v -i -E "tok/s|seconds|loaded|rank" || true
+}
+
+one=$(tokens "$alem" "${gen[@]}" -m "$work/mixtral.h5")
+[ -n "$one" ] || { echo "FAIL: one rank generated nothing"; exit 1; }
+for layout in "2 --tp 2 --ep 2" "4 --tp 2 --ep 2 --pp 2" "4 --tp 4 --ep 2"; do
+  read -r np args <<<"$layout"
+  # shellcheck disable=SC2086
+  got=$(tokens "${mpirun[@]}" -np "$np" "$alem" "${gen[@]}" -m "$work/mixtral.h5" $args)
+  if [ "$got" != "$one" ]; then
+    echo "FAIL: -np $np $args generated '$got', one rank '$one'"
+    exit 1
+  fi
+  echo "supported: -np $np $args (same text as one rank)"
+done
+
+refused "expert parallel size ep=4 must divide the tensor parallel size tp=2" \
+  "${mpirun[@]}" -np 2 "$alem" "${gen[@]}" -m "$work/mixtral.h5" --tp 2 --ep 4
+refused "ep=2 must divide the tensor parallel size tp=1" \
+  "${mpirun[@]}" -np 2 "$alem" "${gen[@]}" -m "$work/mixtral.h5" --dp 2 --ep 2
+refused "needs a mixture-of-experts model" \
+  "${mpirun[@]}" -np 2 "$alem" "${gen[@]}" -m "$work/dense.h5" --tp 2 --ep 2
+echo "PASS"
