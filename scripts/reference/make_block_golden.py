@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Reference data for SmolLM2-135M kept as Q4_0 and Q8_0 blocks (tests/unit/test_block_golden_slow.cc).
+"""Reference data for SmolLM2-135M kept as ggml blocks (tests/unit/test_block_golden_slow.cc).
 
 1. Makes models/SmolLM2-135M-Instruct.Q4_0.gguf and .Q8_0.gguf from the shipped Q4_1 file with
    the PyPI `gguf` package: every tensor dequantised (gguf.quants.dequantize), every 2-D tensor
    quantised again to the target type (gguf.quants.quantize, llama.cpp's reference quantisers),
    1-D tensors kept F32, every metadata key copied. Deterministic: the same bytes every run.
    The same files are what bench/llama_bench_compare.sh gives llama.cpp and alem.
+   KMIX is a K-quant mix in the spirit of llama.cpp's Q4_K_M: the matrices whose rows are whole
+   256-value super-blocks (SmolLM2's ffn_down, 1536 wide) become Q4_K, Q5_K and Q6_K by layer
+   (layer % 3) with make_kquant_reference.quantize_k (gguf-py cannot quantise K-quants); the
+   576-wide rest falls back to Q8_0, as llama.cpp does for such tensors.
 2. Loads each file with Hugging Face transformers (which dequantises the GGUF itself) and records
    greedy tokens and top-20 logits on make_golden.py's six prompts into
    tests/data/golden/smollm2-135m-instruct-{q4_0,q8_0}.json, in make_golden.py's schema (results
@@ -30,9 +34,28 @@ SOURCE = mg.REPO / "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 CHECKPOINTS = [0, 8, 16]
 
 
+def target_type(gguf, name: str, shape, qtype_name: str):
+    """The ggml type a 2-D tensor gets in the file made for qtype_name."""
+    Q = gguf.GGMLQuantizationType
+    if qtype_name != "KMIX":
+        return Q[qtype_name]
+    cols = int(shape[0])  # GGUF order: fastest (columns) first
+    if cols % 256 != 0:
+        return Q.Q8_0
+    layer = int(name.split(".")[1]) if name.startswith("blk.") else 0
+    return (Q.Q4_K, Q.Q5_K, Q.Q6_K)[layer % 3]
+
+
+def quantize_tensor(gguf, values, qtype):
+    Q = gguf.GGMLQuantizationType
+    if qtype in (Q.Q4_K, Q.Q5_K, Q.Q6_K):
+        from make_kquant_reference import quantize_k
+        return quantize_k(values.reshape(-1, values.shape[-1]), qtype)
+    return gguf.quants.quantize(values, qtype)
+
+
 def requantize(source: Path, target: Path, qtype_name: str):
     import gguf
-    qtype = gguf.GGMLQuantizationType[qtype_name]
     reader = gguf.GGUFReader(str(source))
     arch = reader.fields["general.architecture"].contents()
     writer = gguf.GGUFWriter(str(target), arch)
@@ -41,14 +64,16 @@ def requantize(source: Path, target: Path, qtype_name: str):
             continue
         value = field.contents()
         if name == "general.file_type":
-            value = {"Q4_0": 2, "Q8_0": 7}[qtype_name]  # llama_ftype MOSTLY_Q4_0 / MOSTLY_Q8_0
+            # llama_ftype MOSTLY_Q4_0 / MOSTLY_Q8_0 / MOSTLY_Q4_K_M
+            value = {"Q4_0": 2, "Q8_0": 7, "KMIX": 15}[qtype_name]
         vtype = field.types[0]
         sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(name, value, vtype, sub_type=sub)
     for t in reader.tensors:
         values = gguf.quants.dequantize(t.data, t.tensor_type)
         if len(t.shape) == 2:
-            writer.add_tensor(t.name, gguf.quants.quantize(values, qtype), raw_dtype=qtype)
+            qtype = target_type(gguf, t.name, t.shape, qtype_name)
+            writer.add_tensor(t.name, quantize_tensor(gguf, values, qtype), raw_dtype=qtype)
         else:
             writer.add_tensor(t.name, values.astype(np.float32))
     writer.write_header_to_file()

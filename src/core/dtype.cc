@@ -18,17 +18,24 @@ size_t dtype_size(DType t) {
     case DType::Q4_0:
     case DType::Q4_1:
     case DType::Q8_0:
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::Q6_K:
       ALEM_FAIL("dtype " + dtype_name(t) + " is a block type with no per-element size");
   }
   return 0;
 }
 
 bool dtype_is_block(DType t) {
-  return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0;
+  return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0 || dtype_is_k_quant(t);
+}
+
+bool dtype_is_k_quant(DType t) {
+  return t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
 }
 
 int64_t dtype_block_elements(DType t) {
-  return dtype_is_block(t) ? 32 : 1;
+  return dtype_is_k_quant(t) ? 256 : (dtype_is_block(t) ? 32 : 1);
 }
 
 int64_t dtype_block_bytes(DType t) {
@@ -39,6 +46,12 @@ int64_t dtype_block_bytes(DType t) {
       return 20;
     case DType::Q8_0:
       return 34;
+    case DType::Q4_K:
+      return 144;
+    case DType::Q5_K:
+      return 176;
+    case DType::Q6_K:
+      return 210;
     default:
       return static_cast<int64_t>(dtype_size(t));
   }
@@ -68,6 +81,12 @@ std::string dtype_name(DType t) {
       return "q4_1";
     case DType::Q8_0:
       return "q8_0";
+    case DType::Q4_K:
+      return "q4_k";
+    case DType::Q5_K:
+      return "q5_k";
+    case DType::Q6_K:
+      return "q6_k";
   }
   return "?";
 }
@@ -80,7 +99,11 @@ DType parse_dtype(const std::string& name) {
   if (name == "q4_0" || name == "Q4_0") return DType::Q4_0;
   if (name == "q4_1" || name == "Q4_1") return DType::Q4_1;
   if (name == "q8_0" || name == "Q8_0") return DType::Q8_0;
-  ALEM_FAIL("unknown dtype '" + name + "' (expected f32, bf16, f16, int8, q4_0, q4_1 or q8_0)");
+  if (name == "q4_k" || name == "Q4_K") return DType::Q4_K;
+  if (name == "q5_k" || name == "Q5_K") return DType::Q5_K;
+  if (name == "q6_k" || name == "Q6_K") return DType::Q6_K;
+  ALEM_FAIL("unknown dtype '" + name +
+            "' (expected f32, bf16, f16, int8, q4_0, q4_1, q8_0, q4_k, q5_k or q6_k)");
 }
 
 float f16_to_f32(uint16_t h) {

@@ -4,6 +4,10 @@
 // Q4_0, Q4_1 and Q8_0 are ggml's block formats, kept byte for byte as GGUF files ship them: a
 // row of `cols` elements is cols / 32 blocks, each block 32 elements in 18 / 20 / 34 bytes
 // (an f16 scale d, Q4_1 also an f16 minimum m, then the packed values; see gguf_quant.h).
+// Q4_K, Q5_K and Q6_K are ggml's K-quant super-blocks, also kept byte for byte: 256 elements in
+// 144 / 176 / 210 bytes (Q4_K/Q5_K: f16 d and dmin, 8 six-bit scale/min pairs for sub-blocks of
+// 32, then 4-bit values (Q5_K plus one high bit each); Q6_K: 4+2-bit values, 16 int8 scales for
+// sub-blocks of 16, f16 d; the layouts of ggml's block_q4_K / block_q5_K / block_q6_K).
 #pragma once
 
 #include <cstdint>
@@ -12,19 +16,32 @@
 
 namespace alem {
 
-enum class DType : uint8_t { F32 = 0, BF16 = 1, F16 = 2, I8 = 3, Q4_0 = 4, Q4_1 = 5, Q8_0 = 6 };
+enum class DType : uint8_t {
+  F32 = 0,
+  BF16 = 1,
+  F16 = 2,
+  I8 = 3,
+  Q4_0 = 4,
+  Q4_1 = 5,
+  Q8_0 = 6,
+  Q4_K = 7,
+  Q5_K = 8,
+  Q6_K = 9
+};
 
 // Bytes per element (for I8 the scales are stored separately). Throws alem::Error for the block
 // types, whose elements have no whole byte size: use dtype_row_bytes for those.
 size_t dtype_size(DType t);
 std::string dtype_name(DType t);
-// Parses "f32", "bf16", "f16", "int8"/"i8", "q4_0", "q4_1", "q8_0"; throws alem::Error on
-// anything else.
+// Parses "f32", "bf16", "f16", "int8"/"i8", "q4_0", "q4_1", "q8_0", "q4_k", "q5_k", "q6_k"; throws
+// alem::Error on anything else.
 DType parse_dtype(const std::string& name);
 
 // Block geometry: 1 element in dtype_size bytes for the plain types; 32 elements in 18 (Q4_0),
-// 20 (Q4_1) or 34 (Q8_0) bytes for the block types.
+// 20 (Q4_1) or 34 (Q8_0) bytes, 256 in 144 (Q4_K), 176 (Q5_K) or 210 (Q6_K) for the block types.
+// dtype_is_k_quant: the three 256-element super-block types.
 bool dtype_is_block(DType t);
+bool dtype_is_k_quant(DType t);
 int64_t dtype_block_elements(DType t);
 int64_t dtype_block_bytes(DType t);
 // Bytes of one row of `cols` elements (I8: the values only). Throws alem::Error when cols is not

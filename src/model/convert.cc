@@ -141,6 +141,17 @@ std::map<std::string, DType> kept_types(const GgufFile& gguf, DType fallback) {
   return chosen;
 }
 
+// The K-quants need rows of whole 256-value super-blocks; a matrix whose rows are not (SmolLM2's
+// 576-wide projections) is stored as Q8_0 instead, as llama.cpp falls back to a 32-value block
+// type for such tensors. Members of a fusion group share their column count, so they fall back
+// together.
+DType stored_matrix_dtype(DType wanted, int64_t cols) {
+  if (dtype_is_k_quant(wanted) && cols % dtype_block_elements(wanted) != 0) {
+    return cols % dtype_block_elements(DType::Q8_0) == 0 ? DType::Q8_0 : DType::BF16;
+  }
+  return wanted;
+}
+
 bool is_ignorable_hf_tensor(const std::string& name) {
   // Non-persistent buffers some older checkpoints carry; recomputed by the engine.
   return name.size() > 20 && name.compare(name.size() - 20, 20, "rotary_emb.inv_freq") == 0;
@@ -164,7 +175,7 @@ ConvertReport convert_gguf(const std::string& gguf_path, const std::string& out_
     ALEM_CHECK(ggml_dequantize_supported(t.type),
                "GGUF tensor '" + t.name + "' has type " + ggml_type_name(t.type) +
                    ", which alem cannot dequantize (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, "
-                   "Q5_1, Q8_0, Q4_K, Q6_K)");
+                   "Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)");
     present[t.hf_name] = t.hf_shape();
   }
   check_tensor_set(config, present, "GGUF file " + gguf_path);
@@ -174,7 +185,8 @@ ConvertReport convert_gguf(const std::string& gguf_path, const std::string& out_
   return write_store(out_h5, config, tokenizer, source, [&](ModelStoreWriter& writer) {
     for (const GgufTensorInfo& t : gguf.tensors()) {
       if (write_gguf_moe_tensor(gguf, config, t, writer, options.dtype)) continue;
-      const DType dtype = stored.count(t.hf_name) ? stored.at(t.hf_name) : options.dtype;
+      const DType dtype = stored.count(t.hf_name) ? stored.at(t.hf_name)
+                                                  : stored_matrix_dtype(options.dtype, t.cols());
       if (t.dims.size() == 2 && dtype_is_block(dtype)) {
         // Block for block as the file has them (raw_rows un-permutes q/k rows only).
         WeightMatrix m;
@@ -233,7 +245,8 @@ ConvertReport convert_safetensors(const std::string& hf_dir, const std::string& 
     for (const auto& [name, shape] : present) {
       const std::vector<float> values = checkpoint.read_f32(name);
       if (shape.size() == 2) {
-        writer.add_matrix(name, values.data(), shape[0], shape[1], options.dtype);
+        writer.add_matrix(name, values.data(), shape[0], shape[1],
+                          stored_matrix_dtype(options.dtype, shape[1]));
       } else {
         writer.add_vector(name, values.data(), shape[0]);
       }

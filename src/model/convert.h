@@ -17,13 +17,14 @@ namespace alem {
 struct ModelConfig;
 
 struct ConvertOptions {
-  // Stored type of 2-D weight matrices (f32, bf16, f16 or int8). 1-D tensors (norms, biases)
-  // are always stored as f32.
+  // Stored type of 2-D weight matrices (f32, bf16, f16, int8 or a ggml block type). 1-D tensors
+  // (norms, biases) are always stored as f32. A K-quant (q4_k, q5_k, q6_k) applies to matrices
+  // whose rows are whole 256-value super-blocks; the others are stored as q8_0.
   DType dtype = DType::BF16;
-  // GGUF only: keep 2-D tensors of the ggml block types alem computes with (Q4_0, Q4_1, Q8_0)
-  // as they are, block for block, and 2-D F32/F16/BF16 tensors in their own type; tensors of
-  // other types (Q5_0, K-quants, ...) are expanded to `dtype`. Fused tensors (q/k/v, gate/up)
-  // whose GGUF types differ are all expanded to `dtype`, since the engine stacks them.
+  // GGUF only: keep 2-D tensors of the ggml block types alem computes with (Q4_0, Q4_1, Q8_0,
+  // Q4_K, Q5_K, Q6_K) as they are, block for block, and 2-D F32/F16/BF16 tensors in their own
+  // type; tensors of other types (Q5_0, Q2_K, ...) are expanded to `dtype`. Fused tensors (q/k/v,
+  // gate/up) whose GGUF types differ are all expanded to `dtype`, since the engine stacks them.
   bool keep_gguf_types = false;
   // Overrides the model name recorded in the config (empty: keep the source's name).
   std::string model_name;

@@ -126,6 +126,39 @@ void dequantize_q4_k(const uint8_t* block, float* y) {
   }
 }
 
+// Q5_K super-block of 256: f16 d, f16 dmin, 12 bytes of scales, 32 bytes of high bits (bit j/32
+// ... of byte l holds element l of sub-block j), 128 bytes of low nibbles.
+void dequantize_q5_k(const uint8_t* block, float* y) {
+  const float d = load_f16(block);
+  const float dmin = load_f16(block + 2);
+  const uint8_t* scales = block + 4;
+  const uint8_t* qh = block + 16;
+  const uint8_t* ql = block + 48;
+  int is = 0;
+  uint8_t u1 = 1, u2 = 2;
+  for (int j = 0; j < 256; j += 64) {
+    uint8_t sc, m;
+    q4_k_scale_min(is + 0, scales, &sc, &m);
+    const float d1 = d * sc;
+    const float m1 = dmin * m;
+    q4_k_scale_min(is + 1, scales, &sc, &m);
+    const float d2 = d * sc;
+    const float m2 = dmin * m;
+    for (int l = 0; l < 32; ++l) {
+      const float p = d1 * static_cast<float>((ql[l] & 0x0F) + ((qh[l] & u1) ? 16 : 0));
+      *y++ = p - m1;
+    }
+    for (int l = 0; l < 32; ++l) {
+      const float p = d2 * static_cast<float>((ql[l] >> 4) + ((qh[l] & u2) ? 16 : 0));
+      *y++ = p - m2;
+    }
+    ql += 32;
+    is += 2;
+    u1 = static_cast<uint8_t>(u1 << 2);
+    u2 = static_cast<uint8_t>(u2 << 2);
+  }
+}
+
 // Q6_K super-block of 256: 128 bytes low nibbles, 64 bytes high 2-bit pairs, 16 int8 scales,
 // f16 d.
 void dequantize_q6_k(const uint8_t* block, float* y) {
@@ -168,6 +201,8 @@ BlockDequantizer block_dequantizer(uint32_t type_id) {
       return dequantize_q8_0;
     case GgmlType::Q4_K:
       return dequantize_q4_k;
+    case GgmlType::Q5_K:
+      return dequantize_q5_k;
     case GgmlType::Q6_K:
       return dequantize_q6_k;
     default:
@@ -338,7 +373,7 @@ void dequantize_ggml(uint32_t type_id, const uint8_t* src, size_t src_bytes, flo
                      int64_t elements) {
   ALEM_CHECK(ggml_dequantize_supported(type_id),
              "cannot dequantize ggml type " + ggml_type_name(type_id) +
-                 " (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K)");
+                 " (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)");
   const uint64_t need = ggml_bytes_for(type_id, elements);
   ALEM_CHECK(src_bytes == need, "dequantize " + ggml_type_name(type_id) + ": expected " +
                                     std::to_string(need) + " bytes for " +

@@ -57,7 +57,7 @@ GgmlBlockGeometry ggml_block_geometry(uint32_t type_id);
 // "Q4_1", "F32", ... or "type#<id>" for unknown ids.
 std::string ggml_type_name(uint32_t type_id);
 // True for the types dequantize_ggml() can expand: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-// Q4_K, Q6_K.
+// Q4_K, Q5_K, Q6_K.
 bool ggml_dequantize_supported(uint32_t type_id);
 // Bytes taken by `elements` consecutive elements of the type. Throws alem::Error if the type is
 // unknown or `elements` is not a whole number of blocks.
@@ -69,15 +69,24 @@ uint64_t ggml_bytes_for(uint32_t type_id, int64_t elements);
 void dequantize_ggml(uint32_t type_id, const uint8_t* src, size_t src_bytes, float* dst,
                      int64_t elements);
 
-// The ggml types alem keeps as they are (DType::Q4_0, Q4_1, Q8_0): true and the DType for
-// those, false for every other type (which the importer expands).
+// The ggml types alem keeps as they are (DType::Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K): true and
+// the DType for those, false for every other type (which the importer expands).
 bool ggml_type_as_dtype(uint32_t type_id, DType* dtype);
-// The ggml type id of a block DType (Q4_0, Q4_1, Q8_0); throws alem::Error for other dtypes.
+// The ggml type id of a block DType (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K); throws alem::Error for
+// other dtypes.
 uint32_t ggml_type_of(DType dtype);
 
-// Quantises `elements` f32 values (a whole number of 32-element blocks) into `dst`
-// (ggml_bytes_for(type, elements) bytes) exactly as ggml's reference quantize_row_*_ref does, for
-// Q4_0, Q4_1 and Q8_0. Throws alem::Error for other types.
+// Quantises `elements` f32 values (a whole number of blocks) into `dst`
+// (ggml_bytes_for(type, elements) bytes): Q4_0, Q4_1 and Q8_0 exactly as ggml's reference
+// quantize_row_*_ref does; Q4_K, Q5_K and Q6_K with quantize_k_block (gguf_quantize_k.cc), a
+// simpler rule than ggml's iterative search with the same block layout. Throws alem::Error for
+// other types.
 void quantize_ggml(uint32_t type_id, const float* src, int64_t elements, uint8_t* dst);
+
+// One 256-value K-quant super-block (Q4_K, Q5_K or Q6_K) from x[256] into `block`
+// (dtype_block_bytes bytes): per sub-block (32 values; Q6_K 16) the scale and minimum that span
+// its values, those scales themselves quantised to 6 bits (Q6_K: int8) against an f16
+// super-scale, then every value rounded against its sub-block's quantised scale.
+void quantize_k_block(DType dtype, const float* x, uint8_t* block);
 
 }  // namespace alem

@@ -1,4 +1,5 @@
-// Quantisation into the ggml block formats alem keeps unexpanded (Q4_0, Q4_1, Q8_0), and the
+// Quantisation into the ggml block formats alem keeps unexpanded (Q4_0, Q4_1, Q8_0; the K-quants
+// in gguf_quantize_k.cc), and the
 // mapping between those ggml type ids and alem's DType. The quantisers mirror ggml's reference
 // quantize_row_*_ref (ggml-quants.c) so a matrix made here holds the blocks llama.cpp would
 // write; tests build quantised weights with them, and `alem convert --dtype q8_0` uses them.
@@ -77,6 +78,15 @@ bool ggml_type_as_dtype(uint32_t type_id, DType* dtype) {
     case GgmlType::Q8_0:
       *dtype = DType::Q8_0;
       return true;
+    case GgmlType::Q4_K:
+      *dtype = DType::Q4_K;
+      return true;
+    case GgmlType::Q5_K:
+      *dtype = DType::Q5_K;
+      return true;
+    case GgmlType::Q6_K:
+      *dtype = DType::Q6_K;
+      return true;
     default:
       return false;
   }
@@ -90,6 +100,12 @@ uint32_t ggml_type_of(DType dtype) {
       return static_cast<uint32_t>(GgmlType::Q4_1);
     case DType::Q8_0:
       return static_cast<uint32_t>(GgmlType::Q8_0);
+    case DType::Q4_K:
+      return static_cast<uint32_t>(GgmlType::Q4_K);
+    case DType::Q5_K:
+      return static_cast<uint32_t>(GgmlType::Q5_K);
+    case DType::Q6_K:
+      return static_cast<uint32_t>(GgmlType::Q6_K);
     default:
       ALEM_FAIL("dtype " + dtype_name(dtype) + " is not a ggml block type");
   }
@@ -107,9 +123,18 @@ void quantize_ggml(uint32_t type_id, const float* src, int64_t elements, uint8_t
     case GgmlType::Q8_0:
       quantize_block = quantize_q8_0;
       break;
+    case GgmlType::Q4_K:
+      quantize_block = [](const float* x, uint8_t* b) { quantize_k_block(DType::Q4_K, x, b); };
+      break;
+    case GgmlType::Q5_K:
+      quantize_block = [](const float* x, uint8_t* b) { quantize_k_block(DType::Q5_K, x, b); };
+      break;
+    case GgmlType::Q6_K:
+      quantize_block = [](const float* x, uint8_t* b) { quantize_k_block(DType::Q6_K, x, b); };
+      break;
     default:
       ALEM_FAIL("alem cannot quantise to ggml type " + ggml_type_name(type_id) +
-                " (supported: Q4_0, Q4_1, Q8_0)");
+                " (supported: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K)");
   }
   const GgmlBlockGeometry g = ggml_block_geometry(type_id);
   ALEM_CHECK(elements >= 0 && elements % g.elements_per_block == 0,

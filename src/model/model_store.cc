@@ -44,6 +44,9 @@ hid_t memory_type_for(DType dtype) {
     case DType::Q4_0:
     case DType::Q4_1:
     case DType::Q8_0:
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::Q6_K:
       return H5T_NATIVE_UINT8;
   }
   return H5T_NATIVE_FLOAT;

@@ -26,6 +26,9 @@ hid_t file_type_for(DType dtype) {
     case DType::Q4_0:
     case DType::Q4_1:
     case DType::Q8_0:
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::Q6_K:
       return H5T_STD_U8LE;  // raw ggml blocks
   }
   return H5T_IEEE_F32LE;
@@ -43,6 +46,9 @@ hid_t memory_type_for(DType dtype) {
     case DType::Q4_0:
     case DType::Q4_1:
     case DType::Q8_0:
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::Q6_K:
       return H5T_NATIVE_UINT8;
   }
   return H5T_NATIVE_FLOAT;

@@ -15,7 +15,7 @@ float WeightMatrix::at(int64_t r, int64_t c) const {
     const int64_t block = c / dtype_block_elements(dtype);
     const uint8_t* src = data.data() + static_cast<size_t>(r) * row_bytes() +
                          static_cast<size_t>(block * dtype_block_bytes(dtype));
-    float values[32];
+    float values[256];  // the largest block (K-quants)
     dequantize_ggml(ggml_type_of(dtype), src, static_cast<size_t>(dtype_block_bytes(dtype)), values,
                     dtype_block_elements(dtype));
     return values[c % dtype_block_elements(dtype)];

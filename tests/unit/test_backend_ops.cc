@@ -10,8 +10,8 @@
 //   matmul: 1e-5 of sum |x*w| (+|bias|) per output; where x is rounded to the weights' format
 //     (cuda bf16/f16 with M > 8 for the tensor cores, cpu dot-product kernels) bf16 8e-3, f16
 //     2e-3, int8 1e-3;
-//   matmul against ggml block weights (Q4_0, Q4_1, Q8_0; the cpu backend quantises x to int16 per
-//     32 values, error <= amax_b / 65534 per value of block b): per output
+//   matmul against ggml block weights (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K; the cpu backend
+//     quantises x to int16 per 32 values, error <= amax_b / 65534 per value of block b): per output
 //     sum_b (amax_b / 65534) * sum_{k in b} |w_k| + 1e-5 * sum |x*w| (the reference dequantises
 //     the weights exactly and multiplies in double);
 //   paged_attention over an f32 or a bf16 cache: 2e-5 (5e-5 for the long sharp-score and the
@@ -245,14 +245,19 @@ TEST_P(BackendOps, MatmulEveryDtypeOddAndModelShapes) {
   }
 }
 
-// ggml block weights, quantised here by ggml's reference quantiser (gguf_quant.h), at the shapes
+// ggml block weights, quantised here by alem's quantisers (gguf_quant.h; the 32-value types as
+// ggml's reference does, the K-quants by quantize_k_block), at the shapes
 // of decode (M = 1), small batches, prefill, and odd N (every thread and row remainder).
 TEST_P(BackendOps, MatmulGgmlBlockTypes) {
   if (on_device()) GTEST_SKIP() << "the CUDA backend has no ggml block kernels yet";
   uint32_t seed = 500;
-  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
+  using Shapes = std::vector<std::pair<int64_t, int64_t>>;
+  const Shapes shapes32 = {{1, 32}, {7, 64}, {200, 608}, {96, 1536}};
+  const Shapes shapes256 = {{1, 256}, {7, 512}, {200, 768}, {96, 1536}};  // K-quant super-blocks
+  for (DType dtype :
+       {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     for (int64_t M : {1, 2, 3, 5, 8, 33, 64}) {
-      for (auto [N, K] : {std::pair<int64_t, int64_t>{1, 32}, {7, 64}, {200, 608}, {96, 1536}}) {
+      for (auto [N, K] : dtype_is_k_quant(dtype) ? shapes256 : shapes32) {
         const bool with_bias = (M + N) % 2 == 1;
         const auto x = random_values(M * K, seed += 3, -2.f, 2.f);
         const auto values = random_values(N * K, seed + 1);
@@ -359,11 +364,11 @@ TEST_P(BackendOps, RmsnormRopeSiluMulAdd) {
 }
 
 TEST_P(BackendOps, EmbeddingEveryDtypeWithOutOfRangeTokens) {
-  const int64_t rows = 50, cols = 96, row_begin = 100;
+  const int64_t rows = 50, cols = 512, row_begin = 100;  // whole K-quant super-blocks
   const auto values = random_values(rows * cols, 40);
   const std::vector<int32_t> tokens = {100, 149, 99, 150, 120, -1, 0, 100};
-  for (DType dtype :
-       {DType::F32, DType::BF16, DType::F16, DType::I8, DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16, DType::I8, DType::Q4_0, DType::Q4_1,
+                      DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     if (dtype_is_block(dtype) && on_device()) continue;  // no CUDA block kernels yet
     const WeightMatrix table = make_weight_matrix(values.data(), rows, cols, dtype);
     const auto T = static_cast<int64_t>(tokens.size());

@@ -1,12 +1,13 @@
-// SmolLM2-135M kept as Q4_0 and Q8_0 blocks against Hugging Face transformers reading the very
-// same GGUF files (tests/data/golden/smollm2-135m-instruct-{q4_0,q8_0}.json, written by
-// scripts/reference/make_block_golden.py, which also makes the two files from the shipped Q4_1
-// GGUF). The test converts each file with `--dtype auto` semantics (blocks kept), checks that the
-// file's SHA-256 is the one the golden data was made from, then teacher-forces the engine along
-// HF's greedy continuation: its argmax must equal HF's token at every step where HF's top-2
-// margin exceeds the tolerance, and its top-20 logits and logsumexp must agree within 1e-2 at
-// the checkpoints (the block kernels' 16-bit activations; f32 KV cache). Label "slow": about a
-// minute per type; skipped with a message when the GGUF files have not been made.
+// SmolLM2-135M kept as Q4_0, Q8_0 and K-quant blocks against Hugging Face transformers reading
+// the very same GGUF files (tests/data/golden/smollm2-135m-instruct-{q4_0,q8_0,kmix}.json,
+// written by scripts/reference/make_block_golden.py, which also makes the files from the shipped
+// Q4_1 GGUF; KMIX holds its 1536-wide down projections as Q4_K, Q5_K and Q6_K, the rest Q8_0). The
+// test converts each file with `--dtype auto` semantics (blocks kept), checks that the file's
+// SHA-256 is the one the golden data was made from, then teacher-forces the engine along HF's
+// greedy continuation: its argmax must equal HF's token at every step where HF's top-2 margin
+// exceeds the tolerance, and its top-20 logits and logsumexp must agree within 1e-2 at the
+// checkpoints (the block kernels' 16-bit activations; f32 KV cache). Label "slow": about a minute
+// per type; skipped with a message when the GGUF files have not been made.
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
 #include <unistd.h>
@@ -61,7 +62,7 @@ double logsumexp(const float* row, int64_t n) {
 class BlockGolden : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(BlockGolden, MatchesTransformersOnTheSameGguf) {
-  const std::string type = GetParam();  // "Q4_0" or "Q8_0"
+  const std::string type = GetParam();  // "Q4_0", "Q8_0" or "KMIX"
   std::string lower = type;
   for (char& c : lower) c = static_cast<char>(std::tolower(c));
   const std::string gguf =
@@ -86,8 +87,16 @@ TEST_P(BlockGolden, MatchesTransformersOnTheSameGguf) {
   convert_options.keep_gguf_types = true;
   convert_gguf(gguf, store_path, convert_options);
   ModelStoreReader store(store_path);
-  EXPECT_EQ(dtype_name(store.tensor_info("model.layers.0.mlp.down_proj.weight").dtype), lower);
-  EXPECT_EQ(dtype_name(store.tensor_info("model.embed_tokens.weight").dtype), lower);
+  if (type == "KMIX") {  // the 1536-wide down projections as K-quants, the rest Q8_0
+    EXPECT_EQ(store.tensor_info("model.layers.0.mlp.down_proj.weight").dtype, DType::Q4_K);
+    EXPECT_EQ(store.tensor_info("model.layers.1.mlp.down_proj.weight").dtype, DType::Q5_K);
+    EXPECT_EQ(store.tensor_info("model.layers.29.mlp.down_proj.weight").dtype, DType::Q6_K);
+    EXPECT_EQ(store.tensor_info("model.layers.0.mlp.up_proj.weight").dtype, DType::Q8_0);
+    EXPECT_EQ(store.tensor_info("model.embed_tokens.weight").dtype, DType::Q8_0);
+  } else {
+    EXPECT_EQ(dtype_name(store.tensor_info("model.layers.0.mlp.down_proj.weight").dtype), lower);
+    EXPECT_EQ(dtype_name(store.tensor_info("model.embed_tokens.weight").dtype), lower);
+  }
   ParallelContext ctx = make_solo_context();
   auto backend = make_backend(test::backend_name());
   EngineOptions options;
@@ -159,7 +168,7 @@ TEST_P(BlockGolden, MatchesTransformersOnTheSameGguf) {
   fs::remove(store_path);
 }
 
-INSTANTIATE_TEST_SUITE_P(Types, BlockGolden, ::testing::Values("Q4_0", "Q8_0"),
+INSTANTIATE_TEST_SUITE_P(Types, BlockGolden, ::testing::Values("Q4_0", "Q8_0", "KMIX"),
                          [](const auto& info) { return std::string(info.param); });
 
 }  // namespace

@@ -290,8 +290,9 @@ bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, co
 void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                                float* y) const {
   const int64_t N = w.rows, K = w.cols;
-  ALEM_CHECK(M >= 0 && N >= 0 && K > 0 && K % 32 == 0,
-             "matmul: " + dtype_name(w.dtype) + " weights need cols % 32 == 0");
+  ALEM_CHECK(M >= 0 && N >= 0 && K > 0 && K % dtype_block_elements(w.dtype) == 0,
+             "matmul: " + dtype_name(w.dtype) + " weights need cols % " +
+                 std::to_string(dtype_block_elements(w.dtype)) + " == 0");
   ALEM_CHECK(w.data.size() >= static_cast<size_t>(N) * w.row_bytes(),
              "matmul: weight buffer smaller than its shape");
   if (M == 0 || N == 0) return;

@@ -131,7 +131,8 @@ void gemm_bf16(const uint16_t* xb, int64_t stride, int64_t m_begin, int64_t m_en
                const WeightView& w, const float* bias, float* y, int64_t n_begin, int64_t n_end);
 }  // namespace avx512_dot
 
-// Activations for the ggml block-weight kernels (Q4_0, Q4_1, Q8_0 weights), quantised once per
+// Activations for the ggml block-weight kernels (Q4_0, Q4_1, Q8_0, and the K-quants Q4_K, Q5_K,
+// Q6_K whose 32- or 16-value sub-blocks line up with these blocks), quantised once per
 // matmul in blocks of 32 like ggml's Q8_1 but with 16 bits: every 32 values of a row of x become
 // int16 q = round(x / d) with d = amax / 32767 (nearest even, the same in every ISA), plus
 // s = d * sum(q) for the Q4_1 minimum term. Row m: q + m * K, d + m * K / 32, s + m * K / 32.
@@ -163,16 +164,25 @@ namespace scalar {
 void quantize_q16(const float* x, int64_t M, int64_t K, int16_t* q, float* d, float* s);
 void matmul_blocks(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w,
                    const float* bias, float* y, int64_t n_begin, int64_t n_end);
+// The K-quants (Q4_K, Q5_K, Q6_K; matmul_blocks_k_*.cc), which matmul_blocks hands on to.
+void matmul_blocks_k(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w,
+                     const float* bias, float* y, int64_t n_begin, int64_t n_end);
 }  // namespace scalar
 namespace avx2 {
 void quantize_q16(const float* x, int64_t M, int64_t K, int16_t* q, float* d, float* s);
 void matmul_blocks(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w,
                    const float* bias, float* y, int64_t n_begin, int64_t n_end);
+// The K-quants (Q4_K, Q5_K, Q6_K; matmul_blocks_k_*.cc), which matmul_blocks hands on to.
+void matmul_blocks_k(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w,
+                     const float* bias, float* y, int64_t n_begin, int64_t n_end);
 }  // namespace avx2
 namespace avx512_vnni {
 void quantize_q16(const float* x, int64_t M, int64_t K, int16_t* q, float* d, float* s);
 void matmul_blocks(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w,
                    const float* bias, float* y, int64_t n_begin, int64_t n_end);
+// The K-quants (Q4_K, Q5_K, Q6_K; matmul_blocks_k_*.cc), which matmul_blocks hands on to.
+void matmul_blocks_k(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w,
+                     const float* bias, float* y, int64_t n_begin, int64_t n_end);
 }  // namespace avx512_vnni
 
 }  // namespace alem::cpu

@@ -57,6 +57,10 @@ void quantize_q16(const float* x, int64_t M, int64_t K, int16_t* q, float* d, fl
 
 void matmul_blocks(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w,
                    const float* bias, float* y, int64_t n_begin, int64_t n_end) {
+  if (dtype_is_k_quant(w.dtype)) {
+    matmul_blocks_k(a, m_begin, m_end, w, bias, y, n_begin, n_end);
+    return;
+  }
   const int64_t K = w.cols, N = w.rows, blocks = K / 32;
   const int64_t block_bytes = dtype_block_bytes(w.dtype);
   const uint8_t* data = static_cast<const uint8_t*>(w.data);
