@@ -10,10 +10,14 @@ the layouts in a rotated order, and the table gives medians, with the load avera
   scripts/plan_check.py --alem build/alem --model models/smollm2-135m-instruct.h5 \
       --cluster plan/clusters/dev-2core.toml --repeats 3 --csv check.csv --markdown check.md
 
-Layouts are TP,PP,DP with ranks on this machine (mpirun --oversubscribe). Nothing here asserts a
-speed: the test that runs this (ctest -L plan) checks that every row was measured and
-predicted; the accuracy is reported, in docs/planner.md.
+Layouts are TP,PP,DP with ranks on this machine (mpirun --oversubscribe), or with `--launcher srun`
+on the hosts of a Slurm cluster, one rank per host by default (the 4-host namespace cluster of
+slurm/local/cluster-local.sh: ctest -L cluster). `--lock FILE` holds an flock on FILE around each
+run's calibration and benchmark only, so other measurements can take turns between runs. Nothing
+here asserts a speed: the tests that run this (ctest -L plan, -L cluster) check that every row
+was measured and predicted; the accuracy is reported, in docs/planner.md.
 """
+import fcntl
 import argparse
 import csv
 import json
@@ -32,11 +36,40 @@ DEFAULT_RUNS = [  # tp, pp, dp, concurrency per replica
 WHAT = ("tok_s", "ttft_s", "itl_s")
 
 
-def run(cmd, timeout):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        sys.exit(f"plan_check: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return proc.stdout
+# Open MPI 4.1's TCP transport now and then crashes in MPI_Init while peers on other hosts
+# connect (docs/operations.md); a launch that dies so is started again, loudly.
+STARTUP_CRASH = "*** Process received signal ***"
+
+
+def run(cmd, timeout, attempts=1):
+    for attempt in range(attempts):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode == 0:
+            return proc.stdout
+        if attempt + 1 < attempts and STARTUP_CRASH in proc.stdout + proc.stderr:
+            print("plan_check: Open MPI crashed at start-up (known race); launching again",
+                  file=sys.stderr, flush=True)
+            continue
+        break
+    sys.exit(f"plan_check: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+
+
+class MeasureLock:
+    """flock on a file for one run's calibration and benchmark (nothing without --lock)."""
+
+    def __init__(self, path):
+        self.path, self.f = path, None
+
+    def __enter__(self):
+        if self.path:
+            self.f = open(self.path, "a")
+            fcntl.flock(self.f, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc):
+        if self.f:
+            fcntl.flock(self.f, fcntl.LOCK_UN)
+            self.f.close()
+            self.f = None
 
 
 def load_average():
@@ -44,21 +77,34 @@ def load_average():
         return float(f.read().split()[0])
 
 
-def mpirun(ranks, threads):
+def launcher(a, ranks, threads):
+    """The command prefix that starts `ranks` ranks (nothing for one rank on this machine)."""
+    if a.launcher == "srun":  # one step of the cluster; the ranks spread over hosts
+        hosts = (ranks + a.ranks_per_host - 1) // a.ranks_per_host
+        return ["srun", "--kill-on-bad-exit=1", "--mpi=pmix" if ranks > 1 else "--mpi=none",
+                "-N", str(hosts), "-n", str(ranks), f"--ntasks-per-node={a.ranks_per_host}",
+                f"--time={max(1, a.timeout // 60)}"]
+    if ranks == 1:
+        return []
     return ["mpirun", "--oversubscribe", "--allow-run-as-root", "-np", str(ranks),
             "-x", f"OMP_NUM_THREADS={threads}"]
 
 
+def attempts(a):
+    return 3 if a.launcher == "srun" else 1
+
+
 def calibrate_full(a, path, threads, dtype):
-    run([a.alem, "bench", "calibrate", "-m", a.model, "--dtypes", dtype, "--threads",
+    run(launcher(a, 1, threads) +
+        [a.alem, "bench", "calibrate", "-m", a.model, "--dtypes", dtype, "--threads",
          str(threads), "--seconds", str(a.calibration_seconds), "--repeats", "3", "-o", path],
-        a.timeout)
+        a.timeout, attempts(a))
 
 
 def calibrate_now(a, path, ranks, threads):
     cmd = [a.alem, "bench", "calibrate", "--collectives-only", "--threads", str(threads),
            "-o", path]
-    run(mpirun(ranks, threads) + cmd if ranks > 1 else cmd, a.timeout)
+    run(launcher(a, ranks, threads) + cmd, a.timeout, attempts(a))
 
 
 def measure(a, tmp, tp, pp, dp, conc, threads, tag):
@@ -69,9 +115,7 @@ def measure(a, tmp, tp, pp, dp, conc, threads, tag):
              "--dp", str(dp), "--batch", str(conc), "--concurrency", str(conc),
              "--requests", str(requests), "--prompt-tokens", str(a.prompt_tokens),
              "--max-tokens", str(a.max_tokens), "-o", out]
-    if ranks > 1:
-        bench = mpirun(ranks, threads) + bench
-    run(bench, a.timeout)
+    run(launcher(a, ranks, threads) + bench, a.timeout, attempts(a))
     with open(out) as f:
         m = json.load(f)
     reps = m["replicas"]
@@ -123,7 +167,17 @@ def main():
     ap.add_argument("--csv", help="every measurement, one row each")
     ap.add_argument("--markdown", help="also write the summary table to this file")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per command")
+    ap.add_argument("--launcher", choices=("mpirun", "srun"), default="mpirun",
+                    help="ranks on this machine (mpirun --oversubscribe) or a Slurm step on the "
+                         "cluster's hosts (srun; SLURM_CONF names the cluster)")
+    ap.add_argument("--ranks-per-host", type=int, default=1,
+                    help="with --launcher srun: ranks on each host (as the cluster description's "
+                         "node.devices)")
+    ap.add_argument("--lock", help="flock this file around each run's calibration and benchmark")
+    ap.add_argument("--label", default="", help="a word for every row (e.g. the link shaping)")
     a = ap.parse_args()
+    if a.launcher == "srun":
+        os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")  # as the cluster tests run
     runs = DEFAULT_RUNS
     if a.runs:
         runs = [tuple(int(x) for x in r.split(",")) for r in a.runs.split(";") if r]
@@ -134,20 +188,19 @@ def main():
         for rep in range(a.repeats):
             order = runs[rep % len(runs):] + runs[:rep % len(runs)]  # rotated each repeat
             round_cal = a.calibration or os.path.join(tmp, f"cal-{rep}.json")
-            if not a.calibration:
-                calibrate_full(a, round_cal, threads, a.dtype)
             for i, (tp, pp, dp, conc) in enumerate(order):
                 tag = f"{tp}-{pp}-{dp}-{conc}-{rep}"
-                if i > 0 and a.calibrate == "run" and not a.calibration:
-                    calibrate_full(a, round_cal, threads, a.dtype)
-                cal = os.path.join(tmp, f"cal-{tag}.json")
-                shutil.copyfile(round_cal, cal)
-                calibrate_now(a, cal, tp * pp * dp, threads)
-                load_before = load_average()
-                m = measure(a, tmp, tp, pp, dp, conc, threads, tag)
-                load_after = load_average()
+                with MeasureLock(a.lock):
+                    if not a.calibration and (i == 0 or a.calibrate == "run"):
+                        calibrate_full(a, round_cal, threads, a.dtype)
+                    cal = os.path.join(tmp, f"cal-{tag}.json")
+                    shutil.copyfile(round_cal, cal)
+                    calibrate_now(a, cal, tp * pp * dp, threads)
+                    load_before = load_average()
+                    m = measure(a, tmp, tp, pp, dp, conc, threads, tag)
+                    load_after = load_average()
                 p = predict(a, cal, tp, pp, dp, conc)
-                row = {"repeat": rep, "tp": tp, "pp": pp, "dp": dp, "concurrency": conc,
+                row = {"label": a.label, "repeat": rep, "tp": tp, "pp": pp, "dp": dp, "concurrency": conc,
                        "load_average": (load_before + load_after) / 2}
                 for w in WHAT:
                     row[f"measured_{w}"] = m[w]
@@ -177,7 +230,7 @@ def main():
                 summary[w].append(abs(e[w]))
         loads = [r["load_average"] for r in mine]
         lines.append(
-            f"| tp{tp} pp{pp} dp{dp} | {conc} | {min(loads):.1f}-{max(loads):.1f} | "
+            f"| tp{tp} pp{pp} dp{dp}{' ' + a.label if a.label else ''} | {conc} | {min(loads):.1f}-{max(loads):.1f} | "
             f"{med['measured_tok_s']:.1f} | {med['predicted_tok_s']:.1f} | {e['tok_s']:+.0%} | "
             f"{med['measured_ttft_s']*1e3:.0f} | {med['predicted_ttft_s']*1e3:.0f} | "
             f"{e['ttft_s']:+.0%} | {med['measured_itl_s']*1e3:.1f} | "

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -179,6 +180,14 @@ void calibrate_collectives(const CalibrateOptions& o, ParallelContext& ctx, plan
   ProcessGroup& world = *ctx.world;
   const int rank = world.rank(), size = world.size();
   c.collective_ranks = size;
+  {  // Are ranks 0 and 1 (the send/recv pair) on different hosts? Then the fit is the link between
+     // nodes.
+    std::array<char, 256> mine{};
+    gethostname(mine.data(), mine.size() - 1);
+    std::vector<std::array<char, 256>> hosts(size);
+    world.all_gather(mine.data(), mine.size(), hosts.data());
+    c.link_between_nodes = std::string(hosts[0].data()) != std::string(hosts[1].data());
+  }
   std::vector<float> buffer((size_t{16} << 20) / sizeof(float), 1.f);
   const int reps = 9;
   for (size_t bytes = 64; bytes <= (size_t{16} << 20); bytes *= 8) {
@@ -273,8 +282,9 @@ void calibrate_collectives(const CalibrateOptions& o, ParallelContext& ctx, plan
   }
   if (rank == 0) {
     c.fitted_link = plan::fit_alpha_beta(c.collectives["send_recv"]);
-    std::printf("link fit (send/recv): latency %.1f us, bandwidth %.2f GB/s\n",
-                c.fitted_link.latency_us, c.fitted_link.bandwidth_gbs);
+    std::printf("link fit (send/recv, %s): latency %.1f us, bandwidth %.2f GB/s\n",
+                c.link_between_nodes ? "between hosts" : "inside a host", c.fitted_link.latency_us,
+                c.fitted_link.bandwidth_gbs);
   }
 }
 

@@ -191,6 +191,7 @@ ClusterSpec parse_cluster_spec(std::string_view toml_text, const std::string& so
   c.node_memory_gib = k.number("node.memory_gib", 0);
   c.threads_per_rank = k.integer("node.threads_per_rank", 1);
   c.node_bandwidth_gbs = k.number("node.memory_bandwidth_gbs", 0);
+  c.nodes_share_cores = k.boolean("node.shared_cores", false);
   c.device_memory_gib = k.number("device.memory_gib", 0);
   c.device_bandwidth_gbs = k.number("device.memory_bandwidth_gbs", 0, true);
   c.peak_tflops = k.numbers_in("device.peak_tflops");
@@ -286,7 +287,8 @@ std::string calibration_to_json(const Calibration& c) {
     for (const auto& p : points) coll[op].push_back({{"bytes", p.bytes}, {"seconds", p.seconds}});
   }
   j["collectives"] = coll;
-  j["link_fit"] = {{"latency_us", c.fitted_link.latency_us},
+  j["link_fit"] = {{"between_nodes", c.link_between_nodes},
+                   {"latency_us", c.fitted_link.latency_us},
                    {"bandwidth_gbs", c.fitted_link.bandwidth_gbs}};
   zero_non_finite(j);
   return j.dump(2) + "\n";
@@ -347,6 +349,7 @@ Calibration calibration_from_json(const std::string& text, const std::string& so
     if (j.contains("link_fit")) {
       c.fitted_link.latency_us = j["link_fit"].value("latency_us", 0.0);
       c.fitted_link.bandwidth_gbs = j["link_fit"].value("bandwidth_gbs", 0.0);
+      c.link_between_nodes = j["link_fit"].value("between_nodes", false);
     }
     return c;
   } catch (const nlohmann::json::exception& e) {
@@ -420,7 +423,8 @@ void apply_calibration(ClusterSpec& cluster, const Calibration& c, const std::st
     for (auto& point : cluster.matmul_curve[dtype]) point.second *= c.threads / load;
   }
   for (const auto& [ranks, us] : c.sync_us_by_ranks) cluster.sync_us_by_ranks[ranks] = us;
-  if (c.fitted_link.bandwidth_gbs > 0) cluster.intra_node = c.fitted_link;
+  if (c.fitted_link.bandwidth_gbs > 0)
+    (c.link_between_nodes ? cluster.inter_node : cluster.intra_node) = c.fitted_link;
   if (c.aes_gcm_gbs > 0) cluster.aes_gcm_gbs = c.aes_gcm_gbs;
   if (c.collective_ranks > 1) cluster.sync_us = c.sync_us;
   cluster.calibration = path;

@@ -53,6 +53,9 @@ struct ClusterSpec {
   // where absent, min(threads_per_rank, cores / ranks).
   std::map<int, double> rank_core_share;
   std::map<int, double> sync_us_by_ranks;  // sync_us measured with this many ranks on the node
+  // The nodes are one machine's network namespaces (the netns test cluster): every rank of a job
+  // shares the same cores, so core share and waiting go by the whole job's ranks, not a node's.
+  bool nodes_share_cores = false;
   // Measured matmul time per weight byte at a number of rows, per weight dtype (calibration at a
   // model's own shapes): kernels change path with the rows (a dot-product kernel for few rows,
   // a packed GEMM for many), so neither one rate nor one roofline fits every step size.
@@ -128,6 +131,9 @@ struct Calibration {
   double engine_decode_step_s = 0;  // its one-sequence decode step on one rank
   double sync_us = 0;    // waiting per collective when all ranks compute between collectives
   LinkSpec fitted_link;  // alpha-beta fit of send_recv (point to point)
+  // Ranks 0 and 1 of the collectives ran on different hosts: the fit describes the link between
+  // nodes (else the one inside a node).
+  bool link_between_nodes = false;
 };
 
 std::string calibration_to_json(const Calibration& c);

@@ -95,12 +95,14 @@ Placement place(const ModelShape& m, const ClusterSpec& c, const Layout& l) {
   p.ranks_per_node = (world + p.nodes_used - 1) / p.nodes_used;
   const double peak = c.peak_flops(m.weight_dtype) * c.compute_efficiency;
   const double bw = c.weight_bandwidth(m.weight_dtype);
+  // Ranks that compete for the same cores: a node's, or every rank where the nodes share them.
+  const int sharing = c.nodes_share_cores ? world : p.ranks_per_node;
   if (c.kind == "cpu") {
-    p.core_share = c.core_share(p.ranks_per_node);
+    p.core_share = c.core_share(sharing);
     p.flops = peak * p.core_share;
     p.bandwidth = bw * p.core_share;
     if (c.node_bandwidth_gbs > 0)
-      p.bandwidth = std::min(p.bandwidth, c.node_bandwidth_gbs * 1e9 / p.ranks_per_node);
+      p.bandwidth = std::min(p.bandwidth, c.node_bandwidth_gbs * 1e9 / sharing);
   } else {
     p.flops = peak;
     p.bandwidth = bw;
@@ -108,7 +110,7 @@ Placement place(const ModelShape& m, const ClusterSpec& c, const Layout& l) {
   p.attention_flops = c.attention_tflops > 0
                           ? c.attention_tflops * 1e12 * (c.kind == "cpu" ? p.core_share : 1)
                           : p.flops;
-  p.sync_s = c.sync_seconds(p.ranks_per_node);
+  p.sync_s = c.sync_seconds(sharing);
   p.tp_crosses_nodes = l.tp > p.ranks_per_node;
   p.pp_crosses_nodes = l.tp * l.pp > p.ranks_per_node;
   return p;

@@ -264,6 +264,36 @@ TEST(PlanCalibration, AlphaBetaFitRecoversTheLink) {
   EXPECT_THROW(calibration_from_json("{\"format\": \"other\"}", "bad.json"), Error);
 }
 
+// A calibration whose send/recv ranks were on two hosts describes the link between nodes; on a
+// cluster whose nodes share one machine's cores (the netns test cluster) the measured core
+// share of the job's whole rank count applies, not that of one rank per node.
+TEST(PlanCalibration, BetweenHostsAndSharedCores) {
+  Calibration cal;
+  cal.collective_ranks = 4;
+  cal.fitted_link = {0.5, 80};
+  cal.link_between_nodes = true;
+  cal.rank_core_share = {{1, 1.0}, {4, 0.25}};
+  const Calibration back = calibration_from_json(calibration_to_json(cal), "x");
+  EXPECT_TRUE(back.link_between_nodes);
+  ClusterSpec c =
+      load_cluster_spec(test::env_or("ALEM_SOURCE_DIR", ".") + "/plan/clusters/netns-4host.toml");
+  ASSERT_TRUE(c.nodes_share_cores);
+  const LinkSpec intra = c.intra_node;
+  apply_calibration(c, back, "cal.json");
+  EXPECT_DOUBLE_EQ(c.inter_node.latency_us, 80);
+  EXPECT_DOUBLE_EQ(c.inter_node.bandwidth_gbs, 0.5);
+  EXPECT_DOUBLE_EQ(c.intra_node.latency_us, intra.latency_us);  // untouched
+  const ModelShape m = named_shape("smollm2-135m");
+  Workload w;
+  w.concurrency = 4;
+  const Prediction shared = predict(m, c, w, {1, 1, 1, 4});  // one rank on each of 4 hosts
+  c.nodes_share_cores = false;
+  const Prediction apart = predict(m, c, w, {1, 1, 1, 4});
+  ASSERT_TRUE(shared.fits && apart.fits);
+  // A quarter of a core each instead of a whole one: the step takes about four times as long.
+  EXPECT_NEAR(shared.decode.compute / apart.decode.compute, 4, 0.01);
+}
+
 std::string error_of(const std::string& toml) {
   try {
     parse_cluster_spec(toml, "c.toml");
