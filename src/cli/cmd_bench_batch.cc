@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/progress.h"
 #include "cli/runtime.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -168,6 +169,7 @@ void run_bench_batch(const BenchBatchOptions& o) {
     ModelStoreReader store(o.model);
     auto backend = make_backend(o.backend);
     EngineOptions engine_options;
+    engine_options.load_progress = model_load_progress(ctx.world_rank == 0);
     engine_options.max_model_len = o.prompt_tokens + o.max_tokens + 1;
     const int blocks_per_seq =
         (engine_options.max_model_len + engine_options.block_size - 1) / engine_options.block_size;

@@ -1,8 +1,10 @@
 // `alem convert`: imports a GGUF file or a Hugging Face folder (config.json, *.safetensors,
-// tokenizer.json) into alem's HDF5 model store; `--verify` re-checks a store's digest.
+// tokenizer.json) into alem's HDF5 model store, showing progress per tensor; `--verify`
+// re-checks a store's digest.
 #include <filesystem>
 
 #include "cli/commands.h"
+#include "cli/progress.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "model/convert.h"
@@ -33,6 +35,8 @@ void run_convert(const ConvertCommandOptions& o) {
   options.keep_gguf_types = o.dtype == "auto";
   options.dtype = o.dtype == "auto" ? DType::BF16 : parse_dtype(o.dtype);
   options.model_name = o.name;
+  StepProgress progress("converting", "tensors");
+  options.progress = [&progress](int64_t done, int64_t total) { progress(done, total); };
   ConvertReport report;
   if (std::filesystem::is_directory(o.input)) {
     report = convert_safetensors(o.input, o.output, options);

@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "cli/confidential_start.h"
+#include "cli/progress.h"
 #include "cli/runtime.h"
 #include "confidential/memory_hygiene.h"
 #include "confidential/sandbox.h"
@@ -81,6 +82,7 @@ void run_generate(GenerateOptions& o) {
     }
     EngineOptions engine_options;
     engine_options.block_size = o.block_size;
+    engine_options.load_progress = model_load_progress(ctx.world_rank == 0);
     engine_options.kv_cache_dtype = parse_dtype(o.kv_cache_dtype);
     const int needed = static_cast<int>(prompt.size()) + o.sampling.max_tokens;
     engine_options.max_model_len = std::min(needed, store.config().context_limit());

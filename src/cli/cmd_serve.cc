@@ -29,6 +29,7 @@
 
 #include "cli/commands.h"
 #include "cli/confidential_start.h"
+#include "cli/progress.h"
 #include "cli/runtime.h"
 #include "confidential/memory_hygiene.h"
 #include "confidential/sandbox.h"
@@ -456,6 +457,7 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
     }
     EngineOptions engine_options;
     engine_options.block_size = o.block_size;
+    engine_options.load_progress = model_load_progress(ctx.world_rank == 0);
     engine_options.kv_cache_dtype = parse_dtype(o.kv_cache_dtype);
     check_kv_cache_dtype(engine_options.kv_cache_dtype);
     engine_options.max_model_len = o.max_model_len > 0

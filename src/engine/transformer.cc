@@ -76,7 +76,13 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
   // dumps and mlock'ed where allowed; wiped on release in every memory space.
   kv_cache_ = Tensor(backend_, kv_bf16 ? TensorType::kBF16 : TensorType::kF32,
                      static_cast<int64_t>(2 * kv_elements) * s.num_layers, BufferKind::kSensitive);
+  const int64_t load_steps = s.num_layers + 1;  // the layers, then embedding and head
+  auto loaded = [&](int64_t done) {
+    if (options_.load_progress) options_.load_progress(done, load_steps);
+  };
+  loaded(0);
   for (int l = s.first_layer; l < s.first_layer + s.num_layers; ++l) {
+    loaded(l - s.first_layer);
     auto layer = std::make_unique<Layer>();
     auto name = [&](const char* suffix) { return layer_tensor_name(l, suffix); };
     layer->input_norm = to_backend(store.read_vector(name("input_layernorm.weight")));
@@ -147,6 +153,7 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
   }
   bytes_loaded_ = store.bytes_read() - bytes_before;
   load_seconds_ = seconds_since(t0);
+  loaded(load_steps);
 }
 
 // The KV cache buffer wipes itself when it is released.

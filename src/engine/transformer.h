@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -40,6 +41,9 @@ struct EngineOptions {
   // tokens of the golden tests stay equal) or F32 (bit-for-bit the attention inputs; exactness
   // tests). `--kv-cache-dtype` on the command line.
   DType kv_cache_dtype = DType::BF16;
+  // Called while this rank reads its shard: (steps done, steps in all), one step per layer and
+  // one for the embedding and head. The CLI shows it (cli/progress.h); empty: nothing.
+  std::function<void(int64_t done, int64_t total)> load_progress;
 };
 
 // Logits of the sampled rows, for this rank's vocabulary slice (tensor-parallel ranks hold

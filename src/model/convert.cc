@@ -55,6 +55,10 @@ void check_tensor_set(const ModelConfig& config,
   }
 }
 
+void report_progress(const ConvertOptions& options, int64_t done, int64_t total) {
+  if (options.progress) options.progress(done, total);
+}
+
 // Runs `write` against a writer on "<out>.part", then renames; removes the part file on failure.
 template <typename WriteTensors>
 ConvertReport write_store(const std::string& out_h5, const ModelConfig& config,
@@ -183,7 +187,10 @@ ConvertReport convert_gguf(const std::string& gguf_path, const std::string& out_
   std::map<std::string, DType> stored;
   if (options.keep_gguf_types) stored = kept_types(gguf, options.dtype);
   return write_store(out_h5, config, tokenizer, source, [&](ModelStoreWriter& writer) {
+    const int64_t total = static_cast<int64_t>(gguf.tensors().size());
+    int64_t done = 0;
     for (const GgufTensorInfo& t : gguf.tensors()) {
+      report_progress(options, done++, total);
       if (write_gguf_moe_tensor(gguf, config, t, writer, options.dtype)) continue;
       const DType dtype = stored.count(t.hf_name) ? stored.at(t.hf_name)
                                                   : stored_matrix_dtype(options.dtype, t.cols());
@@ -209,6 +216,7 @@ ConvertReport convert_gguf(const std::string& gguf_path, const std::string& out_
         writer.add_vector(t.hf_name, values.data(), t.cols());
       }
     }
+    report_progress(options, total, total);
   });
 }
 
@@ -242,7 +250,10 @@ ConvertReport convert_safetensors(const std::string& hf_dir, const std::string& 
   check_tensor_set(config, present, "Hugging Face checkpoint " + hf_dir);
   const std::string source = "safetensors:" + fs::path(hf_dir).filename().string();
   return write_store(out_h5, config, tokenizer, source, [&](ModelStoreWriter& writer) {
+    const int64_t total = static_cast<int64_t>(present.size());
+    int64_t done = 0;
     for (const auto& [name, shape] : present) {
+      report_progress(options, done++, total);
       const std::vector<float> values = checkpoint.read_f32(name);
       if (shape.size() == 2) {
         writer.add_matrix(name, values.data(), shape[0], shape[1],
@@ -251,6 +262,7 @@ ConvertReport convert_safetensors(const std::string& hf_dir, const std::string& 
         writer.add_vector(name, values.data(), shape[0]);
       }
     }
+    report_progress(options, total, total);
   });
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,9 @@ struct ConvertOptions {
   bool keep_gguf_types = false;
   // Overrides the model name recorded in the config (empty: keep the source's name).
   std::string model_name;
+  // Called before each tensor and after the last is written: (tensors done, tensors in
+  // all). `alem convert` shows it (cli/progress.h).
+  std::function<void(int64_t done, int64_t total)> progress;
 };
 
 struct ConvertReport {
