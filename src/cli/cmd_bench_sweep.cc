@@ -3,7 +3,9 @@
 // gathered into one HDF5 results file (src/plan/results_file.h) plus a CSV. Every run is
 // written as soon as it ends, so a killed sweep keeps its finished runs and a rerun with the
 // same --output measures only the missing ones. With --cluster, the planner's prediction for
-// each point is stored beside the measurement (predicted_* values).
+// each point is stored beside the measurement (predicted_* values). `--merge` gathers results
+// written side by side (the bench batch JSON of each task of slurm/alem-sweep.sbatch's array,
+// or results files) into one.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,6 +43,7 @@ struct SweepOptions {
   std::string csv;
   std::string launcher = "mpirun --oversubscribe";
   std::string cluster, calibration;
+  std::vector<std::string> merge;  // results files to gather into --output instead of measuring
 };
 
 std::vector<std::string> words(const std::string& text) {
@@ -81,13 +84,151 @@ std::string utc_now() {
   return text;
 }
 
+std::string run_key(int tp, int pp, int dp, int batch, int concurrency) {
+  return "tp" + std::to_string(tp) + "-pp" + std::to_string(pp) + "-dp" + std::to_string(dp) +
+         "-b" + std::to_string(batch) + "-c" + std::to_string(concurrency);
+}
+
+// One `alem bench batch` result (its JSON) as a run of the results file.
+plan::RunRecord record_from_batch(const nlohmann::json& m) {
+  const auto& layout = m.at("layout");
+  plan::RunRecord r;
+  const int tp = layout.at("tp"), pp = layout.at("pp"), dp = layout.at("dp");
+  r.params = {{"tp", tp},
+              {"pp", pp},
+              {"dp", dp},
+              {"batch", m.at("batch")},
+              {"concurrency", m.at("concurrency")},
+              {"requests", m.at("requests")},
+              {"prompt_tokens", m.at("prompt_tokens")},
+              {"max_tokens", m.at("max_tokens")},
+              {"ranks", tp * pp * dp}};
+  r.key = run_key(tp, pp, dp, r.params["batch"], r.params["concurrency"]);
+  const auto& r0 = m.at("replicas").at(0);
+  r.values = {{"tokens_per_s", {m.at("generated_tokens_per_second"), "tokens/s"}},
+              {"requests_per_s", {m.at("requests_per_second"), "requests/s"}},
+              {"wall_seconds", {m.at("wall_seconds"), "s"}},
+              {"load_seconds", {m.at("load_seconds"), "s"}},
+              {"failed", {m.at("failed"), "requests"}},
+              {"ttft_p50", {r0.at("ttft_p50_s"), "s"}},
+              {"ttft_p95", {r0.at("ttft_p95_s"), "s"}},
+              {"itl_p50", {r0.at("itl_p50_s"), "s"}},
+              {"itl_p95", {r0.at("itl_p95_s"), "s"}}};
+  r.replica_columns = {"replica",    "requests",   "generated_tokens", "wall_seconds",
+                       "ttft_p50_s", "ttft_p95_s", "itl_p50_s",        "itl_p95_s"};
+  r.replica_units = {"1", "requests", "tokens", "s", "s", "s", "s", "s"};
+  for (const auto& rep : m.at("replicas")) {
+    r.replicas.push_back({rep.at("replica").get<double>(), rep.at("requests").get<double>(),
+                          rep.at("generated_tokens").get<double>(),
+                          rep.at("wall_seconds").get<double>(), rep.at("ttft_p50_s").get<double>(),
+                          rep.at("ttft_p95_s").get<double>(), rep.at("itl_p50_s").get<double>(),
+                          rep.at("itl_p95_s").get<double>()});
+  }
+  return r;
+}
+
 // One line per finished point; on a terminal a bar that redraws in place.
 void progress(int done, int total, const std::string& what) {
   show_progress("sweep", done, total, what);
 }
 
+void write_csv(const SweepOptions& o, const plan::ResultsFile& results) {
+  const std::string csv_path =
+      o.csv.empty() ? o.output.substr(0, o.output.rfind('.')) + ".csv" : o.csv;
+  std::ofstream csv(csv_path, std::ios::trunc);
+  ALEM_CHECK(csv.good(), "cannot write " + csv_path);
+  csv << plan::runs_to_csv(results.runs());
+  std::printf("%s: %zu runs (CSV: %s)\n", o.output.c_str(), results.runs().size(),
+              csv_path.c_str());
+}
+
+bool is_json(const std::string& path) {
+  return path.size() > 5 && path.substr(path.size() - 5) == ".json";
+}
+
+// One file to merge: an HDF5 results file (runs and provenance) or one `alem bench batch` JSON.
+struct MergePart {
+  std::map<std::string, std::string> provenance;
+  std::vector<plan::RunRecord> runs;
+};
+
+MergePart read_part(const std::string& path) {
+  MergePart part;
+  if (is_json(path)) {
+    std::ifstream in(path);
+    nlohmann::json m;
+    try {
+      m = nlohmann::json::parse(in);
+      part.runs.push_back(record_from_batch(m));
+    } catch (const nlohmann::json::exception& e) {
+      ALEM_FAIL(path + ": not an `alem bench batch` result (" + e.what() + ")");
+    }
+    part.provenance = {{"model", m.value("model", "")},
+                       {"model_digest", m.value("model_digest", "")}};
+  } else {
+    plan::ResultsFile file(path, {});
+    part.provenance = file.provenance();
+    part.runs = file.runs();
+  }
+  ALEM_CHECK(!part.provenance["model_digest"].empty(),
+             path + " records no model digest: not a sweep or bench batch result");
+  return part;
+}
+
+// --merge: the runs of results written side by side (the tasks of a Slurm array: each an
+// `alem bench batch` JSON or a results file of its own) gathered into --output. Runs already
+// there are kept, so merging again after more tasks finished adds only the new ones; a file of
+// another model (than --model, the output, or the first file) is refused before anything is
+// written.
+void merge_results(const SweepOptions& o) {
+  std::string digest, digest_source;
+  if (!o.model.empty()) {
+    ModelStoreReader store(o.model);
+    digest = store.model_digest();
+    digest_source = o.model;
+  }
+  std::map<std::string, std::string> provenance;
+  std::vector<MergePart> parts;
+  for (const std::string& path : o.merge) {
+    ALEM_CHECK(std::filesystem::absolute(path) != std::filesystem::absolute(o.output),
+               "--merge: " + path + " is the --output itself");
+    MergePart part = read_part(path);
+    const std::string d = part.provenance["model_digest"];
+    ALEM_CHECK(digest.empty() || d == digest,
+               "--merge: " + path + " holds results of another model (" + part.provenance["model"] +
+                   ", digest " + d.substr(0, 12) + "...) than " + digest_source + " (digest " +
+                   digest.substr(0, 12) + "...)");
+    if (digest.empty()) {
+      digest = d;
+      digest_source = path;
+    }
+    if (provenance.empty()) provenance = part.provenance;
+    parts.push_back(std::move(part));
+  }
+  provenance["model_digest"] = digest;
+  provenance.erase("format");  // written by ResultsFile itself
+  std::erase_if(provenance, [](const auto& kv) { return kv.second.empty(); });
+  provenance["created_utc"] = utc_now();
+  plan::ResultsFile results(o.output, provenance);  // refuses an output of another model
+  int added = 0, kept = 0;
+  for (const MergePart& part : parts) {
+    for (const plan::RunRecord& run : part.runs) {
+      if (results.has(run.key)) {
+        ++kept;
+        continue;
+      }
+      results.add(run);
+      ++added;
+    }
+  }
+  std::printf("merged %zu file(s) into %s: %d run(s) added, %d already there\n", o.merge.size(),
+              o.output.c_str(), added, kept);
+  write_csv(o, results);
+}
+
 void run_sweep(const SweepOptions& o) {
-  ALEM_CHECK(!o.model.empty(), "--model is required");
+  if (!o.merge.empty()) return merge_results(o);
+  ALEM_CHECK(!o.model.empty(), "--model is required (unless --merge)");
   ALEM_CHECK(o.requests_per_slot >= 1 && o.prompt_tokens >= 1 && o.max_tokens >= 1,
              "--requests-per-slot, --prompt-tokens and --max-tokens must be >= 1");
   struct Point {
@@ -141,14 +282,12 @@ void run_sweep(const SweepOptions& o) {
   }
   plan::ResultsFile results(o.output, provenance);
   const std::string tmp = o.output + ".run.json";
-  int done = 0;
+  int done = 0, failed = 0;
   for (const Point& p : grid) {
-    std::ostringstream key;
-    key << "tp" << p.tp << "-pp" << p.pp << "-dp" << p.dp << "-b" << p.batch << "-c"
-        << p.concurrency;
+    const std::string key = run_key(p.tp, p.pp, p.dp, p.batch, p.concurrency);
     ++done;
-    if (results.has(key.str())) {
-      progress(done, int(grid.size()), key.str() + " (already in " + o.output + ")");
+    if (results.has(key)) {
+      progress(done, int(grid.size()), key + " (already in " + o.output + ")");
       continue;
     }
     const int ranks = p.tp * p.pp * p.dp;
@@ -186,46 +325,16 @@ void run_sweep(const SweepOptions& o) {
     const auto start = std::chrono::steady_clock::now();
     const int status = run_child(argv);
     if (status != 0 || !std::filesystem::exists(tmp)) {
-      log_warn("sweep point failed", {{"run", key.str()}, {"status", std::to_string(status)}});
-      progress(done, int(grid.size()), key.str() + " FAILED (exit " + std::to_string(status) + ")");
+      log_warn("sweep point failed", {{"run", key}, {"status", std::to_string(status)}});
+      progress(done, int(grid.size()), key + " FAILED (exit " + std::to_string(status) + ")");
+      ++failed;
       continue;
     }
     std::ifstream in(tmp);
-    const nlohmann::json m = nlohmann::json::parse(in);
-    plan::RunRecord r;
-    r.key = key.str();
-    r.params = {{"tp", p.tp},
-                {"pp", p.pp},
-                {"dp", p.dp},
-                {"batch", p.batch},
-                {"concurrency", p.concurrency},
-                {"requests", requests},
-                {"prompt_tokens", o.prompt_tokens},
-                {"max_tokens", o.max_tokens},
-                {"ranks", ranks}};
-    const auto& r0 = m.at("replicas").at(0);
-    r.values = {
-        {"tokens_per_s", {m.at("generated_tokens_per_second"), "tokens/s"}},
-        {"requests_per_s", {m.at("requests_per_second"), "requests/s"}},
-        {"wall_seconds", {m.at("wall_seconds"), "s"}},
-        {"load_seconds", {m.at("load_seconds"), "s"}},
-        {"failed", {m.at("failed"), "requests"}},
-        {"ttft_p50", {r0.at("ttft_p50_s"), "s"}},
-        {"ttft_p95", {r0.at("ttft_p95_s"), "s"}},
-        {"itl_p50", {r0.at("itl_p50_s"), "s"}},
-        {"itl_p95", {r0.at("itl_p95_s"), "s"}},
-        {"run_seconds",
-         {std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), "s"}}};
-    r.replica_columns = {"replica",    "requests",   "generated_tokens", "wall_seconds",
-                         "ttft_p50_s", "ttft_p95_s", "itl_p50_s",        "itl_p95_s"};
-    r.replica_units = {"1", "requests", "tokens", "s", "s", "s", "s", "s"};
-    for (const auto& rep : m.at("replicas")) {
-      r.replicas.push_back({rep.at("replica").get<double>(), rep.at("requests").get<double>(),
-                            rep.at("generated_tokens").get<double>(),
-                            rep.at("wall_seconds").get<double>(),
-                            rep.at("ttft_p50_s").get<double>(), rep.at("ttft_p95_s").get<double>(),
-                            rep.at("itl_p50_s").get<double>(), rep.at("itl_p95_s").get<double>()});
-    }
+    plan::RunRecord r = record_from_batch(nlohmann::json::parse(in));
+    r.params["requests"] = requests;
+    r.values["run_seconds"] = {
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), "s"};
     if (cluster) {
       plan::Workload w;
       w.prompt_tokens = o.prompt_tokens;
@@ -244,17 +353,14 @@ void run_sweep(const SweepOptions& o) {
     std::filesystem::remove(tmp);
     char what[160];
     std::snprintf(what, sizeof what, "%s: %.1f tok/s, TTFT p50 %.0f ms, ITL p50 %.1f ms",
-                  key.str().c_str(), r.values["tokens_per_s"].value,
-                  r.values["ttft_p50"].value * 1e3, r.values["itl_p50"].value * 1e3);
+                  key.c_str(), r.values["tokens_per_s"].value, r.values["ttft_p50"].value * 1e3,
+                  r.values["itl_p50"].value * 1e3);
     progress(done, int(grid.size()), what);
   }
-  const std::string csv_path =
-      o.csv.empty() ? o.output.substr(0, o.output.rfind('.')) + ".csv" : o.csv;
-  std::ofstream csv(csv_path, std::ios::trunc);
-  ALEM_CHECK(csv.good(), "cannot write " + csv_path);
-  csv << plan::runs_to_csv(results.runs());
-  std::printf("%s: %zu runs (CSV: %s)\n", o.output.c_str(), results.runs().size(),
-              csv_path.c_str());
+  write_csv(o, results);
+  ALEM_CHECK(failed == 0, std::to_string(failed) + " of " + std::to_string(grid.size()) +
+                              " point(s) failed (see above); run the same command again to "
+                              "measure only those");
 }
 
 }  // namespace
@@ -263,7 +369,13 @@ void add_bench_sweep_command(CLI::App& bench) {
   auto o = std::make_shared<SweepOptions>();
   CLI::App* cmd = bench.add_subcommand(
       "sweep", "Layouts x batch x concurrency of bench batch -> one HDF5 results file + CSV");
-  cmd->add_option("--model,-m", o->model, "HDF5 model store")->required();
+  cmd->add_option("--model,-m", o->model,
+                  "HDF5 model store (with --merge: optional, the parts must be of this model)");
+  cmd->add_option("--merge", o->merge,
+                  "Measure nothing: gather these results files or `alem bench batch` JSON "
+                  "results (e.g. one per Slurm array task) into --output; runs already there "
+                  "are kept, files of another model refused")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--layouts", o->layouts, "TP,PP,DP per layout, separated by ';'")
       ->delimiter(';')
       ->capture_default_str();

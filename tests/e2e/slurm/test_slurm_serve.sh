@@ -8,7 +8,9 @@
 #   2. `scancel --signal=USR1 --batch`: the job drains, the request in flight completes, the
 #      script requeues it; it comes back (restart 1) and serves again;
 #   3. SIGKILL one rank: the whole job ends non-zero within 30 s (and is not requeued);
-#   4. a sweep array of 2 tasks writes one `alem bench batch` result per task.
+#   4. a sweep array of 2 tasks writes one `alem bench batch` result per task, merged into one
+#      HDF5 results file (sweep.h5 + sweep.csv) holding both runs; merging again adds nothing,
+#      and a result of another model is refused.
 # Talks to 127.0.0.1 only. Needs root, Slurm, munge, PMIx, Open MPI, curl, python3, the alem
 # binary and the model store; exits 77 (ctest: skipped) without them. Stops itself after
 # TEST_DEADLINE_S and always tears the cluster down.
@@ -178,7 +180,7 @@ exit_code=$(scontrol show job -o "$serve_job" | grep -o ' ExitCode=[0-9:]*' | cu
 [ "$exit_code" != "0:0" ] || fail "the job ended with exit code 0 after a rank died"
 job_is "$serve_job" FAILED || fail "job state $(job_state "$serve_job"), expected FAILED"
 
-say "slurm/alem-sweep.sbatch: 2 array tasks of alem bench batch, one result each"
+say "slurm/alem-sweep.sbatch: 2 array tasks of alem bench batch, one result each, one HDF5 file"
 mkdir -p "$WORK_DIR/sweep"
 sweep_job=$(ALEM_BIN=$ALEM ALEM_MODEL=$MODEL ALEM_SWEEP_OUTPUT="$WORK_DIR/sweep/results" \
   ALEM_SWEEP_CONFIGS="1 1 4 4;1 2 4 4" ALEM_SWEEP_REQUESTS=4 ALEM_SWEEP_PROMPT_TOKENS=16 \
@@ -194,6 +196,31 @@ for pp in 1 2; do
     fail "$result: expected 4 requests x 8 tokens"
 done
 [ "$(find "$WORK_DIR/sweep/results" -name '*.json' | wc -l)" = 2 ] || fail "extra sweep results"
+say "the array's results in one HDF5 file"
+results=$WORK_DIR/sweep/results
+[ -s "$results/sweep.h5" ] || fail "the array left no merged sweep.h5: $(ls "$results")"
+python3 - "$results/sweep.csv" <<'PY' || fail "sweep.csv does not hold both runs: $(cat "$results/sweep.csv")"
+import csv, sys
+rows = {r["run"]: r for r in csv.DictReader(open(sys.argv[1]))}
+assert sorted(rows) == ["tp1-pp1-dp1-b4-c4", "tp1-pp2-dp1-b4-c4"], sorted(rows)
+for key, r in rows.items():
+    assert r["pp"] == key[6] and r["requests"] == "4", r
+    assert float(next(v for k, v in r.items() if k.startswith("tokens_per_s"))) > 0, r
+PY
+again=$("$ALEM" bench sweep --model "$MODEL" --merge "$results"/*.json --output "$results/sweep.h5")
+grep -q "0 run(s) added, 2 already there" <<<"$again" || fail "merging again: $again"
+python3 - "$results/tp1-pp1-batch4-conc4.json" "$WORK_DIR/sweep/other-model.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["model_digest"] = "0" * 64
+d["layout"]["pp"] = 3
+json.dump(d, open(sys.argv[2], "w"))
+PY
+if refused=$("$ALEM" bench sweep --merge "$WORK_DIR/sweep/other-model.json" --output "$results/sweep.h5" 2>&1); then
+  fail "a result of another model was merged: $refused"
+fi
+grep -q "another model" <<<"$refused" || fail "refusal does not say why: $refused"
+[ "$(grep -c '^tp' "$results/sweep.csv")" = 2 ] || fail "sweep.csv changed after a refused merge"
 
 slurm_test_teardown
 say "all checks passed"
