@@ -123,7 +123,7 @@ def golden(gguf_path: Path, out: Path, new_tokens: int):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--new-tokens", type=int, default=24)
-    ap.add_argument("--types", default="Q4_0,Q8_0")
+    ap.add_argument("--types", default="Q4_0,Q8_0,KMIX")
     ap.add_argument("--gguf-only", action="store_true", help="only make the GGUF files")
     args = ap.parse_args()
     torch.set_num_threads(2)
