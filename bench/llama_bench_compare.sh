@@ -15,8 +15,14 @@
 #      bandwidth with the bytes each decoded token streams (the physical limit on decode).
 #
 #   bench/llama_bench_compare.sh          # ROUNDS=5 THREADS="1 2" TYPES="Q4_0 Q8_0 BF16"
+#   SHAPES="smollm2 tinyllama" bench/llama_bench_compare.sh
 #
-# Environment: ALEM_BIN (default build/alem), ROUNDS, THREADS, TYPES, PROMPT (64), DECODE (32),
+# Shapes: smollm2 (SmolLM2-135M-Instruct, the shipped file) and tinyllama (random weights in
+# TinyLlama-1.1B's shape, written as BF16 by bench/make_random_llama_gguf.py; its Q4_0/Q8_0 by
+# llama-quantize --pure, every matrix in the one type).
+#
+# Environment: ALEM_BIN (default build/alem), ROUNDS, THREADS, TYPES, SHAPES (smollm2),
+# PROMPT (64), DECODE (32),
 # LLAMA_WORK, LLAMA_CPP_PYTHON_VERSION (0.3.36), LLAMA_BUILD_JOBS. Output: a Markdown table on
 # stdout and raw rows in $LLAMA_WORK/compare-raw.csv.
 set -euo pipefail
@@ -27,6 +33,7 @@ alem=${ALEM_BIN:-$root/build/alem}
 rounds=${ROUNDS:-5}
 thread_counts=${THREADS:-1 2}
 types=${TYPES:-Q4_0 Q8_0 BF16}
+shapes=${SHAPES:-smollm2}
 prompt=${PROMPT:-64}
 decode=${DECODE:-32}
 jobs=${LLAMA_BUILD_JOBS:-$(nproc)}
@@ -53,52 +60,70 @@ fi
 
 q41="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 [ -f "$q41" ] || { echo "missing $q41: run scripts/fetch-model.sh first" >&2; exit 1; }
-for type in $types; do
-  gguf="$root/models/SmolLM2-135M-Instruct.$type.gguf"
-  if [ ! -f "$gguf" ]; then
-    case $type in
-      Q4_0 | Q8_0) "$python" "$root/scripts/reference/make_block_golden.py" --gguf-only --types "$type" ;;
-      *) "$bin/llama-quantize" --allow-requantize "$q41" "$gguf" "$type" >"$work/quantize-$type.log" 2>&1 ;;
-    esac
-  fi
-  store="$work/smollm2-$type.h5"
-  [ -f "$store" ] && [ "$store" -nt "$gguf" ] ||
-    "$alem" convert "$gguf" "$store" --dtype auto --name SmolLM2-135M-Instruct >/dev/null
+gguf_of() {  # shape type -> the GGUF path
+  case $1 in
+    smollm2) echo "$root/models/SmolLM2-135M-Instruct.$2.gguf" ;;
+    tinyllama) echo "$root/models/random-tinyllama-1.1b.$2.gguf" ;;
+    *) echo "unknown shape $1 (smollm2, tinyllama)" >&2; exit 2 ;;
+  esac
+}
+for shape in $shapes; do
+  for type in $types; do
+    gguf=$(gguf_of "$shape" "$type")
+    if [ ! -f "$gguf" ]; then
+      case $shape/$type in
+        smollm2/Q4_0 | smollm2/Q8_0)
+          "$python" "$root/scripts/reference/make_block_golden.py" --gguf-only --types "$type" ;;
+        smollm2/*)
+          "$bin/llama-quantize" --allow-requantize "$q41" "$gguf" "$type" >"$work/quantize-$type.log" 2>&1 ;;
+        tinyllama/BF16) "$python" "$root/bench/make_random_llama_gguf.py" "$q41" "$gguf" ;;
+        tinyllama/*)
+          bf16=$(gguf_of tinyllama BF16)
+          [ -f "$bf16" ] || "$python" "$root/bench/make_random_llama_gguf.py" "$q41" "$bf16"
+          "$bin/llama-quantize" --pure "$bf16" "$gguf" "$type" >"$work/quantize-$shape-$type.log" 2>&1 ;;
+      esac
+    fi
+    store="$work/$shape-$type.h5"
+    [ -f "$store" ] && [ "$store" -nt "$gguf" ] ||
+      "$alem" convert "$gguf" "$store" --dtype auto --name "$shape-$type" >/dev/null
+  done
 done
 
 raw="$work/compare-raw.csv"
-echo "round,type,threads,engine,prefill_tok_s,decode_tok_s,read_gb_s,mb_per_token" >"$raw"
-run_alem() {  # type threads round
+echo "round,shape,type,threads,engine,prefill_tok_s,decode_tok_s,read_gb_s,mb_per_token" >"$raw"
+run_alem() {  # shape type threads round
   local out
-  out=$(OMP_NUM_THREADS=$2 "$alem" bench generate -m "$work/smollm2-$1.h5" --threads "$2" \
+  out=$(OMP_NUM_THREADS=$3 "$alem" bench generate -m "$work/$1-$2.h5" --threads "$3" \
     --prompt-tokens "$prompt" --decode-tokens "$decode" --repeats 1 --csv "$work/alem-row.csv")
   local mb
   mb=$(sed -n 's/.*, \([0-9.]*\) MB streamed per decode step.*/\1/p' <<<"$out")
-  tail -n 1 "$work/alem-row.csv" | awk -F, -v r="$3" -v t="$1" -v th="$2" -v mb="$mb" \
-    '{print r "," t "," th ",alem," $8 "," $9 "," $10 "," mb}' >>"$raw"
+  tail -n 1 "$work/alem-row.csv" | awk -F, -v r="$4" -v s="$1" -v t="$2" -v th="$3" -v mb="$mb" \
+    '{print r "," s "," t "," th ",alem," $8 "," $9 "," $10 "," mb}' >>"$raw"
 }
-run_llama() {  # type threads round
-  OMP_NUM_THREADS=$2 "$bin/llama-bench" -m "$root/models/SmolLM2-135M-Instruct.$1.gguf" \
-    -p "$prompt" -n "$decode" -t "$2" -r 1 -o csv 2>/dev/null |
+run_llama() {  # shape type threads round
+  OMP_NUM_THREADS=$3 "$bin/llama-bench" -m "$(gguf_of "$1" "$2")" \
+    -p "$prompt" -n "$decode" -t "$3" -r 1 -o csv 2>/dev/null |
     "$python" -c '
 import csv, sys
 rows = list(csv.DictReader(sys.stdin))
 pp = [float(r["avg_ts"]) for r in rows if int(r["n_prompt"]) > 0 and int(r["n_gen"]) == 0]
 tg = [float(r["avg_ts"]) for r in rows if int(r["n_gen"]) > 0 and int(r["n_prompt"]) == 0]
-print(f"{sys.argv[1]},{sys.argv[2]},{sys.argv[3]},llama.cpp,{pp[0]},{tg[0]},,")
-' "$3" "$1" "$2" >>"$raw"
+print(f"{sys.argv[1]},{sys.argv[2]},{sys.argv[3]},{sys.argv[4]},llama.cpp,{pp[0]},{tg[0]},,")
+' "$4" "$1" "$2" "$3" >>"$raw"
 }
 for round in $(seq 1 "$rounds"); do
-  for type in $types; do
-    for threads in $thread_counts; do
-      echo "== round $round $type threads $threads" >&2
-      if [ $((round % 2)) -eq 1 ]; then
-        run_alem "$type" "$threads" "$round"
-        run_llama "$type" "$threads" "$round"
-      else
-        run_llama "$type" "$threads" "$round"
-        run_alem "$type" "$threads" "$round"
-      fi
+  for shape in $shapes; do
+    for type in $types; do
+      for threads in $thread_counts; do
+        echo "== round $round $shape $type threads $threads" >&2
+        if [ $((round % 2)) -eq 1 ]; then
+          run_alem "$shape" "$type" "$threads" "$round"
+          run_llama "$shape" "$type" "$threads" "$round"
+        else
+          run_llama "$shape" "$type" "$threads" "$round"
+          run_alem "$shape" "$type" "$threads" "$round"
+        fi
+      done
     done
   done
 done
@@ -108,18 +133,19 @@ import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
-print(f"| weights | threads | alem prefill | llama.cpp prefill | ratio | alem decode | llama.cpp decode "
+print(f"| shape | weights | threads | alem prefill | llama.cpp prefill | ratio | alem decode | llama.cpp decode "
       f"| ratio | MB / token | read GB/s | decode limit tok/s | alem decode / limit |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-keys = sorted({(r["type"], int(r["threads"])) for r in rows}, key=lambda k: (k[0], k[1]))
-for t, th in keys:
-    a = [r for r in rows if r["type"] == t and int(r["threads"]) == th and r["engine"] == "alem"]
-    l = [r for r in rows if r["type"] == t and int(r["threads"]) == th and r["engine"] != "alem"]
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+keys = sorted({(r["shape"], r["type"], int(r["threads"])) for r in rows})
+for s, t, th in keys:
+    mine = [r for r in rows if (r["shape"], r["type"], int(r["threads"])) == (s, t, th)]
+    a = [r for r in mine if r["engine"] == "alem"]
+    l = [r for r in mine if r["engine"] != "alem"]
     ap, ad = med([float(r["prefill_tok_s"]) for r in a]), med([float(r["decode_tok_s"]) for r in a])
     lp, ld = med([float(r["prefill_tok_s"]) for r in l]), med([float(r["decode_tok_s"]) for r in l])
     mb = med([float(r["mb_per_token"]) for r in a if r["mb_per_token"]])
     bw = med([float(r["read_gb_s"]) for r in a if r["read_gb_s"]])
     limit = bw * 1e3 / mb if mb else float("nan")
-    print(f"| {t} | {th} | {ap:.0f} | {lp:.0f} | {ap / lp:.2f} | {ad:.1f} | {ld:.1f} | {ad / ld:.2f} "
+    print(f"| {s} | {t} | {th} | {ap:.0f} | {lp:.0f} | {ap / lp:.2f} | {ad:.1f} | {ld:.1f} | {ad / ld:.2f} "
           f"| {mb:.1f} | {bw:.1f} | {limit:.0f} | {ad / limit:.2f} |")
 PY

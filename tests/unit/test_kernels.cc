@@ -315,6 +315,53 @@ void check_matmul(int64_t M, int64_t N, int64_t K, DType dtype, bool with_bias, 
   }
 }
 
+// AMX bf16 GEMM (prefill): with x split into 3 bf16 parts it must equal the f32 matmul up to
+// summation order, far inside the bf16 rounding bound; with one part within that bound. Shapes
+// cover every tail: rows of x not a multiple of 16, weight rows not a multiple of 16 or 48.
+TEST(CpuMatmul, AmxBf16GemmMatchesF32) {
+  if (!cpu::amx::usable()) GTEST_SKIP() << "this CPU or kernel offers no AMX-BF16 tiles";
+  const ReferenceBackend ref;
+  const CpuBackend exact(cpu::Isa::kAvx512, 0, true, false, true);
+  const CpuBackend rounded(cpu::Isa::kAvx512, 0, true, true, true);
+  uint32_t seed = 900;
+  for (int64_t M : {8, 16, 17, 40, 130}) {
+    for (int64_t N : {1, 15, 16, 48, 61, 200}) {
+      for (int64_t K : {32, 64, 608}) {
+        ASSERT_TRUE(exact.uses_amx(DType::BF16, M, K));
+        const auto x = random_values(M * K, seed++, -2.f, 2.f);
+        const auto values = random_values(N * K, seed++);
+        const auto bias = random_values(N, seed++);
+        const WeightMatrix w = make_weight_matrix(values.data(), N, K, DType::BF16);
+        std::vector<float> want(M * N), scale(M * N), rounding(M * N);
+        ref.matmul(x.data(), M, w, bias.data(), want.data());
+        for (int64_t m = 0; m < M; ++m) {
+          for (int64_t n = 0; n < N; ++n) {
+            double magnitude = std::fabs(bias[n]);
+            for (int64_t k = 0; k < K; ++k) magnitude += std::fabs(x[m * K + k] * w.at(n, k));
+            scale[m * N + n] = static_cast<float>(magnitude);
+            rounding[m * N + n] = static_cast<float>(magnitude * std::ldexp(1.0, -8));
+          }
+        }
+        const std::string shape =
+            " M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
+        std::vector<float> y(M * N, NAN);
+        exact.matmul(x.data(), M, w, bias.data(), y.data());
+        expect_close(y, want, scale, 2e-6, "amx 3 parts" + shape);
+        std::fill(y.begin(), y.end(), NAN);
+        rounded.matmul(x.data(), M, w, bias.data(), y.data());
+        expect_close(y, want, rounding, 1.0, "amx 1 part" + shape);
+        if (HasFatalFailure()) return;
+      }
+    }
+  }
+  // Below kAmxMinRows, or with K not a multiple of 32, the other kernels take the matmul.
+  EXPECT_FALSE(exact.uses_amx(DType::BF16, CpuBackend::kAmxMinRows - 1, 64));
+  EXPECT_FALSE(exact.uses_amx(DType::BF16, 64, 48));
+  EXPECT_FALSE(exact.uses_amx(DType::F32, 64, 64));
+  const CpuBackend off(cpu::Isa::kAvx512, 0, true, false, false);
+  EXPECT_FALSE(off.uses_amx(DType::BF16, 64, 64));
+}
+
 TEST(CpuMatmul, EveryDtypeAndOddShapes) {
   uint32_t seed = 100;
   for (DType dtype : kAllDtypes) {

@@ -163,7 +163,8 @@ int threads_for(double work, int max_threads) {
 
 }  // namespace
 
-CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products, bool bf16_dot_products)
+CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products, bool bf16_dot_products,
+                       bool amx)
     : kernels_(cpu::kernel_table(isa)),
       blocks_(cpu::block_kernels(isa)),
       max_threads_(max_threads > 0 ? max_threads : omp_get_max_threads()) {
@@ -172,6 +173,7 @@ CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products, bool bf
   const bool avx512 = isa == cpu::Isa::kAvx512 && dot_products;
   dot_bf16_ = avx512 && bf16_dot_products && cpu::has_avx512_bf16();
   dot_int8_ = avx512 && cpu::has_avx512_vnni();
+  amx_ = amx && isa == cpu::Isa::kAvx512 && cpu::amx::usable();
 }
 
 std::unique_ptr<KernelBackend> make_cpu_backend() {
@@ -197,13 +199,21 @@ std::unique_ptr<KernelBackend> make_cpu_backend() {
   const std::string dot = dot_env ? dot_env : "int8";
   ALEM_CHECK(dot == "0" || dot == "int8" || dot == "all",
              "ALEM_CPU_DOT must be 0, int8 or all, got '" + dot + "'");
-  return std::make_unique<CpuBackend>(isa, 0, dot != "0", dot == "all");
+  // ALEM_CPU_AMX=0 keeps bf16 prefill off the AMX tiles (on where the CPU has them).
+  const char* amx_env = std::getenv("ALEM_CPU_AMX");
+  const std::string amx = amx_env && *amx_env ? amx_env : "1";
+  ALEM_CHECK(amx == "0" || amx == "1", "ALEM_CPU_AMX must be 0 or 1, got '" + amx + "'");
+  return std::make_unique<CpuBackend>(isa, 0, dot != "0", dot == "all", amx == "1");
 }
 
 void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                         float* y) const {
   if (dtype_is_block(w.dtype)) {
     matmul_blocks(x, M, w, bias, y);
+    return;
+  }
+  if (uses_amx(w.dtype, M, w.cols)) {
+    matmul_amx(x, M, w, bias, y);
     return;
   }
   const bool bf16_avx512 = w.dtype == DType::BF16 && kernels_.isa == cpu::Isa::kAvx512;
@@ -214,6 +224,7 @@ void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const 
 
 bool CpuBackend::rounds_activations(DType dtype, int64_t M) const {
   if (dtype_is_block(dtype)) return true;
+  // AMX with 3 parts keeps x's 24 bits; with one part it rounds like the bf16 dot kernels.
   if (dtype == DType::BF16) return dot_bf16_;
   return dtype == DType::I8 && dot_int8_ && M < kPackedMinRows;
 }
@@ -285,6 +296,27 @@ bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, co
     if (n0 < n1) cpu::avx512_dot::matmul_int8(a, M, view, bias, y, n0, n1);
   });
   return true;
+}
+
+void CpuBackend::matmul_amx(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                            float* y) const {
+  const int64_t N = w.rows, K = w.cols;
+  ALEM_CHECK(M >= 0 && N >= 0 && K > 0, "matmul: bad shape");
+  ALEM_CHECK(w.data.size() >= static_cast<size_t>(N * K) * sizeof(uint16_t),
+             "matmul: weight buffer smaller than its shape");
+  if (M == 0 || N == 0) return;
+  const int parts = dot_bf16_ ? 1 : 3;
+  thread_local std::vector<uint32_t> packed;
+  packed.resize(static_cast<size_t>(cpu::amx::packed_x_size(M, K, parts)) + 16);
+  // 64-byte aligned start inside the buffer (tile loads of x use 64-byte rows).
+  uint32_t* xp = packed.data() + (16 - reinterpret_cast<uintptr_t>(packed.data()) % 64 / 4) % 16;
+  cpu::amx::pack_x(x, M, K, parts, xp);
+  const cpu::WeightView view = cpu::view_of(w);
+  const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
+  run_on_threads(threads, [&](int index, int count) {
+    const auto [n0, n1] = split_range(N, count, index, 48);
+    if (n0 < n1) cpu::amx::gemm_bf16(xp, M, parts, view, bias, y, n0, n1);
+  });
 }
 
 void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w, const float* bias,

@@ -20,8 +20,11 @@ class CpuBackend final : public KernelBackend {
   // CPU has them; `bf16_dot_products` also lets bf16 matmuls use vdpbf16ps, which rounds the
   // activations to bf16 and so moves near-tie greedy tokens (off by default; docs/kernels.md).
   // The registry's backend reads ALEM_CPU_DOT: 0 none, unset or int8 the int8 kernels, all both.
+  // `amx` lets bf16 matmuls of kAmxMinRows rows and more use AMX tiles where the CPU and
+  // kernel allow them (x split into 3 bf16 parts: the f32 result up to summation order; one
+  // part, x rounded to bf16, when `bf16_dot_products` is on).
   explicit CpuBackend(cpu::Isa isa, int max_threads = 0, bool dot_products = true,
-                      bool bf16_dot_products = false);
+                      bool bf16_dot_products = false, bool amx = true);
 
   std::string name() const override { return "cpu"; }
   cpu::Isa isa() const { return kernels_.isa; }
@@ -64,12 +67,18 @@ class CpuBackend final : public KernelBackend {
                      float* y) const;
   // Which block kernel set this backend uses ("avx512_vnni", "avx2" or "scalar").
   const char* block_kernel_name() const { return blocks_.name; }
+  // Whether bf16 matmuls of M rows and K columns take the AMX GEMM.
+  bool uses_amx(DType dtype, int64_t M, int64_t K) const {
+    return amx_ && dtype == DType::BF16 && M >= kAmxMinRows && K % cpu::amx::kKMultiple == 0;
+  }
 
   // Rows of x from which matmul switches from streaming to the packed GEMM.
   static constexpr int64_t kPackedMinRows = 16;
   // The same for bf16 weights on AVX-512, whose small-batch streaming kernel stays ahead of the
   // packed GEMM up to about 24 rows (docs/kernels.md).
   static constexpr int64_t kPackedMinRowsBf16Avx512 = 24;
+  // Rows of x from which bf16 matmuls use AMX tiles when the CPU has them.
+  static constexpr int64_t kAmxMinRows = 8;
 
  private:
   cpu::KernelTable kernels_;
@@ -77,6 +86,10 @@ class CpuBackend final : public KernelBackend {
   int max_threads_ = 1;
   bool dot_bf16_ = false;
   bool dot_int8_ = false;
+  bool amx_ = false;
+  // Same bf16 matmul through AMX tiles (uses_amx() was true).
+  void matmul_amx(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                  float* y) const;
 };
 
 // The backend registry's "cpu" entry: the best ISA of this machine, OMP_NUM_THREADS threads.

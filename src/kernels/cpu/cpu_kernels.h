@@ -131,6 +131,22 @@ void gemm_bf16(const uint16_t* xb, int64_t stride, int64_t m_begin, int64_t m_en
                const WeightView& w, const float* bias, float* y, int64_t n_begin, int64_t n_end);
 }  // namespace avx512_dot
 
+// Prefill GEMM for bf16 weights on Intel AMX tiles (matmul_gemm_bf16_amx.cc). usable(): the CPU
+// has AMX-BF16 and AVX-512 and the kernel granted this process the tile state (asked once).
+// pack_x splits x (K a multiple of 32) into `parts` bf16 parts (3: exact to f32 rounding; 1: x
+// rounded to bf16) laid out as tiles; packed_x_size is its size in 32-bit units. gemm_bf16 then
+// writes y[m][n] for all M rows and weight rows [n_begin, n_end).
+namespace amx {
+constexpr int64_t kKMultiple = 32;
+bool usable();
+inline int64_t packed_x_size(int64_t M, int64_t K, int parts) {
+  return (M + 15) / 16 * 16 * K / 2 * parts;
+}
+void pack_x(const float* x, int64_t M, int64_t K, int parts, uint32_t* out);
+void gemm_bf16(const uint32_t* xp, int64_t M, int parts, const WeightView& w, const float* bias,
+               float* y, int64_t n_begin, int64_t n_end);
+}  // namespace amx
+
 // Activations for the ggml block-weight kernels (Q4_0, Q4_1, Q8_0, and the K-quants Q4_K, Q5_K,
 // Q6_K whose 32- or 16-value sub-blocks line up with these blocks), quantised once per
 // matmul in blocks of 32 like ggml's Q8_1 but with 16 bits: every 32 values of a row of x become

@@ -1,0 +1,208 @@
+// Prefill GEMM for bf16 weights on Intel AMX (TDPBF16PS: a 16x32 by 32x16 tile product, 8192
+// multiply-adds per instruction), used when the CPU has AMX-BF16 and the kernel lets this process
+// use the tile registers. y[M][N] = x[M][K] W[N][K]^T is computed transposed, y^T = W x^T, so the
+// weight rows are the A tiles exactly as they sit in memory (16 rows of 32 bf16, row stride K):
+// no weight packing at all. x is packed once per matmul into B tiles, each 16 pairs of k by 16
+// rows of x as 32-bit (x[m][k], x[m][k+1]) units, by 16x16 transposes.
+//
+// Exactness: the weights are bf16 already, so only x loses bits when it becomes bf16. With
+// `parts` = 3 (the default) x is split as x = hi + mid + lo, each the bf16 nearest to what the
+// earlier parts left; the three carry x's 24 significant bits, every bf16 x bf16 product is
+// exact in f32, and the tile sums in f32: the result is the f32 matmul up to summation order.
+// `parts` = 1 rounds x to bf16 once (the rounding of the vdpbf16ps kernels, ALEM_CPU_DOT=all).
+// Three parts cost three tile products per weight tile, which AMX has to spare: a weight tile
+// load feeds 3 x 3 products here.
+//
+// Register use: tmm0-2 accumulate 3 blocks of 16 weight rows for one block of 16 rows of x,
+// tmm3-5 hold the 3 weight tiles of one k step, tmm6 one part of x. Tails: rows of x are
+// zero-padded to 16 in the packed buffer; a last block of fewer than 16 weight rows is copied
+// into a zero-padded buffer; K must be a multiple of 32 (the caller checks).
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/transpose_avx512.h"
+
+namespace alem::cpu::amx {
+namespace {
+
+constexpr int kTile = 16;    // rows (and f32 columns) of a tile
+constexpr int kKStep = 32;   // bf16 values of k per tile product
+constexpr int kWBlocks = 3;  // weight tiles per k step (tmm3-5)
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+void configure_tiles() {
+  TileConfig config;
+  for (int t = 0; t < 7; ++t) {
+    config.colsb[t] = 64;
+    config.rows[t] = kTile;
+  }
+  _tile_loadconfig(&config);
+}
+
+// Writes an accumulator tile stored in `block` (y^T: 16 weight rows x 16 rows of x) into y rows
+// [m0, m0 + rows) and columns [n0, n0 + cols), adding the bias. (Tile numbers are assembler
+// operands, so the caller stores the tile: _tile_stored(N, block, 64).)
+void store_tile(const float* block, float* y, int64_t ldy, int64_t m0, int rows, int64_t n0,
+                int cols, const float* bias) {
+  __m512 r[kTile];
+  for (int i = 0; i < kTile; ++i) r[i] = _mm512_load_ps(block + i * kTile);
+  avx512::transpose16x16(r);  // r[m][n]
+  const __mmask16 mask =
+      cols >= kTile ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << cols) - 1);
+  const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + n0) : _mm512_setzero_ps();
+  for (int m = 0; m < rows; ++m) {
+    _mm512_mask_storeu_ps(y + (m0 + m) * ldy + n0, mask, _mm512_add_ps(r[m], b));
+  }
+}
+
+// One block of 16 rows of x against `Blocks` (1..3) consecutive weight tiles starting at row
+// pointers a[i] (row stride `lda` bytes), over all of K.
+template <int Blocks>
+void block_product(const uint16_t* const a[kWBlocks], int64_t lda, const uint32_t* xp_block,
+                   int64_t k_steps, int64_t part_stride, int parts) {
+  _tile_zero(0);
+  if constexpr (Blocks > 1) _tile_zero(1);
+  if constexpr (Blocks > 2) _tile_zero(2);
+  for (int64_t s = 0; s < k_steps; ++s) {
+    _tile_loadd(3, a[0] + s * kKStep, lda);
+    if constexpr (Blocks > 1) _tile_loadd(4, a[1] + s * kKStep, lda);
+    if constexpr (Blocks > 2) _tile_loadd(5, a[2] + s * kKStep, lda);
+    const uint32_t* b = xp_block + s * kTile * kTile;
+    for (int p = 0; p < parts; ++p) {
+      _tile_loadd(6, b + p * part_stride, 64);
+      _tile_dpbf16ps(0, 3, 6);
+      if constexpr (Blocks > 1) _tile_dpbf16ps(1, 4, 6);
+      if constexpr (Blocks > 2) _tile_dpbf16ps(2, 5, 6);
+    }
+  }
+}
+
+}  // namespace
+
+bool usable() {
+  static const bool ok = [] {
+    if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16") ||
+        !__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+        !__builtin_cpu_supports("avx512vl") || !__builtin_cpu_supports("avx512dq")) {
+      return false;
+    }
+    // The OS must enable the tile state (XCR0 bits 17 and 18) and grant it to this process.
+    const uint64_t xcr0 = _xgetbv(0);
+    if ((xcr0 & (3ull << 17)) != (3ull << 17)) return false;
+    constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+}
+
+void pack_x(const float* x, int64_t M, int64_t K, int parts, uint32_t* out) {
+  const int64_t m_blocks = (M + kTile - 1) / kTile, k_steps = K / kKStep;
+  const int64_t part_stride = m_blocks * k_steps * kTile * kTile;
+  for (int64_t mb = 0; mb < m_blocks; ++mb) {
+    for (int64_t s = 0; s < k_steps; ++s) {
+      // rest[m] holds what the earlier parts have not yet represented of x[m][k..k+32).
+      __m512 rest[kTile][2];
+      for (int m = 0; m < kTile; ++m) {
+        const int64_t row = mb * kTile + m;
+        for (int h = 0; h < 2; ++h) {
+          rest[m][h] =
+              row < M ? _mm512_loadu_ps(x + row * K + s * kKStep + h * 16) : _mm512_setzero_ps();
+        }
+      }
+      for (int p = 0; p < parts; ++p) {
+        __m512 r[kTile];
+        for (int m = 0; m < kTile; ++m) {
+          const __m512bh b = _mm512_cvtne2ps_pbh(rest[m][1], rest[m][0]);
+          r[m] = _mm512_castsi512_ps((__m512i)b);
+          // The 32 bf16 values in input order (cvtne2ps_pbh puts its second operand first),
+          // widened back to f32: what this part leaves, x minus it, is exact in f32.
+          const __m512i bits = (__m512i)b;
+          const __m512 first = _mm512_castsi512_ps(
+              _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(bits)), 16));
+          const __m512 second = _mm512_castsi512_ps(
+              _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(bits, 1)), 16));
+          rest[m][0] = _mm512_sub_ps(rest[m][0], first);
+          rest[m][1] = _mm512_sub_ps(rest[m][1], second);
+        }
+        avx512::transpose16x16(r);  // r[pair][m]
+        uint32_t* tile = out + p * part_stride + (mb * k_steps + s) * kTile * kTile;
+        for (int i = 0; i < kTile; ++i)
+          _mm512_store_ps(reinterpret_cast<float*>(tile) + i * 16, r[i]);
+      }
+    }
+  }
+}
+
+void gemm_bf16(const uint32_t* xp, int64_t M, int parts, const WeightView& w, const float* bias,
+               float* y, int64_t n_begin, int64_t n_end) {
+  const int64_t K = w.cols, N = w.rows;
+  const int64_t m_blocks = (M + kTile - 1) / kTile, k_steps = K / kKStep;
+  const int64_t part_stride = m_blocks * k_steps * kTile * kTile;
+  const int64_t lda = K * static_cast<int64_t>(sizeof(uint16_t));
+  const uint16_t* base = static_cast<const uint16_t*>(w.data);
+  configure_tiles();
+  // A last block of fewer than 16 weight rows is read from a zero-padded copy.
+  uint16_t* tail = nullptr;
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kTile * kWBlocks) {
+    const int64_t left = n_end - n0;
+    const int blocks =
+        static_cast<int>(left >= kTile * kWBlocks ? kWBlocks : (left + kTile - 1) / kTile);
+    const uint16_t* a[kWBlocks] = {base, base, base};
+    for (int i = 0; i < blocks; ++i) {
+      const int64_t first = n0 + i * kTile;
+      if (n_end - first >= kTile) {
+        a[i] = base + first * K;
+      } else {
+        if (tail == nullptr) {
+          tail = static_cast<uint16_t*>(std::aligned_alloc(64, kTile * lda));
+        }
+        std::memset(tail, 0, kTile * lda);
+        std::memcpy(tail, base + first * K, (n_end - first) * lda);
+        a[i] = tail;
+      }
+    }
+    for (int64_t mb = 0; mb < m_blocks; ++mb) {
+      const uint32_t* xb = xp + mb * k_steps * kTile * kTile;
+      switch (blocks) {
+        case 1:
+          block_product<1>(a, lda, xb, k_steps, part_stride, parts);
+          break;
+        case 2:
+          block_product<2>(a, lda, xb, k_steps, part_stride, parts);
+          break;
+        default:
+          block_product<3>(a, lda, xb, k_steps, part_stride, parts);
+          break;
+      }
+      const int rows = static_cast<int>(M - mb * kTile < kTile ? M - mb * kTile : kTile);
+      const auto cols = [&](int i) {
+        const int64_t c = n_end - (n0 + i * kTile);
+        return static_cast<int>(c < kTile ? c : kTile);
+      };
+      alignas(64) float block[kWBlocks][kTile * kTile];
+      _tile_stored(0, block[0], 64);
+      if (blocks > 1) _tile_stored(1, block[1], 64);
+      if (blocks > 2) _tile_stored(2, block[2], 64);
+      for (int i = 0; i < blocks; ++i) {
+        store_tile(block[i], y, N, mb * kTile, rows, n0 + i * kTile, cols(i), bias);
+      }
+    }
+  }
+  _tile_release();
+  std::free(tail);
+}
+
+}  // namespace alem::cpu::amx
