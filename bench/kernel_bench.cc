@@ -7,9 +7,10 @@
 //
 //   alem_kernel_bench [--quick] [--threads 1,2] [--dtypes f32,bf16,f16,int8] [--rows 1,128]
 //                     [--only SHAPE-SUBSTRING] [--no-attention] [--no-limits] [--exact-kernels]
-//                     [--bf16-dot]
+//                     [--bf16-dot] [--no-amx]
 // --exact-kernels keeps small-M matmuls on the f32-conversion kernels (the dot-product kernels'
-// before/after); --bf16-dot turns on the bf16 ones (off by default, docs/kernels.md).
+// before/after); --bf16-dot turns on the bf16 ones (off by default, docs/kernels.md); --no-amx
+// keeps bf16 matmuls off the AMX tiles where the CPU has them.
 #include <omp.h>
 
 #include <algorithm>
@@ -55,6 +56,7 @@ struct Options {
   bool limits = true;         // measure bandwidth and peak FLOP/s first
   bool dot_products = true;   // --exact-kernels: small M without the dot-product kernels
   bool bf16_dot = false;      // --bf16-dot: bf16 weights on vdpbf16ps too
+  bool amx = true;            // --no-amx: bf16 prefill without AMX tiles
   std::string only;           // run only shapes whose name contains this
   std::vector<int64_t> rows;  // M values (default: 1, 4, 128, 256; --quick: 1, 128)
   std::vector<int> threads = {1, 2};
@@ -84,6 +86,8 @@ Options parse_options(int argc, char** argv) {
       o.dot_products = false;
     } else if (arg == "--bf16-dot") {
       o.bf16_dot = true;
+    } else if (arg == "--no-amx") {
+      o.amx = false;
     } else if (arg == "--no-attention") {
       o.attention = false;
     } else if (arg == "--threads" && i + 1 < argc) {
@@ -100,7 +104,7 @@ Options parse_options(int argc, char** argv) {
       ALEM_FAIL(
           "usage: alem_kernel_bench [--quick] [--threads 1,2] [--dtypes f32,bf16,f16,int8]"
           " [--rows 1,128] [--only SHAPE-SUBSTRING] [--no-attention] [--exact-kernels] "
-          "[--bf16-dot]");
+          "[--bf16-dot] [--no-amx]");
     }
   }
   return o;
@@ -179,7 +183,7 @@ std::map<std::string, double> bench_matmul(const Options& o, const Limits& limit
         const bool decode = M < CpuBackend::kPackedMinRows;
         std::vector<float> x(static_cast<size_t>(M * shape.K), 0.01f), y(M * shape.N);
         for (int threads : o.threads) {
-          CpuBackend cpu(cpu::best_supported_isa(), threads, o.dot_products, o.bf16_dot);
+          CpuBackend cpu(cpu::best_supported_isa(), threads, o.dot_products, o.bf16_dot, o.amx);
           const double seconds = time_matmul(cpu, decode ? cold : hot, M, x, y, min_seconds);
           const double gbs = cold[0].bytes() / seconds / 1e9;
           const double gflops = 2.0 * M * shape.N * shape.K / seconds / 1e9;

@@ -23,7 +23,7 @@
 #
 # Environment: ALEM_BIN (default build/alem), ROUNDS, THREADS, TYPES, SHAPES (smollm2),
 # PROMPT (64), DECODE (32),
-# LLAMA_WORK, LLAMA_CPP_PYTHON_VERSION (0.3.36), LLAMA_BUILD_JOBS. Output: a Markdown table on
+# LLAMA_WORK, LLAMA_CPP_PYTHON_VERSION (0.3.36), LLAMA_BUILD_JOBS, LLAMA_NO_AMX. Output: a Markdown table on
 # stdout and raw rows in $LLAMA_WORK/compare-raw.csv.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,17 +45,28 @@ archive="$work/llama_cpp_python-$version.tar.gz"
   python3 -m pip download "llama-cpp-python==$version" --no-binary :all: --no-deps -d "$work"
 src="$work/llama_cpp_python-$version/vendor/llama.cpp"
 [ -d "$src" ] || tar -xzf "$archive" -C "$work"
-bin="$work/llama-build/bin"
+# LLAMA_NO_AMX=1 builds llama.cpp with every AVX-512 extension but without its AMX kernels
+# (its AMX path stops with SIGILL at the first tileloadd on some virtual machines).
+if [ "${LLAMA_NO_AMX:-0}" = 1 ]; then
+  llama_build="$work/llama-build-noamx"
+  isa_flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+    -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON
+    -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON)
+else
+  llama_build="$work/llama-build"
+  isa_flags=(-DGGML_NATIVE=ON)
+fi
+bin="$llama_build/bin"
 if [ ! -x "$bin/llama-bench" ] || [ ! -x "$bin/llama-quantize" ]; then
   launcher=()
   command -v ccache >/dev/null 2>&1 &&
     launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
   generator=()
   command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
-  cmake -S "$src" -B "$work/llama-build" "${generator[@]}" "${launcher[@]}" \
-    -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DLLAMA_CURL=OFF \
+  cmake -S "$src" -B "$llama_build" "${generator[@]}" "${launcher[@]}" \
+    -DCMAKE_BUILD_TYPE=Release "${isa_flags[@]}" -DGGML_CUDA=OFF -DLLAMA_CURL=OFF \
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
-  nice -n 10 cmake --build "$work/llama-build" --target llama-bench llama-quantize -j "$jobs"
+  nice -n 10 cmake --build "$llama_build" --target llama-bench llama-quantize -j "$jobs"
 fi
 
 q41="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -97,8 +108,12 @@ run_alem() {  # shape type threads round
     --prompt-tokens "$prompt" --decode-tokens "$decode" --repeats 1 --csv "$work/alem-row.csv")
   local mb
   mb=$(sed -n 's/.*, \([0-9.]*\) MB streamed per decode step.*/\1/p' <<<"$out")
-  tail -n 1 "$work/alem-row.csv" | awk -F, -v r="$4" -v s="$1" -v t="$2" -v th="$3" -v mb="$mb" \
-    '{print r "," s "," t "," th ",alem," $8 "," $9 "," $10 "," mb}' >>"$raw"
+  "$python" -c '
+import csv, sys
+row = list(csv.DictReader(open(sys.argv[1])))[-1]
+print(",".join(sys.argv[2:6] + ["alem", row["prefill_tok_s"], row["decode_tok_s"],
+                               row["mem_bw_gb_s"], sys.argv[6]]))
+' "$work/alem-row.csv" "$4" "$1" "$2" "$3" "$mb" >>"$raw"
 }
 run_llama() {  # shape type threads round
   OMP_NUM_THREADS=$3 "$bin/llama-bench" -m "$(gguf_of "$1" "$2")" \

@@ -78,18 +78,27 @@ KernelTable kernel_table(Isa isa) {
       t.matmul_packed = avx512::matmul_packed;
       t.packed_panel_cols = avx512::kPanelCols;
       t.attention = avx512::attention;
+      t.silu_mul_rows = avx512::silu_mul_rows;
+      t.rmsnorm_rows = avx512::rmsnorm_rows;
+      t.add_range = avx512::add_range;
       break;
     case Isa::kAvx2:
       t.matmul_stream = avx2::matmul_stream;
       t.matmul_packed = avx2::matmul_packed;
       t.packed_panel_cols = avx2::kPanelCols;
       t.attention = avx2::attention;
+      t.silu_mul_rows = avx2::silu_mul_rows;
+      t.rmsnorm_rows = avx2::rmsnorm_rows;
+      t.add_range = avx2::add_range;
       break;
     case Isa::kScalar:
       t.matmul_stream = scalar::matmul_stream;
       t.matmul_packed = scalar::matmul_packed;
       t.packed_panel_cols = 16;
       t.attention = scalar::attention;
+      t.silu_mul_rows = scalar::silu_mul_rows;
+      t.rmsnorm_rows = scalar::rmsnorm_rows;
+      t.add_range = scalar::add_range;
       break;
   }
   return t;
@@ -139,23 +148,6 @@ std::pair<int64_t, int64_t> split_range(int64_t total, int count, int index, int
 // Work smaller than this (in multiply-adds or weight bytes) runs on one thread: waking the pool
 // costs a few microseconds.
 constexpr double kMinParallelMacs = 1 << 18;
-
-// e^x, vectorisable (Cephes expf polynomial, about 1 ulp); saturates outside [-87, 88].
-inline float exp_approx(float x) {
-  x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
-  const float rounder = 12582912.f;
-  const float n = (x * 1.44269504088896341f + rounder) - rounder;
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = p * r * r + r + 1.f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  return e * __builtin_bit_cast(float, bits);
-}
 
 int threads_for(double work, int max_threads) {
   return work < kMinParallelMacs ? 1 : max_threads;
@@ -395,16 +387,7 @@ void CpuBackend::rmsnorm(const float* x, const float* gamma, int64_t M, int64_t 
   const int threads = threads_for(static_cast<double>(M) * D * 8, max_threads_);
   run_on_threads(threads, [&](int index, int count) {
     const auto [m0, m1] = split_range(M, count, index, 1);
-    for (int64_t m = m0; m < m1; ++m) {
-      const float* x_row = x + m * D;
-      float* y_row = y + m * D;
-      double sum_squares = 0.0;
-#pragma omp simd reduction(+ : sum_squares)
-      for (int64_t d = 0; d < D; ++d) sum_squares += static_cast<double>(x_row[d]) * x_row[d];
-      const float inv_rms = static_cast<float>(1.0 / std::sqrt(sum_squares / D + eps));
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) y_row[d] = x_row[d] * inv_rms * gamma[d];
-    }
+    kernels_.rmsnorm_rows(x, gamma, m0, m1, D, eps, y);
   });
 }
 
@@ -440,13 +423,7 @@ void CpuBackend::silu_mul(const float* gate_up, int64_t M, int64_t I, float* out
   const int threads = threads_for(static_cast<double>(M) * I * 16, max_threads_);
   run_on_threads(threads, [&](int index, int count) {
     const auto [m0, m1] = split_range(M, count, index, 1);
-    for (int64_t m = m0; m < m1; ++m) {
-      const float* gate = gate_up + m * 2 * I;
-      const float* up = gate + I;
-      float* o = out + m * I;
-#pragma omp simd
-      for (int64_t i = 0; i < I; ++i) o[i] = gate[i] / (1.f + exp_approx(-gate[i])) * up[i];
-    }
+    kernels_.silu_mul_rows(gate_up, m0, m1, I, out);
   });
 }
 
@@ -454,8 +431,7 @@ void CpuBackend::add_inplace(float* y, const float* x, int64_t n) const {
   const int threads = threads_for(static_cast<double>(n), max_threads_);
   run_on_threads(threads, [&](int index, int count) {
     const auto [i0, i1] = split_range(n, count, index, 16);
-#pragma omp simd
-    for (int64_t i = i0; i < i1; ++i) y[i] += x[i];
+    kernels_.add_range(y, x, i0, i1);
   });
 }
 

@@ -61,12 +61,22 @@ struct KernelTable {
   MatmulPackedFn matmul_packed = nullptr;
   int packed_panel_cols = 1;  // W rows per packed panel; thread splits align to it
   AttentionFn attention = nullptr;
+  // Element-wise rows (elementwise_kernel.inc): SiLU(gate) * up, RMSNorm, y += x.
+  void (*silu_mul_rows)(const float* gate_up, int64_t m_begin, int64_t m_end, int64_t I,
+                        float* out) = nullptr;
+  void (*rmsnorm_rows)(const float* x, const float* gamma, int64_t m_begin, int64_t m_end,
+                       int64_t D, float eps, float* y) = nullptr;
+  void (*add_range)(float* y, const float* x, int64_t begin, int64_t end) = nullptr;
 };
 
 // Largest head_dim the attention kernels accept (they keep per-query accumulators on the stack).
 constexpr int kMaxHeadDim = 256;
 
 namespace scalar {
+void silu_mul_rows(const float* gate_up, int64_t m_begin, int64_t m_end, int64_t I, float* out);
+void rmsnorm_rows(const float* x, const float* gamma, int64_t m_begin, int64_t m_end, int64_t D,
+                  float eps, float* y);
+void add_range(float* y, const float* x, int64_t begin, int64_t end);
 void matmul_stream(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
                    int64_t n_begin, int64_t n_end);
 void matmul_packed(const float* x, int64_t m_begin, int64_t m_end, const WeightView& w,
@@ -76,6 +86,10 @@ void attention(const AttentionShape& shape, const AttentionSequence& seq, const 
 }  // namespace scalar
 
 namespace avx2 {
+void silu_mul_rows(const float* gate_up, int64_t m_begin, int64_t m_end, int64_t I, float* out);
+void rmsnorm_rows(const float* x, const float* gamma, int64_t m_begin, int64_t m_end, int64_t D,
+                  float eps, float* y);
+void add_range(float* y, const float* x, int64_t begin, int64_t end);
 constexpr int kPanelCols = 16;
 void matmul_stream(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
                    int64_t n_begin, int64_t n_end);
@@ -86,6 +100,10 @@ void attention(const AttentionShape& shape, const AttentionSequence& seq, const 
 }  // namespace avx2
 
 namespace avx512 {
+void silu_mul_rows(const float* gate_up, int64_t m_begin, int64_t m_end, int64_t I, float* out);
+void rmsnorm_rows(const float* x, const float* gamma, int64_t m_begin, int64_t m_end, int64_t D,
+                  float eps, float* y);
+void add_range(float* y, const float* x, int64_t begin, int64_t end);
 constexpr int kPanelCols = 48;
 void matmul_stream(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
                    int64_t n_begin, int64_t n_end);

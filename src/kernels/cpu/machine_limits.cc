@@ -313,12 +313,14 @@ std::string cpu_description() {
       {"avx512bf16", __builtin_cpu_supports("avx512bf16")},
       {"avx512vnni", __builtin_cpu_supports("avx512vnni")},
       {"avxvnni", __builtin_cpu_supports("avxvnni")},
-      {"amx-tile", __builtin_cpu_supports("amx-tile")}};
+      {"amx-tile", __builtin_cpu_supports("amx-tile")},
+      {"amx-bf16", __builtin_cpu_supports("amx-bf16")},
+      {"amx-int8", __builtin_cpu_supports("amx-int8")}};
   for (const auto& [flag, present] : flags) {
     if (present) out << ' ' << flag;
   }
   out << "; kernels: " << cpu::isa_name(cpu::best_supported_isa())
-      << ", OpenMP threads: " << omp_get_max_threads();
+      << (cpu::amx::usable() ? " + AMX-BF16 tiles (bf16 prefill)" : "") << ", OpenMP threads: " << omp_get_max_threads();
   return out.str();
 }
 
