@@ -315,8 +315,8 @@ void check_matmul(int64_t M, int64_t N, int64_t K, DType dtype, bool with_bias, 
   }
 }
 
-// AMX bf16 GEMM (prefill): with x split into 3 bf16 parts it must equal the f32 matmul up to
-// summation order, far inside the bf16 rounding bound; with one part within that bound. Shapes
+// AMX GEMM (prefill): bf16 weights with x split into 3 bf16 parts it must equal the f32 matmul up
+// to summation order, far inside the bf16 rounding bound; with one part within that bound. Shapes
 // cover every tail: rows of x not a multiple of 16, weight rows not a multiple of 16 or 48.
 TEST(CpuMatmul, AmxBf16GemmMatchesF32) {
   if (!cpu::amx::usable()) GTEST_SKIP() << "this CPU or kernel offers no AMX-BF16 tiles";
@@ -354,6 +354,35 @@ TEST(CpuMatmul, AmxBf16GemmMatchesF32) {
       }
     }
   }
+  // ggml block weights, expanded per 48-row panel to two bf16 parts, x in two parts: both
+  // carry 16 significant bits, so the result is within 2^-15 of the magnitude.
+  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
+    for (int64_t M : {16, 17, 40}) {
+      for (int64_t N : {1, 15, 48, 61}) {
+        for (int64_t K : {32, 320}) {
+          ASSERT_TRUE(exact.uses_amx(dtype, M, K));
+          const auto x = random_values(M * K, seed++, -2.f, 2.f);
+          const auto values = random_values(N * K, seed++);
+          const WeightMatrix w = make_weight_matrix(values.data(), N, K, dtype);
+          std::vector<float> want(M * N), scale(M * N), y(M * N, NAN);
+          ref.matmul(x.data(), M, w, nullptr, want.data());
+          for (int64_t m = 0; m < M; ++m) {
+            for (int64_t n = 0; n < N; ++n) {
+              double magnitude = 0;
+              for (int64_t k = 0; k < K; ++k) magnitude += std::fabs(x[m * K + k] * w.at(n, k));
+              scale[m * N + n] = static_cast<float>(magnitude);
+            }
+          }
+          exact.matmul(x.data(), M, w, nullptr, y.data());
+          expect_close(y, want, scale, std::ldexp(1.0, -15),
+                       "amx " + dtype_name(dtype) + " M=" + std::to_string(M) +
+                           " N=" + std::to_string(N) + " K=" + std::to_string(K));
+          if (HasFatalFailure()) return;
+        }
+      }
+    }
+  }
+  EXPECT_FALSE(exact.uses_amx(DType::Q4_0, CpuBackend::kAmxMinRowsBlocks - 1, 64));
   // Below kAmxMinRows, or with K not a multiple of 32, the other kernels take the matmul.
   EXPECT_FALSE(exact.uses_amx(DType::BF16, CpuBackend::kAmxMinRows - 1, 64));
   EXPECT_FALSE(exact.uses_amx(DType::BF16, 64, 48));

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "model/gguf_quant.h"
 
 namespace alem {
 namespace cpu {
@@ -148,6 +149,16 @@ std::pair<int64_t, int64_t> split_range(int64_t total, int count, int index, int
 // Work smaller than this (in multiply-adds or weight bytes) runs on one thread: waking the pool
 // costs a few microseconds.
 constexpr double kMinParallelMacs = 1 << 18;
+
+// Rows [n0, n0 + rows) of ggml block weights as f32 (the AMX path expands them per panel).
+void dequantize_block_rows(const cpu::WeightView& w, int64_t n0, int rows, float* out) {
+  const uint32_t type = ggml_type_of(w.dtype);
+  const size_t row_bytes = dtype_row_bytes(w.dtype, w.cols);
+  const auto* base = static_cast<const uint8_t*>(w.data);
+  for (int r = 0; r < rows; ++r) {
+    dequantize_ggml(type, base + (n0 + r) * row_bytes, row_bytes, out + r * w.cols, w.cols);
+  }
+}
 
 int threads_for(double work, int max_threads) {
   return work < kMinParallelMacs ? 1 : max_threads;
@@ -294,10 +305,13 @@ void CpuBackend::matmul_amx(const float* x, int64_t M, const WeightMatrix& w, co
                             float* y) const {
   const int64_t N = w.rows, K = w.cols;
   ALEM_CHECK(M >= 0 && N >= 0 && K > 0, "matmul: bad shape");
-  ALEM_CHECK(w.data.size() >= static_cast<size_t>(N * K) * sizeof(uint16_t),
+  ALEM_CHECK(w.data.size() >= static_cast<size_t>(N) * w.row_bytes(),
              "matmul: weight buffer smaller than its shape");
   if (M == 0 || N == 0) return;
-  const int parts = dot_bf16_ ? 1 : 3;
+  // bf16 weights: x in 3 parts (exact) or 1 (ALEM_CPU_DOT=all); block weights, expanded to two
+  // bf16 parts: x in 2 parts (16 bits, as the block kernels' int16 activations).
+  const bool blocks = dtype_is_block(w.dtype);
+  const int parts = blocks ? 2 : (dot_bf16_ ? 1 : 3);
   thread_local std::vector<uint32_t> packed;
   packed.resize(static_cast<size_t>(cpu::amx::packed_x_size(M, K, parts)) + 16);
   // 64-byte aligned start inside the buffer (tile loads of x use 64-byte rows).
@@ -307,7 +321,12 @@ void CpuBackend::matmul_amx(const float* x, int64_t M, const WeightMatrix& w, co
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
   run_on_threads(threads, [&](int index, int count) {
     const auto [n0, n1] = split_range(N, count, index, 48);
-    if (n0 < n1) cpu::amx::gemm_bf16(xp, M, parts, view, bias, y, n0, n1);
+    if (n0 >= n1) return;
+    if (blocks) {
+      cpu::amx::gemm_dequantized(xp, M, parts, view, dequantize_block_rows, bias, y, n0, n1);
+    } else {
+      cpu::amx::gemm_bf16(xp, M, parts, view, bias, y, n0, n1);
+    }
   });
 }
 
@@ -320,6 +339,10 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
   ALEM_CHECK(w.data.size() >= static_cast<size_t>(N) * w.row_bytes(),
              "matmul: weight buffer smaller than its shape");
   if (M == 0 || N == 0) return;
+  if (uses_amx(w.dtype, M, K)) {
+    matmul_amx(x, M, w, bias, y);
+    return;
+  }
   // x as int16 blocks of 32, once for all threads.
   thread_local std::vector<uint8_t> scratch;
   const size_t block_count = static_cast<size_t>(M * (K / 32));

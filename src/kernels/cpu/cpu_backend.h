@@ -67,9 +67,12 @@ class CpuBackend final : public KernelBackend {
                      float* y) const;
   // Which block kernel set this backend uses ("avx512_vnni", "avx2" or "scalar").
   const char* block_kernel_name() const { return blocks_.name; }
-  // Whether bf16 matmuls of M rows and K columns take the AMX GEMM.
+  // Whether matmuls of M rows and K columns against `dtype` weights take the AMX GEMM: bf16
+  // from kAmxMinRows rows, ggml block types (expanded per 48-row panel) from kAmxMinRowsBlocks.
   bool uses_amx(DType dtype, int64_t M, int64_t K) const {
-    return amx_ && dtype == DType::BF16 && M >= kAmxMinRows && K % cpu::amx::kKMultiple == 0;
+    if (!amx_ || K % cpu::amx::kKMultiple != 0) return false;
+    if (dtype == DType::BF16) return M >= kAmxMinRows;
+    return dtype_is_block(dtype) && M >= kAmxMinRowsBlocks;
   }
 
   // Rows of x from which matmul switches from streaming to the packed GEMM.
@@ -79,6 +82,7 @@ class CpuBackend final : public KernelBackend {
   static constexpr int64_t kPackedMinRowsBf16Avx512 = 24;
   // Rows of x from which bf16 matmuls use AMX tiles when the CPU has them.
   static constexpr int64_t kAmxMinRows = 8;
+  static constexpr int64_t kAmxMinRowsBlocks = 16;
 
  private:
   cpu::KernelTable kernels_;

@@ -163,6 +163,14 @@ inline int64_t packed_x_size(int64_t M, int64_t K, int parts) {
 void pack_x(const float* x, int64_t M, int64_t K, int parts, uint32_t* out);
 void gemm_bf16(const uint32_t* xp, int64_t M, int parts, const WeightView& w, const float* bias,
                float* y, int64_t n_begin, int64_t n_end);
+// Block-type weights (Q4_0, Q8_0, ...): every 48 weight rows are expanded once per call by
+// `dequantize` (rows [n0, n0 + rows) of w as f32, row stride w.cols) and held as two bf16 parts
+// (16 significant bits), then multiplied like gemm_bf16 (hi.hi + hi.lo + lo.hi with x in
+// `x_parts` parts).
+using DequantizeRowsFn = void (*)(const WeightView& w, int64_t n0, int rows, float* out);
+void gemm_dequantized(const uint32_t* xp, int64_t M, int x_parts, const WeightView& w,
+                      DequantizeRowsFn dequantize, const float* bias, float* y, int64_t n_begin,
+                      int64_t n_end);
 }  // namespace amx
 
 // Activations for the ggml block-weight kernels (Q4_0, Q4_1, Q8_0, and the K-quants Q4_K, Q5_K,

@@ -68,26 +68,79 @@ void store_tile(const float* block, float* y, int64_t ldy, int64_t m0, int rows,
   }
 }
 
-// One block of 16 rows of x against `Blocks` (1..3) consecutive weight tiles starting at row
-// pointers a[i] (row stride `lda` bytes), over all of K.
+// One block of 16 rows of x against `Blocks` (1..3) consecutive weight tiles, over all of K.
+// Weight part p of tile i starts at a[p][i] (row stride `lda` bytes). Every (weight part, x
+// part) pair with p_w + p_x < max(w_parts, x_parts) is multiplied: all three x parts against
+// bf16 weights (one part), and hi.hi + hi.lo + lo.hi for two-part weights and x (lo.lo, 2^-16
+// of 2^-16, is left out).
 template <int Blocks>
-void block_product(const uint16_t* const a[kWBlocks], int64_t lda, const uint32_t* xp_block,
-                   int64_t k_steps, int64_t part_stride, int parts) {
+void block_product(const uint16_t* const a[2][kWBlocks], int w_parts, int64_t lda,
+                   const uint32_t* xp_block, int64_t k_steps, int64_t part_stride, int x_parts) {
+  const int pairs = w_parts > x_parts ? w_parts : x_parts;
   _tile_zero(0);
   if constexpr (Blocks > 1) _tile_zero(1);
   if constexpr (Blocks > 2) _tile_zero(2);
   for (int64_t s = 0; s < k_steps; ++s) {
-    _tile_loadd(3, a[0] + s * kKStep, lda);
-    if constexpr (Blocks > 1) _tile_loadd(4, a[1] + s * kKStep, lda);
-    if constexpr (Blocks > 2) _tile_loadd(5, a[2] + s * kKStep, lda);
     const uint32_t* b = xp_block + s * kTile * kTile;
-    for (int p = 0; p < parts; ++p) {
-      _tile_loadd(6, b + p * part_stride, 64);
-      _tile_dpbf16ps(0, 3, 6);
-      if constexpr (Blocks > 1) _tile_dpbf16ps(1, 4, 6);
-      if constexpr (Blocks > 2) _tile_dpbf16ps(2, 5, 6);
+    for (int pw = 0; pw < w_parts; ++pw) {
+      _tile_loadd(3, a[pw][0] + s * kKStep, lda);
+      if constexpr (Blocks > 1) _tile_loadd(4, a[pw][1] + s * kKStep, lda);
+      if constexpr (Blocks > 2) _tile_loadd(5, a[pw][2] + s * kKStep, lda);
+      for (int px = 0; px < x_parts && pw + px < pairs; ++px) {
+        _tile_loadd(6, b + px * part_stride, 64);
+        _tile_dpbf16ps(0, 3, 6);
+        if constexpr (Blocks > 1) _tile_dpbf16ps(1, 4, 6);
+        if constexpr (Blocks > 2) _tile_dpbf16ps(2, 5, 6);
+      }
     }
   }
+}
+
+// Every 16-row block of packed x against the `blocks` weight tiles at a (columns n0 ...), written
+// to y (at most up to column n_end).
+void sweep_x(const uint16_t* const a[2][kWBlocks], int w_parts, int64_t lda, int blocks,
+             const uint32_t* xp, int64_t M, int64_t K, int x_parts, const float* bias, float* y,
+             int64_t ldy, int64_t n0, int64_t n_end) {
+  const int64_t m_blocks = (M + kTile - 1) / kTile, k_steps = K / kKStep;
+  const int64_t part_stride = m_blocks * k_steps * kTile * kTile;
+  for (int64_t mb = 0; mb < m_blocks; ++mb) {
+    const uint32_t* xb = xp + mb * k_steps * kTile * kTile;
+    switch (blocks) {
+      case 1:
+        block_product<1>(a, w_parts, lda, xb, k_steps, part_stride, x_parts);
+        break;
+      case 2:
+        block_product<2>(a, w_parts, lda, xb, k_steps, part_stride, x_parts);
+        break;
+      default:
+        block_product<3>(a, w_parts, lda, xb, k_steps, part_stride, x_parts);
+        break;
+    }
+    const int rows = static_cast<int>(M - mb * kTile < kTile ? M - mb * kTile : kTile);
+    alignas(64) float block[kWBlocks][kTile * kTile];
+    _tile_stored(0, block[0], 64);
+    if (blocks > 1) _tile_stored(1, block[1], 64);
+    if (blocks > 2) _tile_stored(2, block[2], 64);
+    for (int i = 0; i < blocks; ++i) {
+      const int64_t c = n_end - (n0 + i * kTile);
+      store_tile(block[i], y, ldy, mb * kTile, rows, n0 + i * kTile,
+                 static_cast<int>(c < kTile ? c : kTile), bias);
+    }
+  }
+}
+
+// A 64-byte aligned, growing scratch buffer per thread.
+template <typename T>
+T* scratch(size_t count) {
+  thread_local void* buffer = nullptr;
+  thread_local size_t capacity = 0;
+  const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
+  if (bytes > capacity) {
+    std::free(buffer);
+    buffer = std::aligned_alloc(64, bytes);
+    capacity = bytes;
+  }
+  return static_cast<T*>(buffer);
 }
 
 }  // namespace
@@ -149,8 +202,6 @@ void pack_x(const float* x, int64_t M, int64_t K, int parts, uint32_t* out) {
 void gemm_bf16(const uint32_t* xp, int64_t M, int parts, const WeightView& w, const float* bias,
                float* y, int64_t n_begin, int64_t n_end) {
   const int64_t K = w.cols, N = w.rows;
-  const int64_t m_blocks = (M + kTile - 1) / kTile, k_steps = K / kKStep;
-  const int64_t part_stride = m_blocks * k_steps * kTile * kTile;
   const int64_t lda = K * static_cast<int64_t>(sizeof(uint16_t));
   const uint16_t* base = static_cast<const uint16_t*>(w.data);
   configure_tiles();
@@ -160,49 +211,61 @@ void gemm_bf16(const uint32_t* xp, int64_t M, int parts, const WeightView& w, co
     const int64_t left = n_end - n0;
     const int blocks =
         static_cast<int>(left >= kTile * kWBlocks ? kWBlocks : (left + kTile - 1) / kTile);
-    const uint16_t* a[kWBlocks] = {base, base, base};
+    const uint16_t* a[2][kWBlocks] = {{base, base, base}, {base, base, base}};
     for (int i = 0; i < blocks; ++i) {
       const int64_t first = n0 + i * kTile;
       if (n_end - first >= kTile) {
-        a[i] = base + first * K;
+        a[0][i] = base + first * K;
       } else {
-        if (tail == nullptr) {
-          tail = static_cast<uint16_t*>(std::aligned_alloc(64, kTile * lda));
-        }
+        if (tail == nullptr) tail = static_cast<uint16_t*>(std::aligned_alloc(64, kTile * lda));
         std::memset(tail, 0, kTile * lda);
         std::memcpy(tail, base + first * K, (n_end - first) * lda);
-        a[i] = tail;
+        a[0][i] = tail;
       }
     }
-    for (int64_t mb = 0; mb < m_blocks; ++mb) {
-      const uint32_t* xb = xp + mb * k_steps * kTile * kTile;
-      switch (blocks) {
-        case 1:
-          block_product<1>(a, lda, xb, k_steps, part_stride, parts);
-          break;
-        case 2:
-          block_product<2>(a, lda, xb, k_steps, part_stride, parts);
-          break;
-        default:
-          block_product<3>(a, lda, xb, k_steps, part_stride, parts);
-          break;
-      }
-      const int rows = static_cast<int>(M - mb * kTile < kTile ? M - mb * kTile : kTile);
-      const auto cols = [&](int i) {
-        const int64_t c = n_end - (n0 + i * kTile);
-        return static_cast<int>(c < kTile ? c : kTile);
-      };
-      alignas(64) float block[kWBlocks][kTile * kTile];
-      _tile_stored(0, block[0], 64);
-      if (blocks > 1) _tile_stored(1, block[1], 64);
-      if (blocks > 2) _tile_stored(2, block[2], 64);
-      for (int i = 0; i < blocks; ++i) {
-        store_tile(block[i], y, N, mb * kTile, rows, n0 + i * kTile, cols(i), bias);
-      }
-    }
+    sweep_x(a, 1, lda, blocks, xp, M, K, parts, bias, y, N, n0, n_end);
   }
   _tile_release();
   std::free(tail);
+}
+
+void gemm_dequantized(const uint32_t* xp, int64_t M, int x_parts, const WeightView& w,
+                      DequantizeRowsFn dequantize, const float* bias, float* y, int64_t n_begin,
+                      int64_t n_end) {
+  const int64_t K = w.cols, N = w.rows;
+  const int64_t lda = K * static_cast<int64_t>(sizeof(uint16_t));
+  constexpr int kPanelRows = kTile * kWBlocks;
+  float* rows_f32 = scratch<float>(static_cast<size_t>(kPanelRows) * K);
+  // panel[p]: weight part p of the 48 rows, bf16, row stride K.
+  uint16_t* panel =
+      reinterpret_cast<uint16_t*>(scratch<uint64_t>(static_cast<size_t>(kPanelRows) * K / 2 + 8));
+  uint16_t* parts[2] = {panel, panel + kPanelRows * K};
+  configure_tiles();
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kPanelRows) {
+    const int rows = static_cast<int>(n_end - n0 < kPanelRows ? n_end - n0 : kPanelRows);
+    const int blocks = (rows + kTile - 1) / kTile;
+    dequantize(w, n0, rows, rows_f32);
+    std::memset(rows_f32 + static_cast<int64_t>(rows) * K, 0,
+                sizeof(float) * (blocks * kTile - rows) * K);
+    // Each weight as hi + lo, two bf16 (16 significant bits).
+    for (int64_t i = 0; i < static_cast<int64_t>(blocks) * kTile * K; i += 32) {
+      const __m512 v0 = _mm512_loadu_ps(rows_f32 + i), v1 = _mm512_loadu_ps(rows_f32 + i + 16);
+      const __m512i hi = (__m512i)_mm512_cvtne2ps_pbh(v1, v0);
+      const __m512 h0 = _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(hi)), 16));
+      const __m512 h1 = _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(hi, 1)), 16));
+      const __m512i lo = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(v1, h1), _mm512_sub_ps(v0, h0));
+      _mm512_storeu_si512(parts[0] + i, hi);
+      _mm512_storeu_si512(parts[1] + i, lo);
+    }
+    const uint16_t* a[2][kWBlocks];
+    for (int p = 0; p < 2; ++p) {
+      for (int i = 0; i < kWBlocks; ++i) a[p][i] = parts[p] + (i < blocks ? i : 0) * kTile * K;
+    }
+    sweep_x(a, 2, lda, blocks, xp, M, K, x_parts, bias, y, N, n0, n_end);
+  }
+  _tile_release();
 }
 
 }  // namespace alem::cpu::amx
