@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <string>
 
@@ -15,7 +16,9 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "engine/generator.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/machine_limits.h"
+#include "kernels/timed_backend.h"
 #include "model/model_store.h"
 
 namespace alem::cli {
@@ -77,11 +80,27 @@ void print_moe_load(const ShardedTransformer& model, double bytes_per_token) {
   std::printf("\n");
 }
 
+// Where a single-sequence decode step's time goes: each kind of kernel, and what is left outside
+// the kernels (sampling on the host, the scheduler, collectives, waiting).
+void print_decode_breakdown(const OpTimes& ops, double decode_seconds, int steps) {
+  if (steps <= 0 || decode_seconds <= 0) return;
+  std::printf("#   decode step %.3f ms:", 1e3 * decode_seconds / steps);
+  for (int k = 0; k < kOpKinds; ++k) {
+    if (ops.calls[k] == 0) continue;
+    std::printf(" %s %.1f%%", op_kind_name(static_cast<OpKind>(k)),
+                100 * ops.seconds[k] / decode_seconds);
+  }
+  std::printf(", outside the kernels (host sampling, scheduling, collectives) %.1f%%\n",
+              100 * std::max(0.0, decode_seconds - ops.total()) / decode_seconds);
+}
+
 void run_bench_generate(const BenchGenerateOptions& o) {
   ParallelContext ctx = make_context(o.parallel);
   const bool leader = ctx.world_rank == 0;
   ModelStoreReader store(o.model);
-  auto backend = make_backend(o.backend);
+  auto inner_backend = make_backend(o.backend);
+  // Every kernel call is timed, so the decode step can be split into its parts below.
+  auto backend = std::make_unique<TimedBackend>(*inner_backend, store.config().hidden_size);
   EngineOptions engine_options;
   engine_options.max_model_len = o.prompt_tokens + o.decode_tokens + 1;
   ShardedTransformer model(store, ctx, *backend, engine_options);
@@ -160,13 +179,22 @@ void run_bench_generate(const BenchGenerateOptions& o) {
     const double peak_bf16 = measure_peak_dot_gops(DotKind::kBf16, threads);
     const double peak_int8 = measure_peak_dot_gops(DotKind::kInt8, threads);
     double best_prefill = 0, best_decode = 0, comm_fraction = 0;
+    OpTimes decode_ops;
+    double decode_op_step_seconds = 0;  // the decode wall time of the run decode_ops comes from
+    int decode_op_steps = 0;
     for (int r = 0; r < o.repeats; ++r) {
       model.reset_timings();
+      backend->reset();
       GenerationResult result = generator.generate(prompt, params);
       const double prefill = o.prompt_tokens / std::max(result.prefill_seconds, 1e-9);
       const double decode = (result.tokens.size() - 1) / std::max(result.decode_seconds, 1e-9);
       if (moe) matmul_params = non_expert_bytes + active_expert_bytes_per_token(model);
       best_prefill = std::max(best_prefill, prefill);
+      if (decode >= best_decode) {
+        decode_ops = backend->single_row();
+        decode_op_step_seconds = result.decode_seconds;
+        decode_op_steps = static_cast<int>(result.tokens.size()) - 1;
+      }
       best_decode = std::max(best_decode, decode);
       const ForwardTimings& t = model.timings();
       comm_fraction =
@@ -179,6 +207,7 @@ void run_bench_generate(const BenchGenerateOptions& o) {
                   backend->max_threads(), best_prefill, best_decode, bandwidth_4k, bandwidth, peak,
                   peak_bf16, peak_int8, bw_fraction, flop_fraction, comm_fraction);
       if (moe) print_moe_load(model, matmul_params);
+      print_decode_breakdown(decode_ops, decode_op_step_seconds, decode_op_steps);
       if (csv) {
         csv << '"' << ctx.layout.describe() << "\"," << backend->name() << ',' << weights_dtype
             << ',' << backend->max_threads() << ',' << o.prompt_tokens << ',' << o.decode_tokens

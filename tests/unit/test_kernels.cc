@@ -16,6 +16,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/reference_backend.h"
+#include "kernels/timed_backend.h"
 
 namespace alem {
 namespace {
@@ -559,6 +560,38 @@ TEST(KernelRegistry, NamesBackends) {
   EXPECT_EQ(make_backend("reference")->name(), "reference");
   EXPECT_EQ(make_backend("cpu")->name(), "cpu");
   EXPECT_THROW(make_backend("tpu"), Error);
+}
+
+// The bench's TimedBackend gives the inner backend's results and files each call under
+// single-row (decode) or many-row (prefill) by its row count.
+TEST(TimedBackend, ForwardsAndClassifiesByRows) {
+  ReferenceBackend inner;
+  TimedBackend timed(inner, /*width=*/64);
+  const int64_t N = 24, K = 64;
+  const auto values = random_values(N * K, 7);
+  const WeightMatrix w = make_weight_matrix(values.data(), N, K, DType::F32);
+  for (int64_t M : {1, 5}) {
+    const auto x = random_values(M * K, 8 + M);
+    std::vector<float> want(M * N), got(M * N);
+    inner.matmul(x.data(), M, w, nullptr, want.data());
+    timed.matmul(x.data(), M, w, nullptr, got.data());
+    EXPECT_EQ(got, want) << "M=" << M;
+  }
+  std::vector<float> a(2 * K, 1.f), b(2 * K, 2.f);
+  timed.add_inplace(a.data(), b.data(), K);      // one row of the model's width
+  timed.add_inplace(a.data(), b.data(), 2 * K);  // two rows
+  EXPECT_EQ(a[0], 5.f);
+  const auto matmul = static_cast<int>(OpKind::kMatmul);
+  const auto elementwise = static_cast<int>(OpKind::kNormRopeActivation);
+  EXPECT_EQ(timed.single_row().calls[matmul], 1);
+  EXPECT_EQ(timed.many_rows().calls[matmul], 1);
+  EXPECT_EQ(timed.single_row().calls[elementwise], 1);
+  EXPECT_EQ(timed.many_rows().calls[elementwise], 1);
+  EXPECT_GT(timed.single_row().seconds[matmul], 0.0);
+  EXPECT_GT(timed.many_rows().total(), 0.0);
+  timed.reset();
+  EXPECT_EQ(timed.single_row().total(), 0.0);
+  EXPECT_EQ(timed.many_rows().calls[matmul], 0);
 }
 
 }  // namespace
