@@ -18,6 +18,8 @@
 // zero-padded to 16 in the packed buffer; a last block of fewer than 16 weight rows is copied
 // into a zero-padded buffer; K must be a multiple of 32 (the caller checks).
 #include <immintrin.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -143,6 +145,37 @@ T* scratch(size_t count) {
   return static_cast<T*>(buffer);
 }
 
+// Some virtual machines report AMX and grant the permission, yet fault on the first tile
+// instruction (llama.cpp dies there with SIGILL). So run one configure / zero / product /
+// release sequence under a SIGILL handler before AMX is trusted.
+sigjmp_buf probe_jump;
+
+void on_probe_sigill(int) {
+  siglongjmp(probe_jump, 1);
+}
+
+bool tiles_run() {
+  struct sigaction probe {
+  }, previous{};
+  probe.sa_handler = on_probe_sigill;
+  sigemptyset(&probe.sa_mask);
+  if (sigaction(SIGILL, &probe, &previous) != 0) return false;
+  bool ok = false;
+  if (sigsetjmp(probe_jump, 1) == 0) {
+    configure_tiles();
+    _tile_zero(0);
+    _tile_zero(3);
+    _tile_zero(6);
+    _tile_dpbf16ps(0, 3, 6);
+    alignas(64) float out[kTile * kTile];
+    _tile_stored(0, out, 64);
+    _tile_release();
+    ok = out[0] == 0.f;
+  }
+  sigaction(SIGILL, &previous, nullptr);
+  return ok;
+}
+
 }  // namespace
 
 bool usable() {
@@ -156,7 +189,8 @@ bool usable() {
     const uint64_t xcr0 = _xgetbv(0);
     if ((xcr0 & (3ull << 17)) != (3ull << 17)) return false;
     constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return false;
+    return tiles_run();
   }();
   return ok;
 }
