@@ -357,10 +357,12 @@ TEST(CpuMatmul, AmxBf16GemmMatchesF32) {
   }
   // ggml block weights, expanded per 48-row panel to two bf16 parts, x in two parts: both
   // carry 16 significant bits, so the result is within 2^-15 of the magnitude.
-  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
+  for (DType dtype :
+       {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+    const int64_t block = dtype_block_elements(dtype);
     for (int64_t M : {16, 17, 40}) {
       for (int64_t N : {1, 15, 48, 61}) {
-        for (int64_t K : {32, 320}) {
+        for (int64_t K : {block, 10 * block}) {
           ASSERT_TRUE(exact.uses_amx(dtype, M, K));
           const auto x = random_values(M * K, seed++, -2.f, 2.f);
           const auto values = random_values(N * K, seed++);
