@@ -21,15 +21,35 @@ norm_topk_prob=false is written as `qwen3moe.expert_weights_norm` = false. Tenso
 from gguf's own map (gguf.get_tensor_name_map). The tokenizer: tokens, merges and token types of
 tokenizer.json (model gpt2, pre qwen2).
 
+Quantised experts (alem keeps a GGUF's expert blocks as they are): the same three models again
+with only the stacked expert tensors quantised by the gguf package (ggml's reference quantisers),
+everything else as above:
+
+- tests/data/tiny-qwen3-moe-a-q8_0.gguf, tiny-qwen3-moe-b-q4_0.gguf, tiny-mixtral-q4_0.gguf
+
+and their reference output from transformers in tests/data/golden/<same name>.json (the format of
+make_qwen3_moe_reference.py). transformers reads the qwen3moe files itself (from_pretrained with
+gguf_file=, which dequantises); it cannot load llama-with-experts GGUFs, so for Mixtral the
+experts are dequantised with the gguf package into a copy of the Hugging Face folder (f32
+tensors) that transformers loads. The qwen3moe path checks that both routes give the same
+weights.
+
 Usage: .venv-reference/bin/python scripts/reference/make_moe_gguf.py
 """
+import hashlib
 import json
 import os
+import platform
+import shutil
+import sys
+import tempfile
 
 import gguf
 import numpy as np
 import torch
-from safetensors.torch import load_file
+import transformers
+from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+from safetensors.torch import load_file, save_file
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DATA = os.path.join(ROOT, "tests", "data")
@@ -72,12 +92,15 @@ def add_tokenizer(writer, folder):
     writer.add_token_merges(merges)
 
 
-def write(name, arch):
+def write(name, arch, expert_type=None):
+    """Writes tests/data/<name>.gguf, or with `expert_type` (a GGMLQuantizationType)
+    tests/data/<name>-<type>.gguf with the expert tensors quantised. Returns the path."""
     folder = os.path.join(DATA, name)
     config = json.load(open(os.path.join(folder, "config.json")))
     weights = load_file(os.path.join(folder, "model.safetensors"))
     arch_name = gguf.MODEL_ARCH_NAMES[arch]
-    path = os.path.join(DATA, name + ".gguf")
+    suffix = "" if expert_type is None else "-" + expert_type.name.lower()
+    path = os.path.join(DATA, name + suffix + ".gguf")
     writer = gguf.GGUFWriter(path, arch_name)
     n_layers = config["num_hidden_layers"]
     n_head = config["num_attention_heads"]
@@ -103,7 +126,9 @@ def write(name, arch):
     if not mixtral:
         writer.add_expert_feed_forward_length(config["moe_intermediate_size"])
         writer.add_expert_weights_norm(bool(config["norm_topk_prob"]))
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_BF16)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if expert_type is None else
+                         {gguf.GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+                          gguf.GGMLQuantizationType.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}[expert_type])
     writer.add_eos_token_id(config["eos_token_id"])
     add_tokenizer(writer, folder)
 
@@ -112,11 +137,14 @@ def write(name, arch):
     # layer); the dense layers of these test models take the usual blk.N.ffn_{gate,up,down}.
     dense_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, n_layers)
 
-    def add(hf_name, tensor):
+    def add(hf_name, tensor, quantise=False):
         gguf_name = (tmap.get_name(hf_name, try_suffixes=(".weight", ".bias")) or
                      dense_map.get_name(hf_name, try_suffixes=(".weight", ".bias")))
         assert gguf_name is not None, hf_name
-        if tensor.dim() == 1:
+        if quantise and expert_type is not None:
+            blocks = gguf.quants.quantize(tensor.float().numpy(), expert_type)
+            writer.add_tensor(gguf_name, blocks, raw_shape=blocks.shape, raw_dtype=expert_type)
+        elif tensor.dim() == 1:
             writer.add_tensor(gguf_name, tensor.float().numpy())
         else:
             bits = bf16_bits(tensor)
@@ -139,7 +167,7 @@ def write(name, arch):
             stacked = torch.stack([weights[p] for p in parts])
             done.update(parts)
             merged = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}.get(matrix, matrix)
-            add(f"{prefix}.mlp.experts.{merged}.weight", stacked)
+            add(f"{prefix}.mlp.experts.{merged}.weight", stacked, quantise=True)
             continue
         if mixtral and hf_name.endswith("self_attn.q_proj.weight"):
             tensor = permute(tensor, n_head, n_head)
@@ -159,15 +187,132 @@ def write(name, arch):
     assert [int(d) for d in gate.shape] == [config["hidden_size"],
                                              config.get("moe_intermediate_size") or
                                              config["intermediate_size"], experts], gate.shape
-    down = np.asarray(by_name["blk.1.ffn_down_exps.weight"].data).view(np.uint16)
-    want = bf16_bits(weights[f"model.layers.1.{expert_part[0]}.3.{expert_part[1][2]}.weight"])
-    assert np.array_equal(down.reshape(experts, *want.shape)[3], want)
+    down_tensor = by_name["blk.1.ffn_down_exps.weight"]
+    source = weights[f"model.layers.1.{expert_part[0]}.3.{expert_part[1][2]}.weight"]
+    if expert_type is None:
+        down = np.asarray(down_tensor.data).view(np.uint16)
+        want = bf16_bits(source)
+        assert np.array_equal(down.reshape(experts, *want.shape)[3], want)
+    else:
+        assert down_tensor.tensor_type == expert_type, down_tensor.tensor_type
+        down = gguf.quants.dequantize(down_tensor.data, expert_type)
+        got = down.reshape(experts, *source.shape)[3]
+        assert np.abs(got - source.float().numpy()).max() < 0.05  # quantisation error only
     print(f"wrote {path} ({os.path.getsize(path)} bytes, {len(reader.tensors)} tensors)")
+    return path
+
+
+def dequantised_folder(name, path, out_dir):
+    """A copy of the model's Hugging Face folder whose expert matrices are the GGUF's experts as
+    the gguf package dequantises them (f32), everything else unchanged."""
+    folder = os.path.join(DATA, name)
+    config = json.load(open(os.path.join(folder, "config.json")))
+    weights = load_file(os.path.join(folder, "model.safetensors"))
+    mixtral = config["model_type"] == "mixtral"
+    experts = config.get("num_experts") or config["num_local_experts"]
+    part, names = (("block_sparse_moe.experts", {"gate": "w1", "up": "w3", "down": "w2"})
+                   if mixtral else
+                   ("mlp.experts", {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}))
+    reader = gguf.GGUFReader(path)
+    out = {k: v.float() for k, v in weights.items()}
+    replaced = 0
+    for t in reader.tensors:
+        fields = t.name.split(".")
+        if len(fields) != 4 or not fields[2].endswith("_exps"):
+            continue
+        layer, matrix = int(fields[1]), fields[2][len("ffn_"):-len("_exps")]
+        values = gguf.quants.dequantize(t.data, t.tensor_type)
+        for e in range(experts):
+            key = f"model.layers.{layer}.{part}.{e}.{names[matrix]}.weight"
+            assert key in out, key
+            out[key] = torch.from_numpy(values.reshape(experts, *out[key].shape)[e].copy())
+            replaced += 1
+    assert replaced == experts * 3 * sum(1 for k in weights if k.endswith(f"{part}.0.{names['down']}.weight"))
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    shutil.copytree(folder, out_dir)
+    save_file(out, os.path.join(out_dir, "model.safetensors"))
+    return out_dir
+
+
+def make_golden(name, path):
+    """transformers' greedy tokens and logits for the quantised GGUF at `path`."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_qwen3_moe_reference import (NEW_TOKENS, PROMPTS, TOP_K, RouterGaps, f32,
+                                          greedy)
+    config = json.load(open(os.path.join(DATA, name, "config.json")))
+    mixtral = config["model_type"] == "mixtral"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = dequantised_folder(name, path, os.path.join(tmp, name))
+        via_folder = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, attn_implementation="eager").eval()
+        if mixtral:
+            model, how = via_folder, ("experts dequantised by the gguf package into the Hugging "
+                                      "Face folder (transformers cannot load llama-with-experts "
+                                      "GGUFs)")
+        else:
+            # transformers' own GGUF reader dequantises every tensor it maps; its qwen3moe map
+            # has no dense-layer FFN (llama.cpp's qwen3moe has none), so those and the tied LM
+            # head stay as the folder has them (the same bf16 values the GGUF holds).
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                os.path.join(DATA, name), dtype=torch.float32,
+                attn_implementation="eager").eval()
+            loaded = load_gguf_checkpoint(path, return_tensors=True,
+                                          model_to_load=model)["tensors"]
+            missing = set(model.state_dict()) - set(loaded)
+            assert all(k == "lm_head.weight" or ".mlp.gate_proj." in k or ".mlp.up_proj." in k or
+                       ".mlp.down_proj." in k for k in missing), sorted(missing)
+            model.load_state_dict(loaded, strict=False)
+            how = ("transformers' GGUF reader (load_gguf_checkpoint), which dequantises with the "
+                   "gguf package")
+            mine = via_folder.state_dict()
+            for k, v in model.state_dict().items():
+                assert torch.equal(v, mine[k]), k
+    gaps = RouterGaps(model, config["num_experts_per_tok"])
+    prompts = []
+    for p in PROMPTS:
+        gen, margins, steps = greedy(model, p["ids"], gaps)
+        prompts.append({"name": p["name"], "prompt_ids": p["ids"], "generated_ids": gen,
+                        "step_margin": margins, "steps": steps})
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    golden = {
+        "schema_version": 1,
+        "generator": "scripts/reference/make_moe_gguf.py",
+        "model": {"name": os.path.basename(path)[:-5], "file": "tests/data/" +
+                  os.path.basename(path), "file_sha256": digest,
+                  "stored_dtypes": "experts " + path.rsplit("-", 1)[1][:-5] + ", the rest bf16"},
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "transformers": transformers.__version__, "numpy": np.__version__,
+                        "gguf": getattr(gguf, "__version__", "?")},
+        "settings": {"max_new_tokens": NEW_TOKENS, "top_k_recorded": TOP_K,
+                     "decoding": "greedy (argmax of f32 logits, lowest id on ties)",
+                     "weights": how + "; computed in float32 (eager attention)",
+                     "min_step_margin": f32(min(min(p["step_margin"]) for p in prompts)),
+                     "min_router_gap": f32(gaps.min_gap)},
+        "prompts": prompts,
+    }
+    out = os.path.join(DATA, "golden", os.path.basename(path)[:-5] + ".json")
+    with open(out, "w") as f:
+        json.dump(golden, f, indent=None, separators=(",", ":"))
+        f.write("\n")
+    print(f"wrote {out}: min margin {golden['settings']['min_step_margin']}, "
+          f"min router gap {gaps.min_gap:.4g}")
+
+
+QUANTISED = [("tiny-qwen3-moe-a", gguf.GGMLQuantizationType.Q8_0),
+             ("tiny-qwen3-moe-b", gguf.GGMLQuantizationType.Q4_0),
+             ("tiny-mixtral", gguf.GGMLQuantizationType.Q4_0)]
 
 
 def main():
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    archs = dict(MODELS)
     for name, arch in MODELS:
         write(name, arch)
+    for name, expert_type in QUANTISED:
+        make_golden(name, write(name, archs[name], expert_type))
 
 
 if __name__ == "__main__":

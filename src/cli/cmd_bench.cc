@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "engine/generator.h"
+#include "engine/moe_ffn.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/machine_limits.h"
 #include "kernels/timed_backend.h"
@@ -52,8 +53,10 @@ double active_expert_bytes_per_token(const ShardedTransformer& model) {
   return static_cast<double>(c.single_token_expert_bytes) / tokens;
 }
 
-// Load balance of the routing so far: tokens per expert (min, mean, max) and per ep slice.
-void print_moe_load(const ShardedTransformer& model, double bytes_per_token) {
+// Load balance of the routing so far: tokens per expert (min, mean, max) and per ep slice, and
+// the weight bytes a decoded token read, with the experts' share (stored as `expert_dtype`).
+void print_moe_load(const ShardedTransformer& model, double bytes_per_token,
+                    double expert_bytes_per_token, DType expert_dtype) {
   const ModelConfig& c = model.config();
   const ShardPlan& s = model.shard();
   const std::vector<uint64_t>& per_expert = model.moe_routing().tokens_per_expert;
@@ -64,10 +67,10 @@ void print_moe_load(const ShardedTransformer& model, double bytes_per_token) {
   for (uint64_t n : per_expert) sum += static_cast<double>(n);
   std::printf(
       "#   moe: %d experts top-%d, ep %d (rank 0 holds %d), %.1f MB weights read per "
-      "decoded token of %.1f MB held (active %.1f%%); tokens per expert min %llu mean "
-      "%.1f max %llu; per ep slice:",
+      "decoded token (experts %s: %.1f MB) of %.1f MB held (active %.1f%%); tokens per expert "
+      "min %llu mean %.1f max %llu; per ep slice:",
       c.num_experts, c.num_experts_per_tok, s.ep_size, s.num_local_experts, bytes_per_token / 1e6,
-      model.weight_bytes() / 1e6,
+      dtype_name(expert_dtype).c_str(), expert_bytes_per_token / 1e6, model.weight_bytes() / 1e6,
       100.0 * bytes_per_token / std::max<double>(model.weight_bytes(), 1),
       static_cast<unsigned long long>(lo), sum / per_expert.size(),
       static_cast<unsigned long long>(hi));
@@ -206,7 +209,10 @@ void run_bench_generate(const BenchGenerateOptions& o) {
       std::printf("%-8d %11.1f %10.1f %9.1f %9.1f %9.1f %9.1f %9.1f %8.2f %9.2f %6.3f\n",
                   backend->max_threads(), best_prefill, best_decode, bandwidth_4k, bandwidth, peak,
                   peak_bf16, peak_int8, bw_fraction, flop_fraction, comm_fraction);
-      if (moe) print_moe_load(model, matmul_params);
+      if (moe) {
+        print_moe_load(model, matmul_params, active_expert_bytes_per_token(model),
+                       stored_expert_dtype(store, config));
+      }
       print_decode_breakdown(decode_ops, decode_op_step_seconds, decode_op_steps);
       if (csv) {
         csv << '"' << ctx.layout.describe() << "\"," << backend->name() << ',' << weights_dtype

@@ -13,6 +13,20 @@
 
 namespace alem {
 
+DType stored_expert_dtype(const ModelStoreReader& store, const ModelConfig& config) {
+  DType strictest = DType::F32;
+  auto block = [](DType t) { return t == DType::I8 ? kInt8GroupSize : dtype_block_elements(t); };
+  for (int layer = 0; layer < config.num_layers; ++layer) {
+    if (!config.is_moe_layer(layer)) continue;
+    for (int e = 0; e < config.num_experts; ++e) {
+      const DType t =
+          store.tensor_info(expert_tensor_name(config, layer, e, ExpertMatrix::kDown)).dtype;
+      if (block(t) > block(strictest)) strictest = t;
+    }
+  }
+  return strictest;
+}
+
 MoeFfn::MoeFfn(const ModelStoreReader& store, const ModelConfig& config, const ShardPlan& shard,
                int layer)
     : hidden_(config.hidden_size),
@@ -36,6 +50,18 @@ MoeFfn::MoeFfn(const ModelStoreReader& store, const ModelConfig& config, const S
                                     hidden_, shard.expert_ffn_begin, ffn_size_);
     experts_.push_back(std::move(expert));
   }
+  if (shard.shared_ffn_size > 0) {
+    shared_size_ = shard.shared_ffn_size;
+    std::vector<WeightMatrix> parts;
+    for (ExpertMatrix which : {ExpertMatrix::kGate, ExpertMatrix::kUp}) {
+      parts.push_back(store.read_matrix(shared_expert_tensor_name(config, layer, which),
+                                        shard.shared_ffn_begin, shared_size_));
+    }
+    shared_.gate_up = concat_rows(parts);
+    shared_.down = store.read_matrix(shared_expert_tensor_name(config, layer, ExpertMatrix::kDown),
+                                     0, hidden_, shard.shared_ffn_begin, shared_size_);
+    shared_gate_ = store.read_matrix(shared_expert_gate_tensor_name(config, layer), 0, 1);
+  }
 }
 
 uint64_t MoeFfn::expert_weight_bytes() const {
@@ -45,7 +71,8 @@ uint64_t MoeFfn::expert_weight_bytes() const {
 }
 
 uint64_t MoeFfn::weight_bytes() const {
-  return router_.bytes() + expert_weight_bytes();
+  return router_.bytes() + expert_weight_bytes() + shared_.gate_up.bytes() + shared_.down.bytes() +
+         shared_gate_.bytes();
 }
 
 void MoeFfn::forward(const KernelBackend& backend, const float* x, int64_t T, float* out,
@@ -119,6 +146,25 @@ void MoeFfn::forward(const KernelBackend& backend, const float* x, int64_t T, fl
       const float* src = expert_out_.data() + r * H;
       const float weight = row_weights_[r];
       for (int64_t h = 0; h < H; ++h) dst[h] += weight * src[h];
+    }
+  }
+
+  // Shared expert: all T tokens, this rank's columns, scaled per token by the gate's sigmoid.
+  if (shared_size_ > 0) {
+    const int64_t S = shared_size_;
+    gate_up_.resize(T * 2 * S);
+    act_.resize(T * S);
+    expert_out_.resize(T * H);
+    shared_scale_.resize(T);
+    backend.matmul(x, T, shared_.gate_up, nullptr, gate_up_.data());
+    backend.silu_mul(gate_up_.data(), T, S, act_.data());
+    backend.matmul(act_.data(), T, shared_.down, nullptr, expert_out_.data());
+    backend.matmul(x, T, shared_gate_, nullptr, shared_scale_.data());
+    for (int64_t t = 0; t < T; ++t) {
+      const float scale = 1.f / (1.f + std::exp(-shared_scale_[t]));
+      const float* src = expert_out_.data() + t * H;
+      float* dst = out + t * H;
+      for (int64_t h = 0; h < H; ++h) dst[h] += scale * src[h];
     }
   }
 }

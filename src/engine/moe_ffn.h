@@ -6,6 +6,9 @@
 // collective a dense layer needs, which is the combine step of expert parallelism: the tokens
 // are already on every rank of the group after attention, so dispatch moves no data.
 //
+// Shared expert (Qwen2-MoE): every token also goes through one FFN split over the tp group like a
+// dense FFN, scaled by sigmoid(shared_expert_gate . x) and added to the same partial sum.
+//
 // Grouped expert matmul: the tokens routed to one expert are gathered into one batch, so each
 // expert's weights are read once per step however many tokens chose it.
 #pragma once
@@ -31,6 +34,11 @@ struct MoeRoutingCounts {
   uint64_t single_token_expert_bytes = 0;
 };
 
+// The stored type of the experts' down_proj matrices (the ones tp / ep splits by columns) with
+// the largest block of any sparse layer, for the shard plan's no-cut rule
+// (expert_parallel_problem). F32 for a dense model.
+DType stored_expert_dtype(const ModelStoreReader& store, const ModelConfig& config);
+
 class MoeFfn {
  public:
   // Reads the router and this rank's experts (its slice of each) for `layer` from the store.
@@ -43,7 +51,9 @@ class MoeFfn {
                MoeRoutingCounts& counts);
 
   uint64_t weight_bytes() const;
-  uint64_t expert_weight_bytes() const;  // this rank's experts only (weight_bytes less the router)
+  // This rank's routed experts only (weight_bytes less the router and the shared expert, which
+  // every token reads).
+  uint64_t expert_weight_bytes() const;
   int num_local_experts() const { return static_cast<int>(experts_.size()); }
 
  private:
@@ -59,6 +69,11 @@ class MoeFfn {
   int ffn_size_ = 0;  // this rank's columns of each expert
   WeightMatrix router_;
   std::vector<Expert> experts_;
+  // Shared expert (Qwen2-MoE; empty otherwise): this rank's slice, as a dense FFN's, and the
+  // replicated gate [1][hidden].
+  int shared_size_ = 0;
+  Expert shared_;
+  WeightMatrix shared_gate_;
 
   // Per-step scratch.
   std::vector<float> logits_;       // [T][num_experts]
@@ -66,7 +81,7 @@ class MoeFfn {
   std::vector<float> weights_;      // [T][top_k]
   std::vector<int32_t> rows_;       // gathered token rows of one expert
   std::vector<float> row_weights_;  // their routing weights
-  std::vector<float> gathered_, gate_up_, act_, expert_out_;
+  std::vector<float> gathered_, gate_up_, act_, expert_out_, shared_scale_;
 };
 
 }  // namespace alem

@@ -24,7 +24,7 @@ std::string ShardPlan::describe() const {
 }
 
 std::string expert_parallel_problem(int num_experts, int moe_intermediate_size, int tp_size,
-                                    int ep_size, bool int8_weights) {
+                                    int ep_size, DType expert_dtype) {
   const std::string ep = std::to_string(ep_size), tp = std::to_string(tp_size);
   if (ep_size < 1 || tp_size < 1 || tp_size % ep_size != 0) {
     return "expert parallel size " + ep + " does not divide the tensor parallel size " + tp +
@@ -44,16 +44,23 @@ std::string expert_parallel_problem(int num_experts, int moe_intermediate_size, 
            " ranks per expert does not divide moe_intermediate_size " +
            std::to_string(moe_intermediate_size);
   }
-  if (int8_weights && expert_tp > 1 && (moe_intermediate_size / expert_tp) % kInt8GroupSize != 0) {
-    return "int8 weights need expert down_proj slices of whole 32-column groups at tp / ep = " +
-           std::to_string(expert_tp);
+  const int64_t block =
+      expert_dtype == DType::I8 ? kInt8GroupSize : dtype_block_elements(expert_dtype);
+  const int slice = moe_intermediate_size / expert_tp;
+  if (expert_tp > 1 && slice % block != 0) {
+    return std::string(expert_dtype == DType::I8 ? "int8" : dtype_name(expert_dtype)) +
+           " expert weights come in blocks of " + std::to_string(block) +
+           " columns, and at tp / ep = " + std::to_string(expert_tp) + " each rank would hold " +
+           std::to_string(slice) + " of the " + std::to_string(moe_intermediate_size) +
+           " columns of every expert's down_proj, which cuts a block: use --ep " + tp +
+           " (whole experts per rank), a smaller tp / ep, or a store with unblocked (bf16) experts";
   }
   return "";
 }
 
 ShardPlan make_shard_plan(const ModelConfig& c, int tp_size, int tp_rank, int pp_size, int pp_rank,
-                          bool int8_weights, const std::vector<int>& layers_per_stage,
-                          int ep_size) {
+                          bool int8_weights, const std::vector<int>& layers_per_stage, int ep_size,
+                          std::optional<DType> expert_dtype) {
   ALEM_CHECK(tp_size >= 1 && tp_rank >= 0 && tp_rank < tp_size, "bad tensor-parallel rank");
   ALEM_CHECK(pp_size >= 1 && pp_rank >= 0 && pp_rank < pp_size, "bad pipeline-parallel rank");
   const std::string shape = " (model has " + std::to_string(c.num_heads) + " heads, " +
@@ -87,8 +94,9 @@ ShardPlan make_shard_plan(const ModelConfig& c, int tp_size, int tp_rank, int pp
              "local query heads must be a multiple of local kv heads");
 
   const bool moe = c.num_moe_layers() > 0;
-  if (std::string why = expert_parallel_problem(moe ? c.num_experts : 0, c.moe_intermediate_size,
-                                                tp_size, ep_size, int8_weights);
+  if (std::string why = expert_parallel_problem(
+          moe ? c.num_experts : 0, c.moe_intermediate_size, tp_size, ep_size,
+          expert_dtype.value_or(int8_weights ? DType::I8 : DType::F32));
       !why.empty()) {
     ALEM_FAIL(why + (moe ? "" : " (" + c.architecture + " has no experts)"));
   }
@@ -100,6 +108,18 @@ ShardPlan make_shard_plan(const ModelConfig& c, int tp_size, int tp_rank, int pp
     p.expert_begin = p.ep_rank * p.num_local_experts;
     p.expert_ffn_size = c.moe_intermediate_size / expert_tp;
     p.expert_ffn_begin = (tp_rank % expert_tp) * p.expert_ffn_size;
+  }
+  if (moe && c.shared_expert_intermediate_size > 0) {
+    ALEM_CHECK(c.shared_expert_intermediate_size % tp_size == 0,
+               "tensor parallel size " + std::to_string(tp_size) +
+                   " does not divide the shared expert's intermediate size " +
+                   std::to_string(c.shared_expert_intermediate_size));
+    p.shared_ffn_size = c.shared_expert_intermediate_size / tp_size;
+    p.shared_ffn_begin = tp_rank * p.shared_ffn_size;
+    ALEM_CHECK(!int8_weights || tp_size == 1 || p.shared_ffn_size % kInt8GroupSize == 0,
+               "int8 and block weights need shared expert slices of whole 32-column groups at "
+               "tp " +
+                   std::to_string(tp_size));
   }
   const bool has_dense_ffn = c.num_moe_layers() < c.num_layers;
   ALEM_CHECK(!has_dense_ffn || c.intermediate_size % tp_size == 0,

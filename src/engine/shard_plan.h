@@ -9,12 +9,15 @@
 // Expert parallel (MoE layers): the tp group's ranks form ep slices of tp / ep consecutive
 // ranks; slice i holds experts [i * E / ep, (i + 1) * E / ep) whole, each split over the slice's
 // tp / ep ranks like a dense FFN (gate/up rows, down columns). The router is replicated.
-// Supported: ep divides tp and the expert count, and tp / ep divides moe_intermediate_size.
+// Supported: ep divides tp and the expert count, and tp / ep divides moe_intermediate_size (in
+// whole blocks when the experts are int8 or ggml blocks: a split never cuts a block).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "model/model_config.h"
 #include "mpi/parallel_layout.h"
 
@@ -38,6 +41,9 @@ struct ShardPlan {
   int ep_size = 1, ep_rank = 0;
   int expert_begin = 0, num_local_experts = 0;
   int expert_ffn_begin = 0, expert_ffn_size = 0;
+  // Shared expert (Qwen2-MoE) columns [shared_ffn_begin, shared_ffn_begin + shared_ffn_size),
+  // split over all tp ranks like a dense FFN. Zero without one.
+  int shared_ffn_begin = 0, shared_ffn_size = 0;
 
   bool has_embedding() const { return pp_rank == 0; }
   bool has_lm_head() const { return pp_rank == pp_size - 1; }
@@ -48,16 +54,21 @@ struct ShardPlan {
 // returns "" when a tensor-parallel group of `tp_size` ranks can hold `num_experts` experts of
 // `moe_intermediate_size` columns in `ep_size` slices, else the reason, as make_shard_plan
 // reports it. The rule: ep >= 1 divides tp; ep > 1 needs experts (num_experts > 0); ep divides
-// num_experts; tp / ep divides moe_intermediate_size; with int8 weights and tp / ep > 1 each
-// expert's slice is whole 32-column groups. Any pp and dp combine with it: ep subdivides the tp
-// group of each stage of each replica and never spans stages or replicas.
+// num_experts; tp / ep divides moe_intermediate_size; with tp / ep > 1 each rank's columns of an
+// expert's down_proj are whole blocks of `expert_dtype` (32-column groups for int8, 32 for
+// Q4_0/Q4_1/Q8_0, dtype_block_elements for any other block type), since a split inside a block
+// cannot be read. Any pp and dp combine with it: ep subdivides the tp group of each stage of each
+// replica and never spans stages or replicas.
 std::string expert_parallel_problem(int num_experts, int moe_intermediate_size, int tp_size,
-                                    int ep_size, bool int8_weights = false);
+                                    int ep_size, DType expert_dtype = DType::F32);
 
 // Throws alem::Error naming the constraint when the layout cannot shard the model.
 // `int8_weights`: row-parallel splits must then also fall on 32-column group boundaries.
+// `expert_dtype`: the stored type of the experts (the strictest block of any sparse layer); when
+// absent, int8 when `int8_weights`, else unblocked.
 ShardPlan make_shard_plan(const ModelConfig& config, int tp_size, int tp_rank, int pp_size,
                           int pp_rank, bool int8_weights,
-                          const std::vector<int>& layers_per_stage = {}, int ep_size = 1);
+                          const std::vector<int>& layers_per_stage = {}, int ep_size = 1,
+                          std::optional<DType> expert_dtype = std::nullopt);
 
 }  // namespace alem

@@ -48,8 +48,10 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
   // int8 and the ggml block types: row-parallel splits must fall on 32-column boundaries.
   const DType q_dtype = store.tensor_info(q_name).dtype;
   const bool int8 = q_dtype == DType::I8 || dtype_is_block(q_dtype);
+  // Experts may be stored in another type than attention (a GGUF's own expert blocks).
   shard_ = make_shard_plan(config_, ctx.layout.tp_size(), ctx.coords.tp, ctx.layout.pp_size(),
-                           ctx.coords.pp, int8, options.layers_per_stage, ctx.layout.ep_size());
+                           ctx.coords.pp, int8, options.layers_per_stage, ctx.layout.ep_size(),
+                           stored_expert_dtype(store, config_));
   if (options_.max_model_len <= 0) options_.max_model_len = config_.context_limit();
   ALEM_CHECK(options_.max_model_len <= config_.context_limit(),
              "max_model_len " + std::to_string(options_.max_model_len) +

@@ -20,6 +20,16 @@ const std::vector<ArchitectureInfo>& supported_architectures() {
        false,
        {"mlp.gate.weight", "mlp.experts.", "gate_proj.weight", "up_proj.weight", "down_proj.weight",
         "moe_intermediate_size", false, true}},
+      {"qwen2moe",
+       "Qwen2MoeForCausalLM",
+       "qwen2_moe",
+       true,
+       false,
+       true,
+       false,
+       {"mlp.gate.weight", "mlp.experts.", "gate_proj.weight", "up_proj.weight", "down_proj.weight",
+        "moe_intermediate_size", false, true, "mlp.shared_expert.",
+        "mlp.shared_expert_gate.weight"}},
       {"mixtral",
        "MixtralForCausalLM",
        "mixtral",
@@ -73,6 +83,21 @@ std::string expert_tensor_name(const ModelConfig& config, int layer, int expert,
       layer, std::string(f.experts) + std::to_string(expert) + "." + std::string(matrix));
 }
 
+std::string shared_expert_tensor_name(const ModelConfig& config, int layer, ExpertMatrix which) {
+  const MoeFamily& f = moe_family(config);
+  ALEM_CHECK(!f.shared_expert.empty(), config.architecture + " has no shared expert");
+  const std::string_view matrix = which == ExpertMatrix::kGate ? f.gate
+                                  : which == ExpertMatrix::kUp ? f.up
+                                                               : f.down;
+  return layer_tensor_name(layer, std::string(f.shared_expert) + std::string(matrix));
+}
+
+std::string shared_expert_gate_tensor_name(const ModelConfig& config, int layer) {
+  const MoeFamily& f = moe_family(config);
+  ALEM_CHECK(!f.shared_expert_gate.empty(), config.architecture + " has no shared expert");
+  return layer_tensor_name(layer, std::string(f.shared_expert_gate));
+}
+
 std::string router_tensor_name(const ModelConfig& config, int layer) {
   return layer_tensor_name(layer, std::string(moe_family(config).router));
 }
@@ -109,6 +134,14 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
         t.push_back({expert_tensor_name(c, i, e, M::kGate), {f, h}, R::kExpertColumn});
         t.push_back({expert_tensor_name(c, i, e, M::kUp), {f, h}, R::kExpertColumn});
         t.push_back({expert_tensor_name(c, i, e, M::kDown), {h, f}, R::kExpertRow});
+      }
+      if (c.shared_expert_intermediate_size > 0) {  // split over tp like a dense FFN
+        using M = ExpertMatrix;
+        const int64_t s = c.shared_expert_intermediate_size;
+        t.push_back({shared_expert_tensor_name(c, i, M::kGate), {s, h}, R::kColumnParallel});
+        t.push_back({shared_expert_tensor_name(c, i, M::kUp), {s, h}, R::kColumnParallel});
+        t.push_back({shared_expert_tensor_name(c, i, M::kDown), {h, s}, R::kRowParallel});
+        t.push_back({shared_expert_gate_tensor_name(c, i), {1, h}, R::kReplicated});
       }
     } else {
       const int64_t f = c.intermediate_size;

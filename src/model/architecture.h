@@ -30,6 +30,12 @@ struct MoeFamily {
   bool always_norm_topk;
   // config.json's dense-layer switches (decoder_sparse_step, mlp_only_layers) apply.
   bool dense_layer_switches;
+  // Shared expert (Qwen2-MoE): a SiLU FFN of config.shared_expert_intermediate_size that every
+  // token of a sparse layer goes through beside its routed experts, "{shared_expert}{gate|up|
+  // down}" in the expert matrices' names, its output scaled by sigmoid("{shared_expert_gate}" . x)
+  // ([1, hidden]). Empty: the family has none.
+  std::string_view shared_expert = {};
+  std::string_view shared_expert_gate = {};
 };
 
 struct ArchitectureInfo {
@@ -39,6 +45,7 @@ struct ArchitectureInfo {
   bool always_attention_bias;      // q/k/v biases whatever config.json says (Qwen2)
   bool qk_norm;                    // per-head RMSNorm on q and k (Qwen3)
   bool mixture_of_experts;         // sparse FFN layers with a router and experts (Qwen3-MoE)
+                                   // (Qwen2-MoE adds a shared expert: MoeFamily)
   bool sliding_window;             // config.json's sliding_window applies (Mixtral)
   MoeFamily moe = {};              // mixture-of-experts families only
   // GGUF general.architecture when it differs from `name` (llama.cpp writes Mixtral as
@@ -85,6 +92,11 @@ std::string expert_tensor_name(const ModelConfig& config, int layer, int expert,
 // The router of a sparse layer, [num_experts][hidden]: "model.layers.{layer}.mlp.gate.weight"
 // (Qwen3-MoE), "model.layers.{layer}.block_sparse_moe.gate.weight" (Mixtral).
 std::string router_tensor_name(const ModelConfig& config, int layer);
+// The shared expert's matrices of a sparse layer (families with one, e.g.
+// "model.layers.1.mlp.shared_expert.gate_proj.weight") and its gate, [1][hidden]
+// ("model.layers.1.mlp.shared_expert_gate.weight"). Throw alem::Error for other families.
+std::string shared_expert_tensor_name(const ModelConfig& config, int layer, ExpertMatrix which);
+std::string shared_expert_gate_tensor_name(const ModelConfig& config, int layer);
 // The family of a mixture-of-experts config; throws alem::Error for a dense one.
 const MoeFamily& moe_family(const ModelConfig& config);
 

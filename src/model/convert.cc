@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 
 #include "core/error.h"
 #include "model/gguf_moe.h"
@@ -97,9 +98,14 @@ std::string read_text(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-// Tensors the engine stacks into one matrix share a key (q/k/v, gate/up of one layer or expert).
+// Tensors the engine stacks into one matrix share a key (q/k/v, gate/up of one layer or expert;
+// GGUF's stacked gate/up experts of one layer, which have no HF name).
 std::string fusion_group(const std::string& hf_name) {
   std::string key = hf_name;
+  for (const char* part : {"ffn_gate_exps", "ffn_up_exps"}) {
+    const size_t at = key.find(part);
+    if (at != std::string::npos) return key.replace(at, std::string(part).size(), "ffn_exps");
+  }
   for (const char* part : {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}) {
     const size_t at = key.find(part);
     if (at != std::string::npos) {
@@ -110,12 +116,31 @@ std::string fusion_group(const std::string& hf_name) {
   return key;
 }
 
-// The stored type of each 2-D tensor when GGUF types are kept (convert.h).
+// The key of a GGUF tensor's stored type: its HF name, or its GGUF name for the expert tensors
+// and routers (gguf_moe.h), which have none.
+std::string stored_type_key(const GgufTensorInfo& t) {
+  return t.hf_name.empty() ? t.name : t.hf_name;
+}
+
+// Routers stay f32 when the other matrices are quantised, as llama.cpp's quantiser keeps
+// ffn_gate_inp: a rounded router logit would change which experts a token goes to.
+DType router_dtype(DType dtype) {
+  return dtype_is_block(dtype) || dtype == DType::I8 ? DType::F32 : dtype;
+}
+
+bool is_gguf_router(const std::string& gguf_name) {
+  const std::string suffix = ".ffn_gate_inp.weight";
+  return gguf_name.size() > suffix.size() &&
+         gguf_name.compare(gguf_name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The stored type of each 2-D tensor (and stacked 3-D expert tensor) when GGUF types are kept
+// (convert.h).
 std::map<std::string, DType> kept_types(const GgufFile& gguf, DType fallback) {
   std::map<std::string, DType> chosen;
   std::map<std::string, std::vector<std::string>> groups;
   for (const GgufTensorInfo& t : gguf.tensors()) {
-    if (t.dims.size() != 2) continue;
+    if (t.dims.size() != 2 && t.dims.size() != 3) continue;  // 3-D: stacked experts
     DType dtype = fallback;
     if (!ggml_type_as_dtype(t.type, &dtype)) {
       switch (static_cast<GgmlType>(t.type)) {
@@ -132,8 +157,9 @@ std::map<std::string, DType> kept_types(const GgufFile& gguf, DType fallback) {
           dtype = fallback;
       }
     }
-    chosen[t.hf_name] = dtype;
-    groups[fusion_group(t.hf_name)].push_back(t.hf_name);
+    const std::string key = stored_type_key(t);
+    chosen[key] = dtype;
+    groups[fusion_group(key)].push_back(key);
   }
   for (const auto& [key, members] : groups) {
     bool mixed = false;
@@ -191,9 +217,11 @@ ConvertReport convert_gguf(const std::string& gguf_path, const std::string& out_
     int64_t done = 0;
     for (const GgufTensorInfo& t : gguf.tensors()) {
       report_progress(options, done++, total);
-      if (write_gguf_moe_tensor(gguf, config, t, writer, options.dtype)) continue;
-      const DType dtype = stored.count(t.hf_name) ? stored.at(t.hf_name)
-                                                  : stored_matrix_dtype(options.dtype, t.cols());
+      const std::string key = stored_type_key(t);
+      DType dtype =
+          stored.count(key) ? stored.at(key) : stored_matrix_dtype(options.dtype, t.cols());
+      if (!options.keep_gguf_types && is_gguf_router(t.name)) dtype = router_dtype(dtype);
+      if (write_gguf_moe_tensor(gguf, config, t, writer, dtype)) continue;
       if (t.dims.size() == 2 && dtype_is_block(dtype)) {
         // Block for block as the file has them (raw_rows un-permutes q/k rows only).
         WeightMatrix m;
@@ -249,6 +277,14 @@ ConvertReport convert_safetensors(const std::string& hf_dir, const std::string& 
   }
   check_tensor_set(config, present, "Hugging Face checkpoint " + hf_dir);
   const std::string source = "safetensors:" + fs::path(hf_dir).filename().string();
+  std::set<std::string> routers;
+  for (int layer = 0; layer < config.num_layers; ++layer) {
+    if (!config.is_moe_layer(layer)) continue;
+    routers.insert(router_tensor_name(config, layer));
+    if (config.shared_expert_intermediate_size > 0) {
+      routers.insert(shared_expert_gate_tensor_name(config, layer));  // a router of one
+    }
+  }
   return write_store(out_h5, config, tokenizer, source, [&](ModelStoreWriter& writer) {
     const int64_t total = static_cast<int64_t>(present.size());
     int64_t done = 0;
@@ -256,8 +292,9 @@ ConvertReport convert_safetensors(const std::string& hf_dir, const std::string& 
       report_progress(options, done++, total);
       const std::vector<float> values = checkpoint.read_f32(name);
       if (shape.size() == 2) {
-        writer.add_matrix(name, values.data(), shape[0], shape[1],
-                          stored_matrix_dtype(options.dtype, shape[1]));
+        const DType dtype = routers.count(name) ? router_dtype(options.dtype)
+                                                : stored_matrix_dtype(options.dtype, shape[1]);
+        writer.add_matrix(name, values.data(), shape[0], shape[1], dtype);
       } else {
         writer.add_vector(name, values.data(), shape[0]);
       }

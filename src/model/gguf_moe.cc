@@ -9,6 +9,7 @@
 #include "model/gguf_reader.h"
 #include "model/model_config.h"
 #include "model/model_store_writer.h"
+#include "model/weights.h"
 
 namespace alem {
 namespace {
@@ -58,6 +59,22 @@ void check_expert_dims(const ModelConfig& c, const GgufTensorInfo& t, MoeTensorK
                                  " (GGUF order) for this model's experts");
 }
 
+// A matrix of ggml blocks from their bytes, checked against its shape.
+WeightMatrix block_matrix(const uint8_t* bytes, size_t size, int64_t rows, int64_t cols,
+                          DType dtype, const std::string& tensor) {
+  WeightMatrix m;
+  m.dtype = dtype;
+  m.rows = rows;
+  m.cols = cols;
+  ALEM_CHECK(size == static_cast<size_t>(rows) * dtype_row_bytes(dtype, cols),
+             "GGUF tensor '" + tensor + "' has " + std::to_string(size) + " bytes for a [" +
+                 std::to_string(rows) + ", " + std::to_string(cols) +
+                 "] matrix, not rows of whole " + dtype_name(dtype) + " blocks");
+  m.data.resize(size);
+  std::copy(bytes, bytes + size, m.data.data());
+  return m;
+}
+
 }  // namespace
 
 void read_gguf_moe_config(const GgufFile& gguf, ModelConfig& config) {
@@ -100,9 +117,10 @@ bool add_gguf_moe_tensor_shapes(const ModelConfig& config, const GgufTensorInfo&
              "GGUF tensor '" + t.name +
                  "' belongs to a sparse layer, but the metadata makes layer " +
                  std::to_string(layer) + " dense");
-  ALEM_CHECK(ggml_dequantize_supported(t.type), "GGUF tensor '" + t.name + "' has type " +
-                                                    ggml_type_name(t.type) +
-                                                    ", which alem cannot dequantize");
+  DType kept = DType::F32;
+  ALEM_CHECK(ggml_dequantize_supported(t.type) || ggml_type_as_dtype(t.type, &kept),
+             "GGUF tensor '" + t.name + "' has type " + ggml_type_name(t.type) +
+                 ", which alem can neither keep nor dequantize");
   if (kind == MoeTensorKind::kRouter) {
     present[router_tensor_name(config, layer)] = t.hf_shape();
     return true;
@@ -119,16 +137,43 @@ bool write_gguf_moe_tensor(const GgufFile& gguf, const ModelConfig& config, cons
   int layer = -1;
   const MoeTensorKind kind = parse_moe_tensor(t.name, &layer);
   if (kind == MoeTensorKind::kNone) return false;
-  const std::vector<float> values = gguf.dequantize(t.name);
+  // Blocks of the file's own type are copied as they are; anything else is expanded to f32 (one
+  // expert at a time) and stored as `dtype` (rounded or quantised by the writer).
+  DType file_dtype = DType::F32;
+  const bool copy_blocks =
+      dtype_is_block(dtype) && ggml_type_as_dtype(t.type, &file_dtype) && file_dtype == dtype;
   if (kind == MoeTensorKind::kRouter) {
-    writer.add_matrix(router_tensor_name(config, layer), values.data(), t.rows(), t.cols(), dtype);
+    if (copy_blocks) {
+      const std::vector<uint8_t> bytes = gguf.raw_rows(t.name);
+      writer.add_matrix(
+          router_tensor_name(config, layer),
+          block_matrix(bytes.data(), bytes.size(), t.rows(), t.cols(), dtype, t.name));
+    } else {
+      const std::vector<float> values = gguf.dequantize(t.name);
+      writer.add_matrix(router_tensor_name(config, layer), values.data(), t.rows(), t.cols(),
+                        dtype);
+    }
     return true;
   }
   check_expert_dims(config, t, kind);
   const int64_t rows = t.dims[1], cols = t.dims[0];  // one expert's [rows, cols], HF orientation
+  const uint64_t expert_bytes = ggml_bytes_for(t.type, rows * cols);
+  ALEM_CHECK(t.bytes == expert_bytes * static_cast<uint64_t>(config.num_experts),
+             "GGUF tensor '" + t.name + "' has " + std::to_string(t.bytes) + " bytes, not " +
+                 std::to_string(config.num_experts) + " experts of " +
+                 std::to_string(expert_bytes));
+  const uint8_t* data = gguf.tensor_data(t);
+  std::vector<float> values;
   for (int e = 0; e < config.num_experts; ++e) {
-    writer.add_matrix(expert_tensor_name(config, layer, e, expert_matrix(kind)),
-                      values.data() + static_cast<size_t>(e) * rows * cols, rows, cols, dtype);
+    const uint8_t* expert = data + static_cast<size_t>(e) * expert_bytes;
+    const std::string name = expert_tensor_name(config, layer, e, expert_matrix(kind));
+    if (copy_blocks) {
+      writer.add_matrix(name, block_matrix(expert, expert_bytes, rows, cols, dtype, t.name));
+      continue;
+    }
+    values.resize(static_cast<size_t>(rows * cols));
+    dequantize_ggml(t.type, expert, expert_bytes, values.data(), rows * cols);
+    writer.add_matrix(name, values.data(), rows, cols, dtype);
   }
   return true;
 }

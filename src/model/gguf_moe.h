@@ -3,8 +3,9 @@
 // [experts, hidden, expert ffn], outermost first) and its router as blk.N.ffn_gate_inp
 // ([experts, hidden]). alem's store keeps one 2-D matrix per expert under the family's own
 // names (model/architecture.h), so a rank reads its experts alone; this file maps one to the
-// other. Families: `qwen3moe`, and `llama` with experts, which is how llama.cpp writes Mixtral.
-// Kept apart from gguf_reader.cc/convert.cc, which call these three functions.
+// other, keeping the file's ggml blocks when asked. Families: `qwen3moe`, and `llama` with experts,
+// which is how llama.cpp writes Mixtral. Kept apart from gguf_reader.cc/convert.cc, which call
+// these three functions.
 #pragma once
 
 #include <cstdint>
@@ -35,8 +36,11 @@ void read_gguf_moe_config(const GgufFile& gguf, ModelConfig& config);
 bool add_gguf_moe_tensor_shapes(const ModelConfig& config, const GgufTensorInfo& tensor,
                                 std::map<std::string, std::vector<int64_t>>& present);
 
-// Writes a stacked expert tensor as one matrix per expert (or a router as its matrix) and returns
-// true; false for any other tensor.
+// Writes a stacked expert tensor as one matrix per expert (or a router as its matrix) of stored
+// type `dtype` and returns true; false for any other tensor. When `dtype` is the file's own block
+// type (Q4_0, Q8_0, ... whatever ggml_type_as_dtype keeps), each expert's blocks are copied byte
+// for byte; otherwise each expert is expanded to f32 and stored as `dtype` (rounded, or quantised
+// by the writer).
 bool write_gguf_moe_tensor(const GgufFile& gguf, const ModelConfig& config,
                            const GgufTensorInfo& tensor, ModelStoreWriter& writer, DType dtype);
 

@@ -140,7 +140,15 @@ void ModelConfig::validate() const {
                "model config: architecture '" + architecture +
                    "' has no experts, but the config "
                    "sets num_experts/num_experts_per_tok/moe_intermediate_size/mlp_only_layers");
+    ALEM_CHECK(shared_expert_intermediate_size == 0,
+               "model config: architecture '" + architecture + "' has no shared expert");
     return;
+  }
+  if (arch->moe.shared_expert.empty()) {
+    ALEM_CHECK(shared_expert_intermediate_size == 0,
+               "model config: architecture '" + architecture + "' has no shared expert");
+  } else {
+    check_positive(shared_expert_intermediate_size, "shared_expert_intermediate_size");
   }
   check_positive(num_experts, "num_experts");
   check_positive(num_experts_per_tok, "num_experts_per_tok");
@@ -214,6 +222,9 @@ std::string ModelConfig::to_json() const {
     j["norm_topk_prob"] = norm_topk_prob;
     j["decoder_sparse_step"] = decoder_sparse_step;
     j["mlp_only_layers"] = mlp_only_layers;
+    if (shared_expert_intermediate_size > 0) {
+      j["shared_expert_intermediate_size"] = shared_expert_intermediate_size;
+    }
   }
   return j.dump();
 }
@@ -255,6 +266,7 @@ ModelConfig ModelConfig::from_json(const std::string& json_text) {
   c.norm_topk_prob = optional<bool>(j, "norm_topk_prob", false, what);
   c.decoder_sparse_step = optional<int>(j, "decoder_sparse_step", 1, what);
   c.mlp_only_layers = optional<std::vector<int>>(j, "mlp_only_layers", {}, what);
+  c.shared_expert_intermediate_size = optional<int>(j, "shared_expert_intermediate_size", 0, what);
   c.validate();
   return c;
 }
@@ -322,7 +334,14 @@ ModelConfig ModelConfig::from_hf_config_json(const std::string& json_text) {
       c.decoder_sparse_step = optional<int>(j, "decoder_sparse_step", 1, what);
       c.mlp_only_layers = optional<std::vector<int>>(j, "mlp_only_layers", {}, what);
     }
+    if (!moe.shared_expert.empty()) {
+      c.shared_expert_intermediate_size = required<int>(j, "shared_expert_intermediate_size", what);
+    }
   }
+  // Qwen2-MoE's sliding window applies only with use_sliding_window, which alem does not run.
+  ALEM_CHECK(!optional<bool>(j, "use_sliding_window", false, what) || arch->sliding_window,
+             what + ": use_sliding_window is set, but alem runs " + c.architecture +
+                 " with full attention only");
   c.bos_token_id = optional<int>(j, "bos_token_id", -1, what);
   if (auto it = j.find("eos_token_id"); it != j.end() && !it->is_null()) {
     if (it->is_array()) {
@@ -352,6 +371,9 @@ int64_t count_parameters(const ModelConfig& c, int64_t experts_per_sparse_layer)
     if (c.is_moe_layer(l)) {
       total += int64_t{c.num_experts} * h  // router
                + experts_per_sparse_layer * 3 * h * c.moe_intermediate_size;
+      if (c.shared_expert_intermediate_size > 0) {  // shared expert and its gate
+        total += 3 * h * c.shared_expert_intermediate_size + h;
+      }
     } else {
       total += 3 * h * c.intermediate_size;  // gate, up, down
     }

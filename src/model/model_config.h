@@ -19,8 +19,9 @@ struct RopeScaling {
 };
 
 struct ModelConfig {
-  std::string architecture = "llama";  // "llama", "qwen2", "qwen3", "qwen3moe", "mixtral"
-  std::string name;                    // human-readable, e.g. "SmolLM2-135M-Instruct"
+  std::string architecture =
+      "llama";       // "llama", "qwen2", "qwen3", "qwen3moe", "qwen2moe", "mixtral"
+  std::string name;  // human-readable, e.g. "SmolLM2-135M-Instruct"
   int vocab_size = 0;
   int hidden_size = 0;
   int num_layers = 0;
@@ -53,6 +54,9 @@ struct ModelConfig {
   bool norm_topk_prob = false;
   int decoder_sparse_step = 1;
   std::vector<int> mlp_only_layers;
+  // Qwen2-MoE's shared expert: every token of a sparse layer also goes through one SiLU FFN of
+  // this size, scaled by sigmoid(shared_expert_gate . x) (model/architecture.h). 0: none.
+  int shared_expert_intermediate_size = 0;
 
   bool is_moe_layer(int layer) const;
   int num_moe_layers() const;

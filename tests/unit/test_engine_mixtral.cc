@@ -120,7 +120,7 @@ TEST(Mixtral, ExpertParallelRuleIsOneFunction) {
             std::string::npos);
   EXPECT_NE(expert_parallel_problem(8, 30, 4, 1).find("moe_intermediate_size 30"),
             std::string::npos);
-  EXPECT_NE(expert_parallel_problem(8, 32, 4, 2, /*int8_weights=*/true).find("int8"),
+  EXPECT_NE(expert_parallel_problem(8, 32, 4, 2, DType::I8).find("int8"),
             std::string::npos);  // 32 columns over 2 ranks: half a group each
   ModelStoreReader store(tiny_store(kMixtralModel, DType::BF16));
   for (int tp : {1, 2, 4}) {
