@@ -14,14 +14,16 @@
 namespace alem {
 
 DType stored_expert_dtype(const ModelStoreReader& store, const ModelConfig& config) {
-  DType strictest = DType::F32;
   auto block = [](DType t) { return t == DType::I8 ? kInt8GroupSize : dtype_block_elements(t); };
+  bool found = false;
+  DType strictest = DType::F32;
   for (int layer = 0; layer < config.num_layers; ++layer) {
     if (!config.is_moe_layer(layer)) continue;
     for (int e = 0; e < config.num_experts; ++e) {
       const DType t =
           store.tensor_info(expert_tensor_name(config, layer, e, ExpertMatrix::kDown)).dtype;
-      if (block(t) > block(strictest)) strictest = t;
+      if (!found || block(t) > block(strictest)) strictest = t;
+      found = true;
     }
   }
   return strictest;

@@ -11,6 +11,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "engine/moe_ffn.h"
 #include "engine/shard_plan.h"
 #include "engine/transformer.h"
 #include "kernels/backend.h"
@@ -53,6 +54,7 @@ TEST(Qwen2Moe, ConfigAndTensorsFromHuggingFace) {
   EXPECT_EQ(store.tensor_info(shared_expert_gate_tensor_name(c, 1)).shape,
             (std::vector<int64_t>{1, 64}));
   EXPECT_EQ(verify_store(tiny_store(kModel, DType::BF16)), "");
+  EXPECT_EQ(stored_expert_dtype(store, c), DType::BF16);
   const ModelConfig round = ModelConfig::from_json(c.to_json());
   EXPECT_EQ(round.to_json(), c.to_json());
   EXPECT_EQ(round.shared_expert_intermediate_size, 64);
