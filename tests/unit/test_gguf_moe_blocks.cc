@@ -163,6 +163,11 @@ TEST(GgufMoeBlocks, SplitThatCutsABlockIsRefusedAtStartUp) {
   EXPECT_NE(expert_parallel_problem(8, 64, 4, 1, DType::Q8_0).find("16 of the 64"),
             std::string::npos);
   EXPECT_EQ(expert_parallel_problem(8, 32, 2, 1, DType::BF16), "");  // unblocked: any column
+  // K-quant super-blocks (256 values) flow through the same rule: Qwen3-30B-A3B's 768-column
+  // experts split into whole super-blocks at tp / ep = 3, not at 2.
+  EXPECT_EQ(expert_parallel_problem(128, 768, 3, 1, DType::Q4_K), "");
+  EXPECT_NE(expert_parallel_problem(128, 768, 4, 2, DType::Q4_K).find("blocks of 256 columns"),
+            std::string::npos);
 }
 
 // The safetensors folders quantised by `alem convert --dtype q8_0|q4_0`: every expert's blocks
