@@ -124,6 +124,14 @@ std::vector<Layout> layouts_for(const std::vector<Layout>& all, int world) {
   return out;
 }
 
+// Logit tolerance with the bf16 KV cache. A key or value that lands on the other side of a bf16
+// rounding moves by 2^-8 of itself, and attention carries that to every later logit: over these
+// layouts and the CPU's kernel paths (AVX-512, AMX with x split in three bf16 parts) the worst
+// difference measured was 0.02-0.063 on SmolLM2. A sharding error (a wrong head, shard or
+// reduction) moves logits by whole units and changes tokens; the f32-cache run beside it holds
+// the sharding itself to 2e-3 and both runs require identical tokens.
+constexpr double kBf16KvLogitTolerance = 0.1;
+
 TEST(ShardedExactness, RealModel) {
   const auto layouts =
       layouts_for({{1, 2, 1}, {3, 1, 1}, {1, 3, 1}, {3, 2, 1}}, test::world_size());
@@ -134,7 +142,7 @@ TEST(ShardedExactness, RealModel) {
   for (const Layout& l : layouts) {
     ASSERT_TRUE(test::all_ranks_agree(check_layout(test::model_path(), l, prompt, 12, 2e-3)));
     ASSERT_TRUE(test::all_ranks_agree(
-        check_layout(test::model_path(), l, prompt, 12, 5e-2, DType::BF16)));
+        check_layout(test::model_path(), l, prompt, 12, kBf16KvLogitTolerance, DType::BF16)));
   }
 }
 
@@ -154,7 +162,7 @@ TEST(ShardedExactness, TinySyntheticModel) {
   bool ok = true;
   for (const Layout& l : layouts) {
     ok = check_layout(path, l, prompt, 24, 1e-4) && ok;
-    ok = check_layout(path, l, prompt, 24, 5e-2, DType::BF16) && ok;
+    ok = check_layout(path, l, prompt, 24, kBf16KvLogitTolerance, DType::BF16) && ok;
   }
   std::filesystem::remove(path);
   ASSERT_TRUE(test::all_ranks_agree(ok));
