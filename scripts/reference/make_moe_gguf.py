@@ -39,7 +39,6 @@ Usage: .venv-reference/bin/python scripts/reference/make_moe_gguf.py
 import hashlib
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -238,8 +237,7 @@ def dequantised_folder(name, path, out_dir):
 def make_golden(name, path):
     """transformers' greedy tokens and logits for the quantised GGUF at `path`."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from make_qwen3_moe_reference import (NEW_TOKENS, PROMPTS, TOP_K, RouterGaps, f32,
-                                          greedy)
+    from golden_moe import RouterGaps, environment, run_prompts, settings, write_golden
     config = json.load(open(os.path.join(DATA, name, "config.json")))
     mixtral = config["model_type"] == "mixtral"
     with tempfile.TemporaryDirectory() as tmp:
@@ -269,11 +267,9 @@ def make_golden(name, path):
             for k, v in model.state_dict().items():
                 assert torch.equal(v, mine[k]), k
     gaps = RouterGaps(model, config["num_experts_per_tok"])
-    prompts = []
-    for p in PROMPTS:
-        gen, margins, steps = greedy(model, p["ids"], gaps)
-        prompts.append({"name": p["name"], "prompt_ids": p["ids"], "generated_ids": gen,
-                        "step_margin": margins, "steps": steps})
+    prompts = [{"name": p["name"], "prompt_ids": p["ids"], "generated_ids": gen,
+                "step_margin": margins, "steps": steps}
+               for p, gen, margins, steps in run_prompts(model, gaps)]
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     golden = {
@@ -282,20 +278,12 @@ def make_golden(name, path):
         "model": {"name": os.path.basename(path)[:-5], "file": "tests/data/" +
                   os.path.basename(path), "file_sha256": digest,
                   "stored_dtypes": "experts " + path.rsplit("-", 1)[1][:-5] + ", the rest bf16"},
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "transformers": transformers.__version__, "numpy": np.__version__,
-                        "gguf": getattr(gguf, "__version__", "?")},
-        "settings": {"max_new_tokens": NEW_TOKENS, "top_k_recorded": TOP_K,
-                     "decoding": "greedy (argmax of f32 logits, lowest id on ties)",
-                     "weights": how + "; computed in float32 (eager attention)",
-                     "min_step_margin": f32(min(min(p["step_margin"]) for p in prompts)),
-                     "min_router_gap": f32(gaps.min_gap)},
+        "environment": environment(gguf=getattr(gguf, "__version__", "?")),
+        "settings": settings(prompts, gaps.min_gap,
+                             how + "; computed in float32 (eager attention)"),
         "prompts": prompts,
     }
-    out = os.path.join(DATA, "golden", os.path.basename(path)[:-5] + ".json")
-    with open(out, "w") as f:
-        json.dump(golden, f, indent=None, separators=(",", ":"))
-        f.write("\n")
+    out = write_golden(os.path.basename(path)[:-5], golden)
     print(f"wrote {out}: min margin {golden['settings']['min_step_margin']}, "
           f"min router gap {gaps.min_gap:.4g}")
 

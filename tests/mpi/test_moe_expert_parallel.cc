@@ -1,6 +1,6 @@
 // ranks: 1 2 4 8
 // Qwen3-MoE and Mixtral with expert parallelism under MPI against Hugging Face transformers'
-// reference (tests/qwen3_moe_golden.h): every rank converts its own copy of the tiny MoE models,
+// reference (tests/moe_golden.h): every rank converts its own copy of the tiny MoE models,
 // loads its shard for the job's layout (experts spread over ep slices of the tp group, attention
 // tensor-parallel, layers over pp stages), and checks teacher-forced greedy tokens and every
 // step's top-20 logits on the last stage; verdicts are all-reduced so every rank agrees. Each
@@ -16,7 +16,7 @@
 #include "kernels/backend.h"
 #include "mpi/mpi_context.h"
 #include "mpi_test.h"
-#include "qwen3_moe_golden.h"
+#include "moe_golden.h"
 
 namespace alem {
 namespace {

@@ -17,19 +17,12 @@
 #include "model/architecture.h"
 #include "model/convert.h"
 #include "model/model_store.h"
-#include "qwen3_moe_golden.h"
+#include "moe_golden.h"
 
 namespace alem {
 namespace {
 
 using namespace test;  // the golden helpers
-
-struct StoreCleanup : ::testing::Environment {
-  void TearDown() override {
-    for (DType d : {DType::F32, DType::BF16}) std::filesystem::remove(store_file(kMixtralModel, d));
-  }
-};
-const auto* const kCleanup = ::testing::AddGlobalTestEnvironment(new StoreCleanup);
 
 TEST(Mixtral, ConfigAndTensorsFromHuggingFace) {
   ModelStoreReader store(tiny_store(kMixtralModel, DType::BF16));
@@ -52,16 +45,7 @@ TEST(Mixtral, ConfigAndTensorsFromHuggingFace) {
             "model.layers.1.block_sparse_moe.experts.3.w3.weight");
   EXPECT_EQ(router_tensor_name(c, 0), "model.layers.0.block_sparse_moe.gate.weight");
   EXPECT_EQ(verify_store(tiny_store(kMixtralModel, DType::BF16)), "");
-  const ModelConfig round = ModelConfig::from_json(c.to_json());
-  EXPECT_EQ(round.to_json(), c.to_json());
-  int64_t stored = 0;
-  for (const TensorInfo& t : store.list_tensors()) {
-    int64_t n = 1;
-    for (int64_t d : t.shape) n *= d;
-    stored += n;
-  }
-  EXPECT_EQ(c.parameter_count(), stored);
-  EXPECT_LT(c.active_parameter_count(), c.parameter_count());
+  expect_config_round_trip_and_counts(store);
 }
 
 TEST(Mixtral, FamilyRulesAreChecked) {
@@ -141,27 +125,8 @@ TEST(Mixtral, ExpertParallelRuleIsOneFunction) {
 class MixtralGolden : public ::testing::TestWithParam<DType> {};
 
 TEST_P(MixtralGolden, OneRankMatchesTransformers) {
-  const DType dtype = GetParam();
-  const json golden = load_golden(kMixtralModel);
-  ModelStoreReader store(tiny_store(kMixtralModel, dtype));
-  ParallelContext ctx = make_solo_context();
-  auto backend = make_backend("cpu");
-  EngineOptions options;
-  options.kv_cache_dtype = DType::F32;  // compared with transformers: exact attention inputs
-  options.max_model_len = 128;
-  ShardedTransformer model(store, ctx, *backend, options);
-  std::vector<int> matched;
-  double max_error = 0;
-  EXPECT_EQ(check_golden(model, ctx, golden, matched, &max_error), 0);
-  std::printf("%s %s: largest top-20 logit error vs transformers %.2g (tolerance %.0e)\n",
-              kMixtralModel, dtype_name(dtype).c_str(), max_error, kTolerance);
-  ASSERT_EQ(matched.size(), 2u);
-  for (int m : matched) EXPECT_GE(m, 24);
-  const MoeRoutingCounts& counts = model.moe_routing();
-  uint64_t assignments = 0;
-  for (uint64_t n : counts.tokens_per_expert) assignments += n;
-  EXPECT_GT(counts.routed_tokens, 0u);
-  EXPECT_EQ(assignments, counts.routed_tokens * 2);
+  check_golden_one_rank(kMixtralModel, tiny_store(kMixtralModel, GetParam()),
+                        std::string(kMixtralModel) + " " + dtype_name(GetParam()));
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, MixtralGolden, ::testing::Values(DType::F32, DType::BF16),

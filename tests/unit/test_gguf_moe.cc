@@ -15,7 +15,7 @@
 #include "model/convert.h"
 #include "model/gguf_reader.h"
 #include "model/model_store.h"
-#include "qwen3_moe_golden.h"
+#include "moe_golden.h"
 
 namespace alem {
 namespace {
@@ -23,30 +23,6 @@ namespace {
 using namespace test;
 
 const char* const kGgufModels[] = {"tiny-qwen3-moe-a", "tiny-qwen3-moe-b", "tiny-mixtral"};
-
-std::string gguf_store_file(const std::string& model) {
-  return store_file(model + "-gguf", DType::BF16);
-}
-
-const std::string& gguf_store(const std::string& model) {
-  static std::map<std::string, std::string> paths;
-  auto it = paths.find(model);
-  if (it != paths.end()) return it->second;
-  ConvertOptions options;
-  options.dtype = DType::BF16;
-  convert_gguf(data_dir() + "/" + model + ".gguf", gguf_store_file(model), options);
-  return paths.emplace(model, gguf_store_file(model)).first->second;
-}
-
-struct StoreCleanup : ::testing::Environment {
-  void TearDown() override {
-    for (const char* m : kGgufModels) {
-      std::filesystem::remove(gguf_store_file(m));
-      std::filesystem::remove(store_file(m, DType::BF16));
-    }
-  }
-};
-const auto* const kCleanup = ::testing::AddGlobalTestEnvironment(new StoreCleanup);
 
 TEST(GgufMoe, ConfigFromMetadata) {
   GgufFile a(data_dir() + "/tiny-qwen3-moe-a.gguf");
@@ -107,21 +83,8 @@ TEST(GgufMoe, ExpertsSplitExactlyAsTheSafetensorsStore) {
 }
 
 TEST(GgufMoe, OneRankMatchesTransformers) {
-  auto backend = make_backend("cpu");
-  for (const char* model : kGgufModels) {
-    ModelStoreReader store(gguf_store(model));
-    ParallelContext ctx = make_solo_context();
-    EngineOptions options;
-    options.kv_cache_dtype = DType::F32;
-    options.max_model_len = 128;
-    ShardedTransformer engine(store, ctx, *backend, options);
-    std::vector<int> matched;
-    double max_error = 0;
-    EXPECT_EQ(check_golden(engine, ctx, load_golden(model), matched, &max_error), 0) << model;
-    for (int m : matched) EXPECT_GE(m, 24) << model;
-    std::printf("%s from GGUF: largest top-20 logit error vs transformers %.2g\n", model,
-                max_error);
-  }
+  for (const char* model : kGgufModels)
+    check_golden_one_rank(model, gguf_store(model), std::string(model) + " from GGUF");
 }
 
 TEST(GgufMoe, ExpertParallelMatchesTransformers) {

@@ -18,7 +18,7 @@
 #include "model/gguf_quant.h"
 #include "model/gguf_reader.h"
 #include "model/model_store.h"
-#include "qwen3_moe_golden.h"
+#include "moe_golden.h"
 
 namespace alem {
 namespace {
@@ -43,31 +43,10 @@ const BlockModel kBlockModels[] = {
     {"tiny-mixtral-q4_0", "tiny-mixtral", DType::Q4_0},
 };
 
-std::string kept_store_file(const std::string& model) {
-  return store_file(model + "-kept", DType::F32);
-}
-
 // The GGUF converted as `alem convert` does by default (--dtype auto: the file's types kept).
 const std::string& kept_store(const std::string& model) {
-  static std::map<std::string, std::string> paths;
-  auto it = paths.find(model);
-  if (it != paths.end()) return it->second;
-  ConvertOptions options;
-  options.dtype = DType::BF16;
-  options.keep_gguf_types = true;
-  convert_gguf(data_dir() + "/" + model + ".gguf", kept_store_file(model), options);
-  return paths.emplace(model, kept_store_file(model)).first->second;
+  return gguf_store(model, /*keep_types=*/true);
 }
-
-struct StoreCleanup : ::testing::Environment {
-  void TearDown() override {
-    for (const BlockModel& m : kBlockModels) {
-      std::filesystem::remove(kept_store_file(m.gguf));
-      std::filesystem::remove(store_file(m.folder, m.experts));
-    }
-  }
-};
-const auto* const kCleanup = ::testing::AddGlobalTestEnvironment(new StoreCleanup);
 
 // Every expert matrix is the file's own blocks, byte for byte; routers and the rest keep the
 // file's types (bf16 here; norms f32).
@@ -110,22 +89,10 @@ TEST(GgufMoeBlocks, ExpertsKeepTheFilesBlocks) {
 }
 
 TEST(GgufMoeBlocks, OneRankMatchesTransformersReadingTheGguf) {
-  auto backend = make_backend("cpu");
   for (const BlockModel& m : kBlockModels) {
-    ModelStoreReader store(kept_store(m.gguf));
-    ParallelContext ctx = make_solo_context();
-    EngineOptions options;
-    options.kv_cache_dtype = DType::F32;
-    options.max_model_len = 128;
-    ShardedTransformer engine(store, ctx, *backend, options);
-    std::vector<int> matched;
-    double max_error = 0;
-    EXPECT_EQ(check_golden(engine, ctx, load_golden(m.gguf), matched, &max_error, kBlockTolerance),
-              0)
-        << m.gguf;
-    for (int steps : matched) EXPECT_GE(steps, 24) << m.gguf;
-    std::printf("%s (experts %s): largest top-20 logit error vs transformers %.2g\n", m.gguf,
-                dtype_name(m.experts).c_str(), max_error);
+    check_golden_one_rank(m.gguf, kept_store(m.gguf),
+                          std::string(m.gguf) + " (experts " + dtype_name(m.experts) + ")",
+                          kBlockTolerance);
   }
 }
 

@@ -1,9 +1,11 @@
-// Shared by the unit and MPI tests of the mixture-of-experts families (Qwen3-MoE, Mixtral): the
-// tiny models' reference data from Hugging Face transformers (tests/data/golden/tiny-*.json,
-// written by scripts/reference/make_qwen3_moe_reference.py and make_mixtral_reference.py),
-// their conversion to a store, the check of one rank's model against the reference
-// (teacher-forced greedy tokens and every step's logits), and the same over every rank of a
-// layout in fake in-process groups.
+// The one test harness of every mixture-of-experts family (Qwen3-MoE, Mixtral, Qwen2-MoE,
+// dots.llm1), shared by the unit and MPI tests: the tiny models' reference data from Hugging Face
+// transformers (tests/data/golden/tiny-*.json, written by scripts/reference/golden_moe.py through
+// each family's make_*_reference.py and make_moe_gguf.py), their conversion to a store (Hugging
+// Face folder or GGUF, each converted once per process and removed when the binary ends), the
+// check of one rank's model against the reference (teacher-forced greedy tokens and every step's
+// logits), the same on one rank with routing counts, and over every rank of a layout in fake
+// in-process groups, and the config round trip with the parameter count the shapes imply.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -12,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -20,7 +23,9 @@
 #include <thread>
 #include <vector>
 
+#include "engine/moe_ffn.h"
 #include "engine/transformer.h"
+#include "kernels/backend.h"
 #include "model/convert.h"
 #include "model/model_store.h"
 #include "mpi/fake_process_group.h"
@@ -36,6 +41,7 @@ using nlohmann::json;
 inline constexpr double kTolerance = 1e-4;
 inline const char* const kModels[] = {"tiny-qwen3-moe-a", "tiny-qwen3-moe-b"};
 inline const char* const kMixtralModel = "tiny-mixtral";
+inline const char* const kQwen2MoeModel = "tiny-qwen2-moe";
 
 inline json load_golden(const std::string& model) {
   std::ifstream in(data_dir() + "/golden/" + model + ".json");
@@ -49,20 +55,51 @@ inline std::string store_file(const std::string& model, DType dtype) {
       .string();
 }
 
-// Each tiny folder converted once per process.
-inline const std::string& tiny_store(const std::string& model, DType dtype) {
+// Every store the harness converted in this process; removed when the test binary ends.
+inline std::vector<std::string>& converted_stores() {
+  static std::vector<std::string> paths;
+  return paths;
+}
+
+struct ConvertedStoreCleanup : ::testing::Environment {
+  void TearDown() override {
+    for (const std::string& path : converted_stores()) std::filesystem::remove(path);
+  }
+};
+inline ::testing::Environment* const kConvertedStoreCleanup =
+    ::testing::AddGlobalTestEnvironment(new ConvertedStoreCleanup);
+
+// Converts once per process (`convert` writes `out`); returns `out`.
+template <typename Convert>
+const std::string& converted_once(const std::string& out, Convert convert) {
   static std::map<std::string, std::string> paths;
-  const std::string out = store_file(model, dtype);
   auto it = paths.find(out);
   if (it != paths.end()) return it->second;
-  ConvertOptions options;
-  options.dtype = dtype;
-  convert_safetensors(data_dir() + "/" + model, out, options);
+  convert(out);
+  converted_stores().push_back(out);
   return paths.emplace(out, out).first->second;
 }
 
-inline int store_experts(const ModelStoreReader& store) {
-  return store.config().num_experts;
+// The tiny Hugging Face folder tests/data/<model> converted to `dtype`.
+inline const std::string& tiny_store(const std::string& model, DType dtype) {
+  return converted_once(store_file(model, dtype), [&](const std::string& out) {
+    ConvertOptions options;
+    options.dtype = dtype;
+    convert_safetensors(data_dir() + "/" + model, out, options);
+  });
+}
+
+// tests/data/<model>.gguf converted to bf16, or with the file's own types kept (`alem convert`'s
+// default, --dtype auto: quantised experts stay ggml blocks).
+inline const std::string& gguf_store(const std::string& model, bool keep_types = false) {
+  const std::string out =
+      store_file(model + (keep_types ? "-kept" : "-gguf"), keep_types ? DType::F32 : DType::BF16);
+  return converted_once(out, [&](const std::string& path) {
+    ConvertOptions options;
+    options.dtype = DType::BF16;
+    options.keep_gguf_types = keep_types;
+    convert_gguf(data_dir() + "/" + model + ".gguf", path, options);
+  });
 }
 
 inline double logsumexp(const float* row, int64_t n) {
@@ -186,6 +223,50 @@ inline int check_golden_fake_layout(const std::string& name, const std::string& 
     EXPECT_EQ(s.expert_begin, contexts[r].coords.ep * s.num_local_experts) << what;
   }
   return bad;
+}
+
+// One rank with the store at `store_path` against golden/<name>.json: every check of
+// check_golden, 24+ agreeing greedy steps per prompt, and every routed token sent to exactly k
+// experts. Prints the largest top-20 logit error (with `label`) and returns it.
+inline double check_golden_one_rank(const std::string& name, const std::string& store_path,
+                                    const std::string& label, double tolerance = kTolerance) {
+  const json golden = load_golden(name);
+  ModelStoreReader store(store_path);
+  ParallelContext ctx = make_solo_context();
+  auto backend = make_backend("cpu");
+  EngineOptions options;
+  options.kv_cache_dtype = DType::F32;  // compared with transformers: exact attention inputs
+  options.max_model_len = 128;
+  ShardedTransformer model(store, ctx, *backend, options);
+  std::vector<int> matched;
+  double max_error = 0;
+  EXPECT_EQ(check_golden(model, ctx, golden, matched, &max_error, tolerance), 0) << label;
+  std::printf("%s: largest top-20 logit error vs transformers %.2g (tolerance %.0e)\n",
+              label.c_str(), max_error, tolerance);
+  EXPECT_EQ(matched.size(), golden.at("prompts").size()) << label;
+  for (int m : matched) EXPECT_GE(m, 24) << label;
+  const MoeRoutingCounts& counts = model.moe_routing();
+  uint64_t assignments = 0;
+  for (uint64_t n : counts.tokens_per_expert) assignments += n;
+  EXPECT_GT(counts.routed_tokens, 0u) << label;
+  EXPECT_EQ(assignments, counts.routed_tokens * store.config().num_experts_per_tok) << label;
+  return max_error;
+}
+
+// The stored config survives its JSON round trip, and the parameter counts its shapes imply
+// agree with the tensors written (active parameters fewer than all).
+inline void expect_config_round_trip_and_counts(const ModelStoreReader& store) {
+  const ModelConfig& c = store.config();
+  const ModelConfig round = ModelConfig::from_json(c.to_json());
+  EXPECT_EQ(round.to_json(), c.to_json());
+  int64_t stored = 0;
+  for (const TensorInfo& t : store.list_tensors()) {
+    int64_t n = 1;
+    for (int64_t d : t.shape) n *= d;
+    stored += n;
+  }
+  EXPECT_EQ(c.parameter_count(), stored) << c.architecture;
+  EXPECT_LT(c.active_parameter_count(), c.parameter_count()) << c.architecture;
 }
 
 }  // namespace alem::test
