@@ -1,12 +1,9 @@
-// Routing and the grouped expert FFN of one sparse layer (see moe_ffn.h). The routing follows
-// transformers' Qwen3MoeTopKRouter and MixtralTopKRouter: softmax of the router logits in float,
-// the k largest probabilities (lower expert id first on ties), divided by their sum when
-// norm_topk_prob (always for Mixtral: a softmax over the selected logits).
+// The grouped expert FFN of one sparse layer (see moe_ffn.h); the routing rule itself is
+// engine/moe_routing.cc.
 #include "engine/moe_ffn.h"
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 
 #include "core/error.h"
 #include "model/architecture.h"
@@ -34,9 +31,9 @@ MoeFfn::MoeFfn(const ModelStoreReader& store, const ModelConfig& config, const S
     : hidden_(config.hidden_size),
       num_experts_(config.num_experts),
       top_k_(config.num_experts_per_tok),
-      norm_topk_prob_(config.norm_topk_prob),
       expert_begin_(shard.expert_begin),
-      ffn_size_(shard.expert_ffn_size) {
+      ffn_size_(shard.expert_ffn_size),
+      routing_(config) {
   ALEM_CHECK(shard.num_local_experts > 0 && ffn_size_ > 0,
              "layer " + std::to_string(layer) + " is sparse but the shard plan holds no experts");
   router_ = store.read_matrix(router_tensor_name(config, layer), 0, num_experts_);
@@ -90,30 +87,8 @@ void MoeFfn::forward(const KernelBackend& backend, const float* x, int64_t T, fl
   weights_.resize(T * K);
   backend.matmul(x, T, router_, nullptr, logits_.data());
 
-  // Routing: softmax, top-k, optional renormalisation.
-  std::vector<float> probs(E);
-  std::vector<int32_t> order(E);
-  for (int64_t t = 0; t < T; ++t) {
-    const float* row = logits_.data() + t * E;
-    const float max = *std::max_element(row, row + E);
-    double sum = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      probs[e] = std::exp(row[e] - max);
-      sum += probs[e];
-    }
-    for (int64_t e = 0; e < E; ++e) probs[e] = static_cast<float>(probs[e] / sum);
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int32_t a, int32_t b) {
-      return probs[a] > probs[b] || (probs[a] == probs[b] && a < b);
-    });
-    float picked = 0;
-    for (int64_t k = 0; k < K; ++k) picked += probs[order[k]];
-    for (int64_t k = 0; k < K; ++k) {
-      chosen_[t * K + k] = order[k];
-      weights_[t * K + k] = norm_topk_prob_ ? probs[order[k]] / picked : probs[order[k]];
-      ++counts.tokens_per_expert[order[k]];
-    }
-  }
+  routing_.route(logits_.data(), T, chosen_.data(), weights_.data());
+  for (int64_t i = 0; i < T * K; ++i) ++counts.tokens_per_expert[chosen_[i]];
   counts.routed_tokens += static_cast<uint64_t>(T);
   if (T == 1) ++counts.single_token_calls;
 

@@ -1,6 +1,6 @@
 // MoeFfn: the feed-forward block of one sparse (mixture-of-experts) layer on one rank, as in
-// Qwen3-MoE. Every rank of the tensor-parallel group routes every token (router logits,
-// softmax, top-k, optional renormalisation of the k weights); each rank then runs only the
+// Qwen3-MoE. Every rank of the tensor-parallel group routes every token (router logits, then the
+// family's rule in engine/moe_routing.h); each rank then runs only the
 // experts it holds (its expert-parallel slice, each expert split over tp / ep ranks) and writes
 // its partial sum. The caller all-reduces the partial sums over the tp group, the same
 // collective a dense layer needs, which is the combine step of expert parallelism: the tokens
@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/moe_routing.h"
 #include "engine/shard_plan.h"
 #include "kernels/backend.h"
 #include "model/model_config.h"
@@ -64,10 +65,10 @@ class MoeFfn {
   int hidden_ = 0;
   int num_experts_ = 0;
   int top_k_ = 0;
-  bool norm_topk_prob_ = false;
   int expert_begin_ = 0;
   int ffn_size_ = 0;  // this rank's columns of each expert
   WeightMatrix router_;
+  MoeRouting routing_;  // logits -> (expert ids, weights) per token
   std::vector<Expert> experts_;
   // Shared expert (Qwen2-MoE; empty otherwise): this rank's slice, as a dense FFN's, and the
   // replicated gate [1][hidden].

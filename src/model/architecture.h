@@ -15,6 +15,13 @@ namespace alem {
 
 struct ModelConfig;
 
+// How a family's router turns logits into experts and weights (engine/moe_routing.h).
+enum class MoeRoutingRule {
+  kSoftmax,         // softmax, top-k, optional renormalisation (Qwen3-MoE, Qwen2-MoE, Mixtral)
+  kGroupedSigmoid,  // DeepSeek-V3: sigmoid, correction bias for the choice, grouped top-k,
+                    // routed_scaling_factor (dots.llm1)
+};
+
 // How a mixture-of-experts family names its sparse-layer tensors (under "model.layers.{i}.")
 // and routes: the router "{router}", expert E's matrices "{experts}E.{gate|up|down}".
 struct MoeFamily {
@@ -36,6 +43,7 @@ struct MoeFamily {
   // ([1, hidden]). Empty: the family has none.
   std::string_view shared_expert = {};
   std::string_view shared_expert_gate = {};
+  MoeRoutingRule routing = MoeRoutingRule::kSoftmax;
 };
 
 struct ArchitectureInfo {

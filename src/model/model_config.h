@@ -57,6 +57,12 @@ struct ModelConfig {
   // Qwen2-MoE's shared expert: every token of a sparse layer also goes through one SiLU FFN of
   // this size, scaled by sigmoid(shared_expert_gate . x) (model/architecture.h). 0: none.
   int shared_expert_intermediate_size = 0;
+  // DeepSeek-V3 routing (MoeRoutingRule::kGroupedSigmoid; engine/moe_routing.h): the experts in
+  // n_group equal groups of which topk_group are kept per token, and the factor the routed
+  // experts' weights are multiplied by. 1, 1, 1 for the softmax families.
+  int n_group = 1;
+  int topk_group = 1;
+  float routed_scaling_factor = 1.f;
 
   bool is_moe_layer(int layer) const;
   int num_moe_layers() const;
