@@ -202,7 +202,8 @@ std::unique_ptr<KernelBackend> make_cpu_backend() {
   const std::string dot = dot_env ? dot_env : "int8";
   ALEM_CHECK(dot == "0" || dot == "int8" || dot == "all",
              "ALEM_CPU_DOT must be 0, int8 or all, got '" + dot + "'");
-  // ALEM_CPU_AMX=0 keeps bf16 prefill off the AMX tiles (on where the CPU has them).
+  // ALEM_CPU_AMX=0 keeps prefill off the AMX tiles, for bf16 and ggml block weights alike (on
+  // where the CPU has them and a probe sequence ran).
   const char* amx_env = std::getenv("ALEM_CPU_AMX");
   const std::string amx = amx_env && *amx_env ? amx_env : "1";
   ALEM_CHECK(amx == "0" || amx == "1", "ALEM_CPU_AMX must be 0 or 1, got '" + amx + "'");

@@ -37,21 +37,28 @@ constexpr int kTile = 16;    // rows (and f32 columns) of a tile
 constexpr int kKStep = 32;   // bf16 values of k per tile product
 constexpr int kWBlocks = 3;  // weight tiles per k step (tmm3-5)
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
+// GCC's AMX intrinsics under-declare their memory operands: _tile_loadconfig tells the compiler
+// it reads 8 bytes (so the column stores of a 64-byte configuration were dropped as dead, and
+// ldtilecfg faulted), and _tile_loadd names only a pointer register, no memory at all. So the
+// configuration is loaded with a full 64-byte operand here, and every sweep starts with a
+// compiler barrier so the weight panels and packed x written before it are in memory when the
+// tile loads read them.
+inline void compiler_barrier() {
+  asm volatile("" ::: "memory");
+}
 
+// The 64-byte tile configuration: palette 1, then per tile its bytes per row (uint16 at 16 + 2t)
+// and its rows (uint8 at 48 + t).
 void configure_tiles() {
-  TileConfig config;
+  struct alignas(64) Config {
+    uint8_t bytes[64];
+  } config{};
+  config.bytes[0] = 1;
   for (int t = 0; t < 7; ++t) {
-    config.colsb[t] = 64;
-    config.rows[t] = kTile;
+    config.bytes[16 + 2 * t] = 64;  // little-endian uint16: 64 bytes per row
+    config.bytes[48 + t] = kTile;
   }
-  _tile_loadconfig(&config);
+  asm volatile("ldtilecfg %0" ::"m"(config));
 }
 
 // Writes an accumulator tile stored in `block` (y^T: 16 weight rows x 16 rows of x) into y rows
@@ -103,6 +110,7 @@ void block_product(const uint16_t* const a[2][kWBlocks], int w_parts, int64_t ld
 void sweep_x(const uint16_t* const a[2][kWBlocks], int w_parts, int64_t lda, int blocks,
              const uint32_t* xp, int64_t M, int64_t K, int x_parts, const float* bias, float* y,
              int64_t ldy, int64_t n0, int64_t n_end) {
+  compiler_barrier();
   const int64_t m_blocks = (M + kTile - 1) / kTile, k_steps = K / kKStep;
   const int64_t part_stride = m_blocks * k_steps * kTile * kTile;
   for (int64_t mb = 0; mb < m_blocks; ++mb) {
@@ -131,8 +139,10 @@ void sweep_x(const uint16_t* const a[2][kWBlocks], int w_parts, int64_t lda, int
   }
 }
 
-// A 64-byte aligned, growing scratch buffer per thread.
-template <typename T>
+// Each scratch slot is a 64-byte aligned buffer per thread that grows and is kept, so a matmul
+// allocates nothing once the largest shape has been seen.
+enum class Scratch { kRowsF32, kPanel, kTailRows };
+template <Scratch slot, typename T>
 T* scratch(size_t count) {
   thread_local void* buffer = nullptr;
   thread_local size_t capacity = 0;
@@ -240,7 +250,7 @@ void gemm_bf16(const uint32_t* xp, int64_t M, int parts, const WeightView& w, co
   const uint16_t* base = static_cast<const uint16_t*>(w.data);
   configure_tiles();
   // A last block of fewer than 16 weight rows is read from a zero-padded copy.
-  uint16_t* tail = nullptr;
+  uint16_t* tail = nullptr;  // taken from scratch when a tail is met
   for (int64_t n0 = n_begin; n0 < n_end; n0 += kTile * kWBlocks) {
     const int64_t left = n_end - n0;
     const int blocks =
@@ -251,7 +261,7 @@ void gemm_bf16(const uint32_t* xp, int64_t M, int parts, const WeightView& w, co
       if (n_end - first >= kTile) {
         a[0][i] = base + first * K;
       } else {
-        if (tail == nullptr) tail = static_cast<uint16_t*>(std::aligned_alloc(64, kTile * lda));
+        if (tail == nullptr) tail = scratch<Scratch::kTailRows, uint16_t>(kTile * K);
         std::memset(tail, 0, kTile * lda);
         std::memcpy(tail, base + first * K, (n_end - first) * lda);
         a[0][i] = tail;
@@ -260,7 +270,6 @@ void gemm_bf16(const uint32_t* xp, int64_t M, int parts, const WeightView& w, co
     sweep_x(a, 1, lda, blocks, xp, M, K, parts, bias, y, N, n0, n_end);
   }
   _tile_release();
-  std::free(tail);
 }
 
 void gemm_dequantized(const uint32_t* xp, int64_t M, int x_parts, const WeightView& w,
@@ -269,10 +278,10 @@ void gemm_dequantized(const uint32_t* xp, int64_t M, int x_parts, const WeightVi
   const int64_t K = w.cols, N = w.rows;
   const int64_t lda = K * static_cast<int64_t>(sizeof(uint16_t));
   constexpr int kPanelRows = kTile * kWBlocks;
-  float* rows_f32 = scratch<float>(static_cast<size_t>(kPanelRows) * K);
+  float* rows_f32 = scratch<Scratch::kRowsF32, float>(static_cast<size_t>(kPanelRows) * K);
   // panel[p]: weight part p of the 48 rows, bf16, row stride K.
   uint16_t* panel =
-      reinterpret_cast<uint16_t*>(scratch<uint64_t>(static_cast<size_t>(kPanelRows) * K / 2 + 8));
+      scratch<Scratch::kPanel, uint16_t>(static_cast<size_t>(kPanelRows) * K * 2 + 32);
   uint16_t* parts[2] = {panel, panel + kPanelRows * K};
   configure_tiles();
   for (int64_t n0 = n_begin; n0 < n_end; n0 += kPanelRows) {
