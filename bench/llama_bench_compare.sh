@@ -2,8 +2,8 @@
 # alem against llama.cpp on the SAME GGUF files, prefill and decode tokens/s, interleaved, medians
 # of N rounds, at 1 and 2 threads (issue 12's table). Everything it needs it makes itself, outside
 # the tracked tree (build-llama/ or $LLAMA_WORK):
-#   1. llama.cpp's llama-bench and llama-quantize, built from the llama-cpp-python source archive
-#      (as bench/llama_server_compare.sh does: PyPI, CPU only, -DGGML_NATIVE=ON);
+#   1. llama.cpp's llama-bench and llama-quantize, built by bench/llama_build.sh (the
+#      llama-cpp-python source archive from PyPI, CPU only; LLAMA_CC=clang where the CPU has AMX);
 #   2. the GGUF files: Q4_0 and Q8_0 made from the shipped Q4_1 file by
 #      scripts/reference/make_block_golden.py --gguf-only (the `gguf` package's quantisers; the
 #      same files the golden tests check against transformers), BF16 by llama-quantize
@@ -23,12 +23,11 @@
 #
 # Environment: ALEM_BIN (default build/alem), ROUNDS, THREADS, TYPES, SHAPES (smollm2),
 # PROMPT (64), DECODE (32),
-# LLAMA_WORK, LLAMA_CPP_PYTHON_VERSION (0.3.36), LLAMA_BUILD_JOBS, LLAMA_NO_AMX. Output: a Markdown table on
+# LLAMA_WORK, LLAMA_CPP_PYTHON_VERSION (0.3.36), LLAMA_BUILD_JOBS, LLAMA_CC, LLAMA_NO_AMX. Output: a Markdown table on
 # stdout and raw rows in $LLAMA_WORK/compare-raw.csv.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${LLAMA_WORK:-$root/build-llama}
-version=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
 alem=${ALEM_BIN:-$root/build/alem}
 rounds=${ROUNDS:-5}
 thread_counts=${THREADS:-1 2}
@@ -36,38 +35,13 @@ types=${TYPES:-Q4_0 Q8_0 BF16}
 shapes=${SHAPES:-smollm2}
 prompt=${PROMPT:-64}
 decode=${DECODE:-32}
-jobs=${LLAMA_BUILD_JOBS:-$(nproc)}
 python=${REFERENCE_PYTHON:-$root/.venv-reference/bin/python}
 mkdir -p "$work"
 
-archive="$work/llama_cpp_python-$version.tar.gz"
-[ -f "$archive" ] ||
-  python3 -m pip download "llama-cpp-python==$version" --no-binary :all: --no-deps -d "$work"
-src="$work/llama_cpp_python-$version/vendor/llama.cpp"
-[ -d "$src" ] || tar -xzf "$archive" -C "$work"
-# LLAMA_NO_AMX=1 builds llama.cpp with every AVX-512 extension but without its AMX kernels
-# (its AMX path stops with SIGILL at the first tileloadd on some virtual machines).
-if [ "${LLAMA_NO_AMX:-0}" = 1 ]; then
-  llama_build="$work/llama-build-noamx"
-  isa_flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-    -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON
-    -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON)
-else
-  llama_build="$work/llama-build"
-  isa_flags=(-DGGML_NATIVE=ON)
-fi
-bin="$llama_build/bin"
-if [ ! -x "$bin/llama-bench" ] || [ ! -x "$bin/llama-quantize" ]; then
-  launcher=()
-  command -v ccache >/dev/null 2>&1 &&
-    launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
-  generator=()
-  command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
-  cmake -S "$src" -B "$llama_build" "${generator[@]}" "${launcher[@]}" \
-    -DCMAKE_BUILD_TYPE=Release "${isa_flags[@]}" -DGGML_CUDA=OFF -DLLAMA_CURL=OFF \
-    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
-  nice -n 10 cmake --build "$llama_build" --target llama-bench llama-quantize -j "$jobs"
-fi
+# llama.cpp itself: bench/llama_build.sh (LLAMA_CC=gcc|clang, LLAMA_NO_AMX=1; see there).
+source "$root/bench/llama_build.sh"
+llama_build llama-bench llama-quantize
+bin=$llama_bin
 
 q41="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 [ -f "$q41" ] || { echo "missing $q41: run scripts/fetch-model.sh first" >&2; exit 1; }

@@ -3,7 +3,8 @@
 # same load, same machine (issue 4's measurement). Everything it needs it makes itself, outside
 # the tracked tree (in the ignored build-llama/ folder, or $LLAMA_WORK):
 #   1. downloads the llama-cpp-python source archive from PyPI (it vendors llama.cpp),
-#   2. builds its llama-server and llama-quantize (CPU only, -DGGML_NATIVE=ON),
+#   2. builds its llama-server and llama-quantize (bench/llama_build.sh: CPU only, native;
+#      LLAMA_CC=clang where the CPU has AMX, see there),
 #   3. converts models/SmolLM2-135M-Instruct.Q4_1.gguf, the file alem's stores were made from,
 #      to BF16 (llama-quantize --allow-requantize: dequantise to f32, round to bf16, the same
 #      rounding `alem convert` applies, so both servers hold the same bf16 weights) and to Q8_0
@@ -15,37 +16,19 @@
 #   bench/llama_server_compare.sh [extra llama_server_compare.py options, e.g. --levels 1,4,16]
 #
 # Environment: ALEM_BIN (default build/alem), THREADS (default: all cores), LLAMA_WORK,
-# LLAMA_CPP_PYTHON_VERSION (default 0.3.36), LLAMA_BUILD_JOBS (default: cores).
+# LLAMA_CPP_PYTHON_VERSION (default 0.3.36), LLAMA_BUILD_JOBS (default: cores), LLAMA_CC,
+# LLAMA_NO_AMX.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${LLAMA_WORK:-$root/build-llama}
-version=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
 alem=${ALEM_BIN:-$root/build/alem}
 threads=${THREADS:-$(nproc)}
-jobs=${LLAMA_BUILD_JOBS:-$(nproc)}
 mkdir -p "$work"
 
-archive="$work/llama_cpp_python-$version.tar.gz"
-if [ ! -f "$archive" ]; then
-  echo "== downloading llama-cpp-python $version (source) from PyPI"
-  python3 -m pip download "llama-cpp-python==$version" --no-binary :all: --no-deps -d "$work"
-fi
-src="$work/llama_cpp_python-$version/vendor/llama.cpp"
-[ -d "$src" ] || tar -xzf "$archive" -C "$work"
-
-bin="$work/llama-build/bin"
-if [ ! -x "$bin/llama-server" ] || [ ! -x "$bin/llama-quantize" ]; then
-  echo "== building llama-server (CPU, native) in $work/llama-build"
-  launcher=()
-  command -v ccache >/dev/null 2>&1 &&
-    launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
-  generator=()
-  command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
-  cmake -S "$src" -B "$work/llama-build" "${generator[@]}" "${launcher[@]}" \
-    -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DLLAMA_CURL=OFF \
-    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON
-  nice -n 10 cmake --build "$work/llama-build" --target llama-server llama-quantize -j "$jobs"
-fi
+# llama.cpp itself: bench/llama_build.sh (LLAMA_CC=gcc|clang, LLAMA_NO_AMX=1; see there).
+source "$root/bench/llama_build.sh"
+llama_build llama-server llama-quantize
+bin=$llama_bin
 
 q41="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 [ -f "$q41" ] || { echo "missing $q41: run scripts/fetch-model.sh first" >&2; exit 1; }
@@ -63,11 +46,15 @@ for store in smollm2-135m-instruct.h5 smollm2-135m-instruct-int8.h5; do
 done
 [ -x "$alem" ] || { echo "missing $alem: build alem first (scripts/build.sh)" >&2; exit 1; }
 
-# llama.cpp's AMX kernels (built by -march=native where the CPU reports AMX) run Q8_0 matmuls;
-# a KVM guest may report AMX without enabling it, and the first tile instruction then dies with
-# SIGILL. LLAMA_Q8_ARGS (default --no-repack: no AMX, no weight repacking) goes to the Q8_0
-# server only; set it empty on hosts where AMX works.
-q8_args=${LLAMA_Q8_ARGS---no-repack}
+# llama.cpp's AMX kernels (built by -march=native where the CPU has AMX) run Q8_0 matmuls; a GCC
+# build of them stops with SIGILL at the first tile load (see bench/llama_build.sh). For GCC
+# builds LLAMA_Q8_ARGS defaults to --no-repack (no AMX, no weight repacking), for clang builds to
+# nothing; it goes to the Q8_0 server only.
+if [ "${LLAMA_CC:-gcc}" = clang ] || [ "${LLAMA_NO_AMX:-0}" = 1 ]; then
+  q8_args=${LLAMA_Q8_ARGS-}
+else
+  q8_args=${LLAMA_Q8_ARGS---no-repack}
+fi
 
 # The load generator uses the official `openai` client; make a venv with it when missing.
 python=python3
