@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -223,6 +224,22 @@ inline int check_golden_fake_layout(const std::string& name, const std::string& 
     EXPECT_EQ(s.expert_begin, contexts[r].coords.ep * s.num_local_experts) << what;
   }
   return bad;
+}
+
+// tp, pp and ep sizes of one layout (dp 1).
+struct LayoutSizes {
+  int tp, pp, ep;
+};
+
+// check_golden_fake_layout at each layout, each expected to pass.
+inline void expect_golden_layouts(const std::string& name, const std::string& store_path,
+                                  std::initializer_list<LayoutSizes> layouts,
+                                  double tolerance = kTolerance) {
+  for (const LayoutSizes& l : layouts) {
+    const ParallelLayout layout(l.tp, l.pp, 1, l.ep);
+    EXPECT_EQ(check_golden_fake_layout(name, store_path, layout, tolerance), 0)
+        << name << " " << layout.describe();
+  }
 }
 
 // One rank with the store at `store_path` against golden/<name>.json: every check of

@@ -164,7 +164,8 @@ def write_golden(name, golden):
 @dataclass
 class Family:
     """One tiny model of a family: `build(vocab, seed)` returns the bf16 model (config set,
-    randomised); `model_class` reads it back; `top_k` and `gap` measure its routing;
+    randomised); `model_class` reads it back; `top_k` and `gap` measure its routing, which must
+    clear `min_router_gap` (in the units `gap` measures);
     `expect_tensors` are names the saved file must hold (the family's own names, which
     transformers may rename on load)."""
     name: str
@@ -174,6 +175,7 @@ class Family:
     top_k: int
     gap: Callable = None
     expect_tensors: list = field(default_factory=list)
+    min_router_gap: float = MIN_ROUTER_GAP
 
 
 def save_and_reload(family, vocab, seed, out_dir):
@@ -200,7 +202,7 @@ def make_golden(family):
         gaps = RouterGaps(model, family.top_k, family.gap)
         results = run_prompts(model, gaps)
         min_margin = min(min(r[2]) for r in results)
-        if min_margin >= MIN_STEP_MARGIN and gaps.min_gap >= MIN_ROUTER_GAP:
+        if min_margin >= MIN_STEP_MARGIN and gaps.min_gap >= family.min_router_gap:
             break
         print(family.name, "seed", seed, "rejected: margin", min_margin, "router gap",
               gaps.min_gap)

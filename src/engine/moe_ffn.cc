@@ -33,7 +33,9 @@ MoeFfn::MoeFfn(const ModelStoreReader& store, const ModelConfig& config, const S
       top_k_(config.num_experts_per_tok),
       expert_begin_(shard.expert_begin),
       ffn_size_(shard.expert_ffn_size),
-      routing_(config) {
+      routing_(config, moe_family(config).router_bias.empty()
+                           ? std::vector<float>{}
+                           : store.read_vector(router_bias_tensor_name(config, layer))) {
   ALEM_CHECK(shard.num_local_experts > 0 && ffn_size_ > 0,
              "layer " + std::to_string(layer) + " is sparse but the shard plan holds no experts");
   router_ = store.read_matrix(router_tensor_name(config, layer), 0, num_experts_);
@@ -59,7 +61,9 @@ MoeFfn::MoeFfn(const ModelStoreReader& store, const ModelConfig& config, const S
     shared_.gate_up = concat_rows(parts);
     shared_.down = store.read_matrix(shared_expert_tensor_name(config, layer, ExpertMatrix::kDown),
                                      0, hidden_, shard.shared_ffn_begin, shared_size_);
-    shared_gate_ = store.read_matrix(shared_expert_gate_tensor_name(config, layer), 0, 1);
+    if (!moe_family(config).shared_expert_gate.empty()) {
+      shared_gate_ = store.read_matrix(shared_expert_gate_tensor_name(config, layer), 0, 1);
+    }
   }
 }
 
@@ -136,9 +140,14 @@ void MoeFfn::forward(const KernelBackend& backend, const float* x, int64_t T, fl
     backend.matmul(x, T, shared_.gate_up, nullptr, gate_up_.data());
     backend.silu_mul(gate_up_.data(), T, S, act_.data());
     backend.matmul(act_.data(), T, shared_.down, nullptr, expert_out_.data());
-    backend.matmul(x, T, shared_gate_, nullptr, shared_scale_.data());
+    if (shared_gate_.rows > 0) {
+      backend.matmul(x, T, shared_gate_, nullptr, shared_scale_.data());
+      for (int64_t t = 0; t < T; ++t) shared_scale_[t] = 1.f / (1.f + std::exp(-shared_scale_[t]));
+    } else {  // DeepSeek-V3 style shared experts: no gate
+      std::fill(shared_scale_.begin(), shared_scale_.end(), 1.f);
+    }
     for (int64_t t = 0; t < T; ++t) {
-      const float scale = 1.f / (1.f + std::exp(-shared_scale_[t]));
+      const float scale = shared_scale_[t];
       const float* src = expert_out_.data() + t * H;
       float* dst = out + t * H;
       for (int64_t h = 0; h < H; ++h) dst[h] += scale * src[h];

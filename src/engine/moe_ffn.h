@@ -6,8 +6,9 @@
 // collective a dense layer needs, which is the combine step of expert parallelism: the tokens
 // are already on every rank of the group after attention, so dispatch moves no data.
 //
-// Shared expert (Qwen2-MoE): every token also goes through one FFN split over the tp group like a
-// dense FFN, scaled by sigmoid(shared_expert_gate . x) and added to the same partial sum.
+// Shared expert (Qwen2-MoE; dots.llm1's shared experts as one FFN): every token also goes through
+// one FFN split over the tp group like a dense FFN, scaled by sigmoid(shared_expert_gate . x)
+// where the family has that gate (Qwen2-MoE; 1 otherwise), and added to the same partial sum.
 //
 // Grouped expert matmul: the tokens routed to one expert are gathered into one batch, so each
 // expert's weights are read once per step however many tokens chose it.
@@ -70,8 +71,8 @@ class MoeFfn {
   WeightMatrix router_;
   MoeRouting routing_;  // logits -> (expert ids, weights) per token
   std::vector<Expert> experts_;
-  // Shared expert (Qwen2-MoE; empty otherwise): this rank's slice, as a dense FFN's, and the
-  // replicated gate [1][hidden].
+  // Shared expert (Qwen2-MoE, dots.llm1; empty otherwise): this rank's slice, as a dense FFN's,
+  // and the replicated gate [1][hidden] (Qwen2-MoE only; 0 rows otherwise).
   int shared_size_ = 0;
   Expert shared_;
   WeightMatrix shared_gate_;

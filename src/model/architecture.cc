@@ -1,4 +1,5 @@
-// The family table and each family's tensor list (see architecture.h).
+// The family table, the families refused by name, and each family's tensor list (see
+// architecture.h).
 #include "model/architecture.h"
 
 #include "core/error.h"
@@ -40,8 +41,43 @@ const std::vector<ArchitectureInfo>& supported_architectures() {
        {"block_sparse_moe.gate.weight", "block_sparse_moe.experts.", "w1.weight", "w3.weight",
         "w2.weight", "intermediate_size", true, false},
        "llama"},
+      {"dots1",
+       "Dots1ForCausalLM",
+       "dots1",
+       false,
+       true,
+       true,
+       false,
+       {"mlp.gate.weight", "mlp.experts.", "gate_proj.weight", "up_proj.weight", "down_proj.weight",
+        "moe_intermediate_size", false, false, "mlp.shared_experts.", "",
+        MoeRoutingRule::kGroupedSigmoid, "mlp.gate.e_score_correction_bias",
+        "first_k_dense_replace", "n_shared_experts"}},
   };
   return table;
+}
+
+const std::vector<RefusedArchitecture>& refused_architectures() {
+  static const char* const kMla =
+      "its attention is multi-head latent attention (MLA: queries and keys/values through "
+      "low-rank compressions with a separate rotary part), which alem does not implement; its "
+      "routing (DeepSeek-V3's grouped sigmoid) is supported, e.g. in Dots1ForCausalLM";
+  static const std::vector<RefusedArchitecture> table = {
+      {"DeepseekV3ForCausalLM", "deepseek_v3", kMla},
+      {"DeepseekV2ForCausalLM", "deepseek_v2", kMla},
+      {"Glm4MoeForCausalLM", "glm4_moe",
+       "its attention rotates only part of each head (partial_rotary_factor), which alem's RoPE "
+       "does not implement; its routing (DeepSeek-V3's grouped sigmoid) is supported, e.g. in "
+       "Dots1ForCausalLM"},
+  };
+  return table;
+}
+
+const RefusedArchitecture* find_refused_architecture(std::string_view hf_class,
+                                                     std::string_view model_type) {
+  for (const RefusedArchitecture& a : refused_architectures()) {
+    if (hf_class.empty() ? a.hf_model_type == model_type : a.hf_class == hf_class) return &a;
+  }
+  return nullptr;
 }
 
 const ArchitectureInfo* find_architecture(std::string_view name) {
@@ -98,6 +134,12 @@ std::string shared_expert_gate_tensor_name(const ModelConfig& config, int layer)
   return layer_tensor_name(layer, std::string(f.shared_expert_gate));
 }
 
+std::string router_bias_tensor_name(const ModelConfig& config, int layer) {
+  const MoeFamily& f = moe_family(config);
+  ALEM_CHECK(!f.router_bias.empty(), config.architecture + " has no router score correction bias");
+  return layer_tensor_name(layer, std::string(f.router_bias));
+}
+
 std::string router_tensor_name(const ModelConfig& config, int layer) {
   return layer_tensor_name(layer, std::string(moe_family(config).router));
 }
@@ -129,6 +171,9 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
     if (c.is_moe_layer(i)) {
       const int64_t f = c.moe_intermediate_size;
       t.push_back({router_tensor_name(c, i), {c.num_experts, h}, R::kReplicated});
+      if (!moe_family(c).router_bias.empty()) {
+        t.push_back({router_bias_tensor_name(c, i), {c.num_experts}, R::kReplicated});
+      }
       for (int e = 0; e < c.num_experts; ++e) {
         using M = ExpertMatrix;
         t.push_back({expert_tensor_name(c, i, e, M::kGate), {f, h}, R::kExpertColumn});
@@ -141,7 +186,9 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
         t.push_back({shared_expert_tensor_name(c, i, M::kGate), {s, h}, R::kColumnParallel});
         t.push_back({shared_expert_tensor_name(c, i, M::kUp), {s, h}, R::kColumnParallel});
         t.push_back({shared_expert_tensor_name(c, i, M::kDown), {h, s}, R::kRowParallel});
-        t.push_back({shared_expert_gate_tensor_name(c, i), {1, h}, R::kReplicated});
+        if (!moe_family(c).shared_expert_gate.empty()) {
+          t.push_back({shared_expert_gate_tensor_name(c, i), {1, h}, R::kReplicated});
+        }
       }
     } else {
       const int64_t f = c.intermediate_size;

@@ -44,7 +44,27 @@ struct MoeFamily {
   std::string_view shared_expert = {};
   std::string_view shared_expert_gate = {};
   MoeRoutingRule routing = MoeRoutingRule::kSoftmax;
+  // DeepSeek-V3 style (dots.llm1): the router's score correction bias, [num_experts], under
+  // "model.layers.{i}." ("mlp.gate.e_score_correction_bias"); config.json's count of leading
+  // dense layers ("first_k_dense_replace", stored as mlp_only_layers 0..k-1); and its count of
+  // shared experts ("n_shared_experts"), which run as one gate-less FFN of that many times
+  // moe_intermediate_size (stored as shared_expert_intermediate_size). Empty: none.
+  std::string_view router_bias = {};
+  std::string_view leading_dense_key = {};
+  std::string_view shared_expert_count_key = {};
 };
+
+// A family alem refuses by name, and why (DeepSeek-V2/V3: multi-head latent attention).
+struct RefusedArchitecture {
+  std::string_view hf_class;
+  std::string_view hf_model_type;
+  std::string_view reason;
+};
+const std::vector<RefusedArchitecture>& refused_architectures();
+// The refusal for a config.json's class (or model_type when the class is empty); nullptr when
+// the family is not one alem refuses by name.
+const RefusedArchitecture* find_refused_architecture(std::string_view hf_class,
+                                                     std::string_view model_type);
 
 struct ArchitectureInfo {
   std::string_view name;           // alem's name, equal to GGUF general.architecture
@@ -53,7 +73,8 @@ struct ArchitectureInfo {
   bool always_attention_bias;      // q/k/v biases whatever config.json says (Qwen2)
   bool qk_norm;                    // per-head RMSNorm on q and k (Qwen3)
   bool mixture_of_experts;         // sparse FFN layers with a router and experts (Qwen3-MoE)
-                                   // (Qwen2-MoE adds a shared expert: MoeFamily)
+                                   // (Qwen2-MoE adds a shared expert, dots.llm1 DeepSeek-V3
+                                   // routing: MoeFamily)
   bool sliding_window;             // config.json's sliding_window applies (Mixtral)
   MoeFamily moe = {};              // mixture-of-experts families only
   // GGUF general.architecture when it differs from `name` (llama.cpp writes Mixtral as
@@ -105,6 +126,9 @@ std::string router_tensor_name(const ModelConfig& config, int layer);
 // ("model.layers.1.mlp.shared_expert_gate.weight"). Throw alem::Error for other families.
 std::string shared_expert_tensor_name(const ModelConfig& config, int layer, ExpertMatrix which);
 std::string shared_expert_gate_tensor_name(const ModelConfig& config, int layer);
+// The router's score correction bias of a sparse layer, [num_experts] (families with one, e.g.
+// "model.layers.1.mlp.gate.e_score_correction_bias"). Throws alem::Error for other families.
+std::string router_bias_tensor_name(const ModelConfig& config, int layer);
 // The family of a mixture-of-experts config; throws alem::Error for a dense one.
 const MoeFamily& moe_family(const ModelConfig& config);
 

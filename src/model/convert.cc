@@ -281,7 +281,7 @@ ConvertReport convert_safetensors(const std::string& hf_dir, const std::string& 
   for (int layer = 0; layer < config.num_layers; ++layer) {
     if (!config.is_moe_layer(layer)) continue;
     routers.insert(router_tensor_name(config, layer));
-    if (config.shared_expert_intermediate_size > 0) {
+    if (!moe_family(config).shared_expert_gate.empty()) {
       routers.insert(shared_expert_gate_tensor_name(config, layer));  // a router of one
     }
   }

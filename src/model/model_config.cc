@@ -94,6 +94,61 @@ double shortest_double(float value) {
   return std::stod(std::string(buf, result.ptr));
 }
 
+// Families without a sliding-window switch whose config.json can still ask for sliding layers
+// (dots.llm1: "layer_types", or "sliding_window" from layer "max_window_layers" on, as
+// transformers reads them) are refused unless every layer attends fully.
+void check_full_attention(const json& j, const ModelConfig& c, const ArchitectureInfo& arch,
+                          const std::string& what) {
+  if (arch.sliding_window) return;
+  if (auto it = j.find("layer_types"); it != j.end() && it->is_array()) {
+    for (const json& t : *it) {
+      const std::string type = checked<std::string>(t, what + ": 'layer_types' element");
+      ALEM_CHECK(type == "full_attention", what + ": layer_types has '" + type +
+                                               "' layers, but alem runs " + c.architecture +
+                                               " with full attention only");
+    }
+    return;
+  }
+  if (j.contains("max_window_layers") && j.contains("sliding_window") &&
+      !j.at("sliding_window").is_null()) {
+    ALEM_CHECK(optional<int>(j, "max_window_layers", 0, what) >= c.num_layers,
+               what + ": sliding_window applies from layer max_window_layers on, but alem runs " +
+                   c.architecture + " with full attention only");
+  }
+}
+
+// mlp_only_layers is 0..k-1 (DeepSeek-V3's first_k_dense_replace) and the family has that key.
+bool leading_layers(const std::vector<int>& layers, const MoeFamily& moe) {
+  if (moe.leading_dense_key.empty()) return false;
+  for (size_t i = 0; i < layers.size(); ++i)
+    if (layers[i] != static_cast<int>(i)) return false;
+  return true;
+}
+
+// The routing fields of a mixture-of-experts config (engine/moe_routing.h).
+void validate_routing(const ModelConfig& c, const MoeFamily& moe) {
+  const std::string where = "model config: " + c.architecture;
+  if (moe.routing == MoeRoutingRule::kSoftmax) {
+    ALEM_CHECK(c.n_group == 1 && c.topk_group == 1 && c.routed_scaling_factor == 1.f,
+               where +
+                   " routes by softmax: n_group, topk_group and routed_scaling_factor "
+                   "belong to DeepSeek-V3 routing and must be 1");
+    return;
+  }
+  check_positive(c.n_group, "n_group");
+  check_positive(c.topk_group, "topk_group");
+  ALEM_CHECK(c.num_experts % c.n_group == 0 && c.num_experts / c.n_group >= 2,
+             where + ": n_group " + std::to_string(c.n_group) + " must divide the " +
+                 std::to_string(c.num_experts) + " experts into groups of 2 or more");
+  ALEM_CHECK(c.topk_group <= c.n_group, where + ": topk_group " + std::to_string(c.topk_group) +
+                                            " exceeds n_group " + std::to_string(c.n_group));
+  ALEM_CHECK(c.topk_group * (c.num_experts / c.n_group) >= c.num_experts_per_tok,
+             where + ": topk_group " + std::to_string(c.topk_group) + " groups of " +
+                 std::to_string(c.num_experts / c.n_group) + " experts cannot give " +
+                 std::to_string(c.num_experts_per_tok) + " experts per token");
+  ALEM_CHECK(c.routed_scaling_factor > 0.f, where + ": routed_scaling_factor must be positive");
+}
+
 }  // namespace
 
 void ModelConfig::validate() const {
@@ -152,6 +207,7 @@ void ModelConfig::validate() const {
   }
   check_positive(num_experts, "num_experts");
   check_positive(num_experts_per_tok, "num_experts_per_tok");
+  validate_routing(*this, arch->moe);
   check_positive(moe_intermediate_size, "moe_intermediate_size");
   check_positive(decoder_sparse_step, "decoder_sparse_step");
   ALEM_CHECK(num_experts_per_tok <= num_experts,
@@ -166,10 +222,12 @@ void ModelConfig::validate() const {
              "model config: " + architecture +
                  " always renormalises its top-k routing weights, "
                  "but norm_topk_prob is false");
-  ALEM_CHECK(
-      arch->moe.dense_layer_switches || (decoder_sparse_step == 1 && mlp_only_layers.empty()),
-      "model config: every layer of " + architecture +
-          " is sparse, but decoder_sparse_step/mlp_only_layers make some dense");
+  ALEM_CHECK(arch->moe.dense_layer_switches ||
+                 (decoder_sparse_step == 1 &&
+                  (mlp_only_layers.empty() || leading_layers(mlp_only_layers, arch->moe))),
+             "model config: every layer of " + architecture + " is sparse" +
+                 (arch->moe.leading_dense_key.empty() ? "" : " but the first few") +
+                 ", but decoder_sparse_step/mlp_only_layers make others dense");
 }
 
 int ModelConfig::context_limit() const {
@@ -225,6 +283,11 @@ std::string ModelConfig::to_json() const {
     if (shared_expert_intermediate_size > 0) {
       j["shared_expert_intermediate_size"] = shared_expert_intermediate_size;
     }
+    if (n_group != 1 || topk_group != 1 || routed_scaling_factor != 1.f) {
+      j["n_group"] = n_group;
+      j["topk_group"] = topk_group;
+      j["routed_scaling_factor"] = shortest_double(routed_scaling_factor);
+    }
   }
   return j.dump();
 }
@@ -267,6 +330,9 @@ ModelConfig ModelConfig::from_json(const std::string& json_text) {
   c.decoder_sparse_step = optional<int>(j, "decoder_sparse_step", 1, what);
   c.mlp_only_layers = optional<std::vector<int>>(j, "mlp_only_layers", {}, what);
   c.shared_expert_intermediate_size = optional<int>(j, "shared_expert_intermediate_size", 0, what);
+  c.n_group = optional<int>(j, "n_group", 1, what);
+  c.topk_group = optional<int>(j, "topk_group", 1, what);
+  c.routed_scaling_factor = optional<float>(j, "routed_scaling_factor", 1.f, what);
   c.validate();
   return c;
 }
@@ -282,6 +348,10 @@ ModelConfig ModelConfig::from_hf_config_json(const std::string& json_text) {
   }
   const std::string model_type = optional<std::string>(j, "model_type", "", what);
   ModelConfig c;
+  if (const RefusedArchitecture* refused = find_refused_architecture(hf_arch, model_type)) {
+    ALEM_FAIL(what + ": architecture '" + (hf_arch.empty() ? model_type : hf_arch) +
+              "' is not supported: " + std::string(refused->reason));
+  }
   const ArchitectureInfo* arch = find_hf_architecture(hf_arch, model_type);
   ALEM_CHECK(arch != nullptr, what + ": architecture '" + (hf_arch.empty() ? model_type : hf_arch) +
                                   "' is not supported (" + architecture_names(true) + ")");
@@ -325,8 +395,10 @@ ModelConfig ModelConfig::from_hf_config_json(const std::string& json_text) {
     const MoeFamily& moe = arch->moe;
     // transformers 5 writes num_experts as "num_local_experts" (its attribute map); Mixtral's
     // own key is num_local_experts.
-    c.num_experts =
-        optional<int>(j, "num_experts", optional<int>(j, "num_local_experts", 0, what), what);
+    c.num_experts = optional<int>(
+        j, "num_experts",
+        optional<int>(j, "num_local_experts", optional<int>(j, "n_routed_experts", 0, what), what),
+        what);
     c.num_experts_per_tok = required<int>(j, "num_experts_per_tok", what);
     c.moe_intermediate_size = required<int>(j, std::string(moe.expert_size_key).c_str(), what);
     c.norm_topk_prob = moe.always_norm_topk || optional<bool>(j, "norm_topk_prob", false, what);
@@ -334,10 +406,31 @@ ModelConfig ModelConfig::from_hf_config_json(const std::string& json_text) {
       c.decoder_sparse_step = optional<int>(j, "decoder_sparse_step", 1, what);
       c.mlp_only_layers = optional<std::vector<int>>(j, "mlp_only_layers", {}, what);
     }
-    if (!moe.shared_expert.empty()) {
+    if (!moe.shared_expert_count_key.empty()) {  // DeepSeek-V3 style: n x the expert size
+      const int n = required<int>(j, std::string(moe.shared_expert_count_key).c_str(), what);
+      check_positive(n, "n_shared_experts");
+      c.shared_expert_intermediate_size = n * c.moe_intermediate_size;
+    } else if (!moe.shared_expert.empty()) {
       c.shared_expert_intermediate_size = required<int>(j, "shared_expert_intermediate_size", what);
     }
+    if (!moe.leading_dense_key.empty()) {
+      const int k = optional<int>(j, std::string(moe.leading_dense_key).c_str(), 0, what);
+      ALEM_CHECK(k >= 0 && k < c.num_layers,
+                 what + ": " + std::string(moe.leading_dense_key) + " " + std::to_string(k) +
+                     " leaves no sparse layer of " + std::to_string(c.num_layers));
+      for (int l = 0; l < k; ++l) c.mlp_only_layers.push_back(l);
+    }
+    if (moe.routing == MoeRoutingRule::kGroupedSigmoid) {
+      const std::string scoring = optional<std::string>(j, "scoring_func", "sigmoid", what);
+      ALEM_CHECK(scoring == "sigmoid" || scoring == "noaux_tc",
+                 what + ": scoring_func '" + scoring + "' is not " + c.architecture +
+                     "'s sigmoid routing");
+      c.n_group = optional<int>(j, "n_group", 1, what);
+      c.topk_group = optional<int>(j, "topk_group", 1, what);
+      c.routed_scaling_factor = optional<float>(j, "routed_scaling_factor", 1.f, what);
+    }
   }
+  check_full_attention(j, c, *arch, what);
   // Qwen2-MoE's sliding window applies only with use_sliding_window, which alem does not run.
   ALEM_CHECK(!optional<bool>(j, "use_sliding_window", false, what) || arch->sliding_window,
              what + ": use_sliding_window is set, but alem runs " + c.architecture +
@@ -369,10 +462,13 @@ int64_t count_parameters(const ModelConfig& c, int64_t experts_per_sparse_layer)
   for (int l = 0; l < c.num_layers; ++l) {
     total += attention;
     if (c.is_moe_layer(l)) {
+      const MoeFamily& moe = moe_family(c);
       total += int64_t{c.num_experts} * h  // router
                + experts_per_sparse_layer * 3 * h * c.moe_intermediate_size;
-      if (c.shared_expert_intermediate_size > 0) {  // shared expert and its gate
-        total += 3 * h * c.shared_expert_intermediate_size + h;
+      if (!moe.router_bias.empty()) total += c.num_experts;  // score correction bias
+      if (c.shared_expert_intermediate_size > 0) {           // shared expert(s) and a gate
+        total += 3 * h * c.shared_expert_intermediate_size;
+        if (!moe.shared_expert_gate.empty()) total += h;
       }
     } else {
       total += 3 * h * c.intermediate_size;  // gate, up, down

@@ -101,14 +101,8 @@ INSTANTIATE_TEST_SUITE_P(Stores, Qwen2MoeGolden, ::testing::Values(DType::F32, D
 
 // Every rank of the layout in its own thread over fake groups (tp, ep and pp combined).
 TEST(Qwen2Moe, ShardedLayoutsMatchTransformers) {
-  const std::string path = tiny_store(kModel, DType::BF16);
-  struct Case {
-    int tp, pp, ep;
-  };
-  for (const Case c : {Case{2, 1, 1}, Case{2, 1, 2}, Case{4, 1, 4}, Case{2, 2, 2}}) {
-    const ParallelLayout layout(c.tp, c.pp, 1, c.ep);
-    EXPECT_EQ(check_golden_fake_layout(kModel, path, layout), 0) << layout.describe();
-  }
+  expect_golden_layouts(kModel, tiny_store(kModel, DType::BF16),
+                        {{2, 1, 1}, {2, 1, 2}, {4, 1, 4}, {2, 2, 2}});  // {tp, pp, ep}
 }
 
 }  // namespace
