@@ -48,6 +48,10 @@ ModelConfig config_for_shape(const ModelShape& m) {
     c.num_experts = m.num_experts;
     c.num_experts_per_tok = m.experts_per_token;
     c.moe_intermediate_size = m.moe_intermediate_size;
+    if (m.shared_expert_intermediate_size > 0) {  // tp must divide the shared experts too
+      c.architecture = "qwen2moe";
+      c.shared_expert_intermediate_size = m.shared_expert_intermediate_size;
+    }
     // The shape keeps only the count of sparse layers: make the first ones dense.
     c.decoder_sparse_step = 1;
     for (int l = 0; l < m.dense_layers(); ++l) c.mlp_only_layers.push_back(l);

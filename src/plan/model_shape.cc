@@ -6,6 +6,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "model/architecture.h"
 #include "model/model_config.h"
 
 namespace alem::plan {
@@ -22,7 +23,15 @@ int64_t ModelShape::expert_params() const {
   return is_moe() ? 3 * int64_t{hidden_size} * moe_intermediate_size : 0;
 }
 int64_t ModelShape::router_params() const {
-  return is_moe() ? int64_t{hidden_size} * num_experts : 0;
+  if (!is_moe()) return 0;
+  return int64_t{hidden_size} * num_experts + (shared_expert_gate ? hidden_size : 0) +
+         (router_bias ? num_experts : 0);
+}
+int64_t ModelShape::shared_expert_params() const {
+  return is_moe() ? 3 * int64_t{hidden_size} * shared_expert_intermediate_size : 0;
+}
+int64_t ModelShape::shared_expert_params_total() const {
+  return int64_t{is_moe() ? num_moe_layers : 0} * shared_expert_params();
 }
 int64_t ModelShape::expert_params_total() const {
   return is_moe() ? int64_t{num_moe_layers} * num_experts * expert_params() : 0;
@@ -37,7 +46,8 @@ int64_t ModelShape::dense_ffn_params_total() const {
   return int64_t{dense_layers()} * dense_ffn_params();
 }
 int64_t ModelShape::dense_split_params_total() const {
-  return int64_t{num_layers} * attention_params_per_layer() + dense_ffn_params_total();
+  return int64_t{num_layers} * attention_params_per_layer() + dense_ffn_params_total() +
+         shared_expert_params_total();
 }
 int64_t ModelShape::embedding_params() const {
   return int64_t{vocab_size} * hidden_size;
@@ -174,6 +184,13 @@ ModelShape shape_from_config(const ModelConfig& c, const std::string& weight_dty
   s.experts_per_token = c.num_experts_per_tok;
   s.moe_intermediate_size = c.moe_intermediate_size;
   s.num_moe_layers = c.num_experts > 0 ? c.num_moe_layers() : 0;
+  if (c.num_experts > 0) {
+    const MoeFamily& family = moe_family(c);
+    s.shared_expert_intermediate_size = c.shared_expert_intermediate_size;
+    s.shared_expert_gate =
+        c.shared_expert_intermediate_size > 0 && !family.shared_expert_gate.empty();
+    s.router_bias = !family.router_bias.empty();
+  }
   const int64_t q = int64_t{c.num_heads} * c.head_dim, kv = int64_t{c.num_kv_heads} * c.head_dim;
   s.small_params_per_layer = 2 * int64_t{c.hidden_size} + (c.qk_norm ? 2 * c.head_dim : 0) +
                              (c.attention_bias ? q + 2 * kv : 0);

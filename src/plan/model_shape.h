@@ -28,6 +28,13 @@ struct ModelShape {
   // Sparse (MoE) layers; the other num_layers - num_moe_layers run the dense FFN. A store's
   // config decides them as the engine does (decoder_sparse_step, mlp_only_layers).
   int num_moe_layers = 0;
+  // Shared experts (Qwen2-MoE, dots.llm1): an FFN of this width that every token of a sparse
+  // layer runs beside its routed experts, split over tp like a dense FFN; 0: none. Qwen2-MoE
+  // scales it by a gate ([1][hidden], replicated like the router); DeepSeek-V3 routing adds a
+  // score correction bias ([num_experts]) to each router.
+  int shared_expert_intermediate_size = 0;
+  bool shared_expert_gate = false;
+  bool router_bias = false;
   int64_t small_params_per_layer = 0;  // RMSNorm weights, QK-norm, attention biases
   int vocab_size = 0;
   bool tie_word_embeddings = false;
@@ -40,16 +47,20 @@ struct ModelShape {
   int dense_layers() const { return num_layers - (is_moe() ? num_moe_layers : 0); }
   // Parameters of one layer's attention (q, k, v, o projections).
   int64_t attention_params_per_layer() const;
-  int64_t dense_ffn_params() const;  // one dense layer's FFN (gate, up, down)
-  int64_t expert_params() const;     // one expert's FFN (gate, up, down); 0 when dense
-  int64_t router_params() const;     // one sparse layer's router; 0 when dense
+  int64_t dense_ffn_params() const;      // one dense layer's FFN (gate, up, down)
+  int64_t expert_params() const;         // one expert's FFN (gate, up, down); 0 when dense
+  int64_t router_params() const;         // one sparse layer's router (with a shared-expert gate and
+                                         // a correction bias); 0 when dense
+  int64_t shared_expert_params() const;  // one sparse layer's shared experts; 0 when none
   // Over all layers: the experts' parameters (every expert), those one token runs, and the
   // routers; the dense FFNs of the dense layers.
   int64_t expert_params_total() const;
   int64_t active_expert_params_total() const;
   int64_t router_params_total() const;
   int64_t dense_ffn_params_total() const;
-  // Parameters every token runs that tp splits: attention and dense FFNs, over all layers.
+  int64_t shared_expert_params_total() const;
+  // Parameters every token runs that tp splits: attention, dense FFNs and shared experts, over
+  // all layers.
   int64_t dense_split_params_total() const;
   int64_t embedding_params() const;  // the input table
   int64_t lm_head_params() const;    // the output table (0 extra when tied: counted once)

@@ -131,6 +131,43 @@ TEST(PlanModelShape, MoeFieldsOfAStoreConfig) {
   }
 }
 
+// Shared experts (Qwen2-MoE's gated one, dots.llm1's gate-less ones with DeepSeek-V3 routing's
+// correction bias) are counted as the engine's config counts them, run by every token (active),
+// and split over tp with the same rule the engine applies.
+TEST(PlanModelShape, SharedExpertsAreCounted) {
+  const std::string common =
+      R"("vocab_size":512,"hidden_size":128,"num_hidden_layers":4,"num_attention_heads":8,)"
+      R"("num_key_value_heads":4,"intermediate_size":256,"max_position_embeddings":256,)"
+      R"("num_experts_per_tok":2,"moe_intermediate_size":48,)";
+  for (const std::string& json :
+       {R"({"architectures":["Qwen2MoeForCausalLM"],)" + common +
+            R"("num_experts":8,"shared_expert_intermediate_size":96,"mlp_only_layers":[0]})",
+        R"({"architectures":["Dots1ForCausalLM"],)" + common +
+            R"("n_routed_experts":8,"n_shared_experts":2,"first_k_dense_replace":1,)"
+            R"("n_group":4,"topk_group":2,"routed_scaling_factor":2.5})"}) {
+    const ModelConfig c = ModelConfig::from_hf_config_json(json);
+    const ModelShape s = shape_from_config(c, "bf16");
+    EXPECT_EQ(s.shared_expert_params_total(), 3 * 3 * 128 * 96) << c.architecture;
+    EXPECT_EQ(s.total_params(), c.parameter_count()) << c.architecture;
+    EXPECT_EQ(s.active_params(), c.active_parameter_count()) << c.architecture;
+    for (int tp = 1; tp <= 8; tp *= 2) {  // 96 shared columns; 4 kv heads stop tp 8
+      bool engine_ok = true;
+      try {
+        make_shard_plan(c, tp, 0, 1, 0, false, {}, 1);
+      } catch (const Error&) {
+        engine_ok = false;
+      }
+      EXPECT_EQ(sharding_problem(s, {tp, 1, 1, 1}).empty(), engine_ok) << c.architecture << tp;
+    }
+    ModelConfig odd = c;  // 98 columns: tp 4 cuts them
+    odd.shared_expert_intermediate_size = 98;
+    ModelShape odd_shape = s;
+    odd_shape.shared_expert_intermediate_size = 98;
+    EXPECT_THROW(make_shard_plan(odd, 4, 0, 1, 0, false, {}, 1), Error);
+    EXPECT_NE(sharding_problem(odd_shape, {4, 1, 1, 1}).find("shared expert"), std::string::npos);
+  }
+}
+
 // The engine's ep regroups a tp group's experts: every rank still holds E / tp experts' worth
 // of weights and runs the same two all-reduces per layer (no all-to-all); the group waits for
 // its busiest slice, so a step reads a little more than the mean.
