@@ -7,6 +7,10 @@ folders:
 - tests/data/tiny-qwen3-moe-b.gguf  (arch `qwen3moe`)  from tests/data/tiny-qwen3-moe-b
 - tests/data/tiny-mixtral.gguf      (arch `llama` with experts, as llama.cpp writes Mixtral)
                                      from tests/data/tiny-mixtral
+- tests/data/tiny-dots1-a.gguf      (arch `dots1`: shared experts ffn_*_shexp, the correction
+                                     bias exp_probs_b, expert_weights_scale, sigmoid gating,
+                                     expert_group_count/expert_group_used_count) from
+                                     tests/data/tiny-dots1-a
 
 Why: alem's GGUF importer must split llama.cpp's 3-D expert tensors (blk.N.ffn_gate_exps,
 ffn_up_exps, ffn_down_exps: [experts, rows, cols]) and the router (blk.N.ffn_gate_inp) into its
@@ -55,7 +59,8 @@ DATA = os.path.join(ROOT, "tests", "data")
 
 MODELS = [("tiny-qwen3-moe-a", gguf.MODEL_ARCH.QWEN3MOE),
           ("tiny-qwen3-moe-b", gguf.MODEL_ARCH.QWEN3MOE),
-          ("tiny-mixtral", gguf.MODEL_ARCH.LLAMA)]
+          ("tiny-mixtral", gguf.MODEL_ARCH.LLAMA),
+          ("tiny-dots1-a", gguf.MODEL_ARCH.DOTS1)]
 
 
 def bf16_bits(t):
@@ -106,7 +111,9 @@ def write(name, arch, expert_type=None):
     n_kv = config["num_key_value_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // n_head
     mixtral = config["model_type"] == "mixtral"
-    experts = config.get("num_experts") or config["num_local_experts"]
+    dots1 = config["model_type"] == "dots1"
+    experts = (config.get("num_experts") or config.get("num_local_experts") or
+               config["n_routed_experts"])
     rope = config.get("rope_parameters") or {}
     writer.add_name(name)
     writer.add_context_length(config["max_position_embeddings"])
@@ -125,6 +132,13 @@ def write(name, arch, expert_type=None):
     if not mixtral:
         writer.add_expert_feed_forward_length(config["moe_intermediate_size"])
         writer.add_expert_weights_norm(bool(config["norm_topk_prob"]))
+    if dots1:  # as llama.cpp's Dots1Model writes it, plus the groups (DeepSeek-V3's keys)
+        writer.add_leading_dense_block_count(config["first_k_dense_replace"])
+        writer.add_expert_shared_count(config["n_shared_experts"])
+        writer.add_expert_weights_scale(config["routed_scaling_factor"])
+        writer.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
+        writer.add_expert_group_count(config["n_group"])
+        writer.add_expert_group_used_count(config["topk_group"])
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if expert_type is None else
                          {gguf.GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
                           gguf.GGMLQuantizationType.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}[expert_type])
@@ -137,8 +151,10 @@ def write(name, arch, expert_type=None):
     dense_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, n_layers)
 
     def add(hf_name, tensor, quantise=False):
-        gguf_name = (tmap.get_name(hf_name, try_suffixes=(".weight", ".bias")) or
-                     dense_map.get_name(hf_name, try_suffixes=(".weight", ".bias")))
+        # llama.cpp maps the router's correction bias as "e_score_correction.bias".
+        lookup = hf_name.replace("e_score_correction_bias", "e_score_correction.bias")
+        gguf_name = (tmap.get_name(lookup, try_suffixes=(".weight", ".bias")) or
+                     dense_map.get_name(lookup, try_suffixes=(".weight", ".bias")))
         assert gguf_name is not None, hf_name
         if quantise and expert_type is not None:
             blocks = gguf.quants.quantize(tensor.float().numpy(), expert_type)
@@ -208,7 +224,9 @@ def dequantised_folder(name, path, out_dir):
     config = json.load(open(os.path.join(folder, "config.json")))
     weights = load_file(os.path.join(folder, "model.safetensors"))
     mixtral = config["model_type"] == "mixtral"
-    experts = config.get("num_experts") or config["num_local_experts"]
+    dots1 = config["model_type"] == "dots1"
+    experts = (config.get("num_experts") or config.get("num_local_experts") or
+               config["n_routed_experts"])
     part, names = (("block_sparse_moe.experts", {"gate": "w1", "up": "w3", "down": "w2"})
                    if mixtral else
                    ("mlp.experts", {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}))

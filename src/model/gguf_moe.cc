@@ -98,7 +98,28 @@ void read_gguf_moe_config(const GgufFile& gguf, ModelConfig& config) {
       moe.expert_size_key == "intermediate_size"
           ? config.intermediate_size
           : static_cast<int>(gguf.get_int(p + "expert_feed_forward_length"));
-  config.norm_topk_prob = moe.always_norm_topk || gguf.get_bool(p + "expert_weights_norm", true);
+  // llama.cpp renormalises when expert_weights_norm is absent for qwen3moe, not for dots1.
+  const bool grouped = moe.routing == MoeRoutingRule::kGroupedSigmoid;
+  config.norm_topk_prob =
+      moe.always_norm_topk || gguf.get_bool(p + "expert_weights_norm", !grouped);
+  if (grouped) {  // DeepSeek-V3 routing: sigmoid gating, groups, scale
+    const int64_t gating = gguf.get_int(p + "expert_gating_func", 2);
+    ALEM_CHECK(gating == 2, "GGUF file " + gguf.path() + ": " + p + "expert_gating_func " +
+                                std::to_string(gating) + " is not sigmoid (2), which " +
+                                config.architecture + " routes by");
+    config.n_group = static_cast<int>(gguf.get_int(p + "expert_group_count", 1));
+    config.topk_group = static_cast<int>(gguf.get_int(p + "expert_group_used_count", 1));
+    config.routed_scaling_factor =
+        static_cast<float>(gguf.get_float(p + "expert_weights_scale", 1.0));
+  }
+  if (!moe.shared_expert_count_key.empty()) {  // n shared experts of the expert size, one FFN
+    const int64_t shared = gguf.get_int(p + "expert_shared_count", 0);
+    ALEM_CHECK(shared > 0, "GGUF file " + gguf.path() + " has no " + p +
+                               "expert_shared_count, which a " + config.architecture +
+                               " model needs");
+    config.shared_expert_intermediate_size =
+        static_cast<int>(shared) * config.moe_intermediate_size;
+  }
   config.decoder_sparse_step = 1;
   config.mlp_only_layers.clear();
   for (int layer = 0; layer < config.num_layers; ++layer) {

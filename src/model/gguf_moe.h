@@ -3,9 +3,9 @@
 // [experts, hidden, expert ffn], outermost first) and its router as blk.N.ffn_gate_inp
 // ([experts, hidden]). alem's store keeps one 2-D matrix per expert under the family's own
 // names (model/architecture.h), so a rank reads its experts alone; this file maps one to the
-// other, keeping the file's ggml blocks when asked. Families: `qwen3moe`, and `llama` with experts,
-// which is how llama.cpp writes Mixtral. Kept apart from gguf_reader.cc/convert.cc, which call
-// these three functions.
+// other, keeping the file's ggml blocks when asked. Families: `qwen3moe`, `llama` with experts,
+// which is how llama.cpp writes Mixtral, and `dots1`. Kept apart from gguf_reader.cc/convert.cc,
+// which call these three functions.
 #pragma once
 
 #include <cstdint>
@@ -25,7 +25,9 @@ class ModelStoreWriter;
 // Fills the mixture-of-experts fields of `config` (already read as a dense model of the file's
 // general.architecture) from the GGUF metadata: {arch}.expert_count, expert_used_count,
 // expert_feed_forward_length (qwen3moe; Mixtral's experts are feed_forward_length), and
-// expert_weights_norm (qwen3moe; true when absent, as llama.cpp routes). A `llama` file with
+// expert_weights_norm (qwen3moe; true when absent, as llama.cpp routes); for dots1 also
+// expert_shared_count, expert_weights_scale, expert_gating_func (must be sigmoid) and
+// expert_group_count / expert_group_used_count. A `llama` file with
 // experts becomes architecture "mixtral". Layers without a router (ffn_gate_inp) are dense
 // (mlp_only_layers). Does nothing for a file without experts.
 void read_gguf_moe_config(const GgufFile& gguf, ModelConfig& config);

@@ -290,6 +290,12 @@ std::string gguf_to_hf_tensor_name(const std::string& name) {
       {"ffn_down.weight", "mlp.down_proj.weight"},
       {"attn_norm.weight", "input_layernorm.weight"},
       {"ffn_norm.weight", "post_attention_layernorm.weight"},
+      // dots.llm1's shared experts and router correction bias (the only family with them that
+      // the importer takes; Qwen2-MoE's single shared expert is not imported from GGUF).
+      {"ffn_gate_shexp.weight", "mlp.shared_experts.gate_proj.weight"},
+      {"ffn_up_shexp.weight", "mlp.shared_experts.up_proj.weight"},
+      {"ffn_down_shexp.weight", "mlp.shared_experts.down_proj.weight"},
+      {"exp_probs_b.bias", "mlp.gate.e_score_correction_bias"},
   };
   if (auto it = global.find(name); it != global.end()) return it->second;
   if (name.rfind("blk.", 0) != 0) return "";
@@ -569,9 +575,11 @@ const uint8_t* GgufFile::tensor_data(const GgufTensorInfo& tensor) const {
 ModelConfig GgufFile::model_config() const {
   const std::string& arch = impl_->architecture;
   ALEM_CHECK(!arch.empty(), "GGUF file " + impl_->path + " has no general.architecture string");
-  ALEM_CHECK(arch == "llama" || arch == "qwen2" || arch == "qwen3" || arch == "qwen3moe",
+  ALEM_CHECK(arch == "llama" || arch == "qwen2" || arch == "qwen3" || arch == "qwen3moe" ||
+                 arch == "dots1",
              "GGUF file " + impl_->path + " has architecture '" + arch +
-                 "'; alem imports llama (with experts: Mixtral), qwen2, qwen3 and qwen3moe only");
+                 "'; alem imports llama (with experts: Mixtral), qwen2, qwen3, qwen3moe and dots1 "
+                 "only");
   const std::string p = arch + ".";
   ModelConfig cfg;
   cfg.architecture = arch;

@@ -1,10 +1,11 @@
 // GGUF import of mixture-of-experts models (model/gguf_moe.h): tiny GGUF files written by the
 // `gguf` Python package (scripts/reference/make_moe_gguf.py) from the same bf16 weights as the
 // Hugging Face folders: `qwen3moe` (tiny-qwen3-moe-a with a dense first layer, -b with
-// norm_topk_prob false) and `llama` with experts (tiny-mixtral, as llama.cpp writes Mixtral, q/k
-// rows permuted). The stacked 3-D expert tensors must become the same per-expert matrices, bit
-// for bit, as the safetensors import; the models must then match transformers' golden tokens and
-// logits on one rank and sharded with expert parallelism.
+// norm_topk_prob false), `llama` with experts (tiny-mixtral, as llama.cpp writes Mixtral, q/k
+// rows permuted) and `dots1` (tiny-dots1-a: shared experts, correction bias, groups, scale). The
+// stacked 3-D expert tensors must become the same per-expert matrices, bit for bit, as the
+// safetensors import; the models must then match transformers' golden tokens and logits on one rank
+// and sharded with expert parallelism.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -22,7 +23,8 @@ namespace {
 
 using namespace test;
 
-const char* const kGgufModels[] = {"tiny-qwen3-moe-a", "tiny-qwen3-moe-b", "tiny-mixtral"};
+const char* const kGgufModels[] = {"tiny-qwen3-moe-a", "tiny-qwen3-moe-b", "tiny-mixtral",
+                                   "tiny-dots1-a"};
 
 TEST(GgufMoe, ConfigFromMetadata) {
   GgufFile a(data_dir() + "/tiny-qwen3-moe-a.gguf");
@@ -52,6 +54,24 @@ TEST(GgufMoe, ConfigFromMetadata) {
   EXPECT_EQ(cm.moe_intermediate_size, 32);  // feed_forward_length: the experts' size
   EXPECT_TRUE(cm.norm_topk_prob);
   EXPECT_EQ(cm.num_moe_layers(), 3);
+
+  GgufFile d(data_dir() + "/tiny-dots1-a.gguf");
+  EXPECT_EQ(d.architecture(), "dots1");
+  const ModelConfig cd = d.model_config();
+  EXPECT_EQ(cd.architecture, "dots1");
+  EXPECT_TRUE(cd.qk_norm);
+  EXPECT_EQ(cd.num_experts, 8);
+  EXPECT_EQ(cd.n_group, 4);     // expert_group_count
+  EXPECT_EQ(cd.topk_group, 2);  // expert_group_used_count
+  EXPECT_FLOAT_EQ(cd.routed_scaling_factor, 2.5f);
+  EXPECT_TRUE(cd.norm_topk_prob);
+  EXPECT_EQ(cd.shared_expert_intermediate_size, 32);  // expert_shared_count 1 x 32
+  EXPECT_EQ(cd.mlp_only_layers, std::vector<int>{0});
+  // Its config equals the Hugging Face folder's, field for field (the name aside).
+  ModelStoreReader hf(tiny_store("tiny-dots1-a", DType::BF16));
+  ModelConfig from_hf = hf.config();
+  from_hf.name = cd.name;
+  EXPECT_EQ(ModelConfig::from_json(from_hf.to_json()).to_json(), cd.to_json());
 }
 
 // The GGUF and safetensors imports of each model hold the same tensors with the same bf16 bits.
