@@ -1,7 +1,11 @@
-// Where tests find the real model and test data (set by ctest; see tests/CMakeLists.txt).
+// Where tests find the real model and test data (set by ctest; see tests/CMakeLists.txt), and
+// where they put their temporary files.
 #pragma once
 
+#include <unistd.h>
+
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 
 namespace alem::test {
@@ -32,6 +36,13 @@ inline std::string backend_name() {
 }
 inline std::string data_dir() {
   return env_or("ALEM_TEST_DATA", "tests/data");
+}
+// A file for one test binary's `name`, in the temp directory and unique to this process:
+// "<tmp>/alem_test_<binary>_<pid>_<name>".
+inline std::string temp_path(const std::string& binary, const std::string& name) {
+  return (std::filesystem::temp_directory_path() /
+          ("alem_test_" + binary + "_" + std::to_string(::getpid()) + "_" + name))
+      .string();
 }
 
 }  // namespace alem::test

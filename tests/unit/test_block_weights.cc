@@ -20,6 +20,7 @@
 #include "model/gguf_reader.h"
 #include "model/model_store.h"
 #include "model/model_store_writer.h"
+#include "tests/block_store_fixture.h"
 #include "tests/test_env.h"
 
 namespace alem {
@@ -28,9 +29,7 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string temp_path(const std::string& name) {
-  return (fs::temp_directory_path() /
-          ("alem_test_blocks_" + std::to_string(::getpid()) + "_" + name))
-      .string();
+  return test::temp_path("blocks", name);
 }
 
 std::string hex(const uint8_t* p, size_t n) {
@@ -69,48 +68,26 @@ TEST(BlockWeights, QuantisersMatchTheGgufPackage) {
   }
 }
 
-struct BlockStore {
-  static constexpr int64_t kRows = 130, kCols = 320;
-  std::string path;
-  std::map<DType, WeightMatrix> matrices;
-  explicit BlockStore(const std::string& name) : path(temp_path(name)) {
-    ModelConfig c;
-    c.name = "blocks";
-    c.vocab_size = 8;
-    c.hidden_size = 64;
-    c.num_layers = 1;
-    c.num_heads = 1;
-    c.num_kv_heads = 1;
-    c.head_dim = 64;
-    c.intermediate_size = 64;
-    c.max_position_embeddings = 16;
-    TokenizerData t;
-    t.tokens = {"a", "b"};
-    t.token_kinds = {1, 1};
-    ModelStoreWriter w(path, c, t, "test:blocks");
-    std::mt19937 rng(5);
-    std::uniform_real_distribution<float> dist(-1.f, 1.f);
-    std::vector<float> values(kRows * kCols);
-    for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
-      for (float& v : values) v = dist(rng);
-      matrices.emplace(dtype, make_weight_matrix(values.data(), kRows, kCols, dtype));
-      w.add_matrix("m." + dtype_name(dtype), matrices.at(dtype));
-    }
-    w.finish();
-  }
-  ~BlockStore() { fs::remove(path); }
+constexpr int64_t kRows = 130, kCols = 320;
+
+// The three block types as random uniform(-1, 1) matrices of kRows x kCols.
+struct BlockFixture : test::BlockStore {
+  explicit BlockFixture(const std::string& name)
+      : BlockStore(temp_path(name), kRows, kCols, {DType::Q4_0, DType::Q4_1, DType::Q8_0},
+                   [rng = std::mt19937(5), dist = std::uniform_real_distribution<float>(
+                                               -1.f, 1.f)]() mutable { return dist(rng); }) {}
 };
 
 TEST(BlockWeights, StoreKeepsBlocksAndCutsShardsBetweenThem) {
-  BlockStore fx("shards.h5");
+  BlockFixture fx("shards.h5");
   ModelStoreReader r(fx.path);
   EXPECT_EQ(r.verify(), "");
   for (const auto& [dtype, m] : fx.matrices) {
     const std::string name = "m." + dtype_name(dtype);
     SCOPED_TRACE(name);
     EXPECT_EQ(r.tensor_info(name).dtype, dtype);
-    EXPECT_EQ(r.tensor_info(name).shape, (std::vector<int64_t>{BlockStore::kRows, 320}));
-    const WeightMatrix whole = r.read_matrix(name, 0, BlockStore::kRows);
+    EXPECT_EQ(r.tensor_info(name).shape, (std::vector<int64_t>{kRows, 320}));
+    const WeightMatrix whole = r.read_matrix(name, 0, kRows);
     ASSERT_EQ(whole.data.size(), m.data.size());
     EXPECT_EQ(std::memcmp(whole.data.data(), m.data.data(), m.data.size()), 0);
     // A row-parallel shard (block-aligned columns) and a column-parallel one (rows).
@@ -130,7 +107,7 @@ TEST(BlockWeights, StoreKeepsBlocksAndCutsShardsBetweenThem) {
 }
 
 TEST(BlockWeights, ATamperedBlockIsRefused) {
-  BlockStore fx("tamper.h5");
+  BlockFixture fx("tamper.h5");
   {
     hid_t file = H5Fopen(fx.path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
     hid_t ds = H5Dopen2(file, "tensors/m.q4_0", H5P_DEFAULT);

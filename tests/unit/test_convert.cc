@@ -28,9 +28,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 std::string temp_path(const std::string& name) {
-  return (fs::temp_directory_path() /
-          ("alem_test_convert_" + std::to_string(::getpid()) + "_" + name))
-      .string();
+  return test::temp_path("convert", name);
 }
 
 std::string tiny_dir() {

@@ -45,8 +45,7 @@ void write_bytes(const std::string& path, const uint8_t* data, size_t n) {
 }
 
 std::string temp_path(const std::string& name) {
-  return (fs::temp_directory_path() / ("alem_test_gguf_" + std::to_string(::getpid()) + "_" + name))
-      .string();
+  return test::temp_path("gguf", name);
 }
 
 // Opens a GGUF file and exercises every accessor; returns true if it parsed. Anything other

@@ -19,6 +19,7 @@
 #include "model/gguf_quant.h"
 #include "model/model_store.h"
 #include "model/model_store_writer.h"
+#include "tests/block_store_fixture.h"
 #include "tests/test_env.h"
 
 namespace alem {
@@ -28,9 +29,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 std::string temp_path(const std::string& name) {
-  return (fs::temp_directory_path() /
-          ("alem_test_kquant_" + std::to_string(::getpid()) + "_" + name))
-      .string();
+  return test::temp_path("kquant", name);
 }
 
 std::vector<uint8_t> from_hex(const std::string& s) {
@@ -159,36 +158,18 @@ TEST(KQuantWeights, QuantiserMatchesTheNumpyReference) {
 }
 
 TEST(KQuantWeights, StoreKeepsSuperBlocksAndCutsShardsBetweenThem) {
-  const std::string path = temp_path("store.h5");
   constexpr int64_t kRows = 70, kCols = 768;
-  std::map<DType, WeightMatrix> matrices;
-  {
-    ModelConfig c;
-    c.name = "kquant";
-    c.vocab_size = 8;
-    c.hidden_size = 64;
-    c.num_layers = 1;
-    c.num_heads = 1;
-    c.num_kv_heads = 1;
-    c.head_dim = 64;
-    c.intermediate_size = 64;
-    c.max_position_embeddings = 16;
-    TokenizerData t;
-    t.tokens = {"a", "b"};
-    t.token_kinds = {1, 1};
-    ModelStoreWriter w(path, c, t, "test:kquant");
-    std::mt19937 rng(9);
-    std::normal_distribution<float> dist(0.f, 1.f);
-    std::vector<float> values(kRows * kCols);
-    for (DType dtype : {DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
-      for (float& v : values) v = dist(rng);
-      matrices.emplace(dtype, make_weight_matrix(values.data(), kRows, kCols, dtype));
-      w.add_matrix("m." + dtype_name(dtype), matrices.at(dtype));
-    }
-    std::vector<float> narrow(4 * 96, 0.5f);
-    EXPECT_NE(error_of([&] { w.add_matrix("narrow", narrow.data(), 4, 96, DType::Q4_K); }), "");
-    w.finish();
-  }
+  const test::BlockStore fx(
+      temp_path("store.h5"), kRows, kCols, {DType::Q4_K, DType::Q5_K, DType::Q6_K},
+      [rng = std::mt19937(9), dist = std::normal_distribution<float>(0.f, 1.f)]() mutable {
+        return dist(rng);
+      },
+      [](ModelStoreWriter& w) {
+        std::vector<float> narrow(4 * 96, 0.5f);
+        EXPECT_NE(error_of([&] { w.add_matrix("narrow", narrow.data(), 4, 96, DType::Q4_K); }), "");
+      });
+  const std::string& path = fx.path;
+  const std::map<DType, WeightMatrix>& matrices = fx.matrices;
   {
     ModelStoreReader r(path);
     EXPECT_EQ(r.verify(), "");
@@ -216,7 +197,6 @@ TEST(KQuantWeights, StoreKeepsSuperBlocksAndCutsShardsBetweenThem) {
           << refused;
     }
   }
-  fs::remove(path);
 }
 
 TEST(KQuantWeights, ConvertToQ4KFallsBackToQ8_0ForRowsOfPartBlocks) {

@@ -31,9 +31,7 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string temp_path(const std::string& name) {
-  return (fs::temp_directory_path() /
-          ("alem_test_store_" + std::to_string(::getpid()) + "_" + name))
-      .string();
+  return test::temp_path("store", name);
 }
 
 ModelConfig small_config() {
