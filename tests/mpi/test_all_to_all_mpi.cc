@@ -2,7 +2,8 @@
 // ProcessGroup::all_to_all under mpirun, on every backend that runs here
 // (tests/all_to_all_conformance.h): the MPI groups of every layout that fits the job (world, tp,
 // pp, dp), the same with 12-byte MPI pieces (the multi-round path), the encrypted channel
-// (every rank its own node, so every block between ranks is sealed), and NCCL when this machine
+// (every rank its own node, so every block between ranks is sealed; a tampered block is refused
+// by its receiver), and NCCL when this machine
 // has a GPU per rank (skipped otherwise). Each rank computes what it must receive; verdicts are
 // all-reduced.
 #include <gtest/gtest.h>
@@ -98,6 +99,45 @@ TEST(AllToAllMpi, EncryptedChannelSealsEveryBlock) {
   EXPECT_EQ(totals[0], totals[1]);
   EXPECT_EQ(bad, 0);
   ASSERT_TRUE(all_ranks_agree(bad == 0));
+}
+
+// A block flipped on the wire between hosts is refused by its receiver, naming the sender; the
+// other members finish (only rank 0 -> rank 1 carries data, so nobody waits on the refuser).
+TEST(AllToAllMpi, EncryptedChannelRefusesATamperedBlock) {
+  ALEM_REQUIRE_RANKS(2);
+  const int n = world_size();
+  ParallelContext ctx = make_mpi_context(ParallelLayout(1, 1, n));
+  const GroupMembers members = dynamic_cast<MpiProcessGroup&>(*ctx.world).members();
+  SecureGroupOptions options;
+  options.treat_every_rank_as_own_node = true;
+  auto group =
+      make_secure_group(std::move(ctx.world), members, test_keys(ctx.world_rank, n), options);
+  auto* secure = dynamic_cast<SecureProcessGroup*>(group.get());
+  ASSERT_NE(secure, nullptr);
+  const int me = group->rank();
+  std::vector<size_t> send_bytes(static_cast<size_t>(n), 0), recv_bytes(send_bytes);
+  if (me == 0) send_bytes[1] = 64;
+  if (me == 1) recv_bytes[0] = 64;
+  std::vector<uint8_t> out(64, 0x5a), in(64, 0);
+  if (me == 0) secure->corrupt_next_send_for_test(7);
+  std::string error;
+  try {
+    group->all_to_all(out.data(), send_bytes, in.data(), recv_bytes);
+  } catch (const Error& e) {
+    error = e.message();
+  }
+  bool ok;
+  if (me == 1) {
+    ok = error.find("failed authentication") != std::string::npos &&
+         error.find("world rank 0") != std::string::npos;
+    EXPECT_TRUE(ok) << "rank 1 accepted a tampered block or named no sender: '" << error << "'";
+    EXPECT_EQ(in, std::vector<uint8_t>(64, 0)) << "tampered plaintext reached the caller";
+    ok = ok && in == std::vector<uint8_t>(64, 0);
+  } else {
+    ok = error.empty();
+    EXPECT_TRUE(ok) << error;
+  }
+  ASSERT_TRUE(all_ranks_agree(ok));
 }
 
 TEST(AllToAllMpi, NcclOnGpus) {
