@@ -186,7 +186,8 @@ std::shared_ptr<FailureWatchdog> install_failure_handling(ParallelContext& ctx,
   auto watchdog = std::make_shared<FailureWatchdog>(
       collective_timeout_from_environment(options.collective_timeout_s));
   // Attached even when off: watch() then costs one atomic load, and arm() can turn it on later.
-  for (ProcessGroup* group : {ctx.world.get(), ctx.tp.get(), ctx.pp.get(), ctx.dp.get()})
+  for (ProcessGroup* group :
+       {ctx.world.get(), ctx.tp.get(), ctx.pp.get(), ctx.dp.get(), ctx.ep.get()})
     if (auto* mpi_group = dynamic_cast<MpiProcessGroup*>(group)) mpi_group->set_watchdog(watchdog);
   ctx.watchdog = watchdog;
   return watchdog;

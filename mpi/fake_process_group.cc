@@ -294,6 +294,7 @@ std::vector<ParallelContext> make_fake_contexts(const ParallelLayout& layout, do
         {"tp", c.tp == 0, layout.tp_group(rank), &ParallelContext::tp},
         {"pp", c.pp == 0, layout.pp_group(rank), &ParallelContext::pp},
         {"dp", c.dp == 0, layout.dp_group(rank), &ParallelContext::dp},
+        {"ep", layout.ep_group(rank).front() == rank, layout.ep_group(rank), &ParallelContext::ep},
     };
     for (const Dimension& dim : dimensions) {
       if (!dim.first_member) continue;

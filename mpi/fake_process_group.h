@@ -22,7 +22,7 @@ namespace alem {
 std::vector<std::unique_ptr<ProcessGroup>> make_fake_group(int size, const std::string& name = "tp",
                                                            double timeout_s = 60);
 
-// A context per world rank of `layout`, all in this process, with fake world/tp/pp/dp groups
+// A context per world rank of `layout`, all in this process, with fake world/tp/pp/dp/ep groups
 // wired as make_mpi_context would wire them. Element r is world rank r's context; run each on
 // its own thread.
 std::vector<ParallelContext> make_fake_contexts(const ParallelLayout& layout,

@@ -198,6 +198,13 @@ ParallelContext make_mpi_context(const ParallelLayout& layout, const MpiContextO
                        members_of(layout.pp_group(world_rank), placement), chunk);
   ctx.dp = split_group("dp", world, c.pp * layout.tp_size() + c.tp, c.dp,
                        members_of(layout.dp_group(world_rank), placement), chunk);
+  // Ranks sharing experts across replicas (one member each unless the experts span replicas):
+  // the color is the first member's world rank, the key the member's place in the group.
+  const std::vector<int> ep_ranks = layout.ep_group(world_rank);
+  const int ep_key =
+      static_cast<int>(std::find(ep_ranks.begin(), ep_ranks.end(), world_rank) - ep_ranks.begin());
+  ctx.ep =
+      split_group("ep", world, ep_ranks.front(), ep_key, members_of(ep_ranks, placement), chunk);
   if (options.warn_when_tp_spans_nodes && world_rank == 0)
     warn_if_tp_spans_nodes(layout, placement);
   return ctx;

@@ -1,7 +1,7 @@
 // The multi-rank ParallelContext: starts MPI, checks that the job has as many ranks as the layout
-// needs, and splits MPI_COMM_WORLD into this rank's world, tp, pp and dp process groups. It also
-// learns where the ranks run (hostnames, which ranks share a node) for `alem status`, for picking
-// a GPU per rank, and to warn when a TP group spans nodes.
+// needs, and splits MPI_COMM_WORLD into this rank's world, tp, pp, dp and ep process groups. It
+// also learns where the ranks run (hostnames, which ranks share a node) for `alem status`, for
+// picking a GPU per rank, and to warn when a TP group spans nodes.
 //
 // This header does not include mpi.h; model code may include it.
 #pragma once

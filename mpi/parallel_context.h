@@ -20,6 +20,9 @@ struct ParallelContext {
   std::unique_ptr<ProcessGroup> tp;
   std::unique_ptr<ProcessGroup> pp;
   std::unique_ptr<ProcessGroup> dp;
+  // The replicas that share this rank's experts (ParallelLayout::ep_group): more than one member
+  // only when the experts span replicas; MoE layers dispatch tokens over it with all_to_all.
+  std::unique_ptr<ProcessGroup> ep;
   // The tensor-parallel group again, for GPU device tensors (NCCL, same members and order as
   // tp), set by attach_device_groups (mpi/nccl_process_group.h) when the kernel backend keeps its
   // tensors on a GPU; null otherwise, and then device tensors are staged through host memory

@@ -13,11 +13,24 @@ ParallelLayout::ParallelLayout(int tp_size, int pp_size, int dp_size, int ep_siz
              "parallel sizes must be at least 1, got tp=" + std::to_string(tp_size) +
                  " pp=" + std::to_string(pp_size) + " dp=" + std::to_string(dp_size) +
                  " ep=" + std::to_string(ep_size));
-  ALEM_CHECK(tp_size % ep_size == 0,
-             "expert parallel size ep=" + std::to_string(ep_size) +
-                 " must divide the tensor parallel size tp=" + std::to_string(tp_size) +
-                 ": experts are spread over the ranks of the tp group, whose attention stays "
-                 "tensor-parallel (supported: ep divides tp, any pp and dp)");
+  if (ep_size == 1) return;
+  if (tp_size > 1) {
+    ALEM_CHECK(tp_size % ep_size == 0,
+               "expert parallel size ep=" + std::to_string(ep_size) +
+                   " must divide the tensor parallel size tp=" + std::to_string(tp_size) +
+                   ": with tp > 1 experts are spread over the ranks of the tp group, whose "
+                   "attention stays tensor-parallel (supported: ep divides tp with any pp and dp, "
+                   "or tp=1 with ep spanning dp replicas)");
+    return;
+  }
+  ALEM_CHECK(pp_size == 1, "experts across replicas (tp=1, ep=" + std::to_string(ep_size) +
+                               ") need pp=1, got pp=" + std::to_string(pp_size) +
+                               ": pipeline stages would have to keep their micro-batches in step "
+                               "across replicas (use ep inside the tp group: --tp T --ep E)");
+  ALEM_CHECK(dp_size % ep_size == 0,
+             "experts across replicas: ep=" + std::to_string(ep_size) +
+                 " must divide the number of replicas dp=" + std::to_string(dp_size) +
+                 " (each group of ep replicas shares one set of experts)");
 }
 
 ParallelLayout ParallelLayout::for_world(int world_size, int tp_size, int pp_size, int ep_size) {
@@ -43,7 +56,7 @@ ParallelCoords ParallelLayout::coords(int world_rank) const {
   c.tp = world_rank % tp_;
   c.pp = (world_rank / tp_) % pp_;
   c.dp = world_rank / (tp_ * pp_);
-  c.ep = c.tp / (tp_ / ep_);
+  c.ep = experts_across_replicas() ? c.dp % ep_ : c.tp / (tp_ / ep_);
   return c;
 }
 
@@ -75,11 +88,22 @@ std::vector<int> ParallelLayout::dp_group(int world_rank) const {
   return ranks;
 }
 
+std::vector<int> ParallelLayout::ep_group(int world_rank) const {
+  ParallelCoords c = coords(world_rank);
+  if (!experts_across_replicas()) return {world_rank};
+  std::vector<int> ranks;
+  const int first = c.dp - c.dp % ep_;
+  for (c.dp = first; c.dp < first + ep_; ++c.dp) ranks.push_back(this->world_rank(c));
+  return ranks;
+}
+
 std::string ParallelLayout::describe() const {
   const int n = world_size();
-  return "tp=" + std::to_string(tp_) + (ep_ > 1 ? " ep=" + std::to_string(ep_) : "") +
-         " pp=" + std::to_string(pp_) + " dp=" + std::to_string(dp_) + " (" + std::to_string(n) +
-         (n == 1 ? " rank)" : " ranks)");
+  const std::string ep = " ep=" + std::to_string(ep_);
+  const bool inside_tp = ep_ > 1 && !experts_across_replicas();
+  return "tp=" + std::to_string(tp_) + (inside_tp ? ep : "") + " pp=" + std::to_string(pp_) +
+         " dp=" + std::to_string(dp_) + (experts_across_replicas() ? ep : "") + " (" +
+         std::to_string(n) + (n == 1 ? " rank)" : " ranks)");
 }
 
 std::vector<StageRange> split_layers(int num_layers, int pp_size, const std::vector<int>& given) {

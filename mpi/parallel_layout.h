@@ -17,6 +17,14 @@
 // MoE layer's experts (each expert split over its slice's tp/ep ranks). Attention stays
 // tensor-parallel over all tp ranks. ep must divide tp; with tp 4 ep 2, tp ranks {0,1} hold
 // experts [0, E/2) and {2,3} hold [E/2, E).
+//
+// Experts across replicas (tp = 1, ep > 1; the DeepSeek / SGLang "DP attention + EP" layout):
+// each dp replica runs attention on its own requests, and consecutive groups of ep replicas
+// share the experts of every MoE layer: replica d is member d % ep of the ep group of replicas
+// [d - d % ep, d - d % ep + ep) and holds experts [(d % ep) * E/ep, (d % ep + 1) * E/ep). Tokens
+// travel to their experts' replica and back by all_to_all on the ep group. Needs pp = 1 (stages
+// would have to keep micro-batches in step across replicas) and ep dividing dp. With dp 4 ep 2:
+// replicas {0,1} share one set of experts, {2,3} another.
 #pragma once
 
 #include <string>
@@ -28,13 +36,16 @@ struct ParallelCoords {
   int dp = 0;
   int pp = 0;
   int tp = 0;
-  int ep = 0;  // expert-parallel slice of the tp rank: tp / (tp_size / ep_size); derived
+  // Expert-parallel slice: inside the tp group tp / (tp_size / ep_size); across replicas
+  // dp % ep_size (see experts_across_replicas). Derived.
+  int ep = 0;
 };
 
 class ParallelLayout {
  public:
   ParallelLayout() = default;
-  // Throws alem::Error if any size < 1, or when ep does not divide tp.
+  // Throws alem::Error if any size < 1, or when ep > 1 is neither a divisor of tp > 1 (experts
+  // inside the tp group) nor, with tp = 1, pp = 1 and ep dividing dp, spread across replicas.
   ParallelLayout(int tp_size, int pp_size, int dp_size, int ep_size = 1);
   // The layout with the given tp and pp that fills world_size ranks (dp = world / (tp * pp)).
   // Throws alem::Error when world_size is not a multiple of tp * pp.
@@ -45,6 +56,9 @@ class ParallelLayout {
   int dp_size() const { return dp_; }
   int ep_size() const { return ep_; }
   int world_size() const { return tp_ * pp_ * dp_; }
+  // True when the experts are spread over ep replicas rather than over the tp group (tp = 1,
+  // ep > 1): the ep group then spans replicas, and its members run every MoE layer together.
+  bool experts_across_replicas() const { return ep_ > 1 && tp_ == 1; }
 
   // Both throw alem::Error for a rank or coordinate outside the layout.
   ParallelCoords coords(int world_rank) const;
@@ -54,8 +68,14 @@ class ParallelLayout {
   std::vector<int> tp_group(int world_rank) const;
   std::vector<int> pp_group(int world_rank) const;
   std::vector<int> dp_group(int world_rank) const;
+  // The replicas that share world_rank's experts (experts_across_replicas): the ranks at the same
+  // (pp, tp) of the ep replicas of its ep group, in ep-rank order. Otherwise {world_rank}: inside
+  // the tp group, experts need no group of their own (the tp all-reduce combines them).
+  std::vector<int> ep_group(int world_rank) const;
   int replica_leader(int dp_rank) const { return dp_rank * pp_ * tp_; }
-  std::string describe() const;  // "tp=3 pp=2 dp=1 (6 ranks)"; "tp=4 ep=2 pp=1 ..." when ep>1
+  // "tp=3 pp=2 dp=1 (6 ranks)"; "tp=4 ep=2 pp=1 ..." when ep>1; "... dp=2 ep=2 (2 ranks)" when
+  // the experts span replicas.
+  std::string describe() const;
 
   bool operator==(const ParallelLayout&) const = default;
 

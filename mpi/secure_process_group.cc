@@ -377,7 +377,8 @@ std::unique_ptr<ProcessGroup> make_secure_group(std::unique_ptr<ProcessGroup> in
 int secure_parallel_context(ParallelContext& ctx, std::shared_ptr<SecureChannelKeys> keys,
                             const SecureGroupOptions& options) {
   int wrapped = 0;
-  for (std::unique_ptr<ProcessGroup>* group : {&ctx.world, &ctx.tp, &ctx.pp, &ctx.dp}) {
+  for (std::unique_ptr<ProcessGroup>* group : {&ctx.world, &ctx.tp, &ctx.pp, &ctx.dp, &ctx.ep}) {
+    if (group == &ctx.ep && !*group) continue;  // contexts made before the ep group existed
     ALEM_CHECK(*group, "secure_parallel_context: the context lacks a group");
     if (dynamic_cast<SecureProcessGroup*>(group->get())) continue;  // already wrapped
     const auto* mpi = dynamic_cast<const MpiProcessGroup*>(group->get());

@@ -139,8 +139,8 @@ std::unique_ptr<ProcessGroup> make_secure_group(std::unique_ptr<ProcessGroup> in
                                                 std::shared_ptr<SecureChannelKeys> keys,
                                                 const SecureGroupOptions& options = {});
 
-// Wraps ctx.world, tp, pp and dp (in that order, on every rank: collective in effect). The groups
-// must be MPI groups made by make_mpi_context. Returns how many groups were wrapped here.
+// Wraps ctx.world, tp, pp, dp and ep (in that order, on every rank: collective in effect). The
+// groups must be MPI groups made by make_mpi_context. Returns how many groups were wrapped here.
 int secure_parallel_context(ParallelContext& ctx, std::shared_ptr<SecureChannelKeys> keys,
                             const SecureGroupOptions& options = {});
 

@@ -53,6 +53,7 @@ ParallelContext make_solo_context() {
   ctx.tp = make_solo_group("tp");
   ctx.pp = make_solo_group("pp");
   ctx.dp = make_solo_group("dp");
+  ctx.ep = make_solo_group("ep");
   return ctx;
 }
 

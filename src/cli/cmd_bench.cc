@@ -83,6 +83,33 @@ void print_moe_load(const ShardedTransformer& model, double bytes_per_token,
   std::printf("\n");
 }
 
+// Experts across replicas: every rank's all_to_all share of its step time over one run and the
+// bytes it dispatched per step (token rows out and results back, to other ranks), gathered over
+// the world (collective) so that rank 0 prints every rank's.
+void print_expert_dispatch(ParallelContext& ctx, const ShardedTransformer& model,
+                           const ExpertDispatchStats& before) {
+  if (!ctx.layout.experts_across_replicas()) return;
+  const ExpertDispatchStats& now = model.expert_dispatch();
+  const ForwardTimings& t = model.timings();
+  const double step_seconds = std::max(t.compute_seconds + t.communication_seconds, 1e-9);
+  const double mine[3] = {
+      (now.all_to_all_seconds - before.all_to_all_seconds) / step_seconds,
+      static_cast<double>(now.bytes_sent - before.bytes_sent) / std::max<int64_t>(t.steps, 1),
+      static_cast<double>(now.rows_sent - before.rows_sent) / std::max<int64_t>(t.steps, 1)};
+  std::vector<double> all(3 * static_cast<size_t>(ctx.world->size()));
+  ctx.world->all_gather(mine, sizeof(mine), all.data());
+  if (ctx.world_rank != 0) return;
+  std::printf(
+      "#   expert dispatch (experts across ep %d replicas), per rank: all_to_all share of step "
+      "time, kB sent per step (rows out + results back), rows sent per step:",
+      ctx.layout.ep_size());
+  for (size_t r = 0; r < all.size() / 3; ++r) {
+    std::printf(" [%zu] %.1f%% %.1f kB %.1f", r, 100 * all[3 * r], all[3 * r + 1] / 1e3,
+                all[3 * r + 2]);
+  }
+  std::printf("\n");
+}
+
 // Where a single-sequence decode step's time goes: each kind of kernel, and what is left outside
 // the kernels (sampling on the host, the scheduler, collectives, waiting).
 void print_decode_breakdown(const OpTimes& ops, double decode_seconds, int steps) {
@@ -185,9 +212,11 @@ void run_bench_generate(const BenchGenerateOptions& o) {
     OpTimes decode_ops;
     double decode_op_step_seconds = 0;  // the decode wall time of the run decode_ops comes from
     int decode_op_steps = 0;
+    ExpertDispatchStats dispatch_before;
     for (int r = 0; r < o.repeats; ++r) {
       model.reset_timings();
       backend->reset();
+      dispatch_before = model.expert_dispatch();
       GenerationResult result = generator.generate(prompt, params);
       const double prefill = o.prompt_tokens / std::max(result.prefill_seconds, 1e-9);
       const double decode = (result.tokens.size() - 1) / std::max(result.decode_seconds, 1e-9);
@@ -214,6 +243,9 @@ void run_bench_generate(const BenchGenerateOptions& o) {
                        stored_expert_dtype(store, config));
       }
       print_decode_breakdown(decode_ops, decode_op_step_seconds, decode_op_steps);
+    }
+    print_expert_dispatch(ctx, model, dispatch_before);  // collective: every rank
+    if (leader) {
       if (csv) {
         csv << '"' << ctx.layout.describe() << "\"," << backend->name() << ',' << weights_dtype
             << ',' << backend->max_threads() << ',' << o.prompt_tokens << ',' << o.decode_tokens

@@ -50,8 +50,10 @@ void add_parallel_flags(CLI::App& cmd, ParallelOptions& o) {
   cmd.add_option("--pp", o.pp, "Pipeline-parallel size (stages)")->capture_default_str();
   cmd.add_option("--dp", o.dp, "Data-parallel size (replicas)")->capture_default_str();
   cmd.add_option("--ep", o.ep,
-                 "Expert-parallel size for mixture-of-experts models: the tp group's ranks form "
-                 "ep slices, each holding 1/ep of every MoE layer's experts (must divide --tp)")
+                 "Expert-parallel size for mixture-of-experts models: with --tp > 1 the tp group's "
+                 "ranks form ep slices, each holding 1/ep of every MoE layer's experts (must "
+                 "divide --tp); with --tp 1, groups of ep replicas share the experts and send "
+                 "tokens to them by all-to-all (must divide --dp; --pp 1)")
       ->capture_default_str();
 }
 

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "core/error.h"
+#include "engine/expert_dispatch.h"
 #include "engine/replica_sampling.h"
 
 namespace alem {
@@ -73,6 +74,7 @@ GenerationResult Generator::generate(const std::vector<int32_t>& prompt,
     seq.num_tokens = static_cast<int32_t>(end - begin);
     seq.sample = end == prompt.size();
     plan.sequences = {seq};
+    any_member_has_work(ctx_.ep.get(), true);  // lockstep with replicas sharing the experts
     StepLogits logits = model_.forward(plan, LogitsOut::kBackend);
     if (seq.sample) next = sample_replicated(logits, params, counts, rng);
   }
@@ -102,10 +104,13 @@ GenerationResult Generator::generate(const std::vector<int32_t>& prompt,
     seq.num_tokens = 1;
     seq.sample = true;
     plan.sequences = {seq};
+    any_member_has_work(ctx_.ep.get(), true);
     StepLogits logits = model_.forward(plan, LogitsOut::kBackend);
     next = sample_replicated(logits, params, counts, rng);
     ++position;
   }
+  // Experts across replicas: serve the other replicas' MoE rows until every one has finished.
+  while (any_member_has_work(ctx_.ep.get(), false)) model_.forward(StepPlan{});
   result.decode_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return result;
 }

@@ -1,8 +1,11 @@
 // Generator: runs one request from prompt to finish on a replica (all of its TP x PP ranks call
-// generate() together with the same arguments). Used by `alem generate`, the correctness tests
-// and the benchmarks; the serving path uses the scheduler instead, over the same transformer.
-// Sampling works on vocab-parallel logits: each last-stage rank proposes candidates from its
-// vocabulary slice, the TP group exchanges only those, and every rank then learns the token.
+// generate() together with the same arguments). When the experts span replicas, the replicas of
+// an ep group call generate() together, each with its own request; each step they agree whether
+// any still runs, and one that has finished serves the others' expert rows until all have. Used by
+// `alem generate`, the correctness tests and the benchmarks; the serving path uses the scheduler
+// instead, over the same transformer. Sampling works on vocab-parallel logits: each last-stage rank
+// proposes candidates from its vocabulary slice, the TP group exchanges only those, and every rank
+// then learns the token.
 #pragma once
 
 #include <cstdint>

@@ -78,57 +78,79 @@ uint64_t MoeFfn::weight_bytes() const {
          shared_gate_.bytes();
 }
 
+void MoeFfn::run_local_expert(const KernelBackend& backend, size_t local, const float* in,
+                              int64_t n, float* out) {
+  const int64_t F = ffn_size_;
+  gate_up_.resize(n * 2 * F);
+  act_.resize(n * F);
+  const Expert& w = experts_[local];
+  backend.matmul(in, n, w.gate_up, nullptr, gate_up_.data());
+  backend.silu_mul(gate_up_.data(), n, F, act_.data());
+  backend.matmul(act_.data(), n, w.down, nullptr, out);
+}
+
 void MoeFfn::forward(const KernelBackend& backend, const float* x, int64_t T, float* out,
-                     MoeRoutingCounts& counts) {
+                     MoeRoutingCounts& counts, ProcessGroup* ep_group,
+                     ExpertDispatchStats* dispatch) {
   const int64_t H = hidden_, E = num_experts_, K = top_k_;
+  const bool across = ep_group && ep_group->size() > 1;
   std::fill(out, out + T * H, 0.f);
-  if (T == 0) return;
+  if (T == 0 && !across) return;
   if (counts.tokens_per_expert.size() != static_cast<size_t>(E)) {
     counts.tokens_per_expert.assign(E, 0);
   }
   logits_.resize(T * E);
   chosen_.resize(T * K);
   weights_.resize(T * K);
-  backend.matmul(x, T, router_, nullptr, logits_.data());
+  if (T > 0) backend.matmul(x, T, router_, nullptr, logits_.data());
 
   routing_.route(logits_.data(), T, chosen_.data(), weights_.data());
   for (int64_t i = 0; i < T * K; ++i) ++counts.tokens_per_expert[chosen_[i]];
   counts.routed_tokens += static_cast<uint64_t>(T);
   if (T == 1) ++counts.single_token_calls;
 
-  // Grouped expert FFN: gather each local expert's tokens, run them as one batch, scatter back.
-  const int64_t F = ffn_size_;
-  for (size_t local = 0; local < experts_.size(); ++local) {
-    const int32_t expert = expert_begin_ + static_cast<int32_t>(local);
-    rows_.clear();
-    row_weights_.clear();
-    for (int64_t i = 0; i < T * K; ++i) {
-      if (chosen_[i] == expert) {
-        rows_.push_back(static_cast<int32_t>(i / K));
-        row_weights_.push_back(weights_[i]);
+  if (across) {
+    ExpertDispatchStats unused;
+    dispatch_and_combine(
+        *ep_group, num_experts_, H, x, T, top_k_, chosen_.data(), weights_.data(),
+        [&](int local, const float* in, int64_t n, float* result) {
+          // A decode step here reads the experts the group's rows chose on this rank.
+          const Expert& w = experts_[static_cast<size_t>(local)];
+          if (T == 1) counts.single_token_expert_bytes += w.gate_up.bytes() + w.down.bytes();
+          run_local_expert(backend, static_cast<size_t>(local), in, n, result);
+        },
+        out, dispatch ? *dispatch : unused);
+  } else {
+    // Grouped expert FFN: gather each local expert's tokens, run them as one batch, scatter back.
+    for (size_t local = 0; local < experts_.size(); ++local) {
+      const int32_t expert = expert_begin_ + static_cast<int32_t>(local);
+      rows_.clear();
+      row_weights_.clear();
+      for (int64_t i = 0; i < T * K; ++i) {
+        if (chosen_[i] == expert) {
+          rows_.push_back(static_cast<int32_t>(i / K));
+          row_weights_.push_back(weights_[i]);
+        }
+      }
+      const int64_t n = static_cast<int64_t>(rows_.size());
+      if (n == 0) continue;
+      gathered_.resize(n * H);
+      expert_out_.resize(n * H);
+      for (int64_t r = 0; r < n; ++r) {
+        std::copy(x + rows_[r] * H, x + (rows_[r] + 1) * H, gathered_.data() + r * H);
+      }
+      const Expert& w = experts_[local];
+      if (T == 1) counts.single_token_expert_bytes += w.gate_up.bytes() + w.down.bytes();
+      run_local_expert(backend, local, gathered_.data(), n, expert_out_.data());
+      for (int64_t r = 0; r < n; ++r) {
+        float* dst = out + rows_[r] * H;
+        const float* src = expert_out_.data() + r * H;
+        const float weight = row_weights_[r];
+        for (int64_t h = 0; h < H; ++h) dst[h] += weight * src[h];
       }
     }
-    const int64_t n = static_cast<int64_t>(rows_.size());
-    if (n == 0) continue;
-    gathered_.resize(n * H);
-    gate_up_.resize(n * 2 * F);
-    act_.resize(n * F);
-    expert_out_.resize(n * H);
-    for (int64_t r = 0; r < n; ++r) {
-      std::copy(x + rows_[r] * H, x + (rows_[r] + 1) * H, gathered_.data() + r * H);
-    }
-    const Expert& w = experts_[local];
-    if (T == 1) counts.single_token_expert_bytes += w.gate_up.bytes() + w.down.bytes();
-    backend.matmul(gathered_.data(), n, w.gate_up, nullptr, gate_up_.data());
-    backend.silu_mul(gate_up_.data(), n, F, act_.data());
-    backend.matmul(act_.data(), n, w.down, nullptr, expert_out_.data());
-    for (int64_t r = 0; r < n; ++r) {
-      float* dst = out + rows_[r] * H;
-      const float* src = expert_out_.data() + r * H;
-      const float weight = row_weights_[r];
-      for (int64_t h = 0; h < H; ++h) dst[h] += weight * src[h];
-    }
   }
+  if (T == 0) return;
 
   // Shared expert: all T tokens, this rank's columns, scaled per token by the gate's sigmoid.
   if (shared_size_ > 0) {

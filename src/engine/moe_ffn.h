@@ -12,11 +12,16 @@
 //
 // Grouped expert matmul: the tokens routed to one expert are gathered into one batch, so each
 // expert's weights are read once per step however many tokens chose it.
+//
+// Experts across replicas (ep group of more than one member, mpi/parallel_layout.h): the ranks do
+// not share tokens, so forward() routes this rank's tokens, dispatches them to the experts'
+// ranks and combines the results (engine/expert_dispatch.h); no all-reduce follows (tp is 1).
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "engine/expert_dispatch.h"
 #include "engine/moe_routing.h"
 #include "engine/shard_plan.h"
 #include "kernels/backend.h"
@@ -48,9 +53,12 @@ class MoeFfn {
          int layer);
 
   // out[T][H] = this rank's share of sum_k weight_k * expert_k(x) for the normed input x[T][H].
-  // Adds this step's routing to `counts` (sized on first use).
+  // Adds this step's routing to `counts` (sized on first use). With `ep_group` of more than one
+  // member (experts across replicas) the call is collective over it, T may be 0 (a member
+  // without tokens this step), out[T][H] is the whole sum, and `dispatch` gets the traffic.
   void forward(const KernelBackend& backend, const float* x, int64_t T, float* out,
-               MoeRoutingCounts& counts);
+               MoeRoutingCounts& counts, ProcessGroup* ep_group = nullptr,
+               ExpertDispatchStats* dispatch = nullptr);
 
   uint64_t weight_bytes() const;
   // This rank's routed experts only (weight_bytes less the router and the shared expert, which
@@ -63,6 +71,9 @@ class MoeFfn {
     WeightMatrix gate_up;  // rows: this rank's gate columns, then its up columns
     WeightMatrix down;     // [hidden][this rank's expert ffn columns]
   };
+  // out[n][H] = local expert `local` applied to in[n][H] (one grouped batch).
+  void run_local_expert(const KernelBackend& backend, size_t local, const float* in, int64_t n,
+                        float* out);
   int hidden_ = 0;
   int num_experts_ = 0;
   int top_k_ = 0;

@@ -22,6 +22,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "engine/constrained/token_constraint.h"
+#include "engine/expert_dispatch.h"
 #include "engine/replica_sampling.h"
 #include "engine/wire_format.h"
 #include "mpi/failure_watchdog.h"
@@ -86,6 +87,8 @@ struct ServingEngine::Impl {
   }
 
   bool replica_is_sharded() const { return ctx.tp->size() > 1 || ctx.pp->size() > 1; }
+  // Experts across replicas: the leaders of an ep group's replicas step in lockstep.
+  bool lockstep() const { return ctx.ep && ctx.ep->size() > 1; }
   bool has_lm_head() const { return model.shard().has_lm_head(); }
 
   // Sends (leader) or receives (followers) one message to/from every rank of the replica: over
@@ -227,6 +230,9 @@ struct ServingEngine::Impl {
   std::vector<int64_t> inbox_cancel;
   bool abort_all_requested = false;
   bool stop_requested = false;
+  // Lockstep: this leader's stop request going into a step, and after it whether any member of
+  // the ep group asked to stop (then all leave their loops after the same step).
+  bool lockstep_stop = false;
   int exit_code = 0;
   bool accepting = true;
   int64_t next_id = 1;
@@ -516,6 +522,21 @@ bool ServingEngine::run_step() {
   StepPlan plan = m.scheduler.schedule();
   // Released KV blocks are zeroed on every rank, in a step of their own when nothing runs.
   plan.wipe_blocks = m.scheduler.take_blocks_to_wipe();
+  if (m.lockstep()) {
+    // Every leader of the ep group learns whether any has tokens; all then run the step, the
+    // idle ones with an empty plan (their MoE layers serve the others' rows).
+    const bool any = any_member_has_work(m.ctx.ep.get(), !plan.sequences.empty(), &m.lockstep_stop);
+    if (!any) {
+      if (!plan.wipe_blocks.empty()) m.model.wipe_kv_blocks(plan.wipe_blocks);
+      m.update_snapshot();
+      return false;
+    }
+    if (plan.sequences.empty()) {
+      m.model.forward(plan);  // wipes the released blocks too
+      m.update_snapshot();
+      return true;  // the group ran a step: no idle wait before the next
+    }
+  }
   if (plan.sequences.empty() && plan.wipe_blocks.empty()) {
     m.update_snapshot();
     return false;
@@ -550,9 +571,12 @@ void ServingEngine::run_leader_loop() {
     while (true) {
       {
         std::lock_guard<std::mutex> lock(m.inbox_mutex);
-        if (m.stop_requested) break;
+        if (m.stop_requested && !m.lockstep()) break;
+        m.lockstep_stop = m.stop_requested;
       }
-      if (run_step()) continue;
+      const bool ran = run_step();
+      if (m.lockstep() && m.lockstep_stop) break;  // agreed by the ep group in run_step
+      if (ran) continue;
       if (m.heartbeat_due(Clock::now())) m.heartbeat();
       std::unique_lock<std::mutex> lock(m.inbox_mutex);
       m.inbox_ready.wait_for(lock, std::chrono::milliseconds(50), [&] {

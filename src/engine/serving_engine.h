@@ -21,6 +21,12 @@
 // stay armed: a rank that does not answer is named in the abort message. Heartbeats do not touch
 // the scheduler, the sampling state or the KV cache.
 //
+// Experts across replicas (ParallelLayout::experts_across_replicas): the leaders of the replicas
+// that share the experts step in lockstep. At each step they agree with one small all-reduce over
+// the ep group whether any has tokens (and whether any was asked to stop); if one has, all run
+// forward(), the idle ones with an empty plan, so every MoE layer's all_to_all has every member.
+// A stop request reaches all of them after the same step.
+//
 // Routing: the gateway (HTTP) talks to an EngineClient. ServingEngine is the EngineClient of a
 // one-replica job whose leader is the gateway itself (dp = 1, world rank 0). With dp > 1, a
 // router implementing EngineClient on the gateway would forward submit/cancel to each replica
@@ -143,7 +149,8 @@ class ServingEngine : public EngineClient, public EngineControl {
   bool healthy() const override;
   int max_model_len() const override;
 
-  // Leader: one engine step. Returns false when there was nothing to run.
+  // Leader: one engine step. Returns false when there was nothing to run (in lockstep: nothing
+  // for any replica of the ep group; collective over it).
   bool run_step();
   // Leader: runs steps until stop() (waiting for work when idle), ends what is left (kAbort),
   // then tells the followers to stop. On an exception (forward or sampling failed) every request

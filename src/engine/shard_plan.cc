@@ -58,6 +58,33 @@ std::string expert_parallel_problem(int num_experts, int moe_intermediate_size, 
   return "";
 }
 
+std::string experts_across_replicas_problem(int num_experts, int ep_size) {
+  const std::string ep = std::to_string(ep_size);
+  if (num_experts <= 0) {
+    return "expert parallel size " + ep + " across replicas needs a mixture-of-experts model";
+  }
+  if (ep_size < 1 || num_experts % ep_size != 0) {
+    return "expert parallel size " + ep + " does not divide the " + std::to_string(num_experts) +
+           " experts";
+  }
+  return "";
+}
+
+void place_experts_across_replicas(ShardPlan& plan, const ModelConfig& config, int ep_size,
+                                   int ep_rank) {
+  ALEM_CHECK(plan.tp_size == 1 && plan.ep_size == 1,
+             "experts across replicas are placed on a tp 1 plan without ep");
+  ALEM_CHECK(ep_rank >= 0 && ep_rank < ep_size, "bad expert-parallel rank");
+  const int experts = config.num_moe_layers() > 0 ? config.num_experts : 0;
+  if (std::string why = experts_across_replicas_problem(experts, ep_size); !why.empty()) {
+    ALEM_FAIL(why + (experts > 0 ? "" : " (" + config.architecture + " has no experts)"));
+  }
+  plan.ep_size = ep_size;
+  plan.ep_rank = ep_rank;
+  plan.num_local_experts = experts / ep_size;
+  plan.expert_begin = ep_rank * plan.num_local_experts;
+}
+
 ShardPlan make_shard_plan(const ModelConfig& c, int tp_size, int tp_rank, int pp_size, int pp_rank,
                           bool int8_weights, const std::vector<int>& layers_per_stage, int ep_size,
                           std::optional<DType> expert_dtype) {

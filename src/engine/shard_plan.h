@@ -11,6 +11,8 @@
 // tp / ep ranks like a dense FFN (gate/up rows, down columns). The router is replicated.
 // Supported: ep divides tp and the expert count, and tp / ep divides moe_intermediate_size (in
 // whole blocks when the experts are int8 or ggml blocks: a split never cuts a block).
+// Experts across replicas (tp 1, ParallelLayout::experts_across_replicas): member i of an ep
+// group of replicas holds experts [i * E / ep, (i + 1) * E / ep) whole; ep divides E.
 #pragma once
 
 #include <optional>
@@ -61,6 +63,14 @@ struct ShardPlan {
 // replica and never spans stages or replicas.
 std::string expert_parallel_problem(int num_experts, int moe_intermediate_size, int tp_size,
                                     int ep_size, DType expert_dtype = DType::F32);
+
+// Experts across replicas: "" when `ep_size` replicas can share `num_experts` experts whole,
+// else the reason (no experts, or ep does not divide them).
+std::string experts_across_replicas_problem(int num_experts, int ep_size);
+// Gives `plan` (made for tp = 1 with ep 1) its whole experts as member `ep_rank` of an ep group
+// of `ep_size` replicas. Throws alem::Error with experts_across_replicas_problem's reason.
+void place_experts_across_replicas(ShardPlan& plan, const ModelConfig& config, int ep_size,
+                                   int ep_rank);
 
 // Throws alem::Error naming the constraint when the layout cannot shard the model.
 // `int8_weights`: row-parallel splits must then also fall on 32-column group boundaries.

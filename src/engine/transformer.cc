@@ -49,9 +49,17 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
   const DType q_dtype = store.tensor_info(q_name).dtype;
   const bool int8 = q_dtype == DType::I8 || dtype_is_block(q_dtype);
   // Experts may be stored in another type than attention (a GGUF's own expert blocks).
+  // Experts across replicas: a tp 1 plan, then whole experts by the rank's place in its ep group.
+  const bool across = ctx.layout.experts_across_replicas();
   shard_ = make_shard_plan(config_, ctx.layout.tp_size(), ctx.coords.tp, ctx.layout.pp_size(),
-                           ctx.coords.pp, int8, options.layers_per_stage, ctx.layout.ep_size(),
-                           stored_expert_dtype(store, config_));
+                           ctx.coords.pp, int8, options.layers_per_stage,
+                           across ? 1 : ctx.layout.ep_size(), stored_expert_dtype(store, config_));
+  if (across) {
+    ALEM_CHECK(ctx.ep && ctx.ep->size() == ctx.layout.ep_size(),
+               "experts across replicas need the context's ep group of " +
+                   std::to_string(ctx.layout.ep_size()) + " members");
+    place_experts_across_replicas(shard_, config_, ctx.layout.ep_size(), ctx.coords.ep);
+  }
   if (options_.max_model_len <= 0) options_.max_model_len = config_.context_limit();
   ALEM_CHECK(options_.max_model_len <= config_.context_limit(),
              "max_model_len " + std::to_string(options_.max_model_len) +
@@ -299,7 +307,17 @@ StepLogits ShardedTransformer::forward(const StepPlan& plan, LogitsOut where) {
   // Blocks released since the last step are zeroed on every rank before this step writes KV
   // (a released block may already be in this step's tables, handed to another request).
   if (!plan.wipe_blocks.empty()) wipe_kv_blocks(plan.wipe_blocks);
-  if (plan.sequences.empty()) return out;
+  if (plan.sequences.empty()) {
+    // Experts across replicas: a replica without tokens still serves the others' rows.
+    if (ctx_.layout.experts_across_replicas()) {
+      const auto t0 = Clock::now();
+      for (auto& l : layers_) {
+        if (l->moe) run_moe(*l->moe, nullptr, 0, nullptr);
+      }
+      timings_.compute_seconds += seconds_since(t0);  // less the all_to_all time run_moe moved
+    }
+    return out;
+  }
   // Room for every sampled row of the step, so micro-batches fill it side by side.
   if (shard_.has_lm_head()) {
     int64_t sampled = 0;
@@ -312,7 +330,9 @@ StepLogits ShardedTransformer::forward(const StepPlan& plan, LogitsOut where) {
   }
 
   // Split sequences into micro-batches of roughly equal token counts (pipeline only).
+  // Experts across replicas: one micro-batch, so every replica makes one MoE call per layer.
   int micro = options_.micro_batches > 0 ? options_.micro_batches : ctx_.layout.pp_size();
+  if (ctx_.layout.experts_across_replicas()) micro = 1;
   micro = std::max(1, std::min<int>(micro, static_cast<int>(plan.sequences.size())));
   const int64_t per_micro = (covered + micro - 1) / micro;
   size_t begin = 0;
@@ -432,6 +452,15 @@ void ShardedTransformer::run_micro_batch(const StepPlan& plan, size_t seq_begin,
   timings_.compute_seconds += seconds_since(t_compute);
 }
 
+void ShardedTransformer::run_moe(MoeFfn& moe, const float* h, int64_t T, float* out) {
+  // The dispatch's all_to_all time counts as communication, the rest as compute (the caller's).
+  const double before = dispatch_stats_.all_to_all_seconds;
+  moe.forward(backend_, h, T, out, moe_routing_, ctx_.ep.get(), &dispatch_stats_);
+  const double moved = dispatch_stats_.all_to_all_seconds - before;
+  timings_.compute_seconds -= moved;
+  timings_.communication_seconds += moved;
+}
+
 void ShardedTransformer::run_layer(Layer& L, int64_t T) {
   const int64_t H = config_.hidden_size;
   const int hd = config_.head_dim;
@@ -494,7 +523,7 @@ void ShardedTransformer::run_layer(Layer& L, int64_t T) {
 
   // Feed-forward block.
   if (L.moe) {  // sparse layer: this rank's experts; the all-reduce below combines them
-    L.moe->forward(backend_, h, T, proj, moe_routing_);
+    run_moe(*L.moe, h, T, proj);
   } else {
     backend_.matmul(h, T, L.gate_up, nullptr, gate_up_.data<float>());
     backend_.silu_mul(gate_up_.data<float>(), T, ffn, act_.data<float>());

@@ -89,6 +89,9 @@ class ShardedTransformer {
 
   // Runs one step. Returns logits on the last pipeline stage (empty elsewhere), copied to the
   // host or, with LogitsOut::kBackend, left in the backend's memory until the next forward().
+  // When the experts span replicas (ParallelLayout::experts_across_replicas) every call is
+  // collective over the ep group: its replicas call forward() in lockstep, one with an empty plan
+  // when it has no tokens (it then only serves the others' rows in each MoE layer).
   StepLogits forward(const StepPlan& plan, LogitsOut where = LogitsOut::kHost);
 
   const ModelConfig& config() const { return config_; }
@@ -105,6 +108,9 @@ class ShardedTransformer {
   // Mixture-of-experts routing counts over this rank's sparse layers since construction (empty
   // for dense models); identical on the ranks of a tp group.
   const MoeRoutingCounts& moe_routing() const { return moe_routing_; }
+  // Experts across replicas: the all_to_all traffic and time of this rank's MoE layers since
+  // construction (all zero otherwise).
+  const ExpertDispatchStats& expert_dispatch() const { return dispatch_stats_; }
   // Bytes of this rank's expert weights, and the number of its sparse layers.
   uint64_t expert_weight_bytes() const;
   int num_moe_layers() const;
@@ -127,6 +133,8 @@ class ShardedTransformer {
   // Moves a matrix just read from the store into the backend's memory (a no-op on the host).
   void adopt(WeightMatrix& w) const { backend_.adopt_weight(w); }
   void run_layer(Layer& layer, int64_t T);
+  // One sparse layer's FFN (collective over the ep group when the experts span replicas).
+  void run_moe(MoeFfn& moe, const float* h, int64_t T, float* out);
   // Host vector -> backend tensor (norm weights, biases), at load time.
   Tensor to_backend(const std::vector<float>& host) const;
   // Collectives and pipeline transfers on backend tensors; staged through host memory when the
@@ -153,6 +161,7 @@ class ShardedTransformer {
   uint64_t bytes_loaded_ = 0;
   ForwardTimings timings_;
   MoeRoutingCounts moe_routing_;
+  ExpertDispatchStats dispatch_stats_;
 
   // Per-step scratch in the backend's memory, sized for the largest step seen.
   Tensor x_, h_, qkv_, q_, k_, v_, attn_, proj_, gate_up_, act_, logits_;

@@ -124,6 +124,47 @@ TEST(ParallelLayout, RejectsBadSizesRanksAndCoordinates) {
   }
 }
 
+// Experts across replicas (tp 1, ep > 1): consecutive groups of ep replicas share the experts;
+// ep inside the tp group keeps its single-member ep group.
+TEST(ParallelLayout, ExpertsAcrossReplicas) {
+  const ParallelLayout layout(1, 1, 4, 2);
+  EXPECT_TRUE(layout.experts_across_replicas());
+  EXPECT_EQ(layout.world_size(), 4);
+  EXPECT_EQ(layout.ep_group(0), (std::vector<int>{0, 1}));
+  EXPECT_EQ(layout.ep_group(1), (std::vector<int>{0, 1}));
+  EXPECT_EQ(layout.ep_group(2), (std::vector<int>{2, 3}));
+  EXPECT_EQ(layout.ep_group(3), (std::vector<int>{2, 3}));
+  for (int rank = 0; rank < 4; ++rank) {
+    EXPECT_EQ(layout.coords(rank).ep, rank % 2);
+    EXPECT_EQ(layout.coords(rank).dp, rank);
+  }
+  EXPECT_EQ(layout.describe(), "tp=1 pp=1 dp=4 ep=2 (4 ranks)");
+  const ParallelLayout all(1, 1, 4, 4);
+  EXPECT_EQ(all.ep_group(2), (std::vector<int>{0, 1, 2, 3}));
+  EXPECT_EQ(all.coords(3).ep, 3);
+
+  const ParallelLayout inside(4, 1, 2, 2);  // ep inside the tp group: no ep group to speak of
+  EXPECT_FALSE(inside.experts_across_replicas());
+  EXPECT_EQ(inside.ep_group(5), std::vector<int>{5});
+  EXPECT_EQ(inside.coords(6).ep, 1);  // tp rank 2 of 4: second slice
+  EXPECT_EQ(ParallelLayout(1, 1, 3).ep_group(2), std::vector<int>{2});
+
+  // Refused, each with its reason.
+  auto refusal = [](int tp, int pp, int dp, int ep) {
+    try {
+      ParallelLayout l(tp, pp, dp, ep);
+    } catch (const Error& e) {
+      return e.message();
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(refusal(1, 2, 2, 2).find("need pp=1"), std::string::npos) << refusal(1, 2, 2, 2);
+  EXPECT_NE(refusal(1, 1, 3, 2).find("must divide the number of replicas dp=3"), std::string::npos);
+  EXPECT_NE(refusal(2, 1, 2, 4).find("must divide the tensor parallel size tp=2"),
+            std::string::npos);
+  EXPECT_NE(refusal(1, 1, 1, 2).find("dp=1"), std::string::npos);
+}
+
 TEST(SplitLayers, BalancedSplitGivesExtraLayersToFirstStages) {
   EXPECT_EQ(split_layers(30, 4), (std::vector<StageRange>{{0, 8}, {8, 8}, {16, 7}, {23, 7}}));
   EXPECT_EQ(split_layers(32, 4), (std::vector<StageRange>{{0, 8}, {8, 8}, {16, 8}, {24, 8}}));

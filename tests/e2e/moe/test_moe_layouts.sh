@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Which expert-parallel layouts `alem generate` starts and which it refuses at start-up, through
 # the real command line under mpirun (label mpi). Supported: ep divides tp, any pp and dp with
-# it (tp 2 ep 2; tp 2 ep 2 pp 2); the tokens equal a single-rank run's. Refused, with the reason:
-# ep larger than tp (ep would span replicas or stages), ep on a dense model. The rule itself is
+# it (tp 2 ep 2; tp 2 ep 2 pp 2), and experts across replicas with tp 1 (dp 2 ep 2); the tokens
+# equal a single-rank run's. Refused, with the reason: ep larger than tp > 1, experts across
+# replicas with pp > 1 or with ep not dividing dp, ep on a dense model. The rule itself is
 # engine/shard_plan.h expert_parallel_problem(); docs/parallelism.md lists the combinations.
 # Usage: test_moe_layouts.sh ALEM_BINARY MPIEXEC SOURCE_DIR
 set -euo pipefail
@@ -40,7 +41,7 @@ tokens() {  # the generated text of a run, without timing lines
 
 one=$(tokens "$alem" "${gen[@]}" -m "$work/mixtral.h5")
 [ -n "$one" ] || { echo "FAIL: one rank generated nothing"; exit 1; }
-for layout in "2 --tp 2 --ep 2" "4 --tp 2 --ep 2 --pp 2" "4 --tp 4 --ep 2"; do
+for layout in "2 --tp 2 --ep 2" "4 --tp 2 --ep 2 --pp 2" "4 --tp 4 --ep 2" "2 --dp 2 --ep 2"; do
   read -r np args <<<"$layout"
   # shellcheck disable=SC2086
   got=$(tokens "${mpirun[@]}" -np "$np" "$alem" "${gen[@]}" -m "$work/mixtral.h5" $args)
@@ -53,8 +54,12 @@ done
 
 refused "expert parallel size ep=4 must divide the tensor parallel size tp=2" \
   "${mpirun[@]}" -np 2 "$alem" "${gen[@]}" -m "$work/mixtral.h5" --tp 2 --ep 4
-refused "ep=2 must divide the tensor parallel size tp=1" \
-  "${mpirun[@]}" -np 2 "$alem" "${gen[@]}" -m "$work/mixtral.h5" --dp 2 --ep 2
+refused "need pp=1" \
+  "${mpirun[@]}" -np 4 "$alem" "${gen[@]}" -m "$work/mixtral.h5" --dp 2 --pp 2 --ep 2
+refused "must divide the number of replicas dp=3" \
+  "${mpirun[@]}" -np 3 "$alem" "${gen[@]}" -m "$work/mixtral.h5" --dp 3 --ep 2
 refused "needs a mixture-of-experts model" \
   "${mpirun[@]}" -np 2 "$alem" "${gen[@]}" -m "$work/dense.h5" --tp 2 --ep 2
+refused "needs a mixture-of-experts model" \
+  "${mpirun[@]}" -np 2 "$alem" "${gen[@]}" -m "$work/dense.h5" --dp 2 --ep 2
 echo "PASS"
