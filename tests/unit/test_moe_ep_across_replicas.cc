@@ -1,6 +1,7 @@
 // Experts across dp replicas, in one process over fake groups: the dispatch and combine of one MoE
 // layer (engine/expert_dispatch.h) against the same sum computed directly, for ep groups of one
-// to four members, some without tokens; then whole models at dp 2 ep 2 and dp 4 ep 2 (one thread
+// to four members, some without tokens; then whole models (Qwen3-MoE, Mixtral, dots.llm1 with
+// DeepSeek-V3 routing and a shared expert) at dp 2 ep 2 and dp 4 ep 2 (one thread
 // per replica) against Hugging Face transformers' reference (teacher-forced tokens and logits,
 // tests/moe_golden.h), and with a different request on each replica, one of them idle
 // while the others decode, against transformers' greedy tokens and a one-rank model; and two
@@ -127,7 +128,7 @@ TEST(ExpertDispatch, LockstepAgreesOnWorkAndStop) {
 }
 
 TEST(MoeExpertsAcrossReplicas, MatchTransformersOnFakeReplicas) {
-  for (const std::string name : {"tiny-qwen3-moe-a", "tiny-mixtral"}) {
+  for (const std::string name : {"tiny-qwen3-moe-a", "tiny-mixtral", "tiny-dots1-a"}) {
     const std::string& path = test::tiny_store(name, DType::BF16);
     for (const ParallelLayout& layout : {ParallelLayout(1, 1, 2, 2), ParallelLayout(1, 1, 4, 2)}) {
       EXPECT_EQ(test::check_golden_fake_layout(name, path, layout), 0)
