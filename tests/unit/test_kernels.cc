@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -17,6 +19,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/reference_backend.h"
 #include "kernels/timed_backend.h"
+#include "model/gguf_quant.h"
 
 namespace alem {
 namespace {
@@ -392,6 +395,47 @@ TEST(CpuMatmul, AmxBf16GemmMatchesF32) {
   EXPECT_FALSE(exact.uses_amx(DType::F32, 64, 64));
   const CpuBackend off(cpu::Isa::kAvx512, 0, true, false, false);
   EXPECT_FALSE(off.uses_amx(DType::BF16, 64, 64));
+}
+
+// The AVX-512 panel expansion of block weights (AMX prefill) must give dequantize_ggml's values
+// bit for bit, on random bytes: every nibble and int8 value, f16 scales of every magnitude
+// (subnormal, large, negative), and the types it hands on to dequantize_ggml.
+TEST(CpuMatmul, BlockExpansionIsBitExact) {
+  if (!cpu::isa_supported(cpu::Isa::kAvx512)) GTEST_SKIP() << "this CPU has no AVX-512";
+  std::mt19937 rng(77);
+  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
+    const int64_t K = 2 * dtype_block_elements(dtype) * (dtype_block_elements(dtype) == 32 ? 5 : 1);
+    const int rows = 7;
+    const size_t row_bytes = dtype_row_bytes(dtype, K);
+    std::vector<uint8_t> bytes(row_bytes * (rows + 3));
+    for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+    if (dtype_block_elements(dtype) == 32) {  // f16 scales: finite, some subnormal
+      const size_t block_bytes = row_bytes / (K / 32);
+      for (size_t at = 0; at + block_bytes <= bytes.size(); at += block_bytes) {
+        for (int f = 0; f < (dtype == DType::Q4_1 ? 2 : 1); ++f) {
+          uint16_t h = static_cast<uint16_t>(rng()) & 0xBBFF;  // exponent below all-ones
+          if (rng() % 8 == 0) h &= 0x83FF;                     // subnormal
+          std::memcpy(&bytes[at + 2 * f], &h, 2);
+        }
+      }
+    }
+    cpu::WeightView w;
+    w.dtype = dtype;
+    w.rows = rows + 3;
+    w.cols = K;
+    w.data = bytes.data();
+    std::vector<float> got(rows * K), want(rows * K);
+    cpu::avx512::dequantize_block_rows(w, 3, rows, got.data());
+    for (int r = 0; r < rows; ++r) {
+      dequantize_ggml(ggml_type_of(dtype), bytes.data() + (3 + r) * row_bytes, row_bytes,
+                      want.data() + r * K, K);
+    }
+    for (size_t i = 0; i < got.size(); ++i) {
+      if (std::isnan(want[i])) continue;
+      ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
+          << dtype_name(dtype) << " value " << i << ": " << got[i] << " vs " << want[i];
+    }
+  }
 }
 
 TEST(CpuMatmul, EveryDtypeAndOddShapes) {

@@ -150,16 +150,6 @@ std::pair<int64_t, int64_t> split_range(int64_t total, int count, int index, int
 // costs a few microseconds.
 constexpr double kMinParallelMacs = 1 << 18;
 
-// Rows [n0, n0 + rows) of ggml block weights as f32 (the AMX path expands them per panel).
-void dequantize_block_rows(const cpu::WeightView& w, int64_t n0, int rows, float* out) {
-  const uint32_t type = ggml_type_of(w.dtype);
-  const size_t row_bytes = dtype_row_bytes(w.dtype, w.cols);
-  const auto* base = static_cast<const uint8_t*>(w.data);
-  for (int r = 0; r < rows; ++r) {
-    dequantize_ggml(type, base + (n0 + r) * row_bytes, row_bytes, out + r * w.cols, w.cols);
-  }
-}
-
 int threads_for(double work, int max_threads) {
   return work < kMinParallelMacs ? 1 : max_threads;
 }
@@ -324,7 +314,8 @@ void CpuBackend::matmul_amx(const float* x, int64_t M, const WeightMatrix& w, co
     const auto [n0, n1] = split_range(N, count, index, 48);
     if (n0 >= n1) return;
     if (blocks) {
-      cpu::amx::gemm_dequantized(xp, M, parts, view, dequantize_block_rows, bias, y, n0, n1);
+      cpu::amx::gemm_dequantized(xp, M, parts, view, cpu::avx512::dequantize_block_rows, bias, y,
+                                 n0, n1);
     } else {
       cpu::amx::gemm_bf16(xp, M, parts, view, bias, y, n0, n1);
     }

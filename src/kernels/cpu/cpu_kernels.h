@@ -111,6 +111,9 @@ void matmul_packed(const float* x, int64_t m_begin, int64_t m_end, const WeightV
                    const float* bias, float* y, int64_t n_begin, int64_t n_end);
 void attention(const AttentionShape& shape, const AttentionSequence& seq, const AttentionWork& work,
                const float* q, KVCacheLayerView cache, float* out);
+// Rows [n0, n0 + rows) of ggml block weights as f32 (row stride w.cols), bit-for-bit what
+// dequantize_ggml gives: Q4_0, Q4_1 and Q8_0 vectorised, other types through dequantize_ggml.
+void dequantize_block_rows(const WeightView& w, int64_t n0, int rows, float* out);
 }  // namespace avx512
 
 KernelTable kernel_table(Isa isa);
