@@ -102,8 +102,8 @@ def calibrate_full(a, path, threads, dtype):
 
 
 def calibrate_now(a, path, ranks, threads):
-    cmd = [a.alem, "bench", "calibrate", "--collectives-only", "--threads", str(threads),
-           "-o", path]
+    cmd = [a.alem, "bench", "calibrate", "--collectives-only", "-m", a.model, "--threads",
+           str(threads), "-o", path]
     run(launcher(a, ranks, threads) + cmd, a.timeout, attempts(a))
 
 

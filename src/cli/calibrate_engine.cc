@@ -345,4 +345,44 @@ void calibrate_engine_at_model_shapes(const std::string& model_path, KernelBacke
       c.engine_decode_step_s * 1e3, c.step_overhead_us, c.sequence_overhead_us);
 }
 
+struct ModelMatmulProbe::State {
+  std::unique_ptr<KernelBackend> backend;
+  std::unique_ptr<ModelMatrices> mats;
+  std::vector<float> x, y;
+  size_t next = 0;  // the matrix to run next (the head after the last layer's)
+};
+
+ModelMatmulProbe::ModelMatmulProbe(const std::string& model_path, int threads, double max_bytes)
+    : state_(std::make_unique<State>()) {
+  ModelStoreReader store(model_path);
+  const ModelConfig& config = store.config();
+  const DType dtype = store.tensor_info(layer_tensor_name(0, "self_attn.q_proj.weight")).dtype;
+  state_->backend = make_backend("cpu");
+  state_->backend->set_max_threads(threads);
+  state_->mats = std::make_unique<ModelMatrices>(config, dtype, max_bytes);
+  int64_t widest = config.vocab_size;
+  for (const WeightMatrix& w : state_->mats->layer_mats) widest = std::max(widest, w.rows);
+  state_->x.assign(std::max<int64_t>(config.hidden_size, config.intermediate_size), 0.01f);
+  state_->x.resize(std::max<int64_t>(state_->x.size(), 2 * int64_t{config.moe_intermediate_size}));
+  state_->y.resize(widest);
+}
+
+ModelMatmulProbe::~ModelMatmulProbe() = default;
+
+double ModelMatmulProbe::gbs(double seconds) {
+  State& s = *state_;
+  const size_t count = s.mats->layer_mats.size() + 1;
+  double bytes = 0, elapsed = 0;
+  const auto t0 = Clock::now();
+  while (elapsed < seconds) {
+    const WeightMatrix& w =
+        s.next < s.mats->layer_mats.size() ? s.mats->layer_mats[s.next] : s.mats->head;
+    s.backend->matmul(s.x.data(), 1, w, nullptr, s.y.data());
+    bytes += w.bytes();
+    s.next = (s.next + 1) % count;
+    elapsed = seconds_since(t0);
+  }
+  return bytes / elapsed / 1e9;
+}
+
 }  // namespace alem::cli

@@ -2,6 +2,7 @@
 // matmuls, forward pass and serving-engine step on one rank, as the planner's figures.
 #pragma once
 
+#include <memory>
 #include <string>
 
 #include "kernels/backend.h"
@@ -16,5 +17,21 @@ namespace alem::cli {
 // each figure is the median of `repeats` (at least 3) timings.
 void calibrate_engine_at_model_shapes(const std::string& model_path, KernelBackend& backend,
                                       double max_matrix_bytes, int repeats, plan::Calibration& c);
+
+// The engine's one-row matmul over a model's own matrices (its shapes and dtype, random values;
+// every layer's, or enough to fill `max_bytes`, then the LM head), cycled: the rate one rank
+// runs a decode step's matmuls at now (GB/s of weights). `alem bench calibrate
+// --collectives-only -m MODEL` probes each rank's core share with it, so the share is what
+// several engines get together, not what a synthetic stream gets.
+class ModelMatmulProbe {
+ public:
+  ModelMatmulProbe(const std::string& model_path, int threads, double max_bytes);
+  ~ModelMatmulProbe();
+  double gbs(double seconds);
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 
 }  // namespace alem::cli

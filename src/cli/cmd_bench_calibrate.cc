@@ -174,6 +174,22 @@ class StreamProbe {
   size_t next_ = 0;
 };
 
+// The load probe: one rank's one-row matmul rate now (GB/s, median of three), over the
+// model's own matrices with -m (then give the same -m to every calibration of one file: the
+// full one and --collectives-only compare their probes), else a synthetic stream.
+double load_probe_gbs(const CalibrateOptions& o) {
+  std::vector<double> rates;
+  if (!o.model.empty()) {
+    ModelMatmulProbe probe(o.model, o.threads, o.footprint_mb * 4e6);
+    probe.gbs(0.05);
+    for (int r = 0; r < 3; ++r) rates.push_back(probe.gbs(0.3));
+  } else {
+    StreamProbe probe(o.threads);
+    for (int r = 0; r < 3; ++r) rates.push_back(probe.gbs(0.2));
+  }
+  return median(rates);
+}
+
 // send/recv ping-pong between ranks 0 and 1 (one way = half the round trip) and all-reduce over
 // all ranks, per message size. Every rank runs the same loop; rank 0's medians are recorded.
 void calibrate_collectives(const CalibrateOptions& o, ParallelContext& ctx, plan::Calibration& c) {
@@ -189,8 +205,10 @@ void calibrate_collectives(const CalibrateOptions& o, ParallelContext& ctx, plan
     c.link_between_nodes = std::string(hosts[0].data()) != std::string(hosts[1].data());
   }
   std::vector<float> buffer((size_t{16} << 20) / sizeof(float), 1.f);
-  const int reps = 9;
   for (size_t bytes = 64; bytes <= (size_t{16} << 20); bytes *= 8) {
+    // Medians of many for the small messages (their times swing with the scheduler), fewer
+    // for the large ones (seconds each on a shaped link).
+    const int reps = bytes <= (size_t{256} << 10) ? 25 : 7;
     std::vector<double> pp, ar;
     for (int r = 0; r < reps; ++r) {
       world.barrier();
@@ -215,69 +233,102 @@ void calibrate_collectives(const CalibrateOptions& o, ParallelContext& ctx, plan
                   bytes, median(pp) * 1e6, median(ar) * 1e6);
     }
   }
-  // Each rank's share of a core when all compute at once: rank 0 streams a model-sized set of
-  // weights through the one-row matmul alone (the others sleep, so they take no core), then
-  // every rank does the same at once. The ratio covers more ranks than cores and the node's
-  // other load, as the job's ranks will meet them.
+  // Each rank's share of a core when k ranks compute at once, for k = 1 to all: ranks 0..k-1
+  // run the engine's one-row matmul over the model's own matrices (with -m; else a synthetic
+  // model-sized stream) while the others sleep, so they take no core (as idle ranks that yield
+  // do); each k's rate against rank 0 alone. It covers more ranks than cores, what several
+  // engines get together, and the node's other load, as the job's ranks will meet them.
   {
-    StreamProbe probe(o.threads);
-    auto rate = [&](double seconds) { return probe.gbs(seconds); };
-    std::vector<double> solo_rates, shared_rates;
-    for (int round = 0; round < 3; ++round) {
-      world.barrier();
-      double solo_rate = 0;
-      if (rank == 0) {
-        solo_rate = rate(0.25);
-      } else {
-        usleep(400000);
+    std::unique_ptr<ModelMatmulProbe> model_probe;
+    std::unique_ptr<StreamProbe> stream_probe;
+    if (!o.model.empty())
+      model_probe = std::make_unique<ModelMatmulProbe>(o.model, o.threads, o.footprint_mb * 4e6);
+    else
+      stream_probe = std::make_unique<StreamProbe>(o.threads);
+    auto rate = [&](double seconds) {
+      return model_probe ? model_probe->gbs(seconds) : stream_probe->gbs(seconds);
+    };
+    rate(0.05);                                        // warm-up: pages touched, caches filled
+    std::vector<std::vector<double>> rates(size + 1);  // k -> median rate of the k ranks
+    const int rounds = 3;
+    for (int round = 0; round < rounds; ++round) {
+      for (int k = 1; k <= size; ++k) {
+        world.barrier();
+        double mine = 0;
+        if (rank < k) {
+          mine = rate(0.3);
+        } else {
+          usleep(550000);
+        }
+        std::vector<double> all(size);
+        world.all_gather(&mine, sizeof mine, all.data());
+        all.resize(k);
+        rates[k].push_back(median(all));
       }
-      world.barrier();
-      const double shared = rate(0.25);
-      std::vector<double> all(size);
-      world.all_gather(&shared, sizeof shared, all.data());
-      solo_rates.push_back(solo_rate);
-      shared_rates.push_back(median(all));
     }
     if (rank == 0) {
-      const double share = std::min(1.0, median(shared_rates) / median(solo_rates));
-      c.rank_core_share[size] = share;
-      c.load_probe_now_gbs = median(solo_rates);
-      std::printf("%d ranks computing at once: each gets %.2f of one rank alone\n", size, share);
+      const double solo = median(rates[1]);
+      c.load_probe_now_gbs = solo;
+      std::printf("core share (%s one-row matmul), each of k ranks computing at once:",
+                  model_probe ? "the model's" : "a synthetic");
+      for (int k = 1; k <= size; ++k) {
+        const double share = solo > 0 ? std::min(1.0, median(rates[k]) / solo) : 0;
+        c.rank_core_share[k] = share;
+        std::printf("  %d: %.2f", k, share);
+      }
+      std::printf("\n");
     }
   }
   // Synchronisation under load: every rank computes (a one-row matmul, as in a decode step),
-  // then all ranks all-reduce a small message, as a TP layer does. The time per round beyond
-  // the compute (scaled by the cores the ranks share) and the idle all-reduce is what each
-  // collective costs when ranks wait for peers that are computing or descheduled.
+  // then all ranks all-reduce a message, as a TP layer does. Each round is timed; the median
+  // round beyond the compute (all ranks at once, the loaded figure) and the idle all-reduce of
+  // that size is what each collective costs when ranks wait for peers that are computing or
+  // descheduled. Per message size, over many rounds (the median: single rounds swing with the
+  // scheduler's time slices).
   {
     auto backend = make_backend("cpu");
     backend->set_max_threads(o.threads);
     const int64_t N = 1536, K = 576;
     std::vector<float> values(N * K, 0.01f), x(K, 0.01f), y(N);
     const WeightMatrix w = make_weight_matrix(values.data(), N, K, DType::BF16);
-    std::vector<float> small(1024, 1.f);
-    const int rounds = 200;
     auto compute = [&] { backend->matmul(x.data(), 1, w, nullptr, y.data()); };
     world.barrier();
     const double solo = time_median(0.2, compute);  // all ranks at once: the loaded figure
-    world.barrier();
-    const auto t0 = Clock::now();
-    for (int r = 0; r < rounds; ++r) {
-      compute();
-      world.all_reduce(small.data(), small.size());
-    }
-    const double per_round = std::chrono::duration<double>(Clock::now() - t0).count() / rounds;
-    double idle_ar = 0;
-    for (const auto& p : c.collectives["all_reduce"]) {
-      if (p.bytes == 4096) idle_ar = p.seconds;
-    }
-    if (rank == 0) {
-      c.sync_us = std::max(0.0, (per_round - solo - idle_ar) * 1e6);
-      c.sync_us_by_ranks[size] = c.sync_us;
-      std::printf(
-          "compute + 4 KiB all-reduce rounds: %.1f us per round (compute %.1f us, idle "
-          "all-reduce %.1f us): %.1f us of waiting per collective\n",
-          per_round * 1e6, solo * 1e6, idle_ar * 1e6, c.sync_us);
+    for (const size_t bytes : {size_t{4096}, size_t{32768}, size_t{262144}}) {
+      double idle_ar = 0;
+      for (const auto& p : c.collectives["all_reduce"]) {
+        if (p.bytes == double(bytes)) idle_ar = p.seconds;
+      }
+      std::vector<double> rounds;
+      const auto start = Clock::now();
+      int r = 0;
+      for (; r < 400; ++r) {
+        const auto t0 = Clock::now();
+        compute();
+        world.all_reduce(buffer.data(), bytes / sizeof(float));
+        rounds.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+        // Every rank decides the same: rank 0's clock, shared, ends the loop after ~1.5 s.
+        int stop = rank == 0 && r >= 40 &&
+                   std::chrono::duration<double>(Clock::now() - start).count() > 1.5;
+        world.broadcast(&stop, sizeof stop, 0);
+        if (stop) break;
+      }
+      std::vector<double> all(size);
+      const double mine = median(rounds);
+      world.all_gather(&mine, sizeof mine, all.data());
+      if (rank == 0) {
+        const double per_round = median(all);
+        const double wait_us = std::max(0.0, (per_round - solo - idle_ar) * 1e6);
+        c.sync_us_by_bytes[double(bytes)] = wait_us;
+        if (bytes == 4096) {
+          c.sync_us = wait_us;
+          c.sync_us_by_ranks[size] = wait_us;
+        }
+        std::printf(
+            "compute + %zu-byte all-reduce, median of %d rounds: %.1f us (compute %.1f us, "
+            "idle all-reduce %.1f us): %.1f us of waiting per collective\n",
+            bytes, r + 1, per_round * 1e6, solo * 1e6, idle_ar * 1e6, wait_us);
+      }
     }
   }
   if (rank == 0) {
@@ -351,17 +402,11 @@ void run_calibrate(const CalibrateOptions& o) {
         calibrate_engine_at_model_shapes(o.model, *backend, o.footprint_mb * 4e6, o.repeats, c);
       }
       show_progress("calibrate", stages, stages, "done");
-      StreamProbe probe(o.threads);
-      std::vector<double> rates;
-      for (int r = 0; r < 3; ++r) rates.push_back(probe.gbs(0.2));
-      c.load_probe_gbs = c.load_probe_now_gbs = median(rates);
-      std::printf("load probe: one rank streams %.2f GB/s now\n", c.load_probe_gbs);
+      c.load_probe_gbs = c.load_probe_now_gbs = load_probe_gbs(o);
+      std::printf("load probe: one rank runs %.2f GB/s now\n", c.load_probe_gbs);
     } else if (leader && !mpi) {  // --collectives-only on one rank: the load probe alone
-      StreamProbe probe(o.threads);
-      std::vector<double> rates;
-      for (int r = 0; r < 3; ++r) rates.push_back(probe.gbs(0.2));
-      c.load_probe_now_gbs = median(rates);
-      std::printf("load probe: one rank streams %.2f GB/s now (%.2f at calibration)\n",
+      c.load_probe_now_gbs = load_probe_gbs(o);
+      std::printf("load probe: one rank runs %.2f GB/s now (%.2f at calibration)\n",
                   c.load_probe_now_gbs, c.load_probe_gbs);
     }
     if (mpi && ctx.world->size() >= 2) {
@@ -406,7 +451,8 @@ void add_bench_calibrate_command(CLI::App& bench) {
                 "Update --output's file: the load probe, and under mpirun -np N each rank's core "
                 "share and the collectives");
   cmd->add_option("--model,-m", o->model,
-                  "Also time this model's decode steps (per-layer cost beyond the matmuls)");
+                  "Also time this model's decode steps (per-layer cost beyond the matmuls); with "
+                  "--collectives-only, probe the load and core share with its matmuls");
   cmd->callback([o] {
     run_calibrate(*o);
     if (launched_by_mpi()) finalize_mpi();

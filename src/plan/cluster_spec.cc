@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <sstream>
 
@@ -23,6 +24,28 @@ double ClusterSpec::peak_flops(const std::string& dtype) const {
   return it->second * 1e12;
 }
 
+double LinkSpec::seconds(double bytes) const {
+  if (measured.size() < 2) return latency_us * 1e-6 + bytes / (bandwidth_gbs * 1e9);
+  // Per size range: linear between the neighbouring measured sizes; below the smallest, its
+  // time (latency-bound); past the largest, its time plus the rest at the sustained rate.
+  if (bytes <= measured.front().first) return measured.front().second;
+  if (bytes >= measured.back().first)
+    return measured.back().second + (bytes - measured.back().first) / sustained_bytes_per_s();
+  size_t i = 1;
+  while (measured[i].first < bytes) ++i;
+  const auto& [b0, s0] = measured[i - 1];
+  const auto& [b1, s1] = measured[i];
+  return s0 + (s1 - s0) * (bytes - b0) / (b1 - b0);
+}
+
+double ClusterSpec::core_share(double ranks) const {
+  ranks = std::max(ranks, 1.0);
+  const int below = static_cast<int>(std::floor(ranks));
+  const double frac = ranks - below;
+  if (frac < 1e-9) return core_share(below);
+  return core_share(below) * (1 - frac) + core_share(below + 1) * frac;
+}
+
 double ClusterSpec::core_share(int ranks) const {
   ranks = std::max(ranks, 1);
   const auto it = rank_core_share.find(ranks);
@@ -38,6 +61,28 @@ double ClusterSpec::core_share(int ranks) const {
 double ClusterSpec::sync_seconds(int ranks) const {
   const auto it = sync_us_by_ranks.find(ranks);
   return (it != sync_us_by_ranks.end() ? it->second : sync_us) * 1e-6;
+}
+
+double ClusterSpec::sync_seconds(int ranks, double bytes) const {
+  if (ranks != sync_ranks || sync_us_by_bytes.empty()) return sync_seconds(ranks);
+  // Linear between the measured sizes, the nearest end beyond them.
+  const auto hi = sync_us_by_bytes.lower_bound(bytes);
+  if (hi == sync_us_by_bytes.begin()) return hi->second * 1e-6;
+  if (hi == sync_us_by_bytes.end()) return sync_us_by_bytes.rbegin()->second * 1e-6;
+  const auto lo = std::prev(hi);
+  const double t = (bytes - lo->first) / (hi->first - lo->first);
+  return (lo->second + (hi->second - lo->second) * t) * 1e-6;
+}
+
+double ClusterSpec::measured_all_reduce_seconds(int ranks, bool between_nodes, double bytes) const {
+  if (ranks != all_reduce_ranks || between_nodes != all_reduce_between_nodes ||
+      all_reduce_measured.size() < 2)
+    return -1;
+  LinkSpec as_link;  // the same per-size interpolation as a link's
+  as_link.measured = all_reduce_measured;
+  const auto& [b, s] = all_reduce_measured.back();
+  as_link.sustained_gbs = s > 0 ? b / s / 1e9 : 1;
+  return as_link.seconds(bytes);
 }
 
 double ClusterSpec::curve_matmul_seconds(const std::string& dtype, double bytes,
@@ -192,6 +237,7 @@ ClusterSpec parse_cluster_spec(std::string_view toml_text, const std::string& so
   c.threads_per_rank = k.integer("node.threads_per_rank", 1);
   c.node_bandwidth_gbs = k.number("node.memory_bandwidth_gbs", 0);
   c.nodes_share_cores = k.boolean("node.shared_cores", false);
+  c.idle_ranks_yield = k.boolean("node.idle_ranks_yield", c.nodes_share_cores);
   c.device_memory_gib = k.number("device.memory_gib", 0);
   c.device_bandwidth_gbs = k.number("device.memory_bandwidth_gbs", 0, true);
   c.peak_tflops = k.numbers_in("device.peak_tflops");
@@ -271,6 +317,10 @@ std::string calibration_to_json(const Calibration& c) {
   j["sync_us_by_ranks"] = syncs;
   j["aes_gcm_gbs"] = c.aes_gcm_gbs;
   j["sync_us"] = c.sync_us;
+  nlohmann::json by_bytes = nlohmann::json::array();
+  for (const auto& [bytes, us] : c.sync_us_by_bytes)
+    by_bytes.push_back({{"bytes", bytes}, {"us", us}});
+  j["sync_us_by_bytes"] = by_bytes;
   if (!c.engine_model.empty()) {
     j["engine"] = {{"model", c.engine_model}, {"decode_step_s", c.engine_decode_step_s}};
     for (const auto& p : c.engine_points) {
@@ -331,6 +381,9 @@ Calibration calibration_from_json(const std::string& text, const std::string& so
     }
     c.aes_gcm_gbs = j.value("aes_gcm_gbs", 0.0);
     c.sync_us = j.value("sync_us", 0.0);
+    const nlohmann::json by_bytes = j.value("sync_us_by_bytes", nlohmann::json::array());
+    for (const auto& p : by_bytes)
+      c.sync_us_by_bytes[p.at("bytes").get<double>()] = p.at("us").get<double>();
     if (j.contains("engine")) {
       c.engine_model = j["engine"].value("model", "");
       c.engine_decode_step_s = j["engine"].value("decode_step_s", 0.0);
@@ -423,8 +476,38 @@ void apply_calibration(ClusterSpec& cluster, const Calibration& c, const std::st
     for (auto& point : cluster.matmul_curve[dtype]) point.second *= c.threads / load;
   }
   for (const auto& [ranks, us] : c.sync_us_by_ranks) cluster.sync_us_by_ranks[ranks] = us;
-  if (c.fitted_link.bandwidth_gbs > 0)
-    (c.link_between_nodes ? cluster.inter_node : cluster.intra_node) = c.fitted_link;
+  if (c.fitted_link.bandwidth_gbs > 0) {
+    LinkSpec link = c.fitted_link;
+    // The measured one-way times per size (kept non-decreasing: a median that dips below a
+    // smaller message's is noise), and the largest message's rate as the sustained rate.
+    const auto it = c.collectives.find("send_recv");
+    if (it != c.collectives.end() && it->second.size() >= 2) {
+      for (const auto& p : it->second) link.measured.push_back({p.bytes, p.seconds});
+      std::sort(link.measured.begin(), link.measured.end());
+      for (size_t i = 1; i < link.measured.size(); ++i)
+        link.measured[i].second = std::max(link.measured[i].second, link.measured[i - 1].second);
+      const auto& [bytes, seconds] = link.measured.back();
+      if (seconds > 0) link.sustained_gbs = bytes / seconds / 1e9;
+    }
+    (c.link_between_nodes ? cluster.inter_node : cluster.intra_node) = link;
+  }
+  if (c.collective_ranks > 1) {  // the all-reduce as measured over these ranks, per size
+    const auto ar = c.collectives.find("all_reduce");
+    if (ar != c.collectives.end() && ar->second.size() >= 2) {
+      cluster.all_reduce_measured.clear();
+      for (const auto& p : ar->second) cluster.all_reduce_measured.push_back({p.bytes, p.seconds});
+      std::sort(cluster.all_reduce_measured.begin(), cluster.all_reduce_measured.end());
+      for (size_t i = 1; i < cluster.all_reduce_measured.size(); ++i)
+        cluster.all_reduce_measured[i].second = std::max(cluster.all_reduce_measured[i].second,
+                                                         cluster.all_reduce_measured[i - 1].second);
+      cluster.all_reduce_ranks = c.collective_ranks;
+      cluster.all_reduce_between_nodes = c.link_between_nodes;
+    }
+  }
+  if (!c.sync_us_by_bytes.empty() && c.collective_ranks > 1) {
+    cluster.sync_us_by_bytes = c.sync_us_by_bytes;
+    cluster.sync_ranks = c.collective_ranks;
+  }
   if (c.aes_gcm_gbs > 0) cluster.aes_gcm_gbs = c.aes_gcm_gbs;
   if (c.collective_ranks > 1) cluster.sync_us = c.sync_us;
   cluster.calibration = path;

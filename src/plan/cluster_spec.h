@@ -12,11 +12,22 @@
 
 namespace alem::plan {
 
-// One link class: time to move b bytes point to point is latency + b / bandwidth.
+// One link class: time to move b bytes point to point is latency + b / bandwidth, or, where
+// calibration measured it, the measured time per message size: alpha-beta fitted per size range
+// (linear between neighbouring sizes), so a link that is not one line (a token bucket passes
+// messages within its burst at wire speed and the rest at its rate) is followed size by size.
 struct LinkSpec {
   double bandwidth_gbs = 0;  // 1e9 bytes/s, one direction
   double latency_us = 0;
-  double seconds(double bytes) const { return latency_us * 1e-6 + bytes / (bandwidth_gbs * 1e9); }
+  // Measured one-way times (bytes, seconds), sorted by bytes; empty: the alpha-beta line.
+  std::vector<std::pair<double, double>> measured;
+  // Rate a rank can keep up over many messages (GB/s; the largest measured message's rate:
+  // a token bucket's rate once its burst is spent); 0: the line's bandwidth.
+  double sustained_gbs = 0;
+  double seconds(double bytes) const;
+  double sustained_bytes_per_s() const {
+    return (sustained_gbs > 0 ? sustained_gbs : bandwidth_gbs) * 1e9;
+  }
 };
 
 struct ClusterSpec {
@@ -53,6 +64,10 @@ struct ClusterSpec {
   // where absent, min(threads_per_rank, cores / ranks).
   std::map<int, double> rank_core_share;
   std::map<int, double> sync_us_by_ranks;  // sync_us measured with this many ranks on the node
+  // Idle ranks take no core (they block or yield while they wait, as Open MPI does with
+  // mpi_yield_when_idle): the core share goes by the ranks computing at a time, not all ranks.
+  // On by default where the nodes share cores (node.shared_cores; the netns cluster runs so).
+  bool idle_ranks_yield = false;
   // The nodes are one machine's network namespaces (the netns test cluster): every rank of a job
   // shares the same cores, so core share and waiting go by the whole job's ranks, not a node's.
   bool nodes_share_cores = false;
@@ -71,9 +86,24 @@ struct ClusterSpec {
   std::string calibration;  // the calibration file applied, if any
 
   int total_devices() const { return nodes * devices_per_node; }
-  // Cores (or fraction of one) a rank computes on when `ranks` ranks share a CPU node.
+  // Cores (or fraction of one) a rank computes on when `ranks` ranks share a CPU node (a
+  // fraction of ranks: an average over a step, interpolated between whole counts).
+  double core_share(double ranks) const;
   double core_share(int ranks) const;
   double sync_seconds(int ranks) const;  // waiting per collective with `ranks` on the node
+  // The same for a collective of `bytes`, from the per-size measurement where it was taken
+  // with `ranks` ranks (sync_ranks), else sync_seconds(ranks).
+  double sync_seconds(int ranks, double bytes) const;
+  std::map<double, double> sync_us_by_bytes;
+  int sync_ranks = 0;
+  // All-reduce times measured by calibration per message size (bytes, seconds) over
+  // all_reduce_ranks ranks, across nodes or inside one; used for an all-reduce of that many
+  // ranks over that kind of link in place of the ring formula.
+  std::vector<std::pair<double, double>> all_reduce_measured;
+  int all_reduce_ranks = 0;
+  bool all_reduce_between_nodes = false;
+  // Seconds of one all-reduce of `bytes` from those measurements; -1 where they do not apply.
+  double measured_all_reduce_seconds(int ranks, bool between_nodes, double bytes) const;
   // Seconds one device takes to multiply `rows` rows by `bytes` of `dtype` weights, from the
   // measured curve (interpolated, extrapolated linearly past its ends); -1 without a curve.
   double curve_matmul_seconds(const std::string& dtype, double bytes, double rows) const;
@@ -129,8 +159,10 @@ struct Calibration {
   double aes_gcm_gbs = 0;
   std::string engine_model;         // the model whose decode steps were timed (if any)
   double engine_decode_step_s = 0;  // its one-sequence decode step on one rank
-  double sync_us = 0;    // waiting per collective when all ranks compute between collectives
-  LinkSpec fitted_link;  // alpha-beta fit of send_recv (point to point)
+  double sync_us = 0;  // waiting per collective when all ranks compute between collectives
+  // The same waiting by message size (collective_ranks ranks): median over many rounds each.
+  std::map<double, double> sync_us_by_bytes;
+  LinkSpec fitted_link;  // alpha-beta fit of send_recv (point to point), with its measured points
   // Ranks 0 and 1 of the collectives ran on different hosts: the fit describes the link between
   // nodes (else the one inside a node).
   bool link_between_nodes = false;

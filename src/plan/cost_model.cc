@@ -87,12 +87,15 @@ struct Placement {
   double flops = 0;       // per rank, for the model's dtype
   double bandwidth = 0;   // bytes/s of weights, per rank
   double attention_flops = 0;
-  double sync_s = 0;  // waiting per collective (ranks drift or are descheduled)
+  double sync_s = 0;   // waiting per collective (ranks drift or are descheduled)
+  int sync_ranks = 1;  // ranks whose waiting was measured together (the node's, or the job's)
   bool tp_crosses_nodes = false;
   bool pp_crosses_nodes = false;
 };
 
-Placement place(const ModelShape& m, const ClusterSpec& c, const Layout& l) {
+// `computing`: ranks of the job that compute at once (0: all of them). Where idle ranks take
+// no core (they yield while they wait), an idle pipeline stage leaves its share to the others.
+Placement place(const ModelShape& m, const ClusterSpec& c, const Layout& l, double computing = 0) {
   Placement p;
   const int world = l.world();
   p.nodes_used = std::min(c.nodes, world);
@@ -101,12 +104,16 @@ Placement place(const ModelShape& m, const ClusterSpec& c, const Layout& l) {
   const double bw = c.weight_bandwidth(m.weight_dtype);
   // Ranks that compete for the same cores: a node's, or every rank where the nodes share them.
   const int sharing = c.nodes_share_cores ? world : p.ranks_per_node;
+  p.sync_ranks = sharing;
+  double competing = sharing;
+  if (c.idle_ranks_yield && computing > 0)
+    competing = std::min<double>(sharing, computing * sharing / world);
   if (c.kind == "cpu") {
-    p.core_share = c.core_share(sharing);
+    p.core_share = c.core_share(competing);
     p.flops = peak * p.core_share;
     p.bandwidth = bw * p.core_share;
     if (c.node_bandwidth_gbs > 0)
-      p.bandwidth = std::min(p.bandwidth, c.node_bandwidth_gbs * 1e9 / sharing);
+      p.bandwidth = std::min(p.bandwidth, c.node_bandwidth_gbs * 1e9 / competing);
   } else {
     p.flops = peak;
     p.bandwidth = bw;
@@ -130,18 +137,23 @@ LinkCost link_for(const ClusterSpec& c, bool crosses_nodes) {
   return {c.intra_node, c.encrypt_intra_node};
 }
 
-// Adds a ring all-reduce of `bytes` over n ranks: 2(n-1) steps of bytes/n each.
+// Adds an all-reduce of `bytes` over n ranks: as calibration measured it for that many ranks
+// on that kind of link (per message size), else a ring: 2(n-1) steps of bytes/n each.
 void all_reduce(StepTime& t, const LinkCost& lc, const ClusterSpec& c, const Placement& p, int n,
-                double bytes) {
+                double bytes, bool crosses_nodes) {
   if (n <= 1) return;
   const double per_step = bytes / n;
-  t.communication += 2.0 * (n - 1) * lc.link.seconds(per_step) + p.sync_s;
+  const double measured = c.measured_all_reduce_seconds(n, crosses_nodes, bytes);
+  t.communication += (measured >= 0 ? measured : 2.0 * (n - 1) * lc.link.seconds(per_step)) +
+                     c.sync_seconds(p.sync_ranks, bytes);
+  t.wire += 2.0 * (n - 1) * per_step / lc.link.sustained_bytes_per_s();
   if (lc.encrypted) t.encryption += 2.0 * (n - 1) * 2.0 * per_step / (c.aes_gcm_gbs * 1e9);
 }
 
 // Adds one point-to-point message.
 void send(StepTime& t, const LinkCost& lc, const ClusterSpec& c, const Placement& p, double bytes) {
-  t.communication += lc.link.seconds(bytes) + p.sync_s;
+  t.communication += lc.link.seconds(bytes) + c.sync_seconds(p.sync_ranks, bytes);
+  t.wire += bytes / lc.link.sustained_bytes_per_s();
   if (lc.encrypted) t.encryption += 2.0 * bytes / (c.aes_gcm_gbs * 1e9);
 }
 
@@ -248,9 +260,10 @@ StepTime stage_time(const ModelShape& m, const ClusterSpec& c, const Layout& l, 
   const LinkCost tp_link = link_for(c, p.tp_crosses_nodes);
   const double act_bytes = tokens * m.hidden_size * m.activation_bytes;
   StepTime one_layer;
-  all_reduce(one_layer, tp_link, c, p, l.tp, act_bytes);
-  all_reduce(one_layer, tp_link, c, p, l.tp, act_bytes);
+  all_reduce(one_layer, tp_link, c, p, l.tp, act_bytes, p.tp_crosses_nodes);
+  all_reduce(one_layer, tp_link, c, p, l.tp, act_bytes, p.tp_crosses_nodes);
   t.communication = layers * one_layer.communication;
+  t.wire = layers * one_layer.wire;
   t.encryption = layers * one_layer.encryption;
   // Fixed and per-token work besides the matmuls, on the rank's share of a core.
   t.overhead = layers * (c.layer_overhead_us + tokens * c.token_overhead_us) * 1e-6 / cpu_share;
@@ -266,13 +279,18 @@ void add(StepTime& into, const StepTime& x, double times) {
   into.communication += x.communication * times;
   into.encryption += x.encryption * times;
   into.overhead += x.overhead * times;
+  into.wire += x.wire * times;
   into.total += x.total * times;
 }
 
 // One engine step of a replica: `tokens` over `seqs` sequences.
-StepTime step_time(const ModelShape& m, const ClusterSpec& c, const Layout& l, const Placement& p,
-                   double tokens, double seqs, double context) {
+StepTime step_time(const ModelShape& m, const ClusterSpec& c, const Layout& l, double tokens,
+                   double seqs, double context) {
   const int micro = l.pp > 1 ? std::max(1, std::min<int>(l.pp, static_cast<int>(seqs))) : 1;
+  // Stages busy at once, on average over the step: micro x pp stage-times of work fill
+  // micro + pp - 1 slots; tp and dp ranks compute together.
+  const double busy_stages = double(micro) * l.pp / (micro + l.pp - 1);
+  const Placement p = place(m, c, l, l.tp * l.dp * busy_stages);
   const double mt = tokens / micro, ms = seqs / micro;
   // The busiest stage is the last (it runs the LM head); the pipeline's critical path is
   // micro + pp - 1 stage times.
@@ -288,7 +306,8 @@ StepTime step_time(const ModelShape& m, const ClusterSpec& c, const Layout& l, c
   // the step plan broadcast to the replica's ranks: latency-bound small messages.
   StepTime small;
   const LinkCost tp_link = link_for(c, p.tp_crosses_nodes);
-  all_reduce(small, tp_link, c, p, l.tp, tokens * m.hidden_size * m.activation_bytes);
+  all_reduce(small, tp_link, c, p, l.tp, tokens * m.hidden_size * m.activation_bytes,
+             p.tp_crosses_nodes);
   const double sync = p.sync_s;
   if (l.tp > 1) small.communication += (l.tp - 1) * tp_link.link.seconds(seqs * 64) + sync;
   const int replica_ranks = l.tp * l.pp;
@@ -303,6 +322,12 @@ StepTime step_time(const ModelShape& m, const ClusterSpec& c, const Layout& l, c
   small.overhead = (c.step_overhead_us + seqs * c.sequence_overhead_us) * 1e-6 / cpu_share;
   small.total = small.communication + small.encryption + small.overhead;
   add(t, small, 1);
+  // A link kept busy sends no faster than its sustained rate (a token bucket once the burst is
+  // spent): the step's communication is at least its bytes at that rate.
+  if (t.wire > t.communication) {
+    t.total += t.wire - t.communication;
+    t.communication = t.wire;
+  }
   return t;
 }
 
@@ -352,13 +377,13 @@ Prediction predict(const ModelShape& m, const ClusterSpec& c, const Workload& w,
   };
 
   auto decode_at = [&](int batch) {
-    return step_time(m, c, l, p, batch, batch, w.prompt_tokens + w.output_tokens / 2.0);
+    return step_time(m, c, l, batch, batch, w.prompt_tokens + w.output_tokens / 2.0);
   };
   auto prefill_at = [&](int batch) {
     const double tokens = std::min<double>(double(batch) * w.prompt_tokens,
                                            std::max(w.max_batch_tokens, w.prompt_tokens));
     const double seqs = std::max(1.0, tokens / w.prompt_tokens);
-    StepTime t = step_time(m, c, l, p, tokens, seqs, w.prompt_tokens / 2.0);
+    StepTime t = step_time(m, c, l, tokens, seqs, w.prompt_tokens / 2.0);
     const double chunks = std::ceil(double(batch) * w.prompt_tokens / tokens);
     add(t, t, chunks - 1);  // further chunks of the same size
     return t;

@@ -60,7 +60,11 @@ struct StepTime {            // seconds, one engine step of one replica
   double communication = 0;  // alpha-beta of the collectives and pipeline hops
   double encryption = 0;     // seal + open of bytes on encrypted links
   double overhead = 0;       // fixed per-layer and per-step costs
-  double total = 0;          // max(compute, memory) per stage + the rest
+  // Seconds the step's bytes on the links need at the links' sustained rates (a rank's sends
+  // over many messages): communication is at least this (a token bucket's rate, once the
+  // burst is spent, bounds a step that sends more than it).
+  double wire = 0;
+  double total = 0;  // max(compute, memory) per stage + the rest
 };
 
 struct Prediction {

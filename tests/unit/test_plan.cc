@@ -331,6 +331,82 @@ TEST(PlanCalibration, BetweenHostsAndSharedCores) {
   EXPECT_NEAR(shared.decode.compute / apart.decode.compute, 4, 0.01);
 }
 
+// Where idle ranks yield (the netns cluster: node.shared_cores), a pipeline at one sequence has
+// one stage computing at a time, so that stage gets the core share of one rank, not of all.
+TEST(PlanCalibration, IdlePipelineStagesLeaveTheirShare) {
+  ClusterSpec c =
+      load_cluster_spec(test::env_or("ALEM_SOURCE_DIR", ".") + "/plan/clusters/netns-4host.toml");
+  ASSERT_TRUE(c.idle_ranks_yield);  // the default where nodes share cores
+  c.rank_core_share = {{1, 1.0}, {2, 0.5}, {3, 1.0 / 3}, {4, 0.25}};
+  const ModelShape m = named_shape("smollm2-135m");
+  Workload w;
+  w.concurrency = 1;
+  const Prediction yielding = predict(m, c, w, {1, 4, 1, 1});
+  c.idle_ranks_yield = false;
+  const Prediction polling = predict(m, c, w, {1, 4, 1, 1});
+  ASSERT_TRUE(yielding.fits && polling.fits);
+  EXPECT_NEAR(polling.decode.compute / yielding.decode.compute, 4, 0.01);
+  // dp replicas all compute at once: the same either way.
+  c.idle_ranks_yield = true;
+  const double dp_yield = predict(m, c, w, {1, 1, 1, 4}).decode.compute;
+  c.idle_ranks_yield = false;
+  EXPECT_DOUBLE_EQ(predict(m, c, w, {1, 1, 1, 4}).decode.compute, dp_yield);
+  // Between measured counts the share is interpolated.
+  EXPECT_NEAR(c.core_share(1.5), 0.75, 1e-12);
+}
+
+// A measured link is followed size by size (linear between the measured sizes), and a step that
+// sends more than a token bucket's burst is bounded by the sustained rate.
+TEST(PlanCalibration, LinkTimesPerMessageSize) {
+  Calibration cal;
+  cal.collective_ranks = 3;
+  cal.link_between_nodes = true;
+  // A token bucket: 32 KiB within the burst at wire speed, 16 MiB at 12.5 MB/s.
+  cal.collectives["send_recv"] = {
+      {64, 20e-6}, {32768, 30e-6}, {262144, 12e-3}, {16777216, 16777216 / 12.5e6}};
+  cal.fitted_link = fit_alpha_beta(cal.collectives["send_recv"]);
+  const Calibration back = calibration_from_json(calibration_to_json(cal), "x");
+  ClusterSpec c =
+      load_cluster_spec(test::env_or("ALEM_SOURCE_DIR", ".") + "/plan/clusters/netns-4host.toml");
+  apply_calibration(c, back, "cal.json");
+  const LinkSpec& l = c.inter_node;
+  ASSERT_EQ(l.measured.size(), 4u);
+  EXPECT_DOUBLE_EQ(l.seconds(10), 20e-6);     // below the smallest: latency-bound
+  EXPECT_DOUBLE_EQ(l.seconds(32768), 30e-6);  // at a measured size: as measured
+  EXPECT_NEAR(l.seconds((32768 + 262144) / 2.0), (30e-6 + 12e-3) / 2, 1e-12);
+  EXPECT_NEAR(l.sustained_gbs, 0.0125, 1e-9);
+  EXPECT_NEAR(l.seconds(2 * 16777216.0), 2 * 16777216 / 12.5e6, 1e-9);
+  // tp 3 over three hosts at 8 sequences: each rank sends 2 (3 - 1) x 1/3 of the activations per
+  // all-reduce, more than the burst over a step: the step's communication is at least its
+  // bytes at 12.5 MB/s.
+  c.rank_core_share = {{3, 0.6}};
+  const ModelShape m = named_shape("smollm2-135m");
+  Workload w;
+  w.concurrency = 8;
+  const Prediction p = predict(m, c, w, {3, 1, 1, 1});
+  ASSERT_TRUE(p.fits);
+  const double per_all_reduce = 4.0 / 3 * 8 * m.hidden_size * m.activation_bytes;
+  EXPECT_GE(p.decode.communication, (2 * m.num_layers + 1) * per_all_reduce / 12.5e6 * 0.999);
+  EXPECT_NEAR(p.decode.wire, p.decode.communication, 1e-12);
+}
+
+TEST(PlanCalibration, WaitingPerCollectiveBySize) {
+  Calibration cal;
+  cal.collective_ranks = 3;
+  cal.sync_us = 100;
+  cal.sync_us_by_ranks = {{3, 100}};
+  cal.sync_us_by_bytes = {{4096, 100}, {32768, 300}};
+  const Calibration back = calibration_from_json(calibration_to_json(cal), "x");
+  EXPECT_EQ(back.sync_us_by_bytes, cal.sync_us_by_bytes);
+  ClusterSpec c =
+      load_cluster_spec(test::env_or("ALEM_SOURCE_DIR", ".") + "/plan/clusters/netns-4host.toml");
+  apply_calibration(c, back, "cal.json");
+  EXPECT_NEAR(c.sync_seconds(3, 4096), 100e-6, 1e-15);
+  EXPECT_NEAR(c.sync_seconds(3, (4096 + 32768) / 2.0), 200e-6, 1e-15);
+  EXPECT_NEAR(c.sync_seconds(3, 1e6), 300e-6, 1e-15);             // the nearest end beyond
+  EXPECT_NEAR(c.sync_seconds(2, 1e6), c.sync_seconds(2), 1e-15);  // other ranks: by count
+}
+
 std::string error_of(const std::string& toml) {
   try {
     parse_cluster_spec(toml, "c.toml");

@@ -29,7 +29,7 @@ timeout 300 srun -N 1 -n 1 --mpi=none "$ALEM" bench calibrate -m "$MODEL" --dtyp
   fail "alem bench calibrate -m: $(tail -5 "$WORK_DIR/calibrate.txt")"
 for attempt in $(seq "$START_ATTEMPTS"); do
   if timeout 120 srun --kill-on-bad-exit=1 --mpi=pmix -N 2 -n 2 --ntasks-per-node=1 \
-    "$ALEM" bench calibrate --collectives-only -o "$CAL" >"$WORK_DIR/collectives.txt" 2>&1; then break; fi
+    "$ALEM" bench calibrate --collectives-only -m "$MODEL" -o "$CAL" >"$WORK_DIR/collectives.txt" 2>&1; then break; fi
   if [ "$attempt" -eq "$START_ATTEMPTS" ] || ! startup_crash "$WORK_DIR/collectives.txt"; then
     fail "collectives between hosts: $(tail -5 "$WORK_DIR/collectives.txt")"
   fi
