@@ -63,6 +63,19 @@ double median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
+// Mean of the middle 80% (at least one dropped at each end from 5 values): message times on
+// shared cores are bimodal (a peer on a core, or descheduled for a time slice of ~4 ms), and
+// what a step pays over many collectives is their mean; a median flips between the two modes
+// from one calibration to the next, a plain mean follows single outliers.
+double trimmed_mean(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t drop = v.size() >= 5 ? std::max<size_t>(1, v.size() / 10) : 0;
+  double sum = 0;
+  for (size_t i = drop; i < v.size() - drop; ++i) sum += v[i];
+  return sum / double(v.size() - 2 * drop);
+}
+
 // Median wall seconds of fn() over about `seconds` of calls (at least 5).
 template <typename Fn>
 double time_median(double seconds, Fn&& fn) {
@@ -227,10 +240,10 @@ void calibrate_collectives(const CalibrateOptions& o, ParallelContext& ctx, plan
       ar.push_back(std::chrono::duration<double>(Clock::now() - t1).count());
     }
     if (rank == 0) {
-      c.collectives["send_recv"].push_back({double(bytes), median(pp)});
-      c.collectives["all_reduce"].push_back({double(bytes), median(ar)});
+      c.collectives["send_recv"].push_back({double(bytes), trimmed_mean(pp)});
+      c.collectives["all_reduce"].push_back({double(bytes), trimmed_mean(ar)});
       std::printf("%d ranks, %9zu bytes: send/recv %9.1f us one way, all-reduce %9.1f us\n", size,
-                  bytes, median(pp) * 1e6, median(ar) * 1e6);
+                  bytes, trimmed_mean(pp) * 1e6, trimmed_mean(ar) * 1e6);
     }
   }
   // Each rank's share of a core when k ranks compute at once, for k = 1 to all: ranks 0..k-1
@@ -279,12 +292,13 @@ void calibrate_collectives(const CalibrateOptions& o, ParallelContext& ctx, plan
       std::printf("\n");
     }
   }
-  // Synchronisation under load: every rank computes (a one-row matmul, as in a decode step),
-  // then all ranks all-reduce a message, as a TP layer does. Each round is timed; the median
-  // round beyond the compute (all ranks at once, the loaded figure) and the idle all-reduce of
-  // that size is what each collective costs when ranks wait for peers that are computing or
-  // descheduled. Per message size, over many rounds (the median: single rounds swing with the
-  // scheduler's time slices).
+  // Collectives under load: every rank computes (a one-row matmul, as in a decode step), then
+  // all ranks all-reduce a message, as a TP layer does; each round is timed. Per message size,
+  // over at least 40 rounds, the (trimmed) mean round beyond the compute is what an all-reduce
+  // costs while ranks wait for peers that are computing or descheduled
+  // (`all_reduce_loaded`: the planner's all-reduce time for this many ranks up to 256 KiB),
+  // and beyond the idle all-reduce, the waiting per collective (`sync_us_by_bytes`; at 4 KiB,
+  // `sync_us`, also charged per pipeline hop).
   {
     auto backend = make_backend("cpu");
     backend->set_max_threads(o.threads);
@@ -293,7 +307,16 @@ void calibrate_collectives(const CalibrateOptions& o, ParallelContext& ctx, plan
     const WeightMatrix w = make_weight_matrix(values.data(), N, K, DType::BF16);
     auto compute = [&] { backend->matmul(x.data(), 1, w, nullptr, y.data()); };
     world.barrier();
-    const double solo = time_median(0.2, compute);  // all ranks at once: the loaded figure
+    std::vector<double> compute_times;
+    for (int r = 0; r < 60; ++r) {  // all ranks at once: the loaded figure
+      const auto t0 = Clock::now();
+      compute();
+      compute_times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    std::vector<double> all(size);
+    double mine = trimmed_mean(compute_times);
+    world.all_gather(&mine, sizeof mine, all.data());
+    const double solo = trimmed_mean(all);
     for (const size_t bytes : {size_t{4096}, size_t{32768}, size_t{262144}}) {
       double idle_ar = 0;
       for (const auto& p : c.collectives["all_reduce"]) {
@@ -313,21 +336,22 @@ void calibrate_collectives(const CalibrateOptions& o, ParallelContext& ctx, plan
         world.broadcast(&stop, sizeof stop, 0);
         if (stop) break;
       }
-      std::vector<double> all(size);
-      const double mine = median(rounds);
+      mine = trimmed_mean(rounds);
       world.all_gather(&mine, sizeof mine, all.data());
       if (rank == 0) {
-        const double per_round = median(all);
-        const double wait_us = std::max(0.0, (per_round - solo - idle_ar) * 1e6);
+        const double per_round = trimmed_mean(all);
+        const double loaded = std::max(per_round - solo, 0.0);
+        const double wait_us = std::max(0.0, (loaded - idle_ar) * 1e6);
+        c.collectives["all_reduce_loaded"].push_back({double(bytes), loaded});
         c.sync_us_by_bytes[double(bytes)] = wait_us;
         if (bytes == 4096) {
           c.sync_us = wait_us;
           c.sync_us_by_ranks[size] = wait_us;
         }
         std::printf(
-            "compute + %zu-byte all-reduce, median of %d rounds: %.1f us (compute %.1f us, "
-            "idle all-reduce %.1f us): %.1f us of waiting per collective\n",
-            bytes, r + 1, per_round * 1e6, solo * 1e6, idle_ar * 1e6, wait_us);
+            "compute + %zu-byte all-reduce, mean of %d rounds: %.1f us (compute %.1f us): "
+            "all-reduce under load %.1f us, %.1f us beyond the idle one\n",
+            bytes, r + 1, per_round * 1e6, solo * 1e6, loaded * 1e6, wait_us);
       }
     }
   }

@@ -78,11 +78,17 @@ double ClusterSpec::measured_all_reduce_seconds(int ranks, bool between_nodes, d
   if (ranks != all_reduce_ranks || between_nodes != all_reduce_between_nodes ||
       all_reduce_measured.size() < 2)
     return -1;
-  LinkSpec as_link;  // the same per-size interpolation as a link's
-  as_link.measured = all_reduce_measured;
+  LinkSpec idle;  // the same per-size interpolation as a link's
+  idle.measured = all_reduce_measured;
   const auto& [b, s] = all_reduce_measured.back();
-  as_link.sustained_gbs = s > 0 ? b / s / 1e9 : 1;
-  return as_link.seconds(bytes);
+  idle.sustained_gbs = s > 0 ? b / s / 1e9 : 1;
+  if (all_reduce_loaded.size() < 2) return idle.seconds(bytes);
+  // Under load up to the largest size measured so; beyond, that plus the idle difference.
+  LinkSpec loaded;
+  loaded.measured = all_reduce_loaded;
+  const double top = all_reduce_loaded.back().first;
+  if (bytes <= top) return loaded.seconds(bytes);
+  return all_reduce_loaded.back().second + idle.seconds(bytes) - idle.seconds(top);
 }
 
 double ClusterSpec::curve_matmul_seconds(const std::string& dtype, double bytes,
@@ -500,6 +506,13 @@ void apply_calibration(ClusterSpec& cluster, const Calibration& c, const std::st
       for (size_t i = 1; i < cluster.all_reduce_measured.size(); ++i)
         cluster.all_reduce_measured[i].second = std::max(cluster.all_reduce_measured[i].second,
                                                          cluster.all_reduce_measured[i - 1].second);
+      cluster.all_reduce_loaded.clear();
+      const auto loaded = c.collectives.find("all_reduce_loaded");
+      if (loaded != c.collectives.end()) {
+        for (const auto& p : loaded->second)
+          cluster.all_reduce_loaded.push_back({p.bytes, p.seconds});
+        std::sort(cluster.all_reduce_loaded.begin(), cluster.all_reduce_loaded.end());
+      }
       cluster.all_reduce_ranks = c.collective_ranks;
       cluster.all_reduce_between_nodes = c.link_between_nodes;
     }

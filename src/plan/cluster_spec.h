@@ -100,9 +100,13 @@ struct ClusterSpec {
   // all_reduce_ranks ranks, across nodes or inside one; used for an all-reduce of that many
   // ranks over that kind of link in place of the ring formula.
   std::vector<std::pair<double, double>> all_reduce_measured;
+  // The same under load, up to 256 KiB: a rank's all-reduce after its compute, the waiting for
+  // peers included (so no sync is added where these apply).
+  std::vector<std::pair<double, double>> all_reduce_loaded;
   int all_reduce_ranks = 0;
   bool all_reduce_between_nodes = false;
-  // Seconds of one all-reduce of `bytes` from those measurements; -1 where they do not apply.
+  // Seconds of one all-reduce of `bytes` from those measurements (under load where measured so:
+  // the waiting included), -1 where they do not apply.
   double measured_all_reduce_seconds(int ranks, bool between_nodes, double bytes) const;
   // Seconds one device takes to multiply `rows` rows by `bytes` of `dtype` weights, from the
   // measured curve (interpolated, extrapolated linearly past its ends); -1 without a curve.
