@@ -243,7 +243,13 @@ ClusterSpec parse_cluster_spec(std::string_view toml_text, const std::string& so
   c.threads_per_rank = k.integer("node.threads_per_rank", 1);
   c.node_bandwidth_gbs = k.number("node.memory_bandwidth_gbs", 0);
   c.nodes_share_cores = k.boolean("node.shared_cores", false);
-  c.idle_ranks_yield = k.boolean("node.idle_ranks_yield", c.nodes_share_cores);
+  {
+    const std::string idle = k.text("node.idle_ranks", c.nodes_share_cores ? "yield" : "auto");
+    ALEM_CHECK(idle == "yield" || idle == "poll" || idle == "auto",
+               source_name + ": 'node.idle_ranks' must be \"yield\", \"poll\" or \"auto\"");
+    c.idle_ranks_yield = idle == "yield";
+    c.yield_when_oversubscribed = idle != "poll";
+  }
   c.device_memory_gib = k.number("device.memory_gib", 0);
   c.device_bandwidth_gbs = k.number("device.memory_bandwidth_gbs", 0, true);
   c.peak_tflops = k.numbers_in("device.peak_tflops");

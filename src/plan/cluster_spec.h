@@ -66,8 +66,14 @@ struct ClusterSpec {
   std::map<int, double> sync_us_by_ranks;  // sync_us measured with this many ranks on the node
   // Idle ranks take no core (they block or yield while they wait, as Open MPI does with
   // mpi_yield_when_idle): the core share goes by the ranks computing at a time, not all ranks.
-  // On by default where the nodes share cores (node.shared_cores; the netns cluster runs so).
+  // node.idle_ranks = "yield" (always; the default where nodes share cores: the netns cluster
+  // runs so), "poll" (never), or "auto" (the default otherwise): yield when a node has more
+  // ranks than cores, as Open MPI does by default when oversubscribed.
   bool idle_ranks_yield = false;
+  bool yield_when_oversubscribed = true;
+  bool ranks_yield(int ranks_on_node) const {
+    return idle_ranks_yield || (yield_when_oversubscribed && ranks_on_node > devices_per_node);
+  }
   // The nodes are one machine's network namespaces (the netns test cluster): every rank of a job
   // shares the same cores, so core share and waiting go by the whole job's ranks, not a node's.
   bool nodes_share_cores = false;

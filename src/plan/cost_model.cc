@@ -106,7 +106,7 @@ Placement place(const ModelShape& m, const ClusterSpec& c, const Layout& l, doub
   const int sharing = c.nodes_share_cores ? world : p.ranks_per_node;
   p.sync_ranks = sharing;
   double competing = sharing;
-  if (c.idle_ranks_yield && computing > 0)
+  if (c.ranks_yield(sharing) && computing > 0)
     competing = std::min<double>(sharing, computing * sharing / world);
   if (c.kind == "cpu") {
     p.core_share = c.core_share(competing);

@@ -342,15 +342,20 @@ TEST(PlanCalibration, IdlePipelineStagesLeaveTheirShare) {
   Workload w;
   w.concurrency = 1;
   const Prediction yielding = predict(m, c, w, {1, 4, 1, 1});
-  c.idle_ranks_yield = false;
+  c.idle_ranks_yield = c.yield_when_oversubscribed = false;  // node.idle_ranks = "poll"
   const Prediction polling = predict(m, c, w, {1, 4, 1, 1});
   ASSERT_TRUE(yielding.fits && polling.fits);
   EXPECT_NEAR(polling.decode.compute / yielding.decode.compute, 4, 0.01);
   // dp replicas all compute at once: the same either way.
-  c.idle_ranks_yield = true;
+  c.idle_ranks_yield = c.yield_when_oversubscribed = true;
   const double dp_yield = predict(m, c, w, {1, 1, 1, 4}).decode.compute;
-  c.idle_ranks_yield = false;
+  c.idle_ranks_yield = c.yield_when_oversubscribed = false;
   EXPECT_DOUBLE_EQ(predict(m, c, w, {1, 1, 1, 4}).decode.compute, dp_yield);
+  // One node of 2 cores ("auto"): 2 ranks poll, 3 (oversubscribed: Open MPI yields) do not.
+  const ClusterSpec dev =
+      load_cluster_spec(test::env_or("ALEM_SOURCE_DIR", ".") + "/plan/clusters/dev-2core.toml");
+  EXPECT_FALSE(dev.ranks_yield(2));
+  EXPECT_TRUE(dev.ranks_yield(3));
   // Between measured counts the share is interpolated.
   EXPECT_NEAR(c.core_share(1.5), 0.75, 1e-12);
 }
