@@ -6,10 +6,15 @@
 // One row of x (a decode step) takes a 512-bit kernel instead: two blocks per step, so one
 // vpdpwssd covers 32 weights. Per pair of blocks the activations are rearranged once (low halves
 // of both blocks in one register, high halves in another: the nibble layout of Q4 blocks) and
-// serve 4 weight rows; each block keeps its own scale in 8 of the 16 f32 lanes. Same int16
-// activations and exact int32 block sums as the 256-bit kernels, so the same results up to f32
-// summation order. On cores with full-width 512-bit units (Intel) this halves the instructions
-// per weight; Zen 4 splits them in two and loses nothing.
+// serve 4 weight rows; each block keeps its own scale in 8 of the 16 f32 lanes. What does not
+// depend on the weight row is done once per pair for the 4 rows: Q4_0's offset of 8 (the
+// accumulator starts at -8 * the activations, so the nibbles are used unsigned), and the scales
+// (the 8 f16 weight scales of 4 rows x 2 blocks gathered by scalar loads, converted in one
+// instruction and multiplied by the activation scales; one permute spreads a row's pair over
+// its lanes). Per pair and row that leaves: load, widen, mask, shift, two vpdpwssd, permute,
+// convert, fma. Same int16 activations and exact int32 block sums as the 256-bit kernels, so
+// the same results up to f32 summation order. On cores with full-width 512-bit units (Intel)
+// this halves the instructions per weight; Zen 4 splits them in two and loses nothing.
 #include <immintrin.h>
 
 #include "kernels/cpu/cpu_kernels.h"
@@ -36,30 +41,20 @@ constexpr int block_bytes_of() {
   return T == DType::Q4_0 ? 18 : (T == DType::Q4_1 ? 20 : 34);
 }
 
-// Blocks b and b + 1 of one weight row as int16: lo = elements 0-15 of b then of b + 1, hi =
-// elements 16-31 of each; d (and the Q4_1 minimum m) of both.
-template <DType T>
-inline void unpack_pair(const uint8_t* p, __m512i* lo, __m512i* hi, float d[2], float m[2]) {
-  constexpr int bb = block_bytes_of<T>();
-  d[0] = f16_at(p);
-  d[1] = f16_at(p + bb);
-  if constexpr (T == DType::Q8_0) {
-    *lo = _mm512_cvtepi8_epi16(load_two_128(p + 2, p + bb + 2));
-    *hi = _mm512_cvtepi8_epi16(load_two_128(p + 18, p + bb + 18));
-  } else {
-    constexpr int offset = T == DType::Q4_0 ? 2 : 4;
-    if constexpr (T == DType::Q4_1) {
-      m[0] = f16_at(p + 2);
-      m[1] = f16_at(p + bb + 2);
-    }
-    const __m512i bytes = _mm512_cvtepu8_epi16(load_two_128(p + offset, p + bb + offset));
-    *lo = _mm512_and_si512(bytes, _mm512_set1_epi16(0x0F));
-    *hi = _mm512_srli_epi16(bytes, 4);
-    if constexpr (T == DType::Q4_0) {
-      *lo = _mm512_sub_epi16(*lo, _mm512_set1_epi16(8));
-      *hi = _mm512_sub_epi16(*hi, _mm512_set1_epi16(8));
-    }
+// Per pair of blocks and NR weight rows: the 2*NR f16 scales (row r: block b, then b + 1) as 8
+// f32 lanes, from scalar loads (no shuffles: the scales sit 18, 20 or 34 bytes apart).
+template <int NR, int bb>
+inline __m256 pair_scales(const uint8_t* const* rows, size_t offset) {
+  uint64_t packed[2] = {0, 0};
+  for (int r = 0; r < NR; ++r) {
+    uint16_t d0, d1;
+    __builtin_memcpy(&d0, rows[r] + offset, 2);
+    __builtin_memcpy(&d1, rows[r] + offset + bb, 2);
+    packed[r / 2] |= (static_cast<uint64_t>(d0) | static_cast<uint64_t>(d1) << 16)
+                     << (32 * (r % 2));
   }
+  return _mm256_cvtph_ps(
+      _mm_set_epi64x(static_cast<long long>(packed[1]), static_cast<long long>(packed[0])));
 }
 
 template <DType T, int NR>
@@ -73,27 +68,61 @@ void single_row_rows(const Q16Blocks& a, int64_t m0, const WeightView& w, const 
   const int16_t* xq = a.q + m0 * K;
   const float* xd = a.d + m0 * blocks;
   const float* xs = a.s + m0 * blocks;
+  // Lane l of a block pair's 16 f32 lanes belongs to block b (l < 8) or b + 1: row r's scale
+  // pair sits at lanes 2r, 2r + 1 of pair_scales.
+  __m512i spread[NR];
+  for (int r = 0; r < NR; ++r) {
+    spread[r] = _mm512_mask_set1_epi32(_mm512_set1_epi32(2 * r), 0xFF00, 2 * r + 1);
+  }
   __m512 acc[NR];
-  float mins[NR];
-  for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps(), mins[r] = 0.f;
+  for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
+  __m256 min_acc = _mm256_setzero_ps();  // Q4_1: lanes 2r, 2r + 1 = row r's minimum terms
   int64_t b = 0;
   for (; b + 2 <= blocks; b += 2) {
     const __m512i x0 = _mm512_loadu_si512(xq + b * 32), x1 = _mm512_loadu_si512(xq + b * 32 + 32);
     const __m512i x_lo = _mm512_shuffle_i64x2(x0, x1, 0x44);  // 0-15 of b, 0-15 of b + 1
     const __m512i x_hi = _mm512_shuffle_i64x2(x0, x1, 0xEE);  // 16-31 of each
+    // Q4_0's offset of 8 comes off the block sums as -8 * the activations in each lane, once
+    // for all rows (the accumulator starts there), so the nibbles stay unsigned.
+    __m512i start = _mm512_setzero_si512();
+    if constexpr (T == DType::Q4_0) {
+      const __m512i minus8 = _mm512_set1_epi16(-8);
+      start = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(start, minus8, x_lo), minus8, x_hi);
+    }
+    // xd[b], xd[b + 1] in lanes 0, 1 repeated: times row r's (d_b, d_b+1) in lanes 2r, 2r + 1.
+    const __m256 x_pair =
+        _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(xd + b)));
+    const __m512 scales = _mm512_castps256_ps512(
+        _mm256_mul_ps(pair_scales<NR, bb>(rows, static_cast<size_t>(b) * bb), x_pair));
+    if constexpr (T == DType::Q4_1) {
+      const __m256 s_pair =
+          _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(xs + b)));
+      min_acc = _mm256_fmadd_ps(pair_scales<NR, bb>(rows, static_cast<size_t>(b) * bb + 2), s_pair,
+                                min_acc);
+    }
     for (int r = 0; r < NR; ++r) {
       const uint8_t* p = rows[r] + b * bb;
       _mm_prefetch(reinterpret_cast<const char*>(p + 8 * bb), _MM_HINT_T0);
       __m512i w_lo, w_hi;
-      float d[2], m[2];
-      unpack_pair<T>(p, &w_lo, &w_hi, d, m);
-      const __m512i dot =
-          _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), w_lo, x_lo), w_hi, x_hi);
-      const __m512 scale = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d[0] * xd[b]),
-                                                _mm512_set1_ps(d[1] * xd[b + 1]));
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r]);
-      if constexpr (T == DType::Q4_1) mins[r] += m[0] * xs[b] + m[1] * xs[b + 1];
+      if constexpr (T == DType::Q8_0) {
+        w_lo = _mm512_cvtepi8_epi16(load_two_128(p + 2, p + bb + 2));
+        w_hi = _mm512_cvtepi8_epi16(load_two_128(p + 18, p + bb + 18));
+      } else {
+        constexpr int offset = T == DType::Q4_0 ? 2 : 4;
+        const __m512i bytes = _mm512_cvtepu8_epi16(load_two_128(p + offset, p + bb + offset));
+        w_lo = _mm512_and_si512(bytes, _mm512_set1_epi16(0x0F));
+        w_hi = _mm512_srli_epi16(bytes, 4);
+      }
+      const __m512i dot = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(start, w_lo, x_lo), w_hi, x_hi);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(spread[r], scales),
+                               acc[r]);
     }
+  }
+  float mins[NR];
+  {
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, min_acc);
+    for (int r = 0; r < NR; ++r) mins[r] = lanes[2 * r] + lanes[2 * r + 1];
   }
   if (b < blocks) {  // an odd last block: the same with the second block's lanes left at zero
     const __m512i x_lo =
