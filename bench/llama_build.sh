@@ -13,7 +13,9 @@
 #                           configuration can be dropped and ggml's AMX path stops with SIGILL at
 #                           its first tile load. alem's own AMX kernels work around it.
 #   LLAMA_CC=clang          the same with clang/clang++, whose AMX builtins are modelled
-#                           correctly: llama.cpp's AMX kernels (Q4_0, Q4_1, Q8_0, K-quants) run.
+#                           correctly: llama.cpp's AMX kernels (Q4_0, Q4_1, Q8_0, K-quants) run
+#                           (clang 14 names the feature macro __AMXINT8__, ggml tests
+#                           __AMX_INT8__, so it is defined here where the CPU has AMX).
 #                           The strongest llama.cpp on such a CPU; use it where AMX is present.
 #   LLAMA_NO_AMX=1          GCC, every AVX-512 extension but no AMX (the fallback when clang is
 #                           missing).
@@ -41,7 +43,12 @@ llama_build() {
     clang)
       command -v clang++ >/dev/null 2>&1 || { echo "LLAMA_CC=clang: clang++ is not installed" >&2; return 1; }
       build_dir="$work/llama-build-clang"
-      flags+=(-DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++) ;;
+      # ggml guards its AMX kernels with __AMX_INT8__; clang 14 spells it __AMXINT8__.
+      local amx_defs=""
+      grep -q "__AMXINT8__" <<<"$(clang -march=native -dM -E - </dev/null 2>/dev/null)" &&
+        amx_defs="-D__AMX_INT8__=1 -D__AMX_TILE__=1 -D__AMX_BF16__=1"
+      flags+=(-DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++
+        "-DCMAKE_C_FLAGS=$amx_defs" "-DCMAKE_CXX_FLAGS=$amx_defs") ;;
     *) echo "LLAMA_CC must be gcc or clang, got '${LLAMA_CC}'" >&2; return 1 ;;
   esac
   if [ "${LLAMA_NO_AMX:-0}" = 1 ]; then
