@@ -9,7 +9,8 @@
 set -euo pipefail
 alem=$1 mpiexec=$2 src=$3
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+server=""
+trap '[ -z "$server" ] || kill -TERM "$server" 2>/dev/null; rm -rf "$work"' EXIT
 mpirun=("$mpiexec" --oversubscribe --allow-run-as-root)
 export OMP_NUM_THREADS=1
 
@@ -51,6 +52,56 @@ for layout in "2 --tp 2 --ep 2" "4 --tp 2 --ep 2 --pp 2" "4 --tp 4 --ep 2" "2 --
   fi
   echo "supported: -np $np $args (same text as one rank)"
 done
+
+# Served with experts across replicas: concurrent completions (spread over both replicas, each
+# replica's MoE layers exchanging rows with the other) must each equal what one rank generates,
+# and SIGTERM must drain and stop both ranks.
+ALEM_LOG_FORMAT=json timeout --foreground 240 "${mpirun[@]}" -np 2 "$alem" serve -m "$work/mixtral.h5" --dp 2 \
+  --ep 2 --host 127.0.0.1 --port 0 > "$work/serve.log" 2>&1 &
+server=$!
+port=""
+for _ in $(seq 1 120); do
+  sleep 1
+  kill -0 "$server" 2>/dev/null || { echo "FAIL: dp 2 ep 2 server exited"; tail -20 "$work/serve.log"; exit 1; }
+  grep -q '"msg":"ready"' "$work/serve.log" || continue
+  port=$(python3 -c 'import json,sys
+for line in open(sys.argv[1]):
+    if line.startswith("{") and json.loads(line).get("msg") == "listening":
+        print(json.loads(line)["port"]); break' "$work/serve.log")
+  [ -n "$port" ] && break
+done
+[ -n "$port" ] || { echo "FAIL: dp 2 ep 2 server not ready"; tail -20 "$work/serve.log"; exit 1; }
+model=$(curl -s -m 10 "http://127.0.0.1:$port/v1/models" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
+complete() {  # prompt -> completion text from the dp 2 ep 2 server
+  curl -s -m 120 "http://127.0.0.1:$port/v1/completions" -H 'content-type: application/json' \
+    -d "{\"model\":\"$model\",\"prompt\":\"$1\",\"max_tokens\":12,\"temperature\":0}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["text"], end="")'
+}
+clients=()
+for i in 1 2 3 4; do
+  complete "hello world $i" > "$work/served-$i.txt" &
+  clients+=($!)
+done
+for pid in "${clients[@]}"; do wait "$pid" || { echo "FAIL: a completion failed"; exit 1; }; done
+for i in 1 2 3 4; do
+  alone=$(timeout 120 "$alem" generate --prompt "hello world $i" --max-tokens 12 \
+    --temperature 0 -m "$work/mixtral.h5" 2>/dev/null)
+  if [ "$(cat "$work/served-$i.txt")" != "$alone" ]; then
+    echo "FAIL: dp 2 ep 2 served '$(cat "$work/served-$i.txt")' for prompt $i, one rank '$alone'"
+    exit 1
+  fi
+done
+kill -TERM "$server"
+for _ in $(seq 1 60); do kill -0 "$server" 2>/dev/null || break; sleep 1; done
+if kill -0 "$server" 2>/dev/null; then
+  kill -KILL "$server"
+  echo "FAIL: dp 2 ep 2 server did not stop on SIGTERM"
+  exit 1
+fi
+server=""
+grep -q '"msg":"drained; exiting"' "$work/serve.log" || { echo "FAIL: no drain on SIGTERM"; tail -5 "$work/serve.log"; exit 1; }
+echo "supported: serve -np 2 --dp 2 --ep 2 (4 concurrent completions equal to one rank; drained)"
 
 refused "expert parallel size ep=4 must divide the tensor parallel size tp=2" \
   "${mpirun[@]}" -np 2 "$alem" "${gen[@]}" -m "$work/mixtral.h5" --tp 2 --ep 4
