@@ -7,6 +7,7 @@
 # seals the data-parallel router's channel and answers the same. Bounded: the server is killed after 200 s in any case.
 # Needs ALEM_BINARY, ALEM_TEST_MODEL and MPIEXEC (set by ctest).
 set -euo pipefail
+source "$(dirname "$0")/../serve_port.sh"
 alem=${ALEM_BINARY:?}
 model=${ALEM_TEST_MODEL:?}
 mpiexec=${MPIEXEC:-mpirun}
@@ -50,18 +51,7 @@ ALEM_LOG_FORMAT=json timeout 200 "$mpiexec" --oversubscribe --allow-run-as-root 
   --network-endpoint "127.0.0.1:$netsim_port" --network-insecure \
   --provider-key "$state/provider.key" --usage-journal "$state/usage.journal" > "$work/serve.log" 2>&1 &
 server=$!
-port=""
-for _ in $(seq 1 90); do
-  sleep 1
-  kill -0 "$server" 2> /dev/null || { echo "FAIL: server exited"; cat "$work/serve.log"; exit 1; }
-  grep -q '"msg":"ready"' "$work/serve.log" || continue
-  port=$(python3 -c 'import json,sys
-for line in open(sys.argv[1]):
-    if line.startswith("{") and json.loads(line).get("msg") == "listening":
-        print(json.loads(line)["port"]); break' "$work/serve.log")
-  [ -n "$port" ] && break
-done
-[ -n "$port" ] || { echo "FAIL: server not ready"; cat "$work/serve.log"; exit 1; }
+port=$(listening_port "$work/serve.log" "$server" 90 "the server") || exit 1
 grep -q '"msg":"cluster attestation bundle verified"' "$work/serve.log" ||
   { echo "FAIL: no verified bundle"; exit 1; }
 [ "$(grep -c '"groups_encrypted":"2"' "$work/serve.log")" = 2 ] ||
@@ -94,18 +84,7 @@ ALEM_LOG_FORMAT=json timeout 200 "$mpiexec" --oversubscribe --allow-run-as-root 
   -m "$model" --dp 2 --host 127.0.0.1 --port 0 --metrics-port 0 --confidential sandbox \
   --encrypt-interconnect always > "$work/dp.log" 2>&1 &
 server=$!
-port=""
-for _ in $(seq 1 90); do
-  sleep 1
-  kill -0 "$server" 2> /dev/null || { echo "FAIL: --dp 2 server exited"; tail -20 "$work/dp.log"; exit 1; }
-  grep -q '"msg":"ready"' "$work/dp.log" || continue
-  port=$(python3 -c 'import json,sys
-for line in open(sys.argv[1]):
-    if line.startswith("{") and json.loads(line).get("msg") == "listening":
-        print(json.loads(line)["port"]); break' "$work/dp.log")
-  [ -n "$port" ] && break
-done
-[ -n "$port" ] || { echo "FAIL: --dp 2 server not ready"; tail -20 "$work/dp.log"; exit 1; }
+port=$(listening_port "$work/dp.log" "$server" 90 "the --dp 2 server") || exit 1
 [ "$(grep -c '"msg":"data-parallel channel encrypted","peers":"1"' "$work/dp.log")" = 2 ] ||
   { echo "FAIL: both ranks must seal the data-parallel channel"; grep channel "$work/dp.log"; exit 1; }
 # Four requests at once: the router spreads them over both replicas.

@@ -8,6 +8,7 @@
 # Usage: test_moe_layouts.sh ALEM_BINARY MPIEXEC SOURCE_DIR
 set -euo pipefail
 alem=$1 mpiexec=$2 src=$3
+source "$src/tests/e2e/serve_port.sh"
 work=$(mktemp -d)
 server=""
 trap '[ -z "$server" ] || kill -TERM "$server" 2>/dev/null; rm -rf "$work"' EXIT
@@ -59,18 +60,7 @@ done
 ALEM_LOG_FORMAT=json timeout --foreground 240 "${mpirun[@]}" -np 2 "$alem" serve -m "$work/mixtral.h5" --dp 2 \
   --ep 2 --host 127.0.0.1 --port 0 > "$work/serve.log" 2>&1 &
 server=$!
-port=""
-for _ in $(seq 1 120); do
-  sleep 1
-  kill -0 "$server" 2>/dev/null || { echo "FAIL: dp 2 ep 2 server exited"; tail -20 "$work/serve.log"; exit 1; }
-  grep -q '"msg":"ready"' "$work/serve.log" || continue
-  port=$(python3 -c 'import json,sys
-for line in open(sys.argv[1]):
-    if line.startswith("{") and json.loads(line).get("msg") == "listening":
-        print(json.loads(line)["port"]); break' "$work/serve.log")
-  [ -n "$port" ] && break
-done
-[ -n "$port" ] || { echo "FAIL: dp 2 ep 2 server not ready"; tail -20 "$work/serve.log"; exit 1; }
+port=$(listening_port "$work/serve.log" "$server" 120 "the dp 2 ep 2 server") || exit 1
 model=$(curl -s -m 10 "http://127.0.0.1:$port/v1/models" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
 complete() {  # prompt -> completion text from the dp 2 ep 2 server
