@@ -12,7 +12,7 @@
 // greedy short-cut, temperature, min_p, top_k, top_p, and one uniform draw from the request's
 // own RNG. Ties are broken by the lower token id, and candidates are put in a canonical order
 // before the draw, so the same seed gives the same token whether the vocabulary was split or not
-// and whatever else is in the batch.
+// and whatever else is in the batch, for the same logits (docs/scheduling.md, "Seeds").
 #pragma once
 
 #include <cstdint>

@@ -28,7 +28,7 @@ struct SamplingParams {
   float presence_penalty = 0.0f;    // OpenAI: subtracted once if a token occurs in the output
   float frequency_penalty = 0.0f;   // OpenAI: subtracted per occurrence in the output
   std::optional<uint64_t> seed =
-      std::nullopt;         // same seed -> same tokens, whatever else is in the batch
+      std::nullopt;         // same seed -> same draws, whatever else is in the batch
   int32_t max_tokens = 16;  // most completion tokens to generate (vLLM's default)
   std::vector<int32_t> stop_token_ids = {};  // generation stops after emitting any of these
   bool ignore_eos = false;                   // keep generating past the model's end-of-sequence
