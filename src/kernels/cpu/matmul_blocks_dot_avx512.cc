@@ -34,7 +34,10 @@ inline __m256i load_two_128(const uint8_t* first, const uint8_t* second) {
       _mm_loadu_si128(reinterpret_cast<const __m128i*>(second)), 1);
 }
 
-constexpr int kRows = 4;  // weight rows side by side
+// Weight rows side by side. One: the matrix is then read as one sequential stream, which the
+// hardware prefetchers follow at full speed; 4 rows side by side (short streams restarting every
+// row) ran decode at a third less on an AMD Zen 4, and 2 measured the same as 1 (docs/kernels.md).
+constexpr int kRows = 1;
 
 template <DType T>
 constexpr int block_bytes_of() {

@@ -50,88 +50,89 @@ inline __m512 reduce16(const __m512 v[16]) {
                        _mm512_shuffle_f32x4(c0, c1, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-// Writes the MB x kRowsPerBlock sums of acc (only the first `rows` weight rows) to y.
-template <int MB>
-inline void store_block(__m512 (&acc)[MB][kRowsPerBlock], int rows, const float* bias, float* y,
+// Writes the MB x R sums of acc (only the first `rows` weight rows) to y.
+template <int MB, int R>
+inline void store_block(__m512 (&acc)[MB][R], int rows, const float* bias, float* y,
                         int64_t ldy) {
-  __m512 v[16];
-  for (int i = 0; i < 16; ++i) {
-    v[i] = i < MB * kRowsPerBlock ? acc[i / kRowsPerBlock][i % kRowsPerBlock] : _mm512_setzero_ps();
+  if constexpr (MB == 1 && R == 1) {
+    if (rows > 0) y[0] = _mm512_reduce_add_ps(acc[0][0]) + (bias ? bias[0] : 0.f);
+    return;
   }
+  static_assert(MB * R <= 16, "one shuffle tree reduces at most 16 accumulators");
+  __m512 v[16];
+  for (int i = 0; i < 16; ++i) v[i] = i < MB * R ? acc[i / R][i % R] : _mm512_setzero_ps();
   alignas(64) float sums[16];
   _mm512_store_ps(sums, reduce16(v));
   for (int m = 0; m < MB; ++m) {
-    for (int r = 0; r < rows; ++r) {
-      y[m * ldy + r] = sums[m * kRowsPerBlock + r] + (bias ? bias[r] : 0.f);
-    }
+    for (int r = 0; r < rows; ++r) y[m * ldy + r] = sums[m * R + r] + (bias ? bias[r] : 0.f);
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // bf16 x bf16 -> f32 (vdpbf16ps: 32 products per instruction, pairs summed into 16 f32 lanes).
 
-template <int MB>
+template <int MB, int R = kRowsPerBlock>
 void bf16_block(const uint16_t* xb, int64_t ldx, const uint16_t* w, int64_t K, int rows,
                 const float* bias, float* y, int64_t ldy) {
-  const uint16_t* row[kRowsPerBlock];
-  for (int r = 0; r < kRowsPerBlock; ++r) row[r] = w + (r < rows ? r : 0) * K;
-  __m512 acc[MB][kRowsPerBlock];
+  const uint16_t* row[R];
+  for (int r = 0; r < R; ++r) row[r] = w + (r < rows ? r : 0) * K;
+  __m512 acc[MB][R];
   for (int m = 0; m < MB; ++m) {
-    for (int r = 0; r < kRowsPerBlock; ++r) acc[m][r] = _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
   }
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
-    __m512bh wv[kRowsPerBlock];
-    for (int r = 0; r < kRowsPerBlock; ++r) {
+    __m512bh wv[R];
+    for (int r = 0; r < R; ++r) {
       // The next register block's rows follow these in memory.
-      _mm_prefetch(reinterpret_cast<const char*>(row[r] + 2 * kRowsPerBlock * K + k), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(row[r] + 2 * R * K + k), _MM_HINT_T0);
       wv[r] = (__m512bh)_mm512_loadu_si512(row[r] + k);
     }
     for (int m = 0; m < MB; ++m) {
       const __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + m * ldx + k);
-      for (int r = 0; r < kRowsPerBlock; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]);
+      for (int r = 0; r < R; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]);
     }
   }
   if (k < K) {
     // x is zero-padded to a multiple of 32 values, so only the weights need the mask.
     const __mmask32 mask = first_words(K - k);
-    __m512bh wv[kRowsPerBlock];
-    for (int r = 0; r < kRowsPerBlock; ++r) {
+    __m512bh wv[R];
+    for (int r = 0; r < R; ++r) {
       wv[r] = (__m512bh)_mm512_maskz_loadu_epi16(mask, row[r] + k);
     }
     for (int m = 0; m < MB; ++m) {
       const __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + m * ldx + k);
-      for (int r = 0; r < kRowsPerBlock; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]);
+      for (int r = 0; r < R; ++r) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]);
     }
   }
-  store_block<MB>(acc, rows, bias, y, ldy);
+  store_block<MB, R>(acc, rows, bias, y, ldy);
 }
 
 // ---------------------------------------------------------------------------------------------
 // int8 weights x 16-bit activations (two vpdpbusd per 64 weights), per-32 scales on both sides.
 
-template <int MB>
+template <int MB, int R = kRowsPerBlock>
 void int8_block(const Q16Activations& a, const int8_t* w, const float* w_scales, int64_t K,
                 int rows, const float* bias, float* y, int64_t ldy) {
-  const int8_t* row[kRowsPerBlock];
-  const float* scale[kRowsPerBlock];
+  const int8_t* row[R];
+  const float* scale[R];
   const int64_t groups = K / kInt8GroupSize;
-  for (int r = 0; r < kRowsPerBlock; ++r) {
+  for (int r = 0; r < R; ++r) {
     row[r] = w + (r < rows ? r : 0) * K;
     scale[r] = w_scales + (r < rows ? r : 0) * groups;
   }
-  __m512 acc[MB][kRowsPerBlock];
+  __m512 acc[MB][R];
   for (int m = 0; m < MB; ++m) {
-    for (int r = 0; r < kRowsPerBlock; ++r) acc[m][r] = _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
   }
   const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
   for (int64_t k = 0; k < K; k += 64) {
     const int64_t g = k / kInt8GroupSize;
     const bool pair = k + 64 <= K;  // else the last 32 weights (K is a multiple of 32)
-    __m512i wv[kRowsPerBlock], wo[kRowsPerBlock];
-    __m512 ws[kRowsPerBlock];
-    for (int r = 0; r < kRowsPerBlock; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(row[r] + 2 * kRowsPerBlock * K + k), _MM_HINT_T0);
+    __m512i wv[R], wo[R];
+    __m512 ws[R];
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(row[r] + 2 * R * K + k), _MM_HINT_T0);
       const __m512i q = pair ? _mm512_loadu_si512(row[r] + k)
                              : _mm512_castsi256_si512(_mm256_loadu_si256(
                                    reinterpret_cast<const __m256i*>(row[r] + k)));
@@ -146,14 +147,14 @@ void int8_block(const Q16Activations& a, const int8_t* w, const float* w_scales,
       const __m512i xl = _mm512_loadu_si512(a.low + m * a.stride + k);
       const __m512i start = _mm512_loadu_si512(a.lane_offsets + lane);
       const __m512 xs = _mm512_loadu_ps(a.lane_scales + lane);
-      for (int r = 0; r < kRowsPerBlock; ++r) {
+      for (int r = 0; r < R; ++r) {
         const __m512i high = _mm512_slli_epi32(_mm512_dpbusd_epi32(start, wo[r], xh), 8);
         const __m512 dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(high, xl, wv[r]));
         acc[m][r] = _mm512_fmadd_ps(dot, _mm512_mul_ps(ws[r], xs), acc[m][r]);
       }
     }
   }
-  store_block<MB>(acc, rows, bias, y, ldy);
+  store_block<MB, R>(acc, rows, bias, y, ldy);
 }
 
 // Rows of x per register block for the `left` rows still to do: 4 at a time, 5 as 3 + 2.
@@ -221,6 +222,12 @@ void matmul_bf16(const uint16_t* xb, int64_t M, int64_t stride, const WeightView
                  const float* bias, float* y, int64_t n_begin, int64_t n_end) {
   const int64_t K = w.cols, N = w.rows;
   const uint16_t* base = static_cast<const uint16_t*>(w.data);
+  if (M == 1) {  // one row at a time: one sequential stream (see matmul_int8)
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      bf16_block<1, 1>(xb, stride, base + n * K, K, 1, bias ? bias + n : nullptr, y + n, N);
+    }
+    return;
+  }
   for (int64_t n = n_begin; n < n_end; n += kRowsPerBlock) {
     const int rows = static_cast<int>(n_end - n < kRowsPerBlock ? n_end - n : kRowsPerBlock);
     const float* b = bias ? bias + n : nullptr;
@@ -253,6 +260,16 @@ void matmul_int8(const Q16Activations& a, int64_t M, const WeightView& w, const 
   const int64_t K = w.cols, N = w.rows;
   const int8_t* base = static_cast<const int8_t*>(w.data);
   const int64_t groups = K / kInt8GroupSize;
+  if (M == 1) {
+    // Decode: one weight row after another, so the matrix is read as one sequential stream.
+    // Rows side by side are short streams that restart every row; on an AMD Zen 4 the hardware
+    // prefetchers kept those at about a third of the read bandwidth (docs/kernels.md).
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      int8_block<1, 1>(a, base + n * K, w.scales + n * groups, K, 1, bias ? bias + n : nullptr,
+                       y + n, N);
+    }
+    return;
+  }
   for (int64_t n = n_begin; n < n_end; n += kRowsPerBlock) {
     const int rows = static_cast<int>(n_end - n < kRowsPerBlock ? n_end - n : kRowsPerBlock);
     const float* b = bias ? bias + n : nullptr;
