@@ -320,7 +320,8 @@ std::string cpu_description() {
     if (present) out << ' ' << flag;
   }
   out << "; kernels: " << cpu::isa_name(cpu::best_supported_isa())
-      << (cpu::amx::usable() ? " + AMX-BF16 tiles (bf16 prefill)" : "") << ", OpenMP threads: " << omp_get_max_threads();
+      << (cpu::amx::usable() ? " + AMX-BF16 tiles (bf16 prefill)" : "")
+      << ", OpenMP threads: " << omp_get_max_threads();
   return out.str();
 }
 

@@ -189,8 +189,8 @@ void stream_row(const float* x, int64_t K, const WeightView& w, int64_t n, const
   }
   for (; k < K; k += 16) {
     const __mmask16 mask = first_lanes(K - k);
-    acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x + k),
-                           load_weights_masked<D>(row, k, mask), acc0);
+    acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x + k), load_weights_masked<D>(row, k, mask),
+                           acc0);
   }
   y[n] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + (bias ? bias[n] : 0.f);
 }
@@ -276,22 +276,23 @@ void permute_even_odd(const float* x, int64_t M, int64_t K, float* xp) {
   }
 }
 
-// y[m][n + r] for m < MB, r < rows (<= kPairRows), from permuted x rows xp (stride K).
-template <int MB>
+// y[m][n + r] for m < MB, r < rows (<= PR weight rows side by side), from permuted x rows xp
+// (stride K).
+template <int MB, int PR = kPairRows>
 void bf16_pair_block(const float* xp, int64_t K, const uint16_t* w, int rows, const float* bias,
                      float* y, int64_t N) {
-  const uint16_t* row[kPairRows];
-  for (int r = 0; r < kPairRows; ++r) row[r] = w + (r < rows ? r : 0) * K;
+  const uint16_t* row[PR];
+  for (int r = 0; r < PR; ++r) row[r] = w + (r < rows ? r : 0) * K;
   const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
-  __m512 acc[MB][kPairRows];
+  __m512 acc[MB][PR];
   for (int m = 0; m < MB; ++m) {
-    for (int r = 0; r < kPairRows; ++r) acc[m][r] = _mm512_setzero_ps();
+    for (int r = 0; r < PR; ++r) acc[m][r] = _mm512_setzero_ps();
   }
   for (int64_t k = 0; k < K; k += 32) {
-    __m512 even[kPairRows], odd[kPairRows];
-    for (int r = 0; r < kPairRows; ++r) {
+    __m512 even[PR], odd[PR];
+    for (int r = 0; r < PR; ++r) {
       // Weight rows are contiguous: fetch two blocks ahead (8 rows, as the M <= 2 path does).
-      _mm_prefetch(reinterpret_cast<const char*>(row[r] + 2 * kPairRows * K + k), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(row[r] + 2 * PR * K + k), _MM_HINT_T0);
       const __m512i v = _mm512_loadu_si512(row[r] + k);
       even[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
       odd[r] = _mm512_castsi512_ps(_mm512_and_si512(v, high_half));
@@ -299,7 +300,7 @@ void bf16_pair_block(const float* xp, int64_t K, const uint16_t* w, int rows, co
     for (int m = 0; m < MB; ++m) {
       const __m512 xe = _mm512_load_ps(xp + m * K + k);
       const __m512 xo = _mm512_load_ps(xp + m * K + k + 16);
-      for (int r = 0; r < kPairRows; ++r) {
+      for (int r = 0; r < PR; ++r) {
         acc[m][r] = _mm512_fmadd_ps(xe, even[r], acc[m][r]);
         acc[m][r] = _mm512_fmadd_ps(xo, odd[r], acc[m][r]);
       }
@@ -307,20 +308,46 @@ void bf16_pair_block(const float* xp, int64_t K, const uint16_t* w, int rows, co
   }
   __m512 v[16];
   for (int i = 0; i < 16; ++i) {
-    v[i] = i < MB * kPairRows ? acc[i / kPairRows][i % kPairRows] : _mm512_setzero_ps();
+    v[i] = i < MB * PR ? acc[i / PR][i % PR] : _mm512_setzero_ps();
   }
   alignas(64) float sums[16];
   _mm512_store_ps(sums, reduce16(v));
   for (int m = 0; m < MB; ++m) {
-    for (int r = 0; r < rows; ++r) y[m * N + r] = sums[m * kPairRows + r] + (bias ? bias[r] : 0.f);
+    for (int r = 0; r < rows; ++r) y[m * N + r] = sums[m * PR + r] + (bias ? bias[r] : 0.f);
   }
 }
 
-// Rows of x per register block for the `left` rows still to do: 4 at a time, but 5 as 3 + 2
-// so no block runs a single row.
-inline int block_rows(int64_t left) {
-  return left == 5 ? 3 : static_cast<int>(left < kBlockRows ? left : kBlockRows);
+// Rows of x per register block for the `left` rows still to do, at most `most`: all of them when
+// they fit, else `most` at a time, but `most` + 1 as two blocks so no block runs a single row.
+inline int block_rows(int64_t left, int most) {
+  if (left <= most) return static_cast<int>(left);
+  return left == most + 1 ? (most + 1) / 2 + (most + 1) % 2 : most;
 }
+
+// bf16_pair_block for a run-time count of x rows (1 .. kBlockRows).
+template <int PR>
+void bf16_pair_block_rows(int mb, const float* xm, int64_t K, const uint16_t* w, int rows,
+                          const float* bias, float* y, int64_t N) {
+  static_assert(PR == 1 || PR == kPairRows, "one weight row, or kPairRows side by side");
+  switch (mb) {
+    case 1:
+      return bf16_pair_block<1, PR>(xm, K, w, rows, bias, y, N);
+    case 2:
+      return bf16_pair_block<2, PR>(xm, K, w, rows, bias, y, N);
+    case 3:
+      return bf16_pair_block<3, PR>(xm, K, w, rows, bias, y, N);
+    default:
+      return bf16_pair_block<4, PR>(xm, K, w, rows, bias, y, N);
+  }
+}
+
+// Up to this many rows of x, the small-batch kernel walks weight rows one at a time (all rows of
+// x in one pass): the matrix is one sequential stream. Rows side by side (4 short streams
+// restarting every row) read memory at a third of the speed on an AMD Zen 4, which costs more
+// than the register reuse saves while the step is memory-bound. From 5 rows the step is bound by
+// loads of x, which 4 weight rows side by side share (alem bench batch, docs/kernels.md:
+// concurrency 2 and 4 gained 1.5x and 1.2x, 8 lost 0.8x with one weight row).
+constexpr int64_t kOneWeightRowMaxM = 4;
 
 // bf16 matmul for M >= 2 rows and K % 32 == 0 over weight rows [n_begin, n_end); false (and
 // nothing written) when the permuted copy of x cannot be allocated.
@@ -331,26 +358,17 @@ bool bf16_small_batch(const float* x, int64_t M, const WeightView& w, const floa
   if (xp == nullptr) return false;
   permute_even_odd(x, M, K, xp);
   const uint16_t* base = static_cast<const uint16_t*>(w.data);
-  for (int64_t n = n_begin; n < n_end; n += kPairRows) {
-    const int rows = static_cast<int>(n_end - n < kPairRows ? n_end - n : kPairRows);
+  const bool one_row = M <= kOneWeightRowMaxM;
+  const int64_t step = one_row ? 1 : kPairRows;
+  for (int64_t n = n_begin; n < n_end; n += step) {
+    const int rows = static_cast<int>(n_end - n < step ? n_end - n : step);
     const float* b = bias ? bias + n : nullptr;
     for (int64_t m = 0; m < M;) {
-      const int mb = block_rows(M - m);
-      const float* xm = xp + m * K;
-      float* ym = y + m * N + n;
-      switch (mb) {
-        case 1:
-          bf16_pair_block<1>(xm, K, base + n * K, rows, b, ym, N);
-          break;
-        case 2:
-          bf16_pair_block<2>(xm, K, base + n * K, rows, b, ym, N);
-          break;
-        case 3:
-          bf16_pair_block<3>(xm, K, base + n * K, rows, b, ym, N);
-          break;
-        default:
-          bf16_pair_block<4>(xm, K, base + n * K, rows, b, ym, N);
-          break;
+      const int mb = block_rows(M - m, kBlockRows);
+      if (one_row) {
+        bf16_pair_block_rows<1>(mb, xp + m * K, K, base + n * K, rows, b, y + m * N + n, N);
+      } else {
+        bf16_pair_block_rows<kPairRows>(mb, xp + m * K, K, base + n * K, rows, b, y + m * N + n, N);
       }
       m += mb;
     }

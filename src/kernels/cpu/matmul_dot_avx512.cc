@@ -52,8 +52,7 @@ inline __m512 reduce16(const __m512 v[16]) {
 
 // Writes the MB x R sums of acc (only the first `rows` weight rows) to y.
 template <int MB, int R>
-inline void store_block(__m512 (&acc)[MB][R], int rows, const float* bias, float* y,
-                        int64_t ldy) {
+inline void store_block(__m512 (&acc)[MB][R], int rows, const float* bias, float* y, int64_t ldy) {
   if constexpr (MB == 1 && R == 1) {
     if (rows > 0) y[0] = _mm512_reduce_add_ps(acc[0][0]) + (bias ? bias[0] : 0.f);
     return;
