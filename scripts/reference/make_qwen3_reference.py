@@ -37,6 +37,8 @@ import transformers
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from golden_moe import f32  # noqa: E402  (same folder: shortest float32 decimal)
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(ROOT, "tests", "data", "tiny-qwen3")
 GOLDEN = os.path.join(ROOT, "tests", "data", "golden", "tiny-qwen3.json")
@@ -93,15 +95,6 @@ PROMPTS = [
      "kwargs": {"enable_thinking": False}},
 ]
 
-
-def f32(x):
-    """Shortest decimal that reads back as the same float32."""
-    v = float(np.float32(x))
-    for digits in range(6, 18):
-        s = f"{v:.{digits}g}"
-        if np.float32(float(s)) == np.float32(v):
-            return float(s)
-    return v
 
 
 def build_tokenizer():
