@@ -51,7 +51,8 @@ class Lifecycle(unittest.TestCase):
             status, body = http_get(server.base + "/v1/models")
             self.assertEqual(json.loads(body)["data"][0]["max_model_len"], 512)  # from [limits]
 
-            results = parallel(post, [(server.base, long_request(24)) for _ in range(5)])
+            # Long enough that the first is still running when the last arrives, however fast decode is.
+            results = parallel(post, [(server.base, long_request(64)) for _ in range(5)])
             statuses = [r[0] for r in results]
             self.assertIn(200, statuses)
             self.assertIn(429, statuses, statuses)
@@ -62,10 +63,12 @@ class Lifecycle(unittest.TestCase):
             m = server.metrics()
             self.assertGreater(m['alem_requests_rejected_total{reason="overloaded"}'], 0)
 
-            # Drain: a request in flight finishes; new ones get 503; exit code 75.
+            # Drain: a request in flight finishes; new ones get 503; exit code 75. The request in
+            # flight must outlast the checks below (300 tokens: seconds even on a fast core), or
+            # the drain ends and the server has exited before the 503 is asked for.
             in_flight = {}
             t = threading.Thread(target=lambda: in_flight.update(
-                result=post(server.base, long_request(30))))
+                result=post(server.base, long_request(300))))
             t.start()
             deadline = time.time() + 30
             while time.time() < deadline and server.metrics()['alem_requests_running{replica="0"}'] < 1:
