@@ -317,11 +317,10 @@ void bf16_pair_block(const float* xp, int64_t K, const uint16_t* w, int rows, co
   }
 }
 
-// Rows of x per register block for the `left` rows still to do, at most `most`: all of them when
-// they fit, else `most` at a time, but `most` + 1 as two blocks so no block runs a single row.
-inline int block_rows(int64_t left, int most) {
-  if (left <= most) return static_cast<int>(left);
-  return left == most + 1 ? (most + 1) / 2 + (most + 1) % 2 : most;
+// Rows of x per register block for the `left` rows still to do: 4 at a time, but 5 as 3 + 2
+// so no block runs a single row.
+inline int block_rows(int64_t left) {
+  return left == 5 ? 3 : static_cast<int>(left < kBlockRows ? left : kBlockRows);
 }
 
 // bf16_pair_block for a run-time count of x rows (1 .. kBlockRows).
@@ -346,7 +345,7 @@ void bf16_pair_block_rows(int mb, const float* xm, int64_t K, const uint16_t* w,
 // restarting every row) read memory at a third of the speed on an AMD Zen 4, which costs more
 // than the register reuse saves while the step is memory-bound. From 5 rows the step is bound by
 // loads of x, which 4 weight rows side by side share (alem bench batch, docs/kernels.md:
-// concurrency 2 and 4 gained 1.5x and 1.2x, 8 lost 0.8x with one weight row).
+// concurrency 2 and 4 served 1.8x and 1.45x the tokens/s; one weight row at 8 rows lost 20%).
 constexpr int64_t kOneWeightRowMaxM = 4;
 
 // bf16 matmul for M >= 2 rows and K % 32 == 0 over weight rows [n_begin, n_end); false (and
@@ -364,7 +363,7 @@ bool bf16_small_batch(const float* x, int64_t M, const WeightView& w, const floa
     const int rows = static_cast<int>(n_end - n < step ? n_end - n : step);
     const float* b = bias ? bias + n : nullptr;
     for (int64_t m = 0; m < M;) {
-      const int mb = block_rows(M - m, kBlockRows);
+      const int mb = block_rows(M - m);
       if (one_row) {
         bf16_pair_block_rows<1>(mb, xp + m * K, K, base + n * K, rows, b, y + m * N + n, N);
       } else {
