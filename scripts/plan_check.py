@@ -124,7 +124,21 @@ def measure(a, tmp, tp, pp, dp, conc, threads, tag):
             "itl_s": statistics.median(r["itl_p50_s"] for r in reps)}
 
 
+def without_load_scale(cal, folder):
+    """A copy of the calibration whose latest load probe reads as the full calibration's, so
+    `alem plan` applies no load scaling (--no-load-scale)."""
+    with open(cal) as f:
+        j = json.load(f)
+    j["load_probe_now_gbs"] = j.get("load_probe_gbs", 0.0)
+    path = os.path.join(folder, "unscaled-" + os.path.basename(cal))
+    with open(path, "w") as f:
+        json.dump(j, f)
+    return path
+
+
 def predict(a, cal, tp, pp, dp, conc):
+    if cal and a.no_load_scale:
+        cal = without_load_scale(cal, a.scratch)
     ranks = tp * pp * dp
     requests = conc * dp * a.requests_per_slot
     plan = [a.alem, "plan", "-m", a.model, "-c", a.cluster, "--layout", f"{tp},{pp},1,{dp}",
@@ -175,7 +189,22 @@ def main():
                          "node.devices)")
     ap.add_argument("--lock", help="flock this file around each run's calibration and benchmark")
     ap.add_argument("--label", default="", help="a word for every row (e.g. the link shaping)")
+    ap.add_argument("--keep", help="keep each run's calibration file in this folder (the CSV "
+                                   "names it), so --replan can predict again from it")
+    ap.add_argument("--replan", metavar="CSV",
+                    help="measure nothing: predict every row of an earlier --csv again from the "
+                         "calibration files it kept (after a change to the model), and print "
+                         "the table")
+    ap.add_argument("--no-load-scale", action="store_true",
+                    help="predict from the round's full calibration without scaling it by the "
+                         "load probe taken right before each run (on an idle machine that "
+                         "probe's own spread exceeds the load changes it tracks)")
     a = ap.parse_args()
+    scratch = tempfile.TemporaryDirectory()
+    a.scratch = scratch.name
+    if a.replan:
+        replan(a)
+        return
     if a.launcher == "srun":
         os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")  # as the cluster tests run
     runs = DEFAULT_RUNS
@@ -199,9 +228,15 @@ def main():
                     load_before = load_average()
                     m = measure(a, tmp, tp, pp, dp, conc, threads, tag)
                     load_after = load_average()
+                if a.keep:
+                    os.makedirs(a.keep, exist_ok=True)
+                    kept = os.path.join(a.keep, f"cal-{a.label or 'run'}-{tag}.json")
+                    shutil.copyfile(cal, kept)
+                    cal = kept
                 p = predict(a, cal, tp, pp, dp, conc)
                 row = {"label": a.label, "repeat": rep, "tp": tp, "pp": pp, "dp": dp, "concurrency": conc,
-                       "load_average": (load_before + load_after) / 2}
+                       "load_average": (load_before + load_after) / 2,
+                       "calibration": cal if a.keep else ""}
                 for w in WHAT:
                     row[f"measured_{w}"] = m[w]
                     row[f"predicted_{w}"] = p[w]
@@ -214,6 +249,34 @@ def main():
                       f"({row['error_tok_s']:+.0%}), load {row['load_average']:.1f}",
                       file=sys.stderr, flush=True)
 
+    print_table(a, runs, rows, f"{a.repeats} measurement(s) per run, "
+                               f"{time.time() - started:.0f} s in all")
+
+
+def replan(a):
+    """Predicts the rows of an earlier check again from their kept calibration files."""
+    with open(a.replan) as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not rows[0].get("calibration"):
+        sys.exit(f"plan_check: {a.replan} has no kept calibration files (measure with --keep)")
+    runs = []
+    for r in rows:
+        for k in ("repeat", "tp", "pp", "dp", "concurrency"):
+            r[k] = int(r[k])
+        for k in [k for k in r if k.startswith(("measured_", "load_"))]:
+            r[k] = float(r[k])
+        key = (r["tp"], r["pp"], r["dp"], r["concurrency"])
+        if key not in runs:
+            runs.append(key)
+        p = predict(a, r["calibration"], *key)
+        for w in WHAT:
+            r[f"predicted_{w}"] = p[w]
+            r[f"error_{w}"] = rel(p[w], r[f"measured_{w}"])
+    a.label = a.label or rows[0]["label"]
+    print_table(a, runs, rows, f"predicted again from {a.replan}'s calibration files")
+
+
+def print_table(a, runs, rows, how):
     # One line per run: medians over the repeats, each compared with the median prediction.
     lines = ["| layout | conc. | load avg | tok/s meas. | pred. | error | TTFT p50 ms meas. | "
              "pred. | error | ITL p50 ms meas. | pred. | error |",
@@ -245,8 +308,7 @@ def main():
     lines.append(f"tok_s, every measurement on its own ({len(per_run)}): median |error| "
                  f"{statistics.median(per_run):.0%}, worst {max(per_run):.0%}")
     lines.append(f"load average during the runs: {min(loads):.1f} to {max(loads):.1f} "
-                 f"(median {statistics.median(loads):.1f}) on {os.cpu_count()} cores; "
-                 f"{a.repeats} measurement(s) per run, {time.time() - started:.0f} s in all")
+                 f"(median {statistics.median(loads):.1f}) on {os.cpu_count()} cores; {how}")
     print("\n".join(lines))
     if a.markdown:
         with open(a.markdown, "w") as f:

@@ -362,14 +362,16 @@ ModelMatmulProbe::ModelMatmulProbe(const std::string& model_path, int threads, d
   state_->mats = std::make_unique<ModelMatrices>(config, dtype, max_bytes);
   int64_t widest = config.vocab_size;
   for (const WeightMatrix& w : state_->mats->layer_mats) widest = std::max(widest, w.rows);
-  state_->x.assign(std::max<int64_t>(config.hidden_size, config.intermediate_size), 0.01f);
-  state_->x.resize(std::max<int64_t>(state_->x.size(), 2 * int64_t{config.moe_intermediate_size}));
-  state_->y.resize(widest);
+  const int64_t width = std::max<int64_t>(
+      {config.hidden_size, config.intermediate_size, 2 * int64_t{config.moe_intermediate_size}});
+  state_->x.assign(width * kMaxRows, 0.01f);
+  state_->y.resize(widest * kMaxRows);
 }
 
 ModelMatmulProbe::~ModelMatmulProbe() = default;
 
-double ModelMatmulProbe::gbs(double seconds) {
+double ModelMatmulProbe::gbs(double seconds, int rows) {
+  ALEM_CHECK(rows >= 1 && rows <= kMaxRows, "matmul probe: rows out of range");
   State& s = *state_;
   const size_t count = s.mats->layer_mats.size() + 1;
   double bytes = 0, elapsed = 0;
@@ -377,7 +379,7 @@ double ModelMatmulProbe::gbs(double seconds) {
   while (elapsed < seconds) {
     const WeightMatrix& w =
         s.next < s.mats->layer_mats.size() ? s.mats->layer_mats[s.next] : s.mats->head;
-    s.backend->matmul(s.x.data(), 1, w, nullptr, s.y.data());
+    s.backend->matmul(s.x.data(), rows, w, nullptr, s.y.data());
     bytes += w.bytes();
     s.next = (s.next + 1) % count;
     elapsed = seconds_since(t0);

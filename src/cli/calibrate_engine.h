@@ -22,12 +22,14 @@ void calibrate_engine_at_model_shapes(const std::string& model_path, KernelBacke
 // every layer's, or enough to fill `max_bytes`, then the LM head), cycled: the rate one rank
 // runs a decode step's matmuls at now (GB/s of weights). `alem bench calibrate
 // --collectives-only -m MODEL` probes each rank's core share with it, so the share is what
-// several engines get together, not what a synthetic stream gets.
+// several engines get together, not what a synthetic stream gets. With `rows` > 1 (at most
+// kMaxRows) the matmul is batched: compute-bound where one row is bound by memory.
 class ModelMatmulProbe {
  public:
   ModelMatmulProbe(const std::string& model_path, int threads, double max_bytes);
   ~ModelMatmulProbe();
-  double gbs(double seconds);
+  static constexpr int kMaxRows = 8;
+  double gbs(double seconds, int rows = 1);
 
  private:
   struct State;

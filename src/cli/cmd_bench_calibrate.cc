@@ -250,7 +250,9 @@ void calibrate_collectives(const CalibrateOptions& o, ParallelContext& ctx, plan
   // run the engine's one-row matmul over the model's own matrices (with -m; else a synthetic
   // model-sized stream) while the others sleep, so they take no core (as idle ranks that yield
   // do); each k's rate against rank 0 alone. It covers more ranks than cores, what several
-  // engines get together, and the node's other load, as the job's ranks will meet them.
+  // engines get together, and the node's other load, as the job's ranks will meet them. With
+  // the model's matmul the same again at 8 rows of x (`rank_core_share_batched`): streaming
+  // weights shares the node's memory bandwidth, a batch shares only the cores.
   {
     std::unique_ptr<ModelMatmulProbe> model_probe;
     std::unique_ptr<StreamProbe> stream_probe;
@@ -258,25 +260,30 @@ void calibrate_collectives(const CalibrateOptions& o, ParallelContext& ctx, plan
       model_probe = std::make_unique<ModelMatmulProbe>(o.model, o.threads, o.footprint_mb * 4e6);
     else
       stream_probe = std::make_unique<StreamProbe>(o.threads);
-    auto rate = [&](double seconds) {
-      return model_probe ? model_probe->gbs(seconds) : stream_probe->gbs(seconds);
+    const int batch_rows = model_probe ? ModelMatmulProbe::kMaxRows : 1;
+    auto rate = [&](double seconds, int rows) {
+      return model_probe ? model_probe->gbs(seconds, rows) : stream_probe->gbs(seconds);
     };
-    rate(0.05);                                        // warm-up: pages touched, caches filled
-    std::vector<std::vector<double>> rates(size + 1);  // k -> median rate of the k ranks
+    rate(0.05, 1);  // warm-up: pages touched, caches filled
+    // k -> median rate of the k ranks, at one row and at batch_rows rows
+    std::vector<std::vector<double>> rates(size + 1), batched(size + 1);
     const int rounds = 3;
     for (int round = 0; round < rounds; ++round) {
       for (int k = 1; k <= size; ++k) {
-        world.barrier();
-        double mine = 0;
-        if (rank < k) {
-          mine = rate(0.3);
-        } else {
-          usleep(550000);
+        for (const int rows : {1, batch_rows}) {
+          if (rows == batch_rows && batch_rows == 1) continue;
+          world.barrier();
+          double mine = 0;
+          if (rank < k) {
+            mine = rate(0.3, rows);
+          } else {
+            usleep(550000);
+          }
+          std::vector<double> all(size);
+          world.all_gather(&mine, sizeof mine, all.data());
+          all.resize(k);
+          (rows == 1 ? rates : batched)[k].push_back(median(all));
         }
-        std::vector<double> all(size);
-        world.all_gather(&mine, sizeof mine, all.data());
-        all.resize(k);
-        rates[k].push_back(median(all));
       }
     }
     if (rank == 0) {
@@ -290,6 +297,17 @@ void calibrate_collectives(const CalibrateOptions& o, ParallelContext& ctx, plan
         std::printf("  %d: %.2f", k, share);
       }
       std::printf("\n");
+      if (batch_rows > 1) {
+        const double solo_batched = median(batched[1]);
+        std::printf("core share (the model's %d-row matmul):", batch_rows);
+        for (int k = 1; k <= size; ++k) {
+          const double share =
+              solo_batched > 0 ? std::min(1.0, median(batched[k]) / solo_batched) : 0;
+          c.rank_core_share_batched[k] = share;
+          std::printf("  %d: %.2f", k, share);
+        }
+        std::printf("\n");
+      }
     }
   }
   // Collectives under load: every rank computes (a one-row matmul, as in a decode step), then

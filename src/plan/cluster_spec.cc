@@ -38,24 +38,48 @@ double LinkSpec::seconds(double bytes) const {
   return s0 + (s1 - s0) * (bytes - b0) / (b1 - b0);
 }
 
-double ClusterSpec::core_share(double ranks) const {
+namespace {
+
+// A measured share per rank count: the count's own; beyond the largest measured count, that
+// count's total shared by more ranks; else -1 (none measured).
+double measured_share(const std::map<int, double>& shares, int ranks, double threads_per_rank) {
+  const auto it = shares.find(ranks);
+  if (it != shares.end() && it->second > 0) return it->second;
+  if (!shares.empty()) {
+    const auto& [measured, share] = *shares.rbegin();
+    if (ranks > measured) return std::min<double>(threads_per_rank, share * measured / ranks);
+  }
+  return -1;
+}
+
+// Linear between whole rank counts (an average over a step may be a fraction).
+template <typename ShareOf>
+double interpolated(double ranks, const ShareOf& share_of) {
   ranks = std::max(ranks, 1.0);
   const int below = static_cast<int>(std::floor(ranks));
   const double frac = ranks - below;
-  if (frac < 1e-9) return core_share(below);
-  return core_share(below) * (1 - frac) + core_share(below + 1) * frac;
+  if (frac < 1e-9) return share_of(below);
+  return share_of(below) * (1 - frac) + share_of(below + 1) * frac;
+}
+
+}  // namespace
+
+double ClusterSpec::core_share(double ranks) const {
+  return interpolated(ranks, [this](int k) { return core_share(k); });
 }
 
 double ClusterSpec::core_share(int ranks) const {
   ranks = std::max(ranks, 1);
-  const auto it = rank_core_share.find(ranks);
-  if (it != rank_core_share.end() && it->second > 0) return it->second;
-  if (!rank_core_share.empty()) {
-    // Beyond the measured counts: the largest measured count's total, shared by more ranks.
-    const auto& [measured, share] = *rank_core_share.rbegin();
-    if (ranks > measured) return std::min<double>(threads_per_rank, share * measured / ranks);
-  }
+  const double share = measured_share(rank_core_share, ranks, threads_per_rank);
+  if (share > 0) return share;
   return std::min<double>(threads_per_rank, static_cast<double>(devices_per_node) / ranks);
+}
+
+double ClusterSpec::compute_share(double ranks) const {
+  return interpolated(ranks, [this](int k) {
+    const double share = measured_share(rank_core_share_batched, std::max(k, 1), threads_per_rank);
+    return share > 0 ? share : core_share(k);
+  });
 }
 
 double ClusterSpec::sync_seconds(int ranks) const {
@@ -318,6 +342,10 @@ std::string calibration_to_json(const Calibration& c) {
   for (const auto& [ranks, share] : c.rank_core_share) shares[std::to_string(ranks)] = share;
   for (const auto& [ranks, us] : c.sync_us_by_ranks) syncs[std::to_string(ranks)] = us;
   j["rank_core_share"] = shares;
+  nlohmann::json batched = nlohmann::json::object();
+  for (const auto& [ranks, share] : c.rank_core_share_batched)
+    batched[std::to_string(ranks)] = share;
+  j["rank_core_share_batched"] = batched;
   nlohmann::json curves = nlohmann::json::object();
   for (const auto& [dtype, curve] : c.matmul_curve) {
     for (const auto& [rows, per_byte] : curve)
@@ -381,6 +409,9 @@ Calibration calibration_from_json(const std::string& text, const std::string& so
     const nlohmann::json shares = j.value("rank_core_share", nlohmann::json::object());
     for (const auto& [ranks, share] : shares.items())
       c.rank_core_share[std::stoi(ranks)] = share.get<double>();
+    const nlohmann::json batched = j.value("rank_core_share_batched", nlohmann::json::object());
+    for (const auto& [ranks, share] : batched.items())
+      c.rank_core_share_batched[std::stoi(ranks)] = share.get<double>();
     const nlohmann::json syncs = j.value("sync_us_by_ranks", nlohmann::json::object());
     for (const auto& [ranks, us] : syncs.items())
       c.sync_us_by_ranks[std::stoi(ranks)] = us.get<double>();
@@ -483,6 +514,8 @@ void apply_calibration(ClusterSpec& cluster, const Calibration& c, const std::st
     cluster.sequence_overhead_us /= load;
   }
   for (const auto& [ranks, share] : c.rank_core_share) cluster.rank_core_share[ranks] = share;
+  for (const auto& [ranks, share] : c.rank_core_share_batched)
+    cluster.rank_core_share_batched[ranks] = share;
   for (const auto& [dtype, curve] : c.matmul_curve) {
     cluster.matmul_curve[dtype] = curve;
     for (auto& point : cluster.matmul_curve[dtype]) point.second *= c.threads / load;

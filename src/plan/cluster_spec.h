@@ -63,6 +63,10 @@ struct ClusterSpec {
   // (measured under mpirun by calibration: oversubscription and the node's other load);
   // where absent, min(threads_per_rank, cores / ranks).
   std::map<int, double> rank_core_share;
+  // The same for a batched matmul (8 rows of x): the compute-bound part of a step. Streaming
+  // weights is bound by the node's memory bandwidth, which ranks share even where they have a
+  // core each; multiplying a batch is bound by the core, so the two shares differ.
+  std::map<int, double> rank_core_share_batched;
   std::map<int, double> sync_us_by_ranks;  // sync_us measured with this many ranks on the node
   // Idle ranks take no core (they block or yield while they wait, as Open MPI does with
   // mpi_yield_when_idle): the core share goes by the ranks computing at a time, not all ranks.
@@ -96,6 +100,9 @@ struct ClusterSpec {
   // fraction of ranks: an average over a step, interpolated between whole counts).
   double core_share(double ranks) const;
   double core_share(int ranks) const;
+  // The share for compute-bound work (batched matmuls, attention, fixed costs): measured with a
+  // batched matmul where calibrated, else core_share.
+  double compute_share(double ranks) const;
   double sync_seconds(int ranks) const;  // waiting per collective with `ranks` on the node
   // The same for a collective of `bytes`, from the per-size measurement where it was taken
   // with `ranks` ranks (sync_ranks), else sync_seconds(ranks).
@@ -150,6 +157,7 @@ struct Calibration {
   };
   std::vector<EnginePoint> engine_points;
   std::map<int, double> rank_core_share;  // ranks computing at once -> share of one core each
+  std::map<int, double> rank_core_share_batched;  // the same with a batched (8-row) matmul
   // The load probe (one rank's one-row matmul rate, GB/s) with the full calibration and at the
   // latest update (--collectives-only): the ratio scales every compute figure to the load of
   // the moment.

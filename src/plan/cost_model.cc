@@ -83,9 +83,10 @@ constexpr double kGiB = 1024.0 * 1024 * 1024;
 struct Placement {
   int ranks_per_node = 1;
   int nodes_used = 1;
-  double core_share = 1;  // CPU: cores (or fraction) one rank computes on
-  double flops = 0;       // per rank, for the model's dtype
-  double bandwidth = 0;   // bytes/s of weights, per rank
+  double core_share = 1;     // CPU: cores (or fraction) one rank streams weights on
+  double compute_share = 1;  // CPU: the same for compute-bound work (a batch, attention, fixed)
+  double flops = 0;          // per rank, for the model's dtype
+  double bandwidth = 0;      // bytes/s of weights, per rank
   double attention_flops = 0;
   double sync_s = 0;   // waiting per collective (ranks drift or are descheduled)
   int sync_ranks = 1;  // ranks whose waiting was measured together (the node's, or the job's)
@@ -110,7 +111,8 @@ Placement place(const ModelShape& m, const ClusterSpec& c, const Layout& l, doub
     competing = std::min<double>(sharing, computing * sharing / world);
   if (c.kind == "cpu") {
     p.core_share = c.core_share(competing);
-    p.flops = peak * p.core_share;
+    p.compute_share = c.compute_share(competing);
+    p.flops = peak * p.compute_share;
     p.bandwidth = bw * p.core_share;
     if (c.node_bandwidth_gbs > 0)
       p.bandwidth = std::min(p.bandwidth, c.node_bandwidth_gbs * 1e9 / competing);
@@ -119,7 +121,7 @@ Placement place(const ModelShape& m, const ClusterSpec& c, const Layout& l, doub
     p.bandwidth = bw;
   }
   p.attention_flops = c.attention_tflops > 0
-                          ? c.attention_tflops * 1e12 * (c.kind == "cpu" ? p.core_share : 1)
+                          ? c.attention_tflops * 1e12 * (c.kind == "cpu" ? p.compute_share : 1)
                           : p.flops;
   p.sync_s = c.sync_seconds(sharing);
   p.tp_crosses_nodes = l.tp > p.ranks_per_node;
@@ -196,11 +198,11 @@ double kv_heads_per_rank(const ModelShape& m, const Layout& l) {
 }
 
 // One micro-batch of `tokens` tokens over `seqs` sequences whose attention sees `context`
-// positions on average, through one stage (the busiest) of one replica.
+// positions on average, through one pipeline stage of `layers` layers of one replica (the last
+// stage also runs the final norm and the LM head).
 StepTime stage_time(const ModelShape& m, const ClusterSpec& c, const Layout& l, const Placement& p,
-                    double tokens, double seqs, double context, bool last_stage) {
+                    double tokens, double seqs, double context, int layers, bool last_stage) {
   StepTime t;
-  const int layers = stage_layers(m, l);
   const double stage_share = double(layers) / m.num_layers;
   const double wb = m.weight_bytes_per_param;
   // FLOPs: matmuls with the active parameters (tp splits attention, dense FFNs and experts
@@ -241,19 +243,20 @@ StepTime stage_time(const ModelShape& m, const ClusterSpec& c, const Layout& l, 
   const double kv_bytes =
       seqs * context * layers * 2.0 * kv_heads_per_rank(m, l) * m.head_dim * m.kv_bytes_per_value;
   const double cpu_share = c.kind == "cpu" ? p.core_share : 1.0;
+  const double cpu_compute_share = c.kind == "cpu" ? p.compute_share : 1.0;
   const double attention_s = attention_flops / p.attention_flops;
   const double curve_one = c.curve_matmul_seconds(m.weight_dtype, 1.0, 1.0);
   if (curve_one > 0) {
-    // The measured matmul curve: time per weight byte at this many rows (the streaming part is
-    // the one-row time), on the rank's share of a core.
+    // The measured matmul curve: time per weight byte at this many rows. Its streaming part
+    // (the one-row time) runs on the rank's share of the memory bandwidth, the rest (the
+    // batch's arithmetic) on its share of a core.
     const double weights = dense_bytes + expert_bytes + head_bytes;
-    const double matmul = (c.curve_matmul_seconds(m.weight_dtype, dense_bytes, tokens) +
-                           c.curve_matmul_seconds(m.weight_dtype, expert_bytes, rows_per_expert) +
-                           c.curve_matmul_seconds(m.weight_dtype, head_bytes, seqs)) /
-                          cpu_share;
-    const double streaming = weights * curve_one / cpu_share;
-    t.memory = streaming + kv_bytes / p.bandwidth;
-    t.compute = std::max(0.0, matmul - streaming) + attention_s;
+    const double matmul = c.curve_matmul_seconds(m.weight_dtype, dense_bytes, tokens) +
+                          c.curve_matmul_seconds(m.weight_dtype, expert_bytes, rows_per_expert) +
+                          c.curve_matmul_seconds(m.weight_dtype, head_bytes, seqs);
+    const double streaming = weights * curve_one;
+    t.memory = streaming / cpu_share + kv_bytes / p.bandwidth;
+    t.compute = std::max(0.0, matmul - streaming) / cpu_compute_share + attention_s;
   } else {
     t.compute = flops / p.flops + attention_s;
     t.memory = (dense_bytes + expert_bytes + head_bytes + kv_bytes) / p.bandwidth;
@@ -270,7 +273,8 @@ StepTime stage_time(const ModelShape& m, const ClusterSpec& c, const Layout& l, 
   t.wire = layers * one_layer.wire;
   t.encryption = layers * one_layer.encryption;
   // Fixed and per-token work besides the matmuls, on the rank's share of a core.
-  t.overhead = layers * (c.layer_overhead_us + tokens * c.token_overhead_us) * 1e-6 / cpu_share;
+  t.overhead =
+      layers * (c.layer_overhead_us + tokens * c.token_overhead_us) * 1e-6 / cpu_compute_share;
   const double roofline =
       c.additive_roofline || curve_one > 0 ? t.compute + t.memory : std::max(t.compute, t.memory);
   t.total = roofline + t.communication + t.encryption + t.overhead;
@@ -291,21 +295,43 @@ void add(StepTime& into, const StepTime& x, double times) {
 StepTime step_time(const ModelShape& m, const ClusterSpec& c, const Layout& l, double tokens,
                    double seqs, double context) {
   const int micro = l.pp > 1 ? std::max(1, std::min<int>(l.pp, static_cast<int>(seqs))) : 1;
-  // Stages busy at once, on average over the step: micro x pp stage-times of work fill
-  // micro + pp - 1 slots; tp and dp ranks compute together.
-  const double busy_stages = double(micro) * l.pp / (micro + l.pp - 1);
-  const Placement p = place(m, c, l, l.tp * l.dp * busy_stages);
   const double mt = tokens / micro, ms = seqs / micro;
-  // The busiest stage is the last (it runs the LM head); the pipeline's critical path is
-  // micro + pp - 1 stage times.
-  StepTime stage = stage_time(m, c, l, p, mt, ms, context, /*last_stage=*/true);
+  // The engine's own split of the layers over the stages (the first stages take the extra
+  // layers); only the last stage runs the LM head, so the stages differ.
+  const std::vector<StageRange> ranges = split_layers(m.num_layers, l.pp);
+  // Each stage computes its micro-batches in turn with blocking send/recv between them, a flow
+  // shop: the step takes every stage once plus (micro - 1) times the slowest, plus the hops
+  // (pp - 1 of them on the path; a link slower than every stage adds one per further
+  // micro-batch). The core share depends on how many stages are busy at once, which is the
+  // work (micro x the stages' sum) over that span: start from equal stages and settle it once
+  // more with the stage times found.
+  double busy_stages = double(micro) * l.pp / (micro + l.pp - 1);
+  Placement p;
+  std::vector<StepTime> stage(l.pp);
+  double slowest = 0;
+  size_t slowest_stage = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    p = place(m, c, l, l.tp * l.dp * busy_stages);
+    double sum = 0;
+    slowest = 0;
+    for (int s = 0; s < l.pp; ++s) {
+      stage[s] = stage_time(m, c, l, p, mt, ms, context, ranges[s].num_layers, s == l.pp - 1);
+      sum += stage[s].total;
+      if (stage[s].total > slowest) {
+        slowest = stage[s].total;
+        slowest_stage = s;
+      }
+    }
+    busy_stages = double(micro) * sum / (sum + (micro - 1) * slowest);
+  }
   StepTime hop;
   if (l.pp > 1)
     send(hop, link_for(c, p.pp_crosses_nodes), c, p, mt * m.hidden_size * m.activation_bytes);
   hop.total = hop.communication + hop.encryption;
   StepTime t;
-  add(t, stage, micro + l.pp - 1);
-  add(t, hop, micro + l.pp - 2);
+  for (const StepTime& s : stage) add(t, s, 1);
+  add(t, stage[slowest_stage], micro - 1);
+  add(t, hop, l.pp - 1 + (hop.total > slowest ? micro - 1 : 0));
   // Stage 0's embedding all-reduce, the sampling gather over tp, the token broadcast over pp and
   // the step plan broadcast to the replica's ranks: latency-bound small messages.
   StepTime small;
@@ -322,7 +348,7 @@ StepTime step_time(const ModelShape& m, const ClusterSpec& c, const Layout& l, d
     if (l.pp > 1)
       small.communication += std::ceil(std::log2(l.pp)) * wide.link.seconds(seqs * 4) + sync;
   }
-  const double cpu_share = c.kind == "cpu" ? p.core_share : 1.0;
+  const double cpu_share = c.kind == "cpu" ? p.compute_share : 1.0;
   small.overhead = (c.step_overhead_us + seqs * c.sequence_overhead_us) * 1e-6 / cpu_share;
   small.total = small.communication + small.encryption + small.overhead;
   add(t, small, 1);

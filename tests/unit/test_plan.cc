@@ -236,6 +236,29 @@ TEST(PlanCostModel, MemoryAndStepTermsByHand) {
   EXPECT_NEAR(one.tokens_per_s, 4 / one.ttft_s, 1e-9);  // one output token: the prefill step
 }
 
+// Pipeline stages differ: only the last runs the LM head. One sequence passes every stage in
+// turn, so pp 2 reads what one rank reads; two micro-batches take each stage once and the
+// slowest (the last) once more.
+TEST(PlanCostModel, PipelineStagesInTurnAndTheSlowestPerMicroBatch) {
+  const ModelShape m = named_shape("qwen3-8b");
+  const ClusterSpec c = simple_gpu_cluster();
+  Workload w;
+  w.prompt_tokens = 100;
+  w.output_tokens = 2;
+  w.concurrency = 1;
+  const Prediction one = predict(m, c, w, {1, 1, 1, 1});
+  const Prediction two = predict(m, c, w, {1, 2, 1, 1});
+  ASSERT_TRUE(one.fits && two.fits);
+  EXPECT_NEAR(two.decode.memory, one.decode.memory, 1e-9 * one.decode.memory);
+  EXPECT_GT(two.decode.communication, 0);  // the hop
+  w.concurrency = 2;
+  const Prediction pair = predict(m, c, w, {1, 2, 1, 1});
+  // Each micro-batch is one sequence: 18 layers, then 18 layers and the head.
+  const double layers = one.decode.memory - m.lm_head_params() * 2.0 / 1e12;
+  const double first = layers / 2, last = layers / 2 + m.lm_head_params() * 2.0 / 1e12;
+  EXPECT_NEAR(pair.decode.memory, first + 2 * last, 1e-3 * pair.decode.memory);
+}
+
 TEST(PlanCostModel, RefusesWhatDoesNotFitAndSaysWhy) {
   ClusterSpec c = simple_gpu_cluster();
   c.nodes = 1;
@@ -329,6 +352,34 @@ TEST(PlanCalibration, BetweenHostsAndSharedCores) {
   ASSERT_TRUE(shared.fits && apart.fits);
   // A quarter of a core each instead of a whole one: the step takes about four times as long.
   EXPECT_NEAR(shared.decode.compute / apart.decode.compute, 4, 0.01);
+}
+
+// Streaming weights shares the node's memory bandwidth, a batch's arithmetic only the cores:
+// calibration measures both shares, and the batched one applies to compute-bound work alone.
+TEST(PlanCalibration, StreamingAndComputeShareTheNodeApart) {
+  Calibration cal;
+  cal.rank_core_share = {{1, 1.0}, {2, 0.6}};
+  cal.rank_core_share_batched = {{1, 1.0}, {2, 0.95}};
+  cal.matmul_curve["bf16"] = {{1, 1e-10}, {8, 2e-10}};  // 8 rows: half streaming, half compute
+  const Calibration back = calibration_from_json(calibration_to_json(cal), "x");
+  EXPECT_EQ(back.rank_core_share_batched, cal.rank_core_share_batched);
+  ClusterSpec c =
+      load_cluster_spec(test::env_or("ALEM_SOURCE_DIR", ".") + "/plan/clusters/dev-2core.toml");
+  apply_calibration(c, back, "cal.json");
+  EXPECT_DOUBLE_EQ(c.core_share(2), 0.6);
+  EXPECT_DOUBLE_EQ(c.compute_share(2), 0.95);
+  EXPECT_NEAR(c.compute_share(1.5), 0.975, 1e-12);
+  EXPECT_NEAR(c.compute_share(4), 0.95 * 2 / 4, 1e-12);  // beyond: the measured total, shared
+  const ModelShape m = named_shape("smollm2-135m");
+  Workload w;
+  w.concurrency = 16;
+  const Prediction both = predict(m, c, w, {1, 1, 1, 2});
+  ASSERT_TRUE(both.fits);
+  c.rank_core_share_batched.clear();  // an older calibration: one share for both
+  EXPECT_DOUBLE_EQ(c.compute_share(2), 0.6);
+  const Prediction one = predict(m, c, w, {1, 1, 1, 2});
+  EXPECT_DOUBLE_EQ(one.decode.memory, both.decode.memory);
+  EXPECT_NEAR(one.decode.compute / both.decode.compute, 0.95 / 0.6, 1e-6);
 }
 
 // Where idle ranks yield (the netns cluster: node.shared_cores), a pipeline at one sequence has
