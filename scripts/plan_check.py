@@ -236,6 +236,8 @@ def main():
                 p = predict(a, cal, tp, pp, dp, conc)
                 row = {"label": a.label, "repeat": rep, "tp": tp, "pp": pp, "dp": dp, "concurrency": conc,
                        "load_average": (load_before + load_after) / 2,
+                       "prompt_tokens": a.prompt_tokens, "max_tokens": a.max_tokens,
+                       "requests_per_slot": a.requests_per_slot,
                        "calibration": cal if a.keep else ""}
                 for w in WHAT:
                     row[f"measured_{w}"] = m[w]
@@ -259,21 +261,30 @@ def replan(a):
         rows = list(csv.DictReader(f))
     if not rows or not rows[0].get("calibration"):
         sys.exit(f"plan_check: {a.replan} has no kept calibration files (measure with --keep)")
-    runs = []
+    runs, changed = [], 0
     for r in rows:
-        for k in ("repeat", "tp", "pp", "dp", "concurrency"):
+        for k, default in (("prompt_tokens", a.prompt_tokens), ("max_tokens", a.max_tokens),
+                           ("requests_per_slot", a.requests_per_slot)):
+            r.setdefault(k, default)  # a CSV from before these columns: the command line's
+        for k in ("repeat", "tp", "pp", "dp", "concurrency", "prompt_tokens", "max_tokens",
+                  "requests_per_slot"):
             r[k] = int(r[k])
+        # The workload each row was measured with.
+        a.prompt_tokens, a.max_tokens = r["prompt_tokens"], r["max_tokens"]
+        a.requests_per_slot = r["requests_per_slot"]
         for k in [k for k in r if k.startswith(("measured_", "load_"))]:
             r[k] = float(r[k])
         key = (r["tp"], r["pp"], r["dp"], r["concurrency"])
         if key not in runs:
             runs.append(key)
         p = predict(a, r["calibration"], *key)
+        changed += any(abs(p[w] - float(r[f"predicted_{w}"])) > 1e-6 * abs(p[w]) for w in WHAT)
         for w in WHAT:
             r[f"predicted_{w}"] = p[w]
             r[f"error_{w}"] = rel(p[w], r[f"measured_{w}"])
     a.label = a.label or rows[0]["label"]
     print_table(a, runs, rows, f"predicted again from {a.replan}'s calibration files")
+    print(f"{changed} of {len(rows)} predictions differ from the CSV's")
 
 
 def print_table(a, runs, rows, how):
