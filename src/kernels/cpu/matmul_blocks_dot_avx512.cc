@@ -17,6 +17,8 @@
 // this halves the instructions per weight; Zen 4 splits them in two and loses nothing.
 #include <immintrin.h>
 
+#include <vector>
+
 #include "kernels/cpu/cpu_kernels.h"
 
 namespace alem::cpu::avx512_vnni {
@@ -60,9 +62,36 @@ inline __m256 pair_scales(const uint8_t* const* rows, size_t offset) {
       _mm_set_epi64x(static_cast<long long>(packed[1]), static_cast<long long>(packed[0])));
 }
 
+// One row of x laid out for the pair loop, once per call rather than once per weight row: per
+// pair of blocks the low halves (values 0-15 of block b, then of b + 1), the high halves (16-31)
+// and, for Q4_0, the accumulator's start (-8 x the activations in each lane). The same int32
+// arithmetic as building them in the loop; with weight rows read one at a time that work was
+// repeated for every row and took as many 512-bit operations as the weights' own.
+struct PairedX {
+  __m512i lo, hi, start;
+};
+
+template <DType T>
+void pair_x(const int16_t* xq, int64_t pairs, PairedX* out) {
+  for (int64_t i = 0; i < pairs; ++i) {
+    const int16_t* x = xq + i * 64;
+    const __m512i x0 = _mm512_loadu_si512(x), x1 = _mm512_loadu_si512(x + 32);
+    out[i].lo = _mm512_shuffle_i64x2(x0, x1, 0x44);  // 0-15 of b, 0-15 of b + 1
+    out[i].hi = _mm512_shuffle_i64x2(x0, x1, 0xEE);  // 16-31 of each
+    // Q4_0's offset of 8 comes off the block sums as -8 * the activations in each lane, so the
+    // nibbles stay unsigned.
+    out[i].start = _mm512_setzero_si512();
+    if constexpr (T == DType::Q4_0) {
+      const __m512i minus8 = _mm512_set1_epi16(-8);
+      out[i].start = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(out[i].start, minus8, out[i].lo),
+                                         minus8, out[i].hi);
+    }
+  }
+}
+
 template <DType T, int NR>
-void single_row_rows(const Q16Blocks& a, int64_t m0, const WeightView& w, const float* bias,
-                     float* y, int64_t n0) {
+void single_row_rows(const Q16Blocks& a, const PairedX* px, int64_t m0, const WeightView& w,
+                     const float* bias, float* y, int64_t n0) {
   constexpr int bb = block_bytes_of<T>();
   const int64_t K = w.cols, N = w.rows, blocks = K / 32;
   const size_t row_bytes = static_cast<size_t>(blocks) * bb;
@@ -82,16 +111,8 @@ void single_row_rows(const Q16Blocks& a, int64_t m0, const WeightView& w, const 
   __m256 min_acc = _mm256_setzero_ps();  // Q4_1: lanes 2r, 2r + 1 = row r's minimum terms
   int64_t b = 0;
   for (; b + 2 <= blocks; b += 2) {
-    const __m512i x0 = _mm512_loadu_si512(xq + b * 32), x1 = _mm512_loadu_si512(xq + b * 32 + 32);
-    const __m512i x_lo = _mm512_shuffle_i64x2(x0, x1, 0x44);  // 0-15 of b, 0-15 of b + 1
-    const __m512i x_hi = _mm512_shuffle_i64x2(x0, x1, 0xEE);  // 16-31 of each
-    // Q4_0's offset of 8 comes off the block sums as -8 * the activations in each lane, once
-    // for all rows (the accumulator starts there), so the nibbles stay unsigned.
-    __m512i start = _mm512_setzero_si512();
-    if constexpr (T == DType::Q4_0) {
-      const __m512i minus8 = _mm512_set1_epi16(-8);
-      start = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(start, minus8, x_lo), minus8, x_hi);
-    }
+    const PairedX& x = px[b / 2];
+    const __m512i x_lo = x.lo, x_hi = x.hi, start = x.start;
     // xd[b], xd[b + 1] in lanes 0, 1 repeated: times row r's (d_b, d_b+1) in lanes 2r, 2r + 1.
     const __m256 x_pair =
         _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(xd + b)));
@@ -171,9 +192,14 @@ void single_row_rows(const Q16Blocks& a, int64_t m0, const WeightView& w, const 
 template <DType T>
 void single_row(const Q16Blocks& a, int64_t m0, const WeightView& w, const float* bias, float* y,
                 int64_t n_begin, int64_t n_end) {
+  thread_local std::vector<PairedX> paired;  // std::allocator honours the 64-byte alignment
+  const int64_t pairs = w.cols / 64;
+  paired.resize(static_cast<size_t>(pairs));
+  pair_x<T>(a.q + m0 * w.cols, pairs, paired.data());
   int64_t n = n_begin;
-  for (; n + kRows <= n_end; n += kRows) single_row_rows<T, kRows>(a, m0, w, bias, y, n);
-  for (; n < n_end; ++n) single_row_rows<T, 1>(a, m0, w, bias, y, n);
+  for (; n + kRows <= n_end; n += kRows)
+    single_row_rows<T, kRows>(a, paired.data(), m0, w, bias, y, n);
+  for (; n < n_end; ++n) single_row_rows<T, 1>(a, paired.data(), m0, w, bias, y, n);
 }
 
 }  // namespace
