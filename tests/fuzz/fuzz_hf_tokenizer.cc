@@ -16,7 +16,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     alem::Tokenizer tok(td);
     const std::string sample = "Hello world <|im_start|>user 123 \xc3\xa9\xff";
     const auto ids = tok.encode(sample, true);
-    if (tok.decode(ids) != sample) alem::fuzz::unexpected("hf_tokenizer", "decode(encode(x)) != x");
+    // The round trip holds where the vocabulary has a token for every byte of the sample: a
+    // byte-level symbol missing from it is dropped when there is no unk token (as Hugging Face
+    // tokenizers do), so a mutated vocabulary may lose bytes without being broken.
+    bool every_byte = true;
+    for (const char c : sample)
+      every_byte = every_byte && !tok.encode(std::string(1, c), false).empty();
+    if (every_byte && tok.decode(ids) != sample)
+      alem::fuzz::unexpected("hf_tokenizer", "decode(encode(x)) != x");
     (void)tok.encode(sample, false);
   } catch (const alem::Error& e) {
     alem::fuzz::note_error("hf_tokenizer", e);
