@@ -316,7 +316,7 @@ namespace {
 // The same row permutation on rows of any byte width (raw ggml blocks).
 std::vector<uint8_t> unpermute_llama_qk_byte_rows(const uint8_t* bytes, int64_t rows,
                                                   size_t row_bytes, int n_head) {
-  ALEM_CHECK(n_head > 0 && rows % (2 * n_head) == 0,
+  ALEM_CHECK(n_head > 0 && rows % (int64_t{2} * n_head) == 0,
              "q/k un-permutation: " + std::to_string(rows) + " rows do not split into " +
                  std::to_string(n_head) + " heads of even size");
   const int64_t head_dim = rows / n_head;
@@ -337,7 +337,7 @@ std::vector<uint8_t> unpermute_llama_qk_byte_rows(const uint8_t* bytes, int64_t 
 }  // namespace
 
 void unpermute_llama_qk_rows(std::vector<float>& values, int64_t rows, int64_t cols, int n_head) {
-  ALEM_CHECK(n_head > 0 && rows % (2 * n_head) == 0,
+  ALEM_CHECK(n_head > 0 && rows % (int64_t{2} * n_head) == 0,
              "q/k un-permutation: " + std::to_string(rows) + " rows do not split into " +
                  std::to_string(n_head) + " heads of even size");
   ALEM_CHECK(static_cast<int64_t>(values.size()) == rows * cols,
