@@ -7,10 +7,13 @@
 //
 //   alem_kernel_bench [--quick] [--threads 1,2] [--dtypes f32,bf16,f16,int8] [--rows 1,128]
 //                     [--only SHAPE-SUBSTRING] [--no-attention] [--no-limits] [--exact-kernels]
-//                     [--bf16-dot] [--no-amx]
+//                     [--bf16-dot] [--no-amx] [--hot] [--row-major]
 // --exact-kernels keeps small-M matmuls on the f32-conversion kernels (the dot-product kernels'
 // before/after); --bf16-dot turns on the bf16 ones (off by default, docs/kernels.md); --no-amx
-// keeps bf16 matmuls off the AMX tiles where the CPU has them.
+// keeps bf16 matmuls off the AMX tiles where the CPU has them. --hot runs decode rows on one
+// cache-resident W too: the kernel's arithmetic alone, without the memory it streams. Weights
+// are handed to the backend as the engine hands them (adopt_weight: Q4_0/Q4_1 interleaved 8 rows
+// at a time on AVX512-VNNI); --row-major keeps GGUF's layout, the kernels before that.
 #include <omp.h>
 
 #include <algorithm>
@@ -57,6 +60,8 @@ struct Options {
   bool dot_products = true;   // --exact-kernels: small M without the dot-product kernels
   bool bf16_dot = false;      // --bf16-dot: bf16 weights on vdpbf16ps too
   bool amx = true;            // --no-amx: bf16 prefill without AMX tiles
+  bool hot = false;           // --hot: decode rows read a cache-resident W as well
+  bool row_major = false;     // --row-major: block weights not interleaved when adopted
   std::string only;           // run only shapes whose name contains this
   std::vector<int64_t> rows;  // M values (default: 1, 4, 128, 256; --quick: 1, 128)
   std::vector<int> threads = {1, 2};
@@ -88,6 +93,10 @@ Options parse_options(int argc, char** argv) {
       o.bf16_dot = true;
     } else if (arg == "--no-amx") {
       o.amx = false;
+    } else if (arg == "--row-major") {
+      o.row_major = true;
+    } else if (arg == "--hot") {
+      o.hot = true;
     } else if (arg == "--no-attention") {
       o.attention = false;
     } else if (arg == "--threads" && i + 1 < argc) {
@@ -104,7 +113,7 @@ Options parse_options(int argc, char** argv) {
       ALEM_FAIL(
           "usage: alem_kernel_bench [--quick] [--threads 1,2] [--dtypes f32,bf16,f16,int8]"
           " [--rows 1,128] [--only SHAPE-SUBSTRING] [--no-attention] [--exact-kernels] "
-          "[--bf16-dot] [--no-amx]");
+          "[--bf16-dot] [--no-amx] [--hot] [--row-major]");
     }
   }
   return o;
@@ -159,6 +168,14 @@ double time_matmul(const CpuBackend& cpu, const std::vector<WeightMatrix>& copie
   return best;
 }
 
+// "42%", or "-" where the limit was not measured (--no-limits).
+std::string percent_of(double value, double limit) {
+  if (limit <= 1e-6) return "-";
+  char text[32];
+  std::snprintf(text, sizeof text, "%.0f%%", 100 * value / limit);
+  return text;
+}
+
 // Seconds per call for every (shape, dtype, M, threads); prints one table row each.
 std::map<std::string, double> bench_matmul(const Options& o, const Limits& limits) {
   std::map<std::string, double> results;
@@ -177,20 +194,25 @@ std::map<std::string, double> bench_matmul(const Options& o, const Limits& limit
   for (const MatmulShape& shape : kShapes) {
     if (std::string(shape.name).find(o.only) == std::string::npos) continue;
     for (DType dtype : o.dtypes) {
-      const auto cold = weight_copies(shape, dtype, size_t(768) << 20);
-      const std::vector<WeightMatrix> hot = weight_copies(shape, dtype, 0);
+      auto cold = weight_copies(shape, dtype, size_t(768) << 20);
+      std::vector<WeightMatrix> hot = weight_copies(shape, dtype, 0);
+      CpuBackend adopter(cpu::best_supported_isa(), 1, o.dot_products, o.bf16_dot, o.amx);
+      adopter.set_interleave_blocks(!o.row_major);
+      for (auto* set : {&cold, &hot}) {
+        for (WeightMatrix& w : *set) adopter.adopt_weight(w);
+      }
       for (int64_t M : rows) {
-        const bool decode = M < CpuBackend::kPackedMinRows;
+        const bool decode = M < CpuBackend::kPackedMinRows && !o.hot;
         std::vector<float> x(static_cast<size_t>(M * shape.K), 0.01f), y(M * shape.N);
         for (int threads : o.threads) {
           CpuBackend cpu(cpu::best_supported_isa(), threads, o.dot_products, o.bf16_dot, o.amx);
           const double seconds = time_matmul(cpu, decode ? cold : hot, M, x, y, min_seconds);
           const double gbs = cold[0].bytes() / seconds / 1e9;
           const double gflops = 2.0 * M * shape.N * shape.K / seconds / 1e9;
-          std::printf("| %s | %s | %lld | %d | %.1f | %.1f | %.0f%% | %.1f | %.0f%% |\n",
-                      shape.name, dtype_name(dtype).c_str(), static_cast<long long>(M), threads,
-                      seconds * 1e6, gbs, 100 * gbs / limits.dram_gbs.at(threads), gflops,
-                      100 * gflops / limits.peak_gflops.at(threads));
+          std::printf("| %s | %s | %lld | %d | %.1f | %.1f | %s | %.1f | %s |\n", shape.name,
+                      dtype_name(dtype).c_str(), static_cast<long long>(M), threads, seconds * 1e6,
+                      gbs, percent_of(gbs, limits.dram_gbs.at(threads)).c_str(), gflops,
+                      percent_of(gflops, limits.peak_gflops.at(threads)).c_str());
           std::fflush(stdout);
           results[std::string(shape.name) + "|" + dtype_name(dtype) + "|" + std::to_string(M) +
                   "|" + std::to_string(threads)] = seconds;

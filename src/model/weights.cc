@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/error.h"
 #include "model/gguf_quant.h"
@@ -13,8 +14,14 @@ float WeightMatrix::at(int64_t r, int64_t c) const {
   ALEM_CHECK(!data.empty(), "WeightMatrix::at: the matrix lives in a device backend's memory");
   if (dtype_is_block(dtype)) {
     const int64_t block = c / dtype_block_elements(dtype);
-    const uint8_t* src = data.data() + static_cast<size_t>(r) * row_bytes() +
-                         static_cast<size_t>(block * dtype_block_bytes(dtype));
+    std::vector<uint8_t> row;
+    const uint8_t* row_start = data.data() + static_cast<size_t>(r) * row_bytes();
+    if (layout == BlockLayout::kInterleaved8) {
+      row.resize(row_bytes());
+      interleaved_row(dtype, data.data(), cols, r, row.data());
+      row_start = row.data();
+    }
+    const uint8_t* src = row_start + static_cast<size_t>(block * dtype_block_bytes(dtype));
     float values[256];  // the largest block (K-quants)
     dequantize_ggml(ggml_type_of(dtype), src, static_cast<size_t>(dtype_block_bytes(dtype)), values,
                     dtype_block_elements(dtype));
@@ -40,8 +47,14 @@ void dequantize_row(const WeightMatrix& w, int64_t r, float* out) {
   ALEM_CHECK(r >= 0 && r < w.rows, "dequantize_row: row " + std::to_string(r) + " outside [0, " +
                                        std::to_string(w.rows) + ")");
   if (dtype_is_block(w.dtype)) {
-    dequantize_ggml(ggml_type_of(w.dtype), w.data.data() + static_cast<size_t>(r) * w.row_bytes(),
-                    w.row_bytes(), out, w.cols);
+    const uint8_t* row = w.data.data() + static_cast<size_t>(r) * w.row_bytes();
+    thread_local std::vector<uint8_t> rebuilt;
+    if (w.layout == BlockLayout::kInterleaved8) {
+      rebuilt.resize(w.row_bytes());
+      interleaved_row(w.dtype, w.data.data(), w.cols, r, rebuilt.data());
+      row = rebuilt.data();
+    }
+    dequantize_ggml(ggml_type_of(w.dtype), row, w.row_bytes(), out, w.cols);
     return;
   }
   for (int64_t c = 0; c < w.cols; ++c) out[c] = w.at(r, c);
@@ -113,6 +126,8 @@ WeightMatrix concat_rows(const std::vector<WeightMatrix>& parts) {
   for (const WeightMatrix& p : parts) {
     ALEM_CHECK(p.dtype == out.dtype && p.cols == out.cols,
                "concat_rows needs matching dtypes and column counts");
+    ALEM_CHECK(p.layout == BlockLayout::kRowMajor && !p.backend_copy,
+               "concat_rows joins matrices before a backend adopts them");
     out.rows += p.rows;
   }
   out.data.resize(static_cast<size_t>(out.rows) * dtype_row_bytes(out.dtype, out.cols));

@@ -14,6 +14,7 @@
 
 #include "core/aligned_buffer.h"
 #include "core/dtype.h"
+#include "model/interleaved_blocks.h"
 
 namespace alem {
 
@@ -23,6 +24,9 @@ struct WeightMatrix {
   int64_t cols = 0;
   AlignedBuffer data;         // rows * dtype_row_bytes(dtype, cols) bytes
   std::vector<float> scales;  // I8 only: rows * (cols / kInt8GroupSize)
+  // Block types: how `data` lies (interleaved_blocks.h). The CPU backend interleaves Q4_0 and
+  // Q4_1 when it adopts them; everything that reads rows (dequantize_row, at) follows the field.
+  BlockLayout layout = BlockLayout::kRowMajor;
   // Set once a device backend has taken the matrix (KernelBackend::adopt_weight): its copy in
   // the backend's memory, opaque here, which that backend's kernels read; `data` and `scales`
   // are then released, so the host never holds the shard. Null for host-resident matrices.

@@ -251,8 +251,9 @@ TEST_P(BackendOps, MatmulEveryDtypeOddAndModelShapes) {
 TEST_P(BackendOps, MatmulGgmlBlockTypes) {
   if (on_device()) GTEST_SKIP() << "the CUDA backend has no ggml block kernels yet";
   uint32_t seed = 500;
+  int interleaved_cases = 0;
   using Shapes = std::vector<std::pair<int64_t, int64_t>>;
-  const Shapes shapes32 = {{1, 32}, {7, 64}, {200, 608}, {96, 1536}};
+  const Shapes shapes32 = {{1, 32}, {7, 64}, {200, 608}, {96, 1536}, {48, 96}};
   const Shapes shapes256 = {{1, 256}, {7, 512}, {200, 768}, {96, 1536}};  // K-quant super-blocks
   for (DType dtype :
        {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
@@ -288,9 +289,31 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
                      "matmul " + dtype_name(dtype) + " M=" + std::to_string(M) +
                          " N=" + std::to_string(N) + " K=" + std::to_string(K));
         if (HasFatalFailure()) return;
+        // The same matrix once the backend has adopted it, as the engine hands every weight
+        // over: the CPU backend interleaves Q4_0/Q4_1 8 rows at a time where it has AVX512-VNNI.
+        WeightMatrix adopted = make_weight_matrix(values.data(), N, K, dtype);
+        backend_->adopt_weight(adopted);
+        if (adopted.layout == BlockLayout::kInterleaved8) {
+          ++interleaved_cases;
+          for (int64_t r : {int64_t{0}, N - 1}) {  // rows read back exactly through the layout
+            std::vector<float> got(K), expected(K);
+            dequantize_row(adopted, r, got.data());
+            dequantize_row(w, r, expected.data());
+            ASSERT_EQ(got, expected) << dtype_name(dtype) << " row " << r;
+          }
+        }
+        Tensor dy2 = put(std::vector<float>(M * N, NAN));
+        backend_->matmul(dx.data<float>(), M, adopted, with_bias ? db.data<float>() : nullptr,
+                         dy2.data<float>());
+        expect_close(get(dy2, M * N), want, bound, 1.0,
+                     "adopted matmul " + dtype_name(dtype) + " M=" + std::to_string(M) +
+                         " N=" + std::to_string(N) + " K=" + std::to_string(K));
+        if (HasFatalFailure()) return;
       }
     }
   }
+  const auto* cpu = dynamic_cast<const CpuBackend*>(backend_.get());
+  if (cpu != nullptr && cpu->interleaves_blocks()) EXPECT_GT(interleaved_cases, 0);
 }
 
 // ---------------------------------------------------------------------------------------------

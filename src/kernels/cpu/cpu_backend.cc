@@ -67,6 +67,7 @@ WeightView view_of(const WeightMatrix& w) {
   v.cols = w.cols;
   v.data = w.data.data();
   v.scales = w.scales.empty() ? nullptr : w.scales.data();
+  v.layout = w.layout;
   return v;
 }
 
@@ -167,6 +168,16 @@ CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products, bool bf
   dot_bf16_ = avx512 && bf16_dot_products && cpu::has_avx512_bf16();
   dot_int8_ = avx512 && cpu::has_avx512_vnni();
   amx_ = amx && isa == cpu::Isa::kAvx512 && cpu::amx::usable();
+  set_interleave_blocks(true);
+}
+
+void CpuBackend::adopt_weight(WeightMatrix& w) const {
+  if (!interleave_blocks_ || w.layout != BlockLayout::kRowMajor || w.backend_copy ||
+      !can_interleave_blocks(w.dtype, w.rows) || w.data.empty()) {
+    return;
+  }
+  interleave_blocks(w.dtype, w.rows, w.cols, w.data.data());
+  w.layout = BlockLayout::kInterleaved8;
 }
 
 std::unique_ptr<KernelBackend> make_cpu_backend() {
@@ -197,7 +208,14 @@ std::unique_ptr<KernelBackend> make_cpu_backend() {
   const char* amx_env = std::getenv("ALEM_CPU_AMX");
   const std::string amx = amx_env && *amx_env ? amx_env : "1";
   ALEM_CHECK(amx == "0" || amx == "1", "ALEM_CPU_AMX must be 0 or 1, got '" + amx + "'");
-  return std::make_unique<CpuBackend>(isa, 0, dot != "0", dot == "all", amx == "1");
+  // ALEM_CPU_INTERLEAVE=0 keeps Q4_0/Q4_1 weights row-major (GGUF's layout) when adopted.
+  const char* interleave_env = std::getenv("ALEM_CPU_INTERLEAVE");
+  const std::string interleave = interleave_env && *interleave_env ? interleave_env : "1";
+  ALEM_CHECK(interleave == "0" || interleave == "1",
+             "ALEM_CPU_INTERLEAVE must be 0 or 1, got '" + interleave + "'");
+  auto backend = std::make_unique<CpuBackend>(isa, 0, dot != "0", dot == "all", amx == "1");
+  backend->set_interleave_blocks(interleave == "1");
+  return backend;
 }
 
 void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
@@ -346,6 +364,13 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
   const cpu::Q16Blocks a{q, d, s, K};
   const cpu::WeightView view = cpu::view_of(w);
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
+  // Interleaved weights (only made where the block kernels are the AVX512-VNNI ones): runs of
+  // 16 rows keep every thread's range in whole groups of 8.
+  const cpu::MatmulBlocksFn kernel = view.layout == BlockLayout::kInterleaved8
+                                         ? cpu::avx512_vnni::matmul_blocks_interleaved
+                                         : blocks_.matmul;
+  ALEM_CHECK(view.layout == BlockLayout::kRowMajor || interleave_blocks_,
+             "matmul: interleaved block weights need the AVX512-VNNI kernels");
   // Threads split N in runs of 16 rows; when there are fewer runs than threads, M too.
   const int64_t runs = (N + 15) / 16;
   run_on_threads(threads, [&](int index, int count) {
@@ -354,7 +379,7 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
     if (index >= n_parts * m_parts) return;
     const auto [n0, n1] = split_range(N, n_parts, index % n_parts, 16);
     const auto [m0, m1] = split_range(M, m_parts, index / n_parts, 4);
-    if (n0 < n1 && m0 < m1) blocks_.matmul(a, m0, m1, view, bias, y, n0, n1);
+    if (n0 < n1 && m0 < m1) kernel(a, m0, m1, view, bias, y, n0, n1);
   });
 }
 

@@ -45,6 +45,16 @@ class CpuBackend final : public KernelBackend {
                        const float* q, KVCacheLayerView cache, float* out) const override;
   void embedding(const WeightMatrix& table, int64_t row_begin, const int32_t* tokens, int64_t T,
                  float* out) const override;
+  // Keeps the matrix in host memory; Q4_0 and Q4_1 weights with whole groups of 8 rows are
+  // rewritten in place to the 8-row interleaved layout (model/interleaved_blocks.h) where this
+  // backend's block kernels are the AVX512-VNNI ones and interleaving is on.
+  void adopt_weight(WeightMatrix& w) const override;
+  // Whether adopt_weight interleaves (on by default where it can; ALEM_CPU_INTERLEAVE=0 keeps
+  // GGUF's row-major layout, for before/after measurements).
+  bool interleaves_blocks() const { return interleave_blocks_; }
+  void set_interleave_blocks(bool on) {
+    interleave_blocks_ = on && std::string(blocks_.name) == "avx512_vnni";
+  }
 
   // Matmul with the path forced (for tests and benchmarks): packed GEMM or streaming.
   void matmul_with_path(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
@@ -91,6 +101,7 @@ class CpuBackend final : public KernelBackend {
   bool dot_bf16_ = false;
   bool dot_int8_ = false;
   bool amx_ = false;
+  bool interleave_blocks_ = false;
   // Same bf16 matmul through AMX tiles (uses_amx() was true).
   void matmul_amx(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                   float* y) const;

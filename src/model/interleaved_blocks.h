@@ -1,0 +1,38 @@
+// Q4_0 and Q4_1 weights laid out 8 rows at a time, the form the CPU backend keeps them in on
+// CPUs with AVX512-VNNI (KernelBackend::adopt_weight; docs/kernels.md, "Interleaved 4-bit
+// weights"). GGUF ships a matrix row after row; its decode kernel then reads one row's blocks
+// (18 bytes, a scale and 16 bytes of nibbles) and spends as many instructions gathering scales,
+// rearranging activations and reducing lanes as multiplying. Interleaved, the same bytes serve
+// 8 rows at once from one sequential stream: for every group of 8 rows and every block column b,
+//   Q4_0: the 8 rows' f16 scales d (16 bytes), then the nibbles in 4 chunks of 4 bytes per row
+//         (chunk k: bytes 4k..4k+3 of row 0's block, of row 1's, ... row 7's; 128 bytes);
+//   Q4_1: the 8 scales d, the 8 minimums m (32 bytes), then the same 128 bytes of nibbles;
+// so 8 x the block's own bytes, and a group of 8 rows takes exactly the bytes the 8 rows took.
+// A 32-bit lane of a chunk register is one row's 4 bytes: vpdpbusd against 4 activation bytes
+// broadcast to every lane gives the 8 rows' dot products in the 8 lanes, and the scales come
+// as one vector. A row range that starts at a multiple of 8 is still a contiguous byte range,
+// so tensor-parallel and expert slices of whole groups stay valid views.
+#pragma once
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace alem {
+
+constexpr int kInterleavedRows = 8;
+
+// How a matrix of block weights lies in memory.
+enum class BlockLayout : uint8_t {
+  kRowMajor,      // row after row, ggml's blocks as GGUF ships them
+  kInterleaved8,  // 8 rows at a time (above); Q4_0 and Q4_1 only
+};
+
+// True where `dtype` has an interleaved form and `rows` divides into groups of 8.
+bool can_interleave_blocks(DType dtype, int64_t rows);
+// Rewrites rows x cols block weights from row-major to interleaved, in place.
+void interleave_blocks(DType dtype, int64_t rows, int64_t cols, uint8_t* data);
+// Row r of an interleaved matrix back in ggml's own form (dtype_row_bytes(dtype, cols) bytes).
+void interleaved_row(DType dtype, const uint8_t* data, int64_t cols, int64_t r, uint8_t* out);
+
+}  // namespace alem
