@@ -95,6 +95,14 @@ struct ModelMatrices {
     params = layer_params * layers_total + double(c.vocab_size) * H;
   }
 
+  // Hands every matrix to a host backend as the engine does (the CPU backend interleaves Q4_0
+  // and Q4_1 weights then), so the probe times the kernels the engine runs.
+  void adopt_by(const KernelBackend& backend) {
+    if (backend.memory_space() != MemorySpace::kHost) return;
+    for (WeightMatrix& w : layer_mats) backend.adopt_weight(w);
+    backend.adopt_weight(head);
+  }
+
   // Seconds of one pass over every layer's matrices at `rows` rows (at many rows, over the
   // first `max_layers` layers, scaled), then the head at `head_rows`.
   double pass(const KernelBackend& backend, int64_t rows, int64_t head_rows, std::vector<float>& x,
@@ -195,7 +203,8 @@ void calibrate_engine_at_model_shapes(const std::string& model_path, KernelBacke
   const std::string dtype_text = dtype_name(dtype);
 
   // 1. The matmul kernel over the model's own matrices.
-  const ModelMatrices mats(config, dtype, max_matrix_bytes);
+  ModelMatrices mats(config, dtype, max_matrix_bytes);
+  mats.adopt_by(backend);
   const int max_rows = 256;
   const int64_t widest =
       std::max<int64_t>({int64_t{config.vocab_size}, 2 * int64_t{config.intermediate_size},
@@ -360,6 +369,7 @@ ModelMatmulProbe::ModelMatmulProbe(const std::string& model_path, int threads, d
   state_->backend = make_backend("cpu");
   state_->backend->set_max_threads(threads);
   state_->mats = std::make_unique<ModelMatrices>(config, dtype, max_bytes);
+  state_->mats->adopt_by(*state_->backend);
   int64_t widest = config.vocab_size;
   for (const WeightMatrix& w : state_->mats->layer_mats) widest = std::max(widest, w.rows);
   const int64_t width = std::max<int64_t>(

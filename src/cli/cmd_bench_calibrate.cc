@@ -116,6 +116,10 @@ void calibrate_matmul(const CalibrateOptions& o, KernelBackend& backend, plan::C
       w.scales = copies[0].scales;
       copies.push_back(std::move(w));
     }
+    // As the engine hands weights over (the CPU backend interleaves Q4_0/Q4_1 then).
+    if (backend.memory_space() == MemorySpace::kHost) {
+      for (WeightMatrix& w : copies) backend.adopt_weight(w);
+    }
     std::vector<float> x(o.prefill_rows * K, 0.01f), y(o.prefill_rows * N);
     size_t next = 0;
     const double decode_s = time_median(o.seconds, [&] {
