@@ -12,8 +12,8 @@
 // before/after); --bf16-dot turns on the bf16 ones (off by default, docs/kernels.md); --no-amx
 // keeps bf16 matmuls off the AMX tiles where the CPU has them. --hot runs decode rows on one
 // cache-resident W too: the kernel's arithmetic alone, without the memory it streams. Weights
-// are handed to the backend as the engine hands them (adopt_weight: Q4_0/Q4_1 interleaved 8 rows
-// at a time on AVX512-VNNI); --row-major keeps GGUF's layout, the kernels before that.
+// are handed to the backend as the engine hands them (adopt_weight: Q4_0/Q4_1/Q8_0 interleaved 8
+// rows at a time on AVX512-VNNI); --row-major keeps GGUF's layout, the kernels before that.
 #include <omp.h>
 
 #include <algorithm>

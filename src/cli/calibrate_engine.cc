@@ -95,8 +95,8 @@ struct ModelMatrices {
     params = layer_params * layers_total + double(c.vocab_size) * H;
   }
 
-  // Hands every matrix to a host backend as the engine does (the CPU backend interleaves Q4_0
-  // and Q4_1 weights then), so the probe times the kernels the engine runs.
+  // Hands every matrix to a host backend as the engine does (the CPU backend interleaves Q4_0,
+  // Q4_1 and Q8_0 weights then), so the probe times the kernels the engine runs.
   void adopt_by(const KernelBackend& backend) {
     if (backend.memory_space() != MemorySpace::kHost) return;
     for (WeightMatrix& w : layer_mats) backend.adopt_weight(w);

@@ -1,4 +1,4 @@
-// The 8-row interleaved layout of Q4_0 and Q4_1 weights (interleaved_blocks.h): the byte
+// The 8-row interleaved layout of Q4_0, Q4_1 and Q8_0 weights (interleaved_blocks.h): the byte
 // shuffles between it and ggml's row-major blocks, in one place for every reader.
 #include "model/interleaved_blocks.h"
 
@@ -10,11 +10,14 @@
 namespace alem {
 namespace {
 
-// Bytes of the scale fields at the start of a block (Q4_0: d; Q4_1: d, m) and of its nibbles.
+// Bytes of the scale fields at the start of a block (Q4_0, Q8_0: d; Q4_1: d, m), and of the
+// values after them, moved in chunks of 4 bytes (Q4: 16 bytes of nibbles; Q8_0: 32 of bytes).
 int scale_bytes(DType dtype) {
-  return dtype == DType::Q4_0 ? 2 : 4;
+  return dtype == DType::Q4_1 ? 4 : 2;
 }
-constexpr int kNibbleBytes = 16;
+int chunk_count(DType dtype) {
+  return (dtype_block_bytes(dtype) - scale_bytes(dtype)) / 4;
+}
 
 // Copies one block between the two forms. `block` is the row-major block; `column` the start of
 // the interleaved block column of its group, r the row within the group.
@@ -23,7 +26,9 @@ void place_block(DType dtype, const uint8_t* block, uint8_t* column, int r) {
   std::memcpy(column + r * 2, block, 2);                                          // d
   if (sb == 4) std::memcpy(column + 2 * kInterleavedRows + r * 2, block + 2, 2);  // m
   uint8_t* chunks = column + sb * kInterleavedRows;
-  for (int k = 0; k < 4; ++k) std::memcpy(chunks + k * 32 + r * 4, block + sb + 4 * k, 4);
+  for (int k = 0; k < chunk_count(dtype); ++k) {
+    std::memcpy(chunks + k * 4 * kInterleavedRows + r * 4, block + sb + 4 * k, 4);
+  }
 }
 
 void take_block(DType dtype, const uint8_t* column, int r, uint8_t* block) {
@@ -31,13 +36,16 @@ void take_block(DType dtype, const uint8_t* column, int r, uint8_t* block) {
   std::memcpy(block, column + r * 2, 2);
   if (sb == 4) std::memcpy(block + 2, column + 2 * kInterleavedRows + r * 2, 2);
   const uint8_t* chunks = column + sb * kInterleavedRows;
-  for (int k = 0; k < 4; ++k) std::memcpy(block + sb + 4 * k, chunks + k * 32 + r * 4, 4);
+  for (int k = 0; k < chunk_count(dtype); ++k) {
+    std::memcpy(block + sb + 4 * k, chunks + k * 4 * kInterleavedRows + r * 4, 4);
+  }
 }
 
 }  // namespace
 
 bool can_interleave_blocks(DType dtype, int64_t rows) {
-  return (dtype == DType::Q4_0 || dtype == DType::Q4_1) && rows > 0 && rows % kInterleavedRows == 0;
+  return (dtype == DType::Q4_0 || dtype == DType::Q4_1 || dtype == DType::Q8_0) && rows > 0 &&
+         rows % kInterleavedRows == 0;
 }
 
 void interleave_blocks(DType dtype, int64_t rows, int64_t cols, uint8_t* data) {

@@ -1,4 +1,4 @@
-// Q4_0 and Q4_1 weights laid out 8 rows at a time, the form the CPU backend keeps them in on
+// Q4_0, Q4_1 and Q8_0 weights laid out 8 rows at a time, the form the CPU backend keeps them in on
 // CPUs with AVX512-VNNI (KernelBackend::adopt_weight; docs/kernels.md, "Interleaved 4-bit
 // weights"). GGUF ships a matrix row after row; its decode kernel then reads one row's blocks
 // (18 bytes, a scale and 16 bytes of nibbles) and spends as many instructions gathering scales,
@@ -7,6 +7,7 @@
 //   Q4_0: the 8 rows' f16 scales d (16 bytes), then the nibbles in 4 chunks of 4 bytes per row
 //         (chunk k: bytes 4k..4k+3 of row 0's block, of row 1's, ... row 7's; 128 bytes);
 //   Q4_1: the 8 scales d, the 8 minimums m (32 bytes), then the same 128 bytes of nibbles;
+//   Q8_0: the 8 scales d, then the 32 values in 8 chunks of 4 bytes per row (256 bytes);
 // so 8 x the block's own bytes, and a group of 8 rows takes exactly the bytes the 8 rows took.
 // A 32-bit lane of a chunk register is one row's 4 bytes: vpdpbusd against 4 activation bytes
 // broadcast to every lane gives the 8 rows' dot products in the 8 lanes, and the scales come
@@ -25,7 +26,7 @@ constexpr int kInterleavedRows = 8;
 // How a matrix of block weights lies in memory.
 enum class BlockLayout : uint8_t {
   kRowMajor,      // row after row, ggml's blocks as GGUF ships them
-  kInterleaved8,  // 8 rows at a time (above); Q4_0 and Q4_1 only
+  kInterleaved8,  // 8 rows at a time (above); Q4_0, Q4_1 and Q8_0 only
 };
 
 // True where `dtype` has an interleaved form and `rows` divides into groups of 8.

@@ -24,8 +24,9 @@ struct WeightMatrix {
   int64_t cols = 0;
   AlignedBuffer data;         // rows * dtype_row_bytes(dtype, cols) bytes
   std::vector<float> scales;  // I8 only: rows * (cols / kInt8GroupSize)
-  // Block types: how `data` lies (interleaved_blocks.h). The CPU backend interleaves Q4_0 and
-  // Q4_1 when it adopts them; everything that reads rows (dequantize_row, at) follows the field.
+  // Block types: how `data` lies (interleaved_blocks.h). The CPU backend interleaves Q4_0, Q4_1
+  // and Q8_0 when it adopts them; everything that reads rows (dequantize_row, at) follows the
+  // field.
   BlockLayout layout = BlockLayout::kRowMajor;
   // Set once a device backend has taken the matrix (KernelBackend::adopt_weight): its copy in
   // the backend's memory, opaque here, which that backend's kernels read; `data` and `scales`

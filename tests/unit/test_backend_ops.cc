@@ -290,7 +290,8 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
                          " N=" + std::to_string(N) + " K=" + std::to_string(K));
         if (HasFatalFailure()) return;
         // The same matrix once the backend has adopted it, as the engine hands every weight
-        // over: the CPU backend interleaves Q4_0/Q4_1 8 rows at a time where it has AVX512-VNNI.
+        // over: the CPU backend interleaves Q4_0/Q4_1/Q8_0 8 rows at a time where it has
+        // AVX512-VNNI.
         WeightMatrix adopted = make_weight_matrix(values.data(), N, K, dtype);
         backend_->adopt_weight(adopted);
         if (adopted.layout == BlockLayout::kInterleaved8) {

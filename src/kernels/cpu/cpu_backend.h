@@ -45,7 +45,7 @@ class CpuBackend final : public KernelBackend {
                        const float* q, KVCacheLayerView cache, float* out) const override;
   void embedding(const WeightMatrix& table, int64_t row_begin, const int32_t* tokens, int64_t T,
                  float* out) const override;
-  // Keeps the matrix in host memory; Q4_0 and Q4_1 weights with whole groups of 8 rows are
+  // Keeps the matrix in host memory; Q4_0, Q4_1 and Q8_0 weights with whole groups of 8 rows are
   // rewritten in place to the 8-row interleaved layout (model/interleaved_blocks.h) where this
   // backend's block kernels are the AVX512-VNNI ones and interleaving is on.
   void adopt_weight(WeightMatrix& w) const override;

@@ -1,4 +1,4 @@
-// Q4_0 and Q4_1 matmul on interleaved weights (model/interleaved_blocks.h) with AVX512-VNNI
+// Q4_0, Q4_1 and Q8_0 matmul on interleaved weights (model/interleaved_blocks.h) with AVX512-VNNI
 // vpdpbusd on 256-bit registers: 8 weight rows per register, one per 32-bit lane, for every M.
 // Only called when the CPU reports AVX512-VNNI; the CPU backend interleaves only then.
 //
@@ -37,14 +37,18 @@ struct SplitX {
   const float* s;        // [blocks]: d x the sum of the int16 activations (Q4_1's minimum term)
 };
 
+// Q8_0 stores hi + 128 (unsigned) instead: its weights are signed, so vpdpbusd needs x as the
+// unsigned operand, and the kernel takes 128 x the weights' sum back off.
+template <DType T>
 void split_activations(const Q16Blocks& a, int64_t m, int64_t blocks, uint8_t* bytes,
                        int32_t* start) {
   const __m512i ones = _mm512_set1_epi16(1);
+  const __m256i bias = _mm256_set1_epi8(T == DType::Q8_0 ? static_cast<char>(0x80) : 0);
   for (int64_t b = 0; b < blocks; ++b) {
     const __m512i x = _mm512_loadu_si512(a.q + m * a.K + b * 32);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + b * 64), _mm512_cvtepi16_epi8(x));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + b * 64 + 32),
-                        _mm512_cvtepi16_epi8(_mm512_srai_epi16(x, 8)));
+                        _mm256_xor_si256(_mm512_cvtepi16_epi8(_mm512_srai_epi16(x, 8)), bias));
     start[b] = -8 * _mm512_reduce_add_epi32(_mm512_madd_epi16(x, ones));
   }
 }
@@ -103,6 +107,55 @@ void group_rows(const SplitX* x, const uint8_t* group, int64_t blocks, const flo
   for (int i = 0; i < MR; ++i) _mm256_storeu_ps(y[i], _mm256_add_ps(acc[i], b8));
 }
 
+// Q8_0: per block column 8 chunks of signed bytes (values 4k..4k+3 of each row). With hi'
+// = hi + 128 unsigned, sum(w * x) = sum(lo * w) + 256 * (sum(hi' * w) - 128 * sum(w)); the
+// weights' sums (vpdpbusd against ones) serve every row of x.
+template <int MR>
+void group_rows_q8_0(const SplitX* x, const uint8_t* group, int64_t blocks, const float* bias,
+                     float* const* y) {
+  constexpr int column_bytes = 16 + 256;
+  const __m256i ones = _mm256_set1_epi8(1);
+  __m256 acc[MR];
+  for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* column = group + b * column_bytes;
+    for (int line = 0; line < 5; ++line) {
+      _mm_prefetch(reinterpret_cast<const char*>(column + 2 * column_bytes + 64 * line),
+                   _MM_HINT_T0);
+    }
+    const __m256 wd = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(column)));
+    __m256i w[8];
+    __m256i sum_a = _mm256_setzero_si256(), sum_b = _mm256_setzero_si256();
+    for (int k = 0; k < 8; ++k) {
+      w[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(column + 16 + 32 * k));
+    }
+    for (int k = 0; k < 8; k += 2) {
+      sum_a = _mm256_dpbusd_epi32(sum_a, ones, w[k]);
+      sum_b = _mm256_dpbusd_epi32(sum_b, ones, w[k + 1]);
+    }
+    const __m256i offset = _mm256_slli_epi32(_mm256_add_epi32(sum_a, sum_b), 7);  // 128 sum(w)
+    for (int i = 0; i < MR; ++i) {
+      const uint8_t* lo = x[i].bytes + b * 64;
+      const uint8_t* hi = lo + 32;
+      __m256i low_a = _mm256_setzero_si256(), low_b = _mm256_setzero_si256(),
+              high_a = _mm256_setzero_si256(), high_b = _mm256_setzero_si256();
+      for (int k = 0; k < 8; k += 2) {
+        low_a = _mm256_dpbusd_epi32(low_a, broadcast_4_bytes(lo + 4 * k), w[k]);
+        low_b = _mm256_dpbusd_epi32(low_b, broadcast_4_bytes(lo + 4 * k + 4), w[k + 1]);
+        high_a = _mm256_dpbusd_epi32(high_a, broadcast_4_bytes(hi + 4 * k), w[k]);
+        high_b = _mm256_dpbusd_epi32(high_b, broadcast_4_bytes(hi + 4 * k + 4), w[k + 1]);
+      }
+      const __m256i high = _mm256_sub_epi32(_mm256_add_epi32(high_a, high_b), offset);
+      const __m256i dot =
+          _mm256_add_epi32(_mm256_add_epi32(low_a, low_b), _mm256_slli_epi32(high, 8));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
+                               _mm256_mul_ps(wd, _mm256_set1_ps(x[i].d[b])), acc[i]);
+    }
+  }
+  const __m256 b8 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(y[i], _mm256_add_ps(acc[i], b8));
+}
+
 template <DType T, int MR>
 void rows_of_x(const SplitX* x, const WeightView& w, const float* bias, float* y, int64_t m0,
                int64_t n_begin, int64_t n_end) {
@@ -111,8 +164,12 @@ void rows_of_x(const SplitX* x, const WeightView& w, const float* bias, float* y
   for (int64_t n = n_begin; n < n_end; n += kGroup) {
     float* out[MR];
     for (int i = 0; i < MR; ++i) out[i] = y + (m0 + i) * N + n;
-    group_rows<T, MR>(x, static_cast<const uint8_t*>(w.data) + (n / kGroup) * group_bytes, blocks,
-                      bias ? bias + n : nullptr, out);
+    const uint8_t* group = static_cast<const uint8_t*>(w.data) + (n / kGroup) * group_bytes;
+    if constexpr (T == DType::Q8_0) {
+      group_rows_q8_0<MR>(x, group, blocks, bias ? bias + n : nullptr, out);
+    } else {
+      group_rows<T, MR>(x, group, blocks, bias ? bias + n : nullptr, out);
+    }
   }
 }
 
@@ -130,7 +187,7 @@ void matmul_typed(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const Weig
   for (int64_t i = 0; i < rows; ++i) {
     uint8_t* xb = bytes.data() + i * blocks * 64;
     int32_t* xs = starts.data() + i * blocks;
-    split_activations(a, m_begin + i, blocks, xb, xs);
+    split_activations<T>(a, m_begin + i, blocks, xb, xs);
     x[i] = {xb, xs, a.d + (m_begin + i) * blocks, a.s + (m_begin + i) * blocks};
   }
   // Weight groups outermost, so a group's bytes stay in cache across the rows of x (prefill).
@@ -160,10 +217,16 @@ void matmul_blocks_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_en
                                const WeightView& w, const float* bias, float* y, int64_t n_begin,
                                int64_t n_end) {
   if (m_begin >= m_end || n_begin >= n_end) return;
-  if (w.dtype == DType::Q4_0) {
-    matmul_typed<DType::Q4_0>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
-  } else {
-    matmul_typed<DType::Q4_1>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
+  switch (w.dtype) {
+    case DType::Q4_0:
+      matmul_typed<DType::Q4_0>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
+      break;
+    case DType::Q4_1:
+      matmul_typed<DType::Q4_1>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
+      break;
+    default:
+      matmul_typed<DType::Q8_0>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
+      break;
   }
 }
 
