@@ -317,6 +317,52 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
   if (cpu != nullptr && cpu->interleaves_blocks()) EXPECT_GT(interleaved_cases, 0);
 }
 
+// ALEM_CPU_DOT=all on interleaved Q4_0/Q4_1/Q8_0: x at ggml's 8-bit precision (one scale per
+// 32 values), held to that precision's bound, and no longer to the 16-bit one.
+TEST(CpuInterleavedBlocks, EightBitActivationsAreHeldToTheirBound) {
+  if (!cpu::isa_supported(cpu::Isa::kAvx512)) GTEST_SKIP() << "no AVX-512 on this CPU";
+  CpuBackend cpu(cpu::Isa::kAvx512, 2, true, /*bf16_dot_products=*/true);
+  if (!cpu.interleaves_blocks()) GTEST_SKIP() << "no AVX512-VNNI on this CPU";
+  ReferenceBackend ref;
+  uint32_t seed = 900;
+  bool beyond_16_bit_bound = false;
+  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
+    for (int64_t M : {1, 3, 6, 33}) {
+      const int64_t N = 40, K = 608;
+      const auto x = random_values(M * K, seed += 3, -2.f, 2.f);
+      const auto values = random_values(N * K, seed + 1);
+      WeightMatrix w = make_weight_matrix(values.data(), N, K, dtype);
+      std::vector<float> want(M * N), got(M * N);
+      ref.matmul(x.data(), M, w, nullptr, want.data());
+      cpu.adopt_weight(w);
+      ASSERT_EQ(w.layout, BlockLayout::kInterleaved8);
+      cpu.matmul(x.data(), M, w, nullptr, got.data());
+      std::vector<float> w_row(K);
+      for (int64_t n = 0; n < N; ++n) {
+        dequantize_row(w, n, w_row.data());
+        for (int64_t m = 0; m < M; ++m) {
+          double bound8 = 0, bound16 = 0, product = 0;
+          for (int64_t b = 0; b < K / 32; ++b) {
+            double amax = 0, w_abs = 0;
+            for (int64_t k = b * 32; k < b * 32 + 32; ++k) {
+              amax = std::max(amax, std::fabs(double(x[m * K + k])));
+              w_abs += std::fabs(double(w_row[k]));
+              product += std::fabs(double(x[m * K + k]) * w_row[k]);
+            }
+            bound8 += amax / 127 * 0.51 * w_abs;
+            bound16 += amax / 65534 * w_abs;
+          }
+          const double error = std::fabs(double(got[m * N + n]) - want[m * N + n]);
+          ASSERT_LE(error, bound8 + 1e-5 * product)
+              << dtype_name(dtype) << " M=" << M << " at " << m << "," << n;
+          beyond_16_bit_bound |= error > bound16 + 1e-5 * product;
+        }
+      }
+    }
+  }
+  EXPECT_TRUE(beyond_16_bit_bound) << "the 8-bit path rounded no more than the 16-bit one";
+}
+
 // ---------------------------------------------------------------------------------------------
 // Element-wise ops and embedding
 

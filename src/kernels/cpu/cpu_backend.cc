@@ -361,8 +361,9 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
   float* s = d + block_count;
   int16_t* q = reinterpret_cast<int16_t*>(s + block_count);
   blocks_.quantize(x, M, K, q, d, s);
-  const cpu::Q16Blocks a{q, d, s, K};
   const cpu::WeightView view = cpu::view_of(w);
+  // ALEM_CPU_DOT=all: interleaved weights at ggml's 8-bit activation precision.
+  const cpu::Q16Blocks a{q, d, s, K, dot_bf16_ && view.layout == BlockLayout::kInterleaved8};
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
   // Interleaved weights (only made where the block kernels are the AVX512-VNNI ones): runs of
   // 16 rows keep every thread's range in whole groups of 8.

@@ -187,6 +187,10 @@ struct Q16Blocks {
   const float* d = nullptr;
   const float* s = nullptr;
   int64_t K = 0;
+  // Interleaved weights only (matmul_blocks_interleaved): multiply with x rounded further to 8
+  // bits per block (q8 = round(q * 127 / 32767)), ggml's own activation precision, for twice
+  // the products per instruction (ALEM_CPU_DOT=all; docs/kernels.md).
+  bool eight_bit = false;
 };
 using QuantizeQ16Fn = void (*)(const float* x, int64_t M, int64_t K, int16_t* q, float* d,
                                float* s);

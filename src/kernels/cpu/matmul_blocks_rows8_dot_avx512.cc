@@ -39,17 +39,33 @@ struct SplitX {
 
 // Q8_0 stores hi + 128 (unsigned) instead: its weights are signed, so vpdpbusd needs x as the
 // unsigned operand, and the kernel takes 128 x the weights' sum back off.
+//
+// Eight-bit mode (a.eight_bit): the int16 values rounded to 8 bits, q8 = round(q * 127 / 32767)
+// (|q8| <= 127), kept in the high-byte slot with zero low bytes; the kernel then skips the low
+// products and the shift, and `d8` receives the scales d * 32767 / 127.
 template <DType T>
 void split_activations(const Q16Blocks& a, int64_t m, int64_t blocks, uint8_t* bytes,
-                       int32_t* start) {
+                       int32_t* start, float* d8) {
   const __m512i ones = _mm512_set1_epi16(1);
   const __m256i bias = _mm256_set1_epi8(T == DType::Q8_0 ? static_cast<char>(0x80) : 0);
+  const __m512 to_8_bits = _mm512_set1_ps(127.f / 32767.f);
   for (int64_t b = 0; b < blocks; ++b) {
-    const __m512i x = _mm512_loadu_si512(a.q + m * a.K + b * 32);
+    __m512i x = _mm512_loadu_si512(a.q + m * a.K + b * 32);
+    if (a.eight_bit) {
+      const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(x)));
+      const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(x, 1)));
+      const __m256i lo8 = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(lo, to_8_bits)));
+      const __m256i hi8 = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(hi, to_8_bits)));
+      // 256 * q8 in int16: the split below then puts q8 in the high bytes and 0 in the low.
+      x = _mm512_slli_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(lo8), hi8, 1), 8);
+      d8[b] = a.d[m * blocks + b] * (32767.f / 127.f);
+    }
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + b * 64), _mm512_cvtepi16_epi8(x));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + b * 64 + 32),
                         _mm256_xor_si256(_mm512_cvtepi16_epi8(_mm512_srai_epi16(x, 8)), bias));
-    start[b] = -8 * _mm512_reduce_add_epi32(_mm512_madd_epi16(x, ones));
+    // Q4_0's start: -8 x the sum of the values the products use (q8 in eight-bit mode).
+    const __m512i used = a.eight_bit ? _mm512_srai_epi16(x, 8) : x;
+    start[b] = -8 * _mm512_reduce_add_epi32(_mm512_madd_epi16(used, ones));
   }
 }
 
@@ -60,7 +76,7 @@ inline __m256i broadcast_4_bytes(const uint8_t* p) {
 }
 
 // y[m][n .. n + 8) for MR rows of x from the group of 8 weight rows starting at row n.
-template <DType T, int MR>
+template <DType T, int MR, bool kEightBit>
 void group_rows(const SplitX* x, const uint8_t* group, int64_t blocks, const float* bias,
                 float* const* y) {
   constexpr int scale_bytes = T == DType::Q4_0 ? 16 : 32;  // 8 d (and 8 m) in f16
@@ -87,13 +103,17 @@ void group_rows(const SplitX* x, const uint8_t* group, int64_t blocks, const flo
       __m256i low_b = _mm256_setzero_si256(), high_a = _mm256_setzero_si256(),
               high_b = _mm256_setzero_si256();
       for (int k = 0; k < 4; ++k) {
-        low_a = _mm256_dpbusd_epi32(low_a, broadcast_4_bytes(lo + 4 * k), q_lo[k]);
-        low_b = _mm256_dpbusd_epi32(low_b, broadcast_4_bytes(lo + 16 + 4 * k), q_hi[k]);
+        if constexpr (!kEightBit) {
+          low_a = _mm256_dpbusd_epi32(low_a, broadcast_4_bytes(lo + 4 * k), q_lo[k]);
+          low_b = _mm256_dpbusd_epi32(low_b, broadcast_4_bytes(lo + 16 + 4 * k), q_hi[k]);
+        }
         high_a = _mm256_dpbusd_epi32(high_a, q_lo[k], broadcast_4_bytes(hi + 4 * k));
         high_b = _mm256_dpbusd_epi32(high_b, q_hi[k], broadcast_4_bytes(hi + 16 + 4 * k));
       }
+      // Eight-bit: the values sit in the high bytes alone, taken at their own weight.
+      const __m256i high = _mm256_add_epi32(high_a, high_b);
       const __m256i dot = _mm256_add_epi32(_mm256_add_epi32(low_a, low_b),
-                                           _mm256_slli_epi32(_mm256_add_epi32(high_a, high_b), 8));
+                                           kEightBit ? high : _mm256_slli_epi32(high, 8));
       acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
                                _mm256_mul_ps(wd, _mm256_set1_ps(x[i].d[b])), acc[i]);
       if constexpr (T == DType::Q4_1) {
@@ -110,7 +130,7 @@ void group_rows(const SplitX* x, const uint8_t* group, int64_t blocks, const flo
 // Q8_0: per block column 8 chunks of signed bytes (values 4k..4k+3 of each row). With hi'
 // = hi + 128 unsigned, sum(w * x) = sum(lo * w) + 256 * (sum(hi' * w) - 128 * sum(w)); the
 // weights' sums (vpdpbusd against ones) serve every row of x.
-template <int MR>
+template <int MR, bool kEightBit>
 void group_rows_q8_0(const SplitX* x, const uint8_t* group, int64_t blocks, const float* bias,
                      float* const* y) {
   constexpr int column_bytes = 16 + 256;
@@ -140,14 +160,16 @@ void group_rows_q8_0(const SplitX* x, const uint8_t* group, int64_t blocks, cons
       __m256i low_a = _mm256_setzero_si256(), low_b = _mm256_setzero_si256(),
               high_a = _mm256_setzero_si256(), high_b = _mm256_setzero_si256();
       for (int k = 0; k < 8; k += 2) {
-        low_a = _mm256_dpbusd_epi32(low_a, broadcast_4_bytes(lo + 4 * k), w[k]);
-        low_b = _mm256_dpbusd_epi32(low_b, broadcast_4_bytes(lo + 4 * k + 4), w[k + 1]);
+        if constexpr (!kEightBit) {
+          low_a = _mm256_dpbusd_epi32(low_a, broadcast_4_bytes(lo + 4 * k), w[k]);
+          low_b = _mm256_dpbusd_epi32(low_b, broadcast_4_bytes(lo + 4 * k + 4), w[k + 1]);
+        }
         high_a = _mm256_dpbusd_epi32(high_a, broadcast_4_bytes(hi + 4 * k), w[k]);
         high_b = _mm256_dpbusd_epi32(high_b, broadcast_4_bytes(hi + 4 * k + 4), w[k + 1]);
       }
       const __m256i high = _mm256_sub_epi32(_mm256_add_epi32(high_a, high_b), offset);
-      const __m256i dot =
-          _mm256_add_epi32(_mm256_add_epi32(low_a, low_b), _mm256_slli_epi32(high, 8));
+      const __m256i dot = _mm256_add_epi32(_mm256_add_epi32(low_a, low_b),
+                                           kEightBit ? high : _mm256_slli_epi32(high, 8));
       acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
                                _mm256_mul_ps(wd, _mm256_set1_ps(x[i].d[b])), acc[i]);
     }
@@ -156,7 +178,7 @@ void group_rows_q8_0(const SplitX* x, const uint8_t* group, int64_t blocks, cons
   for (int i = 0; i < MR; ++i) _mm256_storeu_ps(y[i], _mm256_add_ps(acc[i], b8));
 }
 
-template <DType T, int MR>
+template <DType T, int MR, bool kEightBit>
 void rows_of_x(const SplitX* x, const WeightView& w, const float* bias, float* y, int64_t m0,
                int64_t n_begin, int64_t n_end) {
   const int64_t K = w.cols, N = w.rows, blocks = K / 32;
@@ -166,9 +188,33 @@ void rows_of_x(const SplitX* x, const WeightView& w, const float* bias, float* y
     for (int i = 0; i < MR; ++i) out[i] = y + (m0 + i) * N + n;
     const uint8_t* group = static_cast<const uint8_t*>(w.data) + (n / kGroup) * group_bytes;
     if constexpr (T == DType::Q8_0) {
-      group_rows_q8_0<MR>(x, group, blocks, bias ? bias + n : nullptr, out);
+      group_rows_q8_0<MR, kEightBit>(x, group, blocks, bias ? bias + n : nullptr, out);
     } else {
-      group_rows<T, MR>(x, group, blocks, bias ? bias + n : nullptr, out);
+      group_rows<T, MR, kEightBit>(x, group, blocks, bias ? bias + n : nullptr, out);
+    }
+  }
+}
+
+// Weight groups outermost, so a group's bytes stay in cache across the rows of x (prefill).
+template <DType T, bool kEightBit>
+void groups_of_x(const SplitX* x, int64_t rows, const WeightView& w, const float* bias, float* y,
+                 int64_t m_begin, int64_t n_begin, int64_t n_end) {
+  for (int64_t n = n_begin; n < n_end; n += kGroup) {
+    int64_t i = 0;
+    for (; i + kMaxRowsOfX <= rows; i += kMaxRowsOfX)
+      rows_of_x<T, kMaxRowsOfX, kEightBit>(x + i, w, bias, y, m_begin + i, n, n + kGroup);
+    switch (rows - i) {
+      case 3:
+        rows_of_x<T, 3, kEightBit>(x + i, w, bias, y, m_begin + i, n, n + kGroup);
+        break;
+      case 2:
+        rows_of_x<T, 2, kEightBit>(x + i, w, bias, y, m_begin + i, n, n + kGroup);
+        break;
+      case 1:
+        rows_of_x<T, 1, kEightBit>(x + i, w, bias, y, m_begin + i, n, n + kGroup);
+        break;
+      default:
+        break;
     }
   }
 }
@@ -180,34 +226,23 @@ void matmul_typed(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const Weig
   // This thread's rows of x, split into bytes once (64 bytes + 4 per block and row).
   thread_local std::vector<uint8_t> bytes;
   thread_local std::vector<int32_t> starts;
+  thread_local std::vector<float> scales8;
   const int64_t rows = m_end - m_begin;
   bytes.resize(static_cast<size_t>(rows * blocks * 64));
   starts.resize(static_cast<size_t>(rows * blocks));
+  scales8.resize(a.eight_bit ? static_cast<size_t>(rows * blocks) : 0);
   std::vector<SplitX> x(static_cast<size_t>(rows));
   for (int64_t i = 0; i < rows; ++i) {
     uint8_t* xb = bytes.data() + i * blocks * 64;
     int32_t* xs = starts.data() + i * blocks;
-    split_activations<T>(a, m_begin + i, blocks, xb, xs);
-    x[i] = {xb, xs, a.d + (m_begin + i) * blocks, a.s + (m_begin + i) * blocks};
+    float* d8 = a.eight_bit ? scales8.data() + i * blocks : nullptr;
+    split_activations<T>(a, m_begin + i, blocks, xb, xs, d8);
+    x[i] = {xb, xs, a.eight_bit ? d8 : a.d + (m_begin + i) * blocks, a.s + (m_begin + i) * blocks};
   }
-  // Weight groups outermost, so a group's bytes stay in cache across the rows of x (prefill).
-  for (int64_t n = n_begin; n < n_end; n += kGroup) {
-    int64_t i = 0;
-    for (; i + kMaxRowsOfX <= rows; i += kMaxRowsOfX)
-      rows_of_x<T, kMaxRowsOfX>(x.data() + i, w, bias, y, m_begin + i, n, n + kGroup);
-    switch (rows - i) {
-      case 3:
-        rows_of_x<T, 3>(x.data() + i, w, bias, y, m_begin + i, n, n + kGroup);
-        break;
-      case 2:
-        rows_of_x<T, 2>(x.data() + i, w, bias, y, m_begin + i, n, n + kGroup);
-        break;
-      case 1:
-        rows_of_x<T, 1>(x.data() + i, w, bias, y, m_begin + i, n, n + kGroup);
-        break;
-      default:
-        break;
-    }
+  if (a.eight_bit) {
+    groups_of_x<T, true>(x.data(), rows, w, bias, y, m_begin, n_begin, n_end);
+  } else {
+    groups_of_x<T, false>(x.data(), rows, w, bias, y, m_begin, n_begin, n_end);
   }
 }
 
