@@ -198,7 +198,8 @@ std::unique_ptr<KernelBackend> make_cpu_backend() {
     isa = wanted;
   }
   // ALEM_CPU_DOT: 0 keeps the exact f32 kernels everywhere; unset or "int8" uses the int8 VNNI
-  // kernels; "all" also the bf16 ones (which round activations to bf16).
+  // kernels; "all" also the bf16 ones (which round activations to bf16) and 8-bit activations
+  // for interleaved block weights (ggml's precision).
   const char* dot_env = std::getenv("ALEM_CPU_DOT");
   const std::string dot = dot_env ? dot_env : "int8";
   ALEM_CHECK(dot == "0" || dot == "int8" || dot == "all",
