@@ -65,9 +65,9 @@ struct ParallelShape {
 // Where the served model is reached ([network]).
 struct NetworkEndpoints {
   std::string host = "127.0.0.1";  // HTTP bind address on the node of world rank 0 (loopback)
-  int port = 8000;               // OpenAI-compatible HTTP API
-  int metrics_port = 0;          // Prometheus metrics; 0 = none
-  std::string queue;             // "host:port" of the network's pull queue; empty = HTTP only
+  int port = 8000;                 // OpenAI-compatible HTTP API
+  int metrics_port = 0;            // Prometheus metrics; 0 = none
+  std::string queue;               // "host:port" of the network's pull queue; empty = HTTP only
 };
 
 // Server limits ([limits]).

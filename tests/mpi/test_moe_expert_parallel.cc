@@ -14,9 +14,9 @@
 
 #include "engine/transformer.h"
 #include "kernels/backend.h"
+#include "moe_golden.h"
 #include "mpi/mpi_context.h"
 #include "mpi_test.h"
-#include "moe_golden.h"
 
 namespace alem {
 namespace {

@@ -240,9 +240,8 @@ TEST(JsonSchemaSubset, EnumAndConst) {
 }
 
 TEST(JsonSchemaSubset, RefusesWhatItCannotEnforceByName) {
-  for (const char* keyword :
-       {"$ref", "anyOf", "oneOf", "allOf", "not", "format", "minimum", "maximum",
-        "prefixItems", "patternProperties", "uniqueItems", "if"}) {
+  for (const char* keyword : {"$ref", "anyOf", "oneOf", "allOf", "not", "format", "minimum",
+                              "maximum", "prefixItems", "patternProperties", "uniqueItems", "if"}) {
     const json s = {{"type", "object"},
                     {"properties", {{"a", {{"type", "string"}, {keyword, "x"}}}}}};
     try {
