@@ -10,7 +10,10 @@
 #      rounding `alem convert` applies, so both servers hold the same bf16 weights) and to Q8_0
 #      (32-weight groups of int8 with one scale, as alem's int8 store; scales are f16 there and
 #      f32 here, so the int8 values can differ in the last bit),
-#   4. runs bench/llama_server_compare.py: both servers up, the same streaming load at 1, 4 and
+#   4. keeps the block types as they are for a third and fourth pair: the Q8_0 file above and
+#      models/SmolLM2-135M-Instruct.Q4_0.gguf (made by bench/llama_bench_compare.sh), each served
+#      by both from the same GGUF (`alem convert --dtype auto` keeps the blocks),
+#   5. runs bench/llama_server_compare.py: both servers up, the same streaming load at 1, 4 and
 #      16 streams alternating between them, and a table of tok/s, TTFT, ITL and scaling.
 #
 #   bench/llama_server_compare.sh [extra llama_server_compare.py options, e.g. --levels 1,4,16]
@@ -49,12 +52,27 @@ done
 # llama.cpp's AMX kernels (built by -march=native where the CPU has AMX) run Q8_0 matmuls; a GCC
 # build of them stops with SIGILL at the first tile load (see bench/llama_build.sh). For GCC
 # builds LLAMA_Q8_ARGS defaults to --no-repack (no AMX, no weight repacking), for clang builds to
-# nothing; it goes to the Q8_0 server only.
-if [ "${LLAMA_CC:-gcc}" = clang ] || [ "${LLAMA_NO_AMX:-0}" = 1 ]; then
+# nothing, and to nothing on CPUs without AMX; it goes to the servers of the Q8_0 and Q4_0
+# files (the AMX kernels take both).
+if [ "${LLAMA_CC:-gcc}" = clang ] || [ "${LLAMA_NO_AMX:-0}" = 1 ] || ! grep -qw amx_tile /proc/cpuinfo; then
   q8_args=${LLAMA_Q8_ARGS-}
 else
   q8_args=${LLAMA_Q8_ARGS---no-repack}
 fi
+
+# Block weights, the SAME GGUF file for both servers: alem converts it keeping its blocks (Q8_0
+# here, and the Q4_0 file bench/llama_bench_compare.sh makes, when present), which the CPU
+# backend interleaves at load on AVX512-VNNI (docs/kernels.md).
+block_pairs=()
+for type in Q8_0 Q4_0; do
+  gguf="$work/SmolLM2-135M-Instruct.$type.gguf"
+  [ "$type" = Q4_0 ] && gguf="$root/models/SmolLM2-135M-Instruct.Q4_0.gguf"
+  [ -f "$gguf" ] || continue
+  store="$work/serve-$type.h5"
+  [ -f "$store" ] && [ "$store" -nt "$gguf" ] ||
+    "$alem" convert "$gguf" "$store" --dtype auto --name "smollm2-$type" >/dev/null
+  block_pairs+=(--pair "$store=$gguf=$(tr 'A-Z' 'a-z' <<<"$type")-blocks=$q8_args")
+done
 
 # The load generator uses the official `openai` client; make a venv with it when missing.
 python=python3
@@ -70,5 +88,5 @@ echo "== $(nproc) cores, $threads threads per server, load average $(cut -d' ' -
   --threads "$threads" --log-dir "$work/logs" --csv "$work/llama_server_compare.csv" \
   --pair "$root/models/smollm2-135m-instruct.h5=$work/SmolLM2-135M-Instruct.BF16.gguf=bf16" \
   --pair "$root/models/smollm2-135m-instruct-int8.h5=$work/SmolLM2-135M-Instruct.Q8_0.gguf=int8-q8_0=$q8_args" \
-  "$@"
+  "${block_pairs[@]}" "$@"
 echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg); CSV: $work/llama_server_compare.csv"
