@@ -94,6 +94,26 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
   expect_close(got, want, scale, tol, what);
 }
 
+// Per output (m, n) of x[M][K] times a weight row: sum |x w| and, per block of 32, the largest
+// |x| times sum |w| (the block kernels' activation rounding scales with it).
+struct BlockSums {
+  double product = 0;
+  std::vector<double> amax_times_w;  // one per block
+};
+BlockSums block_sums(const std::vector<float>& x, int64_t m, int64_t K, const float* w_row) {
+  BlockSums sums;
+  for (int64_t b = 0; b < K / 32; ++b) {
+    double amax = 0, w_abs = 0;
+    for (int64_t k = b * 32; k < b * 32 + 32; ++k) {
+      amax = std::max(amax, std::fabs(double(x[m * K + k])));
+      w_abs += std::fabs(double(w_row[k]));
+      sums.product += std::fabs(double(x[m * K + k]) * w_row[k]);
+    }
+    sums.amax_times_w.push_back(amax * w_abs);
+  }
+  return sums;
+}
+
 class BackendOps : public ::testing::TestWithParam<BackendCase> {
  protected:
   void SetUp() override {
@@ -269,16 +289,10 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
         for (int64_t n = 0; n < N; ++n) {
           dequantize_row(w, n, w_row.data());
           for (int64_t m = 0; m < M; ++m) {
-            double product = 0, quantisation = 0;
-            for (int64_t b = 0; b < K / 32; ++b) {
-              double amax = 0, w_abs = 0;
-              for (int64_t k = b * 32; k < b * 32 + 32; ++k) {
-                amax = std::max(amax, std::fabs(double(x[m * K + k])));
-                w_abs += std::fabs(double(w_row[k]));
-                product += std::fabs(double(x[m * K + k]) * w_row[k]);
-              }
-              quantisation += amax / 65534 * w_abs;
-            }
+            const BlockSums sums = block_sums(x, m, K, w_row.data());
+            double quantisation = 0;
+            for (double a : sums.amax_times_w) quantisation += a / 65534;
+            const double product = sums.product;
             bound[m * N + n] = static_cast<float>(quantisation + 1e-5 * product);
           }
         }
@@ -340,17 +354,10 @@ TEST(CpuInterleavedBlocks, EightBitActivationsAreHeldToTheirBound) {
       for (int64_t n = 0; n < N; ++n) {
         dequantize_row(w, n, w_row.data());
         for (int64_t m = 0; m < M; ++m) {
-          double bound8 = 0, bound16 = 0, product = 0;
-          for (int64_t b = 0; b < K / 32; ++b) {
-            double amax = 0, w_abs = 0;
-            for (int64_t k = b * 32; k < b * 32 + 32; ++k) {
-              amax = std::max(amax, std::fabs(double(x[m * K + k])));
-              w_abs += std::fabs(double(w_row[k]));
-              product += std::fabs(double(x[m * K + k]) * w_row[k]);
-            }
-            bound8 += amax / 127 * 0.51 * w_abs;
-            bound16 += amax / 65534 * w_abs;
-          }
+          const BlockSums sums = block_sums(x, m, K, w_row.data());
+          double bound8 = 0, bound16 = 0;
+          for (double a : sums.amax_times_w) bound8 += a / 127 * 0.51, bound16 += a / 65534;
+          const double product = sums.product;
           const double error = std::fabs(double(got[m * N + n]) - want[m * N + n]);
           ASSERT_LE(error, bound8 + 1e-5 * product)
               << dtype_name(dtype) << " M=" << M << " at " << m << "," << n;

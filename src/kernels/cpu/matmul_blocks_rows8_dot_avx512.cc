@@ -231,7 +231,8 @@ void matmul_typed(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const Weig
   bytes.resize(static_cast<size_t>(rows * blocks * 64));
   starts.resize(static_cast<size_t>(rows * blocks));
   scales8.resize(a.eight_bit ? static_cast<size_t>(rows * blocks) : 0);
-  std::vector<SplitX> x(static_cast<size_t>(rows));
+  thread_local std::vector<SplitX> x;  // per call, without an allocation on the decode path
+  x.resize(static_cast<size_t>(rows));
   for (int64_t i = 0; i < rows; ++i) {
     uint8_t* xb = bytes.data() + i * blocks * 64;
     int32_t* xs = starts.data() + i * blocks;
