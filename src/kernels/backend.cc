@@ -127,21 +127,26 @@ void KernelBackend::sampling_candidates(const float* logits, int64_t rows, int64
       for (int64_t i = 0; i < vocab; ++i) sum += std::exp(double(x[i]) - max_logit);
     }
     out.sum_exp[r] = sum;
-    auto better = [x](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
-    if (k == 1) {
-      int32_t best = 0;
-      for (int32_t i = 1; i < vocab; ++i) best = better(i, best) ? i : best;
-      out.values[r] = x[best];
-      out.indices[r] = best;
-      continue;
-    }
-    order.resize(static_cast<size_t>(vocab));
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), better);
-    for (int j = 0; j < k; ++j) {
-      out.values[r * k + j] = x[order[j]];
-      out.indices[r * k + j] = order[j];
-    }
+    select_top_k(x, vocab, k, order, &out.values[r * k], &out.indices[r * k]);
+  }
+}
+
+void select_top_k(const float* x, int64_t vocab, int k, std::vector<int32_t>& order, float* values,
+                  int32_t* indices) {
+  auto better = [x](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
+  if (k == 1) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < vocab; ++i) best = better(i, best) ? i : best;
+    values[0] = x[best];
+    indices[0] = best;
+    return;
+  }
+  order.resize(static_cast<size_t>(vocab));
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), better);
+  for (int j = 0; j < k; ++j) {
+    values[j] = x[order[j]];
+    indices[j] = order[j];
   }
 }
 

@@ -75,6 +75,10 @@ struct SamplingCandidates {
 constexpr int kMaxSamplingCandidates = 1024;
 // Throws alem::Error unless rows >= 0, 0 < vocab < 2^31 and 1 <= k <= min(vocab, the maximum).
 void check_sampling_candidates_args(int64_t rows, int64_t vocab, int k);
+// The k best entries of one row (k >= 1), best first, ties to the lower index: the candidate
+// selection every backend's host path shares. `order` is scratch.
+void select_top_k(const float* x, int64_t vocab, int k, std::vector<int32_t>& order, float* values,
+                  int32_t* indices);
 
 // Where a backend's buffers live. The CPU backends use host memory; CUDA uses device memory.
 enum class MemorySpace : uint8_t { kHost = 0, kDevice = 1 };

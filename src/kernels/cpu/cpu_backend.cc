@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -83,6 +84,7 @@ KernelTable kernel_table(Isa isa) {
       t.silu_mul_rows = avx512::silu_mul_rows;
       t.rmsnorm_rows = avx512::rmsnorm_rows;
       t.add_range = avx512::add_range;
+      t.logit_row_stats = avx512::logit_row_stats;
       break;
     case Isa::kAvx2:
       t.matmul_stream = avx2::matmul_stream;
@@ -92,6 +94,7 @@ KernelTable kernel_table(Isa isa) {
       t.silu_mul_rows = avx2::silu_mul_rows;
       t.rmsnorm_rows = avx2::rmsnorm_rows;
       t.add_range = avx2::add_range;
+      t.logit_row_stats = scalar::logit_row_stats;
       break;
     case Isa::kScalar:
       t.matmul_stream = scalar::matmul_stream;
@@ -101,6 +104,7 @@ KernelTable kernel_table(Isa isa) {
       t.silu_mul_rows = scalar::silu_mul_rows;
       t.rmsnorm_rows = scalar::rmsnorm_rows;
       t.add_range = scalar::add_range;
+      t.logit_row_stats = scalar::logit_row_stats;
       break;
   }
   return t;
@@ -625,6 +629,43 @@ void CpuBackend::paged_attention(const AttentionShape& shape, const AttentionSeq
       for (int d = 0; d < shape.head_dim; ++d) o[d] *= inv;
     }
   }
+}
+
+void CpuBackend::sampling_candidates(const float* logits, int64_t rows, int64_t vocab, int k,
+                                     SamplingCandidates& out) const {
+  check_sampling_candidates_args(rows, vocab, k);
+  const auto n = static_cast<size_t>(rows);
+  out.k = k;
+  out.values.assign(n * k, std::numeric_limits<float>::quiet_NaN());
+  out.indices.assign(n * k, -1);
+  out.max_logit.assign(n, -std::numeric_limits<float>::infinity());
+  out.sum_exp.assign(n, 0.0);
+  out.invalid.assign(n, 0);
+  if (rows == 0) return;
+  // About ten operations per logit (two passes, a double exp per entry).
+  const int threads = static_cast<int>(
+      std::min<int64_t>(rows, threads_for(10.0 * static_cast<double>(rows) * vocab, max_threads_)));
+  run_on_threads(threads, [&](int index, int count) {
+    const auto [r0, r1] = split_range(rows, count, index, 1);
+    std::vector<int32_t> order;
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* x = logits + r * vocab;
+      cpu::LogitRowStats stats;
+      kernels_.logit_row_stats(x, vocab, &stats);
+      if (stats.invalid) {
+        out.invalid[r] = 1;
+        continue;
+      }
+      out.max_logit[r] = stats.max_logit;
+      out.sum_exp[r] = stats.sum_exp;
+      if (k == 1) {
+        out.values[r] = x[stats.argmax];
+        out.indices[r] = stats.argmax;
+      } else {
+        select_top_k(x, vocab, k, order, &out.values[r * k], &out.indices[r * k]);
+      }
+    }
+  });
 }
 
 void CpuBackend::embedding(const WeightMatrix& table, int64_t row_begin, const int32_t* tokens,

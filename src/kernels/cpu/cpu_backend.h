@@ -49,6 +49,10 @@ class CpuBackend final : public KernelBackend {
   // Keeps the matrix in host memory; Q4_0, Q4_1 and Q8_0 weights with whole groups of 8 rows are
   // rewritten in place to the 8-row interleaved layout (model/interleaved_blocks.h) where this
   // backend's block kernels are the AVX512-VNNI ones and interleaving is on.
+  // Row statistics by the vector kernel (sampling_*.cc), rows split over the threads; the top-k
+  // selection as every backend's host path.
+  void sampling_candidates(const float* logits, int64_t rows, int64_t vocab, int k,
+                           SamplingCandidates& out) const override;
   void adopt_weight(WeightMatrix& w) const override;
   // Whether adopt_weight interleaves (on by default where it can; ALEM_CPU_INTERLEAVE=0 keeps
   // GGUF's row-major layout, for before/after measurements).
