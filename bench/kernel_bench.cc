@@ -257,12 +257,22 @@ void print_model_projection(const Options& o, const std::map<std::string, double
 
 void bench_attention(const Options& o) {
   std::printf("\n## paged attention, 9 heads / 3 kv heads x 64, block 16, one layer\n\n");
-  std::printf("| case | context | thr | us/call | KV GB/s |\n|---|---:|---:|---:|---:|\n");
+  std::printf(
+      "| case | cache | context | thr | us/call | KV GB/s |\n|---|---|---:|---:|---:|---:|\n");
   const AttentionShape shape{9, 3, 64, 16, 0.125f};
   const int max_context = 8192;
   const int blocks = max_context / shape.block_size + 1;
   const size_t block_floats = size_t(shape.block_size) * shape.num_kv_heads * shape.head_dim;
-  std::vector<float> k(blocks * block_floats, 0.01f), v(blocks * block_floats, 0.02f);
+  std::vector<float> k(blocks * block_floats), v(blocks * block_floats);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (float& x : k) x = normal(rng);
+  for (float& x : v) x = normal(rng);
+  std::vector<uint16_t> k16(k.size()), v16(v.size());
+  for (size_t i = 0; i < k.size(); ++i) {
+    k16[i] = f32_to_bf16(k[i]);
+    v16[i] = f32_to_bf16(v[i]);
+  }
   std::vector<int32_t> table(blocks);
   for (int i = 0; i < blocks; ++i) table[i] = (i * 37) % blocks;  // scattered blocks
   std::vector<float> q(256 * shape.num_heads * shape.head_dim, 0.1f), out(q.size());
@@ -270,26 +280,30 @@ void bench_attention(const Options& o) {
     const char* name;
     int q_count, start_pos;
   };
-  const Case cases[] = {{"decode", 1, 511},
-                        {"decode", 1, 2047},
-                        {"decode", 1, 8191},
-                        {"prefill 256", 256, 0},
+  const Case cases[] = {{"decode", 1, 63},         {"decode", 1, 127},  {"decode", 1, 511},
+                        {"decode", 1, 2047},       {"decode", 1, 8191}, {"prefill 256", 256, 0},
                         {"prefill 256", 256, 1792}};
   for (const Case& c : cases) {
-    for (int threads : o.threads) {
-      CpuBackend cpu(cpu::best_supported_isa(), threads);
-      AttentionSequence seq{0, c.q_count, c.start_pos, table.data()};
-      double best = 1e30;
-      for (int rep = 0; rep < (o.quick ? 5 : 20); ++rep) {
-        const double start = threads == 1 ? thread_cpu_seconds() : now_seconds();
-        cpu.paged_attention(shape, &seq, 1, q.data(), {k.data(), v.data()}, out.data());
-        best = std::min(best, (threads == 1 ? thread_cpu_seconds() : now_seconds()) - start);
+    for (DType dtype : {DType::F32, DType::BF16}) {
+      const KVCacheLayerView cache = dtype == DType::F32
+                                         ? KVCacheLayerView{k.data(), v.data(), dtype}
+                                         : KVCacheLayerView{k16.data(), v16.data(), dtype};
+      for (int threads : o.threads) {
+        CpuBackend cpu(cpu::best_supported_isa(), threads);
+        AttentionSequence seq{0, c.q_count, c.start_pos, table.data()};
+        double best = 1e30;
+        for (int rep = 0; rep < (o.quick ? 5 : 20); ++rep) {
+          const double start = threads == 1 ? thread_cpu_seconds() : now_seconds();
+          cpu.paged_attention(shape, &seq, 1, q.data(), cache, out.data());
+          best = std::min(best, (threads == 1 ? thread_cpu_seconds() : now_seconds()) - start);
+        }
+        const int context = c.start_pos + c.q_count;
+        const double kv_bytes =
+            2.0 * context * shape.num_kv_heads * shape.head_dim * dtype_size(dtype);
+        std::printf("| %s | %s | %d | %d | %.1f | %.1f |\n", c.name, dtype_name(dtype).c_str(),
+                    context, threads, best * 1e6, kv_bytes / best / 1e9);
+        std::fflush(stdout);
       }
-      const int context = c.start_pos + c.q_count;
-      const double kv_bytes = 2.0 * context * shape.num_kv_heads * shape.head_dim * 4;
-      std::printf("| %s | %d | %d | %.1f | %.1f |\n", c.name, context, threads, best * 1e6,
-                  kv_bytes / best / 1e9);
-      std::fflush(stdout);
     }
   }
 }
