@@ -5,6 +5,7 @@
 // must agree on where the valid records end. ALEM_FUZZ_MAKE_SEEDS=<dir> writes real journals.
 #include <unistd.h>
 
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -18,11 +19,20 @@ namespace {
 
 using namespace alem::network;
 
+std::filesystem::path journal_dir() {
+  return std::filesystem::temp_directory_path() / ("alem-fuzz-journal-" + std::to_string(getpid()));
+}
+
+// The run's own directory goes when the fuzzer exits (a run of the test labels made one each).
+void remove_journal_dir() {
+  std::error_code ignored;
+  std::filesystem::remove_all(journal_dir(), ignored);
+}
+
 std::string journal_path() {
-  static const std::string path =
-      (std::filesystem::temp_directory_path() / ("alem-fuzz-journal-" + std::to_string(getpid())) /
-       "usage.journal")
-          .string();
+  static const std::string path = (journal_dir() / "usage.journal").string();
+  static const bool cleanup_registered = std::atexit(remove_journal_dir) == 0;
+  (void)cleanup_registered;
   std::filesystem::create_directories(std::filesystem::path(path).parent_path());
   return path;
 }
