@@ -98,8 +98,7 @@ void check_sampling_candidates_args(int64_t rows, int64_t vocab, int k) {
                  std::to_string(kMaxSamplingCandidates) + ", vocab " + std::to_string(vocab) + ")");
 }
 
-void KernelBackend::sampling_candidates(const float* logits, int64_t rows, int64_t vocab, int k,
-                                        SamplingCandidates& out) const {
+void start_sampling_candidates(int64_t rows, int64_t vocab, int k, SamplingCandidates& out) {
   check_sampling_candidates_args(rows, vocab, k);
   const auto n = static_cast<size_t>(rows);
   out.k = k;
@@ -108,6 +107,12 @@ void KernelBackend::sampling_candidates(const float* logits, int64_t rows, int64
   out.max_logit.assign(n, -std::numeric_limits<float>::infinity());
   out.sum_exp.assign(n, 0.0);
   out.invalid.assign(n, 0);
+}
+
+void KernelBackend::sampling_candidates(const float* logits, int64_t rows, int64_t vocab, int k,
+                                        SamplingCandidates& out) const {
+  start_sampling_candidates(rows, vocab, k, out);
+  const auto n = static_cast<size_t>(rows);
   std::vector<int32_t> order;
   for (size_t r = 0; r < n; ++r) {
     const float* x = logits + r * vocab;

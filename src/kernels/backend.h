@@ -75,6 +75,9 @@ struct SamplingCandidates {
 constexpr int kMaxSamplingCandidates = 1024;
 // Throws alem::Error unless rows >= 0, 0 < vocab < 2^31 and 1 <= k <= min(vocab, the maximum).
 void check_sampling_candidates_args(int64_t rows, int64_t vocab, int k);
+// Checks the arguments and sizes `out` for `rows` rows: values NaN, indices -1, maxima -inf,
+// sums 0, no row flagged (what a backend then fills in).
+void start_sampling_candidates(int64_t rows, int64_t vocab, int k, SamplingCandidates& out);
 // The k best entries of one row (k >= 1), best first, ties to the lower index: the candidate
 // selection every backend's host path shares. `order` is scratch.
 void select_top_k(const float* x, int64_t vocab, int k, std::vector<int32_t>& order, float* values,

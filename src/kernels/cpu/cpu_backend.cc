@@ -10,7 +10,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -633,14 +632,7 @@ void CpuBackend::paged_attention(const AttentionShape& shape, const AttentionSeq
 
 void CpuBackend::sampling_candidates(const float* logits, int64_t rows, int64_t vocab, int k,
                                      SamplingCandidates& out) const {
-  check_sampling_candidates_args(rows, vocab, k);
-  const auto n = static_cast<size_t>(rows);
-  out.k = k;
-  out.values.assign(n * k, std::numeric_limits<float>::quiet_NaN());
-  out.indices.assign(n * k, -1);
-  out.max_logit.assign(n, -std::numeric_limits<float>::infinity());
-  out.sum_exp.assign(n, 0.0);
-  out.invalid.assign(n, 0);
+  start_sampling_candidates(rows, vocab, k, out);
   if (rows == 0) return;
   // About ten operations per logit (two passes, a double exp per entry).
   const int threads = static_cast<int>(
