@@ -109,50 +109,62 @@ void start_sampling_candidates(int64_t rows, int64_t vocab, int k, SamplingCandi
   out.invalid.assign(n, 0);
 }
 
-void KernelBackend::sampling_candidates(const float* logits, int64_t rows, int64_t vocab, int k,
-                                        SamplingCandidates& out) const {
-  start_sampling_candidates(rows, vocab, k, out);
-  const auto n = static_cast<size_t>(rows);
-  std::vector<int32_t> order;
-  for (size_t r = 0; r < n; ++r) {
-    const float* x = logits + r * vocab;
-    float max_logit = -std::numeric_limits<float>::infinity();
-    bool bad = false;
-    for (int64_t i = 0; i < vocab; ++i) {
-      bad |= !(x[i] < std::numeric_limits<float>::infinity());  // NaN or +inf
-      max_logit = std::max(max_logit, x[i]);
+void logit_row_stats(const float* x, int64_t n, LogitRowStats* out) {
+  float max_logit = -std::numeric_limits<float>::infinity();
+  int32_t argmax = 0;
+  bool bad = false;
+  for (int64_t i = 0; i < n; ++i) {
+    bad |= !(x[i] < std::numeric_limits<float>::infinity());  // NaN or +inf
+    if (x[i] > max_logit) {  // strictly: the first index of the maximum
+      max_logit = x[i];
+      argmax = static_cast<int32_t>(i);
     }
-    if (bad) {
+  }
+  out->invalid = bad;
+  if (bad) return;
+  out->max_logit = max_logit;
+  out->argmax = argmax;
+  double sum = 0.0;
+  if (max_logit != -std::numeric_limits<float>::infinity()) {
+    for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i]) - max_logit);
+  }
+  out->sum_exp = sum;
+}
+
+void fill_sampling_candidates(const float* logits, int64_t row_begin, int64_t row_end,
+                              int64_t vocab, int k, LogitRowStatsFn stats,
+                              SamplingCandidates& out) {
+  std::vector<int32_t> order;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const float* x = logits + r * vocab;
+    LogitRowStats row;
+    stats(x, vocab, &row);
+    if (row.invalid) {
       out.invalid[r] = 1;
       continue;
     }
-    out.max_logit[r] = max_logit;
-    double sum = 0.0;
-    if (max_logit != -std::numeric_limits<float>::infinity()) {
-      for (int64_t i = 0; i < vocab; ++i) sum += std::exp(double(x[i]) - max_logit);
+    out.max_logit[r] = row.max_logit;
+    out.sum_exp[r] = row.sum_exp;
+    if (k == 1) {
+      out.values[r] = x[row.argmax];
+      out.indices[r] = row.argmax;
+      continue;
     }
-    out.sum_exp[r] = sum;
-    select_top_k(x, vocab, k, order, &out.values[r * k], &out.indices[r * k]);
+    order.resize(static_cast<size_t>(vocab));
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                      [x](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); });
+    for (int j = 0; j < k; ++j) {
+      out.values[r * k + j] = x[order[j]];
+      out.indices[r * k + j] = order[j];
+    }
   }
 }
 
-void select_top_k(const float* x, int64_t vocab, int k, std::vector<int32_t>& order, float* values,
-                  int32_t* indices) {
-  auto better = [x](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
-  if (k == 1) {
-    int32_t best = 0;
-    for (int32_t i = 1; i < vocab; ++i) best = better(i, best) ? i : best;
-    values[0] = x[best];
-    indices[0] = best;
-    return;
-  }
-  order.resize(static_cast<size_t>(vocab));
-  std::iota(order.begin(), order.end(), 0);
-  std::partial_sort(order.begin(), order.begin() + k, order.end(), better);
-  for (int j = 0; j < k; ++j) {
-    values[j] = x[order[j]];
-    indices[j] = order[j];
-  }
+void KernelBackend::sampling_candidates(const float* logits, int64_t rows, int64_t vocab, int k,
+                                        SamplingCandidates& out) const {
+  start_sampling_candidates(rows, vocab, k, out);
+  fill_sampling_candidates(logits, 0, rows, vocab, k, logit_row_stats, out);
 }
 
 std::unique_ptr<KernelBackend> make_backend(const std::string& name) {

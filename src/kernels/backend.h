@@ -78,10 +78,22 @@ void check_sampling_candidates_args(int64_t rows, int64_t vocab, int k);
 // Checks the arguments and sizes `out` for `rows` rows: values NaN, indices -1, maxima -inf,
 // sums 0, no row flagged (what a backend then fills in).
 void start_sampling_candidates(int64_t rows, int64_t vocab, int k, SamplingCandidates& out);
-// The k best entries of one row (k >= 1), best first, ties to the lower index: the candidate
-// selection every backend's host path shares. `order` is scratch.
-void select_top_k(const float* x, int64_t vocab, int k, std::vector<int32_t>& order, float* values,
-                  int32_t* indices);
+// One row of logits summarised for sampling: `invalid` when it holds NaN or +inf (nothing else
+// is set); otherwise its maximum, the first index holding it, and the sum of exp(x - max) over
+// the row in double (0 when every logit is -inf).
+struct LogitRowStats {
+  bool invalid = false;
+  float max_logit = 0.f;
+  int32_t argmax = 0;
+  double sum_exp = 0.0;
+};
+using LogitRowStatsFn = void (*)(const float* x, int64_t n, LogitRowStats* out);
+// The portable form (a scalar loop, exp in double); the CPU backend has a vector one.
+void logit_row_stats(const float* x, int64_t n, LogitRowStats* out);
+// Rows [row_begin, row_end) of `out` (sized by start_sampling_candidates) from host logits:
+// each row's statistics by `stats`, then its k best entries, ties to the lower index.
+void fill_sampling_candidates(const float* logits, int64_t row_begin, int64_t row_end,
+                              int64_t vocab, int k, LogitRowStatsFn stats, SamplingCandidates& out);
 
 // Where a backend's buffers live. The CPU backends use host memory; CUDA uses device memory.
 enum class MemorySpace : uint8_t { kHost = 0, kDevice = 1 };

@@ -11,7 +11,8 @@
 //      accumulators in registers).
 // No step of a span waits on a per-chunk scalar chain, and K and V are read once per tile.
 // head_dim must be a multiple of 64 (64, 128, 192, 256); other sizes use the portable kernel.
-// The cache is f32 or bf16; bf16 rows are widened 16 at a time as they are loaded.
+// The cache is f32 or bf16; bf16 rows are split into even and odd elements as they are loaded
+// (load16 below).
 #include <immintrin.h>
 
 #include <cstdint>
@@ -67,18 +68,12 @@ inline __m512 load16(const uint16_t* row, int d) {
                                       : _mm512_slli_epi32(x, 16));
 }
 
-// Asks for the cache lines of one cache row (head_dim elements).
-template <typename KV>
-inline void prefetch_row(const KV* row, int head_dim, int hint) {
+// Asks for the cache lines of `elements` cache elements from `row` (kHint: _MM_HINT_T0 or T1).
+template <decltype(_MM_HINT_T0) kHint, typename KV>
+inline void prefetch_row(const KV* row, int elements) {
   const char* bytes = reinterpret_cast<const char*>(row);
-  const int size = head_dim * static_cast<int>(sizeof(KV));
-  for (int b = 0; b < size; b += 64) {
-    if (hint == _MM_HINT_T0) {
-      _mm_prefetch(bytes + b, _MM_HINT_T0);
-    } else {
-      _mm_prefetch(bytes + b, _MM_HINT_T1);
-    }
-  }
+  const int size = elements * static_cast<int>(sizeof(KV));
+  for (int b = 0; b < size; b += 64) _mm_prefetch(bytes + b, kHint);
 }
 
 template <typename KV>
@@ -292,23 +287,23 @@ void attention_typed(const AttentionShape& shape, const AttentionSequence& seq,
         }
         // 1. Scores, 16 keys at a time. In decode the cache is cold (the weights streamed
         // through since the last step) and its rows are scattered over blocks, beyond what the
-        // hardware prefetchers follow: the keys two chunks ahead and this chunk's values are
-        // asked for in advance.
+        // hardware prefetchers follow: the keys kPrefetchChunks chunks ahead and this chunk's
+        // values are asked for in advance.
         for (int c = 0; c < span_keys; c += kKeys) {
           const int keys = span_keys - c < kKeys ? span_keys - c : kKeys;
           const KV* const* chunk_keys = key_rows + c;
           const int ahead = c == 0 ? 0 : c + kPrefetchChunks * kKeys;  // a span starts cold
           const int ahead_end = c == 0 ? (kPrefetchChunks + 1) * kKeys : ahead + kKeys;
           for (int t = ahead; t < ahead_end && t < span_keys; ++t) {
-            prefetch_row(key_rows[t], head_dim, _MM_HINT_T0);
+            prefetch_row<_MM_HINT_T0>(key_rows[t], head_dim);
             // The first kv head's task also asks for every head's part of the same cache rows
             // (one contiguous run per token), so the tasks of the other heads find them in L2.
             if (kv_head == 0 && shape.num_kv_heads > 1) {
-              prefetch_row(key_rows[t], static_cast<int>(token_stride), _MM_HINT_T1);
-              prefetch_row(value_rows[t], static_cast<int>(token_stride), _MM_HINT_T1);
+              prefetch_row<_MM_HINT_T1>(key_rows[t], static_cast<int>(token_stride));
+              prefetch_row<_MM_HINT_T1>(value_rows[t], static_cast<int>(token_stride));
             }
           }
-          for (int t = c; t < c + keys; ++t) prefetch_row(value_rows[t], head_dim, _MM_HINT_T1);
+          for (int t = c; t < c + keys; ++t) prefetch_row<_MM_HINT_T1>(value_rows[t], head_dim);
           if (transpose_keys) {
             for (int d0 = 0; d0 < head_dim; d0 += 16) {
               __m512 r[16];

@@ -93,7 +93,7 @@ KernelTable kernel_table(Isa isa) {
       t.silu_mul_rows = avx2::silu_mul_rows;
       t.rmsnorm_rows = avx2::rmsnorm_rows;
       t.add_range = avx2::add_range;
-      t.logit_row_stats = scalar::logit_row_stats;
+      t.logit_row_stats = alem::logit_row_stats;
       break;
     case Isa::kScalar:
       t.matmul_stream = scalar::matmul_stream;
@@ -103,7 +103,7 @@ KernelTable kernel_table(Isa isa) {
       t.silu_mul_rows = scalar::silu_mul_rows;
       t.rmsnorm_rows = scalar::rmsnorm_rows;
       t.add_range = scalar::add_range;
-      t.logit_row_stats = scalar::logit_row_stats;
+      t.logit_row_stats = alem::logit_row_stats;
       break;
   }
   return t;
@@ -639,24 +639,7 @@ void CpuBackend::sampling_candidates(const float* logits, int64_t rows, int64_t 
       std::min<int64_t>(rows, threads_for(10.0 * static_cast<double>(rows) * vocab, max_threads_)));
   run_on_threads(threads, [&](int index, int count) {
     const auto [r0, r1] = split_range(rows, count, index, 1);
-    std::vector<int32_t> order;
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* x = logits + r * vocab;
-      cpu::LogitRowStats stats;
-      kernels_.logit_row_stats(x, vocab, &stats);
-      if (stats.invalid) {
-        out.invalid[r] = 1;
-        continue;
-      }
-      out.max_logit[r] = stats.max_logit;
-      out.sum_exp[r] = stats.sum_exp;
-      if (k == 1) {
-        out.values[r] = x[stats.argmax];
-        out.indices[r] = stats.argmax;
-      } else {
-        select_top_k(x, vocab, k, order, &out.values[r * k], &out.indices[r * k]);
-      }
-    }
+    fill_sampling_candidates(logits, r0, r1, vocab, k, kernels_.logit_row_stats, out);
   });
 }
 

@@ -46,13 +46,13 @@ class CpuBackend final : public KernelBackend {
                        const float* q, KVCacheLayerView cache, float* out) const override;
   void embedding(const WeightMatrix& table, int64_t row_begin, const int32_t* tokens, int64_t T,
                  float* out) const override;
+  // The host path's fill_sampling_candidates with the kernel table's row statistics
+  // (sampling_avx512.cc where it can), rows split over the threads.
+  void sampling_candidates(const float* logits, int64_t rows, int64_t vocab, int k,
+                           SamplingCandidates& out) const override;
   // Keeps the matrix in host memory; Q4_0, Q4_1 and Q8_0 weights with whole groups of 8 rows are
   // rewritten in place to the 8-row interleaved layout (model/interleaved_blocks.h) where this
   // backend's block kernels are the AVX512-VNNI ones and interleaving is on.
-  // Row statistics by the vector kernel (sampling_*.cc), rows split over the threads; the top-k
-  // selection as every backend's host path.
-  void sampling_candidates(const float* logits, int64_t rows, int64_t vocab, int k,
-                           SamplingCandidates& out) const override;
   void adopt_weight(WeightMatrix& w) const override;
   // Whether adopt_weight interleaves (on by default where it can; ALEM_CPU_INTERLEAVE=0 keeps
   // GGUF's row-major layout, for before/after measurements).

@@ -56,16 +56,6 @@ using AttentionFn = void (*)(const AttentionShape& shape, const AttentionSequenc
                              const AttentionWork& work, const float* q, KVCacheLayerView cache,
                              float* out);
 
-// One row of logits summarised for sampling_candidates: `invalid` when it holds NaN or +inf
-// (nothing else is set); otherwise its maximum, the first index holding it, and the sum of
-// exp(x - max) over the row in double (0 when every logit is -inf).
-struct LogitRowStats {
-  bool invalid = false;
-  float max_logit = 0.f;
-  int32_t argmax = 0;
-  double sum_exp = 0.0;
-};
-using LogitRowStatsFn = void (*)(const float* x, int64_t n, LogitRowStats* out);
 struct KernelTable {
   Isa isa = Isa::kScalar;
   MatmulStreamFn matmul_stream = nullptr;
@@ -78,14 +68,14 @@ struct KernelTable {
   void (*rmsnorm_rows)(const float* x, const float* gamma, int64_t m_begin, int64_t m_end,
                        int64_t D, float eps, float* y) = nullptr;
   void (*add_range)(float* y, const float* x, int64_t begin, int64_t end) = nullptr;
-  LogitRowStatsFn logit_row_stats = nullptr;  // sampling_*.cc
+  // Sampling statistics of a logit row: sampling_avx512.cc, or the portable alem::logit_row_stats.
+  LogitRowStatsFn logit_row_stats = nullptr;
 };
 
 // Largest head_dim the attention kernels accept (they keep per-query accumulators on the stack).
 constexpr int kMaxHeadDim = 256;
 
 namespace scalar {
-void logit_row_stats(const float* x, int64_t n, LogitRowStats* out);
 void silu_mul_rows(const float* gate_up, int64_t m_begin, int64_t m_end, int64_t I, float* out);
 void rmsnorm_rows(const float* x, const float* gamma, int64_t m_begin, int64_t m_end, int64_t D,
                   float eps, float* y);

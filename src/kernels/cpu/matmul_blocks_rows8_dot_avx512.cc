@@ -85,16 +85,14 @@ void group_rows(const SplitX* x, const uint8_t* group, int64_t blocks, const flo
                 float* const* y) {
   constexpr int scale_bytes = T == DType::Q4_0 ? 16 : 32;  // 8 d (and 8 m) in f16
   constexpr int column_bytes = scale_bytes + 128;
+  constexpr int ahead = kAheadBytes / column_bytes * column_bytes;  // whole block columns
   const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
   __m256 acc[MR];
   for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* column = group + b * column_bytes;
-    _mm_prefetch(reinterpret_cast<const char*>(column + kAheadBytes / column_bytes * column_bytes),
-                 _MM_HINT_T0);
-    _mm_prefetch(
-        reinterpret_cast<const char*>(column + kAheadBytes / column_bytes * column_bytes + 64),
-        _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(column + ahead), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(column + ahead + 64), _MM_HINT_T0);
     const __m256 wd = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(column)));
     __m256i q_lo[4], q_hi[4];  // chunk k: values 4k..4k+3 and 16+4k..16+4k+3 of each row
     for (int k = 0; k < 4; ++k) {

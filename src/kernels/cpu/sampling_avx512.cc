@@ -1,9 +1,9 @@
 // One logit row's sampling statistics on AVX-512 (the CPU backend's sampling_candidates; the
-// contract is LogitRowStatsFn in cpu_kernels.h). A decode step reads every row of the vocabulary
-// once for these, so they are vector loops: pass 1 finds the NaN/+inf flag, the maximum and the
-// first index of the maximum (16 lanes, each keeping its first best, ties to the lower index at
-// the end); pass 2 sums exp(x - max) in double with a vector exp accurate to about 1e-15
-// relative, so the sum matches the portable f64 loop to well under 1e-12 relative.
+// contract is LogitRowStatsFn in kernels/backend.h). A decode step reads every row of the
+// vocabulary once for these, so they are vector loops: pass 1 finds the NaN/+inf flag, the
+// maximum and the first index of the maximum (16 lanes, each keeping its first best, ties to the
+// lower index at the end); pass 2 sums exp(x - max) in double with a vector exp good to about
+// 3e-14 relative per term, so the sum matches the portable f64 loop to well under 1e-12.
 #include <immintrin.h>
 
 #include <cstdint>
