@@ -6,14 +6,16 @@
 // matrix to exceed the L3, as a real decode step (30 layers, 270 MB of bf16) does.
 //
 //   alem_kernel_bench [--quick] [--threads 1,2] [--dtypes f32,bf16,f16,int8] [--rows 1,128]
-//                     [--only SHAPE-SUBSTRING] [--no-attention] [--no-limits] [--exact-kernels]
+//                     [--model smollm2|tinyllama] [--only SHAPE-SUBSTRING] [--no-attention]
+//                     [--no-limits] [--exact-kernels]
 //                     [--bf16-dot] [--no-amx] [--hot] [--row-major]
 // --exact-kernels keeps small-M matmuls on the f32-conversion kernels (the dot-product kernels'
 // before/after); --bf16-dot turns on the bf16 ones (off by default, docs/kernels.md); --no-amx
 // keeps bf16 matmuls off the AMX tiles where the CPU has them. --hot runs decode rows on one
 // cache-resident W too: the kernel's arithmetic alone, without the memory it streams. Weights
-// are handed to the backend as the engine hands them (adopt_weight: Q4_0/Q4_1/Q8_0 interleaved 8
+// are handed to the backend as the engine hands them (adopt_weight: block weights interleaved 8
 // rows at a time on AVX512-VNNI); --row-major keeps GGUF's layout, the kernels before that.
+// --model tinyllama takes the 1.1B shapes (K-quant sized) instead of SmolLM2's.
 #include <omp.h>
 
 #include <algorithm>
@@ -45,25 +47,46 @@ struct MatmulShape {
   int per_layer;  // how many such matmuls one transformer layer runs (0: once per token)
 };
 
-// SmolLM2-135M: hidden 576, 9 heads x 64, 3 kv heads, intermediate 1536, vocab 49152.
-const MatmulShape kShapes[] = {
-    {"q/o 576->576", 576, 576, 2},         {"k/v 576->192", 192, 576, 2},
-    {"gate+up 576->3072", 3072, 576, 1},   {"down 1536->576", 576, 1536, 1},
-    {"lm_head 576->49152", 49152, 576, 0},
+// A model's matmul shapes, with how many layers repeat them.
+struct ModelShapes {
+  const char* name;
+  int layers;
+  std::vector<MatmulShape> matmuls;
 };
-constexpr int kLayers = 30;
+// SmolLM2-135M: hidden 576, 9 heads x 64, 3 kv heads, intermediate 1536, vocab 49152.
+const ModelShapes kSmolLM2 = {"SmolLM2-135M",
+                              30,
+                              {
+                                  {"q/o 576->576", 576, 576, 2},
+                                  {"k/v 576->192", 192, 576, 2},
+                                  {"gate+up 576->3072", 3072, 576, 1},
+                                  {"down 1536->576", 576, 1536, 1},
+                                  {"lm_head 576->49152", 49152, 576, 0},
+                              }};
+// TinyLlama-1.1B (--model tinyllama): hidden 2048, 32 heads x 64, 4 kv heads, intermediate
+// 5632, vocab 32000. Its K (2048, 5632) divide into K-quant super-blocks of 256.
+const ModelShapes kTinyLlama = {"TinyLlama-1.1B",
+                                22,
+                                {
+                                    {"q/o 2048->2048", 2048, 2048, 2},
+                                    {"k/v 2048->256", 256, 2048, 2},
+                                    {"gate+up 2048->11264", 11264, 2048, 1},
+                                    {"down 5632->2048", 2048, 5632, 1},
+                                    {"lm_head 2048->32000", 32000, 2048, 0},
+                                }};
 
 struct Options {
   bool quick = false;
   bool attention = true;
-  bool limits = true;         // measure bandwidth and peak FLOP/s first
-  bool dot_products = true;   // --exact-kernels: small M without the dot-product kernels
-  bool bf16_dot = false;      // --bf16-dot: bf16 weights on vdpbf16ps too
-  bool amx = true;            // --no-amx: bf16 prefill without AMX tiles
-  bool hot = false;           // --hot: decode rows read a cache-resident W as well
-  bool row_major = false;     // --row-major: block weights not interleaved when adopted
-  std::string only;           // run only shapes whose name contains this
-  std::vector<int64_t> rows;  // M values (default: 1, 4, 128, 256; --quick: 1, 128)
+  bool limits = true;                    // measure bandwidth and peak FLOP/s first
+  bool dot_products = true;              // --exact-kernels: small M without the dot-product kernels
+  bool bf16_dot = false;                 // --bf16-dot: bf16 weights on vdpbf16ps too
+  bool amx = true;                       // --no-amx: bf16 prefill without AMX tiles
+  bool hot = false;                      // --hot: decode rows read a cache-resident W as well
+  bool row_major = false;                // --row-major: block weights not interleaved when adopted
+  std::string only;                      // run only shapes whose name contains this
+  const ModelShapes* model = &kSmolLM2;  // --model smollm2|tinyllama
+  std::vector<int64_t> rows;             // M values (default: 1, 4, 128, 256; --quick: 1, 128)
   std::vector<int> threads = {1, 2};
   std::vector<DType> dtypes = {DType::F32, DType::BF16, DType::F16, DType::I8};
 };
@@ -102,6 +125,11 @@ Options parse_options(int argc, char** argv) {
     } else if (arg == "--threads" && i + 1 < argc) {
       o.threads.clear();
       for (const auto& t : split_commas(argv[++i])) o.threads.push_back(std::stoi(t));
+    } else if (arg == "--model" && i + 1 < argc) {
+      const std::string name = argv[++i];
+      ALEM_CHECK(name == "smollm2" || name == "tinyllama",
+                 "--model must be smollm2 or tinyllama, got '" + name + "'");
+      o.model = name == "smollm2" ? &kSmolLM2 : &kTinyLlama;
     } else if (arg == "--only" && i + 1 < argc) {
       o.only = argv[++i];
     } else if (arg == "--rows" && i + 1 < argc) {
@@ -112,7 +140,8 @@ Options parse_options(int argc, char** argv) {
     } else {
       ALEM_FAIL(
           "usage: alem_kernel_bench [--quick] [--threads 1,2] [--dtypes f32,bf16,f16,int8]"
-          " [--rows 1,128] [--only SHAPE-SUBSTRING] [--no-attention] [--exact-kernels] "
+          " [--rows 1,128] [--model smollm2|tinyllama] [--only SHAPE-SUBSTRING] [--no-attention]"
+          " [--exact-kernels] "
           "[--bf16-dot] [--no-amx] [--hot] [--row-major]");
     }
   }
@@ -191,7 +220,7 @@ std::map<std::string, double> bench_matmul(const Options& o, const Limits& limit
   std::printf(
       "| shape | dtype | M | thr | us/call | GB/s (W) | %% of DRAM BW | GFLOP/s | %% of peak |\n");
   std::printf("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
-  for (const MatmulShape& shape : kShapes) {
+  for (const MatmulShape& shape : o.model->matmuls) {
     if (std::string(shape.name).find(o.only) == std::string::npos) continue;
     for (DType dtype : o.dtypes) {
       auto cold = weight_copies(shape, dtype, size_t(768) << 20);
@@ -225,7 +254,8 @@ std::map<std::string, double> bench_matmul(const Options& o, const Limits& limit
 
 // Tokens/s of a whole model's matmuls (30 layers + LM head) from the per-shape timings.
 void print_model_projection(const Options& o, const std::map<std::string, double>& results) {
-  std::printf("\n## SmolLM2-135M, all matmuls of one step (30 layers + LM head), projected\n\n");
+  std::printf("\n## %s, all matmuls of one step (%d layers + LM head), projected\n\n",
+              o.model->name, o.model->layers);
   std::printf(
       "| dtype | thr | decode tok/s (M=1) | prefill tok/s (M=128) | prefill tok/s (M=256) |\n");
   std::printf("|---|---:|---:|---:|---:|\n");
@@ -235,14 +265,14 @@ void print_model_projection(const Options& o, const std::map<std::string, double
       for (int64_t M : {1, 128, 256}) {
         double seconds = 0;
         bool complete = true;
-        for (const MatmulShape& shape : kShapes) {
+        for (const MatmulShape& shape : o.model->matmuls) {
           const auto it = results.find(std::string(shape.name) + "|" + dtype_name(dtype) + "|" +
                                        std::to_string(M) + "|" + std::to_string(threads));
           if (it == results.end()) {
             complete = false;
             break;
           }
-          seconds += it->second * (shape.per_layer ? shape.per_layer * kLayers : 1);
+          seconds += it->second * (shape.per_layer ? shape.per_layer * o.model->layers : 1);
         }
         if (complete) {
           std::printf(" %.0f |", M / seconds);

@@ -1,13 +1,21 @@
-// Q4_0, Q4_1 and Q8_0 weights laid out 8 rows at a time, the form the CPU backend keeps them in on
-// CPUs with AVX512-VNNI (KernelBackend::adopt_weight; docs/kernels.md, "Interleaved 4-bit
-// weights"). GGUF ships a matrix row after row; its decode kernel then reads one row's blocks
-// (18 bytes, a scale and 16 bytes of nibbles) and spends as many instructions gathering scales,
+// ggml block weights laid out 8 rows at a time, the form the CPU backend keeps Q4_0, Q4_1, Q8_0
+// and the K-quants Q4_K, Q5_K, Q6_K in on CPUs with AVX512-VNNI (KernelBackend::adopt_weight;
+// docs/kernels.md, "Interleaved block weights"). GGUF ships a matrix row after row; its decode
+// kernel then reads one row's blocks and spends as many instructions gathering scales,
 // rearranging activations and reducing lanes as multiplying. Interleaved, the same bytes serve
-// 8 rows at once from one sequential stream: for every group of 8 rows and every block column b,
+// 8 rows at once from one sequential stream. A block is a list of fields (interleaved_blocks.cc
+// names them per type); for every group of 8 rows and block column b, each field in turn holds
+// the 8 rows' copies of it, in units of 2 bytes (the f16 scales) or 4 bytes (everything else):
+// unit k of the field is unit k of row 0's, of row 1's, ... of row 7's. For example
 //   Q4_0: the 8 rows' f16 scales d (16 bytes), then the nibbles in 4 chunks of 4 bytes per row
 //         (chunk k: bytes 4k..4k+3 of row 0's block, of row 1's, ... row 7's; 128 bytes);
 //   Q4_1: the 8 scales d, the 8 minimums m (32 bytes), then the same 128 bytes of nibbles;
 //   Q8_0: the 8 scales d, then the 32 values in 8 chunks of 4 bytes per row (256 bytes);
+//   Q4_K: the 8 d, the 8 dmin, the 12 bytes of 6-bit scales as 3 words per row (96 bytes),
+//         then the 128 bytes of nibbles as 32 chunks (1024 bytes);
+//   Q5_K: as Q4_K with the 32 bytes of high bits (8 chunks) before the nibbles;
+//   Q6_K: the 8 d, the 16 int8 scales as 4 words per row, the low 4 bits (32 chunks), the
+//         high 2 bits (16 chunks);
 // so 8 x the block's own bytes, and a group of 8 rows takes exactly the bytes the 8 rows took.
 // A 32-bit lane of a chunk register is one row's 4 bytes: vpdpbusd against 4 activation bytes
 // broadcast to every lane gives the 8 rows' dot products in the 8 lanes, and the scales come
@@ -26,7 +34,7 @@ constexpr int kInterleavedRows = 8;
 // How a matrix of block weights lies in memory.
 enum class BlockLayout : uint8_t {
   kRowMajor,      // row after row, ggml's blocks as GGUF ships them
-  kInterleaved8,  // 8 rows at a time (above); Q4_0, Q4_1 and Q8_0 only
+  kInterleaved8,  // 8 rows at a time (above)
 };
 
 // True where `dtype` has an interleaved form and `rows` divides into groups of 8.

@@ -33,6 +33,7 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -271,7 +272,7 @@ TEST_P(BackendOps, MatmulEveryDtypeOddAndModelShapes) {
 TEST_P(BackendOps, MatmulGgmlBlockTypes) {
   if (on_device()) GTEST_SKIP() << "the CUDA backend has no ggml block kernels yet";
   uint32_t seed = 500;
-  int interleaved_cases = 0;
+  std::set<DType> interleaved_dtypes;
   using Shapes = std::vector<std::pair<int64_t, int64_t>>;
   const Shapes shapes32 = {{1, 32}, {7, 64}, {200, 608}, {96, 1536}, {48, 96}};
   const Shapes shapes256 = {{1, 256}, {7, 512}, {200, 768}, {96, 1536}};  // K-quant super-blocks
@@ -308,12 +309,12 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
         check(w, "matmul");
         if (HasFatalFailure()) return;
         // The same matrix once the backend has adopted it, as the engine hands every weight
-        // over: the CPU backend interleaves Q4_0/Q4_1/Q8_0 8 rows at a time where it has
+        // over: the CPU backend interleaves every block type 8 rows at a time where it has
         // AVX512-VNNI.
         WeightMatrix adopted = make_weight_matrix(values.data(), N, K, dtype);
         backend_->adopt_weight(adopted);
         if (adopted.layout == BlockLayout::kInterleaved8) {
-          ++interleaved_cases;
+          interleaved_dtypes.insert(dtype);
           for (int64_t r : {int64_t{0}, N - 1}) {  // rows read back exactly through the layout
             std::vector<float> got(K), expected(K);
             dequantize_row(adopted, r, got.data());
@@ -327,10 +328,12 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
     }
   }
   const auto* cpu = dynamic_cast<const CpuBackend*>(backend_.get());
-  if (cpu != nullptr && cpu->interleaves_blocks()) EXPECT_GT(interleaved_cases, 0);
+  if (cpu != nullptr && cpu->interleaves_blocks()) {
+    EXPECT_EQ(interleaved_dtypes.size(), 6u) << "every block type has an interleaved kernel";
+  }
 }
 
-// ALEM_CPU_DOT=all on interleaved Q4_0/Q4_1/Q8_0: x at ggml's 8-bit precision (one scale per
+// ALEM_CPU_DOT=all on every interleaved block type: x at ggml's 8-bit precision (one scale per
 // 32 values), held to that precision's bound, and no longer to the 16-bit one.
 TEST(CpuInterleavedBlocks, EightBitActivationsAreHeldToTheirBound) {
   if (!cpu::isa_supported(cpu::Isa::kAvx512)) GTEST_SKIP() << "no AVX-512 on this CPU";
@@ -339,9 +342,10 @@ TEST(CpuInterleavedBlocks, EightBitActivationsAreHeldToTheirBound) {
   ReferenceBackend ref;
   uint32_t seed = 900;
   bool beyond_16_bit_bound = false;
-  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
+  for (DType dtype :
+       {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     for (int64_t M : {1, 3, 6, 33}) {
-      const int64_t N = 40, K = 608;
+      const int64_t N = 40, K = dtype_is_k_quant(dtype) ? 768 : 608;
       const auto x = random_values(M * K, seed += 3, -2.f, 2.f);
       const auto values = random_values(N * K, seed + 1);
       WeightMatrix w = make_weight_matrix(values.data(), N, K, dtype);

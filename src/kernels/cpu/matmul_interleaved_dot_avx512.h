@@ -1,0 +1,142 @@
+// What the interleaved block-weight kernels (model/interleaved_blocks.h) share: the activations
+// split into bytes once per call, and the loop that walks groups of 8 weight rows and rows of
+// x. matmul_blocks_rows8_dot_avx512.cc (Q4_0, Q4_1, Q8_0) and matmul_blocks_k_rows8_dot_avx512.cc
+// (Q4_K, Q5_K, Q6_K) supply the per-group arithmetic. Included only by *_dot_avx512.cc files
+// (AVX512-VNNI), inside namespace alem::cpu::avx512_vnni.
+//
+// The activations are the block kernels' 16-bit ones (quantize_q16: d = amax / 32767 per block
+// of 32), split into bytes: x = 256 * hi + lo, hi signed (-128..127) and lo unsigned (0..255).
+// With q unsigned weight values, sum(q * x) = 256 * sum(q * hi) + sum(lo * q): two vpdpbusd,
+// each with an operand it takes as it is (q unsigned against hi; lo unsigned against q as
+// signed bytes, which holds while q < 128). So each block's sum is an exact int32.
+//
+// Eight-bit mode (a.eight_bit, ALEM_CPU_DOT=all): the int16 values rounded to 8 bits, q8 =
+// round(q * 127 / 32767) (|q8| <= 127), kept in the high-byte slot with zero low bytes; the
+// kernels then skip the low products and the shift, and `d` holds the scales d * 32767 / 127.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace alem::cpu::avx512_vnni {
+namespace interleaved {
+
+constexpr int kGroup = kInterleavedRows;
+constexpr int kMaxRowsOfX = 4;
+
+// One row of x, per block of 32: the bytes, the sums of the values the products use over each
+// half (for weights stored with an offset: Q4_0's 8, Q6_K's 32), and the scales.
+struct SplitX {
+  const uint8_t* bytes;      // [blocks][64]: lo[32] then hi[32]
+  const int32_t* half_sums;  // [blocks][2]: sum of values 0..15, of values 16..31
+  const float* d;            // [blocks]: the activation scale
+  const float* s;            // [blocks]: d x the sum of the int16 activations (minimum terms)
+};
+
+// Splits row m of `a` into bytes. `signed_weights`: the weights are signed (Q8_0), so x must be
+// the unsigned operand of both products; its high byte is then stored as hi + 128 and the
+// kernel takes 128 x the weights' sum back off.
+inline void split_activations(const Q16Blocks& a, int64_t m, int64_t blocks, bool signed_weights,
+                              uint8_t* bytes, int32_t* half_sums, float* d8) {
+  const __m512i ones = _mm512_set1_epi16(1);
+  const __m256i bias = _mm256_set1_epi8(signed_weights ? static_cast<char>(0x80) : 0);
+  const __m512 to_8_bits = _mm512_set1_ps(127.f / 32767.f);
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m512i x = _mm512_loadu_si512(a.q + m * a.K + b * 32);
+    if (a.eight_bit) {
+      const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(x)));
+      const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(x, 1)));
+      const __m256i lo8 = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(lo, to_8_bits)));
+      const __m256i hi8 = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(hi, to_8_bits)));
+      // 256 * q8 in int16: the split below then puts q8 in the high bytes and 0 in the low.
+      x = _mm512_slli_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(lo8), hi8, 1), 8);
+      d8[b] = a.d[m * blocks + b] * (32767.f / 127.f);
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + b * 64), _mm512_cvtepi16_epi8(x));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + b * 64 + 32),
+                        _mm256_xor_si256(_mm512_cvtepi16_epi8(_mm512_srai_epi16(x, 8)), bias));
+    // The values the products use (q8 in eight-bit mode), summed per half of the block.
+    const __m512i used = a.eight_bit ? _mm512_srai_epi16(x, 8) : x;
+    const __m512i pairs = _mm512_madd_epi16(used, ones);  // 16 lanes of 2 values
+    half_sums[2 * b] = _mm512_mask_reduce_add_epi32(0x00FF, pairs);
+    half_sums[2 * b + 1] = _mm512_mask_reduce_add_epi32(0xFF00, pairs);
+  }
+}
+
+inline __m256i broadcast_4_bytes(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// y[m][n_begin .. n_end) for the rows m_begin .. m_end of x. `Kernel` supplies
+//   static constexpr bool kSignedWeights;
+//   template <int MR, bool kEightBit> static void group(const SplitX* x, const uint8_t* group,
+//       int64_t columns, const float* bias, float* const* y);
+// which computes y[i][0 .. 8) for MR rows of x from one group of 8 weight rows (`columns` block
+// columns of the matrix's own block size). Weight groups are the outer loop, so a group's
+// bytes stay in cache across all the rows of x (prefill).
+template <class Kernel>
+void run(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w, const float* bias,
+         float* y, int64_t n_begin, int64_t n_end) {
+  const int64_t blocks = w.cols / 32, columns = w.cols / dtype_block_elements(w.dtype);
+  const size_t group_bytes = dtype_row_bytes(w.dtype, w.cols) * kGroup;
+  // This thread's rows of x, split into bytes once (64 bytes + 8 per block and row).
+  thread_local std::vector<uint8_t> bytes;
+  thread_local std::vector<int32_t> sums;
+  thread_local std::vector<float> scales8;
+  const int64_t rows = m_end - m_begin;
+  bytes.resize(static_cast<size_t>(rows * blocks * 64));
+  sums.resize(static_cast<size_t>(rows * blocks * 2));
+  scales8.resize(a.eight_bit ? static_cast<size_t>(rows * blocks) : 0);
+  thread_local std::vector<SplitX> x;  // per call, without an allocation on the decode path
+  x.resize(static_cast<size_t>(rows));
+  for (int64_t i = 0; i < rows; ++i) {
+    uint8_t* xb = bytes.data() + i * blocks * 64;
+    int32_t* xs = sums.data() + i * blocks * 2;
+    float* d8 = a.eight_bit ? scales8.data() + i * blocks : nullptr;
+    split_activations(a, m_begin + i, blocks, Kernel::kSignedWeights, xb, xs, d8);
+    x[i] = {xb, xs, a.eight_bit ? d8 : a.d + (m_begin + i) * blocks, a.s + (m_begin + i) * blocks};
+  }
+  // MR rows of x from row i against the group of 8 weight rows starting at row n.
+  const auto rows_of_x = [&]<int MR, bool kEightBit>(int64_t i, int64_t n) {
+    float* out[MR];
+    for (int r = 0; r < MR; ++r) out[r] = y + (m_begin + i + r) * w.rows + n;
+    const uint8_t* group = static_cast<const uint8_t*>(w.data) + (n / kGroup) * group_bytes;
+    Kernel::template group<MR, kEightBit>(x.data() + i, group, columns, bias ? bias + n : nullptr,
+                                          out);
+  };
+  // Groups outermost: one group at a time against every row of x.
+  const auto by_group = [&]<bool kEightBit>() {
+    for (int64_t n = n_begin; n < n_end; n += kGroup) {
+      int64_t i = 0;
+      for (; i + kMaxRowsOfX <= rows; i += kMaxRowsOfX)
+        rows_of_x.template operator()<kMaxRowsOfX, kEightBit>(i, n);
+      switch (rows - i) {
+        case 3:
+          rows_of_x.template operator()<3, kEightBit>(i, n);
+          break;
+        case 2:
+          rows_of_x.template operator()<2, kEightBit>(i, n);
+          break;
+        case 1:
+          rows_of_x.template operator()<1, kEightBit>(i, n);
+          break;
+        default:
+          break;
+      }
+    }
+  };
+  if (a.eight_bit) {
+    by_group.template operator()<true>();
+  } else {
+    by_group.template operator()<false>();
+  }
+}
+
+}  // namespace interleaved
+}  // namespace alem::cpu::avx512_vnni
