@@ -18,8 +18,10 @@
 #   SHAPES="smollm2 tinyllama" bench/llama_bench_compare.sh
 #
 # Shapes: smollm2 (SmolLM2-135M-Instruct, the shipped file) and tinyllama (random weights in
-# TinyLlama-1.1B's shape, written as BF16 by bench/make_random_llama_gguf.py; its Q4_0/Q8_0 by
-# llama-quantize --pure, every matrix in the one type).
+# TinyLlama-1.1B's shape, written as BF16 by bench/make_random_llama_gguf.py; its Q4_0, Q8_0,
+# Q4_K ... by llama-quantize --pure, every matrix in the one type; a mixture such as Q4_K_M or
+# Q5_K_M as llama-quantize makes it for real model files: Q6_K for the LM head and some
+# v / down projections, the named type elsewhere).
 #
 # Environment: ALEM_BIN (default build/alem), ROUNDS, THREADS, TYPES, SHAPES (smollm2),
 # PROMPT (64), DECODE (32),
@@ -65,7 +67,9 @@ for shape in $shapes; do
         tinyllama/*)
           bf16=$(gguf_of tinyllama BF16)
           [ -f "$bf16" ] || "$python" "$root/bench/make_random_llama_gguf.py" "$q41" "$bf16"
-          "$bin/llama-quantize" --pure "$bf16" "$gguf" "$type" >"$work/quantize-$shape-$type.log" 2>&1 ;;
+          pure=--pure
+          case $type in *_S | *_M | *_L) pure= ;; esac  # a mixture: llama-quantize's own choice
+          "$bin/llama-quantize" $pure "$bf16" "$gguf" "$type" >"$work/quantize-$shape-$type.log" 2>&1 ;;
       esac
     fi
     store="$work/$shape-$type.h5"

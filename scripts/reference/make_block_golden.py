@@ -9,7 +9,9 @@
    KMIX is a K-quant mix in the spirit of llama.cpp's Q4_K_M: the matrices whose rows are whole
    256-value super-blocks (SmolLM2's ffn_down, 1536 wide) become Q4_K, Q5_K and Q6_K by layer
    (layer % 3) with make_kquant_reference.quantize_k (gguf-py cannot quantise K-quants); the
-   576-wide rest falls back to Q8_0, as llama.cpp does for such tensors.
+   576-wide rest falls back to Q8_0, as llama.cpp does for such tensors, except that a mixture
+   mixes types inside the groups the engine multiplies as one, as Q4_K_M does with its Q6_K
+   attn_v: attn_v is Q4_0 in layers 0, 3, 6, ... and ffn_up Q4_0 in layers 1, 4, 7, ...
 2. Loads each file with Hugging Face transformers (which dequantises the GGUF itself) and records
    greedy tokens and top-20 logits on make_golden.py's six prompts into
    tests/data/golden/smollm2-135m-instruct-{q4_0,q8_0}.json, in make_golden.py's schema (results
@@ -40,9 +42,10 @@ def target_type(gguf, name: str, shape, qtype_name: str):
     if qtype_name != "KMIX":
         return Q[qtype_name]
     cols = int(shape[0])  # GGUF order: fastest (columns) first
-    if cols % 256 != 0:
-        return Q.Q8_0
     layer = int(name.split(".")[1]) if name.startswith("blk.") else 0
+    if cols % 256 != 0:
+        mixed = (layer % 3 == 0 and ".attn_v." in name) or (layer % 3 == 1 and ".ffn_up." in name)
+        return Q.Q4_0 if mixed else Q.Q8_0
     return (Q.Q4_K, Q.Q5_K, Q.Q6_K)[layer % 3]
 
 

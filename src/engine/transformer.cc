@@ -28,10 +28,10 @@ constexpr int kTagHidden = 100;
 struct ShardedTransformer::Layer {
   Tensor input_norm, post_attention_norm;
   Tensor q_norm, k_norm;        // Qwen3 QK-norm, per head_dim
-  WeightMatrix qkv;             // rows: local q heads, then local k, then local v
+  StackedRows qkv;              // rows: local q heads, then local k, then local v
   Tensor qkv_bias;              // Qwen2, same row order; empty when absent
   WeightMatrix o_proj;          // [hidden][local heads * head_dim]
-  WeightMatrix gate_up;         // rows: local gate, then local up
+  StackedRows gate_up;          // rows: local gate, then local up
   WeightMatrix down;            // [hidden][local ffn]
   std::unique_ptr<MoeFfn> moe;  // sparse layers: router and local experts (no gate_up/down)
   void* k_cache = nullptr;      // half of kv_bytes_per_layer_ each, inside kv_cache_
@@ -107,8 +107,7 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
     qkv_parts.push_back(store.read_matrix(name("self_attn.v_proj.weight"),
                                           int64_t{s.kv_head_begin} * hd,
                                           int64_t{s.num_kv_heads} * hd));
-    layer->qkv = concat_rows(qkv_parts);
-    qkv_parts.clear();
+    layer->qkv = stack_rows(std::move(qkv_parts));
     adopt(layer->qkv);
     if (config_.attention_bias) {
       std::vector<float> bias;
@@ -137,8 +136,7 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
           store.read_matrix(name("mlp.gate_proj.weight"), s.ffn_begin, s.ffn_size));
       gate_up_parts.push_back(
           store.read_matrix(name("mlp.up_proj.weight"), s.ffn_begin, s.ffn_size));
-      layer->gate_up = concat_rows(gate_up_parts);
-      gate_up_parts.clear();
+      layer->gate_up = stack_rows(std::move(gate_up_parts));
       adopt(layer->gate_up);
       layer->down =
           store.read_matrix(name("mlp.down_proj.weight"), 0, hidden, s.ffn_begin, s.ffn_size);
@@ -211,6 +209,25 @@ void ShardedTransformer::recv_hidden(Tensor& t, int64_t count) {
   host_staging_.resize(static_cast<size_t>(count));
   group.recv(host_staging_.data(), bytes, ctx_.coords.pp - 1, kTagHidden);
   t.upload(backend_, host_staging_.data(), count);
+}
+
+void ShardedTransformer::matmul_stacked(const float* x, int64_t T, const StackedRows& w,
+                                        const float* bias, float* y) {
+  if (w.is_fused()) {
+    backend_.matmul(x, T, w.fused, bias, y);
+    return;
+  }
+  // Parts of different dtypes: each into scratch, then into its columns of y.
+  const int64_t width = w.rows();
+  const size_t f = sizeof(float);
+  int64_t offset = 0;
+  for (const WeightMatrix& part : w.parts) {
+    stacked_part_.reserve(backend_, TensorType::kF32, T * part.rows);
+    float* out = stacked_part_.data<float>();
+    backend_.matmul(x, T, part, bias ? bias + offset : nullptr, out);
+    backend_.copy_2d(y + offset, width * f, out, part.rows * f, part.rows * f, T);
+    offset += part.rows;
+  }
 }
 
 uint64_t ShardedTransformer::weight_bytes() const {
@@ -489,7 +506,7 @@ void ShardedTransformer::run_layer(Layer& L, int64_t T) {
   auto t0 = Clock::now();
   // Attention block.
   backend_.rmsnorm(x, L.input_norm.data<float>(), T, H, config_.rms_norm_eps, h);
-  backend_.matmul(h, T, L.qkv, L.qkv_bias.data<float>(), qkv_.data<float>());
+  matmul_stacked(h, T, L.qkv, L.qkv_bias.data<float>(), qkv_.data<float>());
   // Split the fused rows into q, k and v (strided copies inside the backend's memory).
   const size_t f = sizeof(float);
   const float* qkv = qkv_.data<float>();
@@ -525,7 +542,7 @@ void ShardedTransformer::run_layer(Layer& L, int64_t T) {
   if (L.moe) {  // sparse layer: this rank's experts; the all-reduce below combines them
     run_moe(*L.moe, h, T, proj);
   } else {
-    backend_.matmul(h, T, L.gate_up, nullptr, gate_up_.data<float>());
+    matmul_stacked(h, T, L.gate_up, nullptr, gate_up_.data<float>());
     backend_.silu_mul(gate_up_.data<float>(), T, ffn, act_.data<float>());
     backend_.matmul(act_.data<float>(), T, L.down, nullptr, proj);
   }

@@ -132,6 +132,12 @@ class ShardedTransformer {
                        StepLogits& out);
   // Moves a matrix just read from the store into the backend's memory (a no-op on the host).
   void adopt(WeightMatrix& w) const { backend_.adopt_weight(w); }
+  void adopt(StackedRows& w) const {
+    if (w.is_fused()) backend_.adopt_weight(w.fused);
+    for (WeightMatrix& part : w.parts) backend_.adopt_weight(part);
+  }
+  // y = x w^T for stacked matrices (q/k/v, gate/up): one matmul when fused, else one per part.
+  void matmul_stacked(const float* x, int64_t T, const StackedRows& w, const float* bias, float* y);
   void run_layer(Layer& layer, int64_t T);
   // One sparse layer's FFN (collective over the ep group when the experts span replicas).
   void run_moe(MoeFfn& moe, const float* h, int64_t T, float* out);
@@ -165,6 +171,7 @@ class ShardedTransformer {
 
   // Per-step scratch in the backend's memory, sized for the largest step seen.
   Tensor x_, h_, qkv_, q_, k_, v_, attn_, proj_, gate_up_, act_, logits_;
+  Tensor stacked_part_;  // one part's output, for stacked matrices kept in parts
   Tensor tokens_, positions_, block_tables_;  // int32, uploaded once per micro-batch
   // Host-side staging of the per-micro-batch metadata (uploaded into the tensors above).
   std::vector<int32_t> positions_host_, block_tables_host_;

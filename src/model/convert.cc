@@ -116,6 +116,17 @@ std::string fusion_group(const std::string& hf_name) {
   return key;
 }
 
+// A layer's attention q/k/v and dense gate/up may keep different types (a Q4_K_M file's Q6_K v
+// beside Q4_K q and k): the engine multiplies such a group part by part (StackedRows). Expert
+// groups are stacked as one matrix per expert, so a mixture there falls back to one type.
+bool may_mix_types(const std::string& group_key) {
+  const auto ends_with = [&](const std::string& suffix) {
+    return group_key.size() > suffix.size() &&
+           group_key.compare(group_key.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  return ends_with(".self_attn.qkv.weight") || ends_with(".mlp.ffn.weight");
+}
+
 // The key of a GGUF tensor's stored type: its HF name, or its GGUF name for the expert tensors
 // and routers (gguf_moe.h), which have none.
 std::string stored_type_key(const GgufTensorInfo& t) {
@@ -164,7 +175,7 @@ std::map<std::string, DType> kept_types(const GgufFile& gguf, DType fallback) {
   for (const auto& [key, members] : groups) {
     bool mixed = false;
     for (const std::string& m : members) mixed |= chosen[m] != chosen[members[0]];
-    if (mixed) {
+    if (mixed && !may_mix_types(key)) {
       for (const std::string& m : members) chosen[m] = fallback;
     }
   }

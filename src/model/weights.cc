@@ -140,4 +140,32 @@ WeightMatrix concat_rows(const std::vector<WeightMatrix>& parts) {
   return out;
 }
 
+StackedRows stack_rows(std::vector<WeightMatrix> parts) {
+  ALEM_CHECK(!parts.empty(), "stack_rows of nothing");
+  StackedRows out;
+  bool one_dtype = true;
+  for (const WeightMatrix& p : parts) {
+    ALEM_CHECK(p.cols == parts[0].cols, "stack_rows needs matching column counts");
+    one_dtype &= p.dtype == parts[0].dtype;
+  }
+  if (one_dtype) {
+    out.fused = concat_rows(parts);
+  } else {
+    out.parts = std::move(parts);
+  }
+  return out;
+}
+
+int64_t StackedRows::rows() const {
+  int64_t total = fused.rows;
+  for (const WeightMatrix& p : parts) total += p.rows;
+  return total;
+}
+
+uint64_t StackedRows::bytes() const {
+  uint64_t total = fused.bytes();
+  for (const WeightMatrix& p : parts) total += p.bytes();
+  return total;
+}
+
 }  // namespace alem

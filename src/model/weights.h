@@ -24,9 +24,8 @@ struct WeightMatrix {
   int64_t cols = 0;
   AlignedBuffer data;         // rows * dtype_row_bytes(dtype, cols) bytes
   std::vector<float> scales;  // I8 only: rows * (cols / kInt8GroupSize)
-  // Block types: how `data` lies (interleaved_blocks.h). The CPU backend interleaves Q4_0, Q4_1
-  // and Q8_0 when it adopts them; everything that reads rows (dequantize_row, at) follows the
-  // field.
+  // Block types: how `data` lies (interleaved_blocks.h). The CPU backend interleaves them when
+  // it adopts them; everything that reads rows (dequantize_row, at) follows the field.
   BlockLayout layout = BlockLayout::kRowMajor;
   // Set once a device backend has taken the matrix (KernelBackend::adopt_weight): its copy in
   // the backend's memory, opaque here, which that backend's kernels read; `data` and `scales`
@@ -56,4 +55,18 @@ WeightMatrix make_weight_matrix(const float* values, int64_t rows, int64_t cols,
 namespace alem {
 // Stacks matrices of one dtype and column count on top of each other (fused QKV, gate+up).
 WeightMatrix concat_rows(const std::vector<WeightMatrix>& parts);
+
+// Matrices the engine multiplies as one (q/k/v, gate/up): stacked into one matrix where they
+// share a dtype, kept as parts where a GGUF mixture stores them in different types (a Q4_K_M
+// file's Q6_K v beside Q4_K q and k), so no part is expanded. The output is the same either
+// way: each part's rows are columns [row_offset(i), row_offset(i) + parts[i].rows) of y.
+struct StackedRows {
+  WeightMatrix fused;               // every part, when they share a dtype
+  std::vector<WeightMatrix> parts;  // otherwise, in order
+  bool is_fused() const { return parts.empty(); }
+  int64_t rows() const;
+  uint64_t bytes() const;
+};
+// Stacks `parts` (matching column counts) as above.
+StackedRows stack_rows(std::vector<WeightMatrix> parts);
 }  // namespace alem

@@ -1,7 +1,8 @@
 // SmolLM2-135M kept as Q4_0, Q8_0 and K-quant blocks against Hugging Face transformers reading
 // the very same GGUF files (tests/data/golden/smollm2-135m-instruct-{q4_0,q8_0,kmix}.json,
 // written by scripts/reference/make_block_golden.py, which also makes the files from the shipped
-// Q4_1 GGUF; KMIX holds its 1536-wide down projections as Q4_K, Q5_K and Q6_K, the rest Q8_0). The
+// Q4_1 GGUF; KMIX holds its 1536-wide down projections as Q4_K, Q5_K and Q6_K, the rest Q8_0 but
+// some v and up projections Q4_0, so q/k/v and gate/up mix types as a Q4_K_M file's do). The
 // test converts each file with `--dtype auto` semantics (blocks kept), checks that the file's
 // SHA-256 is the one the golden data was made from, then teacher-forces the engine along HF's
 // greedy continuation: its argmax must equal HF's token at every step where HF's top-2 margin
@@ -92,6 +93,11 @@ TEST_P(BlockGolden, MatchesTransformersOnTheSameGguf) {
     EXPECT_EQ(store.tensor_info("model.layers.1.mlp.down_proj.weight").dtype, DType::Q5_K);
     EXPECT_EQ(store.tensor_info("model.layers.29.mlp.down_proj.weight").dtype, DType::Q6_K);
     EXPECT_EQ(store.tensor_info("model.layers.0.mlp.up_proj.weight").dtype, DType::Q8_0);
+    // Types mixed inside the groups the engine multiplies as one, kept as they are (no bf16).
+    EXPECT_EQ(store.tensor_info("model.layers.0.self_attn.v_proj.weight").dtype, DType::Q4_0);
+    EXPECT_EQ(store.tensor_info("model.layers.0.self_attn.q_proj.weight").dtype, DType::Q8_0);
+    EXPECT_EQ(store.tensor_info("model.layers.1.mlp.up_proj.weight").dtype, DType::Q4_0);
+    EXPECT_EQ(store.tensor_info("model.layers.1.mlp.gate_proj.weight").dtype, DType::Q8_0);
     EXPECT_EQ(store.tensor_info("model.embed_tokens.weight").dtype, DType::Q8_0);
   } else {
     EXPECT_EQ(dtype_name(store.tensor_info("model.layers.0.mlp.down_proj.weight").dtype), lower);

@@ -136,8 +136,10 @@ template <DType T, int S>
 inline void prefetch_ahead(const uint8_t* column) {
   constexpr int lines = (Column<T>::kBytes + 63) / 64;
   constexpr int ahead = kAheadBytes / Column<T>::kBytes * Column<T>::kBytes;
+  // A volatile asm, which the compiler schedules in place: as _mm_prefetch, GCC moved all of a
+  // column's prefetches to its start, and a burst of 18 to 27 misses measured as slow as none.
   for (int l = S * lines / 8; l < (S + 1) * lines / 8; ++l) {
-    _mm_prefetch(reinterpret_cast<const char*>(column + ahead + 64 * l), _MM_HINT_T0);
+    asm volatile("prefetcht0 %0" : : "m"(*(column + ahead + 64 * l)));
   }
 }
 
