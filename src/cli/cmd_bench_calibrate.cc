@@ -116,7 +116,7 @@ void calibrate_matmul(const CalibrateOptions& o, KernelBackend& backend, plan::C
       w.scales = copies[0].scales;
       copies.push_back(std::move(w));
     }
-    // As the engine hands weights over (the CPU backend interleaves Q4_0/Q4_1/Q8_0 then).
+    // As the engine hands weights over (the CPU backend interleaves block weights then).
     if (backend.memory_space() == MemorySpace::kHost) {
       for (WeightMatrix& w : copies) backend.adopt_weight(w);
     }

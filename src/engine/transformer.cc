@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "engine/moe_ffn.h"
 #include "engine/rope_table.h"
+#include "kernels/stacked_matmul.h"
 
 namespace alem {
 namespace {
@@ -108,7 +109,7 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
                                           int64_t{s.kv_head_begin} * hd,
                                           int64_t{s.num_kv_heads} * hd));
     layer->qkv = stack_rows(std::move(qkv_parts));
-    adopt(layer->qkv);
+    adopt_stacked(backend_, layer->qkv);
     if (config_.attention_bias) {
       std::vector<float> bias;
       for (const char* b :
@@ -137,7 +138,7 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
       gate_up_parts.push_back(
           store.read_matrix(name("mlp.up_proj.weight"), s.ffn_begin, s.ffn_size));
       layer->gate_up = stack_rows(std::move(gate_up_parts));
-      adopt(layer->gate_up);
+      adopt_stacked(backend_, layer->gate_up);
       layer->down =
           store.read_matrix(name("mlp.down_proj.weight"), 0, hidden, s.ffn_begin, s.ffn_size);
       adopt(layer->down);
@@ -209,25 +210,6 @@ void ShardedTransformer::recv_hidden(Tensor& t, int64_t count) {
   host_staging_.resize(static_cast<size_t>(count));
   group.recv(host_staging_.data(), bytes, ctx_.coords.pp - 1, kTagHidden);
   t.upload(backend_, host_staging_.data(), count);
-}
-
-void ShardedTransformer::matmul_stacked(const float* x, int64_t T, const StackedRows& w,
-                                        const float* bias, float* y) {
-  if (w.is_fused()) {
-    backend_.matmul(x, T, w.fused, bias, y);
-    return;
-  }
-  // Parts of different dtypes: each into scratch, then into its columns of y.
-  const int64_t width = w.rows();
-  const size_t f = sizeof(float);
-  int64_t offset = 0;
-  for (const WeightMatrix& part : w.parts) {
-    stacked_part_.reserve(backend_, TensorType::kF32, T * part.rows);
-    float* out = stacked_part_.data<float>();
-    backend_.matmul(x, T, part, bias ? bias + offset : nullptr, out);
-    backend_.copy_2d(y + offset, width * f, out, part.rows * f, part.rows * f, T);
-    offset += part.rows;
-  }
 }
 
 uint64_t ShardedTransformer::weight_bytes() const {
@@ -506,7 +488,8 @@ void ShardedTransformer::run_layer(Layer& L, int64_t T) {
   auto t0 = Clock::now();
   // Attention block.
   backend_.rmsnorm(x, L.input_norm.data<float>(), T, H, config_.rms_norm_eps, h);
-  matmul_stacked(h, T, L.qkv, L.qkv_bias.data<float>(), qkv_.data<float>());
+  matmul_stacked(backend_, h, T, L.qkv, L.qkv_bias.data<float>(), qkv_.data<float>(),
+                 stacked_part_);
   // Split the fused rows into q, k and v (strided copies inside the backend's memory).
   const size_t f = sizeof(float);
   const float* qkv = qkv_.data<float>();
@@ -542,7 +525,7 @@ void ShardedTransformer::run_layer(Layer& L, int64_t T) {
   if (L.moe) {  // sparse layer: this rank's experts; the all-reduce below combines them
     run_moe(*L.moe, h, T, proj);
   } else {
-    matmul_stacked(h, T, L.gate_up, nullptr, gate_up_.data<float>());
+    matmul_stacked(backend_, h, T, L.gate_up, nullptr, gate_up_.data<float>(), stacked_part_);
     backend_.silu_mul(gate_up_.data<float>(), T, ffn, act_.data<float>());
     backend_.matmul(act_.data<float>(), T, L.down, nullptr, proj);
   }

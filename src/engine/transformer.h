@@ -132,12 +132,6 @@ class ShardedTransformer {
                        StepLogits& out);
   // Moves a matrix just read from the store into the backend's memory (a no-op on the host).
   void adopt(WeightMatrix& w) const { backend_.adopt_weight(w); }
-  void adopt(StackedRows& w) const {
-    if (w.is_fused()) backend_.adopt_weight(w.fused);
-    for (WeightMatrix& part : w.parts) backend_.adopt_weight(part);
-  }
-  // y = x w^T for stacked matrices (q/k/v, gate/up): one matmul when fused, else one per part.
-  void matmul_stacked(const float* x, int64_t T, const StackedRows& w, const float* bias, float* y);
   void run_layer(Layer& layer, int64_t T);
   // One sparse layer's FFN (collective over the ep group when the experts span replicas).
   void run_moe(MoeFfn& moe, const float* h, int64_t T, float* out);

@@ -212,7 +212,7 @@ std::unique_ptr<KernelBackend> make_cpu_backend() {
   const char* amx_env = std::getenv("ALEM_CPU_AMX");
   const std::string amx = amx_env && *amx_env ? amx_env : "1";
   ALEM_CHECK(amx == "0" || amx == "1", "ALEM_CPU_AMX must be 0 or 1, got '" + amx + "'");
-  // ALEM_CPU_INTERLEAVE=0 keeps Q4_0/Q4_1/Q8_0 weights row-major (GGUF's layout) when adopted.
+  // ALEM_CPU_INTERLEAVE=0 keeps block weights row-major (GGUF's layout) when adopted.
   const char* interleave_env = std::getenv("ALEM_CPU_INTERLEAVE");
   const std::string interleave = interleave_env && *interleave_env ? interleave_env : "1";
   ALEM_CHECK(interleave == "0" || interleave == "1",

@@ -19,7 +19,7 @@ class CpuBackend final : public KernelBackend {
   // `dot_products` lets small-M int8 matmuls use the VNNI kernels (16-bit activations) when the
   // CPU has them; `bf16_dot_products` also lets bf16 matmuls use vdpbf16ps, which rounds the
   // activations to bf16 and so moves near-tie greedy tokens (off by default; docs/kernels.md),
-  // and interleaved Q4_0/Q4_1/Q8_0 weights take x at 8 bits per value (ggml's precision).
+  // and interleaved block weights take x at 8 bits per value (ggml's precision).
   // The registry's backend reads ALEM_CPU_DOT: 0 none, unset or int8 the int8 kernels, all both.
   // `amx` lets bf16 matmuls of kAmxMinRows rows and more use AMX tiles where the CPU and
   // kernel allow them (x split into 3 bf16 parts: the f32 result up to summation order; one
@@ -50,7 +50,7 @@ class CpuBackend final : public KernelBackend {
   // (sampling_avx512.cc where it can), rows split over the threads.
   void sampling_candidates(const float* logits, int64_t rows, int64_t vocab, int k,
                            SamplingCandidates& out) const override;
-  // Keeps the matrix in host memory; Q4_0, Q4_1 and Q8_0 weights with whole groups of 8 rows are
+  // Keeps the matrix in host memory; ggml block weights with whole groups of 8 rows are
   // rewritten in place to the 8-row interleaved layout (model/interleaved_blocks.h) where this
   // backend's block kernels are the AVX512-VNNI ones and interleaving is on.
   void adopt_weight(WeightMatrix& w) const override;
