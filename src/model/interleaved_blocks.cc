@@ -43,20 +43,21 @@ BlockFields fields_of(DType dtype) {
   }
 }
 
-// Copies one block between the two forms. `block` is the row-major block; `column` the start of
-// the interleaved block column of its group, r the row within the group.
+// Copies one block between the two forms: to the interleaved one, `from` is the row-major block
+// and `to` the start of its group's interleaved block column (r: the row within the group);
+// back, the other way round.
 template <bool kToInterleaved>
-void move_block(const BlockFields& f, uint8_t* block, uint8_t* column, int r) {
-  uint8_t* field_start = column;
+void move_block(const BlockFields& f, const uint8_t* from, uint8_t* to, int r) {
+  int64_t field_start = 0;  // in the column
   for (int i = 0; i < f.count; ++i) {
     const Field& field = f.fields[i];
     for (int k = 0; k < field.bytes / field.unit; ++k) {
-      uint8_t* in_block = block + field.offset + k * field.unit;
-      uint8_t* in_column = field_start + (k * kInterleavedRows + r) * field.unit;
+      const int64_t in_block = field.offset + k * field.unit;
+      const int64_t in_column = field_start + (k * kInterleavedRows + r) * field.unit;
       if constexpr (kToInterleaved) {
-        std::memcpy(in_column, in_block, field.unit);
+        std::memcpy(to + in_column, from + in_block, field.unit);
       } else {
-        std::memcpy(in_block, in_column, field.unit);
+        std::memcpy(to + in_block, from + in_column, field.unit);
       }
     }
     field_start += field.bytes * kInterleavedRows;
@@ -96,11 +97,9 @@ void interleaved_row(DType dtype, const uint8_t* data, int64_t cols, int64_t r, 
   const BlockFields f = fields_of(dtype);
   const int bb = dtype_block_bytes(dtype);
   const size_t row_bytes = dtype_row_bytes(dtype, cols);
-  // move_block reads the column when copying out of it; it is never written here.
-  uint8_t* base =
-      const_cast<uint8_t*>(data) + (r / kInterleavedRows) * row_bytes * kInterleavedRows;
+  const uint8_t* base = data + (r / kInterleavedRows) * row_bytes * kInterleavedRows;
   for (int64_t b = 0; b < cols / dtype_block_elements(dtype); ++b) {
-    move_block<false>(f, out + b * bb, base + b * bb * kInterleavedRows,
+    move_block<false>(f, base + b * bb * kInterleavedRows, out + b * bb,
                       static_cast<int>(r % kInterleavedRows));
   }
 }
