@@ -177,11 +177,16 @@ std::vector<WeightMatrix> weight_copies(const MatmulShape& shape, DType dtype, s
 // call reads its weights from DRAM). The machine may be shared, so calls are timed one by one
 // and the best is kept; one-thread calls use the thread's CPU clock, which does not run while
 // the thread is descheduled, and multi-thread calls the wall clock.
-double time_matmul(const CpuBackend& cpu, const std::vector<WeightMatrix>& copies, int64_t M,
-                   const std::vector<float>& x, std::vector<float>& y, double min_seconds) {
+struct CallTimes {
+  double best = 1e30;  // the fastest call
+  double mean = 0;     // all calls: what a model's step pays on a shared machine
+};
+CallTimes time_matmul(const CpuBackend& cpu, const std::vector<WeightMatrix>& copies, int64_t M,
+                      const std::vector<float>& x, std::vector<float>& y, double min_seconds) {
   cpu.matmul(x.data(), M, copies[0], nullptr, y.data());  // warm-up (and thread pool start)
   const bool cpu_clock = cpu.max_threads() == 1;
-  double best = 1e30, spent = 0;
+  CallTimes t;
+  double spent = 0, total = 0;
   int64_t calls = 0;
   while (calls < 20 || (spent < min_seconds && calls < 20000)) {
     for (const WeightMatrix& w : copies) {
@@ -189,12 +194,14 @@ double time_matmul(const CpuBackend& cpu, const std::vector<WeightMatrix>& copie
       cpu.matmul(x.data(), M, w, nullptr, y.data());
       const double elapsed =
           cpu_clock ? thread_cpu_seconds() - cpu_start : now_seconds() - wall_start;
-      best = std::min(best, elapsed);
+      t.best = std::min(t.best, elapsed);
+      total += elapsed;
       spent += now_seconds() - wall_start;
       ++calls;
     }
   }
-  return best;
+  t.mean = total / static_cast<double>(calls);
+  return t;
 }
 
 // "42%", or "-" where the limit was not measured (--no-limits).
@@ -215,11 +222,13 @@ std::map<std::string, double> bench_matmul(const Options& o, const Limits& limit
   std::printf("\n## matmul y[M][N] = x[M][K] W[N][K]^T\n");
   std::printf(
       "decode rows (M<16) cycle through copies of W larger than the L3 (DRAM-bound, as in a\n"
-      "real decode step); prefill rows reuse one W (compute-bound). Best of many calls;\n"
-      "1 thread on the thread's CPU clock, 2 threads on the wall clock.\n\n");
+      "real decode step); prefill rows reuse one W (compute-bound). Best of many calls (the\n"
+      "rates are from it) and their mean; 1 thread on the thread's CPU clock, 2 threads on the\n"
+      "wall clock.\n\n");
   std::printf(
-      "| shape | dtype | M | thr | us/call | GB/s (W) | %% of DRAM BW | GFLOP/s | %% of peak |\n");
-  std::printf("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+      "| shape | dtype | M | thr | us/call | mean us | GB/s (W) | %% of DRAM BW | GFLOP/s | %% of "
+      "peak |\n");
+  std::printf("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const MatmulShape& shape : o.model->matmuls) {
     if (std::string(shape.name).find(o.only) == std::string::npos) continue;
     for (DType dtype : o.dtypes) {
@@ -235,13 +244,14 @@ std::map<std::string, double> bench_matmul(const Options& o, const Limits& limit
         std::vector<float> x(static_cast<size_t>(M * shape.K), 0.01f), y(M * shape.N);
         for (int threads : o.threads) {
           CpuBackend cpu(cpu::best_supported_isa(), threads, o.dot_products, o.bf16_dot, o.amx);
-          const double seconds = time_matmul(cpu, decode ? cold : hot, M, x, y, min_seconds);
+          const CallTimes times = time_matmul(cpu, decode ? cold : hot, M, x, y, min_seconds);
+          const double seconds = times.best;
           const double gbs = cold[0].bytes() / seconds / 1e9;
           const double gflops = 2.0 * M * shape.N * shape.K / seconds / 1e9;
-          std::printf("| %s | %s | %lld | %d | %.1f | %.1f | %s | %.1f | %s |\n", shape.name,
+          std::printf("| %s | %s | %lld | %d | %.1f | %.1f | %.1f | %s | %.1f | %s |\n", shape.name,
                       dtype_name(dtype).c_str(), static_cast<long long>(M), threads, seconds * 1e6,
-                      gbs, percent_of(gbs, limits.dram_gbs.at(threads)).c_str(), gflops,
-                      percent_of(gflops, limits.peak_gflops.at(threads)).c_str());
+                      times.mean * 1e6, gbs, percent_of(gbs, limits.dram_gbs.at(threads)).c_str(),
+                      gflops, percent_of(gflops, limits.peak_gflops.at(threads)).c_str());
           std::fflush(stdout);
           results[std::string(shape.name) + "|" + dtype_name(dtype) + "|" + std::to_string(M) +
                   "|" + std::to_string(threads)] = seconds;
