@@ -143,6 +143,26 @@ inline void prefetch_ahead(const uint8_t* column) {
   }
 }
 
+// Runs f.template operator()<S>() for S = 0 .. 7, the sub-blocks of a column.
+template <class F>
+inline void for_each_sub_block(F& f) {
+  f.template operator()<0>();
+  f.template operator()<1>();
+  f.template operator()<2>();
+  f.template operator()<3>();
+  f.template operator()<4>();
+  f.template operator()<5>();
+  f.template operator()<6>();
+  f.template operator()<7>();
+}
+
+// y[i][0 .. 8) = acc[i] + bias.
+template <int MR>
+inline void store_rows(const __m256* acc, const float* bias, float* const* y) {
+  const __m256 b8 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(y[i], _mm256_add_ps(acc[i], b8));
+}
+
 // Q4_K / Q5_K: y[i][0 .. 8) for MR rows of x from one group of 8 weight rows.
 template <DType T, int MR, bool kEightBit>
 void group_rows_q45(const SplitX* x, const uint8_t* group, int64_t columns, const float* bias,
@@ -171,17 +191,9 @@ void group_rows_q45(const SplitX* x, const uint8_t* group, int64_t columns, cons
         acc[i] = _mm256_fmadd_ps(minimum, _mm256_set1_ps(x[i].s[block]), acc[i]);
       }
     };
-    sub_block.template operator()<0>();
-    sub_block.template operator()<1>();
-    sub_block.template operator()<2>();
-    sub_block.template operator()<3>();
-    sub_block.template operator()<4>();
-    sub_block.template operator()<5>();
-    sub_block.template operator()<6>();
-    sub_block.template operator()<7>();
+    for_each_sub_block(sub_block);
   }
-  const __m256 b8 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
-  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(y[i], _mm256_add_ps(acc[i], b8));
+  store_rows<MR>(acc, bias, y);
 }
 
 // Q6_K: y[i][0 .. 8) for MR rows of x from one group of 8 weight rows.
@@ -216,17 +228,9 @@ void group_rows_q6(const SplitX* x, const uint8_t* group, int64_t columns, const
         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_b), _mm256_mul_ps(scale_b, dx), acc[i]);
       }
     };
-    sub_block.template operator()<0>();
-    sub_block.template operator()<1>();
-    sub_block.template operator()<2>();
-    sub_block.template operator()<3>();
-    sub_block.template operator()<4>();
-    sub_block.template operator()<5>();
-    sub_block.template operator()<6>();
-    sub_block.template operator()<7>();
+    for_each_sub_block(sub_block);
   }
-  const __m256 b8 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
-  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(y[i], _mm256_add_ps(acc[i], b8));
+  store_rows<MR>(acc, bias, y);
 }
 
 // The per-group arithmetic for interleaved::run.
