@@ -24,6 +24,10 @@ namespace {
 using interleaved::broadcast_4_bytes;
 using interleaved::SplitX;
 
+// Every helper below is forced inline: GCC left a 4-chunk dot product of Q6_K out of line, so
+// the unpacked values went through the stack and a call in the innermost loop.
+#define ALEM_INLINE inline __attribute__((always_inline))
+
 // Where the fields of a super-block column sit (interleaved_blocks.cc, 8 rows each).
 template <DType T>
 struct Column;
@@ -43,15 +47,15 @@ struct Column<DType::Q6_K> {  // d, 16 int8 scales (4 words), ql (32 chunks), qh
 // Bytes between a prefetch and its use: about 6 KB in flight, as the Q4_0 kernel.
 constexpr int kAheadBytes = 5760;
 
-inline __m256i load(const uint8_t* p) {
+ALEM_INLINE __m256i load(const uint8_t* p) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
 }
-inline __m256 load_f16x8(const uint8_t* p) {
+ALEM_INLINE __m256 load_f16x8(const uint8_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 // Byte `i` of every 32-bit lane, unsigned, as f32.
 template <int i>
-inline __m256 byte_of_lanes(__m256i v) {
+ALEM_INLINE __m256 byte_of_lanes(__m256i v) {
   return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v, 8 * i), _mm256_set1_epi32(0xFF)));
 }
 
@@ -60,7 +64,7 @@ inline __m256 byte_of_lanes(__m256i v) {
 struct ScaleBytes {
   __m256i sc03, sc47, m03, m47;
 };
-inline ScaleBytes unpack_scales(const uint8_t* words) {
+ALEM_INLINE ScaleBytes unpack_scales(const uint8_t* words) {
   const __m256i low6 = _mm256_set1_epi32(0x3f3f3f3f), low4 = _mm256_set1_epi32(0x0f0f0f0f),
                 low2 = _mm256_set1_epi32(0x03030303);
   const __m256i u0 = load(words), u1 = load(words + 32), u2 = load(words + 64);
@@ -76,7 +80,7 @@ inline ScaleBytes unpack_scales(const uint8_t* words) {
 
 // The 8 chunks (values 4c..4c+3 of every row, c = 0..7) of sub-block S of a Q4_K/Q5_K column.
 template <DType T, int S>
-inline void sub_block_values(const uint8_t* column, __m256i* q) {
+ALEM_INLINE void sub_block_values(const uint8_t* column, __m256i* q) {
   const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
   // Sub-blocks 2j and 2j+1 share the 32 bytes of qs at 32j: low nibbles, then high nibbles.
   const uint8_t* chunks = column + Column<T>::kValues + (S / 2) * 8 * 32;
@@ -95,7 +99,7 @@ inline void sub_block_values(const uint8_t* column, __m256i* q) {
 // t = 0, 1 take the low nibbles of ql's chunks 16h + 8t .. + 7, t = 2, 3 the high nibbles of
 // the same chunks as t - 2), the high 2 bits from bits 2t, 2t+1 of qh's chunks 8h .. 8h + 7.
 template <int S>
-inline void q6_sub_block_values(const uint8_t* column, __m256i* q) {
+ALEM_INLINE void q6_sub_block_values(const uint8_t* column, __m256i* q) {
   constexpr int h = S / 4, t = S % 4;
   const __m256i low_nibbles = _mm256_set1_epi8(0x0F), high_pair = _mm256_set1_epi8(0x30);
   const uint8_t* ql = column + Column<DType::Q6_K>::kValues + (16 * h + 8 * (t % 2)) * 32;
@@ -112,7 +116,7 @@ inline void q6_sub_block_values(const uint8_t* column, __m256i* q) {
 // sum(q * x) over chunks [C0, C0 + 4) of a sub-block as 8 int32 lanes (one per weight row),
 // plus `start`. x: the block's bytes (lo[32], hi[32]).
 template <bool kEightBit, int C0, int kChunks>
-inline __m256i chunk_dot(const __m256i* q, const uint8_t* x, __m256i start) {
+ALEM_INLINE __m256i chunk_dot(const __m256i* q, const uint8_t* x, __m256i start) {
   const uint8_t* lo = x;
   const uint8_t* hi = x + 32;
   __m256i low_a = start, low_b = _mm256_setzero_si256(), high_a = _mm256_setzero_si256(),
@@ -133,7 +137,7 @@ inline __m256i chunk_dot(const __m256i* q, const uint8_t* x, __m256i start) {
 
 // Spreads the prefetch of the column `kAheadBytes` ahead over its 8 sub-blocks.
 template <DType T, int S>
-inline void prefetch_ahead(const uint8_t* column) {
+ALEM_INLINE void prefetch_ahead(const uint8_t* column) {
   constexpr int lines = (Column<T>::kBytes + 63) / 64;
   constexpr int ahead = kAheadBytes / Column<T>::kBytes * Column<T>::kBytes;
   // A volatile asm, which the compiler schedules in place: as _mm_prefetch, GCC moved all of a
@@ -145,7 +149,7 @@ inline void prefetch_ahead(const uint8_t* column) {
 
 // Runs f.template operator()<S>() for S = 0 .. 7, the sub-blocks of a column.
 template <class F>
-inline void for_each_sub_block(F& f) {
+ALEM_INLINE void for_each_sub_block(F& f) {
   f.template operator()<0>();
   f.template operator()<1>();
   f.template operator()<2>();
@@ -158,7 +162,7 @@ inline void for_each_sub_block(F& f) {
 
 // y[i][0 .. 8) = acc[i] + bias.
 template <int MR>
-inline void store_rows(const __m256* acc, const float* bias, float* const* y) {
+ALEM_INLINE void store_rows(const __m256* acc, const float* bias, float* const* y) {
   const __m256 b8 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
   for (int i = 0; i < MR; ++i) _mm256_storeu_ps(y[i], _mm256_add_ps(acc[i], b8));
 }
@@ -247,6 +251,8 @@ struct SuperBlocks {
     }
   }
 };
+
+#undef ALEM_INLINE
 
 }  // namespace
 
