@@ -59,7 +59,7 @@ WeightMatrix concat_rows(const std::vector<WeightMatrix>& parts);
 // Matrices the engine multiplies as one (q/k/v, gate/up): stacked into one matrix where they
 // share a dtype, kept as parts where a GGUF mixture stores them in different types (a Q4_K_M
 // file's Q6_K v beside Q4_K q and k), so no part is expanded. The output is the same either
-// way: each part's rows are columns [row_offset(i), row_offset(i) + parts[i].rows) of y.
+// way: part i's rows are the columns of y after those of parts 0 .. i-1.
 struct StackedRows {
   WeightMatrix fused;               // every part, when they share a dtype
   std::vector<WeightMatrix> parts;  // otherwise, in order

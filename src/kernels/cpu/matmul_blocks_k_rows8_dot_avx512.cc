@@ -44,8 +44,7 @@ struct Column<DType::Q6_K> {  // d, 16 int8 scales (4 words), ql (32 chunks), qh
   static constexpr int kScales = 16, kValues = 144, kHighBits = 1168, kBytes = 1680;
 };
 
-// Bytes between a prefetch and its use: about 6 KB in flight, as the Q4_0 kernel.
-constexpr int kAheadBytes = 5760;
+using interleaved::kAheadBytes;
 
 ALEM_INLINE __m256i load(const uint8_t* p) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));

@@ -20,10 +20,9 @@ namespace {
 using interleaved::broadcast_4_bytes;
 using interleaved::SplitX;
 
-// Bytes between a prefetch and its use in the 4-bit kernel: the weights are one sequential
-// stream, and decode needs about 6 KB in flight to cover memory latency (576 bytes left a
-// quarter of the bandwidth unused on large matrices; Q8_0 measured no better for it).
-constexpr int kAheadBytes = 5760;
+// The 4-bit kernel prefetches interleaved::kAheadBytes ahead; Q8_0 measured no better for it
+// and keeps 2 block columns.
+using interleaved::kAheadBytes;
 
 // y[m][n .. n + 8) for MR rows of x from the group of 8 weight rows starting at row n.
 template <DType T, int MR, bool kEightBit>

@@ -27,6 +27,10 @@ namespace interleaved {
 
 constexpr int kGroup = kInterleavedRows;
 constexpr int kMaxRowsOfX = 4;
+// Bytes between a prefetch and its use: the weights are one sequential stream, and decode needs
+// about 6 KB in flight to cover memory latency (576 bytes left a quarter of the bandwidth
+// unused on large matrices).
+constexpr int kAheadBytes = 5760;
 
 // One row of x, per block of 32: the bytes, the sums of the values the products use over each
 // half (for weights stored with an offset: Q4_0's 8, Q6_K's 32), and the scales.
