@@ -278,7 +278,9 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
   const Shapes shapes256 = {{1, 256}, {7, 512}, {200, 768}, {96, 1536}};  // K-quant super-blocks
   for (DType dtype :
        {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
-    for (int64_t M : {1, 2, 3, 5, 8, 33, 64}) {
+    // From 4 rows of x, Q4_0/Q4_1/Q8_0 take two groups of 8 weight rows per 512-bit register
+    // (N = 48 and 200: pairs and a lone group after them); M = 5, 7, 33: 1-3 rows left over.
+    for (int64_t M : {1, 2, 3, 5, 7, 8, 33, 64}) {
       for (auto [N, K] : dtype_is_k_quant(dtype) ? shapes256 : shapes32) {
         const bool with_bias = (M + N) % 2 == 1;
         const auto x = random_values(M * K, seed += 3, -2.f, 2.f);
@@ -344,7 +346,7 @@ TEST(CpuInterleavedBlocks, EightBitActivationsAreHeldToTheirBound) {
   bool beyond_16_bit_bound = false;
   for (DType dtype :
        {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
-    for (int64_t M : {1, 3, 6, 33}) {
+    for (int64_t M : {1, 3, 6, 7, 33}) {
       const int64_t N = 40, K = dtype_is_k_quant(dtype) ? 768 : 608;
       const auto x = random_values(M * K, seed += 3, -2.f, 2.f);
       const auto values = random_values(N * K, seed + 1);

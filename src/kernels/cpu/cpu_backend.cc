@@ -170,6 +170,9 @@ CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products, bool bf
   const bool avx512 = isa == cpu::Isa::kAvx512 && dot_products;
   dot_bf16_ = avx512 && bf16_dot_products && cpu::has_avx512_bf16();
   dot_int8_ = avx512 && cpu::has_avx512_vnni();
+  // ggml's precision for block weights needs VNNI only: a CPU without AVX512-BF16 (an Intel
+  // Xeon whose hypervisor hides it) still takes it with ALEM_CPU_DOT=all.
+  eight_bit_blocks_ = dot_int8_ && bf16_dot_products;
   amx_ = amx && isa == cpu::Isa::kAvx512 && cpu::amx::usable();
   set_interleave_blocks(true);
 }
@@ -367,7 +370,8 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
   blocks_.quantize(x, M, K, q, d, s);
   const cpu::WeightView view = cpu::view_of(w);
   // ALEM_CPU_DOT=all: interleaved weights at ggml's 8-bit activation precision.
-  const cpu::Q16Blocks a{q, d, s, K, dot_bf16_ && view.layout == BlockLayout::kInterleaved8};
+  const cpu::Q16Blocks a{q, d, s, K,
+                         eight_bit_blocks_ && view.layout == BlockLayout::kInterleaved8};
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
   // Interleaved weights (only made where the block kernels are the AVX512-VNNI ones): runs of
   // 16 rows keep every thread's range in whole groups of 8.

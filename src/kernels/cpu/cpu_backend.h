@@ -104,6 +104,7 @@ class CpuBackend final : public KernelBackend {
   cpu::BlockKernels blocks_;
   int max_threads_ = 1;
   bool dot_bf16_ = false;
+  bool eight_bit_blocks_ = false;  // ALEM_CPU_DOT=all: interleaved blocks at 8-bit activations
   bool dot_int8_ = false;
   bool amx_ = false;
   bool interleave_blocks_ = false;

@@ -18,6 +18,13 @@ Isa best_supported_isa();
 bool isa_supported(Isa isa);
 const char* isa_name(Isa isa);
 
+// How far ahead of its reads a decode kernel prefetches the weights, which it reads as one
+// sequential stream. Decode needs about 6 KB in flight to cover memory latency: 576 bytes left a
+// quarter of an AMD Zen 4's bandwidth unused on large matrices; on an Intel Xeon (Emerald
+// Rapids) the bf16 and Q8_0 kernels without it streamed 10-11 GB/s of one core's 17.7, with it
+// 14-15 (docs/kernels.md).
+constexpr int kStreamPrefetchBytes = 5760;
+
 // A weight matrix as raw pointers: [rows][cols] of dtype; I8 adds scales[rows][cols / 32].
 struct WeightView {
   DType dtype = DType::F32;

@@ -240,6 +240,7 @@ void group_rows_q6(const SplitX* x, const uint8_t* group, int64_t columns, const
 template <DType T>
 struct SuperBlocks {
   static constexpr bool kSignedWeights = false;
+  static constexpr bool kPairs = false;  // one group per register (too few registers for two)
   template <int MR, bool kEightBit>
   static void group(const SplitX* x, const uint8_t* group, int64_t columns, const float* bias,
                     float* const* y) {

@@ -27,10 +27,15 @@ namespace interleaved {
 
 constexpr int kGroup = kInterleavedRows;
 constexpr int kMaxRowsOfX = 4;
-// Bytes between a prefetch and its use: the weights are one sequential stream, and decode needs
-// about 6 KB in flight to cover memory latency (576 bytes left a quarter of the bandwidth
-// unused on large matrices).
-constexpr int kAheadBytes = 5760;
+// From this many rows of x, kernels that have a two-group form (Kernel::kPairs) take 16 weight
+// rows per 512-bit register, up to kMaxRowsOfXPair rows of x at a time. With 2 rows of x the
+// two groups' streams lost to one (decode batches are bound by memory); from 4 they won. Six
+// rows of x (two sums per row to fit the registers) ran slower than four: the sums' chains
+// of dependent vpdpbusd were then the limit.
+constexpr int64_t kPairMinRows = 4;
+constexpr int kMaxRowsOfXPair = 4;
+// Bytes between a prefetch and its use (the weights are one sequential stream).
+constexpr int kAheadBytes = kStreamPrefetchBytes;
 
 // One row of x, per block of 32: the bytes, the sums of the values the products use over each
 // half (for weights stored with an offset: Q4_0's 8, Q6_K's 32), and the scales.
@@ -79,6 +84,8 @@ inline __m256i broadcast_4_bytes(const uint8_t* p) {
 
 // y[m][n_begin .. n_end) for the rows m_begin .. m_end of x. `Kernel` supplies
 //   static constexpr bool kSignedWeights;
+//   static constexpr bool kPairs;  // and, if true, pair<MR, kEightBit>(x, group, group_bytes,
+//       columns, bias, y): the same for the two groups from `group`, y[i][0 .. 16)
 //   template <int MR, bool kEightBit> static void group(const SplitX* x, const uint8_t* group,
 //       int64_t columns, const float* bias, float* const* y);
 // which computes y[i][0 .. 8) for MR rows of x from one group of 8 weight rows (`columns` block
@@ -106,34 +113,46 @@ void run(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w
     split_activations(a, m_begin + i, blocks, Kernel::kSignedWeights, xb, xs, d8);
     x[i] = {xb, xs, a.eight_bit ? d8 : a.d + (m_begin + i) * blocks, a.s + (m_begin + i) * blocks};
   }
-  // MR rows of x from row i against the group of 8 weight rows starting at row n.
-  const auto rows_of_x = [&]<int MR, bool kEightBit>(int64_t i, int64_t n) {
+  // MR rows of x from row i against the group of 8 weight rows starting at row n (kPair: and
+  // the next group, with 512-bit registers).
+  const auto rows_of_x = [&]<int MR, bool kEightBit, bool kPair>(int64_t i, int64_t n) {
     float* out[MR];
     for (int r = 0; r < MR; ++r) out[r] = y + (m_begin + i + r) * w.rows + n;
     const uint8_t* group = static_cast<const uint8_t*>(w.data) + (n / kGroup) * group_bytes;
-    Kernel::template group<MR, kEightBit>(x.data() + i, group, columns, bias ? bias + n : nullptr,
-                                          out);
-  };
-  // Groups outermost: one group at a time against every row of x.
-  const auto by_group = [&]<bool kEightBit>() {
-    for (int64_t n = n_begin; n < n_end; n += kGroup) {
-      int64_t i = 0;
-      for (; i + kMaxRowsOfX <= rows; i += kMaxRowsOfX)
-        rows_of_x.template operator()<kMaxRowsOfX, kEightBit>(i, n);
-      switch (rows - i) {
-        case 3:
-          rows_of_x.template operator()<3, kEightBit>(i, n);
-          break;
-        case 2:
-          rows_of_x.template operator()<2, kEightBit>(i, n);
-          break;
-        case 1:
-          rows_of_x.template operator()<1, kEightBit>(i, n);
-          break;
-        default:
-          break;
-      }
+    const float* group_bias = bias ? bias + n : nullptr;
+    if constexpr (kPair) {
+      Kernel::template pair<MR, kEightBit>(x.data() + i, group, group_bytes, columns, group_bias,
+                                           out);
+    } else {
+      Kernel::template group<MR, kEightBit>(x.data() + i, group, columns, group_bias, out);
     }
+  };
+  const auto every_row_of_x = [&]<bool kEightBit, bool kPair>(int64_t n) {
+    constexpr int kMax = kPair ? kMaxRowsOfXPair : kMaxRowsOfX;
+    int64_t i = 0;
+    for (; i + kMax <= rows; i += kMax) rows_of_x.template operator()<kMax, kEightBit, kPair>(i, n);
+    const auto tail = [&]<int MR>() {
+      if constexpr (MR < kMax) {
+        if (rows - i == MR) rows_of_x.template operator()<MR, kEightBit, kPair>(i, n);
+      }
+    };
+    static_assert(kMaxRowsOfX <= 6 && kMaxRowsOfXPair <= 6);
+    tail.template operator()<5>();
+    tail.template operator()<4>();
+    tail.template operator()<3>();
+    tail.template operator()<2>();
+    tail.template operator()<1>();
+  };
+  // Groups outermost: one group (or pair of groups) at a time against every row of x. Pairs
+  // only from kPairMinRows rows of x: a lone row reads the weights as one stream (decode).
+  const bool pairs = Kernel::kPairs && rows >= kPairMinRows;
+  const auto by_group = [&]<bool kEightBit>() {
+    int64_t n = n_begin;
+    if constexpr (Kernel::kPairs) {
+      for (; pairs && n + 2 * kGroup <= n_end; n += 2 * kGroup)
+        every_row_of_x.template operator()<kEightBit, true>(n);
+    }
+    for (; n < n_end; n += kGroup) every_row_of_x.template operator()<kEightBit, false>(n);
   };
   if (a.eight_bit) {
     by_group.template operator()<true>();
