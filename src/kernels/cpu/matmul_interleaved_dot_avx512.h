@@ -17,6 +17,7 @@
 
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstring>
 #include <vector>
 
@@ -81,6 +82,121 @@ inline __m256i broadcast_4_bytes(const uint8_t* p) {
   std::memcpy(&v, p, 4);
   return _mm256_set1_epi32(v);
 }
+
+#define ALEM_LANES_INLINE inline __attribute__((always_inline))
+
+// The registers a group's arithmetic runs on. Lanes8: one group of 8 weight rows, one row per
+// 32-bit lane of a 256-bit register. Lanes16: two groups side by side in 512-bit registers (the
+// group at p in the low half, the one `gap` bytes later in the high half), so one instruction
+// serves 16 weight rows; run() takes it from kPairMinRows rows of x (prefill).
+struct Lanes8 {
+  using I = __m256i;
+  using F = __m256;
+  ALEM_LANES_INLINE static I load(const uint8_t* p, size_t) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
+  ALEM_LANES_INLINE static F load_f16(const uint8_t* p, size_t) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  ALEM_LANES_INLINE static I bytes(char v) { return _mm256_set1_epi8(v); }
+  ALEM_LANES_INLINE static I words(int v) { return _mm256_set1_epi32(v); }
+  ALEM_LANES_INLINE static I x_bytes(const uint8_t* p) { return broadcast_4_bytes(p); }
+  ALEM_LANES_INLINE static I zero() { return _mm256_setzero_si256(); }
+  ALEM_LANES_INLINE static I and_(I a, I b) { return _mm256_and_si256(a, b); }
+  ALEM_LANES_INLINE static I or_(I a, I b) { return _mm256_or_si256(a, b); }
+  ALEM_LANES_INLINE static I add(I a, I b) { return _mm256_add_epi32(a, b); }
+  ALEM_LANES_INLINE static I isub(I a, I b) { return _mm256_sub_epi32(a, b); }
+  template <int n>
+  ALEM_LANES_INLINE static I srl16(I v) {
+    return _mm256_srli_epi16(v, n);
+  }
+  template <int n>
+  ALEM_LANES_INLINE static I sll16(I v) {
+    return _mm256_slli_epi16(v, n);
+  }
+  template <int n>
+  ALEM_LANES_INLINE static I srl32(I v) {
+    return _mm256_srli_epi32(v, n);
+  }
+  template <int n>
+  ALEM_LANES_INLINE static I sll32(I v) {
+    return _mm256_slli_epi32(v, n);
+  }
+  template <int n>
+  ALEM_LANES_INLINE static I sra32(I v) {
+    return _mm256_srai_epi32(v, n);
+  }
+  ALEM_LANES_INLINE static I dot(I acc, I u, I s) { return _mm256_dpbusd_epi32(acc, u, s); }
+  ALEM_LANES_INLINE static F to_f32(I v) { return _mm256_cvtepi32_ps(v); }
+  ALEM_LANES_INLINE static F fzero() { return _mm256_setzero_ps(); }
+  ALEM_LANES_INLINE static F fset(float v) { return _mm256_set1_ps(v); }
+  ALEM_LANES_INLINE static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  ALEM_LANES_INLINE static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  ALEM_LANES_INLINE static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  // y[0 .. 8) = v + bias.
+  ALEM_LANES_INLINE static void store(float* y, F v, const float* bias) {
+    _mm256_storeu_ps(y, bias ? _mm256_add_ps(v, _mm256_loadu_ps(bias)) : v);
+  }
+};
+struct Lanes16 {
+  using I = __m512i;
+  using F = __m512;
+  ALEM_LANES_INLINE static I load(const uint8_t* p, size_t gap) {
+    return _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))),
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + gap)), 1);
+  }
+  ALEM_LANES_INLINE static F load_f16(const uint8_t* p, size_t gap) {
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + gap)), 1));
+  }
+  ALEM_LANES_INLINE static I bytes(char v) { return _mm512_set1_epi8(v); }
+  ALEM_LANES_INLINE static I words(int v) { return _mm512_set1_epi32(v); }
+  ALEM_LANES_INLINE static I x_bytes(const uint8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+  }
+  ALEM_LANES_INLINE static I zero() { return _mm512_setzero_si512(); }
+  ALEM_LANES_INLINE static I and_(I a, I b) { return _mm512_and_si512(a, b); }
+  ALEM_LANES_INLINE static I or_(I a, I b) { return _mm512_or_si512(a, b); }
+  ALEM_LANES_INLINE static I add(I a, I b) { return _mm512_add_epi32(a, b); }
+  ALEM_LANES_INLINE static I isub(I a, I b) { return _mm512_sub_epi32(a, b); }
+  template <int n>
+  ALEM_LANES_INLINE static I srl16(I v) {
+    return _mm512_srli_epi16(v, n);
+  }
+  template <int n>
+  ALEM_LANES_INLINE static I sll16(I v) {
+    return _mm512_slli_epi16(v, n);
+  }
+  template <int n>
+  ALEM_LANES_INLINE static I srl32(I v) {
+    return _mm512_srli_epi32(v, n);
+  }
+  template <int n>
+  ALEM_LANES_INLINE static I sll32(I v) {
+    return _mm512_slli_epi32(v, n);
+  }
+  template <int n>
+  ALEM_LANES_INLINE static I sra32(I v) {
+    return _mm512_srai_epi32(v, n);
+  }
+  ALEM_LANES_INLINE static I dot(I acc, I u, I s) { return _mm512_dpbusd_epi32(acc, u, s); }
+  ALEM_LANES_INLINE static F to_f32(I v) { return _mm512_cvtepi32_ps(v); }
+  ALEM_LANES_INLINE static F fzero() { return _mm512_setzero_ps(); }
+  ALEM_LANES_INLINE static F fset(float v) { return _mm512_set1_ps(v); }
+  ALEM_LANES_INLINE static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  ALEM_LANES_INLINE static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  ALEM_LANES_INLINE static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  // y[0 .. 16) = v + bias.
+  ALEM_LANES_INLINE static void store(float* y, F v, const float* bias) {
+    _mm512_storeu_ps(y, bias ? _mm512_add_ps(v, _mm512_loadu_ps(bias)) : v);
+  }
+};
+
+#undef ALEM_LANES_INLINE
 
 // y[m][n_begin .. n_end) for the rows m_begin .. m_end of x. `Kernel` supplies
 //   static constexpr bool kSignedWeights;
