@@ -1,6 +1,8 @@
 // What the interleaved block-weight kernels (model/interleaved_blocks.h) share: the activations
-// split into bytes once per call, and the loop that walks groups of 8 weight rows and rows of
-// x. matmul_blocks_rows8_dot_avx512.cc (Q4_0, Q4_1, Q8_0) and matmul_blocks_k_rows8_dot_avx512.cc
+// split into bytes once per call, the two register widths their arithmetic is written over
+// (Lanes8: one group of 8 weight rows per 256-bit register; Lanes16: two groups per 512-bit
+// one, for prefill), and the loop that walks groups of weight rows and rows of x.
+// matmul_blocks_rows8_dot_avx512.cc (Q4_0, Q4_1, Q8_0) and matmul_blocks_k_rows8_dot_avx512.cc
 // (Q4_K, Q5_K, Q6_K) supply the per-group arithmetic. Included only by *_dot_avx512.cc files
 // (AVX512-VNNI), inside namespace alem::cpu::avx512_vnni.
 //
