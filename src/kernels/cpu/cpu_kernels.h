@@ -19,11 +19,20 @@ bool isa_supported(Isa isa);
 const char* isa_name(Isa isa);
 
 // How far ahead of its reads a decode kernel prefetches the weights, which it reads as one
-// sequential stream. Decode needs about 6 KB in flight to cover memory latency: 576 bytes left a
-// quarter of an AMD Zen 4's bandwidth unused on large matrices; on an Intel Xeon (Emerald
-// Rapids) the bf16 and Q8_0 kernels without it streamed 10-11 GB/s of one core's 17.7, with it
-// 14-15 (docs/kernels.md).
-constexpr int kStreamPrefetchBytes = 5760;
+// sequential stream, and into which cache. The lines go to the L2 (prefetcht1), whose queue
+// holds more misses in flight than the L1's fill buffers, so the distance can be three times
+// the 6 KB that the L1 form needed. On an Intel Xeon (Emerald Rapids), one core reading 17.6
+// GB/s, the 1.1B gate+up matmul streamed 14.0-14.3 -> 15.4-15.5 GB/s at Q8_0 and 13.8-14.6 ->
+// 15.2-15.8 at bf16; the L1 form at this distance gained nothing (docs/kernels.md). Before
+// that, 576 bytes ahead left a quarter of an AMD Zen 4's bandwidth unused.
+constexpr int kStreamPrefetchBytes = 17280;
+
+// Prefetches the cache line at p into the L2, in place: an asm volatile, which the compiler
+// neither moves nor merges (GCC gathered a loop's _mm_prefetch calls at its start, and a burst
+// of 18 to 27 misses measured as slow as none).
+inline void prefetch_stream(const void* p) {
+  asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+}
 
 // Columns per chunk of a packed GEMM (whole panels of `panel_cols`): the chunk's f32 partial
 // sums for `rows` rows of x, re-read at every k tile, stay within kGemmChunkBytes, a part of any

@@ -187,9 +187,7 @@ void stream_row(const float* x, int64_t K, const WeightView& w, int64_t n, const
   for (; k + 32 <= K; k += 32) {
     // The rows lie one after another, so the stream runs on into the next rows.
     for (int line = 0; line < 32 * element_bytes<D>(); line += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(row.data + k * element_bytes<D>() +
-                                                 kStreamPrefetchBytes + line),
-                   _MM_HINT_T0);
+      prefetch_stream(row.data + k * element_bytes<D>() + kStreamPrefetchBytes + line);
     }
     acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), load_weights<D>(row, k), acc0);
     acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), load_weights<D>(row, k + 16), acc1);

@@ -147,11 +147,8 @@ template <DType T, int S>
 ALEM_INLINE void prefetch_ahead(const uint8_t* column) {
   constexpr int lines = (Column<T>::kBytes + 63) / 64;
   constexpr int ahead = kAheadBytes / Column<T>::kBytes * Column<T>::kBytes;
-  // A volatile asm, which the compiler schedules in place: as _mm_prefetch, GCC moved all of a
-  // column's prefetches to its start, and a burst of 18 to 27 misses measured as slow as none.
-  for (int l = S * lines / 8; l < (S + 1) * lines / 8; ++l) {
-    asm volatile("prefetcht0 %0" : : "m"(*(column + ahead + 64 * l)));
-  }
+  for (int l = S * lines / 8; l < (S + 1) * lines / 8; ++l)
+    prefetch_stream(column + ahead + 64 * l);
 }
 template <class V, DType T, int S>
 ALEM_INLINE void prefetch_ahead(const uint8_t* column, size_t gap) {

@@ -30,10 +30,8 @@ using interleaved::SplitX;
 template <class V>
 inline void prefetch_columns(const uint8_t* column, size_t gap, int ahead, int lines) {
   for (int line = 0; line < lines; ++line) {
-    _mm_prefetch(reinterpret_cast<const char*>(column + ahead + 64 * line), _MM_HINT_T0);
-    if constexpr (std::is_same_v<V, Lanes16>) {
-      _mm_prefetch(reinterpret_cast<const char*>(column + gap + ahead + 64 * line), _MM_HINT_T0);
-    }
+    prefetch_stream(column + ahead + 64 * line);
+    if constexpr (std::is_same_v<V, Lanes16>) prefetch_stream(column + gap + ahead + 64 * line);
   }
 }
 

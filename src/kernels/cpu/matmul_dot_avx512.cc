@@ -85,7 +85,11 @@ void bf16_block(const uint16_t* xb, int64_t ldx, const uint16_t* w, int64_t K, i
     __m512bh wv[R];
     for (int r = 0; r < R; ++r) {
       // The next register block's rows follow these in memory (one row: a stream).
-      _mm_prefetch(reinterpret_cast<const char*>(row[r] + ahead + k), _MM_HINT_T0);
+      if constexpr (R == 1) {
+        prefetch_stream(row[r] + ahead + k);
+      } else {
+        _mm_prefetch(reinterpret_cast<const char*>(row[r] + ahead + k), _MM_HINT_T0);
+      }
       wv[r] = (__m512bh)_mm512_loadu_si512(row[r] + k);
     }
     for (int m = 0; m < MB; ++m) {
@@ -133,7 +137,11 @@ void int8_block(const Q16Activations& a, const int8_t* w, const float* w_scales,
     __m512i wv[R], wo[R];
     __m512 ws[R];
     for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(row[r] + ahead + k), _MM_HINT_T0);
+      if constexpr (R == 1) {
+        prefetch_stream(row[r] + ahead + k);
+      } else {
+        _mm_prefetch(reinterpret_cast<const char*>(row[r] + ahead + k), _MM_HINT_T0);
+      }
       const __m512i q = pair ? _mm512_loadu_si512(row[r] + k)
                              : _mm512_castsi256_si512(_mm256_loadu_si256(
                                    reinterpret_cast<const __m256i*>(row[r] + k)));
