@@ -24,7 +24,8 @@ const char* isa_name(Isa isa);
 // the 6 KB that the L1 form needed. On an Intel Xeon (Emerald Rapids), one core reading 17.6
 // GB/s, the 1.1B gate+up matmul streamed 14.0-14.3 -> 15.4-15.5 GB/s at Q8_0 and 13.8-14.6 ->
 // 15.2-15.8 at bf16; the L1 form at this distance gained nothing (docs/kernels.md). Before
-// that, 576 bytes ahead left a quarter of an AMD Zen 4's bandwidth unused.
+// that, 576 bytes ahead left a quarter of an AMD Zen 4's bandwidth unused. The Q4_0/Q4_1 kernel
+// keeps the L1 form (matmul_blocks_rows8_dot_avx512.cc).
 constexpr int kStreamPrefetchBytes = 17280;
 
 // Prefetches the cache line at p into the L2, in place: an asm volatile, which the compiler
