@@ -12,7 +12,8 @@
 #      kept as blocks, BF16 kept as bf16);
 #   4. rounds: for every type and thread count, `alem bench generate` and `llama-bench`
 #      (-p P -n D), the order alternating per round; medians, ratios, and alem's measured read
-#      bandwidth with the bytes each decoded token streams (the physical limit on decode).
+#      bandwidth with the bytes each decoded token streams (the physical limit on decode), and
+#      the decode over a plain read of the same bytes timed like it just after it (`rd step`).
 #
 #   bench/llama_bench_compare.sh          # ROUNDS=5 THREADS="1 2" TYPES="Q4_0 Q8_0 BF16"
 #   SHAPES="smollm2 tinyllama" bench/llama_bench_compare.sh
@@ -79,7 +80,7 @@ for shape in $shapes; do
 done
 
 raw="$work/compare-raw.csv"
-echo "round,shape,type,threads,engine,prefill_tok_s,decode_tok_s,read_gb_s,mb_per_token" >"$raw"
+echo "round,shape,type,threads,engine,prefill_tok_s,decode_tok_s,read_gb_s,mb_per_token,step_read_gb_s" >"$raw"
 run_alem() {  # shape type threads round
   local out
   out=$(OMP_NUM_THREADS=$3 "$alem" bench generate -m "$work/$1-$2.h5" --threads "$3" \
@@ -90,7 +91,7 @@ run_alem() {  # shape type threads round
 import csv, sys
 row = list(csv.DictReader(open(sys.argv[1])))[-1]
 print(",".join(sys.argv[2:6] + ["alem", row["prefill_tok_s"], row["decode_tok_s"],
-                               row["mem_bw_gb_s"], sys.argv[6]]))
+                               row["mem_bw_gb_s"], sys.argv[6], row["step_read_gb_s"]]))
 ' "$work/alem-row.csv" "$4" "$1" "$2" "$3" "$mb" >>"$raw"
 }
 run_llama() {  # shape type threads round
@@ -101,7 +102,7 @@ import csv, sys
 rows = list(csv.DictReader(sys.stdin))
 pp = [float(r["avg_ts"]) for r in rows if int(r["n_prompt"]) > 0 and int(r["n_gen"]) == 0]
 tg = [float(r["avg_ts"]) for r in rows if int(r["n_gen"]) > 0 and int(r["n_prompt"]) == 0]
-print(f"{sys.argv[1]},{sys.argv[2]},{sys.argv[3]},{sys.argv[4]},llama.cpp,{pp[0]},{tg[0]},,")
+print(f"{sys.argv[1]},{sys.argv[2]},{sys.argv[3]},{sys.argv[4]},llama.cpp,{pp[0]},{tg[0]},,,")
 ' "$4" "$1" "$2" "$3" >>"$raw"
 }
 for round in $(seq 1 "$rounds"); do
@@ -127,8 +128,9 @@ rows = list(csv.DictReader(open(sys.argv[1])))
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
 print(f"| shape | weights | threads | alem prefill | llama.cpp prefill | ratio | alem decode | llama.cpp decode "
-      f"| ratio | MB / token | read GB/s | decode limit tok/s | alem decode / limit |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      f"| ratio | MB / token | read GB/s | decode limit tok/s | alem decode / limit "
+      f"| step read GB/s | alem decode / step read |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 keys = sorted({(r["shape"], r["type"], int(r["threads"])) for r in rows})
 for s, t, th in keys:
     mine = [r for r in rows if (r["shape"], r["type"], int(r["threads"])) == (s, t, th)]
@@ -139,6 +141,10 @@ for s, t, th in keys:
     mb = med([float(r["mb_per_token"]) for r in a if r["mb_per_token"]])
     bw = med([float(r["read_gb_s"]) for r in a if r["read_gb_s"]])
     limit = bw * 1e3 / mb if mb else float("nan")
+    # Per round: alem's decode bytes/s over the plain read of the same bytes just after it.
+    step = med([float(r["decode_tok_s"]) * mb / 1e3 / float(r["step_read_gb_s"])
+                for r in a if r["step_read_gb_s"]])
+    sbw = med([float(r["step_read_gb_s"]) for r in a if r["step_read_gb_s"]])
     print(f"| {s} | {t} | {th} | {ap:.0f} | {lp:.0f} | {ap / lp:.2f} | {ad:.1f} | {ld:.1f} | {ad / ld:.2f} "
-          f"| {mb:.1f} | {bw:.1f} | {limit:.0f} | {ad / limit:.2f} |")
+          f"| {mb:.1f} | {bw:.1f} | {limit:.0f} | {ad / limit:.2f} | {sbw:.1f} | {step:.2f} |")
 PY

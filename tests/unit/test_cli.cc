@@ -15,6 +15,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <sstream>
 #include <thread>
 
 #include "test_env.h"
@@ -307,13 +308,36 @@ TEST(CliBench, OneThreadRowRunsOnOneThread) {
   if (std::thread::hardware_concurrency() < 2) GTEST_SKIP() << "one CPU: nothing to tell apart";
   // Without OMP_NUM_THREADS the backend would default to every core. Threads are counted from
   // the row's start (its debug line): loading the store may hash it on several threads.
-  const RunResult r =
-      run_alem({"--log-level", "debug", "bench", "generate", "-m", test::model_path(), "--threads",
-                "1", "--prompt-tokens", "16", "--decode-tokens", "4", "--repeats", "1"},
-               {{"OMP_NUM_THREADS", std::nullopt}}, "bench row threads=1");
+  const std::string csv = ::testing::TempDir() + "/bench-row.csv";
+  const RunResult r = run_alem(
+      {"--log-level", "debug", "bench", "generate", "-m", test::model_path(), "--threads", "1",
+       "--prompt-tokens", "16", "--decode-tokens", "4", "--repeats", "1", "--csv", csv},
+      {{"OMP_NUM_THREADS", std::nullopt}}, "bench row threads=1");
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(r.max_threads, 1) << r.out << r.err;
   EXPECT_NE(r.out.find("\n1        "), std::string::npos) << r.out;  // the row's thread count
+
+  // The CSV row: every column named in the header is a number, and the plain read of the
+  // step's bytes (rd step) was measured and relates the decode rate to it.
+  std::ifstream in(csv);
+  std::string header, row;
+  ASSERT_TRUE(std::getline(in, header) && std::getline(in, row)) << read_all(csv);
+  std::map<std::string, std::string> cells;
+  std::stringstream names(header), values(row.substr(row.rfind('"') + 2));
+  std::string name, value;
+  std::getline(names, name, ',');  // layout, quoted (it holds commas)
+  while (std::getline(names, name, ',') && std::getline(values, value, ',')) cells[name] = value;
+  ASSERT_TRUE(cells.count("step_read_gb_s") && cells.count("decode_step_read_fraction")) << header;
+  const double step_read = std::stod(cells["step_read_gb_s"]);
+  const double decode = std::stod(cells["decode_tok_s"]);
+  const double fraction = std::stod(cells["decode_step_read_fraction"]);
+  EXPECT_GT(step_read, 0.1) << row;
+  EXPECT_GT(decode, 0) << row;
+  // fraction = decode x bytes per step / step read: the same bytes per step as bw frac uses.
+  const double bytes_per_step =
+      std::stod(cells["decode_bw_fraction"]) * std::stod(cells["mem_bw_gb_s"]) / decode;
+  EXPECT_NEAR(fraction, decode * bytes_per_step / step_read, 1e-3 * fraction + 1e-6) << row;
+  fs::remove(csv);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <ctime>
 #include <fstream>
@@ -216,6 +217,48 @@ double measure_memory_bandwidth_gbs(size_t bytes, int threads, bool huge_pages) 
     }
   }
   return best;
+}
+
+double measure_step_read_gbs(size_t bytes, int threads, int passes) {
+  threads = std::max(1, threads);
+  passes = std::max(1, passes);
+  const size_t buffer_bytes = std::min(std::max(bytes, size_t{4} << 20), size_t{1} << 30);
+  // Whole 4 KiB pieces per thread, so every share is a run of aligned vector loads.
+  const size_t per_thread = std::max<size_t>(1, buffer_bytes / threads / 4096) * 1024;  // floats
+  const size_t buffer_floats = per_thread * threads;
+  Mapping mapping(buffer_floats * sizeof(float) + (size_t{2} << 20), true);
+  float* data =
+      reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(mapping.data) + (size_t{2} << 20) - 1) &
+                               ~((size_t{2} << 20) - 1));
+  std::memset(data, 1, buffer_floats * sizeof(float));
+  const cpu::Isa isa = cpu::best_supported_isa();
+  // Each pass reads `bytes`: whole buffers, then the part of one that is left.
+  const size_t pass_floats = std::max<size_t>(bytes / sizeof(float), 1);
+  std::atomic<float> sink{0};
+  const auto read = [&](size_t floats) {
+    const size_t share = floats / buffer_floats * per_thread +
+                         std::min(per_thread, floats % buffer_floats / threads / 16 * 16);
+#pragma omp parallel num_threads(threads)
+    {
+      const float* mine = data + per_thread * omp_get_thread_num();
+      float s = 0;
+      for (size_t done = 0; done < share; done += per_thread) {
+        const size_t n = std::min(per_thread, share - done);
+        s += isa == cpu::Isa::kAvx512 ? sum_floats_avx512(mine, n)
+             : isa == cpu::Isa::kAvx2 ? sum_floats_avx2(mine, n)
+                                      : sum_floats_scalar(mine, n);
+      }
+      sink.store(s, std::memory_order_relaxed);
+    }
+    return share * threads * sizeof(float);
+  };
+  read(pass_floats);  // the first touch of the pages is not part of the measurement
+  const auto start = std::chrono::steady_clock::now();
+  size_t total = 0;
+  for (int pass = 0; pass < passes; ++pass) total += read(pass_floats);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return static_cast<double>(total) / std::max(seconds, 1e-9) / 1e9;
 }
 
 double measure_peak_gflops(int threads) {

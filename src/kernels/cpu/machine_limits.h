@@ -17,6 +17,13 @@ namespace alem {
 // them (MADV_NOHUGEPAGE): on 4 KiB pages one core's streaming reads pay a page walk per 4 KiB.
 double measure_memory_bandwidth_gbs(size_t bytes, int threads, bool huge_pages = true);
 
+// Read bandwidth in GB/s measured the way a decode step is: `passes` back-to-back reads of
+// `bytes` (one step's weights), timed together on the wall clock, the `threads` threads each
+// reading its own share of every pass and meeting at its end. A decode rate set beside it
+// compares like with like: the same bytes in the same caches, the same clock, the same
+// neighbours. The buffer (on huge pages) is `bytes` up to 1 GiB, read round and round past that.
+double measure_step_read_gbs(size_t bytes, int threads, int passes);
+
 // Peak f32 GFLOP/s (an FMA counts two) with `threads` threads, from a loop of independent
 // fused multiply-adds at the widest vector width available (AVX-512, AVX2, else scalar), timed
 // like the bandwidth on the threads' CPU clocks.
