@@ -19,20 +19,24 @@ bool isa_supported(Isa isa);
 const char* isa_name(Isa isa);
 
 // How far ahead of its reads a decode kernel prefetches the weights, which it reads as one
-// sequential stream, and into which cache. The lines go to the L2 (prefetcht1), whose queue
-// holds more misses in flight than the L1's fill buffers, so the distance can be three times
-// the 6 KB that the L1 form needed. On an Intel Xeon (Emerald Rapids), one core reading 17.6
-// GB/s, the 1.1B gate+up matmul streamed 14.0-14.3 -> 15.4-15.5 GB/s at Q8_0 and 13.8-14.6 ->
-// 15.2-15.8 at bf16; the L1 form at this distance gained nothing (docs/kernels.md). Before
-// that, 576 bytes ahead left a quarter of an AMD Zen 4's bandwidth unused. The Q4_0/Q4_1 kernel
-// keeps the L1 form (matmul_blocks_rows8_dot_avx512.cc).
+// sequential stream, and into which cache: every line twice, into the L2 (prefetcht1) far
+// ahead, where the L2's queue holds more misses in flight than the L1's fill buffers, and from
+// there into the L1 (prefetcht0) nearer, so the loads find it in the L1. On an Intel Xeon
+// (Emerald Rapids), one core reading 17.6-18.0 GB/s, the 1.1B gate+up matmul at Q8_0 streamed
+// 14.0-14.3 GB/s with the L1 form alone, 15.4-15.5 with the L2 form alone and 16.6-18.3 with
+// both; the L1 form 17 KB ahead gained nothing (docs/kernels.md). Before all this, 576 bytes
+// ahead left a quarter of an AMD Zen 4's bandwidth unused.
 constexpr int kStreamPrefetchBytes = 17280;
+constexpr int kStreamL1PrefetchBytes = 5760;
 
-// Prefetches the cache line at p into the L2, in place: an asm volatile, which the compiler
+// Prefetches the lines kStreamPrefetchBytes (into the L2) and kStreamL1PrefetchBytes (into the
+// L1) past `here`, the 64 bytes a stream reads now. Each is an asm volatile, which the compiler
 // neither moves nor merges (GCC gathered a loop's _mm_prefetch calls at its start, and a burst
 // of 18 to 27 misses measured as slow as none).
-inline void prefetch_stream(const void* p) {
-  asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+inline void prefetch_stream(const void* here) {
+  const char* p = static_cast<const char*>(here);
+  asm volatile("prefetcht1 %0" : : "m"(p[kStreamPrefetchBytes]));
+  asm volatile("prefetcht0 %0" : : "m"(p[kStreamL1PrefetchBytes]));
 }
 
 // Columns per chunk of a packed GEMM (whole panels of `panel_cols`): the chunk's f32 partial

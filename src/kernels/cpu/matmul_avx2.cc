@@ -115,7 +115,7 @@ void stream_block(const float* x, int64_t K, const WeightView& w, int64_t n, con
 // is read as one sequential stream, which the hardware prefetchers follow at full speed (rows
 // side by side are short streams that restart every row: half the decode speed on an AMD Zen 4
 // running these kernels; docs/kernels.md). Four accumulators hide the FMA latency; the weights
-// are prefetched kStreamPrefetchBytes ahead.
+// are prefetched ahead (prefetch_stream).
 template <DType D>
 void stream_row(const float* x, int64_t K, const WeightView& w, int64_t n, const float* bias,
                 float* y) {
@@ -126,7 +126,7 @@ void stream_row(const float* x, int64_t K, const WeightView& w, int64_t n, const
   for (; k + 32 <= K; k += 32) {
     // The rows lie one after another, so the stream runs on into the next rows.
     for (int line = 0; line < 32 * element_bytes<D>(); line += 64) {
-      prefetch_stream(row.data + k * element_bytes<D>() + kStreamPrefetchBytes + line);
+      prefetch_stream(row.data + k * element_bytes<D>() + line);
     }
     for (int i = 0; i < 4; ++i) {
       acc[i] =

@@ -177,7 +177,7 @@ void stream_block_int8(const float* x, int64_t K, const WeightView& w, int64_t n
 // matrix is read as one sequential stream: the hardware prefetchers follow it at full speed,
 // where 4 or 8 rows read side by side (short streams that restart every row) ran at a third of
 // the read bandwidth on an AMD Zen 4 (docs/kernels.md). Two accumulators hide the FMA latency;
-// the weights are prefetched kStreamPrefetchBytes ahead.
+// the weights are prefetched ahead (prefetch_stream).
 template <DType D>
 void stream_row(const float* x, int64_t K, const WeightView& w, int64_t n, const float* bias,
                 float* y) {
@@ -187,7 +187,7 @@ void stream_row(const float* x, int64_t K, const WeightView& w, int64_t n, const
   for (; k + 32 <= K; k += 32) {
     // The rows lie one after another, so the stream runs on into the next rows.
     for (int line = 0; line < 32 * element_bytes<D>(); line += 64) {
-      prefetch_stream(row.data + k * element_bytes<D>() + kStreamPrefetchBytes + line);
+      prefetch_stream(row.data + k * element_bytes<D>() + line);
     }
     acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), load_weights<D>(row, k), acc0);
     acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), load_weights<D>(row, k + 16), acc1);

@@ -49,8 +49,6 @@ struct Column<DType::Q6_K> {  // d, 16 int8 scales (4 words), ql (32 chunks), qh
   static constexpr int kScales = 16, kValues = 144, kHighBits = 1168, kBytes = 1680;
 };
 
-using interleaved::kAheadBytes;
-
 // Byte `i` of every 32-bit lane, unsigned, as f32.
 template <class V, int i>
 ALEM_INLINE typename V::F byte_of_lanes(typename V::I v) {
@@ -142,13 +140,12 @@ ALEM_INLINE typename V::I chunk_dot(const typename V::I* q, const uint8_t* x, ty
   return V::add(V::add(low_a, low_b), kEightBit ? high : V::template sll32<8>(high));
 }
 
-// Spreads the prefetch of the column `kAheadBytes` ahead over its 8 sub-blocks.
+// Spreads the prefetches of the column's lines (prefetch_stream: the lines as far ahead of
+// these) over its 8 sub-blocks.
 template <DType T, int S>
 ALEM_INLINE void prefetch_ahead(const uint8_t* column) {
   constexpr int lines = (Column<T>::kBytes + 63) / 64;
-  constexpr int ahead = kAheadBytes / Column<T>::kBytes * Column<T>::kBytes;
-  for (int l = S * lines / 8; l < (S + 1) * lines / 8; ++l)
-    prefetch_stream(column + ahead + 64 * l);
+  for (int l = S * lines / 8; l < (S + 1) * lines / 8; ++l) prefetch_stream(column + 64 * l);
 }
 template <class V, DType T, int S>
 ALEM_INLINE void prefetch_ahead(const uint8_t* column, size_t gap) {

@@ -21,31 +21,19 @@
 namespace alem::cpu::avx512_vnni {
 namespace {
 
-using interleaved::kAheadBytes;
 using interleaved::Lanes16;
 using interleaved::Lanes8;
 using interleaved::SplitX;
 
-// Prefetches `lines` cache lines `ahead` bytes past the column (and past the second group's):
-// into the L2 (prefetch_stream), or with kL1 into the L1.
-template <class V, bool kL1 = false>
-inline void prefetch_columns(const uint8_t* column, size_t gap, int ahead, int lines) {
+// Prefetches the `lines` cache lines of the column (and of the second group's column) ahead
+// (prefetch_stream).
+template <class V>
+inline void prefetch_columns(const uint8_t* column, size_t gap, int lines) {
   for (int line = 0; line < lines; ++line) {
-    for (const uint8_t* p : {column, column + gap}) {
-      if constexpr (kL1) {
-        _mm_prefetch(reinterpret_cast<const char*>(p + ahead + 64 * line), _MM_HINT_T0);
-      } else {
-        prefetch_stream(p + ahead + 64 * line);
-      }
-      if constexpr (!std::is_same_v<V, Lanes16>) break;
-    }
+    prefetch_stream(column + 64 * line);
+    if constexpr (std::is_same_v<V, Lanes16>) prefetch_stream(column + gap + 64 * line);
   }
 }
-
-// Q4_0 and Q4_1 keep the L1 form, 6 KB ahead: on an Intel Xeon (Emerald Rapids) the L2 form 17
-// KB ahead never made their decode faster, and in one set of rounds SmolLM2's Q4_0 decode ran
-// 20-25% slower with it (docs/kernels.md). Q8_0 reads its bytes twice as fast and gains.
-constexpr int kNibbleAheadBytes = 5760;
 
 // y[m][n ..) for MR rows of x from the group of 8 weight rows starting at row n (Lanes8), or
 // from it and the next group, `gap` bytes on (Lanes16).
@@ -54,13 +42,12 @@ void group_rows(const SplitX* x, const uint8_t* group, size_t gap, int64_t block
                 const float* bias, float* const* y) {
   constexpr int scale_bytes = T == DType::Q4_0 ? 16 : 32;  // 8 d (and 8 m) in f16
   constexpr int column_bytes = scale_bytes + 128;
-  constexpr int ahead = kNibbleAheadBytes / column_bytes * column_bytes;  // whole block columns
   const auto low_nibbles = V::bytes(0x0F);
   typename V::F acc[MR];
   for (int i = 0; i < MR; ++i) acc[i] = V::fzero();
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* column = group + b * column_bytes;
-    prefetch_columns<V, true>(column, gap, ahead, 2);
+    prefetch_columns<V>(column, gap, (column_bytes + 63) / 64);
     const auto wd = V::load_f16(column, gap);
     typename V::I q_lo[4], q_hi[4];  // chunk k: values 4k..4k+3 and 16+4k..16+4k+3 of each row
     for (int k = 0; k < 4; ++k) {
@@ -101,13 +88,12 @@ template <class V, int MR, bool kEightBit>
 void group_rows_q8_0(const SplitX* x, const uint8_t* group, size_t gap, int64_t blocks,
                      const float* bias, float* const* y) {
   constexpr int column_bytes = 16 + 256;
-  constexpr int ahead = kAheadBytes / column_bytes * column_bytes;  // whole block columns
   const auto ones = V::bytes(1);
   typename V::F acc[MR];
   for (int i = 0; i < MR; ++i) acc[i] = V::fzero();
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* column = group + b * column_bytes;
-    prefetch_columns<V>(column, gap, ahead, 5);
+    prefetch_columns<V>(column, gap, (column_bytes + 63) / 64);
     const auto wd = V::load_f16(column, gap);
     typename V::I w[8];
     auto sum_a = V::zero(), sum_b = V::zero();

@@ -79,14 +79,14 @@ void bf16_block(const uint16_t* xb, int64_t ldx, const uint16_t* w, int64_t K, i
   for (int m = 0; m < MB; ++m) {
     for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
   }
-  const int64_t ahead = R == 1 ? kStreamPrefetchBytes / 2 : 2 * R * K;
+  const int64_t ahead = 2 * R * K;
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
     __m512bh wv[R];
     for (int r = 0; r < R; ++r) {
       // The next register block's rows follow these in memory (one row: a stream).
       if constexpr (R == 1) {
-        prefetch_stream(row[r] + ahead + k);
+        prefetch_stream(row[r] + k);
       } else {
         _mm_prefetch(reinterpret_cast<const char*>(row[r] + ahead + k), _MM_HINT_T0);
       }
@@ -130,7 +130,7 @@ void int8_block(const Q16Activations& a, const int8_t* w, const float* w_scales,
     for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
   }
   const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
-  const int64_t ahead = R == 1 ? kStreamPrefetchBytes : 2 * R * K;  // one row: a stream
+  const int64_t ahead = 2 * R * K;  // the next register block's rows (one row: a stream)
   for (int64_t k = 0; k < K; k += 64) {
     const int64_t g = k / kInt8GroupSize;
     const bool pair = k + 64 <= K;  // else the last 32 weights (K is a multiple of 32)
@@ -138,7 +138,7 @@ void int8_block(const Q16Activations& a, const int8_t* w, const float* w_scales,
     __m512 ws[R];
     for (int r = 0; r < R; ++r) {
       if constexpr (R == 1) {
-        prefetch_stream(row[r] + ahead + k);
+        prefetch_stream(row[r] + k);
       } else {
         _mm_prefetch(reinterpret_cast<const char*>(row[r] + ahead + k), _MM_HINT_T0);
       }

@@ -37,8 +37,6 @@ constexpr int kMaxRowsOfX = 4;
 // of dependent vpdpbusd were then the limit.
 constexpr int64_t kPairMinRows = 4;
 constexpr int kMaxRowsOfXPair = 4;
-// Bytes between a prefetch and its use (the weights are one sequential stream).
-constexpr int kAheadBytes = kStreamPrefetchBytes;
 
 // One row of x, per block of 32: the bytes, the sums of the values the products use over each
 // half (for weights stored with an offset: Q4_0's 8, Q6_K's 32), and the scales.
