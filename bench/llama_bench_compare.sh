@@ -24,6 +24,10 @@
 # Q5_K_M as llama-quantize makes it for real model files: Q6_K for the LM head and some
 # v / down projections, the named type elsewhere).
 #
+# A type with the suffix +dot (BF16+dot, Q4_0+dot) runs alem at llama.cpp's own precision on the
+# same files: ALEM_CPU_DOT=all, activations rounded to bf16 for bf16 weights and to 8 bits for
+# block weights (docs/kernels.md); without it alem keeps its stricter default.
+#
 # Environment: ALEM_BIN (default build/alem), ROUNDS, THREADS, TYPES, SHAPES (smollm2),
 # PROMPT (64), DECODE (32),
 # LLAMA_WORK, LLAMA_CPP_PYTHON_VERSION (0.3.36), LLAMA_BUILD_JOBS, LLAMA_CC, LLAMA_NO_AMX. Output: a Markdown table on
@@ -57,6 +61,7 @@ gguf_of() {  # shape type -> the GGUF path
 }
 for shape in $shapes; do
   for type in $types; do
+    type=${type%+dot}
     gguf=$(gguf_of "$shape" "$type")
     if [ ! -f "$gguf" ]; then
       case $shape/$type in
@@ -82,8 +87,10 @@ done
 raw="$work/compare-raw.csv"
 echo "round,shape,type,threads,engine,prefill_tok_s,decode_tok_s,read_gb_s,mb_per_token,step_read_gb_s" >"$raw"
 run_alem() {  # shape type threads round
-  local out
-  out=$(OMP_NUM_THREADS=$3 "$alem" bench generate -m "$work/$1-$2.h5" --threads "$3" \
+  local out dot=${ALEM_CPU_DOT:-int8}
+  [ "$2" = "${2%+dot}" ] || dot=all
+  out=$(ALEM_CPU_DOT=$dot OMP_NUM_THREADS=$3 "$alem" bench generate -m "$work/$1-${2%+dot}.h5" \
+    --threads "$3" \
     --prompt-tokens "$prompt" --decode-tokens "$decode" --repeats 1 --csv "$work/alem-row.csv")
   local mb
   mb=$(sed -n 's/.*, \([0-9.]*\) MB streamed per decode step.*/\1/p' <<<"$out")
@@ -95,7 +102,7 @@ print(",".join(sys.argv[2:6] + ["alem", row["prefill_tok_s"], row["decode_tok_s"
 ' "$work/alem-row.csv" "$4" "$1" "$2" "$3" "$mb" >>"$raw"
 }
 run_llama() {  # shape type threads round
-  OMP_NUM_THREADS=$3 "$bin/llama-bench" -m "$(gguf_of "$1" "$2")" \
+  OMP_NUM_THREADS=$3 "$bin/llama-bench" -m "$(gguf_of "$1" "${2%+dot}")" \
     -p "$prompt" -n "$decode" -t "$3" -r 1 -o csv 2>/dev/null |
     "$python" -c '
 import csv, sys

@@ -104,17 +104,23 @@ void gemm_bf16(const uint16_t* xb, int64_t stride, int64_t m_begin, int64_t m_en
   const int64_t K = w.cols, N = w.rows;
   const uint16_t* base = static_cast<const uint16_t*>(w.data);
   alignas(64) uint32_t panel[kDepth / 2 * kPanelCols];
-  for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
-    const int depth = static_cast<int>(K - k0 < kDepth ? K - k0 : kDepth);
-    const int pairs = (depth + 1) / 2;
-    for (int64_t n0 = n_begin; n0 < n_end; n0 += kPanelCols) {
-      const int cols = static_cast<int>(n_end - n0 < kPanelCols ? n_end - n0 : kPanelCols);
-      pack_pairs(base, K, n0, cols, k0, depth, panel);
-      for (int64_t m0 = m_begin; m0 < m_end; m0 += kMicroRows) {
-        const int rows = static_cast<int>(m_end - m0 < kMicroRows ? m_end - m0 : kMicroRows);
-        micro_kernel_rows<kMicroRows>(rows, xb + m0 * stride + k0, stride, panel, pairs,
-                                      y + m0 * N + n0, N, cols, k0 == 0,
-                                      bias ? bias + n0 : nullptr);
+  // Columns in chunks whose partial sums (rows x chunk) stay in the L2 across the k tiles, as in
+  // the f32 packed GEMM (gemm_chunk_cols).
+  const int64_t chunk = gemm_chunk_cols(m_end - m_begin, kPanelCols);
+  for (int64_t c0 = n_begin; c0 < n_end; c0 += chunk) {
+    const int64_t c1 = n_end - c0 < chunk ? n_end : c0 + chunk;
+    for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
+      const int depth = static_cast<int>(K - k0 < kDepth ? K - k0 : kDepth);
+      const int pairs = (depth + 1) / 2;
+      for (int64_t n0 = c0; n0 < c1; n0 += kPanelCols) {
+        const int cols = static_cast<int>(c1 - n0 < kPanelCols ? c1 - n0 : kPanelCols);
+        pack_pairs(base, K, n0, cols, k0, depth, panel);
+        for (int64_t m0 = m_begin; m0 < m_end; m0 += kMicroRows) {
+          const int rows = static_cast<int>(m_end - m0 < kMicroRows ? m_end - m0 : kMicroRows);
+          micro_kernel_rows<kMicroRows>(rows, xb + m0 * stride + k0, stride, panel, pairs,
+                                        y + m0 * N + n0, N, cols, k0 == 0,
+                                        bias ? bias + n0 : nullptr);
+        }
       }
     }
   }
