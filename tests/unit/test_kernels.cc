@@ -9,14 +9,17 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/error.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/reference_backend.h"
 #include "kernels/timed_backend.h"
 #include "model/gguf_quant.h"
@@ -441,7 +444,7 @@ TEST(CpuMatmul, BlockExpansionIsBitExact) {
 TEST(CpuMatmul, EveryDtypeAndOddShapes) {
   uint32_t seed = 100;
   for (DType dtype : kAllDtypes) {
-    for (int64_t M : {1, 2, 3, 5, 8, 9, 17, 64}) {
+    for (int64_t M : {1, 2, 3, 4, 5, 8, 9, 17, 64}) {
       for (int64_t N : {1, 7, 47, 64, 200}) {
         for (int64_t K : {32, 96, 608}) {
           check_matmul(M, N, K, dtype, (M + N) % 2 == 0, seed++);
@@ -606,6 +609,48 @@ TEST(KernelRegistry, NamesBackends) {
   EXPECT_EQ(make_backend("reference")->name(), "reference");
   EXPECT_EQ(make_backend("cpu")->name(), "cpu");
   EXPECT_THROW(make_backend("tpu"), Error);
+}
+
+// ALEM_CPU_PREFETCH: every stream, the packed ones, none or the CPU's default (wide streams off
+// on AMD's), and a clear error otherwise.
+TEST(KernelRegistry, StreamPrefetchSetting) {
+  bool valid = false;
+  const auto expect = [&](const char* value, bool amd, bool wide, bool packed) {
+    const cpu::StreamPrefetch got = cpu::stream_prefetch_setting(value, amd, &valid);
+    EXPECT_TRUE(valid) << (value ? value : "(unset)");
+    EXPECT_EQ(got.wide, wide) << (value ? value : "(unset)") << " amd " << amd;
+    EXPECT_EQ(got.packed, packed) << (value ? value : "(unset)") << " amd " << amd;
+  };
+  for (bool amd : {false, true}) {
+    expect("all", amd, true, true);
+    expect("packed", amd, false, true);
+    expect("none", amd, false, false);
+    for (const char* unset : {static_cast<const char*>(nullptr), "", "auto"}) {
+      expect(unset, amd, !amd, true);
+    }
+  }
+  EXPECT_STREQ(cpu::stream_prefetch_name({true, true}), "all");
+  EXPECT_STREQ(cpu::stream_prefetch_name({false, true}), "packed");
+  EXPECT_STREQ(cpu::stream_prefetch_name({false, false}), "none");
+  for (const char* bad : {"1", "yes", "ALL"}) {
+    cpu::stream_prefetch_setting(bad, false, &valid);
+    EXPECT_FALSE(valid) << bad;
+  }
+  const char* before = std::getenv("ALEM_CPU_PREFETCH");
+  const std::string saved = before ? before : "";
+  setenv("ALEM_CPU_PREFETCH", "sometimes", 1);
+  try {
+    make_backend("cpu");
+    ADD_FAILURE() << "an invalid ALEM_CPU_PREFETCH was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ALEM_CPU_PREFETCH"), std::string::npos) << e.what();
+  }
+  if (before) {
+    setenv("ALEM_CPU_PREFETCH", saved.c_str(), 1);
+  } else {
+    unsetenv("ALEM_CPU_PREFETCH");
+  }
+  EXPECT_NO_THROW(make_backend("cpu"));
 }
 
 // The bench's TimedBackend gives the inner backend's results and files each call under

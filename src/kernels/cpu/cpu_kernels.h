@@ -5,6 +5,7 @@
 // code compiled with AVX-512 flags can never be linked into a path that runs on a lesser CPU.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/backend.h"
@@ -24,20 +25,58 @@ const char* isa_name(Isa isa);
 // there into the L1 (prefetcht0) nearer, so the loads find it in the L1. On an Intel Xeon
 // (Emerald Rapids), one core reading 17.6-18.0 GB/s, the 1.1B gate+up matmul at Q8_0 streamed
 // 14.0-14.3 GB/s with the L1 form alone, 15.4-15.5 with the L2 form alone and 16.6-18.3 with
-// both; the L1 form 17 KB ahead gained nothing (docs/kernels.md). Before all this, 576 bytes
-// ahead left a quarter of an AMD Zen 4's bandwidth unused.
+// both; the L1 form 17 KB ahead gained nothing (docs/kernels.md).
 constexpr int kStreamPrefetchBytes = 17280;
 constexpr int kStreamL1PrefetchBytes = 5760;
 
+// Which decode streams prefetch, fixed for the process when it starts (kernel_support.cc). A
+// packed stream (4 to 6 bits per weight: Q4_0, Q4_1, the K-quants) keeps its kernel busy
+// unpacking, and without these prefetches its loads wait: on an AMD Zen 4 the 1.1B shape's
+// decode at one thread ran Q4_0 17% and Q4_K_M 48% slower. A wide stream (8 or 16 bits per
+// weight: bf16, f16, f32, int8, Q8_0) has little arithmetic per byte; on the Zen 4 the hardware
+// prefetchers alone ran it faster (Q8_0 +24%, bf16 dot products +25%), on an Intel Xeon these
+// prefetches gave its last 10-20% (docs/kernels.md). ALEM_CPU_PREFETCH: all (the default but on
+// AMD's CPUs), packed (the default on AMD's), none, or auto.
+enum class StreamKind : int { kWide, kPacked };
+struct StreamPrefetch {
+  bool wide = true;
+  bool packed = true;
+};
+extern const StreamPrefetch stream_prefetch;
+
+// The setting for an ALEM_CPU_PREFETCH value: "all", "packed", "none"; "auto", empty or null:
+// the CPU's default (`amd`: packed). `valid` is false for anything else (and the default).
+StreamPrefetch stream_prefetch_setting(const char* value, bool amd, bool* valid);
+const char* stream_prefetch_name(StreamPrefetch setting);
+
 // Prefetches the lines kStreamPrefetchBytes (into the L2) and kStreamL1PrefetchBytes (into the
-// L1) past `here`, the 64 bytes a stream reads now. Each is an asm volatile, which the compiler
-// neither moves nor merges (GCC gathered a loop's _mm_prefetch calls at its start, and a burst
-// of 18 to 27 misses measured as slow as none).
-inline void prefetch_stream(const void* here) {
+// L1) past `here`, the 64 bytes a stream of the kind reads now, where stream_prefetch says so.
+// Each is an asm volatile, which the compiler neither moves nor merges (GCC gathered a loop's
+// _mm_prefetch calls at its start, and a burst of 18 to 27 misses measured as slow as none).
+// Always inlined: a copy compiled with one ISA's flags must not be shared with another's (top).
+template <StreamKind kind>
+[[gnu::always_inline]] inline void prefetch_stream(const void* here) {
+  if (!(kind == StreamKind::kWide ? stream_prefetch.wide : stream_prefetch.packed)) return;
   const char* p = static_cast<const char*>(here);
   asm volatile("prefetcht1 %0" : : "m"(p[kStreamPrefetchBytes]));
   asm volatile("prefetcht0 %0" : : "m"(p[kStreamL1PrefetchBytes]));
 }
+
+// Per-thread scratch memory for the kernels, which may not hold std containers themselves: at
+// least `bytes`, 64-byte aligned, one buffer per slot and thread, kept (and grown, never shrunk)
+// for the thread's life; its contents are the caller's until its next call with the same slot.
+// Throws std::bad_alloc. Defined in kernel_support.cc, built without ISA flags.
+enum class ScratchSlot : int {
+  kPermutedX,     // bf16 decode: x in even/odd order
+  kSplitXBytes,   // interleaved block kernels: x split into bytes,
+  kSplitXSums,    //   its per-block sums,
+  kSplitXScales,  //   its 8-bit scales,
+  kSplitXRows,    //   and one record per row of x
+  kPairedX,       // row-major block kernels at one row of x: x in pairs
+  kRebuiltRow,    // dequantisation: one row in ggml's form
+  kCount
+};
+void* thread_scratch(ScratchSlot slot, size_t bytes);
 
 // Columns per chunk of a packed GEMM (whole panels of `panel_cols`): the chunk's f32 partial
 // sums for `rows` rows of x, re-read at every k tile, stay within kGemmChunkBytes, a part of any

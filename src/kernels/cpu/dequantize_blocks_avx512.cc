@@ -7,8 +7,6 @@
 // to dequantize_ggml.
 #include <immintrin.h>
 
-#include <vector>
-
 #include <cstring>
 
 #include "core/dtype.h"
@@ -84,13 +82,16 @@ void dequantize_block_rows(const WeightView& w, int64_t n0, int rows, float* out
     default:
       break;
   }
-  thread_local std::vector<uint8_t> rebuilt;  // one row in ggml's form, from interleaved weights
-  if (w.layout == BlockLayout::kInterleaved8) rebuilt.resize(row_bytes);
+  // One row in ggml's form, from interleaved weights (per-thread scratch, cpu_kernels.h).
+  uint8_t* rebuilt =
+      w.layout == BlockLayout::kInterleaved8
+          ? static_cast<uint8_t*>(thread_scratch(ScratchSlot::kRebuiltRow, row_bytes))
+          : nullptr;
   for (int r = 0; r < rows; ++r) {
     const uint8_t* row = base + r * row_bytes;
     if (w.layout == BlockLayout::kInterleaved8) {
-      interleaved_row(w.dtype, static_cast<const uint8_t*>(w.data), w.cols, n0 + r, rebuilt.data());
-      row = rebuilt.data();
+      interleaved_row(w.dtype, static_cast<const uint8_t*>(w.data), w.cols, n0 + r, rebuilt);
+      row = rebuilt;
     }
     float* y = out + r * w.cols;
     if (row_fn != nullptr) {

@@ -13,7 +13,6 @@
 
 #include <cstdint>
 #include <cstdlib>
-#include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/transpose_avx512.h"
@@ -189,7 +188,7 @@ void stream_row(const float* x, int64_t K, const WeightView& w, int64_t n, const
   for (; k + 32 <= K; k += 32) {
     // The rows lie one after another, so the stream runs on into the next rows.
     for (int line = 0; line < 32 * element_bytes<D>(); line += 64) {
-      prefetch_stream(row.data + k * element_bytes<D>() + line);
+      prefetch_stream<StreamKind::kWide>(row.data + k * element_bytes<D>() + line);
     }
     acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), load_weights<D>(row, k), acc0);
     acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), load_weights<D>(row, k + 16), acc1);
@@ -283,11 +282,13 @@ void permute_even_odd(const float* x, int64_t M, int64_t K, float* xp) {
   }
 }
 
-// y[m][n + r] for m < MB, r < rows (<= PR weight rows side by side), from permuted x rows xp
-// (stride K).
-template <int MB, int PR = kPairRows>
+// y[m][n + r] for m < MB, r < rows (<= kPairRows weight rows side by side), from permuted x
+// rows xp (stride K): the small-batch kernel from 5 rows of x, where the step is bound by loads
+// of x, which the weight rows side by side share.
+template <int MB>
 void bf16_pair_block(const float* xp, int64_t K, const uint16_t* w, int rows, const float* bias,
                      float* y, int64_t N) {
+  constexpr int PR = kPairRows;
   const uint16_t* row[PR];
   for (int r = 0; r < PR; ++r) row[r] = w + (r < rows ? r : 0) * K;
   const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
@@ -331,92 +332,101 @@ inline int block_rows(int64_t left) {
 }
 
 // bf16_pair_block for a run-time count of x rows (1 .. kBlockRows).
-template <int PR>
 void bf16_pair_block_rows(int mb, const float* xm, int64_t K, const uint16_t* w, int rows,
                           const float* bias, float* y, int64_t N) {
-  static_assert(PR == 1 || PR == kPairRows, "one weight row, or kPairRows side by side");
   switch (mb) {
     case 1:
-      return bf16_pair_block<1, PR>(xm, K, w, rows, bias, y, N);
+      return bf16_pair_block<1>(xm, K, w, rows, bias, y, N);
     case 2:
-      return bf16_pair_block<2, PR>(xm, K, w, rows, bias, y, N);
+      return bf16_pair_block<2>(xm, K, w, rows, bias, y, N);
     case 3:
-      return bf16_pair_block<3, PR>(xm, K, w, rows, bias, y, N);
+      return bf16_pair_block<3>(xm, K, w, rows, bias, y, N);
     default:
-      return bf16_pair_block<4, PR>(xm, K, w, rows, bias, y, N);
+      return bf16_pair_block<4>(xm, K, w, rows, bias, y, N);
   }
 }
 
-// Up to this many rows of x, the small-batch kernel walks weight rows one at a time (all rows of
-// x in one pass): the matrix is one sequential stream. Rows side by side (4 short streams
-// restarting every row) read memory at a third of the speed on an AMD Zen 4, which costs more
-// than the register reuse saves while the step is memory-bound. From 5 rows the step is bound by
-// loads of x, which 4 weight rows side by side share (alem bench batch, docs/kernels.md:
-// concurrency 2 and 4 served 1.8x and 1.45x the tokens/s; one weight row at 8 rows lost 20%).
+// Up to this many rows of x, bf16 weight rows are walked one at a time (stream_rows_bf16, all
+// rows of x in one pass): the matrix is one sequential stream. Rows side by side (4 short
+// streams restarting every row) read memory at a third of the speed on an AMD Zen 4, which
+// costs more than the register reuse saves while the step is memory-bound. From 5 rows the step
+// is bound by loads of x, which 4 weight rows side by side share (alem bench batch,
+// docs/kernels.md: concurrency 2 and 4 served 1.8x and 1.45x the tokens/s; one weight row at 8
+// rows lost 20%).
 constexpr int64_t kOneWeightRowMaxM = 4;
 
-// bf16 matmul for M >= 2 rows and K % 32 == 0 over weight rows [n_begin, n_end); false (and
-// nothing written) when the permuted copy of x cannot be allocated.
-bool bf16_small_batch(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
-                      int64_t n_begin, int64_t n_end) {
-  const int64_t K = w.cols, N = w.rows;
-  float* xp = static_cast<float*>(std::aligned_alloc(64, M * K * sizeof(float)));
-  if (xp == nullptr) return false;
-  permute_even_odd(x, M, K, xp);
-  const uint16_t* base = static_cast<const uint16_t*>(w.data);
-  const bool one_row = M <= kOneWeightRowMaxM;
-  const int64_t step = one_row ? 1 : kPairRows;
-  for (int64_t n = n_begin; n < n_end; n += step) {
-    const int rows = static_cast<int>(n_end - n < step ? n_end - n : step);
-    const float* b = bias ? bias + n : nullptr;
-    for (int64_t m = 0; m < M;) {
-      const int mb = block_rows(M - m);
-      if (one_row) {
-        bf16_pair_block_rows<1>(mb, xp + m * K, K, base + n * K, rows, b, y + m * N + n, N);
-      } else {
-        bf16_pair_block_rows<kPairRows>(mb, xp + m * K, K, base + n * K, rows, b, y + m * N + n, N);
-      }
-      m += mb;
-    }
-  }
-  std::free(xp);
-  return true;
-}
-
-// bf16 decode (one row of x, K % 32 == 0) over weight rows [n_begin, n_end), from x permuted
-// to even/odd order (permute_even_odd): one 512-bit load brings 32 weights, a shift and a mask
-// make them f32, and four accumulators (two per 64 weight bytes) hide the FMA latency. The
-// widening load of stream_row (a cross-lane vpmovzxwd per 16 weights) kept the AMD Zen 4's
-// kernel at about 44 GB/s even from the cache, too close to its 30 GB/s read bandwidth to keep
-// the stream busy. Rows are walked one after another: the matrix is one sequential stream.
+// bf16 decode, MB (1 .. kOneWeightRowMaxM) rows of x permuted to even/odd order
+// (permute_even_odd, stride K, K % 32 == 0), over weight rows [n_begin, n_end): one 512-bit load
+// brings 32 weights, a shift and a mask make them f32, and two accumulators per row of x and 64
+// weight bytes (four for one row) hide the FMA latency. The widening load of stream_row (a
+// cross-lane vpmovzxwd per 16 weights) kept the AMD Zen 4's kernel at about 44 GB/s even from
+// the cache, too close to its 30 GB/s read bandwidth to keep the stream busy. Rows are walked
+// one after another: the matrix is one sequential stream.
+template <int MB>
 void stream_rows_bf16(const float* xp, int64_t K, const uint16_t* base, const float* bias, float* y,
-                      int64_t n_begin, int64_t n_end) {
+                      int64_t N, int64_t n_begin, int64_t n_end) {
   const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   for (int64_t n = n_begin; n < n_end; ++n) {
     const uint16_t* row = base + n * K;
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
-                     _mm512_setzero_ps()};
+    __m512 acc[MB][4];
+    for (int m = 0; m < MB; ++m) {
+      for (int c = 0; c < 4; ++c) acc[m][c] = _mm512_setzero_ps();
+    }
+    const auto weights32 = [&](int64_t k, int chain) {  // 32 weights at k into chains chain, +1
+      const __m512i v = _mm512_loadu_si512(row + k);
+      const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+      const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(v, high_half));
+      for (int m = 0; m < MB; ++m) {
+        const float* xk = xp + m * K + k;
+        acc[m][chain] = _mm512_fmadd_ps(_mm512_load_ps(xk), even, acc[m][chain]);
+        acc[m][chain + 1] = _mm512_fmadd_ps(_mm512_load_ps(xk + 16), odd, acc[m][chain + 1]);
+      }
+    };
     int64_t k = 0;
     for (; k + 64 <= K; k += 64) {
-      for (int half = 0; half < 2; ++half) {
-        prefetch_stream(row + k + 32 * half);
-        const __m512i v = _mm512_loadu_si512(row + k + 32 * half);
-        const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-        const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(v, high_half));
-        const float* xk = xp + k + 32 * half;
-        acc[2 * half] = _mm512_fmadd_ps(_mm512_loadu_ps(xk), even, acc[2 * half]);
-        acc[2 * half + 1] = _mm512_fmadd_ps(_mm512_loadu_ps(xk + 16), odd, acc[2 * half + 1]);
-      }
+      prefetch_stream<StreamKind::kWide>(row + k);
+      weights32(k, 0);
+      prefetch_stream<StreamKind::kWide>(row + k + 32);
+      weights32(k + 32, 2);
     }
-    if (k < K) {  // the last 32 weights when K is an odd multiple of 32
-      const __m512i v = _mm512_loadu_si512(row + k);
-      acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(xp + k),
-                               _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), acc[0]);
-      acc[1] = _mm512_fmadd_ps(_mm512_loadu_ps(xp + k + 16),
-                               _mm512_castsi512_ps(_mm512_and_si512(v, high_half)), acc[1]);
+    if (k < K) weights32(k, 0);  // the last 32 weights when K is an odd multiple of 32
+    for (int m = 0; m < MB; ++m) {
+      const __m512 sum =
+          _mm512_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]), _mm512_add_ps(acc[m][2], acc[m][3]));
+      y[m * N + n] = _mm512_reduce_add_ps(sum) + (bias ? bias[n] : 0.f);
     }
-    const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-    y[n] = _mm512_reduce_add_ps(sum) + (bias ? bias[n] : 0.f);
+  }
+}
+
+// bf16 matmul for M rows of x (K % 32 == 0) over weight rows [n_begin, n_end), below the packed
+// GEMM's sizes: x permuted once per call into this thread's scratch.
+void bf16_small_batch(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
+                      int64_t n_begin, int64_t n_end) {
+  const int64_t K = w.cols, N = w.rows;
+  float* xp = static_cast<float*>(
+      thread_scratch(ScratchSlot::kPermutedX, static_cast<size_t>(M * K) * sizeof(float)));
+  permute_even_odd(x, M, K, xp);
+  const uint16_t* base = static_cast<const uint16_t*>(w.data);
+  switch (M) {
+    case 1:
+      return stream_rows_bf16<1>(xp, K, base, bias, y, N, n_begin, n_end);
+    case 2:
+      return stream_rows_bf16<2>(xp, K, base, bias, y, N, n_begin, n_end);
+    case 3:
+      return stream_rows_bf16<3>(xp, K, base, bias, y, N, n_begin, n_end);
+    case 4:
+      return stream_rows_bf16<4>(xp, K, base, bias, y, N, n_begin, n_end);
+    default:
+      break;
+  }
+  for (int64_t n = n_begin; n < n_end; n += kPairRows) {
+    const int rows = static_cast<int>(n_end - n < kPairRows ? n_end - n : kPairRows);
+    const float* b = bias ? bias + n : nullptr;
+    for (int64_t m = 0; m < M;) {
+      const int mb = block_rows(M - m);
+      bf16_pair_block_rows(mb, xp + m * K, K, base + n * K, rows, b, y + m * N + n, N);
+      m += mb;
+    }
   }
 }
 
@@ -424,17 +434,8 @@ template <DType D>
 void stream_impl(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
                  int64_t n_begin, int64_t n_end) {
   const int64_t K = w.cols, N = w.rows;
-  if (D == DType::BF16 && M == 1 && K % 32 == 0) {
-    thread_local std::vector<float> xp;
-    xp.resize(static_cast<size_t>(K) + 16);
-    // 64-byte aligned start inside the buffer (permute_even_odd stores aligned).
-    float* aligned = xp.data() + (16 - reinterpret_cast<uintptr_t>(xp.data()) % 64 / 4) % 16;
-    permute_even_odd(x, 1, K, aligned);
-    stream_rows_bf16(aligned, K, static_cast<const uint16_t*>(w.data), bias, y, n_begin, n_end);
-    return;
-  }
-  if (D == DType::BF16 && M >= 2 && K % 32 == 0 &&
-      bf16_small_batch(x, M, w, bias, y, n_begin, n_end)) {
+  if (D == DType::BF16 && K % 32 == 0) {
+    bf16_small_batch(x, M, w, bias, y, n_begin, n_end);
     return;
   }
   int64_t n = n_begin;

@@ -17,8 +17,6 @@
 // this halves the instructions per weight; Zen 4 splits them in two and loses nothing.
 #include <immintrin.h>
 
-#include <vector>
-
 #include "kernels/cpu/cpu_kernels.h"
 
 namespace alem::cpu::avx512_vnni {
@@ -192,14 +190,14 @@ void single_row_rows(const Q16Blocks& a, const PairedX* px, int64_t m0, const We
 template <DType T>
 void single_row(const Q16Blocks& a, int64_t m0, const WeightView& w, const float* bias, float* y,
                 int64_t n_begin, int64_t n_end) {
-  thread_local std::vector<PairedX> paired;  // std::allocator honours the 64-byte alignment
   const int64_t pairs = w.cols / 64;
-  paired.resize(static_cast<size_t>(pairs));
-  pair_x<T>(a.q + m0 * w.cols, pairs, paired.data());
+  // 64-byte aligned per-thread scratch (cpu_kernels.h), as PairedX asks.
+  auto* paired = static_cast<PairedX*>(
+      thread_scratch(ScratchSlot::kPairedX, static_cast<size_t>(pairs) * sizeof(PairedX)));
+  pair_x<T>(a.q + m0 * w.cols, pairs, paired);
   int64_t n = n_begin;
-  for (; n + kRows <= n_end; n += kRows)
-    single_row_rows<T, kRows>(a, paired.data(), m0, w, bias, y, n);
-  for (; n < n_end; ++n) single_row_rows<T, 1>(a, paired.data(), m0, w, bias, y, n);
+  for (; n + kRows <= n_end; n += kRows) single_row_rows<T, kRows>(a, paired, m0, w, bias, y, n);
+  for (; n < n_end; ++n) single_row_rows<T, 1>(a, paired, m0, w, bias, y, n);
 }
 
 }  // namespace

@@ -21,7 +21,6 @@
 
 #include <cstddef>
 #include <cstring>
-#include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
 
@@ -213,19 +212,21 @@ void run(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w
   const int64_t blocks = w.cols / 32, columns = w.cols / dtype_block_elements(w.dtype);
   const size_t group_bytes = dtype_row_bytes(w.dtype, w.cols) * kGroup;
   // This thread's rows of x, split into bytes once (64 bytes + 8 per block and row).
-  thread_local std::vector<uint8_t> bytes;
-  thread_local std::vector<int32_t> sums;
-  thread_local std::vector<float> scales8;
+  // Per-thread scratch (cpu_kernels.h): no allocation on the decode path.
   const int64_t rows = m_end - m_begin;
-  bytes.resize(static_cast<size_t>(rows * blocks * 64));
-  sums.resize(static_cast<size_t>(rows * blocks * 2));
-  scales8.resize(a.eight_bit ? static_cast<size_t>(rows * blocks) : 0);
-  thread_local std::vector<SplitX> x;  // per call, without an allocation on the decode path
-  x.resize(static_cast<size_t>(rows));
+  auto* bytes = static_cast<uint8_t*>(
+      thread_scratch(ScratchSlot::kSplitXBytes, static_cast<size_t>(rows * blocks * 64)));
+  auto* sums = static_cast<int32_t*>(thread_scratch(
+      ScratchSlot::kSplitXSums, static_cast<size_t>(rows * blocks * 2) * sizeof(int32_t)));
+  auto* scales8 = static_cast<float*>(
+      thread_scratch(ScratchSlot::kSplitXScales,
+                     a.eight_bit ? static_cast<size_t>(rows * blocks) * sizeof(float) : 0));
+  auto* x = static_cast<SplitX*>(
+      thread_scratch(ScratchSlot::kSplitXRows, static_cast<size_t>(rows) * sizeof(SplitX)));
   for (int64_t i = 0; i < rows; ++i) {
-    uint8_t* xb = bytes.data() + i * blocks * 64;
-    int32_t* xs = sums.data() + i * blocks * 2;
-    float* d8 = a.eight_bit ? scales8.data() + i * blocks : nullptr;
+    uint8_t* xb = bytes + i * blocks * 64;
+    int32_t* xs = sums + i * blocks * 2;
+    float* d8 = a.eight_bit ? scales8 + i * blocks : nullptr;
     split_activations(a, m_begin + i, blocks, Kernel::kSignedWeights, xb, xs, d8);
     x[i] = {xb, xs, a.eight_bit ? d8 : a.d + (m_begin + i) * blocks, a.s + (m_begin + i) * blocks};
   }
@@ -237,10 +238,9 @@ void run(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w
     const uint8_t* group = static_cast<const uint8_t*>(w.data) + (n / kGroup) * group_bytes;
     const float* group_bias = bias ? bias + n : nullptr;
     if constexpr (kPair) {
-      Kernel::template pair<MR, kEightBit>(x.data() + i, group, group_bytes, columns, group_bias,
-                                           out);
+      Kernel::template pair<MR, kEightBit>(x + i, group, group_bytes, columns, group_bias, out);
     } else {
-      Kernel::template group<MR, kEightBit>(x.data() + i, group, columns, group_bias, out);
+      Kernel::template group<MR, kEightBit>(x + i, group, columns, group_bias, out);
     }
   };
   const auto every_row_of_x = [&]<bool kEightBit, bool kPair>(int64_t n) {

@@ -1,0 +1,77 @@
+// What the instruction-set-specific kernels share and may not define themselves: their per-thread
+// scratch buffers and the process's stream prefetch switch. This file is built without ISA
+// flags. A std container, or any other inline code, instantiated in an *_avx512.cc file is
+// emitted there with AVX-512 instructions allowed, and the linker keeps one copy of it for the
+// whole program: the copy from a kernel file could then run on a CPU without AVX-512. The test
+// `isa_objects_share_no_code` checks the kernel objects for such copies.
+#include <cpuid.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace alem::cpu {
+
+namespace {
+
+bool cpu_is_amd() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) == 0) return false;
+  char vendor[13] = {};
+  std::memcpy(vendor, &ebx, 4);
+  std::memcpy(vendor + 4, &edx, 4);
+  std::memcpy(vendor + 8, &ecx, 4);
+  return std::strcmp(vendor, "AuthenticAMD") == 0;
+}
+
+StreamPrefetch stream_prefetch_at_start() {
+  bool valid = false;
+  // An invalid value is reported by make_cpu_backend, which every engine calls before a kernel.
+  return stream_prefetch_setting(std::getenv("ALEM_CPU_PREFETCH"), cpu_is_amd(), &valid);
+}
+
+struct ThreadScratch {
+  void* data[static_cast<int>(ScratchSlot::kCount)] = {};
+  size_t bytes[static_cast<int>(ScratchSlot::kCount)] = {};
+  ~ThreadScratch() {
+    for (void* p : data) std::free(p);
+  }
+};
+
+}  // namespace
+
+StreamPrefetch stream_prefetch_setting(const char* value, bool amd, bool* valid) {
+  *valid = true;
+  const StreamPrefetch by_default{!amd, true};
+  if (value == nullptr || *value == '\0' || std::strcmp(value, "auto") == 0) return by_default;
+  if (std::strcmp(value, "all") == 0) return {true, true};
+  if (std::strcmp(value, "packed") == 0) return {false, true};
+  if (std::strcmp(value, "none") == 0) return {false, false};
+  *valid = false;
+  return by_default;
+}
+
+const char* stream_prefetch_name(StreamPrefetch setting) {
+  if (setting.wide) return setting.packed ? "all" : "wide";
+  return setting.packed ? "packed" : "none";
+}
+
+const StreamPrefetch stream_prefetch = stream_prefetch_at_start();
+
+void* thread_scratch(ScratchSlot slot, size_t bytes) {
+  thread_local ThreadScratch scratch;
+  const int i = static_cast<int>(slot);
+  if (scratch.bytes[i] < bytes || scratch.data[i] == nullptr) {
+    const size_t rounded = (bytes + 63) / 64 * 64 + 64;  // never zero; room to grow a little
+    void* fresh = std::aligned_alloc(64, rounded);
+    if (fresh == nullptr) throw std::bad_alloc();
+    std::free(scratch.data[i]);
+    scratch.data[i] = fresh;
+    scratch.bytes[i] = rounded;
+  }
+  return scratch.data[i];
+}
+
+}  // namespace alem::cpu
