@@ -611,28 +611,28 @@ TEST(KernelRegistry, NamesBackends) {
   EXPECT_THROW(make_backend("tpu"), Error);
 }
 
-// ALEM_CPU_PREFETCH: every stream, the packed ones, none or the CPU's default (wide streams off
+// ALEM_CPU_PREFETCH: every stream, the heavy ones, none or the CPU's default (light streams off
 // on AMD's), and a clear error otherwise.
 TEST(KernelRegistry, StreamPrefetchSetting) {
   bool valid = false;
-  const auto expect = [&](const char* value, bool amd, bool wide, bool packed) {
+  const auto expect = [&](const char* value, bool amd, bool light, bool heavy) {
     const cpu::StreamPrefetch got = cpu::stream_prefetch_setting(value, amd, &valid);
     EXPECT_TRUE(valid) << (value ? value : "(unset)");
-    EXPECT_EQ(got.wide, wide) << (value ? value : "(unset)") << " amd " << amd;
-    EXPECT_EQ(got.packed, packed) << (value ? value : "(unset)") << " amd " << amd;
+    EXPECT_EQ(got.light, light) << (value ? value : "(unset)") << " amd " << amd;
+    EXPECT_EQ(got.heavy, heavy) << (value ? value : "(unset)") << " amd " << amd;
   };
   for (bool amd : {false, true}) {
     expect("all", amd, true, true);
-    expect("packed", amd, false, true);
+    expect("heavy", amd, false, true);
     expect("none", amd, false, false);
     for (const char* unset : {static_cast<const char*>(nullptr), "", "auto"}) {
       expect(unset, amd, !amd, true);
     }
   }
   EXPECT_STREQ(cpu::stream_prefetch_name({true, true}), "all");
-  EXPECT_STREQ(cpu::stream_prefetch_name({false, true}), "packed");
+  EXPECT_STREQ(cpu::stream_prefetch_name({false, true}), "heavy");
   EXPECT_STREQ(cpu::stream_prefetch_name({false, false}), "none");
-  for (const char* bad : {"1", "yes", "ALL"}) {
+  for (const char* bad : {"1", "yes", "ALL", "packed"}) {
     cpu::stream_prefetch_setting(bad, false, &valid);
     EXPECT_FALSE(valid) << bad;
   }

@@ -220,12 +220,12 @@ std::unique_ptr<KernelBackend> make_cpu_backend() {
   const std::string interleave = interleave_env && *interleave_env ? interleave_env : "1";
   ALEM_CHECK(interleave == "0" || interleave == "1",
              "ALEM_CPU_INTERLEAVE must be 0 or 1, got '" + interleave + "'");
-  // ALEM_CPU_PREFETCH=all|packed|none|auto: which decode streams prefetch (read once, when the
+  // ALEM_CPU_PREFETCH=all|heavy|none|auto: which decode streams prefetch (read once, when the
   // process starts: cpu_kernels.h); checked here so a wrong value is an error, not a default.
   bool prefetch_valid = false;
   const char* prefetch_env = std::getenv("ALEM_CPU_PREFETCH");
   cpu::stream_prefetch_setting(prefetch_env, false, &prefetch_valid);
-  ALEM_CHECK(prefetch_valid, "ALEM_CPU_PREFETCH must be all, packed, none or auto, got '" +
+  ALEM_CHECK(prefetch_valid, "ALEM_CPU_PREFETCH must be all, heavy, none or auto, got '" +
                                  std::string(prefetch_env ? prefetch_env : "") + "'");
   auto backend = std::make_unique<CpuBackend>(isa, 0, dot != "0", dot == "all", amx == "1");
   backend->set_interleave_blocks(interleave == "1");

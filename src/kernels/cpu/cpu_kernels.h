@@ -30,24 +30,31 @@ constexpr int kStreamPrefetchBytes = 17280;
 constexpr int kStreamL1PrefetchBytes = 5760;
 
 // Which decode streams prefetch, fixed for the process when it starts (kernel_support.cc). A
-// packed stream (4 to 6 bits per weight: Q4_0, Q4_1, the K-quants) keeps its kernel busy
-// unpacking, and without these prefetches its loads wait: on an AMD Zen 4 the 1.1B shape's
-// decode at one thread ran Q4_0 17% and Q4_K_M 48% slower. A wide stream (8 or 16 bits per
-// weight: bf16, f16, f32, int8, Q8_0) has little arithmetic per byte; on the Zen 4 the hardware
-// prefetchers alone ran it faster (Q8_0 +24%, bf16 dot products +25%), on an Intel Xeon these
-// prefetches gave its last 10-20% (docs/kernels.md). ALEM_CPU_PREFETCH: all (the default but on
-// AMD's CPUs), packed (the default on AMD's), none, or auto.
-enum class StreamKind : int { kWide, kPacked };
+// light stream has little arithmetic per byte: bf16 (f16, f32) weights, or interleaved Q8_0,
+// against one row of x. On an AMD Zen 4 the hardware prefetchers alone ran it faster (1.1B
+// decode at one thread: Q8_0 +24%, bf16 dot products +25%); on an Intel Xeon these prefetches
+// gave its last 10-20%. A heavy stream keeps its kernel busy between loads: 4- to 6-bit weights
+// it unpacks (Q4_0, Q4_1, the K-quants), row-major int8 against 16-bit activations, or several
+// rows of x on every weight. Without the prefetches its loads wait: on the Zen 4, Q4_0 decode
+// ran 17% slower, Q4_K_M 48%, bf16 at 2 to 4 rows of x 30-40% (docs/kernels.md).
+// ALEM_CPU_PREFETCH: all (the default but on AMD's CPUs), heavy (the default on AMD's), none,
+// or auto.
+enum class StreamKind : int { kLight, kHeavy };
 struct StreamPrefetch {
-  bool wide = true;
-  bool packed = true;
+  bool light = true;
+  bool heavy = true;
 };
 extern const StreamPrefetch stream_prefetch;
 
-// The setting for an ALEM_CPU_PREFETCH value: "all", "packed", "none"; "auto", empty or null:
-// the CPU's default (`amd`: packed). `valid` is false for anything else (and the default).
+// The setting for an ALEM_CPU_PREFETCH value: "all", "heavy", "none"; "auto", empty or null:
+// the CPU's default (`amd`: heavy). `valid` is false for anything else (and the default).
 StreamPrefetch stream_prefetch_setting(const char* value, bool amd, bool* valid);
 const char* stream_prefetch_name(StreamPrefetch setting);
+
+// The kind of a decode stream of bf16 or Q8_0 weights against `rows_of_x` rows of x.
+constexpr StreamKind wide_weights_stream(int rows_of_x) {
+  return rows_of_x == 1 ? StreamKind::kLight : StreamKind::kHeavy;
+}
 
 // Prefetches the lines kStreamPrefetchBytes (into the L2) and kStreamL1PrefetchBytes (into the
 // L1) past `here`, the 64 bytes a stream of the kind reads now, where stream_prefetch says so.
@@ -56,7 +63,7 @@ const char* stream_prefetch_name(StreamPrefetch setting);
 // Always inlined: a copy compiled with one ISA's flags must not be shared with another's (top).
 template <StreamKind kind>
 [[gnu::always_inline]] inline void prefetch_stream(const void* here) {
-  if (!(kind == StreamKind::kWide ? stream_prefetch.wide : stream_prefetch.packed)) return;
+  if (!(kind == StreamKind::kLight ? stream_prefetch.light : stream_prefetch.heavy)) return;
   const char* p = static_cast<const char*>(here);
   asm volatile("prefetcht1 %0" : : "m"(p[kStreamPrefetchBytes]));
   asm volatile("prefetcht0 %0" : : "m"(p[kStreamL1PrefetchBytes]));

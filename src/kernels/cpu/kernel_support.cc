@@ -47,15 +47,15 @@ StreamPrefetch stream_prefetch_setting(const char* value, bool amd, bool* valid)
   const StreamPrefetch by_default{!amd, true};
   if (value == nullptr || *value == '\0' || std::strcmp(value, "auto") == 0) return by_default;
   if (std::strcmp(value, "all") == 0) return {true, true};
-  if (std::strcmp(value, "packed") == 0) return {false, true};
+  if (std::strcmp(value, "heavy") == 0) return {false, true};
   if (std::strcmp(value, "none") == 0) return {false, false};
   *valid = false;
   return by_default;
 }
 
 const char* stream_prefetch_name(StreamPrefetch setting) {
-  if (setting.wide) return setting.packed ? "all" : "wide";
-  return setting.packed ? "packed" : "none";
+  if (setting.light) return setting.heavy ? "all" : "light";
+  return setting.heavy ? "heavy" : "none";
 }
 
 const StreamPrefetch stream_prefetch = stream_prefetch_at_start();

@@ -126,7 +126,7 @@ void stream_row(const float* x, int64_t K, const WeightView& w, int64_t n, const
   for (; k + 32 <= K; k += 32) {
     // The rows lie one after another, so the stream runs on into the next rows.
     for (int line = 0; line < 32 * element_bytes<D>(); line += 64) {
-      prefetch_stream<StreamKind::kWide>(row.data + k * element_bytes<D>() + line);
+      prefetch_stream<StreamKind::kLight>(row.data + k * element_bytes<D>() + line);
     }
     for (int i = 0; i < 4; ++i) {
       acc[i] =

@@ -188,7 +188,7 @@ void stream_row(const float* x, int64_t K, const WeightView& w, int64_t n, const
   for (; k + 32 <= K; k += 32) {
     // The rows lie one after another, so the stream runs on into the next rows.
     for (int line = 0; line < 32 * element_bytes<D>(); line += 64) {
-      prefetch_stream<StreamKind::kWide>(row.data + k * element_bytes<D>() + line);
+      prefetch_stream<StreamKind::kLight>(row.data + k * element_bytes<D>() + line);
     }
     acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), load_weights<D>(row, k), acc0);
     acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), load_weights<D>(row, k + 16), acc1);
@@ -384,9 +384,9 @@ void stream_rows_bf16(const float* xp, int64_t K, const uint16_t* base, const fl
     };
     int64_t k = 0;
     for (; k + 64 <= K; k += 64) {
-      prefetch_stream<StreamKind::kWide>(row + k);
+      prefetch_stream<wide_weights_stream(MB)>(row + k);
       weights32(k, 0);
-      prefetch_stream<StreamKind::kWide>(row + k + 32);
+      prefetch_stream<wide_weights_stream(MB)>(row + k + 32);
       weights32(k + 32, 2);
     }
     if (k < K) weights32(k, 0);  // the last 32 weights when K is an odd multiple of 32

@@ -146,7 +146,7 @@ template <DType T, int S>
 ALEM_INLINE void prefetch_ahead(const uint8_t* column) {
   constexpr int lines = (Column<T>::kBytes + 63) / 64;
   for (int l = S * lines / 8; l < (S + 1) * lines / 8; ++l)
-    prefetch_stream<StreamKind::kPacked>(column + 64 * l);
+    prefetch_stream<StreamKind::kHeavy>(column + 64 * l);
 }
 template <class V, DType T, int S>
 ALEM_INLINE void prefetch_ahead(const uint8_t* column, size_t gap) {

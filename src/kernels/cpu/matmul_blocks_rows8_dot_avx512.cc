@@ -26,7 +26,7 @@ using interleaved::Lanes8;
 using interleaved::SplitX;
 
 // Prefetches the `lines` cache lines of the column (and of the second group's column) ahead
-// (prefetch_stream: Q8_0 is a wide stream, the 4-bit types packed ones).
+// (prefetch_stream: Q8_0 at one row of x is a light stream; more rows, or 4-bit weights, heavy).
 template <class V, StreamKind kind>
 inline void prefetch_columns(const uint8_t* column, size_t gap, int lines) {
   for (int line = 0; line < lines; ++line) {
@@ -47,7 +47,7 @@ void group_rows(const SplitX* x, const uint8_t* group, size_t gap, int64_t block
   for (int i = 0; i < MR; ++i) acc[i] = V::fzero();
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* column = group + b * column_bytes;
-    prefetch_columns<V, StreamKind::kPacked>(column, gap, (column_bytes + 63) / 64);
+    prefetch_columns<V, StreamKind::kHeavy>(column, gap, (column_bytes + 63) / 64);
     const auto wd = V::load_f16(column, gap);
     typename V::I q_lo[4], q_hi[4];  // chunk k: values 4k..4k+3 and 16+4k..16+4k+3 of each row
     for (int k = 0; k < 4; ++k) {
@@ -93,7 +93,7 @@ void group_rows_q8_0(const SplitX* x, const uint8_t* group, size_t gap, int64_t 
   for (int i = 0; i < MR; ++i) acc[i] = V::fzero();
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* column = group + b * column_bytes;
-    prefetch_columns<V, StreamKind::kWide>(column, gap, (column_bytes + 63) / 64);
+    prefetch_columns<V, wide_weights_stream(MR)>(column, gap, (column_bytes + 63) / 64);
     const auto wd = V::load_f16(column, gap);
     typename V::I w[8];
     auto sum_a = V::zero(), sum_b = V::zero();

@@ -87,8 +87,8 @@ void bf16_block(const uint16_t* xb, int64_t ldx, const uint16_t* w, int64_t K, i
     // chains, 64 bytes each, keep it ahead of the stream.
     __m512 second = _mm512_setzero_ps();
     for (; k + 64 <= K; k += 64) {
-      prefetch_stream<StreamKind::kWide>(row[0] + k);
-      prefetch_stream<StreamKind::kWide>(row[0] + k + 32);
+      prefetch_stream<StreamKind::kLight>(row[0] + k);
+      prefetch_stream<StreamKind::kLight>(row[0] + k + 32);
       const __m512bh w0 = (__m512bh)_mm512_loadu_si512(row[0] + k);
       const __m512bh w1 = (__m512bh)_mm512_loadu_si512(row[0] + k + 32);
       acc[0][0] = _mm512_dpbf16_ps(acc[0][0], (__m512bh)_mm512_loadu_si512(xb + k), w0);
@@ -101,7 +101,7 @@ void bf16_block(const uint16_t* xb, int64_t ldx, const uint16_t* w, int64_t K, i
     for (int r = 0; r < R; ++r) {
       // The next register block's rows follow these in memory (one row: a stream).
       if constexpr (R == 1) {
-        prefetch_stream<StreamKind::kWide>(row[r] + k);
+        prefetch_stream<wide_weights_stream(MB)>(row[r] + k);
       } else {
         _mm_prefetch(reinterpret_cast<const char*>(row[r] + ahead + k), _MM_HINT_T0);
       }
@@ -153,7 +153,7 @@ void int8_block(const Q16Activations& a, const int8_t* w, const float* w_scales,
     __m512 ws[R];
     for (int r = 0; r < R; ++r) {
       if constexpr (R == 1) {
-        prefetch_stream<StreamKind::kWide>(row[r] + k);
+        prefetch_stream<StreamKind::kHeavy>(row[r] + k);  // int8: heavy at every M
       } else {
         _mm_prefetch(reinterpret_cast<const char*>(row[r] + ahead + k), _MM_HINT_T0);
       }
