@@ -64,7 +64,7 @@ void* thread_scratch(ScratchSlot slot, size_t bytes) {
   thread_local ThreadScratch scratch;
   const int i = static_cast<int>(slot);
   if (scratch.bytes[i] < bytes || scratch.data[i] == nullptr) {
-    const size_t rounded = (bytes + 63) / 64 * 64 + 64;  // never zero; room to grow a little
+    const size_t rounded = (bytes + 63) / 64 * 64 + 64;  // whole lines, and never zero
     void* fresh = std::aligned_alloc(64, rounded);
     if (fresh == nullptr) throw std::bad_alloc();
     std::free(scratch.data[i]);

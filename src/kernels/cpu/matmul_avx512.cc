@@ -2,8 +2,9 @@
 //  * matmul_stream (decode, small M): each thread streams its rows of W exactly once, in their
 //    stored dtype, converting 16 weights at a time in registers and applying them to every row
 //    of x (dot-product form, horizontal sums at the end of each row). Memory-bound by design.
-//    bf16 weights with 2+ rows of x (continuous-batching decode) take a register-blocked variant
-//    that converts 32 weights with 2 instructions and feeds each to 4 rows (bf16_small_batch).
+//    bf16 weights (decode and continuous-batching decode) take their own form that converts 32
+//    weights with 2 instructions and feeds each to every row of x (stream_bf16): one weight row
+//    at a time up to 4 rows of x, 4 weight rows side by side from 5.
 //  * matmul_packed (prefill): W is converted and transposed, one 48-column x kDepth tile at a
 //    time, into an f32 panel on the stack that stays in L1 while an 8x48 register-blocked
 //    micro-kernel (24 accumulators, x values broadcast) sweeps every row of x over it.
@@ -400,8 +401,8 @@ void stream_rows_bf16(const float* xp, int64_t K, const uint16_t* base, const fl
 
 // bf16 matmul for M rows of x (K % 32 == 0) over weight rows [n_begin, n_end), below the packed
 // GEMM's sizes: x permuted once per call into this thread's scratch.
-void bf16_small_batch(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
-                      int64_t n_begin, int64_t n_end) {
+void stream_bf16(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
+                 int64_t n_begin, int64_t n_end) {
   const int64_t K = w.cols, N = w.rows;
   float* xp = static_cast<float*>(
       thread_scratch(ScratchSlot::kPermutedX, static_cast<size_t>(M * K) * sizeof(float)));
@@ -435,7 +436,7 @@ void stream_impl(const float* x, int64_t M, const WeightView& w, const float* bi
                  int64_t n_begin, int64_t n_end) {
   const int64_t K = w.cols, N = w.rows;
   if (D == DType::BF16 && K % 32 == 0) {
-    bf16_small_batch(x, M, w, bias, y, n_begin, n_end);
+    stream_bf16(x, M, w, bias, y, n_begin, n_end);
     return;
   }
   int64_t n = n_begin;
