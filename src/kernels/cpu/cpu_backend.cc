@@ -276,30 +276,26 @@ bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, co
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
   // The activations in the weights' format, prepared once on this thread for all threads.
   thread_local std::vector<uint8_t> scratch;
-  if (w.dtype == DType::BF16) {
+  if (w.dtype == DType::BF16 && M < kPackedMinRowsBf16Avx512) {
     const int64_t stride = (K + 31) / 32 * 32;
     scratch.resize(static_cast<size_t>(M * stride) * sizeof(uint16_t) + 64);
     uint16_t* xb = reinterpret_cast<uint16_t*>(scratch.data());
     cpu::avx512_dot::to_bf16(x, M, K, xb, stride);
-    if (M < kPackedMinRowsBf16Avx512) {
-      run_on_threads(threads, [&](int index, int count) {
-        const auto [n0, n1] = split_range(N, count, index, 16);
-        if (n0 < n1) cpu::avx512_dot::matmul_bf16(xb, M, stride, view, bias, y, n0, n1);
-      });
-      return true;
-    }
-    // Threads split N in whole panels; when there are fewer panels than threads, M too.
-    const int64_t panel = cpu::avx512_dot::kGemmBf16PanelCols;
-    const int64_t panels = (N + panel - 1) / panel;
     run_on_threads(threads, [&](int index, int count) {
-      const int n_parts = static_cast<int>(std::min<int64_t>(count, panels));
-      const int m_parts = count / n_parts;
-      if (index >= n_parts * m_parts) return;
-      const auto [n0, n1] = split_range(N, n_parts, index % n_parts, panel);
-      const auto [m0, m1] = split_range(M, m_parts, index / n_parts, 8);
-      if (n0 < n1 && m0 < m1) {
-        cpu::avx512_dot::gemm_bf16(xb, stride, m0, m1, view, bias, y, n0, n1);
-      }
+      const auto [n0, n1] = split_range(N, count, index, 16);
+      if (n0 < n1) cpu::avx512_dot::matmul_bf16(xb, M, stride, view, bias, y, n0, n1);
+    });
+    return true;
+  }
+  if (w.dtype == DType::BF16) {
+    // x as bf16 pairs, 64-byte aligned; the threads split the weight rows.
+    scratch.resize(static_cast<size_t>(cpu::avx512_dot::packed_pairs_size(M, K, 1)) * 4 + 64);
+    uint32_t* xp = reinterpret_cast<uint32_t*>(
+        scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64);
+    cpu::avx512_dot::pack_x_pairs(x, M, K, 1, xp);
+    run_on_threads(threads, [&](int index, int count) {
+      const auto [n0, n1] = split_range(N, count, index, 16);
+      if (n0 < n1) cpu::avx512_dot::gemm_bf16(xp, M, view, bias, y, n0, n1);
     });
     return true;
   }
@@ -336,10 +332,10 @@ void CpuBackend::matmul_amx(const float* x, int64_t M, const WeightMatrix& w, co
   const bool blocks = dtype_is_block(w.dtype);
   const int parts = blocks ? 2 : (dot_bf16_ ? 1 : 3);
   thread_local std::vector<uint32_t> packed;
-  packed.resize(static_cast<size_t>(cpu::amx::packed_x_size(M, K, parts)) + 16);
+  packed.resize(static_cast<size_t>(cpu::avx512_dot::packed_pairs_size(M, K, parts)) + 16);
   // 64-byte aligned start inside the buffer (tile loads of x use 64-byte rows).
   uint32_t* xp = packed.data() + (16 - reinterpret_cast<uintptr_t>(packed.data()) % 64 / 4) % 16;
-  cpu::amx::pack_x(x, M, K, parts, xp);
+  cpu::avx512_dot::pack_x_pairs(x, M, K, parts, xp);
   const cpu::WeightView view = cpu::view_of(w);
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
   run_on_threads(threads, [&](int index, int count) {

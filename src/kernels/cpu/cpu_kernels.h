@@ -226,25 +226,28 @@ void matmul_bf16(const uint16_t* xb, int64_t M, int64_t stride, const WeightView
                  const float* bias, float* y, int64_t n_begin, int64_t n_end);
 void matmul_int8(const Q16Activations& a, int64_t M, const WeightView& w, const float* bias,
                  float* y, int64_t n_begin, int64_t n_end);
-// Prefill (matmul_gemm_bf16_avx512.cc): rows [m_begin, m_end) of bf16 x (row stride `stride`,
-// zero-padded) against bf16 weight rows [n_begin, n_end), packed 48 columns at a time.
-constexpr int kGemmBf16PanelCols = 48;
-void gemm_bf16(const uint16_t* xb, int64_t stride, int64_t m_begin, int64_t m_end,
-               const WeightView& w, const float* bias, float* y, int64_t n_begin, int64_t n_end);
+// Prefill (matmul_gemm_bf16_avx512.cc). pack_x_pairs lays x (M x K, f32) out as bf16 pairs:
+// for every 16 rows of x (zero rows past M) and every 32 values of k (zeros past K), 16 vectors
+// of 16 32-bit units, vector i holding (x[m][k + 2i], x[m][k + 2i + 1]) for the 16 rows m. With
+// `parts` > 1 x is split into that many bf16 parts, each the bf16 nearest to what the earlier
+// ones left (3 carry all 24 bits of an f32), one such layout after another. gemm_bf16 writes
+// y[m][n] for all M rows and weight rows [n_begin, n_end) from one part.
+inline int64_t packed_pairs_size(int64_t M, int64_t K, int parts) {
+  return (M + 15) / 16 * 16 * ((K + 31) / 32 * 32) / 2 * parts;
+}
+void pack_x_pairs(const float* x, int64_t M, int64_t K, int parts, uint32_t* out);
+void gemm_bf16(const uint32_t* xp, int64_t M, const WeightView& w, const float* bias, float* y,
+               int64_t n_begin, int64_t n_end);
 }  // namespace avx512_dot
 
 // Prefill GEMM for bf16 weights on Intel AMX tiles (matmul_gemm_bf16_amx.cc). usable(): the CPU
-// has AMX-BF16 and AVX-512 and the kernel granted this process the tile state (asked once).
-// pack_x splits x (K a multiple of 32) into `parts` bf16 parts (3: exact to f32 rounding; 1: x
-// rounded to bf16) laid out as tiles; packed_x_size is its size in 32-bit units. gemm_bf16 then
-// writes y[m][n] for all M rows and weight rows [n_begin, n_end).
+// has AMX-BF16 and AVX-512 (with AVX512-BF16) and the kernel granted this process the tile state
+// (asked once). x comes packed by avx512_dot::pack_x_pairs (K a multiple of 32) in `parts` bf16
+// parts (3: exact to f32 rounding; 1: x rounded to bf16). gemm_bf16 then writes y[m][n] for all
+// M rows and weight rows [n_begin, n_end).
 namespace amx {
 constexpr int64_t kKMultiple = 32;
 bool usable();
-inline int64_t packed_x_size(int64_t M, int64_t K, int parts) {
-  return (M + 15) / 16 * 16 * K / 2 * parts;
-}
-void pack_x(const float* x, int64_t M, int64_t K, int parts, uint32_t* out);
 void gemm_bf16(const uint32_t* xp, int64_t M, int parts, const WeightView& w, const float* bias,
                float* y, int64_t n_begin, int64_t n_end);
 // Block-type weights (Q4_0, Q8_0, ...): every 48 weight rows are expanded once per call by

@@ -3,7 +3,8 @@
 // use the tile registers. y[M][N] = x[M][K] W[N][K]^T is computed transposed, y^T = W x^T, so the
 // weight rows are the A tiles exactly as they sit in memory (16 rows of 32 bf16, row stride K):
 // no weight packing at all. x is packed once per matmul into B tiles, each 16 pairs of k by 16
-// rows of x as 32-bit (x[m][k], x[m][k+1]) units, by 16x16 transposes.
+// rows of x as 32-bit (x[m][k], x[m][k+1]) units (avx512_dot::pack_x_pairs, shared with the
+// vdpbf16ps GEMM).
 //
 // Exactness: the weights are bf16 already, so only x loses bits when it becomes bf16. With
 // `parts` = 3 (the default) x is split as x = hi + mid + lo, each the bf16 nearest to what the
@@ -192,7 +193,8 @@ bool usable() {
   static const bool ok = [] {
     if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16") ||
         !__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
-        !__builtin_cpu_supports("avx512vl") || !__builtin_cpu_supports("avx512dq")) {
+        !__builtin_cpu_supports("avx512vl") || !__builtin_cpu_supports("avx512dq") ||
+        !__builtin_cpu_supports("avx512bf16")) {
       return false;
     }
     // The OS must enable the tile state (XCR0 bits 17 and 18) and grant it to this process.
@@ -203,44 +205,6 @@ bool usable() {
     return tiles_run();
   }();
   return ok;
-}
-
-void pack_x(const float* x, int64_t M, int64_t K, int parts, uint32_t* out) {
-  const int64_t m_blocks = (M + kTile - 1) / kTile, k_steps = K / kKStep;
-  const int64_t part_stride = m_blocks * k_steps * kTile * kTile;
-  for (int64_t mb = 0; mb < m_blocks; ++mb) {
-    for (int64_t s = 0; s < k_steps; ++s) {
-      // rest[m] holds what the earlier parts have not yet represented of x[m][k..k+32).
-      __m512 rest[kTile][2];
-      for (int m = 0; m < kTile; ++m) {
-        const int64_t row = mb * kTile + m;
-        for (int h = 0; h < 2; ++h) {
-          rest[m][h] =
-              row < M ? _mm512_loadu_ps(x + row * K + s * kKStep + h * 16) : _mm512_setzero_ps();
-        }
-      }
-      for (int p = 0; p < parts; ++p) {
-        __m512 r[kTile];
-        for (int m = 0; m < kTile; ++m) {
-          const __m512bh b = _mm512_cvtne2ps_pbh(rest[m][1], rest[m][0]);
-          r[m] = _mm512_castsi512_ps((__m512i)b);
-          // The 32 bf16 values in input order (cvtne2ps_pbh puts its second operand first),
-          // widened back to f32: what this part leaves, x minus it, is exact in f32.
-          const __m512i bits = (__m512i)b;
-          const __m512 first = _mm512_castsi512_ps(
-              _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(bits)), 16));
-          const __m512 second = _mm512_castsi512_ps(
-              _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(bits, 1)), 16));
-          rest[m][0] = _mm512_sub_ps(rest[m][0], first);
-          rest[m][1] = _mm512_sub_ps(rest[m][1], second);
-        }
-        avx512::transpose16x16(r);  // r[pair][m]
-        uint32_t* tile = out + p * part_stride + (mb * k_steps + s) * kTile * kTile;
-        for (int i = 0; i < kTile; ++i)
-          _mm512_store_ps(reinterpret_cast<float*>(tile) + i * 16, r[i]);
-      }
-    }
-  }
 }
 
 void gemm_bf16(const uint32_t* xp, int64_t M, int parts, const WeightView& w, const float* bias,

@@ -1,11 +1,19 @@
-// Prefill GEMM for bf16 weights on AVX512-BF16 (vdpbf16ps): y[M][N] = x[M][K] W[N][K]^T with x
-// rounded to bf16 once per matmul (the same rounding as the decode kernels in
-// matmul_dot_avx512.cc). W is packed, one 48-column x kDepth tile at a time, into a panel of
-// bf16 pairs, panel[k/2][c] = (W[c][k], W[c][k+1]) as one 32-bit unit, by 16x16 transposes of
-// 32-bit units (no conversion: the panel stays bf16, half the bytes of the f32 panel of
-// matmul_avx512.cc). An 8 x 48 register block (24 f32 accumulators) then sweeps every row of x
-// over the panel: per pair of k, 3 panel loads and 8 broadcasts of x pairs feed 24 vdpbf16ps,
-// each 32 multiply-adds, so the panel's packing is shared by all rows of the batch.
+// Prefill GEMM for bf16 weights on AVX512-BF16 (vdpbf16ps), with x rounded to bf16 once per
+// matmul (the rounding of the decode kernels in matmul_dot_avx512.cc). The product is taken
+// transposed, y^T = W x^T, as on AMX tiles (matmul_gemm_bf16_amx.cc): the weights are read where
+// they lie, row after row, and never packed. x is packed once per matmul instead (pack_x_pairs,
+// shared with the AMX kernel): for every 16 rows of x and every pair of k, one 64-byte vector
+// holding (x[m][k], x[m][k+1]) for the 16 rows m.
+//
+// The register block is up to 8 weight rows by up to 4 such vectors (64 rows of x): per pair of
+// k, one 4-byte broadcast of (W[n][k], W[n][k+1]) per weight row and one load per 16 rows of x
+// feed rows x vectors vdpbf16ps (accumulator lane m of acc[r][v] is y[16v + m][n + r]). The
+// block covers all of K, so the accumulators are written once, and each weight element is read
+// from memory once per 64 rows of x. Fewer than 8 weight rows per block: more rows means more
+// streams than the hardware prefetchers follow (docs/kernels.md, "bf16 prefill without packing").
+// Replacing the packed-panel GEMM this file held before took the 1.1B shape's q/o matmul from
+// 156 to 215 GFLOP/s at 64 rows, one thread, weights from DRAM, on a Zen 4 (peak about 236):
+// packing the weight panels by 16x16 transposes had taken a quarter of its time.
 #include <immintrin.h>
 
 #include "kernels/cpu/cpu_kernels.h"
@@ -14,114 +22,158 @@
 namespace alem::cpu::avx512_dot {
 namespace {
 
-constexpr int kMicroRows = 8;
-constexpr int kPanelCols = 48;
-constexpr int kVectors = kPanelCols / 16;
-constexpr int kDepth = 256;  // k extent of one panel: 128 pairs x 48 columns x 4 bytes = 24 KiB
+constexpr int kTile = 16;   // rows of x per packed vector, and pairs of k per packed tile
+constexpr int kKStep = 32;  // values of k per packed tile
 
-inline __mmask32 first_words(int64_t count) {
-  return count >= 32 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << count) - 1);
+inline __mmask16 first_lanes(int64_t count) {
+  if (count <= 0) return 0;
+  return count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
 }
 
-// panel[p][c] (32-bit units) = W[n0 + c][k0 + 2p .. 2p + 1] for c < kPanelCols, p < pairs;
-// columns at or past `cols` and values at or past K are zero.
-void pack_pairs(const uint16_t* w, int64_t K, int64_t n0, int cols, int64_t k0, int depth,
-                uint32_t* panel) {
-  const int pairs = (depth + 1) / 2;
-  for (int group = 0; group < kVectors; ++group) {
-    const uint16_t* rows[16];
-    for (int j = 0; j < 16; ++j) {
-      const int c = group * 16 + j;
-      rows[j] = w + (n0 + (c < cols ? c : 0)) * K + k0;
-    }
-    for (int kk = 0; kk < depth; kk += 32) {  // 32 bf16 = 16 pairs per row per step
-      const __mmask32 mask = first_words(depth - kk);
-      __m512 r[16];
-      for (int j = 0; j < 16; ++j) {
-        r[j] = group * 16 + j >= cols
-                   ? _mm512_setzero_ps()
-                   : _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mask, rows[j] + kk));
-      }
-      avx512::transpose16x16(r);
-      const int p0 = kk / 2;
-      const int count = pairs - p0 < 16 ? pairs - p0 : 16;
-      for (int i = 0; i < count; ++i) {
-        _mm512_store_si512(panel + (p0 + i) * kPanelCols + group * 16, _mm512_castps_si512(r[i]));
-      }
-    }
-  }
+// (W[n][k], W[n][k + 1]) as one 32-bit unit; `half` reads only W[n][k] (k + 1 == K).
+inline uint32_t weight_pair(const uint16_t* row, int64_t k, bool half) {
+  if (half) return row[k];
+  uint32_t pair;
+  __builtin_memcpy(&pair, row + k, sizeof(pair));
+  return pair;
 }
 
-template <int MR>
-void micro_kernel(const uint16_t* x, int64_t ldx, const uint32_t* panel, int pairs, float* y,
-                  int64_t ldy, int cols, bool first, const float* bias) {
-  __m512 acc[MR][kVectors];
-  for (int m = 0; m < MR; ++m) {
-    for (int v = 0; v < kVectors; ++v) acc[m][v] = _mm512_setzero_ps();
+// NR weight rows (from `w`, row stride K) against MV packed 16-row vectors of x over all of K;
+// writes y rows [0, rows) and columns [0, NR) at y (row stride ldy), adding the bias.
+template <int NR, int MV>
+void block(const uint16_t* w, int64_t K, const uint32_t* xp, int64_t block_stride, float* y,
+           int64_t ldy, int rows, const float* bias) {
+  __m512 acc[NR][MV];
+  for (int r = 0; r < NR; ++r) {
+    for (int v = 0; v < MV; ++v) acc[r][v] = _mm512_setzero_ps();
   }
-  for (int p = 0; p < pairs; ++p) {
-    __m512bh b[kVectors];
-    for (int v = 0; v < kVectors; ++v) {
-      b[v] = (__m512bh)_mm512_load_si512(panel + p * kPanelCols + v * 16);
+  const int64_t full_steps = K / kKStep;
+  auto pair_step = [&](const uint32_t* xs, int64_t k, bool half) {
+    __m512bh xv[MV];
+    for (int v = 0; v < MV; ++v) {
+      xv[v] = (__m512bh)_mm512_load_si512(xs + v * block_stride);
     }
-    for (int m = 0; m < MR; ++m) {
-      uint32_t pair;
-      __builtin_memcpy(&pair, x + m * ldx + 2 * p, sizeof(pair));
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
-      for (int v = 0; v < kVectors; ++v) acc[m][v] = _mm512_dpbf16_ps(acc[m][v], a, b[v]);
+    for (int r = 0; r < NR; ++r) {
+      const __m512bh a =
+          (__m512bh)_mm512_set1_epi32(static_cast<int>(weight_pair(w + r * K, k, half)));
+      for (int v = 0; v < MV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, xv[v]);
     }
+  };
+  for (int64_t s = 0; s < full_steps; ++s) {
+    const uint32_t* xs = xp + s * kTile * kTile;
+    for (int i = 0; i < kTile; ++i) pair_step(xs + i * kTile, s * kKStep + 2 * i, false);
   }
-  for (int v = 0; v < kVectors; ++v) {
-    const int remaining = cols - v * 16;
-    if (remaining <= 0) break;
-    const __mmask16 mask = remaining >= 16 ? static_cast<__mmask16>(0xFFFF)
-                                           : static_cast<__mmask16>((1u << remaining) - 1);
-    const __m512 base =
-        bias && first ? _mm512_maskz_loadu_ps(mask, bias + v * 16) : _mm512_setzero_ps();
-    for (int m = 0; m < MR; ++m) {
-      float* out = y + m * ldy + v * 16;
-      const __m512 prior = first ? base : _mm512_maskz_loadu_ps(mask, out);
-      _mm512_mask_storeu_ps(out, mask, _mm512_add_ps(acc[m][v], prior));
-    }
+  const int64_t tail = K - full_steps * kKStep;  // values of k past the last full tile
+  for (int64_t i = 0; 2 * i < tail; ++i) {
+    const int64_t k = full_steps * kKStep + 2 * i;
+    pair_step(xp + full_steps * kTile * kTile + i * kTile, k, k + 1 == K);
+  }
+  alignas(64) float out[NR][MV * kTile];
+  for (int r = 0; r < NR; ++r) {
+    for (int v = 0; v < MV; ++v) _mm512_store_ps(out[r] + v * kTile, acc[r][v]);
+  }
+  for (int m = 0; m < rows; ++m) {
+    for (int r = 0; r < NR; ++r) y[m * ldy + r] = out[r][m] + (bias ? bias[r] : 0.f);
   }
 }
 
-template <int MR>
-void micro_kernel_rows(int rows, const uint16_t* x, int64_t ldx, const uint32_t* panel, int pairs,
-                       float* y, int64_t ldy, int cols, bool first, const float* bias) {
-  if constexpr (MR > 1) {
-    if (rows < MR) {
-      return micro_kernel_rows<MR - 1>(rows, x, ldx, panel, pairs, y, ldy, cols, first, bias);
+// Weight rows [n_begin, n_end) against MV vectors of x, in blocks of NR rows; a last block of
+// fewer rows takes the block of its own width.
+template <int NR, int MV>
+void sweep_weights(const uint16_t* base, int64_t K, int64_t n_begin, int64_t n_end,
+                   const uint32_t* xp, int64_t block_stride, float* y, int64_t ldy, int rows,
+                   const float* bias) {
+  int64_t n = n_begin;
+  for (; n + NR <= n_end; n += NR) {
+    block<NR, MV>(base + n * K, K, xp, block_stride, y + n, ldy, rows, bias ? bias + n : nullptr);
+  }
+  if constexpr (NR > 1) {
+    if (n < n_end) {
+      sweep_weights<NR - 1, MV>(base, K, n, n_end, xp, block_stride, y, ldy, rows, bias);
     }
   }
-  micro_kernel<MR>(x, ldx, panel, pairs, y, ldy, cols, first, bias);
 }
 
 }  // namespace
 
-void gemm_bf16(const uint16_t* xb, int64_t stride, int64_t m_begin, int64_t m_end,
-               const WeightView& w, const float* bias, float* y, int64_t n_begin, int64_t n_end) {
-  const int64_t K = w.cols, N = w.rows;
-  const uint16_t* base = static_cast<const uint16_t*>(w.data);
-  alignas(64) uint32_t panel[kDepth / 2 * kPanelCols];
-  // Columns in chunks whose partial sums (rows x chunk) stay in the L2 across the k tiles, as in
-  // the f32 packed GEMM (gemm_chunk_cols).
-  const int64_t chunk = gemm_chunk_cols(m_end - m_begin, kPanelCols);
-  for (int64_t c0 = n_begin; c0 < n_end; c0 += chunk) {
-    const int64_t c1 = n_end - c0 < chunk ? n_end : c0 + chunk;
-    for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
-      const int depth = static_cast<int>(K - k0 < kDepth ? K - k0 : kDepth);
-      const int pairs = (depth + 1) / 2;
-      for (int64_t n0 = c0; n0 < c1; n0 += kPanelCols) {
-        const int cols = static_cast<int>(c1 - n0 < kPanelCols ? c1 - n0 : kPanelCols);
-        pack_pairs(base, K, n0, cols, k0, depth, panel);
-        for (int64_t m0 = m_begin; m0 < m_end; m0 += kMicroRows) {
-          const int rows = static_cast<int>(m_end - m0 < kMicroRows ? m_end - m0 : kMicroRows);
-          micro_kernel_rows<kMicroRows>(rows, xb + m0 * stride + k0, stride, panel, pairs,
-                                        y + m0 * N + n0, N, cols, k0 == 0,
-                                        bias ? bias + n0 : nullptr);
+// GCC 12 warns that the _mm512_undefined operand inside its shuffle intrinsics "may be used
+// uninitialized" once the transpose is inlined here (GCC bug 105593, fixed in GCC 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+void pack_x_pairs(const float* x, int64_t M, int64_t K, int parts, uint32_t* out) {
+  const int64_t m_blocks = (M + kTile - 1) / kTile, k_steps = (K + kKStep - 1) / kKStep;
+  const int64_t part_stride = m_blocks * k_steps * kTile * kTile;
+  // Word 2i + 1 of the widened vector takes word i (or 16 + i) of the packed one.
+  const __m512i widen_first = _mm512_slli_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 16);
+  const __m512i widen_second = _mm512_add_epi32(widen_first, _mm512_set1_epi32(16 << 16));
+  for (int64_t mb = 0; mb < m_blocks; ++mb) {
+    for (int64_t s = 0; s < k_steps; ++s) {
+      // rest[m] holds what the earlier parts have not yet represented of x[m][k..k+32).
+      const __mmask16 low = first_lanes(K - s * kKStep), high = first_lanes(K - s * kKStep - 16);
+      __m512 rest[kTile][2];
+      for (int m = 0; m < kTile; ++m) {
+        const int64_t row = mb * kTile + m;
+        rest[m][0] = rest[m][1] = _mm512_setzero_ps();
+        if (row < M) {
+          rest[m][0] = _mm512_maskz_loadu_ps(low, x + row * K + s * kKStep);
+          rest[m][1] = _mm512_maskz_loadu_ps(high, x + row * K + s * kKStep + 16);
         }
       }
+      for (int p = 0; p < parts; ++p) {
+        __m512 r[kTile];
+        for (int m = 0; m < kTile; ++m) {
+          const __m512bh b = _mm512_cvtne2ps_pbh(rest[m][1], rest[m][0]);
+          r[m] = _mm512_castsi512_ps((__m512i)b);
+          if (p + 1 == parts) continue;
+          // The 32 bf16 values back in f32, in input order (cvtne2ps_pbh puts its second operand
+          // first): word i of b into the high half of lane i, and word 16 + i. What this part
+          // leaves, x minus it, is exact in f32.
+          const __m512 first = _mm512_castsi512_ps(
+              _mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, widen_first, (__m512i)b));
+          const __m512 second = _mm512_castsi512_ps(
+              _mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, widen_second, (__m512i)b));
+          rest[m][0] = _mm512_sub_ps(rest[m][0], first);
+          rest[m][1] = _mm512_sub_ps(rest[m][1], second);
+        }
+        avx512::transpose16x16(r);  // r[pair][m]
+        uint32_t* tile = out + p * part_stride + (mb * k_steps + s) * kTile * kTile;
+        for (int i = 0; i < kTile; ++i) {
+          _mm512_store_ps(reinterpret_cast<float*>(tile) + i * kTile, r[i]);
+        }
+      }
+    }
+  }
+}
+#pragma GCC diagnostic pop
+
+void gemm_bf16(const uint32_t* xp, int64_t M, const WeightView& w, const float* bias, float* y,
+               int64_t n_begin, int64_t n_end) {
+  const int64_t K = w.cols, N = w.rows;
+  const uint16_t* base = static_cast<const uint16_t*>(w.data);
+  const int64_t block_stride = (K + kKStep - 1) / kKStep * kTile * kTile;  // one 16-row block
+  // 64 rows of x at a time (their packed bf16, 128 * K bytes, stay in the L2 while every weight
+  // row of this thread streams past them); the weights are read once per 64 rows of x.
+  constexpr int64_t kGroupRows = 4 * kTile;
+  for (int64_t m0 = 0; m0 < M; m0 += kGroupRows) {
+    const int rows = static_cast<int>(M - m0 < kGroupRows ? M - m0 : kGroupRows);
+    const uint32_t* xg = xp + m0 / kTile * block_stride;
+    float* yg = y + m0 * N;
+    // Measured block shapes (rows x vectors), 1.1B q/o at 64 rows: 6x4 215 GFLOP/s, 8x3 216,
+    // 8x2 210, 8x1 190-195; 12x2 185, 12x1 137, 16x1 93.
+    switch ((rows + kTile - 1) / kTile) {
+      case 1:
+        sweep_weights<8, 1>(base, K, n_begin, n_end, xg, block_stride, yg, N, rows, bias);
+        break;
+      case 2:
+        sweep_weights<8, 2>(base, K, n_begin, n_end, xg, block_stride, yg, N, rows, bias);
+        break;
+      case 3:
+        sweep_weights<8, 3>(base, K, n_begin, n_end, xg, block_stride, yg, N, rows, bias);
+        break;
+      default:
+        sweep_weights<6, 4>(base, K, n_begin, n_end, xg, block_stride, yg, N, rows, bias);
+        break;
     }
   }
 }
