@@ -276,7 +276,7 @@ bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, co
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
   // The activations in the weights' format, prepared once on this thread for all threads.
   thread_local std::vector<uint8_t> scratch;
-  if (w.dtype == DType::BF16 && M < kPackedMinRowsBf16Avx512) {
+  if (w.dtype == DType::BF16 && M < kDotGemmMinRowsBf16) {
     const int64_t stride = (K + 31) / 32 * 32;
     scratch.resize(static_cast<size_t>(M * stride) * sizeof(uint16_t) + 64);
     uint16_t* xb = reinterpret_cast<uint16_t*>(scratch.data());

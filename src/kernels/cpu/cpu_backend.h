@@ -65,7 +65,7 @@ class CpuBackend final : public KernelBackend {
   void matmul_with_path(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                         float* y, bool packed) const;
 
-  // The dot-product kernels (bf16 weights: every M, GEMM from kPackedMinRowsBf16Avx512 rows;
+  // The dot-product kernels (bf16 weights: every M, GEMM from kDotGemmMinRowsBf16 rows;
   // int8 weights: M < kPackedMinRows): false (nothing written) when this CPU or build has none
   // for w's dtype and M, or they are switched off.
   bool matmul_dot(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
@@ -92,9 +92,12 @@ class CpuBackend final : public KernelBackend {
 
   // Rows of x from which matmul switches from streaming to the packed GEMM.
   static constexpr int64_t kPackedMinRows = 16;
-  // The same for bf16 weights on AVX-512 (vdpbf16ps): the GEMM, which computes 16 rows of x per
-  // instruction, overtakes the streaming kernel from about 12 rows (docs/kernels.md).
-  static constexpr int64_t kPackedMinRowsBf16Avx512 = 12;
+  // The same for bf16 weights on AVX-512: the exact small-batch streaming kernel stays ahead of
+  // the packed f32 GEMM up to about 24 rows; at llama.cpp's precision (vdpbf16ps) the GEMM,
+  // which computes 16 rows of x per instruction, overtakes the streaming kernel from about 12
+  // rows (docs/kernels.md).
+  static constexpr int64_t kPackedMinRowsBf16Avx512 = 24;
+  static constexpr int64_t kDotGemmMinRowsBf16 = 12;
   // Rows of x from which bf16 matmuls use AMX tiles when the CPU has them.
   static constexpr int64_t kAmxMinRows = 8;
   static constexpr int64_t kAmxMinRowsBlocks = 16;

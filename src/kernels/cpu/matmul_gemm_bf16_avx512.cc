@@ -61,6 +61,12 @@ void block(const uint16_t* w, int64_t K, const uint32_t* xp, int64_t block_strid
   };
   for (int64_t s = 0; s < full_steps; ++s) {
     const uint32_t* xs = xp + s * kTile * kTile;
+    // The next block's weight rows (the NR rows after these, adjacent in memory) at this k,
+    // into the L2: a block reads NR rows of K values, too short a run for the hardware
+    // prefetchers at small K (SmolLM2's K = 576: 121 -> 202 GFLOP/s at 16 rows of x).
+    for (int r = 0; r < NR; ++r) {
+      asm volatile("prefetcht1 %0" : : "m"(*(w + (NR + r) * K + s * kKStep)));
+    }
     for (int i = 0; i < kTile; ++i) pair_step(xs + i * kTile, s * kKStep + 2 * i, false);
   }
   const int64_t tail = K - full_steps * kKStep;  // values of k past the last full tile
