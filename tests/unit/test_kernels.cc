@@ -400,6 +400,63 @@ TEST(CpuMatmul, AmxBf16GemmMatchesF32) {
   EXPECT_FALSE(off.uses_amx(DType::BF16, 64, 64));
 }
 
+// The x packer of the vdpbf16ps and AMX GEMMs (avx512_dot::pack_x_pairs): each element at its
+// place in the tile layout (16 rows of x per vector, pairs of k, zeros past M and K), each part
+// the bf16 nearest to what the earlier ones left (checked against f32_to_bf16, round to nearest
+// even), and three parts summing back to x exactly. Runs wherever AVX512-BF16 does, so the AMX
+// kernel's packer is checked on CPUs without AMX too.
+TEST(CpuMatmul, PackXPairsLayoutAndExactSplit) {
+  if (!cpu::has_avx512_bf16()) GTEST_SKIP() << "this CPU has no AVX512-BF16";
+  uint32_t seed = 7000;
+  for (int64_t M : {1, 16, 17, 40}) {
+    for (int64_t K : {1, 2, 31, 32, 33, 96, 101}) {
+      for (int parts : {1, 2, 3}) {
+        auto x = random_values(M * K, seed++, -3.f, 3.f);
+        // Values whose parts matter: tiny, huge, exactly representable, with low bits set.
+        x[0] = 1.f + std::ldexp(1.f, -20);
+        if (M * K > 1) x[1] = -std::ldexp(1.f, -30) * 1.2345f;
+        if (M * K > 2) x[2] = 0.f;
+        const int64_t size = cpu::avx512_dot::packed_pairs_size(M, K, parts);
+        std::vector<uint32_t> storage(static_cast<size_t>(size) + 16, 0xDEADBEEFu);
+        uint32_t* packed =
+            storage.data() + (16 - reinterpret_cast<uintptr_t>(storage.data()) % 64 / 4) % 16;
+        cpu::avx512_dot::pack_x_pairs(x.data(), M, K, parts, packed);
+        const int64_t m_blocks = (M + 15) / 16, k_steps = (K + 31) / 32;
+        const int64_t part_stride = m_blocks * k_steps * 256;
+        ASSERT_EQ(size, part_stride * parts);
+        const std::string shape = "M=" + std::to_string(M) + " K=" + std::to_string(K) +
+                                  " parts=" + std::to_string(parts);
+        int bad = 0;
+        for (int64_t m = 0; m < m_blocks * 16; ++m) {
+          for (int64_t k = 0; k < k_steps * 32; ++k) {
+            const bool inside = m < M && k < K;
+            float rest = inside ? x[m * K + k] : 0.f;
+            float sum = 0.f;
+            for (int p = 0; p < parts; ++p) {
+              const uint32_t unit = packed[p * part_stride + (m / 16 * k_steps + k / 32) * 256 +
+                                           (k % 32 / 2) * 16 + m % 16];
+              const uint16_t got = static_cast<uint16_t>(k % 2 == 0 ? unit : unit >> 16);
+              const uint16_t want = f32_to_bf16(rest);
+              if (got != want && bad++ < 5) {
+                ADD_FAILURE() << shape << " part " << p << " x[" << m << "][" << k << "]: packed "
+                              << got << ", want " << want;
+              }
+              const float value = bf16_to_f32(got);
+              sum += value;
+              rest -= value;
+            }
+            if (parts == 3 && sum != (inside ? x[m * K + k] : 0.f) && bad++ < 5) {
+              ADD_FAILURE() << shape << " x[" << m << "][" << k << "] = " << x[m * K + k]
+                            << ": three parts sum to " << sum;
+            }
+          }
+        }
+        ASSERT_EQ(bad, 0) << shape;
+      }
+    }
+  }
+}
+
 // The AVX-512 panel expansion of block weights (AMX prefill) must give dequantize_ggml's values
 // bit for bit, on random bytes: every nibble and int8 value, f16 scales of every magnitude
 // (subnormal, large, negative), and the types it hands on to dequantize_ggml.
