@@ -11,7 +11,7 @@
 // int32 metadata (positions, tokens, block tables) may be host or device pointers; host ones are
 // copied per call. The AttentionSequence array itself is always host memory.
 // Every op runs on the backend's own stream and synchronises before returning (correctness
-// first; see docs/kernels.md).
+// first; see docs/gpu.md, "The CUDA kernel backend").
 #pragma once
 
 #include <cstddef>
