@@ -92,12 +92,15 @@ class CpuBackend final : public KernelBackend {
 
   // Rows of x from which matmul switches from streaming to the packed GEMM.
   static constexpr int64_t kPackedMinRows = 16;
-  // The same for bf16 weights on AVX-512: the exact small-batch streaming kernel stays ahead of
-  // the packed f32 GEMM up to about 24 rows; at llama.cpp's precision (vdpbf16ps) the GEMM,
-  // which computes 16 rows of x per instruction, overtakes the streaming kernel from about 12
-  // rows (docs/kernels.md).
+  // The same for bf16 weights on AVX-512: the exact small-batch streaming kernel stayed ahead
+  // of the packed f32 GEMM up to about 24 rows on an Intel Xeon, up to about 128 on an AMD Zen 4
+  // (weights from DRAM; the CPU's vendor picks one, packed_min_rows_bf16()); at llama.cpp's
+  // precision (vdpbf16ps) the GEMM, which computes 16 rows of x per instruction, overtakes the
+  // streaming kernel from about 12 rows (docs/kernels.md).
   static constexpr int64_t kPackedMinRowsBf16Avx512 = 24;
+  static constexpr int64_t kPackedMinRowsBf16Avx512Amd = 128;
   static constexpr int64_t kDotGemmMinRowsBf16 = 12;
+  int64_t packed_min_rows_bf16() const { return packed_min_rows_bf16_; }
   // Rows of x from which bf16 matmuls use AMX tiles when the CPU has them.
   static constexpr int64_t kAmxMinRows = 8;
   static constexpr int64_t kAmxMinRowsBlocks = 16;
@@ -106,6 +109,7 @@ class CpuBackend final : public KernelBackend {
   cpu::KernelTable kernels_;
   cpu::BlockKernels blocks_;
   int max_threads_ = 1;
+  int64_t packed_min_rows_bf16_ = kPackedMinRowsBf16Avx512;
   bool dot_bf16_ = false;
   bool eight_bit_blocks_ = false;  // ALEM_CPU_DOT=all: interleaved blocks at 8-bit activations
   bool dot_int8_ = false;

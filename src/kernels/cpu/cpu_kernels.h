@@ -46,6 +46,10 @@ struct StreamPrefetch {
 };
 extern const StreamPrefetch stream_prefetch;
 
+// Whether the CPU's vendor (CPUID leaf 0) is AMD: the defaults measured on a Zen 4 that differ
+// from an Intel Xeon's (the stream prefetch here, the exact bf16 GEMM threshold in CpuBackend).
+bool vendor_is_amd();
+
 // The setting for an ALEM_CPU_PREFETCH value: "all", "heavy", "none"; "auto", empty or null:
 // the CPU's default (`amd`: heavy). `valid` is false for anything else (and the default).
 StreamPrefetch stream_prefetch_setting(const char* value, bool amd, bool* valid);

@@ -16,20 +16,10 @@ namespace alem::cpu {
 
 namespace {
 
-bool cpu_is_amd() {
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) == 0) return false;
-  char vendor[13] = {};
-  std::memcpy(vendor, &ebx, 4);
-  std::memcpy(vendor + 4, &edx, 4);
-  std::memcpy(vendor + 8, &ecx, 4);
-  return std::strcmp(vendor, "AuthenticAMD") == 0;
-}
-
 StreamPrefetch stream_prefetch_at_start() {
   bool valid = false;
   // An invalid value is reported by make_cpu_backend, which every engine calls before a kernel.
-  return stream_prefetch_setting(std::getenv("ALEM_CPU_PREFETCH"), cpu_is_amd(), &valid);
+  return stream_prefetch_setting(std::getenv("ALEM_CPU_PREFETCH"), vendor_is_amd(), &valid);
 }
 
 struct ThreadScratch {
@@ -41,6 +31,19 @@ struct ThreadScratch {
 };
 
 }  // namespace
+
+bool vendor_is_amd() {
+  static const bool amd = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) == 0) return false;
+    char vendor[13] = {};
+    std::memcpy(vendor, &ebx, 4);
+    std::memcpy(vendor + 4, &edx, 4);
+    std::memcpy(vendor + 8, &ecx, 4);
+    return std::strcmp(vendor, "AuthenticAMD") == 0;
+  }();
+  return amd;
+}
 
 StreamPrefetch stream_prefetch_setting(const char* value, bool amd, bool* valid) {
   *valid = true;
