@@ -41,6 +41,7 @@ struct BenchGenerateOptions {
   int prompt_tokens = 256;
   int decode_tokens = 64;
   int repeats = 2;
+  int warmup = 1;
   std::string csv;
   ParallelOptions parallel;
 };
@@ -216,6 +217,11 @@ void run_bench_generate(const BenchGenerateOptions& o) {
     double decode_op_step_seconds = 0;  // the decode wall time of the run decode_ops comes from
     int decode_op_steps = 0;
     ExpertDispatchStats dispatch_before;
+    // Untimed runs first, as llama-bench does: the first run after a load or a change of
+    // thread count also pays for the thread pool, first touches of scratch and KV pages.
+    SamplingParams warm = params;
+    warm.max_tokens = std::min(o.decode_tokens, 4);
+    for (int w = 0; w < o.warmup; ++w) generator.generate(prompt, warm);
     for (int r = 0; r < o.repeats; ++r) {
       model.reset_timings();
       backend->reset();
@@ -287,6 +293,9 @@ void add_bench_command(CLI::App& app) {
   gen->add_option("--decode-tokens", o->decode_tokens, "Generated tokens")->capture_default_str();
   gen->add_option("--repeats", o->repeats, "Runs per setting (best is reported)")
       ->capture_default_str();
+  gen->add_option("--warmup", o->warmup, "Untimed runs per setting before the timed ones")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   gen->add_option("--csv", o->csv, "Also write results to this CSV file");
   add_parallel_flags(*gen, o->parallel);
   gen->callback([o] { run_bench_generate(*o); });
