@@ -515,14 +515,6 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
       return agent.exit_code();
     }
 
-    log_info("ready", {{"load_s", log_number(model.load_seconds())},
-                       {"kv_blocks", std::to_string(model.num_kv_blocks())},
-                       {"block_size", std::to_string(model.block_size())},
-                       {"kv_cache_dtype", dtype_name(model.kv_cache_dtype())},
-                       {"max_model_len", std::to_string(model.max_model_len())},
-                       {"max_num_seqs", std::to_string(serving.max_num_seqs)},
-                       {"max_batch_tokens", std::to_string(serving.max_batch_tokens)}});
-    publish_job_status(o, ctx, store, served_name, model.load_seconds(), *server, *metrics);
     // One replica: the engine itself; several: the router in front of all of them.
     std::unique_ptr<DataParallelRouter> router;
     EngineClient* client = &engine;
@@ -576,16 +568,37 @@ int serve(ServeOptions& o, const CLI::App& cmd) {
       control_loop(*engine_control, *server, provider.get(), o.drain_seconds, engine_done,
                    drained_code);
     });
+    // "ready" (and the job status) once the server answers requests: the engine loop runs and,
+    // with several replicas, every replica has reported in. A client that waits for this line
+    // must not get "the model is loading" (503) after it. Never, if the engine never comes up.
+    std::thread ready_thread([&] {
+      while (!engine_done) {
+        if (client->healthy()) {
+          log_info("ready", {{"load_s", log_number(model.load_seconds())},
+                             {"kv_blocks", std::to_string(model.num_kv_blocks())},
+                             {"block_size", std::to_string(model.block_size())},
+                             {"kv_cache_dtype", dtype_name(model.kv_cache_dtype())},
+                             {"max_model_len", std::to_string(model.max_model_len())},
+                             {"max_num_seqs", std::to_string(serving.max_num_seqs)},
+                             {"max_batch_tokens", std::to_string(serving.max_batch_tokens)}});
+          publish_job_status(o, ctx, store, served_name, model.load_seconds(), *server, *metrics);
+          return;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    });
     try {
       engine.run_leader_loop();
     } catch (...) {
       engine_done = true;
+      ready_thread.join();
       control_thread.join();
       stop_network();
       server->stop();
       throw;
     }
     engine_done = true;
+    ready_thread.join();
     control_thread.join();
     stop_network();
     server->stop();

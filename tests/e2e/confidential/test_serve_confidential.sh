@@ -57,9 +57,14 @@ grep -q '"msg":"cluster attestation bundle verified"' "$work/serve.log" ||
 [ "$(grep -c '"groups_encrypted":"2"' "$work/serve.log")" = 2 ] ||
   { echo "FAIL: both ranks must encrypt their world and pp groups"; grep start-up "$work/serve.log"; exit 1; }
 
-answer=$(curl -s -m 60 "http://127.0.0.1:$port/v1/completions" -H 'content-type: application/json' \
-  -d "{\"model\":\"SmolLM2-135M-Instruct\",\"prompt\":\"$prompt\",\"max_tokens\":6,\"temperature\":0}" |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["text"], end="")')
+curl -s -m 60 -o "$work/answer.json" -w '%{http_code}' "http://127.0.0.1:$port/v1/completions" \
+  -H 'content-type: application/json' \
+  -d "{\"model\":\"SmolLM2-135M-Instruct\",\"prompt\":\"$prompt\",\"max_tokens\":6,\"temperature\":0}" \
+  > "$work/answer.status" || true
+answer=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["choices"][0]["text"], end="")' \
+  "$work/answer.json") ||
+  { echo "FAIL: no completion (HTTP $(cat "$work/answer.status")): $(head -c 600 "$work/answer.json")"
+    tail -20 "$work/serve.log"; exit 1; }
 # generate prints the completion only; $(...) drops trailing newlines on both sides.
 if [ "$answer" != "$expected" ]; then
   echo "FAIL: served text differs from the clear generate"
@@ -98,7 +103,9 @@ for job in $(jobs -p); do [ "$job" = "$server" ] || wait "$job" || wait_status=1
 [ "$wait_status" = 0 ] || { echo "FAIL: a --dp 2 request failed"; exit 1; }
 for i in 1 2 3 4; do
   answer=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["choices"][0]["text"], end="")' \
-    "$work/dp-answer-$i.json")
+    "$work/dp-answer-$i.json") ||
+    { echo "FAIL: --dp 2 request $i: $(head -c 600 "$work/dp-answer-$i.json")"; tail -20 "$work/dp.log"
+      exit 1; }
   [ "$answer" = "$expected" ] ||
     { echo "FAIL: --dp 2 answer $i differs"; printf 'served:   %q\nexpected: %q\n' "$answer" "$expected"; exit 1; }
 done
