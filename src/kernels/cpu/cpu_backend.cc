@@ -173,8 +173,6 @@ CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products, bool bf
   // ggml's precision for block weights needs VNNI only: a CPU without AVX512-BF16 (an Intel
   // Xeon whose hypervisor hides it) still takes it with ALEM_CPU_DOT=all.
   eight_bit_blocks_ = dot_int8_ && bf16_dot_products;
-  packed_min_rows_bf16_ =
-      cpu::vendor_is_amd() ? kPackedMinRowsBf16Avx512Amd : kPackedMinRowsBf16Avx512;
   amx_ = amx && isa == cpu::Isa::kAvx512 && cpu::amx::usable();
   set_interleave_blocks(true);
 }
@@ -245,7 +243,7 @@ void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const 
     return;
   }
   const bool bf16_avx512 = w.dtype == DType::BF16 && kernels_.isa == cpu::Isa::kAvx512;
-  const bool packed = M >= (bf16_avx512 ? packed_min_rows_bf16_ : kPackedMinRows);
+  const bool packed = M >= (bf16_avx512 ? packed_min_rows_bf16() : kPackedMinRows);
   if (matmul_dot(x, M, w, bias, y)) return;
   matmul_with_path(x, M, w, bias, y, packed);
 }

@@ -100,7 +100,9 @@ class CpuBackend final : public KernelBackend {
   static constexpr int64_t kPackedMinRowsBf16Avx512 = 24;
   static constexpr int64_t kPackedMinRowsBf16Avx512Amd = 128;
   static constexpr int64_t kDotGemmMinRowsBf16 = 12;
-  int64_t packed_min_rows_bf16() const { return packed_min_rows_bf16_; }
+  static int64_t packed_min_rows_bf16() {
+    return cpu::vendor_is_amd() ? kPackedMinRowsBf16Avx512Amd : kPackedMinRowsBf16Avx512;
+  }
   // Rows of x from which bf16 matmuls use AMX tiles when the CPU has them.
   static constexpr int64_t kAmxMinRows = 8;
   static constexpr int64_t kAmxMinRowsBlocks = 16;
@@ -109,7 +111,6 @@ class CpuBackend final : public KernelBackend {
   cpu::KernelTable kernels_;
   cpu::BlockKernels blocks_;
   int max_threads_ = 1;
-  int64_t packed_min_rows_bf16_ = kPackedMinRowsBf16Avx512;
   bool dot_bf16_ = false;
   bool eight_bit_blocks_ = false;  // ALEM_CPU_DOT=all: interleaved blocks at 8-bit activations
   bool dot_int8_ = false;
