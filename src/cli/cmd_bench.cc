@@ -295,7 +295,7 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   gen->add_option("--warmup", o->warmup, "Untimed runs per setting before the timed ones")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 100));
   gen->add_option("--csv", o->csv, "Also write results to this CSV file");
   add_parallel_flags(*gen, o->parallel);
   gen->callback([o] { run_bench_generate(*o); });
