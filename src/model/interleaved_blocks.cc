@@ -38,6 +38,8 @@ BlockFields fields_of(DType dtype) {
       return {5, {{0, 2, 2}, {2, 2, 2}, {4, 12, 4}, {16, 32, 4}, {48, 128, 4}}};
     case DType::Q6_K:  // ql[128], qh[64], scales[16], d: d and the scales first
       return {4, {{208, 2, 2}, {192, 16, 4}, {0, 128, 4}, {128, 64, 4}}};
+    case DType::I8:  // alem's int8 as a block: its f32 scale, then its 32 values (int8_block)
+      return {2, {{0, 4, 4}, {4, 32, 4}}};
     default:
       return {};
   }
@@ -64,20 +66,40 @@ void move_block(const BlockFields& f, const uint8_t* from, uint8_t* to, int r) {
   }
 }
 
+// One block of the layout in its row-major form: ggml's own for the block types; for alem's
+// int8, a scale group of 32 values with its f32 scale in front (36 bytes), a form no file holds.
+struct BlockShape {
+  int64_t elements;
+  int64_t bytes;
+};
+constexpr int64_t kInt8BlockBytes = sizeof(float) + kInt8GroupSize;
+BlockShape block_shape(DType dtype) {
+  if (dtype == DType::I8) return {kInt8GroupSize, kInt8BlockBytes};
+  return {dtype_block_elements(dtype), dtype_block_bytes(dtype)};
+}
+size_t block_row_bytes(DType dtype, int64_t cols) {
+  const auto [elements, bytes] = block_shape(dtype);
+  return static_cast<size_t>(cols / elements * bytes);
+}
+
 }  // namespace
+
+size_t interleaved_row_bytes(DType dtype, int64_t cols) {
+  return block_row_bytes(dtype, cols);
+}
 
 bool can_interleave_blocks(DType dtype, int64_t rows) {
   return fields_of(dtype).count > 0 && rows > 0 && rows % kInterleavedRows == 0;
 }
 
 void interleave_blocks(DType dtype, int64_t rows, int64_t cols, uint8_t* data) {
-  const int elements = dtype_is_block(dtype) ? dtype_block_elements(dtype) : 1;
+  ALEM_CHECK(dtype != DType::I8, "interleave_blocks: int8 takes interleave_int8");
+  const auto [elements, bb] = block_shape(dtype);
   ALEM_CHECK(can_interleave_blocks(dtype, rows) && cols % elements == 0,
              "interleave_blocks: " + dtype_name(dtype) + " [" + std::to_string(rows) + " x " +
                  std::to_string(cols) + "] has no 8-row interleaved form");
   const BlockFields f = fields_of(dtype);
-  const int bb = dtype_block_bytes(dtype);
-  const size_t row_bytes = dtype_row_bytes(dtype, cols);
+  const size_t row_bytes = block_row_bytes(dtype, cols);
   const size_t group_bytes = row_bytes * kInterleavedRows;
   const int64_t blocks = cols / elements;
   std::vector<uint8_t> group(group_bytes);
@@ -95,12 +117,49 @@ void interleave_blocks(DType dtype, int64_t rows, int64_t cols, uint8_t* data) {
 
 void interleaved_row(DType dtype, const uint8_t* data, int64_t cols, int64_t r, uint8_t* out) {
   const BlockFields f = fields_of(dtype);
-  const int bb = dtype_block_bytes(dtype);
-  const size_t row_bytes = dtype_row_bytes(dtype, cols);
+  const auto [elements, bb] = block_shape(dtype);
+  const size_t row_bytes = block_row_bytes(dtype, cols);
   const uint8_t* base = data + (r / kInterleavedRows) * row_bytes * kInterleavedRows;
-  for (int64_t b = 0; b < cols / dtype_block_elements(dtype); ++b) {
+  for (int64_t b = 0; b < cols / elements; ++b) {
     move_block<false>(f, base + b * bb * kInterleavedRows, out + b * bb,
                       static_cast<int>(r % kInterleavedRows));
+  }
+}
+
+void interleave_int8(int64_t rows, int64_t cols, const int8_t* values, const float* scales,
+                     uint8_t* out) {
+  ALEM_CHECK(can_interleave_blocks(DType::I8, rows) && cols % kInt8GroupSize == 0,
+             "interleave_int8: [" + std::to_string(rows) + " x " + std::to_string(cols) +
+                 "] has no 8-row interleaved form");
+  const BlockFields f = fields_of(DType::I8);
+  const int64_t blocks = cols / kInt8GroupSize;
+  const size_t group_bytes = block_row_bytes(DType::I8, cols) * kInterleavedRows;
+  uint8_t block[kInt8BlockBytes];
+  for (int64_t g = 0; g < rows / kInterleavedRows; ++g) {
+    for (int r = 0; r < kInterleavedRows; ++r) {
+      const int64_t row = g * kInterleavedRows + r;
+      for (int64_t b = 0; b < blocks; ++b) {
+        std::memcpy(block, scales + row * blocks + b, sizeof(float));
+        std::memcpy(block + sizeof(float), values + row * cols + b * kInt8GroupSize,
+                    kInt8GroupSize);
+        move_block<true>(f, block, out + g * group_bytes + b * kInt8BlockBytes * kInterleavedRows,
+                         r);
+      }
+    }
+  }
+}
+
+void interleaved_int8_row(const uint8_t* data, int64_t cols, int64_t r, float* out) {
+  std::vector<uint8_t> row(block_row_bytes(DType::I8, cols));
+  interleaved_row(DType::I8, data, cols, r, row.data());
+  for (int64_t b = 0; b < cols / kInt8GroupSize; ++b) {
+    const uint8_t* block = row.data() + b * kInt8BlockBytes;
+    float scale;
+    std::memcpy(&scale, block, sizeof(float));
+    const auto* q = reinterpret_cast<const int8_t*>(block + sizeof(float));
+    for (int i = 0; i < kInt8GroupSize; ++i) {
+      out[b * kInt8GroupSize + i] = static_cast<float>(q[i]) * scale;
+    }
   }
 }
 

@@ -1,12 +1,13 @@
-// ggml block weights laid out 8 rows at a time, the form the CPU backend keeps Q4_0, Q4_1, Q8_0
-// and the K-quants Q4_K, Q5_K, Q6_K in on CPUs with AVX512-VNNI (KernelBackend::adopt_weight;
-// docs/kernels.md, "Interleaved block weights"). GGUF ships a matrix row after row; its decode
-// kernel then reads one row's blocks and spends as many instructions gathering scales,
-// rearranging activations and reducing lanes as multiplying. Interleaved, the same bytes serve
-// 8 rows at once from one sequential stream. A block is a list of fields (interleaved_blocks.cc
-// names them per type); for every group of 8 rows and block column b, each field in turn holds
-// the 8 rows' copies of it, in units of 2 bytes (the f16 scales) or 4 bytes (everything else):
-// unit k of the field is unit k of row 0's, of row 1's, ... of row 7's. For example
+// ggml block weights laid out 8 rows at a time, the form the CPU backend keeps Q4_0, Q4_1, Q8_0,
+// the K-quants Q4_K, Q5_K, Q6_K and alem's own int8 in on CPUs with AVX512-VNNI
+// (KernelBackend::adopt_weight; docs/kernels.md, "Interleaved block weights"). GGUF ships a matrix
+// row after row; its decode kernel then reads one row's blocks and spends as many instructions
+// gathering scales, rearranging activations and reducing lanes as multiplying. Interleaved, the
+// same bytes serve 8 rows at once from one sequential stream. A block is a list of fields
+// (interleaved_blocks.cc names them per type); for every group of 8 rows and block column b, each
+// field in turn holds the 8 rows' copies of it, in units of 2 bytes (the f16 scales) or 4 bytes
+// (everything else): unit k of the field is unit k of row 0's, of row 1's, ... of row 7's. For
+// example
 //   Q4_0: the 8 rows' f16 scales d (16 bytes), then the nibbles in 4 chunks of 4 bytes per row
 //         (chunk k: bytes 4k..4k+3 of row 0's block, of row 1's, ... row 7's; 128 bytes);
 //   Q4_1: the 8 scales d, the 8 minimums m (32 bytes), then the same 128 bytes of nibbles;
@@ -16,6 +17,10 @@
 //   Q5_K: as Q4_K with the 32 bytes of high bits (8 chunks) before the nibbles;
 //   Q6_K: the 8 d, the 16 int8 scales as 4 words per row, the low 4 bits (32 chunks), the
 //         high 2 bits (16 chunks);
+//   int8 (alem's own, I8): each scale group of 32 values taken as a block of its f32 scale and
+//         the 32 values: the 8 rows' scales (32 bytes), then the values in 8 chunks of 4 bytes
+//         per row (256 bytes), Q8_0's column with f32 scales; the matrix's separate scale array
+//         moves into the columns, so the 8 rows' values and scales are again one stream;
 // so 8 x the block's own bytes, and a group of 8 rows takes exactly the bytes the 8 rows took.
 // A 32-bit lane of a chunk register is one row's 4 bytes: vpdpbusd against 4 activation bytes
 // broadcast to every lane gives the 8 rows' dot products in the 8 lanes, and the scales come
@@ -39,9 +44,18 @@ enum class BlockLayout : uint8_t {
 
 // True where `dtype` has an interleaved form and `rows` divides into groups of 8.
 bool can_interleave_blocks(DType dtype, int64_t rows);
-// Rewrites rows x cols block weights from row-major to interleaved, in place.
+// Bytes of one row in the interleaved layout: dtype_row_bytes for the block types; for int8,
+// the values and their scales (cols + cols / 8).
+size_t interleaved_row_bytes(DType dtype, int64_t cols);
+// Rewrites rows x cols block weights from row-major to interleaved, in place (not int8).
 void interleave_blocks(DType dtype, int64_t rows, int64_t cols, uint8_t* data);
-// Row r of an interleaved matrix back in ggml's own form (dtype_row_bytes(dtype, cols) bytes).
+// Row r of an interleaved block matrix back in ggml's own form (dtype_row_bytes(dtype, cols)
+// bytes).
 void interleaved_row(DType dtype, const uint8_t* data, int64_t cols, int64_t r, uint8_t* out);
+// int8: rows x cols values (row-major) and their rows x (cols / 32) scales into `out`
+// (rows x interleaved_row_bytes(I8, cols) bytes); and row r of that back as f32 values.
+void interleave_int8(int64_t rows, int64_t cols, const int8_t* values, const float* scales,
+                     uint8_t* out);
+void interleaved_int8_row(const uint8_t* data, int64_t cols, int64_t r, float* out);
 
 }  // namespace alem

@@ -36,6 +36,11 @@ float WeightMatrix::at(int64_t r, int64_t c) const {
     case DType::F16:
       return f16_to_f32(data.as<uint16_t>()[i]);
     case DType::I8:
+      if (layout == BlockLayout::kInterleaved8) {
+        std::vector<float> row(static_cast<size_t>(cols));
+        interleaved_int8_row(data.data(), cols, r, row.data());
+        return row[c];
+      }
       return static_cast<float>(data.as<int8_t>()[i]) *
              scales[r * groups_per_row() + c / kInt8GroupSize];
     default:
@@ -55,6 +60,10 @@ void dequantize_row(const WeightMatrix& w, int64_t r, float* out) {
       row = rebuilt.data();
     }
     dequantize_ggml(ggml_type_of(w.dtype), row, w.row_bytes(), out, w.cols);
+    return;
+  }
+  if (w.dtype == DType::I8 && w.layout == BlockLayout::kInterleaved8) {
+    interleaved_int8_row(w.data.data(), w.cols, r, out);
     return;
   }
   for (int64_t c = 0; c < w.cols; ++c) out[c] = w.at(r, c);

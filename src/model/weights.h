@@ -23,9 +23,10 @@ struct WeightMatrix {
   int64_t rows = 0;
   int64_t cols = 0;
   AlignedBuffer data;         // rows * dtype_row_bytes(dtype, cols) bytes
-  std::vector<float> scales;  // I8 only: rows * (cols / kInt8GroupSize)
-  // Block types: how `data` lies (interleaved_blocks.h). The CPU backend interleaves them when
-  // it adopts them; everything that reads rows (dequantize_row, at) follows the field.
+  std::vector<float> scales;  // I8 only: rows * (cols / kInt8GroupSize); empty once interleaved
+  // Block types and int8: how `data` lies (interleaved_blocks.h). The CPU backend interleaves
+  // them when it adopts them (int8's scales then move into `data`, and `scales` is empty);
+  // everything that reads rows (dequantize_row, at) follows the field.
   BlockLayout layout = BlockLayout::kRowMajor;
   // Set once a device backend has taken the matrix (KernelBackend::adopt_weight): its copy in
   // the backend's memory, opaque here, which that backend's kernels read; `data` and `scales`

@@ -268,7 +268,9 @@ TEST_P(BackendOps, MatmulEveryDtypeOddAndModelShapes) {
 
 // ggml block weights, quantised here by alem's quantisers (gguf_quant.h; the 32-value types as
 // ggml's reference does, the K-quants by quantize_k_block), at the shapes
-// of decode (M = 1), small batches, prefill, and odd N (every thread and row remainder).
+// of decode (M = 1), small batches, prefill, and odd N (every thread and row remainder). alem's
+// own int8 too: adopted, the CPU backend interleaves it and runs Q8_0's kernel with f32 scales,
+// held to the same 16-bit activation bound at every M.
 TEST_P(BackendOps, MatmulGgmlBlockTypes) {
   if (on_device()) GTEST_SKIP() << "the CUDA backend has no ggml block kernels yet";
   uint32_t seed = 500;
@@ -277,7 +279,7 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
   const Shapes shapes32 = {{1, 32}, {7, 64}, {200, 608}, {96, 1536}, {48, 96}};
   const Shapes shapes256 = {{1, 256}, {7, 512}, {200, 768}, {96, 1536}};  // K-quant super-blocks
   for (DType dtype :
-       {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+       {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::I8}) {
     // From 4 rows of x, Q4_0/Q4_1/Q8_0 take two groups of 8 weight rows per 512-bit register
     // (N = 48 and 200: pairs and a lone group after them); M = 5, 7, 33: 1-3 rows left over.
     for (int64_t M : {1, 2, 3, 5, 7, 8, 33, 64}) {
@@ -331,7 +333,8 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
   }
   const auto* cpu = dynamic_cast<const CpuBackend*>(backend_.get());
   if (cpu != nullptr && cpu->interleaves_blocks()) {
-    EXPECT_EQ(interleaved_dtypes.size(), 6u) << "every block type has an interleaved kernel";
+    EXPECT_EQ(interleaved_dtypes.size(), cpu->has_dot_kernel(DType::I8) ? 7u : 6u)
+        << "every block type (and int8, with its dot-product kernels on) has an interleaved kernel";
   }
 }
 

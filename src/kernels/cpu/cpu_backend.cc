@@ -182,7 +182,21 @@ void CpuBackend::adopt_weight(WeightMatrix& w) const {
       !can_interleave_blocks(w.dtype, w.rows) || w.data.empty()) {
     return;
   }
-  interleave_blocks(w.dtype, w.rows, w.cols, w.data.data());
+  // int8 only where its interleaved kernel's 16-bit activations are allowed (ALEM_CPU_DOT is
+  // not 0): otherwise it stays row-major for the exact kernels.
+  if (w.dtype == DType::I8) {
+    if (!dot_int8_ || w.cols % kInt8GroupSize != 0 ||
+        w.scales.size() != static_cast<size_t>(w.rows * w.groups_per_row()) ||
+        w.data.size() != static_cast<size_t>(w.rows * w.cols)) {
+      return;
+    }
+    AlignedBuffer interleaved(static_cast<size_t>(w.rows) * interleaved_row_bytes(w.dtype, w.cols));
+    interleave_int8(w.rows, w.cols, w.data.as<int8_t>(), w.scales.data(), interleaved.data());
+    w.data = std::move(interleaved);
+    w.scales = {};
+  } else {
+    interleave_blocks(w.dtype, w.rows, w.cols, w.data.data());
+  }
   w.layout = BlockLayout::kInterleaved8;
 }
 
@@ -234,7 +248,7 @@ std::unique_ptr<KernelBackend> make_cpu_backend() {
 
 void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                         float* y) const {
-  if (dtype_is_block(w.dtype)) {
+  if (dtype_is_block(w.dtype) || w.layout == BlockLayout::kInterleaved8) {
     matmul_blocks(x, M, w, bias, y);
     return;
   }
@@ -248,8 +262,8 @@ void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const 
   matmul_with_path(x, M, w, bias, y, packed);
 }
 
-bool CpuBackend::rounds_activations(DType dtype, int64_t M) const {
-  if (dtype_is_block(dtype)) return true;
+bool CpuBackend::rounds_activations(DType dtype, int64_t M, BlockLayout layout) const {
+  if (dtype_is_block(dtype) || layout == BlockLayout::kInterleaved8) return true;
   // AMX with 3 parts keeps x's 24 bits; with one part it rounds like the bf16 dot kernels.
   if (dtype == DType::BF16) return dot_bf16_;
   return dtype == DType::I8 && dot_int8_ && M < kPackedMinRows;
@@ -261,7 +275,11 @@ bool CpuBackend::has_dot_kernel(DType dtype) const {
 
 bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                             float* y) const {
-  if (!rounds_activations(w.dtype, M)) return false;
+  if (!rounds_activations(w.dtype, M, w.layout)) return false;
+  if (w.layout == BlockLayout::kInterleaved8) {  // int8 adopted by this backend
+    matmul_blocks(x, M, w, bias, y);
+    return true;
+  }
   const int64_t N = w.rows, K = w.cols;
   ALEM_CHECK(M >= 0 && N >= 0 && K > 0, "matmul: bad shape");
   ALEM_CHECK(w.data.size() >= static_cast<size_t>(N * K) * dtype_size(w.dtype),
@@ -353,10 +371,14 @@ void CpuBackend::matmul_amx(const float* x, int64_t M, const WeightMatrix& w, co
 void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                                float* y) const {
   const int64_t N = w.rows, K = w.cols;
-  ALEM_CHECK(M >= 0 && N >= 0 && K > 0 && K % dtype_block_elements(w.dtype) == 0,
-             "matmul: " + dtype_name(w.dtype) + " weights need cols % " +
-                 std::to_string(dtype_block_elements(w.dtype)) + " == 0");
-  ALEM_CHECK(w.data.size() >= static_cast<size_t>(N) * w.row_bytes(),
+  const int64_t block = w.dtype == DType::I8 ? kInt8GroupSize : dtype_block_elements(w.dtype);
+  ALEM_CHECK(
+      M >= 0 && N >= 0 && K > 0 && K % block == 0,
+      "matmul: " + dtype_name(w.dtype) + " weights need cols % " + std::to_string(block) + " == 0");
+  ALEM_CHECK(
+      dtype_is_block(w.dtype) || (w.dtype == DType::I8 && w.layout == BlockLayout::kInterleaved8),
+      "matmul_blocks: " + dtype_name(w.dtype) + " weights are not block weights");
+  ALEM_CHECK(w.data.size() >= static_cast<size_t>(N) * interleaved_row_bytes(w.dtype, K),
              "matmul: weight buffer smaller than its shape");
   if (M == 0 || N == 0) return;
   if (uses_amx(w.dtype, M, K)) {
@@ -372,9 +394,11 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
   int16_t* q = reinterpret_cast<int16_t*>(s + block_count);
   blocks_.quantize(x, M, K, q, d, s);
   const cpu::WeightView view = cpu::view_of(w);
-  // ALEM_CPU_DOT=all: interleaved weights at ggml's 8-bit activation precision.
-  const cpu::Q16Blocks a{q, d, s, K,
-                         eight_bit_blocks_ && view.layout == BlockLayout::kInterleaved8};
+  // ALEM_CPU_DOT=all: interleaved block weights at ggml's 8-bit activation precision (alem's
+  // int8 keeps 16 bits, as its decode kernels always have).
+  const cpu::Q16Blocks a{
+      q, d, s, K,
+      eight_bit_blocks_ && view.layout == BlockLayout::kInterleaved8 && dtype_is_block(w.dtype)};
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
   // Interleaved weights (only made where the block kernels are the AVX512-VNNI ones): runs of
   // 16 rows keep every thread's range in whole groups of 8.
@@ -397,7 +421,8 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
 
 void CpuBackend::matmul_with_path(const float* x, int64_t M, const WeightMatrix& w,
                                   const float* bias, float* y, bool packed) const {
-  if (dtype_is_block(w.dtype)) {  // one kernel for every M
+  // One kernel for every M: block weights, and int8 this backend has interleaved.
+  if (dtype_is_block(w.dtype) || w.layout == BlockLayout::kInterleaved8) {
     matmul_blocks(x, M, w, bias, y);
     return;
   }
@@ -677,6 +702,10 @@ void CpuBackend::embedding(const WeightMatrix& table, int64_t row_begin, const i
         break;
       }
       case DType::I8: {
+        if (table.layout == BlockLayout::kInterleaved8) {
+          dequantize_row(table, local, o);
+          break;
+        }
         const int8_t* src = table.data.as<int8_t>() + base;
         const float* scales = table.scales.data() + local * table.groups_per_row();
 #pragma omp simd

@@ -52,7 +52,9 @@ class CpuBackend final : public KernelBackend {
                            SamplingCandidates& out) const override;
   // Keeps the matrix in host memory; ggml block weights with whole groups of 8 rows are
   // rewritten in place to the 8-row interleaved layout (model/interleaved_blocks.h) where this
-  // backend's block kernels are the AVX512-VNNI ones and interleaving is on.
+  // backend's block kernels are the AVX512-VNNI ones and interleaving is on, and so are int8
+  // weights (values and scales) where the int8 dot-product kernels are on too: they then take
+  // Q8_0's interleaved kernel at every M, with x at 16 bits per 32-value block.
   void adopt_weight(WeightMatrix& w) const override;
   // Whether adopt_weight interleaves (on by default where it can; ALEM_CPU_INTERLEAVE=0 keeps
   // GGUF's row-major layout, for before/after measurements).
@@ -72,12 +74,15 @@ class CpuBackend final : public KernelBackend {
                   float* y) const;
   // Whether this backend has dot-product kernels for weights of `dtype` at all.
   bool has_dot_kernel(DType dtype) const;
-  // Whether matmul of M rows against `dtype` weights takes them (and so rounds x to the
-  // weights' format: bf16, or 16 bits per 32-value block for int8).
-  bool rounds_activations(DType dtype, int64_t M) const;
+  // Whether matmul of M rows against `dtype` weights lying as `layout` takes them (and so
+  // rounds x to the weights' format: bf16, or 16 bits per 32-value block for int8, at every M
+  // once this backend has interleaved the int8 matrix).
+  bool rounds_activations(DType dtype, int64_t M,
+                          BlockLayout layout = BlockLayout::kRowMajor) const;
 
-  // Weights of the ggml block types (Q4_0, Q4_1, Q8_0): x quantised to int16 blocks of 32 once,
-  // then the fastest block kernel this CPU has (cpu::block_kernels), for every M.
+  // Weights of the ggml block types (Q4_0, Q4_1, Q8_0, the K-quants) and interleaved int8: x
+  // quantised to int16 blocks of 32 once, then the fastest block kernel this CPU has
+  // (cpu::block_kernels), for every M.
   void matmul_blocks(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                      float* y) const;
   // Which block kernel set this backend uses ("avx512_vnni", "avx2" or "scalar").

@@ -321,8 +321,9 @@ void matmul_blocks(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const Wei
 void matmul_blocks_k(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w,
                      const float* bias, float* y, int64_t n_begin, int64_t n_end);
 // Block weights in the 8-row interleaved layout (model/interleaved_blocks.h), every M; n_begin
-// and n_end are multiples of 8 (matmul_blocks_rows8_dot_avx512.cc: Q4_0, Q4_1, Q8_0; it hands
-// the K-quants on to matmul_blocks_k_interleaved, matmul_blocks_k_rows8_dot_avx512.cc).
+// and n_end are multiples of 8 (matmul_blocks_rows8_dot_avx512.cc: Q4_0, Q4_1, Q8_0 and alem's
+// int8, whose interleaved scales w.scales holds; it hands the K-quants on to
+// matmul_blocks_k_interleaved, matmul_blocks_k_rows8_dot_avx512.cc).
 void matmul_blocks_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_end,
                                const WeightView& w, const float* bias, float* y, int64_t n_begin,
                                int64_t n_end);

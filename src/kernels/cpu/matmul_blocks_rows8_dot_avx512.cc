@@ -1,4 +1,5 @@
-// Q4_0, Q4_1 and Q8_0 matmul on interleaved weights (model/interleaved_blocks.h) with AVX512-VNNI
+// Q4_0, Q4_1, Q8_0 and alem's int8 matmul on interleaved weights (model/interleaved_blocks.h)
+// with AVX512-VNNI
 // vpdpbusd: 8 weight rows per 256-bit register, one per 32-bit lane, for every M, and from 4 rows
 // of x (prefill) two groups side by side in 512-bit registers (Lanes16: 16 weight rows per
 // instruction; matmul_interleaved_dot_avx512.h). One template body serves both widths. Only
@@ -81,23 +82,30 @@ void group_rows(const SplitX* x, const uint8_t* group, size_t gap, int64_t block
   for (int i = 0; i < MR; ++i) V::store(y[i], acc[i], bias);
 }
 
-// Q8_0: per block column 8 chunks of signed bytes (values 4k..4k+3 of each row). With hi'
-// = hi + 128 unsigned, sum(w * x) = sum(lo * w) + 256 * (sum(hi' * w) - 128 * sum(w)); the
-// weights' sums (vpdpbusd against ones) serve every row of x.
-template <class V, int MR, bool kEightBit>
+// Q8_0, and alem's int8 (kF32Scales: the 8 scales in f32): per block column the 8 rows' scales,
+// then 8 chunks of signed bytes (values 4k..4k+3 of each row). With hi' = hi + 128 unsigned,
+// sum(w * x) = sum(lo * w) + 256 * (sum(hi' * w) - 128 * sum(w)); the weights' sums (vpdpbusd
+// against ones) serve every row of x.
+template <class V, int MR, bool kEightBit, bool kF32Scales>
 void group_rows_q8_0(const SplitX* x, const uint8_t* group, size_t gap, int64_t blocks,
                      const float* bias, float* const* y) {
-  constexpr int column_bytes = 16 + 256;
+  constexpr int values_at = kF32Scales ? 32 : 16;  // after the 8 scales
+  constexpr int column_bytes = values_at + 256;
   const auto ones = V::bytes(1);
   typename V::F acc[MR];
   for (int i = 0; i < MR; ++i) acc[i] = V::fzero();
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* column = group + b * column_bytes;
     prefetch_columns<V, wide_weights_stream(MR)>(column, gap, (column_bytes + 63) / 64);
-    const auto wd = V::load_f16(column, gap);
+    typename V::F wd;
+    if constexpr (kF32Scales) {
+      wd = V::load_f32(column, gap);
+    } else {
+      wd = V::load_f16(column, gap);
+    }
     typename V::I w[8];
     auto sum_a = V::zero(), sum_b = V::zero();
-    for (int k = 0; k < 8; ++k) w[k] = V::load(column + 16 + 32 * k, gap);
+    for (int k = 0; k < 8; ++k) w[k] = V::load(column + values_at + 32 * k, gap);
     for (int k = 0; k < 8; k += 2) {
       sum_a = V::dot(sum_a, ones, w[k]);
       sum_b = V::dot(sum_b, ones, w[k + 1]);
@@ -145,12 +153,27 @@ struct Bytes {
   template <int MR, bool kEightBit>
   static void group(const SplitX* x, const uint8_t* group, int64_t columns, const float* bias,
                     float* const* y) {
-    group_rows_q8_0<Lanes8, MR, kEightBit>(x, group, 0, columns, bias, y);
+    group_rows_q8_0<Lanes8, MR, kEightBit, false>(x, group, 0, columns, bias, y);
   }
   template <int MR, bool kEightBit>
   static void pair(const SplitX* x, const uint8_t* group, size_t group_bytes, int64_t columns,
                    const float* bias, float* const* y) {
-    group_rows_q8_0<Lanes16, MR, kEightBit>(x, group, group_bytes, columns, bias, y);
+    group_rows_q8_0<Lanes16, MR, kEightBit, false>(x, group, group_bytes, columns, bias, y);
+  }
+};
+// alem's int8: Q8_0's columns with f32 scales.
+struct BytesF32Scales {
+  static constexpr bool kSignedWeights = true;
+  static constexpr bool kPairs = true;
+  template <int MR, bool kEightBit>
+  static void group(const SplitX* x, const uint8_t* group, int64_t columns, const float* bias,
+                    float* const* y) {
+    group_rows_q8_0<Lanes8, MR, kEightBit, true>(x, group, 0, columns, bias, y);
+  }
+  template <int MR, bool kEightBit>
+  static void pair(const SplitX* x, const uint8_t* group, size_t group_bytes, int64_t columns,
+                   const float* bias, float* const* y) {
+    group_rows_q8_0<Lanes16, MR, kEightBit, true>(x, group, group_bytes, columns, bias, y);
   }
 };
 
@@ -169,6 +192,9 @@ void matmul_blocks_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_en
       break;
     case DType::Q8_0:
       interleaved::run<Bytes>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
+      break;
+    case DType::I8:
+      interleaved::run<BytesF32Scales>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
       break;
     default:
       matmul_blocks_k_interleaved(a, m_begin, m_end, w, bias, y, n_begin, n_end);

@@ -97,6 +97,9 @@ struct Lanes8 {
   ALEM_LANES_INLINE static F load_f16(const uint8_t* p, size_t) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
+  ALEM_LANES_INLINE static F load_f32(const uint8_t* p, size_t) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+  }
   ALEM_LANES_INLINE static I bytes(char v) { return _mm256_set1_epi8(v); }
   ALEM_LANES_INLINE static I words(int v) { return _mm256_set1_epi32(v); }
   ALEM_LANES_INLINE static I x_bytes(const uint8_t* p) { return broadcast_4_bytes(p); }
@@ -149,6 +152,11 @@ struct Lanes16 {
     return _mm512_cvtph_ps(_mm256_inserti128_si256(
         _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + gap)), 1));
+  }
+  ALEM_LANES_INLINE static F load_f32(const uint8_t* p, size_t gap) {
+    return _mm512_insertf32x8(
+        _mm512_castps256_ps512(_mm256_loadu_ps(reinterpret_cast<const float*>(p))),
+        _mm256_loadu_ps(reinterpret_cast<const float*>(p + gap)), 1);
   }
   ALEM_LANES_INLINE static I bytes(char v) { return _mm512_set1_epi8(v); }
   ALEM_LANES_INLINE static I words(int v) { return _mm512_set1_epi32(v); }
@@ -206,11 +214,13 @@ struct Lanes16 {
 // which computes y[i][0 .. 8) for MR rows of x from one group of 8 weight rows (`columns` block
 // columns of the matrix's own block size). Weight groups are the outer loop, so a group's
 // bytes stay in cache across all the rows of x (prefill).
+// alem's int8 (I8) counts as a block type of 32 values here.
 template <class Kernel>
 void run(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w, const float* bias,
          float* y, int64_t n_begin, int64_t n_end) {
-  const int64_t blocks = w.cols / 32, columns = w.cols / dtype_block_elements(w.dtype);
-  const size_t group_bytes = dtype_row_bytes(w.dtype, w.cols) * kGroup;
+  const int64_t blocks = w.cols / 32;
+  const int64_t columns = w.dtype == DType::I8 ? blocks : w.cols / dtype_block_elements(w.dtype);
+  const size_t group_bytes = interleaved_row_bytes(w.dtype, w.cols) * kGroup;
   // This thread's rows of x, split into bytes once (64 bytes + 8 per block and row).
   // Per-thread scratch (cpu_kernels.h): no allocation on the decode path.
   const int64_t rows = m_end - m_begin;
