@@ -9,13 +9,16 @@
 #      same files the golden tests check against transformers), BF16 by llama-quantize
 #      --allow-requantize;
 #   3. alem stores converted from those very files with `alem convert --dtype auto` (Q4_0/Q8_0
-#      kept as blocks, BF16 kept as bf16);
+#      kept as blocks, BF16 kept as bf16); for the type INT8, alem's own int8 store (f32 scale per
+#      32 values) converted from the BF16 file with `--dtype int8`, against llama.cpp's Q8_0 file
+#      (f16 scale per 32 values: the same scheme, the scale's precision differs);
 #   4. rounds: for every type and thread count, `alem bench generate` and `llama-bench`
 #      (-p P -n D), the order alternating per round; medians, ratios, and alem's measured read
 #      bandwidth with the bytes each decoded token streams (the physical limit on decode), and
 #      the decode over a plain read of the same bytes timed like it just after it (`rd step`).
 #
 #   bench/llama_bench_compare.sh          # ROUNDS=5 THREADS="1 2" TYPES="Q4_0 Q8_0 BF16"
+#   TYPES="INT8 Q8_0" bench/llama_bench_compare.sh
 #   SHAPES="smollm2 tinyllama" bench/llama_bench_compare.sh
 #
 # Shapes: smollm2 (SmolLM2-135M-Instruct, the shipped file) and tinyllama (random weights in
@@ -52,35 +55,48 @@ bin=$llama_bin
 
 q41="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 [ -f "$q41" ] || { echo "missing $q41: run scripts/fetch-model.sh first" >&2; exit 1; }
-gguf_of() {  # shape type -> the GGUF path
+gguf_of() {  # shape type -> the GGUF path (INT8: llama.cpp's side of it, the Q8_0 file)
+  local type=$2
+  [ "$type" = INT8 ] && type=Q8_0
   case $1 in
-    smollm2) echo "$root/models/SmolLM2-135M-Instruct.$2.gguf" ;;
-    tinyllama) echo "$root/models/random-tinyllama-1.1b.$2.gguf" ;;
+    smollm2) echo "$root/models/SmolLM2-135M-Instruct.$type.gguf" ;;
+    tinyllama) echo "$root/models/random-tinyllama-1.1b.$type.gguf" ;;
     *) echo "unknown shape $1 (smollm2, tinyllama)" >&2; exit 2 ;;
   esac
+}
+make_gguf() {  # shape type: the GGUF file, made where it is missing
+  local shape=$1 type=$2 gguf
+  gguf=$(gguf_of "$shape" "$type")
+  if [ ! -f "$gguf" ]; then
+    case $shape/$type in
+      smollm2/Q4_0 | smollm2/Q8_0)
+        "$python" "$root/scripts/reference/make_block_golden.py" --gguf-only --types "$type" ;;
+      smollm2/*)
+        "$bin/llama-quantize" --allow-requantize "$q41" "$gguf" "$type" >"$work/quantize-$type.log" 2>&1 ;;
+      tinyllama/BF16) "$python" "$root/bench/make_random_llama_gguf.py" "$q41" "$gguf" ;;
+      tinyllama/*)
+        bf16=$(gguf_of tinyllama BF16)
+        [ -f "$bf16" ] || "$python" "$root/bench/make_random_llama_gguf.py" "$q41" "$bf16"
+        pure=--pure
+        case $type in *_S | *_M | *_L) pure= ;; esac  # a mixture: llama-quantize's own choice
+        "$bin/llama-quantize" $pure "$bf16" "$gguf" "$type" >"$work/quantize-$shape-$type.log" 2>&1 ;;
+    esac
+  fi
 }
 for shape in $shapes; do
   for type in $types; do
     type=${type%+dot}
-    gguf=$(gguf_of "$shape" "$type")
-    if [ ! -f "$gguf" ]; then
-      case $shape/$type in
-        smollm2/Q4_0 | smollm2/Q8_0)
-          "$python" "$root/scripts/reference/make_block_golden.py" --gguf-only --types "$type" ;;
-        smollm2/*)
-          "$bin/llama-quantize" --allow-requantize "$q41" "$gguf" "$type" >"$work/quantize-$type.log" 2>&1 ;;
-        tinyllama/BF16) "$python" "$root/bench/make_random_llama_gguf.py" "$q41" "$gguf" ;;
-        tinyllama/*)
-          bf16=$(gguf_of tinyllama BF16)
-          [ -f "$bf16" ] || "$python" "$root/bench/make_random_llama_gguf.py" "$q41" "$bf16"
-          pure=--pure
-          case $type in *_S | *_M | *_L) pure= ;; esac  # a mixture: llama-quantize's own choice
-          "$bin/llama-quantize" $pure "$bf16" "$gguf" "$type" >"$work/quantize-$shape-$type.log" 2>&1 ;;
-      esac
-    fi
     store="$work/$shape-$type.h5"
-    [ -f "$store" ] && [ "$store" -nt "$gguf" ] ||
-      "$alem" convert "$gguf" "$store" --dtype auto --name "$shape-$type" >/dev/null
+    if [ "$type" = INT8 ]; then
+      make_gguf "$shape" Q8_0
+      make_gguf "$shape" BF16
+      source_gguf=$(gguf_of "$shape" BF16) dtype=int8
+    else
+      make_gguf "$shape" "$type"
+      source_gguf=$(gguf_of "$shape" "$type") dtype=auto
+    fi
+    [ -f "$store" ] && [ "$store" -nt "$source_gguf" ] ||
+      "$alem" convert "$source_gguf" "$store" --dtype "$dtype" --name "$shape-$type" >/dev/null
   done
 done
 

@@ -1,6 +1,6 @@
 // ggml block weights laid out 8 rows at a time, the form the CPU backend keeps Q4_0, Q4_1, Q8_0,
 // the K-quants Q4_K, Q5_K, Q6_K and alem's own int8 in on CPUs with AVX512-VNNI
-// (KernelBackend::adopt_weight; docs/kernels.md, "Interleaved block weights"). GGUF ships a matrix
+// (KernelBackend::adopt_weight; docs/kernels-quantized.md, "Interleaved block weights"). GGUF ships a matrix
 // row after row; its decode kernel then reads one row's blocks and spends as many instructions
 // gathering scales, rearranging activations and reducing lanes as multiplying. Interleaved, the
 // same bytes serve 8 rows at once from one sequential stream. A block is a list of fields

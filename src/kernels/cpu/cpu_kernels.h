@@ -25,18 +25,18 @@ const char* isa_name(Isa isa);
 // there into the L1 (prefetcht0) nearer, so the loads find it in the L1. On an Intel Xeon
 // (Emerald Rapids), one core reading 17.6-18.0 GB/s, the 1.1B gate+up matmul at Q8_0 streamed
 // 14.0-14.3 GB/s with the L1 form alone, 15.4-15.5 with the L2 form alone and 16.6-18.3 with
-// both; the L1 form 17 KB ahead gained nothing (docs/kernels.md).
+// both; the L1 form 17 KB ahead gained nothing (docs/kernels-quantized.md).
 constexpr int kStreamPrefetchBytes = 17280;
 constexpr int kStreamL1PrefetchBytes = 5760;
 
 // Which decode streams prefetch, fixed for the process when it starts (kernel_support.cc). A
-// light stream has little arithmetic per byte: bf16 (f16, f32) weights, or interleaved Q8_0,
-// against one row of x. On an AMD Zen 4 the hardware prefetchers alone ran it faster (1.1B
+// light stream has little arithmetic per byte: bf16 (f16, f32) weights, or interleaved Q8_0
+// and int8, against one row of x. On an AMD Zen 4 the hardware prefetchers alone ran it faster (1.1B
 // decode at one thread: Q8_0 +24%, bf16 dot products +25%); on an Intel Xeon these prefetches
 // gave its last 10-20%. A heavy stream keeps its kernel busy between loads: 4- to 6-bit weights
 // it unpacks (Q4_0, Q4_1, the K-quants), row-major int8 against 16-bit activations, or several
 // rows of x on every weight. Without the prefetches its loads wait: on the Zen 4, Q4_0 decode
-// ran 17% slower, Q4_K_M 48%, bf16 at 2 to 4 rows of x 30-40% (docs/kernels.md).
+// ran 17% slower, Q4_K_M 48%, bf16 at 2 to 4 rows of x 30-40% (docs/kernels-quantized.md).
 // ALEM_CPU_PREFETCH: all (the default but on AMD's CPUs), heavy (the default on AMD's), none,
 // or auto.
 enum class StreamKind : int { kLight, kHeavy };

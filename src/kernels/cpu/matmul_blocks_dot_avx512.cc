@@ -36,7 +36,8 @@ inline __m256i load_two_128(const uint8_t* first, const uint8_t* second) {
 
 // Weight rows side by side. One: the matrix is then read as one sequential stream, which the
 // hardware prefetchers follow at full speed; 4 rows side by side (short streams restarting every
-// row) ran decode at a third less on an AMD Zen 4, and 2 measured the same as 1 (docs/kernels.md).
+// row) ran decode at a third less on an AMD Zen 4, and 2 measured the same as 1
+// (docs/kernels-quantized.md).
 constexpr int kRows = 1;
 
 template <DType T>
