@@ -1,13 +1,13 @@
 // ggml block weights laid out 8 rows at a time, the form the CPU backend keeps Q4_0, Q4_1, Q8_0,
 // the K-quants Q4_K, Q5_K, Q6_K and alem's own int8 in on CPUs with AVX512-VNNI
-// (KernelBackend::adopt_weight; docs/kernels-quantized.md, "Interleaved block weights"). GGUF ships a matrix
-// row after row; its decode kernel then reads one row's blocks and spends as many instructions
-// gathering scales, rearranging activations and reducing lanes as multiplying. Interleaved, the
-// same bytes serve 8 rows at once from one sequential stream. A block is a list of fields
-// (interleaved_blocks.cc names them per type); for every group of 8 rows and block column b, each
-// field in turn holds the 8 rows' copies of it, in units of 2 bytes (the f16 scales) or 4 bytes
-// (everything else): unit k of the field is unit k of row 0's, of row 1's, ... of row 7's. For
-// example
+// (KernelBackend::adopt_weight; docs/kernels-quantized.md, "Interleaved block weights"). GGUF ships
+// a matrix row after row; its decode kernel then reads one row's blocks and spends as many
+// instructions gathering scales, rearranging activations and reducing lanes as multiplying.
+// Interleaved, the same bytes serve 8 rows at once from one sequential stream. A block is a list of
+// fields (interleaved_blocks.cc names them per type); for every group of 8 rows and block column b,
+// each field in turn holds the 8 rows' copies of it, in units of 2 bytes (the f16 scales) or 4
+// bytes (everything else): unit k of the field is unit k of row 0's, of row 1's, ... of row 7's.
+// For example
 //   Q4_0: the 8 rows' f16 scales d (16 bytes), then the nibbles in 4 chunks of 4 bytes per row
 //         (chunk k: bytes 4k..4k+3 of row 0's block, of row 1's, ... row 7's; 128 bytes);
 //   Q4_1: the 8 scales d, the 8 minimums m (32 bytes), then the same 128 bytes of nibbles;
@@ -49,8 +49,8 @@ bool can_interleave_blocks(DType dtype, int64_t rows);
 size_t interleaved_row_bytes(DType dtype, int64_t cols);
 // Rewrites rows x cols block weights from row-major to interleaved, in place (not int8).
 void interleave_blocks(DType dtype, int64_t rows, int64_t cols, uint8_t* data);
-// Row r of an interleaved block matrix back in ggml's own form (dtype_row_bytes(dtype, cols)
-// bytes).
+// Row r of an interleaved matrix back in its row-major block form (interleaved_row_bytes(dtype,
+// cols) bytes: ggml's own blocks; for int8, each scale group as its f32 scale and 32 values).
 void interleaved_row(DType dtype, const uint8_t* data, int64_t cols, int64_t r, uint8_t* out);
 // int8: rows x cols values (row-major) and their rows x (cols / 32) scales into `out`
 // (rows x interleaved_row_bytes(I8, cols) bytes); and row r of that back as f32 values.

@@ -31,8 +31,8 @@ constexpr int kStreamL1PrefetchBytes = 5760;
 
 // Which decode streams prefetch, fixed for the process when it starts (kernel_support.cc). A
 // light stream has little arithmetic per byte: bf16 (f16, f32) weights, or interleaved Q8_0
-// and int8, against one row of x. On an AMD Zen 4 the hardware prefetchers alone ran it faster (1.1B
-// decode at one thread: Q8_0 +24%, bf16 dot products +25%); on an Intel Xeon these prefetches
+// and int8, against one row of x. On an AMD Zen 4 the hardware prefetchers alone ran it faster
+// (1.1B decode at one thread: Q8_0 +24%, bf16 dot products +25%); on an Intel Xeon these prefetches
 // gave its last 10-20%. A heavy stream keeps its kernel busy between loads: 4- to 6-bit weights
 // it unpacks (Q4_0, Q4_1, the K-quants), row-major int8 against 16-bit activations, or several
 // rows of x on every weight. Without the prefetches its loads wait: on the Zen 4, Q4_0 decode
@@ -322,7 +322,7 @@ void matmul_blocks_k(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const W
                      const float* bias, float* y, int64_t n_begin, int64_t n_end);
 // Block weights in the 8-row interleaved layout (model/interleaved_blocks.h), every M; n_begin
 // and n_end are multiples of 8 (matmul_blocks_rows8_dot_avx512.cc: Q4_0, Q4_1, Q8_0 and alem's
-// int8, whose interleaved scales w.scales holds; it hands the K-quants on to
+// int8, its f32 scales inside the columns; it hands the K-quants on to
 // matmul_blocks_k_interleaved, matmul_blocks_k_rows8_dot_avx512.cc).
 void matmul_blocks_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_end,
                                const WeightView& w, const float* bias, float* y, int64_t n_begin,
