@@ -18,6 +18,7 @@
 #include "engine/generator.h"
 #include "engine/moe_ffn.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/machine_limits.h"
 #include "kernels/timed_backend.h"
 #include "model/model_store.h"
@@ -32,6 +33,38 @@ double huge_page_bytes() {
     if (line.rfind("AnonHugePages:", 0) == 0) return std::stod(line.substr(14)) * 1024.0;
   }
   return 0;
+}
+
+// The instruction a prefill's matmuls run on, whose measured peak its FLOP/s are set against:
+// f32 FMA for the exact kernels (f32, f16, bf16 widened, row-major int8); the bf16 dot products
+// where bf16 weights round x to bf16 (ALEM_CPU_DOT=all); the int8 dot products for block
+// weights and interleaved int8 on AVX512-VNNI, at half their rate where x keeps 16 bits (two
+// vpdpbusd for every four products). Other backends: the f32 FMA peak, named as such.
+enum class PrefillPeak { kF32Fma, kBf16Dot, kInt8Dot16BitX, kInt8Dot };
+PrefillPeak prefill_peak_kind(const KernelBackend& backend, DType weights) {
+  const auto* cpu = dynamic_cast<const CpuBackend*>(&backend);
+  if (cpu == nullptr) return PrefillPeak::kF32Fma;
+  if (weights == DType::BF16) {
+    return cpu->has_dot_kernel(DType::BF16) ? PrefillPeak::kBf16Dot : PrefillPeak::kF32Fma;
+  }
+  const bool interleaved =
+      cpu->interleaves_blocks() &&
+      (dtype_is_block(weights) || (weights == DType::I8 && cpu->has_dot_kernel(DType::I8)));
+  if (!interleaved) return PrefillPeak::kF32Fma;
+  return cpu->eight_bit_blocks() && weights != DType::I8 ? PrefillPeak::kInt8Dot
+                                                         : PrefillPeak::kInt8Dot16BitX;
+}
+const char* prefill_peak_name(PrefillPeak kind) {
+  switch (kind) {
+    case PrefillPeak::kBf16Dot:
+      return "the bf16 dot-product peak";
+    case PrefillPeak::kInt8Dot16BitX:
+      return "half the int8 dot-product peak (16-bit x: two vpdpbusd per four products)";
+    case PrefillPeak::kInt8Dot:
+      return "the int8 dot-product peak";
+    default:
+      return "the f32 FMA peak";
+  }
 }
 
 struct BenchGenerateOptions {
@@ -172,7 +205,12 @@ void run_bench_generate(const BenchGenerateOptions& o) {
   const double flops_per_token =
       2.0 * (static_cast<double>(config.active_parameter_count()) -  // MoE: top-k experts
              (config.tie_word_embeddings ? 0.0 : double(config.vocab_size) * config.hidden_size));
+  // A prefill runs the LM head on its last row only (the row it samples from), not per token.
+  const double lm_head_flops = 2.0 * double(config.vocab_size) * config.hidden_size;
+  const double prefill_flops = o.prompt_tokens * (flops_per_token - lm_head_flops) + lm_head_flops;
   const int ranks = model.shard().tp_size * model.shard().pp_size;  // of this replica
+  const PrefillPeak peak_kind = prefill_peak_kind(
+      *inner_backend, store.tensor_info(layer_tensor_name(0, "self_attn.q_proj.weight")).dtype);
 
   std::ofstream csv;
   if (leader && !o.csv.empty()) {
@@ -180,7 +218,7 @@ void run_bench_generate(const BenchGenerateOptions& o) {
     csv << "layout,backend,weights,threads,prompt_tokens,decode_tokens,prefill_tok_s,decode_tok_s,"
            "mem_bw_gb_s,peak_gflop_s,decode_bw_fraction,prefill_flop_fraction,comm_fraction,"
            "mem_bw_4k_gb_s,peak_bf16_gop_s,peak_int8_gop_s,step_read_gb_s,decode_step_read_"
-           "fraction\n";
+           "fraction,prefill_peak_gop_s\n";
   }
   if (leader) {
     std::printf(
@@ -191,10 +229,11 @@ void run_bench_generate(const BenchGenerateOptions& o) {
     std::printf(
         "# per rank: read GB/s on 4 KiB pages and on huge pages, f32 FMA GFLOP/s, bf16 "
         "and int8 dot-product GOP/s; bw frac = decode bytes/s over the huge-page read "
-        "bandwidth, flop frac = prefill FLOP/s over %d rank(s) x the f32 FMA peak\n"
+        "bandwidth, flop frac = prefill FLOP/s over %d rank(s) x %s, the instruction its "
+        "matmuls run on\n"
         "# rd step = a plain read of the step's bytes once per decoded token, timed like the "
         "decode (wall clock, back to back, best run); step frac = decode bytes/s over it\n",
-        ranks);
+        ranks, prefill_peak_name(peak_kind));
     std::printf("%-8s %11s %10s %9s %9s %9s %9s %9s %8s %9s %6s %8s %9s\n", "threads",
                 "prefill t/s", "decode t/s", "rd 4K", "rd huge", "f32 fma", "bf16 dot", "int8 dot",
                 "bw frac", "flop frac", "comm", "rd step", "step frac");
@@ -249,7 +288,12 @@ void run_bench_generate(const BenchGenerateOptions& o) {
     }
     const double bw_fraction = best_decode * matmul_params / 1e9 / bandwidth;
     const double step_read_fraction = best_decode * matmul_params / 1e9 / best_step_read;
-    const double flop_fraction = best_prefill * flops_per_token / 1e9 / (peak * ranks);
+    const double prefill_peak = peak_kind == PrefillPeak::kBf16Dot         ? peak_bf16
+                                : peak_kind == PrefillPeak::kInt8Dot       ? peak_int8
+                                : peak_kind == PrefillPeak::kInt8Dot16BitX ? peak_int8 / 2
+                                                                           : peak;
+    const double flop_fraction =
+        best_prefill / o.prompt_tokens * prefill_flops / 1e9 / (prefill_peak * ranks);
     if (leader) {
       std::printf(
           "%-8d %11.1f %10.1f %9.1f %9.1f %9.1f %9.1f %9.1f %8.2f %9.2f %6.3f %8.1f %9.2f\n",
@@ -270,7 +314,7 @@ void run_bench_generate(const BenchGenerateOptions& o) {
             << ',' << best_prefill << ',' << best_decode << ',' << bandwidth << ',' << peak << ','
             << bw_fraction << ',' << flop_fraction << ',' << comm_fraction << ',' << bandwidth_4k
             << ',' << peak_bf16 << ',' << peak_int8 << ',' << best_step_read << ','
-            << step_read_fraction << '\n';
+            << step_read_fraction << ',' << prefill_peak << '\n';
       }
     }
   }

@@ -59,6 +59,9 @@ class CpuBackend final : public KernelBackend {
   // Whether adopt_weight interleaves (on by default where it can; ALEM_CPU_INTERLEAVE=0 keeps
   // GGUF's row-major layout, for before/after measurements).
   bool interleaves_blocks() const { return interleave_blocks_; }
+  // Whether interleaved block weights take x at 8 bits per value (ALEM_CPU_DOT=all; alem's
+  // int8 keeps 16).
+  bool eight_bit_blocks() const { return eight_bit_blocks_; }
   void set_interleave_blocks(bool on) {
     interleave_blocks_ = on && std::string(blocks_.name) == "avx512_vnni";
   }
