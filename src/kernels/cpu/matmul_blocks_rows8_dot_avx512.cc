@@ -147,33 +147,20 @@ struct Nibbles {
     group_rows<Lanes16, T, MR, kEightBit>(x, group, group_bytes, columns, bias, y);
   }
 };
+// Q8_0 (kF32Scales false), and alem's int8: Q8_0's columns with f32 scales.
+template <bool kF32Scales>
 struct Bytes {
   static constexpr bool kSignedWeights = true;
   static constexpr bool kPairs = true;
   template <int MR, bool kEightBit>
   static void group(const SplitX* x, const uint8_t* group, int64_t columns, const float* bias,
                     float* const* y) {
-    group_rows_q8_0<Lanes8, MR, kEightBit, false>(x, group, 0, columns, bias, y);
+    group_rows_q8_0<Lanes8, MR, kEightBit, kF32Scales>(x, group, 0, columns, bias, y);
   }
   template <int MR, bool kEightBit>
   static void pair(const SplitX* x, const uint8_t* group, size_t group_bytes, int64_t columns,
                    const float* bias, float* const* y) {
-    group_rows_q8_0<Lanes16, MR, kEightBit, false>(x, group, group_bytes, columns, bias, y);
-  }
-};
-// alem's int8: Q8_0's columns with f32 scales.
-struct BytesF32Scales {
-  static constexpr bool kSignedWeights = true;
-  static constexpr bool kPairs = true;
-  template <int MR, bool kEightBit>
-  static void group(const SplitX* x, const uint8_t* group, int64_t columns, const float* bias,
-                    float* const* y) {
-    group_rows_q8_0<Lanes8, MR, kEightBit, true>(x, group, 0, columns, bias, y);
-  }
-  template <int MR, bool kEightBit>
-  static void pair(const SplitX* x, const uint8_t* group, size_t group_bytes, int64_t columns,
-                   const float* bias, float* const* y) {
-    group_rows_q8_0<Lanes16, MR, kEightBit, true>(x, group, group_bytes, columns, bias, y);
+    group_rows_q8_0<Lanes16, MR, kEightBit, kF32Scales>(x, group, group_bytes, columns, bias, y);
   }
 };
 
@@ -191,10 +178,10 @@ void matmul_blocks_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_en
       interleaved::run<Nibbles<DType::Q4_1>>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
       break;
     case DType::Q8_0:
-      interleaved::run<Bytes>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
+      interleaved::run<Bytes<false>>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
       break;
     case DType::I8:
-      interleaved::run<BytesF32Scales>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
+      interleaved::run<Bytes<true>>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
       break;
     default:
       matmul_blocks_k_interleaved(a, m_begin, m_end, w, bias, y, n_begin, n_end);
