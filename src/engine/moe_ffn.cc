@@ -67,6 +67,16 @@ MoeFfn::MoeFfn(const ModelStoreReader& store, const ModelConfig& config, const S
   }
 }
 
+void MoeFfn::adopt_weights(const KernelBackend& backend) {
+  if (backend.memory_space() != MemorySpace::kHost) return;
+  for (Expert& e : experts_) {
+    backend.adopt_weight(e.gate_up);
+    backend.adopt_weight(e.down);
+  }
+  backend.adopt_weight(shared_.gate_up);
+  backend.adopt_weight(shared_.down);
+}
+
 uint64_t MoeFfn::expert_weight_bytes() const {
   uint64_t total = 0;
   for (const Expert& e : experts_) total += e.gate_up.bytes() + e.down.bytes();

@@ -60,6 +60,12 @@ class MoeFfn {
                MoeRoutingCounts& counts, ProcessGroup* ep_group = nullptr,
                ExpertDispatchStats* dispatch = nullptr);
 
+  // Hands this rank's experts (and the shared expert) to a host backend, as the engine hands
+  // every dense matrix over: the CPU backend then lays block and int8 weights out 8 rows at a
+  // time for its interleaved kernels (docs/kernels-quantized.md). A device backend is handed
+  // nothing here: MoE weights keep its copy-on-first-use cache (docs/gpu.md).
+  void adopt_weights(const KernelBackend& backend);
+
   uint64_t weight_bytes() const;
   // This rank's routed experts only (weight_bytes less the router and the shared expert, which
   // every token reads).

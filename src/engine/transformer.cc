@@ -131,6 +131,7 @@ ShardedTransformer::ShardedTransformer(const ModelStoreReader& store, ParallelCo
     adopt(layer->o_proj);
     if (config_.is_moe_layer(l)) {
       layer->moe = std::make_unique<MoeFfn>(store, config_, s, l);
+      layer->moe->adopt_weights(backend_);
     } else {
       std::vector<WeightMatrix> gate_up_parts;
       gate_up_parts.push_back(
