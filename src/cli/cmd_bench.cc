@@ -35,37 +35,38 @@ double huge_page_bytes() {
   return 0;
 }
 
-// The instruction a prefill's matmuls run on, whose measured peak its FLOP/s are set against:
-// f32 FMA for the exact kernels (f32, f16, bf16 widened, row-major int8); the bf16 dot products
-// where bf16 weights round x to bf16 (ALEM_CPU_DOT=all); the int8 dot products for block
-// weights and interleaved int8 on AVX512-VNNI, at half their rate where x keeps 16 bits (two
-// vpdpbusd for every four products). Other backends: the f32 FMA peak, named as such.
-enum class PrefillPeak { kF32Fma, kBf16Dot, kInt8Dot16BitX, kInt8Dot };
-PrefillPeak prefill_peak_kind(const KernelBackend& backend, DType weights) {
-  const auto* cpu = dynamic_cast<const CpuBackend*>(&backend);
-  if (cpu == nullptr) return PrefillPeak::kF32Fma;
-  if (weights == DType::BF16) {
-    return cpu->has_dot_kernel(DType::BF16) ? PrefillPeak::kBf16Dot : PrefillPeak::kF32Fma;
+// What a prefill's FLOP/s are set against: the measured peak of the instruction its matmuls
+// run on (CpuBackend::prefill_arithmetic), and its name for the header. Other backends, and AMX
+// tiles (whose peak is not measured): the f32 FMA peak, named as such.
+struct PrefillPeak {
+  CpuBackend::PrefillArithmetic kind = CpuBackend::PrefillArithmetic::kF32Fma;
+  const char* name() const {
+    switch (kind) {
+      case CpuBackend::PrefillArithmetic::kBf16Dot:
+        return "the bf16 dot-product peak";
+      case CpuBackend::PrefillArithmetic::kInt8Dot16BitX:
+        return "half the int8 dot-product peak (16-bit x: two vpdpbusd per four products)";
+      case CpuBackend::PrefillArithmetic::kInt8Dot:
+        return "the int8 dot-product peak";
+      case CpuBackend::PrefillArithmetic::kAmx:
+        return "the f32 FMA peak (AMX tiles, whose own peak is not measured, run beyond it)";
+      default:
+        return "the f32 FMA peak";
+    }
   }
-  const bool interleaved =
-      cpu->interleaves_blocks() &&
-      (dtype_is_block(weights) || (weights == DType::I8 && cpu->has_dot_kernel(DType::I8)));
-  if (!interleaved) return PrefillPeak::kF32Fma;
-  return cpu->eight_bit_blocks() && weights != DType::I8 ? PrefillPeak::kInt8Dot
-                                                         : PrefillPeak::kInt8Dot16BitX;
-}
-const char* prefill_peak_name(PrefillPeak kind) {
-  switch (kind) {
-    case PrefillPeak::kBf16Dot:
-      return "the bf16 dot-product peak";
-    case PrefillPeak::kInt8Dot16BitX:
-      return "half the int8 dot-product peak (16-bit x: two vpdpbusd per four products)";
-    case PrefillPeak::kInt8Dot:
-      return "the int8 dot-product peak";
-    default:
-      return "the f32 FMA peak";
+  double gops(double f32_fma, double bf16_dot, double int8_dot) const {
+    switch (kind) {
+      case CpuBackend::PrefillArithmetic::kBf16Dot:
+        return bf16_dot;
+      case CpuBackend::PrefillArithmetic::kInt8Dot16BitX:
+        return int8_dot / 2;
+      case CpuBackend::PrefillArithmetic::kInt8Dot:
+        return int8_dot;
+      default:
+        return f32_fma;
+    }
   }
-}
+};
 
 struct BenchGenerateOptions {
   std::string model;
@@ -198,8 +199,8 @@ void run_bench_generate(const BenchGenerateOptions& o) {
   // (measured after the first run, from the single-token steps).
   const bool moe = model.num_moe_layers() > 0;
   const double non_expert_bytes = matmul_params - static_cast<double>(model.expert_weight_bytes());
-  const std::string weights_dtype =
-      dtype_name(store.tensor_info(layer_tensor_name(0, "self_attn.q_proj.weight")).dtype);
+  const DType weights = store.tensor_info(layer_tensor_name(0, "self_attn.q_proj.weight")).dtype;
+  const std::string weights_dtype = dtype_name(weights);
   // FLOPs of one token through the whole model (all ranks): 2 per matmul weight; the input
   // embedding of an untied model is a lookup, not a matmul.
   const double flops_per_token =
@@ -209,8 +210,10 @@ void run_bench_generate(const BenchGenerateOptions& o) {
   const double lm_head_flops = 2.0 * double(config.vocab_size) * config.hidden_size;
   const double prefill_flops = o.prompt_tokens * (flops_per_token - lm_head_flops) + lm_head_flops;
   const int ranks = model.shard().tp_size * model.shard().pp_size;  // of this replica
-  const PrefillPeak peak_kind = prefill_peak_kind(
-      *inner_backend, store.tensor_info(layer_tensor_name(0, "self_attn.q_proj.weight")).dtype);
+  PrefillPeak prefill_peak_of;
+  if (const auto* cpu = dynamic_cast<const CpuBackend*>(inner_backend.get())) {
+    prefill_peak_of.kind = cpu->prefill_arithmetic(weights, config.hidden_size);
+  }
 
   std::ofstream csv;
   if (leader && !o.csv.empty()) {
@@ -233,7 +236,7 @@ void run_bench_generate(const BenchGenerateOptions& o) {
         "matmuls run on\n"
         "# rd step = a plain read of the step's bytes once per decoded token, timed like the "
         "decode (wall clock, back to back, best run); step frac = decode bytes/s over it\n",
-        ranks, prefill_peak_name(peak_kind));
+        ranks, prefill_peak_of.name());
     std::printf("%-8s %11s %10s %9s %9s %9s %9s %9s %8s %9s %6s %8s %9s\n", "threads",
                 "prefill t/s", "decode t/s", "rd 4K", "rd huge", "f32 fma", "bf16 dot", "int8 dot",
                 "bw frac", "flop frac", "comm", "rd step", "step frac");
@@ -288,10 +291,7 @@ void run_bench_generate(const BenchGenerateOptions& o) {
     }
     const double bw_fraction = best_decode * matmul_params / 1e9 / bandwidth;
     const double step_read_fraction = best_decode * matmul_params / 1e9 / best_step_read;
-    const double prefill_peak = peak_kind == PrefillPeak::kBf16Dot         ? peak_bf16
-                                : peak_kind == PrefillPeak::kInt8Dot       ? peak_int8
-                                : peak_kind == PrefillPeak::kInt8Dot16BitX ? peak_int8 / 2
-                                                                           : peak;
+    const double prefill_peak = prefill_peak_of.gops(peak, peak_bf16, peak_int8);
     const double flop_fraction =
         best_prefill / o.prompt_tokens * prefill_flops / 1e9 / (prefill_peak * ranks);
     if (leader) {

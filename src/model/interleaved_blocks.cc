@@ -150,7 +150,8 @@ void interleave_int8(int64_t rows, int64_t cols, const int8_t* values, const flo
 }
 
 void interleaved_int8_row(const uint8_t* data, int64_t cols, int64_t r, float* out) {
-  std::vector<uint8_t> row(block_row_bytes(DType::I8, cols));
+  thread_local std::vector<uint8_t> row;  // the embedding lookup's path: no allocation per row
+  row.resize(block_row_bytes(DType::I8, cols));
   interleaved_row(DType::I8, data, cols, r, row.data());
   for (int64_t b = 0; b < cols / kInt8GroupSize; ++b) {
     const uint8_t* block = row.data() + b * kInt8BlockBytes;

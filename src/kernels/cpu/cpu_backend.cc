@@ -269,6 +269,18 @@ bool CpuBackend::rounds_activations(DType dtype, int64_t M, BlockLayout layout) 
   return dtype == DType::I8 && dot_int8_ && M < kPackedMinRows;
 }
 
+CpuBackend::PrefillArithmetic CpuBackend::prefill_arithmetic(DType dtype, int64_t K) const {
+  constexpr int64_t kPrefillRows = 256;
+  if (uses_amx(dtype, kPrefillRows, K)) return PrefillArithmetic::kAmx;
+  if (dtype == DType::BF16)
+    return dot_bf16_ ? PrefillArithmetic::kBf16Dot : PrefillArithmetic::kF32Fma;
+  const bool interleaved =
+      interleave_blocks_ && (dtype_is_block(dtype) || (dtype == DType::I8 && dot_int8_));
+  if (!interleaved) return PrefillArithmetic::kF32Fma;
+  return eight_bit_blocks_ && dtype_is_block(dtype) ? PrefillArithmetic::kInt8Dot
+                                                    : PrefillArithmetic::kInt8Dot16BitX;
+}
+
 bool CpuBackend::has_dot_kernel(DType dtype) const {
   return (dtype == DType::BF16 && dot_bf16_) || (dtype == DType::I8 && dot_int8_);
 }

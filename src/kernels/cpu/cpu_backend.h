@@ -59,9 +59,14 @@ class CpuBackend final : public KernelBackend {
   // Whether adopt_weight interleaves (on by default where it can; ALEM_CPU_INTERLEAVE=0 keeps
   // GGUF's row-major layout, for before/after measurements).
   bool interleaves_blocks() const { return interleave_blocks_; }
-  // Whether interleaved block weights take x at 8 bits per value (ALEM_CPU_DOT=all; alem's
-  // int8 keeps 16).
-  bool eight_bit_blocks() const { return eight_bit_blocks_; }
+  // The instruction a prefill (many rows of x) against weights of `dtype` runs its products on,
+  // as matmul routes it: f32 FMA for the exact kernels (f32, f16, bf16 widened, row-major
+  // int8); bf16 dot products where bf16 weights round x to bf16; int8 dot products for block
+  // weights and int8 this backend interleaves, two per four products where x keeps 16 bits;
+  // AMX tiles where bf16 or block weights take them. `alem bench generate` sets the prefill's
+  // FLOP/s against the matching peak.
+  enum class PrefillArithmetic { kF32Fma, kBf16Dot, kInt8Dot16BitX, kInt8Dot, kAmx };
+  PrefillArithmetic prefill_arithmetic(DType dtype, int64_t K) const;
   void set_interleave_blocks(bool on) {
     interleave_blocks_ = on && std::string(blocks_.name) == "avx512_vnni";
   }
