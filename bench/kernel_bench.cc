@@ -234,7 +234,7 @@ std::map<std::string, double> bench_matmul(const Options& o, const Limits& limit
     for (DType dtype : o.dtypes) {
       auto cold = weight_copies(shape, dtype, size_t(768) << 20);
       std::vector<WeightMatrix> hot = weight_copies(shape, dtype, 0);
-      CpuBackend adopter(cpu::best_supported_isa(), 1, o.dot_products, o.bf16_dot, o.amx);
+      CpuBackend adopter(cpu::configured_isa(), 1, o.dot_products, o.bf16_dot, o.amx);
       adopter.set_interleave_blocks(!o.row_major);
       for (auto* set : {&cold, &hot}) {
         for (WeightMatrix& w : *set) adopter.adopt_weight(w);
@@ -243,7 +243,7 @@ std::map<std::string, double> bench_matmul(const Options& o, const Limits& limit
         const bool decode = M < CpuBackend::kPackedMinRows && !o.hot;
         std::vector<float> x(static_cast<size_t>(M * shape.K), 0.01f), y(M * shape.N);
         for (int threads : o.threads) {
-          CpuBackend cpu(cpu::best_supported_isa(), threads, o.dot_products, o.bf16_dot, o.amx);
+          CpuBackend cpu(cpu::configured_isa(), threads, o.dot_products, o.bf16_dot, o.amx);
           const CallTimes times = time_matmul(cpu, decode ? cold : hot, M, x, y, min_seconds);
           const double seconds = times.best;
           const double gbs = cold[0].bytes() / seconds / 1e9;
@@ -329,7 +329,7 @@ void bench_attention(const Options& o) {
                                          ? KVCacheLayerView{k.data(), v.data(), dtype}
                                          : KVCacheLayerView{k16.data(), v16.data(), dtype};
       for (int threads : o.threads) {
-        CpuBackend cpu(cpu::best_supported_isa(), threads);
+        CpuBackend cpu(cpu::configured_isa(), threads);
         AttentionSequence seq{0, c.q_count, c.start_pos, table.data()};
         double best = 1e30;
         for (int rep = 0; rep < (o.quick ? 5 : 20); ++rep) {

@@ -31,10 +31,13 @@
 # same files: ALEM_CPU_DOT=all, activations rounded to bf16 for bf16 weights and to 8 bits for
 # block weights (docs/kernels.md); without it alem keeps its stricter default.
 #
+# LLAMA_ISA=avx2 compares the two on an AVX2 CPU's instructions: llama.cpp built for AVX2 only
+# (bench/llama_build.sh) and alem with ALEM_CPU_ISA=avx2, on any CPU that has AVX2.
+#
 # Environment: ALEM_BIN (default build/alem), ROUNDS, THREADS, TYPES, SHAPES (smollm2),
-# PROMPT (64), DECODE (32),
-# LLAMA_WORK, LLAMA_CPP_PYTHON_VERSION (0.3.36), LLAMA_BUILD_JOBS, LLAMA_CC, LLAMA_NO_AMX. Output: a Markdown table on
-# stdout and raw rows in $LLAMA_WORK/compare-raw.csv.
+# PROMPT (64), DECODE (32), LLAMA_WORK, LLAMA_CPP_PYTHON_VERSION (0.3.36), LLAMA_BUILD_JOBS,
+# LLAMA_CC, LLAMA_NO_AMX, LLAMA_ISA. Output: a Markdown table on stdout and raw rows in
+# $LLAMA_WORK/compare-raw.csv.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${LLAMA_WORK:-$root/build-llama}
@@ -52,6 +55,7 @@ mkdir -p "$work"
 source "$root/bench/llama_build.sh"
 llama_build llama-bench llama-quantize
 bin=$llama_bin
+[ "${LLAMA_ISA:-native}" = avx2 ] && export ALEM_CPU_ISA=avx2
 
 q41="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 [ -f "$q41" ] || { echo "missing $q41: run scripts/fetch-model.sh first" >&2; exit 1; }

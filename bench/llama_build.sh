@@ -19,7 +19,11 @@
 #                           The strongest llama.cpp on such a CPU; use it where AMX is present.
 #   LLAMA_NO_AMX=1          GCC, every AVX-512 extension but no AMX (the fallback when clang is
 #                           missing).
-# Each choice builds in its own folder (llama-build, llama-build-clang, llama-build-noamx).
+#   LLAMA_ISA=avx2          GCC, AVX2/FMA/F16C only (no AVX-512, no AVX-VNNI): llama.cpp as it
+#                           runs on an AVX2 CPU, beside alem with ALEM_CPU_ISA=avx2, so an
+#                           AVX-512 machine can measure the AVX2 kernels of both side by side.
+# Each choice builds in its own folder (llama-build, llama-build-clang, llama-build-noamx,
+# llama-build-avx2).
 
 llama_build() {
   local root work version jobs src archive build_dir
@@ -58,6 +62,16 @@ llama_build() {
       -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON
       -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON)
   fi
+  case ${LLAMA_ISA:-native} in
+    native) ;;
+    avx2)
+      [ "${LLAMA_CC:-gcc}" = gcc ] && [ "${LLAMA_NO_AMX:-0}" != 1 ] ||
+        { echo "LLAMA_ISA=avx2 goes with LLAMA_CC=gcc and without LLAMA_NO_AMX" >&2; return 1; }
+      build_dir="$work/llama-build-avx2"
+      flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+        -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF) ;;
+    *) echo "LLAMA_ISA must be native or avx2, got '${LLAMA_ISA}'" >&2; return 1 ;;
+  esac
   llama_bin="$build_dir/bin"
   local missing=0 target
   for target in "$@"; do [ -x "$llama_bin/$target" ] || missing=1; done

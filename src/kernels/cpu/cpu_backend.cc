@@ -200,23 +200,28 @@ void CpuBackend::adopt_weight(WeightMatrix& w) const {
   w.layout = BlockLayout::kInterleaved8;
 }
 
-std::unique_ptr<KernelBackend> make_cpu_backend() {
-  cpu::Isa isa = cpu::best_supported_isa();
+cpu::Isa cpu::configured_isa() {
+  Isa isa = best_supported_isa();
   // ALEM_CPU_ISA=avx2|scalar lowers the instruction set (benchmarks, debugging); never raises.
   if (const char* forced = std::getenv("ALEM_CPU_ISA"); forced && *forced) {
     const std::string name = forced;
-    cpu::Isa wanted = isa;
+    Isa wanted = isa;
     if (name == "scalar")
-      wanted = cpu::Isa::kScalar;
+      wanted = Isa::kScalar;
     else if (name == "avx2")
-      wanted = cpu::Isa::kAvx2;
+      wanted = Isa::kAvx2;
     else if (name == "avx512")
-      wanted = cpu::Isa::kAvx512;
+      wanted = Isa::kAvx512;
     else
       ALEM_FAIL("ALEM_CPU_ISA must be scalar, avx2 or avx512, got '" + name + "'");
-    ALEM_CHECK(cpu::isa_supported(wanted), "ALEM_CPU_ISA=" + name + " is not supported here");
+    ALEM_CHECK(isa_supported(wanted), "ALEM_CPU_ISA=" + name + " is not supported here");
     isa = wanted;
   }
+  return isa;
+}
+
+std::unique_ptr<KernelBackend> make_cpu_backend() {
+  const cpu::Isa isa = cpu::configured_isa();
   // ALEM_CPU_DOT: 0 keeps the exact f32 kernels everywhere; unset or "int8" uses the int8 VNNI
   // kernels; "all" also the bf16 ones (which round activations to bf16) and 8-bit activations
   // for interleaved block weights (ggml's precision).

@@ -16,6 +16,9 @@ enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 
 // The widest instruction set this CPU and this build can run (AVX-512 needs F, BW, VL, DQ).
 Isa best_supported_isa();
+// The instruction set the engine's CPU backend runs: best_supported_isa(), lowered by
+// ALEM_CPU_ISA=avx2|scalar (benchmarks, debugging; an unknown or unsupported value throws).
+Isa configured_isa();
 bool isa_supported(Isa isa);
 const char* isa_name(Isa isa);
 

@@ -362,7 +362,7 @@ std::string cpu_description() {
   for (const auto& [flag, present] : flags) {
     if (present) out << ' ' << flag;
   }
-  out << "; kernels: " << cpu::isa_name(cpu::best_supported_isa())
+  out << "; kernels: " << cpu::isa_name(cpu::configured_isa())
       << (cpu::amx::usable() ? " + AMX-BF16 tiles (bf16 prefill)" : "")
       << ", stream prefetch: " << cpu::stream_prefetch_name(cpu::stream_prefetch)
       << ", OpenMP threads: " << omp_get_max_threads();
