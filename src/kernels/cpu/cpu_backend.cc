@@ -170,6 +170,9 @@ CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products, bool bf
   const bool avx512 = isa == cpu::Isa::kAvx512 && dot_products;
   dot_bf16_ = avx512 && bf16_dot_products && cpu::has_avx512_bf16();
   dot_int8_ = avx512 && cpu::has_avx512_vnni();
+  // AVX2 has no int8 dot product that takes x's 16 bits in bytes without saturating, but its
+  // row-major block kernel (vpmaddwd on int16) reads int8 rows as Q8_0 blocks with f32 scales.
+  int8_blocks_ = dot_products && isa == cpu::Isa::kAvx2;
   // ggml's precision for block weights needs VNNI only: a CPU without AVX512-BF16 (an Intel
   // Xeon whose hypervisor hides it) still takes it with ALEM_CPU_DOT=all.
   eight_bit_blocks_ = dot_int8_ && bf16_dot_products;
@@ -271,7 +274,7 @@ bool CpuBackend::rounds_activations(DType dtype, int64_t M, BlockLayout layout) 
   if (dtype_is_block(dtype) || layout == BlockLayout::kInterleaved8) return true;
   // AMX with 3 parts keeps x's 24 bits; with one part it rounds like the bf16 dot kernels.
   if (dtype == DType::BF16) return dot_bf16_;
-  return dtype == DType::I8 && dot_int8_ && M < kPackedMinRows;
+  return dtype == DType::I8 && ((dot_int8_ && M < kPackedMinRows) || int8_blocks_);
 }
 
 CpuBackend::PrefillArithmetic CpuBackend::prefill_arithmetic(DType dtype, int64_t K) const {
@@ -287,13 +290,14 @@ CpuBackend::PrefillArithmetic CpuBackend::prefill_arithmetic(DType dtype, int64_
 }
 
 bool CpuBackend::has_dot_kernel(DType dtype) const {
-  return (dtype == DType::BF16 && dot_bf16_) || (dtype == DType::I8 && dot_int8_);
+  return (dtype == DType::BF16 && dot_bf16_) || (dtype == DType::I8 && (dot_int8_ || int8_blocks_));
 }
 
 bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                             float* y) const {
   if (!rounds_activations(w.dtype, M, w.layout)) return false;
-  if (w.layout == BlockLayout::kInterleaved8) {  // int8 adopted by this backend
+  // int8 adopted by this backend, or row-major int8 on the AVX2 block kernel.
+  if (w.layout == BlockLayout::kInterleaved8 || (w.dtype == DType::I8 && int8_blocks_)) {
     matmul_blocks(x, M, w, bias, y);
     return true;
   }
@@ -392,11 +396,19 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
   ALEM_CHECK(
       M >= 0 && N >= 0 && K > 0 && K % block == 0,
       "matmul: " + dtype_name(w.dtype) + " weights need cols % " + std::to_string(block) + " == 0");
-  ALEM_CHECK(
-      dtype_is_block(w.dtype) || (w.dtype == DType::I8 && w.layout == BlockLayout::kInterleaved8),
-      "matmul_blocks: " + dtype_name(w.dtype) + " weights are not block weights");
-  ALEM_CHECK(w.data.size() >= static_cast<size_t>(N) * interleaved_row_bytes(w.dtype, K),
-             "matmul: weight buffer smaller than its shape");
+  const bool int8_row_major = w.dtype == DType::I8 && w.layout == BlockLayout::kRowMajor;
+  ALEM_CHECK(dtype_is_block(w.dtype) ||
+                 (w.dtype == DType::I8 && w.layout == BlockLayout::kInterleaved8) ||
+                 (int8_row_major && int8_blocks_),
+             "matmul_blocks: " + dtype_name(w.dtype) + " weights are not block weights");
+  if (int8_row_major) {
+    ALEM_CHECK(w.data.size() >= static_cast<size_t>(N * K) &&
+                   w.scales.size() >= static_cast<size_t>(N * (K / kInt8GroupSize)),
+               "matmul: int8 weights or scales smaller than their shape");
+  } else {
+    ALEM_CHECK(w.data.size() >= static_cast<size_t>(N) * interleaved_row_bytes(w.dtype, K),
+               "matmul: weight buffer smaller than its shape");
+  }
   if (M == 0 || N == 0) return;
   if (uses_amx(w.dtype, M, K)) {
     matmul_amx(x, M, w, bias, y);

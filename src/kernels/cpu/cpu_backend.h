@@ -127,6 +127,7 @@ class CpuBackend final : public KernelBackend {
   bool dot_bf16_ = false;
   bool eight_bit_blocks_ = false;  // ALEM_CPU_DOT=all: interleaved blocks at 8-bit activations
   bool dot_int8_ = false;
+  bool int8_blocks_ = false;  // AVX2: int8 weights take the row-major block kernel (16-bit x)
   bool amx_ = false;
   bool interleave_blocks_ = false;
   // Same bf16 matmul through AMX tiles (uses_amx() was true).
