@@ -313,8 +313,8 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
         check(w, "matmul");
         if (HasFatalFailure()) return;
         // The same matrix once the backend has adopted it, as the engine hands every weight
-        // over: the CPU backend interleaves every block type 8 rows at a time where it has
-        // AVX512-VNNI.
+        // over: the CPU backend interleaves block types 8 rows at a time where it has AVX2 or
+        // AVX512-VNNI (CpuBackend::interleaves).
         WeightMatrix adopted = make_weight_matrix(values.data(), N, K, dtype);
         backend_->adopt_weight(adopted);
         if (adopted.layout == BlockLayout::kInterleaved8) {
@@ -333,8 +333,13 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
   }
   const auto* cpu = dynamic_cast<const CpuBackend*>(backend_.get());
   if (cpu != nullptr && cpu->interleaves_blocks()) {
-    EXPECT_EQ(interleaved_dtypes.size(), cpu->has_dot_kernel(DType::I8) ? 7u : 6u)
-        << "every block type (and int8, with its dot-product kernels on) has an interleaved kernel";
+    // AVX512-VNNI: every block type, and int8 with its dot-product kernels on; AVX2: the 4- to
+    // 6-bit types (Q8_0's and int8's signed bytes would saturate its byte products).
+    const bool vnni = std::string(cpu->block_kernel_name()) == "avx512_vnni";
+    const size_t expected = vnni ? (cpu->has_dot_kernel(DType::I8) ? 7u : 6u) : 5u;
+    EXPECT_EQ(interleaved_dtypes.size(), expected) << cpu->block_kernel_name();
+    for (DType dtype : interleaved_dtypes)
+      EXPECT_TRUE(cpu->interleaves(dtype)) << dtype_name(dtype);
   }
 }
 

@@ -115,10 +115,13 @@ BlockKernels block_kernels(Isa isa) {
     k.name = "avx512_vnni";
     k.quantize = avx512_vnni::quantize_q16;
     k.matmul = avx512_vnni::matmul_blocks;
+    k.matmul_interleaved = avx512_vnni::matmul_blocks_interleaved;
+    k.interleaves_signed_bytes = true;
   } else if (isa == Isa::kAvx512 || isa == Isa::kAvx2) {
     k.name = "avx2";
     k.quantize = avx2::quantize_q16;
     k.matmul = avx2::matmul_blocks;
+    k.matmul_interleaved = avx2::matmul_blocks_interleaved;
   } else {
     k.quantize = scalar::quantize_q16;
     k.matmul = scalar::matmul_blocks;
@@ -180,15 +183,22 @@ CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products, bool bf
   set_interleave_blocks(true);
 }
 
+bool CpuBackend::interleaves(DType dtype) const {
+  if (!interleave_blocks_) return false;
+  if (dtype == DType::I8) return dot_int8_ && blocks_.interleaves_signed_bytes;
+  if (dtype == DType::Q8_0) return blocks_.interleaves_signed_bytes;
+  return dtype_is_block(dtype);
+}
+
 void CpuBackend::adopt_weight(WeightMatrix& w) const {
-  if (!interleave_blocks_ || w.layout != BlockLayout::kRowMajor || w.backend_copy ||
+  if (!interleaves(w.dtype) || w.layout != BlockLayout::kRowMajor || w.backend_copy ||
       !can_interleave_blocks(w.dtype, w.rows) || w.data.empty()) {
     return;
   }
   // int8 only where its interleaved kernel's 16-bit activations are allowed (ALEM_CPU_DOT is
   // not 0): otherwise it stays row-major for the exact kernels.
   if (w.dtype == DType::I8) {
-    if (!dot_int8_ || w.cols % kInt8GroupSize != 0 ||
+    if (w.cols % kInt8GroupSize != 0 ||
         w.scales.size() != static_cast<size_t>(w.rows * w.groups_per_row()) ||
         w.data.size() != static_cast<size_t>(w.rows * w.cols)) {
       return;
@@ -282,9 +292,8 @@ CpuBackend::PrefillArithmetic CpuBackend::prefill_arithmetic(DType dtype, int64_
   if (uses_amx(dtype, kPrefillRows, K)) return PrefillArithmetic::kAmx;
   if (dtype == DType::BF16)
     return dot_bf16_ ? PrefillArithmetic::kBf16Dot : PrefillArithmetic::kF32Fma;
-  const bool interleaved =
-      interleave_blocks_ && (dtype_is_block(dtype) || (dtype == DType::I8 && dot_int8_));
-  if (!interleaved) return PrefillArithmetic::kF32Fma;
+  // The int8 dot products are AVX512-VNNI's; AVX2's block kernels are counted against f32 FMA.
+  if (!interleaves(dtype) || !blocks_.interleaves_signed_bytes) return PrefillArithmetic::kF32Fma;
   return eight_bit_blocks_ && dtype_is_block(dtype) ? PrefillArithmetic::kInt8Dot
                                                     : PrefillArithmetic::kInt8Dot16BitX;
 }
@@ -431,11 +440,11 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
   // Interleaved weights (only made where the block kernels are the AVX512-VNNI ones): runs of
   // 16 rows keep every thread's range in whole groups of 8.
-  const cpu::MatmulBlocksFn kernel = view.layout == BlockLayout::kInterleaved8
-                                         ? cpu::avx512_vnni::matmul_blocks_interleaved
-                                         : blocks_.matmul;
-  ALEM_CHECK(view.layout == BlockLayout::kRowMajor || interleave_blocks_,
-             "matmul: interleaved block weights need the AVX512-VNNI kernels");
+  const cpu::MatmulBlocksFn kernel =
+      view.layout == BlockLayout::kInterleaved8 ? blocks_.matmul_interleaved : blocks_.matmul;
+  ALEM_CHECK(view.layout == BlockLayout::kRowMajor || interleaves(w.dtype),
+             "matmul: " + dtype_name(w.dtype) +
+                 " weights interleaved for another CPU backend's block kernels");
   // Threads split N in runs of 16 rows; when there are fewer runs than threads, M too.
   const int64_t runs = (N + 15) / 16;
   run_on_threads(threads, [&](int index, int count) {

@@ -52,9 +52,9 @@ class CpuBackend final : public KernelBackend {
                            SamplingCandidates& out) const override;
   // Keeps the matrix in host memory; ggml block weights with whole groups of 8 rows are
   // rewritten in place to the 8-row interleaved layout (model/interleaved_blocks.h) where this
-  // backend's block kernels are the AVX512-VNNI ones and interleaving is on, and so are int8
-  // weights (values and scales) where the int8 dot-product kernels are on too: they then take
-  // Q8_0's interleaved kernel at every M, with x at 16 bits per 32-value block.
+  // backend's block kernels have an interleaved form (interleaves()), and so are int8 weights
+  // (values and scales) on AVX512-VNNI where the int8 dot-product kernels are on too: they then
+  // take Q8_0's interleaved kernel at every M, with x at 16 bits per 32-value block.
   void adopt_weight(WeightMatrix& w) const override;
   // Whether adopt_weight interleaves (on by default where it can; ALEM_CPU_INTERLEAVE=0 keeps
   // GGUF's row-major layout, for before/after measurements).
@@ -67,9 +67,11 @@ class CpuBackend final : public KernelBackend {
   // FLOP/s against the matching peak.
   enum class PrefillArithmetic { kF32Fma, kBf16Dot, kInt8Dot16BitX, kInt8Dot, kAmx };
   PrefillArithmetic prefill_arithmetic(DType dtype, int64_t K) const;
-  void set_interleave_blocks(bool on) {
-    interleave_blocks_ = on && std::string(blocks_.name) == "avx512_vnni";
-  }
+  void set_interleave_blocks(bool on) { interleave_blocks_ = on && blocks_.matmul_interleaved; }
+  // Whether adopt_weight interleaves matrices of `dtype` (with whole groups of 8 rows): every
+  // ggml block type on AVX512-VNNI, and int8 with its dot-product kernels on; Q4_0, Q4_1 and the
+  // K-quants on AVX2, whose byte products would saturate on Q8_0's and int8's signed bytes.
+  bool interleaves(DType dtype) const;
 
   // Matmul with the path forced (for tests and benchmarks): packed GEMM or streaming.
   void matmul_with_path(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
