@@ -333,11 +333,9 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
   }
   const auto* cpu = dynamic_cast<const CpuBackend*>(backend_.get());
   if (cpu != nullptr && cpu->interleaves_blocks()) {
-    // AVX512-VNNI: every block type, and int8 with its dot-product kernels on; AVX2: the 4- to
-    // 6-bit types (Q8_0's and int8's signed bytes would saturate its byte products).
-    const bool vnni = std::string(cpu->block_kernel_name()) == "avx512_vnni";
-    const size_t expected = vnni ? (cpu->has_dot_kernel(DType::I8) ? 7u : 6u) : 5u;
-    EXPECT_EQ(interleaved_dtypes.size(), expected) << cpu->block_kernel_name();
+    // Every block type, and int8 with its dot-product kernels on.
+    EXPECT_EQ(interleaved_dtypes.size(), cpu->has_dot_kernel(DType::I8) ? 7u : 6u)
+        << cpu->block_kernel_name();
     for (DType dtype : interleaved_dtypes)
       EXPECT_TRUE(cpu->interleaves(dtype)) << dtype_name(dtype);
   }

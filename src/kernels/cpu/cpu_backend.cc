@@ -116,12 +116,13 @@ BlockKernels block_kernels(Isa isa) {
     k.quantize = avx512_vnni::quantize_q16;
     k.matmul = avx512_vnni::matmul_blocks;
     k.matmul_interleaved = avx512_vnni::matmul_blocks_interleaved;
-    k.interleaves_signed_bytes = true;
+    k.matmul_interleaved_bytes = avx512_vnni::matmul_blocks_interleaved;
   } else if (isa == Isa::kAvx512 || isa == Isa::kAvx2) {
     k.name = "avx2";
     k.quantize = avx2::quantize_q16;
     k.matmul = avx2::matmul_blocks;
     k.matmul_interleaved = avx2::matmul_blocks_interleaved;
+    k.matmul_interleaved_bytes = avx2::matmul_bytes_interleaved;
   } else {
     k.quantize = scalar::quantize_q16;
     k.matmul = scalar::matmul_blocks;
@@ -185,8 +186,7 @@ CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products, bool bf
 
 bool CpuBackend::interleaves(DType dtype) const {
   if (!interleave_blocks_) return false;
-  if (dtype == DType::I8) return dot_int8_ && blocks_.interleaves_signed_bytes;
-  if (dtype == DType::Q8_0) return blocks_.interleaves_signed_bytes;
+  if (dtype == DType::I8) return dot_int8_ || int8_blocks_;
   return dtype_is_block(dtype);
 }
 
@@ -293,7 +293,9 @@ CpuBackend::PrefillArithmetic CpuBackend::prefill_arithmetic(DType dtype, int64_
   if (dtype == DType::BF16)
     return dot_bf16_ ? PrefillArithmetic::kBf16Dot : PrefillArithmetic::kF32Fma;
   // The int8 dot products are AVX512-VNNI's; AVX2's block kernels are counted against f32 FMA.
-  if (!interleaves(dtype) || !blocks_.interleaves_signed_bytes) return PrefillArithmetic::kF32Fma;
+  if (!interleaves(dtype) || std::string(blocks_.name) != "avx512_vnni") {
+    return PrefillArithmetic::kF32Fma;
+  }
   return eight_bit_blocks_ && dtype_is_block(dtype) ? PrefillArithmetic::kInt8Dot
                                                     : PrefillArithmetic::kInt8Dot16BitX;
 }
@@ -440,8 +442,11 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
   // Interleaved weights (only made where the block kernels are the AVX512-VNNI ones): runs of
   // 16 rows keep every thread's range in whole groups of 8.
+  const bool signed_bytes = w.dtype == DType::Q8_0 || w.dtype == DType::I8;
   const cpu::MatmulBlocksFn kernel =
-      view.layout == BlockLayout::kInterleaved8 ? blocks_.matmul_interleaved : blocks_.matmul;
+      view.layout != BlockLayout::kInterleaved8
+          ? blocks_.matmul
+          : (signed_bytes ? blocks_.matmul_interleaved_bytes : blocks_.matmul_interleaved);
   ALEM_CHECK(view.layout == BlockLayout::kRowMajor || interleaves(w.dtype),
              "matmul: " + dtype_name(w.dtype) +
                  " weights interleaved for another CPU backend's block kernels");

@@ -53,8 +53,8 @@ class CpuBackend final : public KernelBackend {
   // Keeps the matrix in host memory; ggml block weights with whole groups of 8 rows are
   // rewritten in place to the 8-row interleaved layout (model/interleaved_blocks.h) where this
   // backend's block kernels have an interleaved form (interleaves()), and so are int8 weights
-  // (values and scales) on AVX512-VNNI where the int8 dot-product kernels are on too: they then
-  // take Q8_0's interleaved kernel at every M, with x at 16 bits per 32-value block.
+  // (values and scales) where the int8 dot-product kernels are on too: they then take Q8_0's
+  // interleaved kernel at every M, with x at 16 bits per 32-value block.
   void adopt_weight(WeightMatrix& w) const override;
   // Whether adopt_weight interleaves (on by default where it can; ALEM_CPU_INTERLEAVE=0 keeps
   // GGUF's row-major layout, for before/after measurements).
@@ -69,8 +69,8 @@ class CpuBackend final : public KernelBackend {
   PrefillArithmetic prefill_arithmetic(DType dtype, int64_t K) const;
   void set_interleave_blocks(bool on) { interleave_blocks_ = on && blocks_.matmul_interleaved; }
   // Whether adopt_weight interleaves matrices of `dtype` (with whole groups of 8 rows): every
-  // ggml block type on AVX512-VNNI, and int8 with its dot-product kernels on; Q4_0, Q4_1 and the
-  // K-quants on AVX2, whose byte products would saturate on Q8_0's and int8's signed bytes.
+  // ggml block type where the block kernels are AVX512-VNNI's or AVX2's, and int8 where its
+  // 16-bit activations are allowed (ALEM_CPU_DOT is not 0).
   bool interleaves(DType dtype) const;
 
   // Matmul with the path forced (for tests and benchmarks): packed GEMM or streaming.

@@ -295,10 +295,10 @@ struct BlockKernels {
   const char* name = "scalar";
   QuantizeQ16Fn quantize = nullptr;
   MatmulBlocksFn matmul = nullptr;
-  // Weights in the 8-row interleaved layout (none: this set keeps them row-major), and whether
-  // it takes Q8_0 and int8 that way too (signed weight bytes).
+  // Weights in the 8-row interleaved layout (none: this set keeps them row-major); Q8_0 and
+  // int8 (signed weight bytes) there through matmul_interleaved_bytes.
   MatmulBlocksFn matmul_interleaved = nullptr;
-  bool interleaves_signed_bytes = false;
+  MatmulBlocksFn matmul_interleaved_bytes = nullptr;
 };
 // The fastest this CPU runs within `isa`: vpdpwssd and vpdpbusd (AVX512-VNNI) on AVX-512 with
 // VNNI, vpmaddwd and vpmaddubsw on AVX2, else plain C++.
@@ -319,14 +319,18 @@ void matmul_blocks(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const Wei
 // The K-quants (Q4_K, Q5_K, Q6_K; matmul_blocks_k_*.cc), which matmul_blocks hands on to.
 void matmul_blocks_k(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const WeightView& w,
                      const float* bias, float* y, int64_t n_begin, int64_t n_end);
-// Block weights in the 8-row interleaved layout, as avx512_vnni's below but for Q4_0, Q4_1 and
-// the K-quants only (matmul_blocks_rows8_avx2.cc, matmul_blocks_k_rows8_avx2.cc).
+// Block weights in the 8-row interleaved layout, as avx512_vnni's below: Q4_0, Q4_1 and the
+// K-quants on byte products (matmul_blocks_rows8_avx2.cc, matmul_blocks_k_rows8_avx2.cc), Q8_0
+// and int8 on int16 products (matmul_bytes_interleaved, matmul_blocks_rows8_int16_avx2.cc).
 void matmul_blocks_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_end,
                                const WeightView& w, const float* bias, float* y, int64_t n_begin,
                                int64_t n_end);
 void matmul_blocks_k_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_end,
                                  const WeightView& w, const float* bias, float* y, int64_t n_begin,
                                  int64_t n_end);
+void matmul_bytes_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_end,
+                              const WeightView& w, const float* bias, float* y, int64_t n_begin,
+                              int64_t n_end);
 }  // namespace avx2
 namespace avx512_vnni {
 void quantize_q16(const float* x, int64_t M, int64_t K, int16_t* q, float* d, float* s);

@@ -72,7 +72,9 @@ inline void split_activations(const Q16Blocks& a, int64_t m, int64_t blocks, boo
 #define ALEM_LANES_INLINE inline __attribute__((always_inline))
 #define ALEM_LANES8_DOT(acc, u, s) \
   _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1)))
+#define ALEM_LANES8_PAIRS(u, s) _mm256_maddubs_epi16((u), (s))
 #include "kernels/cpu/matmul_interleaved_lanes8.inc"
+#undef ALEM_LANES8_PAIRS
 #undef ALEM_LANES8_DOT
 #undef ALEM_LANES_INLINE
 

@@ -120,6 +120,16 @@ struct Lanes16 {
     return _mm512_srai_epi32(v, n);
   }
   ALEM_LANES_INLINE static I dot(I acc, I u, I s) { return _mm512_dpbusd_epi32(acc, u, s); }
+  // As Lanes8's (matmul_interleaved_lanes8.inc): two chains of vpdpbusd.
+  template <int kInt16Terms, int N>
+  ALEM_LANES_INLINE static I dot_sum(I acc, const I* u, const I* s) {
+    I other = zero();
+    for (int j = 0; j < N; j += 2) {
+      acc = dot(acc, u[j], s[j]);
+      if (j + 1 < N) other = dot(other, u[j + 1], s[j + 1]);
+    }
+    return add(acc, other);
+  }
   ALEM_LANES_INLINE static F to_f32(I v) { return _mm512_cvtepi32_ps(v); }
   ALEM_LANES_INLINE static F fzero() { return _mm512_setzero_ps(); }
   ALEM_LANES_INLINE static F fset(float v) { return _mm512_set1_ps(v); }

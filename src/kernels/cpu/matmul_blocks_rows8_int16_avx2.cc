@@ -1,0 +1,89 @@
+// Q8_0 and alem's int8 on interleaved weights (model/interleaved_blocks.h) with AVX2. Their
+// signed weight bytes against x's bytes would saturate AVX2's byte products (vpmaddubsw; see
+// matmul_interleaved_avx2.h), so this kernel multiplies x's int16 values directly: per block
+// column of a group (8 rows x 32 values, the 8 scales first) every chunk of 32 bytes (values
+// 4k..4k+3 of each row) is widened once to int16, rows 0-3 in one register and 4-7 in another,
+// and serves up to 4 rows of x; per row of x and chunk, x's 4 values broadcast, two vpmaddwd and
+// two adds. Each row's two int32 lanes are summed at the block's end (one vphaddd and a
+// permute), so the block sum is the same exact int32 as the row-major kernel's, scaled once by
+// the 8 rows' scales in one multiply. 8 rows per 256-bit register; no two-group form.
+#include "kernels/cpu/matmul_interleaved_avx2.h"
+
+namespace alem::cpu::avx2 {
+namespace {
+
+using interleaved::SplitX;
+
+// y[i][0 .. 8) for MR rows of x from the group of 8 weight rows at `group` (Q8_0's f16 scales,
+// or int8's f32 ones).
+template <int MR, bool kF32Scales>
+void group_rows_int16(const SplitX* x, const uint8_t* group, int64_t blocks, const float* bias,
+                      float* const* y) {
+  constexpr int values_at = kF32Scales ? 32 : 16;  // after the 8 scales
+  constexpr int column_bytes = values_at + 256;
+  __m256 acc[MR];
+  for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* column = group + b * column_bytes;
+    for (int line = 0; line < (column_bytes + 63) / 64; ++line)
+      prefetch_stream<wide_weights_stream(MR)>(column + 64 * line);
+    const __m256 wd =
+        kF32Scales ? _mm256_loadu_ps(reinterpret_cast<const float*>(column))
+                   : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(column)));
+    // Per row of x: rows 0-3 (two lanes each: values 4k, 4k+1 and 4k+2, 4k+3) and rows 4-7.
+    __m256i low_rows[MR], high_rows[MR];
+    for (int i = 0; i < MR; ++i) low_rows[i] = high_rows[i] = _mm256_setzero_si256();
+    for (int k = 0; k < 8; ++k) {
+      const uint8_t* chunk = column + values_at + 32 * k;
+      const __m256i w03 =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk)));
+      const __m256i w47 =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk + 16)));
+      for (int i = 0; i < MR; ++i) {
+        long long four;
+        __builtin_memcpy(&four, x[i].q + b * 32 + 4 * k, 8);
+        const __m256i xk = _mm256_set1_epi64x(four);
+        low_rows[i] = _mm256_add_epi32(low_rows[i], _mm256_madd_epi16(w03, xk));
+        high_rows[i] = _mm256_add_epi32(high_rows[i], _mm256_madd_epi16(w47, xk));
+      }
+    }
+    for (int i = 0; i < MR; ++i) {
+      // hadd per 128-bit lane: rows 0, 1, 4, 5 | 2, 3, 6, 7; the permute orders them 0..7.
+      const __m256i sums =
+          _mm256_permute4x64_epi64(_mm256_hadd_epi32(low_rows[i], high_rows[i]), 0xD8);
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums),
+                               _mm256_mul_ps(wd, _mm256_set1_ps(x[i].d[b])), acc[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    _mm256_storeu_ps(y[i], bias ? _mm256_add_ps(acc[i], _mm256_loadu_ps(bias)) : acc[i]);
+  }
+}
+
+template <bool kF32Scales>
+struct Int16Bytes {
+  static constexpr bool kInt16X = true;
+  static constexpr bool kSignedWeights = true;
+  static constexpr bool kPairs = false;
+  template <int MR, bool kEightBit>
+  static void group(const SplitX* x, const uint8_t* group, int64_t columns, const float* bias,
+                    float* const* y) {
+    // kEightBit (ggml's 8-bit activations, never asked of AVX2) is moot: x keeps its 16 bits.
+    group_rows_int16<MR, kF32Scales>(x, group, columns, bias, y);
+  }
+};
+
+}  // namespace
+
+void matmul_bytes_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_end,
+                              const WeightView& w, const float* bias, float* y, int64_t n_begin,
+                              int64_t n_end) {
+  if (m_begin >= m_end || n_begin >= n_end) return;
+  if (w.dtype == DType::Q8_0) {
+    interleaved::run<Int16Bytes<false>>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
+  } else {
+    interleaved::run<Int16Bytes<true>>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
+  }
+}
+
+}  // namespace alem::cpu::avx2
