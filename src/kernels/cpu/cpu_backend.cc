@@ -177,9 +177,11 @@ CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products, bool bf
   // AVX2 has no int8 dot product that takes x's 16 bits in bytes without saturating, but its
   // row-major block kernel (vpmaddwd on int16) reads int8 rows as Q8_0 blocks with f32 scales.
   int8_blocks_ = dot_products && isa == cpu::Isa::kAvx2;
-  // ggml's precision for block weights needs VNNI only: a CPU without AVX512-BF16 (an Intel
-  // Xeon whose hypervisor hides it) still takes it with ALEM_CPU_DOT=all.
-  eight_bit_blocks_ = dot_int8_ && bf16_dot_products;
+  // ggml's precision for block weights needs interleaved block kernels only (AVX512-VNNI's or
+  // AVX2's): a CPU without AVX512-BF16 (an Intel Xeon whose hypervisor hides it, or an AVX2 CPU)
+  // still takes it with ALEM_CPU_DOT=all. The kernels on int16 products (AVX2's Q8_0) keep x's
+  // 16 bits.
+  eight_bit_blocks_ = dot_products && bf16_dot_products && blocks_.matmul_interleaved != nullptr;
   amx_ = amx && isa == cpu::Isa::kAvx512 && cpu::amx::usable();
   set_interleave_blocks(true);
 }
