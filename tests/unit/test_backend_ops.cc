@@ -386,9 +386,7 @@ TEST_P(CpuInterleavedBlocks, EightBitActivationsAreHeldToTheirBound) {
 
 INSTANTIATE_TEST_SUITE_P(Isas, CpuInterleavedBlocks,
                          ::testing::Values(cpu::Isa::kAvx512, cpu::Isa::kAvx2),
-                         [](const ::testing::TestParamInfo<cpu::Isa>& info) {
-                           return std::string(cpu::isa_name(info.param));
-                         });
+                         [](const auto& info) { return std::string(cpu::isa_name(info.param)); });
 
 // ---------------------------------------------------------------------------------------------
 // Element-wise ops and embedding
