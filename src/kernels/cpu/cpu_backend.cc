@@ -442,8 +442,8 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
       q, d, s, K,
       eight_bit_blocks_ && view.layout == BlockLayout::kInterleaved8 && dtype_is_block(w.dtype)};
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
-  // Interleaved weights (only made where the block kernels are the AVX512-VNNI ones): runs of
-  // 16 rows keep every thread's range in whole groups of 8.
+  // Interleaved weights (made where the block kernels have an interleaved form; Q8_0 and int8
+  // take their own on AVX2): runs of 16 rows keep every thread's range in whole groups of 8.
   const bool signed_bytes = w.dtype == DType::Q8_0 || w.dtype == DType::I8;
   const cpu::MatmulBlocksFn kernel =
       view.layout != BlockLayout::kInterleaved8

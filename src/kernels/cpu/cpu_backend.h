@@ -16,8 +16,9 @@ class CpuBackend final : public KernelBackend {
  public:
   // Uses `isa` (which must be supported by this CPU, see cpu::isa_supported) and at most
   // `max_threads` OpenMP threads (0: omp_get_max_threads(), i.e. OMP_NUM_THREADS).
-  // `dot_products` lets small-M int8 matmuls use the VNNI kernels (16-bit activations) when the
-  // CPU has them; `bf16_dot_products` also lets bf16 matmuls use vdpbf16ps, which rounds the
+  // `dot_products` lets int8 matmuls use the VNNI kernels (16-bit activations) when the CPU has
+  // them, and on AVX2 the block kernels (the same activations); `bf16_dot_products` also lets
+  // bf16 matmuls use vdpbf16ps, which rounds the
   // activations to bf16 and so moves near-tie greedy tokens (off by default; docs/kernels.md),
   // and interleaved block weights take x at 8 bits per value (ggml's precision).
   // The registry's backend reads ALEM_CPU_DOT: 0 none, unset or int8 the int8 kernels, all both.
@@ -78,15 +79,16 @@ class CpuBackend final : public KernelBackend {
                         float* y, bool packed) const;
 
   // The dot-product kernels (bf16 weights: every M, GEMM from kDotGemmMinRowsBf16 rows;
-  // int8 weights: M < kPackedMinRows): false (nothing written) when this CPU or build has none
-  // for w's dtype and M, or they are switched off.
+  // int8 weights: M < kPackedMinRows on AVX512-VNNI, every M on AVX2 and once interleaved):
+  // false (nothing written) when this CPU or build has none for w's dtype and M, or they are
+  // switched off.
   bool matmul_dot(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                   float* y) const;
   // Whether this backend has dot-product kernels for weights of `dtype` at all.
   bool has_dot_kernel(DType dtype) const;
   // Whether matmul of M rows against `dtype` weights lying as `layout` takes them (and so
   // rounds x to the weights' format: bf16, or 16 bits per 32-value block for int8, at every M
-  // once this backend has interleaved the int8 matrix).
+  // once this backend has interleaved the int8 matrix, and on AVX2).
   bool rounds_activations(DType dtype, int64_t M,
                           BlockLayout layout = BlockLayout::kRowMajor) const;
 
