@@ -18,9 +18,9 @@ class CpuBackend final : public KernelBackend {
   // `max_threads` OpenMP threads (0: omp_get_max_threads(), i.e. OMP_NUM_THREADS).
   // `dot_products` lets int8 matmuls use the VNNI kernels (16-bit activations) when the CPU has
   // them, and on AVX2 the block kernels (the same activations); `bf16_dot_products` also lets
-  // bf16 matmuls use vdpbf16ps, which rounds the
-  // activations to bf16 and so moves near-tie greedy tokens (off by default; docs/kernels.md),
-  // and interleaved block weights take x at 8 bits per value (ggml's precision).
+  // bf16 matmuls use vdpbf16ps, which rounds the activations to bf16 and so moves near-tie
+  // greedy tokens (off by default; docs/kernels.md), and interleaved block weights take x at 8
+  // bits per value (ggml's precision).
   // The registry's backend reads ALEM_CPU_DOT: 0 none, unset or int8 the int8 kernels, all both.
   // `amx` lets bf16 matmuls of kAmxMinRows rows and more use AMX tiles where the CPU and
   // kernel allow them (x split into 3 bf16 parts: the f32 result up to summation order; one
