@@ -93,7 +93,7 @@ KernelTable kernel_table(Isa isa) {
       t.silu_mul_rows = avx2::silu_mul_rows;
       t.rmsnorm_rows = avx2::rmsnorm_rows;
       t.add_range = avx2::add_range;
-      t.logit_row_stats = alem::logit_row_stats;
+      t.logit_row_stats = avx2::logit_row_stats;
       break;
     case Isa::kScalar:
       t.matmul_stream = scalar::matmul_stream;

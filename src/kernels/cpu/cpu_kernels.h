@@ -152,7 +152,8 @@ struct KernelTable {
   void (*rmsnorm_rows)(const float* x, const float* gamma, int64_t m_begin, int64_t m_end,
                        int64_t D, float eps, float* y) = nullptr;
   void (*add_range)(float* y, const float* x, int64_t begin, int64_t end) = nullptr;
-  // Sampling statistics of a logit row: sampling_avx512.cc, or the portable alem::logit_row_stats.
+  // Sampling statistics of a logit row: sampling_avx512.cc, sampling_avx2.cc, or the portable
+  // alem::logit_row_stats.
   LogitRowStatsFn logit_row_stats = nullptr;
 };
 
@@ -173,6 +174,7 @@ void attention(const AttentionShape& shape, const AttentionSequence& seq, const 
 }  // namespace scalar
 
 namespace avx2 {
+void logit_row_stats(const float* x, int64_t n, LogitRowStats* out);
 void silu_mul_rows(const float* gate_up, int64_t m_begin, int64_t m_end, int64_t I, float* out);
 void rmsnorm_rows(const float* x, const float* gamma, int64_t m_begin, int64_t m_end, int64_t D,
                   float eps, float* y);
