@@ -116,13 +116,11 @@ BlockKernels block_kernels(Isa isa) {
     k.quantize = avx512_vnni::quantize_q16;
     k.matmul = avx512_vnni::matmul_blocks;
     k.matmul_interleaved = avx512_vnni::matmul_blocks_interleaved;
-    k.matmul_interleaved_bytes = avx512_vnni::matmul_blocks_interleaved;
   } else if (isa == Isa::kAvx512 || isa == Isa::kAvx2) {
     k.name = "avx2";
     k.quantize = avx2::quantize_q16;
     k.matmul = avx2::matmul_blocks;
     k.matmul_interleaved = avx2::matmul_blocks_interleaved;
-    k.matmul_interleaved_bytes = avx2::matmul_bytes_interleaved;
   } else {
     k.quantize = scalar::quantize_q16;
     k.matmul = scalar::matmul_blocks;
@@ -442,13 +440,10 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
       q, d, s, K,
       eight_bit_blocks_ && view.layout == BlockLayout::kInterleaved8 && dtype_is_block(w.dtype)};
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
-  // Interleaved weights (made where the block kernels have an interleaved form; Q8_0 and int8
-  // take their own on AVX2): runs of 16 rows keep every thread's range in whole groups of 8.
-  const bool signed_bytes = w.dtype == DType::Q8_0 || w.dtype == DType::I8;
+  // Interleaved weights (made where the block kernels have an interleaved form): runs of 16
+  // rows keep every thread's range in whole groups of 8.
   const cpu::MatmulBlocksFn kernel =
-      view.layout != BlockLayout::kInterleaved8
-          ? blocks_.matmul
-          : (signed_bytes ? blocks_.matmul_interleaved_bytes : blocks_.matmul_interleaved);
+      view.layout == BlockLayout::kInterleaved8 ? blocks_.matmul_interleaved : blocks_.matmul;
   ALEM_CHECK(view.layout == BlockLayout::kRowMajor || interleaves(w.dtype),
              "matmul: " + dtype_name(w.dtype) +
                  " weights interleaved for another CPU backend's block kernels");

@@ -297,10 +297,9 @@ struct BlockKernels {
   const char* name = "scalar";
   QuantizeQ16Fn quantize = nullptr;
   MatmulBlocksFn matmul = nullptr;
-  // Weights in the 8-row interleaved layout (none: this set keeps them row-major); Q8_0 and
-  // int8 (signed weight bytes) there through matmul_interleaved_bytes.
+  // Weights in the 8-row interleaved layout, every block type and int8 (none: this set keeps
+  // them row-major).
   MatmulBlocksFn matmul_interleaved = nullptr;
-  MatmulBlocksFn matmul_interleaved_bytes = nullptr;
 };
 // The fastest this CPU runs within `isa`: vpdpwssd and vpdpbusd (AVX512-VNNI) on AVX-512 with
 // VNNI, vpmaddwd and vpmaddubsw on AVX2, else plain C++.

@@ -6,10 +6,10 @@
 // arithmetic (matmul_blocks_rows8_kernel.inc, matmul_blocks_k_rows8_kernel.inc).
 //
 // vpmaddubsw saturates each pair of products at int16, so only weights whose bytes keep every
-// pair within it are interleaved here (kSignedWeightBytes false): unsigned values of up to 6 bits
-// against x's unsigned low bytes (2 x 255 x 63 = 32130) or signed high bytes (2 x 63 x 128).
-// Q8_0 and int8 (signed bytes against x's bytes: up to 2 x 255 x 128) keep the row-major
-// vpmaddwd kernels (matmul_blocks_kernel.inc). No two-group form: 256-bit registers only.
+// pair within it take these byte products: unsigned values of up to 6 bits against x's unsigned
+// low bytes (2 x 255 x 63 = 32130) or signed high bytes (2 x 63 x 128). Q8_0 and int8 (signed
+// bytes against x's bytes: up to 2 x 255 x 128) take int16 products instead
+// (matmul_blocks_rows8_int16_avx2.cc). No two-group form: 256-bit registers only.
 #pragma once
 
 #include <immintrin.h>
@@ -80,7 +80,6 @@ inline void split_activations(const Q16Blocks& a, int64_t m, int64_t blocks, boo
 
 using PairLanes = Lanes8;  // never used as a pair: kHasPairs is false
 constexpr bool kHasPairs = false;
-constexpr bool kSignedWeightBytes = false;
 
 #include "kernels/cpu/matmul_interleaved_run.inc"
 

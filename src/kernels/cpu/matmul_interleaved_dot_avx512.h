@@ -144,12 +144,9 @@ struct Lanes16 {
 
 #undef ALEM_LANES_INLINE
 
-// Two groups per register from kPairMinRows rows of x (Lanes16), and Q8_0 / int8 (signed weight
-// bytes against x's unsigned bytes: vpdpbusd sums four products in 32 bits, so nothing
-// saturates).
+// Two groups per register from kPairMinRows rows of x (Lanes16).
 using PairLanes = Lanes16;
 constexpr bool kHasPairs = true;
-constexpr bool kSignedWeightBytes = true;
 
 #include "kernels/cpu/matmul_interleaved_run.inc"
 
