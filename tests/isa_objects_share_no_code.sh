@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The kernel files built with an instruction set's flags (*_avx2.cc, *_avx512.cc, *_amx.cc) must
+# The kernel files built with an instruction set's flags (*_avx2.cc, *_avx512.cc, *_amx.cc,
+# *_avx_vnni.cc, *_avx_vnni_evex.cc) must
 # define no code the linker could share with the rest of the program: a std container or other
 # inline function instantiated there is emitted as a weak symbol, compiled with AVX-512 allowed,
 # and the linker keeps one copy of it for every caller, so the program could run it on a CPU
@@ -17,7 +18,7 @@ checked=0
 found=0
 for object in "${objects[@]}"; do
   case "$(basename "$object")" in
-    *_avx2.cc.o | *_avx512.cc.o | *_amx.cc.o) ;;
+    *_avx2.cc.o | *_avx512.cc.o | *_amx.cc.o | *_avx_vnni.cc.o | *_avx_vnni_evex.cc.o) ;;
     *) continue ;;
   esac
   checked=$((checked + 1))

@@ -59,7 +59,7 @@ struct BackendCase {
 std::vector<BackendCase> backend_cases() {
   std::vector<BackendCase> cases;
   cases.push_back({"reference", false, [] { return std::make_unique<ReferenceBackend>(); }});
-  for (cpu::Isa isa : {cpu::Isa::kScalar, cpu::Isa::kAvx2, cpu::Isa::kAvx512}) {
+  for (cpu::Isa isa : {cpu::Isa::kScalar, cpu::Isa::kAvx2, cpu::Isa::kAvxVnni, cpu::Isa::kAvx512}) {
     if (!cpu::isa_supported(isa)) continue;
     cases.push_back({std::string("cpu_") + cpu::isa_name(isa), false,
                      [isa] { return std::make_unique<CpuBackend>(isa, 4); }});
@@ -343,7 +343,8 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
 
 // ALEM_CPU_DOT=all on every interleaved block type: x at ggml's 8-bit precision (one scale per
 // 32 values), held to that precision's bound, and no longer to the 16-bit one.
-// AVX2 does the same on its byte kernels; its Q8_0 kernel (int16 products) keeps 16 bits.
+// AVX2 does the same on its byte kernels (its Q8_0 kernel, on int16 products, keeps 16 bits),
+// and AVX2 with AVX-VNNI on vpdpbusd.
 class CpuInterleavedBlocks : public ::testing::TestWithParam<cpu::Isa> {};
 
 TEST_P(CpuInterleavedBlocks, EightBitActivationsAreHeldToTheirBound) {
@@ -385,7 +386,7 @@ TEST_P(CpuInterleavedBlocks, EightBitActivationsAreHeldToTheirBound) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Isas, CpuInterleavedBlocks,
-                         ::testing::Values(cpu::Isa::kAvx512, cpu::Isa::kAvx2),
+                         ::testing::Values(cpu::Isa::kAvx512, cpu::Isa::kAvx2, cpu::Isa::kAvxVnni),
                          [](const auto& info) { return std::string(cpu::isa_name(info.param)); });
 
 // ---------------------------------------------------------------------------------------------

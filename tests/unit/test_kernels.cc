@@ -40,7 +40,7 @@ const DType kAllDtypes[] = {DType::F32, DType::BF16, DType::F16, DType::I8};
 // Every ISA this CPU can run, so AVX2 and scalar kernels are tested on an AVX-512 machine too.
 std::vector<cpu::Isa> runnable_isas() {
   std::vector<cpu::Isa> isas;
-  for (cpu::Isa isa : {cpu::Isa::kScalar, cpu::Isa::kAvx2, cpu::Isa::kAvx512}) {
+  for (cpu::Isa isa : {cpu::Isa::kScalar, cpu::Isa::kAvx2, cpu::Isa::kAvxVnni, cpu::Isa::kAvx512}) {
     if (cpu::isa_supported(isa)) isas.push_back(isa);
   }
   return isas;

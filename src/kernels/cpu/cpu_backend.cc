@@ -30,8 +30,16 @@ bool isa_supported(Isa isa) {
       return isa_supported(Isa::kAvx2) && __builtin_cpu_supports("avx512f") &&
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
              __builtin_cpu_supports("avx512dq");
+    case Isa::kAvxVnni:
+      return isa_supported(Isa::kAvx2) &&
+             (has_avx_vnni() ||
+              (__builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")));
   }
   return false;
+}
+
+bool has_avx_vnni() {
+  return __builtin_cpu_supports("avxvnni");
 }
 
 bool has_avx512_bf16() {
@@ -44,6 +52,7 @@ bool has_avx512_vnni() {
 
 Isa best_supported_isa() {
   if (isa_supported(Isa::kAvx512)) return Isa::kAvx512;
+  if (isa_supported(Isa::kAvxVnni)) return Isa::kAvxVnni;
   if (isa_supported(Isa::kAvx2)) return Isa::kAvx2;
   return Isa::kScalar;
 }
@@ -56,6 +65,8 @@ const char* isa_name(Isa isa) {
       return "avx2";
     case Isa::kAvx512:
       return "avx512";
+    case Isa::kAvxVnni:
+      return "avx_vnni";
   }
   return "?";
 }
@@ -74,7 +85,7 @@ WeightView view_of(const WeightMatrix& w) {
 KernelTable kernel_table(Isa isa) {
   KernelTable t;
   t.isa = isa;
-  switch (isa) {
+  switch (vector_isa(isa)) {
     case Isa::kAvx512:
       t.matmul_stream = avx512::matmul_stream;
       t.matmul_packed = avx512::matmul_packed;
@@ -105,6 +116,8 @@ KernelTable kernel_table(Isa isa) {
       t.add_range = scalar::add_range;
       t.logit_row_stats = alem::logit_row_stats;
       break;
+    case Isa::kAvxVnni:  // vector_isa() named its family
+      break;
   }
   return t;
 }
@@ -116,6 +129,13 @@ BlockKernels block_kernels(Isa isa) {
     k.quantize = avx512_vnni::quantize_q16;
     k.matmul = avx512_vnni::matmul_blocks;
     k.matmul_interleaved = avx512_vnni::matmul_blocks_interleaved;
+  } else if (isa == Isa::kAvxVnni) {
+    // AVX2's quantisation and row-major kernels; the interleaved ones on vpdpbusd.
+    k.name = has_avx_vnni() ? "avx_vnni" : "avx_vnni_evex";
+    k.quantize = avx2::quantize_q16;
+    k.matmul = avx2::matmul_blocks;
+    k.matmul_interleaved = has_avx_vnni() ? avx_vnni::matmul_blocks_interleaved
+                                          : avx_vnni_evex::matmul_blocks_interleaved;
   } else if (isa == Isa::kAvx512 || isa == Isa::kAvx2) {
     k.name = "avx2";
     k.quantize = avx2::quantize_q16;
@@ -173,8 +193,9 @@ CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products, bool bf
   dot_bf16_ = avx512 && bf16_dot_products && cpu::has_avx512_bf16();
   dot_int8_ = avx512 && cpu::has_avx512_vnni();
   // AVX2 has no int8 dot product that takes x's 16 bits in bytes without saturating, but its
-  // row-major block kernel (vpmaddwd on int16) reads int8 rows as Q8_0 blocks with f32 scales.
-  int8_blocks_ = dot_products && isa == cpu::Isa::kAvx2;
+  // row-major block kernel (vpmaddwd on int16) reads int8 rows as Q8_0 blocks with f32 scales;
+  // interleaved, int8 takes the kernel set's interleaved kernel (vpdpbusd on AVX-VNNI).
+  int8_blocks_ = dot_products && cpu::vector_isa(isa) == cpu::Isa::kAvx2;
   // ggml's precision for block weights needs interleaved block kernels only (AVX512-VNNI's or
   // AVX2's): a CPU without AVX512-BF16 (an Intel Xeon whose hypervisor hides it, or an AVX2 CPU)
   // still takes it with ALEM_CPU_DOT=all. The kernels on int16 products (AVX2's Q8_0) keep x's
@@ -215,7 +236,8 @@ void CpuBackend::adopt_weight(WeightMatrix& w) const {
 
 cpu::Isa cpu::configured_isa() {
   Isa isa = best_supported_isa();
-  // ALEM_CPU_ISA=avx2|scalar lowers the instruction set (benchmarks, debugging); never raises.
+  // ALEM_CPU_ISA=avx_vnni|avx2|scalar lowers the instruction set (benchmarks, debugging); never
+  // raises. avx_vnni is taken on an AVX-512 CPU too where it has AVX512-VNNI (the EVEX form).
   if (const char* forced = std::getenv("ALEM_CPU_ISA"); forced && *forced) {
     const std::string name = forced;
     Isa wanted = isa;
@@ -223,10 +245,12 @@ cpu::Isa cpu::configured_isa() {
       wanted = Isa::kScalar;
     else if (name == "avx2")
       wanted = Isa::kAvx2;
+    else if (name == "avx_vnni")
+      wanted = Isa::kAvxVnni;
     else if (name == "avx512")
       wanted = Isa::kAvx512;
     else
-      ALEM_FAIL("ALEM_CPU_ISA must be scalar, avx2 or avx512, got '" + name + "'");
+      ALEM_FAIL("ALEM_CPU_ISA must be scalar, avx2, avx_vnni or avx512, got '" + name + "'");
     ALEM_CHECK(isa_supported(wanted), "ALEM_CPU_ISA=" + name + " is not supported here");
     isa = wanted;
   }

@@ -12,15 +12,26 @@
 
 namespace alem::cpu {
 
-enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+// kAvxVnni: AVX2 with a 256-bit vpdpbusd, the AVX-VNNI of Intel's Alder Lake and later
+// clients, Sierra Forest and AMD's Zen 5 (or AVX512-VNNI with AVX512-VL, whose EVEX form of the
+// instruction computes the same): AVX2's kernels but for the block weights' byte dot products
+// (block_kernels). Ordered from the least to the most capable, but the values are names only.
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvxVnni = 3 };
 
 // The widest instruction set this CPU and this build can run (AVX-512 needs F, BW, VL, DQ).
 Isa best_supported_isa();
 // The instruction set the engine's CPU backend runs: best_supported_isa(), lowered by
-// ALEM_CPU_ISA=avx2|scalar (benchmarks, debugging; an unknown or unsupported value throws).
+// ALEM_CPU_ISA=avx_vnni|avx2|scalar (benchmarks, debugging; an unknown or unsupported value
+// throws).
 Isa configured_isa();
 bool isa_supported(Isa isa);
 const char* isa_name(Isa isa);
+// The register width's family: kAvxVnni runs AVX2's vector kernels (kAvx2), the others their own.
+inline Isa vector_isa(Isa isa) {
+  return isa == Isa::kAvxVnni ? Isa::kAvx2 : isa;
+}
+// The CPU's own AVX-VNNI (VEX encoding); without it kAvxVnni takes the EVEX encoding.
+bool has_avx_vnni();
 
 // How far ahead of its reads a decode kernel prefetches the weights, which it reads as one
 // sequential stream, and into which cache: every line twice, into the L2 (prefetcht1) far
@@ -302,7 +313,8 @@ struct BlockKernels {
   MatmulBlocksFn matmul_interleaved = nullptr;
 };
 // The fastest this CPU runs within `isa`: vpdpwssd and vpdpbusd (AVX512-VNNI) on AVX-512 with
-// VNNI, vpmaddwd and vpmaddubsw on AVX2, else plain C++.
+// VNNI, vpmaddwd and vpmaddubsw on AVX2, AVX2's with the interleaved weights on 256-bit vpdpbusd
+// on kAvxVnni, else plain C++.
 BlockKernels block_kernels(Isa isa);
 
 namespace scalar {
@@ -351,5 +363,24 @@ void matmul_blocks_k_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_
                                  const WeightView& w, const float* bias, float* y, int64_t n_begin,
                                  int64_t n_end);
 }  // namespace avx512_vnni
+// The interleaved block weights on AVX2 with AVX-VNNI (matmul_interleaved_avx_vnni.h): every
+// type on the VNNI arithmetic (matmul_blocks_rows8_avx_vnni.cc, matmul_blocks_k_rows8_avx_vnni.cc);
+// avx_vnni_evex the same with the EVEX encoding of vpdpbusd (AVX512-VNNI and AVX512-VL).
+namespace avx_vnni {
+void matmul_blocks_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_end,
+                               const WeightView& w, const float* bias, float* y, int64_t n_begin,
+                               int64_t n_end);
+void matmul_blocks_k_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_end,
+                                 const WeightView& w, const float* bias, float* y, int64_t n_begin,
+                                 int64_t n_end);
+}  // namespace avx_vnni
+namespace avx_vnni_evex {
+void matmul_blocks_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_end,
+                               const WeightView& w, const float* bias, float* y, int64_t n_begin,
+                               int64_t n_end);
+void matmul_blocks_k_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_end,
+                                 const WeightView& w, const float* bias, float* y, int64_t n_begin,
+                                 int64_t n_end);
+}  // namespace avx_vnni_evex
 
 }  // namespace alem::cpu

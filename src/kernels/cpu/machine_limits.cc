@@ -186,7 +186,7 @@ double measure_memory_bandwidth_gbs(size_t bytes, int threads, bool huge_pages) 
   float* data =
       reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(mapping.data) + (size_t{2} << 20) - 1) &
                                ~((size_t{2} << 20) - 1));
-  const cpu::Isa isa = cpu::best_supported_isa();
+  const cpu::Isa isa = cpu::vector_isa(cpu::best_supported_isa());
   const size_t per_thread = slice_floats / threads;
   std::memset(data, 1, used);
   const int passes = bytes > (size_t(256) << 20) ? 6 : 40;
@@ -231,7 +231,7 @@ double measure_step_read_gbs(size_t bytes, int threads, int passes) {
       reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(mapping.data) + (size_t{2} << 20) - 1) &
                                ~((size_t{2} << 20) - 1));
   std::memset(data, 1, buffer_floats * sizeof(float));
-  const cpu::Isa isa = cpu::best_supported_isa();
+  const cpu::Isa isa = cpu::vector_isa(cpu::best_supported_isa());
   // Each pass reads `bytes`: whole buffers, then the part of one that is left.
   const size_t pass_floats = std::max<size_t>(bytes / sizeof(float), 1);
   std::atomic<float> sink{0};
@@ -263,7 +263,7 @@ double measure_step_read_gbs(size_t bytes, int threads, int passes) {
 
 double measure_peak_gflops(int threads) {
   threads = std::max(1, threads);
-  const cpu::Isa isa = cpu::best_supported_isa();
+  const cpu::Isa isa = cpu::vector_isa(cpu::best_supported_isa());
   const int lanes = isa == cpu::Isa::kAvx512 ? 16 : (isa == cpu::Isa::kAvx2 ? 8 : 1);
   const int accumulators = isa == cpu::Isa::kScalar ? 8 : kFmaChains;
   const int64_t iterations = 1'000'000;
