@@ -33,6 +33,8 @@
 #
 # LLAMA_ISA=avx2 compares the two on an AVX2 CPU's instructions: llama.cpp built for AVX2 only
 # (bench/llama_build.sh) and alem with ALEM_CPU_ISA=avx2, on any CPU that has AVX2.
+# LLAMA_ISA=avx_vnni the same with AVX-VNNI's 256-bit vpdpbusd on both sides (ALEM_CPU_ISA=
+# avx_vnni), on a CPU with AVX-VNNI or with AVX512-VNNI (there in its EVEX encoding).
 #
 # Environment: ALEM_BIN (default build/alem), ROUNDS, THREADS, TYPES, SHAPES (smollm2),
 # PROMPT (64), DECODE (32), LLAMA_WORK, LLAMA_CPP_PYTHON_VERSION (0.3.36), LLAMA_BUILD_JOBS,
@@ -55,7 +57,7 @@ mkdir -p "$work"
 source "$root/bench/llama_build.sh"
 llama_build llama-bench llama-quantize
 bin=$llama_bin
-[ "${LLAMA_ISA:-native}" = avx2 ] && export ALEM_CPU_ISA=avx2
+case ${LLAMA_ISA:-native} in avx2 | avx_vnni) export ALEM_CPU_ISA=$LLAMA_ISA ;; esac
 
 q41="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 [ -f "$q41" ] || { echo "missing $q41: run scripts/fetch-model.sh first" >&2; exit 1; }

@@ -22,8 +22,15 @@
 #   LLAMA_ISA=avx2          GCC, AVX2/FMA/F16C only (no AVX-512, no AVX-VNNI): llama.cpp as it
 #                           runs on an AVX2 CPU, beside alem with ALEM_CPU_ISA=avx2, so an
 #                           AVX-512 machine can measure the AVX2 kernels of both side by side.
+#   LLAMA_ISA=avx_vnni      GCC, AVX2/FMA/F16C with AVX-VNNI (GGML_AVX_VNNI): llama.cpp as it
+#                           runs on an AVX-VNNI CPU without AVX-512 (Alder Lake and later clients,
+#                           Sierra Forest, Zen 5 desktop builds), beside ALEM_CPU_ISA=avx_vnni.
+#                           On a CPU with AVX512-VNNI but no AVX-VNNI, ggml's 256-bit vpdpbusd is
+#                           written in its EVEX encoding (bench/llama_avx_vnni_evex.h, force-
+#                           included), as alem's kernels do there; the build is checked to hold no
+#                           VEX vpdpbusd.
 # Each choice builds in its own folder (llama-build, llama-build-clang, llama-build-noamx,
-# llama-build-avx2).
+# llama-build-avx2, llama-build-avx_vnni).
 
 llama_build() {
   local root work version jobs src archive build_dir
@@ -70,7 +77,19 @@ llama_build() {
       build_dir="$work/llama-build-avx2"
       flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
         -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF) ;;
-    *) echo "LLAMA_ISA must be native or avx2, got '${LLAMA_ISA}'" >&2; return 1 ;;
+    avx_vnni)
+      [ "${LLAMA_CC:-gcc}" = gcc ] && [ "${LLAMA_NO_AMX:-0}" != 1 ] ||
+        { echo "LLAMA_ISA=avx_vnni goes with LLAMA_CC=gcc and without LLAMA_NO_AMX" >&2; return 1; }
+      build_dir="$work/llama-build-avx_vnni"
+      flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+        -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=ON)
+      if ! grep -qw avx_vnni /proc/cpuinfo; then
+        grep -qw avx512_vnni /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo ||
+          { echo "LLAMA_ISA=avx_vnni: this CPU has neither AVX-VNNI nor AVX512-VNNI" >&2; return 1; }
+        local shim="-include $root/bench/llama_avx_vnni_evex.h"
+        flags+=("-DCMAKE_C_FLAGS=$shim" "-DCMAKE_CXX_FLAGS=$shim")
+      fi ;;
+    *) echo "LLAMA_ISA must be native, avx2 or avx_vnni, got '${LLAMA_ISA}'" >&2; return 1 ;;
   esac
   llama_bin="$build_dir/bin"
   local missing=0 target
@@ -86,5 +105,20 @@ llama_build() {
       -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
       -DLLAMA_BUILD_SERVER=ON >&2
     nice -n 10 cmake --build "$build_dir" --target "$@" -j "$jobs" >&2
+  fi
+  if [ "${LLAMA_ISA:-native}" = avx_vnni ] && ! grep -qw avx_vnni /proc/cpuinfo; then
+    # VEX-encoded vpdpbusd would stop with SIGILL here: the compiler may emit it on its own
+    # under -mavxvnni. GCC 12 does so only in ggml's portable *_generic fallbacks, which x86
+    # builds never call (each has an x86 version); anywhere else the build is refused.
+    local lib vex
+    for lib in "$build_dir"/bin/*.so "$build_dir"/bin/llama-*; do
+      [ -f "$lib" ] || continue
+      vex=$(objdump -d "$lib" | awk '/^[0-9a-f]+ </ { f = $2 } /\{vex\} vpdpbusd/ { print f }' |
+        sort -u | grep -v '_generic>:$' || true)
+      if [ -n "$vex" ]; then
+        echo "LLAMA_ISA=avx_vnni: $lib holds VEX vpdpbusd in $vex, which this CPU cannot run" >&2
+        return 1
+      fi
+    done
   fi
 }

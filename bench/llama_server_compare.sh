@@ -21,7 +21,7 @@
 # Environment: ALEM_BIN (default build/alem), THREADS (default: all cores), LLAMA_WORK,
 # LLAMA_CPP_PYTHON_VERSION (default 0.3.36), LLAMA_BUILD_JOBS (default: cores), LLAMA_CC,
 # LLAMA_NO_AMX, LLAMA_ISA (avx2: llama.cpp built for AVX2 only and alem with ALEM_CPU_ISA=avx2,
-# both servers on an AVX2 CPU's instructions).
+# both servers on an AVX2 CPU's instructions; avx_vnni: the same with AVX-VNNI).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${LLAMA_WORK:-$root/build-llama}
@@ -33,7 +33,7 @@ mkdir -p "$work"
 source "$root/bench/llama_build.sh"
 llama_build llama-server llama-quantize
 bin=$llama_bin
-[ "${LLAMA_ISA:-native}" = avx2 ] && export ALEM_CPU_ISA=avx2
+case ${LLAMA_ISA:-native} in avx2 | avx_vnni) export ALEM_CPU_ISA=$LLAMA_ISA ;; esac
 
 q41="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 [ -f "$q41" ] || { echo "missing $q41: run scripts/fetch-model.sh first" >&2; exit 1; }
