@@ -41,7 +41,7 @@ namespace interleaved {
 ALEM_LANES_INLINE __m256i dot_bytes(__m256i acc, __m256i u, __m256i s) {
 #ifdef ALEM_AVX_VNNI_EVEX
   // AT&T order: vpdpbusd signed, unsigned, accumulator; %{ %} are a literal { }.
-  asm("%{evex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+  asm("%{evex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "xm"(s));
   return acc;
 #else
   return _mm256_dpbusd_avx_epi32(acc, u, s);
