@@ -1,17 +1,10 @@
-// Paged causal attention for CPUs with AVX2 and FMA but no AVX-512: attention_avx512.cc's
-// flash-attention method on 8-lane vectors, written by hand because the portable kernel
-// (attention_kernel.inc) compiled with AVX2 flags took about 11% of SmolLM2-135M's decode step
-// with ALEM_CPU_ISA=avx2. For one (sequence, kv head, run of query rows) task, the query vectors
-// of a tile (every GQA head of the kv head, for up to 16 / group rows) walk the cache a span of
-// up to 256 keys at a time:
-//   1. scores of every query against the span's keys, 8 keys per vector: with more than 4
-//      queries the keys are gathered through the block table and transposed in registers
-//      (kt[head_dim][8], no horizontal sums); with few (decode) each query takes dot products
-//      straight from the cache rows, folded by a transpose-add tree;
-//   2. per query, softmax over the span in vector form: the span's maximum, one correction of
-//      the running state, exp of every score (keys past the query's position are masked to 0);
-//   3. p . V with every value row read once for 4 queries at a time (16 columns of 4 queries'
-//      accumulators in registers).
+// Paged causal attention for CPUs with AVX2 and FMA but no AVX-512: the span method of
+// attention_spans.inc (shared with attention_avx512.cc) on 8-lane vectors. Written by hand
+// because the portable kernel (attention_kernel.inc) compiled with AVX2 flags took about 11% of
+// SmolLM2-135M's decode step with ALEM_CPU_ISA=avx2. What this file supplies: scores 8 keys per
+// vector, by 8 x 8 transposes in registers (prefill) or dot products folded by an unpack-add tree
+// (decode); exp with 2^n built in the exponent bits (AVX2 has no scalef); the last chunk's mask
+// from an integer compare; p . V with 16 columns of 4 queries' accumulators in registers.
 // head_dim must be a multiple of 16 (64, 80, 128, 256, ...); other sizes use the portable kernel.
 // The cache is f32 or bf16; bf16 rows are split into even and odd elements as they are loaded
 // (load16 below), the queries permuted to match once per tile and the outputs put back.
@@ -32,6 +25,21 @@ constexpr int kKeys = 8;           // keys per chunk (one vector of scores)
 constexpr int kTileQueries = 16;   // query vectors sharing one pass over the cache
 constexpr int kSpanKeys = 256;     // keys whose scores are held at once (16 KiB for 16 queries)
 constexpr int kPrefetchKeys = 48;  // keys asked for ahead of the scores (6 chunks)
+constexpr int kHeadDimMultiple = 16;
+using Scores = __m256;  // the scores of one chunk of keys
+
+inline void store_scores(float* p, __m256 v) {
+  _mm256_store_ps(p, v);
+}
+// p[0 .. n) = 0, and *= s; n a multiple of 8, p 32-byte aligned.
+inline void zero_floats(float* p, int n) {
+  for (int i = 0; i < n; i += 8) _mm256_store_ps(p + i, _mm256_setzero_ps());
+}
+inline void scale_floats(float* p, float s, int n) {
+  const __m256 factor = _mm256_set1_ps(s);
+  for (int i = 0; i < n; i += 8)
+    _mm256_store_ps(p + i, _mm256_mul_ps(_mm256_load_ps(p + i), factor));
+}
 
 // e^x per lane for x <= 0 (Cephes expf polynomial, about 1 ulp); x below -87 gives ~0. AVX2 has
 // no scalef: 2^n is built in the exponent bits (n >= -126 after the clamp, so it stays normal).
@@ -112,14 +120,6 @@ inline void load16(const uint16_t* row, int d, __m256& lo, __m256& hi) {
   const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + d));
   lo = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
   hi = _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(int(0xFFFF0000u))));
-}
-
-// Asks for the cache lines of `elements` cache elements from `row` (kHint: _MM_HINT_T0 or T1).
-template <decltype(_MM_HINT_T0) kHint, typename KV>
-inline void prefetch_row(const KV* row, int elements) {
-  const char* bytes = reinterpret_cast<const char*>(row);
-  const int size = elements * static_cast<int>(sizeof(KV));
-  for (int b = 0; b < size; b += 64) _mm_prefetch(bytes + b, kHint);
 }
 
 template <typename KV>
@@ -318,181 +318,6 @@ inline float softmax_span(float* row, int visible, int padded, float& running_ma
   return correction;
 }
 
-// kHeadDim: the head size fixed at compile time (the common 64 and 128, so every loop over it
-// unrolls), or 0 to take shape.head_dim.
-template <typename KV, int kHeadDim>
-void attention_typed(const AttentionShape& shape, const AttentionSequence& seq,
-                     const AttentionWork& work, const float* q, KVCacheLayerView cache,
-                     float* out) {
-  const int head_dim = kHeadDim ? kHeadDim : shape.head_dim;
-  const int kv_head = work.kv_head;
-  const int block_size = shape.block_size;
-  const int group = shape.num_heads / shape.num_kv_heads;
-  const int64_t row_stride = static_cast<int64_t>(shape.num_heads) * head_dim;
-  const int64_t token_stride = static_cast<int64_t>(shape.num_kv_heads) * head_dim;
-  const int rows_per_tile = group >= kTileQueries ? 1 : kTileQueries / group;
-  const int heads_per_pass = group < kTileQueries ? group : kTileQueries;
-
-  alignas(64) float q_scaled[kTileQueries][kMaxHeadDim];
-  alignas(64) float acc[kTileQueries][kMaxHeadDim];
-  alignas(64) float kt[kMaxHeadDim * kKeys];
-  alignas(64) float scores[kTileQueries][kSpanKeys];  // then the probabilities
-  float running_max[kTileQueries], running_sum[kTileQueries];
-  int64_t query_position[kTileQueries];
-  int query_index[kTileQueries];  // (row - row_begin) * group + head in group
-  const KV* key_rows[kSpanKeys];
-  const KV* value_rows[kSpanKeys];
-
-  for (int tile_row = work.row_begin; tile_row < work.row_end; tile_row += rows_per_tile) {
-    const int tile_rows =
-        work.row_end - tile_row < rows_per_tile ? work.row_end - tile_row : rows_per_tile;
-    for (int head0 = 0; head0 < group; head0 += heads_per_pass) {
-      int queries = 0;
-      for (int r = 0; r < tile_rows; ++r) {
-        for (int g = head0; g < group && g < head0 + heads_per_pass; ++g) {
-          const int64_t row = seq.q_begin + tile_row + r;
-          const float* q_vec =
-              q + row * row_stride + (static_cast<int64_t>(kv_head) * group + g) * head_dim;
-          permute_query<KV>(q_vec, shape.scale, head_dim, &q_scaled[queries][0]);
-          for (int d = 0; d < head_dim; d += 8)
-            _mm256_store_ps(&acc[queries][d], _mm256_setzero_ps());
-          query_position[queries] = static_cast<int64_t>(seq.start_pos) + tile_row + r;
-          query_index[queries] = (tile_row + r - work.row_begin) * group + g;
-          running_max[queries] = -__builtin_huge_valf();
-          running_sum[queries] = 0.f;
-          ++queries;
-        }
-      }
-      for (int i = queries; i < kTileQueries; ++i) {  // unused slots of the last group of four
-        for (int d = 0; d < head_dim; d += 8) _mm256_store_ps(&q_scaled[i][d], _mm256_setzero_ps());
-      }
-      // Few queries: scores straight from the cache rows; many: transpose the keys once.
-      const bool transpose = queries > 4;
-      int64_t context = static_cast<int64_t>(seq.start_pos) + tile_row + tile_rows;
-      if (context > work.key_end) context = work.key_end;
-      for (int64_t span = work.key_begin; span < context; span += kSpanKeys) {
-        const int span_keys =
-            context - span < kSpanKeys ? static_cast<int>(context - span) : kSpanKeys;
-        const int padded = (span_keys + kKeys - 1) / kKeys * kKeys;
-        // Cache rows of the span's keys and values (one division per span, not per key). The
-        // last chunk is padded with copies of the last row: its extra scores are masked later.
-        int64_t block = span / block_size;
-        int offset = static_cast<int>(span - block * block_size);
-        for (int t = 0; t < span_keys; ++t) {
-          const int64_t slot = static_cast<int64_t>(seq.block_table[block]) * block_size + offset;
-          key_rows[t] = static_cast<const KV*>(cache.k) + slot * token_stride + kv_head * head_dim;
-          value_rows[t] =
-              static_cast<const KV*>(cache.v) + slot * token_stride + kv_head * head_dim;
-          if (++offset == block_size) {
-            offset = 0;
-            ++block;
-          }
-        }
-        for (int t = span_keys; t < padded; ++t) {
-          key_rows[t] = key_rows[span_keys - 1];
-          value_rows[t] = value_rows[span_keys - 1];
-        }
-        // 1. Scores, 8 keys at a time. In decode the cache is cold (the weights streamed
-        // through since the last step) and its rows are scattered over blocks, beyond what the
-        // hardware prefetchers follow: the keys kPrefetchKeys ahead and this chunk's values are
-        // asked for in advance.
-        for (int c = 0; c < padded; c += kKeys) {
-          const KV* const* chunk_keys = key_rows + c;
-          const int ahead = c == 0 ? 0 : c + kPrefetchKeys;  // a span starts cold
-          const int ahead_end = c == 0 ? kPrefetchKeys + kKeys : ahead + kKeys;
-          for (int t = ahead; t < ahead_end && t < span_keys; ++t) {
-            prefetch_row<_MM_HINT_T0>(key_rows[t], head_dim);
-            // The first kv head's task also asks for every head's part of the same cache rows
-            // (one contiguous run per token), so the tasks of the other heads find them in L2.
-            if (kv_head == 0 && shape.num_kv_heads > 1) {
-              prefetch_row<_MM_HINT_T1>(key_rows[t], static_cast<int>(token_stride));
-              prefetch_row<_MM_HINT_T1>(value_rows[t], static_cast<int>(token_stride));
-            }
-          }
-          for (int t = c; t < c + kKeys && t < span_keys; ++t) {
-            prefetch_row<_MM_HINT_T1>(value_rows[t], head_dim);
-          }
-          if (transpose) {
-            transpose_keys(chunk_keys, head_dim, kt);
-            for (int q0 = 0; q0 < queries; q0 += 4) {
-              __m256 four[4];
-              scores_of_four(&q_scaled[q0][0], kt, head_dim, four);
-              for (int j = 0; j < 4 && q0 + j < queries; ++j) {
-                _mm256_store_ps(&scores[q0 + j][c], four[j]);
-              }
-            }
-          } else {
-            for (int qi = 0; qi < queries; ++qi) {
-              _mm256_store_ps(&scores[qi][c], scores_dot(&q_scaled[qi][0], chunk_keys, head_dim));
-            }
-          }
-        }
-        // 2. Softmax state per query: keys past its position (and past the span) weigh 0.
-        for (int qi = 0; qi < queries; ++qi) {
-          int64_t visible = query_position[qi] + 1 - span;
-          if (visible > span_keys) visible = span_keys;
-          float* row = scores[qi];
-          if (visible <= 0) {
-            for (int c = 0; c < padded; c += kKeys) _mm256_store_ps(row + c, _mm256_setzero_ps());
-            continue;
-          }
-          const float correction = softmax_span(row, static_cast<int>(visible), padded,
-                                                running_max[qi], running_sum[qi]);
-          if (correction != 1.f) {
-            const __m256 scale = _mm256_set1_ps(correction);
-            for (int d = 0; d < head_dim; d += 8) {
-              _mm256_store_ps(&acc[qi][d], _mm256_mul_ps(_mm256_load_ps(&acc[qi][d]), scale));
-            }
-          }
-        }
-        // 3. p . V, each value row read once per 4 queries.
-        accumulate_values(queries, acc, scores, value_rows, span_keys, head_dim);
-      }
-      for (int qi = 0; qi < queries; ++qi) {
-        if (work.partial) {
-          float* record =
-              work.partial + static_cast<int64_t>(query_index[qi]) * (kPartialExtra + head_dim);
-          record[0] = running_max[qi];
-          record[1] = running_sum[qi];
-          unpermute_output<KV>(&acc[qi][0], 1.f, head_dim, record + kPartialExtra);
-          continue;
-        }
-        const int row = work.row_begin + query_index[qi] / group;
-        float* o = out + (seq.q_begin + row) * row_stride +
-                   (static_cast<int64_t>(kv_head) * group + query_index[qi] % group) * head_dim;
-        unpermute_output<KV>(&acc[qi][0], 1.f / running_sum[qi], head_dim, o);
-      }
-    }
-  }
-}
-
-template <typename KV>
-void with_head_dim(const AttentionShape& shape, const AttentionSequence& seq,
-                   const AttentionWork& work, const float* q, KVCacheLayerView cache, float* out) {
-  switch (shape.head_dim) {
-    case 64:
-      attention_typed<KV, 64>(shape, seq, work, q, cache, out);
-      break;
-    case 128:
-      attention_typed<KV, 128>(shape, seq, work, q, cache, out);
-      break;
-    default:
-      attention_typed<KV, 0>(shape, seq, work, q, cache, out);
-      break;
-  }
-}
-
-}  // namespace
-
-void attention(const AttentionShape& shape, const AttentionSequence& seq, const AttentionWork& work,
-               const float* q, KVCacheLayerView cache, float* out) {
-  if (shape.head_dim % 16 != 0) {
-    portable::attention(shape, seq, work, q, cache, out);
-  } else if (cache.dtype == DType::BF16) {
-    with_head_dim<uint16_t>(shape, seq, work, q, cache, out);
-  } else {
-    with_head_dim<float>(shape, seq, work, q, cache, out);
-  }
-}
+#include "kernels/cpu/attention_spans.inc"
 
 }  // namespace alem::cpu::avx2
