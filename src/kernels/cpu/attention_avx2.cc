@@ -13,7 +13,7 @@
 #include <cstdint>
 
 #include "kernels/cpu/cpu_kernels.h"
-#include "kernels/cpu/transpose_avx2.h"
+#include "kernels/cpu/registers_avx2.h"
 
 namespace alem::cpu::avx2 {
 namespace portable {
@@ -64,20 +64,6 @@ inline __m256 exp_nonpositive(__m256 x) {
 
 inline float exp_nonpositive(float x) {
   return _mm256_cvtss_f32(exp_nonpositive(_mm256_set1_ps(x)));
-}
-
-inline float reduce_max(__m256 v) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ss(m, _mm_movehdup_ps(m));
-  return _mm_cvtss_f32(m);
-}
-
-inline float reduce_add(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 // All bits set in lanes [0, n), clear in the others (0 <= n <= 8).
@@ -273,7 +259,7 @@ inline float softmax_span(float* row, int visible, int padded, float& running_ma
     top = _mm256_max_ps(
         top, _mm256_blendv_ps(negative_infinity, _mm256_load_ps(row + whole), tail_live));
   }
-  const float span_max = reduce_max(top);
+  const float span_max = horizontal_max(top);
   const float old_max = running_max;
   const float new_max = span_max > old_max ? span_max : old_max;
   const __m256 shift = _mm256_set1_ps(new_max);
@@ -294,7 +280,7 @@ inline float softmax_span(float* row, int visible, int padded, float& running_ma
   for (; c < padded; c += kKeys) _mm256_store_ps(row + c, _mm256_setzero_ps());
   const float correction =
       old_max == -__builtin_huge_valf() ? 0.f : exp_nonpositive(old_max - new_max);
-  running_sum = running_sum * correction + reduce_add(total);
+  running_sum = running_sum * correction + horizontal_sum(total);
   running_max = new_max;
   return correction;
 }

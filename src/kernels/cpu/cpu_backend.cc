@@ -126,12 +126,14 @@ BlockKernels block_kernels(Isa isa) {
   BlockKernels k;
   if (isa == Isa::kAvx512 && has_avx512_vnni()) {
     k.name = "avx512_vnni";
+    k.int8_dot = true;
     k.quantize = avx512_vnni::quantize_q16;
     k.matmul = avx512_vnni::matmul_blocks;
     k.matmul_interleaved = avx512_vnni::matmul_blocks_interleaved;
   } else if (isa == Isa::kAvxVnni) {
     // AVX2's quantisation and row-major kernels; the interleaved ones on vpdpbusd.
     k.name = has_avx_vnni() ? "avx_vnni" : "avx_vnni_evex";
+    k.int8_dot = true;
     k.quantize = avx2::quantize_q16;
     k.matmul = avx2::matmul_blocks;
     k.matmul_interleaved = has_avx_vnni() ? avx_vnni::matmul_blocks_interleaved
@@ -316,8 +318,9 @@ CpuBackend::PrefillArithmetic CpuBackend::prefill_arithmetic(DType dtype, int64_
   if (uses_amx(dtype, kPrefillRows, K)) return PrefillArithmetic::kAmx;
   if (dtype == DType::BF16)
     return dot_bf16_ ? PrefillArithmetic::kBf16Dot : PrefillArithmetic::kF32Fma;
-  // The int8 dot products are AVX512-VNNI's; AVX2's block kernels are counted against f32 FMA.
-  if (!interleaves(dtype) || std::string(blocks_.name) != "avx512_vnni") {
+  // The int8 dot products are AVX512-VNNI's or AVX-VNNI's (256 bits wide: the bench measures
+  // that peak for kAvxVnni); AVX2's block kernels are counted against f32 FMA.
+  if (!interleaves(dtype) || !blocks_.int8_dot) {
     return PrefillArithmetic::kF32Fma;
   }
   return eight_bit_blocks_ && dtype_is_block(dtype) ? PrefillArithmetic::kInt8Dot

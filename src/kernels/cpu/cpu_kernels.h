@@ -311,6 +311,9 @@ struct BlockKernels {
   // Weights in the 8-row interleaved layout, every block type and int8 (none: this set keeps
   // them row-major).
   MatmulBlocksFn matmul_interleaved = nullptr;
+  // Its interleaved kernels multiply on the int8 dot product (vpdpbusd), whose peak the bench
+  // measures; AVX2's byte and int16 products count against the f32 FMA peak.
+  bool int8_dot = false;
 };
 // The fastest this CPU runs within `isa`: vpdpwssd and vpdpbusd (AVX512-VNNI) on AVX-512 with
 // VNNI, vpmaddwd and vpmaddubsw on AVX2, AVX2's with the interleaved weights on 256-bit vpdpbusd

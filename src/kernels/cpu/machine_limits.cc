@@ -144,6 +144,39 @@ __attribute__((target("avx512f,avx512vnni"))) void dot_loop_int8(int64_t iterati
 #undef ALEM_STEP
 #undef ALEM_SUM
 }
+// vpdpbusd on 256-bit registers (32 int8 multiply-adds), the dot product of the AVX-VNNI kernel
+// set (cpu::Isa::kAvxVnni): the VEX form of AVX-VNNI, or the EVEX form where only AVX512-VNNI
+// with AVX512-VL has it.
+#define ALEM_INIT(i) __m256i acc##i = _mm256_set1_epi32(i);
+#define ALEM_SUM(i) total = _mm256_add_epi32(total, acc##i);
+#define ALEM_STEP(i) acc##i = _mm256_dpbusd_avx_epi32(acc##i, a, b);
+__attribute__((target("avx2,avxvnni"))) void dot_loop_int8_avx_vnni(int64_t iterations,
+                                                                    float* sink) {
+  const __m256i a = _mm256_set1_epi8(1), b = _mm256_set1_epi8(-1);
+  ALEM_TWELVE(ALEM_INIT)
+  for (int64_t it = 0; it < iterations; ++it) {
+    ALEM_TWELVE(ALEM_STEP)
+  }
+  __m256i total = _mm256_setzero_si256();
+  ALEM_TWELVE(ALEM_SUM)
+  *sink = static_cast<float>(_mm256_extract_epi32(total, 0) + _mm256_extract_epi32(total, 7));
+}
+#undef ALEM_STEP
+#define ALEM_STEP(i) acc##i = _mm256_dpbusd_epi32(acc##i, a, b);
+__attribute__((target("avx512f,avx512vl,avx512vnni"))) void dot_loop_int8_256_evex(
+    int64_t iterations, float* sink) {
+  const __m256i a = _mm256_set1_epi8(1), b = _mm256_set1_epi8(-1);
+  ALEM_TWELVE(ALEM_INIT)
+  for (int64_t it = 0; it < iterations; ++it) {
+    ALEM_TWELVE(ALEM_STEP)
+  }
+  __m256i total = _mm256_setzero_si256();
+  ALEM_TWELVE(ALEM_SUM)
+  *sink = static_cast<float>(_mm256_extract_epi32(total, 0) + _mm256_extract_epi32(total, 7));
+}
+#undef ALEM_STEP
+#undef ALEM_SUM
+#undef ALEM_INIT
 #undef ALEM_TWELVE
 
 // A zeroed anonymous mapping, advised onto huge pages or kept off them.
@@ -298,9 +331,11 @@ double measure_peak_gflops(int threads) {
 double measure_peak_dot_gops(DotKind kind, int threads) {
   threads = std::max(1, threads);
   const bool bf16 = kind == DotKind::kBf16;
-  if (bf16 ? !cpu::has_avx512_bf16() : !cpu::has_avx512_vnni()) return 0;
+  // The AVX-VNNI kernel set's int8 dot products are 256 bits wide, whatever else the CPU has.
+  const bool avx_vnni = !bf16 && cpu::configured_isa() == cpu::Isa::kAvxVnni;
+  if (bf16 ? !cpu::has_avx512_bf16() : !avx_vnni && !cpu::has_avx512_vnni()) return 0;
   const int64_t iterations = 1'000'000;
-  const int ops_per_instruction = bf16 ? 2 * 32 : 2 * 64;
+  const int ops_per_instruction = bf16 || avx_vnni ? 2 * 32 : 2 * 64;
   double best = 0;
   std::vector<double> seconds(threads);
   for (int attempt = 0; attempt < 20; ++attempt) {
@@ -310,6 +345,8 @@ double measure_peak_dot_gops(DotKind kind, int threads) {
       float sink = 0;
       if (bf16) {
         dot_loop_bf16(iterations, &sink);
+      } else if (avx_vnni) {
+        (cpu::has_avx_vnni() ? dot_loop_int8_avx_vnni : dot_loop_int8_256_evex)(iterations, &sink);
       } else {
         dot_loop_int8(iterations, &sink);
       }

@@ -6,7 +6,7 @@
 #include <immintrin.h>
 
 #include "kernels/cpu/cpu_kernels.h"
-#include "kernels/cpu/transpose_avx2.h"
+#include "kernels/cpu/registers_avx2.h"
 
 namespace alem::cpu::avx2 {
 namespace {
@@ -66,13 +66,6 @@ inline __m256 load_floats_partial(const float* src, int count) {
   alignas(32) float padded[8] = {};
   for (int i = 0; i < count; ++i) padded[i] = src[i];
   return _mm256_load_ps(padded);
-}
-
-inline float horizontal_sum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 // ----------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-// An 8x8 f32 transpose in AVX registers, shared by the AVX2 matmul (packing weight panels) and
-// attention (turning 8 keys into 8 score lanes). Include only from files compiled with AVX2
-// flags (*_avx2.cc).
+// Register-level steps the AVX2 kernels share: the 8x8 f32 transpose (the matmul's weight panels,
+// attention's keys into score lanes) and the horizontal sum and maximum of a vector. Include
+// only from files compiled with AVX2 flags (*_avx2.cc).
 #pragma once
 
 #include <immintrin.h>
@@ -25,6 +25,20 @@ inline void transpose8x8(__m256 r[8]) {
     r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
     r[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
   }
+}
+
+// The sum and the maximum of the 8 lanes.
+inline float horizontal_sum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline float horizontal_max(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
 }
 
 }  // namespace alem::cpu::avx2
