@@ -6,7 +6,7 @@
 // matrix to exceed the L3, as a real decode step (30 layers, 270 MB of bf16) does.
 //
 //   alem_kernel_bench [--quick] [--threads 1,2] [--dtypes f32,bf16,f16,int8] [--rows 1,128]
-//                     [--model smollm2|tinyllama] [--only SHAPE-SUBSTRING] [--no-attention]
+//                     [--model smollm2|tinyllama|llama8b] [--only SHAPE-SUBSTRING] [--no-attention]
 //                     [--no-limits] [--exact-kernels]
 //                     [--bf16-dot] [--no-amx] [--hot] [--row-major]
 // --exact-kernels keeps small-M matmuls on the f32-conversion kernels (the dot-product kernels'
@@ -15,7 +15,8 @@
 // cache-resident W too: the kernel's arithmetic alone, without the memory it streams. Weights
 // are handed to the backend as the engine hands them (adopt_weight: block weights interleaved 8
 // rows at a time on AVX512-VNNI); --row-major keeps GGUF's layout, the kernels before that.
-// --model tinyllama takes the 1.1B shapes (K-quant sized) instead of SmolLM2's.
+// --model tinyllama takes the 1.1B shapes (K-quant sized) instead of SmolLM2's, --model llama8b
+// Llama-3-8B's.
 #include <omp.h>
 
 #include <algorithm>
@@ -74,6 +75,18 @@ const ModelShapes kTinyLlama = {"TinyLlama-1.1B",
                                     {"down 5632->2048", 2048, 5632, 1},
                                     {"lm_head 2048->32000", 32000, 2048, 0},
                                 }};
+// Llama-3-8B (--model llama8b): hidden 4096, 32 heads x 128, 8 kv heads, intermediate 14336,
+// vocab 128256. Its down projection's x (14336 values: 56 KiB in f32, 28 KiB in bf16) no
+// longer fits in a 32 KiB L1 beside the weight stream, as the smaller shapes' x does.
+const ModelShapes kLlama8B = {"Llama-3-8B",
+                              32,
+                              {
+                                  {"q/o 4096->4096", 4096, 4096, 2},
+                                  {"k/v 4096->1024", 1024, 4096, 2},
+                                  {"gate+up 4096->28672", 28672, 4096, 1},
+                                  {"down 14336->4096", 4096, 14336, 1},
+                                  {"lm_head 4096->128256", 128256, 4096, 0},
+                              }};
 
 struct Options {
   bool quick = false;
@@ -85,7 +98,7 @@ struct Options {
   bool hot = false;                      // --hot: decode rows read a cache-resident W as well
   bool row_major = false;                // --row-major: block weights not interleaved when adopted
   std::string only;                      // run only shapes whose name contains this
-  const ModelShapes* model = &kSmolLM2;  // --model smollm2|tinyllama
+  const ModelShapes* model = &kSmolLM2;  // --model smollm2|tinyllama|llama8b
   std::vector<int64_t> rows;             // M values (default: 1, 4, 128, 256; --quick: 1, 128)
   std::vector<int> threads = {1, 2};
   std::vector<DType> dtypes = {DType::F32, DType::BF16, DType::F16, DType::I8};
@@ -127,9 +140,9 @@ Options parse_options(int argc, char** argv) {
       for (const auto& t : split_commas(argv[++i])) o.threads.push_back(std::stoi(t));
     } else if (arg == "--model" && i + 1 < argc) {
       const std::string name = argv[++i];
-      ALEM_CHECK(name == "smollm2" || name == "tinyllama",
-                 "--model must be smollm2 or tinyllama, got '" + name + "'");
-      o.model = name == "smollm2" ? &kSmolLM2 : &kTinyLlama;
+      ALEM_CHECK(name == "smollm2" || name == "tinyllama" || name == "llama8b",
+                 "--model must be smollm2, tinyllama or llama8b, got '" + name + "'");
+      o.model = name == "smollm2" ? &kSmolLM2 : name == "tinyllama" ? &kTinyLlama : &kLlama8B;
     } else if (arg == "--only" && i + 1 < argc) {
       o.only = argv[++i];
     } else if (arg == "--rows" && i + 1 < argc) {
@@ -140,7 +153,8 @@ Options parse_options(int argc, char** argv) {
     } else {
       ALEM_FAIL(
           "usage: alem_kernel_bench [--quick] [--threads 1,2] [--dtypes f32,bf16,f16,int8]"
-          " [--rows 1,128] [--model smollm2|tinyllama] [--only SHAPE-SUBSTRING] [--no-attention]"
+          " [--rows 1,128] [--model smollm2|tinyllama|llama8b] [--only SHAPE-SUBSTRING] "
+          "[--no-attention]"
           " [--exact-kernels] "
           "[--bf16-dot] [--no-amx] [--hot] [--row-major]");
     }

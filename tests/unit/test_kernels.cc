@@ -669,28 +669,32 @@ TEST(KernelRegistry, NamesBackends) {
 }
 
 // ALEM_CPU_PREFETCH: every stream, the heavy ones, none or the CPU's default (light streams off
-// on AMD's), and a clear error otherwise.
+// on AMD's but where x takes more than half the L1), and a clear error otherwise.
 TEST(KernelRegistry, StreamPrefetchSetting) {
   bool valid = false;
-  const auto expect = [&](const char* value, bool amd, bool light, bool heavy) {
-    const cpu::StreamPrefetch got = cpu::stream_prefetch_setting(value, amd, &valid);
+  constexpr size_t l1 = 48 << 10;
+  const auto expect = [&](const char* value, bool amd, bool light, bool heavy, size_t wide_x) {
+    const cpu::StreamPrefetch got = cpu::stream_prefetch_setting(value, amd, l1, &valid);
     EXPECT_TRUE(valid) << (value ? value : "(unset)");
     EXPECT_EQ(got.light, light) << (value ? value : "(unset)") << " amd " << amd;
     EXPECT_EQ(got.heavy, heavy) << (value ? value : "(unset)") << " amd " << amd;
+    EXPECT_EQ(got.light_x_bytes, wide_x) << (value ? value : "(unset)") << " amd " << amd;
   };
   for (bool amd : {false, true}) {
-    expect("all", amd, true, true);
-    expect("heavy", amd, false, true);
-    expect("none", amd, false, false);
+    expect("all", amd, true, true, SIZE_MAX);
+    expect("heavy", amd, false, true, SIZE_MAX);
+    expect("none", amd, false, false, SIZE_MAX);
     for (const char* unset : {static_cast<const char*>(nullptr), "", "auto"}) {
-      expect(unset, amd, !amd, true);
+      expect(unset, amd, !amd, true, amd ? l1 / 2 : SIZE_MAX);
     }
   }
   EXPECT_STREQ(cpu::stream_prefetch_name({true, true}), "all");
   EXPECT_STREQ(cpu::stream_prefetch_name({false, true}), "heavy");
+  EXPECT_STREQ(cpu::stream_prefetch_name({false, true, 16 << 10}), "heavy+wide-x");
   EXPECT_STREQ(cpu::stream_prefetch_name({false, false}), "none");
+  EXPECT_GE(cpu::l1_data_bytes(), size_t{4} << 10);
   for (const char* bad : {"1", "yes", "ALL", "packed"}) {
-    cpu::stream_prefetch_setting(bad, false, &valid);
+    cpu::stream_prefetch_setting(bad, false, l1, &valid);
     EXPECT_FALSE(valid) << bad;
   }
   const char* before = std::getenv("ALEM_CPU_PREFETCH");

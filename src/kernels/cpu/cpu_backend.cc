@@ -282,7 +282,7 @@ std::unique_ptr<KernelBackend> make_cpu_backend() {
   // process starts: cpu_kernels.h); checked here so a wrong value is an error, not a default.
   bool prefetch_valid = false;
   const char* prefetch_env = std::getenv("ALEM_CPU_PREFETCH");
-  cpu::stream_prefetch_setting(prefetch_env, false, &prefetch_valid);
+  cpu::stream_prefetch_setting(prefetch_env, false, cpu::l1_data_bytes(), &prefetch_valid);
   ALEM_CHECK(prefetch_valid, "ALEM_CPU_PREFETCH must be all, heavy, none or auto, got '" +
                                  std::string(prefetch_env ? prefetch_env : "") + "'");
   auto backend = std::make_unique<CpuBackend>(isa, 0, dot != "0", dot == "all", amx == "1");

@@ -57,6 +57,13 @@ enum class StreamKind : int { kLight, kHeavy };
 struct StreamPrefetch {
   bool light = true;
   bool heavy = true;
+  // A light stream whose kernel re-reads more than this many bytes of x for every weight row
+  // prefetches as a heavy one (when heavy streams do). x then no longer stays in the L1 beside
+  // the stream (the default is half the L1 data cache; SIZE_MAX: never). On the Zen 4 (32 KiB
+  // L1), the exact bf16 decode of the 1.1B shape's down projection, whose f32 x takes 22 KiB,
+  // read 16-24 GB/s of DRAM without the prefetches and 28-35 with them, while its other
+  // matrices (8 KiB of x) ran 10-20% slower with them (docs/kernels-quantized.md).
+  size_t light_x_bytes = SIZE_MAX;
 };
 extern const StreamPrefetch stream_prefetch;
 
@@ -65,26 +72,43 @@ extern const StreamPrefetch stream_prefetch;
 bool vendor_is_amd();
 
 // The setting for an ALEM_CPU_PREFETCH value: "all", "heavy", "none"; "auto", empty or null:
-// the CPU's default (`amd`: heavy). `valid` is false for anything else (and the default).
-StreamPrefetch stream_prefetch_setting(const char* value, bool amd, bool* valid);
+// the CPU's default (`amd`: heavy, and light streams past `l1_bytes` / 2 of x). `valid` is false
+// for anything else (and the default).
+StreamPrefetch stream_prefetch_setting(const char* value, bool amd, size_t l1_bytes, bool* valid);
+// "all", "heavy", "none", or "heavy+wide-x" for the AMD default.
 const char* stream_prefetch_name(StreamPrefetch setting);
+// The L1 data cache of this CPU in bytes (sysconf; 32 KiB where it says nothing).
+size_t l1_data_bytes();
 
 // The kind of a decode stream of bf16 or Q8_0 weights against `rows_of_x` rows of x.
 constexpr StreamKind wide_weights_stream(int rows_of_x) {
   return rows_of_x == 1 ? StreamKind::kLight : StreamKind::kHeavy;
 }
 
+// Whether a stream of `kind` prefetches, its kernel re-reading `x_bytes` of x for every weight
+// row (row-at-a-time kernels; the interleaved block kernels re-read x once per 8 rows and pass
+// 0). Kernels ask once per call, before their loops.
+inline bool stream_prefetches(StreamKind kind, size_t x_bytes) {
+  if (kind == StreamKind::kHeavy) return stream_prefetch.heavy;
+  return stream_prefetch.light ||
+         (stream_prefetch.heavy && x_bytes > stream_prefetch.light_x_bytes);
+}
+
 // Prefetches the lines kStreamPrefetchBytes (into the L2) and kStreamL1PrefetchBytes (into the
-// L1) past `here`, the 64 bytes a stream of the kind reads now, where stream_prefetch says so.
+// L1) past `here`, the 64 bytes a stream reads now, where `enabled` (stream_prefetches) says so.
 // Each is an asm volatile, which the compiler neither moves nor merges (GCC gathered a loop's
 // _mm_prefetch calls at its start, and a burst of 18 to 27 misses measured as slow as none).
 // Always inlined: a copy compiled with one ISA's flags must not be shared with another's (top).
-template <StreamKind kind>
-[[gnu::always_inline]] inline void prefetch_stream(const void* here) {
-  if (!(kind == StreamKind::kLight ? stream_prefetch.light : stream_prefetch.heavy)) return;
+[[gnu::always_inline]] inline void prefetch_stream(bool enabled, const void* here) {
+  if (!enabled) return;
   const char* p = static_cast<const char*>(here);
   asm volatile("prefetcht1 %0" : : "m"(p[kStreamPrefetchBytes]));
   asm volatile("prefetcht0 %0" : : "m"(p[kStreamL1PrefetchBytes]));
+}
+// The same for a stream of `kind` whose x stays in the L1 (x_bytes 0).
+template <StreamKind kind>
+[[gnu::always_inline]] inline void prefetch_stream(const void* here) {
+  prefetch_stream(kind == StreamKind::kLight ? stream_prefetch.light : stream_prefetch.heavy, here);
 }
 
 // Per-thread scratch memory for the kernels, which may not hold std containers themselves: at

@@ -5,6 +5,7 @@
 // whole program: the copy from a kernel file could then run on a CPU without AVX-512. The test
 // `isa_objects_share_no_code` checks the kernel objects for such copies.
 #include <cpuid.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -19,7 +20,8 @@ namespace {
 StreamPrefetch stream_prefetch_at_start() {
   bool valid = false;
   // An invalid value is reported by make_cpu_backend, which every engine calls before a kernel.
-  return stream_prefetch_setting(std::getenv("ALEM_CPU_PREFETCH"), vendor_is_amd(), &valid);
+  return stream_prefetch_setting(std::getenv("ALEM_CPU_PREFETCH"), vendor_is_amd(), l1_data_bytes(),
+                                 &valid);
 }
 
 struct ThreadScratch {
@@ -45,20 +47,30 @@ bool vendor_is_amd() {
   return amd;
 }
 
-StreamPrefetch stream_prefetch_setting(const char* value, bool amd, bool* valid) {
+size_t l1_data_bytes() {
+  static const size_t bytes = [] {
+    const long reported = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    return reported > 0 ? static_cast<size_t>(reported) : size_t{32} << 10;
+  }();
+  return bytes;
+}
+
+StreamPrefetch stream_prefetch_setting(const char* value, bool amd, size_t l1_bytes, bool* valid) {
   *valid = true;
-  const StreamPrefetch by_default{!amd, true};
+  const StreamPrefetch by_default =
+      amd ? StreamPrefetch{false, true, l1_bytes / 2} : StreamPrefetch{true, true, SIZE_MAX};
   if (value == nullptr || *value == '\0' || std::strcmp(value, "auto") == 0) return by_default;
-  if (std::strcmp(value, "all") == 0) return {true, true};
-  if (std::strcmp(value, "heavy") == 0) return {false, true};
-  if (std::strcmp(value, "none") == 0) return {false, false};
+  if (std::strcmp(value, "all") == 0) return {true, true, SIZE_MAX};
+  if (std::strcmp(value, "heavy") == 0) return {false, true, SIZE_MAX};
+  if (std::strcmp(value, "none") == 0) return {false, false, SIZE_MAX};
   *valid = false;
   return by_default;
 }
 
 const char* stream_prefetch_name(StreamPrefetch setting) {
   if (setting.light) return setting.heavy ? "all" : "light";
-  return setting.heavy ? "heavy" : "none";
+  if (!setting.heavy) return "none";
+  return setting.light_x_bytes == SIZE_MAX ? "heavy" : "heavy+wide-x";
 }
 
 const StreamPrefetch stream_prefetch = stream_prefetch_at_start();

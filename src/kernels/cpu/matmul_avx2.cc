@@ -114,13 +114,15 @@ template <DType D>
 void stream_row(const float* x, int64_t K, const WeightView& w, int64_t n, const float* bias,
                 float* y) {
   const WeightRow row = weight_row<D>(w, n);
+  const bool prefetch =
+      stream_prefetches(StreamKind::kLight, static_cast<size_t>(K) * sizeof(float));
   __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                    _mm256_setzero_ps()};
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
     // The rows lie one after another, so the stream runs on into the next rows.
     for (int line = 0; line < 32 * element_bytes<D>(); line += 64) {
-      prefetch_stream<StreamKind::kLight>(row.data + k * element_bytes<D>() + line);
+      prefetch_stream(prefetch, row.data + k * element_bytes<D>() + line);
     }
     for (int i = 0; i < 4; ++i) {
       acc[i] =
@@ -173,6 +175,8 @@ void permute_even_odd(const float* x, int64_t M, int64_t K, float* xp) {
 template <int MB>
 void stream_rows_bf16(const float* xp, int64_t K, const uint16_t* base, const float* bias, float* y,
                       int64_t N, int64_t n_begin, int64_t n_end) {
+  const bool prefetch =
+      stream_prefetches(wide_weights_stream(MB), static_cast<size_t>(MB * K) * sizeof(float));
   const __m256i high_half = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
   for (int64_t n = n_begin; n < n_end; ++n) {
     const uint16_t* row = base + n * K;
@@ -181,7 +185,7 @@ void stream_rows_bf16(const float* xp, int64_t K, const uint16_t* base, const fl
       for (int c = 0; c < 4; ++c) acc[m][c] = _mm256_setzero_ps();
     }
     for (int64_t k = 0; k < K; k += 32) {
-      prefetch_stream<wide_weights_stream(MB)>(row + k);
+      prefetch_stream(prefetch, row + k);
       for (int half = 0; half < 2; ++half) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k + 16 * half));
         const __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));

@@ -184,12 +184,14 @@ template <DType D>
 void stream_row(const float* x, int64_t K, const WeightView& w, int64_t n, const float* bias,
                 float* y) {
   const WeightRow row = weight_row<D>(w, n);
+  const bool prefetch =
+      stream_prefetches(StreamKind::kLight, static_cast<size_t>(K) * sizeof(float));
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
     // The rows lie one after another, so the stream runs on into the next rows.
     for (int line = 0; line < 32 * element_bytes<D>(); line += 64) {
-      prefetch_stream<StreamKind::kLight>(row.data + k * element_bytes<D>() + line);
+      prefetch_stream(prefetch, row.data + k * element_bytes<D>() + line);
     }
     acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), load_weights<D>(row, k), acc0);
     acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), load_weights<D>(row, k + 16), acc1);
@@ -366,6 +368,8 @@ constexpr int64_t kOneWeightRowMaxM = 4;
 template <int MB>
 void stream_rows_bf16(const float* xp, int64_t K, const uint16_t* base, const float* bias, float* y,
                       int64_t N, int64_t n_begin, int64_t n_end) {
+  const bool prefetch =
+      stream_prefetches(wide_weights_stream(MB), static_cast<size_t>(MB * K) * sizeof(float));
   const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   for (int64_t n = n_begin; n < n_end; ++n) {
     const uint16_t* row = base + n * K;
@@ -385,9 +389,9 @@ void stream_rows_bf16(const float* xp, int64_t K, const uint16_t* base, const fl
     };
     int64_t k = 0;
     for (; k + 64 <= K; k += 64) {
-      prefetch_stream<wide_weights_stream(MB)>(row + k);
+      prefetch_stream(prefetch, row + k);
       weights32(k, 0);
-      prefetch_stream<wide_weights_stream(MB)>(row + k + 32);
+      prefetch_stream(prefetch, row + k + 32);
       weights32(k + 32, 2);
     }
     if (k < K) weights32(k, 0);  // the last 32 weights when K is an odd multiple of 32

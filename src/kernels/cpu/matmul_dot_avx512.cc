@@ -86,9 +86,10 @@ void bf16_block(const uint16_t* xb, int64_t ldx, const uint16_t* w, int64_t K, i
     // vdpbf16ps latency (6 cycles on an AMD Zen 4) every 64 bytes, slower than memory; two
     // chains, 64 bytes each, keep it ahead of the stream.
     __m512 second = _mm512_setzero_ps();
+    const bool prefetch = stream_prefetches(StreamKind::kLight, static_cast<size_t>(K) * 2);
     for (; k + 64 <= K; k += 64) {
-      prefetch_stream<StreamKind::kLight>(row[0] + k);
-      prefetch_stream<StreamKind::kLight>(row[0] + k + 32);
+      prefetch_stream(prefetch, row[0] + k);
+      prefetch_stream(prefetch, row[0] + k + 32);
       const __m512bh w0 = (__m512bh)_mm512_loadu_si512(row[0] + k);
       const __m512bh w1 = (__m512bh)_mm512_loadu_si512(row[0] + k + 32);
       acc[0][0] = _mm512_dpbf16_ps(acc[0][0], (__m512bh)_mm512_loadu_si512(xb + k), w0);
