@@ -134,6 +134,7 @@ struct Lanes16 {
   ALEM_LANES_INLINE static F fzero() { return _mm512_setzero_ps(); }
   ALEM_LANES_INLINE static F fset(float v) { return _mm512_set1_ps(v); }
   ALEM_LANES_INLINE static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  ALEM_LANES_INLINE static F fadd(F a, F b) { return _mm512_add_ps(a, b); }
   ALEM_LANES_INLINE static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
   ALEM_LANES_INLINE static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   // y[0 .. 16) = v + bias.
