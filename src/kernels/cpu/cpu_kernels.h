@@ -108,7 +108,7 @@ inline bool stream_prefetches(StreamKind kind, size_t x_bytes) {
 // The same for a stream of `kind` whose x stays in the L1 (x_bytes 0).
 template <StreamKind kind>
 [[gnu::always_inline]] inline void prefetch_stream(const void* here) {
-  prefetch_stream(kind == StreamKind::kLight ? stream_prefetch.light : stream_prefetch.heavy, here);
+  prefetch_stream(stream_prefetches(kind, 0), here);
 }
 
 // Per-thread scratch memory for the kernels, which may not hold std containers themselves: at

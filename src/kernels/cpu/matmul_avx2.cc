@@ -112,10 +112,8 @@ void stream_block(const float* x, int64_t K, const WeightView& w, int64_t n, con
 // are prefetched ahead (prefetch_stream).
 template <DType D>
 void stream_row(const float* x, int64_t K, const WeightView& w, int64_t n, const float* bias,
-                float* y) {
+                float* y, bool prefetch) {
   const WeightRow row = weight_row<D>(w, n);
-  const bool prefetch =
-      stream_prefetches(StreamKind::kLight, static_cast<size_t>(K) * sizeof(float));
   __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                    _mm256_setzero_ps()};
   int64_t k = 0;
@@ -239,7 +237,10 @@ void stream_impl(const float* x, int64_t M, const WeightView& w, const float* bi
   }
   int64_t n = n_begin;
   if (M == 1) {
-    for (; n < n_end; ++n) stream_row<D>(x, K, w, n, bias, y);
+    // x (f32) is re-read for every weight row: its size decides the prefetches (cpu_kernels.h).
+    const bool prefetch =
+        stream_prefetches(StreamKind::kLight, static_cast<size_t>(K) * sizeof(float));
+    for (; n < n_end; ++n) stream_row<D>(x, K, w, n, bias, y, prefetch);
     return;
   }
   for (; n + 4 <= n_end; n += 4) stream_block_rows<D, 4>(x, M, K, w, n, bias, y, N);

@@ -182,10 +182,8 @@ void stream_block_int8(const float* x, int64_t K, const WeightView& w, int64_t n
 // the weights are prefetched ahead (prefetch_stream).
 template <DType D>
 void stream_row(const float* x, int64_t K, const WeightView& w, int64_t n, const float* bias,
-                float* y) {
+                float* y, bool prefetch) {
   const WeightRow row = weight_row<D>(w, n);
-  const bool prefetch =
-      stream_prefetches(StreamKind::kLight, static_cast<size_t>(K) * sizeof(float));
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
@@ -445,11 +443,14 @@ void stream_impl(const float* x, int64_t M, const WeightView& w, const float* bi
   }
   int64_t n = n_begin;
   if (M == 1) {
+    // x (f32) is re-read for every weight row: its size decides the prefetches (cpu_kernels.h).
+    const bool prefetch =
+        stream_prefetches(StreamKind::kLight, static_cast<size_t>(K) * sizeof(float));
     for (; n < n_end; ++n) {
       if constexpr (D == DType::I8) {
         stream_block_int8<1, 1>(x, K, w, n, bias, y, N);
       } else {
-        stream_row<D>(x, K, w, n, bias, y);
+        stream_row<D>(x, K, w, n, bias, y, prefetch);
       }
     }
     return;
