@@ -14,7 +14,11 @@ numpy dequantisers), never with alem's code:
    tensor per block format alem supports (and one it does not), filled with random blocks, and
    the full dequantised values from gguf.quants.dequantize.
 
-Usage: .venv-reference/bin/python scripts/reference/make_gguf_reference.py [model.gguf]
+3. tests/data/gguf_lowbit_types.gguf and tests/data/gguf_lowbit_reference.json: the same for the
+   low-bit types alem expands on import (Q2_K, Q3_K, IQ4_NL, IQ4_XS) and one it refuses (IQ2_XXS);
+   `--lowbit-only` writes only these (gguf and numpy, no transformers).
+
+Usage: .venv-reference/bin/python scripts/reference/make_gguf_reference.py [model.gguf] [--lowbit-only]
 """
 import json
 import os
@@ -25,7 +29,7 @@ import gguf
 from gguf import GGMLQuantizationType as Q
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-MODEL = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
+MODEL = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("--") else os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 DATA = os.path.join(ROOT, "tests", "data")
 SAMPLE_COUNT = 64
 
@@ -153,7 +157,43 @@ def random_blocks(rng, qtype, n_blocks):
     elif qtype == Q.Q2_K:
         put_f16(80, 0.001, 0.01)
         put_f16(82, 0.001, 0.01)
+    elif qtype == Q.Q3_K:
+        put_f16(108, -0.003, 0.003)
+    elif qtype in (Q.IQ4_NL, Q.IQ4_XS, Q.IQ2_XXS):
+        put_f16(0, -0.002, 0.002)
     return raw
+
+
+def lowbit_quant_file():
+    """tests/data/gguf_lowbit_types.gguf: the block types alem expands on import beyond the first
+    fixture's (Q2_K, Q3_K, IQ4_NL, IQ4_XS), and IQ2_XXS, which it refuses; its own random blocks
+    and gguf.quants.dequantize's values."""
+    rng = np.random.default_rng(20261205)
+    path = os.path.join(DATA, "gguf_lowbit_types.gguf")
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_name("alem low-bit quant-type fixture")
+    cases = []
+    rows, cols = 3, 512
+    for qtype in (Q.Q2_K, Q.Q3_K, Q.IQ4_NL, Q.IQ4_XS, Q.IQ2_XXS):
+        name = "test." + qtype.name.lower() + ".weight"
+        block_elems, _ = gguf.GGML_QUANT_SIZES[qtype]
+        payload = random_blocks(rng, qtype, rows * cols // block_elems).reshape(rows, -1)
+        writer.add_tensor(name, payload, raw_shape=payload.shape, raw_dtype=qtype)
+        values = gguf.quants.dequantize(payload, qtype).astype(np.float32).reshape(-1)
+        cases.append({"name": name, "ggml_type": qtype.name, "rows": rows, "cols": cols,
+                      "values": [float(v) for v in values]})
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert len(gguf.GGUFReader(path).tensors) == len(cases)
+    doc = {"generator": "scripts/reference/make_gguf_reference.py --lowbit-only (gguf " +
+           getattr(gguf, "__version__", "?") + ", numpy " + np.__version__ + ")",
+           "fixture": os.path.basename(path), "cases": cases}
+    out = os.path.join(DATA, "gguf_lowbit_reference.json")
+    with open(out, "w") as f:
+        json.dump(doc, f, indent=0)
+    print("wrote", out, os.path.getsize(out), "bytes")
 
 
 def synthetic_quant_file():
@@ -207,6 +247,9 @@ def synthetic_quant_file():
 
 
 def main():
+    lowbit_quant_file()
+    if "--lowbit-only" in sys.argv:
+        return
     meta, tensors = real_model_reference()
     fixture, cases = synthetic_quant_file()
     doc = {

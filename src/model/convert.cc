@@ -215,8 +215,8 @@ ConvertReport convert_gguf(const std::string& gguf_path, const std::string& out_
                "GGUF tensor '" + t.name + "' has " + std::to_string(t.dims.size()) + " dimensions");
     ALEM_CHECK(ggml_dequantize_supported(t.type),
                "GGUF tensor '" + t.name + "' has type " + ggml_type_name(t.type) +
-                   ", which alem cannot dequantize (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, "
-                   "Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)");
+                   ", which alem cannot dequantize (supported: " +
+                   ggml_dequantize_supported_names() + ")");
     present[t.hf_name] = t.hf_shape();
   }
   check_tensor_set(config, present, "GGUF file " + gguf_path);

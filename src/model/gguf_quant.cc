@@ -185,6 +185,91 @@ void dequantize_q6_k(const uint8_t* block, float* y) {
   }
 }
 
+// Q2_K super-block of 256: 16 bytes of 4-bit (scale, min) pairs, 64 bytes of 2-bit values,
+// f16 d, f16 dmin; x = d * sc * q - dmin * m per 16 values. Value l of a 32-value run takes bits
+// 2s..2s+1 of byte l of its 32-byte half.
+void dequantize_q2_k(const uint8_t* block, float* y) {
+  const uint8_t* scales = block;
+  const uint8_t* q = block + 16;
+  const float d = load_f16(block + 80);
+  const float dmin = load_f16(block + 82);
+  int is = 0;
+  for (int half = 0; half < 2; ++half, q += 32) {
+    for (int shift = 0; shift < 8; shift += 2) {
+      for (int part = 0; part < 2; ++part) {
+        const uint8_t sc = scales[is++];
+        const float dl = d * static_cast<float>(sc & 0x0F);
+        const float ml = dmin * static_cast<float>(sc >> 4);
+        for (int l = 16 * part; l < 16 * part + 16; ++l) {
+          const float p = dl * static_cast<float>((q[l] >> shift) & 3);
+          *y++ = p - ml;
+        }
+      }
+    }
+  }
+}
+
+// Q3_K super-block of 256: 32 bytes of high bits (bit b of byte l: value 32b + l), 64 bytes of
+// low 2-bit values (as Q2_K), 12 bytes of 6-bit scales (low nibbles in bytes 0-7, the high two
+// bits in 8-11), f16 d; x = d * (sc - 32) * (q - (high bit ? 0 : 4)) per 16 values.
+void dequantize_q3_k(const uint8_t* block, float* y) {
+  const uint8_t* hmask = block;
+  const uint8_t* q = block + 32;
+  const uint8_t* packed = block + 96;
+  const float d = load_f16(block + 108);
+  int8_t scales[16];
+  for (int i = 0; i < 16; ++i) {
+    const int low = (i < 8 ? packed[i] : packed[i - 8] >> 4) & 0x0F;
+    const int high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
+    scales[i] = static_cast<int8_t>((low | (high << 4)) - 32);
+  }
+  int is = 0, bit = 0;
+  for (int half = 0; half < 2; ++half, q += 32) {
+    for (int shift = 0; shift < 8; shift += 2, ++bit) {
+      for (int part = 0; part < 2; ++part) {
+        const float dl = d * static_cast<float>(scales[is++]);
+        for (int l = 16 * part; l < 16 * part + 16; ++l) {
+          const int value = ((q[l] >> shift) & 3) - (((hmask[l] >> bit) & 1) ? 0 : 4);
+          *y++ = dl * static_cast<float>(value);
+        }
+      }
+    }
+  }
+}
+
+// IQ4_NL and IQ4_XS: 4-bit indices into this non-linear table of int8 values.
+constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                   1,    13,   25,  38,  53,  69,  89,  113};
+
+// IQ4_NL block of 32: f16 d, 16 bytes of indices (low nibbles values 0..15, high 16..31);
+// x = d * table[index].
+void dequantize_iq4_nl(const uint8_t* block, float* y) {
+  const float d = load_f16(block);
+  const uint8_t* qs = block + 2;
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * static_cast<float>(kIq4Values[qs[j] & 0x0F]);
+    y[j + 16] = d * static_cast<float>(kIq4Values[qs[j] >> 4]);
+  }
+}
+
+// IQ4_XS super-block of 256: f16 d, 16 bits of high scale bits (2 per 32 values), 4 bytes of low
+// scale nibbles, 128 bytes of indices as IQ4_NL's per 32 values; x = d * (ls - 32) * table[q].
+void dequantize_iq4_xs(const uint8_t* block, float* y) {
+  const float d = load_f16(block);
+  const uint16_t scales_high = load_u16(block + 2);
+  const uint8_t* scales_low = block + 4;
+  const uint8_t* qs = block + 8;
+  for (int ib = 0; ib < 8; ++ib, qs += 16, y += 32) {
+    const int ls =
+        ((scales_low[ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((scales_high >> (2 * ib)) & 3) << 4);
+    const float dl = d * static_cast<float>(ls - 32);
+    for (int j = 0; j < 16; ++j) {
+      y[j] = dl * static_cast<float>(kIq4Values[qs[j] & 0x0F]);
+      y[j + 16] = dl * static_cast<float>(kIq4Values[qs[j] >> 4]);
+    }
+  }
+}
+
 using BlockDequantizer = void (*)(const uint8_t*, float*);
 
 BlockDequantizer block_dequantizer(uint32_t type_id) {
@@ -205,6 +290,14 @@ BlockDequantizer block_dequantizer(uint32_t type_id) {
       return dequantize_q5_k;
     case GgmlType::Q6_K:
       return dequantize_q6_k;
+    case GgmlType::Q2_K:
+      return dequantize_q2_k;
+    case GgmlType::Q3_K:
+      return dequantize_q3_k;
+    case GgmlType::IQ4_NL:
+      return dequantize_iq4_nl;
+    case GgmlType::IQ4_XS:
+      return dequantize_iq4_xs;
     default:
       return nullptr;
   }
@@ -352,6 +445,11 @@ std::string ggml_type_name(uint32_t type_id) {
   return "type#" + std::to_string(type_id);
 }
 
+std::string ggml_dequantize_supported_names() {
+  return "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, "
+         "IQ4_XS";
+}
+
 bool ggml_dequantize_supported(uint32_t type_id) {
   const auto t = static_cast<GgmlType>(type_id);
   return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16 ||
@@ -373,7 +471,7 @@ void dequantize_ggml(uint32_t type_id, const uint8_t* src, size_t src_bytes, flo
                      int64_t elements) {
   ALEM_CHECK(ggml_dequantize_supported(type_id),
              "cannot dequantize ggml type " + ggml_type_name(type_id) +
-                 " (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)");
+                 " (supported: " + ggml_dequantize_supported_names() + ")");
   const uint64_t need = ggml_bytes_for(type_id, elements);
   ALEM_CHECK(src_bytes == need, "dequantize " + ggml_type_name(type_id) + ": expected " +
                                     std::to_string(need) + " bytes for " +

@@ -56,9 +56,11 @@ struct GgmlBlockGeometry {
 GgmlBlockGeometry ggml_block_geometry(uint32_t type_id);
 // "Q4_1", "F32", ... or "type#<id>" for unknown ids.
 std::string ggml_type_name(uint32_t type_id);
-// True for the types dequantize_ggml() can expand: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-// Q4_K, Q5_K, Q6_K.
+// True for the types dequantize_ggml() can expand, which ggml_dequantize_supported_names()
+// lists for error messages: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K,
+// Q5_K, Q6_K, IQ4_NL, IQ4_XS.
 bool ggml_dequantize_supported(uint32_t type_id);
+std::string ggml_dequantize_supported_names();
 // Bytes taken by `elements` consecutive elements of the type. Throws alem::Error if the type is
 // unknown or `elements` is not a whole number of blocks.
 uint64_t ggml_bytes_for(uint32_t type_id, int64_t elements);

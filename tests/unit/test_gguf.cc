@@ -22,9 +22,9 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-json load_reference() {
-  std::ifstream in(test::data_dir() + "/gguf_reference.json");
-  EXPECT_TRUE(in.good()) << "missing tests/data/gguf_reference.json";
+json load_reference(const std::string& file = "gguf_reference.json") {
+  std::ifstream in(test::data_dir() + "/" + file);
+  EXPECT_TRUE(in.good()) << "missing tests/data/" << file;
   return json::parse(in);
 }
 
@@ -245,11 +245,11 @@ TEST(Gguf, QkUnpermutationInvertsLlamaCppPermute) {
   EXPECT_THROW(unpermute_llama_qk_rows(back, rows, cols, 5), Error);
 }
 
-TEST(Gguf, QuantTypesFixture) {
-  const json ref = load_reference();
-  const std::string path = test::data_dir() + "/" + ref["quant_fixture"].get<std::string>();
+// Every case of a fixture (scripts/reference/make_gguf_reference.py) dequantised exactly as the
+// `gguf` package's dequantize does, but `refused`, which must fail with an error naming its type.
+void expect_fixture_values(const std::string& path, const json& cases, const std::string& refused) {
   GgufFile f(path);
-  for (const json& c : ref["quant_cases"]) {
+  for (const json& c : cases) {
     const std::string name = c["name"];
     const std::string type = c["ggml_type"];
     SCOPED_TRACE(name);
@@ -258,15 +258,17 @@ TEST(Gguf, QuantTypesFixture) {
     EXPECT_EQ(ggml_type_name(t->type), type);
     EXPECT_EQ(t->rows(), c["rows"].get<int64_t>());
     EXPECT_EQ(t->cols(), c["cols"].get<int64_t>());
-    if (type == "Q2_K") {  // listed as unsupported: must be a clear error
+    if (type == refused) {
+      EXPECT_FALSE(ggml_dequantize_supported(t->type));
       try {
         f.dequantize(name);
-        ADD_FAILURE() << "Q2_K dequantized without error";
+        ADD_FAILURE() << type << " dequantized without error";
       } catch (const Error& e) {
-        EXPECT_NE(e.message().find("Q2_K"), std::string::npos) << e.message();
+        EXPECT_NE(e.message().find(type), std::string::npos) << e.message();
       }
       continue;
     }
+    EXPECT_TRUE(ggml_dequantize_supported(t->type));
     const std::vector<float> values = f.dequantize(name);
     const auto expected = c["values"].get<std::vector<float>>();
     ASSERT_EQ(values.size(), expected.size());
@@ -279,6 +281,20 @@ TEST(Gguf, QuantTypesFixture) {
     }
     EXPECT_EQ(mismatches, 0);
   }
+}
+
+TEST(Gguf, QuantTypesFixture) {
+  const json ref = load_reference();
+  expect_fixture_values(test::data_dir() + "/" + ref["quant_fixture"].get<std::string>(),
+                        ref["quant_cases"], "");
+}
+
+// Q2_K, Q3_K, IQ4_NL and IQ4_XS (expanded on import) against the `gguf` package; IQ2_XXS refused.
+TEST(Gguf, LowBitTypesFixture) {
+  const json ref = load_reference("gguf_lowbit_reference.json");
+  ASSERT_EQ(ref["cases"].size(), 5u);
+  expect_fixture_values(test::data_dir() + "/" + ref["fixture"].get<std::string>(), ref["cases"],
+                        "IQ2_XXS");
 }
 
 TEST(Gguf, MetadataValueTypes) {
