@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "model/gguf_quant.h"
+#include "model/gguf_transcode.h"
 #include "model/gguf_reader.h"
 #include "tests/test_env.h"
 
@@ -295,6 +296,52 @@ TEST(Gguf, LowBitTypesFixture) {
   ASSERT_EQ(ref["cases"].size(), 5u);
   expect_fixture_values(test::data_dir() + "/" + ref["fixture"].get<std::string>(), ref["cases"],
                         "IQ2_XXS");
+}
+
+// Q3_K kept as Q6_K, IQ4_NL and IQ4_XS as int8: every value of the carrier, read back as the
+// engine reads it (dequantize_row), equals the gguf package's dequantisation of the original.
+TEST(Gguf, LowBitTypesKeptExactlyInTheirCarriers) {
+  const json ref = load_reference("gguf_lowbit_reference.json");
+  GgufFile f(test::data_dir() + "/" + ref["fixture"].get<std::string>());
+  int checked = 0;
+  for (const json& c : ref["cases"]) {
+    const std::string name = c["name"];
+    SCOPED_TRACE(name);
+    const GgufTensorInfo* t = f.find_tensor(name);
+    ASSERT_NE(t, nullptr);
+    DType carrier = DType::F32;
+    if (!ggml_exact_carrier(t->type, &carrier)) {
+      EXPECT_THROW(transcode_ggml(t->type, f.tensor_data(*t), t->bytes, t->rows(), t->cols()),
+                   Error);
+      continue;
+    }
+    const std::string type = c["ggml_type"];
+    EXPECT_EQ(carrier, type == "Q3_K" ? DType::Q6_K : DType::I8);
+    const WeightMatrix m =
+        transcode_ggml(t->type, f.tensor_data(*t), t->bytes, t->rows(), t->cols());
+    ASSERT_EQ(m.dtype, carrier);
+    const auto expected = c["values"].get<std::vector<float>>();
+    std::vector<float> row(static_cast<size_t>(m.cols));
+    int mismatches = 0;
+    for (int64_t r = 0; r < m.rows; ++r) {
+      dequantize_row(m, r, row.data());
+      for (int64_t i = 0; i < m.cols; ++i) {
+        const float want = expected[static_cast<size_t>(r * m.cols + i)];
+        if (row[i] != want && mismatches++ < 5) {
+          ADD_FAILURE() << type << " row " << r << " col " << i << ": got " << row[i]
+                        << ", expected " << want;
+        }
+      }
+    }
+    EXPECT_EQ(mismatches, 0);
+    ++checked;
+  }
+  EXPECT_EQ(checked, 3);  // Q3_K, IQ4_NL, IQ4_XS
+  // A wrong byte count is refused, naming the type.
+  const GgufTensorInfo* q3 = f.find_tensor("test.q3_k.weight");
+  ASSERT_NE(q3, nullptr);
+  EXPECT_THROW(transcode_ggml(q3->type, f.tensor_data(*q3), q3->bytes - 1, q3->rows(), q3->cols()),
+               Error);
 }
 
 TEST(Gguf, MetadataValueTypes) {
