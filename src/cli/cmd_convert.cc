@@ -29,9 +29,9 @@ void run_convert(const ConvertCommandOptions& o) {
   }
   ALEM_CHECK(!o.output.empty(), "convert needs an output path (alem convert IN OUT.h5)");
   ConvertOptions options;
-  // "auto": a GGUF keeps its own types (Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K blocks as they are,
-  // others to bf16);
-  // a Hugging Face folder becomes bf16.
+  // "auto": a GGUF keeps its own types (Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K blocks as they are;
+  // Q3_K, Q5_0, IQ4_NL and IQ4_XS in an exact carrier, model/gguf_transcode.h; others to
+  // bf16); a Hugging Face folder becomes bf16.
   options.keep_gguf_types = o.dtype == "auto";
   options.dtype = o.dtype == "auto" ? DType::BF16 : parse_dtype(o.dtype);
   options.model_name = o.name;

@@ -13,7 +13,8 @@ namespace alem {
 namespace {
 
 constexpr int64_t kSuperBlock = 256;
-constexpr size_t kQ3KBytes = 110, kQ6KBytes = 210, kIq4NlBytes = 18, kIq4XsBytes = 136;
+constexpr size_t kQ3KBytes = 110, kQ6KBytes = 210, kIq4NlBytes = 18, kIq4XsBytes = 136,
+                 kQ5_0Bytes = 22, kQ8_0Bytes = 34;
 
 // The int8 values of IQ4_NL's and IQ4_XS's 4-bit indices (gguf_quant.cc has the same table).
 constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
@@ -49,6 +50,21 @@ void q3_k_as_q6_k(const uint8_t* q3, uint8_t* q6) {
   }
 }
 
+// One Q5_0 block (f16 d, 32 high bits, 16 bytes of low nibbles; x = d * (q - 16)) as Q8_0: the
+// same d and the values q - 16 in [-16, 15] as its int8.
+void q5_0_as_q8_0(const uint8_t* q5, uint8_t* q8) {
+  uint32_t qh;
+  std::memcpy(&qh, q5 + 2, 4);
+  const uint8_t* qs = q5 + 6;
+  std::memcpy(q8, q5, 2);  // d
+  int8_t* values = reinterpret_cast<int8_t*>(q8 + 2);
+  for (int j = 0; j < 16; ++j) {
+    const int high0 = ((qh >> j) << 4) & 0x10, high1 = (qh >> (j + 12)) & 0x10;
+    values[j] = static_cast<int8_t>(((qs[j] & 0x0F) | high0) - 16);
+    values[j + 16] = static_cast<int8_t>(((qs[j] >> 4) | high1) - 16);
+  }
+}
+
 float load_f16(const uint8_t* p) {
   uint16_t bits;
   std::memcpy(&bits, p, 2);
@@ -69,6 +85,9 @@ bool ggml_exact_carrier(uint32_t type_id, DType* carrier) {
   switch (static_cast<GgmlType>(type_id)) {
     case GgmlType::Q3_K:
       *carrier = DType::Q6_K;
+      return true;
+    case GgmlType::Q5_0:
+      *carrier = DType::Q8_0;
       return true;
     case GgmlType::IQ4_NL:
     case GgmlType::IQ4_XS:
@@ -99,6 +118,11 @@ WeightMatrix transcode_ggml(uint32_t type_id, const uint8_t* src, size_t bytes, 
     case GgmlType::Q3_K:
       for (int64_t b = 0; b < n / kSuperBlock; ++b) {
         q3_k_as_q6_k(src + b * kQ3KBytes, m.data.data() + b * kQ6KBytes);
+      }
+      break;
+    case GgmlType::Q5_0:
+      for (int64_t b = 0; b < n / 32; ++b) {
+        q5_0_as_q8_0(src + b * kQ5_0Bytes, m.data.data() + b * kQ8_0Bytes);
       }
       break;
     case GgmlType::IQ4_NL: {

@@ -1,9 +1,10 @@
 // ggml block types alem has no kernels for, kept in a type of its own that holds every one of
 // their values exactly, instead of expanded to bf16 on import: Q3_K as Q6_K (its 3-bit values and
-// 6-bit scales per 16 values fit Q6_K's 6-bit values and int8 scales per 16), IQ4_NL and IQ4_XS
-// as alem's int8 (their non-linear table's int8 values, the block's scale as the f32 scale of 32
-// values). The carrier's dequantisation gives the same f32 values as ggml's of the original,
-// bit for bit, and the engine runs it on that type's kernels.
+// 6-bit scales per 16 values fit Q6_K's 6-bit values and int8 scales per 16), Q5_0 as Q8_0 (the
+// same scale, its 5-bit values as int8), IQ4_NL and IQ4_XS as alem's int8 (their non-linear
+// table's int8 values, the block's scale as the f32 scale of 32 values). The carrier's
+// dequantisation gives the same f32 values as ggml's of the original, bit for bit, and the engine
+// runs it on that type's kernels.
 #pragma once
 
 #include <cstddef>
@@ -14,7 +15,8 @@
 
 namespace alem {
 
-// True and the carrier type for Q3_K (Q6_K), IQ4_NL and IQ4_XS (I8); false for other types.
+// True and the carrier type for Q3_K (Q6_K), Q5_0 (Q8_0), IQ4_NL and IQ4_XS (I8); false for
+// other types (Q2_K and Q5_1 have an offset per block that none of these holds).
 bool ggml_exact_carrier(uint32_t type_id, DType* carrier);
 
 // rows x cols values of ggml type `type_id` (row-major, `bytes` = ggml_bytes_for(type, rows *
