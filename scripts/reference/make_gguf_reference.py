@@ -164,6 +164,23 @@ def random_blocks(rng, qtype, n_blocks):
     return raw
 
 
+def add_case(writer, cases, name, qtype, payload, rows, cols):
+    """Adds one tensor to the fixture and its values as the gguf package dequantises them."""
+    writer.add_tensor(name, payload, raw_shape=payload.shape, raw_dtype=qtype)
+    values = gguf.quants.dequantize(payload, qtype).astype(np.float32).reshape(-1)
+    cases.append({"name": name, "ggml_type": qtype.name, "rows": rows, "cols": cols,
+                  "values": [float(v) for v in values]})
+
+
+def finish_fixture(writer, path, cases):
+    """Writes the fixture, then re-reads it with gguf's reader to be sure it is well-formed."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert len(gguf.GGUFReader(path).tensors) == len(cases)
+
+
 def lowbit_quant_file():
     """tests/data/gguf_lowbit_types.gguf: the block types alem expands on import beyond the first
     fixture's (Q2_K, Q3_K, IQ4_NL, IQ4_XS), and IQ2_XXS, which it refuses; its own random blocks
@@ -178,15 +195,8 @@ def lowbit_quant_file():
         name = "test." + qtype.name.lower() + ".weight"
         block_elems, _ = gguf.GGML_QUANT_SIZES[qtype]
         payload = random_blocks(rng, qtype, rows * cols // block_elems).reshape(rows, -1)
-        writer.add_tensor(name, payload, raw_shape=payload.shape, raw_dtype=qtype)
-        values = gguf.quants.dequantize(payload, qtype).astype(np.float32).reshape(-1)
-        cases.append({"name": name, "ggml_type": qtype.name, "rows": rows, "cols": cols,
-                      "values": [float(v) for v in values]})
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    assert len(gguf.GGUFReader(path).tensors) == len(cases)
+        add_case(writer, cases, name, qtype, payload, rows, cols)
+    finish_fixture(writer, path, cases)
     doc = {"generator": "scripts/reference/make_gguf_reference.py --lowbit-only (gguf " +
            getattr(gguf, "__version__", "?") + ", numpy " + np.__version__ + ")",
            "fixture": os.path.basename(path), "cases": cases}
@@ -232,17 +242,8 @@ def synthetic_quant_file():
         else:
             block_elems, _ = gguf.GGML_QUANT_SIZES[qtype]
             payload = random_blocks(rng, qtype, rows * cols // block_elems).reshape(rows, -1)
-        writer.add_tensor(name, payload, raw_shape=payload.shape, raw_dtype=qtype)
-        values = gguf.quants.dequantize(payload, qtype).astype(np.float32).reshape(-1)
-        cases.append({"name": name, "ggml_type": qtype.name, "rows": rows, "cols": cols,
-                      "values": [float(v) for v in values]})
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    # Re-read with gguf's reader to be sure the fixture is well-formed.
-    check = gguf.GGUFReader(path)
-    assert len(check.tensors) == len(cases)
+        add_case(writer, cases, name, qtype, payload, rows, cols)
+    finish_fixture(writer, path, cases)
     return os.path.basename(path), cases
 
 

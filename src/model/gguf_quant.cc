@@ -237,10 +237,6 @@ void dequantize_q3_k(const uint8_t* block, float* y) {
   }
 }
 
-// IQ4_NL and IQ4_XS: 4-bit indices into this non-linear table of int8 values.
-constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
-                                   1,    13,   25,  38,  53,  69,  89,  113};
-
 // IQ4_NL block of 32: f16 d, 16 bytes of indices (low nibbles values 0..15, high 16..31);
 // x = d * table[index].
 void dequantize_iq4_nl(const uint8_t* block, float* y) {

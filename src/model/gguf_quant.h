@@ -47,6 +47,10 @@ enum class GgmlType : uint32_t {
   MXFP4 = 39,
 };
 
+// The int8 values that IQ4_NL's and IQ4_XS's 4-bit indices stand for (ggml's kvalues_iq4nl).
+inline constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                          1,    13,   25,  38,  53,  69,  89,  113};
+
 struct GgmlBlockGeometry {
   int64_t elements_per_block = 0;  // 0 for an unknown type id
   int64_t bytes_per_block = 0;

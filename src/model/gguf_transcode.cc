@@ -16,10 +16,6 @@ constexpr int64_t kSuperBlock = 256;
 constexpr size_t kQ3KBytes = 110, kQ6KBytes = 210, kIq4NlBytes = 18, kIq4XsBytes = 136,
                  kQ5_0Bytes = 22, kQ8_0Bytes = 34;
 
-// The int8 values of IQ4_NL's and IQ4_XS's 4-bit indices (gguf_quant.cc has the same table).
-constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
-                                   1,    13,   25,  38,  53,  69,  89,  113};
-
 // One Q3_K super-block as Q6_K: value v = q - (high bit ? 0 : 4) in [-4, 3] becomes the 6-bit
 // v + 32; the 16 scales sc - 32 in [-32, 31] become Q6_K's int8 scales (both per 16 values, in
 // order); d is the same f16. Q6_K value e sits in ql/qh as dequantize_q6_k reads it: half
