@@ -15,7 +15,8 @@ numpy dequantisers), never with alem's code:
    the full dequantised values from gguf.quants.dequantize.
 
 3. tests/data/gguf_lowbit_types.gguf and tests/data/gguf_lowbit_reference.json: the same for the
-   low-bit types alem expands on import (Q2_K, Q3_K, IQ4_NL, IQ4_XS) and one it refuses (IQ2_XXS);
+   low-bit types alem imports (Q2_K, Q3_K, IQ4_NL, IQ4_XS) and one it refuses (IQ2_XXS), and
+   tests/data/tiny-lowbit-llama.gguf, a one-layer llama of random blocks in those types and Q5_0;
    `--lowbit-only` writes only these (gguf and numpy, no transformers).
 
 Usage: .venv-reference/bin/python scripts/reference/make_gguf_reference.py [model.gguf] [--lowbit-only]
@@ -247,8 +248,52 @@ def synthetic_quant_file():
     return os.path.basename(path), cases
 
 
+def lowbit_model_file():
+    """tests/data/tiny-lowbit-llama.gguf: a one-layer llama of random blocks whose matrices take
+    every type alem keeps in a carrier or expands (Q3_K, Q5_0, IQ4_NL, IQ4_XS; Q2_K), with
+    tiny-llama's tokenizer, for the import test (tests/unit/test_convert.cc)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from gguf_tokenizer import add_tokenizer
+    rng = np.random.default_rng(20261206)
+    hidden, ffn, vocab, heads, kv_heads = 256, 512, 512, 4, 2
+    head_dim = hidden // heads
+    path = os.path.join(DATA, "tiny-lowbit-llama.gguf")
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_name("tiny-lowbit-llama")
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(vocab)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    add_tokenizer(writer, os.path.join(DATA, "tiny-llama"))
+    matrices = [("token_embd.weight", Q.Q5_0, vocab, hidden),
+                ("output.weight", Q.IQ4_XS, vocab, hidden),
+                ("blk.0.attn_q.weight", Q.Q3_K, hidden, hidden),
+                ("blk.0.attn_k.weight", Q.Q3_K, kv_heads * head_dim, hidden),
+                ("blk.0.attn_v.weight", Q.IQ4_NL, kv_heads * head_dim, hidden),
+                ("blk.0.attn_output.weight", Q.IQ4_XS, hidden, hidden),
+                ("blk.0.ffn_gate.weight", Q.Q3_K, ffn, hidden),
+                ("blk.0.ffn_up.weight", Q.Q3_K, ffn, hidden),
+                ("blk.0.ffn_down.weight", Q.Q2_K, hidden, ffn)]
+    for name, qtype, rows, cols in matrices:
+        block_elems, _ = gguf.GGML_QUANT_SIZES[qtype]
+        payload = random_blocks(rng, qtype, rows * cols // block_elems).reshape(rows, -1)
+        writer.add_tensor(name, payload, raw_shape=payload.shape, raw_dtype=qtype)
+    for name in ("output_norm.weight", "blk.0.attn_norm.weight", "blk.0.ffn_norm.weight"):
+        writer.add_tensor(name, rng.uniform(0.5, 1.5, size=hidden).astype(np.float32))
+    finish_fixture(writer, path, matrices + [None] * 3)
+    print("wrote", path, os.path.getsize(path), "bytes")
+
+
 def main():
     lowbit_quant_file()
+    lowbit_model_file()
     if "--lowbit-only" in sys.argv:
         return
     meta, tensors = real_model_reference()

@@ -54,6 +54,8 @@ import transformers
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 from safetensors.torch import load_file, save_file
 
+from gguf_tokenizer import add_tokenizer
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DATA = os.path.join(ROOT, "tests", "data")
 
@@ -75,25 +77,6 @@ def permute(w, n_head, n_head_kv=None):
         n_head = n_head_kv
     return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
             .swapaxes(1, 2).reshape(w.shape))
-
-
-def add_tokenizer(writer, folder):
-    tok = json.load(open(os.path.join(folder, "tokenizer.json")))
-    vocab = dict(tok["model"]["vocab"])
-    special = set()
-    for added in tok.get("added_tokens", []):
-        vocab[added["content"]] = added["id"]
-        if added.get("special"):
-            special.add(added["id"])
-    by_id = sorted(vocab.items(), key=lambda kv: kv[1])
-    assert [i for _, i in by_id] == list(range(len(by_id))), "token ids are not dense"
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("qwen2")
-    writer.add_token_list([t for t, _ in by_id])
-    writer.add_token_types([int(gguf.TokenType.CONTROL) if i in special
-                            else int(gguf.TokenType.NORMAL) for _, i in by_id])
-    writer.add_token_merges(merges)
 
 
 def write(name, arch, expert_type=None):

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -19,6 +20,7 @@
 #include "model/model_config.h"
 #include "model/model_store.h"
 #include "model/safetensors_reader.h"
+#include "model/weights.h"
 #include "tests/test_env.h"
 
 namespace alem {
@@ -224,6 +226,59 @@ TEST_P(TinyLlama, SafetensorsImportMatchesSourceFile) {
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, TinyLlama, ::testing::Values(DType::F32, DType::BF16, DType::I8),
                          [](const auto& info) { return dtype_name(info.param); });
+
+// A GGUF whose matrices take the types alem has no kernels for (tests/data/tiny-lowbit-llama.gguf,
+// random blocks, scripts/reference/make_gguf_reference.py --lowbit-only): `--dtype auto` keeps
+// Q3_K as Q6_K, Q5_0 as Q8_0, IQ4_NL and IQ4_XS as int8, and the store reads back exactly the
+// values the GGUF dequantises to (which Gguf.LowBitTypesFixture checks against the gguf
+// package); Q2_K, which no carrier holds, is expanded to bf16.
+TEST(Convert, LowBitGgufTypesKeptInExactCarriers) {
+  const std::string gguf_path = test::data_dir() + "/tiny-lowbit-llama.gguf";
+  const std::string out = temp_path("lowbit.h5");
+  ConvertOptions options;
+  options.keep_gguf_types = true;
+  convert_gguf(gguf_path, out, options);
+  const std::map<std::string, DType> expected = {
+      {"model.embed_tokens.weight", DType::Q8_0},
+      {"lm_head.weight", DType::I8},
+      {"model.layers.0.self_attn.q_proj.weight", DType::Q6_K},
+      {"model.layers.0.self_attn.k_proj.weight", DType::Q6_K},
+      {"model.layers.0.self_attn.v_proj.weight", DType::I8},
+      {"model.layers.0.self_attn.o_proj.weight", DType::I8},
+      {"model.layers.0.mlp.gate_proj.weight", DType::Q6_K},
+      {"model.layers.0.mlp.up_proj.weight", DType::Q6_K},
+      {"model.layers.0.mlp.down_proj.weight", DType::BF16}};
+  GgufFile gguf(gguf_path);
+  {
+    ModelStoreReader store(out);
+    int matrices = 0;
+    for (const GgufTensorInfo& t : gguf.tensors()) {
+      if (t.dims.size() != 2) continue;
+      SCOPED_TRACE(t.name);
+      ASSERT_EQ(expected.count(t.hf_name), 1u) << t.hf_name;
+      const WeightMatrix m = store.read_matrix(t.hf_name, 0, t.rows());
+      EXPECT_EQ(m.dtype, expected.at(t.hf_name));
+      const std::vector<float> want = gguf.dequantize(t.name);  // q/k rows un-permuted
+      std::vector<float> row(static_cast<size_t>(m.cols));
+      int mismatches = 0;
+      for (int64_t r = 0; r < m.rows; ++r) {
+        dequantize_row(m, r, row.data());
+        for (int64_t c = 0; c < m.cols; ++c) {
+          float w = want[static_cast<size_t>(r * m.cols + c)];
+          if (m.dtype == DType::BF16) w = bf16_to_f32(f32_to_bf16(w));
+          if (row[c] != w && mismatches++ < 3) {
+            ADD_FAILURE() << "row " << r << " col " << c << ": " << row[c] << " != " << w;
+          }
+        }
+      }
+      EXPECT_EQ(mismatches, 0);
+      ++matrices;
+    }
+    EXPECT_EQ(matrices, 9);
+  }
+  EXPECT_EQ(verify_store(out), "");
+  fs::remove(out);
+}
 
 TEST(Convert, TinyLlamaTokenizer) {
   const json tj = json::parse(read_text(tiny_dir() + "/tokenizer.json"));
