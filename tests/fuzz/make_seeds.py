@@ -119,6 +119,7 @@ def safetensors_file():
 
 def main():
     put("gguf", "quant-types.gguf", read("gguf_quant_types.gguf"))
+    put("gguf", "lowbit-types.gguf", read("gguf_lowbit_types.gguf"))
     put("gguf", "tiny-llama.gguf", gguf_file())
     put("safetensors", "tiny.safetensors", safetensors_file())
 
