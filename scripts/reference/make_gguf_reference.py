@@ -16,7 +16,8 @@ numpy dequantisers), never with alem's code:
 
 3. tests/data/gguf_lowbit_types.gguf and tests/data/gguf_lowbit_reference.json: the same for the
    low-bit types alem imports (Q2_K, Q3_K, IQ4_NL, IQ4_XS) and one it refuses (IQ2_XXS), and
-   tests/data/tiny-lowbit-llama.gguf, a one-layer llama of random blocks in those types and Q5_0;
+   tests/data/tiny-lowbit-llama.gguf, a one-layer llama of random blocks in those types and Q5_0,
+   and tests/data/tiny-mixtral-lowbit.gguf, tiny-mixtral.gguf with IQ4_NL and Q5_0 experts;
    `--lowbit-only` writes only these (gguf and numpy, no transformers).
 
 Usage: .venv-reference/bin/python scripts/reference/make_gguf_reference.py [model.gguf] [--lowbit-only]
@@ -291,9 +292,38 @@ def lowbit_model_file():
     print("wrote", path, os.path.getsize(path), "bytes")
 
 
+def lowbit_moe_file():
+    """tests/data/tiny-mixtral-lowbit.gguf: tests/data/tiny-mixtral.gguf (metadata, tokenizer and
+    every other tensor copied as they are) with random blocks for its stacked experts, gate and up
+    in IQ4_NL and down in Q5_0, which alem keeps as int8 and Q8_0 one expert at a time."""
+    rng = np.random.default_rng(20261207)
+    source = gguf.GGUFReader(os.path.join(DATA, "tiny-mixtral.gguf"))
+    path = os.path.join(DATA, "tiny-mixtral-lowbit.gguf")
+    writer = gguf.GGUFWriter(path, "llama")
+    for key, field in source.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        vtype = field.types[0]
+        sub = field.types[1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
+    for t in source.tensors:
+        if "_exps." in t.name:
+            qtype = Q.Q5_0 if "down" in t.name else Q.IQ4_NL
+            experts, rows, cols = (int(d) for d in reversed(t.shape.tolist()))
+            block_elems, _ = gguf.GGML_QUANT_SIZES[qtype]
+            payload = random_blocks(rng, qtype, experts * rows * cols // block_elems)
+            payload = payload.reshape(experts, rows, -1)
+            writer.add_tensor(t.name, payload, raw_shape=payload.shape, raw_dtype=qtype)
+        else:
+            writer.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+    finish_fixture(writer, path, source.tensors)
+    print("wrote", path, os.path.getsize(path), "bytes")
+
+
 def main():
     lowbit_quant_file()
     lowbit_model_file()
+    lowbit_moe_file()
     if "--lowbit-only" in sys.argv:
         return
     meta, tensors = real_model_reference()

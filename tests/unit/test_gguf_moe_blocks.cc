@@ -10,6 +10,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <tuple>
 
 #include "core/error.h"
 #include "engine/moe_ffn.h"
@@ -86,6 +87,49 @@ TEST(GgufMoeBlocks, ExpertsKeepTheFilesBlocks) {
     EXPECT_EQ(store.tensor_info(layer_tensor_name(0, "self_attn.q_proj.weight")).dtype,
               DType::BF16);
   }
+}
+
+// Experts in types without kernels of their own (tests/data/tiny-mixtral-lowbit.gguf: random
+// IQ4_NL gate/up and Q5_0 down, scripts/reference/make_gguf_reference.py --lowbit-only) are kept
+// one expert at a time in their exact carriers, int8 and Q8_0: every value reads back as the
+// GGUF dequantises it (the gguf package's values, Gguf.QuantTypesFixture and LowBitTypesFixture).
+TEST(GgufMoeBlocks, LowBitExpertsKeptInExactCarriers) {
+  const std::string model = "tiny-mixtral-lowbit";
+  GgufFile gguf(data_dir() + "/" + model + ".gguf");
+  ModelStoreReader store(kept_store(model));
+  const ModelConfig& c = store.config();
+  EXPECT_EQ(verify_store(kept_store(model)), "");
+  int experts_checked = 0;
+  for (int layer = 0; layer < c.num_layers; ++layer) {
+    const std::tuple<const char*, ExpertMatrix, DType> parts[] = {
+        {"gate", ExpertMatrix::kGate, DType::I8},
+        {"up", ExpertMatrix::kUp, DType::I8},
+        {"down", ExpertMatrix::kDown, DType::Q8_0}};
+    for (const auto& [part, which, carrier] : parts) {
+      const std::string gguf_name =
+          "blk." + std::to_string(layer) + ".ffn_" + part + "_exps.weight";
+      const std::vector<float> all = gguf.dequantize(gguf_name);  // experts outermost
+      const size_t per_expert = all.size() / static_cast<size_t>(c.num_experts);
+      for (int e = 0; e < c.num_experts; ++e) {
+        const std::string name = expert_tensor_name(c, layer, e, which);
+        const TensorInfo info = store.tensor_info(name);
+        EXPECT_EQ(info.dtype, carrier) << name;
+        const WeightMatrix w = store.read_matrix(name, 0, info.shape[0]);
+        ASSERT_EQ(static_cast<size_t>(w.rows * w.cols), per_expert) << name;
+        std::vector<float> row(static_cast<size_t>(w.cols));
+        int mismatches = 0;
+        for (int64_t r = 0; r < w.rows; ++r) {
+          dequantize_row(w, r, row.data());
+          for (int64_t k = 0; k < w.cols; ++k) {
+            mismatches += row[k] != all[e * per_expert + static_cast<size_t>(r * w.cols + k)];
+          }
+        }
+        EXPECT_EQ(mismatches, 0) << name;
+        ++experts_checked;
+      }
+    }
+  }
+  EXPECT_EQ(experts_checked, c.num_layers * c.num_experts * 3);
 }
 
 TEST(GgufMoeBlocks, OneRankMatchesTransformersReadingTheGguf) {
