@@ -1,6 +1,6 @@
 // Exact carriers for ggml types without kernels of their own (gguf_transcode.h). The bit layouts
-// are those of gguf_quant.cc's dequantisers (ggml's dequantize_row_q3_K, _iq4_nl, _iq4_xs) and
-// of Q6_K as dequantize_q6_k reads it.
+// are those of gguf_quant.cc's dequantisers (ggml's dequantize_row_q3_K, _q5_0, _iq4_nl,
+// _iq4_xs), and of Q6_K and Q8_0 as dequantize_q6_k and dequantize_q8_0 read them.
 #include "model/gguf_transcode.h"
 
 #include <cstring>
