@@ -174,13 +174,13 @@ def add_case(writer, cases, name, qtype, payload, rows, cols):
                   "values": [float(v) for v in values]})
 
 
-def finish_fixture(writer, path, cases):
+def finish_fixture(writer, path, tensor_count):
     """Writes the fixture, then re-reads it with gguf's reader to be sure it is well-formed."""
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    assert len(gguf.GGUFReader(path).tensors) == len(cases)
+    assert len(gguf.GGUFReader(path).tensors) == tensor_count
 
 
 def lowbit_quant_file():
@@ -198,7 +198,7 @@ def lowbit_quant_file():
         block_elems, _ = gguf.GGML_QUANT_SIZES[qtype]
         payload = random_blocks(rng, qtype, rows * cols // block_elems).reshape(rows, -1)
         add_case(writer, cases, name, qtype, payload, rows, cols)
-    finish_fixture(writer, path, cases)
+    finish_fixture(writer, path, len(cases))
     doc = {"generator": "scripts/reference/make_gguf_reference.py --lowbit-only (gguf " +
            getattr(gguf, "__version__", "?") + ", numpy " + np.__version__ + ")",
            "fixture": os.path.basename(path), "cases": cases}
@@ -245,7 +245,7 @@ def synthetic_quant_file():
             block_elems, _ = gguf.GGML_QUANT_SIZES[qtype]
             payload = random_blocks(rng, qtype, rows * cols // block_elems).reshape(rows, -1)
         add_case(writer, cases, name, qtype, payload, rows, cols)
-    finish_fixture(writer, path, cases)
+    finish_fixture(writer, path, len(cases))
     return os.path.basename(path), cases
 
 
@@ -288,7 +288,7 @@ def lowbit_model_file():
         writer.add_tensor(name, payload, raw_shape=payload.shape, raw_dtype=qtype)
     for name in ("output_norm.weight", "blk.0.attn_norm.weight", "blk.0.ffn_norm.weight"):
         writer.add_tensor(name, rng.uniform(0.5, 1.5, size=hidden).astype(np.float32))
-    finish_fixture(writer, path, matrices + [None] * 3)
+    finish_fixture(writer, path, len(matrices) + 3)
     print("wrote", path, os.path.getsize(path), "bytes")
 
 
@@ -316,7 +316,7 @@ def lowbit_moe_file():
             writer.add_tensor(t.name, payload, raw_shape=payload.shape, raw_dtype=qtype)
         else:
             writer.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
-    finish_fixture(writer, path, source.tensors)
+    finish_fixture(writer, path, len(source.tensors))
     print("wrote", path, os.path.getsize(path), "bytes")
 
 

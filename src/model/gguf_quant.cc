@@ -20,6 +20,51 @@ float load_f16(const uint8_t* p) {
   return f16_to_f32(load_u16(p));
 }
 
+}  // namespace
+
+void q5_0_values(const uint8_t* block, int8_t* values) {
+  uint32_t qh;
+  std::memcpy(&qh, block + 2, 4);
+  const uint8_t* qs = block + 6;
+  for (int j = 0; j < 16; ++j) {
+    const int high0 = ((qh >> j) << 4) & 0x10, high1 = (qh >> (j + 12)) & 0x10;
+    values[j] = static_cast<int8_t>(((qs[j] & 0x0F) | high0) - 16);
+    values[j + 16] = static_cast<int8_t>(((qs[j] >> 4) | high1) - 16);
+  }
+}
+
+void q3_k_fields(const uint8_t* block, int8_t* scales, int8_t* values) {
+  const uint8_t* hmask = block;
+  const uint8_t* qs = block + 32;
+  const uint8_t* packed = block + 96;
+  for (int i = 0; i < 16; ++i) {
+    const int low = (i < 8 ? packed[i] : packed[i - 8] >> 4) & 0x0F;
+    const int high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
+    scales[i] = static_cast<int8_t>((low | (high << 4)) - 32);
+  }
+  for (int e = 0; e < 256; ++e) {
+    const int h = e / 128, j = (e % 128) / 32, l = e % 32;
+    const int q = (qs[32 * h + l] >> (2 * j)) & 3;
+    values[e] = static_cast<int8_t>(q - (((hmask[l] >> (4 * h + j)) & 1) ? 0 : 4));
+  }
+}
+
+void iq4_values(const uint8_t* qs, int8_t* values) {
+  for (int j = 0; j < 16; ++j) {
+    values[j] = kIq4Values[qs[j] & 0x0F];
+    values[j + 16] = kIq4Values[qs[j] >> 4];
+  }
+}
+
+float iq4_xs_scale(const uint8_t* block, int ib) {
+  const uint16_t scales_high = load_u16(block + 2);
+  const int ls =
+      ((block[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((scales_high >> (2 * ib)) & 3) << 4);
+  return load_f16(block) * static_cast<float>(ls - 32);
+}
+
+namespace {
+
 // Q4_0: f16 d, 16 bytes of nibbles; x = d * (q - 8). Low nibbles are elements 0..15.
 void dequantize_q4_0(const uint8_t* block, float* y) {
   const float d = load_f16(block);
@@ -48,17 +93,9 @@ void dequantize_q4_1(const uint8_t* block, float* y) {
 // Q5_0: f16 d, 32 high bits (u32), 16 bytes of low nibbles; x = d * (q - 16).
 void dequantize_q5_0(const uint8_t* block, float* y) {
   const float d = load_f16(block);
-  uint32_t qh;
-  std::memcpy(&qh, block + 2, 4);
-  const uint8_t* qs = block + 6;
-  for (int j = 0; j < 16; ++j) {
-    const uint8_t xh0 = static_cast<uint8_t>(((qh >> j) << 4) & 0x10);
-    const uint8_t xh1 = static_cast<uint8_t>((qh >> (j + 12)) & 0x10);
-    const int x0 = ((qs[j] & 0x0F) | xh0) - 16;
-    const int x1 = ((qs[j] >> 4) | xh1) - 16;
-    y[j] = static_cast<float>(x0) * d;
-    y[j + 16] = static_cast<float>(x1) * d;
-  }
+  int8_t values[32];
+  q5_0_values(block, values);
+  for (int j = 0; j < 32; ++j) y[j] = static_cast<float>(values[j]) * d;
 }
 
 // Q5_1: f16 d, f16 m, 32 high bits, 16 bytes of low nibbles; x = d * q + m.
@@ -209,60 +246,33 @@ void dequantize_q2_k(const uint8_t* block, float* y) {
   }
 }
 
-// Q3_K super-block of 256: 32 bytes of high bits (bit b of byte l: value 32b + l), 64 bytes of
-// low 2-bit values (as Q2_K), 12 bytes of 6-bit scales (low nibbles in bytes 0-7, the high two
-// bits in 8-11), f16 d; x = d * (sc - 32) * (q - (high bit ? 0 : 4)) per 16 values.
+// Q3_K super-block of 256 (q3_k_fields); x = d * scale * value per 16 values.
 void dequantize_q3_k(const uint8_t* block, float* y) {
-  const uint8_t* hmask = block;
-  const uint8_t* q = block + 32;
-  const uint8_t* packed = block + 96;
   const float d = load_f16(block + 108);
-  int8_t scales[16];
-  for (int i = 0; i < 16; ++i) {
-    const int low = (i < 8 ? packed[i] : packed[i - 8] >> 4) & 0x0F;
-    const int high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
-    scales[i] = static_cast<int8_t>((low | (high << 4)) - 32);
-  }
-  int is = 0, bit = 0;
-  for (int half = 0; half < 2; ++half, q += 32) {
-    for (int shift = 0; shift < 8; shift += 2, ++bit) {
-      for (int part = 0; part < 2; ++part) {
-        const float dl = d * static_cast<float>(scales[is++]);
-        for (int l = 16 * part; l < 16 * part + 16; ++l) {
-          const int value = ((q[l] >> shift) & 3) - (((hmask[l] >> bit) & 1) ? 0 : 4);
-          *y++ = dl * static_cast<float>(value);
-        }
-      }
-    }
+  int8_t scales[16], values[256];
+  q3_k_fields(block, scales, values);
+  for (int i = 0; i < 256; i += 16) {
+    const float dl = d * static_cast<float>(scales[i / 16]);
+    for (int l = i; l < i + 16; ++l) y[l] = dl * static_cast<float>(values[l]);
   }
 }
 
-// IQ4_NL block of 32: f16 d, 16 bytes of indices (low nibbles values 0..15, high 16..31);
-// x = d * table[index].
+// IQ4_NL block of 32: f16 d, 16 bytes of indices (iq4_values); x = d * table[index].
 void dequantize_iq4_nl(const uint8_t* block, float* y) {
   const float d = load_f16(block);
-  const uint8_t* qs = block + 2;
-  for (int j = 0; j < 16; ++j) {
-    y[j] = d * static_cast<float>(kIq4Values[qs[j] & 0x0F]);
-    y[j + 16] = d * static_cast<float>(kIq4Values[qs[j] >> 4]);
-  }
+  int8_t values[32];
+  iq4_values(block + 2, values);
+  for (int j = 0; j < 32; ++j) y[j] = d * static_cast<float>(values[j]);
 }
 
-// IQ4_XS super-block of 256: f16 d, 16 bits of high scale bits (2 per 32 values), 4 bytes of low
-// scale nibbles, 128 bytes of indices as IQ4_NL's per 32 values; x = d * (ls - 32) * table[q].
+// IQ4_XS super-block of 256: 8 runs of 32 indices as IQ4_NL's, each with its own scale
+// (iq4_xs_scale); x = scale * table[index].
 void dequantize_iq4_xs(const uint8_t* block, float* y) {
-  const float d = load_f16(block);
-  const uint16_t scales_high = load_u16(block + 2);
-  const uint8_t* scales_low = block + 4;
-  const uint8_t* qs = block + 8;
-  for (int ib = 0; ib < 8; ++ib, qs += 16, y += 32) {
-    const int ls =
-        ((scales_low[ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((scales_high >> (2 * ib)) & 3) << 4);
-    const float dl = d * static_cast<float>(ls - 32);
-    for (int j = 0; j < 16; ++j) {
-      y[j] = dl * static_cast<float>(kIq4Values[qs[j] & 0x0F]);
-      y[j + 16] = dl * static_cast<float>(kIq4Values[qs[j] >> 4]);
-    }
+  int8_t values[32];
+  for (int ib = 0; ib < 8; ++ib, y += 32) {
+    const float dl = iq4_xs_scale(block, ib);
+    iq4_values(block + 8 + 16 * ib, values);
+    for (int j = 0; j < 32; ++j) y[j] = dl * static_cast<float>(values[j]);
   }
 }
 

@@ -51,6 +51,22 @@ enum class GgmlType : uint32_t {
 inline constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                           1,    13,   25,  38,  53,  69,  89,  113};
 
+// The integer fields of one block, as ggml's dequantisers read them; dequantize_ggml and the
+// exact carriers (gguf_transcode.h) are both written over these.
+// Q5_0 (22 bytes): its 32 values q - 16, in [-16, 15].
+void q5_0_values(const uint8_t* block, int8_t* values);
+// Q3_K (110 bytes: 32 bytes of high bits, 64 of low 2-bit values, 12 of 6-bit scales, f16 d at
+// 108): the 16 scales sc - 32 (one per 16 values) and the 256 values q - (high bit ? 0 : 4), in
+// [-4, 3]. Value e = 128h + 32j + l takes bits 2j..2j+1 of byte 32h + l and bit 4h + j of high
+// byte l.
+void q3_k_fields(const uint8_t* block, int8_t* scales, int8_t* values);
+// IQ4_NL and IQ4_XS: 32 values from 16 bytes of indices (values 0..15 in the low nibbles,
+// 16..31 in the high) through kIq4Values.
+void iq4_values(const uint8_t* qs, int8_t* values);
+// IQ4_XS (136 bytes: f16 d, 16 bits of high scale bits, 4 bytes of low scale nibbles, 8 runs of
+// 16 index bytes from byte 8): run ib's scale d * (ls - 32) in f32.
+float iq4_xs_scale(const uint8_t* block, int ib);
+
 struct GgmlBlockGeometry {
   int64_t elements_per_block = 0;  // 0 for an unknown type id
   int64_t bytes_per_block = 0;

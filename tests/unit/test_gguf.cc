@@ -290,7 +290,7 @@ TEST(Gguf, QuantTypesFixture) {
                         ref["quant_cases"], "");
 }
 
-// Q2_K, Q3_K, IQ4_NL and IQ4_XS (expanded on import) against the `gguf` package; IQ2_XXS refused.
+// Q2_K, Q3_K, IQ4_NL and IQ4_XS dequantised as the `gguf` package does; IQ2_XXS refused.
 TEST(Gguf, LowBitTypesFixture) {
   const json ref = load_reference("gguf_lowbit_reference.json");
   ASSERT_EQ(ref["cases"].size(), 5u);
