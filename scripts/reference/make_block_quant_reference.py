@@ -5,9 +5,15 @@ alem keeps Q4_0, Q4_1 and Q8_0 weights as ggml blocks and can also make them fro
 (`alem convert --dtype q4_0`, the kernel tests). This script quantises a few fixed rows with
 the PyPI `gguf` package (llama.cpp's own numpy port of the reference quantisers), never with
 alem's code, and writes the inputs and the block bytes to tests/data/block_quant_reference.json.
+IQ4_NL, which the package cannot quantise, comes from ggml's own C reference
+(quantize_row_iq4_nl_ref in libggml-base, as bench/llama_bench_compare.sh builds it), called
+through ctypes.
 
-Usage: .venv-reference/bin/python scripts/reference/make_block_quant_reference.py
+Usage: .venv-reference/bin/python scripts/reference/make_block_quant_reference.py \
+           [path/to/libggml-base.so]   (default: build-llama/llama-build/bin/libggml-base.so)
 """
+import ctypes
+import sys
 import importlib.metadata
 import json
 import os
@@ -39,6 +45,23 @@ def main():
     for name, qtype in (("q4_0", Q.Q4_0), ("q4_1", Q.Q4_1), ("q8_0", Q.Q8_0)):
         data["quantized"][name] = [gguf.quants.quantize(r.reshape(1, -1), qtype).tobytes().hex()
                                    for r in values]
+    lib_path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+        ROOT, "build-llama", "llama-build", "bin", "libggml-base.so")
+    ggml = ctypes.CDLL(lib_path)
+    ggml.quantize_row_iq4_nl_ref.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    ggml.quantize_row_iq4_nl_ref.restype = None
+    blocks = []
+    for r in values:
+        r = np.ascontiguousarray(r, dtype=np.float32)
+        out = np.zeros(len(r) // 32 * 18, dtype=np.uint8)
+        ggml.quantize_row_iq4_nl_ref(r.ctypes.data, out.ctypes.data, len(r))
+        # ggml leaves the indices of an all-zero block uninitialised (its d is 0, so any
+        # indices give the same zeros); alem writes index 0 there.
+        out = out.reshape(-1, 18)
+        out[(out[:, 0] == 0) & (out[:, 1] == 0), 2:] = 0
+        blocks.append(out.tobytes().hex())
+    data["quantized"]["iq4_nl"] = blocks
+    data["ggml_library"] = os.path.basename(os.path.realpath(lib_path))
     with open(OUT, "w") as f:
         json.dump(data, f, indent=1)
         f.write("\n")

@@ -21,13 +21,15 @@ size_t dtype_size(DType t) {
     case DType::Q4_K:
     case DType::Q5_K:
     case DType::Q6_K:
+    case DType::IQ4_NL:
       ALEM_FAIL("dtype " + dtype_name(t) + " is a block type with no per-element size");
   }
   return 0;
 }
 
 bool dtype_is_block(DType t) {
-  return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0 || dtype_is_k_quant(t);
+  return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0 || t == DType::IQ4_NL ||
+         dtype_is_k_quant(t);
 }
 
 bool dtype_is_k_quant(DType t) {
@@ -41,6 +43,7 @@ int64_t dtype_block_elements(DType t) {
 int64_t dtype_block_bytes(DType t) {
   switch (t) {
     case DType::Q4_0:
+    case DType::IQ4_NL:
       return 18;
     case DType::Q4_1:
       return 20;
@@ -87,6 +90,8 @@ std::string dtype_name(DType t) {
       return "q5_k";
     case DType::Q6_K:
       return "q6_k";
+    case DType::IQ4_NL:
+      return "iq4_nl";
   }
   return "?";
 }
@@ -102,8 +107,9 @@ DType parse_dtype(const std::string& name) {
   if (name == "q4_k" || name == "Q4_K") return DType::Q4_K;
   if (name == "q5_k" || name == "Q5_K") return DType::Q5_K;
   if (name == "q6_k" || name == "Q6_K") return DType::Q6_K;
+  if (name == "iq4_nl" || name == "IQ4_NL") return DType::IQ4_NL;
   ALEM_FAIL("unknown dtype '" + name +
-            "' (expected f32, bf16, f16, int8, q4_0, q4_1, q8_0, q4_k, q5_k or q6_k)");
+            "' (expected f32, bf16, f16, int8, q4_0, q4_1, q8_0, q4_k, q5_k, q6_k or iq4_nl)");
 }
 
 float f16_to_f32(uint16_t h) {

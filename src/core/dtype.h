@@ -8,6 +8,9 @@
 // 144 / 176 / 210 bytes (Q4_K/Q5_K: f16 d and dmin, 8 six-bit scale/min pairs for sub-blocks of
 // 32, then 4-bit values (Q5_K plus one high bit each); Q6_K: 4+2-bit values, 16 int8 scales for
 // sub-blocks of 16, f16 d; the layouts of ggml's block_q4_K / block_q5_K / block_q6_K).
+// IQ4_NL is ggml's non-linear 4-bit block, also kept byte for byte: 32 elements in 18 bytes, Q4_0's
+// layout (f16 d, then 16 bytes of 4-bit indices), each index standing for d times one of 16 int8
+// values (kIq4Values in model/gguf_quant.h) instead of d times (q - 8).
 #pragma once
 
 #include <cstdint>
@@ -26,20 +29,22 @@ enum class DType : uint8_t {
   Q8_0 = 6,
   Q4_K = 7,
   Q5_K = 8,
-  Q6_K = 9
+  Q6_K = 9,
+  IQ4_NL = 10
 };
 
 // Bytes per element (for I8 the scales are stored separately). Throws alem::Error for the block
 // types, whose elements have no whole byte size: use dtype_row_bytes for those.
 size_t dtype_size(DType t);
 std::string dtype_name(DType t);
-// Parses "f32", "bf16", "f16", "int8"/"i8", "q4_0", "q4_1", "q8_0", "q4_k", "q5_k", "q6_k"; throws
+// Parses "f32", "bf16", "f16", "int8"/"i8", "q4_0", "q4_1", "q8_0", "q4_k", "q5_k", "q6_k",
+// "iq4_nl"; throws
 // alem::Error on anything else.
 DType parse_dtype(const std::string& name);
 
-// Block geometry: 1 element in dtype_size bytes for the plain types; 32 elements in 18 (Q4_0),
-// 20 (Q4_1) or 34 (Q8_0) bytes, 256 in 144 (Q4_K), 176 (Q5_K) or 210 (Q6_K) for the block types.
-// dtype_is_k_quant: the three 256-element super-block types.
+// Block geometry: 1 element in dtype_size bytes for the plain types; 32 elements in 18 (Q4_0,
+// IQ4_NL), 20 (Q4_1) or 34 (Q8_0) bytes, 256 in 144 (Q4_K), 176 (Q5_K) or 210 (Q6_K) for the block
+// types. dtype_is_k_quant: the three 256-element super-block types.
 bool dtype_is_block(DType t);
 bool dtype_is_k_quant(DType t);
 int64_t dtype_block_elements(DType t);

@@ -23,7 +23,7 @@ struct ConvertOptions {
   // whose rows are whole 256-value super-blocks; the others are stored as q8_0.
   DType dtype = DType::BF16;
   // GGUF only: keep 2-D tensors of the ggml block types alem computes with (Q4_0, Q4_1, Q8_0,
-  // Q4_K, Q5_K, Q6_K) as they are, block for block, Q3_K, Q5_0, IQ4_NL and IQ4_XS value for value
+  // Q4_K, Q5_K, Q6_K, IQ4_NL) as they are, block for block, Q3_K, Q5_0 and IQ4_XS value for value
   // in their exact carriers (gguf_transcode.h), and 2-D F32/F16/BF16 tensors in their own type;
   // tensors of other types (Q2_K, Q5_1) are expanded to `dtype`. Groups the engine stacks keep
   // mixed types where it multiplies them part by part (q/k/v, a dense gate/up); an expert's

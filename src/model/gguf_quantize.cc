@@ -1,5 +1,5 @@
-// Quantisation into the ggml block formats alem keeps unexpanded (Q4_0, Q4_1, Q8_0; the K-quants
-// in gguf_quantize_k.cc), and the
+// Quantisation into the ggml block formats alem keeps unexpanded (Q4_0, Q4_1, Q8_0, IQ4_NL; the
+// K-quants in gguf_quantize_k.cc), and the
 // mapping between those ggml type ids and alem's DType. The quantisers mirror ggml's reference
 // quantize_row_*_ref (ggml-quants.c) so a matrix made here holds the blocks llama.cpp would
 // write; tests build quantised weights with them, and `alem convert --dtype q8_0` uses them.
@@ -65,6 +65,44 @@ void quantize_q8_0(const float* x, uint8_t* block) {
   }
 }
 
+// The index of kIq4Values nearest to x (ggml's best_index_int8: ties go up).
+int nearest_iq4_index(float x) {
+  if (x <= kIq4Values[0]) return 0;
+  if (x >= kIq4Values[15]) return 15;
+  int low = 0, high = 15;
+  while (high - low > 1) {
+    const int mid = (low + high) / 2;
+    (x < kIq4Values[mid] ? high : low) = mid;
+  }
+  return x - kIq4Values[high - 1] < kIq4Values[high] - x ? high - 1 : high;
+}
+
+// ggml's quantize_row_iq4_nl_ref: d = the value of largest magnitude over -127 picks each
+// value's table index, then d becomes the least-squares scale of those indices with weights x^2.
+void quantize_iq4_nl(const float* x, uint8_t* block) {
+  float amax = 0.f, max = 0.f;
+  for (int j = 0; j < 32; ++j) {
+    if (amax < std::fabs(x[j])) {
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
+  }
+  std::memset(block, 0, 18);
+  if (amax < 1e-15f) return;  // ggml's GROUP_MAX_EPS: an all-zero block
+  const float id = 1.f / (max / kIq4Values[0]);
+  uint8_t index[32];
+  float sum_qx = 0.f, sum_q2 = 0.f;
+  for (int j = 0; j < 32; ++j) {
+    index[j] = static_cast<uint8_t>(nearest_iq4_index(id * x[j]));
+    const float q = kIq4Values[index[j]];
+    const float w = x[j] * x[j];
+    sum_qx += w * q * x[j];
+    sum_q2 += w * q * q;
+  }
+  store_f16(block, sum_q2 > 0.f ? sum_qx / sum_q2 : 0.f);
+  for (int j = 0; j < 16; ++j) block[2 + j] = static_cast<uint8_t>(index[j] | (index[j + 16] << 4));
+}
+
 }  // namespace
 
 bool ggml_type_as_dtype(uint32_t type_id, DType* dtype) {
@@ -87,6 +125,9 @@ bool ggml_type_as_dtype(uint32_t type_id, DType* dtype) {
     case GgmlType::Q6_K:
       *dtype = DType::Q6_K;
       return true;
+    case GgmlType::IQ4_NL:
+      *dtype = DType::IQ4_NL;
+      return true;
     default:
       return false;
   }
@@ -106,6 +147,8 @@ uint32_t ggml_type_of(DType dtype) {
       return static_cast<uint32_t>(GgmlType::Q5_K);
     case DType::Q6_K:
       return static_cast<uint32_t>(GgmlType::Q6_K);
+    case DType::IQ4_NL:
+      return static_cast<uint32_t>(GgmlType::IQ4_NL);
     default:
       ALEM_FAIL("dtype " + dtype_name(dtype) + " is not a ggml block type");
   }
@@ -132,9 +175,12 @@ void quantize_ggml(uint32_t type_id, const float* src, int64_t elements, uint8_t
     case GgmlType::Q6_K:
       quantize_block = [](const float* x, uint8_t* b) { quantize_k_block(DType::Q6_K, x, b); };
       break;
+    case GgmlType::IQ4_NL:
+      quantize_block = quantize_iq4_nl;
+      break;
     default:
       ALEM_FAIL("alem cannot quantise to ggml type " + ggml_type_name(type_id) +
-                " (supported: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K)");
+                " (supported: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL)");
   }
   const GgmlBlockGeometry g = ggml_block_geometry(type_id);
   ALEM_CHECK(elements >= 0 && elements % g.elements_per_block == 0,

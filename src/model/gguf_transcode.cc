@@ -13,8 +13,8 @@ namespace alem {
 namespace {
 
 constexpr int64_t kSuperBlock = 256;
-constexpr size_t kQ3KBytes = 110, kQ6KBytes = 210, kIq4NlBytes = 18, kIq4XsBytes = 136,
-                 kQ5_0Bytes = 22, kQ8_0Bytes = 34;
+constexpr size_t kQ3KBytes = 110, kQ6KBytes = 210, kIq4XsBytes = 136, kQ5_0Bytes = 22,
+                 kQ8_0Bytes = 34;
 
 // One Q3_K super-block as Q6_K: its values (q3_k_fields, in [-4, 3]) become the 6-bit v + 32,
 // its 16 scales sc - 32 (in [-32, 31]) Q6_K's int8 scales, both per 16 values in order; d is
@@ -47,7 +47,6 @@ bool ggml_exact_carrier(uint32_t type_id, DType* carrier) {
     case GgmlType::Q5_0:
       *carrier = DType::Q8_0;
       return true;
-    case GgmlType::IQ4_NL:
     case GgmlType::IQ4_XS:
       *carrier = DType::I8;
       return true;
@@ -85,18 +84,6 @@ WeightMatrix transcode_ggml(uint32_t type_id, const uint8_t* src, size_t bytes, 
         q5_0_values(src + b * kQ5_0Bytes, reinterpret_cast<int8_t*>(q8 + 2));
       }
       break;
-    case GgmlType::IQ4_NL: {
-      m.scales.resize(static_cast<size_t>(n / kInt8GroupSize));
-      int8_t* q = m.data.as<int8_t>();
-      for (int64_t b = 0; b < n / 32; ++b) {
-        const uint8_t* block = src + b * kIq4NlBytes;
-        uint16_t d;
-        std::memcpy(&d, block, 2);
-        m.scales[b] = f16_to_f32(d);
-        iq4_values(block + 2, q + 32 * b);
-      }
-      break;
-    }
     default: {  // IQ4_XS: 8 runs of 32 per super-block, each with its own scale
       m.scales.resize(static_cast<size_t>(n / kInt8GroupSize));
       int8_t* q = m.data.as<int8_t>();

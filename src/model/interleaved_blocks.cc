@@ -27,6 +27,7 @@ struct BlockFields {
 BlockFields fields_of(DType dtype) {
   switch (dtype) {
     case DType::Q4_0:
+    case DType::IQ4_NL:  // Q4_0's layout: d, then 16 bytes of indices
       return {2, {{0, 2, 2}, {2, 16, 4}}};
     case DType::Q4_1:
       return {3, {{0, 2, 2}, {2, 2, 2}, {4, 16, 4}}};

@@ -100,8 +100,8 @@ double weight_bytes_for_dtype(const std::string& dtype) {
   if (dtype == "f32") return 4;
   if (dtype == "bf16" || dtype == "f16") return 2;
   if (dtype == "int8" || dtype == "i8") return 1 + 4.0 / 32;
-  // GGUF blocks kept as they are (Q4_0 18, Q4_1 20, Q8_0 34 bytes per 32 weights).
-  if (dtype == "q4_0") return 18.0 / 32;
+  // GGUF blocks kept as they are (Q4_0 and IQ4_NL 18, Q4_1 20, Q8_0 34 bytes per 32 weights).
+  if (dtype == "q4_0" || dtype == "iq4_nl") return 18.0 / 32;
   if (dtype == "q4_1") return 20.0 / 32;
   if (dtype == "q8_0") return 34.0 / 32;
   // K-quant super-blocks: 144 / 176 / 210 bytes per 256 weights.
@@ -109,7 +109,7 @@ double weight_bytes_for_dtype(const std::string& dtype) {
   if (dtype == "q5_k") return 176.0 / 256;
   if (dtype == "q6_k") return 210.0 / 256;
   ALEM_FAIL("unknown weight dtype '" + dtype +
-            "' (expected f32, bf16, f16, int8, q4_0, q4_1, q8_0, q4_k, q5_k or q6_k)");
+            "' (expected f32, bf16, f16, int8, q4_0, q4_1, q8_0, q4_k, q5_k, q6_k or iq4_nl)");
 }
 
 namespace {

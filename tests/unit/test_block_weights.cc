@@ -1,9 +1,9 @@
-// ggml block weights (Q4_0, Q4_1, Q8_0) kept as they are: alem's quantisers against the `gguf`
-// package's (tests/data/block_quant_reference.json, scripts/reference/
-// make_block_quant_reference.py), the model store keeping the blocks byte for byte with their
-// hash tree, tensor-parallel shards cut only between blocks, a tampered block refused, and
-// `alem convert` of the real SmolLM2 Q4_1 GGUF keeping its blocks (q/k rows un-permuted) so that
-// they dequantise to exactly what the GGUF reader gives.
+// ggml block weights (Q4_0, Q4_1, Q8_0, IQ4_NL) kept as they are: alem's quantisers against the
+// `gguf` package's (IQ4_NL: ggml's own C reference; tests/data/block_quant_reference.json,
+// scripts/reference/make_block_quant_reference.py), the model store keeping the blocks byte for
+// byte with their hash tree, tensor-parallel shards cut only between blocks, a tampered block
+// refused, and `alem convert` of the real SmolLM2 Q4_1 GGUF keeping its blocks (q/k rows
+// un-permuted) so that they dequantise to exactly what the GGUF reader gives.
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <unistd.h>
@@ -56,7 +56,7 @@ TEST(BlockWeights, QuantisersMatchTheGgufPackage) {
   ASSERT_TRUE(in.good()) << "tests/data/block_quant_reference.json missing";
   const nlohmann::json ref = nlohmann::json::parse(in);
   const auto rows = ref.at("rows").get<std::vector<std::vector<float>>>();
-  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q8_0}) {
+  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::IQ4_NL}) {
     const auto want = ref.at("quantized").at(dtype_name(dtype)).get<std::vector<std::string>>();
     ASSERT_EQ(want.size(), rows.size());
     for (size_t r = 0; r < rows.size(); ++r) {
@@ -70,10 +70,11 @@ TEST(BlockWeights, QuantisersMatchTheGgufPackage) {
 
 constexpr int64_t kRows = 130, kCols = 320;
 
-// The three block types as random uniform(-1, 1) matrices of kRows x kCols.
+// The 32-value block types as random uniform(-1, 1) matrices of kRows x kCols.
 struct BlockFixture : test::BlockStore {
   explicit BlockFixture(const std::string& name)
-      : BlockStore(temp_path(name), kRows, kCols, {DType::Q4_0, DType::Q4_1, DType::Q8_0},
+      : BlockStore(temp_path(name), kRows, kCols,
+                   {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::IQ4_NL},
                    [rng = std::mt19937(5), dist = std::uniform_real_distribution<float>(
                                                -1.f, 1.f)]() mutable { return dist(rng); }) {}
 };

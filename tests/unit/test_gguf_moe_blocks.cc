@@ -91,8 +91,9 @@ TEST(GgufMoeBlocks, ExpertsKeepTheFilesBlocks) {
 
 // Experts in types without kernels of their own (tests/data/tiny-mixtral-lowbit.gguf: random
 // IQ4_NL gate/up and Q5_0 down, scripts/reference/make_gguf_reference.py --lowbit-only) are kept
-// one expert at a time in their exact carriers, int8 and Q8_0: every value reads back as the
-// GGUF dequantises it (the gguf package's values, Gguf.QuantTypesFixture and LowBitTypesFixture).
+// one expert at a time, IQ4_NL as it is and Q5_0 in its exact carrier Q8_0: every value reads back
+// as the GGUF dequantises it (the gguf package's values, Gguf.QuantTypesFixture and
+// LowBitTypesFixture).
 TEST(GgufMoeBlocks, LowBitExpertsKeptInExactCarriers) {
   const std::string model = "tiny-mixtral-lowbit";
   GgufFile gguf(data_dir() + "/" + model + ".gguf");
@@ -102,8 +103,8 @@ TEST(GgufMoeBlocks, LowBitExpertsKeptInExactCarriers) {
   int experts_checked = 0;
   for (int layer = 0; layer < c.num_layers; ++layer) {
     const std::tuple<const char*, ExpertMatrix, DType> parts[] = {
-        {"gate", ExpertMatrix::kGate, DType::I8},
-        {"up", ExpertMatrix::kUp, DType::I8},
+        {"gate", ExpertMatrix::kGate, DType::IQ4_NL},
+        {"up", ExpertMatrix::kUp, DType::IQ4_NL},
         {"down", ExpertMatrix::kDown, DType::Q8_0}};
     for (const auto& [part, which, carrier] : parts) {
       const std::string gguf_name =

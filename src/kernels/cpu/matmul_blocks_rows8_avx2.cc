@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "kernels/cpu/matmul_interleaved_avx2.h"
+#include "model/gguf_quant.h"
 
 namespace alem::cpu::avx2 {
 #define ALEM_SIGNED_BYTES_KERNEL matmul_bytes_interleaved

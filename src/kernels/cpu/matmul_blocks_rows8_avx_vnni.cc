@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "kernels/cpu/matmul_interleaved_avx_vnni.h"
+#include "model/gguf_quant.h"
 
 namespace alem::cpu::ALEM_AVX_VNNI_NAMESPACE {
 #include "kernels/cpu/matmul_blocks_rows8_kernel.inc"

@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "kernels/cpu/matmul_interleaved_dot_avx512.h"
+#include "model/gguf_quant.h"
 
 namespace alem::cpu::avx512_vnni {
 #include "kernels/cpu/matmul_blocks_rows8_kernel.inc"

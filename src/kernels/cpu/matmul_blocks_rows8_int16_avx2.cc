@@ -1,5 +1,5 @@
-// Q8_0 and alem's int8 on interleaved weights (model/interleaved_blocks.h) with AVX2. Their
-// signed weight bytes against x's bytes would saturate AVX2's byte products (vpmaddubsw; see
+// Q8_0, alem's int8 and IQ4_NL on interleaved weights (model/interleaved_blocks.h) with AVX2.
+// Their signed weight bytes against x's bytes would saturate AVX2's byte products (vpmaddubsw; see
 // matmul_interleaved_avx2.h), so this kernel multiplies x's int16 values directly: per block
 // column of a group (8 rows x 32 values, the 8 scales first) every chunk of 32 bytes (values
 // 4k..4k+3 of each row) is widened once to int16, rows 0-3 in one register and 4-7 in another,
@@ -8,6 +8,7 @@
 // permute), so the block sum is the same exact int32 as the row-major kernel's, scaled once by
 // the 8 rows' scales in one multiply. 8 rows per 256-bit register; no two-group form.
 #include "kernels/cpu/matmul_interleaved_avx2.h"
+#include "model/gguf_quant.h"
 
 namespace alem::cpu::avx2 {
 namespace {
@@ -15,12 +16,17 @@ namespace {
 using interleaved::SplitX;
 
 // y[i][0 .. 8) for MR rows of x from the group of 8 weight rows at `group` (Q8_0's f16 scales,
-// or int8's f32 ones).
-template <int MR, bool kF32Scales>
+// int8's f32 ones, or IQ4_NL's column: f16 scales and 4 chunks of index nibbles, chunk k's low
+// nibbles the indices of chunk k and its high ones those of chunk k + 4, looked up by vpshufb).
+template <int MR, DType T>
 void group_rows_int16(const SplitX* x, const uint8_t* group, int64_t blocks, const float* bias,
                       float* const* y) {
+  constexpr bool kF32Scales = T == DType::I8;
   constexpr int values_at = kF32Scales ? 32 : 16;  // after the 8 scales
-  constexpr int column_bytes = values_at + 256;
+  constexpr int column_bytes = values_at + (T == DType::IQ4_NL ? 128 : 256);
+  const __m256i table =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values)));
+  const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
   __m256 acc[MR];
   for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
@@ -33,12 +39,26 @@ void group_rows_int16(const SplitX* x, const uint8_t* group, int64_t blocks, con
     // Per row of x: rows 0-3 (two lanes each: values 4k, 4k+1 and 4k+2, 4k+3) and rows 4-7.
     __m256i low_rows[MR], high_rows[MR];
     for (int i = 0; i < MR; ++i) low_rows[i] = high_rows[i] = _mm256_setzero_si256();
+    __m256i looked_up[8];
+    if constexpr (T == DType::IQ4_NL) {
+      for (int k = 0; k < 4; ++k) {
+        const __m256i v =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(column + values_at + 32 * k));
+        looked_up[k] = _mm256_shuffle_epi8(table, _mm256_and_si256(v, low_nibbles));
+        looked_up[4 + k] =
+            _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibbles));
+      }
+    }
     for (int k = 0; k < 8; ++k) {
-      const uint8_t* chunk = column + values_at + 32 * k;
-      const __m256i w03 =
-          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk)));
-      const __m256i w47 =
-          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk + 16)));
+      __m256i w03, w47;
+      if constexpr (T == DType::IQ4_NL) {
+        w03 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(looked_up[k]));
+        w47 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(looked_up[k], 1));
+      } else {
+        const uint8_t* chunk = column + values_at + 32 * k;
+        w03 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk)));
+        w47 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk + 16)));
+      }
       for (int i = 0; i < MR; ++i) {
         long long four;
         __builtin_memcpy(&four, x[i].q + b * 32 + 4 * k, 8);
@@ -63,7 +83,7 @@ void group_rows_int16(const SplitX* x, const uint8_t* group, int64_t blocks, con
   }
 }
 
-template <bool kF32Scales>
+template <DType T>
 struct Int16Bytes {
   static constexpr bool kInt16X = true;
   static constexpr bool kSignedWeights = true;
@@ -72,7 +92,7 @@ struct Int16Bytes {
   static void group(const SplitX* x, const uint8_t* group, int64_t columns, const float* bias,
                     float* const* y) {
     // kEightBit (ggml's 8-bit activations, never asked of AVX2) is moot: x keeps its 16 bits.
-    group_rows_int16<MR, kF32Scales>(x, group, columns, bias, y);
+    group_rows_int16<MR, T>(x, group, columns, bias, y);
   }
 };
 
@@ -83,9 +103,11 @@ void matmul_bytes_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_end
                               int64_t n_end) {
   if (m_begin >= m_end || n_begin >= n_end) return;
   if (w.dtype == DType::Q8_0) {
-    interleaved::run<Int16Bytes<false>>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
+    interleaved::run<Int16Bytes<DType::Q8_0>>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
+  } else if (w.dtype == DType::I8) {
+    interleaved::run<Int16Bytes<DType::I8>>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
   } else {
-    interleaved::run<Int16Bytes<true>>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
+    interleaved::run<Int16Bytes<DType::IQ4_NL>>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
   }
 }
 

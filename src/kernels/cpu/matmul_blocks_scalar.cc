@@ -1,10 +1,11 @@
-// Portable block-weight matmul (Q4_0, Q4_1, Q8_0 weights kept as ggml blocks): the same
+// Portable block-weight matmul (Q4_0, Q4_1, Q8_0, IQ4_NL weights kept as ggml blocks): the same
 // arithmetic as the SIMD kernels (int16 activations per 32 values, exact int32 block sums, one
 // f32 scale per block pair), in plain C++ for CPUs without AVX2 and as their readable statement.
 #include <cmath>
 #include <cstring>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "model/gguf_quant.h"
 
 namespace alem::cpu::scalar {
 namespace {
@@ -21,6 +22,10 @@ void unpack_block(DType dtype, const uint8_t* block, int8_t* w, float* d, float*
   *min = 0.f;
   if (dtype == DType::Q8_0) {
     std::memcpy(w, block + 2, 32);
+    return;
+  }
+  if (dtype == DType::IQ4_NL) {
+    iq4_values(block + 2, w);
     return;
   }
   const int offset = dtype == DType::Q4_0 ? 8 : 0;

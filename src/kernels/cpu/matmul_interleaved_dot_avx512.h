@@ -94,6 +94,10 @@ struct Lanes16 {
     std::memcpy(&v, p, 4);
     return _mm512_set1_epi32(v);
   }
+  ALEM_LANES_INLINE static I table16(const int8_t* table) {
+    return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(table)));
+  }
+  ALEM_LANES_INLINE static I lookup(I table, I idx) { return _mm512_shuffle_epi8(table, idx); }
   ALEM_LANES_INLINE static I zero() { return _mm512_setzero_si512(); }
   ALEM_LANES_INLINE static I and_(I a, I b) { return _mm512_and_si512(a, b); }
   ALEM_LANES_INLINE static I or_(I a, I b) { return _mm512_or_si512(a, b); }
