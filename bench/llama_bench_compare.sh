@@ -101,7 +101,8 @@ for shape in $shapes; do
       make_gguf "$shape" "$type"
       source_gguf=$(gguf_of "$shape" "$type") dtype=auto
     fi
-    [ -f "$store" ] && [ "$store" -nt "$source_gguf" ] ||
+    # Made again when the GGUF or alem changed (a newer alem may store a type differently).
+    [ -f "$store" ] && [ "$store" -nt "$source_gguf" ] && [ "$store" -nt "$alem" ] ||
       "$alem" convert "$source_gguf" "$store" --dtype "$dtype" --name "$shape-$type" >/dev/null
   done
 done
