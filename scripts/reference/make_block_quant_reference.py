@@ -5,9 +5,10 @@ alem keeps Q4_0, Q4_1 and Q8_0 weights as ggml blocks and can also make them fro
 (`alem convert --dtype q4_0`, the kernel tests). This script quantises a few fixed rows with
 the PyPI `gguf` package (llama.cpp's own numpy port of the reference quantisers), never with
 alem's code, and writes the inputs and the block bytes to tests/data/block_quant_reference.json.
-IQ4_NL, which the package cannot quantise, comes from ggml's own C reference
-(quantize_row_iq4_nl_ref in libggml-base, as bench/llama_bench_compare.sh builds it), called
-through ctypes.
+IQ4_NL and IQ4_XS, which the package cannot quantise, come from ggml's own C reference
+(quantize_row_iq4_nl_ref / quantize_row_iq4_xs_ref in libggml-base, as
+bench/llama_bench_compare.sh builds it), called through ctypes; IQ4_XS on rows of 256 values
+(`rows256`: the three rows above two by two, so its runs include the all-zero one).
 
 Usage: .venv-reference/bin/python scripts/reference/make_block_quant_reference.py \
            [path/to/libggml-base.so]   (default: build-llama/llama-build/bin/libggml-base.so)
@@ -48,8 +49,9 @@ def main():
     lib_path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
         ROOT, "build-llama", "llama-build", "bin", "libggml-base.so")
     ggml = ctypes.CDLL(lib_path)
-    ggml.quantize_row_iq4_nl_ref.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    ggml.quantize_row_iq4_nl_ref.restype = None
+    for fn in (ggml.quantize_row_iq4_nl_ref, ggml.quantize_row_iq4_xs_ref):
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        fn.restype = None
     blocks = []
     for r in values:
         r = np.ascontiguousarray(r, dtype=np.float32)
@@ -61,6 +63,16 @@ def main():
         out[(out[:, 0] == 0) & (out[:, 1] == 0), 2:] = 0
         blocks.append(out.tobytes().hex())
     data["quantized"]["iq4_nl"] = blocks
+    rows256 = [np.concatenate([values[0], values[1]]), np.concatenate([values[1], values[2]]),
+               np.concatenate([values[2], values[0]])]
+    data["rows256"] = [[float(v) for v in r] for r in rows256]
+    blocks = []
+    for r in rows256:
+        r = np.ascontiguousarray(r, dtype=np.float32)
+        out = np.zeros(len(r) // 256 * 136, dtype=np.uint8)
+        ggml.quantize_row_iq4_xs_ref(r.ctypes.data, out.ctypes.data, len(r))
+        blocks.append(out.tobytes().hex())
+    data["quantized"]["iq4_xs"] = blocks
     data["ggml_library"] = os.path.basename(os.path.realpath(lib_path))
     with open(OUT, "w") as f:
         json.dump(data, f, indent=1)

@@ -22,6 +22,7 @@ size_t dtype_size(DType t) {
     case DType::Q5_K:
     case DType::Q6_K:
     case DType::IQ4_NL:
+    case DType::IQ4_XS:
       ALEM_FAIL("dtype " + dtype_name(t) + " is a block type with no per-element size");
   }
   return 0;
@@ -29,15 +30,19 @@ size_t dtype_size(DType t) {
 
 bool dtype_is_block(DType t) {
   return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0 || t == DType::IQ4_NL ||
-         dtype_is_k_quant(t);
+         dtype_is_super_block(t);
 }
 
 bool dtype_is_k_quant(DType t) {
   return t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
 }
 
+bool dtype_is_super_block(DType t) {
+  return dtype_is_k_quant(t) || t == DType::IQ4_XS;
+}
+
 int64_t dtype_block_elements(DType t) {
-  return dtype_is_k_quant(t) ? 256 : (dtype_is_block(t) ? 32 : 1);
+  return dtype_is_super_block(t) ? 256 : (dtype_is_block(t) ? 32 : 1);
 }
 
 int64_t dtype_block_bytes(DType t) {
@@ -55,6 +60,8 @@ int64_t dtype_block_bytes(DType t) {
       return 176;
     case DType::Q6_K:
       return 210;
+    case DType::IQ4_XS:
+      return 136;
     default:
       return static_cast<int64_t>(dtype_size(t));
   }
@@ -92,6 +99,8 @@ std::string dtype_name(DType t) {
       return "q6_k";
     case DType::IQ4_NL:
       return "iq4_nl";
+    case DType::IQ4_XS:
+      return "iq4_xs";
   }
   return "?";
 }
@@ -108,8 +117,10 @@ DType parse_dtype(const std::string& name) {
   if (name == "q5_k" || name == "Q5_K") return DType::Q5_K;
   if (name == "q6_k" || name == "Q6_K") return DType::Q6_K;
   if (name == "iq4_nl" || name == "IQ4_NL") return DType::IQ4_NL;
+  if (name == "iq4_xs" || name == "IQ4_XS") return DType::IQ4_XS;
   ALEM_FAIL("unknown dtype '" + name +
-            "' (expected f32, bf16, f16, int8, q4_0, q4_1, q8_0, q4_k, q5_k, q6_k or iq4_nl)");
+            "' (expected f32, bf16, f16, int8, q4_0, q4_1, q8_0, q4_k, q5_k, q6_k, iq4_nl or "
+            "iq4_xs)");
 }
 
 float f16_to_f32(uint16_t h) {

@@ -10,7 +10,10 @@
 // sub-blocks of 16, f16 d; the layouts of ggml's block_q4_K / block_q5_K / block_q6_K).
 // IQ4_NL is ggml's non-linear 4-bit block, also kept byte for byte: 32 elements in 18 bytes, Q4_0's
 // layout (f16 d, then 16 bytes of 4-bit indices), each index standing for d times one of 16 int8
-// values (kIq4Values in model/gguf_quant.h) instead of d times (q - 8).
+// values (kIq4Values in model/gguf_quant.h) instead of d times (q - 8). IQ4_XS puts the same
+// indices in 256-element super-blocks of 136 bytes (f16 d, a 6-bit scale per 32 values as 2 high
+// bits in a 16-bit word and 4 low bits in 4 bytes, then 8 runs of 16 index bytes): x = d * (scale
+// - 32) * table[q].
 #pragma once
 
 #include <cstdint>
@@ -30,7 +33,8 @@ enum class DType : uint8_t {
   Q4_K = 7,
   Q5_K = 8,
   Q6_K = 9,
-  IQ4_NL = 10
+  IQ4_NL = 10,
+  IQ4_XS = 11
 };
 
 // Bytes per element (for I8 the scales are stored separately). Throws alem::Error for the block
@@ -38,15 +42,16 @@ enum class DType : uint8_t {
 size_t dtype_size(DType t);
 std::string dtype_name(DType t);
 // Parses "f32", "bf16", "f16", "int8"/"i8", "q4_0", "q4_1", "q8_0", "q4_k", "q5_k", "q6_k",
-// "iq4_nl"; throws
-// alem::Error on anything else.
+// "iq4_nl", "iq4_xs"; throws alem::Error on anything else.
 DType parse_dtype(const std::string& name);
 
 // Block geometry: 1 element in dtype_size bytes for the plain types; 32 elements in 18 (Q4_0,
-// IQ4_NL), 20 (Q4_1) or 34 (Q8_0) bytes, 256 in 144 (Q4_K), 176 (Q5_K) or 210 (Q6_K) for the block
-// types. dtype_is_k_quant: the three 256-element super-block types.
+// IQ4_NL), 20 (Q4_1) or 34 (Q8_0) bytes, 256 in 144 (Q4_K), 176 (Q5_K), 210 (Q6_K) or 136 (IQ4_XS)
+// for the block types. dtype_is_k_quant: the three K-quants; dtype_is_super_block: every
+// 256-element type (the K-quants and IQ4_XS).
 bool dtype_is_block(DType t);
 bool dtype_is_k_quant(DType t);
+bool dtype_is_super_block(DType t);
 int64_t dtype_block_elements(DType t);
 int64_t dtype_block_bytes(DType t);
 // Bytes of one row of `cols` elements (I8: the values only). Throws alem::Error when cols is not

@@ -183,13 +183,14 @@ std::map<std::string, DType> kept_types(const GgufFile& gguf, DType fallback) {
   return chosen;
 }
 
-// The K-quants need rows of whole 256-value super-blocks; a matrix whose rows are not (SmolLM2's
-// 576-wide projections) is stored as Q8_0 instead, as llama.cpp falls back to a 32-value block
-// type for such tensors. Members of a fusion group share their column count, so they fall back
-// together.
+// The K-quants and IQ4_XS need rows of whole 256-value super-blocks; a matrix whose rows are not
+// (SmolLM2's 576-wide projections) is stored in a 32-value block type instead, as llama.cpp falls
+// back for such tensors: IQ4_NL for IQ4_XS (the same values per 32), Q8_0 for the K-quants.
+// Members of a fusion group share their column count, so they fall back together.
 DType stored_matrix_dtype(DType wanted, int64_t cols) {
-  if (dtype_is_k_quant(wanted) && cols % dtype_block_elements(wanted) != 0) {
-    return cols % dtype_block_elements(DType::Q8_0) == 0 ? DType::Q8_0 : DType::BF16;
+  if (dtype_is_super_block(wanted) && cols % dtype_block_elements(wanted) != 0) {
+    if (cols % 32 != 0) return DType::BF16;
+    return wanted == DType::IQ4_XS ? DType::IQ4_NL : DType::Q8_0;
   }
   return wanted;
 }

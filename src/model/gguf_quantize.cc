@@ -1,5 +1,5 @@
-// Quantisation into the ggml block formats alem keeps unexpanded (Q4_0, Q4_1, Q8_0, IQ4_NL; the
-// K-quants in gguf_quantize_k.cc), and the
+// Quantisation into the ggml block formats alem keeps unexpanded (Q4_0, Q4_1, Q8_0, IQ4_NL,
+// IQ4_XS; the K-quants in gguf_quantize_k.cc), and the
 // mapping between those ggml type ids and alem's DType. The quantisers mirror ggml's reference
 // quantize_row_*_ref (ggml-quants.c) so a matrix made here holds the blocks llama.cpp would
 // write; tests build quantised weights with them, and `alem convert --dtype q8_0` uses them.
@@ -103,6 +103,86 @@ void quantize_iq4_nl(const float* x, uint8_t* block) {
   for (int j = 0; j < 16; ++j) block[2 + j] = static_cast<uint8_t>(index[j] | (index[j + 16] << 4));
 }
 
+// ggml's nearest_int: round to nearest, ties to even (through the f32 mantissa).
+int nearest_int(float v) {
+  return static_cast<int>(std::nearbyint(v));
+}
+
+// ggml's quantize_row_iq4_xs_ref (quantize_row_iq4_nl_impl with ntry = 7, no importance weights):
+// each run of 32 gets its least-squares scale over 15 trial scales; the super-block's d is the
+// largest of them over -32, and each run's scale becomes a 6-bit multiple of d, against which its
+// values pick their indices again.
+void quantize_iq4_xs(const float* x, uint8_t* block) {
+  constexpr int kRuns = 8;
+  float scales[kRuns];
+  float max_scale = 0.f, amax_scale = 0.f;
+  for (int ib = 0; ib < kRuns; ++ib) {
+    const float* xb = x + 32 * ib;
+    float amax = 0.f, max = 0.f;
+    for (int j = 0; j < 32; ++j) {
+      if (std::fabs(xb[j]) > amax) {
+        amax = std::fabs(xb[j]);
+        max = xb[j];
+      }
+    }
+    if (amax < 1e-15f) {
+      scales[ib] = 0.f;
+      continue;
+    }
+    float d = -max / kIq4Values[0];
+    float id = 1.f / d;
+    float sum_qx = 0.f, sum_q2 = 0.f;
+    for (int j = 0; j < 32; ++j) {
+      const float q = kIq4Values[nearest_iq4_index(id * xb[j])];
+      const float w = xb[j] * xb[j];
+      sum_qx += w * q * xb[j];
+      sum_q2 += w * q * q;
+    }
+    d = sum_q2 > 0.f ? sum_qx / sum_q2 : 0.f;
+    float best = d * sum_qx;
+    for (int trial = -7; trial <= 7; ++trial) {
+      id = (trial + kIq4Values[0]) / max;
+      sum_qx = sum_q2 = 0.f;
+      for (int j = 0; j < 32; ++j) {
+        const float q = kIq4Values[nearest_iq4_index(id * xb[j])];
+        const float w = xb[j] * xb[j];
+        sum_qx += w * q * xb[j];
+        sum_q2 += w * q * q;
+      }
+      if (sum_q2 > 0.f && sum_qx * sum_qx > best * sum_q2) {
+        d = sum_qx / sum_q2;
+        best = d * sum_qx;
+      }
+    }
+    scales[ib] = d;
+    if (std::fabs(d) > amax_scale) {
+      amax_scale = std::fabs(d);
+      max_scale = d;
+    }
+  }
+  std::memset(block, 0, 136);
+  const float d = -max_scale / 32.f;
+  store_f16(block, d);
+  const float id = d != 0.f ? 1.f / d : 0.f;
+  uint16_t scales_high = 0;
+  for (int ib = 0; ib < kRuns; ++ib) {
+    const int l = std::clamp(nearest_int(id * scales[ib]), -32, 31);
+    const float dl = d * static_cast<float>(l);
+    const float idl = dl != 0.f ? 1.f / dl : 0.f;
+    const float* xb = x + 32 * ib;
+    uint8_t* qs = block + 8 + 16 * ib;
+    for (int j = 0; j < 16; ++j) {
+      qs[j] = static_cast<uint8_t>(nearest_iq4_index(idl * xb[j]) |
+                                   (nearest_iq4_index(idl * xb[j + 16]) << 4));
+    }
+    const int stored = l + 32;
+    block[4 + ib / 2] =
+        static_cast<uint8_t>(block[4 + ib / 2] | ((stored & 0x0F) << (4 * (ib % 2))));
+    scales_high = static_cast<uint16_t>(scales_high | ((stored >> 4) << (2 * ib)));
+  }
+  std::memcpy(block + 2, &scales_high, 2);
+}
+
 }  // namespace
 
 bool ggml_type_as_dtype(uint32_t type_id, DType* dtype) {
@@ -128,6 +208,9 @@ bool ggml_type_as_dtype(uint32_t type_id, DType* dtype) {
     case GgmlType::IQ4_NL:
       *dtype = DType::IQ4_NL;
       return true;
+    case GgmlType::IQ4_XS:
+      *dtype = DType::IQ4_XS;
+      return true;
     default:
       return false;
   }
@@ -149,6 +232,8 @@ uint32_t ggml_type_of(DType dtype) {
       return static_cast<uint32_t>(GgmlType::Q6_K);
     case DType::IQ4_NL:
       return static_cast<uint32_t>(GgmlType::IQ4_NL);
+    case DType::IQ4_XS:
+      return static_cast<uint32_t>(GgmlType::IQ4_XS);
     default:
       ALEM_FAIL("dtype " + dtype_name(dtype) + " is not a ggml block type");
   }
@@ -178,9 +263,12 @@ void quantize_ggml(uint32_t type_id, const float* src, int64_t elements, uint8_t
     case GgmlType::IQ4_NL:
       quantize_block = quantize_iq4_nl;
       break;
+    case GgmlType::IQ4_XS:
+      quantize_block = quantize_iq4_xs;
+      break;
     default:
       ALEM_FAIL("alem cannot quantise to ggml type " + ggml_type_name(type_id) +
-                " (supported: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL)");
+                " (supported: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)");
   }
   const GgmlBlockGeometry g = ggml_block_geometry(type_id);
   ALEM_CHECK(elements >= 0 && elements % g.elements_per_block == 0,

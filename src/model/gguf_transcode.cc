@@ -13,8 +13,7 @@ namespace alem {
 namespace {
 
 constexpr int64_t kSuperBlock = 256;
-constexpr size_t kQ3KBytes = 110, kQ6KBytes = 210, kIq4XsBytes = 136, kQ5_0Bytes = 22,
-                 kQ8_0Bytes = 34;
+constexpr size_t kQ3KBytes = 110, kQ6KBytes = 210, kQ5_0Bytes = 22, kQ8_0Bytes = 34;
 
 // One Q3_K super-block as Q6_K: its values (q3_k_fields, in [-4, 3]) become the 6-bit v + 32,
 // its 16 scales sc - 32 (in [-32, 31]) Q6_K's int8 scales, both per 16 values in order; d is
@@ -47,9 +46,6 @@ bool ggml_exact_carrier(uint32_t type_id, DType* carrier) {
     case GgmlType::Q5_0:
       *carrier = DType::Q8_0;
       return true;
-    case GgmlType::IQ4_XS:
-      *carrier = DType::I8;
-      return true;
     default:
       return false;
   }
@@ -77,25 +73,13 @@ WeightMatrix transcode_ggml(uint32_t type_id, const uint8_t* src, size_t bytes, 
         q3_k_as_q6_k(src + b * kQ3KBytes, m.data.data() + b * kQ6KBytes);
       }
       break;
-    case GgmlType::Q5_0:  // the same f16 d, the values q - 16 as Q8_0's int8
+    default:  // Q5_0: the same f16 d, the values q - 16 as Q8_0's int8
       for (int64_t b = 0; b < n / 32; ++b) {
         uint8_t* q8 = m.data.data() + b * kQ8_0Bytes;
         std::memcpy(q8, src + b * kQ5_0Bytes, 2);
         q5_0_values(src + b * kQ5_0Bytes, reinterpret_cast<int8_t*>(q8 + 2));
       }
       break;
-    default: {  // IQ4_XS: 8 runs of 32 per super-block, each with its own scale
-      m.scales.resize(static_cast<size_t>(n / kInt8GroupSize));
-      int8_t* q = m.data.as<int8_t>();
-      for (int64_t b = 0; b < n / kSuperBlock; ++b) {
-        const uint8_t* block = src + b * kIq4XsBytes;
-        for (int ib = 0; ib < 8; ++ib) {
-          m.scales[8 * b + ib] = iq4_xs_scale(block, ib);
-          iq4_values(block + 8 + 16 * ib, q + kSuperBlock * b + 32 * ib);
-        }
-      }
-      break;
-    }
   }
   return m;
 }

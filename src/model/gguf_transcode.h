@@ -1,11 +1,8 @@
 // ggml block types alem has no kernels for, kept in a type of its own that holds every one of
 // their values exactly, instead of expanded to bf16 on import: Q3_K as Q6_K (its 3-bit values and
-// 6-bit scales per 16 values fit Q6_K's 6-bit values and int8 scales per 16), Q5_0 as Q8_0 (the
-// same scale, its 5-bit values as int8), IQ4_XS as alem's int8 (its non-linear table's int8
-// values, each run's scale d * (ls - 32) as the f32 scale of its 32 values, which no f16 holds;
-// IQ4_NL, whose scale is one f16, is kept as it is: DType::IQ4_NL). The carrier's
-// dequantisation gives the same f32 values as ggml's of the original, bit for bit, and the engine
-// runs it on that type's kernels.
+// 6-bit scales per 16 values fit Q6_K's 6-bit values and int8 scales per 16) and Q5_0 as Q8_0 (the
+// same scale, its 5-bit values as int8). The carrier's dequantisation gives the same f32 values as
+// ggml's of the original, bit for bit, and the engine runs it on that type's kernels.
 #pragma once
 
 #include <cstddef>
@@ -16,7 +13,7 @@
 
 namespace alem {
 
-// True and the carrier type for Q3_K (Q6_K), Q5_0 (Q8_0) and IQ4_XS (I8); false for
+// True and the carrier type for Q3_K (Q6_K) and Q5_0 (Q8_0); false for
 // other types (Q2_K and Q5_1 have an offset per block that none of these holds).
 bool ggml_exact_carrier(uint32_t type_id, DType* carrier);
 

@@ -33,6 +33,8 @@ BlockFields fields_of(DType dtype) {
       return {3, {{0, 2, 2}, {2, 2, 2}, {4, 16, 4}}};
     case DType::Q8_0:
       return {2, {{0, 2, 2}, {2, 32, 4}}};
+    case DType::IQ4_XS:  // d, scales_h (16 bits), scales_l[4], qs[128]
+      return {4, {{0, 2, 2}, {2, 2, 2}, {4, 4, 4}, {8, 128, 4}}};
     case DType::Q4_K:  // d, dmin, scales[12], qs[128]
       return {4, {{0, 2, 2}, {2, 2, 2}, {4, 12, 4}, {16, 128, 4}}};
     case DType::Q5_K:  // d, dmin, scales[12], qh[32], qs[128]

@@ -1,5 +1,5 @@
 // ggml block weights laid out 8 rows at a time, the form the CPU backend keeps Q4_0, Q4_1, Q8_0,
-// IQ4_NL, the K-quants Q4_K, Q5_K, Q6_K and alem's own int8 in on CPUs with AVX512-VNNI
+// IQ4_NL, IQ4_XS, the K-quants Q4_K, Q5_K, Q6_K and alem's own int8 in on CPUs with AVX512-VNNI
 // (KernelBackend::adopt_weight; docs/kernels-quantized.md, "Interleaved block weights"). GGUF ships
 // a matrix row after row; its decode kernel then reads one row's blocks and spends as many
 // instructions gathering scales, rearranging activations and reducing lanes as multiplying.
@@ -11,6 +11,8 @@
 //   Q4_0: the 8 rows' f16 scales d (16 bytes), then the nibbles in 4 chunks of 4 bytes per row
 //         (chunk k: bytes 4k..4k+3 of row 0's block, of row 1's, ... row 7's; 128 bytes);
 //   IQ4_NL: as Q4_0 (the nibbles are indices into its table of values);
+//   IQ4_XS: the 8 d, the 8 16-bit words of high scale bits, the 4 bytes of low scale nibbles as
+//         one word per row (32 bytes), then the 128 bytes of indices as 32 chunks;
 //   Q4_1: the 8 scales d, the 8 minimums m (32 bytes), then the same 128 bytes of nibbles;
 //   Q8_0: the 8 scales d, then the 32 values in 8 chunks of 4 bytes per row (256 bytes);
 //   Q4_K: the 8 d, the 8 dmin, the 12 bytes of 6-bit scales as 3 words per row (96 bytes),

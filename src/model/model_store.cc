@@ -48,6 +48,7 @@ hid_t memory_type_for(DType dtype) {
     case DType::Q5_K:
     case DType::Q6_K:
     case DType::IQ4_NL:
+    case DType::IQ4_XS:
       return H5T_NATIVE_UINT8;
   }
   return H5T_NATIVE_FLOAT;

@@ -30,6 +30,7 @@ hid_t file_type_for(DType dtype) {
     case DType::Q5_K:
     case DType::Q6_K:
     case DType::IQ4_NL:
+    case DType::IQ4_XS:
       return H5T_STD_U8LE;  // raw ggml blocks
   }
   return H5T_IEEE_F32LE;
@@ -51,6 +52,7 @@ hid_t memory_type_for(DType dtype) {
     case DType::Q5_K:
     case DType::Q6_K:
     case DType::IQ4_NL:
+    case DType::IQ4_XS:
       return H5T_NATIVE_UINT8;
   }
   return H5T_NATIVE_FLOAT;

@@ -104,12 +104,14 @@ double weight_bytes_for_dtype(const std::string& dtype) {
   if (dtype == "q4_0" || dtype == "iq4_nl") return 18.0 / 32;
   if (dtype == "q4_1") return 20.0 / 32;
   if (dtype == "q8_0") return 34.0 / 32;
-  // K-quant super-blocks: 144 / 176 / 210 bytes per 256 weights.
+  // Super-blocks: 144 / 176 / 210 / 136 bytes per 256 weights (Q4_K, Q5_K, Q6_K, IQ4_XS).
   if (dtype == "q4_k") return 144.0 / 256;
   if (dtype == "q5_k") return 176.0 / 256;
   if (dtype == "q6_k") return 210.0 / 256;
-  ALEM_FAIL("unknown weight dtype '" + dtype +
-            "' (expected f32, bf16, f16, int8, q4_0, q4_1, q8_0, q4_k, q5_k, q6_k or iq4_nl)");
+  if (dtype == "iq4_xs") return 136.0 / 256;
+  ALEM_FAIL(
+      "unknown weight dtype '" + dtype +
+      "' (expected f32, bf16, f16, int8, q4_0, q4_1, q8_0, q4_k, q5_k, q6_k, iq4_nl or iq4_xs)");
 }
 
 namespace {

@@ -1,9 +1,10 @@
-// ggml block weights (Q4_0, Q4_1, Q8_0, IQ4_NL) kept as they are: alem's quantisers against the
-// `gguf` package's (IQ4_NL: ggml's own C reference; tests/data/block_quant_reference.json,
-// scripts/reference/make_block_quant_reference.py), the model store keeping the blocks byte for
-// byte with their hash tree, tensor-parallel shards cut only between blocks, a tampered block
-// refused, and `alem convert` of the real SmolLM2 Q4_1 GGUF keeping its blocks (q/k rows
-// un-permuted) so that they dequantise to exactly what the GGUF reader gives.
+// ggml block weights (Q4_0, Q4_1, Q8_0, IQ4_NL, IQ4_XS) kept as they are: alem's quantisers
+// against the `gguf` package's (the IQ4 types: ggml's own C reference;
+// tests/data/block_quant_reference.json, scripts/reference/make_block_quant_reference.py), the
+// model store keeping the blocks byte for byte with their hash tree, tensor-parallel shards cut
+// only between blocks, a tampered block refused, and `alem convert` of the real SmolLM2 Q4_1 GGUF
+// keeping its blocks (q/k rows un-permuted) so that they dequantise to exactly what the GGUF reader
+// gives.
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <unistd.h>
@@ -56,12 +57,14 @@ TEST(BlockWeights, QuantisersMatchTheGgufPackage) {
   ASSERT_TRUE(in.good()) << "tests/data/block_quant_reference.json missing";
   const nlohmann::json ref = nlohmann::json::parse(in);
   const auto rows = ref.at("rows").get<std::vector<std::vector<float>>>();
-  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::IQ4_NL}) {
+  const auto rows256 = ref.at("rows256").get<std::vector<std::vector<float>>>();
+  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::IQ4_NL, DType::IQ4_XS}) {
+    const auto& inputs = dtype_is_super_block(dtype) ? rows256 : rows;
     const auto want = ref.at("quantized").at(dtype_name(dtype)).get<std::vector<std::string>>();
-    ASSERT_EQ(want.size(), rows.size());
-    for (size_t r = 0; r < rows.size(); ++r) {
-      const auto cols = static_cast<int64_t>(rows[r].size());
-      const WeightMatrix w = make_weight_matrix(rows[r].data(), 1, cols, dtype);
+    ASSERT_EQ(want.size(), inputs.size());
+    for (size_t r = 0; r < inputs.size(); ++r) {
+      const auto cols = static_cast<int64_t>(inputs[r].size());
+      const WeightMatrix w = make_weight_matrix(inputs[r].data(), 1, cols, dtype);
       ASSERT_EQ(w.data.size(), dtype_row_bytes(dtype, cols));
       EXPECT_EQ(hex(w.data.data(), w.data.size()), want[r]) << dtype_name(dtype) << " row " << r;
     }

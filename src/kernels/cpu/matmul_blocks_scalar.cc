@@ -1,5 +1,5 @@
-// Portable block-weight matmul (Q4_0, Q4_1, Q8_0, IQ4_NL weights kept as ggml blocks): the same
-// arithmetic as the SIMD kernels (int16 activations per 32 values, exact int32 block sums, one
+// Portable block-weight matmul (Q4_0, Q4_1, Q8_0, IQ4_NL, IQ4_XS weights kept as ggml blocks): the
+// same arithmetic as the SIMD kernels (int16 activations per 32 values, exact int32 block sums, one
 // f32 scale per block pair), in plain C++ for CPUs without AVX2 and as their readable statement.
 #include <cmath>
 #include <cstring>
@@ -16,10 +16,18 @@ float load_f16(const uint8_t* p) {
   return f16_to_f32(h);
 }
 
-// Unpacks one block to signed values w[32] (Q4_1: unsigned nibbles) and its scale and minimum.
-void unpack_block(DType dtype, const uint8_t* block, int8_t* w, float* d, float* min) {
-  *d = load_f16(block);
+// Unpacks block b of a row (32 values) to signed values w[32] (Q4_1: unsigned nibbles) and its
+// scale and minimum; IQ4_XS's block b is run b % 8 of super-block b / 8.
+void unpack_block(DType dtype, const uint8_t* row, int64_t b, int8_t* w, float* d, float* min) {
   *min = 0.f;
+  if (dtype == DType::IQ4_XS) {
+    const uint8_t* super_block = row + (b / 8) * dtype_block_bytes(dtype);
+    *d = iq4_xs_scale(super_block, static_cast<int>(b % 8));
+    iq4_values(super_block + 8 + 16 * (b % 8), w);
+    return;
+  }
+  const uint8_t* block = row + b * dtype_block_bytes(dtype);
+  *d = load_f16(block);
   if (dtype == DType::Q8_0) {
     std::memcpy(w, block + 2, 32);
     return;
@@ -67,17 +75,17 @@ void matmul_blocks(const Q16Blocks& a, int64_t m_begin, int64_t m_end, const Wei
     return;
   }
   const int64_t K = w.cols, N = w.rows, blocks = K / 32;
-  const int64_t block_bytes = dtype_block_bytes(w.dtype);
+  const size_t row_bytes = dtype_row_bytes(w.dtype, K);
   const uint8_t* data = static_cast<const uint8_t*>(w.data);
   int8_t unpacked[32];
   for (int64_t n = n_begin; n < n_end; ++n) {
-    const uint8_t* row = data + n * blocks * block_bytes;
+    const uint8_t* row = data + n * row_bytes;
     for (int64_t m = m_begin; m < m_end; ++m) {
       const int16_t* xq = a.q + m * K;
       float acc = 0.f, min_terms = 0.f;
       for (int64_t b = 0; b < blocks; ++b) {
         float dw, min;
-        unpack_block(w.dtype, row + b * block_bytes, unpacked, &dw, &min);
+        unpack_block(w.dtype, row, b, unpacked, &dw, &min);
         int32_t sum = 0;
         for (int j = 0; j < 32; ++j) sum += int32_t{unpacked[j]} * xq[b * 32 + j];
         acc += static_cast<float>(sum) * (dw * a.d[m * blocks + b]);

@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <utility>
 
 #include "kernels/cpu/cpu_kernels.h"
 

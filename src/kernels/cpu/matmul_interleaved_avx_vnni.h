@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <utility>
 
 #include "kernels/cpu/cpu_kernels.h"
 

@@ -22,6 +22,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <utility>
 
 #include "kernels/cpu/cpu_kernels.h"
 
@@ -86,6 +87,11 @@ struct Lanes16 {
     return _mm512_insertf32x8(
         _mm512_castps256_ps512(_mm256_loadu_ps(reinterpret_cast<const float*>(p))),
         _mm256_loadu_ps(reinterpret_cast<const float*>(p + gap)), 1);
+  }
+  ALEM_LANES_INLINE static I load_u16(const uint8_t* p, size_t gap) {
+    return _mm512_cvtepu16_epi32(_mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + gap)), 1));
   }
   ALEM_LANES_INLINE static I bytes(char v) { return _mm512_set1_epi8(v); }
   ALEM_LANES_INLINE static I words(int v) { return _mm512_set1_epi32(v); }
