@@ -179,5 +179,33 @@ TEST(BlockWeights, ConvertKeepsTheGgufBlocks) {
   fs::remove(out);
 }
 
+// `--dtype iq4_xs` on tests/data/tiny-llama (hidden 128, intermediate 384: no row of whole
+// 256-value super-blocks) stores every matrix as IQ4_NL, the same values per 32, as llama.cpp
+// falls back; `--dtype iq4_nl` keeps them all IQ4_NL too, and the two stores hold the same bytes.
+TEST(BlockWeights, ConvertToIq4XsFallsBackToIq4NlForRowsOfPartBlocks) {
+  const std::string xs = temp_path("tiny-iq4_xs.h5"), nl = temp_path("tiny-iq4_nl.h5");
+  for (const auto& [out, dtype] : {std::pair{xs, DType::IQ4_XS}, std::pair{nl, DType::IQ4_NL}}) {
+    ConvertOptions options;
+    options.dtype = dtype;
+    convert_safetensors(test::data_dir() + "/tiny-llama", out, options);
+    EXPECT_EQ(verify_store(out), "");
+  }
+  {
+    ModelStoreReader a(xs), b(nl);
+    for (const char* name :
+         {"model.layers.0.mlp.down_proj.weight", "model.layers.0.self_attn.q_proj.weight"}) {
+      SCOPED_TRACE(name);
+      EXPECT_EQ(a.tensor_info(name).dtype, DType::IQ4_NL);
+      const WeightMatrix wa = a.read_matrix(name, 0, a.tensor_info(name).shape[0]);
+      const WeightMatrix wb = b.read_matrix(name, 0, b.tensor_info(name).shape[0]);
+      ASSERT_EQ(wa.data.size(), wb.data.size());
+      EXPECT_EQ(std::memcmp(wa.data.data(), wb.data.data(), wa.data.size()), 0);
+    }
+    EXPECT_EQ(a.tensor_info("model.layers.0.input_layernorm.weight").dtype, DType::F32);
+  }
+  fs::remove(xs);
+  fs::remove(nl);
+}
+
 }  // namespace
 }  // namespace alem
