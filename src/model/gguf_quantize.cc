@@ -18,14 +18,22 @@ void store_f16(uint8_t* p, float v) {
   std::memcpy(p, &h, 2);
 }
 
-void quantize_q4_0(const float* x, uint8_t* block) {
-  float amax = 0.f, max = 0.f;
+// The value of largest magnitude among x[0 .. 32) (the first of equals), and that magnitude.
+float largest_magnitude(const float* x, float* amax) {
+  float max = 0.f;
+  *amax = 0.f;
   for (int j = 0; j < 32; ++j) {
-    if (amax < std::fabs(x[j])) {
-      amax = std::fabs(x[j]);
+    if (*amax < std::fabs(x[j])) {
+      *amax = std::fabs(x[j]);
       max = x[j];
     }
   }
+  return max;
+}
+
+void quantize_q4_0(const float* x, uint8_t* block) {
+  float amax;
+  const float max = largest_magnitude(x, &amax);
   const float d = max / -8.f;
   const float id = d != 0.f ? 1.f / d : 0.f;
   store_f16(block, d);
@@ -77,28 +85,29 @@ int nearest_iq4_index(float x) {
   return x - kIq4Values[high - 1] < kIq4Values[high] - x ? high - 1 : high;
 }
 
-// ggml's quantize_row_iq4_nl_ref: d = the value of largest magnitude over -127 picks each
-// value's table index, then d becomes the least-squares scale of those indices with weights x^2.
-void quantize_iq4_nl(const float* x, uint8_t* block) {
-  float amax = 0.f, max = 0.f;
-  for (int j = 0; j < 32; ++j) {
-    if (amax < std::fabs(x[j])) {
-      amax = std::fabs(x[j]);
-      max = x[j];
-    }
-  }
-  std::memset(block, 0, 18);
-  if (amax < 1e-15f) return;  // ggml's GROUP_MAX_EPS: an all-zero block
-  const float id = 1.f / (max / kIq4Values[0]);
-  uint8_t index[32];
-  float sum_qx = 0.f, sum_q2 = 0.f;
+// The table indices of x[0 .. 32) against the inverse scale id, and the sums ggml's IQ4
+// quantisers fit a scale with (weights x^2): sum(w q x) and sum(w q^2).
+void fit_iq4(const float* x, float id, uint8_t* index, float* sum_qx, float* sum_q2) {
+  *sum_qx = *sum_q2 = 0.f;
   for (int j = 0; j < 32; ++j) {
     index[j] = static_cast<uint8_t>(nearest_iq4_index(id * x[j]));
     const float q = kIq4Values[index[j]];
     const float w = x[j] * x[j];
-    sum_qx += w * q * x[j];
-    sum_q2 += w * q * q;
+    *sum_qx += w * q * x[j];
+    *sum_q2 += w * q * q;
   }
+}
+
+// ggml's quantize_row_iq4_nl_ref: d = the value of largest magnitude over -127 picks each
+// value's table index, then d becomes the least-squares scale of those indices with weights x^2.
+void quantize_iq4_nl(const float* x, uint8_t* block) {
+  float amax;
+  const float max = largest_magnitude(x, &amax);
+  std::memset(block, 0, 18);
+  if (amax < 1e-15f) return;  // ggml's GROUP_MAX_EPS: an all-zero block
+  uint8_t index[32];
+  float sum_qx, sum_q2;
+  fit_iq4(x, 1.f / (max / kIq4Values[0]), index, &sum_qx, &sum_q2);
   store_f16(block, sum_q2 > 0.f ? sum_qx / sum_q2 : 0.f);
   for (int j = 0; j < 16; ++j) block[2 + j] = static_cast<uint8_t>(index[j] | (index[j + 16] << 4));
 }
@@ -118,37 +127,19 @@ void quantize_iq4_xs(const float* x, uint8_t* block) {
   float max_scale = 0.f, amax_scale = 0.f;
   for (int ib = 0; ib < kRuns; ++ib) {
     const float* xb = x + 32 * ib;
-    float amax = 0.f, max = 0.f;
-    for (int j = 0; j < 32; ++j) {
-      if (std::fabs(xb[j]) > amax) {
-        amax = std::fabs(xb[j]);
-        max = xb[j];
-      }
-    }
+    float amax;
+    const float max = largest_magnitude(xb, &amax);
     if (amax < 1e-15f) {
       scales[ib] = 0.f;
       continue;
     }
-    float d = -max / kIq4Values[0];
-    float id = 1.f / d;
-    float sum_qx = 0.f, sum_q2 = 0.f;
-    for (int j = 0; j < 32; ++j) {
-      const float q = kIq4Values[nearest_iq4_index(id * xb[j])];
-      const float w = xb[j] * xb[j];
-      sum_qx += w * q * xb[j];
-      sum_q2 += w * q * q;
-    }
-    d = sum_q2 > 0.f ? sum_qx / sum_q2 : 0.f;
+    uint8_t index[32];
+    float sum_qx, sum_q2;
+    fit_iq4(xb, 1.f / (-max / kIq4Values[0]), index, &sum_qx, &sum_q2);
+    float d = sum_q2 > 0.f ? sum_qx / sum_q2 : 0.f;
     float best = d * sum_qx;
     for (int trial = -7; trial <= 7; ++trial) {
-      id = (trial + kIq4Values[0]) / max;
-      sum_qx = sum_q2 = 0.f;
-      for (int j = 0; j < 32; ++j) {
-        const float q = kIq4Values[nearest_iq4_index(id * xb[j])];
-        const float w = xb[j] * xb[j];
-        sum_qx += w * q * xb[j];
-        sum_q2 += w * q * q;
-      }
+      fit_iq4(xb, (trial + kIq4Values[0]) / max, index, &sum_qx, &sum_q2);
       if (sum_q2 > 0.f && sum_qx * sum_qx > best * sum_q2) {
         d = sum_qx / sum_q2;
         best = d * sum_qx;
