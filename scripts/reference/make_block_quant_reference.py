@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent reference for alem's ggml block quantisers (tests/unit/test_block_weights.cc).
 
-alem keeps Q4_0, Q4_1 and Q8_0 weights as ggml blocks and can also make them from f32 values
+alem keeps Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 weights as ggml blocks and can also make them from f32 values
 (`alem convert --dtype q4_0`, the kernel tests). This script quantises a few fixed rows with
 the PyPI `gguf` package (llama.cpp's own numpy port of the reference quantisers), never with
 alem's code, and writes the inputs and the block bytes to tests/data/block_quant_reference.json.
@@ -43,7 +43,8 @@ def main():
             "rows": [], "quantized": {}}
     values = rows()
     data["rows"] = [[float(v) for v in r] for r in values]
-    for name, qtype in (("q4_0", Q.Q4_0), ("q4_1", Q.Q4_1), ("q8_0", Q.Q8_0)):
+    for name, qtype in (("q4_0", Q.Q4_0), ("q4_1", Q.Q4_1), ("q5_0", Q.Q5_0), ("q5_1", Q.Q5_1),
+                        ("q8_0", Q.Q8_0)):
         data["quantized"][name] = [gguf.quants.quantize(r.reshape(1, -1), qtype).tobytes().hex()
                                    for r in values]
     lib_path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(

@@ -23,14 +23,16 @@ size_t dtype_size(DType t) {
     case DType::Q6_K:
     case DType::IQ4_NL:
     case DType::IQ4_XS:
+    case DType::Q5_0:
+    case DType::Q5_1:
       ALEM_FAIL("dtype " + dtype_name(t) + " is a block type with no per-element size");
   }
   return 0;
 }
 
 bool dtype_is_block(DType t) {
-  return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0 || t == DType::IQ4_NL ||
-         dtype_is_super_block(t);
+  return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 ||
+         t == DType::Q8_0 || t == DType::IQ4_NL || dtype_is_super_block(t);
 }
 
 bool dtype_is_k_quant(DType t) {
@@ -52,6 +54,10 @@ int64_t dtype_block_bytes(DType t) {
       return 18;
     case DType::Q4_1:
       return 20;
+    case DType::Q5_0:
+      return 22;
+    case DType::Q5_1:
+      return 24;
     case DType::Q8_0:
       return 34;
     case DType::Q4_K:
@@ -101,6 +107,10 @@ std::string dtype_name(DType t) {
       return "iq4_nl";
     case DType::IQ4_XS:
       return "iq4_xs";
+    case DType::Q5_0:
+      return "q5_0";
+    case DType::Q5_1:
+      return "q5_1";
   }
   return "?";
 }
@@ -118,9 +128,11 @@ DType parse_dtype(const std::string& name) {
   if (name == "q6_k" || name == "Q6_K") return DType::Q6_K;
   if (name == "iq4_nl" || name == "IQ4_NL") return DType::IQ4_NL;
   if (name == "iq4_xs" || name == "IQ4_XS") return DType::IQ4_XS;
+  if (name == "q5_0" || name == "Q5_0") return DType::Q5_0;
+  if (name == "q5_1" || name == "Q5_1") return DType::Q5_1;
   ALEM_FAIL("unknown dtype '" + name +
-            "' (expected f32, bf16, f16, int8, q4_0, q4_1, q8_0, q4_k, q5_k, q6_k, iq4_nl or "
-            "iq4_xs)");
+            "' (expected f32, bf16, f16, int8, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, "
+            "iq4_nl or iq4_xs)");
 }
 
 float f16_to_f32(uint16_t h) {

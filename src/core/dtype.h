@@ -1,9 +1,10 @@
 // Element types of stored and in-memory weights, and exact conversions between them.
 // bf16 and f16 are kept as raw uint16_t bit patterns; conversion to f32 is exact, conversion
 // from f32 rounds to nearest even (the same rounding PyTorch and llama.cpp use).
-// Q4_0, Q4_1 and Q8_0 are ggml's block formats, kept byte for byte as GGUF files ship them: a
-// row of `cols` elements is cols / 32 blocks, each block 32 elements in 18 / 20 / 34 bytes
-// (an f16 scale d, Q4_1 also an f16 minimum m, then the packed values; see gguf_quant.h).
+// Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 are ggml's block formats, kept byte for byte as GGUF files ship
+// them: a row of `cols` elements is cols / 32 blocks, each block 32 elements in 18 / 20 / 22 / 24
+// / 34 bytes (an f16 scale d, Q4_1 and Q5_1 also an f16 minimum m, Q5_0 and Q5_1 a 32-bit word of
+// fifth bits, then the packed values; see gguf_quant.h).
 // Q4_K, Q5_K and Q6_K are ggml's K-quant super-blocks, also kept byte for byte: 256 elements in
 // 144 / 176 / 210 bytes (Q4_K/Q5_K: f16 d and dmin, 8 six-bit scale/min pairs for sub-blocks of
 // 32, then 4-bit values (Q5_K plus one high bit each); Q6_K: 4+2-bit values, 16 int8 scales for
@@ -34,19 +35,21 @@ enum class DType : uint8_t {
   Q5_K = 8,
   Q6_K = 9,
   IQ4_NL = 10,
-  IQ4_XS = 11
+  IQ4_XS = 11,
+  Q5_0 = 12,
+  Q5_1 = 13
 };
 
 // Bytes per element (for I8 the scales are stored separately). Throws alem::Error for the block
 // types, whose elements have no whole byte size: use dtype_row_bytes for those.
 size_t dtype_size(DType t);
 std::string dtype_name(DType t);
-// Parses "f32", "bf16", "f16", "int8"/"i8", "q4_0", "q4_1", "q8_0", "q4_k", "q5_k", "q6_k",
-// "iq4_nl", "iq4_xs"; throws alem::Error on anything else.
+// Parses "f32", "bf16", "f16", "int8"/"i8", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k",
+// "q5_k", "q6_k", "iq4_nl", "iq4_xs"; throws alem::Error on anything else.
 DType parse_dtype(const std::string& name);
 
 // Block geometry: 1 element in dtype_size bytes for the plain types; 32 elements in 18 (Q4_0,
-// IQ4_NL), 20 (Q4_1) or 34 (Q8_0) bytes, 256 in 144 (Q4_K), 176 (Q5_K), 210 (Q6_K) or 136 (IQ4_XS)
+// IQ4_NL), 20 (Q4_1), 22 (Q5_0), 24 (Q5_1) or 34 (Q8_0) bytes, 256 in 144 (Q4_K), 176 (Q5_K), 210 (Q6_K) or 136 (IQ4_XS)
 // for the block types. dtype_is_k_quant: the three K-quants; dtype_is_super_block: every
 // 256-element type (the K-quants and IQ4_XS).
 bool dtype_is_block(DType t);

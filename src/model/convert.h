@@ -23,10 +23,10 @@ struct ConvertOptions {
   // matrices whose rows are whole 256-value super-blocks; the others are stored as q8_0 (iq4_nl
   // for iq4_xs).
   DType dtype = DType::BF16;
-  // GGUF only: keep 2-D tensors of the ggml block types alem computes with (Q4_0, Q4_1, Q8_0,
-  // Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS) as they are, block for block, Q3_K and Q5_0 value for value
-  // in their exact carriers (gguf_transcode.h), and 2-D F32/F16/BF16 tensors in their own type;
-  // tensors of other types (Q2_K, Q5_1) are expanded to `dtype`. Groups the engine stacks keep
+  // GGUF only: keep 2-D tensors of the ggml block types alem computes with (Q4_0, Q4_1, Q5_0,
+  // Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS) as they are, block for block, Q3_K value for
+  // value in its exact carrier Q6_K (gguf_transcode.h), and 2-D F32/F16/BF16 tensors in their own
+  // type; tensors of other types (Q2_K) are expanded to `dtype`. Groups the engine stacks keep
   // mixed types where it multiplies them part by part (q/k/v, a dense gate/up); an expert's
   // gate/up of two types are both expanded to `dtype`.
   bool keep_gguf_types = false;

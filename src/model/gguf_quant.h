@@ -91,15 +91,17 @@ uint64_t ggml_bytes_for(uint32_t type_id, int64_t elements);
 void dequantize_ggml(uint32_t type_id, const uint8_t* src, size_t src_bytes, float* dst,
                      int64_t elements);
 
-// The ggml types alem keeps as they are (DType::Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL,
-// IQ4_XS): true and the DType for those, false for every other type (which the importer expands).
+// The ggml types alem keeps as they are (DType::Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
+// Q6_K, IQ4_NL, IQ4_XS): true and the DType for those, false for every other type (which the
+// importer expands, or keeps in an exact carrier: gguf_transcode.h).
 bool ggml_type_as_dtype(uint32_t type_id, DType* dtype);
-// The ggml type id of a block DType (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS); throws
+// The ggml type id of a block DType (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the K-quants, IQ4_NL,
+// IQ4_XS); throws
 // alem::Error for other dtypes.
 uint32_t ggml_type_of(DType dtype);
 
 // Quantises `elements` f32 values (a whole number of blocks) into `dst`
-// (ggml_bytes_for(type, elements) bytes): Q4_0, Q4_1, Q8_0, IQ4_NL and IQ4_XS exactly as ggml's
+// (ggml_bytes_for(type, elements) bytes): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL and IQ4_XS exactly as ggml's
 // reference quantize_row_*_ref does; Q4_K, Q5_K and Q6_K with quantize_k_block
 // (gguf_quantize_k.cc), a simpler rule than ggml's iterative search with the same block layout.
 // Throws alem::Error for other types.

@@ -1,5 +1,5 @@
-// Quantisation into the ggml block formats alem keeps unexpanded (Q4_0, Q4_1, Q8_0, IQ4_NL,
-// IQ4_XS; the K-quants in gguf_quantize_k.cc), and the
+// Quantisation into the ggml block formats alem keeps unexpanded (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+// IQ4_NL, IQ4_XS; the K-quants in gguf_quantize_k.cc), and the
 // mapping between those ggml type ids and alem's DType. The quantisers mirror ggml's reference
 // quantize_row_*_ref (ggml-quants.c) so a matrix made here holds the blocks llama.cpp would
 // write; tests build quantised weights with them, and `alem convert --dtype q8_0` uses them.
@@ -60,6 +60,49 @@ void quantize_q4_1(const float* x, uint8_t* block) {
         std::min(15, static_cast<int>(static_cast<int8_t>((x[j + 16] - min) * id + 0.5f)));
     block[4 + j] = static_cast<uint8_t>(q0 | (q1 << 4));
   }
+}
+
+// Q5_0 and Q5_1 as ggml's quantize_row_q5_0_ref / q5_1_ref: Q4_0's and Q4_1's rules with 32
+// levels, the fifth bit of value j in bit j of the 32-bit word after the scale (and minimum).
+void store_five_bits(const int* q, uint8_t* qh_then_qs) {
+  uint32_t qh = 0;
+  for (int j = 0; j < 32; ++j) qh |= static_cast<uint32_t>((q[j] >> 4) & 1) << j;
+  std::memcpy(qh_then_qs, &qh, 4);
+  for (int j = 0; j < 16; ++j) {
+    qh_then_qs[4 + j] = static_cast<uint8_t>((q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4));
+  }
+}
+
+void quantize_q5_0(const float* x, uint8_t* block) {
+  float amax;
+  const float max = largest_magnitude(x, &amax);
+  const float d = max / -16.f;
+  const float id = d != 0.f ? 1.f / d : 0.f;
+  store_f16(block, d);
+  int q[32];
+  for (int j = 0; j < 32; ++j) {
+    q[j] = std::min(31,
+                    static_cast<int>(static_cast<uint8_t>(static_cast<int8_t>(x[j] * id + 16.5f))));
+  }
+  store_five_bits(q, block + 2);
+}
+
+void quantize_q5_1(const float* x, uint8_t* block) {
+  float min = x[0], max = x[0];
+  for (int j = 1; j < 32; ++j) {
+    min = std::min(min, x[j]);
+    max = std::max(max, x[j]);
+  }
+  const float d = (max - min) / 31.f;
+  const float id = d != 0.f ? 1.f / d : 0.f;
+  store_f16(block, d);
+  store_f16(block + 2, min);
+  int q[32];
+  for (int j = 0; j < 32; ++j) {
+    q[j] = std::min(
+        31, static_cast<int>(static_cast<uint8_t>(static_cast<int8_t>((x[j] - min) * id + 0.5f))));
+  }
+  store_five_bits(q, block + 4);
 }
 
 void quantize_q8_0(const float* x, uint8_t* block) {
@@ -184,6 +227,12 @@ bool ggml_type_as_dtype(uint32_t type_id, DType* dtype) {
     case GgmlType::Q4_1:
       *dtype = DType::Q4_1;
       return true;
+    case GgmlType::Q5_0:
+      *dtype = DType::Q5_0;
+      return true;
+    case GgmlType::Q5_1:
+      *dtype = DType::Q5_1;
+      return true;
     case GgmlType::Q8_0:
       *dtype = DType::Q8_0;
       return true;
@@ -213,6 +262,10 @@ uint32_t ggml_type_of(DType dtype) {
       return static_cast<uint32_t>(GgmlType::Q4_0);
     case DType::Q4_1:
       return static_cast<uint32_t>(GgmlType::Q4_1);
+    case DType::Q5_0:
+      return static_cast<uint32_t>(GgmlType::Q5_0);
+    case DType::Q5_1:
+      return static_cast<uint32_t>(GgmlType::Q5_1);
     case DType::Q8_0:
       return static_cast<uint32_t>(GgmlType::Q8_0);
     case DType::Q4_K:
@@ -239,6 +292,12 @@ void quantize_ggml(uint32_t type_id, const float* src, int64_t elements, uint8_t
     case GgmlType::Q4_1:
       quantize_block = quantize_q4_1;
       break;
+    case GgmlType::Q5_0:
+      quantize_block = quantize_q5_0;
+      break;
+    case GgmlType::Q5_1:
+      quantize_block = quantize_q5_1;
+      break;
     case GgmlType::Q8_0:
       quantize_block = quantize_q8_0;
       break;
@@ -259,7 +318,7 @@ void quantize_ggml(uint32_t type_id, const float* src, int64_t elements, uint8_t
       break;
     default:
       ALEM_FAIL("alem cannot quantise to ggml type " + ggml_type_name(type_id) +
-                " (supported: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)");
+                " (supported: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)");
   }
   const GgmlBlockGeometry g = ggml_block_geometry(type_id);
   ALEM_CHECK(elements >= 0 && elements % g.elements_per_block == 0,

@@ -1,6 +1,6 @@
 // Exact carriers for ggml types without kernels of their own (gguf_transcode.h). The source
 // blocks are read by the same field readers as their dequantisers (gguf_quant.h); the carriers
-// are written in the layouts dequantize_q6_k, dequantize_q8_0 and alem's int8 read.
+// are written in the layout dequantize_q6_k reads.
 #include "model/gguf_transcode.h"
 
 #include <cstring>
@@ -43,9 +43,6 @@ bool ggml_exact_carrier(uint32_t type_id, DType* carrier) {
     case GgmlType::Q3_K:
       *carrier = DType::Q6_K;
       return true;
-    case GgmlType::Q5_0:
-      *carrier = DType::Q8_0;
-      return true;
     default:
       return false;
   }
@@ -67,19 +64,8 @@ WeightMatrix transcode_ggml(uint32_t type_id, const uint8_t* src, size_t bytes, 
   m.cols = cols;
   m.data.resize(static_cast<size_t>(rows) * dtype_row_bytes(carrier, cols));
   const int64_t n = rows * cols;
-  switch (static_cast<GgmlType>(type_id)) {
-    case GgmlType::Q3_K:
-      for (int64_t b = 0; b < n / kSuperBlock; ++b) {
-        q3_k_as_q6_k(src + b * kQ3KBytes, m.data.data() + b * kQ6KBytes);
-      }
-      break;
-    default:  // Q5_0: the same f16 d, the values q - 16 as Q8_0's int8
-      for (int64_t b = 0; b < n / 32; ++b) {
-        uint8_t* q8 = m.data.data() + b * kQ8_0Bytes;
-        std::memcpy(q8, src + b * kQ5_0Bytes, 2);
-        q5_0_values(src + b * kQ5_0Bytes, reinterpret_cast<int8_t*>(q8 + 2));
-      }
-      break;
+  for (int64_t b = 0; b < n / kSuperBlock; ++b) {  // Q3_K, the one type with a carrier
+    q3_k_as_q6_k(src + b * kQ3KBytes, m.data.data() + b * kQ6KBytes);
   }
   return m;
 }

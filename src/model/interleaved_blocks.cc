@@ -16,6 +16,10 @@ struct Field {
   int offset;
   int bytes;
   int unit;
+  // Q5_0/Q5_1's 32-bit word of fifth bits (bit j: value j), held bit-transposed in the
+  // interleaved form: value j's bit at bit 8 (j % 4) + j / 4, so chunk c's four bits (values
+  // 4c .. 4c + 3) are bit c of the word's four bytes, one shift and mask from the bytes they join.
+  bool fifth_bits = false;
 };
 struct BlockFields {
   int count = 0;
@@ -31,6 +35,10 @@ BlockFields fields_of(DType dtype) {
       return {2, {{0, 2, 2}, {2, 16, 4}}};
     case DType::Q4_1:
       return {3, {{0, 2, 2}, {2, 2, 2}, {4, 16, 4}}};
+    case DType::Q5_0:  // d, qh, qs[16]
+      return {3, {{0, 2, 2}, {2, 4, 4, true}, {6, 16, 4}}};
+    case DType::Q5_1:  // d, m, qh, qs[16]
+      return {4, {{0, 2, 2}, {2, 2, 2}, {4, 4, 4, true}, {8, 16, 4}}};
     case DType::Q8_0:
       return {2, {{0, 2, 2}, {2, 32, 4}}};
     case DType::IQ4_XS:  // d, scales_h (16 bits), scales_l[4], qs[128]
@@ -48,6 +56,20 @@ BlockFields fields_of(DType dtype) {
   }
 }
 
+// A word of fifth bits to its interleaved form (Field::fifth_bits) and back.
+uint32_t transpose_fifth_bits(uint32_t bits, bool to_interleaved) {
+  uint32_t out = 0;
+  for (int j = 0; j < 32; ++j) {
+    const int moved = 8 * (j % 4) + j / 4;
+    if (to_interleaved) {
+      out |= ((bits >> j) & 1u) << moved;
+    } else {
+      out |= ((bits >> moved) & 1u) << j;
+    }
+  }
+  return out;
+}
+
 // Copies one block between the two forms: to the interleaved one, `from` is the row-major block
 // and `to` the start of its group's interleaved block column (r: the row within the group);
 // back, the other way round.
@@ -59,10 +81,15 @@ void move_block(const BlockFields& f, const uint8_t* from, uint8_t* to, int r) {
     for (int k = 0; k < field.bytes / field.unit; ++k) {
       const int64_t in_block = field.offset + k * field.unit;
       const int64_t in_column = field_start + (k * kInterleavedRows + r) * field.unit;
-      if constexpr (kToInterleaved) {
-        std::memcpy(to + in_column, from + in_block, field.unit);
+      uint8_t* dst = kToInterleaved ? to + in_column : to + in_block;
+      const uint8_t* src = kToInterleaved ? from + in_block : from + in_column;
+      if (field.fifth_bits) {
+        uint32_t bits;
+        std::memcpy(&bits, src, 4);
+        bits = transpose_fifth_bits(bits, kToInterleaved);
+        std::memcpy(dst, &bits, 4);
       } else {
-        std::memcpy(to + in_block, from + in_column, field.unit);
+        std::memcpy(dst, src, field.unit);
       }
     }
     field_start += field.bytes * kInterleavedRows;

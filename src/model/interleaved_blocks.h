@@ -1,5 +1,5 @@
-// ggml block weights laid out 8 rows at a time, the form the CPU backend keeps Q4_0, Q4_1, Q8_0,
-// IQ4_NL, IQ4_XS, the K-quants Q4_K, Q5_K, Q6_K and alem's own int8 in on CPUs with AVX512-VNNI
+// ggml block weights laid out 8 rows at a time, the form the CPU backend keeps Q4_0, Q4_1, Q5_0,
+// Q5_1, Q8_0, IQ4_NL, IQ4_XS, the K-quants Q4_K, Q5_K, Q6_K and alem's own int8 in on CPUs with AVX512-VNNI
 // (KernelBackend::adopt_weight; docs/kernels-quantized.md, "Interleaved block weights"). GGUF ships
 // a matrix row after row; its decode kernel then reads one row's blocks and spends as many
 // instructions gathering scales, rearranging activations and reducing lanes as multiplying.
@@ -14,6 +14,9 @@
 //   IQ4_XS: the 8 d, the 8 16-bit words of high scale bits, the 4 bytes of low scale nibbles as
 //         one word per row (32 bytes), then the 128 bytes of indices as 32 chunks;
 //   Q4_1: the 8 scales d, the 8 minimums m (32 bytes), then the same 128 bytes of nibbles;
+//   Q5_0 / Q5_1: as Q4_0 / Q4_1 with the 8 rows' 32-bit words of fifth bits (32 bytes) before
+//         the nibbles, each word bit-transposed (value j's bit at bit 8 (j % 4) + j / 4; the
+//         one field not copied as it is);
 //   Q8_0: the 8 scales d, then the 32 values in 8 chunks of 4 bytes per row (256 bytes);
 //   Q4_K: the 8 d, the 8 dmin, the 12 bytes of 6-bit scales as 3 words per row (96 bytes),
 //         then the 128 bytes of nibbles as 32 chunks (1024 bytes);

@@ -49,6 +49,8 @@ hid_t memory_type_for(DType dtype) {
     case DType::Q6_K:
     case DType::IQ4_NL:
     case DType::IQ4_XS:
+    case DType::Q5_0:
+    case DType::Q5_1:
       return H5T_NATIVE_UINT8;
   }
   return H5T_NATIVE_FLOAT;

@@ -100,9 +100,12 @@ double weight_bytes_for_dtype(const std::string& dtype) {
   if (dtype == "f32") return 4;
   if (dtype == "bf16" || dtype == "f16") return 2;
   if (dtype == "int8" || dtype == "i8") return 1 + 4.0 / 32;
-  // GGUF blocks kept as they are (Q4_0 and IQ4_NL 18, Q4_1 20, Q8_0 34 bytes per 32 weights).
+  // GGUF blocks kept as they are (Q4_0 and IQ4_NL 18, Q4_1 20, Q5_0 22, Q5_1 24, Q8_0 34 bytes
+  // per 32 weights).
   if (dtype == "q4_0" || dtype == "iq4_nl") return 18.0 / 32;
   if (dtype == "q4_1") return 20.0 / 32;
+  if (dtype == "q5_0") return 22.0 / 32;
+  if (dtype == "q5_1") return 24.0 / 32;
   if (dtype == "q8_0") return 34.0 / 32;
   // Super-blocks: 144 / 176 / 210 / 136 bytes per 256 weights (Q4_K, Q5_K, Q6_K, IQ4_XS).
   if (dtype == "q4_k") return 144.0 / 256;
@@ -111,7 +114,8 @@ double weight_bytes_for_dtype(const std::string& dtype) {
   if (dtype == "iq4_xs") return 136.0 / 256;
   ALEM_FAIL(
       "unknown weight dtype '" + dtype +
-      "' (expected f32, bf16, f16, int8, q4_0, q4_1, q8_0, q4_k, q5_k, q6_k, iq4_nl or iq4_xs)");
+      "' (expected f32, bf16, f16, int8, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, iq4_nl or "
+            "iq4_xs)");
 }
 
 namespace {

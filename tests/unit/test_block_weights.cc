@@ -1,5 +1,5 @@
-// ggml block weights (Q4_0, Q4_1, Q8_0, IQ4_NL, IQ4_XS) kept as they are: alem's quantisers
-// against the `gguf` package's (the IQ4 types: ggml's own C reference;
+// ggml block weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS) kept as they are: alem's
+// quantisers against the `gguf` package's (the IQ4 types: ggml's own C reference;
 // tests/data/block_quant_reference.json, scripts/reference/make_block_quant_reference.py), the
 // model store keeping the blocks byte for byte with their hash tree, tensor-parallel shards cut
 // only between blocks, a tampered block refused, and `alem convert` of the real SmolLM2 Q4_1 GGUF
@@ -58,7 +58,8 @@ TEST(BlockWeights, QuantisersMatchTheGgufPackage) {
   const nlohmann::json ref = nlohmann::json::parse(in);
   const auto rows = ref.at("rows").get<std::vector<std::vector<float>>>();
   const auto rows256 = ref.at("rows256").get<std::vector<std::vector<float>>>();
-  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::IQ4_NL, DType::IQ4_XS}) {
+  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0,
+                      DType::IQ4_NL, DType::IQ4_XS}) {
     const auto& inputs = dtype_is_super_block(dtype) ? rows256 : rows;
     const auto want = ref.at("quantized").at(dtype_name(dtype)).get<std::vector<std::string>>();
     ASSERT_EQ(want.size(), inputs.size());
@@ -77,7 +78,7 @@ constexpr int64_t kRows = 130, kCols = 320;
 struct BlockFixture : test::BlockStore {
   explicit BlockFixture(const std::string& name)
       : BlockStore(temp_path(name), kRows, kCols,
-                   {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::IQ4_NL},
+                   {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL},
                    [rng = std::mt19937(5), dist = std::uniform_real_distribution<float>(
                                                -1.f, 1.f)]() mutable { return dist(rng); }) {}
 };

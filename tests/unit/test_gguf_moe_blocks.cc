@@ -105,7 +105,7 @@ TEST(GgufMoeBlocks, LowBitExpertsKeptInExactCarriers) {
     const std::tuple<const char*, ExpertMatrix, DType> parts[] = {
         {"gate", ExpertMatrix::kGate, DType::IQ4_NL},
         {"up", ExpertMatrix::kUp, DType::IQ4_NL},
-        {"down", ExpertMatrix::kDown, DType::Q8_0}};
+        {"down", ExpertMatrix::kDown, DType::Q5_0}};
     for (const auto& [part, which, carrier] : parts) {
       const std::string gguf_name =
           "blk." + std::to_string(layer) + ".ffn_" + part + "_exps.weight";

@@ -363,8 +363,8 @@ TEST(CpuMatmul, AmxBf16GemmMatchesF32) {
   }
   // ggml block weights, expanded per 48-row panel to two bf16 parts, x in two parts: both
   // carry 16 significant bits, so the result is within 2^-15 of the magnitude.
-  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::IQ4_NL, DType::IQ4_XS,
-                      DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0,
+                      DType::IQ4_NL, DType::IQ4_XS, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     const int64_t block = dtype_block_elements(dtype);
     for (int64_t M : {16, 17, 40}) {
       for (int64_t N : {1, 15, 48, 61}) {
@@ -463,8 +463,8 @@ TEST(CpuMatmul, PackXPairsLayoutAndExactSplit) {
 TEST(CpuMatmul, BlockExpansionIsBitExact) {
   if (!cpu::isa_supported(cpu::Isa::kAvx512)) GTEST_SKIP() << "this CPU has no AVX-512";
   std::mt19937 rng(77);
-  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::IQ4_NL, DType::IQ4_XS,
-                      DType::Q4_K, DType::Q6_K}) {
+  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0,
+                      DType::IQ4_NL, DType::IQ4_XS, DType::Q4_K, DType::Q6_K}) {
     const int64_t K = 2 * dtype_block_elements(dtype) * (dtype_block_elements(dtype) == 32 ? 5 : 1);
     const int rows = 7;
     const size_t row_bytes = dtype_row_bytes(dtype, K);
@@ -473,7 +473,7 @@ TEST(CpuMatmul, BlockExpansionIsBitExact) {
     if (dtype_block_elements(dtype) == 32) {  // f16 scales: finite, some subnormal
       const size_t block_bytes = row_bytes / (K / 32);
       for (size_t at = 0; at + block_bytes <= bytes.size(); at += block_bytes) {
-        for (int f = 0; f < (dtype == DType::Q4_1 ? 2 : 1); ++f) {
+        for (int f = 0; f < (dtype == DType::Q4_1 || dtype == DType::Q5_1 ? 2 : 1); ++f) {
           uint16_t h = static_cast<uint16_t>(rng()) & 0xBBFF;  // exponent below all-ones
           if (rng() % 8 == 0) h &= 0x83FF;                     // subnormal
           std::memcpy(&bytes[at + 2 * f], &h, 2);

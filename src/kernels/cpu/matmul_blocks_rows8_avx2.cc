@@ -4,6 +4,7 @@
 // (matmul_interleaved_avx2.h). Q8_0 and int8, whose signed bytes would saturate those byte
 // products, go to their int16 kernel (matmul_bytes_interleaved,
 // matmul_blocks_rows8_int16_avx2.cc).
+#include <algorithm>
 #include <type_traits>
 
 #include "kernels/cpu/matmul_interleaved_avx2.h"

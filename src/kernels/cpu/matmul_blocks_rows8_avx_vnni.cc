@@ -3,6 +3,7 @@
 // registers, 8 weight rows per register, one vpdpbusd per byte dot product
 // (matmul_interleaved_avx_vnni.h). Compiled a second time, in the EVEX encoding, by
 // matmul_blocks_rows8_avx_vnni_evex.cc.
+#include <algorithm>
 #include <type_traits>
 
 #include "kernels/cpu/matmul_interleaved_avx_vnni.h"

@@ -4,6 +4,7 @@
 // weight rows per instruction; matmul_interleaved_dot_avx512.h). One template body
 // (matmul_blocks_rows8_kernel.inc, shared with AVX2) serves both widths. Only called when the
 // CPU reports AVX512-VNNI.
+#include <algorithm>
 #include <type_traits>
 
 #include "kernels/cpu/matmul_interleaved_dot_avx512.h"

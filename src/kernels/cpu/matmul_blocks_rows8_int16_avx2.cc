@@ -120,7 +120,7 @@ void group_rows_int16_iq4_xs(const SplitX* x, const uint8_t* group, int64_t colu
       accumulate_int16<MR>(w, interleaved::iq4_xs_run_scale<V, S>(d, scales_low, scales_high), x,
                            c * 8 + S, acc);
     };
-    interleaved::for_each_run(run);
+    interleaved::for_each_of_eight(run);
   }
   store_rows<MR>(acc, bias, y);
 }
