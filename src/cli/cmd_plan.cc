@@ -242,7 +242,9 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--model,-m", o->model,
                   "Model store (.h5) or a named shape: smollm2-135m, qwen3-8b, qwen3-32b, "
                   "qwen3-30b-a3b, qwen3-235b-a22b, llama-3.1-70b");
-  cmd->add_option("--weights", o->weights, "Weight dtype to plan for (bf16, f16, f32, int8)");
+  cmd->add_option("--weights", o->weights,
+                  "Weight dtype to plan for (bf16, f16, f32, int8, or a kept block type: q4_0, "
+                  "q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, iq4_nl, iq4_xs)");
   cmd->add_option("--kv-cache-dtype", o->kv_cache_dtype,
                   "KV cache dtype, as alem serve's: bf16 or f32")
       ->capture_default_str();
