@@ -29,8 +29,8 @@ void run_convert(const ConvertCommandOptions& o) {
   }
   ALEM_CHECK(!o.output.empty(), "convert needs an output path (alem convert IN OUT.h5)");
   ConvertOptions options;
-  // "auto": a GGUF keeps its own types (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K/IQ4_NL/IQ4_XS
-  // blocks as they are; Q3_K in an exact carrier, model/gguf_transcode.h; others to bf16); a
+  // "auto": a GGUF keeps its own types (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q3_K/Q4_K/Q5_K/Q6_K/IQ4_NL/
+  // IQ4_XS blocks as they are; others to bf16); a
   // Hugging Face folder becomes bf16.
   options.keep_gguf_types = o.dtype == "auto";
   options.dtype = o.dtype == "auto" ? DType::BF16 : parse_dtype(o.dtype);
@@ -63,10 +63,10 @@ void add_convert_command(CLI::App& app) {
       ->required();
   cmd->add_option("output", o->output, "Output .h5 model store");
   cmd->add_option("--dtype", o->dtype,
-                  "Stored weight type: auto (a GGUF keeps its Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/"
-                  "Q5_K/Q6_K/IQ4_NL/IQ4_XS blocks, Q3_K exactly as Q6_K, anything else becomes "
-                  "bf16), bf16, f32, f16, int8, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, "
-                  "iq4_nl or iq4_xs (K-quants and iq4_xs for rows of whole 256-value "
+                  "Stored weight type: auto (a GGUF keeps its Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q3_K/"
+                  "Q4_K/Q5_K/Q6_K/IQ4_NL/IQ4_XS blocks, anything else becomes bf16), bf16, f32, "
+                  "f16, int8, q4_0, q4_1, q5_0, q5_1, q8_0, q3_k, q4_k, q5_k, q6_k, iq4_nl or "
+                  "iq4_xs (K-quants and iq4_xs for rows of whole 256-value "
                   "blocks; other rows q8_0, or iq4_nl for iq4_xs)")
       ->capture_default_str();
   cmd->add_option("--name", o->name,

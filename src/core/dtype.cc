@@ -25,6 +25,7 @@ size_t dtype_size(DType t) {
     case DType::IQ4_XS:
     case DType::Q5_0:
     case DType::Q5_1:
+    case DType::Q3_K:
       ALEM_FAIL("dtype " + dtype_name(t) + " is a block type with no per-element size");
   }
   return 0;
@@ -36,7 +37,7 @@ bool dtype_is_block(DType t) {
 }
 
 bool dtype_is_k_quant(DType t) {
-  return t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
+  return t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
 }
 
 bool dtype_is_super_block(DType t) {
@@ -68,6 +69,8 @@ int64_t dtype_block_bytes(DType t) {
       return 210;
     case DType::IQ4_XS:
       return 136;
+    case DType::Q3_K:
+      return 110;
     default:
       return static_cast<int64_t>(dtype_size(t));
   }
@@ -111,6 +114,8 @@ std::string dtype_name(DType t) {
       return "q5_0";
     case DType::Q5_1:
       return "q5_1";
+    case DType::Q3_K:
+      return "q3_k";
   }
   return "?";
 }
@@ -130,9 +135,10 @@ DType parse_dtype(const std::string& name) {
   if (name == "iq4_xs" || name == "IQ4_XS") return DType::IQ4_XS;
   if (name == "q5_0" || name == "Q5_0") return DType::Q5_0;
   if (name == "q5_1" || name == "Q5_1") return DType::Q5_1;
+  if (name == "q3_k" || name == "Q3_K") return DType::Q3_K;
   ALEM_FAIL("unknown dtype '" + name +
-            "' (expected f32, bf16, f16, int8, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, "
-            "iq4_nl or iq4_xs)");
+            "' (expected f32, bf16, f16, int8, q4_0, q4_1, q5_0, q5_1, q8_0, q3_k, q4_k, q5_k, "
+            "q6_k, iq4_nl or iq4_xs)");
 }
 
 float f16_to_f32(uint16_t h) {

@@ -5,8 +5,9 @@
 // them: a row of `cols` elements is cols / 32 blocks, each block 32 elements in 18 / 20 / 22 / 24
 // / 34 bytes (an f16 scale d, Q4_1 and Q5_1 also an f16 minimum m, Q5_0 and Q5_1 a 32-bit word of
 // fifth bits, then the packed values; see gguf_quant.h).
-// Q4_K, Q5_K and Q6_K are ggml's K-quant super-blocks, also kept byte for byte: 256 elements in
-// 144 / 176 / 210 bytes (Q4_K/Q5_K: f16 d and dmin, 8 six-bit scale/min pairs for sub-blocks of
+// Q3_K, Q4_K, Q5_K and Q6_K are ggml's K-quant super-blocks, also kept byte for byte (Q3_K: 110
+// bytes, 32 of high bits, 64 of 2-bit values, 16 six-bit scales in 12 bytes, f16 d): 256 elements
+// in 144 / 176 / 210 bytes (Q4_K/Q5_K: f16 d and dmin, 8 six-bit scale/min pairs for sub-blocks of
 // 32, then 4-bit values (Q5_K plus one high bit each); Q6_K: 4+2-bit values, 16 int8 scales for
 // sub-blocks of 16, f16 d; the layouts of ggml's block_q4_K / block_q5_K / block_q6_K).
 // IQ4_NL is ggml's non-linear 4-bit block, also kept byte for byte: 32 elements in 18 bytes, Q4_0's
@@ -37,7 +38,8 @@ enum class DType : uint8_t {
   IQ4_NL = 10,
   IQ4_XS = 11,
   Q5_0 = 12,
-  Q5_1 = 13
+  Q5_1 = 13,
+  Q3_K = 14
 };
 
 // Bytes per element (for I8 the scales are stored separately). Throws alem::Error for the block
@@ -45,13 +47,13 @@ enum class DType : uint8_t {
 size_t dtype_size(DType t);
 std::string dtype_name(DType t);
 // Parses "f32", "bf16", "f16", "int8"/"i8", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k",
-// "q5_k", "q6_k", "iq4_nl", "iq4_xs"; throws alem::Error on anything else.
+// "q5_k", "q6_k", "q3_k", "iq4_nl", "iq4_xs"; throws alem::Error on anything else.
 DType parse_dtype(const std::string& name);
 
 // Block geometry: 1 element in dtype_size bytes for the plain types; 32 elements in 18 (Q4_0,
-// IQ4_NL), 20 (Q4_1), 22 (Q5_0), 24 (Q5_1) or 34 (Q8_0) bytes, 256 in 144 (Q4_K), 176 (Q5_K), 210 (Q6_K) or 136 (IQ4_XS)
-// for the block types. dtype_is_k_quant: the three K-quants; dtype_is_super_block: every
-// 256-element type (the K-quants and IQ4_XS).
+// IQ4_NL), 20 (Q4_1), 22 (Q5_0), 24 (Q5_1) or 34 (Q8_0) bytes, 256 in 144 (Q4_K), 176 (Q5_K), 210
+// (Q6_K) or 136 (IQ4_XS) for the block types. dtype_is_k_quant: the three K-quants;
+// dtype_is_super_block: every 256-element type (the K-quants and IQ4_XS).
 bool dtype_is_block(DType t);
 bool dtype_is_k_quant(DType t);
 bool dtype_is_super_block(DType t);

@@ -14,7 +14,6 @@
 #include "model/gguf_moe.h"
 #include "model/gguf_quant.h"
 #include "model/gguf_reader.h"
-#include "model/gguf_transcode.h"
 #include "model/hf_tokenizer_json.h"
 #include "model/model_config.h"
 #include "model/model_store.h"
@@ -154,7 +153,7 @@ std::map<std::string, DType> kept_types(const GgufFile& gguf, DType fallback) {
   for (const GgufTensorInfo& t : gguf.tensors()) {
     if (t.dims.size() != 2 && t.dims.size() != 3) continue;  // 3-D: stacked experts
     DType dtype = fallback;
-    if (!ggml_type_as_dtype(t.type, &dtype) && !ggml_exact_carrier(t.type, &dtype)) {
+    if (!ggml_type_as_dtype(t.type, &dtype)) {
       switch (static_cast<GgmlType>(t.type)) {
         case GgmlType::F32:
           dtype = DType::F32;
@@ -235,14 +234,6 @@ ConvertReport convert_gguf(const std::string& gguf_path, const std::string& out_
           stored.count(key) ? stored.at(key) : stored_matrix_dtype(options.dtype, t.cols());
       if (!options.keep_gguf_types && is_gguf_router(t.name)) dtype = router_dtype(dtype);
       if (write_gguf_moe_tensor(gguf, config, t, writer, dtype)) continue;
-      DType carrier = DType::F32;
-      if (t.dims.size() == 2 && ggml_exact_carrier(t.type, &carrier) && carrier == dtype) {
-        // A type without kernels, value for value in its carrier (gguf_transcode.h).
-        const std::vector<uint8_t> bytes = gguf.raw_rows(t.name);
-        writer.add_matrix(t.hf_name,
-                          transcode_ggml(t.type, bytes.data(), bytes.size(), t.rows(), t.cols()));
-        continue;
-      }
       if (t.dims.size() == 2 && dtype_is_block(dtype)) {
         // Block for block as the file has them (raw_rows un-permutes q/k rows only).
         WeightMatrix m;

@@ -19,16 +19,15 @@ struct ModelConfig;
 
 struct ConvertOptions {
   // Stored type of 2-D weight matrices (f32, bf16, f16, int8 or a ggml block type). 1-D tensors
-  // (norms, biases) are always stored as f32. A K-quant (q4_k, q5_k, q6_k) or iq4_xs applies to
+  // (norms, biases) are always stored as f32. A K-quant (q3_k ... q6_k) or iq4_xs applies to
   // matrices whose rows are whole 256-value super-blocks; the others are stored as q8_0 (iq4_nl
   // for iq4_xs).
   DType dtype = DType::BF16;
   // GGUF only: keep 2-D tensors of the ggml block types alem computes with (Q4_0, Q4_1, Q5_0,
-  // Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS) as they are, block for block, Q3_K value for
-  // value in its exact carrier Q6_K (gguf_transcode.h), and 2-D F32/F16/BF16 tensors in their own
-  // type; tensors of other types (Q2_K) are expanded to `dtype`. Groups the engine stacks keep
-  // mixed types where it multiplies them part by part (q/k/v, a dense gate/up); an expert's
-  // gate/up of two types are both expanded to `dtype`.
+  // Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS) as they are, block for block, and 2-D
+  // F32/F16/BF16 tensors in their own type; tensors of other types (Q2_K) are expanded to
+  // `dtype`. Groups the engine stacks keep mixed types where it multiplies them part by part
+  // (q/k/v, a dense gate/up); an expert's gate/up of two types are both expanded to `dtype`.
   bool keep_gguf_types = false;
   // Overrides the model name recorded in the config (empty: keep the source's name).
   std::string model_name;

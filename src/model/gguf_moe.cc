@@ -7,7 +7,6 @@
 #include "model/architecture.h"
 #include "model/gguf_quant.h"
 #include "model/gguf_reader.h"
-#include "model/gguf_transcode.h"
 #include "model/model_config.h"
 #include "model/model_store_writer.h"
 #include "model/weights.h"
@@ -164,16 +163,12 @@ bool write_gguf_moe_tensor(const GgufFile& gguf, const ModelConfig& config, cons
   DType file_dtype = DType::F32;
   const bool copy_blocks =
       dtype_is_block(dtype) && ggml_type_as_dtype(t.type, &file_dtype) && file_dtype == dtype;
-  // A type without kernels goes into its exact carrier instead (gguf_transcode.h).
-  DType carrier = DType::F32;
-  const bool transcode = ggml_exact_carrier(t.type, &carrier) && carrier == dtype;
   if (kind == MoeTensorKind::kRouter) {
-    if (copy_blocks || transcode) {
+    if (copy_blocks) {
       const std::vector<uint8_t> bytes = gguf.raw_rows(t.name);
       writer.add_matrix(
           router_tensor_name(config, layer),
-          transcode ? transcode_ggml(t.type, bytes.data(), bytes.size(), t.rows(), t.cols())
-                    : block_matrix(bytes.data(), bytes.size(), t.rows(), t.cols(), dtype, t.name));
+          block_matrix(bytes.data(), bytes.size(), t.rows(), t.cols(), dtype, t.name));
     } else {
       const std::vector<float> values = gguf.dequantize(t.name);
       writer.add_matrix(router_tensor_name(config, layer), values.data(), t.rows(), t.cols(),
@@ -195,10 +190,6 @@ bool write_gguf_moe_tensor(const GgufFile& gguf, const ModelConfig& config, cons
     const std::string name = expert_tensor_name(config, layer, e, expert_matrix(kind));
     if (copy_blocks) {
       writer.add_matrix(name, block_matrix(expert, expert_bytes, rows, cols, dtype, t.name));
-      continue;
-    }
-    if (transcode) {
-      writer.add_matrix(name, transcode_ggml(t.type, expert, expert_bytes, rows, cols));
       continue;
     }
     values.resize(static_cast<size_t>(rows * cols));

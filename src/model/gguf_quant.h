@@ -52,7 +52,7 @@ inline constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -
                                           1,    13,   25,  38,  53,  69,  89,  113};
 
 // The integer fields of one block, as ggml's dequantisers read them; dequantize_ggml and the
-// exact carriers (gguf_transcode.h) are both written over these.
+// kernels' readers (kernels/cpu) are both written over these.
 // Q5_0 (22 bytes): its 32 values q - 16, in [-16, 15].
 void q5_0_values(const uint8_t* block, int8_t* values);
 // Q3_K (110 bytes: 32 bytes of high bits, 64 of low 2-bit values, 12 of 6-bit scales, f16 d at
@@ -93,7 +93,7 @@ void dequantize_ggml(uint32_t type_id, const uint8_t* src, size_t src_bytes, flo
 
 // The ggml types alem keeps as they are (DType::Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
 // Q6_K, IQ4_NL, IQ4_XS): true and the DType for those, false for every other type (which the
-// importer expands, or keeps in an exact carrier: gguf_transcode.h).
+// importer expands).
 bool ggml_type_as_dtype(uint32_t type_id, DType* dtype);
 // The ggml type id of a block DType (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the K-quants, IQ4_NL,
 // IQ4_XS); throws
@@ -101,8 +101,8 @@ bool ggml_type_as_dtype(uint32_t type_id, DType* dtype);
 uint32_t ggml_type_of(DType dtype);
 
 // Quantises `elements` f32 values (a whole number of blocks) into `dst`
-// (ggml_bytes_for(type, elements) bytes): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL and IQ4_XS exactly as ggml's
-// reference quantize_row_*_ref does; Q4_K, Q5_K and Q6_K with quantize_k_block
+// (ggml_bytes_for(type, elements) bytes): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL and IQ4_XS exactly
+// as ggml's reference quantize_row_*_ref does; Q4_K, Q5_K and Q6_K with quantize_k_block
 // (gguf_quantize_k.cc), a simpler rule than ggml's iterative search with the same block layout.
 // Throws alem::Error for other types.
 void quantize_ggml(uint32_t type_id, const float* src, int64_t elements, uint8_t* dst);

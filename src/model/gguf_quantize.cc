@@ -236,6 +236,9 @@ bool ggml_type_as_dtype(uint32_t type_id, DType* dtype) {
     case GgmlType::Q8_0:
       *dtype = DType::Q8_0;
       return true;
+    case GgmlType::Q3_K:
+      *dtype = DType::Q3_K;
+      return true;
     case GgmlType::Q4_K:
       *dtype = DType::Q4_K;
       return true;
@@ -268,6 +271,8 @@ uint32_t ggml_type_of(DType dtype) {
       return static_cast<uint32_t>(GgmlType::Q5_1);
     case DType::Q8_0:
       return static_cast<uint32_t>(GgmlType::Q8_0);
+    case DType::Q3_K:
+      return static_cast<uint32_t>(GgmlType::Q3_K);
     case DType::Q4_K:
       return static_cast<uint32_t>(GgmlType::Q4_K);
     case DType::Q5_K:
@@ -301,6 +306,9 @@ void quantize_ggml(uint32_t type_id, const float* src, int64_t elements, uint8_t
     case GgmlType::Q8_0:
       quantize_block = quantize_q8_0;
       break;
+    case GgmlType::Q3_K:
+      quantize_block = [](const float* x, uint8_t* b) { quantize_k_block(DType::Q3_K, x, b); };
+      break;
     case GgmlType::Q4_K:
       quantize_block = [](const float* x, uint8_t* b) { quantize_k_block(DType::Q4_K, x, b); };
       break;
@@ -318,7 +326,8 @@ void quantize_ggml(uint32_t type_id, const float* src, int64_t elements, uint8_t
       break;
     default:
       ALEM_FAIL("alem cannot quantise to ggml type " + ggml_type_name(type_id) +
-                " (supported: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)");
+                " (supported: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, "
+                "IQ4_XS)");
   }
   const GgmlBlockGeometry g = ggml_block_geometry(type_id);
   ALEM_CHECK(elements >= 0 && elements % g.elements_per_block == 0,

@@ -177,6 +177,56 @@ void quantize_q6_k(const float* x, uint8_t* block) {
   }
 }
 
+// Q3_K: x = d * (sc - 32) * (q - 4) per 16-value sub-block, sc 6 bits, q 3 bits (as Q6_K's rule:
+// the value of largest magnitude maps to -4, the sub-block scales are steps of the largest over
+// -32). Layout as ggml's block_q3_K: value e's low 2 bits at bits 2j of qs[32h + l] and its high
+// bit at bit 4h + j of hmask[l] (e = 128h + 32j + l); scale i's low 4 bits in byte i (i < 8) or
+// the high nibble of byte i - 8, its high 2 bits at bits 2 (i / 4) of byte 8 + i % 4.
+void quantize_q3_k(const float* x, uint8_t* block) {
+  float scales[16];
+  float max_scale = 0.f, max_abs_scale = 0.f;
+  for (int ib = 0; ib < 16; ++ib) {
+    float max = 0.f, amax = 0.f;
+    for (int l = 0; l < 16; ++l) {
+      const float v = x[16 * ib + l];
+      if (std::fabs(v) > amax) {
+        amax = std::fabs(v);
+        max = v;
+      }
+    }
+    scales[ib] = max / -4.f;
+    if (std::fabs(scales[ib]) > max_abs_scale) {
+      max_abs_scale = std::fabs(scales[ib]);
+      max_scale = scales[ib];
+    }
+  }
+  std::memset(block, 0, 110);
+  if (max_abs_scale < 1e-15f) return;  // all zero: d = 0
+  const float iscale = -32.f / max_scale;
+  store_f16(block + 108, 1.f / iscale);
+  const float d_super = load_f16(block + 108);
+  uint8_t* hmask = block;
+  uint8_t* qs = block + 32;
+  uint8_t* packed = block + 96;
+  uint8_t L[256];
+  for (int i = 0; i < 16; ++i) {
+    const int sc = std::clamp(nearest(iscale * scales[i]), -32, 31);
+    const int stored = sc + 32;
+    packed[i % 8] = static_cast<uint8_t>(packed[i % 8] | ((stored & 0x0F) << (i < 8 ? 0 : 4)));
+    packed[8 + i % 4] = static_cast<uint8_t>(packed[8 + i % 4] | ((stored >> 4) << (2 * (i / 4))));
+    const float d = d_super * static_cast<float>(sc);
+    for (int l = 0; l < 16; ++l) {
+      const int q = d != 0.f ? nearest(x[16 * i + l] / d) : 0;
+      L[16 * i + l] = static_cast<uint8_t>(std::clamp(q, -4, 3) + 4);
+    }
+  }
+  for (int e = 0; e < 256; ++e) {
+    const int h = e / 128, j = (e % 128) / 32, l = e % 32;
+    qs[32 * h + l] = static_cast<uint8_t>(qs[32 * h + l] | ((L[e] & 3) << (2 * j)));
+    if (L[e] > 3) hmask[l] = static_cast<uint8_t>(hmask[l] | (1 << (4 * h + j)));
+  }
+}
+
 }  // namespace
 
 void quantize_k_block(DType dtype, const float* x, uint8_t* block) {
@@ -189,6 +239,9 @@ void quantize_k_block(DType dtype, const float* x, uint8_t* block) {
       return;
     case DType::Q6_K:
       quantize_q6_k(x, block);
+      return;
+    case DType::Q3_K:
+      quantize_q3_k(x, block);
       return;
     default:
       ALEM_FAIL("quantize_k_block: " + dtype_name(dtype) + " is not a K-quant type");

@@ -47,6 +47,8 @@ BlockFields fields_of(DType dtype) {
       return {4, {{0, 2, 2}, {2, 2, 2}, {4, 12, 4}, {16, 128, 4}}};
     case DType::Q5_K:  // d, dmin, scales[12], qh[32], qs[128]
       return {5, {{0, 2, 2}, {2, 2, 2}, {4, 12, 4}, {16, 32, 4}, {48, 128, 4}}};
+    case DType::Q3_K:  // hmask[32], qs[64], scales[12], d: d and the scales first
+      return {4, {{108, 2, 2}, {96, 12, 4}, {0, 32, 4}, {32, 64, 4}}};
     case DType::Q6_K:  // ql[128], qh[64], scales[16], d: d and the scales first
       return {4, {{208, 2, 2}, {192, 16, 4}, {0, 128, 4}, {128, 64, 4}}};
     case DType::I8:  // alem's int8 as a block: its f32 scale, then its 32 values (interleave_int8)

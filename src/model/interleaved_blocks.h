@@ -1,13 +1,13 @@
 // ggml block weights laid out 8 rows at a time, the form the CPU backend keeps Q4_0, Q4_1, Q5_0,
-// Q5_1, Q8_0, IQ4_NL, IQ4_XS, the K-quants Q4_K, Q5_K, Q6_K and alem's own int8 in on CPUs with AVX512-VNNI
-// (KernelBackend::adopt_weight; docs/kernels-quantized.md, "Interleaved block weights"). GGUF ships
-// a matrix row after row; its decode kernel then reads one row's blocks and spends as many
-// instructions gathering scales, rearranging activations and reducing lanes as multiplying.
-// Interleaved, the same bytes serve 8 rows at once from one sequential stream. A block is a list of
-// fields (interleaved_blocks.cc names them per type); for every group of 8 rows and block column b,
-// each field in turn holds the 8 rows' copies of it, in units of 2 bytes (the f16 scales) or 4
-// bytes (everything else): unit k of the field is unit k of row 0's, of row 1's, ... of row 7's.
-// For example
+// Q5_1, Q8_0, IQ4_NL, IQ4_XS, the K-quants Q4_K, Q5_K, Q6_K and alem's own int8 in on CPUs with
+// AVX512-VNNI (KernelBackend::adopt_weight; docs/kernels-quantized.md, "Interleaved block
+// weights"). GGUF ships a matrix row after row; its decode kernel then reads one row's blocks and
+// spends as many instructions gathering scales, rearranging activations and reducing lanes as
+// multiplying. Interleaved, the same bytes serve 8 rows at once from one sequential stream. A block
+// is a list of fields (interleaved_blocks.cc names them per type); for every group of 8 rows and
+// block column b, each field in turn holds the 8 rows' copies of it, in units of 2 bytes (the f16
+// scales) or 4 bytes (everything else): unit k of the field is unit k of row 0's, of row 1's, ...
+// of row 7's. For example
 //   Q4_0: the 8 rows' f16 scales d (16 bytes), then the nibbles in 4 chunks of 4 bytes per row
 //         (chunk k: bytes 4k..4k+3 of row 0's block, of row 1's, ... row 7's; 128 bytes);
 //   IQ4_NL: as Q4_0 (the nibbles are indices into its table of values);
@@ -21,6 +21,8 @@
 //   Q4_K: the 8 d, the 8 dmin, the 12 bytes of 6-bit scales as 3 words per row (96 bytes),
 //         then the 128 bytes of nibbles as 32 chunks (1024 bytes);
 //   Q5_K: as Q4_K with the 32 bytes of high bits (8 chunks) before the nibbles;
+//   Q3_K: the 8 d, the 12 bytes of 6-bit scales as 3 words per row, the 32 bytes of high bits (8
+//         chunks), the 64 bytes of 2-bit values (16 chunks);
 //   Q6_K: the 8 d, the 16 int8 scales as 4 words per row, the low 4 bits (32 chunks), the
 //         high 2 bits (16 chunks);
 //   int8 (alem's own, I8): each scale group of 32 values taken as a block of its f32 scale and

@@ -51,6 +51,7 @@ hid_t memory_type_for(DType dtype) {
     case DType::IQ4_XS:
     case DType::Q5_0:
     case DType::Q5_1:
+    case DType::Q3_K:
       return H5T_NATIVE_UINT8;
   }
   return H5T_NATIVE_FLOAT;

@@ -33,6 +33,7 @@ hid_t file_type_for(DType dtype) {
     case DType::IQ4_XS:
     case DType::Q5_0:
     case DType::Q5_1:
+    case DType::Q3_K:
       return H5T_STD_U8LE;  // raw ggml blocks
   }
   return H5T_IEEE_F32LE;
@@ -57,6 +58,7 @@ hid_t memory_type_for(DType dtype) {
     case DType::IQ4_XS:
     case DType::Q5_0:
     case DType::Q5_1:
+    case DType::Q3_K:
       return H5T_NATIVE_UINT8;
   }
   return H5T_NATIVE_FLOAT;

@@ -107,15 +107,17 @@ double weight_bytes_for_dtype(const std::string& dtype) {
   if (dtype == "q5_0") return 22.0 / 32;
   if (dtype == "q5_1") return 24.0 / 32;
   if (dtype == "q8_0") return 34.0 / 32;
-  // Super-blocks: 144 / 176 / 210 / 136 bytes per 256 weights (Q4_K, Q5_K, Q6_K, IQ4_XS).
+  // Super-blocks: 144 / 176 / 210 / 136 / 110 bytes per 256 weights (Q4_K, Q5_K, Q6_K, IQ4_XS,
+  // Q3_K).
   if (dtype == "q4_k") return 144.0 / 256;
   if (dtype == "q5_k") return 176.0 / 256;
   if (dtype == "q6_k") return 210.0 / 256;
   if (dtype == "iq4_xs") return 136.0 / 256;
+  if (dtype == "q3_k") return 110.0 / 256;
   ALEM_FAIL(
       "unknown weight dtype '" + dtype +
-      "' (expected f32, bf16, f16, int8, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k, iq4_nl or "
-            "iq4_xs)");
+      "' (expected f32, bf16, f16, int8, q4_0, q4_1, q5_0, q5_1, q8_0, q3_k, q4_k, q5_k, q6_k, "
+            "iq4_nl or iq4_xs)");
 }
 
 namespace {

@@ -6,7 +6,6 @@
 #include "core/error.h"
 #include "fuzz_util.h"
 #include "model/gguf_reader.h"
-#include "model/gguf_transcode.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static alem::fuzz::MemFile file;
@@ -22,14 +21,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         try {
           (void)gguf.dequantize(t.name);
         } catch (const alem::Error&) {
-        }
-        // And the exact carriers `alem convert` keeps some types in (gguf_transcode.h).
-        alem::DType carrier = alem::DType::F32;
-        if (t.dims.size() == 2 && alem::ggml_exact_carrier(t.type, &carrier)) {
-          try {
-            (void)alem::transcode_ggml(t.type, gguf.tensor_data(t), t.bytes, t.rows(), t.cols());
-          } catch (const alem::Error&) {
-          }
         }
       }
     }

@@ -280,7 +280,7 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
   const Shapes shapes256 = {{1, 256}, {7, 512}, {200, 768}, {96, 1536}};  // K-quant super-blocks
   for (DType dtype :
        {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL,
-        DType::IQ4_XS, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::I8}) {
+        DType::IQ4_XS, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::I8}) {
     // From 4 rows of x, Q4_0/Q4_1/Q8_0 take two groups of 8 weight rows per 512-bit register
     // (N = 48 and 200: pairs and a lone group after them); M = 5, 7, 33: 1-3 rows left over.
     for (int64_t M : {1, 2, 3, 5, 7, 8, 33, 64}) {
@@ -335,7 +335,7 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
   const auto* cpu = dynamic_cast<const CpuBackend*>(backend_.get());
   if (cpu != nullptr && cpu->interleaves_blocks()) {
     // Every block type, and int8 with its dot-product kernels on.
-    EXPECT_EQ(interleaved_dtypes.size(), cpu->has_dot_kernel(DType::I8) ? 11u : 10u)
+    EXPECT_EQ(interleaved_dtypes.size(), cpu->has_dot_kernel(DType::I8) ? 12u : 11u)
         << cpu->block_kernel_name();
     for (DType dtype : interleaved_dtypes)
       EXPECT_TRUE(cpu->interleaves(dtype)) << dtype_name(dtype);
@@ -355,8 +355,9 @@ TEST_P(CpuInterleavedBlocks, EightBitActivationsAreHeldToTheirBound) {
   ReferenceBackend ref;
   uint32_t seed = 900;
   bool beyond_16_bit_bound = false;
-  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0,
-                      DType::IQ4_NL, DType::IQ4_XS, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+  for (DType dtype :
+       {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL,
+        DType::IQ4_XS, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     for (int64_t M : {1, 3, 6, 7, 33}) {
       const int64_t N = 40, K = dtype_is_super_block(dtype) ? 768 : 608;
       const auto x = random_values(M * K, seed += 3, -2.f, 2.f);
@@ -466,7 +467,7 @@ TEST_P(BackendOps, EmbeddingEveryDtypeWithOutOfRangeTokens) {
   const std::vector<int32_t> tokens = {100, 149, 99, 150, 120, -1, 0, 100};
   for (DType dtype : {DType::F32, DType::BF16, DType::F16, DType::I8, DType::Q4_0, DType::Q4_1,
                       DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL, DType::IQ4_XS,
-                      DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+                      DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     if (dtype_is_block(dtype) && on_device()) continue;  // no CUDA block kernels yet
     const WeightMatrix table = make_weight_matrix(values.data(), rows, cols, dtype);
     const auto T = static_cast<int64_t>(tokens.size());

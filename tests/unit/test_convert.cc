@@ -227,12 +227,12 @@ TEST_P(TinyLlama, SafetensorsImportMatchesSourceFile) {
 INSTANTIATE_TEST_SUITE_P(Dtypes, TinyLlama, ::testing::Values(DType::F32, DType::BF16, DType::I8),
                          [](const auto& info) { return dtype_name(info.param); });
 
-// A GGUF whose matrices take the types alem has no kernels for (tests/data/tiny-lowbit-llama.gguf,
+// A GGUF whose matrices take the low-bit types (tests/data/tiny-lowbit-llama.gguf,
 // random blocks, scripts/reference/make_gguf_reference.py --lowbit-only): `--dtype auto` keeps
-// IQ4_NL, IQ4_XS and Q5_0 as they are, Q3_K as Q6_K, and the store reads back exactly the
+// IQ4_NL, IQ4_XS, Q5_0 and Q3_K as they are, and the store reads back exactly the
 // values the GGUF dequantises to (which Gguf.LowBitTypesFixture checks against the gguf
-// package); Q2_K, which no carrier holds, is expanded to bf16.
-TEST(Convert, LowBitGgufTypesKeptInExactCarriers) {
+// package); Q2_K, which alem has no type for, is expanded to bf16.
+TEST(Convert, LowBitGgufTypesKeptAsTheyAre) {
   const std::string gguf_path = test::data_dir() + "/tiny-lowbit-llama.gguf";
   const std::string out = temp_path("lowbit.h5");
   ConvertOptions options;
@@ -241,12 +241,12 @@ TEST(Convert, LowBitGgufTypesKeptInExactCarriers) {
   const std::map<std::string, DType> expected = {
       {"model.embed_tokens.weight", DType::Q5_0},
       {"lm_head.weight", DType::IQ4_XS},
-      {"model.layers.0.self_attn.q_proj.weight", DType::Q6_K},
-      {"model.layers.0.self_attn.k_proj.weight", DType::Q6_K},
+      {"model.layers.0.self_attn.q_proj.weight", DType::Q3_K},
+      {"model.layers.0.self_attn.k_proj.weight", DType::Q3_K},
       {"model.layers.0.self_attn.v_proj.weight", DType::IQ4_NL},
       {"model.layers.0.self_attn.o_proj.weight", DType::IQ4_XS},
-      {"model.layers.0.mlp.gate_proj.weight", DType::Q6_K},
-      {"model.layers.0.mlp.up_proj.weight", DType::Q6_K},
+      {"model.layers.0.mlp.gate_proj.weight", DType::Q3_K},
+      {"model.layers.0.mlp.up_proj.weight", DType::Q3_K},
       {"model.layers.0.mlp.down_proj.weight", DType::BF16}};
   GgufFile gguf(gguf_path);
   {

@@ -363,8 +363,9 @@ TEST(CpuMatmul, AmxBf16GemmMatchesF32) {
   }
   // ggml block weights, expanded per 48-row panel to two bf16 parts, x in two parts: both
   // carry 16 significant bits, so the result is within 2^-15 of the magnitude.
-  for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0,
-                      DType::IQ4_NL, DType::IQ4_XS, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+  for (DType dtype :
+       {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL,
+        DType::IQ4_XS, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
     const int64_t block = dtype_block_elements(dtype);
     for (int64_t M : {16, 17, 40}) {
       for (int64_t N : {1, 15, 48, 61}) {
@@ -464,7 +465,7 @@ TEST(CpuMatmul, BlockExpansionIsBitExact) {
   if (!cpu::isa_supported(cpu::Isa::kAvx512)) GTEST_SKIP() << "this CPU has no AVX-512";
   std::mt19937 rng(77);
   for (DType dtype : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0,
-                      DType::IQ4_NL, DType::IQ4_XS, DType::Q4_K, DType::Q6_K}) {
+                      DType::IQ4_NL, DType::IQ4_XS, DType::Q3_K, DType::Q4_K, DType::Q6_K}) {
     const int64_t K = 2 * dtype_block_elements(dtype) * (dtype_block_elements(dtype) == 32 ? 5 : 1);
     const int rows = 7;
     const size_t row_bytes = dtype_row_bytes(dtype, K);

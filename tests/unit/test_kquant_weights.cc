@@ -199,6 +199,40 @@ TEST(KQuantWeights, StoreKeepsSuperBlocksAndCutsShardsBetweenThem) {
   }
 }
 
+// Q3_K's quantiser (alem's rule, as Q6_K's: no independent reference quantises the same way)
+// holds its values: every value within 3/4 of a step of its 16-value sub-block (its range over 7
+// levels) plus the rounding of the sub-block scales to steps of the super-block's largest (1/32
+// of the largest magnitude, half a step of it per level), and the block layout is ggml's: the
+// gguf package-checked dequantisation reads it back.
+TEST(KQuantWeights, Q3KQuantiserHoldsItsValues) {
+  std::mt19937 rng(31);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::vector<float> row(1024);
+  for (size_t i = 0; i < row.size(); ++i) row[i] = normal(rng) * (i < 512 ? 1.f : 0.01f);
+  std::fill(row.begin() + 256, row.begin() + 272, 0.f);  // an all-zero sub-block
+  const WeightMatrix w = make_weight_matrix(row.data(), 1, 1024, DType::Q3_K);
+  ASSERT_EQ(w.data.size(), 4u * 110u);
+  std::vector<float> back(row.size());
+  dequantize_row(w, 0, back.data());
+  for (int sb = 0; sb < 4; ++sb) {
+    double super_max = 0;
+    for (int k = 256 * sb; k < 256 * sb + 256; ++k)
+      super_max = std::max(super_max, std::fabs(double(row[k])));
+    for (int g = 16 * sb; g < 16 * sb + 16; ++g) {
+      double lo = 0, hi = 0;
+      for (int k = 0; k < 16; ++k) {
+        lo = std::min(lo, double(row[16 * g + k]));
+        hi = std::max(hi, double(row[16 * g + k]));
+      }
+      const double bound = 0.75 * (hi - lo) / 7 + 4.5 * super_max / 128 + 1e-6;
+      for (int k = 0; k < 16; ++k) {
+        EXPECT_LE(std::fabs(back[16 * g + k] - row[16 * g + k]), bound)
+            << "value " << 16 * g + k << ": " << row[16 * g + k] << " -> " << back[16 * g + k];
+      }
+    }
+  }
+}
+
 TEST(KQuantWeights, ConvertToQ4KFallsBackToQ8_0ForRowsOfPartBlocks) {
   // tests/data/tiny-llama: hidden 128, intermediate 384, so no matrix has rows of whole
   // super-blocks and all of them are stored as q8_0; the store still loads and verifies.

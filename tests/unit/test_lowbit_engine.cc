@@ -1,8 +1,8 @@
-// The engine on a GGUF whose matrices take the block types alem keeps as they are or in an exact
-// carrier (tests/data/tiny-lowbit-llama.gguf: random Q5_0 embedding, IQ4_XS LM head and o_proj,
-// Q3_K q/k and gate/up carried as Q6_K, IQ4_NL v, Q2_K down; scripts/reference/
+// The engine on a GGUF whose matrices take the low-bit block types alem keeps as they are
+// (tests/data/tiny-lowbit-llama.gguf: random Q5_0 embedding, IQ4_XS LM head and o_proj, Q3_K q/k
+// and gate/up, IQ4_NL v, and a Q2_K down expanded to bf16; scripts/reference/
 // make_gguf_reference.py --lowbit-only), against the same file converted to f32, which holds
-// exactly the values ggml's dequantisation gives (Convert.LowBitGgufTypesKeptInExactCarriers).
+// exactly the values ggml's dequantisation gives (Convert.LowBitGgufTypesKeptAsTheyAre).
 // Both run the same prompt and teacher-forced steps on every CPU instruction set: the kept
 // store's logits differ only by the block kernels' 16-bit activations, held to a bound relative
 // to the logits' own size. This covers what the kernel tests do not: the engine's hand-over of

@@ -1,10 +1,11 @@
-// Portable K-quant block-weight matmul (Q4_K, Q5_K, Q6_K super-blocks of 256 values kept as
+// Portable K-quant block-weight matmul (Q3_K, Q4_K, Q5_K, Q6_K super-blocks of 256 values kept as
 // ggml blocks): the arithmetic of matmul_blocks_k_kernel.inc in plain C++ (int16 activations per
 // 32 values, exact int32 sums per 32-value sub-block, one f32 factor each), for CPUs without AVX2
 // and as the kernels' readable statement.
 #include <cstring>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "model/gguf_quant.h"
 
 namespace alem::cpu::scalar {
 namespace {
@@ -20,6 +21,16 @@ float load_f16(const uint8_t* p) {
 // Q6_K w = sc*(q-32) (sc per 16 values), factor d, no minimum.
 void unpack_super_block(DType dtype, const uint8_t* block, int16_t* w, float* factor,
                         float* neg_min) {
+  if (dtype == DType::Q3_K) {  // w = (sc - 32) * (q - 4), sc per 16 values; factor d
+    int8_t scales[16], values[256];
+    q3_k_fields(block, scales, values);
+    for (int e = 0; e < 256; ++e) w[e] = static_cast<int16_t>(scales[e / 16] * values[e]);
+    for (int s = 0; s < 8; ++s) {
+      factor[s] = load_f16(block + 108);
+      neg_min[s] = 0.f;
+    }
+    return;
+  }
   if (dtype == DType::Q6_K) {
     const uint8_t* ql = block;
     const uint8_t* qh = block + 128;
