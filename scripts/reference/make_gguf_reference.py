@@ -251,7 +251,7 @@ def synthetic_quant_file():
 
 def lowbit_model_file():
     """tests/data/tiny-lowbit-llama.gguf: a one-layer llama of random blocks whose matrices take
-    every type alem keeps in a carrier or expands (Q3_K, Q5_0, IQ4_NL, IQ4_XS; Q2_K), with
+    the low-bit types alem keeps (Q3_K, Q5_0, IQ4_NL, IQ4_XS) or expands (Q2_K), with
     tiny-llama's tokenizer, for the import test (tests/unit/test_convert.cc)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from gguf_tokenizer import add_tokenizer
@@ -295,7 +295,7 @@ def lowbit_model_file():
 def lowbit_moe_file():
     """tests/data/tiny-mixtral-lowbit.gguf: tests/data/tiny-mixtral.gguf (metadata, tokenizer and
     every other tensor copied as they are) with random blocks for its stacked experts, gate and up
-    in IQ4_NL and down in Q5_0, which alem keeps as int8 and Q8_0 one expert at a time."""
+    in IQ4_NL and down in Q5_0, which alem keeps as they are one expert at a time."""
     rng = np.random.default_rng(20261207)
     source = gguf.GGUFReader(os.path.join(DATA, "tiny-mixtral.gguf"))
     path = os.path.join(DATA, "tiny-mixtral-lowbit.gguf")

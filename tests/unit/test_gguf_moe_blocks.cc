@@ -89,12 +89,11 @@ TEST(GgufMoeBlocks, ExpertsKeepTheFilesBlocks) {
   }
 }
 
-// Experts in types without kernels of their own (tests/data/tiny-mixtral-lowbit.gguf: random
-// IQ4_NL gate/up and Q5_0 down, scripts/reference/make_gguf_reference.py --lowbit-only) are kept
-// one expert at a time, IQ4_NL as it is and Q5_0 in its exact carrier Q8_0: every value reads back
-// as the GGUF dequantises it (the gguf package's values, Gguf.QuantTypesFixture and
-// LowBitTypesFixture).
-TEST(GgufMoeBlocks, LowBitExpertsKeptInExactCarriers) {
+// Experts in low-bit types (tests/data/tiny-mixtral-lowbit.gguf: random IQ4_NL gate/up and Q5_0
+// down, scripts/reference/make_gguf_reference.py --lowbit-only) are kept as they are, one expert
+// at a time: every value reads back as the GGUF dequantises it (the gguf package's values,
+// Gguf.QuantTypesFixture and LowBitTypesFixture).
+TEST(GgufMoeBlocks, LowBitExpertsKeptAsTheyAre) {
   const std::string model = "tiny-mixtral-lowbit";
   GgufFile gguf(data_dir() + "/" + model + ".gguf");
   ModelStoreReader store(kept_store(model));
@@ -106,7 +105,7 @@ TEST(GgufMoeBlocks, LowBitExpertsKeptInExactCarriers) {
         {"gate", ExpertMatrix::kGate, DType::IQ4_NL},
         {"up", ExpertMatrix::kUp, DType::IQ4_NL},
         {"down", ExpertMatrix::kDown, DType::Q5_0}};
-    for (const auto& [part, which, carrier] : parts) {
+    for (const auto& [part, which, kept] : parts) {
       const std::string gguf_name =
           "blk." + std::to_string(layer) + ".ffn_" + part + "_exps.weight";
       const std::vector<float> all = gguf.dequantize(gguf_name);  // experts outermost
@@ -114,7 +113,7 @@ TEST(GgufMoeBlocks, LowBitExpertsKeptInExactCarriers) {
       for (int e = 0; e < c.num_experts; ++e) {
         const std::string name = expert_tensor_name(c, layer, e, which);
         const TensorInfo info = store.tensor_info(name);
-        EXPECT_EQ(info.dtype, carrier) << name;
+        EXPECT_EQ(info.dtype, kept) << name;
         const WeightMatrix w = store.read_matrix(name, 0, info.shape[0]);
         ASSERT_EQ(static_cast<size_t>(w.rows * w.cols), per_expert) << name;
         std::vector<float> row(static_cast<size_t>(w.cols));
