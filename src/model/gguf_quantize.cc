@@ -44,16 +44,24 @@ void quantize_q4_0(const float* x, uint8_t* block) {
   }
 }
 
-void quantize_q4_1(const float* x, uint8_t* block) {
-  float min = x[0], max = x[0];
+// Q4_1 / Q5_1's scale and minimum: d = (max - min) / levels and min, stored as the block's two
+// f16; returns 1 / d (0 for a constant block) and the minimum.
+float store_scale_and_minimum(const float* x, float levels, uint8_t* block, float* min) {
+  float max = x[0];
+  *min = x[0];
   for (int j = 1; j < 32; ++j) {
-    min = std::min(min, x[j]);
+    *min = std::min(*min, x[j]);
     max = std::max(max, x[j]);
   }
-  const float d = (max - min) / 15.f;
-  const float id = d != 0.f ? 1.f / d : 0.f;
+  const float d = (max - *min) / levels;
   store_f16(block, d);
-  store_f16(block + 2, min);
+  store_f16(block + 2, *min);
+  return d != 0.f ? 1.f / d : 0.f;
+}
+
+void quantize_q4_1(const float* x, uint8_t* block) {
+  float min;
+  const float id = store_scale_and_minimum(x, 15.f, block, &min);
   for (int j = 0; j < 16; ++j) {
     const int q0 = std::min(15, static_cast<int>(static_cast<int8_t>((x[j] - min) * id + 0.5f)));
     const int q1 =
@@ -88,15 +96,8 @@ void quantize_q5_0(const float* x, uint8_t* block) {
 }
 
 void quantize_q5_1(const float* x, uint8_t* block) {
-  float min = x[0], max = x[0];
-  for (int j = 1; j < 32; ++j) {
-    min = std::min(min, x[j]);
-    max = std::max(max, x[j]);
-  }
-  const float d = (max - min) / 31.f;
-  const float id = d != 0.f ? 1.f / d : 0.f;
-  store_f16(block, d);
-  store_f16(block + 2, min);
+  float min;
+  const float id = store_scale_and_minimum(x, 31.f, block, &min);
   int q[32];
   for (int j = 0; j < 32; ++j) {
     q[j] = std::min(

@@ -124,9 +124,10 @@ void quantize_q45_k(const float* x, uint8_t* block, int levels) {
   }
 }
 
-// Q6_K: x = d * sc * (q - 32) per 16-value sub-block, sc int8, q 6 bits.
-void quantize_q6_k(const float* x, uint8_t* block) {
-  float scales[16];
+// The scales of a super-block's 16 sub-blocks of 16 for values in [-lowest, lowest - 1]: each
+// sub-block's value of largest magnitude maps to -lowest, the end of the asymmetric range.
+// Returns the scale of largest magnitude (0 for an all-zero super-block).
+float per16_scales(const float* x, float lowest, float* scales) {
   float max_scale = 0.f, max_abs_scale = 0.f;
   for (int ib = 0; ib < 16; ++ib) {
     float max = 0.f, amax = 0.f;
@@ -137,15 +138,21 @@ void quantize_q6_k(const float* x, uint8_t* block) {
         max = v;
       }
     }
-    // The value of largest magnitude maps to -32, the end of the asymmetric range [-32, 31].
-    scales[ib] = max / -32.f;
+    scales[ib] = max / -lowest;
     if (std::fabs(scales[ib]) > max_abs_scale) {
       max_abs_scale = std::fabs(scales[ib]);
       max_scale = scales[ib];
     }
   }
+  return max_abs_scale < 1e-15f ? 0.f : max_scale;
+}
+
+// Q6_K: x = d * sc * (q - 32) per 16-value sub-block, sc int8, q 6 bits.
+void quantize_q6_k(const float* x, uint8_t* block) {
+  float scales[16];
+  const float max_scale = per16_scales(x, 32.f, scales);
   std::memset(block, 0, 210);
-  if (max_abs_scale < 1e-15f) return;  // all zero: d = 0
+  if (max_scale == 0.f) return;  // all zero: d = 0
   uint8_t* ql = block;
   uint8_t* qh = block + 128;
   int8_t* sc = reinterpret_cast<int8_t*>(block + 192);
@@ -184,24 +191,9 @@ void quantize_q6_k(const float* x, uint8_t* block) {
 // the high nibble of byte i - 8, its high 2 bits at bits 2 (i / 4) of byte 8 + i % 4.
 void quantize_q3_k(const float* x, uint8_t* block) {
   float scales[16];
-  float max_scale = 0.f, max_abs_scale = 0.f;
-  for (int ib = 0; ib < 16; ++ib) {
-    float max = 0.f, amax = 0.f;
-    for (int l = 0; l < 16; ++l) {
-      const float v = x[16 * ib + l];
-      if (std::fabs(v) > amax) {
-        amax = std::fabs(v);
-        max = v;
-      }
-    }
-    scales[ib] = max / -4.f;
-    if (std::fabs(scales[ib]) > max_abs_scale) {
-      max_abs_scale = std::fabs(scales[ib]);
-      max_scale = scales[ib];
-    }
-  }
+  const float max_scale = per16_scales(x, 4.f, scales);
   std::memset(block, 0, 110);
-  if (max_abs_scale < 1e-15f) return;  // all zero: d = 0
+  if (max_scale == 0.f) return;  // all zero: d = 0
   const float iscale = -32.f / max_scale;
   store_f16(block + 108, 1.f / iscale);
   const float d_super = load_f16(block + 108);
