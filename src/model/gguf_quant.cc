@@ -22,26 +22,28 @@ float load_f16(const uint8_t* p) {
 
 }  // namespace
 
-void q5_0_values(const uint8_t* block, int8_t* values) {
+void q5_values(const uint8_t* fifth_bits_then_nibbles, int8_t* values) {
   uint32_t qh;
-  std::memcpy(&qh, block + 2, 4);
-  const uint8_t* qs = block + 6;
+  std::memcpy(&qh, fifth_bits_then_nibbles, 4);
+  const uint8_t* qs = fifth_bits_then_nibbles + 4;
   for (int j = 0; j < 16; ++j) {
     const int high0 = ((qh >> j) << 4) & 0x10, high1 = (qh >> (j + 12)) & 0x10;
-    values[j] = static_cast<int8_t>(((qs[j] & 0x0F) | high0) - 16);
-    values[j + 16] = static_cast<int8_t>(((qs[j] >> 4) | high1) - 16);
+    values[j] = static_cast<int8_t>((qs[j] & 0x0F) | high0);
+    values[j + 16] = static_cast<int8_t>((qs[j] >> 4) | high1);
   }
+}
+
+int q3_k_scale(const uint8_t* block, int i) {
+  const uint8_t* packed = block + 96;
+  const int low = (i < 8 ? packed[i] : packed[i - 8] >> 4) & 0x0F;
+  const int high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
+  return (low | (high << 4)) - 32;
 }
 
 void q3_k_fields(const uint8_t* block, int8_t* scales, int8_t* values) {
   const uint8_t* hmask = block;
   const uint8_t* qs = block + 32;
-  const uint8_t* packed = block + 96;
-  for (int i = 0; i < 16; ++i) {
-    const int low = (i < 8 ? packed[i] : packed[i - 8] >> 4) & 0x0F;
-    const int high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
-    scales[i] = static_cast<int8_t>((low | (high << 4)) - 32);
-  }
+  for (int i = 0; i < 16; ++i) scales[i] = static_cast<int8_t>(q3_k_scale(block, i));
   for (int e = 0; e < 256; ++e) {
     const int h = e / 128, j = (e % 128) / 32, l = e % 32;
     const int q = (qs[32 * h + l] >> (2 * j)) & 3;
@@ -94,26 +96,19 @@ void dequantize_q4_1(const uint8_t* block, float* y) {
 void dequantize_q5_0(const uint8_t* block, float* y) {
   const float d = load_f16(block);
   int8_t values[32];
-  q5_0_values(block, values);
-  for (int j = 0; j < 32; ++j) y[j] = static_cast<float>(values[j]) * d;
+  q5_values(block + 2, values);
+  for (int j = 0; j < 32; ++j) y[j] = static_cast<float>(values[j] - 16) * d;
 }
 
 // Q5_1: f16 d, f16 m, 32 high bits, 16 bytes of low nibbles; x = d * q + m.
 void dequantize_q5_1(const uint8_t* block, float* y) {
   const float d = load_f16(block);
   const float m = load_f16(block + 2);
-  uint32_t qh;
-  std::memcpy(&qh, block + 4, 4);
-  const uint8_t* qs = block + 8;
-  for (int j = 0; j < 16; ++j) {
-    const uint8_t xh0 = static_cast<uint8_t>(((qh >> j) << 4) & 0x10);
-    const uint8_t xh1 = static_cast<uint8_t>((qh >> (j + 12)) & 0x10);
-    const int x0 = (qs[j] & 0x0F) | xh0;
-    const int x1 = (qs[j] >> 4) | xh1;
-    const float p0 = static_cast<float>(x0) * d;
-    const float p1 = static_cast<float>(x1) * d;
-    y[j] = p0 + m;
-    y[j + 16] = p1 + m;
+  int8_t values[32];
+  q5_values(block + 4, values);
+  for (int j = 0; j < 32; ++j) {
+    const float p = static_cast<float>(values[j]) * d;  // rounded before the minimum is added
+    y[j] = p + m;
   }
 }
 

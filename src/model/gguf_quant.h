@@ -53,13 +53,17 @@ inline constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -
 
 // The integer fields of one block, as ggml's dequantisers read them; dequantize_ggml and the
 // kernels' readers (kernels/cpu) are both written over these.
-// Q5_0 (22 bytes): its 32 values q - 16, in [-16, 15].
-void q5_0_values(const uint8_t* block, int8_t* values);
+// Q5_0 and Q5_1: the 32 five-bit values q in [0, 31] from the block's 32-bit word of fifth bits
+// (bit j: value j's) and the 16 bytes of nibbles after it (Q5_0: block + 2, x = d * (q - 16);
+// Q5_1: block + 4, x = d * q + m).
+void q5_values(const uint8_t* fifth_bits_then_nibbles, int8_t* values);
 // Q3_K (110 bytes: 32 bytes of high bits, 64 of low 2-bit values, 12 of 6-bit scales, f16 d at
 // 108): the 16 scales sc - 32 (one per 16 values) and the 256 values q - (high bit ? 0 : 4), in
 // [-4, 3]. Value e = 128h + 32j + l takes bits 2j..2j+1 of byte 32h + l and bit 4h + j of high
-// byte l.
+// byte l. q3_k_scale: scale i alone (its low 4 bits in byte 96 + i % 8, the high nibble from
+// i = 8; its high 2 bits at bits 2 (i / 4) of byte 104 + i % 4).
 void q3_k_fields(const uint8_t* block, int8_t* scales, int8_t* values);
+int q3_k_scale(const uint8_t* block, int i);
 // IQ4_NL and IQ4_XS: 32 values from 16 bytes of indices (values 0..15 in the low nibbles,
 // 16..31 in the high) through kIq4Values.
 void iq4_values(const uint8_t* qs, int8_t* values);

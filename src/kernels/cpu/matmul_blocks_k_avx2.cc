@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "model/gguf_quant.h"
 
 namespace alem::cpu::avx2 {
 

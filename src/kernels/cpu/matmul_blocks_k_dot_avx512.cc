@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "model/gguf_quant.h"
 
 namespace alem::cpu::avx512_vnni {
 

@@ -1,7 +1,7 @@
 // Portable block-weight matmul (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS weights kept as ggml
-// blocks): the
-// same arithmetic as the SIMD kernels (int16 activations per 32 values, exact int32 block sums, one
-// f32 scale per block pair), in plain C++ for CPUs without AVX2 and as their readable statement.
+// blocks): the same arithmetic as the SIMD kernels (int16 activations per 32 values, exact int32
+// block sums, one f32 scale per block pair), in plain C++ for CPUs without AVX2 and as their
+// readable statement.
 #include <cmath>
 #include <cstring>
 
@@ -38,17 +38,13 @@ void unpack_block(DType dtype, const uint8_t* row, int64_t b, int8_t* w, float* 
     return;
   }
   if (dtype == DType::Q5_0) {
-    q5_0_values(block, w);
+    q5_values(block + 2, w);
+    for (int j = 0; j < 32; ++j) w[j] = static_cast<int8_t>(w[j] - 16);
     return;
   }
   if (dtype == DType::Q5_1) {  // unsigned 5-bit values, as Q4_1's nibbles
     *min = load_f16(block + 2);
-    uint32_t qh;
-    std::memcpy(&qh, block + 4, 4);
-    for (int j = 0; j < 16; ++j) {
-      w[j] = static_cast<int8_t>((block[8 + j] & 0x0F) | (((qh >> j) & 1) << 4));
-      w[j + 16] = static_cast<int8_t>((block[8 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
-    }
+    q5_values(block + 4, w);
     return;
   }
   const int offset = dtype == DType::Q4_0 ? 8 : 0;

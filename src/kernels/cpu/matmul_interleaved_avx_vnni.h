@@ -21,7 +21,6 @@
 
 #include <cstddef>
 #include <cstring>
-#include <utility>
 
 #include "kernels/cpu/cpu_kernels.h"
 
