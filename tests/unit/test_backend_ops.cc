@@ -10,7 +10,7 @@
 //   matmul: 1e-5 of sum |x*w| (+|bias|) per output; where x is rounded to the weights' format
 //     (cuda bf16/f16 with M > 8 for the tensor cores, cpu dot-product kernels) bf16 8e-3, f16
 //     2e-3, int8 1e-3;
-//   matmul against ggml block weights (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K; the cpu backend
+//   matmul against ggml block weights (every type alem keeps: Q4_0 ... IQ4_XS; the cpu backend
 //     quantises x to int16 per 32 values, error <= amax_b / 65534 per value of block b): per output
 //     sum_b (amax_b / 65534) * sum_{k in b} |w_k| + 1e-5 * sum |x*w| (the reference dequantises
 //     the weights exactly and multiplies in double);
@@ -23,7 +23,8 @@
 //     (local_candidates, sum_exp 1e-5 relative: its exp is a float polynomial).
 // CUDA cases skip (GTEST_SKIP) on a machine without a usable GPU. Backend-specific behaviour
 // (matmul path forcing, thread splits, the CUDA weight cache and sampling) stays in
-// test_kernels.cc and test_cuda_kernels.cc.
+// test_kernels.cc and test_cuda_kernels.cc; the 8-bit activation mode of the interleaved block
+// kernels in test_cpu_interleaved_blocks.cc.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -43,6 +44,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/reference_backend.h"
 #include "kernels/tensor.h"
+#include "tests/block_test_values.h"
 #ifdef ALEM_HAVE_CUDA
 #include "kernels/cuda/cuda_backend.h"
 #endif
@@ -70,13 +72,9 @@ std::vector<BackendCase> backend_cases() {
   return cases;
 }
 
-std::vector<float> random_values(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using test::block_sums;
+using test::BlockSums;
+using test::random_values;
 
 void expect_close(const std::vector<float>& got, const std::vector<float>& want,
                   const std::vector<float>& scale, double tol, const std::string& what) {
@@ -93,26 +91,6 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
   std::vector<float> scale(want.size());
   for (size_t i = 0; i < want.size(); ++i) scale[i] = std::max(1.f, std::fabs(want[i]));
   expect_close(got, want, scale, tol, what);
-}
-
-// Per output (m, n) of x[M][K] times a weight row: sum |x w| and, per block of 32, the largest
-// |x| times sum |w| (the block kernels' activation rounding scales with it).
-struct BlockSums {
-  double product = 0;
-  std::vector<double> amax_times_w;  // one per block
-};
-BlockSums block_sums(const std::vector<float>& x, int64_t m, int64_t K, const float* w_row) {
-  BlockSums sums;
-  for (int64_t b = 0; b < K / 32; ++b) {
-    double amax = 0, w_abs = 0;
-    for (int64_t k = b * 32; k < b * 32 + 32; ++k) {
-      amax = std::max(amax, std::fabs(double(x[m * K + k])));
-      w_abs += std::fabs(double(w_row[k]));
-      sums.product += std::fabs(double(x[m * K + k]) * w_row[k]);
-    }
-    sums.amax_times_w.push_back(amax * w_abs);
-  }
-  return sums;
 }
 
 class BackendOps : public ::testing::TestWithParam<BackendCase> {
@@ -341,55 +319,6 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
       EXPECT_TRUE(cpu->interleaves(dtype)) << dtype_name(dtype);
   }
 }
-
-// ALEM_CPU_DOT=all on every interleaved block type: x at ggml's 8-bit precision (one scale per
-// 32 values), held to that precision's bound, and no longer to the 16-bit one.
-// AVX2 does the same on its byte kernels (its Q8_0 kernel, on int16 products, keeps 16 bits),
-// and AVX2 with AVX-VNNI on vpdpbusd.
-class CpuInterleavedBlocks : public ::testing::TestWithParam<cpu::Isa> {};
-
-TEST_P(CpuInterleavedBlocks, EightBitActivationsAreHeldToTheirBound) {
-  if (!cpu::isa_supported(GetParam())) GTEST_SKIP() << "this CPU lacks the instruction set";
-  CpuBackend cpu(GetParam(), 2, true, /*bf16_dot_products=*/true);
-  if (!cpu.interleaves_blocks()) GTEST_SKIP() << "no interleaved block kernels on this CPU";
-  ReferenceBackend ref;
-  uint32_t seed = 900;
-  bool beyond_16_bit_bound = false;
-  for (DType dtype :
-       {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::IQ4_NL,
-        DType::IQ4_XS, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
-    for (int64_t M : {1, 3, 6, 7, 33}) {
-      const int64_t N = 40, K = dtype_is_super_block(dtype) ? 768 : 608;
-      const auto x = random_values(M * K, seed += 3, -2.f, 2.f);
-      const auto values = random_values(N * K, seed + 1);
-      WeightMatrix w = make_weight_matrix(values.data(), N, K, dtype);
-      std::vector<float> want(M * N), got(M * N);
-      ref.matmul(x.data(), M, w, nullptr, want.data());
-      cpu.adopt_weight(w);
-      ASSERT_EQ(w.layout, BlockLayout::kInterleaved8);
-      cpu.matmul(x.data(), M, w, nullptr, got.data());
-      std::vector<float> w_row(K);
-      for (int64_t n = 0; n < N; ++n) {
-        dequantize_row(w, n, w_row.data());
-        for (int64_t m = 0; m < M; ++m) {
-          const BlockSums sums = block_sums(x, m, K, w_row.data());
-          double bound8 = 0, bound16 = 0;
-          for (double a : sums.amax_times_w) bound8 += a / 127 * 0.51, bound16 += a / 65534;
-          const double product = sums.product;
-          const double error = std::fabs(double(got[m * N + n]) - want[m * N + n]);
-          ASSERT_LE(error, bound8 + 1e-5 * product)
-              << dtype_name(dtype) << " M=" << M << " at " << m << "," << n;
-          beyond_16_bit_bound |= error > bound16 + 1e-5 * product;
-        }
-      }
-    }
-  }
-  EXPECT_TRUE(beyond_16_bit_bound) << "the 8-bit path rounded no more than the 16-bit one";
-}
-
-INSTANTIATE_TEST_SUITE_P(Isas, CpuInterleavedBlocks,
-                         ::testing::Values(cpu::Isa::kAvx512, cpu::Isa::kAvx2, cpu::Isa::kAvxVnni),
-                         [](const auto& info) { return std::string(cpu::isa_name(info.param)); });
 
 // ---------------------------------------------------------------------------------------------
 // Element-wise ops and embedding

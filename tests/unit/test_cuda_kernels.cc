@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/reference_backend.h"
+#include "tests/block_test_values.h"
 #ifdef ALEM_HAVE_CUDA
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.h"
@@ -47,13 +48,7 @@ TEST(CudaAttentionSplits, SplitOnlyFewRowsOverLongContexts) {
   EXPECT_EQ(cuda::attention_partial_bytes(3, 4, 128, 8), 3u * 4 * 8 * (2 + 128) * sizeof(float));
 }
 
-std::vector<float> random_values(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using test::random_values;
 
 // |got - want| <= tol * max(scale, 1e-30) elementwise, reporting the first failure.
 void expect_close(const std::vector<float>& got, const std::vector<float>& want,
