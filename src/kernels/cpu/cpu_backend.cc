@@ -204,6 +204,8 @@ CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products, bool bf
   // 16 bits.
   eight_bit_blocks_ = dot_products && bf16_dot_products && blocks_.matmul_interleaved != nullptr;
   amx_ = amx && isa == cpu::Isa::kAvx512 && cpu::amx::usable();
+  // The int8 tiles take the panels the AVX512-VNNI interleaved kernels' unpacking makes.
+  amx_int8_ = amx_ && __builtin_cpu_supports("amx-int8") && cpu::has_avx512_vnni();
   set_interleave_blocks(true);
 }
 
@@ -315,7 +317,10 @@ bool CpuBackend::rounds_activations(DType dtype, int64_t M, BlockLayout layout) 
 
 CpuBackend::PrefillArithmetic CpuBackend::prefill_arithmetic(DType dtype, int64_t K) const {
   constexpr int64_t kPrefillRows = 256;
-  if (uses_amx(dtype, kPrefillRows, K)) return PrefillArithmetic::kAmx;
+  if (uses_amx(dtype, kPrefillRows, K) ||
+      (interleaves(dtype) && uses_amx_int8(dtype, BlockLayout::kInterleaved8, kPrefillRows))) {
+    return PrefillArithmetic::kAmx;
+  }
   if (dtype == DType::BF16)
     return dot_bf16_ ? PrefillArithmetic::kBf16Dot : PrefillArithmetic::kF32Fma;
   // The int8 dot products are AVX512-VNNI's or AVX-VNNI's (256 bits wide: the bench measures
@@ -448,7 +453,7 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
                "matmul: weight buffer smaller than its shape");
   }
   if (M == 0 || N == 0) return;
-  if (uses_amx(w.dtype, M, K)) {
+  if (!uses_amx_int8(w.dtype, w.layout, M) && uses_amx(w.dtype, M, K)) {
     matmul_amx(x, M, w, bias, y);
     return;
   }
@@ -467,6 +472,20 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
       q, d, s, K,
       eight_bit_blocks_ && view.layout == BlockLayout::kInterleaved8 && dtype_is_block(w.dtype)};
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
+  if (uses_amx_int8(w.dtype, w.layout, M)) {
+    // x split for the tiles once for all threads; each thread's weight rows in panels of 16.
+    thread_local std::vector<uint8_t> tile_scratch;
+    tile_scratch.resize(cpu::amx::tile_activation_bytes(M, K) + 64);
+    void* aligned =
+        tile_scratch.data() + (64 - reinterpret_cast<uintptr_t>(tile_scratch.data()) % 64) % 64;
+    const cpu::amx::TileActivations tiles = cpu::amx::split_for_tiles(a, M, aligned);
+    run_on_threads(threads, [&](int index, int count) {
+      const auto [n0, n1] = split_range(N, count, index, 16);
+      if (n0 < n1)
+        cpu::amx::gemm_int8(tiles, view, cpu::avx512_vnni::int8_tile_panel, bias, y, n0, n1);
+    });
+    return;
+  }
   // Interleaved weights (made where the block kernels have an interleaved form): runs of 16
   // rows keep every thread's range in whole groups of 8.
   const cpu::MatmulBlocksFn kernel =

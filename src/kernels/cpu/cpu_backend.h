@@ -106,6 +106,12 @@ class CpuBackend final : public KernelBackend {
     if (dtype == DType::BF16) return M >= kAmxMinRows;
     return dtype_is_block(dtype) && M >= kAmxMinRowsBlocks;
   }
+  // Whether block matmuls of M rows take the AMX int8 GEMM: interleaved weights of a type it
+  // has panels for (cpu::amx::has_int8_tile_panel), from kAmxMinRowsInt8 rows of x.
+  bool uses_amx_int8(DType dtype, BlockLayout layout, int64_t M) const {
+    return amx_int8_ && layout == BlockLayout::kInterleaved8 &&
+           cpu::amx::has_int8_tile_panel(dtype) && M >= kAmxMinRowsInt8;
+  }
 
   // Rows of x from which matmul switches from streaming to the packed GEMM.
   static constexpr int64_t kPackedMinRows = 16;
@@ -123,6 +129,7 @@ class CpuBackend final : public KernelBackend {
   // Rows of x from which bf16 matmuls use AMX tiles when the CPU has them.
   static constexpr int64_t kAmxMinRows = 8;
   static constexpr int64_t kAmxMinRowsBlocks = 16;
+  static constexpr int64_t kAmxMinRowsInt8 = 16;
 
  private:
   cpu::KernelTable kernels_;
@@ -133,6 +140,7 @@ class CpuBackend final : public KernelBackend {
   bool dot_int8_ = false;
   bool int8_blocks_ = false;  // AVX2: int8 weights take the row-major block kernel (16-bit x)
   bool amx_ = false;
+  bool amx_int8_ = false;
   bool interleave_blocks_ = false;
   // Same bf16 matmul through AMX tiles (uses_amx() was true).
   void matmul_amx(const float* x, int64_t M, const WeightMatrix& w, const float* bias,

@@ -123,6 +123,9 @@ enum class ScratchSlot : int {
   kSplitXRows,    //   and one record per row of x
   kPairedX,       // row-major block kernels at one row of x: x in pairs
   kRebuiltRow,    // dequantisation: one row in ggml's form
+  kTileCodes,     // AMX int8 GEMM: a panel's B tiles,
+  kTileScales,    //   its scales,
+  kTileMinimums,  //   and its minimums
   kCount
 };
 void* thread_scratch(ScratchSlot slot, size_t bytes);
@@ -321,6 +324,66 @@ struct Q16Blocks {
 };
 using QuantizeQ16Fn = void (*)(const float* x, int64_t M, int64_t K, int16_t* q, float* d,
                                float* s);
+
+// Prefill on AMX int8 tiles for interleaved block weights of 32-value blocks (Q4_0, Q4_1, Q5_0,
+// Q5_1, Q8_0, IQ4_NL, IQ4_XS, Q4_K, Q5_K and alem's int8; matmul_gemm_int8_amx.cc). Every 16
+// weight rows become a panel of B tiles once per call (avx512_vnni::int8_tile_panel, from the
+// interleaved form), which every 16 rows of x then meet: per block of 32 one TDPBSSD against x's
+// high bytes and one TDPBUSD against its low bytes (none in eight-bit mode), an exact int32
+// per block, scaled in f32 as the interleaved VNNI kernels scale it.
+namespace amx {
+// Per block of 32 values b of 16 weight rows j: codes[b * 512 + 64 r + 4 j + i] is value 4r + i
+// of row j as a signed byte (Q4_0's and Q5_0's stored offsets taken off); scales[b * 16 + j] its
+// f32 scale; minimums[b * 16 + j] (types with a minimum) the weight of x's block sum. Row j's
+// values are then scale * code + minimum.
+struct Int8TilePanel {
+  int8_t* codes = nullptr;
+  float* scales = nullptr;
+  float* minimums = nullptr;
+};
+constexpr bool has_int8_tile_panel(DType dtype) {
+  switch (dtype) {
+    case DType::Q4_0:
+    case DType::Q4_1:
+    case DType::Q5_0:
+    case DType::Q5_1:
+    case DType::Q8_0:
+    case DType::IQ4_NL:
+    case DType::IQ4_XS:
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::I8:
+      return true;
+    default:
+      return false;
+  }
+}
+constexpr bool int8_tile_panel_has_minimum(DType dtype) {
+  return dtype == DType::Q4_1 || dtype == DType::Q5_1 || dtype == DType::Q4_K ||
+         dtype == DType::Q5_K;
+}
+// Weight rows [n0, n_end) of interleaved weights (n0 a multiple of 8, n_end - n0 16, or 8 for
+// a matrix's last group, whose tile columns 8-15 are then copies) into `panel`.
+using Int8TilePanelFn = void (*)(const WeightView& w, int64_t n0, int64_t n_end,
+                                 const Int8TilePanel& panel);
+// x for the tiles: 16-row blocks (zero rows past M), each row's int16 values split into a
+// signed high byte and an unsigned low byte (row stride K; the high byte alone, the value
+// rounded to 8 bits, in eight-bit mode), and per 16-row block and block of 32 the 16 rows'
+// scales d and sums s ([block][16]).
+struct TileActivations {
+  const int8_t* high = nullptr;
+  const uint8_t* low = nullptr;
+  const float* d = nullptr;
+  const float* s = nullptr;
+  int64_t M = 0, K = 0;
+  bool eight_bit = false;
+};
+size_t tile_activation_bytes(int64_t M, int64_t K);
+// Splits `a` (M rows) into `buffer` (tile_activation_bytes, 64-byte aligned).
+TileActivations split_for_tiles(const Q16Blocks& a, int64_t M, void* buffer);
+void gemm_int8(const TileActivations& x, const WeightView& w, Int8TilePanelFn make_panel,
+               const float* bias, float* y, int64_t n_begin, int64_t n_end);
+}  // namespace amx
 // y[m][n] (row stride w.rows) for m in [m_begin, m_end), n in [n_begin, n_end) against block
 // weights: each weight block is unpacked once and applied to up to 4 rows of x at a time, the
 // products summed exactly in int32 per block and scaled by d_w * d_x in f32.
@@ -389,6 +452,13 @@ void matmul_blocks_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_en
 void matmul_blocks_k_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_end,
                                  const WeightView& w, const float* bias, float* y, int64_t n_begin,
                                  int64_t n_end);
+// The AMX int8 GEMM's weight panels (amx::Int8TilePanelFn), made by the interleaved kernels'
+// own unpacking: int8_tile_panel for every amx::has_int8_tile_panel type, which hands Q4_K and
+// Q5_K on to int8_tile_panel_k (matmul_blocks_k_rows8_dot_avx512.cc).
+void int8_tile_panel(const WeightView& w, int64_t n0, int64_t n_end,
+                     const amx::Int8TilePanel& panel);
+void int8_tile_panel_k(const WeightView& w, int64_t n0, int64_t n_end,
+                       const amx::Int8TilePanel& panel);
 }  // namespace avx512_vnni
 // The interleaved block weights on AVX2 with AVX-VNNI (matmul_interleaved_avx_vnni.h): every
 // type on the VNNI arithmetic (matmul_blocks_rows8_avx_vnni.cc, matmul_blocks_k_rows8_avx_vnni.cc);

@@ -8,6 +8,8 @@
 
 #include "kernels/cpu/matmul_interleaved_dot_avx512.h"
 
+// This copy also makes the AMX int8 GEMM's weight panels (amx::Int8TilePanel).
+#define ALEM_INT8_TILE_PANELS
 namespace alem::cpu::avx512_vnni {
 #include "kernels/cpu/matmul_blocks_k_rows8_kernel.inc"
 }  // namespace alem::cpu::avx512_vnni

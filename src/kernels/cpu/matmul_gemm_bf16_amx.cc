@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/cpu/amx_tiles.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/transpose_avx512.h"
 
@@ -38,28 +39,11 @@ constexpr int kTile = 16;    // rows (and f32 columns) of a tile
 constexpr int kKStep = 32;   // bf16 values of k per tile product
 constexpr int kWBlocks = 3;  // weight tiles per k step (tmm3-5)
 
-// GCC's AMX intrinsics under-declare their memory operands: _tile_loadconfig tells the compiler
-// it reads 8 bytes (so the column stores of a 64-byte configuration were dropped as dead, and
-// ldtilecfg faulted), and _tile_loadd names only a pointer register, no memory at all. So the
-// configuration is loaded with a full 64-byte operand here, and every sweep starts with a
-// compiler barrier so the weight panels and packed x written before it are in memory when the
-// tile loads read them.
-inline void compiler_barrier() {
-  asm volatile("" ::: "memory");
-}
-
-// The 64-byte tile configuration: palette 1, then per tile its bytes per row (uint16 at 16 + 2t)
-// and its rows (uint8 at 48 + t).
+// Seven tiles of 16 rows of 64 bytes (amx_tiles.h: why the configuration is loaded this way).
 void configure_tiles() {
-  struct alignas(64) Config {
-    uint8_t bytes[64];
-  } config{};
-  config.bytes[0] = 1;
-  for (int t = 0; t < 7; ++t) {
-    config.bytes[16 + 2 * t] = 64;  // little-endian uint16: 64 bytes per row
-    config.bytes[48 + t] = kTile;
-  }
-  asm volatile("ldtilecfg %0" ::"m"(config));
+  TileShape shapes[7];
+  for (auto& shape : shapes) shape = {kTile, 64};
+  load_tile_config(shapes, 7);
 }
 
 // Writes an accumulator tile stored in `block` (y^T: 16 weight rows x 16 rows of x) into y rows

@@ -160,5 +160,30 @@ constexpr bool kHasPairs = true;
 
 #include "kernels/cpu/matmul_interleaved_run.inc"
 
+// The AMX int8 GEMM's weight panels (amx::Int8TilePanel, cpu_kernels.h), made from the chunks
+// the kernels above unpack. Rows [n0, n_end) as Lanes16 reads them: the first group, and the gap
+// to the second (0 for a matrix's last lone group, which is then read twice).
+struct TileGroups {
+  const uint8_t* group;
+  size_t gap;
+};
+inline __attribute__((always_inline)) TileGroups tile_groups(const WeightView& w, int64_t n0,
+                                                             int64_t n_end) {
+  const size_t group_bytes = interleaved_row_bytes(w.dtype, w.cols) * kGroup;
+  return {static_cast<const uint8_t*>(w.data) + (n0 / kGroup) * group_bytes,
+          n_end - n0 > kGroup ? group_bytes : 0};
+}
+// Block `block` of a panel: the 8 chunk registers (chunk r: values 4r..4r+3 of weight row j in
+// 32-bit lane j, the B tile's row r as it is), the 16 rows' scales and, where the type has
+// them, minimums.
+inline __attribute__((always_inline)) void store_tile_block(const amx::Int8TilePanel& panel,
+                                                            int64_t block, const __m512i* chunks,
+                                                            __m512 scale, const __m512* minimum) {
+  int8_t* codes = panel.codes + block * 512;
+  for (int r = 0; r < 8; ++r) _mm512_store_si512(codes + 64 * r, chunks[r]);
+  _mm512_store_ps(panel.scales + block * 16, scale);
+  if (minimum != nullptr) _mm512_store_ps(panel.minimums + block * 16, *minimum);
+}
+
 }  // namespace interleaved
 }  // namespace alem::cpu::avx512_vnni
