@@ -317,10 +317,10 @@ bool CpuBackend::rounds_activations(DType dtype, int64_t M, BlockLayout layout) 
 
 CpuBackend::PrefillArithmetic CpuBackend::prefill_arithmetic(DType dtype, int64_t K) const {
   constexpr int64_t kPrefillRows = 256;
-  if (uses_amx(dtype, kPrefillRows, K) ||
-      (interleaves(dtype) && uses_amx_int8(dtype, BlockLayout::kInterleaved8, kPrefillRows))) {
-    return PrefillArithmetic::kAmx;
-  }
+  const bool amx = interleaves(dtype)
+                       ? uses_amx_int8(dtype, BlockLayout::kInterleaved8, kPrefillRows)
+                       : uses_amx(dtype, kPrefillRows, K);
+  if (amx) return PrefillArithmetic::kAmx;
   if (dtype == DType::BF16)
     return dot_bf16_ ? PrefillArithmetic::kBf16Dot : PrefillArithmetic::kF32Fma;
   // The int8 dot products are AVX512-VNNI's or AVX-VNNI's (256 bits wide: the bench measures
@@ -453,7 +453,10 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
                "matmul: weight buffer smaller than its shape");
   }
   if (M == 0 || N == 0) return;
-  if (!uses_amx_int8(w.dtype, w.layout, M) && uses_amx(w.dtype, M, K)) {
+  // The bf16 expansion on AMX for row-major block weights only: interleaved ones take the int8
+  // tiles or, for the types without a tile panel (Q3_K, Q6_K), the VNNI kernels, which ran
+  // 1.5-4x ahead of expanding them.
+  if (w.layout == BlockLayout::kRowMajor && uses_amx(w.dtype, M, K)) {
     matmul_amx(x, M, w, bias, y);
     return;
   }
