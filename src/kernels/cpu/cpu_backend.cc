@@ -462,12 +462,15 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
   }
   // x as int16 blocks of 32, once for all threads.
   thread_local std::vector<uint8_t> scratch;
-  const size_t block_count = static_cast<size_t>(M * (K / 32));
-  scratch.resize(static_cast<size_t>(M * K) * sizeof(int16_t) + 2 * block_count * sizeof(float));
+  const int64_t blocks = K / 32;
+  const size_t block_count = static_cast<size_t>(M * blocks);
+  const bool amx_int8 = uses_amx_int8(w.dtype, w.layout, M);
+  const size_t q_bytes =
+      static_cast<size_t>(M * K) * sizeof(int16_t) + 2 * block_count * sizeof(float);
+  scratch.resize(q_bytes + (amx_int8 ? cpu::amx::tile_activation_bytes(M, K) + 64 : 0));
   float* d = reinterpret_cast<float*>(scratch.data());
   float* s = d + block_count;
   int16_t* q = reinterpret_cast<int16_t*>(s + block_count);
-  blocks_.quantize(x, M, K, q, d, s);
   const cpu::WeightView view = cpu::view_of(w);
   // ALEM_CPU_DOT=all: interleaved block weights at ggml's 8-bit activation precision (alem's
   // int8 keeps 16 bits, as its decode kernels always have).
@@ -475,20 +478,30 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
       q, d, s, K,
       eight_bit_blocks_ && view.layout == BlockLayout::kInterleaved8 && dtype_is_block(w.dtype)};
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
-  if (uses_amx_int8(w.dtype, w.layout, M)) {
-    // x split for the tiles once for all threads; each thread's weight rows in panels of 16.
-    thread_local std::vector<uint8_t> tile_scratch;
-    tile_scratch.resize(cpu::amx::tile_activation_bytes(M, K) + 64);
-    void* aligned =
-        tile_scratch.data() + (64 - reinterpret_cast<uintptr_t>(tile_scratch.data()) % 64) % 64;
-    const cpu::amx::TileActivations tiles = cpu::amx::split_for_tiles(a, M, aligned);
+  if (amx_int8) {
+    // Each thread quantises and splits its own rows of x for the tiles, then, when all have,
+    // multiplies its weight rows in panels of 16.
+    uint8_t* after = scratch.data() + q_bytes;
+    void* aligned = after + (64 - reinterpret_cast<uintptr_t>(after) % 64) % 64;
+    const cpu::amx::TileActivations tiles = cpu::amx::tile_activations(M, K, a.eight_bit, aligned);
+    const int64_t padded_rows = (M + 15) / 16 * 16;
     run_on_threads(threads, [&](int index, int count) {
+      const auto [m0, m1] = split_range(padded_rows, count, index, 16);
+      const int64_t quantized_end = std::min(m1, M);
+      if (m0 < quantized_end) {
+        blocks_.quantize(x + m0 * K, quantized_end - m0, K, q + m0 * K, d + m0 * blocks,
+                         s + m0 * blocks);
+      }
+      cpu::amx::split_rows_for_tiles(a, tiles, m0, m1);
+#pragma omp barrier
       const auto [n0, n1] = split_range(N, count, index, 16);
-      if (n0 < n1)
+      if (n0 < n1) {
         cpu::amx::gemm_int8(tiles, view, cpu::avx512_vnni::int8_tile_panel, bias, y, n0, n1);
+      }
     });
     return;
   }
+  blocks_.quantize(x, M, K, q, d, s);
   // Interleaved weights (made where the block kernels have an interleaved form): runs of 16
   // rows keep every thread's range in whole groups of 8.
   const cpu::MatmulBlocksFn kernel =

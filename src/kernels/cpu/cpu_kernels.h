@@ -371,16 +371,20 @@ using Int8TilePanelFn = void (*)(const WeightView& w, int64_t n0, int64_t n_end,
 // rounded to 8 bits, in eight-bit mode), and per 16-row block and block of 32 the 16 rows'
 // scales d and sums s ([block][16]).
 struct TileActivations {
-  const int8_t* high = nullptr;
-  const uint8_t* low = nullptr;
-  const float* d = nullptr;
-  const float* s = nullptr;
+  int8_t* high = nullptr;
+  uint8_t* low = nullptr;
+  float* d = nullptr;
+  float* s = nullptr;
   int64_t M = 0, K = 0;
   bool eight_bit = false;
 };
 size_t tile_activation_bytes(int64_t M, int64_t K);
-// Splits `a` (M rows) into `buffer` (tile_activation_bytes, 64-byte aligned).
-TileActivations split_for_tiles(const Q16Blocks& a, int64_t M, void* buffer);
+// M rows of K values laid out in `buffer` (tile_activation_bytes, 64-byte aligned); then rows
+// [m_begin, m_end) of `a` split into them (rows from M on: the zero padding), so threads can
+// split their own rows.
+TileActivations tile_activations(int64_t M, int64_t K, bool eight_bit, void* buffer);
+void split_rows_for_tiles(const Q16Blocks& a, const TileActivations& x, int64_t m_begin,
+                          int64_t m_end);
 void gemm_int8(const TileActivations& x, const WeightView& w, Int8TilePanelFn make_panel,
                const float* bias, float* y, int64_t n_begin, int64_t n_end);
 }  // namespace amx

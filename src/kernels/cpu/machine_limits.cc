@@ -400,7 +400,10 @@ std::string cpu_description() {
     if (present) out << ' ' << flag;
   }
   out << "; kernels: " << cpu::isa_name(cpu::configured_isa())
-      << (cpu::amx::usable() ? " + AMX-BF16 tiles (bf16 prefill)" : "")
+      << (!cpu::amx::usable() ? ""
+          : __builtin_cpu_supports("amx-int8") && cpu::has_avx512_vnni()
+              ? " + AMX tiles (prefill: bf16 on AMX-BF16, block weights on AMX-INT8)"
+              : " + AMX-BF16 tiles (bf16 prefill)")
       << ", stream prefetch: " << cpu::stream_prefetch_name(cpu::stream_prefetch)
       << ", OpenMP threads: " << omp_get_max_threads();
   return out.str();

@@ -143,30 +143,39 @@ size_t tile_activation_bytes(int64_t M, int64_t K) {
   return static_cast<size_t>(rows * K * 2 + rows * blocks * 2 * sizeof(float));
 }
 
-TileActivations split_for_tiles(const Q16Blocks& a, int64_t M, void* buffer) {
-  const int64_t K = a.K, blocks = K / kBlock;
-  const int64_t rows = (M + kTile - 1) / kTile * kTile;
-  auto* high = static_cast<int8_t*>(buffer);
-  auto* low = reinterpret_cast<uint8_t*>(high + rows * K);
-  auto* d = reinterpret_cast<float*>(low + rows * K);
-  float* s = d + rows * blocks;
+TileActivations tile_activations(int64_t M, int64_t K, bool eight_bit, void* buffer) {
+  const int64_t rows = (M + kTile - 1) / kTile * kTile, blocks = K / kBlock;
+  TileActivations x;
+  x.high = static_cast<int8_t*>(buffer);
+  x.low = reinterpret_cast<uint8_t*>(x.high + rows * K);
+  x.d = reinterpret_cast<float*>(x.low + rows * K);
+  x.s = x.d + rows * blocks;
+  x.M = M;
+  x.K = K;
+  x.eight_bit = eight_bit;
+  return x;
+}
+
+void split_rows_for_tiles(const Q16Blocks& a, const TileActivations& x, int64_t m_begin,
+                          int64_t m_end) {
+  const int64_t K = x.K, blocks = K / kBlock;
   const __m512 to_8_bits = _mm512_set1_ps(127.f / 32767.f);
-  for (int64_t m = 0; m < rows; ++m) {
+  for (int64_t m = m_begin; m < m_end; ++m) {
     // Scales and sums as [16-row block][block][16].
-    float* dm = d + (m / kTile) * blocks * kTile + m % kTile;
-    float* sm = s + (m / kTile) * blocks * kTile + m % kTile;
-    if (m >= M) {
-      std::fill(high + m * K, high + (m + 1) * K, int8_t{0});
-      std::fill(low + m * K, low + (m + 1) * K, uint8_t{0});
+    float* dm = x.d + (m / kTile) * blocks * kTile + m % kTile;
+    float* sm = x.s + (m / kTile) * blocks * kTile + m % kTile;
+    if (m >= x.M) {
+      std::fill(x.high + m * K, x.high + (m + 1) * K, int8_t{0});
+      std::fill(x.low + m * K, x.low + (m + 1) * K, uint8_t{0});
       for (int64_t b = 0; b < blocks; ++b) dm[b * kTile] = sm[b * kTile] = 0.f;
       continue;
     }
     for (int64_t b = 0; b < blocks; ++b) {
       const __m512i q = _mm512_loadu_si512(a.q + m * K + b * kBlock);
-      auto* h = reinterpret_cast<__m256i*>(high + m * K + b * kBlock);
-      auto* l = reinterpret_cast<__m256i*>(low + m * K + b * kBlock);
+      auto* h = reinterpret_cast<__m256i*>(x.high + m * K + b * kBlock);
+      auto* l = reinterpret_cast<__m256i*>(x.low + m * K + b * kBlock);
       float scale = a.d[m * blocks + b];
-      if (a.eight_bit) {
+      if (x.eight_bit) {
         // q8 = round(q * 127 / 32767) as the interleaved kernels round it, with scale d'.
         const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(q)));
         const __m512 hi =
@@ -184,15 +193,6 @@ TileActivations split_for_tiles(const Q16Blocks& a, int64_t M, void* buffer) {
       sm[b * kTile] = a.s[m * blocks + b];
     }
   }
-  TileActivations x;
-  x.high = high;
-  x.low = low;
-  x.d = d;
-  x.s = s;
-  x.M = M;
-  x.K = K;
-  x.eight_bit = a.eight_bit;
-  return x;
 }
 
 void gemm_int8(const TileActivations& x, const WeightView& w, Int8TilePanelFn make_panel,
