@@ -1,0 +1,292 @@
+// The CPU backend's matmul dispatch: which kernel a matmul takes (streaming or packed f32 GEMM,
+// the bf16 and int8 dot products, the block kernels, AMX tiles) by weight type, layout, rows of
+// x and the CPU's features, and how its rows and columns are split over the threads. The
+// kernels themselves live in the per-ISA files; the rest of the backend is cpu_backend.cc.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_backend_threads.h"
+#include "model/gguf_quant.h"
+
+namespace alem {
+
+using cpu_threads::run_on_threads;
+using cpu_threads::split_range;
+using cpu_threads::threads_for;
+
+void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                        float* y) const {
+  if (dtype_is_block(w.dtype) || w.layout == BlockLayout::kInterleaved8) {
+    matmul_blocks(x, M, w, bias, y);
+    return;
+  }
+  if (uses_amx(w.dtype, M, w.cols)) {
+    matmul_amx(x, M, w, bias, y);
+    return;
+  }
+  const bool bf16_avx512 = w.dtype == DType::BF16 && kernels_.isa == cpu::Isa::kAvx512;
+  const bool packed = M >= (bf16_avx512 ? packed_min_rows_bf16() : kPackedMinRows);
+  if (matmul_dot(x, M, w, bias, y)) return;
+  matmul_with_path(x, M, w, bias, y, packed);
+}
+
+bool CpuBackend::rounds_activations(DType dtype, int64_t M, BlockLayout layout) const {
+  if (dtype_is_block(dtype) || layout == BlockLayout::kInterleaved8) return true;
+  // AMX with 3 parts keeps x's 24 bits; with one part it rounds like the bf16 dot kernels.
+  if (dtype == DType::BF16) return dot_bf16_;
+  return dtype == DType::I8 && ((dot_int8_ && M < kPackedMinRows) || int8_blocks_);
+}
+
+CpuBackend::PrefillArithmetic CpuBackend::prefill_arithmetic(DType dtype, int64_t K) const {
+  constexpr int64_t kPrefillRows = 256;
+  const bool amx = interleaves(dtype)
+                       ? uses_amx_int8(dtype, BlockLayout::kInterleaved8, kPrefillRows)
+                       : uses_amx(dtype, kPrefillRows, K);
+  if (amx) return PrefillArithmetic::kAmx;
+  if (dtype == DType::BF16)
+    return dot_bf16_ ? PrefillArithmetic::kBf16Dot : PrefillArithmetic::kF32Fma;
+  // The int8 dot products are AVX512-VNNI's or AVX-VNNI's (256 bits wide: the bench measures
+  // that peak for kAvxVnni); AVX2's block kernels are counted against f32 FMA.
+  if (!interleaves(dtype) || !blocks_.int8_dot) {
+    return PrefillArithmetic::kF32Fma;
+  }
+  return eight_bit_blocks_ && dtype_is_block(dtype) ? PrefillArithmetic::kInt8Dot
+                                                    : PrefillArithmetic::kInt8Dot16BitX;
+}
+
+bool CpuBackend::has_dot_kernel(DType dtype) const {
+  return (dtype == DType::BF16 && dot_bf16_) || (dtype == DType::I8 && (dot_int8_ || int8_blocks_));
+}
+
+bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                            float* y) const {
+  if (!rounds_activations(w.dtype, M, w.layout)) return false;
+  // int8 adopted by this backend, or row-major int8 on the AVX2 block kernel.
+  if (w.layout == BlockLayout::kInterleaved8 || (w.dtype == DType::I8 && int8_blocks_)) {
+    matmul_blocks(x, M, w, bias, y);
+    return true;
+  }
+  const int64_t N = w.rows, K = w.cols;
+  ALEM_CHECK(M >= 0 && N >= 0 && K > 0, "matmul: bad shape");
+  ALEM_CHECK(w.data.size() >= static_cast<size_t>(N * K) * dtype_size(w.dtype),
+             "matmul: weight buffer smaller than its shape");
+  if (w.dtype == DType::I8) {
+    ALEM_CHECK(K % kInt8GroupSize == 0, "matmul: int8 weights need cols % 32 == 0");
+    ALEM_CHECK(static_cast<int64_t>(w.scales.size()) == N * (K / kInt8GroupSize),
+               "matmul: int8 weights have the wrong number of scales");
+  }
+  if (M == 0 || N == 0) return true;
+  const cpu::WeightView view = cpu::view_of(w);
+  const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
+  // The activations in the weights' format, prepared once on this thread for all threads.
+  thread_local std::vector<uint8_t> scratch;
+  if (w.dtype == DType::BF16 && M < kDotGemmMinRowsBf16) {
+    const int64_t stride = (K + 31) / 32 * 32;
+    scratch.resize(static_cast<size_t>(M * stride) * sizeof(uint16_t) + 64);
+    uint16_t* xb = reinterpret_cast<uint16_t*>(scratch.data());
+    cpu::avx512_dot::to_bf16(x, M, K, xb, stride);
+    run_on_threads(threads, [&](int index, int count) {
+      const auto [n0, n1] = split_range(N, count, index, 16);
+      if (n0 < n1) cpu::avx512_dot::matmul_bf16(xb, M, stride, view, bias, y, n0, n1);
+    });
+    return true;
+  }
+  if (w.dtype == DType::BF16) {
+    // x as bf16 pairs, 64-byte aligned; the threads split the weight rows.
+    scratch.resize(static_cast<size_t>(cpu::avx512_dot::packed_pairs_size(M, K, 1)) * 4 + 64);
+    uint32_t* xp = reinterpret_cast<uint32_t*>(
+        scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64);
+    cpu::avx512_dot::pack_x_pairs(x, M, K, 1, xp);
+    run_on_threads(threads, [&](int index, int count) {
+      const auto [n0, n1] = split_range(N, count, index, 16);
+      if (n0 < n1) cpu::avx512_dot::gemm_bf16(xp, M, view, bias, y, n0, n1);
+    });
+    return true;
+  }
+  const int64_t stride = (K + 63) / 64 * 64;
+  const size_t lanes = static_cast<size_t>(M * stride / 4);
+  scratch.resize(static_cast<size_t>(2 * M * stride) + 2 * lanes * sizeof(float));
+  cpu::Q16Activations a;
+  int8_t* high = reinterpret_cast<int8_t*>(scratch.data());
+  uint8_t* low = scratch.data() + M * stride;
+  int32_t* offsets = reinterpret_cast<int32_t*>(scratch.data() + 2 * M * stride);
+  float* scales = reinterpret_cast<float*>(offsets + lanes);
+  cpu::avx512_dot::quantize_q16(x, M, K, high, low, offsets, scales, stride);
+  a.high = high;
+  a.low = low;
+  a.lane_offsets = offsets;
+  a.lane_scales = scales;
+  a.stride = stride;
+  run_on_threads(threads, [&](int index, int count) {
+    const auto [n0, n1] = split_range(N, count, index, 16);
+    if (n0 < n1) cpu::avx512_dot::matmul_int8(a, M, view, bias, y, n0, n1);
+  });
+  return true;
+}
+
+void CpuBackend::matmul_amx(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                            float* y) const {
+  const int64_t N = w.rows, K = w.cols;
+  ALEM_CHECK(M >= 0 && N >= 0 && K > 0, "matmul: bad shape");
+  ALEM_CHECK(w.data.size() >= static_cast<size_t>(N) * w.row_bytes(),
+             "matmul: weight buffer smaller than its shape");
+  if (M == 0 || N == 0) return;
+  // bf16 weights: x in 3 parts (exact) or 1 (ALEM_CPU_DOT=all); block weights, expanded to two
+  // bf16 parts: x in 2 parts (16 bits, as the block kernels' int16 activations).
+  const bool blocks = dtype_is_block(w.dtype);
+  const int parts = blocks ? 2 : (dot_bf16_ ? 1 : 3);
+  thread_local std::vector<uint32_t> packed;
+  packed.resize(static_cast<size_t>(cpu::avx512_dot::packed_pairs_size(M, K, parts)) + 16);
+  // 64-byte aligned start inside the buffer (tile loads of x use 64-byte rows).
+  uint32_t* xp = packed.data() + (16 - reinterpret_cast<uintptr_t>(packed.data()) % 64 / 4) % 16;
+  cpu::avx512_dot::pack_x_pairs(x, M, K, parts, xp);
+  const cpu::WeightView view = cpu::view_of(w);
+  const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
+  run_on_threads(threads, [&](int index, int count) {
+    const auto [n0, n1] = split_range(N, count, index, 48);
+    if (n0 >= n1) return;
+    if (blocks) {
+      cpu::amx::gemm_dequantized(xp, M, parts, view, cpu::avx512::dequantize_block_rows, bias, y,
+                                 n0, n1);
+    } else {
+      cpu::amx::gemm_bf16(xp, M, parts, view, bias, y, n0, n1);
+    }
+  });
+}
+
+void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                               float* y) const {
+  const int64_t N = w.rows, K = w.cols;
+  const int64_t block = w.dtype == DType::I8 ? kInt8GroupSize : dtype_block_elements(w.dtype);
+  ALEM_CHECK(
+      M >= 0 && N >= 0 && K > 0 && K % block == 0,
+      "matmul: " + dtype_name(w.dtype) + " weights need cols % " + std::to_string(block) + " == 0");
+  const bool int8_row_major = w.dtype == DType::I8 && w.layout == BlockLayout::kRowMajor;
+  ALEM_CHECK(dtype_is_block(w.dtype) ||
+                 (w.dtype == DType::I8 && w.layout == BlockLayout::kInterleaved8) ||
+                 (int8_row_major && int8_blocks_),
+             "matmul_blocks: " + dtype_name(w.dtype) + " weights are not block weights");
+  if (int8_row_major) {
+    ALEM_CHECK(w.data.size() >= static_cast<size_t>(N * K) &&
+                   w.scales.size() >= static_cast<size_t>(N * (K / kInt8GroupSize)),
+               "matmul: int8 weights or scales smaller than their shape");
+  } else {
+    ALEM_CHECK(w.data.size() >= static_cast<size_t>(N) * interleaved_row_bytes(w.dtype, K),
+               "matmul: weight buffer smaller than its shape");
+  }
+  if (M == 0 || N == 0) return;
+  // The bf16 expansion on AMX for row-major block weights only: interleaved ones take the int8
+  // tiles or, for the types without a tile panel (Q3_K, Q6_K), the VNNI kernels, which ran
+  // 1.5-4x ahead of expanding them.
+  if (w.layout == BlockLayout::kRowMajor && uses_amx(w.dtype, M, K)) {
+    matmul_amx(x, M, w, bias, y);
+    return;
+  }
+  // x as int16 blocks of 32, once for all threads.
+  thread_local std::vector<uint8_t> scratch;
+  const int64_t blocks = K / 32;
+  const size_t block_count = static_cast<size_t>(M * blocks);
+  const bool amx_int8 = uses_amx_int8(w.dtype, w.layout, M);
+  const size_t q_bytes =
+      static_cast<size_t>(M * K) * sizeof(int16_t) + 2 * block_count * sizeof(float);
+  scratch.resize(q_bytes + (amx_int8 ? cpu::amx::tile_activation_bytes(M, K) + 64 : 0));
+  float* d = reinterpret_cast<float*>(scratch.data());
+  float* s = d + block_count;
+  int16_t* q = reinterpret_cast<int16_t*>(s + block_count);
+  const cpu::WeightView view = cpu::view_of(w);
+  // ALEM_CPU_DOT=all: interleaved block weights at ggml's 8-bit activation precision (alem's
+  // int8 keeps 16 bits, as its decode kernels always have).
+  const cpu::Q16Blocks a{
+      q, d, s, K,
+      eight_bit_blocks_ && view.layout == BlockLayout::kInterleaved8 && dtype_is_block(w.dtype)};
+  const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
+  if (amx_int8) {
+    // Each thread quantises and splits its own rows of x for the tiles, then, when all have,
+    // multiplies its weight rows in panels of 16.
+    uint8_t* after = scratch.data() + q_bytes;
+    void* aligned = after + (64 - reinterpret_cast<uintptr_t>(after) % 64) % 64;
+    const cpu::amx::TileActivations tiles = cpu::amx::tile_activations(M, K, a.eight_bit, aligned);
+    const int64_t padded_rows = (M + 15) / 16 * 16;
+    run_on_threads(threads, [&](int index, int count) {
+      const auto [m0, m1] = split_range(padded_rows, count, index, 16);
+      const int64_t quantized_end = std::min(m1, M);
+      if (m0 < quantized_end) {
+        blocks_.quantize(x + m0 * K, quantized_end - m0, K, q + m0 * K, d + m0 * blocks,
+                         s + m0 * blocks);
+      }
+      cpu::amx::split_rows_for_tiles(a, tiles, m0, m1);
+#pragma omp barrier
+      const auto [n0, n1] = split_range(N, count, index, 16);
+      if (n0 < n1) {
+        cpu::amx::gemm_int8(tiles, view, cpu::avx512_vnni::int8_tile_panel, bias, y, n0, n1);
+      }
+    });
+    return;
+  }
+  blocks_.quantize(x, M, K, q, d, s);
+  // Interleaved weights (made where the block kernels have an interleaved form): runs of 16
+  // rows keep every thread's range in whole groups of 8.
+  const cpu::MatmulBlocksFn kernel =
+      view.layout == BlockLayout::kInterleaved8 ? blocks_.matmul_interleaved : blocks_.matmul;
+  ALEM_CHECK(view.layout == BlockLayout::kRowMajor || interleaves(w.dtype),
+             "matmul: " + dtype_name(w.dtype) +
+                 " weights interleaved for another CPU backend's block kernels");
+  // Threads split N in runs of 16 rows; when there are fewer runs than threads, M too.
+  const int64_t runs = (N + 15) / 16;
+  run_on_threads(threads, [&](int index, int count) {
+    const int n_parts = static_cast<int>(std::min<int64_t>(count, runs));
+    const int m_parts = count / n_parts;
+    if (index >= n_parts * m_parts) return;
+    const auto [n0, n1] = split_range(N, n_parts, index % n_parts, 16);
+    const auto [m0, m1] = split_range(M, m_parts, index / n_parts, 4);
+    if (n0 < n1 && m0 < m1) kernel(a, m0, m1, view, bias, y, n0, n1);
+  });
+}
+
+void CpuBackend::matmul_with_path(const float* x, int64_t M, const WeightMatrix& w,
+                                  const float* bias, float* y, bool packed) const {
+  // One kernel for every M: block weights, and int8 this backend has interleaved.
+  if (dtype_is_block(w.dtype) || w.layout == BlockLayout::kInterleaved8) {
+    matmul_blocks(x, M, w, bias, y);
+    return;
+  }
+  const int64_t N = w.rows, K = w.cols;
+  ALEM_CHECK(M >= 0 && N >= 0 && K > 0, "matmul: bad shape");
+  ALEM_CHECK(w.data.size() >= static_cast<size_t>(N * K) * dtype_size(w.dtype),
+             "matmul: weight buffer smaller than its shape");
+  if (w.dtype == DType::I8) {
+    ALEM_CHECK(K % kInt8GroupSize == 0, "matmul: int8 weights need cols % 32 == 0");
+    ALEM_CHECK(static_cast<int64_t>(w.scales.size()) == N * (K / kInt8GroupSize),
+               "matmul: int8 weights have the wrong number of scales");
+  }
+  if (M == 0 || N == 0) return;
+  const cpu::WeightView view = cpu::view_of(w);
+  const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
+
+  if (!packed) {
+    run_on_threads(threads, [&](int index, int count) {
+      const auto [n0, n1] = split_range(N, count, index, 16);
+      if (n0 < n1) kernels_.matmul_stream(x, M, view, bias, y, n0, n1);
+    });
+    return;
+  }
+  // Threads split N in whole panels; when there are fewer panels than threads they split M too.
+  const int64_t panel = kernels_.packed_panel_cols;
+  const int64_t panels = (N + panel - 1) / panel;
+  run_on_threads(threads, [&](int index, int count) {
+    const int n_parts = static_cast<int>(std::min<int64_t>(count, panels));
+    const int m_parts = count / n_parts;
+    if (index >= n_parts * m_parts) return;
+    const auto [n0, n1] = split_range(N, n_parts, index % n_parts, panel);
+    const auto [m0, m1] = split_range(M, m_parts, index / n_parts, 8);
+    if (n0 < n1 && m0 < m1) kernels_.matmul_packed(x, m0, m1, view, bias, y, n0, n1);
+  });
+}
+
+}  // namespace alem
