@@ -8,7 +8,7 @@
 //   alem_kernel_bench [--quick] [--threads 1,2] [--dtypes f32,bf16,f16,int8] [--rows 1,128]
 //                     [--model smollm2|tinyllama|llama8b] [--only SHAPE-SUBSTRING] [--no-attention]
 //                     [--no-limits] [--exact-kernels]
-//                     [--bf16-dot] [--no-amx] [--hot] [--row-major]
+//                     [--bf16-dot] [--no-amx] [--hot] [--row-major] [--path stream|packed]
 // --exact-kernels keeps small-M matmuls on the f32-conversion kernels (the dot-product kernels'
 // before/after); --bf16-dot turns on the bf16 ones (off by default, docs/kernels.md); --no-amx
 // keeps bf16 matmuls off the AMX tiles where the CPU has them. --hot runs decode rows on one
@@ -16,7 +16,9 @@
 // are handed to the backend as the engine hands them (adopt_weight: block weights interleaved 8
 // rows at a time on AVX512-VNNI); --row-major keeps GGUF's layout, the kernels before that.
 // --model tinyllama takes the 1.1B shapes (K-quant sized) instead of SmolLM2's, --model llama8b
-// Llama-3-8B's.
+// Llama-3-8B's. --path forces f32, f16, bf16 and row-major int8 matmuls onto the streaming
+// kernels or the packed GEMM at every M (CpuBackend::matmul_with_path), to place the row count
+// where the backend switches from one to the other on a new CPU.
 #include <omp.h>
 
 #include <algorithm>
@@ -97,6 +99,7 @@ struct Options {
   bool amx = true;                       // --no-amx: bf16 prefill without AMX tiles
   bool hot = false;                      // --hot: decode rows read a cache-resident W as well
   bool row_major = false;                // --row-major: block weights not interleaved when adopted
+  int path = -1;                         // --path: -1 the backend's choice, 0 stream, 1 packed
   std::string only;                      // run only shapes whose name contains this
   const ModelShapes* model = &kSmolLM2;  // --model smollm2|tinyllama|llama8b
   std::vector<int64_t> rows;             // M values (default: 1, 4, 128, 256; --quick: 1, 128)
@@ -131,6 +134,11 @@ Options parse_options(int argc, char** argv) {
       o.amx = false;
     } else if (arg == "--row-major") {
       o.row_major = true;
+    } else if (arg == "--path" && i + 1 < argc) {
+      const std::string path = argv[++i];
+      ALEM_CHECK(path == "stream" || path == "packed",
+                 "--path must be stream or packed, got '" + path + "'");
+      o.path = path == "packed" ? 1 : 0;
     } else if (arg == "--hot") {
       o.hot = true;
     } else if (arg == "--no-attention") {
@@ -156,7 +164,7 @@ Options parse_options(int argc, char** argv) {
           " [--rows 1,128] [--model smollm2|tinyllama|llama8b] [--only SHAPE-SUBSTRING] "
           "[--no-attention]"
           " [--exact-kernels] "
-          "[--bf16-dot] [--no-amx] [--hot] [--row-major]");
+          "[--bf16-dot] [--no-amx] [--hot] [--row-major] [--path stream|packed]");
     }
   }
   return o;
@@ -196,8 +204,17 @@ struct CallTimes {
   double mean = 0;     // all calls: what a model's step pays on a shared machine
 };
 CallTimes time_matmul(const CpuBackend& cpu, const std::vector<WeightMatrix>& copies, int64_t M,
-                      const std::vector<float>& x, std::vector<float>& y, double min_seconds) {
-  cpu.matmul(x.data(), M, copies[0], nullptr, y.data());  // warm-up (and thread pool start)
+                      const std::vector<float>& x, std::vector<float>& y, double min_seconds,
+                      int path) {
+  // The backend's choice of kernel, or the one --path forces (block weights have one path).
+  const auto matmul = [&](const WeightMatrix& w) {
+    if (path < 0) {
+      cpu.matmul(x.data(), M, w, nullptr, y.data());
+    } else {
+      cpu.matmul_with_path(x.data(), M, w, nullptr, y.data(), path == 1);
+    }
+  };
+  matmul(copies[0]);  // warm-up (and thread pool start)
   const bool cpu_clock = cpu.max_threads() == 1;
   CallTimes t;
   double spent = 0, total = 0;
@@ -205,7 +222,7 @@ CallTimes time_matmul(const CpuBackend& cpu, const std::vector<WeightMatrix>& co
   while (calls < 20 || (spent < min_seconds && calls < 20000)) {
     for (const WeightMatrix& w : copies) {
       const double wall_start = now_seconds(), cpu_start = thread_cpu_seconds();
-      cpu.matmul(x.data(), M, w, nullptr, y.data());
+      matmul(w);
       const double elapsed =
           cpu_clock ? thread_cpu_seconds() - cpu_start : now_seconds() - wall_start;
       t.best = std::min(t.best, elapsed);
@@ -258,7 +275,8 @@ std::map<std::string, double> bench_matmul(const Options& o, const Limits& limit
         std::vector<float> x(static_cast<size_t>(M * shape.K), 0.01f), y(M * shape.N);
         for (int threads : o.threads) {
           CpuBackend cpu(cpu::configured_isa(), threads, o.dot_products, o.bf16_dot, o.amx);
-          const CallTimes times = time_matmul(cpu, decode ? cold : hot, M, x, y, min_seconds);
+          const CallTimes times =
+              time_matmul(cpu, decode ? cold : hot, M, x, y, min_seconds, o.path);
           const double seconds = times.best;
           const double gbs = cold[0].bytes() / seconds / 1e9;
           const double gflops = 2.0 * M * shape.N * shape.K / seconds / 1e9;
