@@ -671,7 +671,7 @@ TEST(KernelRegistry, NamesBackends) {
 }
 
 // ALEM_CPU_PREFETCH: every stream, the heavy ones, none or the CPU's default (light streams off
-// on AMD's but where x takes more than half the L1), and a clear error otherwise.
+// on AMD's before Zen 5 but where x takes more than half the L1), and a clear error otherwise.
 TEST(KernelRegistry, StreamPrefetchSetting) {
   bool valid = false;
   constexpr size_t l1 = 48 << 10;
@@ -690,6 +690,11 @@ TEST(KernelRegistry, StreamPrefetchSetting) {
       expect(unset, amd, !amd, true, amd ? l1 / 2 : SIZE_MAX);
     }
   }
+  // CPUID leaf 1's eax as these CPUs report it: Zen 4 (EPYC 9004), Zen 5 (EPYC 9005), an Intel
+  // Xeon (Emerald Rapids).
+  EXPECT_EQ(cpu::cpuid_display_family(0x00A10F11), 0x19u);
+  EXPECT_EQ(cpu::cpuid_display_family(0x00B00F21), 0x1Au);
+  EXPECT_EQ(cpu::cpuid_display_family(0x000C06F2), 6u);
   EXPECT_STREQ(cpu::stream_prefetch_name({true, true}), "all");
   EXPECT_STREQ(cpu::stream_prefetch_name({false, true}), "heavy");
   EXPECT_STREQ(cpu::stream_prefetch_name({false, true, 16 << 10}), "heavy+wide-x");

@@ -20,8 +20,8 @@ namespace {
 StreamPrefetch stream_prefetch_at_start() {
   bool valid = false;
   // An invalid value is reported by make_cpu_backend, which every engine calls before a kernel.
-  return stream_prefetch_setting(std::getenv("ALEM_CPU_PREFETCH"), vendor_is_amd(), l1_data_bytes(),
-                                 &valid);
+  return stream_prefetch_setting(std::getenv("ALEM_CPU_PREFETCH"), amd_before_zen5(),
+                                 l1_data_bytes(), &valid);
 }
 
 struct ThreadScratch {
@@ -47,6 +47,20 @@ bool vendor_is_amd() {
   return amd;
 }
 
+unsigned cpuid_display_family(unsigned eax) {
+  const unsigned base = (eax >> 8) & 0xF;
+  return base == 0xF ? base + ((eax >> 20) & 0xFF) : base;
+}
+
+bool amd_before_zen5() {
+  static const bool before = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!vendor_is_amd() || __get_cpuid(1, &eax, &ebx, &ecx, &edx) == 0) return false;
+    return cpuid_display_family(eax) < 0x1A;
+  }();
+  return before;
+}
+
 size_t l1_data_bytes() {
   static const size_t bytes = [] {
     const long reported = sysconf(_SC_LEVEL1_DCACHE_SIZE);
@@ -55,10 +69,11 @@ size_t l1_data_bytes() {
   return bytes;
 }
 
-StreamPrefetch stream_prefetch_setting(const char* value, bool amd, size_t l1_bytes, bool* valid) {
+StreamPrefetch stream_prefetch_setting(const char* value, bool amd_before_zen5, size_t l1_bytes,
+                                       bool* valid) {
   *valid = true;
-  const StreamPrefetch by_default =
-      amd ? StreamPrefetch{false, true, l1_bytes / 2} : StreamPrefetch{true, true, SIZE_MAX};
+  const StreamPrefetch by_default = amd_before_zen5 ? StreamPrefetch{false, true, l1_bytes / 2}
+                                                    : StreamPrefetch{true, true, SIZE_MAX};
   if (value == nullptr || *value == '\0' || std::strcmp(value, "auto") == 0) return by_default;
   if (std::strcmp(value, "all") == 0) return {true, true, SIZE_MAX};
   if (std::strcmp(value, "heavy") == 0) return {false, true, SIZE_MAX};
