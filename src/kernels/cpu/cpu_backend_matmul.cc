@@ -20,6 +20,23 @@ using cpu_threads::run_on_threads;
 using cpu_threads::split_range;
 using cpu_threads::threads_for;
 
+namespace {
+
+// The checks every matmul on a dense (row-major f32, f16, bf16 or int8) weight makes first.
+void check_dense_weight(int64_t M, const WeightMatrix& w) {
+  const int64_t N = w.rows, K = w.cols;
+  ALEM_CHECK(M >= 0 && N >= 0 && K > 0, "matmul: bad shape");
+  ALEM_CHECK(w.data.size() >= static_cast<size_t>(N * K) * dtype_size(w.dtype),
+             "matmul: weight buffer smaller than its shape");
+  if (w.dtype == DType::I8) {
+    ALEM_CHECK(K % kInt8GroupSize == 0, "matmul: int8 weights need cols % 32 == 0");
+    ALEM_CHECK(static_cast<int64_t>(w.scales.size()) == N * (K / kInt8GroupSize),
+               "matmul: int8 weights have the wrong number of scales");
+  }
+}
+
+}  // namespace
+
 void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                         float* y) const {
   if (dtype_is_block(w.dtype) || w.layout == BlockLayout::kInterleaved8) {
@@ -73,14 +90,7 @@ bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, co
     return true;
   }
   const int64_t N = w.rows, K = w.cols;
-  ALEM_CHECK(M >= 0 && N >= 0 && K > 0, "matmul: bad shape");
-  ALEM_CHECK(w.data.size() >= static_cast<size_t>(N * K) * dtype_size(w.dtype),
-             "matmul: weight buffer smaller than its shape");
-  if (w.dtype == DType::I8) {
-    ALEM_CHECK(K % kInt8GroupSize == 0, "matmul: int8 weights need cols % 32 == 0");
-    ALEM_CHECK(static_cast<int64_t>(w.scales.size()) == N * (K / kInt8GroupSize),
-               "matmul: int8 weights have the wrong number of scales");
-  }
+  check_dense_weight(M, w);
   if (M == 0 || N == 0) return true;
   const cpu::WeightView view = cpu::view_of(w);
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
@@ -257,14 +267,7 @@ void CpuBackend::matmul_with_path(const float* x, int64_t M, const WeightMatrix&
     return;
   }
   const int64_t N = w.rows, K = w.cols;
-  ALEM_CHECK(M >= 0 && N >= 0 && K > 0, "matmul: bad shape");
-  ALEM_CHECK(w.data.size() >= static_cast<size_t>(N * K) * dtype_size(w.dtype),
-             "matmul: weight buffer smaller than its shape");
-  if (w.dtype == DType::I8) {
-    ALEM_CHECK(K % kInt8GroupSize == 0, "matmul: int8 weights need cols % 32 == 0");
-    ALEM_CHECK(static_cast<int64_t>(w.scales.size()) == N * (K / kInt8GroupSize),
-               "matmul: int8 weights have the wrong number of scales");
-  }
+  check_dense_weight(M, w);
   if (M == 0 || N == 0) return;
   const cpu::WeightView view = cpu::view_of(w);
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
