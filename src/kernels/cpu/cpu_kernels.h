@@ -84,7 +84,7 @@ unsigned cpuid_display_family(unsigned eax);
 // otherwise all). `valid` is false for anything else (and the default).
 StreamPrefetch stream_prefetch_setting(const char* value, bool amd_before_zen5, size_t l1_bytes,
                                        bool* valid);
-// "all", "heavy", "none", or "heavy+wide-x" for the AMD default.
+// "all", "heavy", "none", or "heavy+wide-x" (the default on AMD CPUs before Zen 5).
 const char* stream_prefetch_name(StreamPrefetch setting);
 // The L1 data cache of this CPU in bytes (sysconf; 32 KiB where it says nothing).
 size_t l1_data_bytes();

@@ -35,6 +35,8 @@ namespace interleaved {
 
 using PairLanes = Lanes8;  // never used as a pair: kHasPairs is false
 constexpr bool kHasPairs = false;
+using BlockPairs = Lanes8;  // never used: kHasBlockPairs is false
+constexpr bool kHasBlockPairs = false;
 
 #include "kernels/cpu/matmul_interleaved_run.inc"
 

@@ -55,6 +55,8 @@ ALEM_LANES_INLINE __m256i dot_bytes(__m256i acc, __m256i u, __m256i s) {
 
 using PairLanes = Lanes8;  // never used as a pair: kHasPairs is false
 constexpr bool kHasPairs = false;
+using BlockPairs = Lanes8;  // never used: kHasBlockPairs is false
+constexpr bool kHasBlockPairs = false;
 
 #include "kernels/cpu/matmul_interleaved_run.inc"
 

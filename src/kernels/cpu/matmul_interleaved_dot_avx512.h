@@ -1,7 +1,8 @@
 // What the interleaved block-weight kernels (model/interleaved_blocks.h) share on AVX512-VNNI:
 // the activations split into bytes once per call and the two register widths their arithmetic
 // is written over (Lanes8: one group of 8 weight rows per 256-bit register; Lanes16: two groups
-// per 512-bit one, for prefill); the loop that walks groups of weight rows and rows of x is
+// per 512-bit one, for prefill; BlockPairs: one group's two block columns per 512-bit one, for
+// decode); the loop that walks groups of weight rows and rows of x is
 // matmul_interleaved_run.inc, shared with AVX2 (matmul_interleaved_avx2.h).
 // matmul_blocks_rows8_kernel.inc (Q4_0, Q4_1, Q8_0, int8) and matmul_blocks_k_rows8_kernel.inc
 // (Q4_K, Q5_K, Q6_K) supply the per-group arithmetic. Included only by *_dot_avx512.cc files
@@ -72,6 +73,7 @@ inline void split_activations(const Q16Blocks& a, int64_t m, int64_t blocks, boo
 struct Lanes16 {
   using I = __m512i;
   using F = __m512;
+  static constexpr int kBlocks = 1;
   ALEM_LANES_INLINE static I load(const uint8_t* p, size_t gap) {
     return _mm512_inserti64x4(
         _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))),
@@ -98,6 +100,13 @@ struct Lanes16 {
     int32_t v;
     std::memcpy(&v, p, 4);
     return _mm512_set1_epi32(v);
+  }
+  ALEM_LANES_INLINE static void x_chunks(const uint8_t* half, I* chunks) {
+    for (int k = 0; k < 8; ++k) chunks[k] = x_bytes(half + 4 * k);
+  }
+  ALEM_LANES_INLINE static F x_scale(const float* d) { return _mm512_set1_ps(d[0]); }
+  ALEM_LANES_INLINE static I block_words(const int32_t* half_sums, int times) {
+    return _mm512_set1_epi32(times * (half_sums[0] + half_sums[1]));
   }
   ALEM_LANES_INLINE static I table16(const int8_t* table) {
     return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(table)));
@@ -151,6 +160,44 @@ struct Lanes16 {
     _mm512_storeu_ps(y, bias ? _mm512_add_ps(v, _mm512_loadu_ps(bias)) : v);
   }
 };
+
+// BlockPairs: one group of 8 weight rows, two consecutive block columns side by side (block b
+// in the low half, b + 1 in the high half; `gap` is one column's bytes), so a lone row of x
+// (decode) runs 512-bit instructions on one weight stream. x's bytes for both blocks come from
+// two 16-byte loads, one per half, then one vpshufd per chunk: the CPUs with AVX-512 issue two
+// vector loads per cycle, and a broadcast from memory per chunk made them the limit (Zen 5:
+// Q4_0 at one row of x ran 38 GB/s from the caches).
+struct BlockPairs : Lanes16 {
+  static constexpr int kBlocks = 2;
+  ALEM_LANES_INLINE static I both_blocks(const uint8_t* p) {
+    return _mm512_mask_broadcast_i32x4(
+        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 0xFF00,
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 64)));
+  }
+  ALEM_LANES_INLINE static void x_chunks(const uint8_t* half, I* chunks) {
+    const I first = both_blocks(half), second = both_blocks(half + 16);
+    chunks[0] = _mm512_shuffle_epi32(first, _MM_PERM_AAAA);
+    chunks[1] = _mm512_shuffle_epi32(first, _MM_PERM_BBBB);
+    chunks[2] = _mm512_shuffle_epi32(first, _MM_PERM_CCCC);
+    chunks[3] = _mm512_shuffle_epi32(first, _MM_PERM_DDDD);
+    chunks[4] = _mm512_shuffle_epi32(second, _MM_PERM_AAAA);
+    chunks[5] = _mm512_shuffle_epi32(second, _MM_PERM_BBBB);
+    chunks[6] = _mm512_shuffle_epi32(second, _MM_PERM_CCCC);
+    chunks[7] = _mm512_shuffle_epi32(second, _MM_PERM_DDDD);
+  }
+  ALEM_LANES_INLINE static F x_scale(const float* d) {
+    return _mm512_insertf32x8(_mm512_set1_ps(d[0]), _mm256_set1_ps(d[1]), 1);
+  }
+  ALEM_LANES_INLINE static I block_words(const int32_t* half_sums, int times) {
+    return _mm512_mask_set1_epi32(_mm512_set1_epi32(times * (half_sums[0] + half_sums[1])), 0xFF00,
+                                  times * (half_sums[2] + half_sums[3]));
+  }
+  // The two blocks' sums added: the 8 rows' (Lanes8).
+  ALEM_LANES_INLINE static __m256 fold(F v) {
+    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  }
+};
+constexpr bool kHasBlockPairs = true;
 
 #undef ALEM_LANES_INLINE
 
