@@ -77,17 +77,18 @@ inline void store_rows(const __m256* acc, const float* bias, float* const* y) {
 // y[i][0 .. 8) for MR rows of x from the group of 8 weight rows at `group`: Q8_0's f16 scales,
 // int8's f32 ones, or IQ4_NL's column (f16 scales, then 4 chunks of index nibbles).
 template <int MR, DType T>
-void group_rows_int16(const SplitX* x, const uint8_t* group, int64_t blocks, const float* bias,
-                      float* const* y) {
+void group_rows_int16(const SplitX* x, const uint8_t* group, int64_t blocks, bool prefetch,
+                      const float* bias, float* const* y) {
   constexpr bool kF32Scales = T == DType::I8;
   constexpr int values_at = kF32Scales ? 32 : 16;  // after the 8 scales
   constexpr int column_bytes = values_at + (T == DType::IQ4_NL ? 128 : 256);
   __m256 acc[MR];
   for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
+  const bool enabled = prefetch && stream_prefetches(wide_weights_stream(MR), 0);
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* column = group + b * column_bytes;
     for (int line = 0; line < (column_bytes + 63) / 64; ++line)
-      prefetch_stream<wide_weights_stream(MR)>(column + 64 * line);
+      prefetch_stream(enabled, column + 64 * line);
     const __m256 wd =
         kF32Scales ? _mm256_loadu_ps(reinterpret_cast<const float*>(column))
                    : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(column)));
@@ -101,16 +102,17 @@ void group_rows_int16(const SplitX* x, const uint8_t* group, int64_t blocks, con
 // IQ4_XS: per super-block column, each run of 32 with its scale d * (s - 32)
 // (interleaved::iq4_xs_run_scale), then as IQ4_NL's block.
 template <int MR>
-void group_rows_int16_iq4_xs(const SplitX* x, const uint8_t* group, int64_t columns,
+void group_rows_int16_iq4_xs(const SplitX* x, const uint8_t* group, int64_t columns, bool prefetch,
                              const float* bias, float* const* y) {
   using V = interleaved::Lanes8;
   using Column = interleaved::Iq4XsColumn;
   __m256 acc[MR];
   for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
+  const bool enabled = prefetch && stream_prefetches(StreamKind::kHeavy, 0);
   for (int64_t c = 0; c < columns; ++c) {
     const uint8_t* column = group + c * Column::kBytes;
     for (int line = 0; line < (Column::kBytes + 63) / 64; ++line)
-      prefetch_stream<StreamKind::kHeavy>(column + 64 * line);
+      prefetch_stream(enabled, column + 64 * line);
     const __m256 d = V::load_f16(column, 0);
     const __m256i scales_high = V::load_u16(column + Column::kScalesHigh, 0);
     const __m256i scales_low = V::load(column + Column::kScalesLow, 0);
@@ -131,13 +133,13 @@ struct Int16Bytes {
   static constexpr bool kSignedWeights = true;
   static constexpr bool kPairs = false;
   template <int MR, bool kEightBit>
-  static void group(const SplitX* x, const uint8_t* group, int64_t columns, const float* bias,
-                    float* const* y) {
+  static void group(const SplitX* x, const uint8_t* group, int64_t columns, bool prefetch,
+                    const float* bias, float* const* y) {
     // kEightBit (ggml's 8-bit activations, never asked of AVX2) is moot: x keeps its 16 bits.
     if constexpr (T == DType::IQ4_XS) {
-      group_rows_int16_iq4_xs<MR>(x, group, columns, bias, y);
+      group_rows_int16_iq4_xs<MR>(x, group, columns, prefetch, bias, y);
     } else {
-      group_rows_int16<MR, T>(x, group, columns, bias, y);
+      group_rows_int16<MR, T>(x, group, columns, prefetch, bias, y);
     }
   }
 };
