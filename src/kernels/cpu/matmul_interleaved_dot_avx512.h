@@ -138,9 +138,14 @@ struct Lanes16 {
     return _mm512_srai_epi32(v, n);
   }
   ALEM_LANES_INLINE static I dot(I acc, I u, I s) { return _mm512_dpbusd_epi32(acc, u, s); }
-  // As Lanes8's (matmul_interleaved_lanes8.inc): two chains of vpdpbusd.
-  template <int kInt16Terms, int N>
+  // As Lanes8's (matmul_interleaved_lanes8.inc): kChains chains of vpdpbusd.
+  template <int kInt16Terms, int N, int kChains>
   ALEM_LANES_INLINE static I dot_sum(I acc, const I* u, const I* s) {
+    static_assert(kChains == 1 || kChains == 2);
+    if constexpr (kChains == 1) {
+      for (int j = 0; j < N; ++j) acc = dot(acc, u[j], s[j]);
+      return acc;
+    }
     I other = zero();
     for (int j = 0; j < N; j += 2) {
       acc = dot(acc, u[j], s[j]);
