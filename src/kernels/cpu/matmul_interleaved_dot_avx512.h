@@ -74,6 +74,7 @@ struct Lanes16 {
   using I = __m512i;
   using F = __m512;
   static constexpr int kBlocks = 1;
+  static constexpr bool kInt16Sums = false;
   ALEM_LANES_INLINE static I load(const uint8_t* p, size_t gap) {
     return _mm512_inserti64x4(
         _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))),
