@@ -8,13 +8,15 @@
 //   alem_kernel_bench [--quick] [--threads 1,2] [--dtypes f32,bf16,f16,int8] [--rows 1,128]
 //                     [--model smollm2|tinyllama|llama8b] [--only SHAPE-SUBSTRING] [--no-attention]
 //                     [--no-limits] [--exact-kernels]
-//                     [--bf16-dot] [--no-amx] [--hot] [--row-major] [--path stream|packed]
+//                     [--bf16-dot] [--no-amx] [--hot] [--row-major] [--plain-bf16]
+//                     [--path stream|packed]
 // --exact-kernels keeps small-M matmuls on the f32-conversion kernels (the dot-product kernels'
 // before/after); --bf16-dot turns on the bf16 ones (off by default, docs/kernels.md); --no-amx
 // keeps bf16 matmuls off the AMX tiles where the CPU has them. --hot runs decode rows on one
 // cache-resident W too: the kernel's arithmetic alone, without the memory it streams. Weights
 // are handed to the backend as the engine hands them (adopt_weight: block weights interleaved 8
-// rows at a time on AVX512-VNNI); --row-major keeps GGUF's layout, the kernels before that.
+// rows at a time on AVX512-VNNI, bf16 ones coded to 12 bits on AVX-512); --row-major keeps
+// GGUF's layout, the kernels before that, and --plain-bf16 keeps bf16 weights at 16 bits.
 // --model tinyllama takes the 1.1B shapes (K-quant sized) instead of SmolLM2's, --model llama8b
 // Llama-3-8B's. --path forces f32, f16, bf16 and row-major int8 matmuls onto the streaming
 // kernels or the packed GEMM at every M (CpuBackend::matmul_with_path), to place the row count
@@ -99,6 +101,7 @@ struct Options {
   bool amx = true;                       // --no-amx: bf16 prefill without AMX tiles
   bool hot = false;                      // --hot: decode rows read a cache-resident W as well
   bool row_major = false;                // --row-major: block weights not interleaved when adopted
+  bool plain_bf16 = false;               // --plain-bf16: bf16 weights not coded when adopted
   int path = -1;                         // --path: -1 the backend's choice, 0 stream, 1 packed
   std::string only;                      // run only shapes whose name contains this
   const ModelShapes* model = &kSmolLM2;  // --model smollm2|tinyllama|llama8b
@@ -134,6 +137,8 @@ Options parse_options(int argc, char** argv) {
       o.amx = false;
     } else if (arg == "--row-major") {
       o.row_major = true;
+    } else if (arg == "--plain-bf16") {
+      o.plain_bf16 = true;
     } else if (arg == "--path" && i + 1 < argc) {
       const std::string path = argv[++i];
       ALEM_CHECK(path == "stream" || path == "packed",
@@ -267,6 +272,7 @@ std::map<std::string, double> bench_matmul(const Options& o, const Limits& limit
       std::vector<WeightMatrix> hot = weight_copies(shape, dtype, 0);
       CpuBackend adopter(cpu::configured_isa(), 1, o.dot_products, o.bf16_dot, o.amx);
       adopter.set_interleave_blocks(!o.row_major);
+      adopter.set_code_bf16(!o.plain_bf16);
       for (auto* set : {&cold, &hot}) {
         for (WeightMatrix& w : *set) adopter.adopt_weight(w);
       }

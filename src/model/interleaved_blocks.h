@@ -44,10 +44,11 @@ namespace alem {
 
 constexpr int kInterleavedRows = 8;
 
-// How a matrix of block weights lies in memory.
+// How a matrix of block weights (or bf16 ones) lies in memory.
 enum class BlockLayout : uint8_t {
   kRowMajor,      // row after row, ggml's blocks as GGUF ships them
   kInterleaved8,  // 8 rows at a time (above)
+  kBf16Coded,     // bf16 only: 12 bits per weight, lossless (model/bf16_coded.h)
 };
 
 // True where `dtype` has an interleaved form and `rows` divides into groups of 8.

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "model/bf16_coded.h"
 #include "model/gguf_quant.h"
 
 namespace alem {
@@ -32,6 +33,11 @@ float WeightMatrix::at(int64_t r, int64_t c) const {
     case DType::F32:
       return data.as<float>()[i];
     case DType::BF16:
+      if (layout == BlockLayout::kBf16Coded) {
+        std::vector<uint16_t> row(static_cast<size_t>(cols));
+        decode_bf16_row(bf16_coded_view(data, rows, cols), r, row.data());
+        return bf16_to_f32(row[static_cast<size_t>(c)]);
+      }
       return bf16_to_f32(data.as<uint16_t>()[i]);
     case DType::F16:
       return f16_to_f32(data.as<uint16_t>()[i]);
@@ -64,6 +70,13 @@ void dequantize_row(const WeightMatrix& w, int64_t r, float* out) {
   }
   if (w.dtype == DType::I8 && w.layout == BlockLayout::kInterleaved8) {
     interleaved_int8_row(w.data.data(), w.cols, r, out);
+    return;
+  }
+  if (w.dtype == DType::BF16 && w.layout == BlockLayout::kBf16Coded) {
+    thread_local std::vector<uint16_t> bits;
+    bits.resize(static_cast<size_t>(w.cols));
+    decode_bf16_row(bf16_coded_view(w.data, w.rows, w.cols), r, bits.data());
+    for (int64_t c = 0; c < w.cols; ++c) out[c] = bf16_to_f32(bits[static_cast<size_t>(c)]);
     return;
   }
   for (int64_t c = 0; c < w.cols; ++c) out[c] = w.at(r, c);

@@ -190,6 +190,19 @@ bool CpuBackend::interleaves(DType dtype) const {
 }
 
 void CpuBackend::adopt_weight(WeightMatrix& w) const {
+  if (w.dtype == DType::BF16) {
+    if (!code_bf16_ || w.layout != BlockLayout::kRowMajor || w.backend_copy ||
+        !can_code_bf16(w.rows, w.cols) ||
+        w.data.size() != static_cast<size_t>(w.rows * w.cols) * sizeof(uint16_t)) {
+      return;
+    }
+    // Kept plain where too many weights fall outside their rows' windows (code_bf16).
+    AlignedBuffer coded = code_bf16(w.rows, w.cols, w.data.as<uint16_t>());
+    if (coded.empty()) return;
+    w.data = std::move(coded);
+    w.layout = BlockLayout::kBf16Coded;
+    return;
+  }
   if (!interleaves(w.dtype) || w.layout != BlockLayout::kRowMajor || w.backend_copy ||
       !can_interleave_blocks(w.dtype, w.rows) || w.data.empty()) {
     return;
@@ -261,8 +274,15 @@ std::unique_ptr<KernelBackend> make_cpu_backend() {
   cpu::stream_prefetch_setting(prefetch_env, false, cpu::l1_data_bytes(), &prefetch_valid);
   ALEM_CHECK(prefetch_valid, "ALEM_CPU_PREFETCH must be all, heavy, none or auto, got '" +
                                  std::string(prefetch_env ? prefetch_env : "") + "'");
+  // ALEM_CPU_BF16_CODED=0 keeps bf16 weights plain (16 bits) instead of coding their exponents
+  // (12 bits, lossless; on AVX-512 only).
+  const char* coded_env = std::getenv("ALEM_CPU_BF16_CODED");
+  const std::string coded = coded_env && *coded_env ? coded_env : "1";
+  ALEM_CHECK(coded == "0" || coded == "1",
+             "ALEM_CPU_BF16_CODED must be 0 or 1, got '" + coded + "'");
   auto backend = std::make_unique<CpuBackend>(isa, 0, dot != "0", dot == "all", amx == "1");
   backend->set_interleave_blocks(interleave == "1");
+  backend->set_code_bf16(coded == "1");
   return backend;
 }
 
@@ -498,6 +518,10 @@ void CpuBackend::embedding(const WeightMatrix& table, int64_t row_begin, const i
         std::memcpy(o, table.data.as<float>() + base, static_cast<size_t>(D) * sizeof(float));
         break;
       case DType::BF16: {
+        if (table.layout == BlockLayout::kBf16Coded) {
+          dequantize_row(table, local, o);
+          break;
+        }
         const uint16_t* src = table.data.as<uint16_t>() + base;
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) o[d] = bf16_to_f32(src[d]);

@@ -60,6 +60,10 @@ class CpuBackend final : public KernelBackend {
   // Whether adopt_weight interleaves (on by default where it can; ALEM_CPU_INTERLEAVE=0 keeps
   // GGUF's row-major layout, for before/after measurements).
   bool interleaves_blocks() const { return interleave_blocks_; }
+  // Whether adopt_weight codes bf16 matrices' exponents (model/bf16_coded.h: 12 bits per weight,
+  // lossless): on AVX-512, by default; ALEM_CPU_BF16_CODED=0 keeps them plain.
+  bool codes_bf16() const { return code_bf16_; }
+  void set_code_bf16(bool on) { code_bf16_ = on && kernels_.isa == cpu::Isa::kAvx512; }
   // The instruction a prefill (many rows of x) against weights of `dtype` runs its products on,
   // as matmul routes it: f32 FMA for the exact kernels (f32, f16, bf16 widened, row-major
   // int8); bf16 dot products where bf16 weights round x to bf16; int8 dot products for block
@@ -142,6 +146,10 @@ class CpuBackend final : public KernelBackend {
   bool amx_ = false;
   bool amx_int8_ = false;
   bool interleave_blocks_ = false;
+  bool code_bf16_ = false;
+  // bf16 weights with coded exponents at one row of x (matmul_coded_*.cc); larger M unpacks
+  // tiles of rows and runs the plain kernels on them (cpu_backend_matmul.cc).
+  void matvec_coded(const float* x, const WeightMatrix& w, const float* bias, float* y) const;
   // Same bf16 matmul through AMX tiles (uses_amx() was true).
   void matmul_amx(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                   float* y) const;

@@ -22,10 +22,16 @@ using cpu_threads::threads_for;
 
 namespace {
 
-// The checks every matmul on a dense (row-major f32, f16, bf16 or int8) weight makes first.
+// The checks every matmul on a dense (row-major f32, f16, bf16 or int8, or coded bf16) weight
+// makes first.
 void check_dense_weight(int64_t M, const WeightMatrix& w) {
   const int64_t N = w.rows, K = w.cols;
   ALEM_CHECK(M >= 0 && N >= 0 && K > 0, "matmul: bad shape");
+  if (w.layout == BlockLayout::kBf16Coded) {
+    ALEM_CHECK(w.dtype == DType::BF16, "matmul: only bf16 weights have coded exponents");
+    if (N > 0) bf16_coded_view(w.data, N, K);  // checks the buffer against its shape
+    return;
+  }
   ALEM_CHECK(w.data.size() >= static_cast<size_t>(N * K) * dtype_size(w.dtype),
              "matmul: weight buffer smaller than its shape");
   if (w.dtype == DType::I8) {
@@ -35,13 +41,88 @@ void check_dense_weight(int64_t M, const WeightMatrix& w) {
   }
 }
 
+// Rows of a tile of coded bf16 weights unpacked at a time: 256 KiB of bf16, in the L2 while the
+// plain kernel reads it, and whole register blocks and GEMM panels (a multiple of 48 rows).
+int64_t coded_tile_rows(int64_t K) {
+  const int64_t rows = 256 * 1024 / (2 * K) / 48 * 48;
+  return rows > 48 ? rows : 48;
+}
+
+// Runs kernel(view, bias, y, n0, n1) on weight rows [n0, n1) of w, writing rows [m0, m1) of y
+// (row stride w.rows). Plain weights go straight in. Coded bf16 weights are unpacked a tile of
+// rows at a time into this thread's scratch, each tile run as a plain matrix of its rows, its
+// y gathered in scratch and copied out: the weights leave memory at 12 bits, and x is prepared
+// once for all tiles.
+template <class Kernel>
+void on_plain_rows(const cpu::WeightView& w, int64_t m0, int64_t m1, const float* bias, float* y,
+                   int64_t n0, int64_t n1, const Kernel& kernel) {
+  if (w.layout != BlockLayout::kBf16Coded) {
+    kernel(w, bias, y, n0, n1);
+    return;
+  }
+  const int64_t N = w.rows, K = w.cols;
+  const Bf16CodedView coded = bf16_coded_view(w.data, N, K);
+  const int64_t tile = coded_tile_rows(K);
+  auto* rows = static_cast<uint16_t*>(cpu::thread_scratch(
+      cpu::ScratchSlot::kCodedRows, static_cast<size_t>(tile * K) * sizeof(uint16_t)));
+  auto* tile_y = static_cast<float*>(cpu::thread_scratch(
+      cpu::ScratchSlot::kCodedY, static_cast<size_t>(m1 * tile) * sizeof(float)));
+  for (int64_t t0 = n0; t0 < n1; t0 += tile) {
+    const int64_t count = std::min(tile, n1 - t0);
+    cpu::avx512::unpack_coded_rows(coded, t0, count, rows);
+    cpu::WeightView plain;
+    plain.dtype = DType::BF16;
+    plain.rows = count;
+    plain.cols = K;
+    plain.data = rows;
+    kernel(plain, bias ? bias + t0 : nullptr, tile_y, 0, count);
+    for (int64_t m = m0; m < m1; ++m) {
+      std::copy(tile_y + m * count, tile_y + (m + 1) * count, y + m * N + t0);
+    }
+  }
+}
+
 }  // namespace
+
+void CpuBackend::matvec_coded(const float* x, const WeightMatrix& w, const float* bias,
+                              float* y) const {
+  const int64_t N = w.rows, K = w.cols;
+  check_dense_weight(1, w);
+  if (N == 0) return;
+  const Bf16CodedView coded = bf16_coded_view(w.data, N, K);
+  const int threads = threads_for(static_cast<double>(N) * K, max_threads_);
+  if (dot_bf16_) {
+    auto* xb = static_cast<uint16_t*>(
+        cpu::thread_scratch(cpu::ScratchSlot::kCodedX, static_cast<size_t>(K) * sizeof(uint16_t)));
+    cpu::avx512_dot::to_bf16(x, 1, K, xb, K);
+    run_on_threads(threads, [&](int index, int count) {
+      const auto [n0, n1] = split_range(N, count, index, 16);
+      if (n0 < n1) cpu::avx512_dot::matvec_coded_bf16(xb, coded, bias, y, n0, n1);
+    });
+    return;
+  }
+  auto* xp = static_cast<float*>(
+      cpu::thread_scratch(cpu::ScratchSlot::kCodedX, static_cast<size_t>(K) * sizeof(float)));
+  cpu::avx512::permute_x_for_coded(x, K, xp);
+  run_on_threads(threads, [&](int index, int count) {
+    const auto [n0, n1] = split_range(N, count, index, 16);
+    if (n0 < n1) cpu::avx512::matvec_coded(xp, x, coded, bias, y, n0, n1);
+  });
+}
 
 void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                         float* y) const {
   if (dtype_is_block(w.dtype) || w.layout == BlockLayout::kInterleaved8) {
     matmul_blocks(x, M, w, bias, y);
     return;
+  }
+  if (w.layout == BlockLayout::kBf16Coded) {
+    ALEM_CHECK(kernels_.isa == cpu::Isa::kAvx512,
+               "matmul: bf16 weights with coded exponents need the AVX-512 kernels that made them");
+    if (M == 1) {
+      matvec_coded(x, w, bias, y);
+      return;
+    }
   }
   if (uses_amx(w.dtype, M, w.cols)) {
     matmul_amx(x, M, w, bias, y);
@@ -103,7 +184,11 @@ bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, co
     cpu::avx512_dot::to_bf16(x, M, K, xb, stride);
     run_on_threads(threads, [&](int index, int count) {
       const auto [n0, n1] = split_range(N, count, index, 16);
-      if (n0 < n1) cpu::avx512_dot::matmul_bf16(xb, M, stride, view, bias, y, n0, n1);
+      if (n0 >= n1) return;
+      on_plain_rows(view, 0, M, bias, y, n0, n1,
+                    [&](const auto& v, auto b, auto yy, auto a, auto z) {
+                      cpu::avx512_dot::matmul_bf16(xb, M, stride, v, b, yy, a, z);
+                    });
     });
     return true;
   }
@@ -115,7 +200,8 @@ bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, co
     cpu::avx512_dot::pack_x_pairs(x, M, K, 1, xp);
     run_on_threads(threads, [&](int index, int count) {
       const auto [n0, n1] = split_range(N, count, index, 16);
-      if (n0 < n1) cpu::avx512_dot::gemm_bf16(xp, M, view, bias, y, n0, n1);
+      if (n0 >= n1) return;
+      cpu::avx512_dot::gemm_bf16(xp, M, view, bias, y, n0, n1);  // plain or coded
     });
     return true;
   }
@@ -143,9 +229,13 @@ bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, co
 void CpuBackend::matmul_amx(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                             float* y) const {
   const int64_t N = w.rows, K = w.cols;
-  ALEM_CHECK(M >= 0 && N >= 0 && K > 0, "matmul: bad shape");
-  ALEM_CHECK(w.data.size() >= static_cast<size_t>(N) * w.row_bytes(),
-             "matmul: weight buffer smaller than its shape");
+  if (w.layout == BlockLayout::kBf16Coded) {
+    check_dense_weight(M, w);
+  } else {
+    ALEM_CHECK(M >= 0 && N >= 0 && K > 0, "matmul: bad shape");
+    ALEM_CHECK(w.data.size() >= static_cast<size_t>(N) * w.row_bytes(),
+               "matmul: weight buffer smaller than its shape");
+  }
   if (M == 0 || N == 0) return;
   // bf16 weights: x in 3 parts (exact) or 1 (ALEM_CPU_DOT=all); block weights, expanded to two
   // bf16 parts: x in 2 parts (16 bits, as the block kernels' int16 activations).
@@ -165,7 +255,10 @@ void CpuBackend::matmul_amx(const float* x, int64_t M, const WeightMatrix& w, co
       cpu::amx::gemm_dequantized(xp, M, parts, view, cpu::avx512::dequantize_block_rows, bias, y,
                                  n0, n1);
     } else {
-      cpu::amx::gemm_bf16(xp, M, parts, view, bias, y, n0, n1);
+      on_plain_rows(view, 0, M, bias, y, n0, n1,
+                    [&](const auto& v, auto b, auto yy, auto a, auto z) {
+                      cpu::amx::gemm_bf16(xp, M, parts, v, b, yy, a, z);
+                    });
     }
   });
 }
@@ -272,10 +365,26 @@ void CpuBackend::matmul_with_path(const float* x, int64_t M, const WeightMatrix&
   const cpu::WeightView view = cpu::view_of(w);
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
 
+  if (!packed && w.layout == BlockLayout::kBf16Coded) {
+    // x permuted once for every tile (the plain kernel would permute it at each call).
+    auto* xp = static_cast<float*>(
+        cpu::thread_scratch(cpu::ScratchSlot::kCodedX, static_cast<size_t>(M * K) * sizeof(float)));
+    cpu::avx512::permute_x_even_odd(x, M, K, xp);
+    run_on_threads(threads, [&](int index, int count) {
+      const auto [n0, n1] = split_range(N, count, index, 16);
+      if (n0 >= n1) return;
+      cpu::avx512::stream_bf16_permuted(xp, M, view, bias, y, n0, n1);
+    });
+    return;
+  }
   if (!packed) {
     run_on_threads(threads, [&](int index, int count) {
       const auto [n0, n1] = split_range(N, count, index, 16);
-      if (n0 < n1) kernels_.matmul_stream(x, M, view, bias, y, n0, n1);
+      if (n0 >= n1) return;
+      on_plain_rows(view, 0, M, bias, y, n0, n1,
+                    [&](const auto& v, auto b, auto yy, auto a, auto z) {
+                      kernels_.matmul_stream(x, M, v, b, yy, a, z);
+                    });
     });
     return;
   }
@@ -288,7 +397,11 @@ void CpuBackend::matmul_with_path(const float* x, int64_t M, const WeightMatrix&
     if (index >= n_parts * m_parts) return;
     const auto [n0, n1] = split_range(N, n_parts, index % n_parts, panel);
     const auto [m0, m1] = split_range(M, m_parts, index / n_parts, 8);
-    if (n0 < n1 && m0 < m1) kernels_.matmul_packed(x, m0, m1, view, bias, y, n0, n1);
+    if (n0 >= n1 || m0 >= m1) return;
+    on_plain_rows(view, m0, m1, bias, y, n0, n1,
+                  [&](const auto& v, auto b, auto yy, auto a, auto z) {
+                    kernels_.matmul_packed(x, m0, m1, v, b, yy, a, z);
+                  });
   });
 }
 

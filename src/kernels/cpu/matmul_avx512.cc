@@ -12,6 +12,7 @@
 // so results differ from it only by summation order. x is never rounded to bf16.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 
@@ -286,9 +287,18 @@ void permute_even_odd(const float* x, int64_t M, int64_t K, float* xp) {
 // y[m][n + r] for m < MB, r < rows (<= kPairRows weight rows side by side), from permuted x
 // rows xp (stride K): the small-batch kernel from 5 rows of x, where the step is bound by loads
 // of x, which the weight rows side by side share.
+// The weight rows two blocks ahead are prefetched from `ahead` (row stride ahead_row_bytes,
+// ahead_pair_bytes per pair of weights): the plain matrix's own rows, or a coded matrix's
+// (bf16_coded.h) while this block reads them unpacked.
+struct PairAhead {
+  const char* rows = nullptr;
+  int64_t row_bytes = 0;
+  int pair_bytes = 0;
+};
+
 template <int MB>
 void bf16_pair_block(const float* xp, int64_t K, const uint16_t* w, int rows, const float* bias,
-                     float* y, int64_t N) {
+                     float* y, int64_t N, PairAhead ahead) {
   constexpr int PR = kPairRows;
   const uint16_t* row[PR];
   for (int r = 0; r < PR; ++r) row[r] = w + (r < rows ? r : 0) * K;
@@ -301,7 +311,7 @@ void bf16_pair_block(const float* xp, int64_t K, const uint16_t* w, int rows, co
     __m512 even[PR], odd[PR];
     for (int r = 0; r < PR; ++r) {
       // Weight rows are contiguous: fetch two blocks ahead (8 rows, as the M <= 2 path does).
-      _mm_prefetch(reinterpret_cast<const char*>(row[r] + 2 * PR * K + k), _MM_HINT_T0);
+      _mm_prefetch(ahead.rows + r * ahead.row_bytes + k / 2 * ahead.pair_bytes, _MM_HINT_T0);
       const __m512i v = _mm512_loadu_si512(row[r] + k);
       even[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
       odd[r] = _mm512_castsi512_ps(_mm512_and_si512(v, high_half));
@@ -334,16 +344,16 @@ inline int block_rows(int64_t left) {
 
 // bf16_pair_block for a run-time count of x rows (1 .. kBlockRows).
 void bf16_pair_block_rows(int mb, const float* xm, int64_t K, const uint16_t* w, int rows,
-                          const float* bias, float* y, int64_t N) {
+                          const float* bias, float* y, int64_t N, PairAhead ahead) {
   switch (mb) {
     case 1:
-      return bf16_pair_block<1>(xm, K, w, rows, bias, y, N);
+      return bf16_pair_block<1>(xm, K, w, rows, bias, y, N, ahead);
     case 2:
-      return bf16_pair_block<2>(xm, K, w, rows, bias, y, N);
+      return bf16_pair_block<2>(xm, K, w, rows, bias, y, N, ahead);
     case 3:
-      return bf16_pair_block<3>(xm, K, w, rows, bias, y, N);
+      return bf16_pair_block<3>(xm, K, w, rows, bias, y, N, ahead);
     default:
-      return bf16_pair_block<4>(xm, K, w, rows, bias, y, N);
+      return bf16_pair_block<4>(xm, K, w, rows, bias, y, N, ahead);
   }
 }
 
@@ -401,14 +411,11 @@ void stream_rows_bf16(const float* xp, int64_t K, const uint16_t* base, const fl
   }
 }
 
-// bf16 matmul for M rows of x (K % 32 == 0) over weight rows [n_begin, n_end), below the packed
-// GEMM's sizes: x permuted once per call into this thread's scratch.
-void stream_bf16(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
-                 int64_t n_begin, int64_t n_end) {
+// bf16 matmul for M rows of x permuted to even/odd order (K % 32 == 0) over weight rows
+// [n_begin, n_end), below the packed GEMM's sizes.
+void stream_bf16_rows(const float* xp, int64_t M, const WeightView& w, const float* bias, float* y,
+                      int64_t n_begin, int64_t n_end) {
   const int64_t K = w.cols, N = w.rows;
-  float* xp = static_cast<float*>(
-      thread_scratch(ScratchSlot::kPermutedX, static_cast<size_t>(M * K) * sizeof(float)));
-  permute_even_odd(x, M, K, xp);
   const uint16_t* base = static_cast<const uint16_t*>(w.data);
   switch (M) {
     case 1:
@@ -427,10 +434,22 @@ void stream_bf16(const float* x, int64_t M, const WeightView& w, const float* bi
     const float* b = bias ? bias + n : nullptr;
     for (int64_t m = 0; m < M;) {
       const int mb = block_rows(M - m);
-      bf16_pair_block_rows(mb, xp + m * K, K, base + n * K, rows, b, y + m * N + n, N);
+      const PairAhead ahead{reinterpret_cast<const char*>(base + (n + 2 * kPairRows) * K), 2 * K,
+                            4};
+      bf16_pair_block_rows(mb, xp + m * K, K, base + n * K, rows, b, y + m * N + n, N, ahead);
       m += mb;
     }
   }
+}
+
+// The same from x as it is: permuted once per call into this thread's scratch.
+void stream_bf16(const float* x, int64_t M, const WeightView& w, const float* bias, float* y,
+                 int64_t n_begin, int64_t n_end) {
+  const int64_t K = w.cols;
+  float* xp = static_cast<float*>(
+      thread_scratch(ScratchSlot::kPermutedX, static_cast<size_t>(M * K) * sizeof(float)));
+  permute_even_odd(x, M, K, xp);
+  stream_bf16_rows(xp, M, w, bias, y, n_begin, n_end);
 }
 
 template <DType D>
@@ -532,5 +551,52 @@ constexpr int kPanelAlign = 64;
 }  // namespace
 
 #include "kernels/cpu/matmul_driver.inc"
+
+void permute_x_even_odd(const float* x, int64_t M, int64_t K, float* out) {
+  permute_even_odd(x, M, K, out);
+}
+
+void stream_bf16_permuted(const float* xp, int64_t M, const WeightView& w, const float* bias,
+                          float* y, int64_t n_begin, int64_t n_end) {
+  if (w.layout != BlockLayout::kBf16Coded) {
+    stream_bf16_rows(xp, M, w, bias, y, n_begin, n_end);
+    return;
+  }
+  // Coded weights: kPairRows rows at a time unpacked into a buffer in the L1 (16 KiB at
+  // K = 2048), then the plain kernels on it; the rows stream in order, one sequential stream.
+  const int64_t K = w.cols, N = w.rows;
+  const Bf16CodedView coded = bf16_coded_view(w.data, N, K);
+  auto* rows_bf16 = static_cast<uint16_t*>(thread_scratch(
+      ScratchSlot::kCodedRows, static_cast<size_t>(kPairRows * K) * sizeof(uint16_t)));
+  for (int64_t n = n_begin; n < n_end; n += kPairRows) {
+    const int rows = static_cast<int>(n_end - n < kPairRows ? n_end - n : kPairRows);
+    unpack_coded_rows(coded, n, rows, rows_bf16);
+    const float* b = bias ? bias + n : nullptr;
+    const PairAhead ahead{
+        reinterpret_cast<const char*>(coded.row(std::min(n + 2 * kPairRows, N - 1))),
+        static_cast<int64_t>(coded.row_bytes()), 3};
+    switch (M) {
+      case 1:
+        stream_rows_bf16<1>(xp, K, rows_bf16, b, y + n, N, 0, rows);
+        continue;
+      case 2:
+        stream_rows_bf16<2>(xp, K, rows_bf16, b, y + n, N, 0, rows);
+        continue;
+      case 3:
+        stream_rows_bf16<3>(xp, K, rows_bf16, b, y + n, N, 0, rows);
+        continue;
+      case 4:
+        stream_rows_bf16<4>(xp, K, rows_bf16, b, y + n, N, 0, rows);
+        continue;
+      default:
+        break;
+    }
+    for (int64_t m = 0; m < M;) {
+      const int mb = block_rows(M - m);
+      bf16_pair_block_rows(mb, xp + m * K, K, rows_bf16, rows, b, y + m * N + n, N, ahead);
+      m += mb;
+    }
+  }
+}
 
 }  // namespace alem::cpu::avx512

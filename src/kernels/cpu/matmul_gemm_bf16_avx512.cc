@@ -16,6 +16,7 @@
 // packing the weight panels by 16x16 transposes had taken a quarter of its time.
 #include <immintrin.h>
 
+#include "kernels/cpu/bf16_coded_avx512.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/transpose_avx512.h"
 
@@ -83,19 +84,108 @@ void block(const uint16_t* w, int64_t K, const uint32_t* xp, int64_t block_strid
   }
 }
 
+// The same for coded bf16 weights (model/bf16_coded.h; K % 64 == 0): rows [n, n + rows) of
+// `coded`, unpacked a chunk of 64 weights at a time into a buffer in the L1 between the dot
+// products, so the 12-bit stream from memory overlaps the arithmetic as the plain one does.
+template <int NR, int MV>
+void coded_block(const Bf16CodedView& coded, int64_t n, const uint32_t* xp, int64_t block_stride,
+                 float* y, int64_t ldy, int rows, const float* bias) {
+  const int64_t K = coded.cols;
+  __m512 acc[NR][MV];
+  for (int r = 0; r < NR; ++r) {
+    for (int v = 0; v < MV; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+  coded::ChunkRows<NR> source(coded, n, NR);
+  alignas(64) uint16_t buf[NR * kBf16CodedChunk];
+  const int64_t next_rows = n + NR + NR <= coded.rows ? NR : 0;  // the next block's, if whole
+  for (int64_t c = 0; c < K / kBf16CodedChunk; ++c) {
+    for (int64_t r = 0; r < next_rows; ++r) {
+      const uint8_t* ahead = coded.row(n + NR + r) + c * kBf16CodedChunkBytes;
+      asm volatile("prefetcht1 %0" : : "m"(*ahead));
+      asm volatile("prefetcht1 %0" : : "m"(*(ahead + 64)));
+    }
+    source.unpack(c, buf);
+    for (int half = 0; half < 2; ++half) {
+      const uint32_t* xs = xp + (2 * c + half) * kTile * kTile;
+      for (int i = 0; i < kTile; ++i) {
+        __m512bh xv[MV];
+        for (int v = 0; v < MV; ++v) {
+          xv[v] = (__m512bh)_mm512_load_si512(xs + i * kTile + v * block_stride);
+        }
+        for (int r = 0; r < NR; ++r) {
+          const __m512bh a = (__m512bh)_mm512_set1_epi32(
+              static_cast<int>(weight_pair(buf + r * kBf16CodedChunk, 32 * half + 2 * i, false)));
+          for (int v = 0; v < MV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, xv[v]);
+        }
+      }
+    }
+  }
+  alignas(64) float out[NR][MV * kTile];
+  for (int r = 0; r < NR; ++r) {
+    for (int v = 0; v < MV; ++v) _mm512_store_ps(out[r] + v * kTile, acc[r][v]);
+  }
+  for (int m = 0; m < rows; ++m) {
+    for (int r = 0; r < NR; ++r) y[m * ldy + r] = out[r][m] + (bias ? bias[r] : 0.f);
+  }
+}
+
+// One block of NR weight rows from row n, plain or coded.
+template <int NR, int MV>
+void weight_block(const uint16_t* base, int64_t K, int64_t n, const uint32_t* xp,
+                  int64_t block_stride, float* y, int64_t ldy, int rows, const float* bias) {
+  block<NR, MV>(base + n * K, K, xp, block_stride, y, ldy, rows, bias);
+}
+template <int NR, int MV>
+void weight_block(const Bf16CodedView& coded, int64_t, int64_t n, const uint32_t* xp,
+                  int64_t block_stride, float* y, int64_t ldy, int rows, const float* bias) {
+  coded_block<NR, MV>(coded, n, xp, block_stride, y, ldy, rows, bias);
+}
+
 // Weight rows [n_begin, n_end) against MV vectors of x, in blocks of NR rows; a last block of
 // fewer rows takes the block of its own width.
-template <int NR, int MV>
-void sweep_weights(const uint16_t* base, int64_t K, int64_t n_begin, int64_t n_end,
+template <int NR, int MV, class Weights>
+void sweep_weights(const Weights& weights, int64_t K, int64_t n_begin, int64_t n_end,
                    const uint32_t* xp, int64_t block_stride, float* y, int64_t ldy, int rows,
                    const float* bias) {
   int64_t n = n_begin;
   for (; n + NR <= n_end; n += NR) {
-    block<NR, MV>(base + n * K, K, xp, block_stride, y + n, ldy, rows, bias ? bias + n : nullptr);
+    weight_block<NR, MV>(weights, K, n, xp, block_stride, y + n, ldy, rows,
+                         bias ? bias + n : nullptr);
   }
   if constexpr (NR > 1) {
     if (n < n_end) {
-      sweep_weights<NR - 1, MV>(base, K, n, n_end, xp, block_stride, y, ldy, rows, bias);
+      sweep_weights<NR - 1, MV>(weights, K, n, n_end, xp, block_stride, y, ldy, rows, bias);
+    }
+  }
+}
+
+// y rows [0, M) x weight rows [n_begin, n_end), 64 rows of x at a time (their packed bf16,
+// 128 * K bytes, stay in the L2 while every weight row of this thread streams past them); the
+// weights are read once per 64 rows of x.
+template <class Weights>
+void gemm_rows(const Weights& weights, const uint32_t* xp, int64_t M, int64_t N, int64_t K,
+               const float* bias, float* y, int64_t n_begin, int64_t n_end) {
+  const int64_t block_stride = (K + kKStep - 1) / kKStep * kTile * kTile;  // one 16-row block
+  constexpr int64_t kGroupRows = 4 * kTile;
+  for (int64_t m0 = 0; m0 < M; m0 += kGroupRows) {
+    const int rows = static_cast<int>(M - m0 < kGroupRows ? M - m0 : kGroupRows);
+    const uint32_t* xg = xp + m0 / kTile * block_stride;
+    float* yg = y + m0 * N;
+    // Measured block shapes (rows x vectors), 1.1B q/o at 64 rows: 6x4 215 GFLOP/s, 8x3 216,
+    // 8x2 210, 8x1 190-195; 12x2 185, 12x1 137, 16x1 93.
+    switch ((rows + kTile - 1) / kTile) {
+      case 1:
+        sweep_weights<8, 1>(weights, K, n_begin, n_end, xg, block_stride, yg, N, rows, bias);
+        break;
+      case 2:
+        sweep_weights<8, 2>(weights, K, n_begin, n_end, xg, block_stride, yg, N, rows, bias);
+        break;
+      case 3:
+        sweep_weights<8, 3>(weights, K, n_begin, n_end, xg, block_stride, yg, N, rows, bias);
+        break;
+      default:
+        sweep_weights<6, 4>(weights, K, n_begin, n_end, xg, block_stride, yg, N, rows, bias);
+        break;
     }
   }
 }
@@ -155,33 +245,12 @@ void pack_x_pairs(const float* x, int64_t M, int64_t K, int parts, uint32_t* out
 
 void gemm_bf16(const uint32_t* xp, int64_t M, const WeightView& w, const float* bias, float* y,
                int64_t n_begin, int64_t n_end) {
-  const int64_t K = w.cols, N = w.rows;
-  const uint16_t* base = static_cast<const uint16_t*>(w.data);
-  const int64_t block_stride = (K + kKStep - 1) / kKStep * kTile * kTile;  // one 16-row block
-  // 64 rows of x at a time (their packed bf16, 128 * K bytes, stay in the L2 while every weight
-  // row of this thread streams past them); the weights are read once per 64 rows of x.
-  constexpr int64_t kGroupRows = 4 * kTile;
-  for (int64_t m0 = 0; m0 < M; m0 += kGroupRows) {
-    const int rows = static_cast<int>(M - m0 < kGroupRows ? M - m0 : kGroupRows);
-    const uint32_t* xg = xp + m0 / kTile * block_stride;
-    float* yg = y + m0 * N;
-    // Measured block shapes (rows x vectors), 1.1B q/o at 64 rows: 6x4 215 GFLOP/s, 8x3 216,
-    // 8x2 210, 8x1 190-195; 12x2 185, 12x1 137, 16x1 93.
-    switch ((rows + kTile - 1) / kTile) {
-      case 1:
-        sweep_weights<8, 1>(base, K, n_begin, n_end, xg, block_stride, yg, N, rows, bias);
-        break;
-      case 2:
-        sweep_weights<8, 2>(base, K, n_begin, n_end, xg, block_stride, yg, N, rows, bias);
-        break;
-      case 3:
-        sweep_weights<8, 3>(base, K, n_begin, n_end, xg, block_stride, yg, N, rows, bias);
-        break;
-      default:
-        sweep_weights<6, 4>(base, K, n_begin, n_end, xg, block_stride, yg, N, rows, bias);
-        break;
-    }
+  if (w.layout == BlockLayout::kBf16Coded) {
+    gemm_rows(bf16_coded_view(w.data, w.rows, w.cols), xp, M, w.rows, w.cols, bias, y, n_begin,
+              n_end);
+    return;
   }
+  gemm_rows(static_cast<const uint16_t*>(w.data), xp, M, w.rows, w.cols, bias, y, n_begin, n_end);
 }
 
 }  // namespace alem::cpu::avx512_dot
