@@ -6,12 +6,15 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/error.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/reference_backend.h"
@@ -218,6 +221,33 @@ TEST(Bf16Coded, OtherInstructionSetsKeepThePlainForm) {
   ASSERT_EQ(w.layout, BlockLayout::kBf16Coded);
   std::vector<float> x(576, 1.f), y(16);
   EXPECT_THROW(avx2.matmul(x.data(), 1, w, nullptr, y.data()), std::exception);
+}
+
+// The engine's "cpu" backend codes bf16 weights on AVX-512 by default, so the engine's golden
+// tests against transformers (test_engine_golden.cc) run on the coded form;
+// ALEM_CPU_BF16_CODED=0 keeps them plain, and any other value is refused.
+TEST(Bf16Coded, TheEnginesBackendCodesByDefaultAndTheSettingIsChecked) {
+  const char* before = std::getenv("ALEM_CPU_BF16_CODED");
+  const std::string saved = before ? before : "";
+  unsetenv("ALEM_CPU_BF16_CODED");
+  auto backend = make_backend("cpu");
+  const auto* cpu = dynamic_cast<const CpuBackend*>(backend.get());
+  ASSERT_NE(cpu, nullptr);
+  EXPECT_EQ(cpu->codes_bf16(), cpu->isa() == cpu::Isa::kAvx512);
+  setenv("ALEM_CPU_BF16_CODED", "0", 1);
+  EXPECT_FALSE(dynamic_cast<const CpuBackend*>(make_backend("cpu").get())->codes_bf16());
+  setenv("ALEM_CPU_BF16_CODED", "yes", 1);
+  try {
+    make_backend("cpu");
+    ADD_FAILURE() << "an invalid ALEM_CPU_BF16_CODED was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ALEM_CPU_BF16_CODED"), std::string::npos) << e.what();
+  }
+  if (before) {
+    setenv("ALEM_CPU_BF16_CODED", saved.c_str(), 1);
+  } else {
+    unsetenv("ALEM_CPU_BF16_CODED");
+  }
 }
 
 }  // namespace

@@ -38,7 +38,7 @@ namespace alem::cpu::coded {
 template <int NR>
 class ChunkRows {
  public:
-  ChunkRows(const Bf16CodedView& w, int64_t n, int rows) : w_(w) {
+  [[gnu::always_inline]] ChunkRows(const Bf16CodedView& w, int64_t n, int rows) : w_(w) {
     for (int r = 0; r < NR; ++r) {
       row_[r] = n + (r < rows ? r : 0);
       next_[r] = w.exception_begin[row_[r]];
