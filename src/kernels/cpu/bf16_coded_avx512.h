@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/cpu_kernels.h"
 #include "model/bf16_coded.h"
 
 namespace alem::cpu::coded {
@@ -29,6 +30,16 @@ namespace alem::cpu::coded {
   const __m512i high = _mm512_shuffle_epi8(table, _mm512_and_si512(both, _mm512_set1_epi8(0x0F)));
   w0 = _mm512_unpacklo_epi8(low, high);
   w1 = _mm512_unpackhi_epi8(low, high);
+}
+
+// The chunk at column k of a row that streams from memory: its two lines prefetched ahead
+// (prefetch_stream, where `prefetch` says so), then unpacked.
+[[gnu::always_inline]] inline void stream_chunk(const uint8_t* row, int64_t k, __m512i table,
+                                                bool prefetch, __m512i& w0, __m512i& w1) {
+  const uint8_t* chunk = row + k / kBf16CodedChunk * kBf16CodedChunkBytes;
+  prefetch_stream(prefetch, chunk);
+  prefetch_stream(prefetch, chunk + 64);
+  unpack_chunk(chunk, table, w0, w1);
 }
 
 // NR weight rows from row n, unpacked a chunk (64 weights) at a time into a small buffer

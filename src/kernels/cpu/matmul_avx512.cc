@@ -413,10 +413,9 @@ void stream_rows_bf16(const float* xp, int64_t K, const uint16_t* base, const fl
 
 // bf16 matmul for M rows of x permuted to even/odd order (K % 32 == 0) over weight rows
 // [n_begin, n_end), below the packed GEMM's sizes.
-void stream_bf16_rows(const float* xp, int64_t M, const WeightView& w, const float* bias, float* y,
-                      int64_t n_begin, int64_t n_end) {
-  const int64_t K = w.cols, N = w.rows;
-  const uint16_t* base = static_cast<const uint16_t*>(w.data);
+// stream_rows_bf16 for a run-time M in 1 .. kOneWeightRowMaxM.
+void stream_rows_bf16_m(int64_t M, const float* xp, int64_t K, const uint16_t* base,
+                        const float* bias, float* y, int64_t N, int64_t n_begin, int64_t n_end) {
   switch (M) {
     case 1:
       return stream_rows_bf16<1>(xp, K, base, bias, y, N, n_begin, n_end);
@@ -424,10 +423,18 @@ void stream_bf16_rows(const float* xp, int64_t M, const WeightView& w, const flo
       return stream_rows_bf16<2>(xp, K, base, bias, y, N, n_begin, n_end);
     case 3:
       return stream_rows_bf16<3>(xp, K, base, bias, y, N, n_begin, n_end);
-    case 4:
-      return stream_rows_bf16<4>(xp, K, base, bias, y, N, n_begin, n_end);
     default:
-      break;
+      return stream_rows_bf16<4>(xp, K, base, bias, y, N, n_begin, n_end);
+  }
+}
+
+void stream_bf16_rows(const float* xp, int64_t M, const WeightView& w, const float* bias, float* y,
+                      int64_t n_begin, int64_t n_end) {
+  const int64_t K = w.cols, N = w.rows;
+  const uint16_t* base = static_cast<const uint16_t*>(w.data);
+  if (M <= kOneWeightRowMaxM) {
+    stream_rows_bf16_m(M, xp, K, base, bias, y, N, n_begin, n_end);
+    return;
   }
   for (int64_t n = n_begin; n < n_end; n += kPairRows) {
     const int rows = static_cast<int>(n_end - n < kPairRows ? n_end - n : kPairRows);
@@ -575,21 +582,9 @@ void stream_bf16_permuted(const float* xp, int64_t M, const WeightView& w, const
     const PairAhead ahead{
         reinterpret_cast<const char*>(coded.row(std::min(n + 2 * kPairRows, N - 1))),
         static_cast<int64_t>(coded.row_bytes()), 3};
-    switch (M) {
-      case 1:
-        stream_rows_bf16<1>(xp, K, rows_bf16, b, y + n, N, 0, rows);
-        continue;
-      case 2:
-        stream_rows_bf16<2>(xp, K, rows_bf16, b, y + n, N, 0, rows);
-        continue;
-      case 3:
-        stream_rows_bf16<3>(xp, K, rows_bf16, b, y + n, N, 0, rows);
-        continue;
-      case 4:
-        stream_rows_bf16<4>(xp, K, rows_bf16, b, y + n, N, 0, rows);
-        continue;
-      default:
-        break;
+    if (M <= kOneWeightRowMaxM) {
+      stream_rows_bf16_m(M, xp, K, rows_bf16, b, y + n, N, 0, rows);
+      continue;
     }
     for (int64_t m = 0; m < M;) {
       const int mb = block_rows(M - m);

@@ -59,11 +59,8 @@ void matvec_coded(const float* x_permuted, const float* x, const Bf16CodedView& 
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                      _mm512_setzero_ps()};
     for (int64_t k = 0; k < K; k += kBf16CodedChunk) {
-      const uint8_t* chunk = row + k / kBf16CodedChunk * kBf16CodedChunkBytes;
-      prefetch_stream(prefetch, chunk);
-      prefetch_stream(prefetch, chunk + 64);
       __m512i w0, w1;
-      coded::unpack_chunk(chunk, table, w0, w1);
+      coded::stream_chunk(row, k, table, prefetch, w0, w1);
       // A bf16 value is the top half of its f32: unpacking with zero words widens it.
       const __m512 f[4] = {_mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, w0)),
                            _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, w0)),

@@ -25,11 +25,8 @@ void matvec_coded_bf16(const uint16_t* xb, const Bf16CodedView& w, const float* 
     // Two chains, one per half chunk, keep ahead of the vdpbf16ps latency.
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     for (int64_t k = 0; k < K; k += kBf16CodedChunk) {
-      const uint8_t* chunk = row + k / kBf16CodedChunk * kBf16CodedChunkBytes;
-      prefetch_stream(prefetch, chunk);
-      prefetch_stream(prefetch, chunk + 64);
       __m512i w0, w1;
-      coded::unpack_chunk(chunk, table, w0, w1);
+      coded::stream_chunk(row, k, table, prefetch, w0, w1);
       acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)_mm512_loadu_si512(xb + k), (__m512bh)w0);
       acc1 = _mm512_dpbf16_ps(acc1, (__m512bh)_mm512_loadu_si512(xb + k + 32), (__m512bh)w1);
     }

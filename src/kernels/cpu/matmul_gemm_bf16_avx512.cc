@@ -39,15 +39,33 @@ inline uint32_t weight_pair(const uint16_t* row, int64_t k, bool half) {
   return pair;
 }
 
+// A register block's accumulators (lane m of acc[r][v] is y[16 v + m][r]): zeroed, and written
+// to y rows [0, rows) and columns [0, NR) (row stride ldy) with the bias added.
+template <int NR, int MV>
+inline void zero_block(__m512 (&acc)[NR][MV]) {
+  for (int r = 0; r < NR; ++r) {
+    for (int v = 0; v < MV; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+}
+template <int NR, int MV>
+inline void write_block(const __m512 (&acc)[NR][MV], float* y, int64_t ldy, int rows,
+                        const float* bias) {
+  alignas(64) float out[NR][MV * kTile];
+  for (int r = 0; r < NR; ++r) {
+    for (int v = 0; v < MV; ++v) _mm512_store_ps(out[r] + v * kTile, acc[r][v]);
+  }
+  for (int m = 0; m < rows; ++m) {
+    for (int r = 0; r < NR; ++r) y[m * ldy + r] = out[r][m] + (bias ? bias[r] : 0.f);
+  }
+}
+
 // NR weight rows (from `w`, row stride K) against MV packed 16-row vectors of x over all of K;
 // writes y rows [0, rows) and columns [0, NR) at y (row stride ldy), adding the bias.
 template <int NR, int MV>
 void block(const uint16_t* w, int64_t K, const uint32_t* xp, int64_t block_stride, float* y,
            int64_t ldy, int rows, const float* bias) {
   __m512 acc[NR][MV];
-  for (int r = 0; r < NR; ++r) {
-    for (int v = 0; v < MV; ++v) acc[r][v] = _mm512_setzero_ps();
-  }
+  zero_block(acc);
   const int64_t full_steps = K / kKStep;
   auto pair_step = [&](const uint32_t* xs, int64_t k, bool half) {
     __m512bh xv[MV];
@@ -75,16 +93,10 @@ void block(const uint16_t* w, int64_t K, const uint32_t* xp, int64_t block_strid
     const int64_t k = full_steps * kKStep + 2 * i;
     pair_step(xp + full_steps * kTile * kTile + i * kTile, k, k + 1 == K);
   }
-  alignas(64) float out[NR][MV * kTile];
-  for (int r = 0; r < NR; ++r) {
-    for (int v = 0; v < MV; ++v) _mm512_store_ps(out[r] + v * kTile, acc[r][v]);
-  }
-  for (int m = 0; m < rows; ++m) {
-    for (int r = 0; r < NR; ++r) y[m * ldy + r] = out[r][m] + (bias ? bias[r] : 0.f);
-  }
+  write_block(acc, y, ldy, rows, bias);
 }
 
-// The same for coded bf16 weights (model/bf16_coded.h; K % 64 == 0): rows [n, n + rows) of
+// The same for coded bf16 weights (model/bf16_coded.h; K % 64 == 0): weight rows [n, n + NR) of
 // `coded`, unpacked a chunk of 64 weights at a time into a buffer in the L1 between the dot
 // products, so the 12-bit stream from memory overlaps the arithmetic as the plain one does.
 template <int NR, int MV>
@@ -92,9 +104,7 @@ void coded_block(const Bf16CodedView& coded, int64_t n, const uint32_t* xp, int6
                  float* y, int64_t ldy, int rows, const float* bias) {
   const int64_t K = coded.cols;
   __m512 acc[NR][MV];
-  for (int r = 0; r < NR; ++r) {
-    for (int v = 0; v < MV; ++v) acc[r][v] = _mm512_setzero_ps();
-  }
+  zero_block(acc);
   coded::ChunkRows<NR> source(coded, n, NR);
   alignas(64) uint16_t buf[NR * kBf16CodedChunk];
   const int64_t next_rows = n + NR + NR <= coded.rows ? NR : 0;  // the next block's, if whole
@@ -120,13 +130,7 @@ void coded_block(const Bf16CodedView& coded, int64_t n, const uint32_t* xp, int6
       }
     }
   }
-  alignas(64) float out[NR][MV * kTile];
-  for (int r = 0; r < NR; ++r) {
-    for (int v = 0; v < MV; ++v) _mm512_store_ps(out[r] + v * kTile, acc[r][v]);
-  }
-  for (int m = 0; m < rows; ++m) {
-    for (int r = 0; r < NR; ++r) y[m * ldy + r] = out[r][m] + (bias ? bias[r] : 0.f);
-  }
+  write_block(acc, y, ldy, rows, bias);
 }
 
 // One block of NR weight rows from row n, plain or coded.
