@@ -19,7 +19,7 @@ namespace alem::cpu::coded {
 }
 
 // One chunk of 64 weights as bf16: weights 0..31 in w0, 32..63 in w1, in order (bf16_coded.h).
-// Five instructions beside the two loads: the codes split into nibbles, looked up as high
+// Six instructions beside the two loads: the codes split into nibbles (three), looked up as high
 // bytes, and unpacked with the low bytes.
 [[gnu::always_inline]] inline void unpack_chunk(const uint8_t* chunk, __m512i table, __m512i& w0,
                                                 __m512i& w1) {

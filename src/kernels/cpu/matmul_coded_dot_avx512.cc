@@ -1,7 +1,7 @@
 // bf16 weights with coded exponents (model/bf16_coded.h) against x rounded to bf16, on
 // AVX512-BF16's vdpbf16ps: the decode matmul at one row of x where the bf16 dot products are
 // taken (matmul_dot_avx512.cc's precision). The weights stream at 12 bits each and are unpacked
-// in registers, five instructions per 64 weights beside the two dot products.
+// in registers, six instructions per 64 weights beside the two dot products.
 #include <immintrin.h>
 
 #include "core/dtype.h"
