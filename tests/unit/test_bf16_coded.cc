@@ -107,10 +107,10 @@ TEST(Bf16Coded, RejectsABufferThatDisagreesWithItsShape) {
   EXPECT_THROW(bf16_coded_view(coded, 8, 128), std::exception);
 }
 
-// The CPU backend's kernels on the coded form. M = 1 takes the one-row kernels (exact: f32 x;
-// with bf16 dot products: x rounded to bf16), held against the reference backend on the plain
-// matrix; every larger M unpacks tiles and runs the plain kernels, which must give what they
-// give on the plain matrix, bit for bit.
+// The CPU backend's kernels on the coded form. Up to 4 rows of x (11 with bf16 dot products)
+// take the kernels that unpack in registers (exact: f32 x; bf16 dot: x rounded), held against the
+// reference backend on the plain matrix; every larger M unpacks rows for the plain kernels,
+// which must give what they give on the plain matrix, bit for bit.
 class CpuBf16Coded : public ::testing::TestWithParam<bool> {};
 
 TEST_P(CpuBf16Coded, MatmulsAndEmbeddingsMatchThePlainMatrix) {
@@ -133,33 +133,40 @@ TEST_P(CpuBf16Coded, MatmulsAndEmbeddingsMatchThePlainMatrix) {
     std::mt19937 rng(seed);
     std::uniform_real_distribution<float> uniform(-2.f, 2.f);
     for (float& b : bias) b = uniform(rng);
-    for (int64_t M : {1, 2, 3, 13, 40, 130}) {
+    for (int64_t M : {1, 2, 3, 7, 13, 40, 130}) {
       std::vector<float> x(static_cast<size_t>(M * K));
       for (float& v : x) v = uniform(rng);
       const std::string what =
           std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K);
       std::vector<float> got(static_cast<size_t>(M * N), NAN), want(got.size(), NAN);
       cpu.matmul(x.data(), M, coded, bias.data(), got.data());
-      if (M > 1) {
+      const int64_t unpacked_in_registers =
+          bf16_dot ? cpu::avx512_dot::kCodedMaxRowsBf16 : cpu::avx512::kCodedMaxRows;
+      if (M > unpacked_in_registers) {
         cpu.matmul(x.data(), M, plain, bias.data(), want.data());
         ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float))) << what;
         continue;
       }
       ref.matmul(x.data(), M, plain, bias.data(), want.data());
-      for (int64_t n = 0; n < N; ++n) {
-        double magnitude = std::fabs(bias[n]);
-        for (int64_t k = 0; k < K; ++k) magnitude += std::fabs(x[k] * bf16_to_f32(bits[n * K + k]));
-        // x rounded to bf16 is 2^-9 off per value; f32 sums in another order, 1e-5.
-        const double tol = (bf16_dot ? 4e-3 : 1e-5) * magnitude + 1e-30;
-        ASSERT_LE(std::fabs(double(got[n]) - want[n]), tol) << what << " row " << n;
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t n = 0; n < N; ++n) {
+          double magnitude = std::fabs(bias[n]);
+          for (int64_t k = 0; k < K; ++k) {
+            magnitude += std::fabs(x[m * K + k] * bf16_to_f32(bits[n * K + k]));
+          }
+          // x rounded to bf16 is 2^-9 off per value; f32 sums in another order, 1e-5.
+          const double tol = (bf16_dot ? 4e-3 : 1e-5) * magnitude + 1e-30;
+          ASSERT_LE(std::fabs(double(got[m * N + n]) - want[m * N + n]), tol)
+              << what << " at " << m << "," << n;
+        }
       }
-      // Without the exceptions the rows holding them would be off by more than this.
+      // The streaming path (forced) unpacks rows for the plain kernel at these M too.
       std::vector<float> forced(got.size());
       cpu.matmul_with_path(x.data(), M, coded, bias.data(), forced.data(), false);
       std::vector<float> forced_plain(got.size());
       cpu.matmul_with_path(x.data(), M, plain, bias.data(), forced_plain.data(), false);
       ASSERT_EQ(0, std::memcmp(forced.data(), forced_plain.data(), got.size() * sizeof(float)))
-          << "tiles at one row of x " << what;
+          << "the streaming path unpacking rows " << what;
     }
     // A tied embedding reads its rows from the coded form.
     const std::vector<int32_t> tokens = {0, static_cast<int32_t>(N - 1), 2, -1,

@@ -147,9 +147,11 @@ class CpuBackend final : public KernelBackend {
   bool amx_int8_ = false;
   bool interleave_blocks_ = false;
   bool code_bf16_ = false;
-  // bf16 weights with coded exponents at one row of x (matmul_coded_*.cc); larger M unpacks
-  // tiles of rows and runs the plain kernels on them (cpu_backend_matmul.cc).
-  void matvec_coded(const float* x, const WeightMatrix& w, const float* bias, float* y) const;
+  // bf16 weights with coded exponents at up to 4 rows of x (matmul_coded_*.cc), each chunk
+  // unpacked in registers for all of them; larger M unpacks rows for the plain kernels
+  // (cpu_backend_matmul.cc).
+  void matvec_coded(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                    float* y) const;
   // Same bf16 matmul through AMX tiles (uses_amx() was true).
   void matmul_amx(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                   float* y) const;

@@ -84,29 +84,29 @@ void on_plain_rows(const cpu::WeightView& w, int64_t m0, int64_t m1, const float
 
 }  // namespace
 
-void CpuBackend::matvec_coded(const float* x, const WeightMatrix& w, const float* bias,
+void CpuBackend::matvec_coded(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                               float* y) const {
   const int64_t N = w.rows, K = w.cols;
-  check_dense_weight(1, w);
-  if (N == 0) return;
+  check_dense_weight(M, w);
+  if (N == 0 || M == 0) return;
   const Bf16CodedView coded = bf16_coded_view(w.data, N, K);
-  const int threads = threads_for(static_cast<double>(N) * K, max_threads_);
+  const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
   if (dot_bf16_) {
-    auto* xb = static_cast<uint16_t*>(
-        cpu::thread_scratch(cpu::ScratchSlot::kCodedX, static_cast<size_t>(K) * sizeof(uint16_t)));
-    cpu::avx512_dot::to_bf16(x, 1, K, xb, K);
+    auto* xb = static_cast<uint16_t*>(cpu::thread_scratch(
+        cpu::ScratchSlot::kCodedX, static_cast<size_t>(M * K) * sizeof(uint16_t)));
+    cpu::avx512_dot::to_bf16(x, M, K, xb, K);
     run_on_threads(threads, [&](int index, int count) {
       const auto [n0, n1] = split_range(N, count, index, 16);
-      if (n0 < n1) cpu::avx512_dot::matvec_coded_bf16(xb, coded, bias, y, n0, n1);
+      if (n0 < n1) cpu::avx512_dot::matvec_coded_bf16(xb, M, coded, bias, y, n0, n1);
     });
     return;
   }
   auto* xp = static_cast<float*>(
-      cpu::thread_scratch(cpu::ScratchSlot::kCodedX, static_cast<size_t>(K) * sizeof(float)));
-  cpu::avx512::permute_x_for_coded(x, K, xp);
+      cpu::thread_scratch(cpu::ScratchSlot::kCodedX, static_cast<size_t>(M * K) * sizeof(float)));
+  cpu::avx512::permute_x_for_coded(x, M, K, xp);
   run_on_threads(threads, [&](int index, int count) {
     const auto [n0, n1] = split_range(N, count, index, 16);
-    if (n0 < n1) cpu::avx512::matvec_coded(xp, x, coded, bias, y, n0, n1);
+    if (n0 < n1) cpu::avx512::matvec_coded(xp, x, M, coded, bias, y, n0, n1);
   });
 }
 
@@ -119,8 +119,8 @@ void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const 
   if (w.layout == BlockLayout::kBf16Coded) {
     ALEM_CHECK(kernels_.isa == cpu::Isa::kAvx512,
                "matmul: bf16 weights with coded exponents need the AVX-512 kernels that made them");
-    if (M == 1) {
-      matvec_coded(x, w, bias, y);
+    if (M <= (dot_bf16_ ? cpu::avx512_dot::kCodedMaxRowsBf16 : cpu::avx512::kCodedMaxRows)) {
+      matvec_coded(x, M, w, bias, y);
       return;
     }
   }
@@ -177,7 +177,9 @@ bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, co
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
   // The activations in the weights' format, prepared once on this thread for all threads.
   thread_local std::vector<uint8_t> scratch;
-  if (w.dtype == DType::BF16 && M < kDotGemmMinRowsBf16) {
+  // Coded bf16 weights past the kernels that unpack them in registers take the GEMM, which
+  // unpacks between its dot products (the streaming kernel would need unpacked tiles).
+  if (w.dtype == DType::BF16 && M < kDotGemmMinRowsBf16 && w.layout != BlockLayout::kBf16Coded) {
     const int64_t stride = (K + 31) / 32 * 32;
     scratch.resize(static_cast<size_t>(M * stride) * sizeof(uint16_t) + 64);
     uint16_t* xb = reinterpret_cast<uint16_t*>(scratch.data());

@@ -257,16 +257,18 @@ void attention(const AttentionShape& shape, const AttentionSequence& seq, const 
 void dequantize_block_rows(const WeightView& w, int64_t n0, int rows, float* out);
 // bf16 weights with coded exponents (matmul_coded_avx512.cc). unpack_coded_rows writes rows
 // [r0, r0 + rows) as plain bf16 (row stride w.cols), exactly the values that were coded.
-// matvec_coded is the exact decode matmul at one row of x: y[n] for n in [n_begin, n_end), x
-// in f32 both as it is and in permute_x_for_coded's order (K values each).
+// matvec_coded is the exact decode matmul at M <= kCodedMaxRows rows of x: y[m][n] (row stride
+// w.rows) for n in [n_begin, n_end), x in f32 both as it is and in permute_x_for_coded's order
+// (M x K values each).
 void unpack_coded_rows(const Bf16CodedView& w, int64_t r0, int64_t rows, uint16_t* out);
 // matmul_stream's exact bf16 kernel split in two, for a caller that runs it on many tiles of
 // rows: x (M x K, K % 32 == 0) permuted once (64-byte aligned out), then the kernel on it.
 void permute_x_even_odd(const float* x, int64_t M, int64_t K, float* out);
 void stream_bf16_permuted(const float* xp, int64_t M, const WeightView& w, const float* bias,
                           float* y, int64_t n_begin, int64_t n_end);
-void permute_x_for_coded(const float* x, int64_t K, float* out);
-void matvec_coded(const float* x_permuted, const float* x, const Bf16CodedView& w,
+constexpr int64_t kCodedMaxRows = 4;
+void permute_x_for_coded(const float* x, int64_t M, int64_t K, float* out);
+void matvec_coded(const float* x_permuted, const float* x, int64_t M, const Bf16CodedView& w,
                   const float* bias, float* y, int64_t n_begin, int64_t n_end);
 }  // namespace avx512
 
@@ -299,10 +301,11 @@ void matmul_bf16(const uint16_t* xb, int64_t M, int64_t stride, const WeightView
                  const float* bias, float* y, int64_t n_begin, int64_t n_end);
 void matmul_int8(const Q16Activations& a, int64_t M, const WeightView& w, const float* bias,
                  float* y, int64_t n_begin, int64_t n_end);
-// The same at one row of x (xb from to_bf16) for bf16 weights with coded exponents
-// (matmul_coded_dot_avx512.cc).
-void matvec_coded_bf16(const uint16_t* xb, const Bf16CodedView& w, const float* bias, float* y,
-                       int64_t n_begin, int64_t n_end);
+// The same at M <= kCodedMaxRowsBf16 rows of x (xb from to_bf16, stride K) for bf16 weights
+// with coded exponents (matmul_coded_dot_avx512.cc); more rows take gemm_bf16.
+constexpr int64_t kCodedMaxRowsBf16 = 8;
+void matvec_coded_bf16(const uint16_t* xb, int64_t M, const Bf16CodedView& w, const float* bias,
+                       float* y, int64_t n_begin, int64_t n_end);
 // Prefill (matmul_gemm_bf16_avx512.cc). pack_x_pairs lays x (M x K, f32) out as bf16 pairs:
 // for every 16 rows of x (zero rows past M) and every 32 values of k (zeros past K), 16 vectors
 // of 16 32-bit units, vector i holding (x[m][k + 2i], x[m][k + 2i + 1]) for the 16 rows m. With
