@@ -1,13 +1,15 @@
 // bf16 weights with coded exponents (model/bf16_coded.h): the form gives back every bit it was
 // made from (zeros of both signs, values below a row's window, subnormals, infinities and NaNs),
-// declines matrices it would not pay for, and the CPU backend's kernels on it (the one-row
-// decode kernels, exact and bf16 dot products, and the tiles unpacked for every larger M) agree
-// with the same backend on the plain matrix, and with the reference backend.
+// declines matrices it would not pay for, and the CPU backend's kernels on it (AVX-512's and
+// AVX2's: the small-batch decode kernels, exact and bf16 dot products, and the rows unpacked for
+// every larger M) agree with the same backend on the plain matrix, and with the reference
+// backend.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -107,17 +109,32 @@ TEST(Bf16Coded, RejectsABufferThatDisagreesWithItsShape) {
   EXPECT_THROW(bf16_coded_view(coded, 8, 128), std::exception);
 }
 
-// The CPU backend's kernels on the coded form. Up to 4 rows of x (11 with bf16 dot products)
-// take the kernels that unpack in registers (exact: f32 x; bf16 dot: x rounded), held against the
-// reference backend on the plain matrix; every larger M unpacks rows for the plain kernels,
-// which must give what they give on the plain matrix, bit for bit.
-class CpuBf16Coded : public ::testing::TestWithParam<bool> {};
+// The CPU backend's kernels on the coded form, on AVX-512 (exact and bf16 dot products) and on
+// AVX2 (the same bytes in 256-bit registers; AVX-VNNI CPUs run AVX2's). Up to 4 rows of x (8
+// with bf16 dot products) take the kernels that unpack in registers (exact: f32 x; bf16 dot: x
+// rounded), held against the reference backend on the plain matrix; every larger M unpacks rows
+// for the plain kernels, which must give what they give on the plain matrix, bit for bit.
+struct CodedKernels {
+  cpu::Isa isa;
+  bool bf16_dot;
+};
+void PrintTo(const CodedKernels& k, std::ostream* os) {
+  *os << cpu::isa_name(k.isa) << (k.bf16_dot ? " with bf16 dot products" : " exact");
+}
+
+class CpuBf16Coded : public ::testing::TestWithParam<CodedKernels> {
+ protected:
+  // Skips where this CPU lacks the kernels.
+  bool supported() const {
+    if (!cpu::isa_supported(GetParam().isa)) return false;
+    return !GetParam().bf16_dot || cpu::has_avx512_bf16();
+  }
+};
 
 TEST_P(CpuBf16Coded, MatmulsAndEmbeddingsMatchThePlainMatrix) {
-  if (!cpu::isa_supported(cpu::Isa::kAvx512)) GTEST_SKIP() << "no AVX-512 on this CPU";
-  const bool bf16_dot = GetParam();
-  if (bf16_dot && !cpu::has_avx512_bf16()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
-  CpuBackend cpu(cpu::Isa::kAvx512, 2, true, bf16_dot);
+  if (!supported()) GTEST_SKIP() << "this CPU lacks these kernels";
+  const bool bf16_dot = GetParam().bf16_dot;
+  CpuBackend cpu(GetParam().isa, 2, true, bf16_dot);
   cpu.set_code_bf16(true);
   ASSERT_TRUE(cpu.codes_bf16());
   ReferenceBackend ref;
@@ -141,7 +158,7 @@ TEST_P(CpuBf16Coded, MatmulsAndEmbeddingsMatchThePlainMatrix) {
       std::vector<float> got(static_cast<size_t>(M * N), NAN), want(got.size(), NAN);
       cpu.matmul(x.data(), M, coded, bias.data(), got.data());
       const int64_t unpacked_in_registers =
-          bf16_dot ? cpu::avx512_dot::kCodedMaxRowsBf16 : cpu::avx512::kCodedMaxRows;
+          bf16_dot ? cpu::avx512_dot::kCodedMaxRowsBf16 : cpu::kCodedMaxRows;
       if (M > unpacked_in_registers) {
         cpu.matmul(x.data(), M, plain, bias.data(), want.data());
         ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float))) << what;
@@ -180,10 +197,8 @@ TEST_P(CpuBf16Coded, MatmulsAndEmbeddingsMatchThePlainMatrix) {
 }
 
 TEST_P(CpuBf16Coded, ExceptionsAreAddedBack) {
-  if (!cpu::isa_supported(cpu::Isa::kAvx512)) GTEST_SKIP() << "no AVX-512 on this CPU";
-  const bool bf16_dot = GetParam();
-  if (bf16_dot && !cpu::has_avx512_bf16()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
-  CpuBackend cpu(cpu::Isa::kAvx512, 1, true, bf16_dot);
+  if (!supported()) GTEST_SKIP() << "this CPU lacks these kernels";
+  CpuBackend cpu(GetParam().isa, 1, true, GetParam().bf16_dot);
   cpu.set_code_bf16(true);
   // One row: a large value sets the window; a tiny one below it meets a huge x, so the result
   // is the exception's product alone.
@@ -208,29 +223,36 @@ TEST_P(CpuBf16Coded, ExceptionsAreAddedBack) {
   EXPECT_EQ(y2[1], 8.f);
 }
 
-INSTANTIATE_TEST_SUITE_P(Arithmetic, CpuBf16Coded, ::testing::Values(false, true),
-                         [](const auto& info) { return info.param ? "bf16_dot" : "exact"; });
+INSTANTIATE_TEST_SUITE_P(Kernels, CpuBf16Coded,
+                         ::testing::Values(CodedKernels{cpu::Isa::kAvx512, false},
+                                           CodedKernels{cpu::Isa::kAvx512, true},
+                                           CodedKernels{cpu::Isa::kAvx2, false},
+                                           CodedKernels{cpu::Isa::kAvxVnni, false}),
+                         [](const auto& info) {
+                           return std::string(cpu::isa_name(info.param.isa)) +
+                                  (info.param.bf16_dot ? "_bf16_dot" : "_exact");
+                         });
 
-TEST(Bf16Coded, OtherInstructionSetsKeepThePlainForm) {
-  if (!cpu::isa_supported(cpu::Isa::kAvx2)) GTEST_SKIP() << "no AVX2 on this CPU";
-  CpuBackend avx2(cpu::Isa::kAvx2, 1);
-  avx2.set_code_bf16(true);
-  EXPECT_FALSE(avx2.codes_bf16());
+// The portable kernels keep bf16 plain, and refuse a matrix another backend coded rather than
+// misread it.
+TEST(Bf16Coded, ScalarKernelsKeepThePlainForm) {
+  CpuBackend scalar(cpu::Isa::kScalar, 1);
+  scalar.set_code_bf16(true);
+  EXPECT_FALSE(scalar.codes_bf16());
   const auto bits = weight_bits(16, 576, 9);
   WeightMatrix w = bf16_matrix(bits, 16, 576);
-  avx2.adopt_weight(w);
+  scalar.adopt_weight(w);
   EXPECT_EQ(w.layout, BlockLayout::kRowMajor);
-  if (!cpu::isa_supported(cpu::Isa::kAvx512)) return;
-  // A matrix another backend coded is refused, not misread.
-  CpuBackend avx512(cpu::Isa::kAvx512, 1);
-  avx512.set_code_bf16(true);
-  avx512.adopt_weight(w);
+  if (!cpu::isa_supported(cpu::Isa::kAvx2)) return;
+  CpuBackend avx2(cpu::Isa::kAvx2, 1);
+  avx2.set_code_bf16(true);
+  avx2.adopt_weight(w);
   ASSERT_EQ(w.layout, BlockLayout::kBf16Coded);
   std::vector<float> x(576, 1.f), y(16);
-  EXPECT_THROW(avx2.matmul(x.data(), 1, w, nullptr, y.data()), std::exception);
+  EXPECT_THROW(scalar.matmul(x.data(), 1, w, nullptr, y.data()), std::exception);
 }
 
-// The engine's "cpu" backend codes bf16 weights on AVX-512 by default, so the engine's golden
+// The engine's "cpu" backend codes bf16 weights on AVX-512 and AVX2 by default, so the engine's golden
 // tests against transformers (test_engine_golden.cc) run on the coded form;
 // ALEM_CPU_BF16_CODED=0 keeps them plain, and any other value is refused.
 TEST(Bf16Coded, TheEnginesBackendCodesByDefaultAndTheSettingIsChecked) {
@@ -240,7 +262,7 @@ TEST(Bf16Coded, TheEnginesBackendCodesByDefaultAndTheSettingIsChecked) {
   auto backend = make_backend("cpu");
   const auto* cpu = dynamic_cast<const CpuBackend*>(backend.get());
   ASSERT_NE(cpu, nullptr);
-  EXPECT_EQ(cpu->codes_bf16(), cpu->isa() == cpu::Isa::kAvx512);
+  EXPECT_EQ(cpu->codes_bf16(), cpu->isa() != cpu::Isa::kScalar);
   setenv("ALEM_CPU_BF16_CODED", "0", 1);
   EXPECT_FALSE(dynamic_cast<const CpuBackend*>(make_backend("cpu").get())->codes_bf16());
   setenv("ALEM_CPU_BF16_CODED", "yes", 1);

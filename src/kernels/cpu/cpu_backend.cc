@@ -97,6 +97,9 @@ KernelTable kernel_table(Isa isa) {
       t.rmsnorm_rows = avx512::rmsnorm_rows;
       t.add_range = avx512::add_range;
       t.logit_row_stats = avx512::logit_row_stats;
+      t.unpack_coded_rows = avx512::unpack_coded_rows;
+      t.permute_x_for_coded = avx512::permute_x_for_coded;
+      t.matvec_coded = avx512::matvec_coded;
       break;
     case Isa::kAvx2:
       t.matmul_stream = avx2::matmul_stream;
@@ -107,6 +110,9 @@ KernelTable kernel_table(Isa isa) {
       t.rmsnorm_rows = avx2::rmsnorm_rows;
       t.add_range = avx2::add_range;
       t.logit_row_stats = avx2::logit_row_stats;
+      t.unpack_coded_rows = avx2::unpack_coded_rows;
+      t.permute_x_for_coded = avx2::permute_x_for_coded;
+      t.matvec_coded = avx2::matvec_coded;
       break;
     case Isa::kScalar:
       t.matmul_stream = scalar::matmul_stream;

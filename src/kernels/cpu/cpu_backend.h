@@ -61,9 +61,9 @@ class CpuBackend final : public KernelBackend {
   // GGUF's row-major layout, for before/after measurements).
   bool interleaves_blocks() const { return interleave_blocks_; }
   // Whether adopt_weight codes bf16 matrices' exponents (model/bf16_coded.h: 12 bits per weight,
-  // lossless): on AVX-512, by default; ALEM_CPU_BF16_CODED=0 keeps them plain.
+  // lossless): on AVX-512 and AVX2, by default; ALEM_CPU_BF16_CODED=0 keeps them plain.
   bool codes_bf16() const { return code_bf16_; }
-  void set_code_bf16(bool on) { code_bf16_ = on && kernels_.isa == cpu::Isa::kAvx512; }
+  void set_code_bf16(bool on) { code_bf16_ = on && kernels_.unpack_coded_rows != nullptr; }
   // The instruction a prefill (many rows of x) against weights of `dtype` runs its products on,
   // as matmul routes it: f32 FMA for the exact kernels (f32, f16, bf16 widened, row-major
   // int8); bf16 dot products where bf16 weights round x to bf16; int8 dot products for block

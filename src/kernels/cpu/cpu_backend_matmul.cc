@@ -54,8 +54,9 @@ int64_t coded_tile_rows(int64_t K) {
 // y gathered in scratch and copied out: the weights leave memory at 12 bits, and x is prepared
 // once for all tiles.
 template <class Kernel>
-void on_plain_rows(const cpu::WeightView& w, int64_t m0, int64_t m1, const float* bias, float* y,
-                   int64_t n0, int64_t n1, const Kernel& kernel) {
+void on_plain_rows(const cpu::KernelTable& kernels, const cpu::WeightView& w, int64_t m0,
+                   int64_t m1, const float* bias, float* y, int64_t n0, int64_t n1,
+                   const Kernel& kernel) {
   if (w.layout != BlockLayout::kBf16Coded) {
     kernel(w, bias, y, n0, n1);
     return;
@@ -69,7 +70,7 @@ void on_plain_rows(const cpu::WeightView& w, int64_t m0, int64_t m1, const float
       cpu::ScratchSlot::kCodedY, static_cast<size_t>(m1 * tile) * sizeof(float)));
   for (int64_t t0 = n0; t0 < n1; t0 += tile) {
     const int64_t count = std::min(tile, n1 - t0);
-    cpu::avx512::unpack_coded_rows(coded, t0, count, rows);
+    kernels.unpack_coded_rows(coded, t0, count, rows);
     cpu::WeightView plain;
     plain.dtype = DType::BF16;
     plain.rows = count;
@@ -103,10 +104,10 @@ void CpuBackend::matvec_coded(const float* x, int64_t M, const WeightMatrix& w, 
   }
   auto* xp = static_cast<float*>(
       cpu::thread_scratch(cpu::ScratchSlot::kCodedX, static_cast<size_t>(M * K) * sizeof(float)));
-  cpu::avx512::permute_x_for_coded(x, M, K, xp);
+  kernels_.permute_x_for_coded(x, M, K, xp);
   run_on_threads(threads, [&](int index, int count) {
     const auto [n0, n1] = split_range(N, count, index, 16);
-    if (n0 < n1) cpu::avx512::matvec_coded(xp, x, M, coded, bias, y, n0, n1);
+    if (n0 < n1) kernels_.matvec_coded(xp, x, M, coded, bias, y, n0, n1);
   });
 }
 
@@ -117,9 +118,10 @@ void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const 
     return;
   }
   if (w.layout == BlockLayout::kBf16Coded) {
-    ALEM_CHECK(kernels_.isa == cpu::Isa::kAvx512,
-               "matmul: bf16 weights with coded exponents need the AVX-512 kernels that made them");
-    if (M <= (dot_bf16_ ? cpu::avx512_dot::kCodedMaxRowsBf16 : cpu::avx512::kCodedMaxRows)) {
+    ALEM_CHECK(kernels_.unpack_coded_rows != nullptr,
+               "matmul: bf16 weights with coded exponents need AVX2 or AVX-512 kernels, and this "
+               "backend runs " + std::string(cpu::isa_name(kernels_.isa)) + " ones");
+    if (M <= (dot_bf16_ ? cpu::avx512_dot::kCodedMaxRowsBf16 : cpu::kCodedMaxRows)) {
       matvec_coded(x, M, w, bias, y);
       return;
     }
@@ -187,7 +189,7 @@ bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, co
     run_on_threads(threads, [&](int index, int count) {
       const auto [n0, n1] = split_range(N, count, index, 16);
       if (n0 >= n1) return;
-      on_plain_rows(view, 0, M, bias, y, n0, n1,
+      on_plain_rows(kernels_, view, 0, M, bias, y, n0, n1,
                     [&](const auto& v, auto b, auto yy, auto a, auto z) {
                       cpu::avx512_dot::matmul_bf16(xb, M, stride, v, b, yy, a, z);
                     });
@@ -257,7 +259,7 @@ void CpuBackend::matmul_amx(const float* x, int64_t M, const WeightMatrix& w, co
       cpu::amx::gemm_dequantized(xp, M, parts, view, cpu::avx512::dequantize_block_rows, bias, y,
                                  n0, n1);
     } else {
-      on_plain_rows(view, 0, M, bias, y, n0, n1,
+      on_plain_rows(kernels_, view, 0, M, bias, y, n0, n1,
                     [&](const auto& v, auto b, auto yy, auto a, auto z) {
                       cpu::amx::gemm_bf16(xp, M, parts, v, b, yy, a, z);
                     });
@@ -367,7 +369,7 @@ void CpuBackend::matmul_with_path(const float* x, int64_t M, const WeightMatrix&
   const cpu::WeightView view = cpu::view_of(w);
   const int threads = threads_for(static_cast<double>(M) * N * K, max_threads_);
 
-  if (!packed && w.layout == BlockLayout::kBf16Coded) {
+  if (!packed && w.layout == BlockLayout::kBf16Coded && kernels_.isa == cpu::Isa::kAvx512) {
     // x permuted once for every tile (the plain kernel would permute it at each call).
     auto* xp = static_cast<float*>(
         cpu::thread_scratch(cpu::ScratchSlot::kCodedX, static_cast<size_t>(M * K) * sizeof(float)));
@@ -383,7 +385,7 @@ void CpuBackend::matmul_with_path(const float* x, int64_t M, const WeightMatrix&
     run_on_threads(threads, [&](int index, int count) {
       const auto [n0, n1] = split_range(N, count, index, 16);
       if (n0 >= n1) return;
-      on_plain_rows(view, 0, M, bias, y, n0, n1,
+      on_plain_rows(kernels_, view, 0, M, bias, y, n0, n1,
                     [&](const auto& v, auto b, auto yy, auto a, auto z) {
                       kernels_.matmul_stream(x, M, v, b, yy, a, z);
                     });
@@ -400,7 +402,7 @@ void CpuBackend::matmul_with_path(const float* x, int64_t M, const WeightMatrix&
     const auto [n0, n1] = split_range(N, n_parts, index % n_parts, panel);
     const auto [m0, m1] = split_range(M, m_parts, index / n_parts, 8);
     if (n0 >= n1 || m0 >= m1) return;
-    on_plain_rows(view, m0, m1, bias, y, n0, n1,
+    on_plain_rows(kernels_, view, m0, m1, bias, y, n0, n1,
                   [&](const auto& v, auto b, auto yy, auto a, auto z) {
                     kernels_.matmul_packed(x, m0, m1, v, b, yy, a, z);
                   });

@@ -206,7 +206,21 @@ struct KernelTable {
   // Sampling statistics of a logit row: sampling_avx512.cc, sampling_avx2.cc, or the portable
   // alem::logit_row_stats.
   LogitRowStatsFn logit_row_stats = nullptr;
+  // bf16 weights with coded exponents (model/bf16_coded.h; matmul_coded_avx512.cc and
+  // matmul_coded_avx2.cc), null where the ISA has no kernels for them (scalar). unpack_coded_rows
+  // writes rows [r0, r0 + rows) as plain bf16 (row stride w.cols), exactly the values that were
+  // coded. matvec_coded is the exact decode matmul at M <= kCodedMaxRows rows of x: y[m][n] (row
+  // stride w.rows) for n in [n_begin, n_end), x in f32 both as it is and in
+  // permute_x_for_coded's order (M x K values each, 64-byte aligned).
+  void (*unpack_coded_rows)(const Bf16CodedView& w, int64_t r0, int64_t rows,
+                            uint16_t* out) = nullptr;
+  void (*permute_x_for_coded)(const float* x, int64_t M, int64_t K, float* out) = nullptr;
+  void (*matvec_coded)(const float* x_permuted, const float* x, int64_t M, const Bf16CodedView& w,
+                       const float* bias, float* y, int64_t n_begin, int64_t n_end) = nullptr;
 };
+
+// Rows of x the coded kernels' matvec_coded takes at most (KernelTable).
+constexpr int64_t kCodedMaxRows = 4;
 
 // Largest head_dim the attention kernels accept (they keep per-query accumulators on the stack).
 constexpr int kMaxHeadDim = 256;
@@ -237,6 +251,11 @@ void matmul_packed(const float* x, int64_t m_begin, int64_t m_end, const WeightV
                    const float* bias, float* y, int64_t n_begin, int64_t n_end);
 void attention(const AttentionShape& shape, const AttentionSequence& seq, const AttentionWork& work,
                const float* q, KVCacheLayerView cache, float* out);
+// bf16 weights with coded exponents (matmul_coded_avx2.cc): KernelTable's coded kernels.
+void unpack_coded_rows(const Bf16CodedView& w, int64_t r0, int64_t rows, uint16_t* out);
+void permute_x_for_coded(const float* x, int64_t M, int64_t K, float* out);
+void matvec_coded(const float* x_permuted, const float* x, int64_t M, const Bf16CodedView& w,
+                  const float* bias, float* y, int64_t n_begin, int64_t n_end);
 }  // namespace avx2
 
 namespace avx512 {
@@ -255,18 +274,13 @@ void attention(const AttentionShape& shape, const AttentionSequence& seq, const 
 // Rows [n0, n0 + rows) of ggml block weights as f32 (row stride w.cols), bit-for-bit what
 // dequantize_ggml gives: Q4_0, Q4_1 and Q8_0 vectorised, other types through dequantize_ggml.
 void dequantize_block_rows(const WeightView& w, int64_t n0, int rows, float* out);
-// bf16 weights with coded exponents (matmul_coded_avx512.cc). unpack_coded_rows writes rows
-// [r0, r0 + rows) as plain bf16 (row stride w.cols), exactly the values that were coded.
-// matvec_coded is the exact decode matmul at M <= kCodedMaxRows rows of x: y[m][n] (row stride
-// w.rows) for n in [n_begin, n_end), x in f32 both as it is and in permute_x_for_coded's order
-// (M x K values each).
+// bf16 weights with coded exponents (matmul_coded_avx512.cc): KernelTable's coded kernels.
 void unpack_coded_rows(const Bf16CodedView& w, int64_t r0, int64_t rows, uint16_t* out);
 // matmul_stream's exact bf16 kernel split in two, for a caller that runs it on many tiles of
 // rows: x (M x K, K % 32 == 0) permuted once (64-byte aligned out), then the kernel on it.
 void permute_x_even_odd(const float* x, int64_t M, int64_t K, float* out);
 void stream_bf16_permuted(const float* xp, int64_t M, const WeightView& w, const float* bias,
                           float* y, int64_t n_begin, int64_t n_end);
-constexpr int64_t kCodedMaxRows = 4;
 void permute_x_for_coded(const float* x, int64_t M, int64_t K, float* out);
 void matvec_coded(const float* x_permuted, const float* x, int64_t M, const Bf16CodedView& w,
                   const float* bias, float* y, int64_t n_begin, int64_t n_end);
