@@ -252,8 +252,8 @@ TEST(Bf16Coded, ScalarKernelsKeepThePlainForm) {
   EXPECT_THROW(scalar.matmul(x.data(), 1, w, nullptr, y.data()), std::exception);
 }
 
-// The engine's "cpu" backend codes bf16 weights on AVX-512 and AVX2 by default, so the engine's golden
-// tests against transformers (test_engine_golden.cc) run on the coded form;
+// The engine's "cpu" backend codes bf16 weights on AVX-512 and AVX2 by default, so the engine's
+// golden tests against transformers (test_engine_golden.cc) run on the coded form;
 // ALEM_CPU_BF16_CODED=0 keeps them plain, and any other value is refused.
 TEST(Bf16Coded, TheEnginesBackendCodesByDefaultAndTheSettingIsChecked) {
   const char* before = std::getenv("ALEM_CPU_BF16_CODED");

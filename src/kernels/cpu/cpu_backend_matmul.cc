@@ -120,7 +120,8 @@ void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const 
   if (w.layout == BlockLayout::kBf16Coded) {
     ALEM_CHECK(kernels_.unpack_coded_rows != nullptr,
                "matmul: bf16 weights with coded exponents need AVX2 or AVX-512 kernels, and this "
-               "backend runs " + std::string(cpu::isa_name(kernels_.isa)) + " ones");
+               "backend runs " +
+                   std::string(cpu::isa_name(kernels_.isa)) + " ones");
     if (M <= (dot_bf16_ ? cpu::avx512_dot::kCodedMaxRowsBf16 : cpu::kCodedMaxRows)) {
       matvec_coded(x, M, w, bias, y);
       return;

@@ -23,31 +23,33 @@ inline __m256i row_table(const uint8_t* table) {
   return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(table)));
 }
 
-// One chunk of 64 weights as bf16, 16 in each of w[0..3] in order: the low bytes of positions
-// 0..31 meet the codes' low nibbles, those of positions 32..63 their high nibbles.
-inline void unpack_chunk(const uint8_t* chunk, __m256i table, __m256i w[4]) {
+// Half h (0 or 1) of a chunk of 64 weights as bf16, in order: the low bytes of positions
+// 32 h .. 32 h + 31 meet the codes' low (h = 0) or high (h = 1) nibbles; the unpacking gives
+// weights 16 h .. 16 h + 15 in lo and 32 + 16 h .. 32 + 16 h + 15 in hi. A kernel takes a half at
+// a time, so only two vectors of weights are live beside its accumulators.
+inline void unpack_half(const uint8_t* chunk, __m256i codes, int h, __m256i table, __m256i& lo,
+                        __m256i& hi) {
   const __m256i nibble = _mm256_set1_epi8(0x0F);
-  const __m256i low0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk));
-  const __m256i low1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + 32));
-  const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + 64));
-  const __m256i high0 = _mm256_shuffle_epi8(table, _mm256_and_si256(codes, nibble));
-  const __m256i high1 =
-      _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(codes, 4), nibble));
-  w[0] = _mm256_unpacklo_epi8(low0, high0);  // weights 0..15
-  w[1] = _mm256_unpacklo_epi8(low1, high1);  // 16..31
-  w[2] = _mm256_unpackhi_epi8(low0, high0);  // 32..47
-  w[3] = _mm256_unpackhi_epi8(low1, high1);  // 48..63
+  const __m256i low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + 32 * h));
+  const __m256i high = _mm256_shuffle_epi8(
+      table, _mm256_and_si256(h == 0 ? codes : _mm256_srli_epi16(codes, 4), nibble));
+  lo = _mm256_unpacklo_epi8(low, high);
+  hi = _mm256_unpackhi_epi8(low, high);
+}
+
+inline __m256i chunk_codes(const uint8_t* chunk) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk + 64));
 }
 
 // MB rows of x (permuted, and plain for the exceptions; stride K) against weight rows
 // [n_begin, n_end), one weight row at a time: the matrix is one sequential stream and each chunk
-// is unpacked once for all MB rows. AVX2's 16 registers hold 4 chains of FMAs for one row of x,
-// 2 per row for two, one per row for more.
+// is unpacked once for all MB rows. Four chains of FMAs per row of x at one or two rows, two at
+// three or four (AVX2's 16 registers).
 template <int MB>
 void coded_rows(const float* xp, const float* x, const Bf16CodedView& w, const float* bias,
                 float* y, int64_t N, int64_t n_begin, int64_t n_end) {
   const int64_t K = w.cols;
-  constexpr int kChains = MB == 1 ? 4 : (MB == 2 ? 2 : 1);
+  constexpr int kChains = MB <= 2 ? 4 : 2;
   const bool prefetch =
       stream_prefetches(StreamKind::kLight, static_cast<size_t>(MB * K) * sizeof(float));
   const __m256i high_half = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
@@ -62,18 +64,22 @@ void coded_rows(const float* xp, const float* x, const Bf16CodedView& w, const f
       const uint8_t* chunk = row + k / kBf16CodedChunk * kBf16CodedChunkBytes;
       prefetch_stream(prefetch, chunk);
       prefetch_stream(prefetch, chunk + 64);
-      __m256i v[4];
-      unpack_chunk(chunk, table, v);
-      for (int q = 0; q < 4; ++q) {
-        // A bf16 value is the top half of its f32: the even weights shifted up, the odd masked.
-        const __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(v[q], 16));
-        const __m256 odd = _mm256_castsi256_ps(_mm256_and_si256(v[q], high_half));
-        for (int m = 0; m < MB; ++m) {
-          const float* xk = xp + m * K + k + 16 * q;
-          __m256& a = acc[m][(2 * q) % kChains];
-          a = _mm256_fmadd_ps(_mm256_load_ps(xk), even, a);
-          __m256& b = acc[m][(2 * q + 1) % kChains];
-          b = _mm256_fmadd_ps(_mm256_load_ps(xk + 8), odd, b);
+      const __m256i codes = chunk_codes(chunk);
+      for (int h = 0; h < 2; ++h) {
+        __m256i v[2];
+        unpack_half(chunk, codes, h, table, v[0], v[1]);
+        for (int i = 0; i < 2; ++i) {
+          // A bf16 value is the top half of its f32: the even weights shifted up, the odd masked.
+          const __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(v[i], 16));
+          const __m256 odd = _mm256_castsi256_ps(_mm256_and_si256(v[i], high_half));
+          const int q = h + 2 * i;  // weights 16 q .. 16 q + 15
+          for (int m = 0; m < MB; ++m) {
+            const float* xk = xp + m * K + k + 16 * q;
+            __m256& a = acc[m][(2 * q) % kChains];
+            a = _mm256_fmadd_ps(_mm256_load_ps(xk), even, a);
+            __m256& b = acc[m][(2 * q + 1) % kChains];
+            b = _mm256_fmadd_ps(_mm256_load_ps(xk + 8), odd, b);
+          }
         }
       }
     }
@@ -99,10 +105,13 @@ void unpack_coded_rows(const Bf16CodedView& w, int64_t r0, int64_t rows, uint16_
     const __m256i table = row_table(w.tables + (r0 + r) * kBf16CodedTableBytes);
     uint16_t* o = out + r * K;
     for (int64_t k = 0; k < K; k += kBf16CodedChunk) {
-      __m256i v[4];
-      unpack_chunk(row + k / kBf16CodedChunk * kBf16CodedChunkBytes, table, v);
-      for (int q = 0; q < 4; ++q) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + k + 16 * q), v[q]);
+      const uint8_t* chunk = row + k / kBf16CodedChunk * kBf16CodedChunkBytes;
+      const __m256i codes = chunk_codes(chunk);
+      for (int h = 0; h < 2; ++h) {
+        __m256i lo, hi;
+        unpack_half(chunk, codes, h, table, lo, hi);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + k + 16 * h), lo);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + k + 32 + 16 * h), hi);
       }
     }
     const uint32_t* e = w.exceptions;
