@@ -1,5 +1,5 @@
 // bf16 weights with coded exponents: the lossless form the CPU backend keeps bf16 matrices in on
-// AVX-512 CPUs (KernelBackend::adopt_weight; docs/kernels.md, "bf16 weights with coded
+// AVX2 and AVX-512 CPUs (KernelBackend::adopt_weight; docs/kernels.md, "bf16 weights with coded
 // exponents"). A decode step reads every weight once and is bound by memory, so the step costs
 // what the weights weigh; this form weighs 12 bits per weight instead of 16, and a matmul reads
 // back exactly the bf16 values it was made from.
@@ -21,7 +21,8 @@
 // Inside a chunk the low bytes lie in the order that AVX-512's byte unpacking restores:
 // position p = 16 L + b (L = 0..3, a 128-bit lane; b = 0..15) holds weight 8 L + b for b < 8
 // and weight 32 + 8 L + b - 8 for b >= 8, so vpunpcklbw / vpunpckhbw of the low bytes with
-// their high bytes give weights 0..31 and 32..63 in order. Code byte j holds position j's code
+// their high bytes give weights 0..31 and 32..63 in order (on AVX2's two lanes: 0..15 and 32..47
+// from the first 32 low bytes, 16..31 and 48..63 from the others). Code byte j holds position j's code
 // in its low nibble and position 32 + j's in its high nibble. A row's bytes are contiguous, so
 // a range of rows is one sequential stream.
 #pragma once

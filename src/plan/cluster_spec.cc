@@ -128,9 +128,15 @@ double ClusterSpec::curve_matmul_seconds(const std::string& dtype, double bytes,
   return bytes * std::max(per_byte, 0.5 * curve.front().second);
 }
 
+double ClusterSpec::weight_storage_ratio(const std::string& dtype) const {
+  return dtype == "bf16" ? bf16_weight_bytes / 2 : 1.0;
+}
+
 double ClusterSpec::weight_bandwidth(const std::string& dtype) const {
   const auto it = weight_stream_gbs.find(dtype);
-  if (it != weight_stream_gbs.end() && it->second > 0) return it->second * 1e9;
+  if (it != weight_stream_gbs.end() && it->second > 0) {
+    return it->second * 1e9 * weight_storage_ratio(dtype);
+  }
   return device_bandwidth_gbs * bandwidth_efficiency * 1e9;
 }
 
@@ -148,6 +154,8 @@ void ClusterSpec::validate() const {
   for (const auto& [dtype, value] : peak_tflops)
     ALEM_CHECK(value > 0, where + "device.peak_tflops." + dtype + " must be positive");
   ALEM_CHECK(device_bandwidth_gbs > 0, where + "device.memory_bandwidth_gbs must be positive");
+  ALEM_CHECK(bf16_weight_bytes >= 1.5 && bf16_weight_bytes <= 2,
+             where + "node.bf16_weight_bytes must be between 1.5 (coded) and 2 (plain)");
   ALEM_CHECK(compute_efficiency > 0 && compute_efficiency <= 1 && bandwidth_efficiency > 0 &&
                  bandwidth_efficiency <= 1,
              where + "efficiencies must be in (0, 1]");
@@ -267,6 +275,8 @@ ClusterSpec parse_cluster_spec(std::string_view toml_text, const std::string& so
   c.threads_per_rank = k.integer("node.threads_per_rank", 1);
   c.node_bandwidth_gbs = k.number("node.memory_bandwidth_gbs", 0);
   c.nodes_share_cores = k.boolean("node.shared_cores", false);
+  // 12 bits a weight and a 16-byte table per row of 2048 or more weights.
+  c.bf16_weight_bytes = k.number("node.bf16_weight_bytes", c.kind == "cpu" ? 1.51 : 2);
   {
     const std::string idle = k.text("node.idle_ranks", c.nodes_share_cores ? "yield" : "auto");
     ALEM_CHECK(idle == "yield" || idle == "poll" || idle == "auto",

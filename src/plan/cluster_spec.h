@@ -124,7 +124,16 @@ struct ClusterSpec {
   // Seconds one device takes to multiply `rows` rows by `bytes` of `dtype` weights, from the
   // measured curve (interpolated, extrapolated linearly past its ends); -1 without a curve.
   double curve_matmul_seconds(const std::string& dtype, double bytes, double rows) const;
-  // Bytes/s one device streams weights of `dtype` at.
+  // Bytes a bf16 weight takes in a rank's memory, which is what a decode step streams: 2 on GPUs;
+  // on CPU nodes the CPU backend keeps bf16 matrices in their lossless 12-bit form on AVX2 and
+  // AVX-512 (model/bf16_coded.h: 1.5 bytes and a row's 16-byte table). node.bf16_weight_bytes = 2
+  // describes nodes that run with ALEM_CPU_BF16_CODED=0 or have no AVX2.
+  double bf16_weight_bytes = 2;
+  // Bytes a weight of `dtype` takes on a device over its nominal size (ModelShape's
+  // weight_bytes_per_param): below 1 for bf16 on CPU nodes, 1 otherwise.
+  double weight_storage_ratio(const std::string& dtype) const;
+  // Bytes/s one device streams weights of `dtype` at, in the bytes they take on the device.
+  // Calibration measures it in the dtype's nominal bytes (weight_stream_gbs), converted here.
   double weight_bandwidth(const std::string& dtype) const;
   // Throws alem::Error naming the dtype when the cluster gives no figure for it.
   double peak_flops(const std::string& dtype) const;

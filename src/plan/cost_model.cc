@@ -258,8 +258,10 @@ StepTime stage_time(const ModelShape& m, const ClusterSpec& c, const Layout& l, 
     t.memory = streaming / cpu_share + kv_bytes / p.bandwidth;
     t.compute = std::max(0.0, matmul - streaming) / cpu_compute_share + attention_s;
   } else {
+    // Weight bytes as the device stores them (bf16 at 12 bits on CPU nodes).
+    const double stored = c.weight_storage_ratio(m.weight_dtype);
     t.compute = flops / p.flops + attention_s;
-    t.memory = (dense_bytes + expert_bytes + head_bytes + kv_bytes) / p.bandwidth;
+    t.memory = ((dense_bytes + expert_bytes + head_bytes) * stored + kv_bytes) / p.bandwidth;
   }
   // TP: two all-reduces per layer, after attention and after the FFN (for MoE layers that one
   // is the experts' combine: every rank of the tp group routes every token, so no all-to-all;
@@ -388,7 +390,7 @@ Prediction predict(const ModelShape& m, const ClusterSpec& c, const Workload& w,
   // Memory of the busiest rank at the largest batch it may run.
   auto memory_at = [&](int batch) {
     MemoryUse mu;
-    mu.weights = weight_bytes_per_rank(m, l);
+    mu.weights = weight_bytes_per_rank(m, l) * c.weight_storage_ratio(m.weight_dtype);
     mu.kv_cache = double(batch) * context * stage_layers(m, l) * 2.0 * kv_heads_per_rank(m, l) *
                   m.head_dim * m.kv_bytes_per_value;
     const double rows = std::min<double>(w.max_batch_tokens, double(batch) * w.prompt_tokens);

@@ -472,6 +472,66 @@ std::string error_of(const std::string& toml) {
   return "";
 }
 
+// bf16 weights take 12 bits on CPU nodes (the CPU backend's coded form, model/bf16_coded.h): a
+// rank holds and a decode step streams 1.51 bytes a weight there; 2 on GPUs and where
+// node.bf16_weight_bytes = 2 says the nodes keep them plain. A calibrated rate, measured in
+// nominal bytes, predicts the same weight time either way.
+TEST(PlanCostModel, Bf16WeightsAreCodedOnCpuNodes) {
+  auto cluster = [](const std::string& node_line) {
+    return parse_cluster_spec(R"(
+name = "cpu"
+kind = "cpu"
+[node]
+devices = 2
+memory_gib = 64
+)" + node_line + R"(
+[device]
+memory_bandwidth_gbs = 20
+peak_tflops = { bf16 = 0.3 }
+[links.intra_node]
+bandwidth_gbs = 4
+latency_us = 2
+)",
+                              "inline");
+  };
+  ClusterSpec coded = cluster(""), plain = cluster("bf16_weight_bytes = 2");
+  EXPECT_DOUBLE_EQ(coded.weight_storage_ratio("bf16"), 1.51 / 2);
+  EXPECT_DOUBLE_EQ(coded.weight_storage_ratio("int8"), 1.0);
+  EXPECT_DOUBLE_EQ(simple_gpu_cluster().weight_storage_ratio("bf16"), 1.0);
+  const ModelShape m = named_shape("qwen3-8b");
+  Workload w;
+  w.prompt_tokens = 1000;
+  w.output_tokens = 1;
+  w.concurrency = 1;
+  const double weights_read = m.total_params() * 2.0 - m.embedding_params() * 2.0;
+  const double kv_read = 1000.5 * 36 * 2 * 8 * 128 * 2;
+  auto check = [&](const char* what) -> std::pair<Prediction, double> {
+    const Prediction c = predict(m, coded, w, {1, 1, 1, 1});
+    const Prediction p = predict(m, plain, w, {1, 1, 1, 1});
+    EXPECT_TRUE(c.fits && p.fits) << what;
+    EXPECT_NEAR(c.memory.weights, p.memory.weights * 1.51 / 2, 1e-9 * p.memory.weights) << what;
+    // Decode reads the weights as stored and the KV cache: (W + KV) / B plain.
+    const double bandwidth = (weights_read + kv_read) / p.decode.memory;
+    return {c, bandwidth};
+  };
+  const auto [datasheet, bandwidth] = check("datasheet");
+  EXPECT_NEAR(datasheet.decode.memory * bandwidth, weights_read * 1.51 / 2 + kv_read,
+              1e-6 * weights_read);
+  // Calibrated: the weight stream's rate counts nominal bytes, so the weights take as long
+  // either way (only the KV cache's bytes read at the stored bytes' rate).
+  coded.weight_stream_gbs["bf16"] = plain.weight_stream_gbs["bf16"] = 10;
+  const auto [calibrated, rate] = check("calibrated");
+  // (weights_read counts the norms too: 1e-4 of the total.)
+  EXPECT_NEAR(calibrated.decode.memory, weights_read / 10e9 + kv_read / (10e9 * 1.51 / 2),
+              1e-4 * calibrated.decode.memory);
+  EXPECT_NEAR(rate, 10e9, 1e-3 * rate);
+  EXPECT_NE(error_of("kind = \"cpu\"\n[node]\nbf16_weight_bytes = 1.2\ndevices = 2\n"
+                     "memory_gib = 4\n[device]\nmemory_bandwidth_gbs = 1\npeak_tflops = "
+                     "{ bf16 = 1 }\n[links.intra_node]\nbandwidth_gbs = 1\nlatency_us = 1\n")
+                .find("node.bf16_weight_bytes"),
+            std::string::npos);
+}
+
 TEST(PlanClusterSpec, BadInputsGetClearErrors) {
   EXPECT_NE(error_of("name = \n").find("c.toml:1"), std::string::npos);
   EXPECT_NE(error_of("name = \"x\"\n").find("missing key 'node.devices'"), std::string::npos);
