@@ -58,6 +58,13 @@ BlockFields fields_of(DType dtype) {
   }
 }
 
+// int8 with amax scales: Q8_0's block (a 16-bit amax code, then the 32 values).
+BlockFields fields_of(DType dtype, BlockLayout layout) {
+  return dtype == DType::I8 && layout == BlockLayout::kInterleaved8AmaxScales
+             ? fields_of(DType::Q8_0)
+             : fields_of(dtype);
+}
+
 // A word of fifth bits to its interleaved form (Field::fifth_bits) and back.
 uint32_t transpose_fifth_bits(uint32_t bits, bool to_interleaved) {
   uint32_t out = 0;
@@ -105,19 +112,35 @@ struct BlockShape {
   int64_t bytes;
 };
 constexpr int64_t kInt8BlockBytes = sizeof(float) + kInt8GroupSize;
-BlockShape block_shape(DType dtype) {
-  if (dtype == DType::I8) return {kInt8GroupSize, kInt8BlockBytes};
+constexpr int64_t kInt8AmaxBlockBytes = sizeof(uint16_t) + kInt8GroupSize;
+BlockShape block_shape(DType dtype, BlockLayout layout = BlockLayout::kInterleaved8) {
+  if (dtype == DType::I8) {
+    return {kInt8GroupSize,
+            layout == BlockLayout::kInterleaved8AmaxScales ? kInt8AmaxBlockBytes : kInt8BlockBytes};
+  }
   return {dtype_block_elements(dtype), dtype_block_bytes(dtype)};
 }
-size_t block_row_bytes(DType dtype, int64_t cols) {
-  const auto [elements, bytes] = block_shape(dtype);
+size_t block_row_bytes(DType dtype, int64_t cols, BlockLayout layout = BlockLayout::kInterleaved8) {
+  const auto [elements, bytes] = block_shape(dtype, layout);
   return static_cast<size_t>(cols / elements * bytes);
 }
 
 }  // namespace
 
-size_t interleaved_row_bytes(DType dtype, int64_t cols) {
-  return block_row_bytes(dtype, cols);
+size_t interleaved_row_bytes(DType dtype, int64_t cols, BlockLayout layout) {
+  return block_row_bytes(dtype, cols, layout);
+}
+
+uint16_t int8_amax_code(float scale) {
+  return f32_to_bf16(scale * 127.f);
+}
+
+bool int8_scales_are_amax(const float* scales, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float back = int8_amax_scale(int8_amax_code(scales[i]));
+    if (std::memcmp(&back, &scales[i], sizeof(float)) != 0) return false;
+  }
+  return true;
 }
 
 bool can_interleave_blocks(DType dtype, int64_t rows) {
@@ -159,37 +182,59 @@ void interleaved_row(DType dtype, const uint8_t* data, int64_t cols, int64_t r, 
 }
 
 void interleave_int8(int64_t rows, int64_t cols, const int8_t* values, const float* scales,
-                     uint8_t* out) {
-  ALEM_CHECK(can_interleave_blocks(DType::I8, rows) && cols % kInt8GroupSize == 0,
+                     uint8_t* out, BlockLayout layout) {
+  ALEM_CHECK(can_interleave_blocks(DType::I8, rows) && cols % kInt8GroupSize == 0 &&
+                 is_interleaved8(layout),
              "interleave_int8: [" + std::to_string(rows) + " x " + std::to_string(cols) +
                  "] has no 8-row interleaved form");
-  const BlockFields f = fields_of(DType::I8);
+  const bool amax = layout == BlockLayout::kInterleaved8AmaxScales;
+  const BlockFields f = fields_of(DType::I8, layout);
   const int64_t blocks = cols / kInt8GroupSize;
-  const size_t group_bytes = block_row_bytes(DType::I8, cols) * kInterleavedRows;
+  const int64_t block_bytes = block_shape(DType::I8, layout).bytes;
+  const int scale_bytes = amax ? sizeof(uint16_t) : sizeof(float);
+  const size_t group_bytes = block_row_bytes(DType::I8, cols, layout) * kInterleavedRows;
   uint8_t block[kInt8BlockBytes];
   for (int64_t g = 0; g < rows / kInterleavedRows; ++g) {
     for (int r = 0; r < kInterleavedRows; ++r) {
       const int64_t row = g * kInterleavedRows + r;
       for (int64_t b = 0; b < blocks; ++b) {
-        std::memcpy(block, scales + row * blocks + b, sizeof(float));
-        std::memcpy(block + sizeof(float), values + row * cols + b * kInt8GroupSize,
-                    kInt8GroupSize);
-        move_block<true>(f, block, out + g * group_bytes + b * kInt8BlockBytes * kInterleavedRows,
-                         r);
+        const float scale = scales[row * blocks + b];
+        if (amax) {
+          const uint16_t code = int8_amax_code(scale);
+          ALEM_CHECK(int8_amax_scale(code) == scale,
+                     "interleave_int8: a scale is no bf16 amax over 127 (int8_scales_are_amax)");
+          std::memcpy(block, &code, sizeof(code));
+        } else {
+          std::memcpy(block, &scale, sizeof(float));
+        }
+        std::memcpy(block + scale_bytes, values + row * cols + b * kInt8GroupSize, kInt8GroupSize);
+        move_block<true>(f, block, out + g * group_bytes + b * block_bytes * kInterleavedRows, r);
       }
     }
   }
 }
 
-void interleaved_int8_row(const uint8_t* data, int64_t cols, int64_t r, float* out) {
-  thread_local std::vector<uint8_t> row;  // the embedding lookup's path: no allocation per row
-  row.resize(block_row_bytes(DType::I8, cols));
-  interleaved_row(DType::I8, data, cols, r, row.data());
+void interleaved_int8_row(const uint8_t* data, int64_t cols, int64_t r, float* out,
+                          BlockLayout layout) {
+  const bool amax = layout == BlockLayout::kInterleaved8AmaxScales;
+  const BlockFields f = fields_of(DType::I8, layout);
+  const int64_t block_bytes = block_shape(DType::I8, layout).bytes;
+  const size_t row_bytes = block_row_bytes(DType::I8, cols, layout);
+  const uint8_t* base = data + (r / kInterleavedRows) * row_bytes * kInterleavedRows;
+  uint8_t block[kInt8BlockBytes];
   for (int64_t b = 0; b < cols / kInt8GroupSize; ++b) {
-    const uint8_t* block = row.data() + b * kInt8BlockBytes;
+    move_block<false>(f, base + b * block_bytes * kInterleavedRows, block,
+                      static_cast<int>(r % kInterleavedRows));
     float scale;
-    std::memcpy(&scale, block, sizeof(float));
-    const auto* q = reinterpret_cast<const int8_t*>(block + sizeof(float));
+    if (amax) {
+      uint16_t code;
+      std::memcpy(&code, block, sizeof(code));
+      scale = int8_amax_scale(code);
+    } else {
+      std::memcpy(&scale, block, sizeof(float));
+    }
+    const auto* q =
+        reinterpret_cast<const int8_t*>(block + (amax ? sizeof(uint16_t) : sizeof(float)));
     for (int i = 0; i < kInt8GroupSize; ++i) {
       out[b * kInt8GroupSize + i] = static_cast<float>(q[i]) * scale;
     }

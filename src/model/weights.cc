@@ -42,9 +42,9 @@ float WeightMatrix::at(int64_t r, int64_t c) const {
     case DType::F16:
       return f16_to_f32(data.as<uint16_t>()[i]);
     case DType::I8:
-      if (layout == BlockLayout::kInterleaved8) {
+      if (is_interleaved8(layout)) {
         std::vector<float> row(static_cast<size_t>(cols));
-        interleaved_int8_row(data.data(), cols, r, row.data());
+        interleaved_int8_row(data.data(), cols, r, row.data(), layout);
         return row[c];
       }
       return static_cast<float>(data.as<int8_t>()[i]) *
@@ -68,8 +68,8 @@ void dequantize_row(const WeightMatrix& w, int64_t r, float* out) {
     dequantize_ggml(ggml_type_of(w.dtype), row, w.row_bytes(), out, w.cols);
     return;
   }
-  if (w.dtype == DType::I8 && w.layout == BlockLayout::kInterleaved8) {
-    interleaved_int8_row(w.data.data(), w.cols, r, out);
+  if (w.dtype == DType::I8 && is_interleaved8(w.layout)) {
+    interleaved_int8_row(w.data.data(), w.cols, r, out, w.layout);
     return;
   }
   if (w.dtype == DType::BF16 && w.layout == BlockLayout::kBf16Coded) {

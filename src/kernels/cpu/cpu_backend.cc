@@ -221,13 +221,21 @@ void CpuBackend::adopt_weight(WeightMatrix& w) const {
         w.data.size() != static_cast<size_t>(w.rows * w.cols)) {
       return;
     }
-    AlignedBuffer interleaved(static_cast<size_t>(w.rows) * interleaved_row_bytes(w.dtype, w.cols));
-    interleave_int8(w.rows, w.cols, w.data.as<int8_t>(), w.scales.data(), interleaved.data());
+    // Scales that are bf16 amax values over 127 (int8 made from bf16 weights) take 2 bytes
+    // instead of 4, where no AMX tile kernel (which reads f32 scales) runs the matrix.
+    const BlockLayout layout = !amx_int8_ && int8_scales_are_amax(w.scales.data(), w.scales.size())
+                                   ? BlockLayout::kInterleaved8AmaxScales
+                                   : BlockLayout::kInterleaved8;
+    AlignedBuffer interleaved(static_cast<size_t>(w.rows) *
+                              interleaved_row_bytes(w.dtype, w.cols, layout));
+    interleave_int8(w.rows, w.cols, w.data.as<int8_t>(), w.scales.data(), interleaved.data(),
+                    layout);
     w.data = std::move(interleaved);
     w.scales = {};
-  } else {
-    interleave_blocks(w.dtype, w.rows, w.cols, w.data.data());
+    w.layout = layout;
+    return;
   }
+  interleave_blocks(w.dtype, w.rows, w.cols, w.data.data());
   w.layout = BlockLayout::kInterleaved8;
 }
 
@@ -539,7 +547,7 @@ void CpuBackend::embedding(const WeightMatrix& table, int64_t row_begin, const i
         break;
       }
       case DType::I8: {
-        if (table.layout == BlockLayout::kInterleaved8) {
+        if (is_interleaved8(table.layout)) {
           dequantize_row(table, local, o);
           break;
         }

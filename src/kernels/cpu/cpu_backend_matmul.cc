@@ -113,7 +113,7 @@ void CpuBackend::matvec_coded(const float* x, int64_t M, const WeightMatrix& w, 
 
 void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                         float* y) const {
-  if (dtype_is_block(w.dtype) || w.layout == BlockLayout::kInterleaved8) {
+  if (dtype_is_block(w.dtype) || is_interleaved8(w.layout)) {
     matmul_blocks(x, M, w, bias, y);
     return;
   }
@@ -138,7 +138,7 @@ void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const 
 }
 
 bool CpuBackend::rounds_activations(DType dtype, int64_t M, BlockLayout layout) const {
-  if (dtype_is_block(dtype) || layout == BlockLayout::kInterleaved8) return true;
+  if (dtype_is_block(dtype) || is_interleaved8(layout)) return true;
   // AMX with 3 parts keeps x's 24 bits; with one part it rounds like the bf16 dot kernels.
   if (dtype == DType::BF16) return dot_bf16_;
   return dtype == DType::I8 && ((dot_int8_ && M < kPackedMinRows) || int8_blocks_);
@@ -169,7 +169,7 @@ bool CpuBackend::matmul_dot(const float* x, int64_t M, const WeightMatrix& w, co
                             float* y) const {
   if (!rounds_activations(w.dtype, M, w.layout)) return false;
   // int8 adopted by this backend, or row-major int8 on the AVX2 block kernel.
-  if (w.layout == BlockLayout::kInterleaved8 || (w.dtype == DType::I8 && int8_blocks_)) {
+  if (is_interleaved8(w.layout) || (w.dtype == DType::I8 && int8_blocks_)) {
     matmul_blocks(x, M, w, bias, y);
     return true;
   }
@@ -276,8 +276,7 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
       M >= 0 && N >= 0 && K > 0 && K % block == 0,
       "matmul: " + dtype_name(w.dtype) + " weights need cols % " + std::to_string(block) + " == 0");
   const bool int8_row_major = w.dtype == DType::I8 && w.layout == BlockLayout::kRowMajor;
-  ALEM_CHECK(dtype_is_block(w.dtype) ||
-                 (w.dtype == DType::I8 && w.layout == BlockLayout::kInterleaved8) ||
+  ALEM_CHECK(dtype_is_block(w.dtype) || (w.dtype == DType::I8 && is_interleaved8(w.layout)) ||
                  (int8_row_major && int8_blocks_),
              "matmul_blocks: " + dtype_name(w.dtype) + " weights are not block weights");
   if (int8_row_major) {
@@ -285,8 +284,9 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
                    w.scales.size() >= static_cast<size_t>(N * (K / kInt8GroupSize)),
                "matmul: int8 weights or scales smaller than their shape");
   } else {
-    ALEM_CHECK(w.data.size() >= static_cast<size_t>(N) * interleaved_row_bytes(w.dtype, K),
-               "matmul: weight buffer smaller than its shape");
+    ALEM_CHECK(
+        w.data.size() >= static_cast<size_t>(N) * interleaved_row_bytes(w.dtype, K, w.layout),
+        "matmul: weight buffer smaller than its shape");
   }
   if (M == 0 || N == 0) return;
   // The bf16 expansion on AMX for row-major block weights only: interleaved ones take the int8
@@ -341,7 +341,7 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
   // Interleaved weights (made where the block kernels have an interleaved form): runs of 16
   // rows keep every thread's range in whole groups of 8.
   const cpu::MatmulBlocksFn kernel =
-      view.layout == BlockLayout::kInterleaved8 ? blocks_.matmul_interleaved : blocks_.matmul;
+      is_interleaved8(view.layout) ? blocks_.matmul_interleaved : blocks_.matmul;
   ALEM_CHECK(view.layout == BlockLayout::kRowMajor || interleaves(w.dtype),
              "matmul: " + dtype_name(w.dtype) +
                  " weights interleaved for another CPU backend's block kernels");
@@ -360,7 +360,7 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
 void CpuBackend::matmul_with_path(const float* x, int64_t M, const WeightMatrix& w,
                                   const float* bias, float* y, bool packed) const {
   // One kernel for every M: block weights, and int8 this backend has interleaved.
-  if (dtype_is_block(w.dtype) || w.layout == BlockLayout::kInterleaved8) {
+  if (dtype_is_block(w.dtype) || is_interleaved8(w.layout)) {
     matmul_blocks(x, M, w, bias, y);
     return;
   }

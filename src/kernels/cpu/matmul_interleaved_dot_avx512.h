@@ -95,6 +95,11 @@ struct Lanes16 {
         _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + gap)), 1));
   }
+  // int8 scales from their bf16 amax codes (int8_amax_scale), both groups.
+  ALEM_LANES_INLINE static F load_amax(const uint8_t* p, size_t gap) {
+    return _mm512_div_ps(_mm512_castsi512_ps(_mm512_slli_epi32(load_u16(p, gap), 16)),
+                         _mm512_set1_ps(127.f));
+  }
   ALEM_LANES_INLINE static I bytes(char v) { return _mm512_set1_epi8(v); }
   ALEM_LANES_INLINE static I words(int v) { return _mm512_set1_epi32(v); }
   ALEM_LANES_INLINE static I x_bytes(const uint8_t* p) {
@@ -222,7 +227,7 @@ struct TileGroups {
 };
 inline __attribute__((always_inline)) TileGroups tile_groups(const WeightView& w, int64_t n0,
                                                              int64_t n_end) {
-  const size_t group_bytes = interleaved_row_bytes(w.dtype, w.cols) * kGroup;
+  const size_t group_bytes = interleaved_row_bytes(w.dtype, w.cols, w.layout) * kGroup;
   return {static_cast<const uint8_t*>(w.data) + (n0 / kGroup) * group_bytes,
           n_end - n0 > kGroup ? group_bytes : 0};
 }
