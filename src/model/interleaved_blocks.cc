@@ -60,9 +60,8 @@ BlockFields fields_of(DType dtype) {
 
 // int8 with amax scales: Q8_0's block (a 16-bit amax code, then the 32 values).
 BlockFields fields_of(DType dtype, BlockLayout layout) {
-  return dtype == DType::I8 && layout == BlockLayout::kInterleaved8AmaxScales
-             ? fields_of(DType::Q8_0)
-             : fields_of(dtype);
+  return dtype == DType::I8 && int8_scales_of(layout) != Int8Scales::kF32 ? fields_of(DType::Q8_0)
+                                                                          : fields_of(dtype);
 }
 
 // A word of fifth bits to its interleaved form (Field::fifth_bits) and back.
@@ -116,7 +115,7 @@ constexpr int64_t kInt8AmaxBlockBytes = sizeof(uint16_t) + kInt8GroupSize;
 BlockShape block_shape(DType dtype, BlockLayout layout = BlockLayout::kInterleaved8) {
   if (dtype == DType::I8) {
     return {kInt8GroupSize,
-            layout == BlockLayout::kInterleaved8AmaxScales ? kInt8AmaxBlockBytes : kInt8BlockBytes};
+            int8_scales_of(layout) != Int8Scales::kF32 ? kInt8AmaxBlockBytes : kInt8BlockBytes};
   }
   return {dtype_block_elements(dtype), dtype_block_bytes(dtype)};
 }
@@ -131,16 +130,26 @@ size_t interleaved_row_bytes(DType dtype, int64_t cols, BlockLayout layout) {
   return block_row_bytes(dtype, cols, layout);
 }
 
-uint16_t int8_amax_code(float scale) {
-  return f32_to_bf16(scale * 127.f);
+uint16_t int8_amax_code(float scale, Int8Scales format) {
+  return format == Int8Scales::kF16Amax ? f32_to_f16(scale * 127.f) : f32_to_bf16(scale * 127.f);
 }
 
-bool int8_scales_are_amax(const float* scales, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
-    const float back = int8_amax_scale(int8_amax_code(scales[i]));
-    if (std::memcmp(&back, &scales[i], sizeof(float)) != 0) return false;
+float int8_amax_scale(uint16_t code, Int8Scales format) {
+  return (format == Int8Scales::kF16Amax ? f16_to_f32(code) : bf16_to_f32(code)) / 127.f;
+}
+
+BlockLayout int8_interleaved_layout(const float* scales, size_t n) {
+  for (const BlockLayout layout :
+       {BlockLayout::kInterleaved8AmaxScales, BlockLayout::kInterleaved8F16AmaxScales}) {
+    const Int8Scales format = int8_scales_of(layout);
+    size_t i = 0;
+    for (; i < n; ++i) {
+      const float back = int8_amax_scale(int8_amax_code(scales[i], format), format);
+      if (std::memcmp(&back, &scales[i], sizeof(float)) != 0) break;
+    }
+    if (i == n) return layout;
   }
-  return true;
+  return BlockLayout::kInterleaved8;
 }
 
 bool can_interleave_blocks(DType dtype, int64_t rows) {
@@ -187,7 +196,8 @@ void interleave_int8(int64_t rows, int64_t cols, const int8_t* values, const flo
                  is_interleaved8(layout),
              "interleave_int8: [" + std::to_string(rows) + " x " + std::to_string(cols) +
                  "] has no 8-row interleaved form");
-  const bool amax = layout == BlockLayout::kInterleaved8AmaxScales;
+  const Int8Scales format = int8_scales_of(layout);
+  const bool amax = format != Int8Scales::kF32;
   const BlockFields f = fields_of(DType::I8, layout);
   const int64_t blocks = cols / kInt8GroupSize;
   const int64_t block_bytes = block_shape(DType::I8, layout).bytes;
@@ -200,9 +210,10 @@ void interleave_int8(int64_t rows, int64_t cols, const int8_t* values, const flo
       for (int64_t b = 0; b < blocks; ++b) {
         const float scale = scales[row * blocks + b];
         if (amax) {
-          const uint16_t code = int8_amax_code(scale);
-          ALEM_CHECK(int8_amax_scale(code) == scale,
-                     "interleave_int8: a scale is no bf16 amax over 127 (int8_scales_are_amax)");
+          const uint16_t code = int8_amax_code(scale, format);
+          ALEM_CHECK(int8_amax_scale(code, format) == scale,
+                     "interleave_int8: a scale is no amax over 127 in this layout's format "
+                     "(int8_interleaved_layout)");
           std::memcpy(block, &code, sizeof(code));
         } else {
           std::memcpy(block, &scale, sizeof(float));
@@ -216,7 +227,8 @@ void interleave_int8(int64_t rows, int64_t cols, const int8_t* values, const flo
 
 void interleaved_int8_row(const uint8_t* data, int64_t cols, int64_t r, float* out,
                           BlockLayout layout) {
-  const bool amax = layout == BlockLayout::kInterleaved8AmaxScales;
+  const Int8Scales format = int8_scales_of(layout);
+  const bool amax = format != Int8Scales::kF32;
   const BlockFields f = fields_of(DType::I8, layout);
   const int64_t block_bytes = block_shape(DType::I8, layout).bytes;
   const size_t row_bytes = block_row_bytes(DType::I8, cols, layout);
@@ -229,7 +241,7 @@ void interleaved_int8_row(const uint8_t* data, int64_t cols, int64_t r, float* o
     if (amax) {
       uint16_t code;
       std::memcpy(&code, block, sizeof(code));
-      scale = int8_amax_scale(code);
+      scale = int8_amax_scale(code, format);
     } else {
       std::memcpy(&scale, block, sizeof(float));
     }

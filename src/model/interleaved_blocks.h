@@ -29,11 +29,12 @@
 //         the 32 values: the 8 rows' scales (32 bytes), then the values in 8 chunks of 4 bytes
 //         per row (256 bytes), Q8_0's column with f32 scales; the matrix's separate scale array
 //         moves into the columns, so the 8 rows' values and scales are again one stream;
-//   int8 with amax scales (kInterleaved8AmaxScales): where every scale of a matrix is a bf16
-//         value divided by 127 (amax / 127, as int8 is quantised, from weights that were bf16),
-//         the 8 rows' 16-bit amax values (16 bytes) stand for the scales: Q8_0's column exactly,
-//         34 bytes per 32 values instead of 36, and the kernels divide by 127 as quantisation
-//         did, so every scale comes back bit for bit;
+//   int8 with amax scales (kInterleaved8AmaxScales, kInterleaved8F16AmaxScales): where every
+//         scale of a matrix is a bf16 (or an f16) value divided by 127 (amax / 127, as int8 is
+//         quantised, from weights that were bf16 or f16), the 8 rows' 16-bit amax values (16
+//         bytes) stand for the scales: Q8_0's column exactly, 34 bytes per 32 values instead
+//         of 36, and the kernels divide by 127 as quantisation did, so every scale comes back
+//         bit for bit;
 // so 8 x the block's own bytes, and a group of 8 rows takes exactly the bytes the 8 rows took.
 // A 32-bit lane of a chunk register is one row's 4 bytes: vpdpbusd against 4 activation bytes
 // broadcast to every lane gives the 8 rows' dot products in the 8 lanes, and the scales come
@@ -51,15 +52,25 @@ constexpr int kInterleavedRows = 8;
 
 // How a matrix of block weights (or bf16 ones) lies in memory.
 enum class BlockLayout : uint8_t {
-  kRowMajor,                // row after row, ggml's blocks as GGUF ships them
-  kInterleaved8,            // 8 rows at a time (above)
-  kBf16Coded,               // bf16 only: 12 bits per weight, lossless (model/bf16_coded.h)
-  kInterleaved8AmaxScales,  // int8 only: kInterleaved8 with bf16 amax values for scales (above)
+  kRowMajor,                   // row after row, ggml's blocks as GGUF ships them
+  kInterleaved8,               // 8 rows at a time (above)
+  kBf16Coded,                  // bf16 only: 12 bits per weight, lossless (model/bf16_coded.h)
+  kInterleaved8AmaxScales,     // int8 only: kInterleaved8 with bf16 amax values for scales
+  kInterleaved8F16AmaxScales,  // int8 only: the same with f16 amax values (above)
 };
 
-// Both 8-row interleaved layouts.
+// How an interleaved int8 matrix holds its scales.
+enum class Int8Scales { kF32, kBf16Amax, kF16Amax };
+constexpr Int8Scales int8_scales_of(BlockLayout layout) {
+  return layout == BlockLayout::kInterleaved8AmaxScales      ? Int8Scales::kBf16Amax
+         : layout == BlockLayout::kInterleaved8F16AmaxScales ? Int8Scales::kF16Amax
+                                                             : Int8Scales::kF32;
+}
+
+// The 8-row interleaved layouts.
 inline bool is_interleaved8(BlockLayout layout) {
-  return layout == BlockLayout::kInterleaved8 || layout == BlockLayout::kInterleaved8AmaxScales;
+  return layout == BlockLayout::kInterleaved8 || layout == BlockLayout::kInterleaved8AmaxScales ||
+         layout == BlockLayout::kInterleaved8F16AmaxScales;
 }
 
 // True where `dtype` has an interleaved form and `rows` divides into groups of 8.
@@ -74,19 +85,20 @@ void interleave_blocks(DType dtype, int64_t rows, int64_t cols, uint8_t* data);
 // cols) bytes: ggml's own blocks; for int8, each scale group as its f32 scale and 32 values).
 void interleaved_row(DType dtype, const uint8_t* data, int64_t cols, int64_t r, uint8_t* out);
 // int8: rows x cols values (row-major) and their rows x (cols / 32) scales into `out`
-// (rows x interleaved_row_bytes(I8, cols, layout) bytes; kInterleaved8AmaxScales only where
-// int8_scales_are_amax says so); and row r of that back as f32 values.
+// (rows x interleaved_row_bytes(I8, cols, layout) bytes; an amax layout only where
+// int8_interleaved_layout chose it); and row r of that back as f32 values.
 void interleave_int8(int64_t rows, int64_t cols, const int8_t* values, const float* scales,
                      uint8_t* out, BlockLayout layout = BlockLayout::kInterleaved8);
 void interleaved_int8_row(const uint8_t* data, int64_t cols, int64_t r, float* out,
                           BlockLayout layout = BlockLayout::kInterleaved8);
-// Whether each of the n scales is exactly bf16_to_f32(a) / 127 for a 16-bit a (its amax code:
-// int8_amax_code), as int8 quantisation makes them from bf16 weights.
-bool int8_scales_are_amax(const float* scales, size_t n);
-uint16_t int8_amax_code(float scale);
-// The scale an amax code stands for, computed as quantisation computed it.
-inline float int8_amax_scale(uint16_t code) {
-  return bf16_to_f32(code) / 127.f;
-}
+// The interleaved layout for int8 with these n scales: kInterleaved8AmaxScales where each is
+// exactly bf16_to_f32(a) / 127 for its 16-bit code a (int8_amax_code), as int8 quantisation
+// makes them from bf16 weights; else kInterleaved8F16AmaxScales where each is f16_to_f32(a) /
+// 127 (weights that were f16); else kInterleaved8 (f32 scales).
+BlockLayout int8_interleaved_layout(const float* scales, size_t n);
+// A scale's 16-bit amax code in an amax layout (the amax rounded to bf16 or f16), and the scale
+// a code stands for, computed as quantisation computed it.
+uint16_t int8_amax_code(float scale, Int8Scales format);
+float int8_amax_scale(uint16_t code, Int8Scales format);
 
 }  // namespace alem

@@ -320,62 +320,70 @@ TEST_P(BackendOps, MatmulGgmlBlockTypes) {
   }
 }
 
-// int8 made from bf16 weights has scales that are bf16 amax values over 127: adopted, the CPU
-// backend keeps them as 16-bit codes (BlockLayout::kInterleaved8AmaxScales, Q8_0's 34 bytes per
-// 32 values) and its kernels divide by 127 as quantisation did, so every result equals, bit for
-// bit, what the same kernels give with the f32 scales (the layout int8 from other sources
-// keeps), and the rows read back exactly.
-TEST_P(BackendOps, Int8FromBf16WeightsKeepsItsScalesInTwoBytes) {
+// int8 made from bf16 (or f16) weights has scales that are bf16 (f16) amax values over 127:
+// adopted, the CPU backend keeps them as 16-bit codes (BlockLayout::kInterleaved8AmaxScales or
+// kInterleaved8F16AmaxScales, Q8_0's 34 bytes per 32 values) and its kernels divide by 127 as
+// quantisation did, so every result equals, bit for bit, what the same kernels give with the
+// f32 scales (the layout int8 from other sources keeps), and the rows read back exactly.
+TEST_P(BackendOps, Int8FromBf16OrF16WeightsKeepsItsScalesInTwoBytes) {
   if (on_device()) GTEST_SKIP() << "the CUDA backend keeps int8 as it is";
   const auto* cpu = dynamic_cast<const CpuBackend*>(backend_.get());
   uint32_t seed = 900;
-  for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{{48, 96}, {200, 608}, {16, 2048}}) {
-    auto values = random_values(N * K, seed += 7);
-    for (float& v : values) v = bf16_to_f32(f32_to_bf16(v));
-    values[5] = 0.f;  // a block of zeros: scale 0
-    for (int64_t k = 0; k < 32; ++k) values[K + k] = 0.f;
-    const WeightMatrix w = make_weight_matrix(values.data(), N, K, DType::I8);
-    ASSERT_TRUE(int8_scales_are_amax(w.scales.data(), w.scales.size()));
-    WeightMatrix adopted = make_weight_matrix(values.data(), N, K, DType::I8);
-    backend_->adopt_weight(adopted);
-    if (cpu == nullptr || !cpu->interleaves(DType::I8) ||
-        cpu->uses_amx_int8(DType::I8, BlockLayout::kInterleaved8, 1 << 20)) {
-      EXPECT_NE(adopted.layout, BlockLayout::kInterleaved8AmaxScales);
-      continue;
-    }
-    ASSERT_EQ(adopted.layout, BlockLayout::kInterleaved8AmaxScales) << N << "x" << K;
-    EXPECT_EQ(adopted.bytes(), static_cast<size_t>(N * K / 32 * 34));
-    // The f32-scale layout of the same matrix, made by hand.
-    WeightMatrix f32_scales;
-    f32_scales.dtype = DType::I8;
-    f32_scales.rows = N;
-    f32_scales.cols = K;
-    f32_scales.layout = BlockLayout::kInterleaved8;
-    f32_scales.data = AlignedBuffer(static_cast<size_t>(N) * interleaved_row_bytes(DType::I8, K));
-    interleave_int8(N, K, w.data.as<int8_t>(), w.scales.data(), f32_scales.data.data());
-    for (int64_t r = 0; r < N; ++r) {
-      std::vector<float> got(K), want(K);
-      dequantize_row(adopted, r, got.data());
-      dequantize_row(w, r, want.data());
-      ASSERT_EQ(0, std::memcmp(got.data(), want.data(), K * sizeof(float))) << "row " << r;
-    }
-    EXPECT_EQ(adopted.at(N - 1, K - 1), w.at(N - 1, K - 1));
-    for (int64_t M : {1, 2, 3, 5, 8, 33, 64}) {
-      const auto x = random_values(M * K, seed + M, -2.f, 2.f);
-      std::vector<float> got(M * N, NAN), want(M * N, NAN);
-      backend_->matmul(x.data(), M, adopted, nullptr, got.data());
-      backend_->matmul(x.data(), M, f32_scales, nullptr, want.data());
-      ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float)))
-          << "M=" << M << " " << N << "x" << K;
+  for (const BlockLayout want_layout :
+       {BlockLayout::kInterleaved8AmaxScales, BlockLayout::kInterleaved8F16AmaxScales}) {
+    const bool f16 = want_layout == BlockLayout::kInterleaved8F16AmaxScales;
+    for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{{48, 96}, {200, 608}, {16, 2048}}) {
+      auto values = random_values(N * K, seed += 7);
+      for (float& v : values) v = f16 ? f16_to_f32(f32_to_f16(v)) : bf16_to_f32(f32_to_bf16(v));
+      values[5] = 0.f;
+      for (int64_t k = 0; k < 32; ++k) values[K + k] = 0.f;  // a block of zeros: scale 0
+      const WeightMatrix w = make_weight_matrix(values.data(), N, K, DType::I8);
+      ASSERT_EQ(int8_interleaved_layout(w.scales.data(), w.scales.size()), want_layout);
+      WeightMatrix adopted = make_weight_matrix(values.data(), N, K, DType::I8);
+      backend_->adopt_weight(adopted);
+      if (cpu == nullptr || !cpu->interleaves(DType::I8) ||
+          cpu->uses_amx_int8(DType::I8, BlockLayout::kInterleaved8, 1 << 20)) {
+        EXPECT_NE(adopted.layout, want_layout);
+        continue;
+      }
+      const std::string what =
+          std::string(f16 ? "f16 " : "bf16 ") + std::to_string(N) + "x" + std::to_string(K);
+      ASSERT_EQ(adopted.layout, want_layout) << what;
+      EXPECT_EQ(adopted.bytes(), static_cast<size_t>(N * K / 32 * 34)) << what;
+      // The f32-scale layout of the same matrix, made by hand.
+      WeightMatrix f32_scales;
+      f32_scales.dtype = DType::I8;
+      f32_scales.rows = N;
+      f32_scales.cols = K;
+      f32_scales.layout = BlockLayout::kInterleaved8;
+      f32_scales.data = AlignedBuffer(static_cast<size_t>(N) * interleaved_row_bytes(DType::I8, K));
+      interleave_int8(N, K, w.data.as<int8_t>(), w.scales.data(), f32_scales.data.data());
+      for (int64_t r = 0; r < N; ++r) {
+        std::vector<float> got(K), want(K);
+        dequantize_row(adopted, r, got.data());
+        dequantize_row(w, r, want.data());
+        ASSERT_EQ(0, std::memcmp(got.data(), want.data(), K * sizeof(float)))
+            << what << " row " << r;
+      }
+      EXPECT_EQ(adopted.at(N - 1, K - 1), w.at(N - 1, K - 1));
+      for (int64_t M : {1, 2, 3, 5, 8, 33, 64}) {
+        const auto x = random_values(M * K, seed + M, -2.f, 2.f);
+        std::vector<float> got(M * N, NAN), want(M * N, NAN);
+        backend_->matmul(x.data(), M, adopted, nullptr, got.data());
+        backend_->matmul(x.data(), M, f32_scales, nullptr, want.data());
+        ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float)))
+            << what << " M=" << M;
+      }
     }
   }
-  // Scales that are not bf16 amax values (int8 from f32 weights) keep 4 bytes.
+  // Scales that are neither (int8 from f32 weights) keep 4 bytes.
   const auto values = random_values(48 * 96, 3);
   const WeightMatrix w = make_weight_matrix(values.data(), 48, 96, DType::I8);
-  EXPECT_FALSE(int8_scales_are_amax(w.scales.data(), w.scales.size()));
+  EXPECT_EQ(int8_interleaved_layout(w.scales.data(), w.scales.size()), BlockLayout::kInterleaved8);
   WeightMatrix adopted = make_weight_matrix(values.data(), 48, 96, DType::I8);
   backend_->adopt_weight(adopted);
-  EXPECT_NE(adopted.layout, BlockLayout::kInterleaved8AmaxScales);
+  EXPECT_TRUE(adopted.layout == BlockLayout::kInterleaved8 ||
+              adopted.layout == BlockLayout::kRowMajor);
 }
 
 // ---------------------------------------------------------------------------------------------

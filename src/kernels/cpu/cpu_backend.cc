@@ -221,11 +221,12 @@ void CpuBackend::adopt_weight(WeightMatrix& w) const {
         w.data.size() != static_cast<size_t>(w.rows * w.cols)) {
       return;
     }
-    // Scales that are bf16 amax values over 127 (int8 made from bf16 weights) take 2 bytes
-    // instead of 4, where no AMX tile kernel (which reads f32 scales) runs the matrix.
-    const BlockLayout layout = !amx_int8_ && int8_scales_are_amax(w.scales.data(), w.scales.size())
-                                   ? BlockLayout::kInterleaved8AmaxScales
-                                   : BlockLayout::kInterleaved8;
+    // Scales that are bf16 or f16 amax values over 127 (int8 made from bf16 or f16 weights)
+    // take 2 bytes instead of 4, where no AMX tile kernel (which reads f32 scales) runs the
+    // matrix.
+    const BlockLayout layout = amx_int8_
+                                   ? BlockLayout::kInterleaved8
+                                   : int8_interleaved_layout(w.scales.data(), w.scales.size());
     AlignedBuffer interleaved(static_cast<size_t>(w.rows) *
                               interleaved_row_bytes(w.dtype, w.cols, layout));
     interleave_int8(w.rows, w.cols, w.data.as<int8_t>(), w.scales.data(), interleaved.data(),

@@ -75,12 +75,13 @@ inline void store_rows(const __m256* acc, const float* bias, float* const* y) {
 }
 
 // y[i][0 .. 8) for MR rows of x from the group of 8 weight rows at `group`: Q8_0's f16 scales,
-// int8's f32 ones (kAmax: its 16-bit amax codes, in Q8_0's column), or IQ4_NL's column (f16
+// int8's f32 ones (or its 16-bit amax codes, in Q8_0's column: S), or IQ4_NL's column (f16
 // scales, then 4 chunks of index nibbles).
-template <int MR, DType T, bool kAmax = false>
+template <int MR, DType T, Int8Scales S = Int8Scales::kF32>
 void group_rows_int16(const SplitX* x, const uint8_t* group, int64_t blocks, bool prefetch,
                       const float* bias, float* const* y) {
-  constexpr bool kF32Scales = T == DType::I8 && !kAmax;
+  constexpr bool kF32Scales = T == DType::I8 && S == Int8Scales::kF32;
+  constexpr bool kAmax = T == DType::I8 && S != Int8Scales::kF32;
   constexpr int values_at = kF32Scales ? 32 : 16;  // after the 8 scales
   constexpr int column_bytes = values_at + (T == DType::IQ4_NL ? 128 : 256);
   __m256 acc[MR];
@@ -94,7 +95,7 @@ void group_rows_int16(const SplitX* x, const uint8_t* group, int64_t blocks, boo
     if constexpr (kF32Scales) {
       wd = _mm256_loadu_ps(reinterpret_cast<const float*>(column));
     } else if constexpr (kAmax) {
-      wd = interleaved::Lanes8::load_amax(column, 0);
+      wd = interleaved::Lanes8::load_amax<S == Int8Scales::kF16Amax>(column, 0);
     } else {
       wd = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(column)));
     }
@@ -133,7 +134,7 @@ void group_rows_int16_iq4_xs(const SplitX* x, const uint8_t* group, int64_t colu
   store_rows<MR>(acc, bias, y);
 }
 
-template <DType T, bool kAmax = false>
+template <DType T, Int8Scales S = Int8Scales::kF32>
 struct Int16Bytes {
   static constexpr bool kInt16X = true;
   static constexpr bool kSignedWeights = true;
@@ -145,7 +146,7 @@ struct Int16Bytes {
     if constexpr (T == DType::IQ4_XS) {
       group_rows_int16_iq4_xs<MR>(x, group, columns, prefetch, bias, y);
     } else {
-      group_rows_int16<MR, T, kAmax>(x, group, columns, prefetch, bias, y);
+      group_rows_int16<MR, T, S>(x, group, columns, prefetch, bias, y);
     }
   }
 };
@@ -159,7 +160,11 @@ void matmul_bytes_interleaved(const Q16Blocks& a, int64_t m_begin, int64_t m_end
   if (w.dtype == DType::Q8_0) {
     interleaved::run<Int16Bytes<DType::Q8_0>>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
   } else if (w.dtype == DType::I8 && w.layout == BlockLayout::kInterleaved8AmaxScales) {
-    interleaved::run<Int16Bytes<DType::I8, true>>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
+    interleaved::run<Int16Bytes<DType::I8, Int8Scales::kBf16Amax>>(a, m_begin, m_end, w, bias, y,
+                                                                   n_begin, n_end);
+  } else if (w.dtype == DType::I8 && w.layout == BlockLayout::kInterleaved8F16AmaxScales) {
+    interleaved::run<Int16Bytes<DType::I8, Int8Scales::kF16Amax>>(a, m_begin, m_end, w, bias, y,
+                                                                  n_begin, n_end);
   } else if (w.dtype == DType::I8) {
     interleaved::run<Int16Bytes<DType::I8>>(a, m_begin, m_end, w, bias, y, n_begin, n_end);
   } else if (w.dtype == DType::IQ4_XS) {

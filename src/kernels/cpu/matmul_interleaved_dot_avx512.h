@@ -95,10 +95,12 @@ struct Lanes16 {
         _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + gap)), 1));
   }
-  // int8 scales from their bf16 amax codes (int8_amax_scale), both groups.
+  // int8 scales from their amax codes, bf16 or f16 (int8_amax_scale), both groups.
+  template <bool kF16>
   ALEM_LANES_INLINE static F load_amax(const uint8_t* p, size_t gap) {
-    return _mm512_div_ps(_mm512_castsi512_ps(_mm512_slli_epi32(load_u16(p, gap), 16)),
-                         _mm512_set1_ps(127.f));
+    const F amax =
+        kF16 ? load_f16(p, gap) : _mm512_castsi512_ps(_mm512_slli_epi32(load_u16(p, gap), 16));
+    return _mm512_div_ps(amax, _mm512_set1_ps(127.f));
   }
   ALEM_LANES_INLINE static I bytes(char v) { return _mm512_set1_epi8(v); }
   ALEM_LANES_INLINE static I words(int v) { return _mm512_set1_epi32(v); }
