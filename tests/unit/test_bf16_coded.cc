@@ -139,7 +139,8 @@ TEST_P(CpuBf16Coded, MatmulsAndEmbeddingsMatchThePlainMatrix) {
   ASSERT_TRUE(cpu.codes_bf16());
   ReferenceBackend ref;
   uint32_t seed = 40;
-  for (auto [N, K] : {std::pair<int64_t, int64_t>{200, 576}, {1000, 256}, {48, 2048}, {7, 192}}) {
+  for (auto [N, K] :
+       {std::pair<int64_t, int64_t>{200, 576}, {1000, 256}, {48, 2048}, {7, 192}, {24, 5632}}) {
     const auto bits = weight_bits(N, K, seed += 5);
     const WeightMatrix plain = bf16_matrix(bits, N, K);
     WeightMatrix coded = bf16_matrix(bits, N, K);

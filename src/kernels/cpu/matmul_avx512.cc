@@ -4,7 +4,8 @@
 //    of x (dot-product form, horizontal sums at the end of each row). Memory-bound by design.
 //    bf16 weights (decode and continuous-batching decode) take their own form that converts 32
 //    weights with 2 instructions and feeds each to every row of x (stream_bf16): one weight row
-//    at a time up to 4 rows of x, 4 weight rows side by side from 5.
+//    at a time up to 4 rows of x, 4 weight rows side by side from 5, and from 8 rows of x, 8
+//    weight rows against 2 rows of x held in registers (bf16_wide_block).
 //  * matmul_packed (prefill): W is converted and transposed, one 48-column x kDepth tile at a
 //    time, into an f32 panel on the stack that stays in L1 while an 8x48 register-blocked
 //    micro-kernel (24 accumulators, x values broadcast) sweeps every row of x over it.
@@ -357,6 +358,122 @@ void bf16_pair_block_rows(int mb, const float* xm, int64_t K, const uint16_t* w,
   }
 }
 
+// From this many rows of x, 8 weight rows are taken side by side against 2 rows of x held in
+// registers (bf16_wide_block) instead of 4 against 4. x no longer fits the L1 at these sizes
+// (16 rows of K = 2048 in f32 are 128 KiB), so every pass over a block of weight rows reads its
+// rows of x from the L2: 4 weight rows per x vector asked the L2 for 16 bytes per FMA, which held
+// the Zen 5's full-width FMA units to 55-65% of their peak; 8 ask for 8. The 1.1B shape's
+// matmuls at 16-32 rows of x, one thread, weights from DRAM: 140-180 -> 175-230 GFLOP/s (f32 FMA
+// peak 263-277). At 5-7 rows the 4 x 4 block stays ahead, and at 8 the two run level.
+constexpr int64_t kWideMinRows = 8;
+constexpr int kWideRows = 8;  // weight rows per wide block
+
+// The weight rows a wide block's successor two ahead will read, prefetched into the L1 in
+// address order (one sequential stream), spread evenly over the passes of the block: `bytes` is
+// this pass's share, `step` bytes of it per 32 weights of a row.
+struct WideAhead {
+  const char* bytes = nullptr;
+  int64_t step = 0;
+
+  void prefetch(int64_t s) const {
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(bytes) + static_cast<uintptr_t>(s * step);
+    for (uintptr_t at = (lo + 63) & ~uintptr_t{63}; at < lo + step; at += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(at), _MM_HINT_T0);
+    }
+  }
+};
+
+// y[m][n + r] for m < MB (1 .. 3), r < rows (<= kWideRows), from permuted x rows xp (stride K,
+// K % 32 == 0) and kWideRows bf16 weight rows w (stride K; rows past `rows` repeat the first).
+// Per 32 weights: MB x vectors pairs loaded once, then each weight row converted (a shift and a
+// mask) and fed to every row of x: MB x kWideRows accumulators, 2 FMAs each.
+// Only weights [k0, k1) when K is tiled (kWideTileK): the first tile writes y with the bias, the
+// others add to it.
+template <int MB>
+void bf16_wide_block(const float* xp, int64_t K, int64_t k0, int64_t k1, const uint16_t* w,
+                     int rows, const float* bias, float* y, int64_t N, WideAhead ahead) {
+  constexpr int PR = kWideRows;
+  const uint16_t* row[PR];
+  for (int r = 0; r < PR; ++r) row[r] = w + (r < rows ? r : 0) * K;
+  const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  __m512 acc[MB][PR];
+  for (int m = 0; m < MB; ++m) {
+    for (int r = 0; r < PR; ++r) acc[m][r] = _mm512_setzero_ps();
+  }
+  for (int64_t k = k0; k < k1; k += 32) {
+    ahead.prefetch((k - k0) / 32);
+    __m512 xe[MB], xo[MB];
+    for (int m = 0; m < MB; ++m) {
+      xe[m] = _mm512_load_ps(xp + m * K + k);
+      xo[m] = _mm512_load_ps(xp + m * K + k + 16);
+    }
+    for (int r = 0; r < PR; ++r) {
+      const __m512i v = _mm512_loadu_si512(row[r] + k);
+      const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+      const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(v, high_half));
+      for (int m = 0; m < MB; ++m) {
+        acc[m][r] = _mm512_fmadd_ps(xe[m], even, acc[m][r]);
+        acc[m][r] = _mm512_fmadd_ps(xo[m], odd, acc[m][r]);
+      }
+    }
+  }
+  constexpr int kSums = (MB * PR + 15) / 16 * 16;
+  alignas(64) float sums[kSums];
+  for (int g = 0; g < kSums; g += 16) {
+    __m512 v[16];
+    for (int i = 0; i < 16; ++i) {
+      v[i] = g + i < MB * PR ? acc[(g + i) / PR][(g + i) % PR] : _mm512_setzero_ps();
+    }
+    _mm512_store_ps(sums + g, reduce16(v));
+  }
+  for (int m = 0; m < MB; ++m) {
+    for (int r = 0; r < rows; ++r) {
+      const float sum = sums[m * PR + r];
+      y[m * N + r] = k0 > 0 ? y[m * N + r] + sum : sum + (bias ? bias[r] : 0.f);
+    }
+  }
+}
+
+// Rows of up to kWideWholeK weights are taken whole: 8 rows of 2048 bf16 weights are 32 KiB,
+// which stay in the L1 across the passes over rows of x. Longer rows are cut into even tiles of
+// at most kWideTileK (24 KiB for 8 rows): the 1.1B shape's down matrix (K = 5632, 4 tiles of
+// 1408) at 64 rows of x, one thread, ran 160-170 GFLOP/s whole and 195-207 tiled. Tiles of K =
+// 2048 itself gained nothing on the 1.1B shape's other matrices.
+constexpr int64_t kWideWholeK = 2048;
+constexpr int64_t kWideTileK = 1536;
+
+inline int64_t wide_tile_k(int64_t K) {
+  if (K <= kWideWholeK) return K;
+  const int64_t tiles = (K + kWideTileK - 1) / kWideTileK;
+  return ((K + tiles - 1) / tiles + 31) / 32 * 32;
+}
+
+// All M (>= 2) rows of x against `rows` weight rows w (kWideRows at most), 2 rows of x per pass
+// and the last 3 together when M is odd; `next` (next_bytes long) is what the block two ahead
+// will read.
+void bf16_wide_blocks(const float* xp, int64_t M, int64_t K, const uint16_t* w, int rows,
+                      const float* bias, float* y, int64_t N, const void* next,
+                      int64_t next_bytes) {
+  const int64_t passes = M / 2, steps = K / 32;
+  const int64_t step = (next_bytes + passes * steps - 1) / (passes * steps);
+  const char* ahead_at = static_cast<const char*>(next);
+  const int64_t tile = wide_tile_k(K);
+  for (int64_t k0 = 0; k0 < K; k0 += tile) {
+    const int64_t k1 = std::min(K, k0 + tile);
+    for (int64_t m = 0; m < M;) {
+      const WideAhead ahead{ahead_at, step};
+      ahead_at += (k1 - k0) / 32 * step;
+      if (M - m == 3) {
+        bf16_wide_block<3>(xp + m * K, K, k0, k1, w, rows, bias, y + m * N, N, ahead);
+        m += 3;
+      } else {
+        bf16_wide_block<2>(xp + m * K, K, k0, k1, w, rows, bias, y + m * N, N, ahead);
+        m += 2;
+      }
+    }
+  }
+}
+
 // Up to this many rows of x, bf16 weight rows are walked one at a time (stream_rows_bf16, all
 // rows of x in one pass): the matrix is one sequential stream. Rows side by side (4 short
 // streams restarting every row) read memory at a third of the speed on an AMD Zen 4, which
@@ -434,6 +551,14 @@ void stream_bf16_rows(const float* xp, int64_t M, const WeightView& w, const flo
   const uint16_t* base = static_cast<const uint16_t*>(w.data);
   if (M <= kOneWeightRowMaxM) {
     stream_rows_bf16_m(M, xp, K, base, bias, y, N, n_begin, n_end);
+    return;
+  }
+  if (M >= kWideMinRows) {
+    for (int64_t n = n_begin; n < n_end; n += kWideRows) {
+      const int rows = static_cast<int>(n_end - n < kWideRows ? n_end - n : kWideRows);
+      bf16_wide_blocks(xp, M, K, base + n * K, rows, bias ? bias + n : nullptr, y + n, N,
+                       base + (n + 2 * kWideRows) * K, kWideRows * K * 2);
+    }
     return;
   }
   for (int64_t n = n_begin; n < n_end; n += kPairRows) {
@@ -569,16 +694,25 @@ void stream_bf16_permuted(const float* xp, int64_t M, const WeightView& w, const
     stream_bf16_rows(xp, M, w, bias, y, n_begin, n_end);
     return;
   }
-  // Coded weights: kPairRows rows at a time unpacked into a buffer in the L1 (16 KiB at
-  // K = 2048), then the plain kernels on it; the rows stream in order, one sequential stream.
+  // Coded weights: a block of rows at a time unpacked into a buffer in the L1 (16 KiB at
+  // K = 2048 for kPairRows rows), then the plain kernels on it; the rows stream in order, one
+  // sequential stream.
   const int64_t K = w.cols, N = w.rows;
   const Bf16CodedView coded = bf16_coded_view(w.data, N, K);
-  auto* rows_bf16 = static_cast<uint16_t*>(thread_scratch(
-      ScratchSlot::kCodedRows, static_cast<size_t>(kPairRows * K) * sizeof(uint16_t)));
-  for (int64_t n = n_begin; n < n_end; n += kPairRows) {
-    const int rows = static_cast<int>(n_end - n < kPairRows ? n_end - n : kPairRows);
+  const bool wide = M >= kWideMinRows;
+  const int64_t block = wide ? kWideRows : kPairRows;
+  auto* rows_bf16 = static_cast<uint16_t*>(
+      thread_scratch(ScratchSlot::kCodedRows, static_cast<size_t>(block * K) * sizeof(uint16_t)));
+  for (int64_t n = n_begin; n < n_end; n += block) {
+    const int rows = static_cast<int>(n_end - n < block ? n_end - n : block);
     unpack_coded_rows(coded, n, rows, rows_bf16);
     const float* b = bias ? bias + n : nullptr;
+    if (wide) {
+      bf16_wide_blocks(xp, M, K, rows_bf16, rows, b, y + n, N,
+                       coded.row(std::min(n + 2 * block, N - 1)),
+                       block * static_cast<int64_t>(coded.row_bytes()));
+      continue;
+    }
     const PairAhead ahead{
         reinterpret_cast<const char*>(coded.row(std::min(n + 2 * kPairRows, N - 1))),
         static_cast<int64_t>(coded.row_bytes()), 3};
