@@ -364,7 +364,7 @@ void bf16_pair_block_rows(int mb, const float* xm, int64_t K, const uint16_t* w,
 // rows of x from the L2: 4 weight rows per x vector asked the L2 for 16 bytes per FMA, which held
 // the Zen 5's full-width FMA units to 55-65% of their peak; 8 ask for 8. The 1.1B shape's
 // matmuls at 16-32 rows of x, one thread, weights from DRAM: 140-180 -> 175-230 GFLOP/s (f32 FMA
-// peak 263-277). At 5-7 rows the 4 x 4 block stays ahead, and at 8 the two run level.
+// peak 263-277). At 5-7 rows the 4 x 4 block stays ahead (docs/kernels.md).
 constexpr int64_t kWideMinRows = 8;
 constexpr int kWideRows = 8;  // weight rows per wide block
 
