@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "fuzz_util.h"
@@ -24,10 +25,24 @@
 
 namespace {
 
+// The files this run made (the template store and the input), removed when the fuzzer exits:
+// every run of the test labels made two.
+std::vector<std::string>& made_files() {
+  static auto* files = new std::vector<std::string>;
+  return *files;
+}
+
+void remove_made_files() {
+  for (const std::string& path : made_files()) std::remove(path.c_str());
+}
+
 std::string temp_path(const char* what) {
-  return (std::filesystem::temp_directory_path() /
-          ("alem-fuzz-" + std::to_string(getpid()) + "-" + what + ".h5"))
-      .string();
+  std::string path = (std::filesystem::temp_directory_path() /
+                      ("alem-fuzz-" + std::to_string(getpid()) + "-" + what + ".h5"))
+                         .string();
+  if (made_files().empty()) std::atexit(remove_made_files);
+  made_files().push_back(path);
+  return path;
 }
 
 // A small valid store: one layer of every kind of tensor the reader distinguishes.
