@@ -48,6 +48,12 @@ inline void zero_block(__m512 (&acc)[NR][MV]) {
   }
 }
 template <int NR, int MV>
+inline void add_block(__m512 (&acc)[NR][MV], const __m512 (&more)[NR][MV]) {
+  for (int r = 0; r < NR; ++r) {
+    for (int v = 0; v < MV; ++v) acc[r][v] = _mm512_add_ps(acc[r][v], more[r][v]);
+  }
+}
+template <int NR, int MV>
 inline void write_block(const __m512 (&acc)[NR][MV], float* y, int64_t ldy, int rows,
                         const float* bias) {
   alignas(64) float out[NR][MV * kTile];
@@ -61,13 +67,20 @@ inline void write_block(const __m512 (&acc)[NR][MV], float* y, int64_t ldy, int 
 
 // NR weight rows (from `w`, row stride K) against MV packed 16-row vectors of x over all of K;
 // writes y rows [0, rows) and columns [0, NR) at y (row stride ldy), adding the bias.
+// With one vector of x (up to 16 rows), a block has only NR accumulators, too few chains for the
+// instruction's latency at two per cycle (Zen 5): the pairs of k then alternate between two sets
+// of accumulators (kChains), added at the end.
+template <int MV>
+constexpr int kChains = MV == 1 ? 2 : 1;
+
 template <int NR, int MV>
 void block(const uint16_t* w, int64_t K, const uint32_t* xp, int64_t block_stride, float* y,
            int64_t ldy, int rows, const float* bias) {
-  __m512 acc[NR][MV];
+  __m512 acc[NR][MV], acc2[NR][MV];
   zero_block(acc);
+  if constexpr (kChains<MV> == 2) zero_block(acc2);
   const int64_t full_steps = K / kKStep;
-  auto pair_step = [&](const uint32_t* xs, int64_t k, bool half) {
+  auto pair_step = [&](__m512(&sums)[NR][MV], const uint32_t* xs, int64_t k, bool half) {
     __m512bh xv[MV];
     for (int v = 0; v < MV; ++v) {
       xv[v] = (__m512bh)_mm512_load_si512(xs + v * block_stride);
@@ -75,7 +88,7 @@ void block(const uint16_t* w, int64_t K, const uint32_t* xp, int64_t block_strid
     for (int r = 0; r < NR; ++r) {
       const __m512bh a =
           (__m512bh)_mm512_set1_epi32(static_cast<int>(weight_pair(w + r * K, k, half)));
-      for (int v = 0; v < MV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, xv[v]);
+      for (int v = 0; v < MV; ++v) sums[r][v] = _mm512_dpbf16_ps(sums[r][v], a, xv[v]);
     }
   };
   for (int64_t s = 0; s < full_steps; ++s) {
@@ -86,13 +99,17 @@ void block(const uint16_t* w, int64_t K, const uint32_t* xp, int64_t block_strid
     for (int r = 0; r < NR; ++r) {
       asm volatile("prefetcht1 %0" : : "m"(*(w + (NR + r) * K + s * kKStep)));
     }
-    for (int i = 0; i < kTile; ++i) pair_step(xs + i * kTile, s * kKStep + 2 * i, false);
+    for (int i = 0; i < kTile; i += 2) {
+      pair_step(acc, xs + i * kTile, s * kKStep + 2 * i, false);
+      pair_step(kChains<MV> == 2 ? acc2 : acc, xs + (i + 1) * kTile, s * kKStep + 2 * i + 2, false);
+    }
   }
   const int64_t tail = K - full_steps * kKStep;  // values of k past the last full tile
   for (int64_t i = 0; 2 * i < tail; ++i) {
     const int64_t k = full_steps * kKStep + 2 * i;
-    pair_step(xp + full_steps * kTile * kTile + i * kTile, k, k + 1 == K);
+    pair_step(acc, xp + full_steps * kTile * kTile + i * kTile, k, k + 1 == K);
   }
+  if constexpr (kChains<MV> == 2) add_block(acc, acc2);
   write_block(acc, y, ldy, rows, bias);
 }
 
@@ -103,8 +120,9 @@ template <int NR, int MV>
 void coded_block(const Bf16CodedView& coded, int64_t n, const uint32_t* xp, int64_t block_stride,
                  float* y, int64_t ldy, int rows, const float* bias) {
   const int64_t K = coded.cols;
-  __m512 acc[NR][MV];
+  __m512 acc[NR][MV], acc2[NR][MV];  // as in block: the same sums in the same order
   zero_block(acc);
+  if constexpr (kChains<MV> == 2) zero_block(acc2);
   coded::ChunkRows<NR> source(coded, n, NR);
   alignas(64) uint16_t buf[NR * kBf16CodedChunk];
   const int64_t next_rows = n + NR + NR <= coded.rows ? NR : 0;  // the next block's, if whole
@@ -117,7 +135,7 @@ void coded_block(const Bf16CodedView& coded, int64_t n, const uint32_t* xp, int6
     source.unpack(c, buf);
     for (int half = 0; half < 2; ++half) {
       const uint32_t* xs = xp + (2 * c + half) * kTile * kTile;
-      for (int i = 0; i < kTile; ++i) {
+      auto pair_step = [&](__m512(&sums)[NR][MV], int i) {
         __m512bh xv[MV];
         for (int v = 0; v < MV; ++v) {
           xv[v] = (__m512bh)_mm512_load_si512(xs + i * kTile + v * block_stride);
@@ -125,11 +143,16 @@ void coded_block(const Bf16CodedView& coded, int64_t n, const uint32_t* xp, int6
         for (int r = 0; r < NR; ++r) {
           const __m512bh a = (__m512bh)_mm512_set1_epi32(
               static_cast<int>(weight_pair(buf + r * kBf16CodedChunk, 32 * half + 2 * i, false)));
-          for (int v = 0; v < MV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, xv[v]);
+          for (int v = 0; v < MV; ++v) sums[r][v] = _mm512_dpbf16_ps(sums[r][v], a, xv[v]);
         }
+      };
+      for (int i = 0; i < kTile; i += 2) {
+        pair_step(acc, i);
+        pair_step(kChains<MV> == 2 ? acc2 : acc, i + 1);
       }
     }
   }
+  if constexpr (kChains<MV> == 2) add_block(acc, acc2);
   write_block(acc, y, ldy, rows, bias);
 }
 
