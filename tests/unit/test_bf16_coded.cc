@@ -158,9 +158,7 @@ TEST_P(CpuBf16Coded, MatmulsAndEmbeddingsMatchThePlainMatrix) {
           std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K);
       std::vector<float> got(static_cast<size_t>(M * N), NAN), want(got.size(), NAN);
       cpu.matmul(x.data(), M, coded, bias.data(), got.data());
-      const int64_t unpacked_in_registers =
-          bf16_dot ? cpu::avx512_dot::kCodedMaxRowsBf16 : cpu::kCodedMaxRows;
-      if (M > unpacked_in_registers) {
+      if (M > cpu.coded_rows_in_registers()) {
         cpu.matmul(x.data(), M, plain, bias.data(), want.data());
         ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float))) << what;
         continue;

@@ -85,6 +85,15 @@ void on_plain_rows(const cpu::KernelTable& kernels, const cpu::WeightView& w, in
 
 }  // namespace
 
+int64_t CpuBackend::coded_rows_in_registers() const {
+  if (dot_bf16_) return cpu::avx512_dot::kCodedMaxRowsBf16;
+  // The exact AVX-512 kernels take 5 or more rows as tiles unpacked into the L1
+  // (stream_bf16_permuted, whose wide blocks need x's L2 traffic halved); AVX2's run groups of
+  // rows unpacking in registers up to their packed GEMM: 1.1B gate+up at 8 rows of x, one
+  // thread, 62-63 GFLOP/s through unpacked tiles, 88 in registers (docs/kernels.md).
+  return kernels_.isa == cpu::Isa::kAvx512 ? cpu::kCodedMaxRows : kPackedMinRows - 1;
+}
+
 void CpuBackend::matvec_coded(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                               float* y) const {
   const int64_t N = w.rows, K = w.cols;
@@ -105,9 +114,29 @@ void CpuBackend::matvec_coded(const float* x, int64_t M, const WeightMatrix& w, 
   auto* xp = static_cast<float*>(
       cpu::thread_scratch(cpu::ScratchSlot::kCodedX, static_cast<size_t>(M * K) * sizeof(float)));
   kernels_.permute_x_for_coded(x, M, K, xp);
+  if (M <= cpu::kCodedMaxRows) {
+    run_on_threads(threads, [&](int index, int count) {
+      const auto [n0, n1] = split_range(N, count, index, 16);
+      if (n0 < n1) kernels_.matvec_coded(xp, x, M, coded, bias, y, n0, n1);
+    });
+    return;
+  }
+  // More rows of x: groups of up to kCodedMaxRows (as even as they go: 5 = 3 + 2), each group
+  // unpacking the weights in registers again, over blocks of weight rows small enough (256 KiB
+  // coded) to stay in the L2 between the groups, so the matrix leaves memory once.
+  const int64_t groups = (M + cpu::kCodedMaxRows - 1) / cpu::kCodedMaxRows;
+  const int64_t block =
+      std::max<int64_t>(16, static_cast<int64_t>(256 * 1024 / coded.row_bytes()) / 16 * 16);
   run_on_threads(threads, [&](int index, int count) {
     const auto [n0, n1] = split_range(N, count, index, 16);
-    if (n0 < n1) kernels_.matvec_coded(xp, x, M, coded, bias, y, n0, n1);
+    for (int64_t b0 = n0; b0 < n1; b0 += block) {
+      const int64_t b1 = std::min(n1, b0 + block);
+      for (int64_t g = 0, m0 = 0; g < groups; ++g) {
+        const int64_t rows = M / groups + (g < M % groups ? 1 : 0);
+        kernels_.matvec_coded(xp + m0 * K, x + m0 * K, rows, coded, bias, y + m0 * N, b0, b1);
+        m0 += rows;
+      }
+    }
   });
 }
 
@@ -122,7 +151,7 @@ void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const 
                "matmul: bf16 weights with coded exponents need AVX2 or AVX-512 kernels, and this "
                "backend runs " +
                    std::string(cpu::isa_name(kernels_.isa)) + " ones");
-    if (M <= (dot_bf16_ ? cpu::avx512_dot::kCodedMaxRowsBf16 : cpu::kCodedMaxRows)) {
+    if (M <= coded_rows_in_registers()) {
       matvec_coded(x, M, w, bias, y);
       return;
     }

@@ -157,7 +157,7 @@ void stream_block_rows(const float* x, int64_t M, int64_t K, const WeightView& w
 // odd), as the AVX-512 kernel does. stream_row's widening load (vpmovzxwd, a shuffle per 8
 // weights) left the 1.1B shape's decode at 0.66 of the read bandwidth on an AMD Zen 4 with
 // ALEM_CPU_ISA=avx2. Rows one after another: one sequential stream.
-constexpr int64_t kEvenOddMaxM = 4;
+constexpr int64_t kEvenOddMaxM = 3;
 
 void permute_even_odd(const float* x, int64_t M, int64_t K, float* xp) {
   for (int64_t i = 0; i < M * K; i += 16) {
@@ -203,14 +203,84 @@ void stream_rows_bf16(const float* xp, int64_t K, const uint16_t* base, const fl
   }
 }
 
+// bf16 from kEvenOddMaxM + 1 rows of x up to the packed GEMM (K % 32 == 0): 4 weight rows side by
+// side against 2 rows of x held in registers (8 accumulators, 4 x vectors: AVX2's 16 registers),
+// each weight row loaded, made f32 even and odd as above, and fed to both rows of x; the last
+// row of x alone when M is odd. The generic widening kernel it replaced ran 53-55 GFLOP/s at 5
+// rows and 69-77 at 8 on the Zen 5 with ALEM_CPU_ISA=avx2 (docs/kernels.md). The weight rows two
+// blocks ahead are prefetched in address order, spread over the passes of a block.
+constexpr int kPairWeightRows = 4;
+
+template <int MB>
+void bf16_pair_pass(const float* xp, int64_t K, const uint16_t* w, int rows, const float* bias,
+                    float* y, int64_t N, const char* ahead, int64_t ahead_step) {
+  constexpr int PR = kPairWeightRows;
+  const uint16_t* row[PR];
+  for (int r = 0; r < PR; ++r) row[r] = w + (r < rows ? r : 0) * K;
+  const __m256i high_half = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  __m256 acc[MB][PR];
+  for (int m = 0; m < MB; ++m) {
+    for (int r = 0; r < PR; ++r) acc[m][r] = _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < K; k += 16) {
+    const uintptr_t lo =
+        reinterpret_cast<uintptr_t>(ahead) + static_cast<uintptr_t>(k / 16 * ahead_step);
+    for (uintptr_t at = (lo + 63) & ~uintptr_t{63}; at < lo + ahead_step; at += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(at), _MM_HINT_T0);
+    }
+    __m256 xe[MB], xo[MB];
+    for (int m = 0; m < MB; ++m) {
+      xe[m] = _mm256_load_ps(xp + m * K + k);
+      xo[m] = _mm256_load_ps(xp + m * K + k + 8);
+    }
+    for (int r = 0; r < PR; ++r) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[r] + k));
+      const __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+      const __m256 odd = _mm256_castsi256_ps(_mm256_and_si256(v, high_half));
+      for (int m = 0; m < MB; ++m) {
+        acc[m][r] = _mm256_fmadd_ps(xe[m], even, acc[m][r]);
+        acc[m][r] = _mm256_fmadd_ps(xo[m], odd, acc[m][r]);
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m) {
+    for (int r = 0; r < rows; ++r) {
+      y[m * N + r] = horizontal_sum(acc[m][r]) + (bias ? bias[r] : 0.f);
+    }
+  }
+}
+
+void bf16_pair_rows(const float* xp, int64_t M, int64_t K, const uint16_t* base, const float* bias,
+                    float* y, int64_t N, int64_t n_begin, int64_t n_end) {
+  constexpr int PR = kPairWeightRows;
+  const int64_t passes = (M + 1) / 2, steps = K / 16;
+  const int64_t step = (PR * K * 2 + passes * steps - 1) / (passes * steps);
+  for (int64_t n = n_begin; n < n_end; n += PR) {
+    const int rows = static_cast<int>(n_end - n < PR ? n_end - n : PR);
+    const float* b = bias ? bias + n : nullptr;
+    const char* ahead = reinterpret_cast<const char*>(base + (n + 2 * PR) * K);
+    for (int64_t m = 0; m < M; m += 2, ahead += steps * step) {
+      if (M - m >= 2) {
+        bf16_pair_pass<2>(xp + m * K, K, base + n * K, rows, b, y + m * N + n, N, ahead, step);
+      } else {
+        bf16_pair_pass<1>(xp + m * K, K, base + n * K, rows, b, y + m * N + n, N, ahead, step);
+      }
+    }
+  }
+}
+
 bool stream_bf16_even_odd(const float* x, int64_t M, const WeightView& w, const float* bias,
                           float* y, int64_t n_begin, int64_t n_end) {
   const int64_t K = w.cols, N = w.rows;
-  if (K % 32 != 0 || M > kEvenOddMaxM) return false;
+  if (K % 32 != 0) return false;
   float* xp = static_cast<float*>(
       thread_scratch(ScratchSlot::kPermutedX, static_cast<size_t>(M * K) * sizeof(float)));
   permute_even_odd(x, M, K, xp);
   const uint16_t* base = static_cast<const uint16_t*>(w.data);
+  if (M > kEvenOddMaxM) {
+    bf16_pair_rows(xp, M, K, base, bias, y, N, n_begin, n_end);
+    return true;
+  }
   switch (M) {
     case 1:
       stream_rows_bf16<1>(xp, K, base, bias, y, N, n_begin, n_end);
