@@ -534,9 +534,12 @@ TEST(CpuMatmul, ModelShapes) {
     check_matmul(37, 576, 1536, dtype, false, seed++);
     check_matmul(130, 3072, 576, dtype, false, seed++);
     // TinyLlama-1.1B's down (K = 5632) and rows just past 2048: the small-batch bf16 kernel
-    // cuts rows this long into tiles of k.
+    // cuts rows this long into tiles of k from 8 rows of x.
     check_matmul(19, 24, 5632, dtype, true, seed++);
     check_matmul(8, 13, 2080, dtype, false, seed++);
+    // 2-4 rows of x too large for the L1 beside one weight row: 4 weight rows side by side.
+    check_matmul(2, 24, 5632, dtype, false, seed++);
+    check_matmul(4, 13, 2048, dtype, true, seed++);
     if (HasFatalFailure()) return;
   }
 }

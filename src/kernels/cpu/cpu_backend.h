@@ -63,10 +63,10 @@ class CpuBackend final : public KernelBackend {
   // Whether adopt_weight codes bf16 matrices' exponents (model/bf16_coded.h: 12 bits per weight,
   // lossless): on AVX-512 and AVX2, by default; ALEM_CPU_BF16_CODED=0 keeps them plain.
   bool codes_bf16() const { return code_bf16_; }
-  // Rows of x up to which matmuls on coded bf16 weights unpack them in registers (the kernel
-  // table's matvec_coded, in groups of kCodedMaxRows, or the bf16 dot kernels); from one more,
-  // tiles of rows are unpacked into memory for the plain kernels.
-  int64_t coded_rows_in_registers() const;
+  // Rows of x (of K values) up to which matmuls on coded bf16 weights unpack them in registers (the
+  // kernel table's matvec_coded, in groups of kCodedMaxRows, or the bf16 dot kernels); from one
+  // more, tiles of rows are unpacked into memory for the plain kernels.
+  int64_t coded_rows_in_registers(int64_t K) const;
   void set_code_bf16(bool on) { code_bf16_ = on && kernels_.unpack_coded_rows != nullptr; }
   // The instruction a prefill (many rows of x) against weights of `dtype` runs its products on,
   // as matmul routes it: f32 FMA for the exact kernels (f32, f16, bf16 widened, row-major

@@ -85,13 +85,23 @@ void on_plain_rows(const cpu::KernelTable& kernels, const cpu::WeightView& w, in
 
 }  // namespace
 
-int64_t CpuBackend::coded_rows_in_registers() const {
+int64_t CpuBackend::coded_rows_in_registers(int64_t K) const {
   if (dot_bf16_) return cpu::avx512_dot::kCodedMaxRowsBf16;
-  // The exact AVX-512 kernels take 5 or more rows as tiles unpacked into the L1
-  // (stream_bf16_permuted, whose wide blocks need x's L2 traffic halved); AVX2's run groups of
-  // rows unpacking in registers up to their packed GEMM: 1.1B gate+up at 8 rows of x, one
-  // thread, 62-63 GFLOP/s through unpacked tiles, 88 in registers (docs/kernels.md).
-  return kernels_.isa == cpu::Isa::kAvx512 ? cpu::kCodedMaxRows : kPackedMinRows - 1;
+  if (kernels_.isa == cpu::Isa::kAvx512) {
+    // Rows whose x takes up to 32 KiB, and always 2: more take tiles unpacked into the L1 for 4
+    // or 8 weight rows side by side (stream_bf16_permuted), which share each load of x. Measured
+    // on the Zen 5 (1.1B shape, one thread, GFLOP/s, in registers against tiles): the down
+    // matrix (K = 5632) at 2 rows of x 52-53 against 42, at 3 rows 51-58 against 69-72, at 4
+    // 46-60 against 81-82; K = 2048 at 4 rows level (gate+up 108-109 against 105-106). The
+    // tiles' unpacking costs more than the plain matrix's threshold (kOneWeightRowMaxXBytes).
+    constexpr int64_t kMaxXBytes = 32 * 1024;
+    const int64_t fit = kMaxXBytes / (K * static_cast<int64_t>(sizeof(float)));
+    return std::clamp<int64_t>(fit, 2, cpu::kCodedMaxRows);
+  }
+  // AVX2's kernels run groups of rows unpacking in registers up to their packed GEMM: 1.1B
+  // gate+up at 8 rows of x, one thread, 62-63 GFLOP/s through unpacked tiles, 88 in registers
+  // (docs/kernels.md).
+  return kPackedMinRows - 1;
 }
 
 void CpuBackend::matvec_coded(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
@@ -151,7 +161,7 @@ void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const 
                "matmul: bf16 weights with coded exponents need AVX2 or AVX-512 kernels, and this "
                "backend runs " +
                    std::string(cpu::isa_name(kernels_.isa)) + " ones");
-    if (M <= coded_rows_in_registers()) {
+    if (M <= coded_rows_in_registers(w.cols)) {
       matvec_coded(x, M, w, bias, y);
       return;
     }

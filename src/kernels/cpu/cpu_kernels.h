@@ -221,6 +221,13 @@ struct KernelTable {
 
 // Rows of x the coded kernels' matvec_coded takes at most (KernelTable).
 constexpr int64_t kCodedMaxRows = 4;
+// The most bytes of f32 x (rows x K x 4) that the AVX-512 exact bf16 kernels feed from one plain
+// weight row at a time (2-4 rows of x; matmul_avx512.cc): beyond it x no longer stays in the L1
+// beside the weights, and 4 weight rows side by side, which share each x load, run ahead. On the
+// Zen 5 (1.1B shape, one thread, GFLOP/s): the down matrix (K = 5632) at 2, 3 and 4 rows of x
+// 39-47 -> 60, 43-44 -> 90-91 and 47 -> 118-125; K = 2048 at 4 rows (32 KiB of x) 77-108 ->
+// 120-140, at 3 rows level.
+constexpr int64_t kOneWeightRowMaxXBytes = 24 * 1024;
 
 // Largest head_dim the attention kernels accept (they keep per-query accumulators on the stack).
 constexpr int kMaxHeadDim = 256;

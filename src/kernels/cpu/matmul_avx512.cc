@@ -483,6 +483,13 @@ void bf16_wide_blocks(const float* xp, int64_t M, int64_t K, const uint16_t* w, 
 // rows lost 20%).
 constexpr int64_t kOneWeightRowMaxM = 4;
 
+// Whether M rows of x of K values take the one-weight-row kernel: up to kOneWeightRowMaxM rows
+// whose x stays in the L1 (kOneWeightRowMaxXBytes), and always one row.
+inline bool one_weight_row(int64_t M, int64_t K) {
+  return M == 1 || (M <= kOneWeightRowMaxM &&
+                    M * K * static_cast<int64_t>(sizeof(float)) <= kOneWeightRowMaxXBytes);
+}
+
 // bf16 decode, MB (1 .. kOneWeightRowMaxM) rows of x permuted to even/odd order
 // (permute_even_odd, stride K, K % 32 == 0), over weight rows [n_begin, n_end): one 512-bit load
 // brings 32 weights, a shift and a mask make them f32, and two accumulators per row of x and 64
@@ -549,7 +556,7 @@ void stream_bf16_rows(const float* xp, int64_t M, const WeightView& w, const flo
                       int64_t n_begin, int64_t n_end) {
   const int64_t K = w.cols, N = w.rows;
   const uint16_t* base = static_cast<const uint16_t*>(w.data);
-  if (M <= kOneWeightRowMaxM) {
+  if (one_weight_row(M, K)) {
     stream_rows_bf16_m(M, xp, K, base, bias, y, N, n_begin, n_end);
     return;
   }
@@ -716,7 +723,7 @@ void stream_bf16_permuted(const float* xp, int64_t M, const WeightView& w, const
     const PairAhead ahead{
         reinterpret_cast<const char*>(coded.row(std::min(n + 2 * kPairRows, N - 1))),
         static_cast<int64_t>(coded.row_bytes()), 3};
-    if (M <= kOneWeightRowMaxM) {
+    if (one_weight_row(M, K)) {
       stream_rows_bf16_m(M, xp, K, rows_bf16, b, y + n, N, 0, rows);
       continue;
     }
