@@ -297,17 +297,25 @@ struct PairAhead {
   int pair_bytes = 0;
 };
 
+// A register block's start: its PR weight rows from w (row stride K; rows past `rows` repeat the
+// first, so a short last block reads valid memory) and its accumulators zeroed.
+template <int MB, int PR>
+inline void start_block(const uint16_t* w, int64_t K, int rows, const uint16_t* (&row)[PR],
+                        __m512 (&acc)[MB][PR]) {
+  for (int r = 0; r < PR; ++r) row[r] = w + (r < rows ? r : 0) * K;
+  for (int m = 0; m < MB; ++m) {
+    for (int r = 0; r < PR; ++r) acc[m][r] = _mm512_setzero_ps();
+  }
+}
+
 template <int MB>
 void bf16_pair_block(const float* xp, int64_t K, const uint16_t* w, int rows, const float* bias,
                      float* y, int64_t N, PairAhead ahead) {
   constexpr int PR = kPairRows;
   const uint16_t* row[PR];
-  for (int r = 0; r < PR; ++r) row[r] = w + (r < rows ? r : 0) * K;
-  const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   __m512 acc[MB][PR];
-  for (int m = 0; m < MB; ++m) {
-    for (int r = 0; r < PR; ++r) acc[m][r] = _mm512_setzero_ps();
-  }
+  start_block(w, K, rows, row, acc);
+  const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   for (int64_t k = 0; k < K; k += 32) {
     __m512 even[PR], odd[PR];
     for (int r = 0; r < PR; ++r) {
@@ -394,12 +402,9 @@ void bf16_wide_block(const float* xp, int64_t K, int64_t k0, int64_t k1, const u
                      int rows, const float* bias, float* y, int64_t N, WideAhead ahead) {
   constexpr int PR = kWideRows;
   const uint16_t* row[PR];
-  for (int r = 0; r < PR; ++r) row[r] = w + (r < rows ? r : 0) * K;
-  const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   __m512 acc[MB][PR];
-  for (int m = 0; m < MB; ++m) {
-    for (int r = 0; r < PR; ++r) acc[m][r] = _mm512_setzero_ps();
-  }
+  start_block(w, K, rows, row, acc);
+  const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   for (int64_t k = k0; k < k1; k += 32) {
     ahead.prefetch((k - k0) / 32);
     __m512 xe[MB], xo[MB];
