@@ -170,8 +170,12 @@ void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const 
     matmul_amx(x, M, w, bias, y);
     return;
   }
-  const bool bf16_avx512 = w.dtype == DType::BF16 && kernels_.isa == cpu::Isa::kAvx512;
-  const bool packed = M >= (bf16_avx512 ? packed_min_rows_bf16() : kPackedMinRows);
+  const bool avx512 = kernels_.isa == cpu::Isa::kAvx512;
+  const int64_t packed_min_rows = !avx512                  ? kPackedMinRows
+                                  : w.dtype == DType::BF16 ? packed_min_rows_bf16()
+                                  : w.dtype == DType::F16  ? kPackedMinRowsF16Avx512
+                                                           : kPackedMinRows;
+  const bool packed = M >= packed_min_rows;
   if (matmul_dot(x, M, w, bias, y)) return;
   matmul_with_path(x, M, w, bias, y, packed);
 }

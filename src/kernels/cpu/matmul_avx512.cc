@@ -5,7 +5,7 @@
 //    bf16 weights (decode and continuous-batching decode) take their own form that converts 32
 //    weights with 2 instructions and feeds each to every row of x (stream_bf16): one weight row
 //    at a time up to 4 rows of x, 4 weight rows side by side from 5, and from 8 rows of x, 8
-//    weight rows against 2 rows of x held in registers (bf16_wide_block).
+//    weight rows against 2 rows of x held in registers (wide_block).
 //  * matmul_packed (prefill): W is converted and transposed, one 48-column x kDepth tile at a
 //    time, into an f32 panel on the stack that stays in L1 while an 8x48 register-blocked
 //    micro-kernel (24 accumulators, x values broadcast) sweeps every row of x over it.
@@ -367,7 +367,7 @@ void bf16_pair_block_rows(int mb, const float* xm, int64_t K, const uint16_t* w,
 }
 
 // From this many rows of x, 8 weight rows are taken side by side against 2 rows of x held in
-// registers (bf16_wide_block) instead of 4 against 4. x no longer fits the L1 at these sizes
+// registers (wide_block) instead of 4 against 4. x no longer fits the L1 at these sizes
 // (16 rows of K = 2048 in f32 are 128 KiB), so every pass over a block of weight rows reads its
 // rows of x from the L2: 4 weight rows per x vector asked the L2 for 16 bytes per FMA, which held
 // the Zen 5's full-width FMA units to 55-65% of their peak; 8 ask for 8. The 1.1B shape's
@@ -391,34 +391,49 @@ struct WideAhead {
   }
 };
 
-// y[m][n + r] for m < MB (1 .. 3), r < rows (<= kWideRows), from permuted x rows xp (stride K,
-// K % 32 == 0) and kWideRows bf16 weight rows w (stride K; rows past `rows` repeat the first).
-// Per 32 weights: MB x vectors pairs loaded once, then each weight row converted (a shift and a
-// mask) and fed to every row of x: MB x kWideRows accumulators, 2 FMAs each.
+// 32 16-bit weights from `at` as two f32 vectors, in the order x is kept in for them: bf16 as
+// its even- and odd-indexed values (a shift and a mask; x permuted by permute_even_odd), f16 as
+// the first and the last 16 (vcvtph2ps; x as it is).
+template <DType D>
+inline void widen32(const uint16_t* at, __m512* first, __m512* second) {
+  const __m512i v = _mm512_loadu_si512(at);
+  if constexpr (D == DType::BF16) {
+    *first = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    *second =
+        _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  } else {
+    static_assert(D == DType::F16);
+    *first = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
+    *second = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
+  }
+}
+
+// y[m][n + r] for m < MB (1 .. 3), r < rows (<= kWideRows), from x rows xp (stride K, K % 32 ==
+// 0; bf16: permuted to even/odd order) and kWideRows bf16 or f16 weight rows w (stride K; rows
+// past `rows` repeat the first). Per 32 weights: MB x vector pairs loaded once, then each weight
+// row converted (widen32) and fed to every row of x: MB x kWideRows accumulators, 2 FMAs each.
 // Only weights [k0, k1) when K is tiled (kWideTileK): the first tile writes y with the bias, the
 // others add to it.
-template <int MB>
-void bf16_wide_block(const float* xp, int64_t K, int64_t k0, int64_t k1, const uint16_t* w,
-                     int rows, const float* bias, float* y, int64_t N, WideAhead ahead) {
+template <DType D, int MB>
+void wide_block(const float* xp, int64_t K, int64_t k0, int64_t k1, const uint16_t* w, int rows,
+                const float* bias, float* y, int64_t N, WideAhead ahead) {
   constexpr int PR = kWideRows;
   const uint16_t* row[PR];
   __m512 acc[MB][PR];
   start_block(w, K, rows, row, acc);
-  const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   for (int64_t k = k0; k < k1; k += 32) {
     ahead.prefetch((k - k0) / 32);
     __m512 xe[MB], xo[MB];
     for (int m = 0; m < MB; ++m) {
-      xe[m] = _mm512_load_ps(xp + m * K + k);
-      xo[m] = _mm512_load_ps(xp + m * K + k + 16);
+      xe[m] = _mm512_loadu_ps(xp + m * K + k);
+      xo[m] = _mm512_loadu_ps(xp + m * K + k + 16);
     }
     for (int r = 0; r < PR; ++r) {
-      const __m512i v = _mm512_loadu_si512(row[r] + k);
-      const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-      const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(v, high_half));
+      __m512 first, second;
+      widen32<D>(row[r] + k, &first, &second);
       for (int m = 0; m < MB; ++m) {
-        acc[m][r] = _mm512_fmadd_ps(xe[m], even, acc[m][r]);
-        acc[m][r] = _mm512_fmadd_ps(xo[m], odd, acc[m][r]);
+        acc[m][r] = _mm512_fmadd_ps(xe[m], first, acc[m][r]);
+        acc[m][r] = _mm512_fmadd_ps(xo[m], second, acc[m][r]);
       }
     }
   }
@@ -456,9 +471,9 @@ inline int64_t wide_tile_k(int64_t K) {
 // All M (>= 2) rows of x against `rows` weight rows w (kWideRows at most), 2 rows of x per pass
 // and the last 3 together when M is odd; `next` (next_bytes long) is what the block two ahead
 // will read.
-void bf16_wide_blocks(const float* xp, int64_t M, int64_t K, const uint16_t* w, int rows,
-                      const float* bias, float* y, int64_t N, const void* next,
-                      int64_t next_bytes) {
+template <DType D>
+void wide_blocks(const float* xp, int64_t M, int64_t K, const uint16_t* w, int rows,
+                 const float* bias, float* y, int64_t N, const void* next, int64_t next_bytes) {
   const int64_t passes = M / 2, steps = K / 32;
   const int64_t step = (next_bytes + passes * steps - 1) / (passes * steps);
   const char* ahead_at = static_cast<const char*>(next);
@@ -469,10 +484,10 @@ void bf16_wide_blocks(const float* xp, int64_t M, int64_t K, const uint16_t* w, 
       const WideAhead ahead{ahead_at, step};
       ahead_at += (k1 - k0) / 32 * step;
       if (M - m == 3) {
-        bf16_wide_block<3>(xp + m * K, K, k0, k1, w, rows, bias, y + m * N, N, ahead);
+        wide_block<D, 3>(xp + m * K, K, k0, k1, w, rows, bias, y + m * N, N, ahead);
         m += 3;
       } else {
-        bf16_wide_block<2>(xp + m * K, K, k0, k1, w, rows, bias, y + m * N, N, ahead);
+        wide_block<D, 2>(xp + m * K, K, k0, k1, w, rows, bias, y + m * N, N, ahead);
         m += 2;
       }
     }
@@ -568,8 +583,8 @@ void stream_bf16_rows(const float* xp, int64_t M, const WeightView& w, const flo
   if (M >= kWideMinRows) {
     for (int64_t n = n_begin; n < n_end; n += kWideRows) {
       const int rows = static_cast<int>(n_end - n < kWideRows ? n_end - n : kWideRows);
-      bf16_wide_blocks(xp, M, K, base + n * K, rows, bias ? bias + n : nullptr, y + n, N,
-                       base + (n + 2 * kWideRows) * K, kWideRows * K * 2);
+      wide_blocks<DType::BF16>(xp, M, K, base + n * K, rows, bias ? bias + n : nullptr, y + n, N,
+                               base + (n + 2 * kWideRows) * K, kWideRows * K * 2);
     }
     return;
   }
@@ -602,6 +617,16 @@ void stream_impl(const float* x, int64_t M, const WeightView& w, const float* bi
   const int64_t K = w.cols, N = w.rows;
   if (D == DType::BF16 && K % 32 == 0) {
     stream_bf16(x, M, w, bias, y, n_begin, n_end);
+    return;
+  }
+  if (D == DType::F16 && K % 32 == 0 && M >= kWideMinRows) {
+    // The bf16 kernel's wide blocks, on x as it is (f16 converts in order).
+    const uint16_t* base = static_cast<const uint16_t*>(w.data);
+    for (int64_t n = n_begin; n < n_end; n += kWideRows) {
+      const int rows = static_cast<int>(n_end - n < kWideRows ? n_end - n : kWideRows);
+      wide_blocks<DType::F16>(x, M, K, base + n * K, rows, bias ? bias + n : nullptr, y + n, N,
+                              base + (n + 2 * kWideRows) * K, kWideRows * K * 2);
+    }
     return;
   }
   int64_t n = n_begin;
@@ -720,9 +745,9 @@ void stream_bf16_permuted(const float* xp, int64_t M, const WeightView& w, const
     unpack_coded_rows(coded, n, rows, rows_bf16);
     const float* b = bias ? bias + n : nullptr;
     if (wide) {
-      bf16_wide_blocks(xp, M, K, rows_bf16, rows, b, y + n, N,
-                       coded.row(std::min(n + 2 * block, N - 1)),
-                       block * static_cast<int64_t>(coded.row_bytes()));
+      wide_blocks<DType::BF16>(xp, M, K, rows_bf16, rows, b, y + n, N,
+                               coded.row(std::min(n + 2 * block, N - 1)),
+                               block * static_cast<int64_t>(coded.row_bytes()));
       continue;
     }
     const PairAhead ahead{
