@@ -4,8 +4,9 @@
 //    of x (dot-product form, horizontal sums at the end of each row). Memory-bound by design.
 //    bf16 weights (decode and continuous-batching decode) take their own form that converts 32
 //    weights with 2 instructions and feeds each to every row of x (stream_bf16): one weight row
-//    at a time up to 4 rows of x, 4 weight rows side by side from 5, and from 8 rows of x, 8
-//    weight rows against 2 rows of x held in registers (wide_block).
+//    at a time up to 4 rows of x (while x stays in the L1), 4 weight rows side by side from 5,
+//    and from 8 rows of x, 8 weight rows against 2 rows of x held in registers (wide_block,
+//    which f16 weights take too).
 //  * matmul_packed (prefill): W is converted and transposed, one 48-column x kDepth tile at a
 //    time, into an f32 panel on the stack that stays in L1 while an 8x48 register-blocked
 //    micro-kernel (24 accumulators, x values broadcast) sweeps every row of x over it.
