@@ -419,32 +419,53 @@ ServingEngine::ServingEngine(ShardedTransformer& model, ParallelContext& ctx,
 
 ServingEngine::~ServingEngine() = default;
 
+std::vector<SubmitResult> EngineClient::submit_all(std::vector<EngineRequest> requests) {
+  std::vector<SubmitResult> results;
+  for (EngineRequest& request : requests) {
+    results.push_back(results.empty() || results.back().status == SubmitStatus::kAccepted
+                          ? submit(std::move(request))
+                          : SubmitResult{results.back().status, -1, 0});
+  }
+  return results;
+}
+
 SubmitResult ServingEngine::submit(EngineRequest request) {
+  std::vector<EngineRequest> one;
+  one.push_back(std::move(request));
+  return submit_all(std::move(one)).front();
+}
+
+std::vector<SubmitResult> ServingEngine::submit_all(std::vector<EngineRequest> requests) {
   ALEM_CHECK(is_leader(), "requests are submitted on the replica leader");
-  ALEM_CHECK(request.on_event, "a request needs an event callback");
+  for (const EngineRequest& request : requests) {
+    ALEM_CHECK(request.on_event, "a request needs an event callback");
+  }
   Impl& m = *impl_;
-  SubmitResult result;
+  std::vector<SubmitResult> results(requests.size());
   {
     std::lock_guard<std::mutex> lock(m.inbox_mutex);
-    if (!m.accepting || m.failed) {
-      result.status = SubmitStatus::kNotAccepting;
-      return result;
-    }
+    auto refuse_all = [&](SubmitStatus status) {
+      for (SubmitResult& result : results) result.status = status;
+      return results;
+    };
+    if (!m.accepting || m.failed) return refuse_all(SubmitStatus::kNotAccepting);
     int64_t waiting;
     {
       std::lock_guard<std::mutex> stats_lock(m.stats_mutex);
       waiting = m.snapshot.waiting;
     }
-    if (waiting + static_cast<int64_t>(m.inbox_new.size()) >= m.options.max_waiting) {
-      result.status = SubmitStatus::kQueueFull;
-      return result;
+    if (waiting + static_cast<int64_t>(m.inbox_new.size() + requests.size()) >
+        m.options.max_waiting) {
+      return refuse_all(SubmitStatus::kQueueFull);
     }
-    result.request_id = m.next_id++;
-    ++m.in_flight;
-    m.inbox_new.push_back({result.request_id, std::move(request)});
+    for (size_t i = 0; i < requests.size(); ++i) {
+      results[i].request_id = m.next_id++;
+      ++m.in_flight;
+      m.inbox_new.push_back({results[i].request_id, std::move(requests[i])});
+    }
   }
   m.inbox_ready.notify_all();
-  return result;
+  return results;
 }
 
 void ServingEngine::cancel(int64_t request_id) {

@@ -101,6 +101,12 @@ class EngineClient {
   // Thread-safe. kQueueFull when the waiting queue is at its limit (answer 429), kNotAccepting
   // while draining or stopped (answer 503). Events for the id follow through on_event.
   virtual SubmitResult submit(EngineRequest request) = 0;
+  // Thread-safe. The requests of one API call (its prompts and n choices), one result each, in
+  // order; after one is refused the rest are not submitted and share its status. An engine that
+  // can admits them all in the same step, so a call's sequences batch together the same way
+  // every time (their results depend on the batch's size through the kernels' summation order,
+  // which a seeded choice's reproducibility needs). This default submits them one by one.
+  virtual std::vector<SubmitResult> submit_all(std::vector<EngineRequest> requests);
   // Thread-safe. Ends the request (event: finished, kAbort) and frees its KV blocks at the next
   // step. Unknown or finished ids are ignored.
   virtual void cancel(int64_t request_id) = 0;
@@ -144,6 +150,8 @@ class ServingEngine : public EngineClient, public EngineControl {
 
   // EngineClient (leader only; followers never receive requests).
   SubmitResult submit(EngineRequest request) override;
+  // All of them or none, through one hold of the inbox: the next step admits them together.
+  std::vector<SubmitResult> submit_all(std::vector<EngineRequest> requests) override;
   void cancel(int64_t request_id) override;
   std::vector<ReplicaStats> stats() const override;
   bool healthy() const override;

@@ -99,9 +99,10 @@ void CompletionSession::start() {
     }
   }
 
+  // Every choice's sequence, submitted together (EngineClient::submit_all).
+  std::vector<EngineRequest> requests;
   for (size_t p = 0; p < prompts.size(); ++p) {
     for (int j = 0; j < n; ++j) {
-      Choice& c = choices_[p * n + j];
       EngineRequest er;
       er.prompt = prompts[p];
       er.params = request_.sampling;
@@ -123,21 +124,27 @@ void CompletionSession::start() {
         inbox->ready.notify_all();
         if (inbox->notify) inbox->notify();
       };
-      const SubmitResult result = engine_.submit(std::move(er));
-      if (result.status != SubmitStatus::kAccepted) {
-        for (const Choice& done : choices_) {
-          if (done.engine_id >= 0) engine_.cancel(done.engine_id);
-        }
-        for (Choice& done : choices_) done.finished = true;
-        if (result.status == SubmitStatus::kQueueFull) {
-          throw ApiException(
-              ApiError::overloaded("The server is at its limit of waiting requests; retry later."));
-        }
-        throw ApiException(ApiError::unavailable("The server is not accepting requests now."));
-      }
-      c.engine_id = result.request_id;
-      replica_ = result.replica;  // metrics go to the replica that serves it
+      requests.push_back(std::move(er));
     }
+  }
+  const std::vector<SubmitResult> results = engine_.submit_all(std::move(requests));
+  for (size_t i = 0; i < results.size(); ++i) {
+    if (results[i].status == SubmitStatus::kAccepted) choices_[i].engine_id = results[i].request_id;
+  }
+  for (const SubmitResult& result : results) {
+    if (result.status == SubmitStatus::kAccepted) {
+      replica_ = result.replica;  // metrics go to the replica that serves it
+      continue;
+    }
+    for (const Choice& done : choices_) {
+      if (done.engine_id >= 0) engine_.cancel(done.engine_id);
+    }
+    for (Choice& done : choices_) done.finished = true;
+    if (result.status == SubmitStatus::kQueueFull) {
+      throw ApiException(
+          ApiError::overloaded("The server is at its limit of waiting requests; retry later."));
+    }
+    throw ApiException(ApiError::unavailable("The server is not accepting requests now."));
   }
   for (size_t p = 0; p < prompts.size(); ++p) {
     metrics_.add_prompt_tokens(replica_, prompt_tokens_[p]);
