@@ -27,12 +27,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_golden as mg  # noqa: E402  (prompts, helpers and schema shared with the f32 golden)
 
-SOURCE = mg.REPO / "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+# torch, transformers and make_golden (which imports torch) load only where the golden files are
+# made, so `--gguf-only` (bench/llama_bench_compare.sh) needs just numpy and gguf.
+REPO = Path(__file__).resolve().parents[2]
+SOURCE = REPO / "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 CHECKPOINTS = [0, 8, 16]
 
 
@@ -87,7 +88,10 @@ def requantize(source: Path, target: Path, qtype_name: str):
 
 
 def golden(gguf_path: Path, out: Path, new_tokens: int):
+    import torch
     from transformers import AutoModelForCausalLM
+
+    import make_golden as mg  # prompts, helpers and schema shared with the f32 golden
     tok, fixups = mg.load_smollm2_tokenizer(gguf_path)
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32,
@@ -129,9 +133,11 @@ def main():
     ap.add_argument("--types", default="Q4_0,Q8_0,KMIX")
     ap.add_argument("--gguf-only", action="store_true", help="only make the GGUF files")
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    torch.use_deterministic_algorithms(True)
+    if not args.gguf_only:
+        import torch
+        torch.set_num_threads(2)
+        torch.manual_seed(0)
+        torch.use_deterministic_algorithms(True)
     if not SOURCE.exists():
         sys.exit(f"{SOURCE} not found: run scripts/fetch-model.sh first")
     for qtype in args.types.split(","):
@@ -139,7 +145,7 @@ def main():
         if not target.exists():
             requantize(SOURCE, target, qtype)
         if not args.gguf_only:
-            golden(target, mg.REPO / f"tests/data/golden/smollm2-135m-instruct-{qtype.lower()}.json",
+            golden(target, REPO / f"tests/data/golden/smollm2-135m-instruct-{qtype.lower()}.json",
                    args.new_tokens)
 
 
