@@ -678,7 +678,7 @@ TEST(KernelRegistry, NamesBackends) {
 }
 
 // ALEM_CPU_PREFETCH: every stream, the heavy ones, none or the CPU's default (light streams off
-// on AMD's before Zen 5 but where x takes more than half the L1), and a clear error otherwise.
+// on AMD's Zen 4 but where x takes more than half the L1), and a clear error otherwise.
 TEST(KernelRegistry, StreamPrefetchSetting) {
   bool valid = false;
   constexpr size_t l1 = 48 << 10;
@@ -697,11 +697,24 @@ TEST(KernelRegistry, StreamPrefetchSetting) {
       expect(unset, amd, !amd, true, amd ? l1 / 2 : SIZE_MAX);
     }
   }
-  // CPUID leaf 1's eax as these CPUs report it: Zen 4 (EPYC 9004), Zen 5 (EPYC 9005), an Intel
-  // Xeon (Emerald Rapids).
+  // CPUID leaf 1's eax as these CPUs report it: Zen 4 (EPYC 9004), Zen 5 (EPYC 9005), Zen 3
+  // (EPYC 7003), Zen 4 (Ryzen 7000), an Intel Xeon (Emerald Rapids).
   EXPECT_EQ(cpu::cpuid_display_family(0x00A10F11), 0x19u);
   EXPECT_EQ(cpu::cpuid_display_family(0x00B00F21), 0x1Au);
+  EXPECT_EQ(cpu::cpuid_display_family(0x00A00F11), 0x19u);
   EXPECT_EQ(cpu::cpuid_display_family(0x000C06F2), 6u);
+  EXPECT_EQ(cpu::cpuid_display_model(0x00A10F11), 0x11u);
+  EXPECT_EQ(cpu::cpuid_display_model(0x00B00F21), 0x02u);
+  EXPECT_EQ(cpu::cpuid_display_model(0x00A00F11), 0x01u);
+  EXPECT_EQ(cpu::cpuid_display_model(0x00A60F12), 0x61u);
+  EXPECT_EQ(cpu::cpuid_display_model(0x000C06F2), 0xCFu);
+  EXPECT_TRUE(cpu::amd_zen4_model(0x19, 0x11));   // Genoa
+  EXPECT_TRUE(cpu::amd_zen4_model(0x19, 0x61));   // Raphael
+  EXPECT_TRUE(cpu::amd_zen4_model(0x19, 0xA0));   // Bergamo
+  EXPECT_FALSE(cpu::amd_zen4_model(0x19, 0x01));  // Milan (Zen 3)
+  EXPECT_FALSE(cpu::amd_zen4_model(0x19, 0x21));  // Vermeer (Zen 3)
+  EXPECT_FALSE(cpu::amd_zen4_model(0x1A, 0x02));  // Zen 5
+  EXPECT_FALSE(cpu::amd_zen4_model(0x17, 0x31));  // Rome (Zen 2)
   EXPECT_STREQ(cpu::stream_prefetch_name({true, true}), "all");
   EXPECT_STREQ(cpu::stream_prefetch_name({false, true}), "heavy");
   EXPECT_STREQ(cpu::stream_prefetch_name({false, true, 16 << 10}), "heavy+wide-x");

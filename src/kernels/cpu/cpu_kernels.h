@@ -48,12 +48,12 @@ constexpr int kStreamL1PrefetchBytes = 5760;
 // light stream has little arithmetic per byte: bf16 (f16, f32) weights, or interleaved Q8_0
 // and int8, against one row of x. On an AMD Zen 4 the hardware prefetchers alone ran it faster
 // (1.1B decode at one thread: Q8_0 +24%, bf16 dot products +25%); on an Intel Xeon these prefetches
-// gave its last 10-20%, on an AMD Zen 5 3-4% (amd_before_zen5). A heavy stream keeps its kernel
-// busy between loads: 4- to 6-bit weights it unpacks (Q4_0, Q4_1, the K-quants), row-major int8
-// against 16-bit activations, or several rows of x on every weight. Without the prefetches its
-// loads wait: on the Zen 4, Q4_0 decode ran 17% slower, Q4_K_M 48%, bf16 at 2 to 4 rows of x 30-40%
-// (docs/kernels-quantized.md). ALEM_CPU_PREFETCH: all (the default but on AMD's CPUs before Zen 5),
-// heavy (the default on those), none, or auto.
+// gave its last 10-20%, on an AMD Zen 5 3-4%, on an AMD Zen 3 (AVX2) Q8_0 30-35% (amd_zen4). A
+// heavy stream keeps its kernel busy between loads: 4- to 6-bit weights it unpacks (Q4_0, Q4_1, the
+// K-quants), row-major int8 against 16-bit activations, or several rows of x on every weight.
+// Without the prefetches its loads wait: on the Zen 4, Q4_0 decode ran 17% slower, Q4_K_M 48%, bf16
+// at 2 to 4 rows of x 30-40% (docs/kernels-quantized.md). ALEM_CPU_PREFETCH: all (the default but
+// on AMD's Zen 4), heavy (the default on Zen 4), none, or auto.
 enum class StreamKind : int { kLight, kHeavy };
 struct StreamPrefetch {
   bool light = true;
@@ -71,21 +71,29 @@ extern const StreamPrefetch stream_prefetch;
 // Whether the CPU's vendor (CPUID leaf 0) is AMD: the exact bf16 GEMM threshold measured on a
 // Zen 4 that differs from an Intel Xeon's (CpuBackend::packed_min_rows_bf16).
 bool vendor_is_amd();
-// Whether it is an AMD CPU before Zen 5 (CPUID family below 1Ah: Zen 4 and earlier), whose
-// hardware prefetchers alone ran light decode streams faster. On a Zen 5 (family 1Ah, model 2)
-// the software prefetches won, as on Intel's Xeons: 1.1B decode at one thread, 3 alternating
-// rounds, Q8_0 27.9-28.8 -> 29.1-30.2 tokens/s, bf16 15.2-16.0 -> 16.0-16.5.
-bool amd_before_zen5();
+// Whether it is an AMD Zen 4 (CPUID family 19h, a Zen 4 model: amd_zen4_model), whose hardware
+// prefetchers alone ran light decode streams faster. Elsewhere the software prefetches won, as on
+// Intel's Xeons. On a Zen 5 (family 1Ah, model 2), 1.1B decode at one thread, 3 alternating
+// rounds: Q8_0 27.9-28.8 -> 29.1-30.2 tokens/s, bf16 15.2-16.0 -> 16.0-16.5. On a Zen 3 (family
+// 19h, model 1: AVX2, 32 KiB L1, 512 KiB L2), two alternating rounds: Q8_0 10.3-10.7 -> 13.8-14.4
+// (kernel bench: 15-16 -> 21-22 GB/s against a plain read's 17-19), bf16 8.0-8.2 -> 8.3-8.6.
+bool amd_zen4();
+// Whether an AMD CPU of this displayed family and model is a Zen 4: family 19h, models 10-1Fh,
+// 60-7Fh or A0-AFh (its other models are Zen 3 cores).
+bool amd_zen4_model(unsigned family, unsigned model);
 // The displayed CPU family of CPUID leaf 1's eax: the base family, plus the extended family where
-// the base is 0xF (0x19 on a Zen 4, 0x1A on a Zen 5, 6 on Intel's Xeons).
+// the base is 0xF (0x19 on a Zen 3 or Zen 4, 0x1A on a Zen 5, 6 on Intel's Xeons).
 unsigned cpuid_display_family(unsigned eax);
+// The displayed model: the base model, plus the extended model times 16 where the base family is
+// 6 or 0xF (0x11 on an EPYC 9004, 0x01 on an EPYC 7003).
+unsigned cpuid_display_model(unsigned eax);
 
 // The setting for an ALEM_CPU_PREFETCH value: "all", "heavy", "none"; "auto", empty or null:
-// the CPU's default (`amd_before_zen5`: heavy, and light streams past `l1_bytes` / 2 of x;
-// otherwise all). `valid` is false for anything else (and the default).
-StreamPrefetch stream_prefetch_setting(const char* value, bool amd_before_zen5, size_t l1_bytes,
+// the CPU's default (`amd_zen4`: heavy, and light streams past `l1_bytes` / 2 of x; otherwise
+// all). `valid` is false for anything else (and the default).
+StreamPrefetch stream_prefetch_setting(const char* value, bool amd_zen4, size_t l1_bytes,
                                        bool* valid);
-// "all", "heavy", "none", or "heavy+wide-x" (the default on AMD CPUs before Zen 5).
+// "all", "heavy", "none", or "heavy+wide-x" (the default on AMD's Zen 4).
 const char* stream_prefetch_name(StreamPrefetch setting);
 // The L1 data cache of this CPU in bytes (sysconf; 32 KiB where it says nothing).
 size_t l1_data_bytes();

@@ -20,8 +20,8 @@ namespace {
 StreamPrefetch stream_prefetch_at_start() {
   bool valid = false;
   // An invalid value is reported by make_cpu_backend, which every engine calls before a kernel.
-  return stream_prefetch_setting(std::getenv("ALEM_CPU_PREFETCH"), amd_before_zen5(),
-                                 l1_data_bytes(), &valid);
+  return stream_prefetch_setting(std::getenv("ALEM_CPU_PREFETCH"), amd_zen4(), l1_data_bytes(),
+                                 &valid);
 }
 
 struct ThreadScratch {
@@ -52,13 +52,26 @@ unsigned cpuid_display_family(unsigned eax) {
   return base == 0xF ? base + ((eax >> 20) & 0xFF) : base;
 }
 
-bool amd_before_zen5() {
-  static const bool before = [] {
+unsigned cpuid_display_model(unsigned eax) {
+  const unsigned base_family = (eax >> 8) & 0xF, base = (eax >> 4) & 0xF;
+  return base_family == 0xF || base_family == 6 ? base + (((eax >> 16) & 0xF) << 4) : base;
+}
+
+bool amd_zen4_model(unsigned family, unsigned model) {
+  if (family != 0x19) return false;
+  // Family 19h holds Zen 3 (models 00-0Fh Milan, 20-2Fh Vermeer, 40-5Fh Rembrandt and Cezanne)
+  // and Zen 4 (10-1Fh Genoa, 60-7Fh Raphael and Phoenix, A0-AFh Bergamo and Siena).
+  return (model >= 0x10 && model <= 0x1F) || (model >= 0x60 && model <= 0x7F) ||
+         (model >= 0xA0 && model <= 0xAF);
+}
+
+bool amd_zen4() {
+  static const bool zen4 = [] {
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
     if (!vendor_is_amd() || __get_cpuid(1, &eax, &ebx, &ecx, &edx) == 0) return false;
-    return cpuid_display_family(eax) < 0x1A;
+    return amd_zen4_model(cpuid_display_family(eax), cpuid_display_model(eax));
   }();
-  return before;
+  return zen4;
 }
 
 size_t l1_data_bytes() {
@@ -69,11 +82,11 @@ size_t l1_data_bytes() {
   return bytes;
 }
 
-StreamPrefetch stream_prefetch_setting(const char* value, bool amd_before_zen5, size_t l1_bytes,
+StreamPrefetch stream_prefetch_setting(const char* value, bool amd_zen4, size_t l1_bytes,
                                        bool* valid) {
   *valid = true;
-  const StreamPrefetch by_default = amd_before_zen5 ? StreamPrefetch{false, true, l1_bytes / 2}
-                                                    : StreamPrefetch{true, true, SIZE_MAX};
+  const StreamPrefetch by_default =
+      amd_zen4 ? StreamPrefetch{false, true, l1_bytes / 2} : StreamPrefetch{true, true, SIZE_MAX};
   if (value == nullptr || *value == '\0' || std::strcmp(value, "auto") == 0) return by_default;
   if (std::strcmp(value, "all") == 0) return {true, true, SIZE_MAX};
   if (std::strcmp(value, "heavy") == 0) return {false, true, SIZE_MAX};
