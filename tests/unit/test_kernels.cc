@@ -677,24 +677,28 @@ TEST(KernelRegistry, NamesBackends) {
   EXPECT_THROW(make_backend("tpu"), Error);
 }
 
-// ALEM_CPU_PREFETCH: every stream, the heavy ones, none or the CPU's default (light streams off
-// on AMD's Zen 4 but where x takes more than half the L1), and a clear error otherwise.
+// ALEM_CPU_PREFETCH: every stream, the heavy ones, none, the CPU's rule (light streams off on
+// AMD's Zen 4 but where x takes more than half the L1), or that rule with light streams tuned
+// (the default), and a clear error otherwise.
 TEST(KernelRegistry, StreamPrefetchSetting) {
   bool valid = false;
   constexpr size_t l1 = 48 << 10;
-  const auto expect = [&](const char* value, bool amd, bool light, bool heavy, size_t wide_x) {
+  const auto expect = [&](const char* value, bool amd, bool light, bool heavy, size_t wide_x,
+                          bool tuned) {
     const cpu::StreamPrefetch got = cpu::stream_prefetch_setting(value, amd, l1, &valid);
     EXPECT_TRUE(valid) << (value ? value : "(unset)");
     EXPECT_EQ(got.light, light) << (value ? value : "(unset)") << " amd " << amd;
     EXPECT_EQ(got.heavy, heavy) << (value ? value : "(unset)") << " amd " << amd;
     EXPECT_EQ(got.light_x_bytes, wide_x) << (value ? value : "(unset)") << " amd " << amd;
+    EXPECT_EQ(got.tuned, tuned) << (value ? value : "(unset)") << " amd " << amd;
   };
   for (bool amd : {false, true}) {
-    expect("all", amd, true, true, SIZE_MAX);
-    expect("heavy", amd, false, true, SIZE_MAX);
-    expect("none", amd, false, false, SIZE_MAX);
+    expect("all", amd, true, true, SIZE_MAX, false);
+    expect("heavy", amd, false, true, SIZE_MAX, false);
+    expect("none", amd, false, false, SIZE_MAX, false);
+    expect("static", amd, !amd, true, amd ? l1 / 2 : SIZE_MAX, false);
     for (const char* unset : {static_cast<const char*>(nullptr), "", "auto"}) {
-      expect(unset, amd, !amd, true, amd ? l1 / 2 : SIZE_MAX);
+      expect(unset, amd, !amd, true, amd ? l1 / 2 : SIZE_MAX, true);
     }
   }
   // CPUID leaf 1's eax as these CPUs report it: Zen 4 (EPYC 9004), Zen 5 (EPYC 9005), Zen 3
@@ -715,10 +719,11 @@ TEST(KernelRegistry, StreamPrefetchSetting) {
   EXPECT_FALSE(cpu::amd_zen4_model(0x19, 0x21));  // Vermeer (Zen 3)
   EXPECT_FALSE(cpu::amd_zen4_model(0x1A, 0x02));  // Zen 5
   EXPECT_FALSE(cpu::amd_zen4_model(0x17, 0x31));  // Rome (Zen 2)
-  EXPECT_STREQ(cpu::stream_prefetch_name({true, true}), "all");
-  EXPECT_STREQ(cpu::stream_prefetch_name({false, true}), "heavy");
-  EXPECT_STREQ(cpu::stream_prefetch_name({false, true, 16 << 10}), "heavy+wide-x");
-  EXPECT_STREQ(cpu::stream_prefetch_name({false, false}), "none");
+  EXPECT_EQ(cpu::stream_prefetch_name({true, true}), "all");
+  EXPECT_EQ(cpu::stream_prefetch_name({false, true}), "heavy");
+  EXPECT_EQ(cpu::stream_prefetch_name({false, true, 16 << 10}), "heavy+wide-x");
+  EXPECT_EQ(cpu::stream_prefetch_name({false, true, 16 << 10, true}), "heavy+wide-x, light tuned");
+  EXPECT_EQ(cpu::stream_prefetch_name({false, false}), "none");
   EXPECT_GE(cpu::l1_data_bytes(), size_t{4} << 10);
   for (const char* bad : {"1", "yes", "ALL", "packed"}) {
     cpu::stream_prefetch_setting(bad, false, l1, &valid);

@@ -187,6 +187,7 @@ CpuBackend::CpuBackend(cpu::Isa isa, int max_threads, bool dot_products, bool bf
   // The int8 tiles take the panels the AVX512-VNNI interleaved kernels' unpacking makes.
   amx_int8_ = amx_ && __builtin_cpu_supports("amx-int8") && cpu::has_avx512_vnni();
   set_interleave_blocks(true);
+  set_tune_light_prefetch(cpu::stream_prefetch.tuned);
 }
 
 bool CpuBackend::interleaves(DType dtype) const {
@@ -282,12 +283,12 @@ std::unique_ptr<KernelBackend> make_cpu_backend() {
   const std::string interleave = interleave_env && *interleave_env ? interleave_env : "1";
   ALEM_CHECK(interleave == "0" || interleave == "1",
              "ALEM_CPU_INTERLEAVE must be 0 or 1, got '" + interleave + "'");
-  // ALEM_CPU_PREFETCH=all|heavy|none|auto: which decode streams prefetch (read once, when the
-  // process starts: cpu_kernels.h); checked here so a wrong value is an error, not a default.
+  // ALEM_CPU_PREFETCH=auto|static|all|heavy|none: which decode streams prefetch (read once, when
+  // the process starts: cpu_kernels.h); checked here so a wrong value is an error, not a default.
   bool prefetch_valid = false;
   const char* prefetch_env = std::getenv("ALEM_CPU_PREFETCH");
   cpu::stream_prefetch_setting(prefetch_env, false, cpu::l1_data_bytes(), &prefetch_valid);
-  ALEM_CHECK(prefetch_valid, "ALEM_CPU_PREFETCH must be all, heavy, none or auto, got '" +
+  ALEM_CHECK(prefetch_valid, "ALEM_CPU_PREFETCH must be auto, static, all, heavy or none, got '" +
                                  std::string(prefetch_env ? prefetch_env : "") + "'");
   // ALEM_CPU_BF16_CODED=0 keeps bf16 weights plain (16 bits) instead of coding their exponents
   // (12 bits, lossless; on AVX-512 only).

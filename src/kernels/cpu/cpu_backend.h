@@ -9,6 +9,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/prefetch_tuner.h"
 
 namespace alem {
 
@@ -81,6 +82,17 @@ class CpuBackend final : public KernelBackend {
   // ggml block type where the block kernels are AVX512-VNNI's or AVX2's, and int8 where its
   // 16-bit activations are allowed (ALEM_CPU_DOT is not 0).
   bool interleaves(DType dtype) const;
+
+  // Whether matmul measures the light-stream prefetch setting for w at M rows of x and runs the
+  // faster one (cpu::LightPrefetchTuner): on by default (ALEM_CPU_PREFETCH unset or auto), for
+  // one row of x against dense or Q8_0 weights of kTunedMinBytes and more.
+  bool tunes_light_prefetch(int64_t M, const WeightMatrix& w) const;
+  void set_tune_light_prefetch(bool on) {
+    light_tuner_ = on ? std::make_shared<cpu::LightPrefetchTuner>() : nullptr;
+  }
+  // The tuner's state (null where it is off), for tests and `alem bench`.
+  const cpu::LightPrefetchTuner* light_prefetch_tuner() const { return light_tuner_.get(); }
+  static constexpr size_t kTunedMinBytes = 128 * 1024;
 
   // Matmul with the path forced (for tests and benchmarks): packed GEMM or streaming.
   void matmul_with_path(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
@@ -155,6 +167,10 @@ class CpuBackend final : public KernelBackend {
   bool amx_int8_ = false;
   bool interleave_blocks_ = false;
   bool code_bf16_ = false;
+  std::shared_ptr<cpu::LightPrefetchTuner> light_tuner_;
+  // matmul's choice of kernel, without the tuning around it.
+  void route_matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                    float* y) const;
   // bf16 weights with coded exponents at up to 4 rows of x (matmul_coded_*.cc), each chunk
   // unpacked in registers for all of them; larger M unpacks rows for the plain kernels
   // (cpu_backend_matmul.cc).

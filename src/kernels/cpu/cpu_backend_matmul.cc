@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -150,8 +151,38 @@ void CpuBackend::matvec_coded(const float* x, int64_t M, const WeightMatrix& w, 
   });
 }
 
+bool CpuBackend::tunes_light_prefetch(int64_t M, const WeightMatrix& w) const {
+  if (!light_tuner_ || M != 1 || w.bytes() < kTunedMinBytes) return false;
+  switch (w.dtype) {  // the weights a one-row matmul streams as a light stream (cpu_kernels.h)
+    case DType::F32:
+    case DType::F16:
+    case DType::BF16:
+    case DType::I8:
+    case DType::Q8_0:
+      return true;
+    default:
+      return false;
+  }
+}
+
 void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                         float* y) const {
+  if (!tunes_light_prefetch(M, w)) {
+    route_matmul(x, M, w, bias, y);
+    return;
+  }
+  const void* matrix = w.data.data();
+  const cpu::LightPrefetch choice = light_tuner_->choose(matrix);
+  const cpu::ScopedLightPrefetch scoped(choice);
+  const auto start = std::chrono::steady_clock::now();
+  route_matmul(x, M, w, bias, y);
+  light_tuner_->record(
+      matrix, choice,
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+}
+
+void CpuBackend::route_matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
+                              float* y) const {
   if (dtype_is_block(w.dtype) || is_interleaved8(w.layout)) {
     matmul_blocks(x, M, w, bias, y);
     return;

@@ -8,17 +8,24 @@
 #include <cstdint>
 #include <utility>
 
+#include "kernels/cpu/cpu_kernels.h"
+
 namespace alem::cpu_threads {
 
-// Runs body(thread_index, thread_count) on up to `threads` OpenMP threads (inline when 1).
+// Runs body(thread_index, thread_count) on up to `threads` OpenMP threads (inline when 1), each
+// with the calling thread's light-stream prefetch choice (cpu::light_prefetch_now).
 template <typename Body>
 void run_on_threads(int threads, const Body& body) {
   if (threads <= 1) {
     body(0, 1);
     return;
   }
+  const cpu::LightPrefetch choice = cpu::light_prefetch_now;
 #pragma omp parallel num_threads(threads)
-  body(omp_get_thread_num(), omp_get_num_threads());
+  {
+    const cpu::ScopedLightPrefetch scoped(choice);
+    body(omp_get_thread_num(), omp_get_num_threads());
+  }
 }
 
 // The part [begin, end) of `total` items that `index` of `count` workers takes, in whole units

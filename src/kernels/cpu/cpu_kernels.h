@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "kernels/backend.h"
 #include "model/bf16_coded.h"
@@ -52,8 +53,11 @@ constexpr int kStreamL1PrefetchBytes = 5760;
 // heavy stream keeps its kernel busy between loads: 4- to 6-bit weights it unpacks (Q4_0, Q4_1, the
 // K-quants), row-major int8 against 16-bit activations, or several rows of x on every weight.
 // Without the prefetches its loads wait: on the Zen 4, Q4_0 decode ran 17% slower, Q4_K_M 48%, bf16
-// at 2 to 4 rows of x 30-40% (docs/kernels-quantized.md). ALEM_CPU_PREFETCH: all (the default but
-// on AMD's Zen 4), heavy (the default on Zen 4), none, or auto.
+// at 2 to 4 rows of x 30-40% (docs/kernels-quantized.md). Which way a light stream goes also
+// moved with the host and the day (the same Zen 4 model, SmolLM2's bf16 decode: +17% without in
+// one session, +10-40% with in a later one), so by default the backend measures it per matrix at
+// run time (`tuned`, cpu::LightPrefetchTuner). ALEM_CPU_PREFETCH: auto (the CPU's rule below,
+// light streams tuned), static (the rule alone), all, heavy or none.
 enum class StreamKind : int { kLight, kHeavy };
 struct StreamPrefetch {
   bool light = true;
@@ -65,8 +69,30 @@ struct StreamPrefetch {
   // read 16-24 GB/s of DRAM without the prefetches and 28-35 with them, while its other
   // matrices (8 KiB of x) ran 10-20% slower with them (docs/kernels-quantized.md).
   size_t light_x_bytes = SIZE_MAX;
+  // Light streams at one row of x take whichever of on and off measured faster for their matrix
+  // (CpuBackend::matmul with cpu::LightPrefetchTuner); the fields above are the starting rule.
+  bool tuned = false;
 };
 extern const StreamPrefetch stream_prefetch;
+
+// The light-stream choice of the matmul this thread runs now: the process setting
+// (stream_prefetch), or on or off as the backend's tuner picked it for the matrix. The backend
+// sets it around one matmul (ScopedLightPrefetch) and run_on_threads carries it into the worker
+// threads. constinit: no initialisation wrapper on the kernels' per-block reads.
+enum class LightPrefetch : signed char { kSetting = -1, kOff = 0, kOn = 1 };
+extern constinit thread_local LightPrefetch light_prefetch_now;
+class ScopedLightPrefetch {
+ public:
+  explicit ScopedLightPrefetch(LightPrefetch choice) : saved_(light_prefetch_now) {
+    light_prefetch_now = choice;
+  }
+  ~ScopedLightPrefetch() { light_prefetch_now = saved_; }
+  ScopedLightPrefetch(const ScopedLightPrefetch&) = delete;
+  ScopedLightPrefetch& operator=(const ScopedLightPrefetch&) = delete;
+
+ private:
+  LightPrefetch saved_;
+};
 
 // Whether the CPU's vendor (CPUID leaf 0) is AMD: the exact bf16 GEMM threshold measured on a
 // Zen 4 that differs from an Intel Xeon's (CpuBackend::packed_min_rows_bf16).
@@ -88,13 +114,15 @@ unsigned cpuid_display_family(unsigned eax);
 // 6 or 0xF (0x11 on an EPYC 9004, 0x01 on an EPYC 7003).
 unsigned cpuid_display_model(unsigned eax);
 
-// The setting for an ALEM_CPU_PREFETCH value: "all", "heavy", "none"; "auto", empty or null:
-// the CPU's default (`amd_zen4`: heavy, and light streams past `l1_bytes` / 2 of x; otherwise
-// all). `valid` is false for anything else (and the default).
+// The setting for an ALEM_CPU_PREFETCH value: "all", "heavy", "none"; "static": the CPU's rule
+// (`amd_zen4`: heavy, and light streams past `l1_bytes` / 2 of x; otherwise all); "auto", empty
+// or null: that rule with light streams tuned at run time. `valid` is false for anything else
+// (and the default).
 StreamPrefetch stream_prefetch_setting(const char* value, bool amd_zen4, size_t l1_bytes,
                                        bool* valid);
-// "all", "heavy", "none", or "heavy+wide-x" (the default on AMD's Zen 4).
-const char* stream_prefetch_name(StreamPrefetch setting);
+// "all", "heavy", "none", or "heavy+wide-x" (the rule on AMD's Zen 4), with ", light tuned"
+// where the tuner picks the light streams' setting.
+std::string stream_prefetch_name(StreamPrefetch setting);
 // The L1 data cache of this CPU in bytes (sysconf; 32 KiB where it says nothing).
 size_t l1_data_bytes();
 
@@ -106,8 +134,10 @@ constexpr StreamKind wide_weights_stream(int rows_of_x) {
 // Whether a stream of `kind` prefetches, its kernel re-reading `x_bytes` of x for every weight
 // row (row-at-a-time kernels; the interleaved block kernels re-read x once per 8 rows and pass
 // 0). Kernels ask once per call, before their loops.
-inline bool stream_prefetches(StreamKind kind, size_t x_bytes) {
+[[gnu::always_inline]] inline bool stream_prefetches(StreamKind kind, size_t x_bytes) {
   if (kind == StreamKind::kHeavy) return stream_prefetch.heavy;
+  const LightPrefetch now = light_prefetch_now;
+  if (now != LightPrefetch::kSetting) return now == LightPrefetch::kOn;
   return stream_prefetch.light ||
          (stream_prefetch.heavy && x_bytes > stream_prefetch.light_x_bytes);
 }

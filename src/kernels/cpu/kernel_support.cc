@@ -85,23 +85,29 @@ size_t l1_data_bytes() {
 StreamPrefetch stream_prefetch_setting(const char* value, bool amd_zen4, size_t l1_bytes,
                                        bool* valid) {
   *valid = true;
-  const StreamPrefetch by_default =
+  const StreamPrefetch rule =
       amd_zen4 ? StreamPrefetch{false, true, l1_bytes / 2} : StreamPrefetch{true, true, SIZE_MAX};
-  if (value == nullptr || *value == '\0' || std::strcmp(value, "auto") == 0) return by_default;
+  StreamPrefetch tuned = rule;
+  tuned.tuned = true;
+  if (value == nullptr || *value == '\0' || std::strcmp(value, "auto") == 0) return tuned;
+  if (std::strcmp(value, "static") == 0) return rule;
   if (std::strcmp(value, "all") == 0) return {true, true, SIZE_MAX};
   if (std::strcmp(value, "heavy") == 0) return {false, true, SIZE_MAX};
   if (std::strcmp(value, "none") == 0) return {false, false, SIZE_MAX};
   *valid = false;
-  return by_default;
+  return tuned;
 }
 
-const char* stream_prefetch_name(StreamPrefetch setting) {
-  if (setting.light) return setting.heavy ? "all" : "light";
-  if (!setting.heavy) return "none";
-  return setting.light_x_bytes == SIZE_MAX ? "heavy" : "heavy+wide-x";
+std::string stream_prefetch_name(StreamPrefetch setting) {
+  std::string name = setting.light                       ? (setting.heavy ? "all" : "light")
+                     : !setting.heavy                    ? "none"
+                     : setting.light_x_bytes == SIZE_MAX ? "heavy"
+                                                         : "heavy+wide-x";
+  return setting.tuned ? name + ", light tuned" : name;
 }
 
 const StreamPrefetch stream_prefetch = stream_prefetch_at_start();
+constinit thread_local LightPrefetch light_prefetch_now = LightPrefetch::kSetting;
 
 void* thread_scratch(ScratchSlot slot, size_t bytes) {
   thread_local ThreadScratch scratch;
