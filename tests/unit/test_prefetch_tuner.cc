@@ -1,7 +1,7 @@
 // The light-stream prefetch tuner (kernels/cpu/prefetch_tuner.h): its choice from measured times
-// (synthetic ones, so the test knows the answer), its medians against outliers, measuring again
-// after kExploitCalls, which matmuls the CPU backend tunes, that the choice reaches the worker
-// threads and the kernels, and that it never changes a result (bit for bit, every ISA here).
+// (synthetic ones, so the test knows the answer), per byte, its medians against outliers, measuring
+// again after kExploitCalls, which matmuls the CPU backend tunes, that the choice reaches the
+// worker threads and the kernels, and that it never changes a result (bit for bit, every ISA here).
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -20,64 +20,67 @@ namespace {
 using cpu::LightPrefetch;
 using cpu::LightPrefetchTuner;
 
-// Runs one call on `matrix` through the tuner, timed as `seconds(choice)` says; returns the choice.
+// Runs one call in `matrix_class` through the tuner, on 1 MB of weights timed as
+// `seconds(choice)` says; returns the choice.
 template <class Seconds>
-LightPrefetch one_call(LightPrefetchTuner& tuner, const void* matrix, const Seconds& seconds) {
-  const LightPrefetch choice = tuner.choose(matrix);
-  tuner.record(matrix, choice, seconds(choice));
+LightPrefetch one_call(LightPrefetchTuner& tuner, uint64_t matrix_class, const Seconds& seconds) {
+  const LightPrefetch choice = tuner.choose(matrix_class);
+  tuner.record(matrix_class, choice, seconds(choice), 1 << 20);
   return choice;
 }
 
 TEST(LightPrefetchTuner, KeepsTheFasterSettingThenMeasuresAgain) {
   LightPrefetchTuner tuner;
-  int a = 0, b = 0;
-  // Matrix a runs faster with the prefetches, b without.
+  const uint64_t a = 1, b = 2;
+  // Class a runs faster with the prefetches, b without.
   const auto a_time = [](LightPrefetch c) { return c == LightPrefetch::kOn ? 1e-3 : 2e-3; };
   const auto b_time = [](LightPrefetch c) { return c == LightPrefetch::kOn ? 2e-3 : 1e-3; };
   for (int i = 0; i < LightPrefetchTuner::kWarmCalls; ++i) {
-    EXPECT_EQ(one_call(tuner, &a, a_time), LightPrefetch::kSetting) << "warm-up call " << i;
+    EXPECT_EQ(one_call(tuner, a, a_time), LightPrefetch::kSetting) << "warm-up call " << i;
   }
   // Measuring: the two settings in turn, each kSamples times.
   int on = 0, off = 0;
   for (int i = 0; i < 2 * LightPrefetchTuner::kSamples; ++i) {
-    const LightPrefetch c = one_call(tuner, &a, a_time);
+    const LightPrefetch c = one_call(tuner, a, a_time);
     ASSERT_NE(c, LightPrefetch::kSetting);
     (c == LightPrefetch::kOn ? on : off)++;
-    one_call(tuner, &b, b_time);
-    one_call(tuner, &b, b_time);  // b's warm-up ends one call later; it measures more often
+    one_call(tuner, b, b_time);
+    one_call(tuner, b, b_time);  // b measures twice as often
   }
   EXPECT_EQ(on, LightPrefetchTuner::kSamples);
   EXPECT_EQ(off, LightPrefetchTuner::kSamples);
-  EXPECT_EQ(tuner.chosen(&a), LightPrefetch::kOn);
-  EXPECT_EQ(tuner.chosen(&b), LightPrefetch::kOff);
+  EXPECT_EQ(tuner.chosen(a), LightPrefetch::kOn);
+  EXPECT_EQ(tuner.chosen(b), LightPrefetch::kOff);
   EXPECT_EQ(tuner.counts().on, 1);
   EXPECT_EQ(tuner.counts().off, 1);
   // Kept for kExploitCalls calls, whatever they take now...
   const auto flipped = [](LightPrefetch c) { return c == LightPrefetch::kOn ? 3e-3 : 1e-3; };
   for (int64_t i = 0; i < LightPrefetchTuner::kExploitCalls; ++i) {
-    ASSERT_EQ(one_call(tuner, &a, flipped), LightPrefetch::kOn) << "call " << i;
+    ASSERT_EQ(one_call(tuner, a, flipped), LightPrefetch::kOn) << "call " << i;
   }
   // ...then measured again, and the other setting wins.
-  for (int i = 0; i < 2 * LightPrefetchTuner::kSamples; ++i) one_call(tuner, &a, flipped);
-  EXPECT_EQ(tuner.chosen(&a), LightPrefetch::kOff);
-  EXPECT_EQ(tuner.chosen(&b), LightPrefetch::kOff);
-  int unseen = 0;
-  EXPECT_EQ(tuner.chosen(&unseen), LightPrefetch::kSetting);
+  for (int i = 0; i < 2 * LightPrefetchTuner::kSamples; ++i) one_call(tuner, a, flipped);
+  EXPECT_EQ(tuner.chosen(a), LightPrefetch::kOff);
+  EXPECT_EQ(tuner.chosen(b), LightPrefetch::kOff);
+  EXPECT_EQ(tuner.chosen(3), LightPrefetch::kSetting);  // never seen
 }
 
-TEST(LightPrefetchTuner, OutliersDoNotDecide) {
+// Samples are per weight byte: a class whose matrices differ in size is judged by speed, and a
+// few preempted calls do not decide.
+TEST(LightPrefetchTuner, JudgesBytesPerSecondAndIgnoresOutliers) {
   LightPrefetchTuner tuner;
-  int m = 0;
-  int on_calls = 0;
-  // On is faster, but its first two measured calls were preempted (100x slower).
-  const auto seconds = [&](LightPrefetch c) {
-    if (c != LightPrefetch::kOn) return 1.2e-3;
-    return ++on_calls <= 2 ? 1e-1 : 1e-3;
-  };
+  const uint64_t c = 7;
+  int call = 0, on_calls = 0;
   for (int i = 0; i < LightPrefetchTuner::kWarmCalls + 2 * LightPrefetchTuner::kSamples; ++i) {
-    one_call(tuner, &m, seconds);
+    const LightPrefetch choice = tuner.choose(c);
+    // Matrices of 1 and 4 MB in turn; on reads 10 GB/s, off 8 GB/s; two of on's calls were
+    // preempted (100x slower).
+    const size_t bytes = (call++ % 3 == 0 ? 4 : 1) << 20;
+    double seconds = bytes / (choice == LightPrefetch::kOn ? 10e9 : 8e9);
+    if (choice == LightPrefetch::kOn && ++on_calls <= 2) seconds *= 100;
+    tuner.record(c, choice, seconds, bytes);
   }
-  EXPECT_EQ(tuner.chosen(&m), LightPrefetch::kOn);
+  EXPECT_EQ(tuner.chosen(c), LightPrefetch::kOn);
   float values[] = {5, 1, 4, 2, 3};
   EXPECT_EQ(cpu::median_of(values, 5), 3.f);
   float even[] = {4, 1, 3, 2};
@@ -148,7 +151,8 @@ TEST(LightPrefetchTuner, ResultsDoNotDependOnTheChoice) {
               << cpu::isa_name(isa) << " " << dtype_name(dtype) << " threads " << threads
               << " call " << call;
         }
-        EXPECT_NE(tuned.light_prefetch_tuner()->chosen(w2.data.data()), LightPrefetch::kSetting);
+        const auto* tuner = tuned.light_prefetch_tuner();
+        EXPECT_NE(tuner->chosen(CpuBackend::light_prefetch_class(w2)), LightPrefetch::kSetting);
       }
     }
   }

@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -165,20 +166,26 @@ bool CpuBackend::tunes_light_prefetch(int64_t M, const WeightMatrix& w) const {
   }
 }
 
+uint64_t CpuBackend::light_prefetch_class(const WeightMatrix& w) {
+  const uint64_t size_class = std::bit_width(static_cast<uint64_t>(w.bytes()));
+  return static_cast<uint64_t>(w.dtype) << 56 | static_cast<uint64_t>(w.layout) << 48 |
+         size_class << 32 | static_cast<uint64_t>(w.cols);
+}
+
 void CpuBackend::matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,
                         float* y) const {
   if (!tunes_light_prefetch(M, w)) {
     route_matmul(x, M, w, bias, y);
     return;
   }
-  const void* matrix = w.data.data();
-  const cpu::LightPrefetch choice = light_tuner_->choose(matrix);
+  const uint64_t matrix_class = light_prefetch_class(w);
+  const cpu::LightPrefetch choice = light_tuner_->choose(matrix_class);
   const cpu::ScopedLightPrefetch scoped(choice);
   const auto start = std::chrono::steady_clock::now();
   route_matmul(x, M, w, bias, y);
   light_tuner_->record(
-      matrix, choice,
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      matrix_class, choice,
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), w.bytes());
 }
 
 void CpuBackend::route_matmul(const float* x, int64_t M, const WeightMatrix& w, const float* bias,

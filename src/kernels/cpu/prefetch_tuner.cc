@@ -10,47 +10,61 @@ float median_of(float* values, int n) {
   return n % 2 == 1 ? values[n / 2] : 0.5f * (values[n / 2 - 1] + values[n / 2]);
 }
 
-LightPrefetch LightPrefetchTuner::choose(const void* matrix) {
+int LightPrefetchTuner::samples_for(size_t bytes) {
+  const size_t calls = (kSampleBytes + std::max<size_t>(bytes, 1) - 1) / std::max<size_t>(bytes, 1);
+  return static_cast<int>(std::clamp<size_t>(calls, kMinSamples, kSamples));
+}
+
+LightPrefetch LightPrefetchTuner::choose(uint64_t matrix_class) {
   std::lock_guard<std::mutex> lock(mutex_);
-  Matrix& m = matrices_[matrix];
-  if (m.chosen != LightPrefetch::kSetting) {
-    if (m.calls < kExploitCalls) return m.chosen;
-    m.chosen = LightPrefetch::kSetting;  // measure again
-    m.calls = kWarmCalls;
+  Class& c = classes_[matrix_class];
+  if (c.chosen != LightPrefetch::kSetting) {
+    if (c.calls < kExploitCalls) return c.chosen;
+    c.chosen = LightPrefetch::kSetting;  // measure again
+    c.calls = kWarmCalls;
   }
-  if (m.calls < kWarmCalls) return LightPrefetch::kSetting;
+  if (c.calls < kWarmCalls) return LightPrefetch::kSetting;
   // In turn, off first: the setting with fewer samples this round.
-  return m.taken[0] <= m.taken[1] ? LightPrefetch::kOff : LightPrefetch::kOn;
+  return c.taken[0] <= c.taken[1] ? LightPrefetch::kOff : LightPrefetch::kOn;
 }
 
-void LightPrefetchTuner::record(const void* matrix, LightPrefetch used, double seconds) {
+void LightPrefetchTuner::record(uint64_t matrix_class, LightPrefetch used, double seconds,
+                                size_t bytes) {
   std::lock_guard<std::mutex> lock(mutex_);
-  Matrix& m = matrices_[matrix];
-  ++m.calls;
-  if (used == LightPrefetch::kSetting || m.chosen != LightPrefetch::kSetting) return;
+  Class& c = classes_[matrix_class];
+  ++c.calls;
+  if (used == LightPrefetch::kSetting || c.chosen != LightPrefetch::kSetting) return;
   const int arm = used == LightPrefetch::kOn ? 1 : 0;
-  if (m.taken[arm] < kSamples) m.seconds[arm][m.taken[arm]++] = static_cast<float>(seconds);
-  if (m.taken[0] < kSamples || m.taken[1] < kSamples) return;
-  const float off = median_of(m.seconds[0], kSamples), on = median_of(m.seconds[1], kSamples);
-  m.chosen = on < off ? LightPrefetch::kOn : LightPrefetch::kOff;
-  m.calls = 0;
-  m.taken[0] = m.taken[1] = 0;
+  if (c.taken[arm] < kSamples) {
+    c.seconds_per_byte[arm][c.taken[arm]++] =
+        static_cast<float>(seconds / static_cast<double>(std::max<size_t>(bytes, 1)));
+  }
+  const int needed = samples_for(bytes);
+  if (c.taken[0] < needed || c.taken[1] < needed) return;
+  const float off = median_of(c.seconds_per_byte[0], c.taken[0]);
+  const float on = median_of(c.seconds_per_byte[1], c.taken[1]);
+  c.chosen = on < off ? LightPrefetch::kOn : LightPrefetch::kOff;
+  if (std::getenv("DBG_TUNER"))
+    fprintf(stderr, "class %llx off %.3f on %.3f ns/B\n", (unsigned long long)matrix_class,
+            off * 1e9, on * 1e9);
+  c.calls = 0;
+  c.taken[0] = c.taken[1] = 0;
 }
 
-LightPrefetch LightPrefetchTuner::chosen(const void* matrix) const {
+LightPrefetch LightPrefetchTuner::chosen(uint64_t matrix_class) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  const auto it = matrices_.find(matrix);
-  return it == matrices_.end() ? LightPrefetch::kSetting : it->second.chosen;
+  const auto it = classes_.find(matrix_class);
+  return it == classes_.end() ? LightPrefetch::kSetting : it->second.chosen;
 }
 
 LightPrefetchTuner::Counts LightPrefetchTuner::counts() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  Counts c;
-  for (const auto& [key, m] : matrices_) {
-    if (m.chosen == LightPrefetch::kOn) ++c.on;
-    if (m.chosen == LightPrefetch::kOff) ++c.off;
+  Counts counts;
+  for (const auto& [key, c] : classes_) {
+    if (c.chosen == LightPrefetch::kOn) ++counts.on;
+    if (c.chosen == LightPrefetch::kOff) ++counts.off;
   }
-  return c;
+  return counts;
 }
 
 }  // namespace alem::cpu

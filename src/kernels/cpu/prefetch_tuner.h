@@ -2,7 +2,7 @@
 // int8 weights) reads faster with software prefetches or with the hardware prefetchers alone is
 // not a property of the CPU model: on the same AMD Zen 4 it went one way in one session and the
 // other way in a later one (docs/kernels-quantized.md, "Which streams prefetch"). So the CPU
-// backend measures it for each matrix while it serves, and keeps the faster setting.
+// backend measures it while it serves, for each class of matrix, and keeps the faster setting.
 #pragma once
 
 #include <cstdint>
@@ -13,23 +13,32 @@
 
 namespace alem::cpu {
 
-// Per matrix (keyed by its weights' address): a few calls with the prefetches on and off in
-// turn, then the one whose median time was lower for the next kExploitCalls calls, then measure
-// again (the neighbours' load on the memory changes). The first kWarmCalls calls of a matrix
-// (page faults, a cold L3) are not measured. Thread-safe; the calls it times are whole matmuls.
+// Per class of matrix (the backend keys one by weight type, layout, row length and size, the
+// things that decide how a stream meets the caches): calls with the prefetches off and on in turn,
+// timed per weight byte, then the setting whose median was lower for the next kExploitCalls
+// calls of the class, then measure again (the neighbours' load on the memory changes). A class
+// pools the matrices of every layer, so one decode step gives it tens of samples, where one
+// matrix gives one. The first kWarmCalls calls of a class (page faults, a cold L3) are not
+// measured. Thread-safe; the calls it times are whole matmuls.
 class LightPrefetchTuner {
  public:
-  static constexpr int kWarmCalls = 2;
-  static constexpr int kSamples = 5;  // per setting, per round of measuring
-  static constexpr int64_t kExploitCalls = 1000;
+  static constexpr int kWarmCalls = 4;
+  // Samples per setting and round of measuring: enough calls to read kSampleBytes of weights,
+  // from kMinSamples (the LM head, read once a step) to kSamples (small matrices, whose calls
+  // are a few microseconds each and noisier).
+  static constexpr int kMinSamples = 5;
+  static constexpr int kSamples = 15;
+  static constexpr size_t kSampleBytes = size_t{32} << 20;
+  static constexpr int64_t kExploitCalls = 4000;
+  static int samples_for(size_t bytes);
 
-  // The setting the next call on `matrix` runs with.
-  LightPrefetch choose(const void* matrix);
-  // What that call took, in seconds.
-  void record(const void* matrix, LightPrefetch used, double seconds);
-  // The setting `matrix` runs with now: kSetting while it is still measured or not yet seen.
-  LightPrefetch chosen(const void* matrix) const;
-  // Matrices whose last round of measuring chose on / off (for the bench's report).
+  // The setting the next call in `matrix_class` runs with.
+  LightPrefetch choose(uint64_t matrix_class);
+  // What that call took: seconds for `bytes` of weights.
+  void record(uint64_t matrix_class, LightPrefetch used, double seconds, size_t bytes);
+  // The setting the class runs with now: kSetting while it is still measured or not yet seen.
+  LightPrefetch chosen(uint64_t matrix_class) const;
+  // Classes whose last round of measuring chose on / off (for the bench's report).
   struct Counts {
     int on = 0;
     int off = 0;
@@ -37,14 +46,14 @@ class LightPrefetchTuner {
   Counts counts() const;
 
  private:
-  struct Matrix {
+  struct Class {
     int64_t calls = 0;  // since first seen, or since the last choice
     LightPrefetch chosen = LightPrefetch::kSetting;
     int taken[2] = {0, 0};  // samples this round, [off, on]
-    float seconds[2][kSamples] = {};
+    float seconds_per_byte[2][kSamples] = {};
   };
   mutable std::mutex mutex_;
-  std::unordered_map<const void*, Matrix> matrices_;
+  std::unordered_map<uint64_t, Class> classes_;
 };
 
 // The median of n values (n <= LightPrefetchTuner::kSamples); reorders them.
