@@ -81,6 +81,11 @@ TEST(LightPrefetchTuner, JudgesBytesPerSecondAndIgnoresOutliers) {
     tuner.record(c, choice, seconds, bytes);
   }
   EXPECT_EQ(tuner.chosen(c), LightPrefetch::kOn);
+  // Large matrices need fewer calls each: the LM head of a 1.1B model (98 MB) decides after
+  // kMinSamples, a 1 MB matrix after kSamples.
+  EXPECT_EQ(LightPrefetchTuner::samples_for(size_t{98} << 20), LightPrefetchTuner::kMinSamples);
+  EXPECT_EQ(LightPrefetchTuner::samples_for(size_t{1} << 20), LightPrefetchTuner::kSamples);
+  EXPECT_EQ(LightPrefetchTuner::samples_for(size_t{4} << 20), 8);
   float values[] = {5, 1, 4, 2, 3};
   EXPECT_EQ(cpu::median_of(values, 5), 3.f);
   float even[] = {4, 1, 3, 2};

@@ -44,9 +44,6 @@ void LightPrefetchTuner::record(uint64_t matrix_class, LightPrefetch used, doubl
   const float off = median_of(c.seconds_per_byte[0], c.taken[0]);
   const float on = median_of(c.seconds_per_byte[1], c.taken[1]);
   c.chosen = on < off ? LightPrefetch::kOn : LightPrefetch::kOff;
-  if (std::getenv("DBG_TUNER"))
-    fprintf(stderr, "class %llx off %.3f on %.3f ns/B\n", (unsigned long long)matrix_class,
-            off * 1e9, on * 1e9);
   c.calls = 0;
   c.taken[0] = c.taken[1] = 0;
 }

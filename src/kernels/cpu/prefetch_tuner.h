@@ -13,19 +13,19 @@
 
 namespace alem::cpu {
 
-// Per class of matrix (the backend keys one by weight type, layout, row length and size, the
-// things that decide how a stream meets the caches): calls with the prefetches off and on in turn,
-// timed per weight byte, then the setting whose median was lower for the next kExploitCalls
-// calls of the class, then measure again (the neighbours' load on the memory changes). A class
-// pools the matrices of every layer, so one decode step gives it tens of samples, where one
-// matrix gives one. The first kWarmCalls calls of a class (page faults, a cold L3) are not
-// measured. Thread-safe; the calls it times are whole matmuls.
+// Per class of matrix (the backend keys one by weight type, layout, row length and size in
+// powers of two, the things that decide how a stream meets the caches): calls with the prefetches
+// off and on in turn, timed per weight byte, then the setting whose median was lower for the next
+// kExploitCalls calls of the class, then measure again (the neighbours' load on the memory
+// changes). A class pools the matrices of every layer, so one decode step gives it tens of samples,
+// where one matrix gives one. The first kWarmCalls calls of a class (page faults, a cold L3) are
+// not measured. Thread-safe; the calls it times are whole matmuls.
 class LightPrefetchTuner {
  public:
   static constexpr int kWarmCalls = 4;
   // Samples per setting and round of measuring: enough calls to read kSampleBytes of weights,
   // from kMinSamples (the LM head, read once a step) to kSamples (small matrices, whose calls
-  // are a few microseconds each and noisier).
+  // take tens of microseconds and vary more).
   static constexpr int kMinSamples = 5;
   static constexpr int kSamples = 15;
   static constexpr size_t kSampleBytes = size_t{32} << 20;
