@@ -315,8 +315,9 @@ void run_bench_generate(const BenchGenerateOptions& o) {
       print_decode_breakdown(decode_ops, decode_op_step_seconds, decode_op_steps);
       if (prefetch_tuner) {
         const auto counts = prefetch_tuner->counts();
-        std::printf("#   light-stream prefetch, measured per class of matrix: on for %d, off for %d\n",
-                    counts.on, counts.off);
+        std::printf(
+            "#   light-stream prefetch, measured per class of matrix: on for %d, off for %d\n",
+            counts.on, counts.off);
       }
     }
     print_expert_dispatch(ctx, model, dispatch_before);  // collective: every rank

@@ -55,9 +55,9 @@ constexpr int kStreamL1PrefetchBytes = 5760;
 // Without the prefetches its loads wait: on the Zen 4, Q4_0 decode ran 17% slower, Q4_K_M 48%, bf16
 // at 2 to 4 rows of x 30-40% (docs/kernels-quantized.md). Which way a light stream goes also
 // moved with the host and the day (the same Zen 4 model, SmolLM2's bf16 decode: +17% without in
-// one session, +10-40% with in a later one), so by default the backend measures it per matrix at
-// run time (`tuned`, cpu::LightPrefetchTuner). ALEM_CPU_PREFETCH: auto (the CPU's rule below,
-// light streams tuned), static (the rule alone), all, heavy or none.
+// one session, +10-40% with in a later one), so by default the backend measures it per class of
+// matrix at run time (`tuned`, cpu::LightPrefetchTuner). ALEM_CPU_PREFETCH: auto (the CPU's rule
+// below, light streams tuned), static (the rule alone), all, heavy or none.
 enum class StreamKind : int { kLight, kHeavy };
 struct StreamPrefetch {
   bool light = true;
@@ -69,16 +69,17 @@ struct StreamPrefetch {
   // read 16-24 GB/s of DRAM without the prefetches and 28-35 with them, while its other
   // matrices (8 KiB of x) ran 10-20% slower with them (docs/kernels-quantized.md).
   size_t light_x_bytes = SIZE_MAX;
-  // Light streams at one row of x take whichever of on and off measured faster for their matrix
-  // (CpuBackend::matmul with cpu::LightPrefetchTuner); the fields above are the starting rule.
+  // Light streams at one row of x take whichever of on and off measured faster for their class
+  // of matrix (CpuBackend::matmul with cpu::LightPrefetchTuner); the fields above are the rule
+  // they start from.
   bool tuned = false;
 };
 extern const StreamPrefetch stream_prefetch;
 
 // The light-stream choice of the matmul this thread runs now: the process setting
-// (stream_prefetch), or on or off as the backend's tuner picked it for the matrix. The backend
-// sets it around one matmul (ScopedLightPrefetch) and run_on_threads carries it into the worker
-// threads. constinit: no initialisation wrapper on the kernels' per-block reads.
+// (stream_prefetch), or on or off as the backend's tuner picked it for the matrix's class. The
+// backend sets it around one matmul (ScopedLightPrefetch) and run_on_threads carries it into the
+// worker threads. constinit: no initialisation wrapper on the kernels' per-block reads.
 enum class LightPrefetch : signed char { kSetting = -1, kOff = 0, kOn = 1 };
 extern constinit thread_local LightPrefetch light_prefetch_now;
 class ScopedLightPrefetch {
