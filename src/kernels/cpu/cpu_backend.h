@@ -90,8 +90,8 @@ class CpuBackend final : public KernelBackend {
   void set_tune_light_prefetch(bool on) {
     light_tuner_ = on ? std::make_shared<cpu::LightPrefetchTuner>() : nullptr;
   }
-  // The tuner's class of w: its weight type, layout and row length (which sets how much x the
-  // kernel re-reads beside the stream).
+  // The tuner's class of w: its weight type, layout, row length (which sets how much x the
+  // kernel re-reads beside the stream) and size in powers of two.
   static uint64_t light_prefetch_class(const WeightMatrix& w);
   // The tuner's state (null where it is off), for tests and `alem bench`.
   const cpu::LightPrefetchTuner* light_prefetch_tuner() const { return light_tuner_.get(); }

@@ -153,17 +153,8 @@ void CpuBackend::matvec_coded(const float* x, int64_t M, const WeightMatrix& w, 
 }
 
 bool CpuBackend::tunes_light_prefetch(int64_t M, const WeightMatrix& w) const {
-  if (!light_tuner_ || M != 1 || w.bytes() < kTunedMinBytes) return false;
-  switch (w.dtype) {  // the weights a one-row matmul streams as a light stream (cpu_kernels.h)
-    case DType::F32:
-    case DType::F16:
-    case DType::BF16:
-    case DType::I8:
-    case DType::Q8_0:
-      return true;
-    default:
-      return false;
-  }
+  return light_tuner_ && M == 1 && w.bytes() >= kTunedMinBytes &&
+         cpu::one_row_stream_is_light(w.dtype);
 }
 
 uint64_t CpuBackend::light_prefetch_class(const WeightMatrix& w) {

@@ -131,6 +131,13 @@ size_t l1_data_bytes();
 constexpr StreamKind wide_weights_stream(int rows_of_x) {
   return rows_of_x == 1 ? StreamKind::kLight : StreamKind::kHeavy;
 }
+// Whether weights of `dtype` against one row of x are a light stream in every kernel that takes
+// them: the dense types and the 32-value int8 blocks (Q8_0, alem's int8). The prefetch tuner
+// measures only these (CpuBackend::tunes_light_prefetch).
+constexpr bool one_row_stream_is_light(DType dtype) {
+  return dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16 || dtype == DType::I8 ||
+         dtype == DType::Q8_0;
+}
 
 // Whether a stream of `kind` prefetches, its kernel re-reading `x_bytes` of x for every weight
 // row (row-at-a-time kernels; the interleaved block kernels re-read x once per 8 rows and pass

@@ -1,4 +1,5 @@
-// LightPrefetchTuner (see prefetch_tuner.h): the per-matrix measuring, built without ISA flags.
+// LightPrefetchTuner (see prefetch_tuner.h): the measuring per class of matrix, built without ISA
+// flags.
 #include "kernels/cpu/prefetch_tuner.h"
 
 #include <algorithm>
