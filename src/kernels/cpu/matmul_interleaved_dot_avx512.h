@@ -1,9 +1,9 @@
 // What the interleaved block-weight kernels (model/interleaved_blocks.h) share on AVX512-VNNI:
 // the activations split into bytes once per call and the two register widths their arithmetic
 // is written over (Lanes8: one group of 8 weight rows per 256-bit register; Lanes16: two groups
-// per 512-bit one, for prefill; BlockPairs: one group's two block columns per 512-bit one, for
-// decode); the loop that walks groups of weight rows and rows of x is
-// matmul_interleaved_run.inc, shared with AVX2 (matmul_interleaved_avx2.h).
+// per 512-bit one, from the kernel's Kernel::kPairMinRows rows of x; BlockPairs: one group's two
+// block columns per 512-bit one, for a lone group); the loop that walks groups of weight rows and
+// rows of x is matmul_interleaved_run.inc, shared with AVX2 (matmul_interleaved_avx2.h).
 // matmul_blocks_rows8_kernel.inc (Q4_0, Q4_1, Q8_0, int8) and matmul_blocks_k_rows8_kernel.inc
 // (Q4_K, Q5_K, Q6_K) supply the per-group arithmetic. Included only by *_dot_avx512.cc files
 // (AVX512-VNNI).
@@ -65,7 +65,7 @@ inline void split_activations(const Q16Blocks& a, int64_t m, int64_t blocks, boo
 // 32-bit lane of a 256-bit register (matmul_interleaved_lanes8.inc, vpdpbusd on AVX512-VL).
 // Lanes16: two groups side by side in 512-bit registers (the group at p in the low half, the one
 // `gap` bytes later in the high half), so one instruction serves 16 weight rows; run() takes it
-// from kPairMinRows rows of x (prefill).
+// from the kernel's pair_min_rows rows of x (one row for the 4-bit types, 2 for Q8_0 and int8).
 #define ALEM_LANES8_DOT(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
 #include "kernels/cpu/matmul_interleaved_lanes8.inc"
 #undef ALEM_LANES8_DOT
@@ -175,11 +175,12 @@ struct Lanes16 {
 };
 
 // BlockPairs: one group of 8 weight rows, two consecutive block columns side by side (block b
-// in the low half, b + 1 in the high half; `gap` is one column's bytes), so a lone row of x
-// (decode) runs 512-bit instructions on one weight stream. x's bytes for both blocks come from
-// two 16-byte loads, one per half, then one vpshufd per chunk: the CPUs with AVX-512 issue two
-// vector loads per cycle, and a broadcast from memory per chunk made them the limit (Zen 5:
-// Q4_0 at one row of x ran 38 GB/s from the caches).
+// in the low half, b + 1 in the high half; `gap` is one column's bytes), so 1-3 rows of x run
+// 512-bit instructions on one weight stream (the Q4_0-type kernels' lone group: the rest take
+// two groups, Lanes16, from one row of x, whose x broadcasts need no shuffles). x's bytes for both
+// blocks come from two 16-byte loads, one per half, then one vpshufd per chunk: the CPUs with
+// AVX-512 issue two vector loads per cycle, and a broadcast from memory per chunk made them the
+// limit (Zen 5: Q4_0 at one row of x ran 38 GB/s from the caches).
 struct BlockPairs : Lanes16 {
   static constexpr int kBlocks = 2;
   ALEM_LANES_INLINE static I both_blocks(const uint8_t* p) {
