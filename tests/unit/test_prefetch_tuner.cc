@@ -2,6 +2,7 @@
 // (synthetic ones, so the test knows the answer), per byte, its medians against outliers, measuring
 // again after kExploitCalls, which matmuls the CPU backend tunes, that the choice reaches the
 // worker threads and the kernels, and that it never changes a result (bit for bit, every ISA here).
+// Also where two streams read side by side aim their prefetches (pair_prefetch_offset).
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -158,6 +159,32 @@ TEST(LightPrefetchTuner, ResultsDoNotDependOnTheChoice) {
         }
         const auto* tuner = tuned.light_prefetch_tuner();
         EXPECT_NE(tuner->chosen(CpuBackend::light_prefetch_class(w2)), LightPrefetch::kSetting);
+      }
+    }
+  }
+}
+
+// Two groups of interleaved rows read side by side, pair after pair (groups 2p and 2p + 1, `gap`
+// bytes each): for groups of `ahead` bytes or more, each stream's prefetch `ahead` bytes on must
+// land where that same stream reads `ahead` bytes later in its own order (group 2p + s, then
+// 2p + 2 + s), never in the other stream's group.
+TEST(PairPrefetch, EachStreamAimsAtItsOwnNextBytes) {
+  for (size_t gap : {size_t{9216}, size_t{12672}, size_t{25344}}) {
+    for (size_t ahead :
+         {size_t{cpu::kStreamPrefetchBytes / 2}, size_t{cpu::kStreamL1PrefetchBytes / 2}}) {
+      for (size_t pair = 0; pair < 3; ++pair) {
+        for (size_t in_group = 0; in_group < gap; in_group += 64) {
+          for (size_t stream = 0; stream < 2; ++stream) {
+            const size_t group = 2 * pair + stream;
+            const size_t here = group * gap + in_group;
+            const size_t target = here + cpu::pair_prefetch_offset(ahead, gap, in_group);
+            // Where this stream is `ahead` bytes later: its own groups step by 2.
+            const size_t later = in_group + ahead;
+            const size_t want = (later < gap ? group : group + 2) * gap + later % gap;
+            ASSERT_EQ(target, want) << "gap " << gap << " ahead " << ahead << " at " << in_group;
+            ASSERT_EQ((target / gap) % 2, stream) << "landed in the other stream's group";
+          }
+        }
       }
     }
   }

@@ -161,21 +161,31 @@ constexpr bool one_row_stream_is_light(DType dtype) {
   asm volatile("prefetcht1 %0" : : "m"(p[kStreamPrefetchBytes]));
   asm volatile("prefetcht0 %0" : : "m"(p[kStreamL1PrefetchBytes]));
 }
-// The same for two streams read side by side, `here` and `here + gap`: two groups of interleaved
-// weight rows (model/interleaved_blocks.h) whose next pair starts 2 x gap on, `in_group` bytes
-// into the first group. Each stream's lines are asked for half as far ahead as one stream's (the
-// same bytes in flight), and where that passes the end of its group, in the next pair's matching
-// group rather than in the other stream's bytes, which that one has read by then. Aimed as one
-// stream's, the first stream's lines fell in the second group and the next pair's second group
-// came unasked: AMD Zen 4, Q4_0 at one row of x from DRAM, one thread, two groups per register
-// read 21-29 GB/s so, 31-35 aimed here.
+// pair_prefetch_offset: how far past `here` (in_group bytes into the first group) the first
+// stream's line `ahead` bytes on is asked for; the second stream's is gap bytes further. For
+// groups of `ahead` bytes or more that is where the same stream reads `ahead` bytes later (in
+// its group, or in the next pair's matching one). Shorter groups (SmolLM2's, 2.6-6.9 KB at Q4_0)
+// skip one group too, not one per group passed: the exact aim, further ahead, ran slower there
+// (AMD Zen 4, one thread, SmolLM2 Q4_0 decode 341-362 -> 327-329 tokens/s; LM head 507-545 ->
+// 547-564 us).
+constexpr size_t pair_prefetch_offset(size_t ahead, size_t gap, size_t in_group) {
+  return ahead + (in_group + ahead >= gap ? gap : 0);
+}
+// As prefetch_stream, for two streams read side by side, `here` and `here + gap`: two groups of
+// interleaved weight rows (model/interleaved_blocks.h) whose next pair starts 2 x gap on,
+// `in_group` bytes into the first group. Each stream's lines are asked for half as far ahead as one
+// stream's (the same bytes in flight), and where that passes the end of its group, in the next
+// pair's matching group rather than in the other stream's bytes, which that one has read by then.
+// Aimed as one stream's, the first stream's lines fell in the second group and the next pair's
+// second group came unasked: AMD Zen 4, Q4_0 at one row of x from DRAM, one thread, two groups per
+// register read 21-29 GB/s so, 31-35 aimed here.
 [[gnu::always_inline]] inline void prefetch_stream_pair(bool enabled, const void* here, size_t gap,
                                                         size_t in_group) {
   if (!enabled) return;
   constexpr size_t kL2Ahead = kStreamPrefetchBytes / 2, kL1Ahead = kStreamL1PrefetchBytes / 2;
   const char* p = static_cast<const char*>(here);
-  const char* l2 = p + kL2Ahead + (in_group + kL2Ahead >= gap ? gap : 0);
-  const char* l1 = p + kL1Ahead + (in_group + kL1Ahead >= gap ? gap : 0);
+  const char* l2 = p + pair_prefetch_offset(kL2Ahead, gap, in_group);
+  const char* l1 = p + pair_prefetch_offset(kL1Ahead, gap, in_group);
   asm volatile("prefetcht1 %0" : : "m"(*l2));
   asm volatile("prefetcht0 %0" : : "m"(*l1));
   asm volatile("prefetcht1 %0" : : "m"(l2[gap]));
