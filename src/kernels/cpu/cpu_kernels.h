@@ -249,18 +249,24 @@ using MatmulStreamFn = void (*)(const float* x, int64_t M, const WeightView& w, 
 using MatmulPackedFn = void (*)(const float* x, int64_t m_begin, int64_t m_end, const WeightView& w,
                                 const float* bias, float* y, int64_t n_begin, int64_t n_end);
 // One unit of attention work: query rows [row_begin, row_end) of a sequence (relative to its
-// q_begin), every query head that reads kv head `kv_head`, against cache positions
-// [key_begin, key_end) intersected with each row's causal range [0, start_pos + row].
+// q_begin), every query head that reads kv heads [kv_head, kv_head + kv_heads), against cache
+// positions [key_begin, key_end) intersected with each row's causal range [0, start_pos + row].
+// kv_heads > 1 only for one row (decode), with kv_heads x the GQA group at most
+// kMaxTaskQueries: the heads then walk the cache together, span by span, so each span's cache
+// rows are read from memory once for all of them, and each head's pass asks for its share of
+// the next span's rows (the memory traffic spread over the whole task, not one head's pass).
 // With partial == nullptr the kernel writes normalised rows to `out`. Otherwise (the key range
 // of a long context split across threads) it writes one record per query vector, ordered by
-// row then GQA head, of kPartialExtra + head_dim floats: running max, running sum, then the
-// unnormalised accumulator; merge_attention_partials combines them.
+// row, then kv head, then GQA head, of kPartialExtra + head_dim floats: running max, running
+// sum, then the unnormalised accumulator; CpuBackend::paged_attention merges them.
 struct AttentionWork {
   int kv_head = 0;
   int row_begin = 0, row_end = 0;
   int64_t key_begin = 0, key_end = 0;
   float* partial = nullptr;
+  int kv_heads = 1;
 };
+constexpr int kMaxTaskQueries = 32;
 constexpr int kPartialExtra = 2;
 
 using AttentionFn = void (*)(const AttentionShape& shape, const AttentionSequence& seq,
