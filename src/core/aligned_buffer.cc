@@ -151,10 +151,23 @@ std::atomic<bool> g_lock_enabled{true};
 
 SensitiveBuffer::SensitiveBuffer(size_t bytes) {
   if (bytes == 0) return;
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  // From 2 MiB up (the KV cache) the mapping is 2 MiB aligned and advised onto transparent huge
+  // pages, as large AlignedBuffers are. ALEM_HUGE_PAGES=0 keeps them off.
+  const bool huge = huge_pages_wanted() && bytes >= kHugePage;
+  const size_t page = huge ? kHugePage : static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const size_t mapped = (bytes + page - 1) / page * page;
-  void* p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  const size_t reserved = huge ? mapped + kHugePage : mapped;
+  void* p = mmap(nullptr, reserved, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw std::bad_alloc();
+  if (huge) {  // keep the 2 MiB aligned part of the reservation, unmap the rest
+    const uintptr_t start = reinterpret_cast<uintptr_t>(p);
+    const uintptr_t aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
+    if (aligned > start) munmap(p, aligned - start);
+    const uintptr_t end = start + reserved, used_end = aligned + mapped;
+    if (end > used_end) munmap(reinterpret_cast<void*>(used_end), end - used_end);
+    p = reinterpret_cast<void*>(aligned);
+    madvise(p, mapped, MADV_HUGEPAGE);  // advice only: failure is harmless
+  }
   data_ = static_cast<uint8_t*>(p);  // anonymous mappings start zeroed
   size_ = bytes;
   mapped_ = mapped;

@@ -217,6 +217,30 @@ TEST(SensitiveBuffer, ZeroedDontDumpAndCounted) {
   EXPECT_EQ(sensitive_memory_stats().mapped_bytes, before.mapped_bytes);
 }
 
+TEST(SensitiveBuffer, LargeBuffersLieOnAlignedHugePageAdvice) {
+  // The KV cache's size class: 2 MiB aligned, whole 2 MiB pages, advised onto huge pages
+  // (VmFlags "hg") and still excluded from dumps on every page; the rest of the reservation is
+  // unmapped.
+  const size_t huge = size_t{2} << 20, bytes = (size_t{5} << 20) + 123;
+  const SensitiveMemoryStats before = sensitive_memory_stats();
+  {
+    SensitiveBuffer buffer(bytes);
+    ASSERT_NE(buffer.data(), nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(buffer.data()) % huge, 0u);
+    EXPECT_EQ(buffer.mapped_bytes(), 3 * huge);
+    EXPECT_EQ(sensitive_memory_stats().mapped_bytes, before.mapped_bytes + 3 * huge);
+    for (size_t off : {size_t{0}, huge, buffer.mapped_bytes() - 1}) {
+      const auto flags = confidential::mapping_vm_flags(buffer.data() + off);
+      EXPECT_TRUE(has_flag(flags, "dd")) << "offset " << off;
+      EXPECT_TRUE(has_flag(flags, "hg")) << "offset " << off;
+    }
+    EXPECT_TRUE(
+        std::all_of(buffer.data(), buffer.data() + bytes, [](uint8_t b) { return b == 0; }));
+    buffer.data()[buffer.mapped_bytes() - 1] = 7;  // the whole rounded mapping is usable
+  }
+  EXPECT_EQ(sensitive_memory_stats().mapped_bytes, before.mapped_bytes);
+}
+
 TEST(SensitiveBuffer, LockingCanBeTurnedOff) {
   set_sensitive_memory_locking(false);
   SensitiveBuffer buffer(4096);
