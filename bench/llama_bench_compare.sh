@@ -36,8 +36,14 @@
 # LLAMA_ISA=avx_vnni the same with AVX-VNNI's 256-bit vpdpbusd on both sides (ALEM_CPU_ISA=
 # avx_vnni), on a CPU with AVX-VNNI or with AVX512-VNNI (there in its EVEX encoding).
 #
+# DEPTH=N measures decode at a context of N tokens (real chat traffic: a long system prompt and
+# history): alem decodes after an N-token prompt (the prefill column is then that prompt's), and
+# llama-bench runs its decode test with -d N (the N tokens filled first, untimed) beside its
+# prefill test of N tokens. The read-bandwidth columns still count the weights alone: at depth
+# the KV cache is read too.
+#
 # Environment: ALEM_BIN (default build/alem), ROUNDS, THREADS, TYPES, SHAPES (smollm2),
-# PROMPT (64), DECODE (32), LLAMA_WORK, LLAMA_CPP_PYTHON_VERSION (0.3.36), LLAMA_BUILD_JOBS,
+# PROMPT (64), DECODE (32), DEPTH (0), LLAMA_WORK, LLAMA_CPP_PYTHON_VERSION (0.3.36), LLAMA_BUILD_JOBS,
 # LLAMA_CC, LLAMA_NO_AMX, LLAMA_ISA. Output: a Markdown table on stdout and raw rows in
 # $LLAMA_WORK/compare-raw.csv.
 set -euo pipefail
@@ -48,7 +54,9 @@ rounds=${ROUNDS:-5}
 thread_counts=${THREADS:-1 2}
 types=${TYPES:-Q4_0 Q8_0 BF16}
 shapes=${SHAPES:-smollm2}
+depth=${DEPTH:-0}
 prompt=${PROMPT:-64}
+[ "$depth" -eq 0 ] || prompt=$depth
 decode=${DECODE:-32}
 python=${REFERENCE_PYTHON:-$root/.venv-reference/bin/python}
 mkdir -p "$work"
@@ -125,8 +133,17 @@ print(",".join(sys.argv[2:6] + ["alem", row["prefill_tok_s"], row["decode_tok_s"
 ' "$work/alem-row.csv" "$4" "$1" "$2" "$3" "$mb" >>"$raw"
 }
 run_llama() {  # shape type threads round
-  OMP_NUM_THREADS=$3 "$bin/llama-bench" -m "$(gguf_of "$1" "${2%+dot}")" \
-    -p "$prompt" -n "$decode" -t "$3" -r 1 -o csv 2>/dev/null |
+  local model
+  model=$(gguf_of "$1" "${2%+dot}")
+  if [ "$depth" -eq 0 ]; then
+    OMP_NUM_THREADS=$3 "$bin/llama-bench" -m "$model" -p "$prompt" -n "$decode" -t "$3" -r 1 \
+      -o csv 2>/dev/null
+  else  # prefill of the prompt from empty, then decode at the prompt's depth (header once)
+    OMP_NUM_THREADS=$3 "$bin/llama-bench" -m "$model" -p "$prompt" -n 0 -t "$3" -r 1 \
+      -o csv 2>/dev/null
+    OMP_NUM_THREADS=$3 "$bin/llama-bench" -m "$model" -p 0 -n "$decode" -d "$depth" -t "$3" \
+      -r 1 -o csv 2>/dev/null | tail -n +2
+  fi |
     "$python" -c '
 import csv, sys
 rows = list(csv.DictReader(sys.stdin))
@@ -152,6 +169,7 @@ for round in $(seq 1 "$rounds"); do
   done
 done
 
+[ "$depth" -eq 0 ] || echo "Decode after a prompt of $depth tokens (DEPTH); prefill: that prompt's."
 "$python" - "$raw" <<'PY'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
