@@ -4,7 +4,7 @@
 // asking for its share of the next span's rows. The shapes cover a task of every kv head
 // (SmolLM2's 9/3, TinyLlama's 32/4 with its 8 queries per head on the transposing path), 30
 // query slots in groups of 5 (the last group of four reads past the slots), group 1 with 16 kv
-// heads, and Llama-3-8B's 32/8 x 128 (two tasks of four heads); contexts of one span, several
+// heads, and Llama-3-8B's 32/8 x 128 (tasks of two heads); contexts of one span, several
 // spans with a short last one, and a row beside a prefill chunk; f32 and bf16 caches. Two
 // threads split the long rows into key ranges whose partial records are merged.
 #include <gtest/gtest.h>

@@ -409,10 +409,18 @@ void CpuBackend::paged_attention(const AttentionShape& shape, const AttentionSeq
     double cost;
   };
   std::vector<Task> tasks;
-  // A sequence's one row (decode) takes its kv heads together, as many as kMaxTaskQueries
-  // query vectors allow: they walk the cache span by span, each span's rows read once for all.
+  // A sequence's one row (decode) takes its kv heads together: they walk the cache span by
+  // span, each span's rows read once for all. As many as kMaxTaskQueries query vectors allow and
+  // about 1 KiB of K and V per key (256 KiB a span, so a span and the next one asked for fit an
+  // L2), but two at least. bf16 cache from DRAM, one thread, context 2048 / 8192: Llama-3-8B's
+  // 32 / 8 x 128 in tasks of 2 heads 633-723 / 2310-2320 us, of all 8 799-850 / 2779-2979;
+  // TinyLlama's f32 cache (32 / 4 x 64) in tasks of 2 349-364 / 1432-1443, of 4 371-391 /
+  // 1551-1579; SmolLM2's bf16 cache alike in tasks of its 3 heads (bench/kernel_bench.cc).
+  constexpr int kTaskBytesPerKey = 1024;
+  const int key_bytes = shape.head_dim * 2 * static_cast<int>(dtype_size(cache.dtype));
   const int heads_per_row_task =
-      std::max(1, std::min(shape.num_kv_heads, cpu::kMaxTaskQueries / group));
+      std::max(1, std::min({shape.num_kv_heads, cpu::kMaxTaskQueries / group,
+                            std::max(2, kTaskBytesPerKey / key_bytes)}));
   for (int s = 0; s < num_seqs; ++s) {
     for (int r0 = 0; r0 < seqs[s].q_count; r0 += rows_per_task) {
       const int r1 = std::min(seqs[s].q_count, r0 + rows_per_task);
