@@ -4,7 +4,8 @@
 // asking for its share of the next span's rows. The shapes cover a task of every kv head
 // (SmolLM2's 9/3, TinyLlama's 32/4 with its 8 queries per head on the transposing path), 30
 // query slots in groups of 5 (the last group of four reads past the slots), group 1 with 16 kv
-// heads, and Llama-3-8B's 32/8 x 128 (tasks of two heads); contexts of one span, several
+// heads, Llama-3-8B's 32/8 x 128 (tasks of two heads), head sizes 256 (the largest) and 80 (the
+// portable kernel inside every ISA, one task per head); contexts of one span, several
 // spans with a short last one, and a row beside a prefill chunk; f32 and bf16 caches. Two
 // threads split the long rows into key ranges whose partial records are merged.
 #include <gtest/gtest.h>
@@ -72,7 +73,8 @@ TEST_P(CpuAttentionDecode, KvHeadsTogetherMatchReference) {
   struct Shape {
     int heads, kv_heads, head_dim;
   };
-  const Shape shapes[] = {{9, 3, 64}, {32, 4, 64}, {30, 6, 64}, {16, 16, 64}, {32, 8, 128}};
+  const Shape shapes[] = {{9, 3, 64},   {32, 4, 64}, {30, 6, 64}, {16, 16, 64},
+                          {32, 8, 128}, {8, 2, 256}, {12, 4, 80}};
   // (start_pos, q_count) per sequence: one span, several spans ending short, a decode row
   // beside a prefill chunk and a second short row.
   const std::vector<std::vector<std::pair<int, int>>> layouts = {
