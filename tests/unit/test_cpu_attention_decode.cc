@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "block_test_values.h"
 #include "core/dtype.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -25,13 +26,7 @@
 namespace alem {
 namespace {
 
-std::vector<float> random_values(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using test::random_values;
 
 // A paged cache with the sequences' blocks shuffled over a pool, f32 and its bf16 rounding.
 struct Cache {
