@@ -45,6 +45,7 @@
 #include "kernels/cpu/reference_backend.h"
 #include "kernels/tensor.h"
 #include "tests/block_test_values.h"
+#include "tests/paged_block_tables.h"
 #ifdef ALEM_HAVE_CUDA
 #include "kernels/cuda/cuda_backend.h"
 #endif
@@ -507,25 +508,15 @@ HostCache make_cache(const AttentionShape& shape, DType dtype, const std::vector
   HostCache c;
   c.shape = shape;
   c.dtype = dtype;
-  int total_blocks = 3;  // unused blocks in between
-  for (int len : lengths) total_blocks += (len + shape.block_size - 1) / shape.block_size;
-  std::vector<int32_t> physical(total_blocks);
-  std::iota(physical.begin(), physical.end(), 0);
-  std::shuffle(physical.begin(), physical.end(), std::mt19937(seed));
+  // Three unused blocks in between.
+  test::BlockTables pool = test::shuffled_block_tables(lengths, shape.block_size, 3, seed);
   const size_t block_elements =
       static_cast<size_t>(shape.block_size) * shape.num_kv_heads * shape.head_dim;
-  auto keys = random_values(total_blocks * block_elements, seed + 1);
+  auto keys = random_values(pool.total_blocks * block_elements, seed + 1);
   for (float& k : keys) k *= key_gain;
   c.k = cache_bytes(keys, dtype);
-  c.v = cache_bytes(random_values(total_blocks * block_elements, seed + 2), dtype);
-  size_t next = 0;
-  for (int len : lengths) {
-    std::vector<int32_t> table;
-    for (int b = 0; b < (len + shape.block_size - 1) / shape.block_size; ++b) {
-      table.push_back(physical[next++]);
-    }
-    c.tables.push_back(table);
-  }
+  c.v = cache_bytes(random_values(pool.total_blocks * block_elements, seed + 2), dtype);
+  c.tables = std::move(pool.tables);
   return c;
 }
 

@@ -10,18 +10,16 @@
 // threads split the long rows into key ranges whose partial records are merged.
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
-#include <numeric>
-#include <random>
 #include <string>
 #include <vector>
 
-#include "block_test_values.h"
 #include "core/dtype.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/reference_backend.h"
+#include "tests/block_test_values.h"
+#include "tests/paged_block_tables.h"
 
 namespace alem {
 namespace {
@@ -41,24 +39,14 @@ struct Cache {
 
 Cache make_cache(const AttentionShape& shape, const std::vector<int>& lengths, uint32_t seed) {
   Cache c;
-  int blocks = 2;
-  for (int len : lengths) blocks += (len + shape.block_size - 1) / shape.block_size;
-  std::vector<int32_t> physical(blocks);
-  std::iota(physical.begin(), physical.end(), 0);
-  std::shuffle(physical.begin(), physical.end(), std::mt19937(seed));
-  const size_t floats = size_t(blocks) * shape.block_size * shape.num_kv_heads * shape.head_dim;
+  test::BlockTables pool = test::shuffled_block_tables(lengths, shape.block_size, 2, seed);
+  const size_t floats =
+      size_t(pool.total_blocks) * shape.block_size * shape.num_kv_heads * shape.head_dim;
   c.k = random_values(floats, seed + 1, -3.f, 3.f);  // sharp scores: the softmax rescales
   c.v = random_values(floats, seed + 2);
   for (float x : c.k) c.k16.push_back(f32_to_bf16(x));
   for (float x : c.v) c.v16.push_back(f32_to_bf16(x));
-  size_t next = 0;
-  for (int len : lengths) {
-    std::vector<int32_t> table;
-    for (int b = 0; b < (len + shape.block_size - 1) / shape.block_size; ++b) {
-      table.push_back(physical[next++]);
-    }
-    c.tables.push_back(table);
-  }
+  c.tables = std::move(pool.tables);
   return c;
 }
 

@@ -23,6 +23,7 @@
 #include "kernels/cpu/reference_backend.h"
 #include "kernels/timed_backend.h"
 #include "model/gguf_quant.h"
+#include "tests/paged_block_tables.h"
 
 namespace alem {
 namespace {
@@ -173,24 +174,13 @@ PagedCache make_paged_cache(const AttentionShape& shape, const std::vector<int>&
                             uint32_t seed) {
   PagedCache c;
   c.shape = shape;
-  int total_blocks = 0;
-  for (int len : lengths) total_blocks += (len + shape.block_size - 1) / shape.block_size;
-  total_blocks += 3;  // unused blocks in between
-  std::vector<int32_t> physical(total_blocks);
-  std::iota(physical.begin(), physical.end(), 0);
-  std::shuffle(physical.begin(), physical.end(), std::mt19937(seed));
+  // Three unused blocks in between.
+  test::BlockTables pool = test::shuffled_block_tables(lengths, shape.block_size, 3, seed);
   const size_t block_floats =
       static_cast<size_t>(shape.block_size) * shape.num_kv_heads * shape.head_dim;
-  c.k = random_values(total_blocks * block_floats, seed + 1);
-  c.v = random_values(total_blocks * block_floats, seed + 2);
-  size_t next = 0;
-  for (int len : lengths) {
-    std::vector<int32_t> table;
-    for (int b = 0; b < (len + shape.block_size - 1) / shape.block_size; ++b) {
-      table.push_back(physical[next++]);
-    }
-    c.tables.push_back(table);
-  }
+  c.k = random_values(pool.total_blocks * block_floats, seed + 1);
+  c.v = random_values(pool.total_blocks * block_floats, seed + 2);
+  c.tables = std::move(pool.tables);
   return c;
 }
 

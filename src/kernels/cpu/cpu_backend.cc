@@ -445,7 +445,7 @@ void CpuBackend::paged_attention(const AttentionShape& shape, const AttentionSeq
   std::vector<float> partials;
   const size_t record = cpu::kPartialExtra + shape.head_dim;
   constexpr int64_t kMinKeysPerPiece = 256;
-  if (max_threads_ > 1 && !tasks.empty() && tasks.size() < 4 * static_cast<size_t>(max_threads_)) {
+  if (max_threads_ > 1 && !tasks.empty() && tasks.size() < 2 * static_cast<size_t>(max_threads_)) {
     // Two pieces per thread: a piece of several spans keeps its prefetches running from span
     // to span (AttentionWork), and its tasks cost alike (one decode row's kv heads together).
     // SmolLM2's and TinyLlama's shapes, context 2048 and 8192, two threads, 2-7% faster than
