@@ -24,6 +24,11 @@ using cpu_threads::threads_for;
 
 namespace {
 
+// From this many rows of x on, the threads of a block-weight matmul quantise x together (each
+// its share, then a barrier); below it the calling thread quantises x alone, cheaper than the
+// barrier.
+constexpr int64_t kMinRowsToQuantizeTogether = 8;
+
 // The checks every matmul on a dense (row-major f32, f16, bf16 or int8, or coded bf16) weight
 // makes first.
 void check_dense_weight(int64_t M, const WeightMatrix& w) {
@@ -409,7 +414,10 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
     });
     return;
   }
-  blocks_.quantize(x, M, K, q, d, s);
+  // A batch's rows of x are quantised by all threads, each its share, before any multiplies
+  // (on the calling thread alone the other waited: 3% of a 16-stream serving run's samples).
+  const bool quantize_together = threads > 1 && M >= kMinRowsToQuantizeTogether;
+  if (!quantize_together) blocks_.quantize(x, M, K, q, d, s);
   // Interleaved weights (made where the block kernels have an interleaved form): runs of 16
   // rows keep every thread's range in whole groups of 8.
   const cpu::MatmulBlocksFn kernel =
@@ -420,6 +428,13 @@ void CpuBackend::matmul_blocks(const float* x, int64_t M, const WeightMatrix& w,
   // Threads split N in runs of 16 rows; when there are fewer runs than threads, M too.
   const int64_t runs = (N + 15) / 16;
   run_on_threads(threads, [&](int index, int count) {
+    if (quantize_together) {
+      const auto [r0, r1] = split_range(M, count, index, 1);
+      if (r0 < r1) {
+        blocks_.quantize(x + r0 * K, r1 - r0, K, q + r0 * K, d + r0 * blocks, s + r0 * blocks);
+      }
+#pragma omp barrier
+    }
     const int n_parts = static_cast<int>(std::min<int64_t>(count, runs));
     const int m_parts = count / n_parts;
     if (index >= n_parts * m_parts) return;
