@@ -384,19 +384,28 @@ void bench_attention(const Options& o) {
   }
   std::vector<float> q(256 * shape.num_heads * shape.head_dim), out(q.size());
   for (float& x : q) x = normal(rng);
+  // sequences > 1: a serving step's decode rows, one per sequence, each with its own cache.
   struct Case {
     const char* name;
     int q_count, start_pos;
     bool cold;
+    int sequences = 1;
   };
-  const Case cases[] = {{"decode", 1, 127, true},       {"decode", 1, 511, true},
-                        {"decode", 1, 2047, true},      {"decode", 1, 8191, true},
-                        {"decode, hot", 1, 127, false}, {"decode, hot", 1, 2047, false},
-                        {"prefill 256", 256, 0, false}, {"prefill 256", 256, 1792, false}};
+  const Case cases[] = {{"decode", 1, 127, true},
+                        {"decode", 1, 511, true},
+                        {"decode", 1, 2047, true},
+                        {"decode", 1, 8191, true},
+                        {"decode, hot", 1, 127, false},
+                        {"decode, hot", 1, 2047, false},
+                        {"decode, 16 sequences", 1, 127, true, 16},
+                        {"decode, 16 sequences, hot", 1, 127, false, 16},
+                        {"prefill 256", 256, 0, false},
+                        {"prefill 256", 256, 1792, false}};
   for (const Case& c : cases) {
     const int context = c.start_pos + c.q_count;
-    const int blocks = (context + shape.block_size - 1) / shape.block_size;
-    // Copies of one layer's cache in the pool: the calls walk them in turn.
+    const int blocks = (context + shape.block_size - 1) / shape.block_size * c.sequences;
+    // Copies of one layer's cache in the pool (all sequences' blocks): the calls walk them in
+    // turn.
     const int copies = c.cold ? std::max(1, pool_blocks / blocks) : 1;
     std::vector<int32_t> table(size_t(copies) * blocks);
     for (int copy = 0; copy < copies; ++copy) {
@@ -413,16 +422,19 @@ void bench_attention(const Options& o) {
         const int reps =
             c.cold ? std::max(o.quick ? 5 : 20, std::min(copies, 200)) : (o.quick ? 5 : 20);
         for (int rep = 0; rep < reps; ++rep) {
-          AttentionSequence seq{0, c.q_count, c.start_pos,
-                                table.data() + size_t(rep % copies) * blocks};
+          std::vector<AttentionSequence> seqs(c.sequences);
+          for (int i = 0; i < c.sequences; ++i) {
+            seqs[i] = {i * c.q_count, c.q_count, c.start_pos,
+                       table.data() + size_t(rep % copies) * blocks + i * (blocks / c.sequences)};
+          }
           const double start = threads == 1 ? thread_cpu_seconds() : now_seconds();
-          cpu.paged_attention(shape, &seq, 1, q.data(), cache, out.data());
+          cpu.paged_attention(shape, seqs.data(), c.sequences, q.data(), cache, out.data());
           const double t = (threads == 1 ? thread_cpu_seconds() : now_seconds()) - start;
           best = std::min(best, t);
           total += t;
         }
-        const double kv_bytes =
-            2.0 * context * shape.num_kv_heads * shape.head_dim * dtype_size(dtype);
+        const double kv_bytes = 2.0 * context * c.sequences * shape.num_kv_heads *
+                                shape.head_dim * dtype_size(dtype);
         std::printf("| %s | %s | %d | %d | %.1f | %.1f | %.1f |\n", c.name,
                     dtype_name(dtype).c_str(), context, threads, best * 1e6, total / reps * 1e6,
                     kv_bytes / best / 1e9);

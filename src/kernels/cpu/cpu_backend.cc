@@ -355,6 +355,19 @@ void CpuBackend::add_inplace(float* y, const float* x, int64_t n) const {
   });
 }
 
+void CpuBackend::copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
+                         size_t row_bytes, size_t rows) const {
+  ALEM_CHECK(row_bytes <= dst_pitch && row_bytes <= src_pitch, "copy_2d: rows wider than pitch");
+  // About a byte per multiply-add's worth of work: copies under 256 KiB stay on one thread.
+  const int threads = threads_for(static_cast<double>(rows) * row_bytes, max_threads_);
+  auto* d = static_cast<uint8_t*>(dst);
+  const auto* s = static_cast<const uint8_t*>(src);
+  run_on_threads(threads, [&](int index, int count) {
+    const auto [r0, r1] = split_range(static_cast<int64_t>(rows), count, index, 1);
+    for (int64_t r = r0; r < r1; ++r) std::memcpy(d + r * dst_pitch, s + r * src_pitch, row_bytes);
+  });
+}
+
 void CpuBackend::kv_cache_write(const AttentionShape& shape, const AttentionSequence* seqs,
                                 int num_seqs, const float* k, const float* v,
                                 KVCacheLayerView cache) const {
@@ -363,9 +376,20 @@ void CpuBackend::kv_cache_write(const AttentionShape& shape, const AttentionSequ
   check_kv_cache_dtype(cache.dtype);
   const int64_t row_width = static_cast<int64_t>(shape.num_kv_heads) * shape.head_dim;
   const bool bf16 = cache.dtype == DType::BF16;
-  for (int s = 0; s < num_seqs; ++s) {
-    const AttentionSequence& seq = seqs[s];
-    for (int i = 0; i < seq.q_count; ++i) {
+  // Row j of the step (over all sequences, in order) is row `i` of sequence `s`.
+  std::vector<int64_t> first_row(static_cast<size_t>(num_seqs) + 1, 0);
+  for (int s = 0; s < num_seqs; ++s) first_row[s + 1] = first_row[s] + seqs[s].q_count;
+  const int64_t total_rows = first_row[num_seqs];
+  const int threads = threads_for(static_cast<double>(total_rows) * row_width * 2, max_threads_);
+  run_on_threads(threads, [&](int index, int count) {
+    const auto [j0, j1] = split_range(total_rows, count, index, 1);
+    int s = static_cast<int>(std::upper_bound(first_row.begin(), first_row.end(), j0) -
+                             first_row.begin()) -
+            1;
+    for (int64_t j = j0; j < j1; ++j) {
+      while (j >= first_row[s + 1]) ++s;
+      const AttentionSequence& seq = seqs[s];
+      const int64_t i = j - first_row[s];
       const int64_t pos = static_cast<int64_t>(seq.start_pos) + i;
       const int64_t slot =
           static_cast<int64_t>(seq.block_table[pos / shape.block_size]) * shape.block_size +
@@ -376,9 +400,9 @@ void CpuBackend::kv_cache_write(const AttentionShape& shape, const AttentionSequ
       if (bf16) {  // round to nearest even, as f32_to_bf16 (NaN stays NaN)
         uint16_t* k_dst = static_cast<uint16_t*>(cache.k) + slot * row_width;
         uint16_t* v_dst = static_cast<uint16_t*>(cache.v) + slot * row_width;
-        for (int64_t j = 0; j < row_width; ++j) {
-          k_dst[j] = f32_to_bf16(k_row[j]);
-          v_dst[j] = f32_to_bf16(v_row[j]);
+        for (int64_t e = 0; e < row_width; ++e) {
+          k_dst[e] = f32_to_bf16(k_row[e]);
+          v_dst[e] = f32_to_bf16(v_row[e]);
         }
         continue;
       }
@@ -387,7 +411,7 @@ void CpuBackend::kv_cache_write(const AttentionShape& shape, const AttentionSequ
       std::memcpy(static_cast<float*>(cache.v) + slot * row_width, v_row,
                   row_width * sizeof(float));
     }
-  }
+  });
 }
 
 void CpuBackend::paged_attention(const AttentionShape& shape, const AttentionSequence* seqs,

@@ -42,6 +42,10 @@ class CpuBackend final : public KernelBackend {
             const RopeTable& table) const override;
   void silu_mul(const float* gate_up, int64_t M, int64_t I, float* out) const override;
   void add_inplace(float* y, const float* x, int64_t n) const override;
+  // Large copies (a prefill's q, k and v split from the fused projection) and cache writes are
+  // split over the threads by rows.
+  void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t row_bytes,
+               size_t rows) const override;
   void kv_cache_write(const AttentionShape& shape, const AttentionSequence* seqs, int num_seqs,
                       const float* k, const float* v, KVCacheLayerView cache) const override;
   void paged_attention(const AttentionShape& shape, const AttentionSequence* seqs, int num_seqs,
