@@ -12,6 +12,7 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/attention_rows.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/registers_avx2.h"
 
@@ -153,7 +154,7 @@ inline void scores_of_four(const float* q_scaled, const float* kt, int head_dim,
 
 // kt[d][0..8) = slot-order element d of the 8 keys, for d in [0, head_dim).
 template <typename KV>
-inline void transpose_keys(const KV* const* key_rows, int head_dim, float* kt) {
+inline void transpose_keys(CacheRows<KV> key_rows, int head_dim, float* kt) {
   for (int d0 = 0; d0 < head_dim; d0 += 16) {
     __m256 lo[8], hi[8];
     for (int t = 0; t < kKeys; ++t) load16(key_rows[t], d0, lo[t], hi[t]);
@@ -170,7 +171,7 @@ inline void transpose_keys(const KV* const* key_rows, int head_dim, float* kt) {
 // `acc` and `p`, strides kMaxHeadDim and kSpanKeys): each value row is loaded once for all QN.
 template <int QN, typename KV>
 inline void accumulate_values(float (*acc)[kMaxHeadDim], const float (*p)[kSpanKeys],
-                              const KV* const* values, int count, int head_dim) {
+                              CacheRows<KV> values, int count, int head_dim) {
   for (int d0 = 0; d0 < head_dim; d0 += 16) {
     __m256 sum[QN][2];
     for (int q = 0; q < QN; ++q) {
@@ -195,7 +196,7 @@ inline void accumulate_values(float (*acc)[kMaxHeadDim], const float (*p)[kSpanK
 
 template <typename KV>
 inline void accumulate_values(int queries, float (*acc)[kMaxHeadDim], const float (*p)[kSpanKeys],
-                              const KV* const* values, int count, int head_dim) {
+                              CacheRows<KV> values, int count, int head_dim) {
   int q = 0;
   for (; q + 4 <= queries; q += 4) accumulate_values<4>(acc + q, p + q, values, count, head_dim);
   switch (queries - q) {
@@ -217,7 +218,7 @@ inline void accumulate_values(int queries, float (*acc)[kMaxHeadDim], const floa
 // dot form: 8 partial-sum vectors folded into one vector of 8 scores by a transpose-add tree.
 // Cheaper than transposing the keys when few queries share a chunk (decode).
 template <typename KV>
-inline __m256 scores_dot(const float* q_scaled, const KV* const* key_rows, int head_dim) {
+inline __m256 scores_dot(const float* q_scaled, CacheRows<KV> key_rows, int head_dim) {
   __m256 v[8];
   for (int t = 0; t < 8; ++t) v[t] = _mm256_setzero_ps();
   for (int d = 0; d < head_dim; d += 16) {

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/attention_rows.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/transpose_avx512.h"
 
@@ -142,7 +143,7 @@ inline void scores_of_four(const float* q_scaled, const float* kt, int head_dim,
 // `acc` and `p`, strides kMaxHeadDim and kSpanKeys): each value row is loaded once for all QN.
 template <int QN, typename KV>
 inline void accumulate_values(float (*acc)[kMaxHeadDim], const float (*p)[kSpanKeys],
-                              const KV* const* values, int count, int head_dim) {
+                              CacheRows<KV> values, int count, int head_dim) {
   for (int d0 = 0; d0 < head_dim; d0 += 64) {
     __m512 sum[QN][4];
     for (int q = 0; q < QN; ++q) {
@@ -164,7 +165,7 @@ inline void accumulate_values(float (*acc)[kMaxHeadDim], const float (*p)[kSpanK
 
 template <typename KV>
 inline void accumulate_values(int queries, float (*acc)[kMaxHeadDim], const float (*p)[kSpanKeys],
-                              const KV* const* values, int count, int head_dim) {
+                              CacheRows<KV> values, int count, int head_dim) {
   int q = 0;
   for (; q + 4 <= queries; q += 4) accumulate_values<4>(acc + q, p + q, values, count, head_dim);
   switch (queries - q) {
@@ -186,7 +187,7 @@ inline void accumulate_values(int queries, float (*acc)[kMaxHeadDim], const floa
 // form: 16 partial-sum vectors folded into one vector of 16 scores by a transpose-add tree.
 // Cheaper than transposing the keys when few queries share a chunk (decode).
 template <typename KV>
-inline __m512 scores_dot(const float* q_scaled, const KV* const* key_rows, int head_dim) {
+inline __m512 scores_dot(const float* q_scaled, CacheRows<KV> key_rows, int head_dim) {
   __m512 v[16];
   for (int t = 0; t < 16; ++t) {
     __m512 sum = _mm512_mul_ps(_mm512_load_ps(q_scaled), load16(key_rows[t], 0));
@@ -215,7 +216,7 @@ inline __m512 scores_dot(const float* q_scaled, const KV* const* key_rows, int h
 
 // kt[d][0..16) = slot-order element d of the 16 keys, for d in [0, head_dim).
 template <typename KV>
-inline void transpose_keys(const KV* const* key_rows, int head_dim, float* kt) {
+inline void transpose_keys(CacheRows<KV> key_rows, int head_dim, float* kt) {
   for (int d0 = 0; d0 < head_dim; d0 += 16) {
     __m512 r[16];
     for (int t = 0; t < kKeys; ++t) r[t] = load16(key_rows[t], d0);
