@@ -433,8 +433,8 @@ void bench_attention(const Options& o) {
           best = std::min(best, t);
           total += t;
         }
-        const double kv_bytes = 2.0 * context * c.sequences * shape.num_kv_heads *
-                                shape.head_dim * dtype_size(dtype);
+        const double kv_bytes =
+            2.0 * context * c.sequences * shape.num_kv_heads * shape.head_dim * dtype_size(dtype);
         std::printf("| %s | %s | %d | %d | %.1f | %.1f | %.1f |\n", c.name,
                     dtype_name(dtype).c_str(), context, threads, best * 1e6, total / reps * 1e6,
                     kv_bytes / best / 1e9);

@@ -490,49 +490,6 @@ TEST(CpuMatmul, BlockExpansionIsBitExact) {
   }
 }
 
-// x quantised to 16 bits per 32 values (the block kernels' activations) must be the same bits
-// on every instruction set: AVX-512 takes 16 blocks at a time, AVX2 one, the scalar code one
-// value at a time. Blocks of every magnitude, all-zero blocks and lone non-zero values.
-TEST(CpuMatmul, QuantizeQ16IsBitExactOnEveryIsa) {
-  using QuantizeFn = void (*)(const float*, int64_t, int64_t, int16_t*, float*, float*);
-  std::vector<std::pair<const char*, QuantizeFn>> kernels;
-  if (cpu::isa_supported(cpu::Isa::kAvx2)) kernels.push_back({"avx2", cpu::avx2::quantize_q16});
-  if (cpu::has_avx512_vnni()) kernels.push_back({"avx512", cpu::avx512_vnni::quantize_q16});
-  if (kernels.empty()) GTEST_SKIP() << "this CPU has neither AVX2 nor AVX512-VNNI";
-  std::mt19937 rng(91);
-  std::normal_distribution<float> normal(0.f, 1.f);
-  for (int64_t K : {32, 512, 544, 576, 1536, 2080}) {
-    const int64_t M = 3, blocks = K / 32;
-    std::vector<float> x(M * K);
-    for (int64_t b = 0; b < M * blocks; ++b) {
-      const float gain = std::pow(10.f, static_cast<float>(static_cast<int>(rng() % 13) - 6));
-      for (int j = 0; j < 32; ++j) x[b * 32 + j] = normal(rng) * gain;
-      if (b % 7 == 3) std::fill(x.begin() + b * 32, x.begin() + b * 32 + 32, 0.f);
-      if (b % 11 == 5) {
-        std::fill(x.begin() + b * 32, x.begin() + b * 32 + 32, 0.f);
-        x[b * 32 + rng() % 32] = -gain;
-      }
-    }
-    std::vector<int16_t> want_q(M * K);
-    std::vector<float> want_d(M * blocks), want_s(M * blocks);
-    cpu::scalar::quantize_q16(x.data(), M, K, want_q.data(), want_d.data(), want_s.data());
-    for (const auto& [name, quantize] : kernels) {
-      std::vector<int16_t> q(M * K, 7);
-      std::vector<float> d(M * blocks, NAN), s(M * blocks, NAN);
-      quantize(x.data(), M, K, q.data(), d.data(), s.data());
-      for (int64_t i = 0; i < M * K; ++i) {
-        ASSERT_EQ(q[i], want_q[i]) << name << " K=" << K << " value " << i;
-      }
-      for (int64_t b = 0; b < M * blocks; ++b) {
-        ASSERT_EQ(std::bit_cast<uint32_t>(d[b]), std::bit_cast<uint32_t>(want_d[b]))
-            << name << " K=" << K << " scale of block " << b;
-        ASSERT_EQ(std::bit_cast<uint32_t>(s[b]), std::bit_cast<uint32_t>(want_s[b]))
-            << name << " K=" << K << " sum of block " << b;
-      }
-    }
-  }
-}
-
 TEST(CpuMatmul, EveryDtypeAndOddShapes) {
   uint32_t seed = 100;
   for (DType dtype : kAllDtypes) {
