@@ -4,6 +4,10 @@
 // without HTTP) until it has finished its share of --requests; the replicas' figures are then
 // gathered and world rank 0 prints them and writes them as JSON to --output.
 //
+// Every kernel call is timed (TimedBackend), and rank 0 reports what share of its run each kind
+// of kernel took and what was left outside them (sampling on the host, scheduling, collectives,
+// waiting for requests): where a serving step's time goes.
+//
 // Prompts are random token ids, each request with its own prefix-cache salt so that nothing is
 // served from the cache; decoding is greedy with end-of-sequence ignored, so every request
 // generates exactly --max-tokens tokens and runs are comparable across layouts.
@@ -24,6 +28,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "engine/serving_engine.h"
+#include "kernels/timed_backend.h"
 #include "model/model_store.h"
 #include "mpi/mpi_context.h"
 
@@ -167,14 +172,15 @@ void run_bench_batch(const BenchBatchOptions& o) {
   ParallelContext ctx = make_context(o.parallel);
   try {
     ModelStoreReader store(o.model);
-    auto backend = make_backend(o.backend);
+    auto inner_backend = make_backend(o.backend);
+    TimedBackend backend(*inner_backend, store.config().hidden_size);
     EngineOptions engine_options;
     engine_options.load_progress = model_load_progress(ctx.world_rank == 0);
     engine_options.max_model_len = o.prompt_tokens + o.max_tokens + 1;
     const int blocks_per_seq =
         (engine_options.max_model_len + engine_options.block_size - 1) / engine_options.block_size;
     engine_options.num_kv_blocks = blocks_per_seq * (o.batch + 1);
-    ShardedTransformer model(store, ctx, *backend, engine_options);
+    ShardedTransformer model(store, ctx, backend, engine_options);
     ServingOptions serving;
     serving.max_num_seqs = o.batch;
     serving.max_batch_tokens = std::max(o.max_batch_tokens, o.batch);
@@ -182,6 +188,7 @@ void run_bench_batch(const BenchBatchOptions& o) {
     serving.replica = ctx.coords.dp;
     ServingEngine engine(model, ctx, serving);
     ctx.world->barrier();
+    backend.reset();
 
     ReplicaResult mine;
     if (engine.is_leader()) {
@@ -234,6 +241,25 @@ void run_bench_batch(const BenchBatchOptions& o) {
         ctx.layout.describe().c_str(), o.batch, o.concurrency, total.requests, total.failed,
         o.prompt_tokens, o.max_tokens, tokens_per_s, requests_per_s, all[0].ttft_p50,
         all[0].itl_p50, model.load_seconds());
+    // Rank 0's kernels over its own run (a replica leader: it measured the run's wall time).
+    nlohmann::json shares = nlohmann::json::object();
+    if (mine.wall_seconds > 0) {
+      double kernels = 0;
+      std::printf("# rank 0's run:");
+      for (int k = 0; k < kOpKinds; ++k) {
+        const double seconds = backend.single_row().seconds[k] + backend.many_rows().seconds[k];
+        if (seconds <= 0) continue;
+        kernels += seconds;
+        const double share = seconds / mine.wall_seconds;
+        shares[op_kind_name(static_cast<OpKind>(k))] = share;
+        std::printf(" %s %.1f%%", op_kind_name(static_cast<OpKind>(k)), 100 * share);
+      }
+      const double outside = std::max(0.0, mine.wall_seconds - kernels) / mine.wall_seconds;
+      shares["outside the kernels"] = outside;
+      std::printf(
+          ", outside the kernels (host sampling, scheduling, collectives, waiting) %.1f%%\n",
+          100 * outside);
+    }
     if (!o.output.empty()) {
       const nlohmann::json doc = {{"benchmark", "alem bench batch"},
                                   {"model", store.config().name},
@@ -254,6 +280,7 @@ void run_bench_batch(const BenchBatchOptions& o) {
                                   {"generated_tokens_per_second", tokens_per_s},
                                   {"requests_per_second", requests_per_s},
                                   {"load_seconds", model.load_seconds()},
+                                  {"rank0_time_shares", shares},
                                   {"replicas", replicas}};
       std::ofstream f(o.output, std::ios::trunc);
       ALEM_CHECK(f.good(), "cannot write " + o.output);
