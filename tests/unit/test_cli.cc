@@ -340,5 +340,29 @@ TEST(CliBench, OneThreadRowRunsOnOneThread) {
   fs::remove(csv);
 }
 
+// `alem bench batch` splits rank 0's run into the kinds of kernel and what is outside them: the
+// shares are fractions of the run that add up to one, and the matmuls take some of it.
+TEST(CliBench, BatchSplitsTheRunIntoKernelKinds) {
+  if (!fs::exists(test::model_path())) GTEST_SKIP() << "no model store " << test::model_path();
+  const std::string json = ::testing::TempDir() + "/bench-batch.json";
+  const RunResult r =
+      run_alem({"bench", "batch", "-m", test::model_path(), "--batch", "4", "--concurrency", "4",
+                "--requests", "4", "--prompt-tokens", "8", "--max-tokens", "4", "-o", json},
+               {{"OMP_NUM_THREADS", "1"}}, "bench batch");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("# rank 0's run: matmul "), std::string::npos) << r.out;
+  const nlohmann::json doc = nlohmann::json::parse(read_all(json));
+  const nlohmann::json& shares = doc.at("rank0_time_shares");
+  double sum = 0;
+  for (const auto& [kind, share] : shares.items()) {
+    EXPECT_GE(share.get<double>(), 0.0) << kind;
+    sum += share.get<double>();
+  }
+  EXPECT_NEAR(sum, 1.0, 1e-6) << shares.dump();
+  EXPECT_GT(shares.at("matmul").get<double>(), 0.0) << shares.dump();
+  EXPECT_GT(shares.at("attention").get<double>(), 0.0) << shares.dump();
+  fs::remove(json);
+}
+
 }  // namespace
 }  // namespace alem
