@@ -196,22 +196,7 @@ inline __m512 scores_dot(const float* q_scaled, CacheRows<KV> key_rows, int head
     }
     v[t] = sum;
   }
-  __m512 w[8];  // w[i], 128-bit lane L: partial sums of keys 2i, 2i+1 (twice each)
-  for (int i = 0; i < 8; ++i) {
-    w[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
-                         _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-  }
-  __m512 x[4];  // x[j], lane L: partial sums of keys 4j..4j+3 over lane L
-  for (int j = 0; j < 4; ++j) {
-    const __m512d a = _mm512_castps_pd(w[2 * j]), b = _mm512_castps_pd(w[2 * j + 1]);
-    x[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
-                         _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-  }
-  const __m512 z01 =
-      _mm512_add_ps(_mm512_shuffle_f32x4(x[0], x[1], 0x88), _mm512_shuffle_f32x4(x[0], x[1], 0xDD));
-  const __m512 z23 =
-      _mm512_add_ps(_mm512_shuffle_f32x4(x[2], x[3], 0x88), _mm512_shuffle_f32x4(x[2], x[3], 0xDD));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(z01, z23, 0x88), _mm512_shuffle_f32x4(z01, z23, 0xDD));
+  return fold_sixteen(v, [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); });
 }
 
 // kt[d][0..16) = slot-order element d of the 16 keys, for d in [0, head_dim).

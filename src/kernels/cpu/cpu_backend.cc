@@ -376,40 +376,38 @@ void CpuBackend::kv_cache_write(const AttentionShape& shape, const AttentionSequ
   check_kv_cache_dtype(cache.dtype);
   const int64_t row_width = static_cast<int64_t>(shape.num_kv_heads) * shape.head_dim;
   const bool bf16 = cache.dtype == DType::BF16;
-  // Row j of the step (over all sequences, in order) is row `i` of sequence `s`.
-  std::vector<int64_t> first_row(static_cast<size_t>(num_seqs) + 1, 0);
-  for (int s = 0; s < num_seqs; ++s) first_row[s + 1] = first_row[s] + seqs[s].q_count;
-  const int64_t total_rows = first_row[num_seqs];
+  // Row i of a sequence into its cache slot.
+  const auto write_row = [&](const AttentionSequence& seq, int64_t i) {
+    const int64_t pos = static_cast<int64_t>(seq.start_pos) + i;
+    const int64_t slot =
+        static_cast<int64_t>(seq.block_table[pos / shape.block_size]) * shape.block_size +
+        pos % shape.block_size;
+    const int64_t row = seq.q_begin + i;
+    const float* k_row = k + row * row_width;
+    const float* v_row = v + row * row_width;
+    if (bf16) {  // round to nearest even, as f32_to_bf16 (NaN stays NaN)
+      uint16_t* k_dst = static_cast<uint16_t*>(cache.k) + slot * row_width;
+      uint16_t* v_dst = static_cast<uint16_t*>(cache.v) + slot * row_width;
+      for (int64_t e = 0; e < row_width; ++e) {
+        k_dst[e] = f32_to_bf16(k_row[e]);
+        v_dst[e] = f32_to_bf16(v_row[e]);
+      }
+      return;
+    }
+    std::memcpy(static_cast<float*>(cache.k) + slot * row_width, k_row, row_width * sizeof(float));
+    std::memcpy(static_cast<float*>(cache.v) + slot * row_width, v_row, row_width * sizeof(float));
+  };
+  // The step's rows, all sequences' in order, split over the threads when there are many.
+  int64_t total_rows = 0;
+  for (int s = 0; s < num_seqs; ++s) total_rows += seqs[s].q_count;
   const int threads = threads_for(static_cast<double>(total_rows) * row_width * 2, max_threads_);
   run_on_threads(threads, [&](int index, int count) {
     const auto [j0, j1] = split_range(total_rows, count, index, 1);
-    int s = static_cast<int>(std::upper_bound(first_row.begin(), first_row.end(), j0) -
-                             first_row.begin()) -
-            1;
-    for (int64_t j = j0; j < j1; ++j) {
-      while (j >= first_row[s + 1]) ++s;
-      const AttentionSequence& seq = seqs[s];
-      const int64_t i = j - first_row[s];
-      const int64_t pos = static_cast<int64_t>(seq.start_pos) + i;
-      const int64_t slot =
-          static_cast<int64_t>(seq.block_table[pos / shape.block_size]) * shape.block_size +
-          pos % shape.block_size;
-      const int64_t row = seq.q_begin + i;
-      const float* k_row = k + row * row_width;
-      const float* v_row = v + row * row_width;
-      if (bf16) {  // round to nearest even, as f32_to_bf16 (NaN stays NaN)
-        uint16_t* k_dst = static_cast<uint16_t*>(cache.k) + slot * row_width;
-        uint16_t* v_dst = static_cast<uint16_t*>(cache.v) + slot * row_width;
-        for (int64_t e = 0; e < row_width; ++e) {
-          k_dst[e] = f32_to_bf16(k_row[e]);
-          v_dst[e] = f32_to_bf16(v_row[e]);
-        }
-        continue;
-      }
-      std::memcpy(static_cast<float*>(cache.k) + slot * row_width, k_row,
-                  row_width * sizeof(float));
-      std::memcpy(static_cast<float*>(cache.v) + slot * row_width, v_row,
-                  row_width * sizeof(float));
+    int64_t first = 0;  // the step's row where sequence s starts
+    for (int s = 0; s < num_seqs && first < j1; first += seqs[s].q_count, ++s) {
+      const int64_t begin = std::max(j0, first);
+      const int64_t end = std::min(j1, first + seqs[s].q_count);
+      for (int64_t j = begin; j < end; ++j) write_row(seqs[s], j - first);
     }
   });
 }

@@ -18,6 +18,7 @@
 #include <immintrin.h>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/transpose_avx512.h"
 #include "model/gguf_quant.h"
 
 namespace alem::cpu::avx512_vnni {

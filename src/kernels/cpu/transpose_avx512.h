@@ -1,6 +1,8 @@
 // A 16x16 f32 transpose in AVX-512 registers, shared by the AVX-512 matmul (packing weight
-// panels) and attention (turning 16 keys into 16 score lanes). Include only from files compiled
-// with AVX-512 flags (*_avx512.cc).
+// panels) and attention (turning 16 keys into 16 score lanes), and the transpose-fold tree that
+// reduces 16 vectors into one vector of their 16 reductions (attention's decode scores, the
+// block kernels' activation scales). Include only from files compiled with AVX-512 flags
+// (*_avx512.cc).
 #pragma once
 
 #include <immintrin.h>
@@ -33,6 +35,29 @@ inline void transpose16x16(__m512 r[16]) {
     r[8 + j] = _mm512_shuffle_f32x4(v1, v3, 0x88);
     r[12 + j] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
   }
+}
+
+// Lane j of the result: `op` over the 16 lanes of v[j], by a transpose-fold tree (op: add, max;
+// its pairing order is fixed, so an op exact in any order, such as max or adding integers below
+// 2^24, gives what a lane-by-lane loop would).
+template <class Op>
+inline __m512 fold_sixteen(const __m512* v, Op op) {
+  __m512 w[8];  // 128-bit lane L of w[i]: v[2i] and v[2i + 1], two lanes folded into one
+  for (int i = 0; i < 8; ++i) {
+    w[i] =
+        op(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  }
+  __m512 x[4];  // 128-bit lane L of x[j]: v[4j .. 4j + 3] over lane L
+  for (int j = 0; j < 4; ++j) {
+    const __m512d a = _mm512_castps_pd(w[2 * j]), b = _mm512_castps_pd(w[2 * j + 1]);
+    x[j] =
+        op(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  const __m512 z01 =
+      op(_mm512_shuffle_f32x4(x[0], x[1], 0x88), _mm512_shuffle_f32x4(x[0], x[1], 0xDD));
+  const __m512 z23 =
+      op(_mm512_shuffle_f32x4(x[2], x[3], 0x88), _mm512_shuffle_f32x4(x[2], x[3], 0xDD));
+  return op(_mm512_shuffle_f32x4(z01, z23, 0x88), _mm512_shuffle_f32x4(z01, z23, 0xDD));
 }
 
 }  // namespace alem::cpu::avx512
