@@ -7,8 +7,13 @@
 // heads, Llama-3-8B's 32/8 x 128 (tasks of two heads), head sizes 256 (the largest) and 80 (the
 // portable kernel inside every ISA, one task per head); contexts of one span, several
 // spans with a short last one, and a row beside a prefill chunk; f32 and bf16 caches. Two
-// threads split the long rows into key ranges whose partial records are merged.
+// threads split the long rows into key ranges whose partial records are merged. A task told
+// its thread's next task asks for that task's rows and reads nothing of its table beyond them.
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
 
 #include <cmath>
 #include <string>
@@ -17,6 +22,7 @@
 #include "core/dtype.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/reference_backend.h"
 #include "tests/block_test_values.h"
 #include "tests/paged_block_tables.h"
@@ -96,6 +102,52 @@ TEST_P(CpuAttentionDecode, KvHeadsTogetherMatchReference) {
       }
     }
   }
+}
+
+// A task handed the thread's next task (AttentionWork::next) asks for that task's first rows
+// while it computes: its own output stays bit for bit the same, and it reads no entry of the
+// next task's block table past the keys named (the table ends where an unreadable page begins).
+TEST_P(CpuAttentionDecode, NextTaskLookaheadReadsOnlyItsRows) {
+  const cpu::KernelTable kernels = cpu::kernel_table(GetParam());
+  const long page = sysconf(_SC_PAGESIZE);
+  auto* guarded = static_cast<uint8_t*>(
+      mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(guarded, MAP_FAILED);
+  ASSERT_EQ(mprotect(guarded + page, page, PROT_NONE), 0);
+  struct Shape {
+    int heads, kv_heads, head_dim;
+  };
+  for (const Shape& s : {Shape{9, 3, 64}, Shape{32, 8, 128}}) {
+    const AttentionShape shape{s.heads, s.kv_heads, s.head_dim, 16,
+                               1.f / std::sqrt(float(s.head_dim))};
+    // This task's sequence (one span, or several), and the next task's, whose keys end
+    // mid-block (and, as a split piece, start past 0).
+    for (int length : {200, 1300}) {
+      const int next_length = 131;  // under a span: its keys end the table
+      Cache cache = make_cache(shape, {length, next_length}, 7);
+      const std::vector<int32_t>& next_table = cache.tables[1];
+      const size_t next_bytes = next_table.size() * sizeof(int32_t);
+      auto* table = reinterpret_cast<int32_t*>(guarded + page - next_bytes);
+      std::copy(next_table.begin(), next_table.end(), table);
+      const AttentionSequence seq{0, 1, length - 1, cache.tables[0].data()};
+      const auto q = random_values(size_t(s.heads) * s.head_dim, 9);
+      const int heads = std::min(s.kv_heads, cpu::kMaxTaskQueries / (s.heads / s.kv_heads));
+      for (DType dtype : {DType::F32, DType::BF16}) {
+        for (int64_t next_begin : {0, 48}) {
+          cpu::AttentionWork work{0, 0, 1, 0, length, nullptr, heads, {}};
+          std::vector<float> alone(q.size(), NAN), ahead(q.size(), NAN);
+          kernels.attention(shape, seq, work, q.data(), cache.view(dtype), alone.data());
+          work.next = {table, s.kv_heads - heads, heads, next_begin, next_length};
+          kernels.attention(shape, seq, work, q.data(), cache.view(dtype), ahead.data());
+          for (int i = 0; i < heads * s.heads / s.kv_heads * s.head_dim; ++i) {
+            ASSERT_EQ(alone[i], ahead[i]) << s.heads << "/" << s.kv_heads << ", " << length
+                                          << " keys, " << dtype_name(dtype) << " at " << i;
+          }
+        }
+      }
+    }
+  }
+  munmap(guarded, 2 * page);
 }
 
 std::vector<cpu::Isa> runnable_isas() {

@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -513,10 +514,27 @@ void CpuBackend::paged_attention(const AttentionShape& shape, const AttentionSeq
   for (const Task& t : tasks) total_cost += t.cost;
   const int threads = threads_for(total_cost * shape.head_dim * 2, max_threads_);
   const int64_t task_count = static_cast<int64_t>(tasks.size());
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
-  for (int64_t i = 0; i < task_count; ++i) {
-    const Task& t = tasks[order[i]];
-    kernels_.attention(shape, seqs[t.seq], t.work, q, cache, out);
+  // Dynamic scheduling, each thread holding the task after its current one, so the current one
+  // can ask for that one's first cache rows while it computes (AttentionWork::next): a serving
+  // step's decode tasks are short, and each would otherwise start from memory.
+  std::atomic<int64_t> claimed{0};
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    int64_t current = claimed.fetch_add(1, std::memory_order_relaxed);
+    while (current < task_count) {
+      const int64_t following = claimed.fetch_add(1, std::memory_order_relaxed);
+      const Task& t = tasks[order[current]];
+      cpu::AttentionWork work = t.work;
+      if (following < task_count) {
+        const Task& n = tasks[order[following]];
+        const int64_t n_context = std::min<int64_t>(
+            n.work.key_end, static_cast<int64_t>(seqs[n.seq].start_pos) + n.work.row_end);
+        work.next = {seqs[n.seq].block_table, n.work.kv_head, n.work.kv_heads, n.work.key_begin,
+                     n_context};
+      }
+      kernels_.attention(shape, seqs[t.seq], work, q, cache, out);
+      current = following;
+    }
   }
   // Merge split pieces: out = sum_p acc_p e^(m_p - M) / sum_p l_p e^(m_p - M), M = max_p m_p.
   const int64_t row_stride = static_cast<int64_t>(shape.num_heads) * shape.head_dim;

@@ -259,12 +259,22 @@ using MatmulPackedFn = void (*)(const float* x, int64_t m_begin, int64_t m_end, 
 // of a long context split across threads) it writes one record per query vector, ordered by
 // row, then kv head, then GQA head, of kPartialExtra + head_dim floats: running max, running
 // sum, then the unnormalised accumulator; CpuBackend::paged_attention merges them.
+// `next`, when its block_table is set, names the cache rows the thread's next task reads first:
+// a task of several kv heads spreads asking for them (into L2) over its last span's passes, as
+// it does a span ahead within itself, so a serving step's short decode tasks (one sequence's
+// keys each) do not each start from memory.
+struct AttentionLookahead {
+  const int32_t* block_table = nullptr;
+  int kv_head = 0, kv_heads = 0;
+  int64_t key_begin = 0, key_end = 0;  // the keys it asks for: its first span at most
+};
 struct AttentionWork {
   int kv_head = 0;
   int row_begin = 0, row_end = 0;
   int64_t key_begin = 0, key_end = 0;
   float* partial = nullptr;
   int kv_heads = 1;
+  AttentionLookahead next;
 };
 constexpr int kMaxTaskQueries = 32;
 constexpr int kPartialExtra = 2;
