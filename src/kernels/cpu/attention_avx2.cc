@@ -246,6 +246,17 @@ inline __m256 scores_dot(const float* q_scaled, CacheRows<KV> key_rows, int head
                        _mm256_permute2f128_ps(x[0], x[1], 0x31));
 }
 
+// scores[j * kSpanKeys ..] = the scores of query j of `queries` (rows of q_scaled, stride
+// kMaxHeadDim) against the chunk's keys, one query at a time (16 registers hold no more).
+template <typename KV>
+inline void scores_of_queries(int queries, const float* q_scaled, CacheRows<KV> key_rows,
+                              int head_dim, float* scores) {
+  for (int j = 0; j < queries; ++j) {
+    store_scores(scores + j * kSpanKeys,
+                 scores_dot(q_scaled + j * kMaxHeadDim, key_rows, head_dim));
+  }
+}
+
 // Turns row[0..padded) (scores of one query over a span, visible of them live, 0 < visible <=
 // padded) into e^(score - new max), 0 past `visible`, and updates the query's running state.
 // Returns the factor the query's accumulator must be multiplied by.

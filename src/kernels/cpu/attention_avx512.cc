@@ -199,6 +199,58 @@ inline __m512 scores_dot(const float* q_scaled, CacheRows<KV> key_rows, int head
   return fold_sixteen(v, [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); });
 }
 
+// The same scores for QN queries (rows of q_scaled, stride kMaxHeadDim) at once: each key's
+// slots are loaded (a bf16 row split) once for all QN, and the 16 keys go eight at a time
+// (8 x QN sums in registers), each eight folded as it is done (fold_eight), so every score
+// has scores_dot's bits. SmolLM2's decode row has 3 queries per kv head.
+template <int QN, typename KV>
+inline void scores_dot_queries(const float* q_scaled, CacheRows<KV> key_rows, int head_dim,
+                               __m512* out) {
+  const auto add = [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); };
+  __m512 half[2][QN];
+  for (int h = 0; h < 2; ++h) {
+    __m512 v[QN][8];
+    for (int t = 0; t < 8; ++t) {
+      const KV* key = key_rows[8 * h + t];
+      const __m512 k0 = load16(key, 0);
+      for (int q = 0; q < QN; ++q) {
+        v[q][t] = _mm512_mul_ps(_mm512_load_ps(q_scaled + q * kMaxHeadDim), k0);
+      }
+      for (int d = 16; d < head_dim; d += 16) {
+        const __m512 k = load16(key, d);
+        for (int q = 0; q < QN; ++q) {
+          v[q][t] = _mm512_fmadd_ps(_mm512_load_ps(q_scaled + q * kMaxHeadDim + d), k, v[q][t]);
+        }
+      }
+    }
+    for (int q = 0; q < QN; ++q) half[h][q] = fold_eight(v[q], add);
+  }
+  for (int q = 0; q < QN; ++q) out[q] = fold_halves(half[0][q], half[1][q], add);
+}
+
+// scores[j * kSpanKeys ..] = the scores of query j of `queries` (rows of q_scaled) against the
+// chunk's 16 keys, up to three queries per pass over the keys (more held 8 x QN sums past the
+// registers).
+template <typename KV>
+inline void scores_of_queries(int queries, const float* q_scaled, CacheRows<KV> key_rows,
+                              int head_dim, float* scores) {
+  for (int j = 0; j < queries;) {
+    const int left = queries - j;
+    const int take = left == 4 ? 2 : left < 3 ? left : 3;  // 4 as 2 + 2
+    __m512 out[3];
+    const float* q = q_scaled + j * kMaxHeadDim;
+    if (take == 3) {
+      scores_dot_queries<3>(q, key_rows, head_dim, out);
+    } else if (take == 2) {
+      scores_dot_queries<2>(q, key_rows, head_dim, out);
+    } else {
+      out[0] = scores_dot(q, key_rows, head_dim);
+    }
+    for (int i = 0; i < take; ++i) _mm512_store_ps(scores + (j + i) * kSpanKeys, out[i]);
+    j += take;
+  }
+}
+
 // kt[d][0..16) = slot-order element d of the 16 keys, for d in [0, head_dim).
 template <typename KV>
 inline void transpose_keys(CacheRows<KV> key_rows, int head_dim, float* kt) {

@@ -37,27 +37,39 @@ inline void transpose16x16(__m512 r[16]) {
   }
 }
 
+// The first three levels of fold_sixteen's tree over 8 vectors v[0..7]: 128-bit lane L of the
+// result holds v[0..7]'s lanes folded within lane L, two partial results per vector. A caller
+// that makes its 16 vectors eight at a time (attention's decode scores, for several queries)
+// folds each eight as they come and joins the two halves with fold_halves.
+template <class Op>
+inline __m512 fold_eight(const __m512* v, Op op) {
+  __m512 w[4];  // 128-bit lane L of w[i]: v[2i] and v[2i + 1], two lanes folded into one
+  for (int i = 0; i < 4; ++i) {
+    w[i] =
+        op(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  }
+  __m512 x[2];  // 128-bit lane L of x[j]: v[4j .. 4j + 3] over lane L
+  for (int j = 0; j < 2; ++j) {
+    const __m512d a = _mm512_castps_pd(w[2 * j]), b = _mm512_castps_pd(w[2 * j + 1]);
+    x[j] =
+        op(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  return op(_mm512_shuffle_f32x4(x[0], x[1], 0x88), _mm512_shuffle_f32x4(x[0], x[1], 0xDD));
+}
+
+// The last level: lane j the fold of v[j] over its 16 lanes, from fold_eight of v[0..7] and of
+// v[8..15].
+template <class Op>
+inline __m512 fold_halves(__m512 low, __m512 high, Op op) {
+  return op(_mm512_shuffle_f32x4(low, high, 0x88), _mm512_shuffle_f32x4(low, high, 0xDD));
+}
+
 // Lane j of the result: `op` over the 16 lanes of v[j], by a transpose-fold tree (op: add, max;
 // its pairing order is fixed, so an op exact in any order, such as max or adding integers below
 // 2^24, gives what a lane-by-lane loop would).
 template <class Op>
 inline __m512 fold_sixteen(const __m512* v, Op op) {
-  __m512 w[8];  // 128-bit lane L of w[i]: v[2i] and v[2i + 1], two lanes folded into one
-  for (int i = 0; i < 8; ++i) {
-    w[i] =
-        op(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-  }
-  __m512 x[4];  // 128-bit lane L of x[j]: v[4j .. 4j + 3] over lane L
-  for (int j = 0; j < 4; ++j) {
-    const __m512d a = _mm512_castps_pd(w[2 * j]), b = _mm512_castps_pd(w[2 * j + 1]);
-    x[j] =
-        op(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-  }
-  const __m512 z01 =
-      op(_mm512_shuffle_f32x4(x[0], x[1], 0x88), _mm512_shuffle_f32x4(x[0], x[1], 0xDD));
-  const __m512 z23 =
-      op(_mm512_shuffle_f32x4(x[2], x[3], 0x88), _mm512_shuffle_f32x4(x[2], x[3], 0xDD));
-  return op(_mm512_shuffle_f32x4(z01, z23, 0x88), _mm512_shuffle_f32x4(z01, z23, 0xDD));
+  return fold_halves(fold_eight(v, op), fold_eight(v + 8, op), op);
 }
 
 }  // namespace alem::cpu::avx512
