@@ -22,9 +22,12 @@ namespace portable {
 
 namespace {
 
-constexpr int kKeys = 16;          // keys per chunk (one vector of scores)
-constexpr int kTileQueries = 16;   // query vectors sharing one pass over the cache
-constexpr int kSpanKeys = 256;     // keys whose scores are held at once (16 KiB for 16 queries)
+constexpr int kKeys = 16;  // keys per chunk (one vector of scores)
+// Query vectors sharing one pass over the cache: a prefill tile's transposed keys serve them
+// all. 32 against 16, 256 queries at a 2048-key context, one thread, medians of 3: SmolLM2's
+// shape 14.2 -> 13.2 ms (bf16 cache), Llama-3-8B's 102 -> 91 ms, TinyLlama's 49 -> 45 ms.
+constexpr int kTileQueries = kMaxTaskQueries;
+constexpr int kSpanKeys = 256;     // keys whose scores are held at once (32 KiB for 32 queries)
 constexpr int kPrefetchKeys = 48;  // keys asked for ahead of the scores (3 chunks)
 constexpr int kHeadDimMultiple = 64;
 using Scores = __m512;  // the scores of one chunk of keys
