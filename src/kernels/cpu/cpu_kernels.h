@@ -266,7 +266,7 @@ using MatmulPackedFn = void (*)(const float* x, int64_t m_begin, int64_t m_end, 
 struct AttentionLookahead {
   const int32_t* block_table = nullptr;
   int kv_head = 0, kv_heads = 0;
-  int64_t key_begin = 0, key_end = 0;  // the keys it asks for: its first span at most
+  int64_t key_begin = 0, key_end = 0;  // its keys (the kernel asks for their first span)
 };
 struct AttentionWork {
   int kv_head = 0;
