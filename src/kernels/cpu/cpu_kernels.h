@@ -41,7 +41,7 @@ bool has_avx_vnni();
 // there into the L1 (prefetcht0) nearer, so the loads find it in the L1. On an Intel Xeon
 // (Emerald Rapids), one core reading 17.6-18.0 GB/s, the 1.1B gate+up matmul at Q8_0 streamed
 // 14.0-14.3 GB/s with the L1 form alone, 15.4-15.5 with the L2 form alone and 16.6-18.3 with
-// both; the L1 form 17 KB ahead gained nothing (docs/kernels-quantized.md).
+// both; the L1 form 17 KB ahead gained nothing (docs/kernels-decode-streams.md).
 constexpr int kStreamPrefetchBytes = 17280;
 constexpr int kStreamL1PrefetchBytes = 5760;
 
@@ -53,7 +53,7 @@ constexpr int kStreamL1PrefetchBytes = 5760;
 // heavy stream keeps its kernel busy between loads: 4- to 6-bit weights it unpacks (Q4_0, Q4_1, the
 // K-quants), row-major int8 against 16-bit activations, or several rows of x on every weight.
 // Without the prefetches its loads wait: on the Zen 4, Q4_0 decode ran 17% slower, Q4_K_M 48%, bf16
-// at 2 to 4 rows of x 30-40% (docs/kernels-quantized.md). Which way a light stream goes also
+// at 2 to 4 rows of x 30-40% (docs/kernels-decode-streams.md). Which way a light stream goes also
 // moved with the host and the day (the same Zen 4 model, SmolLM2's bf16 decode: +17% without in
 // one session, +10-40% with in a later one), so by default the backend measures it per class of
 // matrix at run time (`tuned`, cpu::LightPrefetchTuner). ALEM_CPU_PREFETCH: auto (the CPU's rule
@@ -67,7 +67,7 @@ struct StreamPrefetch {
   // the stream (the default is half the L1 data cache; SIZE_MAX: never). On the Zen 4 (32 KiB
   // L1), the exact bf16 decode of the 1.1B shape's down projection, whose f32 x takes 22 KiB,
   // read 16-24 GB/s of DRAM without the prefetches and 28-35 with them, while its other
-  // matrices (8 KiB of x) ran 10-20% slower with them (docs/kernels-quantized.md).
+  // matrices (8 KiB of x) ran 10-20% slower with them (docs/kernels-decode-streams.md).
   size_t light_x_bytes = SIZE_MAX;
   // Light streams at one row of x take whichever of on and off measured faster for their class
   // of matrix (CpuBackend::matmul with cpu::LightPrefetchTuner); the fields above are the rule

@@ -1,7 +1,7 @@
 // Why this exists: whether a light decode stream (one row of x against bf16, f16, f32, Q8_0 or
 // int8 weights) reads faster with software prefetches or with the hardware prefetchers alone is
 // not a property of the CPU model: on the same AMD Zen 4 it went one way in one session and the
-// other way in a later one (docs/kernels-quantized.md, "Which streams prefetch"). So the CPU
+// other way in a later one (docs/kernels-decode-streams.md, "Which streams prefetch"). So the CPU
 // backend measures it while it serves, for each class of matrix, and keeps the faster setting.
 #pragma once
 
