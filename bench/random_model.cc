@@ -64,7 +64,7 @@ alem::TokenizerData placeholder_tokenizer(int vocab) {
   alem::TokenizerData t;
   t.pre_tokenizer = "qwen2";
   for (int i = 0; i < vocab; ++i) {
-    t.tokens.push_back("t" + std::to_string(i));
+    t.tokens.push_back(std::string(1, 't').append(std::to_string(i)));
     t.token_kinds.push_back(static_cast<int32_t>(alem::TokenKind::Normal));
   }
   t.eos_token_id = vocab - 1;

@@ -32,13 +32,11 @@ GcmNonce make_nonce(int sender, uint64_t counter) {
 
 std::vector<uint8_t> make_aad(int source, int destination, uint64_t counter) {
   std::vector<uint8_t> aad(kAadLabel.begin(), kAadLabel.end());
-  uint8_t field[8];
-  put_u32(field, static_cast<uint32_t>(source));
-  aad.insert(aad.end(), field, field + 4);
-  put_u32(field, static_cast<uint32_t>(destination));
-  aad.insert(aad.end(), field, field + 4);
-  put_u64(field, counter);
-  aad.insert(aad.end(), field, field + 8);
+  const size_t label = aad.size();
+  aad.resize(label + 16);
+  put_u32(aad.data() + label, static_cast<uint32_t>(source));
+  put_u32(aad.data() + label + 4, static_cast<uint32_t>(destination));
+  put_u64(aad.data() + label + 8, counter);
   return aad;
 }
 

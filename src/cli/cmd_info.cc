@@ -23,7 +23,10 @@ void add_info_command(CLI::App& app) {
     if (*tensors) {
       for (const TensorInfo& t : store.list_tensors()) {
         std::string shape;
-        for (int64_t d : t.shape) shape += (shape.empty() ? "" : "x") + std::to_string(d);
+        for (int64_t d : t.shape) {
+          if (!shape.empty()) shape += 'x';
+          shape += std::to_string(d);
+        }
         std::printf("  %-55s %-6s %s\n", t.name.c_str(), dtype_name(t.dtype).c_str(),
                     shape.c_str());
       }

@@ -37,8 +37,14 @@ void header(std::string& out, const std::string& name, const char* type, const c
 
 void sample(std::string& out, const std::string& name, const std::string& labels, double value) {
   out += name;
-  if (!labels.empty()) out += "{" + labels + "}";
-  out += " " + format_number(value) + "\n";
+  if (!labels.empty()) {
+    out += '{';
+    out += labels;
+    out += '}';
+  }
+  out += ' ';
+  out += format_number(value);
+  out += '\n';
 }
 
 std::string replica_label(int replica) {

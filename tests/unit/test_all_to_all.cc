@@ -81,7 +81,9 @@ TEST(AllToAll, PairingMeetsEveryPairOnce) {
         if (p < 0) continue;
         EXPECT_NE(p, r);
         EXPECT_EQ(all_to_all_partner(p, n, round), r) << "round " << round << " of " << n;
-        if (r < p) EXPECT_TRUE(met.insert({r, p}).second) << r << "," << p << " met twice";
+        if (r < p) {
+          EXPECT_TRUE(met.insert({r, p}).second) << r << "," << p << " met twice";
+        }
       }
     }
     EXPECT_EQ(met.size(), static_cast<size_t>(n * (n - 1) / 2)) << n << " members";

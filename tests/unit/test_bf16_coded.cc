@@ -80,7 +80,9 @@ TEST(Bf16Coded, GivesBackEveryBit) {
     const Bf16CodedView view = bf16_coded_view(coded, rows, cols);
     const size_t exceptions = view.exception_begin[rows];
     EXPECT_GE(exceptions, static_cast<size_t>(rows / 2)) << "the rows list their tiny values";
-    if (cols >= 576) EXPECT_LE(exceptions, static_cast<size_t>(rows * cols / 100)) << cols;
+    if (cols >= 576) {
+      EXPECT_LE(exceptions, static_cast<size_t>(rows * cols / 100)) << cols;
+    }
     EXPECT_EQ(coded.size(), static_cast<size_t>(rows * cols * 3 / 2) + rows * 16 + (rows + 1) * 4 +
                                 exceptions * 4);
   }
@@ -146,7 +148,9 @@ TEST_P(CpuBf16Coded, MatmulsAndEmbeddingsMatchThePlainMatrix) {
     WeightMatrix coded = bf16_matrix(bits, N, K);
     cpu.adopt_weight(coded);
     ASSERT_EQ(coded.layout, BlockLayout::kBf16Coded) << N << "x" << K;
-    if (K >= 576) EXPECT_LT(coded.bytes(), plain.bytes() * 4 / 5) << "12 bits a weight, not 16";
+    if (K >= 576) {
+      EXPECT_LT(coded.bytes(), plain.bytes() * 4 / 5) << "12 bits a weight, not 16";
+    }
     std::vector<float> bias(static_cast<size_t>(N));
     std::mt19937 rng(seed);
     std::uniform_real_distribution<float> uniform(-2.f, 2.f);

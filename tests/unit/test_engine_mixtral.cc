@@ -117,7 +117,9 @@ TEST(Mixtral, ExpertParallelRuleIsOneFunction) {
         thrown = e.message();
       }
       EXPECT_EQ(thrown.empty(), why.empty()) << "tp " << tp << " ep " << ep << ": " << thrown;
-      if (!why.empty()) EXPECT_NE(thrown.find(why), std::string::npos) << thrown;
+      if (!why.empty()) {
+        EXPECT_NE(thrown.find(why), std::string::npos) << thrown;
+      }
     }
   }
 }

@@ -82,6 +82,27 @@ TEST(JsonSchemaReference, RefusalsNameTheProblem) {
   }
 }
 
+// '$ref' tokens are JSON pointers (RFC 6901): "~1" stands for '/', "~0" for '~', read left to
+// right, so "~00" names the key "~0", not "~".
+TEST(JsonSchemaReference, RefsUnescapeJsonPointerTokens) {
+  const auto accepts = [](const JsonSchema& s, const std::string& doc) {
+    JsonRecognizer r(&s);
+    return r.feed(doc) && r.complete();
+  };
+  const JsonSchema slash = compile_json_schema(
+      R"({"$defs":{"a/b":{"type":"integer"},"a":{"type":"string"}},"$ref":"#/$defs/a~1b"})");
+  EXPECT_TRUE(accepts(slash, "5"));
+  EXPECT_FALSE(accepts(slash, R"("x")"));
+  const JsonSchema tilde = compile_json_schema(
+      R"({"$defs":{"~0":{"type":"string"},"~":{"type":"integer"}},"$ref":"#/$defs/~00"})");
+  EXPECT_TRUE(accepts(tilde, R"("x")"));
+  EXPECT_FALSE(accepts(tilde, "5"));
+  const JsonSchema both = compile_json_schema(
+      R"({"$defs":{"~1":{"type":"boolean"},"/":{"type":"null"}},"$ref":"#/$defs/~01"})");
+  EXPECT_TRUE(accepts(both, "true"));
+  EXPECT_FALSE(accepts(both, "null"));
+}
+
 TEST(JsonSchemaReference, PatternStringsTakeEscapesButNotUnicodeEscapes) {
   const JsonSchema s = compile_json_schema(R"({"type":"string","pattern":"^a\"b\\n$"})");
   JsonRecognizer ok(&s);

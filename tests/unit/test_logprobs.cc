@@ -65,7 +65,9 @@ TEST(Logprobs, ShardedPartsEqualTheWholeRow) {
       for (size_t k = 0; k < lp->top.size(); ++k) {
         EXPECT_NEAR(lp->top[k].logprob, ref[lp->top[k].token_id], 1e-6);
         EXPECT_LE(lp->top[k].logprob, 0.f);
-        if (k > 0) EXPECT_LE(lp->top[k].logprob, lp->top[k - 1].logprob);
+        if (k > 0) {
+          EXPECT_LE(lp->top[k].logprob, lp->top[k - 1].logprob);
+        }
         mass += std::exp(double(lp->top[k].logprob));
       }
       EXPECT_LE(mass, 1.0 + 1e-6);

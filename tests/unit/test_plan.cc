@@ -284,7 +284,7 @@ TEST(PlanCostModel, EncryptionCostsOnlyAcrossNodes) {
   ClusterSpec c = simple_gpu_cluster();
   c.nodes = 2;
   c.devices_per_node = 1;
-  c.inter_node = {10, 20};
+  c.inter_node = {10, 20, {}};
   c.aes_gcm_gbs = 2;
   Workload w;
   w.concurrency = 8;
@@ -330,7 +330,7 @@ TEST(PlanCalibration, AlphaBetaFitRecoversTheLink) {
 TEST(PlanCalibration, BetweenHostsAndSharedCores) {
   Calibration cal;
   cal.collective_ranks = 4;
-  cal.fitted_link = {0.5, 80};
+  cal.fitted_link = {0.5, 80, {}};
   cal.link_between_nodes = true;
   cal.rank_core_share = {{1, 1.0}, {4, 0.25}};
   const Calibration back = calibration_from_json(calibration_to_json(cal), "x");

@@ -101,7 +101,9 @@ TEST(LightPrefetchTuner, ChoiceReachesWorkersAndKernels) {
     cpu_threads::run_on_threads(
         2, [&](int index, int) { seen[index] = static_cast<int>(cpu::light_prefetch_now); });
     for (int index = 0; index < 2; ++index) {
-      if (seen[index] != -2) EXPECT_EQ(seen[index], static_cast<int>(choice)) << index;
+      if (seen[index] != -2) {
+        EXPECT_EQ(seen[index], static_cast<int>(choice)) << index;
+      }
     }
     EXPECT_EQ(seen[0], static_cast<int>(choice));
     EXPECT_EQ(cpu::stream_prefetches(cpu::StreamKind::kLight, 0), choice == LightPrefetch::kOn);

@@ -437,7 +437,7 @@ bool JsonRecognizer::string_byte(Frame& f, uint8_t byte) {
     case kHex3:
     case kHex4:
       if (!is_hex(byte)) return false;
-      f.sub = f.sub == kHex4 ? kChars : static_cast<uint8_t>(f.sub + 1);
+      f.sub = f.sub == kHex4 ? static_cast<uint8_t>(kChars) : static_cast<uint8_t>(f.sub + 1);
       return true;
   }
   return false;

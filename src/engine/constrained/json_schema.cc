@@ -48,10 +48,16 @@ const json& resolve_ref(const json& root, const std::string& ref, const std::str
   size_t pos = 1;
   while (pos < ref.size()) {
     const size_t next = ref.find('/', pos + 1);
-    std::string token =
-        ref.substr(pos + 1, next == std::string::npos ? std::string::npos : next - pos - 1);
-    for (size_t i; (i = token.find("~1")) != std::string::npos;) token.replace(i, 2, "/");
-    for (size_t i; (i = token.find("~0")) != std::string::npos;) token.replace(i, 2, "~");
+    const size_t end = next == std::string::npos ? ref.size() : next;
+    // RFC 6901's escapes, read left to right: "~1" is '/', "~0" is '~' (so "~01" is "~1").
+    std::string token;
+    for (size_t i = pos + 1; i < end; ++i) {
+      if (ref[i] == '~' && i + 1 < end && (ref[i + 1] == '0' || ref[i + 1] == '1')) {
+        token += ref[++i] == '1' ? '/' : '~';
+      } else {
+        token += ref[i];
+      }
+    }
     ALEM_CHECK(
         cur->is_object() && cur->contains(token),
         "response_format schema: '$ref' " + json(ref).dump() + " at " + at + " points at nothing");

@@ -452,7 +452,7 @@ void CpuBackend::paged_attention(const AttentionShape& shape, const AttentionSeq
       for (int h = 0; h < shape.num_kv_heads; h += heads_per_task) {
         const int heads = std::min(heads_per_task, shape.num_kv_heads - h);
         tasks.push_back({s,
-                         {h, r0, r1, 0, context, nullptr, heads},
+                         {h, r0, r1, 0, context, nullptr, heads, {}},
                          double(r1 - r0) * context * group * heads});
       }
     }

@@ -9,10 +9,6 @@
 #include "kernels/cpu/bf16_coded_avx512.h"
 #include "kernels/cpu/cpu_kernels.h"
 
-// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which -Wmaybe-uninitialized
-// reports once inlined here; nothing is read uninitialised.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
 namespace alem::cpu::avx512 {
 
 void unpack_coded_rows(const Bf16CodedView& w, int64_t r0, int64_t rows, uint16_t* out) {

@@ -10,10 +10,6 @@
 #include "kernels/cpu/bf16_coded_avx512.h"
 #include "kernels/cpu/cpu_kernels.h"
 
-// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which -Wmaybe-uninitialized
-// reports once inlined here; nothing is read uninitialised.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
 namespace alem::cpu::avx512_dot {
 
 namespace {

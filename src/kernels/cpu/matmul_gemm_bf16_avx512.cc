@@ -219,10 +219,6 @@ void gemm_rows(const Weights& weights, const uint32_t* xp, int64_t M, int64_t N,
 
 }  // namespace
 
-// GCC 12 warns that the _mm512_undefined operand inside its shuffle intrinsics "may be used
-// uninitialized" once the transpose is inlined here (GCC bug 105593, fixed in GCC 13).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 void pack_x_pairs(const float* x, int64_t M, int64_t K, int parts, uint32_t* out) {
   const int64_t m_blocks = (M + kTile - 1) / kTile, k_steps = (K + kKStep - 1) / kKStep;
   const int64_t part_stride = m_blocks * k_steps * kTile * kTile;
@@ -268,7 +264,6 @@ void pack_x_pairs(const float* x, int64_t M, int64_t K, int parts, uint32_t* out
     }
   }
 }
-#pragma GCC diagnostic pop
 
 void gemm_bf16(const uint32_t* xp, int64_t M, const WeightView& w, const float* bias, float* y,
                int64_t n_begin, int64_t n_end) {

@@ -10,10 +10,6 @@
 
 #include "kernels/cpu/cpu_kernels.h"
 
-// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which -Wmaybe-uninitialized
-// mistakes for a read of an uninitialised value once inlined.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
 namespace alem::cpu::avx512 {
 namespace {
 

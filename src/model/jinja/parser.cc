@@ -518,7 +518,10 @@ class Parser {
         const Token at = cur();
         ExprPtr f = make(Expr::Kind::Filter, at);
         f->name = expect_name("a filter name");
-        while (skip_op(".")) f->name += "." + expect_name("a filter name");
+        while (skip_op(".")) {
+          f->name += '.';
+          f->name += expect_name("a filter name");
+        }
         f->add(std::move(e));
         if (is_op("(")) parse_args(*f);
         e = std::move(f);
