@@ -71,7 +71,8 @@ void run_group(int n, bool separate_nodes, const std::string& name,
         GroupMembers members;
         for (int m = 0; m < n; ++m) {
           members.world_ranks.push_back(m);
-          members.hosts.push_back("h" + std::to_string(separate_nodes ? m : 0));
+          members.hosts.push_back(
+              std::string(1, 'h').append(std::to_string(separate_nodes ? m : 0)));
           members.nodes.push_back(separate_nodes ? m : 0);
         }
         auto keys = std::make_shared<SecureChannelKeys>(r);
